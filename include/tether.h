@@ -1,0 +1,596 @@
+/*
+ * tether.h: the whole public C API of libtether.
+ *
+ * tether lets a host application be scripted by programs in other processes. A host
+ * (tether_host) serves on its own I/O thread over a Unix socket and, optionally,
+ * loopback TCP; clients (tether_client) connect to it. Each side registers services
+ * that the other calls through a connection (tether_conn): blocking with a timeout,
+ * asynchronously through a future (tether_future), or as a notification.
+ *
+ * Conventions, stated once:
+ * - Fallible functions return int: >= 0 on success, a negative TETHER_E* code (a
+ *   negated errno value) on failure. tether_strerror() names the codes.
+ * - Objects are opaque and reference counted: *_ref() returns its argument, *_unref()
+ *   accepts NULL and returns NULL, so `p = tether_x_unref(p);` clears the pointer.
+ * - Option structs may be zero-initialised: every zero field means the default.
+ * - Output parameters come last and are named ret_*; reterr_* are filled on failure.
+ * - Arguments and results are msgpack values (tether_value), built and read with
+ *   format strings described above tether_value_new().
+ * - Durations are relative microseconds (*_usec); deadlines are absolute
+ *   CLOCK_MONOTONIC microseconds (deadline_usec, see tether_now_usec()).
+ * - Each declaration ends with a Thread: line saying which threads may call it.
+ * - If a function that takes a callback fails, the callback is never called; if it
+ *   succeeds, the callback is called exactly once.
+ * - The library never prints, exits or aborts on peer input; diagnostics go to the
+ *   optional log callback.
+ */
+#ifndef TETHER_H
+#define TETHER_H
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define TETHER_EXPORT __attribute__((visibility("default")))
+#define TETHER_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define TETHER_EXPORT
+#define TETHER_PRINTF(a, b)
+#endif
+
+#define TETHER_VERSION_MAJOR 0
+#define TETHER_VERSION_MINOR 1
+#define TETHER_VERSION_PATCH 0
+#define TETHER_VERSION_STRING "0.1.0"
+/* Highest wire protocol version this library speaks (docs/protocol.md). */
+#define TETHER_PROTOCOL_VERSION 1
+
+/* ---------------------------------------------------------------------------------
+ * Errors
+ * ------------------------------------------------------------------------------- */
+
+#define TETHER_EINVAL (-EINVAL)       /* bad argument, or arguments of the wrong type */
+#define TETHER_ENOMEM (-ENOMEM)       /* out of memory */
+#define TETHER_EPROTO (-EPROTO)       /* malformed frame or protocol violation */
+#define TETHER_EMSGSIZE (-EMSGSIZE)   /* over a size limit (frame, nesting) */
+#define TETHER_ENOBUFS (-ENOBUFS)     /* queue or buffer limit (in-flight, output) */
+#define TETHER_ETIMEDOUT (-ETIMEDOUT) /* the peer was silent for the timeout, or deadline */
+#define TETHER_ECANCELED (-ECANCELED) /* cancelled, or closed locally before completion */
+#define TETHER_ECONNRESET (-ECONNRESET) /* the connection was lost during the call */
+#define TETHER_ENOTCONN (-ENOTCONN)   /* not connected */
+#define TETHER_ECONNREFUSED (-ECONNREFUSED) /* nothing listens at the address */
+#define TETHER_EACCES (-EACCES)       /* refused: wrong token or other user */
+#define TETHER_EPROTONOSUPPORT (-EPROTONOSUPPORT) /* no protocol version in common */
+#define TETHER_EUSERS (-EUSERS)       /* refused: the host has its maximum of clients */
+#define TETHER_EBUSY (-EBUSY)         /* re-entrant call where none is allowed */
+#define TETHER_EPERM (-EPERM)         /* called from the wrong thread */
+#define TETHER_ECHILD (-ECHILD)       /* object used in a child after fork() */
+#define TETHER_ENOENT (-ENOENT)       /* unknown service, object or client */
+#define TETHER_EEXIST (-EEXIST)       /* a service of that name is already registered */
+#define TETHER_EALREADY (-EALREADY)   /* already done (started, completed) */
+#define TETHER_EINPROGRESS (-EINPROGRESS) /* not complete yet */
+#define TETHER_ENOTSUP (-ENOTSUP)     /* not supported by this build or peer */
+#define TETHER_EREMOTE (-EREMOTEIO)   /* the remote side raised an error: see tether_error */
+
+/*
+ * Name a TETHER_E* code (or any negated errno) in a short sentence. Never NULL.
+ * Thread: any.
+ */
+TETHER_EXPORT const char *tether_strerror(int code);
+
+/*
+ * Details of a failed call: for a remote failure, the remote exception's type name
+ * (e.g. "NameError"), its message and the remote traceback text; for a local failure
+ * (timeout, lost connection, cancel, unknown service), a type name of the form
+ * "tether.Timeout" and a message that says what happened. Fields are NULL when unset.
+ * Initialise with TETHER_ERROR_INIT; free the strings with tether_error_done().
+ */
+typedef struct tether_error {
+    char *type;
+    char *message;
+    char *traceback;
+} tether_error;
+
+#define TETHER_ERROR_INIT {NULL, NULL, NULL}
+
+/* Free the strings and reset to TETHER_ERROR_INIT. Accepts NULL. Thread: any. */
+TETHER_EXPORT void tether_error_done(tether_error *error);
+
+/*
+ * Fill error with a type name and a printf-style message, replacing what it held.
+ * Returns 0 or TETHER_ENOMEM. Thread: any.
+ */
+TETHER_EXPORT int tether_error_set(tether_error *error, const char *type, const char *format, ...)
+    TETHER_PRINTF(3, 4);
+
+/* ---------------------------------------------------------------------------------
+ * Values
+ *
+ * A tether_value is an immutable msgpack value, reference counted. Values are built
+ * and read with format strings, one character per item:
+ *
+ *   char  msgpack   build argument            read argument
+ *   n     nil       (none)                    (none; checks nil)
+ *   b     bool      int                       bool *
+ *   i     int       int                       int * (range checked)
+ *   x     int       int64_t                   int64_t *
+ *   u     int >= 0  uint64_t                  uint64_t *
+ *   d     float     double                    double * (integers convert)
+ *   s     str       const char * (NULL: nil)  const char ** NUL-terminated, lives as
+ *                                             long as the value (nil reads as NULL)
+ *   S     str       const char *, size_t      const char **, size_t *
+ *   y     bin       const void *, size_t      const void **, size_t *
+ *   v     any       tether_value *            tether_value ** (a new reference)
+ *   [ ]   array     items between             items between; counts must match
+ *   { }   map       key, value, ...           key, value, ...; counts must match
+ *   *     any       -                         (none; skips one item)
+ *
+ * ------------------------------------------------------------------------------- */
+
+typedef struct tether_value tether_value;
+struct msgpack_object; /* from <msgpack.h>, for tether_value_get_object() */
+
+/*
+ * Build a value from a format describing exactly one item (use "[...]" for several).
+ * Returns 0, TETHER_EINVAL (bad format, unbalanced brackets), TETHER_ENOMEM.
+ * Thread: any.
+ */
+TETHER_EXPORT int tether_value_new(tether_value **ret, const char *format, ...);
+TETHER_EXPORT int tether_value_newv(tether_value **ret, const char *format, va_list ap);
+
+/*
+ * Make a value from encoded msgpack bytes (copied). The bytes must hold exactly one
+ * well-formed value within the default nesting limit: TETHER_EPROTO otherwise.
+ * Thread: any.
+ */
+TETHER_EXPORT int tether_value_new_msgpack(const void *data, size_t size, tether_value **ret);
+
+TETHER_EXPORT tether_value *tether_value_ref(tether_value *value);
+TETHER_EXPORT tether_value *tether_value_unref(tether_value *value);
+
+/*
+ * Read the value according to a format describing exactly one item. On a mismatch
+ * returns TETHER_EINVAL and, when reterr is not NULL, puts a "TypeError" with a message
+ * naming the position and both types into it (for example "item 2: expected int, got
+ * str"). Pointers read out ("s", "S", "y") stay valid while the value lives.
+ * Thread: any, one thread at a time per value.
+ */
+TETHER_EXPORT int tether_value_read(tether_value *value, tether_error *reterr,
+                                    const char *format, ...);
+TETHER_EXPORT int tether_value_readv(tether_value *value, tether_error *reterr,
+                                     const char *format, va_list ap);
+
+/* The encoded msgpack bytes of the value (borrowed). Thread: any. */
+TETHER_EXPORT int tether_value_get_msgpack(const tether_value *value, const void **ret_data,
+                                           size_t *ret_size);
+
+/*
+ * The value unpacked as a msgpack-c object (borrowed; lives as long as the value).
+ * Unpacked on first use. Returns 0 or TETHER_ENOMEM.
+ * Thread: any, one thread at a time per value.
+ */
+TETHER_EXPORT int tether_value_get_object(tether_value *value,
+                                          const struct msgpack_object **ret_object);
+
+/*
+ * Render the value as JSON-like text for people (bytes as b"...", ext values by kind),
+ * NUL-terminated, newly allocated; free() it. Returns 0 or TETHER_ENOMEM. Thread: any.
+ */
+TETHER_EXPORT int tether_value_to_string(const tether_value *value, char **ret_text);
+
+/* ---------------------------------------------------------------------------------
+ * Time and logging
+ * ------------------------------------------------------------------------------- */
+
+/* CLOCK_MONOTONIC now, in microseconds: the clock of every deadline_usec. Thread: any. */
+TETHER_EXPORT uint64_t tether_now_usec(void);
+
+/* Timeout values with special meaning wherever a timeout_usec is taken. */
+#define TETHER_TIMEOUT_DEFAULT 0            /* the object's configured default */
+#define TETHER_TIMEOUT_INFINITE UINT64_MAX  /* never time out */
+
+/* syslog-compatible levels. */
+enum {
+    TETHER_LOG_ERROR = 3,
+    TETHER_LOG_WARNING = 4,
+    TETHER_LOG_NOTICE = 5,
+    TETHER_LOG_INFO = 6,
+    TETHER_LOG_DEBUG = 7,
+};
+
+/*
+ * A log callback: one line of text, no trailing newline, borrowed for the call. Called
+ * from the I/O thread or from the thread that made the API call being logged, never
+ * with a library lock held.
+ */
+typedef void (*tether_log_fn)(void *userdata, int level, const char *message);
+
+/* ---------------------------------------------------------------------------------
+ * Services, requests and execution contexts
+ * ------------------------------------------------------------------------------- */
+
+/* Where a service handler or a completion callback runs. Values never change. */
+typedef enum tether_context {
+    /* On the I/O thread, as soon as the request is read. Must not block. */
+    TETHER_CONTEXT_IO = 1,
+    /* On the application's main thread, inside its dispatch call (host integration). */
+    TETHER_CONTEXT_MAIN = 2,
+    /* On a worker pool thread. */
+    TETHER_CONTEXT_POOL = 3,
+} tether_context;
+
+typedef struct tether_conn tether_conn;
+typedef struct tether_request tether_request;
+
+/*
+ * A service handler. It reads the arguments from req, and replies with one of the
+ * tether_request_reply*() functions, either before returning or later, from any thread,
+ * after taking a reference with tether_request_ref(). If it returns without replying
+ * and without holding a reference: a return of 0 replies nil; a negative code replies
+ * an error (a "TypeError" with the reader's message after a failed
+ * tether_request_read(), otherwise "tether.Error" with tether_strerror(code)).
+ * Notifications reach the same handler; their replies are discarded.
+ */
+typedef int (*tether_handler_fn)(tether_request *req, void *userdata);
+
+/*
+ * Read the request's positional arguments with a format listing one item per argument
+ * (as if wrapped in "[...]"): the argument count must match. On a mismatch returns
+ * TETHER_EINVAL and remembers a TypeError message that a handler returning this code
+ * sends back. Thread: whichever thread holds the request.
+ */
+TETHER_EXPORT int tether_request_read(tether_request *req, const char *format, ...);
+
+/* The positional arguments (an array) and keyword arguments (a map), borrowed. */
+TETHER_EXPORT tether_value *tether_request_get_args(tether_request *req);
+TETHER_EXPORT tether_value *tether_request_get_kwargs(tether_request *req);
+/* The service or method name, NUL-terminated, borrowed. */
+TETHER_EXPORT const char *tether_request_get_method(const tether_request *req);
+/* The connection the request came from, borrowed. */
+TETHER_EXPORT tether_conn *tether_request_get_conn(const tether_request *req);
+/* 1 for a notification (no reply is sent), 0 for a call. */
+TETHER_EXPORT int tether_request_is_notification(const tether_request *req);
+/* 1 once the caller has cancelled the call or its connection is gone, else 0. */
+TETHER_EXPORT int tether_request_is_cancelled(const tether_request *req);
+
+/*
+ * Reply with a value built from a format describing one item (NULL format: nil),
+ * with a built value (NULL: nil), or with an error of the given type name and printf
+ * message. A request is replied to once: a second reply returns TETHER_EALREADY.
+ * Replying to a cancelled call or a notification succeeds and sends nothing.
+ * Returns 0, TETHER_EALREADY, TETHER_EINVAL, TETHER_ENOMEM. Thread: any.
+ */
+TETHER_EXPORT int tether_request_reply(tether_request *req, const char *format, ...);
+TETHER_EXPORT int tether_request_reply_value(tether_request *req, tether_value *result);
+TETHER_EXPORT int tether_request_reply_error(tether_request *req, const char *type,
+                                             const char *format, ...) TETHER_PRINTF(3, 4);
+
+/*
+ * Keep a request beyond the handler's return, to reply later. While a request is held
+ * and unreplied, the library tells the caller that the call is alive, so the caller's
+ * silence timeout does not expire. Unref'ing an unreplied request replies an error
+ * "tether.Error: handler dropped the request". Thread: any.
+ */
+TETHER_EXPORT tether_request *tether_request_ref(tether_request *req);
+TETHER_EXPORT tether_request *tether_request_unref(tether_request *req);
+
+/* ---------------------------------------------------------------------------------
+ * Calls and futures
+ * ------------------------------------------------------------------------------- */
+
+typedef struct tether_future tether_future;
+
+typedef struct tether_call_options {
+    /*
+     * Bound on silence: the call fails with TETHER_ETIMEDOUT when nothing about it has
+     * been heard from the callee for this long. A callee that is still working sends
+     * progress, so a long live call is not cut off. 0: the connection's default
+     * (30 s unless configured); TETHER_TIMEOUT_INFINITE: none.
+     */
+    uint64_t timeout_usec;
+    /* Absolute CLOCK_MONOTONIC bound on the whole call; 0: none. */
+    uint64_t deadline_usec;
+} tether_call_options;
+
+/*
+ * Call method on the peer and wait for the result. The format lists the positional
+ * arguments, one item each (as if wrapped in "[...]"); NULL or "" means none.
+ * On success returns 0 and stores a new reference to the result in *ret_result
+ * (release with tether_value_unref; pass NULL to discard it). On failure returns:
+ * TETHER_EREMOTE (the handler failed: *reterr holds type, message, traceback),
+ * TETHER_ENOENT (no such service), TETHER_ETIMEDOUT, TETHER_ECONNRESET (connection lost
+ * during the call), TETHER_ENOTCONN, TETHER_EMSGSIZE (arguments over the frame limit),
+ * TETHER_ENOBUFS (in-flight limit), TETHER_EINVAL; reterr (may be NULL) is then filled
+ * with a type name and a message for every failure.
+ * Thread: any (several threads may call concurrently on one connection).
+ */
+TETHER_EXPORT int tether_conn_call(tether_conn *conn, const char *method,
+                                   const tether_call_options *options, tether_value **ret_result,
+                                   tether_error *reterr, const char *format, ...);
+
+/* Same with prebuilt arguments: args an array (NULL: none), kwargs a map (NULL: none). */
+TETHER_EXPORT int tether_conn_call_values(tether_conn *conn, const char *method,
+                                          tether_value *args, tether_value *kwargs,
+                                          const tether_call_options *options,
+                                          tether_value **ret_result, tether_error *reterr);
+
+/*
+ * Start a call and return at once with a future for its outcome (release with
+ * tether_future_unref; unref'ing a pending future does not cancel the call, use
+ * tether_future_cancel). Errors found before sending are returned here and no future
+ * is made. Thread: any.
+ */
+TETHER_EXPORT int tether_conn_call_async(tether_conn *conn, const char *method,
+                                         const tether_call_options *options,
+                                         tether_future **ret_future, const char *format, ...);
+TETHER_EXPORT int tether_conn_call_async_values(tether_conn *conn, const char *method,
+                                                tether_value *args, tether_value *kwargs,
+                                                const tether_call_options *options,
+                                                tether_future **ret_future);
+
+/*
+ * Send a notification: the peer runs method and sends nothing back. Returns once the
+ * frame is queued: 0, TETHER_ENOTCONN, TETHER_EMSGSIZE, TETHER_EINVAL. Thread: any.
+ */
+TETHER_EXPORT int tether_conn_notify(tether_conn *conn, const char *method, const char *format,
+                                     ...);
+TETHER_EXPORT int tether_conn_notify_values(tether_conn *conn, const char *method,
+                                            tether_value *args, tether_value *kwargs);
+
+/* 1 once the future has its outcome, else 0. Thread: any. */
+TETHER_EXPORT int tether_future_is_ready(tether_future *future);
+
+/*
+ * Wait until the future is ready or timeout_usec passes (TETHER_TIMEOUT_INFINITE:
+ * forever; 0: do not wait). Returns 0 when ready, TETHER_ETIMEDOUT otherwise; the call
+ * itself goes on. Thread: any.
+ */
+TETHER_EXPORT int tether_future_wait(tether_future *future, uint64_t timeout_usec);
+
+/*
+ * The outcome of a ready future, with the same codes as tether_conn_call:
+ * 0 and a new reference in *ret_result (may be NULL), or a negative code and reterr
+ * (may be NULL) filled. TETHER_EINPROGRESS if not ready. Thread: any.
+ */
+TETHER_EXPORT int tether_future_get_result(tether_future *future, tether_value **ret_result,
+                                           tether_error *reterr);
+
+/*
+ * Cancel a pending call: the future completes at once with TETHER_ECANCELED and the
+ * callee is told to stop. Returns 0, or TETHER_EALREADY if it had completed.
+ * Thread: any.
+ */
+TETHER_EXPORT int tether_future_cancel(tether_future *future);
+
+typedef void (*tether_future_fn)(tether_future *future, void *userdata);
+
+/*
+ * Have fn called once the future is ready. TETHER_CONTEXT_IO: on the I/O thread (must
+ * not block), or at once on the calling thread if the future is already ready.
+ * TETHER_CONTEXT_MAIN: inside the owner's dispatch on its main thread.
+ * The future is borrowed for the callback. One callback per future: TETHER_EALREADY for
+ * a second one. Thread: any.
+ */
+TETHER_EXPORT int tether_future_set_callback(tether_future *future, tether_context context,
+                                             tether_future_fn fn, void *userdata);
+
+TETHER_EXPORT tether_future *tether_future_ref(tether_future *future);
+TETHER_EXPORT tether_future *tether_future_unref(tether_future *future);
+
+/* ---------------------------------------------------------------------------------
+ * Connections
+ * ------------------------------------------------------------------------------- */
+
+TETHER_EXPORT tether_conn *tether_conn_ref(tether_conn *conn);
+TETHER_EXPORT tether_conn *tether_conn_unref(tether_conn *conn);
+
+/* The peer's name as sent in its handshake, borrowed (lives with conn). Thread: any. */
+TETHER_EXPORT const char *tether_conn_get_peer_name(const tether_conn *conn);
+/* The peer's process id as sent in its handshake. Thread: any. */
+TETHER_EXPORT int64_t tether_conn_get_peer_pid(const tether_conn *conn);
+/* The peer's language and its version ("c", "python" / "3.11.2"), borrowed. */
+TETHER_EXPORT const char *tether_conn_get_peer_language(const tether_conn *conn);
+TETHER_EXPORT const char *tether_conn_get_peer_language_version(const tether_conn *conn);
+/* 1 while the connection is open, 0 once closed or lost. Thread: any. */
+TETHER_EXPORT int tether_conn_is_connected(const tether_conn *conn);
+
+/*
+ * Close the connection: pending calls on both sides fail (TETHER_ECANCELED here,
+ * a lost connection at the peer). Returns 0 or TETHER_EALREADY. Thread: any.
+ */
+TETHER_EXPORT int tether_conn_close(tether_conn *conn);
+
+/* ---------------------------------------------------------------------------------
+ * Hosts
+ * ------------------------------------------------------------------------------- */
+
+typedef struct tether_host tether_host;
+
+/* Default loopback TCP port when TCP is enabled without a port. */
+#define TETHER_DEFAULT_TCP_PORT 18861
+/* tcp_port value asking the system for a free port (read it with tether_host_get_tcp_port). */
+#define TETHER_PORT_EPHEMERAL (-1)
+
+typedef struct tether_host_options {
+    /* The host's name: its socket is <runtime_dir>/<name>.sock. NULL: "default". */
+    const char *name;
+    /* Directory for sockets and the token file, made 0700. NULL: $TETHER_RUNTIME_DIR,
+     * else $XDG_RUNTIME_DIR/tether, else /tmp/tether-<uid>. */
+    const char *runtime_dir;
+    /* Unix socket path instead of <runtime_dir>/<name>.sock. */
+    const char *unix_path;
+    /* Do not listen on a Unix socket (TCP only, or socket pairs only). */
+    bool no_unix;
+    /* Also listen on TCP. tcp_port: 0 means 18861, TETHER_PORT_EPHEMERAL a free one. */
+    bool tcp;
+    int tcp_port;
+    /* Address to bind: NULL means 127.0.0.1. Anything not loopback also needs
+     * tcp_allow_remote, since the token is then the only protection. */
+    const char *tcp_bind;
+    bool tcp_allow_remote;
+
+    /* Limits; 0 means the default in parentheses. */
+    uint32_t max_frame_size;        /* bytes of one frame (16 MiB) */
+    uint32_t max_in_flight;         /* requests a client may have running here (1024) */
+    uint32_t max_clients;           /* connected clients (1024) */
+    uint64_t handshake_timeout_usec; /* from accept to hello (5 s) */
+    uint64_t max_output_bytes;      /* bytes queued to one slow reader (64 MiB) */
+    /* Default silence timeout of calls made to clients (30 s). */
+    uint64_t default_timeout_usec;
+
+    /* Diagnostics; NULL: none. */
+    tether_log_fn log;
+    void *log_userdata;
+    /* Most verbose level passed to log (TETHER_LOG_INFO). */
+    int log_level;
+} tether_host_options;
+
+/*
+ * Make a host (not yet listening). The calling thread becomes the host's main thread.
+ * Returns 0 and a host in *ret_host, TETHER_EINVAL, TETHER_ENOMEM. Thread: any.
+ */
+TETHER_EXPORT int tether_host_new(const tether_host_options *options, tether_host **ret_host);
+
+TETHER_EXPORT tether_host *tether_host_ref(tether_host *host);
+/* The last unref stops the host as tether_host_stop does. */
+TETHER_EXPORT tether_host *tether_host_unref(tether_host *host);
+
+/*
+ * Register a service that clients call by name. Services may be added before or after
+ * start. Returns 0, TETHER_EEXIST, TETHER_EINVAL (bad name or context), TETHER_ENOTSUP
+ * (context not available in this build), TETHER_ENOMEM. Thread: any.
+ */
+TETHER_EXPORT int tether_host_add_service(tether_host *host, const char *name,
+                                          tether_context context, tether_handler_fn handler,
+                                          void *userdata);
+
+/*
+ * Start listening and serving on the I/O thread. Returns 0, TETHER_EALREADY,
+ * TETHER_EADDRINUSE-like negated errno from bind (for example -EADDRINUSE when another
+ * live host has the name), TETHER_EINVAL (tcp_bind not loopback without
+ * tcp_allow_remote). A stale socket file of a dead host is replaced. Thread: any.
+ */
+TETHER_EXPORT int tether_host_start(tether_host *host);
+
+/*
+ * Stop listening, close every client connection (their pending calls fail) and remove
+ * the socket file. Returns 0 or TETHER_EALREADY. Thread: any but a handler's.
+ */
+TETHER_EXPORT int tether_host_stop(tether_host *host);
+
+/* "unix:/path" of the Unix listener, NULL if none; borrowed. Thread: any. */
+TETHER_EXPORT const char *tether_host_get_address(const tether_host *host);
+/* The TCP port listened on, TETHER_ENOTCONN if no TCP listener. Thread: any. */
+TETHER_EXPORT int tether_host_get_tcp_port(const tether_host *host);
+/* The path of the 0600 file holding the token TCP clients must present; borrowed. */
+TETHER_EXPORT const char *tether_host_get_token_path(const tether_host *host);
+
+/*
+ * Find a connected client by the name it gave in its handshake (the most recent one if
+ * several share it). Returns 0 and a new reference in *ret_conn, or TETHER_ENOENT.
+ * Thread: any.
+ */
+TETHER_EXPORT int tether_host_get_client(tether_host *host, const char *name,
+                                         tether_conn **ret_conn);
+
+/*
+ * Serve an already-connected stream socket (for example one end of a socketpair given
+ * to a child process). The host takes ownership of fd on success; on failure the
+ * caller still owns it. The peer must still send hello; no token is needed, since only
+ * the creator of the pair can reach it. Returns 0, TETHER_EUSERS, TETHER_EINVAL.
+ * Thread: any.
+ */
+TETHER_EXPORT int tether_host_adopt_fd(tether_host *host, int fd);
+
+/* Number of connected clients. Thread: any. */
+TETHER_EXPORT int tether_host_get_client_count(const tether_host *host);
+
+/* ---------------------------------------------------------------------------------
+ * Clients
+ * ------------------------------------------------------------------------------- */
+
+typedef struct tether_client tether_client;
+
+typedef struct tether_client_options {
+    /* The name the host lists this client under. NULL: the program's name. */
+    const char *name;
+    /*
+     * Where the host is: "unix:/path", "tcp:127.0.0.1:PORT", or a host name (its socket
+     * in the runtime directory). NULL: $TETHER_ADDRESS, else the host named "default".
+     */
+    const char *address;
+    /* Token for TCP. NULL: $TETHER_TOKEN, else the host's token file in the runtime
+     * directory (same user on the same machine). */
+    const char *token;
+    /* As in tether_host_options. */
+    const char *runtime_dir;
+    /* Already-connected socket to use instead of an address (>= 3 to take effect; the
+     * client takes ownership on successful connect). */
+    int fd;
+    /* Reported in the handshake: NULL means "c" and "" respectively. */
+    const char *language;
+    const char *language_version;
+
+    /* Limits and timeouts; 0 means the default in parentheses. */
+    uint32_t max_frame_size;         /* (16 MiB) */
+    uint32_t max_in_flight;          /* requests the host may have running here (1024) */
+    uint64_t connect_timeout_usec;   /* connect + handshake (5 s) */
+    uint64_t default_timeout_usec;   /* silence timeout of calls (30 s) */
+    uint64_t max_output_bytes;       /* (64 MiB) */
+
+    tether_log_fn log;
+    void *log_userdata;
+    int log_level;
+} tether_client_options;
+
+/* Make a client (not yet connected). Returns 0, TETHER_EINVAL, TETHER_ENOMEM. Thread: any. */
+TETHER_EXPORT int tether_client_new(const tether_client_options *options,
+                                    tether_client **ret_client);
+
+TETHER_EXPORT tether_client *tether_client_ref(tether_client *client);
+/* The last unref closes the connection. */
+TETHER_EXPORT tether_client *tether_client_unref(tether_client *client);
+
+/* Register a service the host may call, as tether_host_add_service. Thread: any. */
+TETHER_EXPORT int tether_client_add_service(tether_client *client, const char *name,
+                                            tether_context context,
+                                            tether_handler_fn handler, void *userdata);
+
+/*
+ * Connect and complete the handshake, blocking up to connect_timeout_usec. Returns 0,
+ * TETHER_ECONNREFUSED / -ENOENT (nothing at the address), TETHER_EACCES (token
+ * refused), TETHER_EPROTONOSUPPORT, TETHER_EUSERS, TETHER_ETIMEDOUT, TETHER_EALREADY,
+ * TETHER_EINVAL (unparsable address); reterr (may be NULL) gets the host's reason.
+ * Thread: any.
+ */
+TETHER_EXPORT int tether_client_connect(tether_client *client, tether_error *reterr);
+
+/* The connection to the host, borrowed (valid as long as the client). Thread: any. */
+TETHER_EXPORT tether_conn *tether_client_get_conn(tether_client *client);
+
+/* The host's name from its welcome, borrowed; NULL before connecting. Thread: any. */
+TETHER_EXPORT const char *tether_client_get_host_name(const tether_client *client);
+
+/* Close the connection; pending calls fail with TETHER_ECANCELED. Thread: any. */
+TETHER_EXPORT int tether_client_close(tether_client *client);
+
+/*
+ * Resolve an address as tether_client_connect would, into "unix:/path" or
+ * "tcp:HOST:PORT" (newly allocated, free() it). Returns 0, TETHER_EINVAL, TETHER_ENOMEM.
+ * Thread: any.
+ */
+TETHER_EXPORT int tether_resolve_address(const char *address, const char *runtime_dir,
+                                         char **ret_address);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

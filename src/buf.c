@@ -1,0 +1,76 @@
+/*
+ * buf: see buf.h. Growth doubles; consumed space at the front is reclaimed when the
+ * buffer empties or when the pending tail is small compared to what was consumed.
+ */
+#include "buf.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "alloc.h"
+
+void
+tether__buf_done(tether__buf *b)
+{
+    tether__free(b->data);
+    *b = TETHER__BUF_INIT;
+}
+
+int
+tether__buf_reserve(tether__buf *b, size_t n)
+{
+    if (b->off > 0 && (b->off == b->len || b->cap - b->len < n)) {
+        size_t pending = b->len - b->off;
+        memmove(b->data, b->data + b->off, pending);
+        b->len = pending;
+        b->off = 0;
+    }
+    if (b->cap - b->len >= n) {
+        return 0;
+    }
+    size_t want = b->cap ? b->cap : 256;
+    while (want - b->len < n) {
+        if (want > SIZE_MAX / 2) {
+            return -ENOMEM;
+        }
+        want *= 2;
+    }
+    uint8_t *p = tether__realloc(b->data, want);
+    if (!p) {
+        return -ENOMEM;
+    }
+    b->data = p;
+    b->cap = want;
+    return 0;
+}
+
+int
+tether__buf_append(tether__buf *b, const void *p, size_t n)
+{
+    int r = tether__buf_reserve(b, n);
+    if (r < 0) {
+        return r;
+    }
+    if (n) {
+        memcpy(b->data + b->len, p, n);
+    }
+    b->len += n;
+    return 0;
+}
+
+void
+tether__buf_consume(tether__buf *b, size_t n)
+{
+    b->off += n;
+    if (b->off >= b->len) {
+        b->off = 0;
+        b->len = 0;
+    }
+}
+
+void
+tether__buf_reset(tether__buf *b)
+{
+    b->off = 0;
+    b->len = 0;
+}

@@ -1,0 +1,42 @@
+/*
+ * buf: a growable byte buffer with a read offset, used for frames being built, for a
+ * connection's input and for its output queue. Bytes [off, len) are pending; consume()
+ * advances off and compacts lazily, so appending and consuming are both amortised O(1).
+ */
+#ifndef TETHER_BUF_H
+#define TETHER_BUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct tether__buf {
+    uint8_t *data;
+    size_t len; /* bytes written */
+    size_t off; /* bytes already consumed from the front */
+    size_t cap;
+} tether__buf;
+
+#define TETHER__BUF_INIT ((tether__buf){0})
+
+void tether__buf_done(tether__buf *b);
+/* Make room for at least n more bytes after len. Returns 0 or -ENOMEM. */
+int tether__buf_reserve(tether__buf *b, size_t n);
+int tether__buf_append(tether__buf *b, const void *p, size_t n);
+/* Drop n pending bytes from the front. */
+void tether__buf_consume(tether__buf *b, size_t n);
+/* Forget everything, keep the memory. */
+void tether__buf_reset(tether__buf *b);
+
+static inline size_t
+tether__buf_pending(const tether__buf *b)
+{
+    return b->len - b->off;
+}
+
+static inline uint8_t *
+tether__buf_head(const tether__buf *b)
+{
+    return b->data + b->off;
+}
+
+#endif

@@ -1,0 +1,792 @@
+/*
+ * call: the calling side of a connection. Outgoing calls (synchronous, future-based and
+ * notifications), the pending table that matches responses to them, futures, and the
+ * timeouts: a silence bound refreshed by the callee's PROGRESS frames, and an optional
+ * absolute deadline.
+ *
+ * A synchronous caller keeps its tether__pending on its own stack and waits in
+ * tether__conn_wait(), usually reading its own reply. A future embeds its pending
+ * record; the table holds a reference to the future while the call is pending.
+ * Completion always happens outside the connection lock, exactly once per record:
+ * whoever removes a record from the table (a response, a timeout, a cancel, a close)
+ * completes it.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <string.h>
+#include <time.h>
+
+#include "alloc.h"
+#include "conn.h"
+#include "value.h"
+
+struct tether_future {
+    atomic_uint refs;
+    tether__pending pending;
+    tether_conn *conn; /* reference while pending */
+    pthread_mutex_t lock;
+    pthread_cond_t cv;   /* CLOCK_MONOTONIC */
+    bool done;           /* guarded by lock */
+    int status;          /* guarded by lock, final once done */
+    tether_value *result;
+    tether_error error;
+    tether_future_fn callback; /* guarded by lock */
+    void *callback_userdata;
+    bool callback_set;
+    tether__task callback_task;
+};
+
+#define SWEEP_INTERVAL_MS 10
+
+/* ---- pending table (conn lock held) --------------------------------------------- */
+
+static void
+pending_insert(tether_conn *c, tether__pending *p)
+{
+    uint32_t h = (uint32_t)p->id & c->pending_mask;
+    p->next = c->pending[h];
+    c->pending[h] = p;
+    c->pending_count++;
+}
+
+tether__pending *
+tether__pending_take(tether_conn *c, uint64_t id)
+{
+    tether__pending **pp = &c->pending[(uint32_t)id & c->pending_mask];
+    for (; *pp; pp = &(*pp)->next) {
+        if ((*pp)->id == id) {
+            tether__pending *p = *pp;
+            *pp = p->next;
+            c->pending_count--;
+            if (p->future) {
+                c->async_count--;
+            }
+            return p;
+        }
+    }
+    return NULL;
+}
+
+static tether__pending *
+pending_find(tether_conn *c, uint64_t id)
+{
+    for (tether__pending *p = c->pending[(uint32_t)id & c->pending_mask]; p; p = p->next) {
+        if (p->id == id) {
+            return p;
+        }
+    }
+    return NULL;
+}
+
+/* ---- completion ----------------------------------------------------------------- */
+
+static int
+set_error(tether_error *e, const char *type, const char *message, const char *traceback)
+{
+    tether_error_done(e);
+    e->type = type ? tether__strdup(type) : NULL;
+    e->message = message ? tether__strdup(message) : NULL;
+    e->traceback = traceback ? tether__strdup(traceback) : NULL;
+    return 0;
+}
+
+void
+tether__pending_complete(tether_conn *c, tether__pending *p, int status, tether_value *result,
+                         const char *type, const char *message, const char *traceback)
+{
+    if (p->future) {
+        tether__future_complete(p->future, status, result, type, message, traceback);
+        return;
+    }
+    pthread_mutex_lock(&c->lock);
+    p->status = status;
+    p->result = result;
+    if (status < 0) {
+        set_error(&p->error, type, message, traceback);
+    }
+    p->done = true;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&c->lock);
+}
+
+static int
+status_of_error_type(const char *type)
+{
+    if (!type) {
+        return -EREMOTEIO;
+    }
+    if (strcmp(type, "tether.NoSuchService") == 0 || strcmp(type, "tether.NoSuchObject") == 0) {
+        return -ENOENT;
+    }
+    if (strcmp(type, "tether.TooManyRequests") == 0) {
+        return -ENOBUFS;
+    }
+    if (strcmp(type, "tether.Cancelled") == 0) {
+        return -ECANCELED;
+    }
+    return -EREMOTEIO;
+}
+
+void
+tether__conn_on_response(tether_conn *c, const tether__frame *f)
+{
+    pthread_mutex_lock(&c->lock);
+    tether__pending *p = tether__pending_take(c, f->id);
+    pthread_mutex_unlock(&c->lock);
+    if (!p) {
+        return; /* cancelled or timed out meanwhile */
+    }
+    tether_value *v = NULL;
+    int r = tether__value_new_copy(f->value.ptr, f->value.len, &v);
+    if (r < 0) {
+        tether__pending_complete(c, p, r, NULL, "tether.Error", tether_strerror(r), NULL);
+        return;
+    }
+    if (!f->is_error) {
+        tether__pending_complete(c, p, 0, v, NULL, NULL, NULL);
+        return;
+    }
+    char *type = NULL, *message = NULL, *traceback = NULL;
+    r = tether__value_error_fields(v, &type, &message, &traceback);
+    tether_value_unref(v);
+    tether__pending_complete(c, p, r < 0 ? r : status_of_error_type(type), NULL,
+                             type ? type : "tether.Error", message ? message : "",
+                             traceback);
+    tether__free(type);
+    tether__free(message);
+    tether__free(traceback);
+}
+
+void
+tether__conn_on_progress(tether_conn *c, const tether__frame *f)
+{
+    tether__mp_reader rd = {f->value.ptr, f->value.ptr + f->value.len};
+    uint32_t n;
+    if (tether__mp_read_array(&rd, &n) < 0) {
+        return;
+    }
+    uint64_t now = tether_now_usec();
+    pthread_mutex_lock(&c->lock);
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t id;
+        if (tether__mp_read_uint(&rd, &id) < 0) {
+            break;
+        }
+        tether__pending *p = pending_find(c, id);
+        if (p) {
+            p->last_heard_usec = now;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* ---- the timeout sweep of futures (I/O thread) ----------------------------------- */
+
+static void
+on_sweep(uv_timer_t *t)
+{
+    tether_conn *c = t->data;
+    tether__conn_sweep(c);
+}
+
+void
+tether__conn_sweep(tether_conn *c)
+{
+    uint64_t now = tether_now_usec();
+    tether__pending *expired = NULL;
+    pthread_mutex_lock(&c->lock);
+    for (uint32_t i = 0; i <= c->pending_mask && c->async_count > 0; i++) {
+        tether__pending **pp = &c->pending[i];
+        while (*pp) {
+            tether__pending *p = *pp;
+            uint64_t silence = p->timeout_usec == UINT64_MAX ? UINT64_MAX
+                                                             : p->last_heard_usec + p->timeout_usec;
+            if (p->future && (now >= silence || now >= p->deadline_usec)) {
+                *pp = p->next;
+                c->pending_count--;
+                c->async_count--;
+                p->next = expired;
+                expired = p;
+                continue;
+            }
+            pp = &p->next;
+        }
+    }
+    bool idle = c->async_count == 0;
+    pthread_mutex_unlock(&c->lock);
+    if (idle) {
+        uv_timer_stop(&c->sweep_timer);
+        c->sweep_running = false;
+    }
+    while (expired) {
+        tether__pending *p = expired;
+        expired = p->next;
+        bool deadline = now >= p->deadline_usec;
+        tether__send_cancel(c, p->id);
+        tether__pending_complete(c, p, -ETIMEDOUT, NULL, "tether.Timeout",
+                                 deadline ? "the call's deadline passed"
+                                          : "the peer was silent for longer than the timeout",
+                                 NULL);
+    }
+}
+
+static void
+run_sweep_start(tether__task *task)
+{
+    tether_conn *c = (tether_conn *)((char *)task - offsetof(tether_conn, sweep_task));
+    pthread_mutex_lock(&c->lock);
+    c->sweep_posted = false;
+    pthread_mutex_unlock(&c->lock);
+    if (atomic_load(&c->attached) && !c->closing_handles && !c->sweep_running) {
+        c->sweep_running = true;
+        uv_timer_start(&c->sweep_timer, on_sweep, SWEEP_INTERVAL_MS, SWEEP_INTERVAL_MS);
+    }
+    tether_conn_unref(c);
+}
+
+/* ---- sending calls ----------------------------------------------------------------- */
+
+typedef struct request_arg {
+    uint64_t id, chain, timeout_ms;
+    const char *method;
+    const uint8_t *args, *kwargs;
+    size_t args_len, kwargs_len;
+    const char *format;
+    va_list *ap;
+    bool notify;
+} request_arg;
+
+/* Encode a request or notification whose args come from a format, straight into out. */
+static int
+encode_request(tether__buf *out, void *argp)
+{
+    request_arg *a = argp;
+    tether__buf args = TETHER__BUF_INIT;
+    const uint8_t *ap = a->args;
+    size_t alen = a->args_len;
+    if (a->format) {
+        va_list copy;
+        va_copy(copy, *a->ap);
+        int r = tether__format_build(&args, a->format, copy, true);
+        va_end(copy);
+        if (r < 0) {
+            tether__buf_done(&args);
+            return r;
+        }
+        ap = args.data;
+        alen = args.len;
+    }
+    size_t mlen = strlen(a->method);
+    int r = a->notify ? tether__encode_notify(out, a->chain, 0, a->method, mlen, ap, alen,
+                                              a->kwargs, a->kwargs_len)
+                      : tether__encode_request(out, a->id, a->chain, 0, a->method, mlen, ap, alen,
+                                               a->kwargs, a->kwargs_len, a->timeout_ms);
+    tether__buf_done(&args);
+    return r;
+}
+
+static int
+encode_cancel(tether__buf *out, void *arg)
+{
+    return tether__encode_cancel(out, *(uint64_t *)arg);
+}
+
+int
+tether__send_cancel(tether_conn *c, uint64_t id)
+{
+    return tether__conn_send(c, encode_cancel, &id, false);
+}
+
+static int
+check_conn(tether_conn *c, const char *method)
+{
+    if (!c || !method || !*method) {
+        return -EINVAL;
+    }
+    if (c->fork_generation != tether__fork_generation()) {
+        return -ECHILD;
+    }
+    if (atomic_load(&c->state) != TETHER__CONN_OPEN) {
+        return -ENOTCONN;
+    }
+    return 0;
+}
+
+static void
+fill_local_error(tether_error *reterr, int r, const char *method)
+{
+    if (!reterr) {
+        return;
+    }
+    const char *type = r == -ETIMEDOUT    ? "tether.Timeout"
+                       : r == -ENOTCONN   ? "tether.NotConnected"
+                       : r == -EMSGSIZE   ? "tether.MessageTooLarge"
+                       : r == -ENOBUFS    ? "tether.TooManyRequests"
+                       : r == -EINVAL     ? "tether.InvalidArgument"
+                       : r == -ECANCELED  ? "tether.Cancelled"
+                       : r == -ECONNRESET ? "tether.ConnectionLost"
+                                          : "tether.Error";
+    tether_error_set(reterr, type, "%s: %s", method ? method : "call", tether_strerror(r));
+}
+
+static void
+pending_init(tether_conn *c, tether__pending *p, const tether_call_options *opts)
+{
+    uint64_t timeout = opts && opts->timeout_usec ? opts->timeout_usec : c->ep->default_timeout_usec;
+    p->id = atomic_fetch_add_explicit(&c->next_id, 1, memory_order_relaxed);
+    p->timeout_usec = timeout;
+    p->deadline_usec = opts && opts->deadline_usec ? opts->deadline_usec : UINT64_MAX;
+    p->last_heard_usec = tether_now_usec();
+}
+
+static uint64_t
+timeout_ms_of(const tether__pending *p)
+{
+    if (p->timeout_usec == UINT64_MAX) {
+        return 0;
+    }
+    uint64_t ms = p->timeout_usec / 1000;
+    return ms ? ms : 1;
+}
+
+/* Register p and send the request. On failure p is not registered. */
+static int
+start_call(tether_conn *c, tether__pending *p, request_arg *a, bool flush_now)
+{
+    pthread_mutex_lock(&c->lock);
+    if (atomic_load(&c->state) != TETHER__CONN_OPEN) {
+        pthread_mutex_unlock(&c->lock);
+        return -ENOTCONN;
+    }
+    if (c->pending_count >= c->peer_max_in_flight) {
+        pthread_mutex_unlock(&c->lock);
+        return -ENOBUFS;
+    }
+    pending_insert(c, p);
+    bool start_sweep = false;
+    if (p->future) {
+        c->async_count++;
+        if (!c->sweep_posted) {
+            c->sweep_posted = true;
+            start_sweep = true;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+
+    a->id = p->id;
+    a->timeout_ms = timeout_ms_of(p);
+    a->chain = tether__current_chain();
+    int r = tether__conn_send(c, encode_request, a, flush_now);
+    if (r < 0) {
+        pthread_mutex_lock(&c->lock);
+        tether__pending *taken = tether__pending_take(c, p->id);
+        if (start_sweep) {
+            c->sweep_posted = false;
+        }
+        pthread_mutex_unlock(&c->lock);
+        if (!taken) {
+            /* A close took it first and completes it; report what the close says. */
+            return 1;
+        }
+        return r;
+    }
+    atomic_fetch_add_explicit(&c->calls_out, 1, memory_order_relaxed);
+    if (start_sweep) {
+        tether_conn_ref(c);
+        c->sweep_task.run = run_sweep_start;
+        tether__ioloop_post(c->loop, &c->sweep_task);
+    }
+    return 0;
+}
+
+static int
+call_sync(tether_conn *c, const char *method, request_arg *a, const tether_call_options *opts,
+          tether_value **ret_result, tether_error *reterr)
+{
+    if (ret_result) {
+        *ret_result = NULL;
+    }
+    int r = check_conn(c, method);
+    if (r == 0 && tether__ioloop_in_thread(c->loop)) {
+        r = -EDEADLK; /* the I/O thread would wait for itself */
+    }
+    if (r < 0) {
+        fill_local_error(reterr, r, method);
+        return r;
+    }
+    tether__pending p = {0};
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&p.cv, &attr);
+    pthread_condattr_destroy(&attr);
+    pending_init(c, &p, opts);
+    tether_conn_ref(c);
+    r = start_call(c, &p, a, true);
+    if (r < 0) {
+        fill_local_error(reterr, r, method);
+        goto out;
+    }
+    tether__conn_wait(c, &p);
+    r = p.status;
+    if (r == 0) {
+        if (ret_result) {
+            *ret_result = p.result;
+        } else {
+            tether_value_unref(p.result);
+        }
+    } else if (reterr) {
+        tether_error_done(reterr);
+        *reterr = p.error;
+        p.error = (tether_error)TETHER_ERROR_INIT;
+    }
+    tether_error_done(&p.error);
+out:
+    pthread_cond_destroy(&p.cv);
+    tether_conn_unref(c);
+    return r;
+}
+
+int
+tether_conn_call(tether_conn *c, const char *method, const tether_call_options *opts,
+                 tether_value **ret_result, tether_error *reterr, const char *format, ...)
+{
+    va_list ap;
+    va_start(ap, format);
+    request_arg a = {.method = method, .format = format ? format : "", .ap = &ap};
+    int r = call_sync(c, method, &a, opts, ret_result, reterr);
+    va_end(ap);
+    return r;
+}
+
+static int
+raw_of(tether_value *v, const uint8_t **p, size_t *len)
+{
+    if (!v) {
+        *p = NULL;
+        *len = 0;
+        return 0;
+    }
+    const void *data;
+    int r = tether_value_get_msgpack(v, &data, len);
+    *p = data;
+    return r;
+}
+
+static int
+values_arg(request_arg *a, const char *method, tether_value *args, tether_value *kwargs)
+{
+    a->method = method;
+    int r = raw_of(args, &a->args, &a->args_len);
+    if (r == 0) {
+        r = raw_of(kwargs, &a->kwargs, &a->kwargs_len);
+    }
+    /* The wire wants an array and a map: check the first byte's family. */
+    if (r == 0 && a->args && !((a->args[0] & 0xf0) == 0x90 || a->args[0] == 0xdc || a->args[0] == 0xdd)) {
+        r = -EINVAL;
+    }
+    if (r == 0 && a->kwargs &&
+        !((a->kwargs[0] & 0xf0) == 0x80 || a->kwargs[0] == 0xde || a->kwargs[0] == 0xdf)) {
+        r = -EINVAL;
+    }
+    return r;
+}
+
+int
+tether_conn_call_values(tether_conn *c, const char *method, tether_value *args,
+                        tether_value *kwargs, const tether_call_options *opts,
+                        tether_value **ret_result, tether_error *reterr)
+{
+    request_arg a = {0};
+    int r = values_arg(&a, method, args, kwargs);
+    if (r < 0) {
+        fill_local_error(reterr, r, method);
+        return r;
+    }
+    return call_sync(c, method, &a, opts, ret_result, reterr);
+}
+
+/* ---- futures ------------------------------------------------------------------------ */
+
+static tether_future *
+future_new(void)
+{
+    tether_future *f = tether__calloc(1, sizeof(*f));
+    if (!f) {
+        return NULL;
+    }
+    atomic_init(&f->refs, 1);
+    pthread_mutex_init(&f->lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&f->cv, &attr);
+    pthread_condattr_destroy(&attr);
+    f->pending.future = f;
+    return f;
+}
+
+static int
+call_async(tether_conn *c, const char *method, request_arg *a, const tether_call_options *opts,
+           tether_future **ret_future)
+{
+    if (!ret_future) {
+        return -EINVAL;
+    }
+    *ret_future = NULL;
+    int r = check_conn(c, method);
+    if (r < 0) {
+        return r;
+    }
+    tether_future *f = future_new();
+    if (!f) {
+        return -ENOMEM;
+    }
+    pending_init(c, &f->pending, opts);
+    f->conn = tether_conn_ref(c);
+    tether_future_ref(f); /* the pending table's reference */
+    r = start_call(c, &f->pending, a, false);
+    if (r > 0) {
+        r = 0; /* completed by a concurrent close */
+    }
+    if (r < 0) {
+        tether_conn_unref(f->conn);
+        f->conn = NULL;
+        tether_future_unref(f);
+        tether_future_unref(f);
+        return r;
+    }
+    *ret_future = f;
+    return 0;
+}
+
+int
+tether_conn_call_async(tether_conn *c, const char *method, const tether_call_options *opts,
+                       tether_future **ret_future, const char *format, ...)
+{
+    va_list ap;
+    va_start(ap, format);
+    request_arg a = {.method = method, .format = format ? format : "", .ap = &ap};
+    int r = call_async(c, method, &a, opts, ret_future);
+    va_end(ap);
+    return r;
+}
+
+int
+tether_conn_call_async_values(tether_conn *c, const char *method, tether_value *args,
+                              tether_value *kwargs, const tether_call_options *opts,
+                              tether_future **ret_future)
+{
+    request_arg a = {0};
+    int r = values_arg(&a, method, args, kwargs);
+    return r < 0 ? r : call_async(c, method, &a, opts, ret_future);
+}
+
+static int
+notify(tether_conn *c, const char *method, request_arg *a)
+{
+    int r = check_conn(c, method);
+    if (r < 0) {
+        return r;
+    }
+    a->notify = true;
+    a->chain = tether__current_chain();
+    return tether__conn_send(c, encode_request, a, false);
+}
+
+int
+tether_conn_notify(tether_conn *c, const char *method, const char *format, ...)
+{
+    va_list ap;
+    va_start(ap, format);
+    request_arg a = {.method = method, .format = format ? format : "", .ap = &ap};
+    int r = notify(c, method, &a);
+    va_end(ap);
+    return r;
+}
+
+int
+tether_conn_notify_values(tether_conn *c, const char *method, tether_value *args,
+                          tether_value *kwargs)
+{
+    request_arg a = {0};
+    int r = values_arg(&a, method, args, kwargs);
+    return r < 0 ? r : notify(c, method, &a);
+}
+
+static void
+run_future_callback(tether__task *task)
+{
+    tether_future *f = (tether_future *)((char *)task - offsetof(tether_future, callback_task));
+    f->callback(f, f->callback_userdata);
+    tether_future_unref(f);
+}
+
+void
+tether__future_complete(tether_future *f, int status, tether_value *result, const char *type,
+                        const char *message, const char *traceback)
+{
+    pthread_mutex_lock(&f->lock);
+    f->status = status;
+    f->result = result;
+    if (status < 0) {
+        set_error(&f->error, type, message, traceback);
+    }
+    f->done = true;
+    pthread_cond_broadcast(&f->cv);
+    tether_future_fn cb = f->callback;
+    tether_conn *c = f->conn;
+    f->conn = NULL;
+    pthread_mutex_unlock(&f->lock);
+    if (cb) {
+        if (tether__ioloop_in_thread(c->loop)) {
+            cb(f, f->callback_userdata);
+        } else {
+            tether_future_ref(f);
+            f->callback_task.run = run_future_callback;
+            tether__ioloop_post(c->loop, &f->callback_task);
+        }
+    }
+    tether_conn_unref(c);
+    tether_future_unref(f); /* the pending table's reference */
+}
+
+int
+tether_future_is_ready(tether_future *f)
+{
+    if (!f) {
+        return -EINVAL;
+    }
+    pthread_mutex_lock(&f->lock);
+    int done = f->done;
+    pthread_mutex_unlock(&f->lock);
+    return done;
+}
+
+int
+tether_future_wait(tether_future *f, uint64_t timeout_usec)
+{
+    if (!f) {
+        return -EINVAL;
+    }
+    uint64_t deadline =
+        timeout_usec == TETHER_TIMEOUT_INFINITE ? UINT64_MAX : tether_now_usec() + timeout_usec;
+    pthread_mutex_lock(&f->lock);
+    while (!f->done) {
+        if (deadline == UINT64_MAX) {
+            pthread_cond_wait(&f->cv, &f->lock);
+            continue;
+        }
+        if (tether_now_usec() >= deadline) {
+            break;
+        }
+        struct timespec ts = {.tv_sec = (time_t)(deadline / 1000000),
+                              .tv_nsec = (long)(deadline % 1000000) * 1000};
+        pthread_cond_timedwait(&f->cv, &f->lock, &ts);
+    }
+    int r = f->done ? 0 : -ETIMEDOUT;
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+int
+tether_future_get_result(tether_future *f, tether_value **ret_result, tether_error *reterr)
+{
+    if (ret_result) {
+        *ret_result = NULL;
+    }
+    if (!f) {
+        return -EINVAL;
+    }
+    pthread_mutex_lock(&f->lock);
+    if (!f->done) {
+        pthread_mutex_unlock(&f->lock);
+        return -EINPROGRESS;
+    }
+    int r = f->status;
+    if (r == 0 && ret_result) {
+        *ret_result = tether_value_ref(f->result);
+    } else if (r < 0 && reterr) {
+        set_error(reterr, f->error.type, f->error.message, f->error.traceback);
+    }
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+int
+tether_future_cancel(tether_future *f)
+{
+    if (!f) {
+        return -EINVAL;
+    }
+    pthread_mutex_lock(&f->lock);
+    tether_conn *c = f->done ? NULL : tether_conn_ref(f->conn);
+    pthread_mutex_unlock(&f->lock);
+    if (!c) {
+        return -EALREADY;
+    }
+    pthread_mutex_lock(&c->lock);
+    tether__pending *p = tether__pending_take(c, f->pending.id);
+    pthread_mutex_unlock(&c->lock);
+    int r = -EALREADY;
+    if (p) {
+        tether__send_cancel(c, p->id);
+        tether__pending_complete(c, p, -ECANCELED, NULL, "tether.Cancelled",
+                                 "the call was cancelled", NULL);
+        r = 0;
+    }
+    tether_conn_unref(c);
+    return r;
+}
+
+int
+tether_future_set_callback(tether_future *f, tether_context context, tether_future_fn fn,
+                           void *userdata)
+{
+    if (!f || !fn) {
+        return -EINVAL;
+    }
+    if (context != TETHER_CONTEXT_IO) {
+        return context == TETHER_CONTEXT_MAIN || context == TETHER_CONTEXT_POOL ? -ENOTSUP
+                                                                                : -EINVAL;
+    }
+    pthread_mutex_lock(&f->lock);
+    if (f->callback_set) {
+        pthread_mutex_unlock(&f->lock);
+        return -EALREADY;
+    }
+    f->callback_set = true;
+    f->callback_userdata = userdata;
+    if (f->done) {
+        pthread_mutex_unlock(&f->lock);
+        fn(f, userdata);
+        return 0;
+    }
+    f->callback = fn;
+    pthread_mutex_unlock(&f->lock);
+    return 0;
+}
+
+tether_future *
+tether_future_ref(tether_future *f)
+{
+    if (f) {
+        atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed);
+    }
+    return f;
+}
+
+tether_future *
+tether_future_unref(tether_future *f)
+{
+    if (f && atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) == 1) {
+        tether_value_unref(f->result);
+        tether_error_done(&f->error);
+        tether_conn_unref(f->conn);
+        pthread_cond_destroy(&f->cv);
+        pthread_mutex_destroy(&f->lock);
+        tether__free(f);
+    }
+    return NULL;
+}

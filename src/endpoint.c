@@ -1,0 +1,159 @@
+/*
+ * endpoint: see endpoint.h. Services are looked up on every request, by readers on
+ * any thread that holds a connection's reader role, hence the rwlock; registration is
+ * rare.
+ */
+#define _GNU_SOURCE
+#include "endpoint.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "alloc.h"
+
+int
+tether__endpoint_new(const char *name, bool is_host, tether__endpoint **ret)
+{
+    tether__endpoint *ep = tether__calloc(1, sizeof(*ep));
+    if (!ep) {
+        return -ENOMEM;
+    }
+    ep->name = tether__strdup(name ? name : "");
+    if (!ep->name) {
+        tether__free(ep);
+        return -ENOMEM;
+    }
+    int r = tether__ioloop_acquire(&ep->loop);
+    if (r < 0) {
+        tether__free(ep->name);
+        tether__free(ep);
+        return r;
+    }
+    atomic_init(&ep->refs, 1);
+    ep->is_host = is_host;
+    ep->max_frame_size = 16u * 1024 * 1024;
+    ep->max_in_flight = TETHER__DEFAULT_MAX_IN_FLIGHT;
+    ep->default_timeout_usec = TETHER__DEFAULT_TIMEOUT_USEC;
+    ep->max_output_bytes = TETHER__DEFAULT_MAX_OUTPUT_BYTES;
+    ep->log_level = TETHER_LOG_INFO;
+    pthread_rwlock_init(&ep->services_lock, NULL);
+    *ret = ep;
+    return 0;
+}
+
+tether__endpoint *
+tether__endpoint_ref(tether__endpoint *ep)
+{
+    atomic_fetch_add_explicit(&ep->refs, 1, memory_order_relaxed);
+    return ep;
+}
+
+void
+tether__endpoint_unref(tether__endpoint *ep)
+{
+    if (!ep || atomic_fetch_sub_explicit(&ep->refs, 1, memory_order_acq_rel) != 1) {
+        return;
+    }
+    for (size_t i = 0; i < sizeof(ep->services) / sizeof(ep->services[0]); i++) {
+        tether__service *s = ep->services[i];
+        while (s) {
+            tether__service *next = s->next;
+            tether__free(s->name);
+            tether__free(s);
+            s = next;
+        }
+    }
+    pthread_rwlock_destroy(&ep->services_lock);
+    tether__ioloop *loop = ep->loop;
+    tether__free(ep->name);
+    tether__free(ep);
+    tether__ioloop_release(loop);
+}
+
+static size_t
+name_hash(const char *name, size_t len)
+{
+    /* FNV-1a: service names are short. */
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < len; i++) {
+        h = (h ^ (uint8_t)name[i]) * 16777619u;
+    }
+    return h % 64;
+}
+
+int
+tether__endpoint_add_service(tether__endpoint *ep, const char *name, tether_context context,
+                             tether_handler_fn handler, void *userdata)
+{
+    if (!name || !*name || !handler || strlen(name) > 255) {
+        return -EINVAL;
+    }
+    if (context != TETHER_CONTEXT_IO && context != TETHER_CONTEXT_MAIN &&
+        context != TETHER_CONTEXT_POOL) {
+        return -EINVAL;
+    }
+    if (context != TETHER_CONTEXT_IO) {
+        /* MAIN and POOL execution arrive with main-thread dispatch (issue #3). */
+        return -ENOTSUP;
+    }
+    tether__service *s = tether__calloc(1, sizeof(*s));
+    if (!s) {
+        return -ENOMEM;
+    }
+    s->name = tether__strdup(name);
+    if (!s->name) {
+        tether__free(s);
+        return -ENOMEM;
+    }
+    s->context = context;
+    s->handler = handler;
+    s->userdata = userdata;
+    size_t len = strlen(name);
+    size_t h = name_hash(name, len);
+    pthread_rwlock_wrlock(&ep->services_lock);
+    for (tether__service *o = ep->services[h]; o; o = o->next) {
+        if (strcmp(o->name, name) == 0) {
+            pthread_rwlock_unlock(&ep->services_lock);
+            tether__free(s->name);
+            tether__free(s);
+            return -EEXIST;
+        }
+    }
+    s->next = ep->services[h];
+    ep->services[h] = s;
+    pthread_rwlock_unlock(&ep->services_lock);
+    return 0;
+}
+
+int
+tether__endpoint_find_service(tether__endpoint *ep, const char *name, size_t name_len,
+                              tether__service *ret)
+{
+    size_t h = name_hash(name, name_len);
+    int r = -ENOENT;
+    pthread_rwlock_rdlock(&ep->services_lock);
+    for (tether__service *s = ep->services[h]; s; s = s->next) {
+        if (strncmp(s->name, name, name_len) == 0 && s->name[name_len] == '\0') {
+            *ret = *s;
+            r = 0;
+            break;
+        }
+    }
+    pthread_rwlock_unlock(&ep->services_lock);
+    return r;
+}
+
+void
+tether__log(const tether__endpoint *ep, int level, const char *format, ...)
+{
+    if (!tether__log_enabled(ep, level)) {
+        return;
+    }
+    char line[1024];
+    va_list ap;
+    va_start(ap, format);
+    vsnprintf(line, sizeof(line), format, ap);
+    va_end(ap);
+    ep->log(ep->log_userdata, level, line);
+}

@@ -1,0 +1,82 @@
+/*
+ * endpoint: what a host and a client have in common and what their connections need
+ * from them: the service table, the log sink, the limits and default timeouts, and
+ * hooks for the role-specific parts (a host forgets a closed client; a client acts on
+ * control messages).
+ *
+ * An endpoint is reference counted separately from the public host or client: every
+ * connection holds a reference, so a connection the application still holds can
+ * outlive its host object safely (calls then fail with TETHER_ENOTCONN).
+ */
+#ifndef TETHER_ENDPOINT_H
+#define TETHER_ENDPOINT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "ioloop.h"
+#include "tether.h"
+
+
+typedef struct tether__service {
+    struct tether__service *next;
+    char *name;
+    tether_context context;
+    tether_handler_fn handler;
+    void *userdata;
+} tether__service;
+
+typedef struct tether__endpoint tether__endpoint;
+
+typedef struct tether__endpoint_hooks {
+    /* A connection started being served (on the I/O thread). */
+    void (*attached)(tether__endpoint *ep, tether_conn *conn);
+    /* A connection closed (on the I/O thread). */
+    void (*conn_closed)(tether__endpoint *ep, tether_conn *conn);
+    /* A CONTROL frame arrived (on the I/O thread). */
+    void (*control)(tether__endpoint *ep, tether_conn *conn, const char *action,
+                    const char *reason);
+} tether__endpoint_hooks;
+
+struct tether__endpoint {
+    atomic_uint refs;
+    tether__ioloop *loop;
+    char *name; /* own name, for hello/welcome */
+    bool is_host;
+    void *owner; /* tether_host * or tether_client *, valid while the owner lives */
+    tether__endpoint_hooks hooks;
+
+    uint32_t max_frame_size;
+    uint32_t max_in_flight;
+    uint64_t default_timeout_usec;
+    uint64_t max_output_bytes;
+
+    tether_log_fn log;
+    void *log_userdata;
+    int log_level;
+
+    pthread_rwlock_t services_lock;
+    tether__service *services[64]; /* guarded by services_lock; chained hash on name */
+};
+
+#define TETHER__DEFAULT_TIMEOUT_USEC (30ull * 1000 * 1000)
+#define TETHER__DEFAULT_MAX_IN_FLIGHT 1024u
+#define TETHER__DEFAULT_MAX_OUTPUT_BYTES (64ull * 1024 * 1024)
+
+int tether__endpoint_new(const char *name, bool is_host, tether__endpoint **ret);
+tether__endpoint *tether__endpoint_ref(tether__endpoint *ep);
+void tether__endpoint_unref(tether__endpoint *ep);
+
+int tether__endpoint_add_service(tether__endpoint *ep, const char *name, tether_context context,
+                                 tether_handler_fn handler, void *userdata);
+/* Copies the service's fields into *ret. Returns 0 or -ENOENT. */
+int tether__endpoint_find_service(tether__endpoint *ep, const char *name, size_t name_len,
+                                  tether__service *ret);
+
+void tether__log(const tether__endpoint *ep, int level, const char *format, ...)
+    TETHER_PRINTF(3, 4);
+
+#define tether__log_enabled(ep, level) ((ep)->log && (level) <= (ep)->log_level)
+
+#endif

@@ -1,0 +1,620 @@
+/*
+ * host: the listening side. A host owns its listeners (a Unix socket in the runtime
+ * directory and, when asked, loopback TCP), accepts connections on the I/O thread,
+ * runs the handshake (peer credentials on Unix sockets, the token on TCP, version
+ * negotiation, the client limit, the handshake time limit) and keeps the registry of
+ * its clients, through which any thread finds a client by name to call it.
+ *
+ * The registry holds one reference per connection, from accept until the connection
+ * closes (the endpoint's conn_closed hook) or the host stops. The endpoint's owner
+ * pointer is cleared on the I/O thread when the host stops, so hooks running later
+ * never see a freed host.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "alloc.h"
+#include "conn.h"
+#include "transport.h"
+#include "value.h"
+
+#define DEFAULT_MAX_CLIENTS 1024u
+#define DEFAULT_HANDSHAKE_USEC (5ull * 1000 * 1000)
+
+typedef struct listener {
+    struct tether_host *host;
+    int fd;
+    bool is_tcp;
+    uv_poll_t poll;
+    bool polling;
+} listener;
+
+struct tether_host {
+    atomic_uint refs;
+    tether__endpoint *ep;
+    char *runtime_dir;
+    char *unix_path_option;
+    bool no_unix, tcp, tcp_allow_remote;
+    int tcp_port_option;
+    char tcp_bind[64];
+    uint32_t max_clients;
+    uint64_t handshake_timeout_usec;
+
+    bool started, stopped; /* guarded by lock */
+    char *address;         /* "unix:..." once started */
+    char *unix_path;
+    char *token_path;
+    char token[TETHER__TOKEN_HEX_LEN + 1];
+    int tcp_port;
+    listener unix_listener, tcp_listener;
+
+    pthread_mutex_t lock;
+    tether_conn *conns;  /* guarded by lock: every connection, handshaking or open */
+    uint32_t conn_count; /* guarded by lock */
+    uint32_t client_count; /* guarded by lock: past the handshake */
+};
+
+/* ---- registry ---------------------------------------------------------------------- */
+
+static void
+registry_add(tether_host *h, tether_conn *c)
+{
+    pthread_mutex_lock(&h->lock);
+    c->owner_prev = NULL;
+    c->owner_next = h->conns;
+    if (h->conns) {
+        h->conns->owner_prev = c;
+    }
+    h->conns = c;
+    c->owner_data = h;
+    h->conn_count++;
+    pthread_mutex_unlock(&h->lock);
+}
+
+/* Returns true if c was in the registry (its reference now belongs to the caller). */
+static bool
+registry_remove(tether_host *h, tether_conn *c)
+{
+    pthread_mutex_lock(&h->lock);
+    bool found = c->owner_data == h;
+    if (found) {
+        if (c->owner_prev) {
+            c->owner_prev->owner_next = c->owner_next;
+        } else {
+            h->conns = c->owner_next;
+        }
+        if (c->owner_next) {
+            c->owner_next->owner_prev = c->owner_prev;
+        }
+        c->owner_data = NULL;
+        h->conn_count--;
+        if (c->peer_name) {
+            h->client_count--;
+        }
+    }
+    pthread_mutex_unlock(&h->lock);
+    return found;
+}
+
+static void
+hook_conn_closed(tether__endpoint *ep, tether_conn *c)
+{
+    tether_host *h = ep->owner;
+    if (!h || !registry_remove(h, c)) {
+        return;
+    }
+    if (c->peer_name) {
+        tether__log(ep, TETHER_LOG_INFO, "client %s (pid %lld) left", c->peer_name,
+                    (long long)c->peer_pid);
+    }
+    tether_conn_unref(c);
+}
+
+static void
+on_handshake_timeout(uv_timer_t *t)
+{
+    tether_conn *c = t->data;
+    if (atomic_load(&c->state) != TETHER__CONN_HANDSHAKE) {
+        return;
+    }
+    tether__log(c->ep, TETHER_LOG_NOTICE, "a client sent no hello in time; closing it");
+    tether__conn_fail(c, -ETIMEDOUT, "no hello within the handshake time");
+}
+
+static void
+hook_attached(tether__endpoint *ep, tether_conn *c)
+{
+    tether_host *h = ep->owner;
+    if (h && atomic_load(&c->state) == TETHER__CONN_HANDSHAKE) {
+        uint64_t ms = (h->handshake_timeout_usec + 999) / 1000;
+        uv_timer_start(&c->handshake_timer, on_handshake_timeout, ms, 0);
+    }
+}
+
+static void
+refuse(tether__hello_result *result, const char *code, const char *format, const char *arg)
+{
+    result->refuse_code = code;
+    snprintf(result->refuse_message, sizeof(result->refuse_message), format, arg);
+}
+
+void
+tether__host_on_hello(tether_conn *c, const tether__hello *hello, tether__hello_result *result)
+{
+    tether_host *h = c->ep->owner;
+    if (!h) {
+        refuse(result, "busy", "the host is stopping%s", "");
+        return;
+    }
+    if (hello->min_version > TETHER__PROTOCOL_VERSION ||
+        hello->max_version < TETHER__PROTOCOL_MIN_VERSION || hello->max_version == 0) {
+        char range[64];
+        snprintf(range, sizeof(range), "%u..%u", hello->min_version, hello->max_version);
+        result->refuse_code = "version";
+        snprintf(result->refuse_message, sizeof(result->refuse_message),
+                 "the client speaks protocol versions %s, this host speaks %d..%d", range,
+                 TETHER__PROTOCOL_MIN_VERSION, TETHER__PROTOCOL_VERSION);
+        return;
+    }
+    if (!c->trusted) {
+        if (!hello->token || !h->token[0] || !tether__token_equal(hello->token, h->token)) {
+            refuse(result, "token", "%s", hello->token ? "wrong token" : "a token is required");
+            return;
+        }
+    }
+    if (!hello->name || !*hello->name) {
+        refuse(result, "protocol", "%s", "the hello has no client name");
+        return;
+    }
+    pthread_mutex_lock(&h->lock);
+    bool full = h->client_count >= h->max_clients;
+    if (!full) {
+        h->client_count++;
+    }
+    pthread_mutex_unlock(&h->lock);
+    if (full) {
+        char n[16];
+        snprintf(n, sizeof(n), "%u", h->max_clients);
+        refuse(result, "busy", "the host already has its maximum of %s clients", n);
+        return;
+    }
+    if (tether__conn_set_peer(c, hello) < 0) {
+        pthread_mutex_lock(&h->lock);
+        h->client_count--;
+        pthread_mutex_unlock(&h->lock);
+        refuse(result, "busy", "%s", "out of memory");
+        return;
+    }
+    c->peer_max_in_flight = TETHER__DEFAULT_MAX_IN_FLIGHT;
+    tether__welcome w = {
+        .version = hello->max_version < TETHER__PROTOCOL_VERSION ? hello->max_version
+                                                                 : TETHER__PROTOCOL_VERSION,
+        .name = c->ep->name,
+        .pid = getpid(),
+        .max_frame_size = c->ep->max_frame_size,
+        .max_in_flight = c->ep->max_in_flight,
+        .client_name = c->peer_name,
+    };
+    uv_timer_stop(&c->handshake_timer);
+    atomic_store(&c->state, TETHER__CONN_OPEN);
+    tether__send_welcome(c, &w);
+    tether__log(c->ep, TETHER_LOG_INFO, "client %s (pid %lld, %s %s) connected", c->peer_name,
+                (long long)c->peer_pid, c->peer_language, c->peer_language_version);
+}
+
+/* ---- listeners (I/O thread) ---------------------------------------------------------- */
+
+static int
+serve_fd(tether_host *h, int fd, bool is_tcp, bool trusted)
+{
+    pthread_mutex_lock(&h->lock);
+    bool over = h->conn_count >= 2 * h->max_clients + 16;
+    pthread_mutex_unlock(&h->lock);
+    if (over) {
+        /* Past the limit even for a refusal: drop at once. */
+        return -EUSERS;
+    }
+    tether_conn *c;
+    int r = tether__conn_new(h->ep, fd, is_tcp, TETHER__CONN_HANDSHAKE, &c);
+    if (r < 0) {
+        return r;
+    }
+    c->trusted = trusted;
+    registry_add(h, c); /* the registry keeps the creation reference */
+    tether__conn_attach(c);
+    return 0;
+}
+
+static void
+on_listener(uv_poll_t *handle, int status, int events)
+{
+    (void)events;
+    listener *l = handle->data;
+    tether_host *h = l->host;
+    if (status < 0) {
+        return;
+    }
+    for (int i = 0; i < 64; i++) {
+        int fd = tether__accept(l->fd);
+        if (fd < 0) {
+            if (fd != -EAGAIN && fd != -EINTR && fd != -ECONNABORTED) {
+                tether__log(h->ep, TETHER_LOG_WARNING, "accept failed: %s", tether_strerror(fd));
+            }
+            return;
+        }
+        bool trusted = false;
+        if (!l->is_tcp) {
+            if (tether__check_peer_uid(fd) < 0) {
+                tether__log(h->ep, TETHER_LOG_WARNING,
+                            "refused a connection from another user on the Unix socket");
+                close(fd);
+                continue;
+            }
+            trusted = true;
+        }
+        int r = serve_fd(h, fd, l->is_tcp, trusted);
+        if (r < 0) {
+            tether__log(h->ep, TETHER_LOG_WARNING, "dropped a new connection: %s",
+                        tether_strerror(r));
+            close(fd);
+        }
+    }
+}
+
+static void
+start_listener(void *arg)
+{
+    listener *l = arg;
+    uv_poll_init(tether__ioloop_uv(l->host->ep->loop), &l->poll, l->fd);
+    l->poll.data = l;
+    uv_poll_start(&l->poll, UV_READABLE, on_listener);
+    l->polling = true;
+}
+
+static void
+on_listener_closed(uv_handle_t *handle)
+{
+    listener *l = handle->data;
+    close(l->fd);
+    l->fd = -1;
+}
+
+static void
+stop_listeners(void *arg)
+{
+    tether_host *h = arg;
+    listener *ls[2] = {&h->unix_listener, &h->tcp_listener};
+    for (int i = 0; i < 2; i++) {
+        if (ls[i]->polling) {
+            ls[i]->polling = false;
+            uv_close((uv_handle_t *)&ls[i]->poll, on_listener_closed);
+        } else if (ls[i]->fd >= 0) {
+            close(ls[i]->fd);
+            ls[i]->fd = -1;
+        }
+    }
+    h->ep->owner = NULL;
+}
+
+static void
+loop_barrier(void *arg)
+{
+    (void)arg;
+}
+
+/* ---- public ---------------------------------------------------------------------------- */
+
+int
+tether_host_new(const tether_host_options *opts, tether_host **ret_host)
+{
+    if (!ret_host) {
+        return -EINVAL;
+    }
+    tether_host_options zero = {0};
+    if (!opts) {
+        opts = &zero;
+    }
+    if (opts->tcp && (opts->tcp_port < TETHER_PORT_EPHEMERAL || opts->tcp_port > 65535)) {
+        return -EINVAL;
+    }
+    if (opts->no_unix && !opts->tcp && opts->unix_path) {
+        return -EINVAL;
+    }
+    tether_host *h = tether__calloc(1, sizeof(*h));
+    if (!h) {
+        return -ENOMEM;
+    }
+    const char *name = opts->name && *opts->name ? opts->name : "default";
+    int r = tether__endpoint_new(name, true, &h->ep);
+    if (r < 0) {
+        tether__free(h);
+        return r;
+    }
+    h->ep->owner = h;
+    h->ep->hooks.conn_closed = hook_conn_closed;
+    h->ep->hooks.attached = hook_attached;
+    if (opts->max_frame_size) {
+        h->ep->max_frame_size = opts->max_frame_size;
+    }
+    if (opts->max_in_flight) {
+        h->ep->max_in_flight = opts->max_in_flight;
+    }
+    if (opts->default_timeout_usec) {
+        h->ep->default_timeout_usec = opts->default_timeout_usec;
+    }
+    if (opts->max_output_bytes) {
+        h->ep->max_output_bytes = opts->max_output_bytes;
+    }
+    h->ep->log = opts->log;
+    h->ep->log_userdata = opts->log_userdata;
+    if (opts->log_level) {
+        h->ep->log_level = opts->log_level;
+    }
+    atomic_init(&h->refs, 1);
+    pthread_mutex_init(&h->lock, NULL);
+    h->max_clients = opts->max_clients ? opts->max_clients : DEFAULT_MAX_CLIENTS;
+    h->handshake_timeout_usec =
+        opts->handshake_timeout_usec ? opts->handshake_timeout_usec : DEFAULT_HANDSHAKE_USEC;
+    h->no_unix = opts->no_unix;
+    h->tcp = opts->tcp;
+    h->tcp_port_option = opts->tcp_port;
+    h->tcp_allow_remote = opts->tcp_allow_remote;
+    snprintf(h->tcp_bind, sizeof(h->tcp_bind), "%s", opts->tcp_bind ? opts->tcp_bind : "127.0.0.1");
+    h->unix_listener = (listener){.host = h, .fd = -1};
+    h->tcp_listener = (listener){.host = h, .fd = -1, .is_tcp = true};
+    h->tcp_port = -1;
+    r = tether__runtime_dir(opts->runtime_dir, &h->runtime_dir);
+    if (r == 0 && opts->unix_path) {
+        h->unix_path_option = tether__strdup(opts->unix_path);
+        r = h->unix_path_option ? 0 : -ENOMEM;
+    }
+    if (r < 0) {
+        tether_host_unref(h);
+        return r;
+    }
+    *ret_host = h;
+    return 0;
+}
+
+tether_host *
+tether_host_ref(tether_host *h)
+{
+    if (h) {
+        atomic_fetch_add_explicit(&h->refs, 1, memory_order_relaxed);
+    }
+    return h;
+}
+
+tether_host *
+tether_host_unref(tether_host *h)
+{
+    if (!h || atomic_fetch_sub_explicit(&h->refs, 1, memory_order_acq_rel) != 1) {
+        return NULL;
+    }
+    tether_host_stop(h);
+    tether__free(h->runtime_dir);
+    tether__free(h->unix_path_option);
+    tether__free(h->address);
+    tether__free(h->unix_path);
+    tether__free(h->token_path);
+    pthread_mutex_destroy(&h->lock);
+    tether__endpoint *ep = h->ep;
+    tether__free(h);
+    tether__endpoint_unref(ep);
+    return NULL;
+}
+
+int
+tether_host_add_service(tether_host *h, const char *name, tether_context context,
+                        tether_handler_fn handler, void *userdata)
+{
+    if (!h) {
+        return -EINVAL;
+    }
+    return tether__endpoint_add_service(h->ep, name, context, handler, userdata);
+}
+
+static int
+is_loopback(const char *addr)
+{
+    struct in_addr in;
+    return inet_pton(AF_INET, addr, &in) == 1 && (ntohl(in.s_addr) >> 24) == 127;
+}
+
+int
+tether_host_start(tether_host *h)
+{
+    if (!h) {
+        return -EINVAL;
+    }
+    pthread_mutex_lock(&h->lock);
+    bool already = h->started;
+    h->started = true;
+    pthread_mutex_unlock(&h->lock);
+    if (already) {
+        return -EALREADY;
+    }
+    if (h->tcp && !h->tcp_allow_remote && !is_loopback(h->tcp_bind)) {
+        return -EINVAL;
+    }
+    int r = tether__runtime_dir_ensure(h->runtime_dir);
+    if (r < 0 && (!h->unix_path_option || h->tcp)) {
+        tether__log(h->ep, TETHER_LOG_ERROR, "runtime directory %s unusable: %s", h->runtime_dir,
+                    tether_strerror(r));
+        return r;
+    }
+    if (!h->no_unix) {
+        tether__addr addr;
+        if (h->unix_path_option) {
+            char buf[160];
+            snprintf(buf, sizeof(buf), "unix:%s", h->unix_path_option);
+            r = tether__addr_parse(buf, NULL, &addr);
+        } else {
+            r = tether__addr_parse(h->ep->name, h->runtime_dir, &addr);
+        }
+        if (r == 0) {
+            r = tether__listen(&addr, 128, &h->unix_listener.fd);
+        }
+        if (r < 0) {
+            tether__log(h->ep, TETHER_LOG_ERROR, "cannot listen for host '%s': %s", h->ep->name,
+                        tether_strerror(r));
+            return r;
+        }
+        h->unix_path = tether__strdup(addr.path);
+        char buf[160];
+        tether__addr_format(&addr, buf, sizeof(buf));
+        h->address = tether__strdup(buf);
+        if (!h->unix_path || !h->address) {
+            return -ENOMEM;
+        }
+    }
+    if (h->tcp) {
+        tether__addr addr = {.kind = TETHER__ADDR_TCP};
+        snprintf(addr.host, sizeof(addr.host), "%s", h->tcp_bind);
+        addr.port = h->tcp_port_option == 0                       ? TETHER_DEFAULT_TCP_PORT
+                    : h->tcp_port_option == TETHER_PORT_EPHEMERAL ? 0
+                                                                  : h->tcp_port_option;
+        r = tether__listen(&addr, 128, &h->tcp_listener.fd);
+        if (r == 0) {
+            h->tcp_port = addr.port;
+            r = tether__token_path(h->runtime_dir, addr.port, &h->token_path);
+        }
+        if (r == 0) {
+            r = tether__token_create(h->token_path, h->token);
+        }
+        if (r < 0) {
+            tether__log(h->ep, TETHER_LOG_ERROR, "cannot listen on TCP: %s", tether_strerror(r));
+            return r;
+        }
+    }
+    if (h->unix_listener.fd >= 0) {
+        tether__ioloop_run_sync(h->ep->loop, start_listener, &h->unix_listener);
+    }
+    if (h->tcp_listener.fd >= 0) {
+        tether__ioloop_run_sync(h->ep->loop, start_listener, &h->tcp_listener);
+    }
+    tether__log(h->ep, TETHER_LOG_INFO, "host '%s' listening on %s (tcp port %d)", h->ep->name,
+                h->address ? h->address : "no unix socket", h->tcp_port);
+    return 0;
+}
+
+int
+tether_host_stop(tether_host *h)
+{
+    if (!h) {
+        return -EINVAL;
+    }
+    pthread_mutex_lock(&h->lock);
+    bool already = h->stopped;
+    h->stopped = true;
+    pthread_mutex_unlock(&h->lock);
+    if (already) {
+        return -EALREADY;
+    }
+    tether__ioloop_run_sync(h->ep->loop, stop_listeners, h);
+    /* Close callbacks run at the end of the loop iteration that closed the handles;
+     * a second round trip through the loop waits for them. */
+    tether__ioloop_run_sync(h->ep->loop, loop_barrier, NULL);
+    if (h->unix_path) {
+        unlink(h->unix_path);
+    }
+    if (h->token_path) {
+        unlink(h->token_path);
+    }
+    /* Take every connection out of the registry, then close them. */
+    pthread_mutex_lock(&h->lock);
+    tether_conn *list = h->conns;
+    h->conns = NULL;
+    for (tether_conn *c = list; c; c = c->owner_next) {
+        c->owner_data = NULL;
+    }
+    h->conn_count = h->client_count = 0;
+    pthread_mutex_unlock(&h->lock);
+    while (list) {
+        tether_conn *c = list;
+        list = c->owner_next;
+        tether__conn_fail(c, -ECONNRESET, "the host stopped");
+        tether_conn_unref(c);
+    }
+    return 0;
+}
+
+const char *
+tether_host_get_address(const tether_host *h)
+{
+    return h ? h->address : NULL;
+}
+
+int
+tether_host_get_tcp_port(const tether_host *h)
+{
+    if (!h) {
+        return -EINVAL;
+    }
+    return h->tcp_port >= 0 ? h->tcp_port : -ENOTCONN;
+}
+
+const char *
+tether_host_get_token_path(const tether_host *h)
+{
+    return h ? h->token_path : NULL;
+}
+
+int
+tether_host_get_client(tether_host *h, const char *name, tether_conn **ret_conn)
+{
+    if (!h || !name || !ret_conn) {
+        return -EINVAL;
+    }
+    int r = -ENOENT;
+    pthread_mutex_lock(&h->lock);
+    /* Newest first: connections are pushed at the head. */
+    for (tether_conn *c = h->conns; c; c = c->owner_next) {
+        if (c->peer_name && atomic_load(&c->state) == TETHER__CONN_OPEN &&
+            strcmp(c->peer_name, name) == 0) {
+            *ret_conn = tether_conn_ref(c);
+            r = 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&h->lock);
+    return r;
+}
+
+int
+tether_host_get_client_count(const tether_host *h)
+{
+    if (!h) {
+        return -EINVAL;
+    }
+    pthread_mutex_lock(&((tether_host *)h)->lock);
+    int n = (int)h->client_count;
+    pthread_mutex_unlock(&((tether_host *)h)->lock);
+    return n;
+}
+
+int
+tether_host_adopt_fd(tether_host *h, int fd)
+{
+    if (!h || fd < 0) {
+        return -EINVAL;
+    }
+    pthread_mutex_lock(&h->lock);
+    bool stopped = h->stopped;
+    pthread_mutex_unlock(&h->lock);
+    if (stopped) {
+        return -ENOTCONN;
+    }
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 ||
+        fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+        return -errno;
+    }
+    return serve_fd(h, fd, false, true);
+}

@@ -1,0 +1,478 @@
+/*
+ * request: the serving side of a connection. An incoming REQUEST or NOTIFY becomes a
+ * tether_request handed to the service's handler; the handler replies at once or keeps
+ * the request and replies later from any thread. While a kept request is unanswered it
+ * is on the connection's running list, and a timer sends PROGRESS for it often enough
+ * that the caller's silence timeout does not expire (a third of the caller's timeout,
+ * at most a second apart).
+ *
+ * A request owns one allocation holding its method name, args and kwargs bytes, copied
+ * out of the input buffer, since that buffer is reused as soon as the handler returns.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "conn.h"
+#include "value.h"
+
+static _Thread_local uint64_t current_chain;
+
+uint64_t
+tether__current_chain(void)
+{
+    return current_chain;
+}
+
+static void send_progress_on_timer(uv_timer_t *t);
+
+/* ---- replies ---------------------------------------------------------------------- */
+
+typedef struct response_arg {
+    uint64_t id;
+    bool is_error;
+    const uint8_t *value;
+    size_t value_len;
+    const char *type, *message, *traceback;
+} response_arg;
+
+static int
+encode_response(tether__buf *out, void *argp)
+{
+    response_arg *a = argp;
+    if (a->is_error) {
+        return tether__encode_error_response(out, a->id, a->type, a->message, a->traceback);
+    }
+    return tether__encode_response(out, a->id, false, a->value, a->value_len);
+}
+
+static void
+running_remove_locked(tether_conn *c, tether_request *req)
+{
+    if (!req->running) {
+        return;
+    }
+    if (req->run_prev) {
+        req->run_prev->run_next = req->run_next;
+    } else {
+        c->running = req->run_next;
+    }
+    if (req->run_next) {
+        req->run_next->run_prev = req->run_prev;
+    }
+    req->running = false;
+    c->running_count--;
+}
+
+/* Claim the one reply of req; false if it was replied already. */
+static bool
+claim_reply(tether_request *req)
+{
+    if (atomic_exchange(&req->replied, true)) {
+        return false;
+    }
+    tether_conn *c = req->conn;
+    pthread_mutex_lock(&c->lock);
+    running_remove_locked(c, req);
+    pthread_mutex_unlock(&c->lock);
+    return true;
+}
+
+static int
+send_response(tether_request *req, response_arg *a)
+{
+    if (req->notification || atomic_load(&req->cancelled)) {
+        return 0;
+    }
+    a->id = req->id;
+    int r = tether__conn_send(req->conn, encode_response, a, false);
+    if (r == -EMSGSIZE && !a->is_error) {
+        /* Tell the caller why instead of leaving it to time out. */
+        response_arg err = {.id = req->id, .is_error = true, .type = "tether.MessageTooLarge",
+                            .message = "the result is larger than the frame size limit"};
+        tether__conn_send(req->conn, encode_response, &err, false);
+    }
+    return r == -ENOTCONN ? 0 : r;
+}
+
+int
+tether_request_reply_value(tether_request *req, tether_value *result)
+{
+    if (!req) {
+        return -EINVAL;
+    }
+    if (!claim_reply(req)) {
+        return -EALREADY;
+    }
+    response_arg a = {0};
+    if (result) {
+        const void *p;
+        tether_value_get_msgpack(result, &p, &a.value_len);
+        a.value = p;
+    }
+    return send_response(req, &a);
+}
+
+int
+tether_request_reply(tether_request *req, const char *format, ...)
+{
+    if (!req) {
+        return -EINVAL;
+    }
+    tether__buf value = TETHER__BUF_INIT;
+    va_list ap;
+    va_start(ap, format);
+    int r = format ? tether__format_build(&value, format, ap, false) : 0;
+    va_end(ap);
+    if (r < 0) {
+        tether__buf_done(&value);
+        return r;
+    }
+    if (!claim_reply(req)) {
+        tether__buf_done(&value);
+        return -EALREADY;
+    }
+    response_arg a = {.value = value.data, .value_len = value.len};
+    r = send_response(req, &a);
+    tether__buf_done(&value);
+    return r;
+}
+
+static int
+reply_error_text(tether_request *req, const char *type, const char *message)
+{
+    if (!claim_reply(req)) {
+        return -EALREADY;
+    }
+    response_arg a = {.is_error = true, .type = type, .message = message};
+    return send_response(req, &a);
+}
+
+int
+tether_request_reply_error(tether_request *req, const char *type, const char *format, ...)
+{
+    if (!req || !type || !*type) {
+        return -EINVAL;
+    }
+    char message[1024] = "";
+    if (format) {
+        va_list ap;
+        va_start(ap, format);
+        vsnprintf(message, sizeof(message), format, ap);
+        va_end(ap);
+    }
+    return reply_error_text(req, type, message);
+}
+
+/* ---- accessors ---------------------------------------------------------------------- */
+
+static tether_value *
+lazy_value(tether_value **slot, const uint8_t *raw, size_t len, const char *empty)
+{
+    if (!*slot) {
+        if (raw) {
+            tether__value_new_copy(raw, len, slot);
+        } else {
+            tether__value_new_copy((const uint8_t *)empty, 1, slot);
+        }
+    }
+    return *slot;
+}
+
+tether_value *
+tether_request_get_args(tether_request *req)
+{
+    return req ? lazy_value(&req->args, req->args_raw, req->args_len, "\x90") : NULL;
+}
+
+tether_value *
+tether_request_get_kwargs(tether_request *req)
+{
+    return req ? lazy_value(&req->kwargs, req->kwargs_raw, req->kwargs_len, "\x80") : NULL;
+}
+
+int
+tether_request_read(tether_request *req, const char *format, ...)
+{
+    if (!req) {
+        return -EINVAL;
+    }
+    tether_value *args = tether_request_get_args(req);
+    if (!args) {
+        return -ENOMEM;
+    }
+    va_list ap;
+    va_start(ap, format);
+    int r = tether__value_read_args(args, &req->read_error, format ? format : "", ap);
+    va_end(ap);
+    return r;
+}
+
+const char *
+tether_request_get_method(const tether_request *req)
+{
+    return req ? req->method : NULL;
+}
+
+tether_conn *
+tether_request_get_conn(const tether_request *req)
+{
+    return req ? req->conn : NULL;
+}
+
+int
+tether_request_is_notification(const tether_request *req)
+{
+    return req && req->notification;
+}
+
+int
+tether_request_is_cancelled(const tether_request *req)
+{
+    return req && atomic_load(&((tether_request *)req)->cancelled);
+}
+
+tether_request *
+tether_request_ref(tether_request *req)
+{
+    if (req) {
+        atomic_fetch_add_explicit(&req->refs, 1, memory_order_relaxed);
+    }
+    return req;
+}
+
+tether_request *
+tether_request_unref(tether_request *req)
+{
+    if (!req || atomic_fetch_sub_explicit(&req->refs, 1, memory_order_acq_rel) != 1) {
+        return NULL;
+    }
+    if (!atomic_load(&req->replied)) {
+        reply_error_text(req, "tether.Error", "the handler dropped the request without replying");
+    }
+    tether_value_unref(req->args);
+    tether_value_unref(req->kwargs);
+    tether_error_done(&req->read_error);
+    tether_conn_unref(req->conn);
+    tether__free(req);
+    return NULL;
+}
+
+/* ---- incoming requests (I/O thread) ------------------------------------------------ */
+
+static tether_request *
+request_new(tether_conn *c, const tether__frame *f)
+{
+    size_t size = sizeof(tether_request) + f->method.len + 1 + f->args.len + f->kwargs.len;
+    tether_request *req = tether__malloc(size);
+    if (!req) {
+        return NULL;
+    }
+    memset(req, 0, sizeof(*req));
+    uint8_t *p = (uint8_t *)(req + 1);
+    memcpy(p, f->method.ptr, f->method.len);
+    p[f->method.len] = '\0';
+    req->method = (const char *)p;
+    p += f->method.len + 1;
+    if (f->args.len) {
+        memcpy(p, f->args.ptr, f->args.len);
+        req->args_raw = p;
+        req->args_len = f->args.len;
+        p += f->args.len;
+    }
+    if (f->kwargs.len) {
+        memcpy(p, f->kwargs.ptr, f->kwargs.len);
+        req->kwargs_raw = p;
+        req->kwargs_len = f->kwargs.len;
+    }
+    atomic_init(&req->refs, 1);
+    atomic_init(&req->replied, false);
+    atomic_init(&req->cancelled, false);
+    req->conn = tether_conn_ref(c);
+    req->id = f->id;
+    req->chain = f->chain ? f->chain : (f->kind == TETHER__REQUEST ? f->id : 0);
+    req->timeout_ms = f->timeout_ms;
+    req->notification = f->kind == TETHER__NOTIFY;
+    return req;
+}
+
+static void
+error_reply(tether_conn *c, const tether__frame *f, const char *type, const char *message)
+{
+    if (f->kind != TETHER__REQUEST) {
+        tether__log(c->ep, TETHER_LOG_NOTICE, "notification from %s dropped: %s: %s",
+                    c->peer_name, type, message);
+        return;
+    }
+    response_arg a = {.id = f->id, .is_error = true, .type = type, .message = message};
+    tether__conn_send(c, encode_response, &a, false);
+}
+
+static uint64_t
+progress_interval_usec(const tether_request *req)
+{
+    uint64_t interval = 1000000;
+    if (req->timeout_ms && req->timeout_ms * 1000 / 3 < interval) {
+        interval = req->timeout_ms * 1000 / 3;
+    }
+    return interval < 1000 ? 1000 : interval;
+}
+
+/* After the handler returned without replying but kept the request (I/O thread). */
+static void
+keep_running(tether_conn *c, tether_request *req)
+{
+    if (req->notification) {
+        return;
+    }
+    uint64_t interval = progress_interval_usec(req);
+    pthread_mutex_lock(&c->lock);
+    if (!atomic_load(&req->replied)) {
+        req->running = true;
+        req->run_prev = NULL;
+        req->run_next = c->running;
+        if (c->running) {
+            c->running->run_prev = req;
+        }
+        c->running = req;
+        c->running_count++;
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (!req->running || req->timeout_ms == 0 || !atomic_load(&c->attached) ||
+        c->closing_handles) {
+        return;
+    }
+    if (!c->progress_running || interval < c->progress_interval_usec) {
+        c->progress_running = true;
+        c->progress_interval_usec = interval;
+        uint64_t ms = (interval + 999) / 1000;
+        uv_timer_start(&c->progress_timer, send_progress_on_timer, ms, ms);
+    }
+}
+
+void
+tether__conn_on_request(tether_conn *c, const tether__frame *f)
+{
+    char message[384];
+    pthread_mutex_lock(&c->lock);
+    bool over = c->running_count >= c->ep->max_in_flight;
+    pthread_mutex_unlock(&c->lock);
+    if (over && f->kind == TETHER__REQUEST) {
+        snprintf(message, sizeof(message), "more than %u requests in flight",
+                 c->ep->max_in_flight);
+        error_reply(c, f, "tether.TooManyRequests", message);
+        return;
+    }
+    if (f->target != 0) {
+        snprintf(message, sizeof(message), "no object %llu", (unsigned long long)f->target);
+        error_reply(c, f, "tether.NoSuchObject", message);
+        return;
+    }
+    tether__service svc;
+    if (tether__endpoint_find_service(c->ep, (const char *)f->method.ptr, f->method.len, &svc) <
+        0) {
+        snprintf(message, sizeof(message), "no service '%.*s' on %s '%s'",
+                 (int)(f->method.len > 200 ? 200 : f->method.len), (const char *)f->method.ptr,
+                 c->ep->is_host ? "host" : "client", c->ep->name);
+        error_reply(c, f, "tether.NoSuchService", message);
+        return;
+    }
+    tether_request *req = request_new(c, f);
+    if (!req) {
+        error_reply(c, f, "tether.Error", "out of memory");
+        return;
+    }
+    uint64_t outer_chain = current_chain;
+    current_chain = req->chain;
+    int r = svc.handler(req, svc.userdata);
+    current_chain = outer_chain;
+    if (!atomic_load(&req->replied)) {
+        if (atomic_load(&req->refs) > 1) {
+            keep_running(c, req);
+        } else if (r >= 0) {
+            tether_request_reply(req, NULL);
+        } else if (req->read_error.type) {
+            reply_error_text(req, req->read_error.type, req->read_error.message);
+        } else {
+            reply_error_text(req, "tether.Error", tether_strerror(r));
+        }
+    }
+    tether_request_unref(req);
+}
+
+void
+tether__conn_on_cancel(tether_conn *c, uint64_t id)
+{
+    pthread_mutex_lock(&c->lock);
+    for (tether_request *req = c->running; req; req = req->run_next) {
+        if (req->id == id) {
+            atomic_store(&req->cancelled, true);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
+void
+tether__request_cancel_all(tether_conn *c)
+{
+    pthread_mutex_lock(&c->lock);
+    for (tether_request *req = c->running; req; req = req->run_next) {
+        atomic_store(&req->cancelled, true);
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* ---- progress ------------------------------------------------------------------------ */
+
+typedef struct progress_arg {
+    uint64_t *ids;
+    size_t n;
+} progress_arg;
+
+static int
+encode_progress(tether__buf *out, void *argp)
+{
+    progress_arg *a = argp;
+    return tether__encode_progress(out, a->ids, a->n);
+}
+
+void
+tether__conn_send_progress(tether_conn *c)
+{
+    uint64_t stack_ids[64];
+    progress_arg a = {stack_ids, 0};
+    pthread_mutex_lock(&c->lock);
+    size_t n = c->running_count;
+    if (n > 64) {
+        a.ids = tether__malloc(n * sizeof(uint64_t));
+        if (!a.ids) {
+            pthread_mutex_unlock(&c->lock);
+            return;
+        }
+    }
+    for (tether_request *req = c->running; req && a.n < n; req = req->run_next) {
+        if (req->timeout_ms) {
+            a.ids[a.n++] = req->id;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (a.n > 0) {
+        tether__conn_send(c, encode_progress, &a, true);
+    }
+    if (a.ids != stack_ids) {
+        tether__free(a.ids);
+    }
+    if (a.n == 0 && atomic_load(&c->attached) && !c->closing_handles) {
+        uv_timer_stop(&c->progress_timer);
+        c->progress_running = false;
+    }
+}
+
+static void
+send_progress_on_timer(uv_timer_t *t)
+{
+    tether__conn_send_progress(t->data);
+}

@@ -1,0 +1,1485 @@
+/*
+ * value: immutable, reference-counted msgpack values and the format engine that builds
+ * and reads them; also the small shared pieces of the public API's "Errors" section
+ * (tether_strerror, tether_error_*) and tether_now_usec.
+ *
+ * A value is one allocation: the header followed by the encoded bytes of exactly one
+ * msgpack item. Its bytes have always been checked (tether__msgpack_check) before they
+ * got here, either by the frame decoder or by tether_value_new_msgpack(), or they were
+ * written by the format engine, so every reader below may trust the declared lengths;
+ * the readers still never step past the end. Two things are made lazily and freed with
+ * the value:
+ * - the msgpack-c object tree for tether_value_get_object(). It is built here rather
+ *   than by msgpack_unpack(), whose fixed parser stack (32 levels) fails on values our
+ *   nesting limit (64) allows; a counting pass sizes one block for the whole tree, whose
+ *   strings point into the value's bytes.
+ * - NUL-terminated copies of strings read with "s", kept in a side arena (chunks that
+ *   never move, so handed-out pointers stay valid) and indexed by the string's offset,
+ *   so reading the same string again returns the same copy instead of growing.
+ *
+ * The format engine walks a format string (the table in tether.h) and a va_list, in one
+ * of four modes: BUILD appends msgpack to a buffer; CHECK compares the value with the
+ * format without touching any output; STORE writes the outputs; UNDO releases the "v"
+ * outputs of a STORE pass that ran out of memory. Reading is CHECK then STORE, so a
+ * mismatch leaves every output untouched and never leaks a reference. The format is
+ * validated once up front (balanced brackets, even map item counts, known characters),
+ * so the walk itself only fails on a mismatch or on memory.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include "value.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <float.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <msgpack.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "alloc.h"
+#include "wire.h"
+
+struct str_copy {
+    size_t off;      /* offset of the string's bytes in the value */
+    const char *str; /* NUL-terminated copy in the arena */
+};
+
+struct arena_chunk {
+    struct arena_chunk *next;
+    size_t used, cap;
+    char mem[];
+};
+
+struct tether_value {
+    atomic_size_t refs;
+    size_t size;
+    msgpack_object *object;    /* tree for get_object, one block; NULL until asked */
+    struct arena_chunk *arena; /* "s" copies */
+    struct str_copy *copies;   /* sorted by off */
+    size_t ncopies, capcopies;
+    uint8_t data[];
+};
+
+#define VALUE_HEADER offsetof(struct tether_value, data)
+#define ARENA_MAX_CHUNK (64u * 1024u)
+
+/* ---- errors and time ----------------------------------------------------------- */
+
+const char *
+tether_strerror(int code)
+{
+    if (code == 0) {
+        return "success";
+    }
+    int e = code == INT_MIN ? 0 : code < 0 ? -code : code;
+    switch (e) {
+    case EINVAL:
+        return "invalid argument, or an argument of the wrong type";
+    case ENOMEM:
+        return "out of memory";
+    case EPROTO:
+        return "the peer sent a malformed frame or broke the protocol";
+    case EMSGSIZE:
+        return "a message is over a size limit (frame size or nesting depth)";
+    case ENOBUFS:
+        return "a queue or buffer limit was reached (requests in flight or queued output)";
+    case ETIMEDOUT:
+        return "the peer was silent for longer than the timeout";
+    case ECANCELED:
+        return "the call was cancelled";
+    case ECONNRESET:
+        return "the connection was lost";
+    case ENOTCONN:
+        return "not connected";
+    case ECONNREFUSED:
+        return "the connection was refused: nothing listens at the address";
+    case EACCES:
+        return "access refused: wrong token, or another user's host";
+    case EPROTONOSUPPORT:
+        return "the peer speaks no protocol version in common with us";
+    case EUSERS:
+        return "the host already has its maximum number of clients";
+    case EBUSY:
+        return "re-entrant call where none is allowed";
+    case EPERM:
+        return "called from the wrong thread";
+    case ECHILD:
+        return "object used in a child process after fork()";
+    case ENOENT:
+        return "no such service, object or client";
+    case EEXIST:
+        return "a service of that name is already registered";
+    case EALREADY:
+        return "already done";
+    case EINPROGRESS:
+        return "not complete yet";
+    case ENOTSUP:
+        return "not supported by this build or by the peer";
+    case EREMOTEIO:
+        return "the remote side raised an error";
+    case EAGAIN:
+        return "resource temporarily unavailable";
+    case EINTR:
+        return "interrupted system call";
+    case EIO:
+        return "input/output error";
+    case EBADF:
+        return "bad file descriptor";
+    case EPIPE:
+        return "broken pipe: the peer closed the connection";
+    case EADDRINUSE:
+        return "address already in use";
+    case EADDRNOTAVAIL:
+        return "address not available";
+    case EAFNOSUPPORT:
+        return "address family not supported";
+    case ENETUNREACH:
+        return "network unreachable";
+    case EHOSTUNREACH:
+        return "host unreachable";
+    case ECONNABORTED:
+        return "connection aborted";
+    case ESHUTDOWN:
+        return "cannot send after the socket was shut down";
+    case ENOTSOCK:
+        return "not a socket";
+    case EMFILE:
+        return "too many open files in this process";
+    case ENFILE:
+        return "too many open files in the system";
+    case ENOSPC:
+        return "no space left on device";
+    case ENAMETOOLONG:
+        return "file name too long";
+    case ENOTDIR:
+        return "not a directory";
+    case EISDIR:
+        return "is a directory";
+    case EROFS:
+        return "read-only file system";
+    case ESRCH:
+        return "no such process";
+    case ENOEXEC:
+        return "exec format error";
+    case E2BIG:
+        return "argument list too long";
+    case ENOSYS:
+        return "function not implemented";
+    case ERANGE:
+        return "result out of range";
+    case EOVERFLOW:
+        return "value too large for its type";
+    case EFAULT:
+        return "bad address";
+    case EDEADLK:
+        return "resource deadlock avoided";
+#if defined(EOPNOTSUPP) && EOPNOTSUPP != ENOTSUP
+    case EOPNOTSUPP:
+        return "operation not supported";
+#endif
+#if defined(EWOULDBLOCK) && EWOULDBLOCK != EAGAIN
+    case EWOULDBLOCK:
+        return "resource temporarily unavailable";
+#endif
+    default:
+        return "unknown error";
+    }
+}
+
+void
+tether_error_done(tether_error *error)
+{
+    if (!error) {
+        return;
+    }
+    tether__free(error->type);
+    tether__free(error->message);
+    tether__free(error->traceback);
+    *error = (tether_error)TETHER_ERROR_INIT;
+}
+
+static int
+error_setv(tether_error *error, const char *type, const char *format, va_list ap)
+{
+    char *t = NULL, *m = NULL;
+    if (type && !(t = tether__strdup(type))) {
+        return -ENOMEM;
+    }
+    if (format) {
+        va_list aq;
+        va_copy(aq, ap);
+        int n = vsnprintf(NULL, 0, format, aq);
+        va_end(aq);
+        if (n < 0) {
+            tether__free(t);
+            return -EINVAL;
+        }
+        m = tether__malloc((size_t)n + 1);
+        if (!m) {
+            tether__free(t);
+            return -ENOMEM;
+        }
+        vsnprintf(m, (size_t)n + 1, format, ap);
+    }
+    tether_error_done(error);
+    error->type = t;
+    error->message = m;
+    return 0;
+}
+
+int
+tether_error_set(tether_error *error, const char *type, const char *format, ...)
+{
+    if (!error) {
+        return -EINVAL;
+    }
+    va_list ap;
+    va_start(ap, format);
+    int r = error_setv(error, type, format, ap);
+    va_end(ap);
+    return r;
+}
+
+uint64_t
+tether_now_usec(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* ---- values -------------------------------------------------------------------- */
+
+static void
+value_init(tether_value *v, size_t size)
+{
+    atomic_init(&v->refs, 1);
+    v->size = size;
+    v->object = NULL;
+    v->arena = NULL;
+    v->copies = NULL;
+    v->ncopies = 0;
+    v->capcopies = 0;
+}
+
+int
+tether__value_new_copy(const uint8_t *p, size_t len, tether_value **ret)
+{
+    if (len > SIZE_MAX - VALUE_HEADER) {
+        return -ENOMEM;
+    }
+    tether_value *v = tether__malloc(VALUE_HEADER + len);
+    if (!v) {
+        return -ENOMEM;
+    }
+    value_init(v, len);
+    if (len) {
+        memcpy(v->data, p, len);
+    }
+    *ret = v;
+    return 0;
+}
+
+int
+tether_value_newv(tether_value **ret, const char *format, va_list ap)
+{
+    if (!ret) {
+        return -EINVAL;
+    }
+    /* Build straight after room for the header, then adopt the buffer as the value. */
+    tether__buf b = TETHER__BUF_INIT;
+    int r = tether__buf_reserve(&b, VALUE_HEADER + 16);
+    if (r < 0) {
+        return r;
+    }
+    b.len = VALUE_HEADER;
+    va_list aq;
+    va_copy(aq, ap);
+    r = tether__format_build(&b, format, aq, false);
+    va_end(aq);
+    if (r < 0) {
+        tether__buf_done(&b);
+        return r;
+    }
+    uint8_t *mem = b.data;
+    if (b.cap - b.len > 64) {
+        uint8_t *shrunk = tether__realloc(mem, b.len);
+        if (shrunk) {
+            mem = shrunk;
+        }
+    }
+    tether_value *v = (tether_value *)(void *)mem;
+    value_init(v, b.len - VALUE_HEADER);
+    *ret = v;
+    return 0;
+}
+
+int
+tether_value_new(tether_value **ret, const char *format, ...)
+{
+    va_list ap;
+    va_start(ap, format);
+    int r = tether_value_newv(ret, format, ap);
+    va_end(ap);
+    return r;
+}
+
+int
+tether_value_new_msgpack(const void *data, size_t size, tether_value **ret)
+{
+    if (!ret || (!data && size)) {
+        return -EINVAL;
+    }
+    size_t used;
+    if (tether__msgpack_check(data, size, TETHER__DEFAULT_MAX_DEPTH, &used) < 0 || used != size) {
+        return -EPROTO;
+    }
+    return tether__value_new_copy(data, size, ret);
+}
+
+tether_value *
+tether_value_ref(tether_value *value)
+{
+    if (value) {
+        atomic_fetch_add_explicit(&value->refs, 1, memory_order_relaxed);
+    }
+    return value;
+}
+
+tether_value *
+tether_value_unref(tether_value *value)
+{
+    if (!value) {
+        return NULL;
+    }
+    if (atomic_fetch_sub_explicit(&value->refs, 1, memory_order_release) != 1) {
+        return NULL;
+    }
+    atomic_thread_fence(memory_order_acquire);
+    tether__free(value->object);
+    for (struct arena_chunk *c = value->arena, *next; c; c = next) {
+        next = c->next;
+        tether__free(c);
+    }
+    tether__free(value->copies);
+    tether__free(value);
+    return NULL;
+}
+
+int
+tether_value_get_msgpack(const tether_value *value, const void **ret_data, size_t *ret_size)
+{
+    if (!value) {
+        return -EINVAL;
+    }
+    if (ret_data) {
+        *ret_data = value->data;
+    }
+    if (ret_size) {
+        *ret_size = value->size;
+    }
+    return 0;
+}
+
+/* A NUL-terminated copy of the string at [s, s+len) inside v, made once per string. */
+static int
+value_cstr(tether_value *v, const uint8_t *s, size_t len, const char **ret)
+{
+    size_t off = (size_t)(s - v->data);
+    size_t lo = 0, hi = v->ncopies;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (v->copies[mid].off < off) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    if (lo < v->ncopies && v->copies[lo].off == off) {
+        *ret = v->copies[lo].str;
+        return 0;
+    }
+    if (v->ncopies == v->capcopies) {
+        size_t cap = v->capcopies ? 2 * v->capcopies : 8;
+        struct str_copy *c = tether__realloc(v->copies, cap * sizeof(*c));
+        if (!c) {
+            return -ENOMEM;
+        }
+        v->copies = c;
+        v->capcopies = cap;
+    }
+    struct arena_chunk *chunk = v->arena;
+    size_t need = len + 1; /* len <= v->size, so no overflow */
+    if (!chunk || chunk->cap - chunk->used < need) {
+        size_t cap = chunk ? 2 * chunk->cap : 256;
+        if (cap > ARENA_MAX_CHUNK) {
+            cap = ARENA_MAX_CHUNK;
+        }
+        if (cap < need) {
+            cap = need;
+        }
+        if (cap > SIZE_MAX - sizeof(*chunk)) {
+            return -ENOMEM;
+        }
+        struct arena_chunk *c = tether__malloc(sizeof(*c) + cap);
+        if (!c) {
+            return -ENOMEM;
+        }
+        c->next = chunk;
+        c->used = 0;
+        c->cap = cap;
+        v->arena = chunk = c;
+    }
+    char *dst = chunk->mem + chunk->used;
+    chunk->used += need;
+    if (len) {
+        memcpy(dst, s, len);
+    }
+    dst[len] = '\0';
+    memmove(&v->copies[lo + 1], &v->copies[lo], (v->ncopies - lo) * sizeof(v->copies[0]));
+    v->copies[lo] = (struct str_copy){off, dst};
+    v->ncopies++;
+    *ret = dst;
+    return 0;
+}
+
+/* ---- msgpack-c object tree ----------------------------------------------------- */
+
+static int
+fill_object(tether__mp_reader *r, msgpack_object *o, msgpack_object **objs, msgpack_object_kv **kvs,
+            unsigned depth)
+{
+    tether__mp_head h;
+    if (depth > TETHER__MAX_DEPTH_CAP || tether__mp_read_head(r, &h) < 0) {
+        return -EPROTO;
+    }
+    switch (h.type) {
+    case TETHER__MP_NIL:
+        o->type = MSGPACK_OBJECT_NIL;
+        break;
+    case TETHER__MP_BOOL:
+        o->type = MSGPACK_OBJECT_BOOLEAN;
+        o->via.boolean = h.boolean;
+        break;
+    case TETHER__MP_UINT:
+        o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+        o->via.u64 = h.u;
+        break;
+    case TETHER__MP_INT:
+        o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
+        o->via.i64 = h.i;
+        break;
+    case TETHER__MP_FLOAT32:
+        o->type = MSGPACK_OBJECT_FLOAT32;
+        o->via.f64 = h.f;
+        break;
+    case TETHER__MP_FLOAT64:
+        o->type = MSGPACK_OBJECT_FLOAT64;
+        o->via.f64 = h.f;
+        break;
+    case TETHER__MP_STR:
+        o->type = MSGPACK_OBJECT_STR;
+        o->via.str.size = (uint32_t)h.data.len;
+        o->via.str.ptr = (const char *)h.data.ptr;
+        break;
+    case TETHER__MP_BIN:
+        o->type = MSGPACK_OBJECT_BIN;
+        o->via.bin.size = (uint32_t)h.data.len;
+        o->via.bin.ptr = (const char *)h.data.ptr;
+        break;
+    case TETHER__MP_EXT:
+        o->type = MSGPACK_OBJECT_EXT;
+        o->via.ext.type = h.ext_type;
+        o->via.ext.size = (uint32_t)h.data.len;
+        o->via.ext.ptr = (const char *)h.data.ptr;
+        break;
+    case TETHER__MP_ARRAY: {
+        msgpack_object *items = h.count ? *objs : NULL;
+        *objs += h.count;
+        o->type = MSGPACK_OBJECT_ARRAY;
+        o->via.array.size = h.count;
+        o->via.array.ptr = items;
+        for (uint32_t i = 0; i < h.count; i++) {
+            int rr = fill_object(r, &items[i], objs, kvs, depth + 1);
+            if (rr < 0) {
+                return rr;
+            }
+        }
+        break;
+    }
+    case TETHER__MP_MAP: {
+        msgpack_object_kv *pairs = h.count ? *kvs : NULL;
+        *kvs += h.count;
+        o->type = MSGPACK_OBJECT_MAP;
+        o->via.map.size = h.count;
+        o->via.map.ptr = pairs;
+        for (uint32_t i = 0; i < h.count; i++) {
+            int rr = fill_object(r, &pairs[i].key, objs, kvs, depth + 1);
+            if (rr == 0) {
+                rr = fill_object(r, &pairs[i].val, objs, kvs, depth + 1);
+            }
+            if (rr < 0) {
+                return rr;
+            }
+        }
+        break;
+    }
+    default:
+        return -EPROTO;
+    }
+    return 0;
+}
+
+/* Count the objects and map pairs below the root, to size the tree's one block. */
+static int
+count_objects(const tether_value *v, size_t *ret_objs, size_t *ret_kvs)
+{
+    tether__mp_reader r = {v->data, v->data + v->size};
+    uint64_t pending = 1;
+    size_t objs = 1, kvs = 0;
+    while (pending > 0) {
+        tether__mp_head h;
+        if (tether__mp_read_head(&r, &h) < 0) {
+            return -EPROTO;
+        }
+        pending--;
+        if (h.type == TETHER__MP_ARRAY || h.type == TETHER__MP_MAP) {
+            uint64_t n = h.type == TETHER__MP_MAP ? 2 * (uint64_t)h.count : h.count;
+            if (n > (uint64_t)(r.end - r.p)) {
+                return -EPROTO;
+            }
+            pending += n;
+            if (h.type == TETHER__MP_MAP) {
+                kvs += h.count;
+            } else {
+                objs += h.count;
+            }
+        }
+    }
+    *ret_objs = objs;
+    *ret_kvs = kvs;
+    return 0;
+}
+
+int
+tether_value_get_object(tether_value *value, const struct msgpack_object **ret_object)
+{
+    if (!value || !ret_object) {
+        return -EINVAL;
+    }
+    if (!value->object) {
+        size_t nobj, nkv;
+        int r = count_objects(value, &nobj, &nkv);
+        if (r < 0) {
+            return r;
+        }
+        if (nkv > SIZE_MAX / sizeof(msgpack_object_kv)) {
+            return -ENOMEM;
+        }
+        size_t kv_bytes = nkv * sizeof(msgpack_object_kv);
+        if (nobj > (SIZE_MAX - kv_bytes) / sizeof(msgpack_object)) {
+            return -ENOMEM;
+        }
+        msgpack_object *block = tether__malloc(nobj * sizeof(msgpack_object) + kv_bytes);
+        if (!block) {
+            return -ENOMEM;
+        }
+        msgpack_object *objs = block + 1;
+        msgpack_object_kv *kvs = (msgpack_object_kv *)(void *)(block + nobj);
+        tether__mp_reader rd = {value->data, value->data + value->size};
+        r = fill_object(&rd, block, &objs, &kvs, 0);
+        if (r < 0) {
+            tether__free(block);
+            return r;
+        }
+        assert(objs == block + nobj);
+        value->object = block;
+    }
+    *ret_object = value->object;
+    return 0;
+}
+
+/* ---- text rendering ------------------------------------------------------------ */
+
+static int
+put(tether__buf *b, const char *s)
+{
+    return tether__buf_append(b, s, strlen(s));
+}
+
+static int putf(tether__buf *b, const char *format, ...) TETHER_PRINTF(2, 3);
+
+static int
+putf(tether__buf *b, const char *format, ...)
+{
+    char tmp[64];
+    va_list ap;
+    va_start(ap, format);
+    int n = vsnprintf(tmp, sizeof(tmp), format, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof(tmp)) {
+        return -EINVAL;
+    }
+    return tether__buf_append(b, tmp, (size_t)n);
+}
+
+/* Length of the valid UTF-8 sequence at s (n bytes left), 0 if invalid. */
+static size_t
+utf8_sequence(const uint8_t *s, size_t n)
+{
+    uint8_t c = s[0];
+    size_t k;
+    uint32_t cp, min;
+    if (c >= 0xc2 && c <= 0xdf) {
+        k = 1;
+        cp = c & 0x1fu;
+        min = 0x80;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        k = 2;
+        cp = c & 0x0fu;
+        min = 0x800;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        k = 3;
+        cp = c & 0x07u;
+        min = 0x10000;
+    } else {
+        return 0;
+    }
+    if (n <= k) {
+        return 0;
+    }
+    for (size_t j = 1; j <= k; j++) {
+        if ((s[j] & 0xc0) != 0x80) {
+            return 0;
+        }
+        cp = (cp << 6) | (s[j] & 0x3fu);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+        return 0;
+    }
+    return k + 1;
+}
+
+/* Text for people: valid UTF-8 as is, controls and stray bytes escaped. */
+static int
+put_text(tether__buf *b, const uint8_t *s, size_t n, bool quoted)
+{
+    int r = 0;
+    size_t i = 0;
+    while (i < n && r == 0) {
+        uint8_t c = s[i];
+        size_t run = i;
+        /* Copy runs of plain characters at once. */
+        while (run < n && s[run] >= 0x20 && s[run] < 0x7f && s[run] != '"' && s[run] != '\\') {
+            run++;
+        }
+        if (run > i) {
+            r = tether__buf_append(b, s + i, run - i);
+            i = run;
+            continue;
+        }
+        if (c >= 0x80) {
+            size_t k = utf8_sequence(s + i, n - i);
+            if (k) {
+                r = tether__buf_append(b, s + i, k);
+                i += k;
+            } else {
+                r = putf(b, "\\x%02x", c);
+                i++;
+            }
+            continue;
+        }
+        switch (c) {
+        case '"':
+            r = quoted ? put(b, "\\\"") : put(b, "\"");
+            break;
+        case '\\':
+            r = quoted ? put(b, "\\\\") : put(b, "\\");
+            break;
+        case '\n':
+            r = put(b, "\\n");
+            break;
+        case '\r':
+            r = put(b, "\\r");
+            break;
+        case '\t':
+            r = put(b, "\\t");
+            break;
+        default:
+            r = putf(b, "\\u%04x", c);
+            break;
+        }
+        i++;
+    }
+    return r;
+}
+
+static int
+put_bytes(tether__buf *b, const uint8_t *s, size_t n)
+{
+    int r = put(b, "b\"");
+    for (size_t i = 0; i < n && r == 0; i++) {
+        uint8_t c = s[i];
+        if (c == '"' || c == '\\') {
+            char esc[3] = {'\\', (char)c, '\0'};
+            r = put(b, esc);
+        } else if (c == '\n') {
+            r = put(b, "\\n");
+        } else if (c == '\r') {
+            r = put(b, "\\r");
+        } else if (c == '\t') {
+            r = put(b, "\\t");
+        } else if (c >= 0x20 && c < 0x7f) {
+            r = tether__buf_append(b, &c, 1);
+        } else {
+            r = putf(b, "\\x%02x", c);
+        }
+    }
+    return r ? r : put(b, "\"");
+}
+
+/* The shortest text that reads back as the same number, always with a '.' or an 'e'. */
+static int
+put_double(tether__buf *b, double d, bool single)
+{
+    if (isnan(d)) {
+        return put(b, "NaN");
+    }
+    if (isinf(d)) {
+        return put(b, d < 0 ? "-Infinity" : "Infinity");
+    }
+    char tmp[40];
+    for (int prec = single ? 6 : 15; prec <= (single ? 9 : 17); prec++) {
+        snprintf(tmp, sizeof(tmp), "%.*g", prec, d);
+        double back = strtod(tmp, NULL);
+        /* A float32 compares as float, once back is known to fit in one. */
+        if (single ? back >= -FLT_MAX && back <= FLT_MAX && (float)back == (float)d : back == d) {
+            break;
+        }
+    }
+    bool has_point = false;
+    for (char *p = tmp; *p; p++) {
+        if (*p == ',') {
+            *p = '.'; /* a locale's decimal comma */
+        }
+        if (*p == '.' || *p == 'e') {
+            has_point = true;
+        }
+    }
+    int r = put(b, tmp);
+    return r == 0 && !has_point ? put(b, ".0") : r;
+}
+
+/* A REF or ERROR ext payload in its short form; 1 if the payload is not as expected. */
+static int
+put_ext(tether__buf *b, const tether__mp_head *h)
+{
+    tether__mp_reader p = {h->data.ptr, h->data.ptr + h->data.len};
+    uint32_t n;
+    if (h->ext_type == TETHER__EXT_REF) {
+        int64_t owner;
+        uint64_t id;
+        if (tether__mp_read_array(&p, &n) < 0 || n < 2 || tether__mp_read_int(&p, &owner) < 0 ||
+            tether__mp_read_uint(&p, &id) < 0) {
+            return 1;
+        }
+        return putf(b, "<ref %" PRIu64 ">", id);
+    }
+    if (h->ext_type == TETHER__EXT_ERROR) {
+        tether__span type, message;
+        if (tether__mp_read_array(&p, &n) < 0 || n < 2 || tether__mp_read_str(&p, &type) < 0 ||
+            tether__mp_read_str(&p, &message) < 0) {
+            return 1;
+        }
+        int r = put(b, "<error ");
+        if (r == 0) {
+            r = put_text(b, type.ptr, type.len, false);
+        }
+        if (r == 0) {
+            r = put(b, ": ");
+        }
+        if (r == 0) {
+            r = put_text(b, message.ptr, message.len, false);
+        }
+        return r ? r : put(b, ">");
+    }
+    return 1;
+}
+
+static int
+render(tether__buf *b, tether__mp_reader *r, unsigned depth)
+{
+    tether__mp_head h;
+    if (depth > TETHER__MAX_DEPTH_CAP || tether__mp_read_head(r, &h) < 0) {
+        return -EPROTO;
+    }
+    switch (h.type) {
+    case TETHER__MP_NIL:
+        return put(b, "null");
+    case TETHER__MP_BOOL:
+        return put(b, h.boolean ? "true" : "false");
+    case TETHER__MP_UINT:
+        return putf(b, "%" PRIu64, h.u);
+    case TETHER__MP_INT:
+        return putf(b, "%" PRId64, h.i);
+    case TETHER__MP_FLOAT32:
+    case TETHER__MP_FLOAT64:
+        return put_double(b, h.f, h.type == TETHER__MP_FLOAT32);
+    case TETHER__MP_STR: {
+        int rr = put(b, "\"");
+        if (rr == 0) {
+            rr = put_text(b, h.data.ptr, h.data.len, true);
+        }
+        return rr ? rr : put(b, "\"");
+    }
+    case TETHER__MP_BIN:
+        return put_bytes(b, h.data.ptr, h.data.len);
+    case TETHER__MP_EXT: {
+        int rr = put_ext(b, &h);
+        if (rr <= 0) {
+            return rr;
+        }
+        return putf(b, "<ext %d: %zu bytes>", h.ext_type, h.data.len);
+    }
+    case TETHER__MP_ARRAY:
+    case TETHER__MP_MAP: {
+        bool map = h.type == TETHER__MP_MAP;
+        int rr = put(b, map ? "{" : "[");
+        for (uint32_t i = 0; i < h.count && rr == 0; i++) {
+            if (i > 0) {
+                rr = put(b, ", ");
+            }
+            if (rr == 0) {
+                rr = render(b, r, depth + 1);
+            }
+            if (map && rr == 0) {
+                rr = put(b, ": ");
+                if (rr == 0) {
+                    rr = render(b, r, depth + 1);
+                }
+            }
+        }
+        return rr ? rr : put(b, map ? "}" : "]");
+    }
+    default:
+        return -EPROTO;
+    }
+}
+
+int
+tether_value_to_string(const tether_value *value, char **ret_text)
+{
+    if (!value || !ret_text) {
+        return -EINVAL;
+    }
+    tether__buf b = TETHER__BUF_INIT;
+    tether__mp_reader r = {value->data, value->data + value->size};
+    static const char nul = '\0';
+    int rr = render(&b, &r, 0);
+    if (rr == 0) {
+        rr = tether__buf_append(&b, &nul, 1);
+    }
+    if (rr < 0) {
+        tether__buf_done(&b);
+        return rr;
+    }
+    *ret_text = (char *)b.data;
+    return 0;
+}
+
+/* ---- the format engine --------------------------------------------------------- */
+
+enum walk_mode {
+    MODE_BUILD,
+    MODE_CHECK,
+    MODE_STORE,
+    MODE_UNDO
+};
+
+struct walk {
+    enum walk_mode mode;
+    va_list *ap;        /* BUILD, STORE, UNDO */
+    tether__buf *out;   /* BUILD */
+    tether_value *root; /* reading */
+    tether__mp_reader r;
+    tether_error *reterr;
+    bool args;      /* the root is an argument list */
+    size_t nvalues; /* STORE: "v" outputs made; UNDO: those left to release */
+    unsigned depth; /* entries of path in use */
+    uint32_t path[TETHER__FORMAT_MAX_DEPTH + 2];
+};
+
+/*
+ * Validate the items of f up to close (']', '}', or '\0' for the whole format): known
+ * characters, balanced brackets, an even number of items in each map. Stores the
+ * number of items and where the format continues after close.
+ */
+static int
+fmt_scan(const char *f, char close, bool build, unsigned depth, const char **ret_end,
+         size_t *ret_count)
+{
+    size_t n = 0;
+    for (;;) {
+        char c = *f;
+        if (c == close) {
+            break;
+        }
+        switch (c) {
+        case 'n':
+        case 'b':
+        case 'i':
+        case 'x':
+        case 'u':
+        case 'd':
+        case 's':
+        case 'S':
+        case 'y':
+        case 'v':
+            f++;
+            break;
+        case '*':
+            if (build) {
+                return -EINVAL;
+            }
+            f++;
+            break;
+        case '[':
+        case '{': {
+            size_t k;
+            if (depth >= TETHER__FORMAT_MAX_DEPTH) {
+                return -EINVAL;
+            }
+            int r = fmt_scan(f + 1, c == '[' ? ']' : '}', build, depth + 1, &f, &k);
+            if (r < 0) {
+                return r;
+            }
+            if ((c == '{' && k % 2 != 0) || k > UINT32_MAX) {
+                return -EINVAL;
+            }
+            break;
+        }
+        default: /* unknown, a stray closing bracket, or the end inside brackets */
+            return -EINVAL;
+        }
+        n++;
+    }
+    *ret_end = close ? f + 1 : f;
+    *ret_count = n;
+    return 0;
+}
+
+static const char *
+head_type_name(const tether__mp_head *h)
+{
+    switch (h->type) {
+    case TETHER__MP_NIL:
+        return "nil";
+    case TETHER__MP_BOOL:
+        return "bool";
+    case TETHER__MP_UINT:
+    case TETHER__MP_INT:
+        return "int";
+    case TETHER__MP_FLOAT32:
+    case TETHER__MP_FLOAT64:
+        return "float";
+    case TETHER__MP_STR:
+        return "str";
+    case TETHER__MP_BIN:
+        return "bytes";
+    case TETHER__MP_ARRAY:
+        return "array";
+    case TETHER__MP_MAP:
+        return "map";
+    case TETHER__MP_EXT:
+        return h->ext_type == TETHER__EXT_REF     ? "ref"
+               : h->ext_type == TETHER__EXT_ERROR ? "error"
+                                                  : "ext";
+    default:
+        return "?";
+    }
+}
+
+/* Put a "TypeError" naming the current position into reterr; returns -EINVAL. */
+static int type_error(struct walk *w, const char *format, ...) TETHER_PRINTF(2, 3);
+
+static int
+type_error(struct walk *w, const char *format, ...)
+{
+    if (!w->reterr) {
+        return -EINVAL;
+    }
+    char where[TETHER__FORMAT_MAX_DEPTH * 11 + 16];
+    size_t at = 0;
+    where[0] = '\0';
+    for (unsigned i = 0; i < w->depth; i++) {
+        int n =
+            snprintf(where + at, sizeof(where) - at, "%s%" PRIu32, i ? "." : "item ", w->path[i]);
+        if (n < 0 || (size_t)n >= sizeof(where) - at) {
+            break;
+        }
+        at += (size_t)n;
+    }
+    char message[256];
+    va_list ap;
+    va_start(ap, format);
+    vsnprintf(message, sizeof(message), format, ap);
+    va_end(ap);
+    (void)tether_error_set(w->reterr, "TypeError", "%s%s%s", where, at ? ": " : "", message);
+    return -EINVAL;
+}
+
+static int
+mismatch(struct walk *w, const char *expected, const tether__mp_head *h)
+{
+    return type_error(w, "expected %s, got %s", expected, head_type_name(h));
+}
+
+static int walk_item(struct walk *w, const char **fp);
+
+static int
+walk_items(struct walk *w, const char **fp, size_t n)
+{
+    assert(w->depth < sizeof(w->path) / sizeof(w->path[0]));
+    w->depth++;
+    for (size_t i = 0; i < n; i++) {
+        w->path[w->depth - 1] = (uint32_t)(i + 1);
+        int r = walk_item(w, fp);
+        if (r < 0) {
+            return r;
+        }
+    }
+    w->depth--;
+    return 0;
+}
+
+/* The next output pointer: only STORE and UNDO take them from the va_list. */
+#define OUT(w, type) ((w)->mode == MODE_CHECK ? (type)NULL : va_arg(*(w)->ap, type))
+
+static int
+build_scalar(struct walk *w, char c)
+{
+    tether__buf *out = w->out;
+    switch (c) {
+    case 'n':
+        return tether__mp_nil(out);
+    case 'b':
+        return tether__mp_bool(out, va_arg(*w->ap, int) != 0);
+    case 'i':
+        return tether__mp_int(out, va_arg(*w->ap, int));
+    case 'x':
+        return tether__mp_int(out, va_arg(*w->ap, int64_t));
+    case 'u':
+        return tether__mp_uint(out, va_arg(*w->ap, uint64_t));
+    case 'd':
+        return tether__mp_double(out, va_arg(*w->ap, double));
+    case 's': {
+        const char *s = va_arg(*w->ap, const char *);
+        return s ? tether__mp_str(out, s, strlen(s)) : tether__mp_nil(out);
+    }
+    case 'S': {
+        const char *s = va_arg(*w->ap, const char *);
+        size_t n = va_arg(*w->ap, size_t);
+        if (!s && n) {
+            return -EINVAL;
+        }
+        return tether__mp_str(out, s ? s : "", n);
+    }
+    case 'y': {
+        const void *p = va_arg(*w->ap, const void *);
+        size_t n = va_arg(*w->ap, size_t);
+        if (!p && n) {
+            return -EINVAL;
+        }
+        return tether__mp_bin(out, p ? p : "", n);
+    }
+    case 'v': {
+        tether_value *v = va_arg(*w->ap, tether_value *);
+        return v ? tether__mp_raw(out, v->data, v->size) : tether__mp_nil(out);
+    }
+    default:
+        return -EINVAL;
+    }
+}
+
+static int
+read_scalar(struct walk *w, char c)
+{
+    bool store = w->mode == MODE_STORE;
+    bool check = w->mode == MODE_CHECK;
+    tether__mp_head h;
+
+    if (c == '*' || c == 'v') {
+        tether__span span;
+        if (tether__mp_skip(&w->r, &span) < 0) {
+            return -EPROTO;
+        }
+        if (c == 'v') {
+            tether_value **out = OUT(w, tether_value **);
+            if (store && out) {
+                int r = tether__value_new_copy(span.ptr, span.len, out);
+                if (r < 0) {
+                    return r;
+                }
+                w->nvalues++;
+            } else if (w->mode == MODE_UNDO && out && w->nvalues > 0) {
+                *out = tether_value_unref(*out);
+                w->nvalues--;
+            }
+        }
+        return 0;
+    }
+    if (tether__mp_read_head(&w->r, &h) < 0) {
+        return -EPROTO;
+    }
+    switch (c) {
+    case 'n':
+        return h.type == TETHER__MP_NIL ? 0 : mismatch(w, "nil", &h);
+    case 'b': {
+        bool *out = OUT(w, bool *);
+        if (h.type != TETHER__MP_BOOL) {
+            return mismatch(w, "bool", &h);
+        }
+        if (store && out) {
+            *out = h.boolean;
+        }
+        return 0;
+    }
+    case 'i':
+    case 'x': {
+        /* va_arg must name the pointer type actually passed. */
+        int *out_int = c == 'i' ? OUT(w, int *) : NULL;
+        int64_t *out_int64 = c == 'x' ? OUT(w, int64_t *) : NULL;
+        if (h.type != TETHER__MP_UINT && h.type != TETHER__MP_INT) {
+            return mismatch(w, "int", &h);
+        }
+        if (check) {
+            bool i = c == 'i';
+            if (h.type == TETHER__MP_UINT && h.u > (i ? (uint64_t)INT_MAX : (uint64_t)INT64_MAX)) {
+                return type_error(w, "integer %" PRIu64 " out of range for %s", h.u,
+                                  i ? "int" : "int64");
+            }
+            if (i && h.type == TETHER__MP_INT && h.i < INT_MIN) {
+                return type_error(w, "integer %" PRId64 " out of range for int", h.i);
+            }
+        }
+        if (store && out_int) {
+            *out_int = (int)h.i;
+        }
+        if (store && out_int64) {
+            *out_int64 = h.i;
+        }
+        return 0;
+    }
+    case 'u': {
+        uint64_t *out = OUT(w, uint64_t *);
+        if (h.type == TETHER__MP_INT) {
+            return type_error(w, "expected int >= 0, got %" PRId64, h.i);
+        }
+        if (h.type != TETHER__MP_UINT) {
+            return mismatch(w, "int", &h);
+        }
+        if (store && out) {
+            *out = h.u;
+        }
+        return 0;
+    }
+    case 'd': {
+        double *out = OUT(w, double *);
+        double d;
+        if (h.type == TETHER__MP_FLOAT32 || h.type == TETHER__MP_FLOAT64) {
+            d = h.f;
+        } else if (h.type == TETHER__MP_UINT) {
+            d = (double)h.u;
+        } else if (h.type == TETHER__MP_INT) {
+            d = (double)h.i;
+        } else {
+            return mismatch(w, "float", &h);
+        }
+        if (store && out) {
+            *out = d;
+        }
+        return 0;
+    }
+    case 's': {
+        const char **out = OUT(w, const char **);
+        if (h.type != TETHER__MP_STR && h.type != TETHER__MP_NIL) {
+            return mismatch(w, "str", &h);
+        }
+        if (store && out) {
+            if (h.type == TETHER__MP_NIL) {
+                *out = NULL;
+            } else {
+                int r = value_cstr(w->root, h.data.ptr, h.data.len, out);
+                if (r < 0) {
+                    return r;
+                }
+            }
+        }
+        return 0;
+    }
+    case 'S':
+    case 'y': {
+        const char **out_str = c == 'S' ? OUT(w, const char **) : NULL;
+        const void **out_bin = c == 'y' ? OUT(w, const void **) : NULL;
+        size_t *out_len = OUT(w, size_t *);
+        int want = c == 'S' ? TETHER__MP_STR : TETHER__MP_BIN;
+        if (h.type != want) {
+            return mismatch(w, c == 'S' ? "str" : "bytes", &h);
+        }
+        if (store && out_str) {
+            *out_str = (const char *)h.data.ptr;
+        }
+        if (store && out_bin) {
+            *out_bin = h.data.ptr;
+        }
+        if (store && out_len) {
+            *out_len = h.data.len;
+        }
+        return 0;
+    }
+    default:
+        return -EINVAL;
+    }
+}
+
+/* An array or map header read against k format items. */
+static int
+read_container(struct walk *w, char c, size_t k)
+{
+    tether__mp_head h;
+    if (tether__mp_read_head(&w->r, &h) < 0) {
+        return -EPROTO;
+    }
+    if (c == '[') {
+        if (h.type != TETHER__MP_ARRAY) {
+            return mismatch(w, "array", &h);
+        }
+        if (h.count != k) {
+            return type_error(w, "expected array of %zu item%s, got %" PRIu32, k, k == 1 ? "" : "s",
+                              h.count);
+        }
+        return 0;
+    }
+    if (h.type != TETHER__MP_MAP) {
+        return mismatch(w, "map", &h);
+    }
+    if (h.count != k / 2) {
+        return type_error(w, "expected map of %zu entr%s, got %" PRIu32, k / 2,
+                          k / 2 == 1 ? "y" : "ies", h.count);
+    }
+    return 0;
+}
+
+static int
+walk_item(struct walk *w, const char **fp)
+{
+    const char *f = *fp;
+    char c = *f;
+    int r;
+    if (c == '[' || c == '{') {
+        const char *end;
+        size_t k;
+        r = fmt_scan(f + 1, c == '[' ? ']' : '}', w->mode == MODE_BUILD, 0, &end, &k);
+        if (r < 0) {
+            return r;
+        }
+        if (w->mode == MODE_BUILD) {
+            r = c == '[' ? tether__mp_array(w->out, (uint32_t)k)
+                         : tether__mp_map(w->out, (uint32_t)(k / 2));
+        } else {
+            r = read_container(w, c, k);
+        }
+        if (r < 0) {
+            return r;
+        }
+        f++;
+        r = walk_items(w, &f, k);
+        if (r < 0) {
+            return r;
+        }
+        assert(f + 1 == end);
+        *fp = end;
+        return 0;
+    }
+    *fp = f + 1;
+    return w->mode == MODE_BUILD ? build_scalar(w, c) : read_scalar(w, c);
+}
+
+int
+tether__format_build(tether__buf *out, const char *fmt, va_list ap, bool as_array)
+{
+    const char *f = fmt ? fmt : "";
+    const char *end;
+    size_t k;
+    if (!out || fmt_scan(f, '\0', true, 0, &end, &k) < 0 || k > UINT32_MAX) {
+        return -EINVAL;
+    }
+    if (!as_array) {
+        if (!fmt) {
+            return tether__mp_nil(out);
+        }
+        if (k != 1) {
+            return -EINVAL;
+        }
+    }
+    size_t mark = tether__buf_pending(out);
+    va_list aq;
+    va_copy(aq, ap);
+    struct walk w = {.mode = MODE_BUILD, .ap = &aq, .out = out};
+    int r;
+    if (as_array) {
+        r = tether__mp_array(out, (uint32_t)k);
+        if (r == 0) {
+            r = walk_items(&w, &f, k);
+        }
+    } else {
+        r = walk_item(&w, &f);
+    }
+    va_end(aq);
+    if (r < 0) {
+        out->len = out->off + mark;
+    }
+    return r;
+}
+
+/* The root of a read: one item, or an argument list (an array of k items). */
+static int
+walk_root(struct walk *w, const char *f, size_t k)
+{
+    w->r = (tether__mp_reader){w->root->data, w->root->data + w->root->size};
+    w->depth = 0;
+    if (!w->args) {
+        return walk_item(w, &f);
+    }
+    tether__mp_head h;
+    if (tether__mp_read_head(&w->r, &h) < 0) {
+        return -EPROTO;
+    }
+    if (h.type != TETHER__MP_ARRAY) {
+        return type_error(w, "arguments must be an array, got %s", head_type_name(&h));
+    }
+    if (h.count != k) {
+        return type_error(w, "takes %zu argument%s, got %" PRIu32, k, k == 1 ? "" : "s", h.count);
+    }
+    return walk_items(w, &f, k);
+}
+
+static int
+read_value(tether_value *v, tether_error *reterr, const char *fmt, va_list ap, bool args)
+{
+    const char *f = fmt ? fmt : "";
+    const char *end;
+    size_t k;
+    if (!v) {
+        return -EINVAL;
+    }
+    if (fmt_scan(f, '\0', false, 0, &end, &k) < 0 || (!args && k != 1)) {
+        if (reterr) {
+            (void)tether_error_set(reterr, "tether.Error", "invalid format \"%s\"", f);
+        }
+        return -EINVAL;
+    }
+    struct walk w = {.mode = MODE_CHECK, .root = v, .reterr = reterr, .args = args};
+    int r = walk_root(&w, f, k);
+    if (r < 0) {
+        return r;
+    }
+    va_list store_ap;
+    va_copy(store_ap, ap);
+    w.mode = MODE_STORE;
+    w.ap = &store_ap;
+    r = walk_root(&w, f, k);
+    va_end(store_ap);
+    if (r < 0 && w.nvalues > 0) {
+        /* Out of memory half way: release the "v" outputs already made. */
+        va_list undo_ap;
+        va_copy(undo_ap, ap);
+        w.mode = MODE_UNDO;
+        w.ap = &undo_ap;
+        (void)walk_root(&w, f, k);
+        va_end(undo_ap);
+    }
+    return r;
+}
+
+int
+tether_value_readv(tether_value *value, tether_error *reterr, const char *format, va_list ap)
+{
+    return read_value(value, reterr, format, ap, false);
+}
+
+int
+tether_value_read(tether_value *value, tether_error *reterr, const char *format, ...)
+{
+    va_list ap;
+    va_start(ap, format);
+    int r = read_value(value, reterr, format, ap, false);
+    va_end(ap);
+    return r;
+}
+
+int
+tether__value_read_args(tether_value *v, tether_error *reterr, const char *fmt, va_list ap)
+{
+    return read_value(v, reterr, fmt, ap, true);
+}
+
+int
+tether__value_error_fields(tether_value *v, char **type, char **message, char **traceback)
+{
+    if (!v) {
+        return -EINVAL;
+    }
+    tether__mp_reader r = {v->data, v->data + v->size};
+    tether__mp_head h;
+    if (tether__mp_read_head(&r, &h) < 0 || h.type != TETHER__MP_EXT ||
+        h.ext_type != TETHER__EXT_ERROR) {
+        return -EINVAL;
+    }
+    tether__mp_reader p = {h.data.ptr, h.data.ptr + h.data.len};
+    uint32_t n;
+    tether__span ts, ms, bs = {NULL, 0};
+    bool have_tb = false;
+    if (tether__mp_read_array(&p, &n) < 0 || n < 3 || tether__mp_read_str(&p, &ts) < 0 ||
+        tether__mp_read_str(&p, &ms) < 0) {
+        return -EINVAL;
+    }
+    if (p.p < p.end && *p.p == 0xc0) {
+        have_tb = false;
+    } else if (tether__mp_read_str(&p, &bs) == 0) {
+        have_tb = true;
+    } else {
+        return -EINVAL;
+    }
+    char *t = tether__strndup((const char *)ts.ptr, ts.len);
+    char *m = tether__strndup((const char *)ms.ptr, ms.len);
+    char *b = have_tb ? tether__strndup((const char *)bs.ptr, bs.len) : NULL;
+    if (!t || !m || (have_tb && !b)) {
+        tether__free(t);
+        tether__free(m);
+        tether__free(b);
+        return -ENOMEM;
+    }
+    if (type) {
+        *type = t;
+    } else {
+        tether__free(t);
+    }
+    if (message) {
+        *message = m;
+    } else {
+        tether__free(m);
+    }
+    if (traceback) {
+        *traceback = b;
+    } else {
+        tether__free(b);
+    }
+    return 0;
+}

@@ -1,0 +1,53 @@
+/*
+ * value: tether_value internals and the format engine, for the connection code.
+ *
+ * A tether_value owns one copy of the encoded msgpack bytes of one item; everything
+ * else (the msgpack-c object tree, NUL-terminated copies of strings read with "s") is
+ * made lazily and freed with the value. Values are immutable once made, so a reference
+ * may be handed to any thread; the lazy parts are made by the one thread reading it
+ * (tether.h: "one thread at a time per value").
+ */
+#ifndef TETHER_VALUE_H
+#define TETHER_VALUE_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "tether.h"
+
+/* Deepest nesting of brackets a format string may have. */
+#define TETHER__FORMAT_MAX_DEPTH 64
+
+/*
+ * Make a value holding a copy of [p, p+len), which must be one complete msgpack item
+ * already checked with tether__msgpack_check() (for example a span of a decoded frame):
+ * it is not checked again. Returns 0 or -ENOMEM.
+ */
+int tether__value_new_copy(const uint8_t *p, size_t len, tether_value **ret);
+
+/*
+ * Append to out what fmt describes (see the table in tether.h), taking the arguments
+ * from ap. as_array false: fmt describes exactly one item (NULL: nil). as_array true: an
+ * array of all the items of fmt (NULL or "": an empty array). Returns 0, -EINVAL (bad
+ * format or argument; out is restored), -ENOMEM, -EMSGSIZE (a str/bin over 4 GiB).
+ */
+int tether__format_build(tether__buf *out, const char *fmt, va_list ap, bool as_array);
+
+/*
+ * Read an argument array: fmt lists one item per element (as if wrapped in "[...]";
+ * NULL or "" means none). A count mismatch gives "takes 2 arguments, got 3". Returns 0
+ * or -EINVAL with a "TypeError" in reterr (may be NULL), -ENOMEM.
+ */
+int tether__value_read_args(tether_value *v, tether_error *reterr, const char *fmt, va_list ap);
+
+/*
+ * If v is an ERROR ext ([type, message, traceback]), store newly allocated copies of its
+ * strings (traceback NULL when nil); any ret pointer may be NULL. Returns 0, -EINVAL (not
+ * an ERROR ext, or a malformed one), -ENOMEM (nothing is stored then).
+ */
+int tether__value_error_fields(tether_value *v, char **type, char **message, char **traceback);
+
+#endif

@@ -1,0 +1,461 @@
+/*
+ * Calls end to end, host and client in one process: the three ways to call, both
+ * directions, errors as values, timeouts that bound silence and deadlines that bound
+ * duration, and concurrent callers sharing one connection.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "helpers.h"
+
+static int
+add_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    int64_t a, b;
+    int r = tether_request_read(req, "xx", &a, &b);
+    if (r < 0) {
+        return r;
+    }
+    return tether_request_reply(req, "x", a + b);
+}
+
+static int
+fail_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    return tether_request_reply_error(req, "ValueError", "bad value %d", 42);
+}
+
+static atomic_int notified;
+
+static int
+count_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    int n = 0;
+    tether_request_read(req, "i", &n);
+    atomic_fetch_add(&notified, n);
+    return 0;
+}
+
+static int
+get_count_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    return tether_request_reply(req, "i", atomic_load(&notified));
+}
+
+/* Replies after a delay from another thread; the call must stay alive meanwhile. */
+typedef struct delayed {
+    tether_request *req;
+    int delay_ms;
+} delayed;
+
+static void *
+delayed_reply(void *arg)
+{
+    delayed *d = arg;
+    usleep((useconds_t)d->delay_ms * 1000);
+    tether_request_reply(d->req, "s", "late");
+    tether_request_unref(d->req);
+    free(d);
+    return NULL;
+}
+
+static int
+slow_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    delayed *d = malloc(sizeof(*d));
+    d->req = tether_request_ref(req);
+    d->delay_ms = 0;
+    tether_request_read(req, "i", &d->delay_ms);
+    pthread_t t;
+    pthread_create(&t, NULL, delayed_reply, d);
+    pthread_detach(t);
+    return 0;
+}
+
+static tether_request *stuck_request;
+
+static int
+stuck_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    /* Never replies: kept until the test ends. */
+    stuck_request = tether_request_ref(req);
+    return 0;
+}
+
+static int
+hang_handler(tether_request *req, void *userdata)
+{
+    (void)req;
+    (void)userdata;
+    /* A stuck peer: blocks its own I/O thread, so not even progress goes out. */
+    usleep(1000000);
+    return 0;
+}
+
+static tether_host *
+start_host(void)
+{
+    tether_host *h = test_host_new(NULL);
+    ASSERT_OK(tether_host_add_service(h, "add", TETHER_CONTEXT_IO, add_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "fail", TETHER_CONTEXT_IO, fail_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "count", TETHER_CONTEXT_IO, count_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "get_count", TETHER_CONTEXT_IO, get_count_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "slow", TETHER_CONTEXT_IO, slow_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "stuck", TETHER_CONTEXT_IO, stuck_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "hang", TETHER_CONTEXT_IO, hang_handler, NULL));
+    ASSERT_OK(tether_host_start(h));
+    return h;
+}
+
+Test(call, sync_add)
+{
+    tether_host *h = start_host();
+    tether_client *c = test_client_connect("adder", NULL);
+    tether_value *v = NULL;
+    tether_error err = TETHER_ERROR_INIT;
+    ASSERT_OK(tether_conn_call(tether_client_get_conn(c), "add", NULL, &v, &err, "ii", 2, 3));
+    int sum = 0;
+    ASSERT_OK(tether_value_read(v, NULL, "i", &sum));
+    cr_assert_eq(sum, 5);
+    tether_value_unref(v);
+    cr_assert_str_eq(tether_client_get_host_name(c), "default");
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+Test(call, wrong_argument_types_are_a_type_error)
+{
+    tether_host *h = start_host();
+    tether_client *c = test_client_connect("adder", NULL);
+    tether_error err = TETHER_ERROR_INIT;
+    ASSERT_ERR(tether_conn_call(tether_client_get_conn(c), "add", NULL, NULL, &err, "si", "x", 3),
+               TETHER_EREMOTE);
+    cr_assert_str_eq(err.type, "TypeError");
+    cr_assert(strstr(err.message, "expected int") != NULL, "message: %s", err.message);
+    tether_error_done(&err);
+    ASSERT_ERR(tether_conn_call(tether_client_get_conn(c), "add", NULL, NULL, &err, "i", 1),
+               TETHER_EREMOTE);
+    cr_assert(strstr(err.message, "2 arguments") != NULL, "message: %s", err.message);
+    tether_error_done(&err);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+Test(call, remote_error_has_type_and_message)
+{
+    tether_host *h = start_host();
+    tether_client *c = test_client_connect("x", NULL);
+    tether_error err = TETHER_ERROR_INIT;
+    ASSERT_ERR(tether_conn_call(tether_client_get_conn(c), "fail", NULL, NULL, &err, NULL),
+               TETHER_EREMOTE);
+    cr_assert_str_eq(err.type, "ValueError");
+    cr_assert_str_eq(err.message, "bad value 42");
+    tether_error_done(&err);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+Test(call, unknown_service)
+{
+    tether_host *h = start_host();
+    tether_client *c = test_client_connect("x", NULL);
+    tether_error err = TETHER_ERROR_INIT;
+    ASSERT_ERR(tether_conn_call(tether_client_get_conn(c), "nope", NULL, NULL, &err, NULL),
+               TETHER_ENOENT);
+    cr_assert_str_eq(err.type, "tether.NoSuchService");
+    cr_assert(strstr(err.message, "nope") != NULL);
+    tether_error_done(&err);
+    /* The connection is still fine. */
+    ASSERT_OK(tether_conn_call(tether_client_get_conn(c), "add", NULL, NULL, NULL, "ii", 1, 1));
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+Test(call, future_wait_and_result)
+{
+    tether_host *h = start_host();
+    tether_client *c = test_client_connect("x", NULL);
+    tether_future *f = NULL;
+    ASSERT_OK(tether_conn_call_async(tether_client_get_conn(c), "add", NULL, &f, "ii", 40, 2));
+    ASSERT_OK(tether_future_wait(f, 5000000));
+    cr_assert_eq(tether_future_is_ready(f), 1);
+    tether_value *v = NULL;
+    ASSERT_OK(tether_future_get_result(f, &v, NULL));
+    int sum = 0;
+    ASSERT_OK(tether_value_read(v, NULL, "i", &sum));
+    cr_assert_eq(sum, 42);
+    tether_value_unref(v);
+    ASSERT_ERR(tether_future_cancel(f), TETHER_EALREADY);
+    tether_future_unref(f);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+static pthread_mutex_t cb_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cb_cv = PTHREAD_COND_INITIALIZER;
+static int cb_status = 1;
+
+static void
+on_done(tether_future *f, void *userdata)
+{
+    (void)userdata;
+    pthread_mutex_lock(&cb_lock);
+    cb_status = tether_future_get_result(f, NULL, NULL);
+    pthread_cond_signal(&cb_cv);
+    pthread_mutex_unlock(&cb_lock);
+}
+
+Test(call, future_callback)
+{
+    tether_host *h = start_host();
+    tether_client *c = test_client_connect("x", NULL);
+    tether_future *f = NULL;
+    ASSERT_OK(tether_conn_call_async(tether_client_get_conn(c), "slow", NULL, &f, "i", 50));
+    ASSERT_OK(tether_future_set_callback(f, TETHER_CONTEXT_IO, on_done, NULL));
+    ASSERT_ERR(tether_future_set_callback(f, TETHER_CONTEXT_IO, on_done, NULL), TETHER_EALREADY);
+    pthread_mutex_lock(&cb_lock);
+    while (cb_status == 1) {
+        pthread_cond_wait(&cb_cv, &cb_lock);
+    }
+    pthread_mutex_unlock(&cb_lock);
+    cr_assert_eq(cb_status, 0);
+    tether_future_unref(f);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+Test(call, future_cancel)
+{
+    tether_host *h = start_host();
+    tether_client *c = test_client_connect("x", NULL);
+    tether_future *f = NULL;
+    ASSERT_OK(tether_conn_call_async(tether_client_get_conn(c), "stuck", NULL, &f, NULL));
+    ASSERT_ERR(tether_future_wait(f, 20000), TETHER_ETIMEDOUT);
+    ASSERT_OK(tether_future_cancel(f));
+    cr_assert_eq(tether_future_is_ready(f), 1);
+    tether_error err = TETHER_ERROR_INIT;
+    ASSERT_ERR(tether_future_get_result(f, NULL, &err), TETHER_ECANCELED);
+    cr_assert_str_eq(err.type, "tether.Cancelled");
+    tether_error_done(&err);
+    tether_future_unref(f);
+    /* The callee learns of the cancel. */
+    for (int i = 0; i < 200 && !tether_request_is_cancelled(stuck_request); i++) {
+        usleep(5000);
+    }
+    cr_assert_eq(tether_request_is_cancelled(stuck_request), 1);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+Test(call, notify_is_delivered_in_order)
+{
+    tether_host *h = start_host();
+    tether_client *c = test_client_connect("x", NULL);
+    tether_conn *conn = tether_client_get_conn(c);
+    for (int i = 0; i < 100; i++) {
+        ASSERT_OK(tether_conn_notify(conn, "count", "i", 1));
+    }
+    tether_value *v = NULL;
+    ASSERT_OK(tether_conn_call(conn, "get_count", NULL, &v, NULL, NULL));
+    int n = 0;
+    ASSERT_OK(tether_value_read(v, NULL, "i", &n));
+    cr_assert_eq(n, 100);
+    tether_value_unref(v);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+Test(call, silence_timeout)
+{
+    tether_host *h = start_host();
+    tether_client *c = test_client_connect("x", NULL);
+    tether_call_options o = {.timeout_usec = 200000};
+    tether_error err = TETHER_ERROR_INIT;
+    uint64_t t0 = tether_now_usec();
+    ASSERT_ERR(tether_conn_call(tether_client_get_conn(c), "hang", &o, NULL, &err, NULL),
+               TETHER_ETIMEDOUT);
+    uint64_t took = tether_now_usec() - t0;
+    cr_assert_str_eq(err.type, "tether.Timeout");
+    tether_error_done(&err);
+    cr_assert(took >= 150000 && took < 900000, "took %llu us", (unsigned long long)took);
+    /* A future times out the same way. */
+    tether_future *f = NULL;
+    ASSERT_OK(tether_conn_call_async(tether_client_get_conn(c), "hang", &o, &f, NULL));
+    ASSERT_OK(tether_future_wait(f, 5000000));
+    ASSERT_ERR(tether_future_get_result(f, NULL, NULL), TETHER_ETIMEDOUT);
+    tether_future_unref(f);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+Test(call, live_long_call_outlasts_the_silence_timeout)
+{
+    tether_host *h = start_host();
+    tether_client *c = test_client_connect("x", NULL);
+    tether_call_options o = {.timeout_usec = 150000};
+    tether_value *v = NULL;
+    tether_error err = TETHER_ERROR_INIT;
+    int r = tether_conn_call(tether_client_get_conn(c), "slow", &o, &v, &err, "i", 600);
+    cr_assert_eq(r, 0, "%s: %s", tether_strerror(r), err.message ? err.message : "");
+    const char *s = NULL;
+    ASSERT_OK(tether_value_read(v, NULL, "s", &s));
+    cr_assert_str_eq(s, "late");
+    tether_value_unref(v);
+    /* The same through a future. */
+    tether_future *f = NULL;
+    ASSERT_OK(tether_conn_call_async(tether_client_get_conn(c), "slow", &o, &f, "i", 600));
+    ASSERT_OK(tether_future_wait(f, 5000000));
+    ASSERT_OK(tether_future_get_result(f, NULL, NULL));
+    tether_future_unref(f);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+Test(call, deadline_bounds_a_live_call)
+{
+    tether_host *h = start_host();
+    tether_client *c = test_client_connect("x", NULL);
+    tether_call_options o = {.timeout_usec = 150000, .deadline_usec = tether_now_usec() + 300000};
+    tether_error err = TETHER_ERROR_INIT;
+    ASSERT_ERR(tether_conn_call(tether_client_get_conn(c), "slow", &o, NULL, &err, "i", 1500),
+               TETHER_ETIMEDOUT);
+    cr_assert(strstr(err.message, "deadline") != NULL, "message: %s", err.message);
+    tether_error_done(&err);
+    tether_future *f = NULL;
+    o.deadline_usec = tether_now_usec() + 300000;
+    ASSERT_OK(tether_conn_call_async(tether_client_get_conn(c), "slow", &o, &f, "i", 1500));
+    ASSERT_OK(tether_future_wait(f, 5000000));
+    ASSERT_ERR(tether_future_get_result(f, NULL, NULL), TETHER_ETIMEDOUT);
+    tether_future_unref(f);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+static int
+client_echo(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    const char *s = NULL;
+    int r = tether_request_read(req, "s", &s);
+    if (r < 0) {
+        return r;
+    }
+    return tether_request_reply(req, "[ss]", "echo", s);
+}
+
+Test(call, host_calls_a_client_by_name)
+{
+    tether_host *h = start_host();
+    tether_client *c = test_client_new("scripter", NULL);
+    ASSERT_OK(tether_client_add_service(c, "echo", TETHER_CONTEXT_IO, client_echo, NULL));
+    ASSERT_OK(tether_client_connect(c, NULL));
+    tether_conn *to_client = NULL;
+    ASSERT_ERR(tether_host_get_client(h, "nobody", &to_client), TETHER_ENOENT);
+    ASSERT_OK(tether_host_get_client(h, "scripter", &to_client));
+    cr_assert_eq(tether_conn_get_peer_pid(to_client), getpid());
+    cr_assert_str_eq(tether_conn_get_peer_language(to_client), "c");
+    tether_value *v = NULL;
+    ASSERT_OK(tether_conn_call(to_client, "echo", NULL, &v, NULL, "s", "hi"));
+    const char *a = NULL, *b = NULL;
+    ASSERT_OK(tether_value_read(v, NULL, "[ss]", &a, &b));
+    cr_assert_str_eq(a, "echo");
+    cr_assert_str_eq(b, "hi");
+    tether_value_unref(v);
+    tether_future *f = NULL;
+    ASSERT_OK(tether_conn_call_async(to_client, "echo", NULL, &f, "s", "async"));
+    ASSERT_OK(tether_future_wait(f, 5000000));
+    ASSERT_OK(tether_future_get_result(f, NULL, NULL));
+    tether_future_unref(f);
+    ASSERT_OK(tether_conn_notify(to_client, "echo", "s", "n"));
+    tether_error err = TETHER_ERROR_INIT;
+    ASSERT_ERR(tether_conn_call(to_client, "missing", NULL, NULL, &err, NULL), TETHER_ENOENT);
+    cr_assert(strstr(err.message, "client 'scripter'") != NULL, "message: %s", err.message);
+    tether_error_done(&err);
+    tether_conn_unref(to_client);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+typedef struct caller_arg {
+    tether_conn *conn;
+    int base;
+    int failures;
+} caller_arg;
+
+static void *
+caller_thread(void *argp)
+{
+    caller_arg *a = argp;
+    for (int i = 0; i < 2000; i++) {
+        tether_value *v = NULL;
+        int sum = -1;
+        if (tether_conn_call(a->conn, "add", NULL, &v, NULL, "ii", a->base, i) < 0 ||
+            tether_value_read(v, NULL, "i", &sum) < 0 || sum != a->base + i) {
+            a->failures++;
+        }
+        tether_value_unref(v);
+        if (i % 7 == 0) {
+            tether_future *f = NULL;
+            if (tether_conn_call_async(a->conn, "add", NULL, &f, "ii", 1, 1) < 0 ||
+                tether_future_wait(f, 10000000) < 0 || tether_future_get_result(f, NULL, NULL) < 0) {
+                a->failures++;
+            }
+            tether_future_unref(f);
+        }
+    }
+    return NULL;
+}
+
+Test(call, concurrent_callers_share_a_connection, .timeout = 60)
+{
+    tether_host *h = start_host();
+    tether_client *c = test_client_connect("x", NULL);
+    pthread_t threads[4];
+    caller_arg args[4];
+    for (int i = 0; i < 4; i++) {
+        args[i] = (caller_arg){tether_client_get_conn(c), i * 100000, 0};
+        pthread_create(&threads[i], NULL, caller_thread, &args[i]);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(threads[i], NULL);
+        cr_assert_eq(args[i].failures, 0, "thread %d had %d failures", i, args[i].failures);
+    }
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+Test(call, pipelined_futures)
+{
+    tether_host *h = start_host();
+    tether_client *c = test_client_connect("x", NULL);
+    enum { N = 5000 };
+    tether_future **fs = calloc(N, sizeof(*fs));
+    for (int i = 0; i < N; i++) {
+        int r;
+        while ((r = tether_conn_call_async(tether_client_get_conn(c), "add", NULL, &fs[i], "ii", i,
+                                           i)) == TETHER_ENOBUFS) {
+            usleep(100);
+        }
+        ASSERT_OK(r);
+    }
+    for (int i = 0; i < N; i++) {
+        ASSERT_OK(tether_future_wait(fs[i], 10000000));
+        tether_value *v = NULL;
+        ASSERT_OK(tether_future_get_result(fs[i], &v, NULL));
+        int sum = 0;
+        ASSERT_OK(tether_value_read(v, NULL, "i", &sum));
+        cr_assert_eq(sum, 2 * i);
+        tether_value_unref(v);
+        tether_future_unref(fs[i]);
+    }
+    free(fs);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}

@@ -1,0 +1,466 @@
+/*
+ * Bad input and faults: every malformed or hostile thing a peer can send costs that
+ * peer its connection (or gets it a clear refusal) while the host, and every other
+ * client, goes on. Raw sockets play the hostile peer; a well-behaved client checks
+ * after each case that the host still serves.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+
+#include "helpers.h"
+#include "wire.h"
+
+static int
+ping_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    return tether_request_reply(req, "s", "pong");
+}
+
+static tether_request *kept;
+
+static int
+keep_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    kept = tether_request_ref(req);
+    return 0;
+}
+
+static tether_host *
+start_host_with(tether_host_options *opts)
+{
+    tether_host *h = test_host_new(opts);
+    ASSERT_OK(tether_host_add_service(h, "ping", TETHER_CONTEXT_IO, ping_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "keep", TETHER_CONTEXT_IO, keep_handler, NULL));
+    ASSERT_OK(tether_host_start(h));
+    return h;
+}
+
+static void
+assert_host_serves(tether_client *c)
+{
+    tether_value *v = NULL;
+    ASSERT_OK(tether_conn_call(tether_client_get_conn(c), "ping", NULL, &v, NULL, NULL));
+    const char *s = NULL;
+    ASSERT_OK(tether_value_read(v, NULL, "s", &s));
+    cr_assert_str_eq(s, "pong");
+    tether_value_unref(v);
+}
+
+static int
+raw_connect(tether_host *h)
+{
+    const char *address = tether_host_get_address(h);
+    cr_assert(strncmp(address, "unix:", 5) == 0);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un un = {.sun_family = AF_UNIX};
+    snprintf(un.sun_path, sizeof(un.sun_path), "%s", address + 5);
+    cr_assert(connect(fd, (struct sockaddr *)&un, sizeof(un)) == 0);
+    return fd;
+}
+
+static void
+raw_send(int fd, const void *p, size_t n)
+{
+    cr_assert_eq(send(fd, p, n, MSG_NOSIGNAL), (ssize_t)n);
+}
+
+static void
+raw_send_frame(int fd, const void *body, size_t n)
+{
+    uint8_t hdr[4] = {(uint8_t)(n >> 24), (uint8_t)(n >> 16), (uint8_t)(n >> 8), (uint8_t)n};
+    raw_send(fd, hdr, 4);
+    raw_send(fd, body, n);
+}
+
+/* Read until EOF; returns the bytes read before it. Fails the test after 5 s. */
+static size_t
+raw_read_until_closed(int fd, uint8_t *buf, size_t cap)
+{
+    size_t got = 0;
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        cr_assert(poll(&p, 1, 5000) == 1, "the host did not close the connection");
+        ssize_t n = recv(fd, buf + got, cap - got, 0);
+        if (n <= 0) {
+            return got;
+        }
+        got += (size_t)n;
+        if (got == cap) {
+            got = 0;
+        }
+    }
+}
+
+static void
+raw_hello(int fd, uint32_t min_version, uint32_t max_version, const char *token)
+{
+    tether__buf b = TETHER__BUF_INIT;
+    tether__hello hello = {.min_version = min_version,
+                           .max_version = max_version,
+                           .name = "raw",
+                           .pid = getpid(),
+                           .language = "c",
+                           .token = token};
+    ASSERT_OK(tether__encode_hello(&b, &hello));
+    raw_send(fd, b.data, b.len);
+    tether__buf_done(&b);
+}
+
+/* Read the welcome (or refusal) frame; returns its kind. */
+static int
+raw_read_reply(int fd, tether__frame *f, uint8_t *buf, size_t cap)
+{
+    size_t got = 0;
+    for (;;) {
+        if (got >= 4) {
+            uint32_t len = tether__frame_length(buf);
+            if (got >= 4 + len) {
+                tether__wire_limits limits = {0};
+                ASSERT_OK(tether__frame_decode(buf + 4, len, &limits, f));
+                return f->kind;
+            }
+        }
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        cr_assert(poll(&p, 1, 5000) == 1, "no reply from the host");
+        ssize_t n = recv(fd, buf + got, cap - got, 0);
+        cr_assert(n > 0, "connection closed without a reply");
+        got += (size_t)n;
+    }
+}
+
+/* Open a raw connection that passed the handshake. */
+static int
+raw_session(tether_host *h)
+{
+    int fd = raw_connect(h);
+    raw_hello(fd, 1, 1, NULL);
+    tether__frame f;
+    uint8_t buf[4096];
+    cr_assert_eq(raw_read_reply(fd, &f, buf, sizeof(buf)), TETHER__WELCOME);
+    return fd;
+}
+
+/* Send body as one frame on a fresh session and check the host drops only that peer. */
+static void
+check_dropped_for(const void *body, size_t n, bool framed)
+{
+    tether_host *h = start_host_with(NULL);
+    tether_client *good = test_client_connect("good", NULL);
+    int fd = raw_session(h);
+    if (framed) {
+        raw_send_frame(fd, body, n);
+    } else {
+        raw_send(fd, body, n);
+    }
+    uint8_t buf[4096];
+    raw_read_until_closed(fd, buf, sizeof(buf));
+    close(fd);
+    assert_host_serves(good);
+    tether_client_unref(good);
+    tether_host_unref(h);
+}
+
+Test(faults, garbage_body)
+{
+    static const uint8_t body[] = {0xc1, 0xc1, 0xc1};
+    check_dropped_for(body, sizeof(body), true);
+}
+
+Test(faults, unknown_message_kind)
+{
+    static const uint8_t body[] = {0x91, 0x63}; /* [99] */
+    check_dropped_for(body, sizeof(body), true);
+}
+
+Test(faults, wrong_type_in_a_field)
+{
+    /* REQUEST with a string id. */
+    static const uint8_t body[] = {0x98, 0x04, 0xa1, 'x', 0x00, 0x00, 0xa4, 'p', 'i', 'n', 'g',
+                                   0x90, 0x80, 0x00};
+    check_dropped_for(body, sizeof(body), true);
+}
+
+Test(faults, small_frame_declaring_a_huge_array)
+{
+    static const uint8_t body[] = {0xdd, 0xff, 0xff, 0xff, 0xff}; /* array32 of 2^32-1 */
+    check_dropped_for(body, sizeof(body), true);
+}
+
+Test(faults, small_frame_declaring_a_huge_map_and_string)
+{
+    static const uint8_t map[] = {0x92, 0x04, 0xdf, 0xff, 0xff, 0xff, 0xff};
+    check_dropped_for(map, sizeof(map), true);
+    static const uint8_t str[] = {0x92, 0x04, 0xdb, 0xff, 0xff, 0xff, 0xf0, 'a'};
+    check_dropped_for(str, sizeof(str), true);
+}
+
+Test(faults, frame_over_the_size_limit)
+{
+    /* Only the length prefix: the host must refuse before reading (or allocating) a body. */
+    static const uint8_t hdr[] = {0x7f, 0xff, 0xff, 0xff};
+    check_dropped_for(hdr, sizeof(hdr), false);
+}
+
+Test(faults, truncated_frame_then_eof)
+{
+    tether_host *h = start_host_with(NULL);
+    tether_client *good = test_client_connect("good", NULL);
+    int fd = raw_session(h);
+    static const uint8_t partial[] = {0x00, 0x00, 0x00, 0x10, 0x98, 0x04};
+    raw_send(fd, partial, sizeof(partial));
+    close(fd);
+    usleep(50000);
+    assert_host_serves(good);
+    cr_assert_eq(tether_host_get_client_count(h), 1);
+    tether_client_unref(good);
+    tether_host_unref(h);
+}
+
+Test(faults, handshake_must_come_first)
+{
+    tether_host *h = start_host_with(NULL);
+    int fd = raw_connect(h);
+    static const uint8_t ping[] = {0x92, 0x09, 0x01};
+    raw_send_frame(fd, ping, sizeof(ping));
+    tether__frame f;
+    uint8_t buf[4096];
+    cr_assert_eq(raw_read_reply(fd, &f, buf, sizeof(buf)), TETHER__REFUSE);
+    cr_assert_eq(f.method.len, strlen("protocol"));
+    raw_read_until_closed(fd, buf, sizeof(buf));
+    close(fd);
+    tether_host_unref(h);
+}
+
+Test(faults, unsupported_protocol_version_is_refused)
+{
+    tether_host *h = start_host_with(NULL);
+    int fd = raw_connect(h);
+    raw_hello(fd, 5, 7, NULL);
+    tether__frame f;
+    uint8_t buf[4096];
+    cr_assert_eq(raw_read_reply(fd, &f, buf, sizeof(buf)), TETHER__REFUSE);
+    cr_assert(f.method.len == 7 && memcmp(f.method.ptr, "version", 7) == 0);
+    close(fd);
+    tether_host_unref(h);
+}
+
+Test(faults, newer_client_talks_to_this_host)
+{
+    tether_host *h = start_host_with(NULL);
+    int fd = raw_connect(h);
+    raw_hello(fd, 1, 9, NULL);
+    tether__frame f;
+    uint8_t buf[4096];
+    cr_assert_eq(raw_read_reply(fd, &f, buf, sizeof(buf)), TETHER__WELCOME);
+    tether__buf strings = TETHER__BUF_INIT;
+    tether__welcome w;
+    ASSERT_OK(tether__decode_welcome(&f.value, &strings, &w));
+    cr_assert_eq(w.version, 1);
+    tether__buf_done(&strings);
+    close(fd);
+    tether_host_unref(h);
+}
+
+Test(faults, handshake_time_limit)
+{
+    tether_host_options o = {.handshake_timeout_usec = 100000};
+    tether_host *h = start_host_with(&o);
+    int fd = raw_connect(h);
+    uint64_t t0 = tether_now_usec();
+    uint8_t buf[4096];
+    raw_read_until_closed(fd, buf, sizeof(buf));
+    uint64_t took = tether_now_usec() - t0;
+    cr_assert(took >= 80000 && took < 3000000, "took %llu us", (unsigned long long)took);
+    close(fd);
+    tether_host_unref(h);
+}
+
+Test(faults, client_limit)
+{
+    tether_host_options o = {.max_clients = 1};
+    tether_host *h = start_host_with(&o);
+    tether_client *first = test_client_connect("first", NULL);
+    tether_client *second = test_client_new("second", NULL);
+    tether_error err = TETHER_ERROR_INIT;
+    ASSERT_ERR(tether_client_connect(second, &err), TETHER_EUSERS);
+    cr_assert(strstr(err.message, "maximum") != NULL, "message: %s", err.message);
+    tether_error_done(&err);
+    assert_host_serves(first);
+    tether_client_unref(first);
+    /* A place frees up once the first leaves. */
+    for (int i = 0; i < 100 && tether_host_get_client_count(h) > 0; i++) {
+        usleep(10000);
+    }
+    ASSERT_OK(tether_client_connect(second, NULL));
+    tether_client_unref(second);
+    tether_host_unref(h);
+}
+
+Test(faults, in_flight_limit)
+{
+    tether_host_options o = {.max_in_flight = 2};
+    tether_host *h = start_host_with(&o);
+    tether_client *c = test_client_connect("c", NULL);
+    tether_conn *conn = tether_client_get_conn(c);
+    tether_future *f1, *f2;
+    ASSERT_OK(tether_conn_call_async(conn, "keep", NULL, &f1, NULL));
+    ASSERT_OK(tether_conn_call_async(conn, "keep", NULL, &f2, NULL));
+    /* The client learnt the host's limit in the welcome and stops at it locally. */
+    tether_future *f3 = NULL;
+    ASSERT_ERR(tether_conn_call_async(conn, "keep", NULL, &f3, NULL), TETHER_ENOBUFS);
+    tether_future_cancel(f1);
+    tether_future_cancel(f2);
+    tether_future_unref(f1);
+    tether_future_unref(f2);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+Test(faults, in_flight_limit_enforced_by_the_host)
+{
+    tether_host_options o = {.max_in_flight = 1};
+    tether_host *h = start_host_with(&o);
+    int fd = raw_session(h);
+    tether__buf b = TETHER__BUF_INIT;
+    ASSERT_OK(tether__encode_request(&b, 1, 0, 0, "keep", 4, NULL, 0, NULL, 0, 0));
+    ASSERT_OK(tether__encode_request(&b, 2, 0, 0, "keep", 4, NULL, 0, NULL, 0, 0));
+    raw_send(fd, b.data, b.len);
+    tether__buf_done(&b);
+    tether__frame f;
+    uint8_t buf[4096];
+    cr_assert_eq(raw_read_reply(fd, &f, buf, sizeof(buf)), TETHER__RESPONSE);
+    cr_assert_eq(f.id, 2);
+    cr_assert(f.is_error);
+    close(fd);
+    tether_host_unref(h);
+}
+
+Test(faults, arguments_over_the_frame_limit)
+{
+    tether_host_options o = {.max_frame_size = 4096};
+    tether_host *h = start_host_with(&o);
+    tether_client *c = test_client_connect("c", NULL);
+    static char big[8192];
+    memset(big, 'a', sizeof(big) - 1);
+    tether_error err = TETHER_ERROR_INIT;
+    ASSERT_ERR(tether_conn_call(tether_client_get_conn(c), "ping", NULL, NULL, &err, "s", big),
+               TETHER_EMSGSIZE);
+    tether_error_done(&err);
+    assert_host_serves(c);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+Test(faults, peer_dies_mid_call, .timeout = 30)
+{
+    /* The host runs in a child process that exits while handling the call. */
+    test_runtime_dir();
+    int ready[2];
+    cr_assert(pipe(ready) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        tether_host *h = start_host_with(NULL);
+        (void)h;
+        cr_assert(write(ready[1], "x", 1) == 1);
+        pause();
+        _exit(0);
+    }
+    char x;
+    cr_assert(read(ready[0], &x, 1) == 1);
+    tether_client *c = test_client_connect("c", NULL);
+    tether_future *f = NULL;
+    ASSERT_OK(tether_conn_call_async(tether_client_get_conn(c), "keep", NULL, &f, NULL));
+    usleep(50000);
+    kill(pid, SIGKILL);
+    uint64_t t0 = tether_now_usec();
+    tether_error err = TETHER_ERROR_INIT;
+    int r = tether_conn_call(tether_client_get_conn(c), "keep", NULL, NULL, &err, NULL);
+    cr_assert(r == TETHER_ECONNRESET || r == TETHER_ENOTCONN, "%d %s", r, tether_strerror(r));
+    tether_error_done(&err);
+    ASSERT_OK(tether_future_wait(f, 5000000));
+    ASSERT_ERR(tether_future_get_result(f, NULL, NULL), TETHER_ECONNRESET);
+    cr_assert(tether_now_usec() - t0 < 2000000, "the failure must not wait for the timeout");
+    tether_future_unref(f);
+    waitpid(pid, NULL, 0);
+    tether_client_unref(c);
+}
+
+Test(faults, sync_call_fails_at_once_when_the_peer_dies, .timeout = 30)
+{
+    test_runtime_dir();
+    int ready[2];
+    cr_assert(pipe(ready) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        tether_host *h = start_host_with(NULL);
+        (void)h;
+        cr_assert(write(ready[1], "x", 1) == 1);
+        pause();
+        _exit(0);
+    }
+    char x;
+    cr_assert(read(ready[0], &x, 1) == 1);
+    tether_client *c = test_client_connect("c", NULL);
+    /* Kill the host while the synchronous call waits. */
+    pid_t killer = fork();
+    if (killer == 0) {
+        usleep(100000);
+        kill(pid, SIGKILL);
+        _exit(0);
+    }
+    uint64_t t0 = tether_now_usec();
+    ASSERT_ERR(tether_conn_call(tether_client_get_conn(c), "keep", NULL, NULL, NULL, NULL),
+               TETHER_ECONNRESET);
+    cr_assert(tether_now_usec() - t0 < 2000000);
+    waitpid(killer, NULL, 0);
+    waitpid(pid, NULL, 0);
+    cr_assert_eq(tether_conn_is_connected(tether_client_get_conn(c)), 0);
+    ASSERT_ERR(tether_conn_call(tether_client_get_conn(c), "ping", NULL, NULL, NULL, NULL),
+               TETHER_ENOTCONN);
+    tether_client_unref(c);
+}
+
+Test(faults, other_clients_unaffected_by_a_protocol_error)
+{
+    tether_host *h = start_host_with(NULL);
+    tether_client *a = test_client_connect("a", NULL);
+    tether_client *b = test_client_connect("b", NULL);
+    for (int i = 0; i < 10; i++) {
+        int fd = raw_session(h);
+        static const uint8_t bad[] = {0x93, 0x06, 0xc0};
+        raw_send_frame(fd, bad, sizeof(bad));
+        close(fd);
+        assert_host_serves(a);
+        assert_host_serves(b);
+    }
+    tether_client_unref(a);
+    tether_client_unref(b);
+    tether_host_unref(h);
+}
+
+Test(faults, no_fd_leak_over_many_connections)
+{
+    tether_host *h = start_host_with(NULL);
+    tether_client *warm = test_client_connect("warm", NULL);
+    tether_client_unref(warm);
+    usleep(50000);
+    int before = count_open_fds();
+    for (int i = 0; i < 50; i++) {
+        tether_client *c = test_client_connect("c", NULL);
+        assert_host_serves(c);
+        tether_client_unref(c);
+    }
+    for (int i = 0; i < 100 && tether_host_get_client_count(h) > 0; i++) {
+        usleep(10000);
+    }
+    usleep(50000);
+    cr_assert_eq(count_open_fds(), before);
+    tether_host_unref(h);
+}
