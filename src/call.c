@@ -119,6 +119,9 @@ status_of_error_type(const char *type)
     if (strcmp(type, "tether.NoSuchService") == 0 || strcmp(type, "tether.NoSuchObject") == 0) {
         return -ENOENT;
     }
+    if (strcmp(type, "tether.MessageTooLarge") == 0) {
+        return -EMSGSIZE;
+    }
     if (strcmp(type, "tether.TooManyRequests") == 0) {
         return -ENOBUFS;
     }
@@ -277,8 +280,19 @@ encode_request(tether__buf *out, void *argp)
         ap = args.data;
         alen = args.len;
     }
+    /* The receiver drops a frame nested deeper than the protocol allows; refuse to send
+     * one instead (the frame's array is one level, args and kwargs sit below it). */
+    size_t checked;
+    int r = 0;
+    if ((alen && tether__msgpack_check(ap, alen, TETHER__DEFAULT_MAX_DEPTH - 1, &checked) < 0) ||
+        (a->kwargs_len &&
+         tether__msgpack_check(a->kwargs, a->kwargs_len, TETHER__DEFAULT_MAX_DEPTH - 1,
+                               &checked) < 0)) {
+        tether__buf_done(&args);
+        return -EMSGSIZE;
+    }
     size_t mlen = strlen(a->method);
-    int r = a->notify ? tether__encode_notify(out, a->chain, 0, a->method, mlen, ap, alen,
+    r = a->notify ? tether__encode_notify(out, a->chain, 0, a->method, mlen, ap, alen,
                                               a->kwargs, a->kwargs_len)
                       : tether__encode_request(out, a->id, a->chain, 0, a->method, mlen, ap, alen,
                                                a->kwargs, a->kwargs_len, a->timeout_ms);

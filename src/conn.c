@@ -215,12 +215,12 @@ tether_conn_close(tether_conn *c)
 static void
 arm_write_locked(tether_conn *c, bool on)
 {
-    if (c->write_armed == on) {
+    if (atomic_load_explicit(&c->write_armed, memory_order_relaxed) == on) {
         return;
     }
     struct epoll_event ev = {.events = on ? EPOLLOUT : 0, .data.u32 = EV_WRITE};
     epoll_ctl(c->epfd, EPOLL_CTL_MOD, c->wfd, &ev);
-    c->write_armed = on;
+    atomic_store_explicit(&c->write_armed, on, memory_order_relaxed);
 }
 
 /* Write what is queued; wlock held. Returns 0 (maybe partially written) or -errno. */
@@ -277,12 +277,13 @@ tether__conn_send(tether_conn *c, tether__encode_fn encode, void *arg, bool flus
         pthread_mutex_unlock(&c->wlock);
         return -ENOBUFS;
     }
-    if (!flush_now && c->in_batch && tether__ioloop_in_thread(c->loop)) {
+    bool on_io_thread = tether__ioloop_in_thread(c->loop);
+    if (!flush_now && on_io_thread && c->in_batch) {
         /* The I/O thread flushes at the end of the batch it is reading. */
         pthread_mutex_unlock(&c->wlock);
         return 0;
     }
-    if (!flush_now && !tether__ioloop_in_thread(c->loop)) {
+    if (!flush_now && !on_io_thread) {
         /* Let the I/O thread write whole batches: arming write interest wakes it. */
         arm_write_locked(c, true);
         pthread_mutex_unlock(&c->wlock);
@@ -587,12 +588,17 @@ on_poll(uv_poll_t *handle, int status, int events)
         uv_poll_stop(handle);
         return;
     }
-    struct epoll_event evs[2];
-    int n = epoll_wait(c->epfd, evs, 2, 0);
-    bool readable = false, writable = false;
-    for (int i = 0; i < n; i++) {
-        readable |= evs[i].data.u32 == EV_READ;
-        writable |= evs[i].data.u32 == EV_WRITE;
+    /* With no write interest armed only the socket can have woken us: skip asking the
+     * private set which one (a syscall per request on the serving side). */
+    bool readable = true, writable = false;
+    if (atomic_load_explicit(&c->write_armed, memory_order_relaxed)) {
+        struct epoll_event evs[2];
+        int n = epoll_wait(c->epfd, evs, 2, 0);
+        readable = false;
+        for (int i = 0; i < n; i++) {
+            readable |= evs[i].data.u32 == EV_READ;
+            writable |= evs[i].data.u32 == EV_WRITE;
+        }
     }
     tether_conn_ref(c);
     if (writable) {

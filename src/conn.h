@@ -117,7 +117,7 @@ struct tether_conn {
 
     pthread_mutex_t wlock;
     tether__buf out;  /* guarded by wlock */
-    bool write_armed; /* guarded by wlock */
+    atomic_bool write_armed; /* written under wlock; read without it by on_poll */
 
     tether__buf in; /* owned by the reader-role holder */
 

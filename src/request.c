@@ -87,11 +87,19 @@ send_response(tether_request *req, response_arg *a)
         return 0;
     }
     a->id = req->id;
-    int r = tether__conn_send(req->conn, encode_response, a, false);
+    size_t checked;
+    int r = 0;
+    if (a->value_len &&
+        tether__msgpack_check(a->value, a->value_len, TETHER__DEFAULT_MAX_DEPTH - 1, &checked) <
+            0) {
+        r = -EMSGSIZE;
+    } else {
+        r = tether__conn_send(req->conn, encode_response, a, false);
+    }
     if (r == -EMSGSIZE && !a->is_error) {
         /* Tell the caller why instead of leaving it to time out. */
         response_arg err = {.id = req->id, .is_error = true, .type = "tether.MessageTooLarge",
-                            .message = "the result is larger than the frame size limit"};
+                            .message = "the result is over the frame size or nesting limit"};
         tether__conn_send(req->conn, encode_response, &err, false);
     }
     return r == -ENOTCONN ? 0 : r;
@@ -329,7 +337,8 @@ keep_running(tether_conn *c, tether_request *req)
     }
     uint64_t interval = progress_interval_usec(req);
     pthread_mutex_lock(&c->lock);
-    if (!atomic_load(&req->replied)) {
+    bool inserted = !atomic_load(&req->replied);
+    if (inserted) {
         req->running = true;
         req->run_prev = NULL;
         req->run_next = c->running;
@@ -340,7 +349,7 @@ keep_running(tether_conn *c, tether_request *req)
         c->running_count++;
     }
     pthread_mutex_unlock(&c->lock);
-    if (!req->running || req->timeout_ms == 0 || !atomic_load(&c->attached) ||
+    if (!inserted || req->timeout_ms == 0 || !atomic_load(&c->attached) ||
         c->closing_handles) {
         return;
     }

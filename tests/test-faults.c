@@ -358,6 +358,54 @@ Test(faults, arguments_over_the_frame_limit)
     tether_host_unref(h);
 }
 
+static tether_value *
+deep_value(int depth)
+{
+    uint8_t bytes[128];
+    for (int i = 0; i < depth - 1; i++) {
+        bytes[i] = 0x91; /* array of one */
+    }
+    bytes[depth - 1] = 0x90;
+    tether_value *v = NULL;
+    ASSERT_OK(tether_value_new_msgpack(bytes, (size_t)depth, &v));
+    return v;
+}
+
+static int
+deep_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    tether_value *v = deep_value(64);
+    int r = tether_request_reply_value(req, v);
+    tether_value_unref(v);
+    return r;
+}
+
+Test(faults, values_nested_past_the_frame_limit_are_refused_by_the_sender)
+{
+    tether_host *h = start_host_with(NULL);
+    ASSERT_OK(tether_host_add_service(h, "deep", TETHER_CONTEXT_IO, deep_handler, NULL));
+    tether_client *c = test_client_connect("c", NULL);
+    tether_value *v = deep_value(64);
+    tether_error err = TETHER_ERROR_INIT;
+    ASSERT_ERR(tether_conn_call(tether_client_get_conn(c), "ping", NULL, NULL, &err, "v", v),
+               TETHER_EMSGSIZE);
+    tether_error_done(&err);
+    tether_value_unref(v);
+    /* Just inside the limit goes through (the frame and args arrays take two levels). */
+    v = deep_value(62);
+    ASSERT_OK(tether_conn_call(tether_client_get_conn(c), "ping", NULL, NULL, NULL, "v", v));
+    tether_value_unref(v);
+    /* A result too deep comes back as an error, not a dropped connection. */
+    ASSERT_ERR(tether_conn_call(tether_client_get_conn(c), "deep", NULL, NULL, &err, NULL),
+               TETHER_EMSGSIZE);
+    cr_assert_str_eq(err.type, "tether.MessageTooLarge");
+    tether_error_done(&err);
+    assert_host_serves(c);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
 Test(faults, peer_dies_mid_call, .timeout = 30)
 {
     /* The host runs in a child process that exits while handling the call. */

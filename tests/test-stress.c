@@ -1,0 +1,164 @@
+/*
+ * A plain program (not Criterion, so ThreadSanitizer can run it: `make tsan`) that
+ * drives one connection from many threads at once: synchronous and asynchronous calls
+ * both ways, notifications, cancels and timeouts, then closes everything while calls
+ * are still in flight. Exit status 0 when every result was right.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tether.h"
+
+#define CHECK(expr)                                                                            \
+    do {                                                                                       \
+        if (!(expr)) {                                                                         \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #expr);          \
+            exit(1);                                                                           \
+        }                                                                                      \
+    } while (0)
+
+static atomic_int errors;
+static atomic_int notified;
+
+static int
+add(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    int64_t a, b;
+    int r = tether_request_read(req, "xx", &a, &b);
+    return r < 0 ? r : tether_request_reply(req, "x", a + b);
+}
+
+static int
+bump(tether_request *req, void *userdata)
+{
+    (void)req;
+    (void)userdata;
+    atomic_fetch_add(&notified, 1);
+    return 0;
+}
+
+static void *
+late_reply(void *arg)
+{
+    tether_request *req = arg;
+    usleep(2000);
+    tether_request_reply(req, "s", "late");
+    tether_request_unref(req);
+    return NULL;
+}
+
+static int
+deferred(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    pthread_t t;
+    pthread_create(&t, NULL, late_reply, tether_request_ref(req));
+    pthread_detach(t);
+    return 0;
+}
+
+typedef struct worker {
+    tether_conn *conn;
+    int seed;
+} worker;
+
+static void *
+work(void *arg)
+{
+    worker *w = arg;
+    for (int i = 0; i < 1500; i++) {
+        tether_value *v = NULL;
+        int64_t sum = -1;
+        if (tether_conn_call(w->conn, "add", NULL, &v, NULL, "xx", (int64_t)w->seed,
+                             (int64_t)i) < 0 ||
+            tether_value_read(v, NULL, "x", &sum) < 0 || sum != w->seed + i) {
+            atomic_fetch_add(&errors, 1);
+        }
+        tether_value_unref(v);
+        if (i % 5 == 0) {
+            tether_future *f = NULL;
+            if (tether_conn_call_async(w->conn, "add", NULL, &f, "xx", (int64_t)1, (int64_t)2) <
+                    0 ||
+                tether_future_wait(f, 10000000) < 0 || tether_future_get_result(f, NULL, NULL) < 0) {
+                atomic_fetch_add(&errors, 1);
+            }
+            tether_future_unref(f);
+        }
+        if (i % 11 == 0) {
+            tether_future *f = NULL;
+            if (tether_conn_call_async(w->conn, "deferred", NULL, &f, NULL) == 0) {
+                if (i % 2 == 0) {
+                    tether_future_cancel(f);
+                }
+                tether_future_wait(f, 10000000);
+                tether_future_unref(f);
+            }
+        }
+        if (i % 3 == 0) {
+            tether_conn_notify(w->conn, "bump", NULL);
+        }
+    }
+    return NULL;
+}
+
+int
+main(void)
+{
+    char dir[] = "/tmp/tether-stress-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    tether_host_options ho = {.name = "stress", .runtime_dir = dir};
+    tether_host *h = NULL;
+    CHECK(tether_host_new(&ho, &h) == 0);
+    CHECK(tether_host_add_service(h, "add", TETHER_CONTEXT_IO, add, NULL) == 0);
+    CHECK(tether_host_add_service(h, "bump", TETHER_CONTEXT_IO, bump, NULL) == 0);
+    CHECK(tether_host_add_service(h, "deferred", TETHER_CONTEXT_IO, deferred, NULL) == 0);
+    CHECK(tether_host_start(h) == 0);
+
+    tether_client_options co = {.name = "worker", .address = "stress", .runtime_dir = dir};
+    tether_client *c = NULL;
+    CHECK(tether_client_new(&co, &c) == 0);
+    CHECK(tether_client_add_service(c, "add", TETHER_CONTEXT_IO, add, NULL) == 0);
+    CHECK(tether_client_connect(c, NULL) == 0);
+    tether_conn *to_client = NULL;
+    CHECK(tether_host_get_client(h, "worker", &to_client) == 0);
+
+    enum { N = 4 };
+    pthread_t threads[N];
+    worker workers[N];
+    for (int i = 0; i < N; i++) {
+        /* Half the threads call the host, half call the client from the host side. */
+        workers[i] = (worker){i % 2 ? tether_client_get_conn(c) : to_client, i * 1000000};
+        pthread_create(&threads[i], NULL, work, &workers[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        pthread_join(threads[i], NULL);
+    }
+    CHECK(atomic_load(&errors) == 0);
+
+    /* Close while asynchronous calls are in flight: each completes exactly once. */
+    tether_future *fs[200];
+    for (int i = 0; i < 200; i++) {
+        CHECK(tether_conn_call_async(tether_client_get_conn(c), "deferred", NULL, &fs[i], NULL) ==
+              0);
+    }
+    tether_client_close(c);
+    for (int i = 0; i < 200; i++) {
+        CHECK(tether_future_wait(fs[i], 10000000) == 0);
+        int r = tether_future_get_result(fs[i], NULL, NULL);
+        CHECK(r == 0 || r == TETHER_ECANCELED);
+        tether_future_unref(fs[i]);
+    }
+    tether_conn_unref(to_client);
+    tether_client_unref(c);
+    tether_host_unref(h);
+    usleep(20000); /* let late replies of detached threads finish */
+    rmdir(dir);
+    printf("stress: ok, %d notifications\n", atomic_load(&notified));
+    return 0;
+}
