@@ -220,9 +220,9 @@ typedef void (*tether_log_fn)(void *userdata, int level, const char *message);
 typedef enum tether_context {
     /* On the I/O thread, as soon as the request is read. Must not block. */
     TETHER_CONTEXT_IO = 1,
-    /* On the application's main thread, inside its dispatch call (host integration). */
+    /* On the owner's main thread, inside tether_host_dispatch / tether_client_dispatch. */
     TETHER_CONTEXT_MAIN = 2,
-    /* On a worker pool thread. */
+    /* On a thread of libuv's worker pool (UV_THREADPOOL_SIZE, 4 by default); may block. */
     TETHER_CONTEXT_POOL = 3,
 } tether_context;
 
@@ -374,9 +374,10 @@ typedef void (*tether_future_fn)(tether_future *future, void *userdata);
 /*
  * Have fn called once the future is ready. TETHER_CONTEXT_IO: on the I/O thread (must
  * not block), or at once on the calling thread if the future is already ready.
- * TETHER_CONTEXT_MAIN: inside the owner's dispatch on its main thread.
- * The future is borrowed for the callback. One callback per future: TETHER_EALREADY for
- * a second one. Thread: any.
+ * TETHER_CONTEXT_MAIN: inside the dispatch of the host or client that made the call,
+ * on its main thread, even if the future is ready already. TETHER_CONTEXT_POOL is not
+ * accepted (TETHER_EINVAL). The future is borrowed for the callback. One callback per
+ * future: TETHER_EALREADY for a second one. Thread: any.
  */
 TETHER_EXPORT int tether_future_set_callback(tether_future *future, tether_context context,
                                              tether_future_fn fn, void *userdata);
@@ -463,9 +464,9 @@ TETHER_EXPORT tether_host *tether_host_ref(tether_host *host);
 TETHER_EXPORT tether_host *tether_host_unref(tether_host *host);
 
 /*
- * Register a service that clients call by name. Services may be added before or after
- * start. Returns 0, TETHER_EEXIST, TETHER_EINVAL (bad name or context), TETHER_ENOTSUP
- * (context not available in this build), TETHER_ENOMEM. Thread: any.
+ * Register a service that clients call by name; context says where its handler runs.
+ * Services may be added before or after start. Returns 0, TETHER_EEXIST, TETHER_EINVAL
+ * (bad name or context), TETHER_ENOMEM. Thread: any.
  */
 TETHER_EXPORT int tether_host_add_service(tether_host *host, const char *name,
                                           tether_context context, tether_handler_fn handler,
@@ -511,6 +512,42 @@ TETHER_EXPORT int tether_host_adopt_fd(tether_host *host, int fd);
 
 /* Number of connected clients. Thread: any. */
 TETHER_EXPORT int tether_host_get_client_count(const tether_host *host);
+
+/* ---------------------------------------------------------------------------------
+ * Main-thread integration (hosts and clients alike)
+ *
+ * Handlers of TETHER_CONTEXT_MAIN services and TETHER_CONTEXT_MAIN future callbacks
+ * are queued for the owner's main thread (the thread that created the host or client)
+ * and run inside its dispatch call. A program with its own loop polls the fd; a game
+ * calls dispatch once a frame with a budget; a program without a loop calls wait.
+ * ------------------------------------------------------------------------------- */
+
+/* Dispatch budget meaning "until the queue is empty". */
+#define TETHER_BUDGET_UNLIMITED UINT64_MAX
+
+/*
+ * A file descriptor, stable for the object's lifetime, readable exactly while main-
+ * thread work is queued (level-triggered). Poll it for readability; never read, write
+ * or close it. Thread: any.
+ */
+TETHER_EXPORT int tether_host_get_fd(const tether_host *host);
+
+/*
+ * Run queued main-thread work until the queue is empty or budget_usec has passed; the
+ * clock is checked after each item and at least one item runs if any is queued. Work
+ * from different clients is taken round-robin. Returns 0 when the queue is drained,
+ * 1 when work remains (call again, next frame), TETHER_EBUSY when called from inside a
+ * dispatched handler, TETHER_EPERM from another thread than the main thread,
+ * TETHER_ECHILD after fork(). Thread: main.
+ */
+TETHER_EXPORT int tether_host_dispatch(tether_host *host, uint64_t budget_usec);
+
+/*
+ * Wait up to timeout_usec (TETHER_TIMEOUT_INFINITE: forever) for main-thread work, then
+ * dispatch all of it. Returns 1 if it ran something, 0 on timeout, or the errors of
+ * tether_host_dispatch. Thread: main.
+ */
+TETHER_EXPORT int tether_host_wait(tether_host *host, uint64_t timeout_usec);
 
 /* ---------------------------------------------------------------------------------
  * Clients
@@ -580,6 +617,12 @@ TETHER_EXPORT const char *tether_client_get_host_name(const tether_client *clien
 
 /* Close the connection; pending calls fail with TETHER_ECANCELED. Thread: any. */
 TETHER_EXPORT int tether_client_close(tether_client *client);
+
+/* As tether_host_get_fd, tether_host_dispatch and tether_host_wait, for a client whose
+ * own main thread (the one that created it) runs its MAIN services. */
+TETHER_EXPORT int tether_client_get_fd(const tether_client *client);
+TETHER_EXPORT int tether_client_dispatch(tether_client *client, uint64_t budget_usec);
+TETHER_EXPORT int tether_client_wait(tether_client *client, uint64_t timeout_usec);
 
 /*
  * Resolve an address as tether_client_connect would, into "unix:/path" or

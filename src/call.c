@@ -34,7 +34,11 @@ struct tether_future {
     tether_future_fn callback; /* guarded by lock */
     void *callback_userdata;
     bool callback_set;
+    tether_context callback_context;
+    tether__mainq *callback_queue; /* MAIN callbacks: the caller's endpoint queue */
+    tether__endpoint *callback_ep;  /* holds the queue alive */
     tether__task callback_task;
+    tether__work callback_work;
 };
 
 #define SWEEP_INTERVAL_MS 10
@@ -106,7 +110,7 @@ tether__pending_complete(tether_conn *c, tether__pending *p, int status, tether_
         set_error(&p->error, type, message, traceback);
     }
     p->done = true;
-    pthread_cond_signal(&p->cv);
+    tether__efd_raise(p->efd);
     pthread_mutex_unlock(&c->lock);
 }
 
@@ -390,7 +394,9 @@ start_call(tether_conn *c, tether__pending *p, request_arg *a, bool flush_now)
 
     a->id = p->id;
     a->timeout_ms = timeout_ms_of(p);
-    a->chain = tether__current_chain();
+    if (!a->chain) {
+        a->chain = tether__current_chain() ? tether__current_chain() : tether__chain_new();
+    }
     int r = tether__conn_send(c, encode_request, a, flush_now);
     if (r < 0) {
         pthread_mutex_lock(&c->lock);
@@ -429,12 +435,18 @@ call_sync(tether_conn *c, const char *method, request_arg *a, const tether_call_
         fill_local_error(reterr, r, method);
         return r;
     }
+    /* Registered before the request leaves, so that a call-back of the chain can never
+     * arrive before we are there to run it. */
+    tether__waiter waiter;
     tether__pending p = {0};
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&p.cv, &attr);
-    pthread_condattr_destroy(&attr);
+    a->chain = tether__current_chain() ? tether__current_chain() : tether__chain_new();
+    r = tether__waiter_push(&waiter, a->chain);
+    if (r < 0) {
+        fill_local_error(reterr, r, method);
+        return r;
+    }
+    p.efd = waiter.efd;
+    p.waiter = &waiter;
     pending_init(c, &p, opts);
     tether_conn_ref(c);
     r = start_call(c, &p, a, true);
@@ -457,7 +469,7 @@ call_sync(tether_conn *c, const char *method, request_arg *a, const tether_call_
     }
     tether_error_done(&p.error);
 out:
-    pthread_cond_destroy(&p.cv);
+    tether__waiter_pop(&waiter);
     tether_conn_unref(c);
     return r;
 }
@@ -559,6 +571,8 @@ call_async(tether_conn *c, const char *method, request_arg *a, const tether_call
     }
     pending_init(c, &f->pending, opts);
     f->conn = tether_conn_ref(c);
+    f->callback_ep = tether__endpoint_ref(c->ep);
+    f->callback_queue = c->ep->mainq;
     tether_future_ref(f); /* the pending table's reference */
     r = start_call(c, &f->pending, a, false);
     if (r > 0) {
@@ -605,7 +619,7 @@ notify(tether_conn *c, const char *method, request_arg *a)
         return r;
     }
     a->notify = true;
-    a->chain = tether__current_chain();
+    a->chain = tether__current_chain() ? tether__current_chain() : tether__chain_new();
     return tether__conn_send(c, encode_request, a, false);
 }
 
@@ -637,6 +651,40 @@ run_future_callback(tether__task *task)
     tether_future_unref(f);
 }
 
+static void
+run_main_callback(tether__work *work)
+{
+    tether_future *f = (tether_future *)((char *)work - offsetof(tether_future, callback_work));
+    f->callback(f, f->callback_userdata);
+    tether_future_unref(f);
+}
+
+static void
+discard_main_callback(tether__work *work)
+{
+    /* The owner is gone with the callback still queued: it will never run. */
+    tether_future *f = (tether_future *)((char *)work - offsetof(tether_future, callback_work));
+    tether_future_unref(f);
+}
+
+/* Start the callback of a ready future where its context says. */
+static void
+fire_callback(tether_future *f, tether__ioloop *loop)
+{
+    tether_future_ref(f);
+    if (f->callback_context == TETHER_CONTEXT_MAIN) {
+        f->callback_work.run = run_main_callback;
+        f->callback_work.discard = discard_main_callback;
+        tether__mainq_push(f->callback_queue, NULL, &f->callback_work);
+    } else if (tether__ioloop_in_thread(loop)) {
+        f->callback(f, f->callback_userdata);
+        tether_future_unref(f);
+    } else {
+        f->callback_task.run = run_future_callback;
+        tether__ioloop_post(loop, &f->callback_task);
+    }
+}
+
 void
 tether__future_complete(tether_future *f, int status, tether_value *result, const char *type,
                         const char *message, const char *traceback)
@@ -654,13 +702,7 @@ tether__future_complete(tether_future *f, int status, tether_value *result, cons
     f->conn = NULL;
     pthread_mutex_unlock(&f->lock);
     if (cb) {
-        if (tether__ioloop_in_thread(c->loop)) {
-            cb(f, f->callback_userdata);
-        } else {
-            tether_future_ref(f);
-            f->callback_task.run = run_future_callback;
-            tether__ioloop_post(c->loop, &f->callback_task);
-        }
+        fire_callback(f, c->loop);
     }
     tether_conn_unref(c);
     tether_future_unref(f); /* the pending table's reference */
@@ -761,9 +803,8 @@ tether_future_set_callback(tether_future *f, tether_context context, tether_futu
     if (!f || !fn) {
         return -EINVAL;
     }
-    if (context != TETHER_CONTEXT_IO) {
-        return context == TETHER_CONTEXT_MAIN || context == TETHER_CONTEXT_POOL ? -ENOTSUP
-                                                                                : -EINVAL;
+    if (context != TETHER_CONTEXT_IO && context != TETHER_CONTEXT_MAIN) {
+        return -EINVAL;
     }
     pthread_mutex_lock(&f->lock);
     if (f->callback_set) {
@@ -772,9 +813,15 @@ tether_future_set_callback(tether_future *f, tether_context context, tether_futu
     }
     f->callback_set = true;
     f->callback_userdata = userdata;
+    f->callback_context = context;
     if (f->done) {
+        f->callback = fn;
         pthread_mutex_unlock(&f->lock);
-        fn(f, userdata);
+        if (context == TETHER_CONTEXT_IO) {
+            fn(f, userdata);
+        } else {
+            fire_callback(f, f->callback_ep->loop);
+        }
         return 0;
     }
     f->callback = fn;
@@ -798,6 +845,7 @@ tether_future_unref(tether_future *f)
         tether_value_unref(f->result);
         tether_error_done(&f->error);
         tether_conn_unref(f->conn);
+        tether__endpoint_unref(f->callback_ep);
         pthread_cond_destroy(&f->cv);
         pthread_mutex_destroy(&f->lock);
         tether__free(f);

@@ -137,6 +137,7 @@ tether_client_unref(tether_client *cl)
     }
     tether_client_close(cl);
     tether__ioloop_run_sync(cl->ep->loop, detach_owner, cl->ep);
+    tether__mainq_discard_all(cl->ep->mainq);
     tether_conn_unref(cl->conn);
     if (cl->fd >= 0) {
         close(cl->fd);
@@ -422,6 +423,24 @@ const char *
 tether_client_get_host_name(const tether_client *cl)
 {
     return cl ? cl->host_name : NULL;
+}
+
+int
+tether_client_get_fd(const tether_client *cl)
+{
+    return cl ? tether__mainq_get_fd(cl->ep->mainq) : -EINVAL;
+}
+
+int
+tether_client_dispatch(tether_client *cl, uint64_t budget_usec)
+{
+    return cl ? tether__endpoint_dispatch(cl->ep, budget_usec) : -EINVAL;
+}
+
+int
+tether_client_wait(tether_client *cl, uint64_t timeout_usec)
+{
+    return cl ? tether__endpoint_wait(cl->ep, timeout_usec) : -EINVAL;
 }
 
 int

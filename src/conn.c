@@ -526,7 +526,7 @@ role_release_locked(tether_conn *c)
         c->read_armed = true;
     }
     if (c->role_waiters) {
-        pthread_cond_signal(&c->role_waiters->cv);
+        tether__efd_raise(c->role_waiters->efd);
     }
 }
 
@@ -695,9 +695,17 @@ lead(tether_conn *c, tether__pending *p)
             return;
         }
         uint64_t wait_ms = (expiry - now + 999) / 1000;
-        struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
-        int n = poll(&pfd, 1, wait_ms > 1000 ? 1000 : (int)wait_ms);
+        struct pollfd pfd[2] = {{.fd = c->fd, .events = POLLIN}, {.fd = p->efd, .events = POLLIN}};
+        int n = poll(pfd, 2, wait_ms > 1000 ? 1000 : (int)wait_ms);
         if (n <= 0) {
+            continue;
+        }
+        if (pfd[1].revents) {
+            /* A call-back of our chain was delivered: give the role back and run it. */
+            tether__efd_drain(p->efd);
+            return;
+        }
+        if (!pfd[0].revents) {
             continue;
         }
         ssize_t got = read_socket(c, READ_BUDGET);
@@ -720,7 +728,18 @@ void
 tether__conn_wait(tether_conn *c, tether__pending *p)
 {
     pthread_mutex_lock(&c->lock);
-    while (!p->done) {
+    for (;;) {
+        if (p->done) {
+            break;
+        }
+        /* Call-backs of our own chain first: the peer may be waiting for them. */
+        tether__work *work = p->waiter ? tether__waiter_take(p->waiter) : NULL;
+        if (work) {
+            pthread_mutex_unlock(&c->lock);
+            work->run(work);
+            pthread_mutex_lock(&c->lock);
+            continue;
+        }
         if (c->role == TETHER__ROLE_FREE && atomic_load(&c->state) != TETHER__CONN_CLOSED) {
             c->role = TETHER__ROLE_CALLER;
             if (c->read_armed) {
@@ -734,7 +753,8 @@ tether__conn_wait(tether_conn *c, tether__pending *p)
             role_release_locked(c);
             continue;
         }
-        /* Follow: the role holder completes us, or wakes us when the role is free. */
+        /* Follow: the role holder completes us, or raises our eventfd when the role
+         * comes free; a delivered call-back raises it too. */
         p->role_next = NULL;
         tether__pending **tail = &c->role_waiters;
         while (*tail) {
@@ -742,14 +762,18 @@ tether__conn_wait(tether_conn *c, tether__pending *p)
         }
         *tail = p;
         uint64_t expiry = pending_expiry(p);
-        if (expiry == UINT64_MAX) {
-            pthread_cond_wait(&p->cv, &c->lock);
-        } else {
-            /* The condvar uses CLOCK_MONOTONIC (set in call.c). */
-            struct timespec ts = {.tv_sec = (time_t)(expiry / 1000000),
-                                  .tv_nsec = (long)(expiry % 1000000) * 1000};
-            pthread_cond_timedwait(&p->cv, &c->lock, &ts);
+        pthread_mutex_unlock(&c->lock);
+        uint64_t now = tether_now_usec();
+        int wait_ms = expiry == UINT64_MAX ? 1000
+                      : expiry <= now      ? 0
+                                           : (int)((expiry - now + 999) / 1000 > 1000
+                                                       ? 1000
+                                                       : (expiry - now + 999) / 1000);
+        struct pollfd pfd = {.fd = p->efd, .events = POLLIN};
+        if (poll(&pfd, 1, wait_ms) > 0) {
+            tether__efd_drain(p->efd);
         }
+        pthread_mutex_lock(&c->lock);
         for (tether__pending **w = &c->role_waiters; *w; w = &(*w)->role_next) {
             if (*w == p) {
                 *w = p->role_next;
@@ -759,14 +783,10 @@ tether__conn_wait(tether_conn *c, tether__pending *p)
         if (!p->done && tether_now_usec() >= pending_expiry(p)) {
             expire_locked(c, p);
         }
-        if (!p->done && atomic_load(&c->state) == TETHER__CONN_CLOSED) {
-            /* conn_fail is completing everything; wait for it. */
-            pthread_cond_wait(&p->cv, &c->lock);
-        }
     }
     /* Pass the role on to another waiter if it is free. */
     if (c->role == TETHER__ROLE_FREE && c->role_waiters) {
-        pthread_cond_signal(&c->role_waiters->cv);
+        tether__efd_raise(c->role_waiters->efd);
     }
     pthread_mutex_unlock(&c->lock);
 }
@@ -842,7 +862,7 @@ tether__conn_fail(tether_conn *c, int status, const char *reason)
     /* Wake followers so they notice. */
     pthread_mutex_lock(&c->lock);
     for (tether__pending *w = c->role_waiters; w; w = w->role_next) {
-        pthread_cond_signal(&w->cv);
+        tether__efd_raise(w->efd);
     }
     pthread_mutex_unlock(&c->lock);
     c->close_task.run = run_close;

@@ -31,8 +31,10 @@
 #include <uv.h>
 
 #include "buf.h"
+#include "chain.h"
 #include "endpoint.h"
 #include "ioloop.h"
+#include "mainq.h"
 #include "tether.h"
 #include "wire.h"
 
@@ -52,8 +54,10 @@ typedef struct tether__pending {
     uint64_t timeout_usec;    /* silence bound, UINT64_MAX: none */
     uint64_t deadline_usec;   /* absolute, UINT64_MAX: none */
     tether_future *future;    /* async call; NULL for a synchronous one */
-    /* Synchronous calls: the waiting thread sleeps on cv under the conn lock. */
-    pthread_cond_t cv;
+    /* Synchronous calls: the waiting thread sleeps on its eventfd (chain.h), raised
+     * under the conn lock when the call completes or the reader role comes free. */
+    int efd;
+    struct tether__waiter *waiter;
     bool done;
     bool role_waiting;
     struct tether__pending *role_next;
@@ -77,6 +81,11 @@ struct tether_request {
     /* Running list (a reply is owed and the handler kept the request), conn lock. */
     struct tether_request *run_next, *run_prev;
     bool running;
+    /* The service that runs it, and how it gets there for MAIN and POOL services. */
+    tether_handler_fn handler;
+    void *userdata;
+    tether__work work; /* MAIN: queued on the endpoint's main-thread queue */
+    uv_work_t pool_work; /* POOL: libuv's worker pool */
     /* method, args and kwargs bytes follow the struct */
 };
 
@@ -132,6 +141,8 @@ struct tether_conn {
 
     /* Counters, relaxed atomics. */
     atomic_uint_fast64_t calls_out, calls_in, bytes_out, bytes_in;
+
+    tether__lane lane; /* this connection's lane in the endpoint's main-thread queue */
 
     void *owner_data; /* host: registry bookkeeping */
     struct tether_conn *owner_next, *owner_prev;

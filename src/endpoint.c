@@ -30,6 +30,15 @@ tether__endpoint_new(const char *name, bool is_host, tether__endpoint **ret)
         tether__free(ep);
         return r;
     }
+    r = tether__mainq_new(&ep->mainq);
+    if (r < 0) {
+        tether__ioloop_release(ep->loop);
+        tether__free(ep->name);
+        tether__free(ep);
+        return r;
+    }
+    ep->main_thread = pthread_self();
+    ep->fork_generation = tether__fork_generation();
     atomic_init(&ep->refs, 1);
     ep->is_host = is_host;
     ep->max_frame_size = 16u * 1024 * 1024;
@@ -65,6 +74,7 @@ tether__endpoint_unref(tether__endpoint *ep)
         }
     }
     pthread_rwlock_destroy(&ep->services_lock);
+    tether__mainq_free(ep->mainq);
     tether__ioloop *loop = ep->loop;
     tether__free(ep->name);
     tether__free(ep);
@@ -92,10 +102,6 @@ tether__endpoint_add_service(tether__endpoint *ep, const char *name, tether_cont
     if (context != TETHER_CONTEXT_IO && context != TETHER_CONTEXT_MAIN &&
         context != TETHER_CONTEXT_POOL) {
         return -EINVAL;
-    }
-    if (context != TETHER_CONTEXT_IO) {
-        /* MAIN and POOL execution arrive with main-thread dispatch (issue #3). */
-        return -ENOTSUP;
     }
     tether__service *s = tether__calloc(1, sizeof(*s));
     if (!s) {
@@ -142,6 +148,36 @@ tether__endpoint_find_service(tether__endpoint *ep, const char *name, size_t nam
     }
     pthread_rwlock_unlock(&ep->services_lock);
     return r;
+}
+
+int
+tether__endpoint_check_main(const tether__endpoint *ep)
+{
+    if (ep->fork_generation != tether__fork_generation()) {
+        return -ECHILD;
+    }
+    return pthread_equal(ep->main_thread, pthread_self()) ? 0 : -EPERM;
+}
+
+int
+tether__endpoint_dispatch(tether__endpoint *ep, uint64_t budget_usec)
+{
+    int r = tether__endpoint_check_main(ep);
+    return r < 0 ? r : tether__mainq_dispatch(ep->mainq, budget_usec);
+}
+
+int
+tether__endpoint_wait(tether__endpoint *ep, uint64_t timeout_usec)
+{
+    int r = tether__endpoint_check_main(ep);
+    if (r < 0) {
+        return r;
+    }
+    if (tether__mainq_wait(ep->mainq, timeout_usec) == 0) {
+        return 0;
+    }
+    r = tether__mainq_dispatch(ep->mainq, TETHER_BUDGET_UNLIMITED);
+    return r < 0 ? r : 1;
 }
 
 void

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "ioloop.h"
+#include "mainq.h"
 #include "tether.h"
 
 
@@ -56,6 +57,11 @@ struct tether__endpoint {
     void *log_userdata;
     int log_level;
 
+    /* Work for the owner's main thread (MAIN services and callbacks) and that thread. */
+    tether__mainq *mainq;
+    pthread_t main_thread;
+    unsigned fork_generation;
+
     pthread_rwlock_t services_lock;
     tether__service *services[64]; /* guarded by services_lock; chained hash on name */
 };
@@ -73,6 +79,11 @@ int tether__endpoint_add_service(tether__endpoint *ep, const char *name, tether_
 /* Copies the service's fields into *ret. Returns 0 or -ENOENT. */
 int tether__endpoint_find_service(tether__endpoint *ep, const char *name, size_t name_len,
                                   tether__service *ret);
+
+/* Checks for the owner's main-thread calls: 0, -EPERM (wrong thread), -ECHILD (forked). */
+int tether__endpoint_check_main(const tether__endpoint *ep);
+int tether__endpoint_dispatch(tether__endpoint *ep, uint64_t budget_usec);
+int tether__endpoint_wait(tether__endpoint *ep, uint64_t timeout_usec);
 
 void tether__log(const tether__endpoint *ep, int level, const char *format, ...)
     TETHER_PRINTF(3, 4);

@@ -427,6 +427,82 @@ is_loopback(const char *addr)
     return inet_pton(AF_INET, addr, &in) == 1 && (ntohl(in.s_addr) >> 24) == 127;
 }
 
+/* Undo a start that failed halfway: nothing may keep listening in the host's name. */
+static void
+undo_start(tether_host *h)
+{
+    listener *ls[2] = {&h->unix_listener, &h->tcp_listener};
+    for (int i = 0; i < 2; i++) {
+        if (ls[i]->fd >= 0) {
+            close(ls[i]->fd);
+            ls[i]->fd = -1;
+        }
+    }
+    if (h->unix_path) {
+        unlink(h->unix_path);
+    }
+    if (h->token_path) {
+        unlink(h->token_path);
+    }
+    tether__free(h->unix_path);
+    tether__free(h->address);
+    tether__free(h->token_path);
+    h->unix_path = h->address = h->token_path = NULL;
+    h->tcp_port = -1;
+    pthread_mutex_lock(&h->lock);
+    h->started = false;
+    pthread_mutex_unlock(&h->lock);
+}
+
+static int
+listen_unix(tether_host *h)
+{
+    tether__addr addr;
+    int r;
+    if (h->unix_path_option) {
+        char buf[160];
+        snprintf(buf, sizeof(buf), "unix:%s", h->unix_path_option);
+        r = tether__addr_parse(buf, NULL, &addr);
+    } else {
+        r = tether__addr_parse(h->ep->name, h->runtime_dir, &addr);
+    }
+    if (r == 0) {
+        r = tether__listen(&addr, 128, &h->unix_listener.fd);
+    }
+    if (r < 0) {
+        tether__log(h->ep, TETHER_LOG_ERROR, "cannot listen for host '%s': %s", h->ep->name,
+                    tether_strerror(r));
+        return r;
+    }
+    h->unix_path = tether__strdup(addr.path);
+    char buf[160];
+    tether__addr_format(&addr, buf, sizeof(buf));
+    h->address = tether__strdup(buf);
+    return h->unix_path && h->address ? 0 : -ENOMEM;
+}
+
+static int
+listen_tcp(tether_host *h)
+{
+    tether__addr addr = {.kind = TETHER__ADDR_TCP};
+    snprintf(addr.host, sizeof(addr.host), "%s", h->tcp_bind);
+    addr.port = h->tcp_port_option == 0                       ? TETHER_DEFAULT_TCP_PORT
+                : h->tcp_port_option == TETHER_PORT_EPHEMERAL ? 0
+                                                              : h->tcp_port_option;
+    int r = tether__listen(&addr, 128, &h->tcp_listener.fd);
+    if (r == 0) {
+        h->tcp_port = addr.port;
+        r = tether__token_path(h->runtime_dir, addr.port, &h->token_path);
+    }
+    if (r == 0) {
+        r = tether__token_create(h->token_path, h->token);
+    }
+    if (r < 0) {
+        tether__log(h->ep, TETHER_LOG_ERROR, "cannot listen on TCP: %s", tether_strerror(r));
+    }
+    return r;
+}
+
 int
 tether_host_start(tether_host *h)
 {
@@ -434,64 +510,29 @@ tether_host_start(tether_host *h)
         return -EINVAL;
     }
     pthread_mutex_lock(&h->lock);
-    bool already = h->started;
+    bool already = h->started || h->stopped;
     h->started = true;
     pthread_mutex_unlock(&h->lock);
     if (already) {
         return -EALREADY;
     }
+    int r = 0;
     if (h->tcp && !h->tcp_allow_remote && !is_loopback(h->tcp_bind)) {
-        return -EINVAL;
+        r = -EINVAL;
+        goto fail;
     }
-    int r = tether__runtime_dir_ensure(h->runtime_dir);
+    r = tether__runtime_dir_ensure(h->runtime_dir);
     if (r < 0 && (!h->unix_path_option || h->tcp)) {
         tether__log(h->ep, TETHER_LOG_ERROR, "runtime directory %s unusable: %s", h->runtime_dir,
                     tether_strerror(r));
-        return r;
+        goto fail;
     }
-    if (!h->no_unix) {
-        tether__addr addr;
-        if (h->unix_path_option) {
-            char buf[160];
-            snprintf(buf, sizeof(buf), "unix:%s", h->unix_path_option);
-            r = tether__addr_parse(buf, NULL, &addr);
-        } else {
-            r = tether__addr_parse(h->ep->name, h->runtime_dir, &addr);
-        }
-        if (r == 0) {
-            r = tether__listen(&addr, 128, &h->unix_listener.fd);
-        }
-        if (r < 0) {
-            tether__log(h->ep, TETHER_LOG_ERROR, "cannot listen for host '%s': %s", h->ep->name,
-                        tether_strerror(r));
-            return r;
-        }
-        h->unix_path = tether__strdup(addr.path);
-        char buf[160];
-        tether__addr_format(&addr, buf, sizeof(buf));
-        h->address = tether__strdup(buf);
-        if (!h->unix_path || !h->address) {
-            return -ENOMEM;
-        }
+    r = 0;
+    if (!h->no_unix && (r = listen_unix(h)) < 0) {
+        goto fail;
     }
-    if (h->tcp) {
-        tether__addr addr = {.kind = TETHER__ADDR_TCP};
-        snprintf(addr.host, sizeof(addr.host), "%s", h->tcp_bind);
-        addr.port = h->tcp_port_option == 0                       ? TETHER_DEFAULT_TCP_PORT
-                    : h->tcp_port_option == TETHER_PORT_EPHEMERAL ? 0
-                                                                  : h->tcp_port_option;
-        r = tether__listen(&addr, 128, &h->tcp_listener.fd);
-        if (r == 0) {
-            h->tcp_port = addr.port;
-            r = tether__token_path(h->runtime_dir, addr.port, &h->token_path);
-        }
-        if (r == 0) {
-            r = tether__token_create(h->token_path, h->token);
-        }
-        if (r < 0) {
-            tether__log(h->ep, TETHER_LOG_ERROR, "cannot listen on TCP: %s", tether_strerror(r));
-            return r;
-        }
+    if (h->tcp && (r = listen_tcp(h)) < 0) {
+        goto fail;
     }
     if (h->unix_listener.fd >= 0) {
         tether__ioloop_run_sync(h->ep->loop, start_listener, &h->unix_listener);
@@ -502,6 +543,9 @@ tether_host_start(tether_host *h)
     tether__log(h->ep, TETHER_LOG_INFO, "host '%s' listening on %s (tcp port %d)", h->ep->name,
                 h->address ? h->address : "no unix socket", h->tcp_port);
     return 0;
+fail:
+    undo_start(h);
+    return r;
 }
 
 int
@@ -542,6 +586,8 @@ tether_host_stop(tether_host *h)
         tether__conn_fail(c, -ECONNRESET, "the host stopped");
         tether_conn_unref(c);
     }
+    /* Requests still waiting for the main thread will not run now. */
+    tether__mainq_discard_all(h->ep->mainq);
     return 0;
 }
 
@@ -597,6 +643,24 @@ tether_host_get_client_count(const tether_host *h)
     int n = (int)h->client_count;
     pthread_mutex_unlock(&((tether_host *)h)->lock);
     return n;
+}
+
+int
+tether_host_get_fd(const tether_host *h)
+{
+    return h ? tether__mainq_get_fd(h->ep->mainq) : -EINVAL;
+}
+
+int
+tether_host_dispatch(tether_host *h, uint64_t budget_usec)
+{
+    return h ? tether__endpoint_dispatch(h->ep, budget_usec) : -EINVAL;
+}
+
+int
+tether_host_wait(tether_host *h, uint64_t timeout_usec)
+{
+    return h ? tether__endpoint_wait(h->ep, timeout_usec) : -EINVAL;
 }
 
 int

@@ -361,6 +361,63 @@ keep_running(tether_conn *c, tether_request *req)
     }
 }
 
+/*
+ * Run the handler on this thread with the request's chain as the thread's chain, then
+ * answer for a handler that returned without replying and without keeping it.
+ */
+static void
+invoke(tether_request *req)
+{
+    uint64_t outer_chain = current_chain;
+    current_chain = req->chain;
+    int r = req->handler(req, req->userdata);
+    current_chain = outer_chain;
+    if (atomic_load(&req->replied) || atomic_load(&req->refs) > 1) {
+        return;
+    }
+    if (r >= 0) {
+        tether_request_reply(req, NULL);
+    } else if (req->read_error.type) {
+        reply_error_text(req, req->read_error.type, req->read_error.message);
+    } else {
+        reply_error_text(req, "tether.Error", tether_strerror(r));
+    }
+}
+
+static void
+run_main_work(tether__work *work)
+{
+    tether_request *req = (tether_request *)((char *)work - offsetof(tether_request, work));
+    if (!atomic_load(&req->cancelled)) {
+        invoke(req);
+    }
+    tether_request_unref(req);
+}
+
+static void
+discard_main_work(tether__work *work)
+{
+    tether_request *req = (tether_request *)((char *)work - offsetof(tether_request, work));
+    reply_error_text(req, "tether.Cancelled", "the host stopped before running the call");
+    tether_request_unref(req);
+}
+
+static void
+run_pool_work(uv_work_t *w)
+{
+    tether_request *req = w->data;
+    if (!atomic_load(&req->cancelled)) {
+        invoke(req);
+    }
+}
+
+static void
+after_pool_work(uv_work_t *w, int status)
+{
+    (void)status;
+    tether_request_unref(w->data);
+}
+
 void
 tether__conn_on_request(tether_conn *c, const tether__frame *f)
 {
@@ -393,22 +450,38 @@ tether__conn_on_request(tether_conn *c, const tether__frame *f)
         error_reply(c, f, "tether.Error", "out of memory");
         return;
     }
-    uint64_t outer_chain = current_chain;
-    current_chain = req->chain;
-    int r = svc.handler(req, svc.userdata);
-    current_chain = outer_chain;
-    if (!atomic_load(&req->replied)) {
-        if (atomic_load(&req->refs) > 1) {
-            keep_running(c, req);
-        } else if (r >= 0) {
-            tether_request_reply(req, NULL);
-        } else if (req->read_error.type) {
-            reply_error_text(req, req->read_error.type, req->read_error.message);
-        } else {
-            reply_error_text(req, "tether.Error", tether_strerror(r));
+    req->handler = svc.handler;
+    req->userdata = svc.userdata;
+    switch (svc.context) {
+    case TETHER_CONTEXT_MAIN:
+        /* Listed as running while it waits for dispatch, so progress keeps the call
+         * alive however long the main thread takes to get to it. */
+        keep_running(c, req);
+        req->work.run = run_main_work;
+        req->work.discard = discard_main_work;
+        /* A call-back into a main thread that is waiting on this very chain runs in
+         * that wait; anything else waits for dispatch. */
+        if (!tether__chain_deliver(req->chain, c->ep->main_thread, &req->work)) {
+            tether__mainq_push(c->ep->mainq, &c->lane, &req->work);
         }
+        return;
+    case TETHER_CONTEXT_POOL:
+        keep_running(c, req);
+        req->pool_work.data = req;
+        if (uv_queue_work(tether__ioloop_uv(c->loop), &req->pool_work, run_pool_work,
+                          after_pool_work) < 0) {
+            reply_error_text(req, "tether.Error", "cannot queue the request on the pool");
+            tether_request_unref(req);
+        }
+        return;
+    default:
+        invoke(req);
+        if (!atomic_load(&req->replied) && atomic_load(&req->refs) > 1) {
+            keep_running(c, req);
+        }
+        tether_request_unref(req);
+        return;
     }
-    tether_request_unref(req);
 }
 
 void

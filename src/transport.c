@@ -163,10 +163,15 @@ new_socket(const tether__addr *addr)
     return fd < 0 ? -errno : fd;
 }
 
-/* A Unix socket file nobody accepts on is left over by a dead host. */
+/* A Unix socket file nobody accepts on is left over by a dead host. Anything that is
+ * not a socket (a file named by mistake) is never taken for one. */
 static bool
 unix_socket_is_stale(const tether__addr *addr)
 {
+    struct stat st;
+    if (lstat(addr->path, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+        return false;
+    }
     int fd = new_socket(addr);
     if (fd < 0) {
         return false;

@@ -1,0 +1,172 @@
+/*
+ * chain: see chain.h. The registry is one small hash table under one mutex: it is
+ * touched twice per synchronous call (register, unregister) and once per request that
+ * carries a chain, always briefly.
+ */
+#define _GNU_SOURCE
+#include "chain.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#define BUCKETS 256
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static tether__waiter *registry[BUCKETS]; /* guarded by registry_lock */
+static atomic_uint_fast64_t next_chain;
+
+static _Thread_local int thread_efd = -1;
+static pthread_key_t efd_key;
+static pthread_once_t efd_key_once = PTHREAD_ONCE_INIT;
+
+static void
+close_thread_efd(void *arg)
+{
+    close((int)(intptr_t)arg - 1);
+}
+
+static void
+make_efd_key(void)
+{
+    pthread_key_create(&efd_key, close_thread_efd);
+}
+
+int
+tether__thread_efd(void)
+{
+    if (thread_efd >= 0) {
+        return thread_efd;
+    }
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fd < 0) {
+        return -errno;
+    }
+    pthread_once(&efd_key_once, make_efd_key);
+    /* Stored +1 so that fd 0 is not mistaken for "no value". */
+    pthread_setspecific(efd_key, (void *)(intptr_t)(fd + 1));
+    thread_efd = fd;
+    return fd;
+}
+
+void
+tether__efd_raise(int efd)
+{
+    uint64_t one = 1;
+    ssize_t n = write(efd, &one, sizeof(one));
+    (void)n;
+}
+
+void
+tether__efd_drain(int efd)
+{
+    uint64_t v;
+    ssize_t n = read(efd, &v, sizeof(v));
+    (void)n;
+}
+
+uint64_t
+tether__chain_new(void)
+{
+    uint64_t id = atomic_fetch_add_explicit(&next_chain, 1, memory_order_relaxed);
+    if (id == 0) {
+        /* First use: start from a random point so that chains of different processes
+         * do not collide when they meet in one conversation. */
+        uint64_t seed = 0;
+        while (getrandom(&seed, sizeof(seed), 0) < 0 && errno == EINTR) {
+        }
+        seed |= 1;
+        uint_fast64_t expected = 1;
+        atomic_compare_exchange_strong(&next_chain, &expected, seed + 1);
+        id = atomic_fetch_add_explicit(&next_chain, 1, memory_order_relaxed);
+    }
+    return id ? id : tether__chain_new();
+}
+
+static size_t
+bucket_of(uint64_t chain)
+{
+    return (size_t)((chain * 0x9e3779b97f4a7c15ull) >> 56) % BUCKETS;
+}
+
+int
+tether__waiter_push(tether__waiter *w, uint64_t chain)
+{
+    int efd = tether__thread_efd();
+    if (efd < 0) {
+        return efd;
+    }
+    *w = (tether__waiter){.chain = chain, .thread = pthread_self(), .efd = efd};
+    pthread_mutex_lock(&registry_lock);
+    size_t b = bucket_of(chain);
+    /* Innermost first: a nested wait shadows the enclosing one of the same chain. */
+    w->next = registry[b];
+    registry[b] = w;
+    pthread_mutex_unlock(&registry_lock);
+    return 0;
+}
+
+tether__work *
+tether__waiter_take(tether__waiter *w)
+{
+    pthread_mutex_lock(&registry_lock);
+    tether__work *work = w->inbox_head;
+    if (work) {
+        w->inbox_head = work->next;
+        if (!w->inbox_head) {
+            w->inbox_tail = NULL;
+        }
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return work;
+}
+
+void
+tether__waiter_pop(tether__waiter *w)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (tether__waiter **p = &registry[bucket_of(w->chain)]; *p; p = &(*p)->next) {
+        if (*p == w) {
+            *p = w->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&registry_lock);
+    /* Nothing can be delivered any more; run what came in just before. */
+    tether__work *work;
+    while ((work = tether__waiter_take(w))) {
+        work->run(work);
+    }
+}
+
+bool
+tether__chain_deliver(uint64_t chain, pthread_t main_thread, tether__work *work)
+{
+    if (chain == 0) {
+        return false;
+    }
+    bool delivered = false;
+    pthread_mutex_lock(&registry_lock);
+    for (tether__waiter *w = registry[bucket_of(chain)]; w; w = w->next) {
+        if (w->chain != chain) {
+            continue;
+        }
+        if (pthread_equal(w->thread, main_thread)) {
+            work->next = NULL;
+            if (w->inbox_tail) {
+                w->inbox_tail->next = work;
+            } else {
+                w->inbox_head = work;
+            }
+            w->inbox_tail = work;
+            /* Raised under the lock: the waiter cannot unregister and exit meanwhile. */
+            tether__efd_raise(w->efd);
+            delivered = true;
+        }
+        break;
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return delivered;
+}

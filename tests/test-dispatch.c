@@ -1,0 +1,317 @@
+/*
+ * Main-thread integration: MAIN services run only inside dispatch, on the thread that
+ * created the host; dispatch keeps to its budget and leaves the rest, in order, for the
+ * next call; the fd is readable exactly while work is queued; MAIN future callbacks run
+ * there too; and the call-back scenario that deadlocks the reference engine (the main
+ * thread calls a client, which calls a MAIN service of the host, which calls the client
+ * again) completes, with real processes on both sides.
+ */
+#define _GNU_SOURCE
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include "helpers.h"
+
+static pthread_t main_thread;
+static int order[64];
+static int order_len;
+
+static int
+record(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    cr_assert(pthread_equal(pthread_self(), main_thread), "a MAIN handler ran off the main thread");
+    int n = -1;
+    tether_request_read(req, "i", &n);
+    if (order_len < 64) {
+        order[order_len++] = n;
+    }
+    uint64_t until = tether_now_usec() + 1000;
+    while (tether_now_usec() < until) {
+        /* a millisecond of work */
+    }
+    return tether_request_reply(req, "i", n);
+}
+
+static int
+fd_readable(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return poll(&p, 1, 0) == 1;
+}
+
+static tether_host *
+start_main_host(void)
+{
+    main_thread = pthread_self();
+    tether_host *h = test_host_new(NULL);
+    ASSERT_OK(tether_host_add_service(h, "record", TETHER_CONTEXT_MAIN, record, NULL));
+    ASSERT_OK(tether_host_start(h));
+    return h;
+}
+
+Test(dispatch, main_services_run_only_inside_dispatch_within_budget)
+{
+    tether_host *h = start_main_host();
+    tether_client *c = test_client_connect("c", NULL);
+    int fd = tether_host_get_fd(h);
+    cr_assert(fd >= 0);
+    cr_assert_eq(fd_readable(fd), 0);
+    ASSERT_ERR(tether_host_dispatch(h, TETHER_BUDGET_UNLIMITED), 0);
+    tether_future *fs[10];
+    for (int i = 0; i < 10; i++) {
+        ASSERT_OK(tether_conn_call_async(tether_client_get_conn(c), "record", NULL, &fs[i], "i",
+                                         i));
+    }
+    /* Nothing runs until the main thread dispatches. */
+    for (int i = 0; i < 200 && !fd_readable(fd); i++) {
+        usleep(1000);
+    }
+    usleep(20000);
+    cr_assert_eq(order_len, 0);
+    cr_assert_eq(fd_readable(fd), 1);
+    /* About three milliseconds of budget, one millisecond per item. */
+    int r = tether_host_dispatch(h, 2500);
+    cr_assert_eq(r, 1, "work must remain after a small budget, got %d", r);
+    cr_assert(order_len >= 1 && order_len <= 5, "ran %d items on a 2.5 ms budget", order_len);
+    cr_assert_eq(fd_readable(fd), 1);
+    int ran = order_len;
+    while ((r = tether_host_dispatch(h, 2500)) == 1) {
+        cr_assert(order_len > ran, "each dispatch runs at least one item");
+        ran = order_len;
+    }
+    ASSERT_OK(r);
+    cr_assert_eq(order_len, 10);
+    for (int i = 0; i < 10; i++) {
+        cr_assert_eq(order[i], i, "item %d ran as %d", i, order[i]);
+        ASSERT_OK(tether_future_wait(fs[i], 5000000));
+        ASSERT_OK(tether_future_get_result(fs[i], NULL, NULL));
+        tether_future_unref(fs[i]);
+    }
+    cr_assert_eq(fd_readable(fd), 0);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+static void *
+dispatch_from_other_thread(void *arg)
+{
+    return (void *)(intptr_t)tether_host_dispatch(arg, 0);
+}
+
+static int reentry_result = 1;
+
+static int
+reenter(tether_request *req, void *userdata)
+{
+    reentry_result = tether_host_dispatch(userdata, 0);
+    return tether_request_reply(req, NULL);
+}
+
+Test(dispatch, wrong_thread_and_reentry)
+{
+    tether_host *h = start_main_host();
+    ASSERT_OK(tether_host_add_service(h, "reenter", TETHER_CONTEXT_MAIN, reenter, h));
+    pthread_t t;
+    void *ret;
+    pthread_create(&t, NULL, dispatch_from_other_thread, h);
+    pthread_join(t, &ret);
+    cr_assert_eq((int)(intptr_t)ret, TETHER_EPERM);
+    tether_client *c = test_client_connect("c", NULL);
+    tether_future *f = NULL;
+    ASSERT_OK(tether_conn_call_async(tether_client_get_conn(c), "reenter", NULL, &f, NULL));
+    ASSERT_OK(tether_host_wait(h, 5000000));
+    cr_assert_eq(reentry_result, TETHER_EBUSY);
+    ASSERT_OK(tether_future_wait(f, 5000000));
+    tether_future_unref(f);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+static int callbacks_run;
+
+static void
+on_main_callback(tether_future *f, void *userdata)
+{
+    (void)userdata;
+    cr_assert(pthread_equal(pthread_self(), main_thread));
+    cr_assert_eq(tether_future_is_ready(f), 1);
+    callbacks_run++;
+}
+
+static int
+ping(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    return tether_request_reply(req, "s", "pong");
+}
+
+Test(dispatch, main_future_callbacks_run_at_dispatch)
+{
+    main_thread = pthread_self();
+    tether_host *h = test_host_new(NULL);
+    ASSERT_OK(tether_host_add_service(h, "ping", TETHER_CONTEXT_IO, ping, NULL));
+    ASSERT_OK(tether_host_start(h));
+    tether_client *c = test_client_connect("c", NULL);
+    tether_future *f = NULL;
+    ASSERT_OK(tether_conn_call_async(tether_client_get_conn(c), "ping", NULL, &f, NULL));
+    ASSERT_OK(tether_future_set_callback(f, TETHER_CONTEXT_MAIN, on_main_callback, NULL));
+    ASSERT_OK(tether_future_wait(f, 5000000));
+    usleep(10000);
+    cr_assert_eq(callbacks_run, 0, "a MAIN callback ran before dispatch");
+    cr_assert_eq(fd_readable(tether_client_get_fd(c)), 1);
+    ASSERT_OK(tether_client_dispatch(c, TETHER_BUDGET_UNLIMITED));
+    cr_assert_eq(callbacks_run, 1);
+    /* A callback set on a ready future is queued too. */
+    tether_future *g = NULL;
+    ASSERT_OK(tether_conn_call_async(tether_client_get_conn(c), "ping", NULL, &g, NULL));
+    ASSERT_OK(tether_future_wait(g, 5000000));
+    ASSERT_OK(tether_future_set_callback(g, TETHER_CONTEXT_MAIN, on_main_callback, NULL));
+    cr_assert_eq(callbacks_run, 1);
+    ASSERT_OK(tether_client_wait(c, 1000000) >= 0 ? 0 : -1);
+    cr_assert_eq(callbacks_run, 2);
+    tether_future_unref(f);
+    tether_future_unref(g);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+/* ---- the call-back scenario, across processes ---------------------------------------- */
+
+static tether_client *child_client;
+
+/* Client side, MAIN: calls back into the host while the host's main thread waits on it. */
+static int
+client_ask_back(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    int depth = 0;
+    tether_request_read(req, "i", &depth);
+    tether_value *v = NULL;
+    int r = tether_conn_call(tether_client_get_conn(child_client), "host_value", NULL, &v, NULL,
+                             "i", depth);
+    if (r < 0) {
+        return tether_request_reply_error(req, "RuntimeError", "call-back failed: %s",
+                                          tether_strerror(r));
+    }
+    int64_t n = 0;
+    tether_value_read(v, NULL, "x", &n);
+    tether_value_unref(v);
+    return tether_request_reply(req, "x", n + 1);
+}
+
+static int
+client_leaf(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    return tether_request_reply(req, "x", (int64_t)100);
+}
+
+static tether_host *scenario_host;
+
+/* Host side, MAIN: calls the client again (depth permitting) while both are waiting. */
+static int
+host_value(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    cr_assert(pthread_equal(pthread_self(), main_thread));
+    int depth = 0;
+    tether_request_read(req, "i", &depth);
+    tether_conn *conn = NULL;
+    ASSERT_OK(tether_host_get_client(scenario_host, "scripted", &conn));
+    tether_value *v = NULL;
+    int r = depth > 0 ? tether_conn_call(conn, "ask_back", NULL, &v, NULL, "i", depth - 1)
+                      : tether_conn_call(conn, "leaf", NULL, &v, NULL, NULL);
+    tether_conn_unref(conn);
+    if (r < 0) {
+        return r;
+    }
+    int64_t n = 0;
+    tether_value_read(v, NULL, "x", &n);
+    tether_value_unref(v);
+    return tether_request_reply(req, "x", n + 1);
+}
+
+static pid_t
+spawn_scripted_client(void)
+{
+    int ready[2];
+    cr_assert(pipe(ready) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(ready[0]);
+        child_client = test_client_new("scripted", NULL);
+        ASSERT_OK(tether_client_add_service(child_client, "ask_back", TETHER_CONTEXT_MAIN,
+                                            client_ask_back, NULL));
+        ASSERT_OK(tether_client_add_service(child_client, "leaf", TETHER_CONTEXT_MAIN,
+                                            client_leaf, NULL));
+        ASSERT_OK(tether_client_connect(child_client, NULL));
+        cr_assert(write(ready[1], "x", 1) == 1);
+        /* The client's main loop: serve MAIN work until the host goes away. */
+        while (tether_conn_is_connected(tether_client_get_conn(child_client))) {
+            tether_client_wait(child_client, 100000);
+        }
+        _exit(0);
+    }
+    close(ready[1]);
+    char x;
+    cr_assert(read(ready[0], &x, 1) == 1);
+    close(ready[0]);
+    return pid;
+}
+
+Test(dispatch, call_back_into_a_waiting_main_thread_does_not_deadlock, .timeout = 30)
+{
+    main_thread = pthread_self();
+    test_runtime_dir();
+    scenario_host = test_host_new(NULL);
+    ASSERT_OK(tether_host_add_service(scenario_host, "host_value", TETHER_CONTEXT_MAIN,
+                                      host_value, NULL));
+    ASSERT_OK(tether_host_start(scenario_host));
+    pid_t pid = spawn_scripted_client();
+    tether_conn *conn = NULL;
+    ASSERT_OK(tether_host_get_client(scenario_host, "scripted", &conn));
+    /* main -> client.ask_back -> host.host_value (MAIN) -> client.leaf, all nested. */
+    tether_call_options o = {.timeout_usec = 10000000};
+    tether_value *v = NULL;
+    tether_error err = TETHER_ERROR_INIT;
+    int r = tether_conn_call(conn, "ask_back", &o, &v, &err, "i", 0);
+    cr_assert_eq(r, 0, "%s: %s", tether_strerror(r), err.message ? err.message : "");
+    int64_t n = 0;
+    ASSERT_OK(tether_value_read(v, NULL, "x", &n));
+    cr_assert_eq(n, 102);
+    tether_value_unref(v);
+    /* Deeper: the chain goes back and forth five times. */
+    r = tether_conn_call(conn, "ask_back", &o, &v, &err, "i", 5);
+    cr_assert_eq(r, 0, "%s: %s", tether_strerror(r), err.message ? err.message : "");
+    ASSERT_OK(tether_value_read(v, NULL, "x", &n));
+    cr_assert_eq(n, 112);
+    tether_value_unref(v);
+    tether_conn_unref(conn);
+    tether_host_unref(scenario_host);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+Test(dispatch, other_chains_wait_for_dispatch, .timeout = 30)
+{
+    /* While the main thread waits on one client, another client's MAIN request is not
+     * run inside that wait: it is queued and runs at the next dispatch. */
+    tether_host *h = start_main_host();
+    tether_client *waiter_target = test_client_new("slow", NULL);
+    tether_client_unref(waiter_target);
+    tether_client *other = test_client_connect("other", NULL);
+    tether_future *f = NULL;
+    ASSERT_OK(tether_conn_call_async(tether_client_get_conn(other), "record", NULL, &f, "i", 7));
+    usleep(50000);
+    cr_assert_eq(order_len, 0);
+    ASSERT_OK(tether_host_dispatch(h, TETHER_BUDGET_UNLIMITED));
+    cr_assert_eq(order_len, 1);
+    ASSERT_OK(tether_future_wait(f, 5000000));
+    tether_future_unref(f);
+    tether_client_unref(other);
+    tether_host_unref(h);
+}

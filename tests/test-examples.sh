@@ -1,0 +1,246 @@
+#!/bin/sh
+# test-examples: the programs of examples/ and tools/tether-demo run as the README says,
+# and the README's copies of the hello examples are the files in examples/.
+# ctest: timeout=120 labels=examples
+#
+# Run by ctest through build/run-test, which sets TETHER_BUILD_DIR, TETHER_SOURCE_DIR
+# and a fresh private TETHER_RUNTIME_DIR; every host below puts its socket there.
+
+set -u
+build=${TETHER_BUILD_DIR:?run this through ctest (TETHER_BUILD_DIR is not set)}
+source=${TETHER_SOURCE_DIR:?run this through ctest (TETHER_SOURCE_DIR is not set)}
+rt=${TETHER_RUNTIME_DIR:?run this through ctest (TETHER_RUNTIME_DIR is not set)}
+out=$rt/out
+mkdir -p "$out" || exit 1
+
+failures=0
+fail() {
+    echo "FAIL: $*"
+    failures=$((failures + 1))
+}
+ok() {
+    echo "ok: $*"
+}
+
+# Show a file's content, indented, after a failure.
+show() {
+    sed 's/^/    | /' "$1"
+}
+
+# wait_for_socket PATH: up to 5 s for a host to listen.
+wait_for_socket() {
+    i=0
+    while [ ! -S "$1" ]; do
+        i=$((i + 1))
+        if [ $i -gt 100 ]; then
+            return 1
+        fi
+        sleep 0.05
+    done
+}
+
+# wait_for_exit PID: up to 5 s for a background process to end, then its exit status.
+# A process still running is killed and reported as 124.
+wait_for_exit() {
+    i=0
+    while kill -0 "$1" 2>/dev/null; do
+        i=$((i + 1))
+        if [ $i -gt 100 ]; then
+            kill -KILL "$1" 2>/dev/null
+            wait "$1" 2>/dev/null
+            return 124
+        fi
+        sleep 0.05
+    done
+    wait "$1"
+}
+
+# expect_line FILE LINE WHAT: FILE has LINE as one whole line.
+expect_line() {
+    if grep -qxF "$2" "$1"; then
+        ok "$3"
+    else
+        fail "$3: no line '$2' in $(basename "$1"):"
+        show "$1"
+    fi
+}
+
+# --- the README shows examples/hello_host.c and hello_client.c verbatim -----------------
+
+# The lines between <!-- BEGIN FILE --> and <!-- END FILE -->, without the code fences.
+readme_copy() {
+    awk -v begin="<!-- BEGIN $1 -->" -v end="<!-- END $1 -->" '
+        $0 == begin { on = 1; found++; next }
+        $0 == end { on = 0; next }
+        on && /^```/ { next }
+        on { print }
+        END { if (found != 1) exit 1 }
+    ' "$source/README.md"
+}
+
+for example in examples/hello_host.c examples/hello_client.c; do
+    if ! readme_copy "$example" > "$out/readme-copy.c"; then
+        fail "README.md has no single block between <!-- BEGIN $example --> and <!-- END $example -->"
+    elif diff -u "$source/$example" "$out/readme-copy.c" > "$out/readme.diff"; then
+        ok "README.md shows $example verbatim"
+    else
+        fail "README.md's copy of $example differs from the file (update the README):"
+        show "$out/readme.diff"
+    fi
+done
+
+# --- hello_host and hello_client -------------------------------------------------------
+
+socket=$rt/default.sock
+"$build/example-hello_host" 60 > "$out/hello_host.out" 2>&1 &
+host=$!
+if wait_for_socket "$socket"; then
+    ok "hello_host listens on $socket"
+else
+    fail "hello_host made no socket at $socket:"
+    show "$out/hello_host.out"
+fi
+expect_line "$out/hello_host.out" "serving on unix:$socket" "hello_host prints its address"
+
+# The three ways to name the host: the default, $TETHER_ADDRESS, the first argument.
+for how in default env argument; do
+    case $how in
+    default) "$build/example-hello_client" > "$out/client.out" 2>&1 ;;
+    env) TETHER_ADDRESS=unix:$socket "$build/example-hello_client" > "$out/client.out" 2>&1 ;;
+    argument) "$build/example-hello_client" "unix:$socket" > "$out/client.out" 2>&1 ;;
+    esac
+    rc=$?
+    if [ $rc -eq 0 ]; then
+        ok "hello_client ($how address) exits 0"
+    else
+        fail "hello_client ($how address) exited $rc:"
+        show "$out/client.out"
+    fi
+    expect_line "$out/client.out" 'add(2, 3) = 5' "hello_client ($how address) calls add"
+    expect_line "$out/client.out" 'greet("world") = Hello, world!' \
+        "hello_client ($how address) calls greet through a future"
+done
+
+# With no host at the address, the client says why and fails.
+"$build/example-hello_client" "unix:$rt/nobody.sock" > "$out/client.out" 2>&1
+rc=$?
+if [ $rc -ne 0 ] && grep -q '^hello_client: .*no host at unix:' "$out/client.out"; then
+    ok "hello_client without a host fails with a message"
+else
+    fail "hello_client without a host exited $rc:"
+    show "$out/client.out"
+fi
+
+kill -TERM "$host"
+wait_for_exit "$host"
+rc=$?
+if [ $rc -eq 0 ]; then
+    ok "hello_host exits 0 on SIGTERM"
+else
+    fail "hello_host exited $rc after SIGTERM:"
+    show "$out/hello_host.out"
+fi
+if [ -e "$socket" ]; then
+    fail "hello_host left its socket behind"
+else
+    ok "hello_host removed its socket"
+fi
+# Three clients each sent greet("world") as a call and greet("everyone") as a notification.
+n=$(grep -cxF 'greeting everyone' "$out/hello_host.out")
+if [ "$n" -eq 3 ]; then
+    ok "hello_host received the 3 notifications"
+else
+    fail "hello_host received $n notifications instead of 3:"
+    show "$out/hello_host.out"
+fi
+
+# The time limit given as argument ends the host too.
+"$build/example-hello_host" 1 > "$out/hello_host.out" 2>&1 &
+host=$!
+wait_for_socket "$socket"
+wait_for_exit "$host"
+rc=$?
+if [ $rc -eq 0 ] && [ ! -e "$socket" ]; then
+    ok "hello_host 1 serves for a second and exits 0"
+else
+    fail "hello_host 1 exited $rc (socket left: $([ -e "$socket" ] && echo yes || echo no)):"
+    show "$out/hello_host.out"
+fi
+
+# --- minimal_host ----------------------------------------------------------------------
+
+"$build/example-minimal_host" 1 > "$out/minimal_host.out" 2>&1 &
+host=$!
+if wait_for_socket "$socket"; then
+    ok "minimal_host listens on $socket"
+else
+    fail "minimal_host made no socket at $socket"
+fi
+wait_for_exit "$host"
+rc=$?
+if [ $rc -eq 0 ] && [ ! -e "$socket" ]; then
+    ok "minimal_host exits 0 and removes its socket"
+else
+    fail "minimal_host exited $rc:"
+    show "$out/minimal_host.out"
+fi
+expect_line "$out/minimal_host.out" "serving on unix:$socket" "minimal_host prints its address"
+
+# --- tether-demo -----------------------------------------------------------------------
+
+for args in "--once" "--once --tcp 0"; do
+    # shellcheck disable=SC2086 # $args is a list of options
+    "$build/tether-demo" $args > "$out/demo.out" 2>&1
+    rc=$?
+    if [ $rc -eq 0 ] && grep -q 'self-test passed' "$out/demo.out"; then
+        ok "tether-demo $args passes"
+    else
+        fail "tether-demo $args exited $rc:"
+        show "$out/demo.out"
+    fi
+done
+
+# Served until a signal: the address it prints is one the example client can use.
+"$build/tether-demo" --name demo-test --seconds 30 > "$out/demo.out" 2>&1 &
+demo=$!
+wait_for_socket "$rt/demo-test.sock"
+address=$(sed -n 's/^ *TETHER_ADDRESS=\(unix:[^ ]*\) .*/\1/p' "$out/demo.out")
+if [ "$address" = "unix:$rt/demo-test.sock" ]; then
+    ok "tether-demo prints how to connect"
+else
+    fail "tether-demo printed no TETHER_ADDRESS=unix:$rt/demo-test.sock line:"
+    show "$out/demo.out"
+fi
+TETHER_ADDRESS=$address "$build/example-hello_client" > "$out/client.out" 2>&1
+rc=$?
+if [ $rc -eq 0 ] && grep -q 'example-hello_client calls add(2, 3) -> 5' "$out/demo.out"; then
+    ok "hello_client works against tether-demo, which prints the call"
+else
+    fail "hello_client against tether-demo exited $rc:"
+    show "$out/client.out"
+    show "$out/demo.out"
+fi
+kill -TERM "$demo"
+wait_for_exit "$demo"
+rc=$?
+if [ $rc -eq 0 ] && grep -q 'client example-hello_client .* connected' "$out/demo.out" &&
+    grep -q 'client example-hello_client .* left' "$out/demo.out"; then
+    ok "tether-demo logs the client arriving and leaving, and exits 0 on SIGTERM"
+else
+    fail "tether-demo exited $rc:"
+    show "$out/demo.out"
+fi
+
+"$build/tether-demo" --no-such-option > "$out/demo.out" 2>&1
+rc=$?
+if [ $rc -eq 2 ]; then
+    ok "tether-demo rejects an unknown option with status 2"
+else
+    fail "tether-demo --no-such-option exited $rc"
+fi
+
+if [ $failures -ne 0 ]; then
+    echo "test-examples: $failures failed"
+    exit 1
+fi
+echo "test-examples: all passed"
