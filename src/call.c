@@ -45,9 +45,34 @@ struct tether_future {
 
 /* ---- pending table (conn lock held) --------------------------------------------- */
 
+/* Double the buckets once calls outnumber them; on allocation failure keep chaining. */
+static void
+pending_grow(tether_conn *c)
+{
+    uint32_t mask = c->pending_mask * 2 + 1;
+    tether__pending **table = tether__calloc((size_t)mask + 1, sizeof(*table));
+    if (!table) {
+        return;
+    }
+    for (uint32_t i = 0; i <= c->pending_mask; i++) {
+        while (c->pending[i]) {
+            tether__pending *p = c->pending[i];
+            c->pending[i] = p->next;
+            p->next = table[(uint32_t)p->id & mask];
+            table[(uint32_t)p->id & mask] = p;
+        }
+    }
+    tether__free(c->pending);
+    c->pending = table;
+    c->pending_mask = mask;
+}
+
 static void
 pending_insert(tether_conn *c, tether__pending *p)
 {
+    if (c->pending_count > c->pending_mask && c->pending_mask < 65535) {
+        pending_grow(c);
+    }
     uint32_t h = (uint32_t)p->id & c->pending_mask;
     p->next = c->pending[h];
     c->pending[h] = p;

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -58,10 +59,8 @@ tether__conn_new(tether__endpoint *ep, int fd, bool is_tcp, tether__conn_state s
     if (!c) {
         return -ENOMEM;
     }
-    c->pending_mask = 63;
-    while (c->pending_mask + 1 < ep->max_in_flight && c->pending_mask < 65535) {
-        c->pending_mask = c->pending_mask * 2 + 1;
-    }
+    /* Small to start with (an idle connection costs little); grows with use. */
+    c->pending_mask = 15;
     c->pending = tether__calloc(c->pending_mask + 1, sizeof(*c->pending));
     c->epfd = epoll_create1(EPOLL_CLOEXEC);
     c->wfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
@@ -298,6 +297,17 @@ tether__conn_send(tether_conn *c, tether__encode_fn encode, void *arg, bool flus
     return 0;
 }
 
+void
+tether__conn_drop_slow_reader(tether_conn *c)
+{
+    char reason[128];
+    snprintf(reason, sizeof(reason), "stopped reading: over %llu bytes queued for it",
+             (unsigned long long)c->ep->max_output_bytes);
+    tether__log(c->ep, TETHER_LOG_WARNING, "dropping %s (pid %lld): %s",
+                c->peer_name ? c->peer_name : "?", (long long)c->peer_pid, reason);
+    tether__conn_fail(c, -ECONNRESET, reason);
+}
+
 /* ---- input ----------------------------------------------------------------------- */
 
 static void
@@ -516,6 +526,49 @@ read_socket(tether_conn *c, size_t budget)
     return (ssize_t)total;
 }
 
+/*
+ * Idle connections keep no input buffer: whoever reads (the I/O thread or a caller
+ * holding the role) reads into a buffer of its own thread, and only a partial frame
+ * left at the end is copied into the connection's. Thousands of idle clients then cost
+ * no buffer memory, and busy ones no allocation per read.
+ */
+static _Thread_local tether__buf thread_scratch;
+
+static bool
+in_borrow_scratch(tether_conn *c)
+{
+    if (c->in.cap != 0) {
+        return false;
+    }
+    c->in = thread_scratch;
+    tether__buf_reset(&c->in);
+    thread_scratch = TETHER__BUF_INIT;
+    return true;
+}
+
+static void
+in_return_scratch(tether_conn *c, bool borrowed)
+{
+    if (!borrowed) {
+        if (tether__buf_pending(&c->in) == 0) {
+            tether__buf_done(&c->in);
+        }
+        return;
+    }
+    tether__buf scratch = c->in;
+    c->in = TETHER__BUF_INIT;
+    size_t rest = tether__buf_pending(&scratch);
+    if (rest > 0 && tether__buf_append(&c->in, tether__buf_head(&scratch), rest) < 0) {
+        tether__conn_fail(c, -ENOMEM, "out of memory");
+    }
+    if (scratch.cap > 4 * READ_BUDGET) {
+        tether__buf_done(&scratch); /* do not keep a buffer grown by one huge frame */
+    }
+    tether__buf_reset(&scratch);
+    tether__buf_done(&thread_scratch);
+    thread_scratch = scratch;
+}
+
 static void
 role_release_locked(tether_conn *c)
 {
@@ -621,14 +674,13 @@ on_poll(uv_poll_t *handle, int status, int events)
 
         drain_handoff(c);
         c->in_batch = true;
+        bool borrowed = in_borrow_scratch(c);
         ssize_t got = read_socket(c, READ_BUDGET);
         if (got > 0) {
             process_input(c, true);
         }
+        in_return_scratch(c, borrowed);
         c->in_batch = false;
-        if (tether__buf_pending(&c->in) == 0 && c->in.cap > 4 * READ_CHUNK) {
-            tether__buf_done(&c->in);
-        }
         pthread_mutex_lock(&c->lock);
         role_release_locked(c);
         pthread_mutex_unlock(&c->lock);
@@ -748,7 +800,9 @@ tether__conn_wait(tether_conn *c, tether__pending *p)
                 c->read_armed = false;
             }
             pthread_mutex_unlock(&c->lock);
+            bool borrowed = in_borrow_scratch(c);
             lead(c, p);
+            in_return_scratch(c, borrowed);
             pthread_mutex_lock(&c->lock);
             role_release_locked(c);
             continue;

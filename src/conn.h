@@ -160,6 +160,8 @@ void tether__conn_fail(tether_conn *conn, int status, const char *reason);
 /* Queue a frame that an encoder writes into out; see conn.c. */
 typedef int (*tether__encode_fn)(tether__buf *out, void *arg);
 int tether__conn_send(tether_conn *conn, tether__encode_fn encode, void *arg, bool flush_now);
+/* The peer lets our output pile up past max_output_bytes: close it, with a log line. */
+void tether__conn_drop_slow_reader(tether_conn *conn);
 int tether__conn_set_peer(tether_conn *conn, const tether__hello *hello);
 
 /* Hooks of the handshake, implemented by the host. */

@@ -96,6 +96,10 @@ send_response(tether_request *req, response_arg *a)
     } else {
         r = tether__conn_send(req->conn, encode_response, a, false);
     }
+    if (r == -ENOBUFS) {
+        tether__conn_drop_slow_reader(req->conn);
+        return 0;
+    }
     if (r == -EMSGSIZE && !a->is_error) {
         /* Tell the caller why instead of leaving it to time out. */
         response_arg err = {.id = req->id, .is_error = true, .type = "tether.MessageTooLarge",
@@ -541,8 +545,8 @@ tether__conn_send_progress(tether_conn *c)
         }
     }
     pthread_mutex_unlock(&c->lock);
-    if (a.n > 0) {
-        tether__conn_send(c, encode_progress, &a, true);
+    if (a.n > 0 && tether__conn_send(c, encode_progress, &a, true) == -ENOBUFS) {
+        tether__conn_drop_slow_reader(c);
     }
     if (a.ids != stack_ids) {
         tether__free(a.ids);

@@ -46,19 +46,19 @@ child_fail(int line, const char *what, const char *format, ...)
     _exit(CHILD_FAILED);
 }
 
-#define CHILD_CHECK(cond)                                                                      \
-    do {                                                                                       \
-        if (!(cond)) {                                                                         \
-            child_fail(__LINE__, #cond, NULL);                                                 \
-        }                                                                                      \
+#define CHILD_CHECK(cond)                                                                          \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            child_fail(__LINE__, #cond, NULL);                                                     \
+        }                                                                                          \
     } while (0)
 
-#define CHILD_OK(expr)                                                                         \
-    do {                                                                                       \
-        int child_ok_r_ = (expr);                                                              \
-        if (child_ok_r_ < 0) {                                                                 \
-            child_fail(__LINE__, #expr, "%d (%s)", child_ok_r_, tether_strerror(child_ok_r_)); \
-        }                                                                                      \
+#define CHILD_OK(expr)                                                                             \
+    do {                                                                                           \
+        int child_ok_r_ = (expr);                                                                  \
+        if (child_ok_r_ < 0) {                                                                     \
+            child_fail(__LINE__, #expr, "%d (%s)", child_ok_r_, tether_strerror(child_ok_r_));     \
+        }                                                                                          \
     } while (0)
 
 /*
@@ -239,8 +239,7 @@ wait_state(pid_t pid, bool stopped)
         pid_t r = waitpid(pid, &status, WNOHANG | (stopped ? WUNTRACED : WCONTINUED));
         cr_assert(r >= 0, "waitpid: %s", strerror(errno));
         if (r == pid) {
-            cr_assert(stopped ? WIFSTOPPED(status) : WIFCONTINUED(status), "status 0x%x",
-                      status);
+            cr_assert(stopped ? WIFSTOPPED(status) : WIFCONTINUED(status), "status 0x%x", status);
             return;
         }
         usleep(1000);
@@ -306,8 +305,10 @@ ident_handler(tether_request *req, void *userdata)
 static tether_client *
 child_client(const char *name, const char *address)
 {
-    tether_client_options o = {
-        .name = name, .address = address, .log = test_log, .log_level = TETHER_LOG_DEBUG};
+    tether_client_options o = {.name = name,
+                               .address = address,
+                               .log = test_log,
+                               .log_level = TETHER_LOG_DEBUG};
     tether_client *c = NULL;
     CHILD_OK(tether_client_new(&o, &c));
     return c;
@@ -424,8 +425,8 @@ host_caller_main(void *arg)
     host_caller *hc = arg;
     /* At least N_HOST_ROUNDS, and on until every client has made all its calls, so
      * that both directions are certainly busy at the same time. */
-    for (int round = 0;
-         (round < N_HOST_ROUNDS || !atomic_load(&clients_done)) && !hc->failure[0]; round++) {
+    for (int round = 0; (round < N_HOST_ROUNDS || !atomic_load(&clients_done)) && !hc->failure[0];
+         round++) {
         for (int i = 0; i < N_WORKERS; i++) {
             char name[32];
             snprintf(name, sizeof(name), "worker-%d", i);
@@ -446,9 +447,8 @@ host_caller_main(void *arg)
                 r = tether_value_read(v, NULL, "x", &got);
             }
             if (r < 0 || got != (int64_t)(i + 1) * 1000000 + arg_v) {
-                snprintf(hc->failure, sizeof(hc->failure), "ident on %s: %s %s (got %lld)",
-                         name, tether_strerror(r), err.message ? err.message : "",
-                         (long long)got);
+                snprintf(hc->failure, sizeof(hc->failure), "ident on %s: %s %s (got %lld)", name,
+                         tether_strerror(r), err.message ? err.message : "", (long long)got);
             }
             tether_error_done(&err);
             tether_value_unref(v);

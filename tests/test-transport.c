@@ -156,8 +156,7 @@ raw_tcp_connect(int port)
     cr_assert(fd >= 0);
     struct sockaddr_in in = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert(connect(fd, (struct sockaddr *)&in, sizeof(in)) == 0, "connect: %s",
-              strerror(errno));
+    cr_assert(connect(fd, (struct sockaddr *)&in, sizeof(in)) == 0, "connect: %s", strerror(errno));
     return fd;
 }
 
@@ -248,8 +247,7 @@ Test(tcp, listens_on_loopback_with_a_private_token_file)
     uint32_t addrs[8];
     int n = tcp_listeners_on(port, addrs, 8);
     cr_assert_eq(n, 1, "%d listeners on port %d", n, port);
-    cr_assert_eq(addrs[0], htonl(INADDR_LOOPBACK), "listening on %08x, not 127.0.0.1",
-                 addrs[0]);
+    cr_assert_eq(addrs[0], htonl(INADDR_LOOPBACK), "listening on %08x, not 127.0.0.1", addrs[0]);
 
     const char *token_path = tether_host_get_token_path(h);
     cr_assert(token_path != NULL);
@@ -337,15 +335,18 @@ Test(tcp, token_from_the_environment)
 
     /* $TETHER_TOKEN is preferred over the token file. */
     cr_assert(setenv("TETHER_TOKEN", "not-the-token", 1) == 0);
-    tether_client_options o2 = {
-        .name = "badenv", .address = address, .runtime_dir = test_runtime_dir()};
+    tether_client_options o2 = {.name = "badenv",
+                                .address = address,
+                                .runtime_dir = test_runtime_dir()};
     c = client_with(&o2);
     ASSERT_ERR(tether_client_connect(c, &err), TETHER_EACCES);
     tether_error_done(&err);
     tether_client_unref(c);
 
     /* And the token option over $TETHER_TOKEN. */
-    tether_client_options o3 = {.name = "opt", .address = address, .token = token,
+    tether_client_options o3 = {.name = "opt",
+                                .address = address,
+                                .token = token,
                                 .runtime_dir = empty};
     c = client_with(&o3);
     ASSERT_OK(tether_client_connect(c, NULL));
@@ -445,8 +446,10 @@ Test(tcp, no_tcp_listener_without_the_option)
 
 Test(tcp, remote_bind_needs_allow_remote)
 {
-    tether_host_options o = {
-        .name = "remote", .tcp = true, .tcp_port = TETHER_PORT_EPHEMERAL, .tcp_bind = "0.0.0.0"};
+    tether_host_options o = {.name = "remote",
+                             .tcp = true,
+                             .tcp_port = TETHER_PORT_EPHEMERAL,
+                             .tcp_bind = "0.0.0.0"};
     tether_host *h = test_host_new(&o);
     ASSERT_ERR(tether_host_start(h), TETHER_EINVAL);
     /* A host that failed to start serves nothing, on any transport. */
@@ -483,11 +486,23 @@ Test(tcp, failed_start_leaves_nothing_listening)
     tether_host *other = test_host_new(&(tether_host_options){.name = "halfway"});
     int r2 = tether_host_start(other);
     tether_host_unref(other);
-    tether_host_unref(h);
     close(busy);
+    /* With the port free again, the same host may try again. */
+    ASSERT_OK(tether_host_add_service(h, "add", TETHER_CONTEXT_IO, add_handler, NULL));
+    int r3 = tether_host_start(h);
+    if (r3 == 0) {
+        cr_assert_eq(tether_host_get_tcp_port(h), ntohs(in.sin_port));
+        char *address = tcp_address(h);
+        tether_client *tc = test_client_connect("retry", address);
+        assert_calls(tc);
+        tether_client_unref(tc);
+        free(address);
+    }
+    tether_host_unref(h);
     cr_assert(r == TETHER_ECONNREFUSED || r == -ENOENT,
               "a client of a host that failed to start got %d (%s)", r, tether_strerror(r));
     cr_assert(r2 == 0, "another host cannot take the name: %d (%s)", r2, tether_strerror(r2));
+    cr_assert(r3 == 0, "a second start after a failed one: %d (%s)", r3, tether_strerror(r3));
 }
 
 /* ---- Unix sockets and addresses -------------------------------------------------------- */
@@ -607,8 +622,9 @@ Test(unix_socket, resolve_address)
 Test(unix_socket, unparsable_addresses)
 {
     static const char *const bad[] = {
-        "bogus:", "tcp:nohost", "tcp:127.0.0.1:99999", "../x", "tcp:127.0.0.1:", "tcp::80",
-        "tcp:127.0.0.1:-1", "tcp:127.0.0.1:80x", "unix:", "a/b", ".hidden",
+        "bogus:",  "tcp:nohost",       "tcp:127.0.0.1:99999", "../x",  "tcp:127.0.0.1:",
+        "tcp::80", "tcp:127.0.0.1:-1", "tcp:127.0.0.1:80x",   "unix:", "a/b",
+        ".hidden",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char *got = NULL;
@@ -620,8 +636,7 @@ Test(unix_socket, unparsable_addresses)
         tether_client *c = test_client_new("bad", bad[i]);
         tether_error err = TETHER_ERROR_INIT;
         r = tether_client_connect(c, &err);
-        cr_assert_eq(r, TETHER_EINVAL, "connect '%s' gave %d (%s)", bad[i], r,
-                     tether_strerror(r));
+        cr_assert_eq(r, TETHER_EINVAL, "connect '%s' gave %d (%s)", bad[i], r, tether_strerror(r));
         cr_assert(err.message && strstr(err.message, bad[i]), "message for '%s': %s", bad[i],
                   err.message ? err.message : "(none)");
         tether_error_done(&err);
@@ -766,7 +781,9 @@ assert_open_dir_refused(mode_t mode)
 {
     char *dir = private_temp_dir();
     cr_assert(chmod(dir, mode) == 0);
-    tether_host_options o = {.name = "exposed", .runtime_dir = dir, .log = test_log,
+    tether_host_options o = {.name = "exposed",
+                             .runtime_dir = dir,
+                             .log = test_log,
                              .log_level = TETHER_LOG_DEBUG};
     tether_host *h = NULL;
     ASSERT_OK(tether_host_new(&o, &h));
@@ -791,13 +808,40 @@ Test(runtime_dir, open_to_others_is_refused)
     assert_open_dir_refused(0701);
 }
 
+Test(runtime_dir, start_can_be_retried_once_the_dir_is_fixed)
+{
+    char *dir = private_temp_dir();
+    cr_assert(chmod(dir, 0755) == 0);
+    tether_host_options o = {.name = "retry",
+                             .runtime_dir = dir,
+                             .log = test_log,
+                             .log_level = TETHER_LOG_DEBUG};
+    tether_host *h = NULL;
+    ASSERT_OK(tether_host_new(&o, &h));
+    ASSERT_OK(tether_host_add_service(h, "add", TETHER_CONTEXT_IO, add_handler, NULL));
+    ASSERT_ERR(tether_host_start(h), TETHER_EPERM);
+    cr_assert(chmod(dir, 0700) == 0);
+    ASSERT_OK(tether_host_start(h));
+    ASSERT_ERR(tether_host_start(h), TETHER_EALREADY);
+    tether_client_options co = {.name = "c", .address = "retry", .runtime_dir = dir};
+    tether_client *c = client_with(&co);
+    ASSERT_OK(tether_client_connect(c, NULL));
+    assert_calls(c);
+    tether_client_unref(c);
+    tether_host_unref(h);
+    rmdir(dir);
+    free(dir);
+}
+
 Test(runtime_dir, missing_one_is_created_private)
 {
     char *parent = private_temp_dir();
     char *dir = NULL;
     cr_assert(asprintf(&dir, "%s/rt", parent) > 0);
     mode_t old = umask(0);
-    tether_host_options o = {.name = "fresh", .runtime_dir = dir, .log = test_log,
+    tether_host_options o = {.name = "fresh",
+                             .runtime_dir = dir,
+                             .log = test_log,
                              .log_level = TETHER_LOG_DEBUG};
     tether_host *h = NULL;
     ASSERT_OK(tether_host_new(&o, &h));

@@ -13,8 +13,8 @@
  * the test self-contained; it still talks to the host through the socket, and the
  * library cannot tell it from a client in another process.
  *
- * Handlers run in TETHER_CONTEXT_IO, on the library's I/O thread, so they only
- * compute, print and reply; nothing here blocks in a handler.
+ * Handlers run in TETHER_CONTEXT_IO, on the library's I/O thread, so they only compute,
+ * print a line and reply: a handler that blocked would stall every connection.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
