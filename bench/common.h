@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -234,6 +235,73 @@ bench_ignore_sigpipe(void)
 {
     struct sigaction sa = {.sa_handler = SIG_IGN};
     sigaction(SIGPIPE, &sa, NULL);
+}
+
+/* Raise the soft limit on open files to the hard limit; returns the new soft limit. */
+static inline long
+bench_raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0) {
+        return -1;
+    }
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    return rl.rlim_cur == RLIM_INFINITY ? 1L << 20 : (long)rl.rlim_cur;
+}
+
+/*
+ * The calling process's resident memory in KiB: Rss and Pss from
+ * /proc/self/smaps_rollup, or VmRSS from /proc/self/status (Pss then equals Rss) on
+ * kernels without it. Kernel memory (socket buffers, epoll instances) is not included.
+ */
+typedef struct bench_mem {
+    long rss_kib;
+    long pss_kib;
+} bench_mem;
+
+static inline bench_mem
+bench_read_mem(void)
+{
+    bench_mem m = {-1, -1};
+    char line[256];
+    FILE *f = fopen("/proc/self/smaps_rollup", "r");
+    if (f) {
+        while (fgets(line, sizeof(line), f)) {
+            long v;
+            if (sscanf(line, "Rss: %ld kB", &v) == 1) {
+                m.rss_kib = v;
+            } else if (sscanf(line, "Pss: %ld kB", &v) == 1) {
+                m.pss_kib = v;
+            }
+        }
+        fclose(f);
+    }
+    if (m.rss_kib < 0 && (f = fopen("/proc/self/status", "r"))) {
+        while (fgets(line, sizeof(line), f)) {
+            long v;
+            if (sscanf(line, "VmRSS: %ld kB", &v) == 1) {
+                m.rss_kib = v;
+            }
+        }
+        fclose(f);
+    }
+    if (m.pss_kib < 0) {
+        m.pss_kib = m.rss_kib;
+    }
+    return m;
+}
+
+/* Sleep for ms milliseconds, resuming after signals. */
+static inline void
+bench_sleep_ms(long ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
 }
 
 #endif

@@ -297,6 +297,12 @@ typedef struct tether_call_options {
     uint64_t timeout_usec;
     /* Absolute CLOCK_MONOTONIC bound on the whole call; 0: none. */
     uint64_t deadline_usec;
+    /*
+     * On a client's connection while it is reconnecting to its host: wait (up to the
+     * timeout) for the host to be back instead of failing at once with
+     * TETHER_ENOTCONN.
+     */
+    bool wait_for_connection;
 } tether_call_options;
 
 /*
@@ -414,6 +420,15 @@ TETHER_EXPORT int tether_conn_close(tether_conn *conn);
 
 typedef struct tether_host tether_host;
 
+/* Events of tether_host_options.on_client. */
+enum {
+    TETHER_CLIENT_CONNECTED = 1, /* finished its handshake */
+    TETHER_CLIENT_LEFT = 2,      /* its connection closed, for whatever reason */
+};
+
+/* Called on the host's main thread (inside its dispatch); conn is borrowed. */
+typedef void (*tether_client_event_fn)(void *userdata, tether_conn *conn, int event);
+
 /* Default loopback TCP port when TCP is enabled without a port. */
 #define TETHER_DEFAULT_TCP_PORT 18861
 /* tcp_port value asking the system for a free port (read it with tether_host_get_tcp_port). */
@@ -445,6 +460,10 @@ typedef struct tether_host_options {
     uint64_t max_output_bytes;      /* bytes queued to one slow reader (64 MiB) */
     /* Default silence timeout of calls made to clients (30 s). */
     uint64_t default_timeout_usec;
+
+    /* Told when clients arrive and leave, on the main thread; NULL: not told. */
+    tether_client_event_fn on_client;
+    void *on_client_userdata;
 
     /* Diagnostics; NULL: none. */
     tether_log_fn log;
@@ -513,6 +532,42 @@ TETHER_EXPORT int tether_host_adopt_fd(tether_host *host, int fd);
 /* Number of connected clients. Thread: any. */
 TETHER_EXPORT int tether_host_get_client_count(const tether_host *host);
 
+/* One connected client, as tether_host_list_clients describes it. */
+typedef struct tether_client_info {
+    tether_conn *conn;            /* a reference, released by tether_client_infos_free */
+    const char *name;             /* as in its hello */
+    int64_t pid;
+    const char *language;         /* "c", "python" */
+    const char *language_version; /* "3.11.2" */
+    int64_t connected_unix_usec;  /* wall clock (CLOCK_REALTIME) of its handshake */
+    uint32_t calls_in_flight;     /* its calls running here plus ours waiting on it */
+    uint64_t calls_in, calls_out; /* requests and notifications received, sent */
+    uint64_t bytes_in, bytes_out;
+} tether_client_info;
+
+/*
+ * A snapshot of the connected clients, oldest first, in a newly allocated array of
+ * *ret_count entries (strings live with the array). Free with tether_client_infos_free.
+ * Returns 0 or TETHER_ENOMEM. Thread: any.
+ */
+TETHER_EXPORT int tether_host_list_clients(tether_host *host, tether_client_info **ret_infos,
+                                           size_t *ret_count);
+TETHER_EXPORT void tether_client_infos_free(tether_client_info *infos, size_t count);
+
+/*
+ * Reset a client: tell it to disconnect and reconnect (its services and state stay),
+ * and close its connection. Returns 0, TETHER_ENOENT (not a client of this host, or
+ * gone). Thread: any.
+ */
+TETHER_EXPORT int tether_host_reset_client(tether_host *host, tether_conn *client);
+
+/*
+ * Disconnect a client: tell it to disconnect and not come back (by default it shuts
+ * down, see tether_client_options.on_disconnect), and close its connection.
+ * Returns 0 or TETHER_ENOENT. Thread: any.
+ */
+TETHER_EXPORT int tether_host_disconnect_client(tether_host *host, tether_conn *client);
+
 /* ---------------------------------------------------------------------------------
  * Main-thread integration (hosts and clients alike)
  *
@@ -555,6 +610,10 @@ TETHER_EXPORT int tether_host_wait(tether_host *host, uint64_t timeout_usec);
 
 typedef struct tether_client tether_client;
 
+/* Called on the client's main thread (inside its dispatch) when the host disconnected
+ * it; reason is borrowed. */
+typedef void (*tether_client_disconnect_fn)(void *userdata, const char *reason);
+
 typedef struct tether_client_options {
     /* The name the host lists this client under. NULL: the program's name. */
     const char *name;
@@ -581,6 +640,23 @@ typedef struct tether_client_options {
     uint64_t connect_timeout_usec;   /* connect + handshake (5 s) */
     uint64_t default_timeout_usec;   /* silence timeout of calls (30 s) */
     uint64_t max_output_bytes;       /* (64 MiB) */
+
+    /*
+     * Once connected, a client whose connection is lost (the host restarted, or reset
+     * it) reconnects by itself, with a backoff from 50 ms doubling up to 5 s; its
+     * services stay registered and calls on its connection go to the new one. Set
+     * no_reconnect to stay disconnected instead.
+     */
+    bool no_reconnect;
+    /*
+     * What to do when the host disconnects this client (the troubleshooting view's
+     * Disconnect): NULL means shut down, by sending SIGTERM to this process, which
+     * terminates it unless the application handles that signal; otherwise
+     * on_disconnect runs on the client's main thread at its next dispatch. Either way
+     * the client does not reconnect.
+     */
+    tether_client_disconnect_fn on_disconnect;
+    void *on_disconnect_userdata;
 
     tether_log_fn log;
     void *log_userdata;
@@ -609,13 +685,21 @@ TETHER_EXPORT int tether_client_add_service(tether_client *client, const char *n
  */
 TETHER_EXPORT int tether_client_connect(tether_client *client, tether_error *reterr);
 
-/* The connection to the host, borrowed (valid as long as the client). Thread: any. */
+/*
+ * The current connection to the host, borrowed: valid as long as the client, including
+ * after a reconnect replaced it (calls made on a replaced connection go to the current
+ * one). NULL before the first connect. Thread: any.
+ */
 TETHER_EXPORT tether_conn *tether_client_get_conn(tether_client *client);
+
+/* 1 while connected to the host, 0 while disconnected or reconnecting. Thread: any. */
+TETHER_EXPORT int tether_client_is_connected(const tether_client *client);
 
 /* The host's name from its welcome, borrowed; NULL before connecting. Thread: any. */
 TETHER_EXPORT const char *tether_client_get_host_name(const tether_client *client);
 
-/* Close the connection; pending calls fail with TETHER_ECANCELED. Thread: any. */
+/* Close the connection, without reconnecting; pending calls fail with
+ * TETHER_ECANCELED. tether_client_connect may connect it again. Thread: any. */
 TETHER_EXPORT int tether_client_close(tether_client *client);
 
 /* As tether_host_get_fd, tether_host_dispatch and tether_host_wait, for a client whose

@@ -341,8 +341,14 @@ tether__send_cancel(tether_conn *c, uint64_t id)
     return tether__conn_send(c, encode_cancel, &id, false);
 }
 
+/*
+ * The connection a call goes out on, as a new reference: c itself while it is open;
+ * for a client's connection that was replaced by a reconnect, the client's current
+ * one, waiting for it if the caller asked to.
+ */
 static int
-check_conn(tether_conn *c, const char *method)
+acquire_conn(tether_conn *c, const char *method, const tether_call_options *opts,
+             tether_conn **ret)
 {
     if (!c || !method || !*method) {
         return -EINVAL;
@@ -350,10 +356,23 @@ check_conn(tether_conn *c, const char *method)
     if (c->fork_generation != tether__fork_generation()) {
         return -ECHILD;
     }
-    if (atomic_load(&c->state) != TETHER__CONN_OPEN) {
+    if (atomic_load(&c->state) == TETHER__CONN_OPEN) {
+        *ret = tether_conn_ref(c);
+        return 0;
+    }
+    if (!c->ep->hooks.current_conn) {
         return -ENOTCONN;
     }
-    return 0;
+    uint64_t deadline = 0;
+    if (opts && opts->wait_for_connection) {
+        uint64_t timeout = opts->timeout_usec ? opts->timeout_usec : c->ep->default_timeout_usec;
+        deadline = timeout == UINT64_MAX ? UINT64_MAX : tether_now_usec() + timeout;
+        if (opts->deadline_usec && opts->deadline_usec < deadline) {
+            deadline = opts->deadline_usec;
+        }
+    }
+    *ret = c->ep->hooks.current_conn(c->ep, deadline);
+    return *ret ? 0 : -ENOTCONN;
 }
 
 static void
@@ -452,10 +471,12 @@ call_sync(tether_conn *c, const char *method, request_arg *a, const tether_call_
     if (ret_result) {
         *ret_result = NULL;
     }
-    int r = check_conn(c, method);
-    if (r == 0 && tether__ioloop_in_thread(c->loop)) {
-        r = -EDEADLK; /* the I/O thread would wait for itself */
+    if (c && tether__ioloop_in_thread(c->loop)) {
+        fill_local_error(reterr, -EDEADLK, method); /* the I/O thread would wait for itself */
+        return -EDEADLK;
     }
+    tether_conn *given = c;
+    int r = acquire_conn(given, method, opts, &c);
     if (r < 0) {
         fill_local_error(reterr, r, method);
         return r;
@@ -468,12 +489,12 @@ call_sync(tether_conn *c, const char *method, request_arg *a, const tether_call_
     r = tether__waiter_push(&waiter, a->chain);
     if (r < 0) {
         fill_local_error(reterr, r, method);
+        tether_conn_unref(c);
         return r;
     }
     p.efd = waiter.efd;
     p.waiter = &waiter;
     pending_init(c, &p, opts);
-    tether_conn_ref(c);
     r = start_call(c, &p, a, true);
     if (r < 0) {
         fill_local_error(reterr, r, method);
@@ -586,16 +607,18 @@ call_async(tether_conn *c, const char *method, request_arg *a, const tether_call
         return -EINVAL;
     }
     *ret_future = NULL;
-    int r = check_conn(c, method);
+    tether_conn *given = c;
+    int r = acquire_conn(given, method, opts, &c);
     if (r < 0) {
         return r;
     }
     tether_future *f = future_new();
     if (!f) {
+        tether_conn_unref(c);
         return -ENOMEM;
     }
     pending_init(c, &f->pending, opts);
-    f->conn = tether_conn_ref(c);
+    f->conn = c; /* the reference from acquire_conn */
     f->callback_ep = tether__endpoint_ref(c->ep);
     f->callback_queue = c->ep->mainq;
     tether_future_ref(f); /* the pending table's reference */
@@ -637,15 +660,18 @@ tether_conn_call_async_values(tether_conn *c, const char *method, tether_value *
 }
 
 static int
-notify(tether_conn *c, const char *method, request_arg *a)
+notify(tether_conn *given, const char *method, request_arg *a)
 {
-    int r = check_conn(c, method);
+    tether_conn *c;
+    int r = acquire_conn(given, method, NULL, &c);
     if (r < 0) {
         return r;
     }
     a->notify = true;
     a->chain = tether__current_chain() ? tether__current_chain() : tether__chain_new();
-    return tether__conn_send(c, encode_request, a, false);
+    r = tether__conn_send(c, encode_request, a, false);
+    tether_conn_unref(c);
+    return r;
 }
 
 int

@@ -7,6 +7,8 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <signal.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,18 +27,207 @@ struct tether_client {
     char *address, *token, *runtime_dir, *language, *language_version;
     int fd;
     uint64_t connect_timeout_usec;
+    bool auto_reconnect;
+    tether_client_disconnect_fn on_disconnect;
+    void *on_disconnect_userdata;
+
     pthread_mutex_t lock;
-    tether_conn *conn; /* guarded by lock */
-    char *host_name;
-    bool connecting;   /* guarded by lock */
+    pthread_cond_t changed;  /* a connection came or an attempt ended; CLOCK_MONOTONIC */
+    tether_conn *conn;       /* guarded by lock: the current connection */
+    tether_conn *retired;    /* guarded by lock: earlier ones, kept for borrowed pointers */
+    char *host_name;         /* guarded by lock */
+    bool connecting;         /* guarded by lock */
+    bool closing;            /* guarded by lock: the application closed or released it */
+    bool shut_down;          /* guarded by lock: the host said disconnect */
+    bool reset_pending;      /* guarded by lock: reconnect at once */
+    bool attempt_running;    /* guarded by lock */
+    bool ever_connected;     /* guarded by lock */
+
+    /* I/O thread only. */
+    uv_timer_t reconnect_timer;
+    uv_work_t reconnect_work;
+    int attempt_result;
+    uint64_t backoff_usec;
 };
+
+#define BACKOFF_FIRST_USEC 50000ull
+#define BACKOFF_MAX_USEC 5000000ull
+
+static int connect_once(tether_client *cl, tether_error *reterr);
+static void init_timer(void *arg);
+
+/* ---- reconnecting (I/O thread) ------------------------------------------------------ */
+
+static void attempt_work(uv_work_t *w);
+static void attempt_after(uv_work_t *w, int status);
+
+static void
+on_reconnect_timer(uv_timer_t *t)
+{
+    tether_client *cl = t->data;
+    pthread_mutex_lock(&cl->lock);
+    bool go = !cl->closing && !cl->shut_down && !cl->attempt_running;
+    if (go) {
+        cl->attempt_running = true;
+    }
+    pthread_mutex_unlock(&cl->lock);
+    if (go) {
+        cl->reconnect_work.data = cl;
+        uv_queue_work(tether__ioloop_uv(cl->ep->loop), &cl->reconnect_work, attempt_work,
+                      attempt_after);
+    }
+}
+
+static void
+schedule_reconnect(tether_client *cl, uint64_t delay_usec)
+{
+    uv_timer_start(&cl->reconnect_timer, on_reconnect_timer, (delay_usec + 999) / 1000, 0);
+}
+
+/* On a pool thread: connecting blocks (up to connect_timeout_usec). */
+static void
+attempt_work(uv_work_t *w)
+{
+    tether_client *cl = w->data;
+    cl->attempt_result = connect_once(cl, NULL);
+}
+
+static void
+attempt_after(uv_work_t *w, int status)
+{
+    (void)status;
+    tether_client *cl = w->data;
+    pthread_mutex_lock(&cl->lock);
+    cl->attempt_running = false;
+    bool again = cl->attempt_result < 0 && !cl->closing && !cl->shut_down;
+    pthread_cond_broadcast(&cl->changed);
+    pthread_mutex_unlock(&cl->lock);
+    if (cl->attempt_result == 0) {
+        cl->backoff_usec = 0;
+        tether__log(cl->ep, TETHER_LOG_INFO, "reconnected to the host");
+    } else if (again) {
+        cl->backoff_usec = cl->backoff_usec ? cl->backoff_usec * 2 : BACKOFF_FIRST_USEC;
+        if (cl->backoff_usec > BACKOFF_MAX_USEC) {
+            cl->backoff_usec = BACKOFF_MAX_USEC;
+        }
+        tether__log(cl->ep, TETHER_LOG_DEBUG, "reconnect failed (%s); next try in %llu ms",
+                    tether_strerror(cl->attempt_result),
+                    (unsigned long long)(cl->backoff_usec / 1000));
+        schedule_reconnect(cl, cl->backoff_usec);
+    }
+}
+
+static void
+hook_conn_closed(tether__endpoint *ep, tether_conn *c)
+{
+    tether_client *cl = ep->owner;
+    if (!cl) {
+        return;
+    }
+    pthread_mutex_lock(&cl->lock);
+    bool current = cl->conn == c;
+    bool reconnect = current && cl->auto_reconnect && !cl->closing && !cl->shut_down;
+    bool now = cl->reset_pending;
+    cl->reset_pending = false;
+    pthread_mutex_unlock(&cl->lock);
+    if (reconnect) {
+        uint64_t delay = now ? 0 : (cl->backoff_usec ? cl->backoff_usec : BACKOFF_FIRST_USEC);
+        tether__log(ep, TETHER_LOG_INFO, "lost the host; reconnecting in %llu ms",
+                    (unsigned long long)(delay / 1000));
+        schedule_reconnect(cl, delay);
+    }
+}
+
+typedef struct disconnect_work {
+    tether__work work;
+    tether_client_disconnect_fn fn;
+    void *userdata;
+    char reason[256];
+} disconnect_work;
+
+static void
+run_disconnect_work(tether__work *w)
+{
+    disconnect_work *dw = (disconnect_work *)w;
+    dw->fn(dw->userdata, dw->reason);
+    tether__free(dw);
+}
+
+static void
+discard_disconnect_work(tether__work *w)
+{
+    tether__free(w);
+}
 
 static void
 hook_control(tether__endpoint *ep, tether_conn *c, const char *action, const char *reason)
 {
-    /* Reset and disconnect both end this connection; reconnecting comes with issue #3. */
-    tether__log(ep, TETHER_LOG_NOTICE, "the host asked to %s: %s", action, reason);
-    tether__conn_fail(c, -ECONNRESET, "the host asked the client to disconnect");
+    tether_client *cl = ep->owner;
+    if (!cl) {
+        return;
+    }
+    bool reset = strcmp(action, "reset") == 0;
+    bool disconnect = strcmp(action, "disconnect") == 0;
+    if (!reset && !disconnect) {
+        tether__log(ep, TETHER_LOG_NOTICE, "ignored unknown control '%s' from the host", action);
+        return;
+    }
+    tether__log(ep, TETHER_LOG_NOTICE, "the host asked to %s%s%s", action, *reason ? ": " : "",
+                reason);
+    pthread_mutex_lock(&cl->lock);
+    if (reset) {
+        cl->reset_pending = true;
+    } else {
+        cl->shut_down = true;
+    }
+    pthread_mutex_unlock(&cl->lock);
+    tether__conn_fail(c, -ECONNRESET, reset ? "reset by the host" : "disconnected by the host");
+    if (!disconnect) {
+        return;
+    }
+    if (cl->on_disconnect) {
+        disconnect_work *dw = tether__calloc(1, sizeof(*dw));
+        if (dw) {
+            dw->work.run = run_disconnect_work;
+            dw->work.discard = discard_disconnect_work;
+            dw->fn = cl->on_disconnect;
+            dw->userdata = cl->on_disconnect_userdata;
+            snprintf(dw->reason, sizeof(dw->reason), "%s", reason);
+            tether__mainq_push(ep->mainq, NULL, &dw->work);
+        }
+    } else {
+        /* The default: the script was told to go away, as a terminal would tell it. */
+        kill(getpid(), SIGTERM);
+    }
+}
+
+/* A call on an old connection of this client goes to the current one. */
+static tether_conn *
+hook_current_conn(tether__endpoint *ep, uint64_t wait_deadline_usec)
+{
+    pthread_rwlock_rdlock(&ep->owner_lock);
+    tether_client *cl = ep->owner;
+    tether_conn *c = NULL;
+    if (cl) {
+        pthread_mutex_lock(&cl->lock);
+        for (;;) {
+            if (cl->conn && tether_conn_is_connected(cl->conn)) {
+                c = tether_conn_ref(cl->conn);
+                break;
+            }
+            if (cl->closing || cl->shut_down || !cl->ever_connected ||
+                tether_now_usec() >= wait_deadline_usec) {
+                break;
+            }
+            uint64_t until = wait_deadline_usec;
+            struct timespec ts = {.tv_sec = (time_t)(until / 1000000),
+                                  .tv_nsec = (long)(until % 1000000) * 1000};
+            pthread_cond_timedwait(&cl->changed, &cl->lock, &ts);
+        }
+        pthread_mutex_unlock(&cl->lock);
+    }
+    pthread_rwlock_unlock(&ep->owner_lock);
+    return c;
 }
 
 static char *
@@ -75,8 +266,19 @@ tether_client_new(const tether_client_options *opts, tether_client **ret_client)
     }
     atomic_init(&cl->refs, 1);
     pthread_mutex_init(&cl->lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&cl->changed, &attr);
+    pthread_condattr_destroy(&attr);
     cl->ep->owner = cl;
     cl->ep->hooks.control = hook_control;
+    cl->ep->hooks.conn_closed = hook_conn_closed;
+    cl->ep->hooks.current_conn = hook_current_conn;
+    cl->auto_reconnect = !opts->no_reconnect;
+    cl->on_disconnect = opts->on_disconnect;
+    cl->on_disconnect_userdata = opts->on_disconnect_userdata;
+    tether__ioloop_run_sync(cl->ep->loop, init_timer, cl);
     if (opts->max_frame_size) {
         cl->ep->max_frame_size = opts->max_frame_size;
     }
@@ -123,10 +325,24 @@ tether_client_ref(tether_client *cl)
 }
 
 static void
-detach_owner(void *arg)
+init_timer(void *arg)
 {
-    tether__endpoint *ep = arg;
-    ep->owner = NULL;
+    tether_client *cl = arg;
+    uv_timer_init(tether__ioloop_uv(cl->ep->loop), &cl->reconnect_timer);
+    cl->reconnect_timer.data = cl;
+}
+
+static void
+stop_timer(void *arg)
+{
+    tether_client *cl = arg;
+    uv_close((uv_handle_t *)&cl->reconnect_timer, NULL);
+}
+
+static void
+barrier(void *arg)
+{
+    (void)arg;
 }
 
 tether_client *
@@ -135,9 +351,24 @@ tether_client_unref(tether_client *cl)
     if (!cl || atomic_fetch_sub_explicit(&cl->refs, 1, memory_order_acq_rel) != 1) {
         return NULL;
     }
+    pthread_mutex_lock(&cl->lock);
+    cl->closing = true;
+    while (cl->attempt_running) {
+        pthread_cond_wait(&cl->changed, &cl->lock);
+    }
+    pthread_mutex_unlock(&cl->lock);
     tether_client_close(cl);
-    tether__ioloop_run_sync(cl->ep->loop, detach_owner, cl->ep);
+    tether__ioloop_run_sync(cl->ep->loop, stop_timer, cl);
+    tether__ioloop_run_sync(cl->ep->loop, barrier, NULL);
+    pthread_rwlock_wrlock(&cl->ep->owner_lock);
+    cl->ep->owner = NULL;
+    pthread_rwlock_unlock(&cl->ep->owner_lock);
     tether__mainq_discard_all(cl->ep->mainq);
+    while (cl->retired) {
+        tether_conn *old = cl->retired;
+        cl->retired = old->owner_next;
+        tether_conn_unref(old);
+    }
     tether_conn_unref(cl->conn);
     if (cl->fd >= 0) {
         close(cl->fd);
@@ -149,6 +380,7 @@ tether_client_unref(tether_client *cl)
     tether__free(cl->language_version);
     tether__free(cl->host_name);
     pthread_mutex_destroy(&cl->lock);
+    pthread_cond_destroy(&cl->changed);
     tether__endpoint *ep = cl->ep;
     tether__free(cl);
     tether__endpoint_unref(ep);
@@ -312,21 +544,10 @@ handshake(tether_client *cl, int fd, bool is_tcp, int port, tether__buf *in,
     return 0;
 }
 
-int
-tether_client_connect(tether_client *cl, tether_error *reterr)
+/* One attempt: resolve, connect, handshake, and make the result the current conn. */
+static int
+connect_once(tether_client *cl, tether_error *reterr)
 {
-    if (!cl) {
-        return -EINVAL;
-    }
-    pthread_mutex_lock(&cl->lock);
-    bool busy = cl->connecting || (cl->conn && tether_conn_is_connected(cl->conn));
-    if (!busy) {
-        cl->connecting = true;
-    }
-    pthread_mutex_unlock(&cl->lock);
-    if (busy) {
-        return -EALREADY;
-    }
     int fd = -1;
     bool is_tcp = false;
     int port = 0;
@@ -385,13 +606,19 @@ tether_client_connect(tether_client *cl, tether_error *reterr)
         char *host_name = tether__strdup(welcome.name ? welcome.name : "");
         pthread_mutex_lock(&cl->lock);
         tether_conn *old = cl->conn;
+        if (old) {
+            /* Applications may hold it borrowed: keep it until the client goes. */
+            old->owner_next = cl->retired;
+            cl->retired = old;
+        }
         cl->conn = c;
         tether__free(cl->host_name);
         cl->host_name = host_name;
+        cl->ever_connected = true;
+        pthread_cond_broadcast(&cl->changed);
         pthread_mutex_unlock(&cl->lock);
-        tether_conn_unref(old);
         tether__conn_attach(c);
-        tether__log(cl->ep, TETHER_LOG_INFO, "connected to host '%s'", cl->host_name);
+        tether__log(cl->ep, TETHER_LOG_INFO, "connected to host '%s'", host_name ? host_name : "");
     } else {
         tether_conn_unref(c);
     }
@@ -401,6 +628,27 @@ tether_client_connect(tether_client *cl, tether_error *reterr)
         close(fd);
     }
 out:
+    return r;
+}
+
+int
+tether_client_connect(tether_client *cl, tether_error *reterr)
+{
+    if (!cl) {
+        return -EINVAL;
+    }
+    pthread_mutex_lock(&cl->lock);
+    bool busy = cl->connecting || cl->attempt_running ||
+                (cl->conn && tether_conn_is_connected(cl->conn));
+    if (!busy) {
+        cl->connecting = true;
+        cl->shut_down = false;
+    }
+    pthread_mutex_unlock(&cl->lock);
+    if (busy) {
+        return -EALREADY;
+    }
+    int r = connect_once(cl, reterr);
     pthread_mutex_lock(&cl->lock);
     cl->connecting = false;
     pthread_mutex_unlock(&cl->lock);
@@ -449,6 +697,24 @@ tether_client_close(tether_client *cl)
     if (!cl) {
         return -EINVAL;
     }
-    tether_conn *c = tether_client_get_conn(cl);
-    return c ? tether_conn_close(c) : -EALREADY;
+    pthread_mutex_lock(&cl->lock);
+    /* Closed on purpose: no reconnecting until tether_client_connect again. */
+    cl->shut_down = true;
+    tether_conn *c = cl->conn ? tether_conn_ref(cl->conn) : NULL;
+    pthread_mutex_unlock(&cl->lock);
+    int r = c ? tether_conn_close(c) : -EALREADY;
+    tether_conn_unref(c);
+    return r;
+}
+
+int
+tether_client_is_connected(const tether_client *cl)
+{
+    if (!cl) {
+        return 0;
+    }
+    pthread_mutex_lock(&((tether_client *)cl)->lock);
+    int r = cl->conn && tether_conn_is_connected(cl->conn);
+    pthread_mutex_unlock(&((tether_client *)cl)->lock);
+    return r;
 }

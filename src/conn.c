@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -122,6 +123,9 @@ tether__conn_set_peer(tether_conn *c, const tether__hello *hello)
     c->peer_language_version =
         tether__strdup(hello->language_version ? hello->language_version : "");
     c->peer_pid = hello->pid;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    c->connected_unix_usec = (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000;
     if (!c->peer_name || !c->peer_language || !c->peer_language_version) {
         return -ENOMEM;
     }
@@ -532,17 +536,45 @@ read_socket(tether_conn *c, size_t budget)
  * left at the end is copied into the connection's. Thousands of idle clients then cost
  * no buffer memory, and busy ones no allocation per read.
  */
-static _Thread_local tether__buf thread_scratch;
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void
+free_scratch(void *p)
+{
+    tether__buf *b = p;
+    tether__buf_done(b);
+    tether__free(b);
+}
+
+static void
+make_scratch_key(void)
+{
+    pthread_key_create(&scratch_key, free_scratch);
+}
+
+/* The calling thread's read buffer, freed when the thread exits; NULL if out of memory. */
+static tether__buf *
+thread_scratch(void)
+{
+    pthread_once(&scratch_once, make_scratch_key);
+    tether__buf *b = pthread_getspecific(scratch_key);
+    if (!b && (b = tether__calloc(1, sizeof(*b))) != NULL) {
+        pthread_setspecific(scratch_key, b);
+    }
+    return b;
+}
 
 static bool
 in_borrow_scratch(tether_conn *c)
 {
-    if (c->in.cap != 0) {
+    tether__buf *scratch;
+    if (c->in.cap != 0 || !(scratch = thread_scratch())) {
         return false;
     }
-    c->in = thread_scratch;
+    c->in = *scratch;
     tether__buf_reset(&c->in);
-    thread_scratch = TETHER__BUF_INIT;
+    *scratch = TETHER__BUF_INIT;
     return true;
 }
 
@@ -555,18 +587,18 @@ in_return_scratch(tether_conn *c, bool borrowed)
         }
         return;
     }
-    tether__buf scratch = c->in;
+    tether__buf used = c->in;
     c->in = TETHER__BUF_INIT;
-    size_t rest = tether__buf_pending(&scratch);
-    if (rest > 0 && tether__buf_append(&c->in, tether__buf_head(&scratch), rest) < 0) {
+    size_t rest = tether__buf_pending(&used);
+    if (rest > 0 && tether__buf_append(&c->in, tether__buf_head(&used), rest) < 0) {
         tether__conn_fail(c, -ENOMEM, "out of memory");
     }
-    if (scratch.cap > 4 * READ_BUDGET) {
-        tether__buf_done(&scratch); /* do not keep a buffer grown by one huge frame */
+    if (used.cap > 4 * READ_BUDGET) {
+        tether__buf_done(&used); /* do not keep a buffer grown by one huge frame */
     }
-    tether__buf_reset(&scratch);
-    tether__buf_done(&thread_scratch);
-    thread_scratch = scratch;
+    tether__buf_reset(&used);
+    tether__buf *scratch = thread_scratch(); /* known to exist: borrowed from it */
+    *scratch = used;
 }
 
 static void

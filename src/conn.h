@@ -101,6 +101,7 @@ struct tether_conn {
     atomic_bool attached; /* uv handles initialised on the I/O thread */
     bool closing_handles; /* I/O thread only */
     uint64_t connected_usec;
+    int64_t connected_unix_usec; /* wall clock of the handshake, for people */
 
     /* I/O thread only. */
     uv_poll_t poll;

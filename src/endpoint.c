@@ -47,6 +47,7 @@ tether__endpoint_new(const char *name, bool is_host, tether__endpoint **ret)
     ep->max_output_bytes = TETHER__DEFAULT_MAX_OUTPUT_BYTES;
     ep->log_level = TETHER_LOG_INFO;
     pthread_rwlock_init(&ep->services_lock, NULL);
+    pthread_rwlock_init(&ep->owner_lock, NULL);
     *ret = ep;
     return 0;
 }
@@ -74,6 +75,7 @@ tether__endpoint_unref(tether__endpoint *ep)
         }
     }
     pthread_rwlock_destroy(&ep->services_lock);
+    pthread_rwlock_destroy(&ep->owner_lock);
     tether__mainq_free(ep->mainq);
     tether__ioloop *loop = ep->loop;
     tether__free(ep->name);

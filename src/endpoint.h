@@ -35,6 +35,9 @@ typedef struct tether__endpoint_hooks {
     void (*attached)(tether__endpoint *ep, tether_conn *conn);
     /* A connection closed (on the I/O thread). */
     void (*conn_closed)(tether__endpoint *ep, tether_conn *conn);
+    /* A client's current connection, for calls made on one it replaced (any thread);
+     * waits until wait_deadline_usec for one to come. NULL: none. */
+    tether_conn *(*current_conn)(tether__endpoint *ep, uint64_t wait_deadline_usec);
     /* A CONTROL frame arrived (on the I/O thread). */
     void (*control)(tether__endpoint *ep, tether_conn *conn, const char *action,
                     const char *reason);
@@ -45,7 +48,8 @@ struct tether__endpoint {
     tether__ioloop *loop;
     char *name; /* own name, for hello/welcome */
     bool is_host;
-    void *owner; /* tether_host * or tether_client *, valid while the owner lives */
+    void *owner; /* tether_host * or tether_client *; cleared under owner_lock when it goes */
+    pthread_rwlock_t owner_lock;
     tether__endpoint_hooks hooks;
 
     uint32_t max_frame_size;

@@ -45,6 +45,8 @@ struct tether_host {
     char tcp_bind[64];
     uint32_t max_clients;
     uint64_t handshake_timeout_usec;
+    tether_client_event_fn on_client;
+    void *on_client_userdata;
 
     bool started, stopped; /* guarded by lock */
     char *address;         /* "unix:..." once started */
@@ -59,6 +61,51 @@ struct tether_host {
     uint32_t conn_count; /* guarded by lock */
     uint32_t client_count; /* guarded by lock: past the handshake */
 };
+
+/* ---- client events, delivered on the main thread ------------------------------------ */
+
+typedef struct client_event {
+    tether__work work;
+    tether_client_event_fn fn;
+    void *userdata;
+    tether_conn *conn;
+    int event;
+} client_event;
+
+static void
+run_client_event(tether__work *w)
+{
+    client_event *e = (client_event *)w;
+    e->fn(e->userdata, e->conn, e->event);
+    tether_conn_unref(e->conn);
+    tether__free(e);
+}
+
+static void
+discard_client_event(tether__work *w)
+{
+    client_event *e = (client_event *)w;
+    tether_conn_unref(e->conn);
+    tether__free(e);
+}
+
+static void
+post_client_event(tether_host *h, tether_conn *c, int event)
+{
+    if (!h->on_client) {
+        return;
+    }
+    client_event *e = tether__calloc(1, sizeof(*e));
+    if (!e) {
+        return;
+    }
+    *e = (client_event){.work = {.run = run_client_event, .discard = discard_client_event},
+                        .fn = h->on_client,
+                        .userdata = h->on_client_userdata,
+                        .conn = tether_conn_ref(c),
+                        .event = event};
+    tether__mainq_push(h->ep->mainq, NULL, &e->work);
+}
 
 /* ---- registry ---------------------------------------------------------------------- */
 
@@ -112,6 +159,7 @@ hook_conn_closed(tether__endpoint *ep, tether_conn *c)
     if (c->peer_name) {
         tether__log(ep, TETHER_LOG_INFO, "client %s (pid %lld) left", c->peer_name,
                     (long long)c->peer_pid);
+        post_client_event(h, c, TETHER_CLIENT_LEFT);
     }
     tether_conn_unref(c);
 }
@@ -206,6 +254,7 @@ tether__host_on_hello(tether_conn *c, const tether__hello *hello, tether__hello_
     tether__send_welcome(c, &w);
     tether__log(c->ep, TETHER_LOG_INFO, "client %s (pid %lld, %s %s) connected", c->peer_name,
                 (long long)c->peer_pid, c->peer_language, c->peer_language_version);
+    post_client_event(h, c, TETHER_CLIENT_CONNECTED);
 }
 
 /* ---- listeners (I/O thread) ---------------------------------------------------------- */
@@ -359,6 +408,8 @@ tether_host_new(const tether_host_options *opts, tether_host **ret_host)
     atomic_init(&h->refs, 1);
     pthread_mutex_init(&h->lock, NULL);
     h->max_clients = opts->max_clients ? opts->max_clients : DEFAULT_MAX_CLIENTS;
+    h->on_client = opts->on_client;
+    h->on_client_userdata = opts->on_client_userdata;
     h->handshake_timeout_usec =
         opts->handshake_timeout_usec ? opts->handshake_timeout_usec : DEFAULT_HANDSHAKE_USEC;
     h->no_unix = opts->no_unix;
@@ -643,6 +694,118 @@ tether_host_get_client_count(const tether_host *h)
     int n = (int)h->client_count;
     pthread_mutex_unlock(&((tether_host *)h)->lock);
     return n;
+}
+
+int
+tether_host_list_clients(tether_host *h, tether_client_info **ret_infos, size_t *ret_count)
+{
+    if (!h || !ret_infos || !ret_count) {
+        return -EINVAL;
+    }
+    *ret_infos = NULL;
+    *ret_count = 0;
+    pthread_mutex_lock(&h->lock);
+    size_t n = 0, strings = 0;
+    for (tether_conn *c = h->conns; c; c = c->owner_next) {
+        if (c->peer_name && atomic_load(&c->state) == TETHER__CONN_OPEN) {
+            n++;
+            strings += strlen(c->peer_name) + strlen(c->peer_language) +
+                       strlen(c->peer_language_version) + 3;
+        }
+    }
+    /* One block: the array, then the strings it points to. */
+    tether_client_info *infos = tether__calloc(1, n * sizeof(*infos) + strings + 1);
+    if (!infos) {
+        pthread_mutex_unlock(&h->lock);
+        return -ENOMEM;
+    }
+    char *text = (char *)(infos + n);
+    size_t i = n;
+    /* The registry is newest first; fill from the back for oldest first. */
+    for (tether_conn *c = h->conns; c && i > 0; c = c->owner_next) {
+        if (!c->peer_name || atomic_load(&c->state) != TETHER__CONN_OPEN) {
+            continue;
+        }
+        tether_client_info *info = &infos[--i];
+        const char *src[3] = {c->peer_name, c->peer_language, c->peer_language_version};
+        const char **dst[3] = {&info->name, &info->language, &info->language_version};
+        for (int k = 0; k < 3; k++) {
+            size_t len = strlen(src[k]) + 1;
+            memcpy(text, src[k], len);
+            *dst[k] = text;
+            text += len;
+        }
+        pthread_mutex_lock(&c->lock);
+        info->calls_in_flight = c->pending_count + c->running_count;
+        pthread_mutex_unlock(&c->lock);
+        info->conn = tether_conn_ref(c);
+        info->pid = c->peer_pid;
+        info->connected_unix_usec = c->connected_unix_usec;
+        info->calls_in = atomic_load_explicit(&c->calls_in, memory_order_relaxed);
+        info->calls_out = atomic_load_explicit(&c->calls_out, memory_order_relaxed);
+        info->bytes_in = atomic_load_explicit(&c->bytes_in, memory_order_relaxed);
+        info->bytes_out = atomic_load_explicit(&c->bytes_out, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&h->lock);
+    *ret_infos = infos;
+    *ret_count = n;
+    return 0;
+}
+
+void
+tether_client_infos_free(tether_client_info *infos, size_t count)
+{
+    if (!infos) {
+        return;
+    }
+    for (size_t i = 0; i < count; i++) {
+        tether_conn_unref(infos[i].conn);
+    }
+    tether__free(infos);
+}
+
+typedef struct control_arg {
+    const char *action, *reason;
+} control_arg;
+
+static int
+encode_control(tether__buf *out, void *arg)
+{
+    control_arg *a = arg;
+    return tether__encode_control(out, a->action, a->reason);
+}
+
+static int
+send_control(tether_host *h, tether_conn *c, const char *action, const char *reason)
+{
+    if (!h || !c) {
+        return -EINVAL;
+    }
+    pthread_mutex_lock(&h->lock);
+    bool ours = c->owner_data == h && c->peer_name;
+    pthread_mutex_unlock(&h->lock);
+    if (!ours || atomic_load(&c->state) != TETHER__CONN_OPEN) {
+        return -ENOENT;
+    }
+    tether__log(h->ep, TETHER_LOG_INFO, "%s client %s (pid %lld)", reason, c->peer_name,
+                (long long)c->peer_pid);
+    /* Written at once, so it precedes the end of the stream the client sees next. */
+    control_arg a = {action, reason};
+    tether__conn_send(c, encode_control, &a, true);
+    tether__conn_fail(c, -ECONNRESET, reason);
+    return 0;
+}
+
+int
+tether_host_reset_client(tether_host *h, tether_conn *client)
+{
+    return send_control(h, client, "reset", "reset by the host");
+}
+
+int
+tether_host_disconnect_client(tether_host *h, tether_conn *client)
+{
+    return send_control(h, client, "disconnect", "disconnected by the host");
 }
 
 int

@@ -6,19 +6,24 @@
  * library's log callback at INFO level) and for every call it serves. Without --once it
  * runs until SIGINT or SIGTERM (or --seconds) and prints how to connect a client.
  *
+ * Like an engine, its main thread runs a frame loop, and the services that stand for
+ * engine APIs (add, greet, log, time) are TETHER_CONTEXT_MAIN: they run on the main
+ * thread, inside the tether_host_dispatch() call of each frame, so they could touch
+ * engine state without locks. echo is TETHER_CONTEXT_IO, the fast path: it runs on the
+ * library's I/O thread as soon as its request is read, and so must never block.
+ *
  * --once runs a bounded self-test instead: a client on a thread of this process
  * connects, calls the host's services the three ways (synchronous, future,
- * notification), and the host calls services of the client back, the same ways. The
- * exit status is 0 when every check passed. The client lives in this process to keep
- * the test self-contained; it still talks to the host through the socket, and the
- * library cannot tell it from a client in another process.
- *
- * Handlers run in TETHER_CONTEXT_IO, on the library's I/O thread, so they only compute,
- * print a line and reply: a handler that blocked would stall every connection.
+ * notification), and the host calls services of the client back the same ways,
+ * including a call that the client answers by calling back into the waiting main
+ * thread. The exit status is 0 when every check passed. The client lives in this
+ * process to keep the test self-contained; it still talks to the host through the
+ * socket.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <signal.h>
@@ -36,6 +41,9 @@
 
 #define SELFTEST_CLIENT "tether-demo-selftest"
 #define SELFTEST_CALL_TIMEOUT_USEC (5ull * 1000 * 1000)
+/* A frame of the main loop (60 per second) and the time each may spend on tether work. */
+#define FRAME_MS 16
+#define DISPATCH_BUDGET_USEC 2000
 /* Wall-clock bound of --once: a hang in the library must fail the run, not stall it. */
 #define SELFTEST_ALARM_SECONDS 30
 
@@ -47,10 +55,11 @@ typedef struct demo_options {
     bool once;
 } demo_options;
 
-/* What the host's handlers count, for the self-test. */
+/* What the host's handlers count: for the self-test and the summary at exit. */
 typedef struct demo_stats {
     atomic_int calls;
     atomic_int logs;
+    long frames; /* main thread only */
 } demo_stats;
 
 /* ---- output ---------------------------------------------------------------------------- */
@@ -230,19 +239,63 @@ add_services(tether_host *host, demo_stats *stats)
 {
     static const struct {
         const char *name;
+        tether_context context;
         tether_handler_fn handler;
     } services[] = {
-        {"add", serve_add}, {"echo", serve_echo}, {"greet", serve_greet},
-        {"log", serve_log}, {"time", serve_time},
+        {"add", TETHER_CONTEXT_MAIN, serve_add},     {"echo", TETHER_CONTEXT_IO, serve_echo},
+        {"greet", TETHER_CONTEXT_MAIN, serve_greet}, {"log", TETHER_CONTEXT_MAIN, serve_log},
+        {"time", TETHER_CONTEXT_MAIN, serve_time},
     };
     for (size_t i = 0; i < sizeof(services) / sizeof(services[0]); i++) {
-        int r = tether_host_add_service(host, services[i].name, TETHER_CONTEXT_IO,
+        int r = tether_host_add_service(host, services[i].name, services[i].context,
                                         services[i].handler, stats);
         if (r < 0) {
             return r;
         }
     }
     return 0;
+}
+
+/* ---- the main loop --------------------------------------------------------------------- */
+
+/* Called once per frame on the main thread; returns true to end the loop. */
+typedef bool (*frame_fn)(void *arg);
+
+/*
+ * The engine's frame loop: sleep until main-thread work is queued or the next frame is
+ * due, run the queued work within a budget, then see whether to stop (a signal, the
+ * time limit, or frame()). Returns 0, or 1 if dispatching failed.
+ */
+static int
+run_frames(tether_host *host, demo_stats *stats, const sigset_t *signals, long seconds,
+           frame_fn frame, void *arg)
+{
+    uint64_t stop_usec = seconds > 0 ? tether_now_usec() + (uint64_t)seconds * 1000000 : 0;
+    struct pollfd pfd = {.fd = tether_host_get_fd(host), .events = POLLIN};
+    const struct timespec no_wait = {0, 0};
+    for (;;) {
+        /* An engine would simulate and render here. The fd is readable while MAIN work
+         * is queued, so a call is served without waiting for the frame to end. */
+        poll(&pfd, 1, FRAME_MS);
+        stats->frames++;
+        int r = tether_host_dispatch(host, DISPATCH_BUDGET_USEC);
+        if (r < 0) {
+            say("dispatch failed: %s", tether_strerror(r));
+            return 1;
+        }
+        int sig = sigtimedwait(signals, NULL, &no_wait);
+        if (sig == SIGINT || sig == SIGTERM) {
+            say("stopping (%s)", sig == SIGINT ? "SIGINT" : "SIGTERM");
+            return 0;
+        }
+        if (stop_usec && tether_now_usec() >= stop_usec) {
+            say("stopping after %ld seconds", seconds);
+            return 0;
+        }
+        if (frame && frame(arg)) {
+            return 0;
+        }
+    }
 }
 
 /* ---- the self-test (--once) ------------------------------------------------------------ */
@@ -253,6 +306,8 @@ typedef struct selftest {
     char address[300];  /* where the client connects */
     sem_t client_ready; /* the client made its calls (or gave up) */
     sem_t host_done;    /* the host made its calls back */
+    bool host_called;   /* main thread only */
+    atomic_bool client_finished;
     atomic_int checks;
     atomic_int failures;
     atomic_int client_notes; /* notifications the client received */
@@ -363,6 +418,45 @@ serve_upper(tether_request *req, void *userdata)
     return tether_request_reply(req, "s", upper);
 }
 
+/* add_via_host(a, b): asks the host's add, which is what the host's main thread runs
+ * while it waits for this very call. An IO handler must not wait, so it keeps the
+ * request and replies from the callback of an asynchronous call. */
+static void
+relay_reply(tether_future *future, void *userdata)
+{
+    tether_request *req = userdata;
+    tether_value *result = NULL;
+    tether_error error = TETHER_ERROR_INIT;
+    if (tether_future_get_result(future, &result, &error) == 0) {
+        tether_request_reply_value(req, result);
+    } else {
+        tether_request_reply_error(req, error.type ? error.type : "tether.Error", "%s",
+                                   error.message ? error.message : "");
+    }
+    tether_value_unref(result);
+    tether_error_done(&error);
+    tether_request_unref(req);
+}
+
+static int
+serve_add_via_host(tether_request *req, void *userdata)
+{
+    tether_call_options options = {.timeout_usec = SELFTEST_CALL_TIMEOUT_USEC};
+    tether_future *future = NULL;
+    int a, b;
+    int r = tether_request_read(req, "ii", &a, &b);
+    if (r == 0) {
+        r = tether_conn_call_async(tether_request_get_conn(req), "add", &options, &future, "ii", a,
+                                   b);
+    }
+    if (r == 0) {
+        r = tether_future_set_callback(future, TETHER_CONTEXT_IO, relay_reply,
+                                       tether_request_ref(req));
+        tether_future_unref(future);
+    }
+    return r;
+}
+
 static int
 serve_note(tether_request *req, void *userdata)
 {
@@ -445,6 +539,10 @@ client_thread(void *arg)
         r = tether_client_add_service(client, "note", TETHER_CONTEXT_IO, serve_note, t);
     }
     if (r == 0) {
+        r = tether_client_add_service(client, "add_via_host", TETHER_CONTEXT_IO, serve_add_via_host,
+                                      t);
+    }
+    if (r == 0) {
         r = tether_client_connect(client, &error);
     }
     check(t, r == 0, "the client connects to %s%s%s", t->address, r ? ": " : "",
@@ -457,6 +555,7 @@ client_thread(void *arg)
     wait_sem(&t->host_done, 2 * SELFTEST_ALARM_SECONDS);
     tether_client_unref(client);
     tether_error_done(&error);
+    atomic_store(&t->client_finished, true);
     return NULL;
 }
 
@@ -478,6 +577,10 @@ host_calls(selftest *t)
     check_ok(t, r, "host -> client: note(\"from the host\") notified");
     expect_call(t, conn, me, "144", "square", "i", 12);
     expect_call(t, conn, me, "TypeError", "square", "s", "twelve");
+    /* The client answers this one by calling the host's add, a MAIN service, while this
+     * thread, the host's main thread, is blocked waiting: the call-back belongs to the
+     * chain this thread waits on, so the wait runs it instead of deadlocking. */
+    expect_call(t, conn, "host -> client -> host:", "42", "add_via_host", "ii", 20, 22);
     if (future) {
         expect_future(t, future, "host -> client: the future of upper(\"tether\")", "\"TETHER\"");
         tether_future_unref(future);
@@ -487,8 +590,24 @@ host_calls(selftest *t)
     tether_conn_unref(conn);
 }
 
+/* Once per frame: when the client has made its calls, call it back. */
+static bool
+selftest_frame(void *arg)
+{
+    selftest *t = arg;
+    if (!t->host_called && sem_trywait(&t->client_ready) == 0) {
+        check(t, atomic_load(&t->stats->logs) == 1, "the host received the notification (%d)",
+              atomic_load(&t->stats->logs));
+        host_calls(t);
+        t->host_called = true;
+        sem_post(&t->host_done);
+    }
+    return t->host_called && atomic_load(&t->client_finished);
+}
+
 static int
-run_selftest(tether_host *host, demo_stats *stats, const demo_options *opts)
+run_selftest(tether_host *host, demo_stats *stats, const sigset_t *signals,
+             const demo_options *opts)
 {
     selftest t = {.host = host, .stats = stats};
     if (opts->tcp) {
@@ -503,16 +622,17 @@ run_selftest(tether_host *host, demo_stats *stats, const demo_options *opts)
         say("self-test: cannot start the client thread");
         return 1;
     }
-    wait_sem(&t.client_ready, SELFTEST_ALARM_SECONDS);
-    check(&t, atomic_load(&stats->logs) == 1, "the host received the notification (%d)",
-          atomic_load(&stats->logs));
-    host_calls(&t);
-    sem_post(&t.host_done);
+    /* The host's MAIN services run in this loop, while the client calls them. */
+    int r = run_frames(host, stats, signals, SELFTEST_ALARM_SECONDS, selftest_frame, &t);
+    if (!t.host_called) {
+        check(&t, false, "the self-test finished in time");
+        sem_post(&t.host_done);
+    }
     pthread_join(thread, NULL);
     sem_destroy(&t.client_ready);
     sem_destroy(&t.host_done);
     int failures = atomic_load(&t.failures);
-    if (failures) {
+    if (failures || r != 0) {
         say("self-test FAILED: %d of %d checks", failures, atomic_load(&t.checks));
         return 1;
     }
@@ -554,7 +674,8 @@ print_how_to_connect(tether_host *host, const demo_options *opts)
 {
     char *client = find_example_client();
     const char *command = client ? client : "your-client";
-    printf("\n%s serves add(a, b), echo(value), greet(name), log(message) and time().\n",
+    printf("\n%s serves add(a, b), greet(name), log(message) and time() on its main\n"
+           "thread, between frames, and echo(value) on the I/O thread.\n",
            opts->name);
     printf("Connect a client from another shell:\n");
     printf("    TETHER_ADDRESS=%s %s\n", tether_host_get_address(host), command);
@@ -566,19 +687,6 @@ print_how_to_connect(tether_host *host, const demo_options *opts)
     printf("Stop with Ctrl-C.\n\n");
     fflush(stdout);
     free(client);
-}
-
-/* Serve until SIGINT or SIGTERM, or for opts->seconds. */
-static void
-serve(const sigset_t *signals, const demo_options *opts)
-{
-    struct timespec limit = {.tv_sec = opts->seconds};
-    int sig = opts->seconds > 0 ? sigtimedwait(signals, NULL, &limit) : sigwaitinfo(signals, NULL);
-    if (sig == SIGINT || sig == SIGTERM) {
-        say("stopping (%s)", sig == SIGINT ? "SIGINT" : "SIGTERM");
-    } else {
-        say("stopping after %ld seconds", opts->seconds);
-    }
 }
 
 static void
@@ -675,7 +783,7 @@ main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     /* Block the stop signals before the library starts its I/O thread, which inherits
-     * the mask, so that they reach only the wait in serve(). */
+     * the mask, so that they stay pending for the main loop to see. */
     sigset_t signals;
     sigemptyset(&signals);
     sigaddset(&signals, SIGINT);
@@ -712,12 +820,13 @@ main(int argc, char **argv)
         return 1;
     }
 
-    int status = 0;
+    int status;
     if (opts.once) {
-        status = run_selftest(host, &stats, &opts);
+        status = run_selftest(host, &stats, &signals, &opts);
     } else {
         print_how_to_connect(host, &opts);
-        serve(&signals, &opts);
+        status = run_frames(host, &stats, &signals, opts.seconds, NULL, NULL);
+        say("served %d calls in %ld frames", atomic_load(&stats.calls), stats.frames);
     }
     tether_host_unref(host);
     return status;
