@@ -139,23 +139,23 @@ tether__pending_complete(tether_conn *c, tether__pending *p, int status, tether_
     pthread_mutex_unlock(&c->lock);
 }
 
+/* Reserved error type names of the protocol and the codes a caller gets for them. */
+static const struct {
+    const char *type;
+    int code;
+} reserved_errors[] = {
+    {"tether.NoSuchService", -ENOENT},     {"tether.NoSuchObject", -ENOENT},
+    {"tether.MessageTooLarge", -EMSGSIZE}, {"tether.TooManyRequests", -ENOBUFS},
+    {"tether.Cancelled", -ECANCELED},
+};
+
 static int
 status_of_error_type(const char *type)
 {
-    if (!type) {
-        return -EREMOTEIO;
-    }
-    if (strcmp(type, "tether.NoSuchService") == 0 || strcmp(type, "tether.NoSuchObject") == 0) {
-        return -ENOENT;
-    }
-    if (strcmp(type, "tether.MessageTooLarge") == 0) {
-        return -EMSGSIZE;
-    }
-    if (strcmp(type, "tether.TooManyRequests") == 0) {
-        return -ENOBUFS;
-    }
-    if (strcmp(type, "tether.Cancelled") == 0) {
-        return -ECANCELED;
+    for (size_t i = 0; type && i < sizeof(reserved_errors) / sizeof(reserved_errors[0]); i++) {
+        if (strcmp(type, reserved_errors[i].type) == 0) {
+            return reserved_errors[i].code;
+        }
     }
     return -EREMOTEIO;
 }

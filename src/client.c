@@ -279,23 +279,9 @@ tether_client_new(const tether_client_options *opts, tether_client **ret_client)
     cl->on_disconnect = opts->on_disconnect;
     cl->on_disconnect_userdata = opts->on_disconnect_userdata;
     tether__ioloop_run_sync(cl->ep->loop, init_timer, cl);
-    if (opts->max_frame_size) {
-        cl->ep->max_frame_size = opts->max_frame_size;
-    }
-    if (opts->max_in_flight) {
-        cl->ep->max_in_flight = opts->max_in_flight;
-    }
-    if (opts->default_timeout_usec) {
-        cl->ep->default_timeout_usec = opts->default_timeout_usec;
-    }
-    if (opts->max_output_bytes) {
-        cl->ep->max_output_bytes = opts->max_output_bytes;
-    }
-    cl->ep->log = opts->log;
-    cl->ep->log_userdata = opts->log_userdata;
-    if (opts->log_level) {
-        cl->ep->log_level = opts->log_level;
-    }
+    tether__endpoint_configure(cl->ep, opts->max_frame_size, opts->max_in_flight,
+                               opts->default_timeout_usec, opts->max_output_bytes, opts->log,
+                               opts->log_userdata, opts->log_level);
     cl->fd = opts->fd >= 3 ? opts->fd : -1;
     cl->connect_timeout_usec =
         opts->connect_timeout_usec ? opts->connect_timeout_usec : DEFAULT_CONNECT_USEC;
@@ -426,20 +412,24 @@ tether_resolve_address(const char *address, const char *runtime_dir, char **ret_
     return *ret_address ? 0 : -ENOMEM;
 }
 
+/* The host's refusal codes (docs/protocol.md) and what tether_client_connect returns. */
+static const struct {
+    const char *code;
+    int error;
+} refusals[] = {
+    {"token", -EACCES},
+    {"version", -EPROTONOSUPPORT},
+    {"busy", -EUSERS},
+    {"timeout", -ETIMEDOUT},
+};
+
 static int
 refusal_code(const char *code)
 {
-    if (strcmp(code, "token") == 0) {
-        return -EACCES;
-    }
-    if (strcmp(code, "version") == 0) {
-        return -EPROTONOSUPPORT;
-    }
-    if (strcmp(code, "busy") == 0) {
-        return -EUSERS;
-    }
-    if (strcmp(code, "timeout") == 0) {
-        return -ETIMEDOUT;
+    for (size_t i = 0; i < sizeof(refusals) / sizeof(refusals[0]); i++) {
+        if (strcmp(code, refusals[i].code) == 0) {
+            return refusals[i].error;
+        }
     }
     return -EPROTO;
 }

@@ -83,6 +83,30 @@ tether__endpoint_unref(tether__endpoint *ep)
     tether__ioloop_release(loop);
 }
 
+void
+tether__endpoint_configure(tether__endpoint *ep, uint32_t max_frame_size, uint32_t max_in_flight,
+                           uint64_t default_timeout_usec, uint64_t max_output_bytes,
+                           tether_log_fn log, void *log_userdata, int log_level)
+{
+    if (max_frame_size) {
+        ep->max_frame_size = max_frame_size;
+    }
+    if (max_in_flight) {
+        ep->max_in_flight = max_in_flight;
+    }
+    if (default_timeout_usec) {
+        ep->default_timeout_usec = default_timeout_usec;
+    }
+    if (max_output_bytes) {
+        ep->max_output_bytes = max_output_bytes;
+    }
+    ep->log = log;
+    ep->log_userdata = log_userdata;
+    if (log_level) {
+        ep->log_level = log_level;
+    }
+}
+
 static size_t
 name_hash(const char *name, size_t len)
 {

@@ -78,6 +78,12 @@ int tether__endpoint_new(const char *name, bool is_host, tether__endpoint **ret)
 tether__endpoint *tether__endpoint_ref(tether__endpoint *ep);
 void tether__endpoint_unref(tether__endpoint *ep);
 
+/* Apply the limits and log settings common to host and client options (0: default). */
+void tether__endpoint_configure(tether__endpoint *ep, uint32_t max_frame_size,
+                                uint32_t max_in_flight, uint64_t default_timeout_usec,
+                                uint64_t max_output_bytes, tether_log_fn log, void *log_userdata,
+                                int log_level);
+
 int tether__endpoint_add_service(tether__endpoint *ep, const char *name, tether_context context,
                                  tether_handler_fn handler, void *userdata);
 /* Copies the service's fields into *ret. Returns 0 or -ENOENT. */

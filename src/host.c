@@ -388,23 +388,9 @@ tether_host_new(const tether_host_options *opts, tether_host **ret_host)
     h->ep->owner = h;
     h->ep->hooks.conn_closed = hook_conn_closed;
     h->ep->hooks.attached = hook_attached;
-    if (opts->max_frame_size) {
-        h->ep->max_frame_size = opts->max_frame_size;
-    }
-    if (opts->max_in_flight) {
-        h->ep->max_in_flight = opts->max_in_flight;
-    }
-    if (opts->default_timeout_usec) {
-        h->ep->default_timeout_usec = opts->default_timeout_usec;
-    }
-    if (opts->max_output_bytes) {
-        h->ep->max_output_bytes = opts->max_output_bytes;
-    }
-    h->ep->log = opts->log;
-    h->ep->log_userdata = opts->log_userdata;
-    if (opts->log_level) {
-        h->ep->log_level = opts->log_level;
-    }
+    tether__endpoint_configure(h->ep, opts->max_frame_size, opts->max_in_flight,
+                               opts->default_timeout_usec, opts->max_output_bytes, opts->log,
+                               opts->log_userdata, opts->log_level);
     atomic_init(&h->refs, 1);
     pthread_mutex_init(&h->lock, NULL);
     h->max_clients = opts->max_clients ? opts->max_clients : DEFAULT_MAX_CLIENTS;

@@ -186,16 +186,21 @@ unix_socket_is_stale(const tether__addr *addr)
     return stale;
 }
 
+/* A fresh socket for addr and its socket address; returns the fd or a negative errno. */
+static int
+socket_for(const tether__addr *addr, struct sockaddr_storage *ss, socklen_t *len)
+{
+    int r = make_sockaddr(addr, ss, len);
+    return r < 0 ? r : new_socket(addr);
+}
+
 int
 tether__listen(tether__addr *addr, int backlog, int *ret_fd)
 {
     struct sockaddr_storage ss;
     socklen_t len;
-    int r = make_sockaddr(addr, &ss, &len);
-    if (r < 0) {
-        return r;
-    }
-    int fd = new_socket(addr);
+    int r;
+    int fd = socket_for(addr, &ss, &len);
     if (fd < 0) {
         return fd;
     }
@@ -266,11 +271,8 @@ tether__connect(const tether__addr *addr, uint64_t timeout_usec, int *ret_fd)
 {
     struct sockaddr_storage ss;
     socklen_t len;
-    int r = make_sockaddr(addr, &ss, &len);
-    if (r < 0) {
-        return r;
-    }
-    int fd = new_socket(addr);
+    int r;
+    int fd = socket_for(addr, &ss, &len);
     if (fd < 0) {
         return fd;
     }

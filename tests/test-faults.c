@@ -500,17 +500,25 @@ Test(faults, no_fd_leak_over_many_connections)
     tether_client *warm = test_client_connect("warm", NULL);
     assert_host_serves(warm);
     tether_client_unref(warm);
-    usleep(50000);
+    /* The host closes its side when it reads the end of the stream: wait for that. */
+    for (int i = 0; i < 200 && tether_host_get_client_count(h) > 0; i++) {
+        usleep(10000);
+    }
     int before = count_open_fds();
+    for (int i = 0; i < 100 && count_open_fds() != before; i++) {
+        usleep(10000);
+        before = count_open_fds();
+    }
     for (int i = 0; i < 50; i++) {
         tether_client *c = test_client_connect("c", NULL);
         assert_host_serves(c);
         tether_client_unref(c);
     }
-    for (int i = 0; i < 100 && tether_host_get_client_count(h) > 0; i++) {
+    int after = count_open_fds();
+    for (int i = 0; i < 200 && after != before; i++) {
         usleep(10000);
+        after = count_open_fds();
     }
-    usleep(50000);
-    cr_assert_eq(count_open_fds(), before);
+    cr_assert_eq(after, before, "%d fds left behind by 50 connections", after - before);
     tether_host_unref(h);
 }
