@@ -11,6 +11,7 @@
 static int
 add(tether_request *req, void *userdata)
 {
+    (void)userdata;
     int a, b;
     int r = tether_request_read(req, "ii", &a, &b); /* on a mismatch the caller gets a TypeError */
     return r < 0 ? r : tether_request_reply(req, "x", (int64_t)a + b);
@@ -19,6 +20,7 @@ add(tether_request *req, void *userdata)
 static int
 greet(tether_request *req, void *userdata)
 {
+    (void)userdata;
     const char *name; /* a nil argument reads as NULL */
     char text[256];
     int r = tether_request_read(req, "s", &name);

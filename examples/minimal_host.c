@@ -8,6 +8,7 @@
 static int
 ping(tether_request *req, void *userdata)
 {
+    (void)userdata;
     return tether_request_reply(req, "s", "pong");
 }
 

@@ -77,6 +77,8 @@ extern "C" {
 #define TETHER_EALREADY (-EALREADY)   /* already done (started, completed) */
 #define TETHER_EINPROGRESS (-EINPROGRESS) /* not complete yet */
 #define TETHER_ENOTSUP (-ENOTSUP)     /* not supported by this build or peer */
+#define TETHER_EDEADLK (-EDEADLK)     /* a blocking call on the I/O thread */
+#define TETHER_ELOOP (-ELOOP)         /* call-backs nested deeper than max_call_depth */
 #define TETHER_EREMOTE (-EREMOTEIO)   /* the remote side raised an error: see tether_error */
 
 /*
@@ -313,7 +315,9 @@ typedef struct tether_call_options {
  * TETHER_EREMOTE (the handler failed: *reterr holds type, message, traceback),
  * TETHER_ENOENT (no such service), TETHER_ETIMEDOUT, TETHER_ECONNRESET (connection lost
  * during the call), TETHER_ENOTCONN, TETHER_EMSGSIZE (arguments over the frame limit),
- * TETHER_ENOBUFS (in-flight limit), TETHER_EINVAL; reterr (may be NULL) is then filled
+ * TETHER_ENOBUFS (in-flight limit), TETHER_ELOOP (nested too deep), TETHER_EDEADLK (made
+ * from an IO handler, which would block the I/O thread), TETHER_EINVAL; reterr (may be
+ * NULL) is then filled
  * with a type name and a message for every failure.
  * Thread: any (several threads may call concurrently on one connection).
  */
@@ -460,6 +464,9 @@ typedef struct tether_host_options {
     uint64_t max_output_bytes;      /* bytes queued to one slow reader (64 MiB) */
     /* Default silence timeout of calls made to clients (30 s). */
     uint64_t default_timeout_usec;
+    /* Synchronous calls one thread may have open inside each other through call-backs
+     * (64); one more fails with TETHER_ELOOP. */
+    uint32_t max_call_depth;
 
     /* Told when clients arrive and leave, on the main thread; NULL: not told. */
     tether_client_event_fn on_client;
@@ -640,6 +647,7 @@ typedef struct tether_client_options {
     uint64_t connect_timeout_usec;   /* connect + handshake (5 s) */
     uint64_t default_timeout_usec;   /* silence timeout of calls (30 s) */
     uint64_t max_output_bytes;       /* (64 MiB) */
+    uint32_t max_call_depth;         /* as in tether_host_options (64) */
 
     /*
      * Once connected, a client whose connection is lost (the host restarted, or reset

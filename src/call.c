@@ -43,6 +43,9 @@ struct tether_future {
 
 #define SWEEP_INTERVAL_MS 10
 
+/* Synchronous calls open on this thread, one inside the other through call-backs. */
+static _Thread_local uint32_t sync_depth;
+
 /* ---- pending table (conn lock held) --------------------------------------------- */
 
 /* Double the buckets once calls outnumber them; on allocation failure keep chaining. */
@@ -481,6 +484,14 @@ call_sync(tether_conn *c, const char *method, request_arg *a, const tether_call_
         fill_local_error(reterr, r, method);
         return r;
     }
+    if (sync_depth >= c->ep->max_call_depth) {
+        tether_error_set(reterr, "tether.TooDeep",
+                         "%s: call-backs nested deeper than %u synchronous calls", method,
+                         c->ep->max_call_depth);
+        tether_conn_unref(c);
+        return -ELOOP;
+    }
+    sync_depth++;
     /* Registered before the request leaves, so that a call-back of the chain can never
      * arrive before we are there to run it. */
     tether__waiter waiter;
@@ -490,6 +501,7 @@ call_sync(tether_conn *c, const char *method, request_arg *a, const tether_call_
     if (r < 0) {
         fill_local_error(reterr, r, method);
         tether_conn_unref(c);
+        sync_depth--;
         return r;
     }
     p.efd = waiter.efd;
@@ -517,6 +529,7 @@ call_sync(tether_conn *c, const char *method, request_arg *a, const tether_call_
 out:
     tether__waiter_pop(&waiter);
     tether_conn_unref(c);
+    sync_depth--;
     return r;
 }
 

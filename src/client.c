@@ -280,8 +280,9 @@ tether_client_new(const tether_client_options *opts, tether_client **ret_client)
     cl->on_disconnect_userdata = opts->on_disconnect_userdata;
     tether__ioloop_run_sync(cl->ep->loop, init_timer, cl);
     tether__endpoint_configure(cl->ep, opts->max_frame_size, opts->max_in_flight,
-                               opts->default_timeout_usec, opts->max_output_bytes, opts->log,
-                               opts->log_userdata, opts->log_level);
+                               opts->default_timeout_usec, opts->max_output_bytes,
+                               opts->max_call_depth, opts->log, opts->log_userdata,
+                               opts->log_level);
     cl->fd = opts->fd >= 3 ? opts->fd : -1;
     cl->connect_timeout_usec =
         opts->connect_timeout_usec ? opts->connect_timeout_usec : DEFAULT_CONNECT_USEC;

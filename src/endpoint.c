@@ -45,6 +45,7 @@ tether__endpoint_new(const char *name, bool is_host, tether__endpoint **ret)
     ep->max_in_flight = TETHER__DEFAULT_MAX_IN_FLIGHT;
     ep->default_timeout_usec = TETHER__DEFAULT_TIMEOUT_USEC;
     ep->max_output_bytes = TETHER__DEFAULT_MAX_OUTPUT_BYTES;
+    ep->max_call_depth = 64;
     ep->log_level = TETHER_LOG_INFO;
     pthread_rwlock_init(&ep->services_lock, NULL);
     pthread_rwlock_init(&ep->owner_lock, NULL);
@@ -86,8 +87,12 @@ tether__endpoint_unref(tether__endpoint *ep)
 void
 tether__endpoint_configure(tether__endpoint *ep, uint32_t max_frame_size, uint32_t max_in_flight,
                            uint64_t default_timeout_usec, uint64_t max_output_bytes,
-                           tether_log_fn log, void *log_userdata, int log_level)
+                           uint32_t max_call_depth, tether_log_fn log, void *log_userdata,
+                           int log_level)
 {
+    if (max_call_depth) {
+        ep->max_call_depth = max_call_depth;
+    }
     if (max_frame_size) {
         ep->max_frame_size = max_frame_size;
     }

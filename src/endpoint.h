@@ -56,6 +56,7 @@ struct tether__endpoint {
     uint32_t max_in_flight;
     uint64_t default_timeout_usec;
     uint64_t max_output_bytes;
+    uint32_t max_call_depth;
 
     tether_log_fn log;
     void *log_userdata;
@@ -81,8 +82,8 @@ void tether__endpoint_unref(tether__endpoint *ep);
 /* Apply the limits and log settings common to host and client options (0: default). */
 void tether__endpoint_configure(tether__endpoint *ep, uint32_t max_frame_size,
                                 uint32_t max_in_flight, uint64_t default_timeout_usec,
-                                uint64_t max_output_bytes, tether_log_fn log, void *log_userdata,
-                                int log_level);
+                                uint64_t max_output_bytes, uint32_t max_call_depth,
+                                tether_log_fn log, void *log_userdata, int log_level);
 
 int tether__endpoint_add_service(tether__endpoint *ep, const char *name, tether_context context,
                                  tether_handler_fn handler, void *userdata);

@@ -389,8 +389,9 @@ tether_host_new(const tether_host_options *opts, tether_host **ret_host)
     h->ep->hooks.conn_closed = hook_conn_closed;
     h->ep->hooks.attached = hook_attached;
     tether__endpoint_configure(h->ep, opts->max_frame_size, opts->max_in_flight,
-                               opts->default_timeout_usec, opts->max_output_bytes, opts->log,
-                               opts->log_userdata, opts->log_level);
+                               opts->default_timeout_usec, opts->max_output_bytes,
+                               opts->max_call_depth, opts->log, opts->log_userdata,
+                               opts->log_level);
     atomic_init(&h->refs, 1);
     pthread_mutex_init(&h->lock, NULL);
     h->max_clients = opts->max_clients ? opts->max_clients : DEFAULT_MAX_CLIENTS;

@@ -178,7 +178,9 @@ tether_strerror(int code)
     case EFAULT:
         return "bad address";
     case EDEADLK:
-        return "resource deadlock avoided";
+        return "a blocking call on the I/O thread would wait for itself";
+    case ELOOP:
+        return "call-backs nested deeper than the allowed call depth";
 #if defined(EOPNOTSUPP) && EOPNOTSUPP != ENOTSUP
     case EOPNOTSUPP:
         return "operation not supported";

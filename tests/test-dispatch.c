@@ -190,11 +190,14 @@ client_ask_back(tether_request *req, void *userdata)
     int depth = 0;
     tether_request_read(req, "i", &depth);
     tether_value *v = NULL;
-    int r = tether_conn_call(tether_client_get_conn(child_client), "host_value", NULL, &v, NULL,
+    tether_error err = TETHER_ERROR_INIT;
+    int r = tether_conn_call(tether_client_get_conn(child_client), "host_value", NULL, &v, &err,
                              "i", depth);
     if (r < 0) {
-        return tether_request_reply_error(req, "RuntimeError", "call-back failed: %s",
-                                          tether_strerror(r));
+        r = tether_request_reply_error(req, "RuntimeError", "call-back failed: %s",
+                                       err.message ? err.message : tether_strerror(r));
+        tether_error_done(&err);
+        return r;
     }
     int64_t n = 0;
     tether_value_read(v, NULL, "x", &n);
@@ -222,11 +225,15 @@ host_value(tether_request *req, void *userdata)
     tether_conn *conn = NULL;
     ASSERT_OK(tether_host_get_client(scenario_host, "scripted", &conn));
     tether_value *v = NULL;
-    int r = depth > 0 ? tether_conn_call(conn, "ask_back", NULL, &v, NULL, "i", depth - 1)
-                      : tether_conn_call(conn, "leaf", NULL, &v, NULL, NULL);
+    tether_error err = TETHER_ERROR_INIT;
+    int r = depth > 0 ? tether_conn_call(conn, "ask_back", NULL, &v, &err, "i", depth - 1)
+                      : tether_conn_call(conn, "leaf", NULL, &v, &err, NULL);
     tether_conn_unref(conn);
     if (r < 0) {
-        return r;
+        int rr = tether_request_reply_error(req, "RuntimeError", "%s",
+                                            err.message ? err.message : tether_strerror(r));
+        tether_error_done(&err);
+        return rr;
     }
     int64_t n = 0;
     tether_value_read(v, NULL, "x", &n);
@@ -294,6 +301,37 @@ Test(dispatch, call_back_into_a_waiting_main_thread_does_not_deadlock, .timeout 
     int status;
     cr_assert_eq(waitpid(pid, &status, 0), pid);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+Test(dispatch, call_back_depth_is_limited, .timeout = 30)
+{
+    main_thread = pthread_self();
+    test_runtime_dir();
+    tether_host_options o = {.max_call_depth = 3};
+    scenario_host = test_host_new(&o);
+    ASSERT_OK(tether_host_add_service(scenario_host, "host_value", TETHER_CONTEXT_MAIN,
+                                      host_value, NULL));
+    ASSERT_OK(tether_host_start(scenario_host));
+    pid_t pid = spawn_scripted_client();
+    tether_conn *conn = NULL;
+    ASSERT_OK(tether_host_get_client(scenario_host, "scripted", &conn));
+    tether_value *v = NULL;
+    tether_error err = TETHER_ERROR_INIT;
+    /* Within the limit: fine. */
+    ASSERT_OK(tether_conn_call(conn, "ask_back", NULL, &v, NULL, "i", 1));
+    tether_value_unref(v);
+    /* Past it, the innermost call fails and the failure travels back out: no hang. */
+    int r = tether_conn_call(conn, "ask_back", NULL, NULL, &err, "i", 10);
+    cr_assert_eq(r, TETHER_EREMOTE, "%d %s", r, tether_strerror(r));
+    cr_assert(strstr(err.message, "nested") != NULL, "message: %s", err.message);
+    tether_error_done(&err);
+    /* And the connection still works. */
+    ASSERT_OK(tether_conn_call(conn, "ask_back", NULL, &v, NULL, "i", 0));
+    tether_value_unref(v);
+    tether_conn_unref(conn);
+    tether_host_unref(scenario_host);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
 }
 
 Test(dispatch, other_chains_wait_for_dispatch, .timeout = 30)
