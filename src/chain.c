@@ -149,22 +149,22 @@ tether__chain_deliver(uint64_t chain, pthread_t main_thread, tether__work *work)
     }
     bool delivered = false;
     pthread_mutex_lock(&registry_lock);
+    /* Innermost first; a waiter of the chain on another thread (a pool thread of the
+     * same process, say) is passed over, not a reason to give up. */
     for (tether__waiter *w = registry[bucket_of(chain)]; w; w = w->next) {
-        if (w->chain != chain) {
+        if (w->chain != chain || !pthread_equal(w->thread, main_thread)) {
             continue;
         }
-        if (pthread_equal(w->thread, main_thread)) {
-            work->next = NULL;
-            if (w->inbox_tail) {
-                w->inbox_tail->next = work;
-            } else {
-                w->inbox_head = work;
-            }
-            w->inbox_tail = work;
-            /* Raised under the lock: the waiter cannot unregister and exit meanwhile. */
-            tether__efd_raise(w->efd);
-            delivered = true;
+        work->next = NULL;
+        if (w->inbox_tail) {
+            w->inbox_tail->next = work;
+        } else {
+            w->inbox_head = work;
         }
+        w->inbox_tail = work;
+        /* Raised under the lock: the waiter cannot unregister and exit meanwhile. */
+        tether__efd_raise(w->efd);
+        delivered = true;
         break;
     }
     pthread_mutex_unlock(&registry_lock);

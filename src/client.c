@@ -566,7 +566,7 @@ connect_once(tether_client *cl, tether_error *reterr)
             char where[200];
             tether__addr_format(&addr, where, sizeof(where));
             tether_error_set(reterr, "tether.ConnectionRefused", "no host at %s: %s", where,
-                             tether_strerror(r));
+                             r == -ENOENT ? "no socket file there" : tether_strerror(r));
             goto out;
         }
         is_tcp = addr.kind == TETHER__ADDR_TCP;

@@ -200,6 +200,11 @@ tether_conn_is_connected(const tether_conn *c)
     return c && atomic_load(&((tether_conn *)c)->state) == TETHER__CONN_OPEN;
 }
 
+/* Bound on how long closing waits for queued frames (notifications, say) to go out. */
+#define CLOSE_FLUSH_USEC 200000
+
+static int flush_locked(tether_conn *c);
+
 int
 tether_conn_close(tether_conn *c)
 {
@@ -209,6 +214,15 @@ tether_conn_close(tether_conn *c)
     if (atomic_load(&c->state) == TETHER__CONN_CLOSED) {
         return -EALREADY;
     }
+    /* What was sent before closing should arrive: flush it, within a bound, first. */
+    uint64_t deadline = tether_now_usec() + CLOSE_FLUSH_USEC;
+    pthread_mutex_lock(&c->wlock);
+    while (tether__buf_pending(&c->out) > 0 && flush_locked(c) == 0 &&
+           tether__buf_pending(&c->out) > 0 && tether_now_usec() < deadline) {
+        struct pollfd p = {.fd = c->fd, .events = POLLOUT};
+        poll(&p, 1, 10);
+    }
+    pthread_mutex_unlock(&c->wlock);
     tether__conn_fail(c, -ECANCELED, "closed locally");
     return 0;
 }

@@ -252,8 +252,9 @@ tether__host_on_hello(tether_conn *c, const tether__hello *hello, tether__hello_
     uv_timer_stop(&c->handshake_timer);
     atomic_store(&c->state, TETHER__CONN_OPEN);
     tether__send_welcome(c, &w);
-    tether__log(c->ep, TETHER_LOG_INFO, "client %s (pid %lld, %s %s) connected", c->peer_name,
-                (long long)c->peer_pid, c->peer_language, c->peer_language_version);
+    tether__log(c->ep, TETHER_LOG_INFO, "client %s (pid %lld, %s%s%s) connected", c->peer_name,
+                (long long)c->peer_pid, c->peer_language, *c->peer_language_version ? " " : "",
+                c->peer_language_version);
     post_client_event(h, c, TETHER_CLIENT_CONNECTED);
 }
 
@@ -578,8 +579,14 @@ tether_host_start(tether_host *h)
     if (h->tcp_listener.fd >= 0) {
         tether__ioloop_run_sync(h->ep->loop, start_listener, &h->tcp_listener);
     }
-    tether__log(h->ep, TETHER_LOG_INFO, "host '%s' listening on %s (tcp port %d)", h->ep->name,
-                h->address ? h->address : "no unix socket", h->tcp_port);
+    if (h->tcp_port >= 0) {
+        tether__log(h->ep, TETHER_LOG_INFO, "host '%s' listening on %s and tcp:%s:%d",
+                    h->ep->name, h->address ? h->address : "no unix socket", h->tcp_bind,
+                    h->tcp_port);
+    } else {
+        tether__log(h->ep, TETHER_LOG_INFO, "host '%s' listening on %s", h->ep->name,
+                    h->address);
+    }
     return 0;
 fail:
     undo_start(h);

@@ -272,6 +272,21 @@ Test(call, notify_is_delivered_in_order)
     tether_host_unref(h);
 }
 
+Test(call, notifications_sent_before_closing_arrive)
+{
+    tether_host *h = start_host();
+    tether_client *c = test_client_connect("x", NULL);
+    for (int i = 0; i < 20; i++) {
+        ASSERT_OK(tether_conn_notify(tether_client_get_conn(c), "count", "i", 1));
+    }
+    tether_client_unref(c);
+    for (int i = 0; i < 200 && atomic_load(&notified) < 20; i++) {
+        usleep(5000);
+    }
+    cr_assert_eq(atomic_load(&notified), 20);
+    tether_host_unref(h);
+}
+
 Test(call, silence_timeout)
 {
     tether_host *h = start_host();

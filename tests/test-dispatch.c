@@ -334,6 +334,64 @@ Test(dispatch, call_back_depth_is_limited, .timeout = 30)
     cr_assert_eq(waitpid(pid, &status, 0), pid);
 }
 
+/* In one process: the host's main thread calls a client whose POOL handler calls a
+ * MAIN service of the host back. The pool thread also waits on the chain; the
+ * call-back must still reach the main thread. */
+static tether_host *same_process_host;
+static tether_client *same_process_client;
+
+static int
+host_add_main(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    cr_assert(pthread_equal(pthread_self(), main_thread));
+    int64_t a = 0, b = 0;
+    int r = tether_request_read(req, "xx", &a, &b);
+    return r < 0 ? r : tether_request_reply(req, "x", a + b);
+}
+
+static int
+client_pool_relay(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    tether_value *v = NULL;
+    int r = tether_conn_call(tether_client_get_conn(same_process_client), "add_main", NULL, &v,
+                             NULL, "xx", (int64_t)20, (int64_t)22);
+    if (r < 0) {
+        return r;
+    }
+    r = tether_request_reply_value(req, v);
+    tether_value_unref(v);
+    return r;
+}
+
+Test(dispatch, call_back_from_a_pool_thread_of_the_same_process, .timeout = 30)
+{
+    main_thread = pthread_self();
+    same_process_host = test_host_new(NULL);
+    ASSERT_OK(tether_host_add_service(same_process_host, "add_main", TETHER_CONTEXT_MAIN,
+                                      host_add_main, NULL));
+    ASSERT_OK(tether_host_start(same_process_host));
+    same_process_client = test_client_new("relay", NULL);
+    ASSERT_OK(tether_client_add_service(same_process_client, "relay", TETHER_CONTEXT_POOL,
+                                        client_pool_relay, NULL));
+    ASSERT_OK(tether_client_connect(same_process_client, NULL));
+    tether_conn *conn = NULL;
+    ASSERT_OK(tether_host_get_client(same_process_host, "relay", &conn));
+    tether_call_options o = {.timeout_usec = 5000000, .deadline_usec = tether_now_usec() + 10000000};
+    tether_value *v = NULL;
+    tether_error err = TETHER_ERROR_INIT;
+    int r = tether_conn_call(conn, "relay", &o, &v, &err, NULL);
+    cr_assert_eq(r, 0, "%s: %s", tether_strerror(r), err.message ? err.message : "");
+    int64_t n = 0;
+    ASSERT_OK(tether_value_read(v, NULL, "x", &n));
+    cr_assert_eq(n, 42);
+    tether_value_unref(v);
+    tether_conn_unref(conn);
+    tether_client_unref(same_process_client);
+    tether_host_unref(same_process_host);
+}
+
 Test(dispatch, other_chains_wait_for_dispatch, .timeout = 30)
 {
     /* While the main thread waits on one client, another client's MAIN request is not
