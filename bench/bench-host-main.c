@@ -203,8 +203,7 @@ main(int argc, char **argv)
            block);
     printf("\"io\": {\"calls_per_sec\": %.0f, ", (double)iterations / ((double)io_ns / 1e9));
     bench_print_stats("latency", &s_io);
-    printf("}, \"main\": {\"calls_per_sec\": %.0f, ",
-           (double)iterations / ((double)main_ns / 1e9));
+    printf("}, \"main\": {\"calls_per_sec\": %.0f, ", (double)iterations / ((double)main_ns / 1e9));
     bench_print_stats("latency", &s_main);
     printf("}, \"main_over_io\": %.3f}\n",
            s_io.median_usec > 0 ? s_main.median_usec / s_io.median_usec : 0.0);

@@ -588,9 +588,12 @@ connect_once(tether_client *cl, tether_error *reterr)
         if (welcome.max_frame_size) {
             c->peer_max_frame_size = welcome.max_frame_size;
         }
-        /* Frames the host sent right after its welcome are already in our buffer. */
-        c->in = in;
-        in = TETHER__BUF_INIT;
+        /* Frames the host sent right after its welcome are already in our buffer;
+         * without any, an idle connection keeps no input buffer. */
+        if (tether__buf_pending(&in) > 0) {
+            c->in = in;
+            in = TETHER__BUF_INIT;
+        }
         fd = -1;
     }
     if (r == 0) {

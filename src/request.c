@@ -94,7 +94,10 @@ send_response(tether_request *req, response_arg *a)
             0) {
         r = -EMSGSIZE;
     } else {
-        r = tether__conn_send(req->conn, encode_response, a, false);
+        /* A reply from the main thread or a worker goes out at once: waking the I/O
+         * thread to write it would add a thread hop to every MAIN and POOL call. */
+        r = tether__conn_send(req->conn, encode_response, a,
+                              !tether__ioloop_in_thread(req->conn->loop));
     }
     if (r == -ENOBUFS) {
         tether__conn_drop_slow_reader(req->conn);
