@@ -731,43 +731,49 @@ tether__mp_read_bool(tether__mp_reader *r, bool *ret)
     return 0;
 }
 
+/* Read one head of the expected type, advancing r only on success. */
+static int
+read_head_of(tether__mp_reader *r, int type, tether__mp_head *ret)
+{
+    tether__mp_reader t = *r;
+    if (tether__mp_read_head(&t, ret) < 0 || ret->type != type) {
+        return -EPROTO;
+    }
+    *r = t;
+    return 0;
+}
+
 int
 tether__mp_read_str(tether__mp_reader *r, tether__span *ret)
 {
-    tether__mp_reader t = *r;
     tether__mp_head h;
-    if (tether__mp_read_head(&t, &h) < 0 || h.type != TETHER__MP_STR) {
-        return -EPROTO;
+    int rc = read_head_of(r, TETHER__MP_STR, &h);
+    if (rc == 0) {
+        *ret = h.data;
     }
-    *ret = h.data;
-    *r = t;
-    return 0;
+    return rc;
 }
 
 int
 tether__mp_read_array(tether__mp_reader *r, uint32_t *ret_count)
 {
-    tether__mp_reader t = *r;
     tether__mp_head h;
-    if (tether__mp_read_head(&t, &h) < 0 || h.type != TETHER__MP_ARRAY) {
-        return -EPROTO;
+    int rc = read_head_of(r, TETHER__MP_ARRAY, &h);
+    if (rc == 0) {
+        *ret_count = h.count;
     }
-    *ret_count = h.count;
-    *r = t;
-    return 0;
+    return rc;
 }
 
 int
 tether__mp_read_map(tether__mp_reader *r, uint32_t *ret_count)
 {
-    tether__mp_reader t = *r;
     tether__mp_head h;
-    if (tether__mp_read_head(&t, &h) < 0 || h.type != TETHER__MP_MAP) {
-        return -EPROTO;
+    int rc = read_head_of(r, TETHER__MP_MAP, &h);
+    if (rc == 0) {
+        *ret_count = h.count;
     }
-    *ret_count = h.count;
-    *r = t;
-    return 0;
+    return rc;
 }
 
 /*
