@@ -347,7 +347,8 @@ TETHER_EXPORT int tether_conn_call_async_values(tether_conn *conn, const char *m
 
 /*
  * Send a notification: the peer runs method and sends nothing back. Returns once the
- * frame is queued: 0, TETHER_ENOTCONN, TETHER_EMSGSIZE, TETHER_EINVAL. Thread: any.
+ * frame is queued: 0, TETHER_ENOTCONN, TETHER_EMSGSIZE, TETHER_ENOBUFS (output to a
+ * peer that does not read is over max_output_bytes), TETHER_EINVAL. Thread: any.
  */
 TETHER_EXPORT int tether_conn_notify(tether_conn *conn, const char *method, const char *format,
                                      ...);

@@ -387,7 +387,7 @@ fill_local_error(tether_error *reterr, int r, const char *method)
     const char *type = r == -ETIMEDOUT    ? "tether.Timeout"
                        : r == -ENOTCONN   ? "tether.NotConnected"
                        : r == -EMSGSIZE   ? "tether.MessageTooLarge"
-                       : r == -ENOBUFS    ? "tether.TooManyRequests"
+                       : r == -ENOBUFS    ? "tether.Overloaded"
                        : r == -EINVAL     ? "tether.InvalidArgument"
                        : r == -ECANCELED  ? "tether.Cancelled"
                        : r == -ECONNRESET ? "tether.ConnectionLost"
