@@ -68,6 +68,8 @@ test:
 	@$(MAKE) --no-print-directory pytest
 
 # pytest exits 5 when it collects no test: that is not a failure while python/ is empty.
+# The package is imported from $(BUILD)/python (the extension built by CMake beside links
+# to python/tether/*.py).
 pytest:
 	@if [ -d python/tests ] && find python/tests -name 'test_*.py' -o -name '*_test.py' \
 			| grep -q .; then \
@@ -75,7 +77,7 @@ pytest:
 		echo "pytest python/tests"; \
 		TETHER_BUILD_DIR="$(CURDIR)/$(BUILD)" TETHER_SOURCE_DIR="$(CURDIR)" \
 		TETHER_RUNTIME_DIR="$(CURDIR)/$(BUILD)/rt/pytest" \
-		PYTHONPATH="$(CURDIR)/python$${PYTHONPATH:+:$$PYTHONPATH}" \
+		PYTHONPATH="$(CURDIR)/$(BUILD)/python$${PYTHONPATH:+:$$PYTHONPATH}" \
 		$(PYTHON) -m pytest -q python/tests; rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; \
 		exit $$rc; \

@@ -215,7 +215,9 @@ hook_current_conn(tether__endpoint *ep, uint64_t wait_deadline_usec)
                 c = tether_conn_ref(cl->conn);
                 break;
             }
+            /* Wait only for a connection that can come: one being made, or a reconnect. */
             if (cl->closing || cl->shut_down || !cl->ever_connected ||
+                (!cl->auto_reconnect && !cl->connecting) ||
                 tether_now_usec() >= wait_deadline_usec) {
                 break;
             }

@@ -684,8 +684,12 @@ tether_host_get_client_count(const tether_host *h)
     if (!h) {
         return -EINVAL;
     }
+    /* As the list counts: open connections past their handshake, not those closing. */
+    int n = 0;
     pthread_mutex_lock(&((tether_host *)h)->lock);
-    int n = (int)h->client_count;
+    for (tether_conn *c = h->conns; c; c = c->owner_next) {
+        n += c->peer_name && atomic_load(&c->state) == TETHER__CONN_OPEN;
+    }
     pthread_mutex_unlock(&((tether_host *)h)->lock);
     return n;
 }

@@ -1,0 +1,2512 @@
+/*
+ * _tether: the CPython binding of libtether, imported as tether._tether.
+ *
+ * A thin layer over the public C API (include/tether.h); everything that can be Python
+ * lives in python/tether/. Built for the stable ABI (Py_LIMITED_API 3.10: one .abi3.so
+ * for every CPython from 3.10 on), with multi-phase init, all state in the module state,
+ * heap types made from specs, and no static PyObject pointers.
+ *
+ * What it provides:
+ * - Client: one tether_client (connect, close, calls, notifications, services, and the
+ *   fileno()/dispatch() pair of the main-thread queue).
+ * - Future: one tether_future (ready, wait, result, exception, add_done_callback,
+ *   cancel).
+ * - the exception classes, and one function (error_object) that turns a negative code
+ *   plus a tether_error into the exception a caller sees.
+ * - a msgpack encoder (Python object to bytes, for arguments and results) and a decoder
+ *   (bytes to Python object). Plain data only: None, bool, int (64-bit, signed or
+ *   unsigned), float, str, bytes/bytearray/memoryview, list/tuple, dict. Tuples arrive
+ *   as lists, except as dict keys, where arrays become tuples so they stay hashable.
+ *
+ * Threads and the GIL.
+ * - Every wait on the core releases the GIL. A blocking call made on the main thread
+ *   waits for its reply in 50 ms slices and checks for signals between them: Ctrl-C
+ *   cancels the remote call (tether_future_cancel) and raises KeyboardInterrupt, and the
+ *   connection stays usable. Other threads cannot receive signals, so they take the
+ *   core's direct synchronous path (tether_conn_call_values), which is cheaper.
+ * - Services exposed by Python run in TETHER_CONTEXT_POOL (a libuv worker thread), which
+ *   takes the GIL with PyGILState_Ensure, converts the arguments, calls the Python
+ *   callable and replies with its result or its exception. The handler's userdata is not
+ *   a pointer but a handle into a process-wide table of service records, so a request
+ *   that reaches a handler after its Client was freed finds nothing and replies an error
+ *   instead of touching freed memory. At interpreter exit (atexit) the table is closed
+ *   and the exit waits (bounded) for handlers that are already running, so none of them
+ *   takes the GIL once finalization has begun.
+ * - Future.add_done_callback: the core calls a TETHER_CONTEXT_IO callback on its I/O
+ *   thread; that callback only appends the future to a queue (no GIL, no Python). A
+ *   Python daemon thread, "tether-callbacks", started on first need, waits on the queue
+ *   with the GIL released and runs the Python callbacks. So callbacks run promptly,
+ *   whatever the main thread is doing, may block or make calls (the I/O thread is never
+ *   held up by Python), and an exception in one is reported through
+ *   sys.unraisablehook, as concurrent.futures logs it. A callback added to a future that
+ *   is already complete runs at once, on the calling thread.
+ */
+#define Py_LIMITED_API 0x030a0000
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <tether.h>
+
+/* Containers one value may nest (the core allows 63 levels under a frame's array; an
+ * argument list or a reply adds one). */
+#define PACK_MAX_DEPTH 60
+/* How long a blocking wait on the main thread sleeps between checks for signals. */
+#define SIGNAL_SLICE_USEC 50000
+/* How long interpreter exit waits for service handlers that are already running. */
+#define SHUTDOWN_WAIT_USEC 5000000
+
+/* ======================================================================================
+ * Module state
+ * ==================================================================================== */
+
+typedef struct hub hub;
+
+typedef struct {
+    PyTypeObject *client_type;
+    PyTypeObject *future_type;
+    PyObject *TetherError;
+    PyObject *RemoteError;
+    PyObject *NotConnectedError;
+    PyObject *NoSuchServiceError;
+    PyObject *CancelledError;
+    hub *hub;
+    unsigned long main_thread;
+    bool runner_started; /* guarded by the GIL */
+} module_state;
+
+static module_state *
+state_of_module(PyObject *module)
+{
+    return PyModule_GetState(module);
+}
+
+static module_state *
+state_of_type(PyTypeObject *type)
+{
+    return PyType_GetModuleState(type);
+}
+
+/* ======================================================================================
+ * Small helpers
+ * ==================================================================================== */
+
+/* A str from bytes that may not be valid UTF-8 (they come from a peer); None for NULL. */
+static PyObject *
+text_or_none(const char *s)
+{
+    if (!s) {
+        Py_RETURN_NONE;
+    }
+    return PyUnicode_DecodeUTF8(s, (Py_ssize_t)strlen(s), "replace");
+}
+
+/*
+ * Seconds (int or float) to microseconds. None gives none_usec; infinity (or anything too
+ * large) TETHER_TIMEOUT_INFINITE; a positive value never rounds down to 0. Negative and
+ * NaN raise ValueError.
+ */
+static int
+usec_from_seconds(PyObject *o, uint64_t none_usec, const char *what, uint64_t *ret)
+{
+    if (!o || o == Py_None) {
+        *ret = none_usec;
+        return 0;
+    }
+    double s = PyFloat_AsDouble(o);
+    if (s == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (isnan(s) || s < 0) {
+        PyErr_Format(PyExc_ValueError, "%s must be a non-negative number of seconds or None",
+                     what);
+        return -1;
+    }
+    if (s * 1e6 >= 1.8e19) {
+        *ret = TETHER_TIMEOUT_INFINITE;
+        return 0;
+    }
+    uint64_t usec = (uint64_t)(s * 1e6);
+    *ret = usec == 0 && s > 0 ? 1 : usec;
+    return 0;
+}
+
+/* ======================================================================================
+ * Encoding: Python objects to msgpack
+ * ==================================================================================== */
+
+typedef struct {
+    uint8_t *data;
+    size_t len, cap;
+    uint8_t small[256]; /* most arguments fit: no allocation */
+} packbuf;
+
+static void
+pb_init(packbuf *b)
+{
+    b->data = b->small;
+    b->len = 0;
+    b->cap = sizeof(b->small);
+}
+
+static void
+pb_done(packbuf *b)
+{
+    if (b->data != b->small) {
+        free(b->data);
+    }
+    b->data = NULL;
+}
+
+static int
+pb_reserve(packbuf *b, size_t n)
+{
+    if (b->cap - b->len >= n) {
+        return 0;
+    }
+    if (n > SIZE_MAX / 4 - b->len) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    size_t cap = b->cap * 2;
+    while (cap - b->len < n) {
+        cap *= 2;
+    }
+    uint8_t *d = b->data == b->small ? malloc(cap) : realloc(b->data, cap);
+    if (!d) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (b->data == b->small) {
+        memcpy(d, b->small, b->len);
+    }
+    b->data = d;
+    b->cap = cap;
+    return 0;
+}
+
+static int
+pb_put(packbuf *b, const void *p, size_t n)
+{
+    if (pb_reserve(b, n) < 0) {
+        return -1;
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+/* A one-byte tag followed by an n-byte big-endian number. */
+static int
+pb_tag(packbuf *b, uint8_t tag, uint64_t v, int n)
+{
+    uint8_t h[9];
+    h[0] = tag;
+    for (int i = 0; i < n; i++) {
+        h[1 + i] = (uint8_t)(v >> (8 * (n - 1 - i)));
+    }
+    return pb_put(b, h, (size_t)n + 1);
+}
+
+/* A header for str (fix 0xa0, 8/16/32: 0xd9), bin (-, 0xc4), array (0x90, -, 0xdc) or
+ * map (0x80, -, 0xde). */
+static int
+pb_header(packbuf *b, uint8_t fix, size_t fix_max, uint8_t tag8, uint8_t tag16, size_t n)
+{
+    if (n < fix_max) {
+        uint8_t c = (uint8_t)(fix | n);
+        return pb_put(b, &c, 1);
+    }
+    if (tag8 && n <= 0xff) {
+        return pb_tag(b, tag8, n, 1);
+    }
+    if (n <= 0xffff) {
+        return pb_tag(b, tag16, n, 2);
+    }
+    if (n <= 0xffffffffu) {
+        return pb_tag(b, (uint8_t)(tag16 + 1), n, 4);
+    }
+    PyErr_SetString(PyExc_OverflowError, "value too long to send (over 2**32 - 1 items)");
+    return -1;
+}
+
+static int
+pack_int(packbuf *b, PyObject *o)
+{
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow > 0) {
+        unsigned long long u = PyLong_AsUnsignedLongLong(o);
+        if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+            if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                PyErr_SetString(PyExc_OverflowError,
+                                "int too large to send (tether sends integers from -2**63 "
+                                "to 2**64 - 1)");
+            }
+            return -1;
+        }
+        return pb_tag(b, 0xcf, u, 8);
+    }
+    if (overflow < 0) {
+        PyErr_SetString(PyExc_OverflowError,
+                        "int too small to send (tether sends integers from -2**63 to "
+                        "2**64 - 1)");
+        return -1;
+    }
+    if (v >= 0) {
+        if (v < 128) {
+            uint8_t c = (uint8_t)v;
+            return pb_put(b, &c, 1);
+        }
+        if (v <= 0xff) {
+            return pb_tag(b, 0xcc, (uint64_t)v, 1);
+        }
+        if (v <= 0xffff) {
+            return pb_tag(b, 0xcd, (uint64_t)v, 2);
+        }
+        if (v <= 0xffffffffll) {
+            return pb_tag(b, 0xce, (uint64_t)v, 4);
+        }
+        return pb_tag(b, 0xcf, (uint64_t)v, 8);
+    }
+    if (v >= -32) {
+        uint8_t c = (uint8_t)(int8_t)v;
+        return pb_put(b, &c, 1);
+    }
+    if (v >= INT8_MIN) {
+        return pb_tag(b, 0xd0, (uint64_t)v, 1);
+    }
+    if (v >= INT16_MIN) {
+        return pb_tag(b, 0xd1, (uint64_t)v, 2);
+    }
+    if (v >= INT32_MIN) {
+        return pb_tag(b, 0xd2, (uint64_t)v, 4);
+    }
+    return pb_tag(b, 0xd3, (uint64_t)v, 8);
+}
+
+static int
+pack_bytes(packbuf *b, const char *p, size_t n)
+{
+    if (pb_header(b, 0, 0, 0xc4, 0xc5, n) < 0) {
+        return -1;
+    }
+    return pb_put(b, p, n);
+}
+
+/* The name users know a type by: "int" for builtins, "module.Qualname" otherwise. */
+static PyObject *
+type_display_name(PyTypeObject *type)
+{
+    PyObject *module = PyObject_GetAttrString((PyObject *)type, "__module__");
+    PyObject *qualname = PyObject_GetAttrString((PyObject *)type, "__qualname__");
+    PyObject *name = NULL;
+    if (!qualname) {
+        PyErr_Clear();
+        qualname = PyObject_GetAttrString((PyObject *)type, "__name__");
+    }
+    if (!module) {
+        PyErr_Clear();
+    }
+    if (qualname && module && PyUnicode_Check(module) &&
+        PyUnicode_CompareWithASCIIString(module, "builtins") != 0) {
+        name = PyUnicode_FromFormat("%U.%S", module, qualname);
+    } else if (qualname) {
+        name = PyObject_Str(qualname);
+    } else {
+        PyErr_Clear();
+        name = PyUnicode_FromString("?");
+    }
+    Py_XDECREF(module);
+    Py_XDECREF(qualname);
+    return name;
+}
+
+static int pack_obj(packbuf *b, PyObject *o, int depth);
+
+static int
+pack_container_depth(int depth)
+{
+    if (depth >= PACK_MAX_DEPTH) {
+        PyErr_Format(PyExc_ValueError,
+                     "value nested too deeply to send (more than %d levels of lists and "
+                     "dicts; is there a reference cycle?)",
+                     PACK_MAX_DEPTH);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+pack_sequence(packbuf *b, PyObject *o, int depth)
+{
+    bool is_list = PyList_Check(o);
+    Py_ssize_t n = is_list ? PyList_Size(o) : PyTuple_Size(o);
+    if (n < 0 || pack_container_depth(depth) < 0 || pb_header(b, 0x90, 16, 0, 0xdc, (size_t)n) < 0) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        /* Nothing below runs Python code, so a list cannot change size under us. */
+        PyObject *item = is_list ? PyList_GetItem(o, i) : PyTuple_GetItem(o, i);
+        if (!item || pack_obj(b, item, depth + 1) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int
+pack_dict(packbuf *b, PyObject *o, int depth)
+{
+    Py_ssize_t n = PyDict_Size(o);
+    if (n < 0 || pack_container_depth(depth) < 0 || pb_header(b, 0x80, 16, 0, 0xde, (size_t)n) < 0) {
+        return -1;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(o, &pos, &key, &value)) {
+        if (pack_obj(b, key, depth + 1) < 0 || pack_obj(b, value, depth + 1) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int
+pack_obj(packbuf *b, PyObject *o, int depth)
+{
+    if (o == Py_None) {
+        uint8_t c = 0xc0;
+        return pb_put(b, &c, 1);
+    }
+    if (PyBool_Check(o)) {
+        uint8_t c = o == Py_True ? 0xc3 : 0xc2;
+        return pb_put(b, &c, 1);
+    }
+    if (PyLong_Check(o)) {
+        return pack_int(b, o);
+    }
+    if (PyFloat_Check(o)) {
+        double d = PyFloat_AsDouble(o);
+        uint64_t bits;
+        memcpy(&bits, &d, sizeof(bits));
+        return pb_tag(b, 0xcb, bits, 8);
+    }
+    if (PyUnicode_Check(o)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(o, &n);
+        if (!s || pb_header(b, 0xa0, 32, 0xd9, 0xda, (size_t)n) < 0) {
+            return -1;
+        }
+        return pb_put(b, s, (size_t)n);
+    }
+    if (PyBytes_Check(o)) {
+        char *p;
+        Py_ssize_t n;
+        if (PyBytes_AsStringAndSize(o, &p, &n) < 0) {
+            return -1;
+        }
+        return pack_bytes(b, p, (size_t)n);
+    }
+    if (PyByteArray_Check(o)) {
+        return pack_bytes(b, PyByteArray_AsString(o), (size_t)PyByteArray_Size(o));
+    }
+    if (PyMemoryView_Check(o)) {
+        /* The 3.10 limited API has no buffer protocol: copy through bytes. */
+        PyObject *copy = PyBytes_FromObject(o);
+        if (!copy) {
+            return -1;
+        }
+        char *p;
+        Py_ssize_t n;
+        int r = PyBytes_AsStringAndSize(copy, &p, &n);
+        r = r < 0 ? r : pack_bytes(b, p, (size_t)n);
+        Py_DECREF(copy);
+        return r;
+    }
+    if (PyList_Check(o) || PyTuple_Check(o)) {
+        return pack_sequence(b, o, depth);
+    }
+    if (PyDict_Check(o)) {
+        return pack_dict(b, o, depth);
+    }
+    PyObject *name = type_display_name(Py_TYPE(o));
+    if (name) {
+        PyErr_Format(PyExc_TypeError,
+                     "cannot send a value of type '%U': tether sends None, bool, int, float, "
+                     "str, bytes, list, tuple and dict",
+                     name);
+        Py_DECREF(name);
+    }
+    return -1;
+}
+
+/*
+ * A tether_value holding o. depth is -1 for an argument list or keyword dict, whose own
+ * level does not count against the nesting of the values in it.
+ */
+static tether_value *
+value_from_object(PyObject *o, int depth)
+{
+    packbuf b;
+    pb_init(&b);
+    tether_value *v = NULL;
+    if (pack_obj(&b, o, depth) == 0) {
+        int r = tether_value_new_msgpack(b.data, b.len, &v);
+        if (r < 0) {
+            PyErr_Format(PyExc_ValueError, "cannot encode the value: %s", tether_strerror(r));
+            v = NULL;
+        }
+    }
+    pb_done(&b);
+    return v;
+}
+
+/* Arguments: args a tuple or list (NULL: none), kwargs a dict (NULL or empty: none). */
+static int
+values_from_args(PyObject *args, PyObject *kwargs, tether_value **ret_args,
+                 tether_value **ret_kwargs)
+{
+    *ret_args = NULL;
+    *ret_kwargs = NULL;
+    if (args && args != Py_None) {
+        if (!PyTuple_Check(args) && !PyList_Check(args)) {
+            PyErr_SetString(PyExc_TypeError, "args must be a tuple or a list");
+            return -1;
+        }
+        if (PyObject_Length(args) > 0 && !(*ret_args = value_from_object(args, -1))) {
+            return -1;
+        }
+    }
+    if (kwargs && kwargs != Py_None) {
+        if (!PyDict_Check(kwargs)) {
+            PyErr_SetString(PyExc_TypeError, "kwargs must be a dict");
+            goto fail;
+        }
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(kwargs, &pos, &key, &value)) {
+            if (!PyUnicode_Check(key)) {
+                PyErr_SetString(PyExc_TypeError, "keyword argument names must be strings");
+                goto fail;
+            }
+        }
+        if (PyDict_Size(kwargs) > 0 && !(*ret_kwargs = value_from_object(kwargs, -1))) {
+            goto fail;
+        }
+    }
+    return 0;
+fail:
+    *ret_args = tether_value_unref(*ret_args);
+    return -1;
+}
+
+/* ======================================================================================
+ * Decoding: msgpack to Python objects
+ *
+ * The bytes come from tether_value_get_msgpack, which the core checked already; every
+ * length is still checked against the bytes left, and nesting is bounded.
+ * ==================================================================================== */
+
+typedef struct {
+    const uint8_t *p, *end;
+} unpacker;
+
+static int
+need(unpacker *u, size_t n)
+{
+    if ((size_t)(u->end - u->p) < n) {
+        PyErr_SetString(PyExc_ValueError, "truncated msgpack value");
+        return -1;
+    }
+    return 0;
+}
+
+static uint64_t
+take_be(unpacker *u, int n)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++) {
+        v = v << 8 | u->p[i];
+    }
+    u->p += n;
+    return v;
+}
+
+static PyObject *unpack_obj(unpacker *u, int depth, bool as_key);
+
+static PyObject *
+unpack_array(unpacker *u, size_t n, int depth, bool as_key)
+{
+    if (n > (size_t)(u->end - u->p)) { /* each item takes at least one byte */
+        PyErr_SetString(PyExc_ValueError, "truncated msgpack array");
+        return NULL;
+    }
+    PyObject *seq = as_key ? PyTuple_New((Py_ssize_t)n) : PyList_New((Py_ssize_t)n);
+    if (!seq) {
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        PyObject *item = unpack_obj(u, depth + 1, as_key);
+        if (!item) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        /* Both steal the reference. */
+        if (as_key) {
+            PyTuple_SetItem(seq, (Py_ssize_t)i, item);
+        } else {
+            PyList_SetItem(seq, (Py_ssize_t)i, item);
+        }
+    }
+    return seq;
+}
+
+static PyObject *
+unpack_map(unpacker *u, size_t n, int depth)
+{
+    if (n > (size_t)(u->end - u->p) / 2) {
+        PyErr_SetString(PyExc_ValueError, "truncated msgpack map");
+        return NULL;
+    }
+    PyObject *d = PyDict_New();
+    if (!d) {
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        PyObject *key = unpack_obj(u, depth + 1, true);
+        PyObject *value = key ? unpack_obj(u, depth + 1, false) : NULL;
+        int r = value ? PyDict_SetItem(d, key, value) : -1;
+        Py_XDECREF(key);
+        Py_XDECREF(value);
+        if (r < 0) {
+            Py_DECREF(d);
+            return NULL;
+        }
+    }
+    return d;
+}
+
+static PyObject *
+unpack_ext(unpacker *u, size_t n)
+{
+    if (need(u, n + 1) < 0) {
+        return NULL;
+    }
+    int type = (int8_t)u->p[0];
+    PyErr_Format(PyExc_TypeError,
+                 "cannot receive a msgpack extension value of type %d (remote references "
+                 "are not supported yet)",
+                 type);
+    return NULL;
+}
+
+static PyObject *
+unpack_obj(unpacker *u, int depth, bool as_key)
+{
+    if (depth > PACK_MAX_DEPTH + 8) {
+        PyErr_SetString(PyExc_ValueError, "received value nested too deeply");
+        return NULL;
+    }
+    if (need(u, 1) < 0) {
+        return NULL;
+    }
+    uint8_t c = *u->p++;
+    size_t n;
+    if (c <= 0x7f) {
+        return PyLong_FromLong(c);
+    }
+    if (c >= 0xe0) {
+        return PyLong_FromLong((int8_t)c);
+    }
+    if ((c & 0xe0) == 0xa0) {
+        n = c & 0x1f;
+        goto str;
+    }
+    if ((c & 0xf0) == 0x90) {
+        return unpack_array(u, c & 0x0f, depth, as_key);
+    }
+    if ((c & 0xf0) == 0x80) {
+        return unpack_map(u, c & 0x0f, depth);
+    }
+    switch (c) {
+    case 0xc0:
+        Py_RETURN_NONE;
+    case 0xc2:
+        Py_RETURN_FALSE;
+    case 0xc3:
+        Py_RETURN_TRUE;
+    case 0xcc:
+    case 0xcd:
+    case 0xce:
+    case 0xcf: {
+        int w = 1 << (c - 0xcc);
+        if (need(u, (size_t)w) < 0) {
+            return NULL;
+        }
+        return PyLong_FromUnsignedLongLong(take_be(u, w));
+    }
+    case 0xd0:
+    case 0xd1:
+    case 0xd2:
+    case 0xd3: {
+        int w = 1 << (c - 0xd0);
+        if (need(u, (size_t)w) < 0) {
+            return NULL;
+        }
+        uint64_t v = take_be(u, w);
+        int64_t s = w == 1   ? (int8_t)v
+                    : w == 2 ? (int16_t)v
+                    : w == 4 ? (int32_t)v
+                             : (int64_t)v;
+        return PyLong_FromLongLong(s);
+    }
+    case 0xca: {
+        if (need(u, 4) < 0) {
+            return NULL;
+        }
+        uint32_t bits = (uint32_t)take_be(u, 4);
+        float f;
+        memcpy(&f, &bits, sizeof(f));
+        return PyFloat_FromDouble(f);
+    }
+    case 0xcb: {
+        if (need(u, 8) < 0) {
+            return NULL;
+        }
+        uint64_t bits = take_be(u, 8);
+        double d;
+        memcpy(&d, &bits, sizeof(d));
+        return PyFloat_FromDouble(d);
+    }
+    case 0xd9:
+    case 0xda:
+    case 0xdb: {
+        int w = 1 << (c - 0xd9);
+        if (need(u, (size_t)w) < 0) {
+            return NULL;
+        }
+        n = (size_t)take_be(u, w);
+        goto str;
+    }
+    case 0xc4:
+    case 0xc5:
+    case 0xc6: {
+        int w = 1 << (c - 0xc4);
+        if (need(u, (size_t)w) < 0) {
+            return NULL;
+        }
+        n = (size_t)take_be(u, w);
+        if (need(u, n) < 0) {
+            return NULL;
+        }
+        PyObject *bytes = PyBytes_FromStringAndSize((const char *)u->p, (Py_ssize_t)n);
+        u->p += n;
+        return bytes;
+    }
+    case 0xdc:
+    case 0xdd: {
+        int w = c == 0xdc ? 2 : 4;
+        if (need(u, (size_t)w) < 0) {
+            return NULL;
+        }
+        return unpack_array(u, (size_t)take_be(u, w), depth, as_key);
+    }
+    case 0xde:
+    case 0xdf: {
+        int w = c == 0xde ? 2 : 4;
+        if (need(u, (size_t)w) < 0) {
+            return NULL;
+        }
+        return unpack_map(u, (size_t)take_be(u, w), depth);
+    }
+    case 0xd4:
+    case 0xd5:
+    case 0xd6:
+    case 0xd7:
+    case 0xd8:
+        return unpack_ext(u, (size_t)1 << (c - 0xd4));
+    case 0xc7:
+    case 0xc8:
+    case 0xc9: {
+        int w = 1 << (c - 0xc7);
+        if (need(u, (size_t)w) < 0) {
+            return NULL;
+        }
+        return unpack_ext(u, (size_t)take_be(u, w));
+    }
+    default:
+        PyErr_Format(PyExc_ValueError, "malformed msgpack value (byte 0x%02x)", c);
+        return NULL;
+    }
+str:
+    if (need(u, n) < 0) {
+        return NULL;
+    }
+    PyObject *s = PyUnicode_DecodeUTF8((const char *)u->p, (Py_ssize_t)n, "strict");
+    u->p += n;
+    return s;
+}
+
+static PyObject *
+unpack_bytes(const void *data, size_t size)
+{
+    unpacker u = {data, (const uint8_t *)data + size};
+    PyObject *o = unpack_obj(&u, 0, false);
+    if (o && u.p != u.end) {
+        Py_DECREF(o);
+        PyErr_SetString(PyExc_ValueError, "extra bytes after the msgpack value");
+        return NULL;
+    }
+    return o;
+}
+
+/* The Python object of a value; None for NULL (a call that returned nothing). */
+static PyObject *
+object_from_value(tether_value *v)
+{
+    if (!v) {
+        Py_RETURN_NONE;
+    }
+    const void *data;
+    size_t size;
+    int r = tether_value_get_msgpack(v, &data, &size);
+    if (r < 0) {
+        PyErr_SetString(PyExc_ValueError, tether_strerror(r));
+        return NULL;
+    }
+    return unpack_bytes(data, size);
+}
+
+/* ======================================================================================
+ * Errors: a negative code and a tether_error to the exception a caller sees
+ * ==================================================================================== */
+
+/* Where a failure happened: a few codes mean different things at connect. */
+enum { AT_CALL = 0, AT_CONNECT = 1 };
+
+static int
+add_note(PyObject *exc, const char *header, const char *text)
+{
+    PyObject *note = PyUnicode_FromFormat("%s%s", header, text);
+    if (!note) {
+        return -1;
+    }
+    PyObject *r = NULL;
+    PyObject *fn = PyObject_GetAttrString(exc, "add_note"); /* 3.11 and newer */
+    if (fn) {
+        r = PyObject_CallFunctionObjArgs(fn, note, NULL);
+        Py_DECREF(fn);
+    } else {
+        PyErr_Clear();
+        r = Py_NewRef(Py_None);
+    }
+    Py_DECREF(note);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/*
+ * The exception of a remote failure. A type name that names a builtin Exception
+ * subclass (NameError, KeyError, ...) gives that class; anything else, or a builtin that
+ * cannot be made from one message, gives RemoteError(type, message, traceback).
+ * Both carry remote_type and remote_traceback; the traceback is also added as a note.
+ */
+static PyObject *
+remote_exception(module_state *st, const char *type, const char *message, const char *traceback)
+{
+    PyObject *type_obj = text_or_none(type ? type : "Exception");
+    PyObject *message_obj = text_or_none(message ? message : "");
+    if (traceback && !*traceback) {
+        traceback = NULL; /* peers that have none may send "" */
+    }
+    PyObject *traceback_obj = text_or_none(traceback);
+    PyObject *exc = NULL;
+    if (!type_obj || !message_obj || !traceback_obj) {
+        goto out;
+    }
+    if (type && *type && !strchr(type, '.')) {
+        PyObject *builtins = PyImport_ImportModule("builtins");
+        PyObject *cls = builtins ? PyObject_GetAttr(builtins, type_obj) : NULL;
+        Py_XDECREF(builtins);
+        if (cls && PyType_Check(cls) && PyObject_IsSubclass(cls, PyExc_Exception) == 1) {
+            exc = PyObject_CallFunctionObjArgs(cls, message_obj, NULL);
+        }
+        Py_XDECREF(cls);
+        PyErr_Clear();
+    }
+    if (!exc) {
+        exc = PyObject_CallFunctionObjArgs(st->RemoteError, type_obj, message_obj,
+                                           traceback_obj, NULL);
+        if (!exc) {
+            goto out;
+        }
+    }
+    if (PyObject_SetAttrString(exc, "remote_type", type_obj) < 0 ||
+        PyObject_SetAttrString(exc, "remote_traceback", traceback_obj) < 0 ||
+        (traceback && add_note(exc, "Remote traceback:\n", traceback) < 0)) {
+        Py_CLEAR(exc);
+    }
+out:
+    Py_XDECREF(type_obj);
+    Py_XDECREF(message_obj);
+    Py_XDECREF(traceback_obj);
+    return exc;
+}
+
+/* cls(errno, message) for OSError subclasses, so that .errno is set. */
+static PyObject *
+os_exception(PyObject *cls, int code, PyObject *message)
+{
+    return PyObject_CallFunction(cls, "iO", -code, message);
+}
+
+static PyObject *
+error_object(module_state *st, int code, const tether_error *err, int where)
+{
+    if (code == TETHER_EREMOTE) {
+        return remote_exception(st, err ? err->type : NULL, err ? err->message : NULL,
+                                err ? err->traceback : NULL);
+    }
+    const char *text = err && err->message && *err->message ? err->message : tether_strerror(code);
+    PyObject *message = text_or_none(text);
+    if (!message) {
+        return NULL;
+    }
+    PyObject *exc;
+    switch (code) {
+    case TETHER_ETIMEDOUT:
+        exc = os_exception(PyExc_TimeoutError, code, message);
+        break;
+    case TETHER_ECONNRESET:
+        exc = os_exception(PyExc_ConnectionResetError, code, message);
+        break;
+    case TETHER_ENOTCONN:
+        exc = PyObject_CallFunctionObjArgs(st->NotConnectedError, message, NULL);
+        break;
+    case TETHER_ECONNREFUSED:
+        exc = os_exception(PyExc_ConnectionRefusedError, code, message);
+        break;
+    case TETHER_EACCES:
+        exc = os_exception(PyExc_PermissionError, code, message);
+        break;
+    case TETHER_ECANCELED:
+        exc = PyObject_CallFunctionObjArgs(st->CancelledError, message, NULL);
+        break;
+    case TETHER_ENOMEM:
+        exc = PyObject_CallFunctionObjArgs(PyExc_MemoryError, message, NULL);
+        break;
+    case TETHER_ENOENT:
+    case TETHER_EUSERS:
+        if (where == AT_CONNECT) {
+            exc = os_exception(PyExc_ConnectionRefusedError, code, message);
+        } else {
+            exc = PyObject_CallFunctionObjArgs(st->NoSuchServiceError, message, NULL);
+        }
+        break;
+    default:
+        exc = PyObject_CallFunctionObjArgs(st->TetherError, message, NULL);
+        break;
+    }
+    Py_DECREF(message);
+    if (exc) {
+        PyObject *code_obj = PyLong_FromLong(code);
+        if (!code_obj || PyObject_SetAttrString(exc, "code", code_obj) < 0) {
+            Py_CLEAR(exc);
+        }
+        Py_XDECREF(code_obj);
+    }
+    return exc;
+}
+
+/* Raise the exception of code/err; returns NULL for `return raise_error(...)`. */
+static PyObject *
+raise_error(module_state *st, int code, const tether_error *err, int where)
+{
+    PyObject *exc = error_object(st, code, err, where);
+    if (exc) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
+
+/*
+ * The exception hierarchy, in Python for exact Python semantics (subclassing, pickling,
+ * __str__), run once per module into the module's namespace; the classes' __module__ is
+ * "tether", where the package re-exports them.
+ */
+static const char exceptions_source[] =
+    "class TetherError(Exception):\n"
+    "    \"\"\"Base class of tether's own exceptions. code is the negative TETHER_E* code\n"
+    "    of the failure when it came from the core, else None.\"\"\"\n"
+    "    code = None\n"
+    "\n"
+    "class RemoteError(TetherError):\n"
+    "    \"\"\"The peer raised an exception that is not a builtin one: remote_type names\n"
+    "    its type (\"module.Qualname\"), remote_message is its message and\n"
+    "    remote_traceback the peer's traceback text (None if the peer sent none).\"\"\"\n"
+    "    def __init__(self, remote_type, message='', traceback=None):\n"
+    "        super().__init__(remote_type, message)\n"
+    "        self.remote_type = remote_type\n"
+    "        self.remote_message = message\n"
+    "        self.remote_traceback = traceback\n"
+    "    def __reduce__(self):\n"
+    "        return (type(self), (self.remote_type, self.remote_message,\n"
+    "                             self.remote_traceback))\n"
+    "    def __str__(self):\n"
+    "        return f'{self.remote_type}: {self.remote_message}'\n"
+    "\n"
+    "class NotConnectedError(TetherError, ConnectionError):\n"
+    "    \"\"\"The connection is closed, or not connected yet, or reconnecting.\"\"\"\n"
+    "\n"
+    "class NoSuchServiceError(TetherError, LookupError):\n"
+    "    \"\"\"The peer has no service of that name.\"\"\"\n"
+    "\n"
+    "class CancelledError(TetherError):\n"
+    "    \"\"\"The call was cancelled (Future.cancel, or the connection closed locally).\"\"\"\n";
+
+static int
+define_exceptions(PyObject *module, module_state *st)
+{
+    PyObject *globals = PyDict_New();
+    PyObject *code = NULL, *r = NULL;
+    int result = -1;
+    PyObject *module_name = PyUnicode_FromString("tether");
+    int named = globals && module_name ? PyDict_SetItemString(globals, "__name__", module_name)
+                                       : -1;
+    Py_XDECREF(module_name);
+    if (named < 0) {
+        goto out;
+    }
+    PyObject *builtins = PyImport_ImportModule("builtins");
+    if (!builtins) {
+        goto out;
+    }
+    int b = PyDict_SetItemString(globals, "__builtins__", builtins);
+    Py_DECREF(builtins);
+    if (b < 0) {
+        goto out;
+    }
+    code = Py_CompileString(exceptions_source, "<tether._tether exceptions>", Py_file_input);
+    if (!code || !(r = PyEval_EvalCode(code, globals, globals))) {
+        goto out;
+    }
+    static const struct {
+        const char *name;
+        size_t offset;
+    } classes[] = {
+        {"TetherError", offsetof(module_state, TetherError)},
+        {"RemoteError", offsetof(module_state, RemoteError)},
+        {"NotConnectedError", offsetof(module_state, NotConnectedError)},
+        {"NoSuchServiceError", offsetof(module_state, NoSuchServiceError)},
+        {"CancelledError", offsetof(module_state, CancelledError)},
+    };
+    for (size_t i = 0; i < sizeof(classes) / sizeof(classes[0]); i++) {
+        PyObject *cls = PyDict_GetItemString(globals, classes[i].name); /* borrowed */
+        if (!cls || PyModule_AddObjectRef(module, classes[i].name, cls) < 0) {
+            goto out;
+        }
+        *(PyObject **)((char *)st + classes[i].offset) = Py_NewRef(cls);
+    }
+    result = 0;
+out:
+    Py_XDECREF(r);
+    Py_XDECREF(code);
+    Py_XDECREF(globals);
+    return result;
+}
+
+/* ======================================================================================
+ * The callback hub: futures whose Python done-callbacks are due, and the thread that
+ * runs them
+ * ==================================================================================== */
+
+typedef struct pending_cb pending_cb;
+
+struct hub {
+    atomic_int refs;
+    pthread_mutex_t lock;
+    pthread_cond_t cv;
+    pending_cb *head, *tail; /* guarded by lock */
+    bool stopping;           /* guarded by lock */
+};
+
+/* One future waiting for its completion, then queued for the runner. */
+struct pending_cb {
+    hub *hub;        /* a reference */
+    PyObject *owner; /* the Future object, a strong reference handed to the runner */
+    pending_cb *next;
+};
+
+static hub *
+hub_new(void)
+{
+    hub *h = calloc(1, sizeof(*h));
+    if (!h) {
+        return NULL;
+    }
+    atomic_init(&h->refs, 1);
+    pthread_mutex_init(&h->lock, NULL);
+    pthread_cond_init(&h->cv, NULL);
+    return h;
+}
+
+static hub *
+hub_ref(hub *h)
+{
+    atomic_fetch_add(&h->refs, 1);
+    return h;
+}
+
+static void
+hub_unref(hub *h)
+{
+    if (h && atomic_fetch_sub(&h->refs, 1) == 1) {
+        pthread_mutex_destroy(&h->lock);
+        pthread_cond_destroy(&h->cv);
+        free(h);
+    }
+}
+
+/* The core's completion callback (I/O thread, or the registering thread): no Python. */
+static void
+hub_on_ready(tether_future *future, void *userdata)
+{
+    pending_cb *p = userdata;
+    hub *h = p->hub;
+    pthread_mutex_lock(&h->lock);
+    p->next = NULL;
+    if (h->tail) {
+        h->tail->next = p;
+    } else {
+        h->head = p;
+    }
+    h->tail = p;
+    pthread_cond_signal(&h->cv);
+    pthread_mutex_unlock(&h->lock);
+}
+
+/* ======================================================================================
+ * Future
+ * ==================================================================================== */
+
+enum { CB_NONE = 0, CB_WAITING = 1, CB_FIRED = 2 };
+
+typedef struct {
+    PyObject_HEAD
+    tether_future *future;
+    PyObject *method;    /* str, for repr */
+    PyObject *callbacks; /* list of callables not yet run, or NULL */
+    int cb_state;
+    bool have_outcome;
+    PyObject *result;    /* once have_outcome: the result, or NULL if failed */
+    PyObject *exception; /* once have_outcome: the exception, or NULL if it succeeded */
+} FutureObject;
+
+static PyObject *
+future_new_object(module_state *st, tether_future *future, PyObject *method)
+{
+    FutureObject *self = PyObject_GC_New(FutureObject, st->future_type);
+    if (!self) {
+        tether_future_unref(future);
+        return NULL;
+    }
+    self->future = future;
+    self->method = Py_NewRef(method);
+    self->callbacks = NULL;
+    self->cb_state = CB_NONE;
+    self->have_outcome = false;
+    self->result = NULL;
+    self->exception = NULL;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static int
+future_traverse(FutureObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->method);
+    Py_VISIT(self->callbacks);
+    Py_VISIT(self->result);
+    Py_VISIT(self->exception);
+    return 0;
+}
+
+static int
+future_clear(FutureObject *self)
+{
+    Py_CLEAR(self->method);
+    Py_CLEAR(self->callbacks);
+    Py_CLEAR(self->result);
+    Py_CLEAR(self->exception);
+    return 0;
+}
+
+static void
+future_dealloc(FutureObject *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    future_clear(self);
+    /* Releasing a pending future does not cancel its call. */
+    self->future = tether_future_unref(self->future);
+    freefunc free_fn = PyType_GetSlot(type, Py_tp_free);
+    free_fn(self);
+    Py_DECREF(type);
+}
+
+/*
+ * Wait for future up to timeout_usec (TETHER_TIMEOUT_INFINITE: forever) with the GIL
+ * released. On the main thread, wakes every SIGNAL_SLICE_USEC to run signal handlers.
+ * Returns 1 when ready, 0 on timeout, -1 with an exception set (KeyboardInterrupt, or
+ * whatever a signal handler raised).
+ */
+static int
+wait_future(module_state *st, tether_future *future, uint64_t timeout_usec)
+{
+    bool main_thread = PyThread_get_thread_ident() == st->main_thread;
+    uint64_t deadline = timeout_usec == TETHER_TIMEOUT_INFINITE
+                            ? UINT64_MAX
+                            : tether_now_usec() + timeout_usec;
+    for (;;) {
+        uint64_t now = tether_now_usec();
+        uint64_t slice = deadline == UINT64_MAX ? TETHER_TIMEOUT_INFINITE
+                         : now < deadline       ? deadline - now
+                                                : 0;
+        if (main_thread && slice > SIGNAL_SLICE_USEC) {
+            slice = SIGNAL_SLICE_USEC;
+        }
+        int r;
+        Py_BEGIN_ALLOW_THREADS
+        r = tether_future_wait(future, slice);
+        Py_END_ALLOW_THREADS
+        if (r == 0) {
+            return 1;
+        }
+        if (main_thread && PyErr_CheckSignals() < 0) {
+            return -1;
+        }
+        if (deadline != UINT64_MAX && tether_now_usec() >= deadline) {
+            return tether_future_is_ready(future) == 1 ? 1 : 0;
+        }
+    }
+}
+
+/* Fetch and keep the outcome of a ready future. Returns 0, or -1 with an exception set
+ * when the outcome itself cannot be turned into Python objects. */
+static int
+future_load_outcome(FutureObject *self)
+{
+    if (self->have_outcome) {
+        return 0;
+    }
+    module_state *st = state_of_type(Py_TYPE(self));
+    tether_value *value = NULL;
+    tether_error err = TETHER_ERROR_INIT;
+    int r = tether_future_get_result(self->future, &value, &err);
+    if (r == TETHER_EINPROGRESS) {
+        PyErr_SetString(PyExc_RuntimeError, "the future is not ready");
+        return -1;
+    }
+    PyObject *result = NULL, *exception = NULL;
+    if (r == 0) {
+        result = object_from_value(value);
+    } else {
+        exception = error_object(st, r, &err, AT_CALL);
+    }
+    tether_value_unref(value);
+    tether_error_done(&err);
+    if (!result && !exception) {
+        return -1; /* a decoding error: not kept, the caller sees it */
+    }
+    self->result = result;
+    self->exception = exception;
+    self->have_outcome = true;
+    return 0;
+}
+
+/* Wait as Future.result and Future.exception do: TimeoutError if not ready in time. */
+static int
+future_wait_ready(FutureObject *self, PyObject *timeout_obj)
+{
+    module_state *st = state_of_type(Py_TYPE(self));
+    uint64_t timeout;
+    if (usec_from_seconds(timeout_obj, TETHER_TIMEOUT_INFINITE, "timeout", &timeout) < 0) {
+        return -1;
+    }
+    int r = wait_future(st, self->future, timeout);
+    if (r == 0) {
+        PyErr_Format(PyExc_TimeoutError, "the call to '%U' has not completed in time",
+                     self->method);
+        return -1;
+    }
+    return r < 0 ? -1 : 0;
+}
+
+static PyObject *
+future_result_impl(FutureObject *self, PyObject *timeout)
+{
+    if (future_wait_ready(self, timeout) < 0 || future_load_outcome(self) < 0) {
+        return NULL;
+    }
+    if (self->exception) {
+        PyErr_SetObject((PyObject *)Py_TYPE(self->exception), self->exception);
+        return NULL;
+    }
+    return Py_NewRef(self->result);
+}
+
+static PyObject *
+future_result(FutureObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"timeout", NULL};
+    PyObject *timeout = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:result", kwlist, &timeout)) {
+        return NULL;
+    }
+    return future_result_impl(self, timeout);
+}
+
+static PyObject *
+future_exception(FutureObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"timeout", NULL};
+    PyObject *timeout = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:exception", kwlist, &timeout) ||
+        future_wait_ready(self, timeout) < 0 || future_load_outcome(self) < 0) {
+        return NULL;
+    }
+    return Py_NewRef(self->exception ? self->exception : Py_None);
+}
+
+static PyObject *
+future_wait(FutureObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"timeout", NULL};
+    PyObject *timeout_obj = Py_None;
+    uint64_t timeout;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:wait", kwlist, &timeout_obj) ||
+        usec_from_seconds(timeout_obj, TETHER_TIMEOUT_INFINITE, "timeout", &timeout) < 0) {
+        return NULL;
+    }
+    int r = wait_future(state_of_type(Py_TYPE(self)), self->future, timeout);
+    if (r < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(r);
+}
+
+static PyObject *
+future_done(FutureObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(tether_future_is_ready(self->future) == 1);
+}
+
+static PyObject *
+future_get_ready(FutureObject *self, void *closure)
+{
+    return future_done(self, NULL);
+}
+
+static PyObject *
+future_get_value(FutureObject *self, void *closure)
+{
+    return future_result_impl(self, Py_None);
+}
+
+static PyObject *
+future_cancel(FutureObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(tether_future_cancel(self->future) == 0);
+}
+
+static PyObject *
+future_cancelled(FutureObject *self, PyObject *unused)
+{
+    if (tether_future_is_ready(self->future) != 1) {
+        Py_RETURN_FALSE;
+    }
+    int r = tether_future_get_result(self->future, NULL, NULL);
+    return PyBool_FromLong(r == TETHER_ECANCELED);
+}
+
+static void
+call_done_callback(PyObject *fn, PyObject *future)
+{
+    PyObject *r = PyObject_CallFunctionObjArgs(fn, future, NULL);
+    if (r) {
+        Py_DECREF(r);
+    } else {
+        PyErr_WriteUnraisable(fn);
+    }
+}
+
+/* Run (and forget) the callbacks of a completed future. GIL held. */
+static void
+future_run_callbacks(FutureObject *self)
+{
+    self->cb_state = CB_FIRED;
+    PyObject *callbacks = self->callbacks;
+    self->callbacks = NULL;
+    if (!callbacks) {
+        return;
+    }
+    for (Py_ssize_t i = 0; i < PyList_Size(callbacks); i++) {
+        call_done_callback(PyList_GetItem(callbacks, i), (PyObject *)self);
+    }
+    Py_DECREF(callbacks);
+}
+
+static int
+start_runner(PyObject *module, module_state *st)
+{
+    if (st->runner_started) {
+        return 0;
+    }
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *target = PyObject_GetAttrString(module, "_run_callbacks");
+    PyObject *thread = NULL, *r = NULL;
+    if (threading && target) {
+        PyObject *cls = PyObject_GetAttrString(threading, "Thread");
+        PyObject *kwargs = Py_BuildValue("{s:O,s:s,s:O}", "target", target, "name",
+                                         "tether-callbacks", "daemon", Py_True);
+        PyObject *noargs = PyTuple_New(0);
+        if (cls && kwargs && noargs) {
+            thread = PyObject_Call(cls, noargs, kwargs);
+        }
+        Py_XDECREF(cls);
+        Py_XDECREF(kwargs);
+        Py_XDECREF(noargs);
+    }
+    if (thread) {
+        r = PyObject_CallMethod(thread, "start", NULL);
+    }
+    Py_XDECREF(threading);
+    Py_XDECREF(target);
+    Py_XDECREF(thread);
+    if (!r) {
+        return -1;
+    }
+    Py_DECREF(r);
+    st->runner_started = true;
+    return 0;
+}
+
+static PyObject *
+future_add_done_callback(FutureObject *self, PyObject *fn)
+{
+    if (!PyCallable_Check(fn)) {
+        PyErr_SetString(PyExc_TypeError, "add_done_callback expects a callable");
+        return NULL;
+    }
+    if (self->cb_state == CB_WAITING) {
+        if (PyList_Append(self->callbacks, fn) < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    if (self->cb_state == CB_FIRED || tether_future_is_ready(self->future) == 1) {
+        call_done_callback(fn, (PyObject *)self);
+        Py_RETURN_NONE;
+    }
+    PyObject *module = PyType_GetModule(Py_TYPE(self));
+    module_state *st = module ? state_of_module(module) : NULL;
+    if (!st || start_runner(module, st) < 0) {
+        return NULL;
+    }
+    PyObject *callbacks = PyList_New(0);
+    if (!callbacks || PyList_Append(callbacks, fn) < 0) {
+        Py_XDECREF(callbacks);
+        return NULL;
+    }
+    pending_cb *p = malloc(sizeof(*p));
+    if (!p) {
+        Py_DECREF(callbacks);
+        return PyErr_NoMemory();
+    }
+    p->hub = hub_ref(st->hub);
+    p->owner = Py_NewRef(self);
+    p->next = NULL;
+    self->callbacks = callbacks;
+    self->cb_state = CB_WAITING;
+    int r = tether_future_set_callback(self->future, TETHER_CONTEXT_IO, hub_on_ready, p);
+    if (r < 0) {
+        self->cb_state = CB_NONE;
+        Py_CLEAR(self->callbacks);
+        Py_DECREF(p->owner);
+        hub_unref(p->hub);
+        free(p);
+        return raise_error(st, r, NULL, AT_CALL);
+    }
+    Py_RETURN_NONE;
+}
+
+/*
+ * _run_callbacks(): the body of the "tether-callbacks" thread. Waits (GIL released) for
+ * completed futures and runs their callbacks, until _shutdown.
+ */
+static PyObject *
+module_run_callbacks(PyObject *module, PyObject *unused)
+{
+    hub *h = hub_ref(state_of_module(module)->hub);
+    for (;;) {
+        pending_cb *list;
+        bool stop;
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&h->lock);
+        while (!h->head && !h->stopping) {
+            pthread_cond_wait(&h->cv, &h->lock);
+        }
+        list = h->head;
+        h->head = h->tail = NULL;
+        stop = h->stopping;
+        pthread_mutex_unlock(&h->lock);
+        Py_END_ALLOW_THREADS
+        while (list) {
+            pending_cb *p = list;
+            list = p->next;
+            future_run_callbacks((FutureObject *)p->owner);
+            Py_DECREF(p->owner);
+            hub_unref(p->hub);
+            free(p);
+        }
+        if (stop) {
+            break;
+        }
+    }
+    hub_unref(h);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+future_repr(FutureObject *self)
+{
+    const char *state = "pending";
+    if (tether_future_is_ready(self->future) == 1) {
+        int r = tether_future_get_result(self->future, NULL, NULL);
+        state = r == 0 ? "finished" : r == TETHER_ECANCELED ? "cancelled" : "failed";
+    }
+    return PyUnicode_FromFormat("<tether.Future %R %s>", self->method, state);
+}
+
+static PyMethodDef future_methods[] = {
+    {"wait", (PyCFunction)(void (*)(void))future_wait, METH_VARARGS | METH_KEYWORDS,
+     "wait(timeout=None) -> bool\n\nWait until the call completes or timeout seconds pass "
+     "(None: no limit). True if it completed. The call itself goes on either way."},
+    {"result", (PyCFunction)(void (*)(void))future_result, METH_VARARGS | METH_KEYWORDS,
+     "result(timeout=None)\n\nThe call's result, waiting for it; raises its exception if "
+     "it failed, TimeoutError if it has not completed within timeout seconds."},
+    {"exception", (PyCFunction)(void (*)(void))future_exception,
+     METH_VARARGS | METH_KEYWORDS,
+     "exception(timeout=None)\n\nThe call's exception (None if it succeeded), waiting as "
+     "result() does."},
+    {"done", (PyCFunction)future_done, METH_NOARGS, "done() -> bool: the call completed."},
+    {"cancel", (PyCFunction)future_cancel, METH_NOARGS,
+     "cancel() -> bool\n\nCancel the call: the future completes with CancelledError and "
+     "the callee is told to stop. False if it had completed already."},
+    {"cancelled", (PyCFunction)future_cancelled, METH_NOARGS,
+     "cancelled() -> bool: the call was cancelled."},
+    {"add_done_callback", (PyCFunction)future_add_done_callback, METH_O,
+     "add_done_callback(fn)\n\nCall fn(future) once the call completes: on tether's "
+     "callback thread, or at once on this thread if it has completed already. An "
+     "exception in fn goes to sys.unraisablehook."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef future_getset[] = {
+    {"ready", (getter)future_get_ready, NULL, "True once the call has completed.", NULL},
+    {"value", (getter)future_get_value, NULL, "result(), as RPyC's AsyncResult.value.",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot future_slots[] = {
+    {Py_tp_doc, "The outcome of a call made with call_async (tether.async_, conn.async_)."},
+    {Py_tp_dealloc, future_dealloc},
+    {Py_tp_traverse, future_traverse},
+    {Py_tp_clear, future_clear},
+    {Py_tp_repr, future_repr},
+    {Py_tp_methods, future_methods},
+    {Py_tp_getset, future_getset},
+    {0, NULL},
+};
+
+static PyType_Spec future_spec = {
+    .name = "tether.Future",
+    .basicsize = sizeof(FutureObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION |
+             Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = future_slots,
+};
+
+/* ======================================================================================
+ * Services: Python callables the peer calls, run on the core's worker pool
+ * ==================================================================================== */
+
+/*
+ * One registered service. The core's handler gets a handle (slot index and generation),
+ * never this pointer; handlers look the record up under svc_lock and hold a reference
+ * while they run. The callable is read and cleared only with the GIL held.
+ */
+typedef struct service_rec {
+    unsigned refs;      /* guarded by svc_lock */
+    PyObject *callable; /* guarded by the GIL; NULL once the Client let go */
+    uint32_t slot;
+} service_rec;
+
+typedef struct {
+    service_rec *rec;
+    uint32_t generation;
+} service_slot;
+
+static pthread_mutex_t svc_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t svc_idle = PTHREAD_COND_INITIALIZER;
+static service_slot *svc_slots;   /* guarded by svc_lock */
+static uint32_t svc_slot_count;   /* guarded by svc_lock */
+static unsigned svc_running;      /* guarded by svc_lock: handlers between lookup and exit */
+static bool svc_shutdown;         /* guarded by svc_lock: interpreter exiting */
+
+/* Handles pack a slot index (low 24 bits) and a generation; 0 is never a handle. */
+#define SVC_SLOT_BITS 24
+#define SVC_SLOT_MAX ((1u << SVC_SLOT_BITS) - 1)
+
+static uintptr_t
+svc_handle(uint32_t slot, uint32_t generation)
+{
+    return ((uintptr_t)generation << SVC_SLOT_BITS) | (slot + 1);
+}
+
+/* Register rec; fills rec->slot and returns its handle, or 0 when out of memory. */
+static uintptr_t
+svc_register(service_rec *rec)
+{
+    pthread_mutex_lock(&svc_lock);
+    uint32_t slot = 0;
+    while (slot < svc_slot_count && svc_slots[slot].rec) {
+        slot++;
+    }
+    if (slot == svc_slot_count) {
+        uint32_t count = svc_slot_count ? svc_slot_count * 2 : 16;
+        service_slot *slots = count - 1 > SVC_SLOT_MAX
+                                  ? NULL
+                                  : realloc(svc_slots, count * sizeof(*slots));
+        if (!slots) {
+            pthread_mutex_unlock(&svc_lock);
+            return 0;
+        }
+        memset(slots + svc_slot_count, 0, (count - svc_slot_count) * sizeof(*slots));
+        svc_slots = slots;
+        svc_slot_count = count;
+    }
+    uint32_t generation = (svc_slots[slot].generation + 1) & 0x7f;
+    generation = generation ? generation : 1;
+    svc_slots[slot].generation = generation;
+    svc_slots[slot].rec = rec;
+    rec->slot = slot;
+    rec->refs = 1;
+    pthread_mutex_unlock(&svc_lock);
+    return svc_handle(slot, generation);
+}
+
+static void
+svc_unref_locked(service_rec *rec)
+{
+    if (--rec->refs == 0) {
+        free(rec);
+    }
+}
+
+/* The Client lets go of rec: no new handler finds it. GIL held (clears the callable). */
+static void
+svc_unregister(service_rec *rec)
+{
+    Py_CLEAR(rec->callable);
+    pthread_mutex_lock(&svc_lock);
+    svc_slots[rec->slot].rec = NULL;
+    svc_unref_locked(rec);
+    pthread_mutex_unlock(&svc_lock);
+}
+
+/* A handler's lookup: a reference to the record, or NULL if gone or exiting. */
+static service_rec *
+svc_acquire(uintptr_t handle)
+{
+    uint32_t slot = (uint32_t)(handle & SVC_SLOT_MAX) - 1;
+    uint32_t generation = (uint32_t)(handle >> SVC_SLOT_BITS);
+    service_rec *rec = NULL;
+    pthread_mutex_lock(&svc_lock);
+    if (!svc_shutdown && slot < svc_slot_count && svc_slots[slot].generation == generation &&
+        svc_slots[slot].rec) {
+        rec = svc_slots[slot].rec;
+        rec->refs++;
+        svc_running++;
+    }
+    pthread_mutex_unlock(&svc_lock);
+    return rec;
+}
+
+static void
+svc_release(service_rec *rec)
+{
+    pthread_mutex_lock(&svc_lock);
+    svc_unref_locked(rec);
+    if (--svc_running == 0) {
+        pthread_cond_broadcast(&svc_idle);
+    }
+    pthread_mutex_unlock(&svc_lock);
+}
+
+/* The error type name sent for exc: the remote type of an exception that came from
+ * another peer, the bare name of a builtin, else module.Qualname. */
+static PyObject *
+exception_type_name(PyObject *exc)
+{
+    PyObject *remote = PyObject_GetAttrString(exc, "remote_type");
+    if (remote && PyUnicode_Check(remote)) {
+        return remote;
+    }
+    Py_XDECREF(remote);
+    PyErr_Clear();
+    return type_display_name(Py_TYPE(exc));
+}
+
+/*
+ * Reply to req with the pending Python exception, which is cleared: its type name and
+ * message. The traceback is not sent: the public C API has no reply function that takes
+ * one (tether_request_reply_error sends type and message only). For a notification,
+ * whose failure nobody hears, the exception goes to sys.unraisablehook instead.
+ */
+static void
+reply_exception(tether_request *req, PyObject *callable)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb && value) {
+        PyException_SetTraceback(value, tb);
+    }
+    if (tether_request_is_notification(req)) {
+        PyErr_Restore(type, value, tb);
+        PyErr_WriteUnraisable(callable);
+        return;
+    }
+    PyObject *name = value ? exception_type_name(value) : NULL;
+    PyObject *message = value ? PyObject_Str(value) : NULL;
+    const char *name_s = name ? PyUnicode_AsUTF8AndSize(name, NULL) : NULL;
+    const char *message_s = message ? PyUnicode_AsUTF8AndSize(message, NULL) : NULL;
+    PyErr_Clear();
+    tether_request_reply_error(req, name_s ? name_s : "Exception", "%s",
+                               message_s ? message_s : "(the exception could not be shown)");
+    Py_XDECREF(name);
+    Py_XDECREF(message);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+}
+
+/* Convert req's arguments, call callable, reply. GIL held. */
+static void
+serve_request(tether_request *req, PyObject *callable)
+{
+    PyObject *args_list = object_from_value(tether_request_get_args(req));
+    PyObject *kwargs = args_list ? object_from_value(tether_request_get_kwargs(req)) : NULL;
+    PyObject *args = NULL, *result = NULL;
+    if (kwargs && (!PyList_Check(args_list) || !PyDict_Check(kwargs))) {
+        PyErr_SetString(PyExc_TypeError, "malformed arguments");
+    } else if (kwargs) {
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(kwargs, &pos, &key, &value)) {
+            if (!PyUnicode_Check(key)) {
+                PyErr_SetString(PyExc_TypeError, "keyword argument names must be strings");
+                break;
+            }
+        }
+        if (!PyErr_Occurred()) {
+            args = PyList_AsTuple(args_list);
+        }
+    }
+    if (args) {
+        result = PyObject_Call(callable, args, PyDict_Size(kwargs) ? kwargs : NULL);
+    }
+    tether_value *v = result ? value_from_object(result, 0) : NULL;
+    if (v) {
+        tether_request_reply_value(req, v);
+        tether_value_unref(v);
+    } else {
+        reply_exception(req, callable);
+    }
+    Py_XDECREF(args_list);
+    Py_XDECREF(kwargs);
+    Py_XDECREF(args);
+    Py_XDECREF(result);
+}
+
+/* The core's handler of every Python service (a worker-pool thread). */
+static int
+service_handler(tether_request *req, void *userdata)
+{
+    service_rec *rec = svc_acquire((uintptr_t)userdata);
+    if (!rec) {
+        return tether_request_reply_error(req, "tether.Cancelled",
+                                          "the service is gone (its client was closed, or "
+                                          "the interpreter is exiting)");
+    }
+    if (tether_request_is_cancelled(req)) {
+        svc_release(rec);
+        return 0;
+    }
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *callable = rec->callable ? Py_NewRef(rec->callable) : NULL;
+    if (callable) {
+        serve_request(req, callable);
+        Py_DECREF(callable);
+    } else {
+        tether_request_reply_error(req, "tether.Cancelled", "the service is gone");
+    }
+    PyGILState_Release(gil);
+    svc_release(rec);
+    return 0;
+}
+
+/* ======================================================================================
+ * Client
+ * ==================================================================================== */
+
+typedef struct {
+    PyObject_HEAD
+    tether_client *client;
+    service_rec **services;
+    size_t service_count;
+    PyObject *name; /* str */
+} ClientObject;
+
+static int
+client_traverse(ClientObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->name);
+    for (size_t i = 0; i < self->service_count; i++) {
+        Py_VISIT(self->services[i]->callable);
+    }
+    return 0;
+}
+
+static int
+client_clear(ClientObject *self)
+{
+    for (size_t i = 0; i < self->service_count; i++) {
+        svc_unregister(self->services[i]);
+    }
+    free(self->services);
+    self->services = NULL;
+    self->service_count = 0;
+    Py_CLEAR(self->name);
+    return 0;
+}
+
+static void
+client_dealloc(ClientObject *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->client) {
+        tether_client *client = self->client;
+        self->client = NULL;
+        /* Closing may wait for the I/O thread, which may wait for a handler that waits
+         * for the GIL. */
+        Py_BEGIN_ALLOW_THREADS
+        tether_client_unref(client);
+        Py_END_ALLOW_THREADS
+    }
+    client_clear(self);
+    freefunc free_fn = PyType_GetSlot(type, Py_tp_free);
+    free_fn(self);
+    Py_DECREF(type);
+}
+
+static const char *
+optional_utf8(PyObject *o, const char *what)
+{
+    if (!o || o == Py_None) {
+        return NULL;
+    }
+    if (!PyUnicode_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a str or None", what);
+        return NULL;
+    }
+    return PyUnicode_AsUTF8AndSize(o, NULL);
+}
+
+static PyObject *
+client_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"name",           "address",      "timeout",   "connect_timeout",
+                             "token",          "runtime_dir",  "reconnect", "language",
+                             "language_version", NULL};
+    PyObject *name = Py_None, *address = Py_None, *timeout = Py_None;
+    PyObject *connect_timeout = Py_None, *token = Py_None, *runtime_dir = Py_None;
+    PyObject *language = Py_None, *language_version = Py_None;
+    int reconnect = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO$OOOOpOO:Client", kwlist, &name,
+                                     &address, &timeout, &connect_timeout, &token,
+                                     &runtime_dir, &reconnect, &language, &language_version)) {
+        return NULL;
+    }
+    tether_client_options opts = {.no_reconnect = !reconnect};
+    /* Py_GetVersion(): "3.11.2 (main, ...". */
+    char version[32];
+    const char *full = Py_GetVersion();
+    size_t n = strcspn(full, " ");
+    snprintf(version, sizeof(version), "%.*s", (int)(n < sizeof(version) ? n : sizeof(version) - 1),
+             full);
+    if ((!(opts.name = optional_utf8(name, "name")) && PyErr_Occurred()) ||
+        (!(opts.address = optional_utf8(address, "address")) && PyErr_Occurred()) ||
+        (!(opts.token = optional_utf8(token, "token")) && PyErr_Occurred()) ||
+        (!(opts.runtime_dir = optional_utf8(runtime_dir, "runtime_dir")) && PyErr_Occurred()) ||
+        (!(opts.language = optional_utf8(language, "language")) && PyErr_Occurred()) ||
+        (!(opts.language_version = optional_utf8(language_version, "language_version")) &&
+         PyErr_Occurred())) {
+        return NULL;
+    }
+    opts.language = opts.language ? opts.language : "python";
+    opts.language_version = opts.language_version ? opts.language_version : version;
+    /* timeout=None: calls never time out (0 would mean the core's default). */
+    if (usec_from_seconds(timeout, TETHER_TIMEOUT_INFINITE, "timeout",
+                          &opts.default_timeout_usec) < 0 ||
+        usec_from_seconds(connect_timeout, 0, "connect_timeout", &opts.connect_timeout_usec) <
+            0) {
+        return NULL;
+    }
+    if (timeout != Py_None && opts.default_timeout_usec == 0) {
+        opts.default_timeout_usec = 1;
+    }
+    if (connect_timeout != Py_None && opts.connect_timeout_usec == 0) {
+        opts.connect_timeout_usec = 1;
+    }
+    ClientObject *self = PyObject_GC_New(ClientObject, type);
+    if (!self) {
+        return NULL;
+    }
+    self->client = NULL;
+    self->services = NULL;
+    self->service_count = 0;
+    self->name = NULL;
+    PyObject_GC_Track(self);
+    int r = tether_client_new(&opts, &self->client);
+    if (r < 0) {
+        Py_DECREF(self);
+        return raise_error(state_of_type(type), r, NULL, AT_CONNECT);
+    }
+    self->name = name == Py_None ? PyUnicode_FromString("") : Py_NewRef(name);
+    if (!self->name) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static PyObject *
+client_connect(ClientObject *self, PyObject *unused)
+{
+    tether_error err = TETHER_ERROR_INIT;
+    int r;
+    Py_BEGIN_ALLOW_THREADS
+    r = tether_client_connect(self->client, &err);
+    Py_END_ALLOW_THREADS
+    if (r < 0 && r != TETHER_EALREADY) {
+        raise_error(state_of_type(Py_TYPE(self)), r, &err, AT_CONNECT);
+        tether_error_done(&err);
+        return NULL;
+    }
+    tether_error_done(&err);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+client_close(ClientObject *self, PyObject *unused)
+{
+    Py_BEGIN_ALLOW_THREADS
+    tether_client_close(self->client);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+client_is_connected(ClientObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(tether_client_is_connected(self->client) == 1);
+}
+
+static PyObject *
+client_get_host_name(ClientObject *self, void *closure)
+{
+    return text_or_none(tether_client_get_host_name(self->client));
+}
+
+static PyObject *
+client_get_name(ClientObject *self, void *closure)
+{
+    return Py_NewRef(self->name);
+}
+
+static PyObject *
+client_fileno(ClientObject *self, PyObject *unused)
+{
+    int fd = tether_client_get_fd(self->client);
+    if (fd < 0) {
+        return raise_error(state_of_type(Py_TYPE(self)), fd, NULL, AT_CALL);
+    }
+    return PyLong_FromLong(fd);
+}
+
+static PyObject *
+client_dispatch(ClientObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"budget", NULL};
+    PyObject *budget_obj = Py_None;
+    uint64_t budget;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:dispatch", kwlist, &budget_obj) ||
+        usec_from_seconds(budget_obj, TETHER_BUDGET_UNLIMITED, "budget", &budget) < 0) {
+        return NULL;
+    }
+    int r;
+    Py_BEGIN_ALLOW_THREADS
+    r = tether_client_dispatch(self->client, budget);
+    Py_END_ALLOW_THREADS
+    if (r < 0) {
+        return raise_error(state_of_type(Py_TYPE(self)), r, NULL, AT_CALL);
+    }
+    return PyBool_FromLong(r > 0);
+}
+
+/* The current connection, or NULL with NotConnectedError set. */
+static tether_conn *
+client_conn(ClientObject *self, module_state *st)
+{
+    tether_conn *conn = tether_client_get_conn(self->client);
+    if (!conn) {
+        PyErr_SetString(st->NotConnectedError, "not connected (connect() was never called)");
+    }
+    return conn;
+}
+
+typedef struct {
+    const char *method;
+    PyObject *method_obj;
+    tether_value *args, *kwargs;
+    tether_call_options opts;
+} call_spec;
+
+static int
+call_spec_parse(call_spec *c, PyObject *args, PyObject *kwds, const char *format,
+                bool with_timeout)
+{
+    static char *kwlist[] = {"method", "args", "kwargs", "timeout", NULL};
+    static char *kwlist_notify[] = {"method", "args", "kwargs", NULL};
+    PyObject *a = Py_None, *k = Py_None, *t = Py_None;
+    memset(c, 0, sizeof(*c));
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, format, with_timeout ? kwlist : kwlist_notify,
+                                     &c->method_obj, &a, &k, &t)) {
+        return -1;
+    }
+    c->method = PyUnicode_AsUTF8AndSize(c->method_obj, NULL);
+    if (!c->method ||
+        usec_from_seconds(t, TETHER_TIMEOUT_DEFAULT, "timeout", &c->opts.timeout_usec) < 0) {
+        return -1;
+    }
+    if (t != Py_None && c->opts.timeout_usec == 0) {
+        c->opts.timeout_usec = 1; /* 0 would mean the default */
+    }
+    return values_from_args(a, k, &c->args, &c->kwargs);
+}
+
+static void
+call_spec_done(call_spec *c)
+{
+    c->args = tether_value_unref(c->args);
+    c->kwargs = tether_value_unref(c->kwargs);
+}
+
+static PyObject *
+client_call(ClientObject *self, PyObject *args, PyObject *kwds)
+{
+    module_state *st = state_of_type(Py_TYPE(self));
+    call_spec c;
+    if (call_spec_parse(&c, args, kwds, "U|OOO:call", true) < 0) {
+        call_spec_done(&c);
+        return NULL;
+    }
+    tether_conn *conn = client_conn(self, st);
+    if (!conn) {
+        call_spec_done(&c);
+        return NULL;
+    }
+    tether_value *result = NULL;
+    tether_error err = TETHER_ERROR_INIT;
+    int r;
+    if (PyThread_get_thread_ident() != st->main_thread) {
+        /* No signal can reach this thread: the core's direct synchronous path. */
+        Py_BEGIN_ALLOW_THREADS
+        r = tether_conn_call_values(conn, c.method, c.args, c.kwargs, &c.opts, &result, &err);
+        Py_END_ALLOW_THREADS
+    } else {
+        /* Interruptible: an async call waited on in slices; Ctrl-C cancels it. */
+        tether_future *future = NULL;
+        r = tether_conn_call_async_values(conn, c.method, c.args, c.kwargs, &c.opts, &future);
+        if (r == 0) {
+            int w = wait_future(st, future, TETHER_TIMEOUT_INFINITE);
+            if (w < 0) {
+                tether_future_cancel(future);
+                tether_future_unref(future);
+                call_spec_done(&c);
+                return NULL;
+            }
+            r = tether_future_get_result(future, &result, &err);
+            tether_future_unref(future);
+        } else {
+            tether_error_set(&err, "tether.Error", "%s: %s", c.method, tether_strerror(r));
+        }
+    }
+    call_spec_done(&c);
+    PyObject *o;
+    if (r < 0) {
+        o = raise_error(st, r, &err, AT_CALL);
+    } else {
+        o = object_from_value(result);
+    }
+    tether_value_unref(result);
+    tether_error_done(&err);
+    return o;
+}
+
+static PyObject *
+client_call_async(ClientObject *self, PyObject *args, PyObject *kwds)
+{
+    module_state *st = state_of_type(Py_TYPE(self));
+    call_spec c;
+    if (call_spec_parse(&c, args, kwds, "U|OOO:call_async", true) < 0) {
+        call_spec_done(&c);
+        return NULL;
+    }
+    tether_conn *conn = client_conn(self, st);
+    if (!conn) {
+        call_spec_done(&c);
+        return NULL;
+    }
+    tether_future *future = NULL;
+    int r = tether_conn_call_async_values(conn, c.method, c.args, c.kwargs, &c.opts, &future);
+    call_spec_done(&c);
+    if (r < 0) {
+        tether_error err = TETHER_ERROR_INIT;
+        tether_error_set(&err, "tether.Error", "%s: %s", c.method, tether_strerror(r));
+        raise_error(st, r, &err, AT_CALL);
+        tether_error_done(&err);
+        return NULL;
+    }
+    return future_new_object(st, future, c.method_obj);
+}
+
+static PyObject *
+client_notify(ClientObject *self, PyObject *args, PyObject *kwds)
+{
+    module_state *st = state_of_type(Py_TYPE(self));
+    call_spec c;
+    if (call_spec_parse(&c, args, kwds, "U|OO:notify", false) < 0) {
+        call_spec_done(&c);
+        return NULL;
+    }
+    tether_conn *conn = client_conn(self, st);
+    int r = conn ? tether_conn_notify_values(conn, c.method, c.args, c.kwargs) : 0;
+    call_spec_done(&c);
+    if (!conn) {
+        return NULL;
+    }
+    if (r < 0) {
+        tether_error err = TETHER_ERROR_INIT;
+        tether_error_set(&err, "tether.Error", "%s: %s", c.method, tether_strerror(r));
+        raise_error(st, r, &err, AT_CALL);
+        tether_error_done(&err);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+client_add_service(ClientObject *self, PyObject *args)
+{
+    PyObject *name_obj, *callable;
+    if (!PyArg_ParseTuple(args, "UO:add_service", &name_obj, &callable)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(callable)) {
+        PyErr_SetString(PyExc_TypeError, "add_service expects a callable");
+        return NULL;
+    }
+    const char *name = PyUnicode_AsUTF8AndSize(name_obj, NULL);
+    if (!name) {
+        return NULL;
+    }
+    service_rec **services = realloc(self->services,
+                                     (self->service_count + 1) * sizeof(*services));
+    if (!services) {
+        return PyErr_NoMemory();
+    }
+    self->services = services;
+    service_rec *rec = calloc(1, sizeof(*rec));
+    if (!rec) {
+        return PyErr_NoMemory();
+    }
+    rec->callable = Py_NewRef(callable);
+    uintptr_t handle = svc_register(rec);
+    if (!handle) {
+        Py_DECREF(rec->callable);
+        free(rec);
+        return PyErr_NoMemory();
+    }
+    int r = tether_client_add_service(self->client, name, TETHER_CONTEXT_POOL, service_handler,
+                                      (void *)handle);
+    if (r < 0) {
+        svc_unregister(rec);
+        if (r == TETHER_EEXIST) {
+            PyErr_Format(PyExc_ValueError, "a service named '%s' is registered already", name);
+        } else if (r == TETHER_EINVAL) {
+            PyErr_Format(PyExc_ValueError, "invalid service name '%s'", name);
+        } else {
+            raise_error(state_of_type(Py_TYPE(self)), r, NULL, AT_CALL);
+        }
+        return NULL;
+    }
+    self->services[self->service_count++] = rec;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+client_repr(ClientObject *self)
+{
+    const char *host = tether_client_get_host_name(self->client);
+    if (tether_client_is_connected(self->client) == 1) {
+        return PyUnicode_FromFormat("<tether._tether.Client %R connected to '%s'>", self->name,
+                                    host ? host : "?");
+    }
+    return PyUnicode_FromFormat("<tether._tether.Client %R not connected>", self->name);
+}
+
+static PyMethodDef client_methods[] = {
+    {"connect", (PyCFunction)client_connect, METH_NOARGS,
+     "connect()\n\nConnect and complete the handshake (blocking up to connect_timeout)."},
+    {"close", (PyCFunction)client_close, METH_NOARGS,
+     "close()\n\nClose the connection without reconnecting; pending calls fail with "
+     "CancelledError. connect() may connect again."},
+    {"is_connected", (PyCFunction)client_is_connected, METH_NOARGS,
+     "is_connected() -> bool"},
+    {"fileno", (PyCFunction)client_fileno, METH_NOARGS,
+     "fileno() -> int\n\nA file descriptor readable while main-thread work is queued: poll "
+     "it and call dispatch()."},
+    {"dispatch", (PyCFunction)(void (*)(void))client_dispatch, METH_VARARGS | METH_KEYWORDS,
+     "dispatch(budget=None) -> bool\n\nRun queued main-thread work for up to budget seconds "
+     "(None: until the queue is empty). True if work remains."},
+    {"call", (PyCFunction)(void (*)(void))client_call, METH_VARARGS | METH_KEYWORDS,
+     "call(method, args=(), kwargs=None, timeout=None)\n\nCall a service of the host and "
+     "return its result. timeout: seconds of silence from the host before TimeoutError "
+     "(None: the client's default)."},
+    {"call_async", (PyCFunction)(void (*)(void))client_call_async,
+     METH_VARARGS | METH_KEYWORDS,
+     "call_async(method, args=(), kwargs=None, timeout=None) -> Future"},
+    {"notify", (PyCFunction)(void (*)(void))client_notify, METH_VARARGS | METH_KEYWORDS,
+     "notify(method, args=(), kwargs=None)\n\nSend a notification: no answer, no error "
+     "from the host."},
+    {"add_service", (PyCFunction)client_add_service, METH_VARARGS,
+     "add_service(name, callable)\n\nLet the host call callable(*args, **kwargs) as name. "
+     "It runs on a worker thread, with the GIL."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef client_getset[] = {
+    {"host_name", (getter)client_get_host_name, NULL, "The host's name, None before connect.",
+     NULL},
+    {"name", (getter)client_get_name, NULL, "The name given at creation ('' for the default).",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot client_slots[] = {
+    {Py_tp_doc, "Client(name=None, address=None, *, timeout=None, connect_timeout=None, "
+                "token=None, runtime_dir=None, reconnect=True, language=None, "
+                "language_version=None)\n\nOne connection to a tether host (not yet "
+                "connected: call connect())."},
+    {Py_tp_new, client_new},
+    {Py_tp_dealloc, client_dealloc},
+    {Py_tp_traverse, client_traverse},
+    {Py_tp_clear, client_clear},
+    {Py_tp_repr, client_repr},
+    {Py_tp_methods, client_methods},
+    {Py_tp_getset, client_getset},
+    {0, NULL},
+};
+
+static PyType_Spec client_spec = {
+    .name = "tether._tether.Client",
+    .basicsize = sizeof(ClientObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = client_slots,
+};
+
+/* ======================================================================================
+ * Module functions
+ * ==================================================================================== */
+
+/*
+ * _shutdown(): called at interpreter exit (atexit). Stops the callback thread, refuses
+ * new service requests, and waits (bounded) for handlers that are running.
+ */
+static PyObject *
+module_shutdown(PyObject *module, PyObject *unused)
+{
+    module_state *st = state_of_module(module);
+    pthread_mutex_lock(&st->hub->lock);
+    st->hub->stopping = true;
+    pthread_cond_broadcast(&st->hub->cv);
+    pthread_mutex_unlock(&st->hub->lock);
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&svc_lock);
+    svc_shutdown = true;
+    uint64_t deadline = tether_now_usec() + SHUTDOWN_WAIT_USEC;
+    while (svc_running > 0 && tether_now_usec() < deadline) {
+        /* svc_idle uses CLOCK_REALTIME: wait in short steps instead of converting. */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 20 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&svc_idle, &svc_lock, &ts);
+    }
+    pthread_mutex_unlock(&svc_lock);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* _pack(obj) -> bytes: the msgpack encoding the module sends for obj (tests, tools). */
+static PyObject *
+module_pack(PyObject *module, PyObject *obj)
+{
+    packbuf b;
+    pb_init(&b);
+    PyObject *r = NULL;
+    if (pack_obj(&b, obj, 0) == 0) {
+        r = PyBytes_FromStringAndSize((const char *)b.data, (Py_ssize_t)b.len);
+    }
+    pb_done(&b);
+    return r;
+}
+
+/* _unpack(bytes) -> obj: the inverse, through the core's validation. */
+static PyObject *
+module_unpack(PyObject *module, PyObject *data)
+{
+    char *p;
+    Py_ssize_t n;
+    if (PyBytes_AsStringAndSize(data, &p, &n) < 0) {
+        return NULL;
+    }
+    tether_value *v = NULL;
+    int r = tether_value_new_msgpack(p, (size_t)n, &v);
+    if (r < 0) {
+        PyErr_Format(PyExc_ValueError, "invalid msgpack: %s", tether_strerror(r));
+        return NULL;
+    }
+    PyObject *o = object_from_value(v);
+    tether_value_unref(v);
+    return o;
+}
+
+/* _error(code, type=None, message=None, traceback=None) -> exception: what a failed call
+ * with that code and tether_error raises (tests). */
+static PyObject *
+module_error(PyObject *module, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"code", "type", "message", "traceback", "connect", NULL};
+    int code, at_connect = 0;
+    const char *type = NULL, *message = NULL, *traceback = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|zzzp:_error", kwlist, &code, &type,
+                                     &message, &traceback, &at_connect)) {
+        return NULL;
+    }
+    tether_error err = {(char *)type, (char *)message, (char *)traceback};
+    return error_object(state_of_module(module), code, &err,
+                        at_connect ? AT_CONNECT : AT_CALL);
+}
+
+static PyObject *
+module_strerror(PyObject *module, PyObject *arg)
+{
+    long code = PyLong_AsLong(arg);
+    if (code == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return PyUnicode_FromString(tether_strerror(code < INT_MIN || code > INT_MAX ? 0 : (int)code));
+}
+
+static PyMethodDef module_methods[] = {
+    {"_run_callbacks", module_run_callbacks, METH_NOARGS,
+     "The body of the tether-callbacks thread (internal)."},
+    {"_shutdown", module_shutdown, METH_NOARGS, "Interpreter-exit cleanup (internal)."},
+    {"_pack", module_pack, METH_O, "_pack(obj) -> bytes: obj as tether sends it."},
+    {"_unpack", module_unpack, METH_O, "_unpack(data) -> obj: msgpack bytes as received."},
+    {"_error", (PyCFunction)(void (*)(void))module_error, METH_VARARGS | METH_KEYWORDS,
+     "_error(code, type=None, message=None, traceback=None, connect=False) -> exception"},
+    {"strerror", module_strerror, METH_O, "strerror(code) -> str: the core's name of a code."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* ======================================================================================
+ * Module init
+ * ==================================================================================== */
+
+static int
+module_exec(PyObject *module)
+{
+    module_state *st = state_of_module(module);
+    st->hub = hub_new();
+    if (!st->hub) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    st->client_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &client_spec, NULL);
+    if (!st->client_type || PyModule_AddType(module, st->client_type) < 0) {
+        return -1;
+    }
+    st->future_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &future_spec, NULL);
+    if (!st->future_type || PyModule_AddType(module, st->future_type) < 0) {
+        return -1;
+    }
+    if (define_exceptions(module, st) < 0) {
+        return -1;
+    }
+    if (PyModule_AddStringConstant(module, "core_version", TETHER_VERSION_STRING) < 0 ||
+        PyModule_AddIntConstant(module, "protocol_version", TETHER_PROTOCOL_VERSION) < 0) {
+        return -1;
+    }
+    static const struct {
+        const char *name;
+        int code;
+    } codes[] = {
+        {"EINVAL", TETHER_EINVAL},       {"ETIMEDOUT", TETHER_ETIMEDOUT},
+        {"ECANCELED", TETHER_ECANCELED}, {"ECONNRESET", TETHER_ECONNRESET},
+        {"ENOTCONN", TETHER_ENOTCONN},   {"ECONNREFUSED", TETHER_ECONNREFUSED},
+        {"EACCES", TETHER_EACCES},       {"ENOENT", TETHER_ENOENT},
+        {"EMSGSIZE", TETHER_EMSGSIZE},   {"ENOBUFS", TETHER_ENOBUFS},
+        {"EPROTO", TETHER_EPROTO},       {"EREMOTE", TETHER_EREMOTE},
+        {"EUSERS", TETHER_EUSERS},       {"ELOOP", TETHER_ELOOP},
+    };
+    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+        if (PyModule_AddIntConstant(module, codes[i].name, codes[i].code) < 0) {
+            return -1;
+        }
+    }
+
+    /* The main thread: the only one that receives signals. */
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *main_thread = threading ? PyObject_CallMethod(threading, "main_thread", NULL)
+                                      : NULL;
+    PyObject *ident = main_thread ? PyObject_GetAttrString(main_thread, "ident") : NULL;
+    Py_XDECREF(threading);
+    Py_XDECREF(main_thread);
+    if (!ident) {
+        return -1;
+    }
+    st->main_thread = PyLong_AsUnsignedLong(ident);
+    Py_DECREF(ident);
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+
+    PyObject *atexit = PyImport_ImportModule("atexit");
+    PyObject *shutdown = PyObject_GetAttrString(module, "_shutdown");
+    PyObject *r = atexit && shutdown ? PyObject_CallMethod(atexit, "register", "O", shutdown)
+                                     : NULL;
+    Py_XDECREF(atexit);
+    Py_XDECREF(shutdown);
+    if (!r) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+static int
+module_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    module_state *st = state_of_module(module);
+    Py_VISIT(st->client_type);
+    Py_VISIT(st->future_type);
+    Py_VISIT(st->TetherError);
+    Py_VISIT(st->RemoteError);
+    Py_VISIT(st->NotConnectedError);
+    Py_VISIT(st->NoSuchServiceError);
+    Py_VISIT(st->CancelledError);
+    return 0;
+}
+
+static int
+module_clear(PyObject *module)
+{
+    module_state *st = state_of_module(module);
+    Py_CLEAR(st->client_type);
+    Py_CLEAR(st->future_type);
+    Py_CLEAR(st->TetherError);
+    Py_CLEAR(st->RemoteError);
+    Py_CLEAR(st->NotConnectedError);
+    Py_CLEAR(st->NoSuchServiceError);
+    Py_CLEAR(st->CancelledError);
+    return 0;
+}
+
+static void
+module_free(void *module)
+{
+    module_clear(module);
+    module_state *st = state_of_module(module);
+    hub_unref(st->hub);
+    st->hub = NULL;
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef tether_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "tether._tether",
+    .m_doc = "The C extension of the tether package: libtether's client side for Python.",
+    .m_size = sizeof(module_state),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC
+PyInit__tether(void)
+{
+    return PyModuleDef_Init(&tether_module);
+}

@@ -1,0 +1,71 @@
+"""Build of the tether package's C extension (the rest of the metadata is pyproject.toml).
+
+The extension tether._tether is python/_tether.c compiled together with the library's own
+sources (../src/*.c, ../include), so the one _tether.abi3.so carries libtether inside and
+needs only libuv (and msgpack-c) from the system. It is built for the stable ABI
+(Py_LIMITED_API 3.10, set in _tether.c), so one build serves every CPython from 3.10 on.
+
+    pip install --no-build-isolation ./python
+    python3 setup.py build_ext --inplace      (from python/: puts it in python/tether/)
+"""
+
+import glob
+import os
+import shlex
+import subprocess
+import sys
+
+from setuptools import Extension, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def rel(path):
+    """path relative to this file's directory, as setuptools wants source paths."""
+    return os.path.relpath(path, HERE)
+
+
+def pkg_config(*args):
+    try:
+        out = subprocess.run(["pkg-config", *args], check=True, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return shlex.split(out.stdout)
+
+
+def dependency_flags():
+    """Compile and link flags of libuv and msgpack-c (pkg-config, else plain names)."""
+    cflags = pkg_config("--cflags", "libuv", "msgpack")
+    libs = pkg_config("--libs", "libuv", "msgpack")
+    if cflags is None or libs is None:
+        return [], ["-luv", "-lmsgpackc", "-lpthread"]
+    return cflags, libs + ["-lpthread"]
+
+
+core_sources = sorted(glob.glob(os.path.join(ROOT, "src", "*.c")))
+if not core_sources or not os.path.exists(os.path.join(ROOT, "include", "tether.h")):
+    sys.exit(
+        "setup.py: the library sources (../src/*.c, ../include/tether.h) are missing: "
+        "build from a checkout of the whole repository"
+    )
+
+cflags, libs = dependency_flags()
+os.chdir(HERE)  # setuptools resolves relative source paths from here
+
+extension = Extension(
+    "tether._tether",
+    sources=[rel(os.path.join(HERE, "_tether.c"))] + [rel(p) for p in core_sources],
+    include_dirs=[rel(os.path.join(ROOT, "include")), rel(os.path.join(ROOT, "src"))],
+    extra_compile_args=["-std=c11", "-fvisibility=hidden", "-Wno-unused-parameter"] + cflags,
+    extra_link_args=libs + ["-Wl,--version-script=" + os.path.join(HERE, "_tether.map")],
+    depends=[rel(p) for p in glob.glob(os.path.join(ROOT, "src", "*.h"))]
+    + [rel(os.path.join(ROOT, "include", "tether.h")), "_tether.map"],
+    py_limited_api=True,
+)
+
+setup(
+    ext_modules=[extension],
+    # The wheel tag says abi3, from 3.10: one build for every later CPython.
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
+)

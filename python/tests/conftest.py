@@ -1,0 +1,134 @@
+"""Fixtures: a real C host process (build/tether-testhost, from testhost.c) per test module,
+a private runtime directory for it, and connections to it.
+
+Run through `make test` (which sets TETHER_BUILD_DIR, TETHER_RUNTIME_DIR and
+PYTHONPATH=build/python), or by hand:
+    PYTHONPATH=build/python python3 -m pytest python/tests
+"""
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+import tether
+
+SOURCE_DIR = os.environ.get("TETHER_SOURCE_DIR") or os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", "..")
+)
+BUILD_DIR = os.environ.get("TETHER_BUILD_DIR") or os.path.join(SOURCE_DIR, "build")
+TESTHOST = os.path.join(BUILD_DIR, "tether-testhost")
+
+
+def private_runtime_dir():
+    """A new 0700 directory for one host's socket: under $TETHER_RUNTIME_DIR when that
+    keeps socket paths short (Unix socket paths are limited to 108 bytes), else in /tmp."""
+    base = os.environ.get("TETHER_RUNTIME_DIR")
+    if not base or len(base) > 60 or not os.path.isdir(base):
+        base = None
+    path = tempfile.mkdtemp(prefix="tpy-", dir=base)
+    os.chmod(path, 0o700)
+    return path
+
+
+class Host:
+    """One tether-testhost process. It exits when its stdin closes, so it never outlives
+    the test run."""
+
+    def __init__(self, name="pyhost"):
+        self.name = name
+        self.runtime_dir = private_runtime_dir()
+        self.proc = None
+        self.address = None
+
+    def start(self, timeout=10.0):
+        if not os.access(TESTHOST, os.X_OK):
+            pytest.fail(f"{TESTHOST} is not built (run make)")
+        env = dict(os.environ, TETHER_RUNTIME_DIR=self.runtime_dir)
+        env.pop("TETHER_ADDRESS", None)
+        self.proc = subprocess.Popen(
+            [TESTHOST, self.name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+        )
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline().decode() if ready else ""
+        if not line.startswith("ready "):
+            self.kill()
+            pytest.fail(f"tether-testhost did not start (said {line!r})")
+        self.address = line.split(" ", 1)[1].strip()
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def suspend(self):
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self):
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f and not f.closed:
+                f.close()
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+    def connect(self, **kwargs):
+        kwargs.setdefault("name", "pytest")
+        kwargs.setdefault("timeout", 10.0)
+        return tether.connect(address=self.address, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def host():
+    """A host shared by the tests of one module."""
+    h = Host().start()
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def fresh_host():
+    """A host of its own, for tests that stop, suspend or kill it."""
+    h = Host("pyfresh").start()
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def conn(host):
+    c = host.connect()
+    yield c
+    c.close()
+
+
+def wait_until(predicate, timeout=5.0, interval=0.01):
+    """Poll predicate until it is true; its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)

@@ -1,0 +1,211 @@
+"""Plain data by value: every type round-trips through the C host's echo, and what cannot
+be sent fails with a clear exception before anything is sent."""
+
+import math
+
+import pytest
+
+import tether
+from tether import _tether
+
+ROUND_TRIP = [
+    None,
+    True,
+    False,
+    0,
+    1,
+    -1,
+    127,
+    128,
+    -32,
+    -33,
+    255,
+    256,
+    65535,
+    65536,
+    2**32 - 1,
+    2**32,
+    2**63 - 1,
+    2**63,
+    2**64 - 1,
+    -(2**7),
+    -(2**7) - 1,
+    -(2**15) - 1,
+    -(2**31) - 1,
+    -(2**63),
+    0.0,
+    -0.0,
+    1.5,
+    1e300,
+    -2.5e-300,
+    math.inf,
+    -math.inf,
+    "",
+    "hello",
+    "x" * 31,
+    "x" * 32,
+    "y" * 255,
+    "y" * 256,
+    "z" * 70000,
+    "h\u00e9llo w\u00f6rld \u2603 \U0001f600",
+    b"",
+    b"\x00\xff" * 10,
+    b"b" * 256,
+    b"b" * 70000,
+    [],
+    [1, "two", 3.0, None, [True, b"x"]],
+    list(range(20)),
+    list(range(70000)),
+    {},
+    {"a": 1, "b": [1, 2], "c": {"d": None}},
+    {i: str(i) for i in range(20)},
+    {1: "int key", None: "nil key", 2.5: "float key", b"k": "bytes key", False: "bool key"},
+]
+
+
+@pytest.mark.parametrize("value", ROUND_TRIP, ids=lambda v: repr(v)[:40])
+def test_round_trip_through_the_host(conn, value):
+    got = conn.root.echo(value)
+    assert got == value
+    assert type(got) is type(value)
+
+
+@pytest.mark.parametrize("value", ROUND_TRIP, ids=lambda v: repr(v)[:40])
+def test_round_trip_through_the_codec(value):
+    got = _tether._unpack(_tether._pack(value))
+    assert got == value
+    assert type(got) is type(value)
+
+
+def test_nan_round_trips(conn):
+    assert math.isnan(conn.root.echo(math.nan))
+
+
+def test_tuples_arrive_as_lists(conn):
+    assert conn.root.echo((1, (2, 3), [4, (5,)])) == [1, [2, 3], [4, [5]]]
+
+
+def test_tuple_keys_stay_hashable(conn):
+    value = {(1, 2): "a", (3, (4, 5)): "b", ("x",): ["list", "value"]}
+    assert conn.root.echo(value) == value
+
+
+def test_byte_like_values_arrive_as_bytes(conn):
+    assert conn.root.echo(bytearray(b"abc")) == b"abc"
+    assert conn.root.echo(memoryview(b"defg")[1:3]) == b"ef"
+    assert type(conn.root.echo(bytearray())) is bytes
+
+
+def test_subclasses_of_plain_types_arrive_as_the_plain_type(conn):
+    import collections
+    import enum
+
+    class Color(enum.IntEnum):
+        RED = 1
+
+    Point = collections.namedtuple("Point", "x y")
+
+    class Name(str):
+        pass
+
+    assert conn.root.echo([Color.RED, Point(1, 2), Name("n")]) == [1, [1, 2], "n"]
+    assert type(conn.root.echo(Color.RED)) is int
+
+
+def test_arguments_and_keyword_arguments_reach_the_host(conn):
+    args, kwargs = conn.root.echo_args(1, "a", [2], x=None, y={"k": b"v"})
+    assert args == [1, "a", [2]]
+    assert kwargs == {"x": None, "y": {"k": b"v"}}
+    assert conn.root.echo_args() == [[], {}]
+
+
+def test_one_mebibyte_of_bytes(conn):
+    data = bytes(range(256)) * 4096
+    assert conn.root.echo(data) == data
+
+
+def test_unserialisable_value_names_its_type(conn):
+    with pytest.raises(TypeError, match=r"cannot send a value of type 'object'"):
+        conn.root.echo(object())
+
+
+def test_unserialisable_value_of_a_user_class_names_module_and_class(conn):
+    class Gadget:
+        pass
+
+    with pytest.raises(TypeError, match=r"cannot send a value of type '.*test_values\..*Gadget'"):
+        conn.root.echo(Gadget())
+
+
+def test_unserialisable_values_nested_and_in_every_position(conn):
+    for bad, name in [({1, 2}, "set"), (print, "builtin_function_or_method"), (1j, "complex")]:
+        with pytest.raises(TypeError, match=rf"type '{name}'"):
+            conn.root.echo([1, {"k": bad}])
+        with pytest.raises(TypeError, match=rf"type '{name}'"):
+            conn.root.echo_args(key=bad)
+        with pytest.raises(TypeError, match=rf"type '{name}'"):
+            conn.async_.echo(bad)
+        with pytest.raises(TypeError, match=rf"type '{name}'"):
+            conn.notify.note(bad)
+    # Nothing was sent: the connection is fine.
+    assert conn.root.add(1, 2) == 3
+
+
+def test_ints_beyond_64_bits_raise_overflow_error(conn):
+    with pytest.raises(OverflowError, match="too large"):
+        conn.root.echo(2**64)
+    with pytest.raises(OverflowError, match="too small"):
+        conn.root.echo(-(2**63) - 1)
+    with pytest.raises(OverflowError):
+        conn.root.echo({"nested": [10**30]})
+
+
+def test_too_deep_and_cyclic_values_raise_value_error(conn):
+    deep = []
+    for _ in range(59):  # 60 levels: the limit
+        deep = [deep]
+    assert conn.root.echo(deep) == deep
+    assert conn.root.echo_args(deep, k=deep) == [[deep], {"k": deep}]
+    with pytest.raises(ValueError, match="nested too deeply"):
+        conn.root.echo([deep])
+    with pytest.raises(ValueError, match="nested too deeply"):
+        _tether._pack([deep])
+    cyclic = []
+    cyclic.append(cyclic)
+    with pytest.raises(ValueError, match="reference cycle"):
+        conn.root.echo(cyclic)
+    d = {}
+    d["self"] = d
+    with pytest.raises(ValueError):
+        conn.root.echo(d)
+
+
+def test_non_str_keyword_names_are_refused():
+    client = _tether.Client("kw")
+    with pytest.raises(TypeError, match="keyword argument names must be strings"):
+        client.call("echo", (), {1: 2})
+
+
+def test_unpack_refuses_malformed_bytes():
+    with pytest.raises(ValueError):
+        _tether._unpack(b"\x92\x01")  # array of 2, one item
+    with pytest.raises(ValueError):
+        _tether._unpack(b"\xc1")
+    with pytest.raises(TypeError, match="extension value"):
+        _tether._unpack(b"\xd4\x05\x00")  # fixext 1
+
+
+def test_unhashable_map_keys_fail_cleanly():
+    # {[1]: 2} from a peer: an array key becomes a tuple; a map key cannot be hashed.
+    assert _tether._unpack(b"\x81\x91\x01\x02") == {(1,): 2}
+    with pytest.raises(TypeError):
+        _tether._unpack(b"\x81\x80\x02")
+
+
+def test_invalid_utf8_from_a_peer_raises_unicode_error():
+    with pytest.raises(UnicodeDecodeError):
+        _tether._unpack(b"\xa2\xff\xfe")
+
+
+def test_result_types_are_exported():
+    assert tether.Future.__module__ == "tether"

@@ -1,0 +1,452 @@
+/*
+ * testhost: the C host the Python tests (python/tests) talk to. Built by CMake as
+ * build/tether-testhost; public API only.
+ *
+ *   tether-testhost NAME
+ *
+ * Serves the host NAME in the runtime directory ($TETHER_RUNTIME_DIR), prints
+ * "ready ADDRESS" on stdout once listening, and runs until its stdin reaches end of file
+ * (so it never outlives the test process that started it), SIGTERM or SIGINT.
+ *
+ * Every service runs on the I/O thread (IO context) and never blocks; the ones that
+ * answer later keep the request (tether_request_ref) and reply from another thread or
+ * from a future's completion callback:
+ *
+ *   add(a, b)                  a + b (64-bit integers)
+ *   echo(x)                    x
+ *   echo_args(*args, **kw)     [args, kwargs]
+ *   fail(type, message)        replies an error of that type and message
+ *   slow(ms)                   replies ms after ms milliseconds, from a thread
+ *   stuck()                    never replies (the request is kept, so the caller hears
+ *                              progress and does not time out); see stuck_state
+ *   stuck_state()              [kept, cancelled]: stuck() requests kept, and how many of
+ *                              them their caller has cancelled
+ *   note(*args)                records args (meant to be sent as a notification)
+ *   notes()                    the recorded args lists, oldest first, and forgets them
+ *   clients()                  [[name, language, language_version], ...] of the clients
+ *   call_client(name, method, args)    calls method(*args) on the client called name and
+ *                              replies its result or its error
+ *   notify_client(name, method, args)  sends method(*args) to that client as a
+ *                              notification; replies nil
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <tether.h>
+
+#define MAX_KEPT 256
+#define MAX_NOTES 256
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static tether_request *kept[MAX_KEPT]; /* guarded by lock */
+static size_t kept_count;              /* guarded by lock */
+static tether_value *notes_list[MAX_NOTES]; /* guarded by lock */
+static size_t notes_count;                  /* guarded by lock */
+
+/* ---- a tiny msgpack writer for replies whose shape the format strings cannot say ---- */
+
+typedef struct {
+    unsigned char *data;
+    size_t len, cap;
+    int failed;
+} out_buf;
+
+static void
+put(out_buf *b, const void *p, size_t n)
+{
+    if (b->failed) {
+        return;
+    }
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 256;
+        while (cap < b->len + n) {
+            cap *= 2;
+        }
+        unsigned char *d = realloc(b->data, cap);
+        if (!d) {
+            b->failed = 1;
+            return;
+        }
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+}
+
+static void
+put_array_header(out_buf *b, uint32_t n)
+{
+    unsigned char h[5] = {0xdd, (unsigned char)(n >> 24), (unsigned char)(n >> 16),
+                          (unsigned char)(n >> 8), (unsigned char)n};
+    put(b, h, sizeof(h));
+}
+
+static void
+put_str(out_buf *b, const char *s)
+{
+    if (!s) {
+        unsigned char nil = 0xc0;
+        put(b, &nil, 1);
+        return;
+    }
+    uint32_t n = (uint32_t)strlen(s);
+    unsigned char h[5] = {0xdb, (unsigned char)(n >> 24), (unsigned char)(n >> 16),
+                          (unsigned char)(n >> 8), (unsigned char)n};
+    put(b, h, sizeof(h));
+    put(b, s, n);
+}
+
+static int
+reply_buf(tether_request *req, out_buf *b)
+{
+    tether_value *v = NULL;
+    int r = b->failed ? TETHER_ENOMEM : tether_value_new_msgpack(b->data, b->len, &v);
+    free(b->data);
+    if (r < 0) {
+        return r;
+    }
+    r = tether_request_reply_value(req, v);
+    tether_value_unref(v);
+    return r;
+}
+
+/* ---- services ----------------------------------------------------------------------- */
+
+static int
+add(tether_request *req, void *userdata)
+{
+    int64_t a, b;
+    int r = tether_request_read(req, "xx", &a, &b);
+    return r < 0 ? r : tether_request_reply(req, "x", a + b);
+}
+
+static int
+echo(tether_request *req, void *userdata)
+{
+    tether_value *v = NULL;
+    int r = tether_request_read(req, "v", &v);
+    if (r < 0) {
+        return r;
+    }
+    r = tether_request_reply_value(req, v);
+    tether_value_unref(v);
+    return r;
+}
+
+static int
+echo_args(tether_request *req, void *userdata)
+{
+    tether_value *v = NULL;
+    int r = tether_value_new(&v, "[vv]", tether_request_get_args(req),
+                             tether_request_get_kwargs(req));
+    if (r < 0) {
+        return r;
+    }
+    r = tether_request_reply_value(req, v);
+    tether_value_unref(v);
+    return r;
+}
+
+static int
+fail(tether_request *req, void *userdata)
+{
+    const char *type, *message;
+    int r = tether_request_read(req, "ss", &type, &message);
+    if (r < 0) {
+        return r;
+    }
+    return tether_request_reply_error(req, type ? type : "Exception", "%s",
+                                      message ? message : "");
+}
+
+typedef struct {
+    tether_request *req;
+    int64_t ms;
+} slow_job;
+
+static void *
+slow_thread(void *arg)
+{
+    slow_job *job = arg;
+    struct timespec ts = {.tv_sec = job->ms / 1000, .tv_nsec = (job->ms % 1000) * 1000000};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
+    tether_request_reply(job->req, "x", job->ms);
+    tether_request_unref(job->req);
+    free(job);
+    return NULL;
+}
+
+static int
+slow(tether_request *req, void *userdata)
+{
+    int64_t ms;
+    int r = tether_request_read(req, "x", &ms);
+    if (r < 0) {
+        return r;
+    }
+    if (ms < 0 || ms > 60000) {
+        return tether_request_reply_error(req, "ValueError", "ms out of range: %lld",
+                                          (long long)ms);
+    }
+    slow_job *job = malloc(sizeof(*job));
+    if (!job) {
+        return TETHER_ENOMEM;
+    }
+    job->req = tether_request_ref(req);
+    job->ms = ms;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_t t;
+    r = pthread_create(&t, &attr, slow_thread, job);
+    pthread_attr_destroy(&attr);
+    if (r != 0) {
+        tether_request_unref(job->req); /* replies "dropped the request" */
+        free(job);
+        return -r;
+    }
+    return 0;
+}
+
+static int
+stuck(tether_request *req, void *userdata)
+{
+    pthread_mutex_lock(&lock);
+    int full = kept_count == MAX_KEPT;
+    if (!full) {
+        kept[kept_count++] = tether_request_ref(req);
+    }
+    pthread_mutex_unlock(&lock);
+    if (full) {
+        return tether_request_reply_error(req, "RuntimeError", "too many stuck calls");
+    }
+    return 0;
+}
+
+static int
+stuck_state(tether_request *req, void *userdata)
+{
+    int cancelled = 0;
+    pthread_mutex_lock(&lock);
+    int count = (int)kept_count;
+    for (size_t i = 0; i < kept_count; i++) {
+        cancelled += tether_request_is_cancelled(kept[i]);
+    }
+    pthread_mutex_unlock(&lock);
+    return tether_request_reply(req, "[ii]", count, cancelled);
+}
+
+static int
+note(tether_request *req, void *userdata)
+{
+    tether_value *args = tether_request_get_args(req);
+    pthread_mutex_lock(&lock);
+    if (args && notes_count < MAX_NOTES) {
+        notes_list[notes_count++] = tether_value_ref(args);
+    }
+    pthread_mutex_unlock(&lock);
+    return 0;
+}
+
+static int
+notes(tether_request *req, void *userdata)
+{
+    out_buf b = {0};
+    pthread_mutex_lock(&lock);
+    put_array_header(&b, (uint32_t)notes_count);
+    for (size_t i = 0; i < notes_count; i++) {
+        const void *data;
+        size_t size;
+        tether_value_get_msgpack(notes_list[i], &data, &size);
+        put(&b, data, size);
+        notes_list[i] = tether_value_unref(notes_list[i]);
+    }
+    notes_count = 0;
+    pthread_mutex_unlock(&lock);
+    return reply_buf(req, &b);
+}
+
+static int
+clients(tether_request *req, void *userdata)
+{
+    tether_host *host = userdata;
+    tether_client_info *infos;
+    size_t count;
+    int r = tether_host_list_clients(host, &infos, &count);
+    if (r < 0) {
+        return r;
+    }
+    out_buf b = {0};
+    put_array_header(&b, (uint32_t)count);
+    for (size_t i = 0; i < count; i++) {
+        put_array_header(&b, 3);
+        put_str(&b, infos[i].name);
+        put_str(&b, infos[i].language);
+        put_str(&b, infos[i].language_version);
+    }
+    tether_client_infos_free(infos, count);
+    return reply_buf(req, &b);
+}
+
+/* The client's call completed (on the I/O thread): pass its outcome on. */
+static void
+client_call_done(tether_future *future, void *userdata)
+{
+    tether_request *req = userdata;
+    tether_value *result = NULL;
+    tether_error error = TETHER_ERROR_INIT;
+    int r = tether_future_get_result(future, &result, &error);
+    if (r == 0) {
+        tether_request_reply_value(req, result);
+    } else {
+        tether_request_reply_error(req, error.type ? error.type : "tether.Error", "%s",
+                                   error.message ? error.message : tether_strerror(r));
+    }
+    tether_value_unref(result);
+    tether_error_done(&error);
+    tether_future_unref(future);
+    tether_request_unref(req);
+}
+
+static int
+call_client(tether_request *req, void *userdata)
+{
+    tether_host *host = userdata;
+    const char *name, *method;
+    tether_value *args = NULL;
+    int r = tether_request_read(req, "ssv", &name, &method, &args);
+    if (r < 0) {
+        return r;
+    }
+    tether_conn *conn = NULL;
+    r = tether_host_get_client(host, name ? name : "", &conn);
+    if (r < 0) {
+        tether_value_unref(args);
+        return tether_request_reply_error(req, "LookupError", "no client named '%s'",
+                                          name ? name : "");
+    }
+    tether_future *future = NULL;
+    r = tether_conn_call_async_values(conn, method ? method : "", args, NULL, NULL, &future);
+    tether_value_unref(args);
+    tether_conn_unref(conn);
+    if (r < 0) {
+        return tether_request_reply_error(req, "tether.Error", "call_client: %s",
+                                          tether_strerror(r));
+    }
+    tether_request_ref(req);
+    r = tether_future_set_callback(future, TETHER_CONTEXT_IO, client_call_done, req);
+    if (r < 0) {
+        tether_future_unref(future);
+        tether_request_unref(req);
+        return r;
+    }
+    return 0;
+}
+
+static int
+notify_client(tether_request *req, void *userdata)
+{
+    tether_host *host = userdata;
+    const char *name, *method;
+    tether_value *args = NULL;
+    int r = tether_request_read(req, "ssv", &name, &method, &args);
+    if (r < 0) {
+        return r;
+    }
+    tether_conn *conn = NULL;
+    r = tether_host_get_client(host, name ? name : "", &conn);
+    if (r == 0) {
+        r = tether_conn_notify_values(conn, method ? method : "", args, NULL);
+        tether_conn_unref(conn);
+    }
+    tether_value_unref(args);
+    return r;
+}
+
+/* ---- main --------------------------------------------------------------------------- */
+
+int
+main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s NAME\n", argv[0]);
+        return 2;
+    }
+    /* Blocked before the library starts its threads, which inherit the mask. */
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &signals, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    static const struct {
+        const char *name;
+        tether_handler_fn fn;
+    } services[] = {
+        {"add", add},
+        {"echo", echo},
+        {"echo_args", echo_args},
+        {"fail", fail},
+        {"slow", slow},
+        {"stuck", stuck},
+        {"stuck_state", stuck_state},
+        {"note", note},
+        {"notes", notes},
+        {"clients", clients},
+        {"call_client", call_client},
+        {"notify_client", notify_client},
+    };
+    tether_host_options options = {.name = argv[1]};
+    tether_host *host = NULL;
+    int r = tether_host_new(&options, &host);
+    for (size_t i = 0; r == 0 && i < sizeof(services) / sizeof(services[0]); i++) {
+        r = tether_host_add_service(host, services[i].name, TETHER_CONTEXT_IO, services[i].fn,
+                                    host);
+    }
+    r = r < 0 ? r : tether_host_start(host);
+    if (r < 0) {
+        fprintf(stderr, "tether-testhost: %s\n", tether_strerror(r));
+        tether_host_unref(host);
+        return 1;
+    }
+    printf("ready %s\n", tether_host_get_address(host));
+    fflush(stdout);
+
+    for (;;) {
+        struct timespec zero = {0};
+        if (sigtimedwait(&signals, NULL, &zero) >= 0) {
+            break;
+        }
+        struct pollfd p = {.fd = STDIN_FILENO, .events = POLLIN};
+        if (poll(&p, 1, 100) > 0) {
+            char buf[256];
+            if (read(STDIN_FILENO, buf, sizeof(buf)) <= 0) {
+                break; /* end of file: whoever started us is gone */
+            }
+        }
+    }
+
+    pthread_mutex_lock(&lock);
+    for (size_t i = 0; i < kept_count; i++) {
+        kept[i] = tether_request_unref(kept[i]);
+    }
+    kept_count = 0;
+    for (size_t i = 0; i < notes_count; i++) {
+        notes_list[i] = tether_value_unref(notes_list[i]);
+    }
+    notes_count = 0;
+    pthread_mutex_unlock(&lock);
+    tether_host_unref(host);
+    return 0;
+}

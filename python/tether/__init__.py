@@ -1,0 +1,63 @@
+"""tether: script a host application from another process.
+
+A script connects to a host (a game engine, an editor, any program that links
+libtether) and calls the services the host registered::
+
+    import tether
+
+    host = tether.connect(name="my-tool")   # address=, else $TETHER_ADDRESS, else "default"
+    host.root.spawn_actor("Bob")            # blocks for the result
+    f = host.async_.spawn_actor("Bob")      # a tether.Future
+    f.result(timeout=5)
+    host.notify.log("hi")                   # fire and forget
+
+    @host.service
+    def greet(name):                        # the host may call greet("Ann")
+        return f"Hello, {name}!"
+
+Plain data (None, bool, int, float, str, bytes, list, tuple, dict) travels by value;
+tuples arrive as lists. Failures raise builtin exceptions where one fits (TimeoutError,
+ConnectionResetError, a remote NameError stays a NameError) and tether's own otherwise
+(RemoteError, NotConnectedError, NoSuchServiceError, CancelledError, all TetherError).
+"""
+
+__version__ = "0.1.0"
+
+try:
+    from . import _tether
+except ImportError as e:  # pragma: no cover - depends on how the package was built
+    raise ImportError(
+        "tether's C extension (tether._tether) cannot be imported: "
+        f"{e}. Build it with `make` and use PYTHONPATH=build/python, "
+        "or install the package with `pip install --no-build-isolation ./python`."
+    ) from e
+
+from ._tether import (  # noqa: E402
+    CancelledError,
+    Future,
+    NoSuchServiceError,
+    NotConnectedError,
+    RemoteError,
+    TetherError,
+)
+from ._connection import Connection, RemoteMethod, async_, connect  # noqa: E402
+
+#: Version of libtether inside the extension, and the wire protocol version it speaks.
+core_version = _tether.core_version
+protocol_version = _tether.protocol_version
+
+__all__ = [
+    "CancelledError",
+    "Connection",
+    "Future",
+    "NoSuchServiceError",
+    "NotConnectedError",
+    "RemoteError",
+    "RemoteMethod",
+    "TetherError",
+    "__version__",
+    "async_",
+    "connect",
+    "core_version",
+    "protocol_version",
+]

@@ -1,0 +1,295 @@
+"""Connections to a host: tether.connect(), Connection, and the call namespaces.
+
+A Connection wraps one tether._tether.Client. Its three namespaces turn attribute access
+into remote methods:
+
+    conn.root.NAME(*args, **kwargs)     call the host's service NAME, wait for the result
+    conn.async_.NAME(*args, **kwargs)   the same call, returning a tether.Future at once
+    conn.notify.NAME(*args, **kwargs)   send a notification: no result, no error
+
+Names that are not identifiers are reached by item: ``conn.root["ns.method"](1)``.
+Every method object is safe to use from any thread.
+"""
+
+import atexit
+import functools
+import inspect
+import os
+import sys
+import threading
+import weakref
+
+from . import _tether
+
+__all__ = ["Connection", "RemoteMethod", "AsyncRemoteMethod", "NotifyMethod", "async_", "connect"]
+
+
+class RemoteMethod:
+    """A host service called synchronously: ``m(*args, **kwargs)`` returns its result.
+
+    Made by ``conn.root.NAME``. ``with_timeout(seconds)`` gives the same method with its
+    own silence timeout instead of the connection's.
+    """
+
+    __slots__ = ("_client", "_name", "_timeout", "__weakref__")
+
+    def __init__(self, client, name, timeout=None):
+        self._client = client
+        self._name = name
+        self._timeout = timeout
+
+    @property
+    def name(self):
+        """The service name."""
+        return self._name
+
+    def with_timeout(self, timeout):
+        """The same method, timing out after timeout seconds of silence from the host."""
+        return type(self)(self._client, self._name, timeout)
+
+    def __call__(self, *args, **kwargs):
+        return self._client.call(self._name, args, kwargs, self._timeout)
+
+    def __repr__(self):
+        return f"<tether.{type(self).__name__} {self._name!r}>"
+
+
+class AsyncRemoteMethod(RemoteMethod):
+    """A host service called asynchronously: ``m(*args, **kwargs)`` returns a tether.Future."""
+
+    __slots__ = ()
+
+    def __call__(self, *args, **kwargs):
+        return self._client.call_async(self._name, args, kwargs, self._timeout)
+
+
+class NotifyMethod(RemoteMethod):
+    """A host service sent a notification: ``m(*args, **kwargs)`` returns None at once."""
+
+    __slots__ = ()
+
+    def __call__(self, *args, **kwargs):
+        self._client.notify(self._name, args, kwargs)
+
+
+def async_(method):
+    """The asynchronous form of a remote method, as RPyC spells it.
+
+    ``tether.async_(host.root.spawn_actor)("Bob")`` returns a tether.Future, like
+    ``host.async_.spawn_actor("Bob")``.
+    """
+    if isinstance(method, AsyncRemoteMethod):
+        return method
+    if isinstance(method, RemoteMethod) and not isinstance(method, NotifyMethod):
+        return AsyncRemoteMethod(method._client, method._name, method._timeout)
+    raise TypeError(
+        f"tether.async_ expects a remote method such as host.root.NAME, got {type(method).__name__!r}"
+    )
+
+
+class _Namespace:
+    """Attribute access to remote methods of one kind (see the module docstring)."""
+
+    __slots__ = ("_client", "_kind", "_methods")
+
+    def __init__(self, client, kind):
+        self._client = client
+        self._kind = kind
+        self._methods = {}
+
+    def __getitem__(self, name):
+        if not isinstance(name, str):
+            raise TypeError(f"service names are str, not {type(name).__name__!r}")
+        method = self._methods.get(name)
+        if method is None:
+            method = self._methods.setdefault(name, self._kind(self._client, name))
+        return method
+
+    def __getattr__(self, name):
+        # Dunder lookups (copy, pickle, inspect) are not services.
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return self[name]
+
+    def __dir__(self):
+        return sorted(self._methods)
+
+    def __repr__(self):
+        return f"<tether namespace of {self._kind.__name__} on {self._client!r}>"
+
+
+def _wrap_coroutine_function(fn):
+    """A sync callable running the coroutine function fn to completion in a new event loop.
+
+    Services run on a worker thread, which has no event loop; handing them to the
+    script's own loop (serve="loop") is a later step.
+    """
+    import asyncio
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+
+    return run
+
+
+class Connection:
+    """A connection to a host, made by tether.connect().
+
+    Attributes: ``root``, ``async_`` and ``notify`` (the call namespaces), ``name`` (this
+    client's name), ``host_name``. A Connection is a context manager that closes it.
+    """
+
+    def __init__(self, client):
+        self._client = client
+        self._closed = False
+        self.root = _Namespace(client, RemoteMethod)
+        self.async_ = _Namespace(client, AsyncRemoteMethod)
+        self.notify = _Namespace(client, NotifyMethod)
+
+    @property
+    def name(self):
+        """The name the host lists this client under."""
+        return self._client.name
+
+    @property
+    def host_name(self):
+        """The host's name from its handshake."""
+        return self._client.host_name
+
+    @property
+    def closed(self):
+        """True once close() was called."""
+        return self._closed
+
+    def is_connected(self):
+        """True while connected (False once closed, or while reconnecting)."""
+        return self._client.is_connected()
+
+    def register(self, name, fn):
+        """Let the host call ``fn(*args, **kwargs)`` as the service name.
+
+        fn runs on one of tether's worker threads, holding the GIL; its result is sent back
+        (plain data only) and an exception it raises reaches the host as an error of the
+        same type name and message. An ``async def`` function runs to completion in a new
+        event loop for each call.
+        """
+        if not callable(fn):
+            raise TypeError(f"a service must be callable, not {type(fn).__name__!r}")
+        if inspect.iscoroutinefunction(fn):
+            fn = _wrap_coroutine_function(fn)
+        self._client.add_service(name, fn)
+
+    def service(self, fn=None, *, name=None):
+        """Decorator registering a function as a service (see register).
+
+        ``@conn.service``, ``@conn.service("name")`` or ``@conn.service(name="name")``;
+        the function is returned unchanged.
+        """
+        if isinstance(fn, str):
+            fn, name = None, fn
+
+        def decorate(f):
+            self.register(name or f.__name__, f)
+            return f
+
+        return decorate if fn is None else decorate(fn)
+
+    def fileno(self):
+        """A file descriptor readable while main-thread work is queued (see dispatch)."""
+        return self._client.fileno()
+
+    def dispatch(self, budget=None):
+        """Run queued main-thread work for up to budget seconds (None: all of it).
+
+        Returns True if work remains.
+        """
+        return self._client.dispatch(budget)
+
+    def close(self):
+        """Close the connection: pending calls fail with CancelledError, later calls
+        raise NotConnectedError. Closing twice does nothing."""
+        self._closed = True
+        _open.discard(self)
+        self._client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self._closed else "connected" if self.is_connected() else "disconnected"
+        return f"<tether.Connection {self.name!r} to {self.host_name!r} {state}>"
+
+
+def _default_name():
+    """The script's name: the stem of sys.argv[0], else 'python'."""
+    path = sys.argv[0] if sys.argv and sys.argv[0] not in ("", "-c", "-m") else ""
+    name = os.path.splitext(os.path.basename(path))[0]
+    if name == "__main__":
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        name = spec.parent if spec is not None and spec.parent else ""
+    return name or "python"
+
+
+def connect(
+    name=None,
+    address=None,
+    timeout=30.0,
+    *,
+    connect_timeout=5.0,
+    token=None,
+    runtime_dir=None,
+    reconnect=True,
+):
+    """Connect to a host and return a Connection.
+
+    name: the name the host lists this client under (default: the script's name).
+    address: "unix:/path", "tcp:127.0.0.1:PORT" or a host name (its socket in the runtime
+    directory); None: $TETHER_ADDRESS, else the host named "default".
+    timeout: default silence timeout of calls, in seconds (None: none). A host that is
+    still working on a call keeps it alive, so this catches dead or stuck hosts only.
+    connect_timeout: bound on connecting and the handshake, in seconds.
+    token: the host's token for TCP (None: $TETHER_TOKEN, else its token file).
+    runtime_dir: where host sockets are (None: $TETHER_RUNTIME_DIR, else the default).
+    reconnect: after a lost connection, reconnect in the background (calls made
+    meanwhile raise NotConnectedError).
+
+    Raises ConnectionRefusedError (no host there), PermissionError (refused),
+    TimeoutError, or TetherError.
+    """
+    client = _tether.Client(
+        name if name is not None else _default_name(),
+        address,
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+        token=token,
+        runtime_dir=runtime_dir,
+        reconnect=reconnect,
+    )
+    client.connect()
+    conn = Connection(client)
+    _open.add(conn)
+    return conn
+
+
+# Connections still open at interpreter exit are closed before the extension's own exit
+# hook runs (atexit runs hooks last-registered first), so no host request reaches Python
+# while the interpreter finalizes.
+_open = weakref.WeakSet()
+_open_lock = threading.Lock()
+
+
+def _close_all():
+    with _open_lock:
+        conns = list(_open)
+    for conn in conns:
+        try:
+            conn.close()
+        except Exception:  # pragma: no cover - best effort at exit
+            pass
+
+
+atexit.register(_close_all)
