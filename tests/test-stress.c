@@ -1,12 +1,14 @@
 /*
  * A plain program (not Criterion, so ThreadSanitizer can run it: `make tsan`) that
  * drives one connection from many threads at once: synchronous and asynchronous calls
- * both ways, notifications, cancels and timeouts, then closes everything while calls
- * are still in flight. Exit status 0 when every result was right.
+ * both ways, notifications, cancels, MAIN services served by the main thread's dispatch
+ * loop, and call-backs into that main thread while it waits (chains); then it closes
+ * everything while calls are still in flight. Exit status 0 when every result was right.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,10 +65,42 @@ deferred(tether_request *req, void *userdata)
     return 0;
 }
 
+static tether_client *relay_client;
+
+static int
+main_add(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    return add(req, NULL);
+}
+
+/* A POOL handler of the client that calls a MAIN service of the host back, while the
+ * host's main thread waits on this very chain. */
+static int
+relay(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    tether_value *v = NULL;
+    int r = tether_conn_call(tether_client_get_conn(relay_client), "main_add", NULL, &v, NULL,
+                             "xx", (int64_t)1, (int64_t)2);
+    if (r < 0) {
+        return r;
+    }
+    r = tether_request_reply_value(req, v);
+    tether_value_unref(v);
+    return r;
+}
+
 typedef struct worker {
     tether_conn *conn;
     int seed;
+    bool main_calls;
 } worker;
+
+static atomic_int workers_left;
+
+static void *
+work_then_count(void *arg);
 
 static void *
 work(void *arg)
@@ -103,7 +137,24 @@ work(void *arg)
         if (i % 3 == 0) {
             tether_conn_notify(w->conn, "bump", NULL);
         }
+        if (w->main_calls && i % 10 == 0) {
+            /* Served by the main thread's dispatch loop in main(). */
+            tether_value *m = NULL;
+            if (tether_conn_call(w->conn, "main_add", NULL, &m, NULL, "xx", (int64_t)i,
+                                 (int64_t)1) < 0) {
+                atomic_fetch_add(&errors, 1);
+            }
+            tether_value_unref(m);
+        }
     }
+    return NULL;
+}
+
+static void *
+work_then_count(void *arg)
+{
+    work(arg);
+    atomic_fetch_sub(&workers_left, 1);
     return NULL;
 }
 
@@ -118,12 +169,15 @@ main(void)
     CHECK(tether_host_add_service(h, "add", TETHER_CONTEXT_IO, add, NULL) == 0);
     CHECK(tether_host_add_service(h, "bump", TETHER_CONTEXT_IO, bump, NULL) == 0);
     CHECK(tether_host_add_service(h, "deferred", TETHER_CONTEXT_IO, deferred, NULL) == 0);
+    CHECK(tether_host_add_service(h, "main_add", TETHER_CONTEXT_MAIN, main_add, NULL) == 0);
     CHECK(tether_host_start(h) == 0);
 
     tether_client_options co = {.name = "worker", .address = "stress", .runtime_dir = dir};
     tether_client *c = NULL;
     CHECK(tether_client_new(&co, &c) == 0);
     CHECK(tether_client_add_service(c, "add", TETHER_CONTEXT_IO, add, NULL) == 0);
+    CHECK(tether_client_add_service(c, "relay", TETHER_CONTEXT_POOL, relay, NULL) == 0);
+    relay_client = c;
     CHECK(tether_client_connect(c, NULL) == 0);
     tether_conn *to_client = NULL;
     CHECK(tether_host_get_client(h, "worker", &to_client) == 0);
@@ -131,10 +185,29 @@ main(void)
     enum { N = 4 };
     pthread_t threads[N];
     worker workers[N];
+    atomic_store(&workers_left, N);
     for (int i = 0; i < N; i++) {
-        /* Half the threads call the host, half call the client from the host side. */
-        workers[i] = (worker){i % 2 ? tether_client_get_conn(c) : to_client, i * 1000000};
-        pthread_create(&threads[i], NULL, work, &workers[i]);
+        /* Half the threads call the host (MAIN services too), half call the client. */
+        workers[i] = (worker){i % 2 ? tether_client_get_conn(c) : to_client, i * 1000000, i % 2};
+        pthread_create(&threads[i], NULL, work_then_count, &workers[i]);
+    }
+    /* The host's main loop, meanwhile: dispatch, and call the client, whose handler
+     * calls back into a MAIN service while this thread waits. */
+    int relays = 0;
+    while (atomic_load(&workers_left) > 0) {
+        tether_host_dispatch(h, 500);
+        if (relays < 200) {
+            tether_value *v = NULL;
+            int64_t n = 0;
+            if (tether_conn_call(to_client, "relay", NULL, &v, NULL, NULL) < 0 ||
+                tether_value_read(v, NULL, "x", &n) < 0 || n != 3) {
+                atomic_fetch_add(&errors, 1);
+            }
+            tether_value_unref(v);
+            relays++;
+        } else {
+            tether_host_wait(h, 1000);
+        }
     }
     for (int i = 0; i < N; i++) {
         pthread_join(threads[i], NULL);
