@@ -275,6 +275,14 @@ TETHER_EXPORT int tether_request_reply_error(tether_request *req, const char *ty
                                              const char *format, ...) TETHER_PRINTF(3, 4);
 
 /*
+ * Reply with an error given as a tether_error: type (required), message and traceback
+ * text (either may be NULL), for example one received from another call that the
+ * handler passes on, or a script's exception with its traceback. Same returns as
+ * tether_request_reply_error. Thread: any.
+ */
+TETHER_EXPORT int tether_request_reply_error_full(tether_request *req, const tether_error *error);
+
+/*
  * Keep a request beyond the handler's return, to reply later. While a request is held
  * and unreplied, the library tells the caller that the call is alive, so the caller's
  * silence timeout does not expire. Unref'ing an unreplied request replies an error

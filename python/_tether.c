@@ -128,8 +128,7 @@ usec_from_seconds(PyObject *o, uint64_t none_usec, const char *what, uint64_t *r
         return -1;
     }
     if (isnan(s) || s < 0) {
-        PyErr_Format(PyExc_ValueError, "%s must be a non-negative number of seconds or None",
-                     what);
+        PyErr_Format(PyExc_ValueError, "%s must be a non-negative number of seconds or None", what);
         return -1;
     }
     if (s * 1e6 >= 1.8e19) {
@@ -355,7 +354,8 @@ pack_sequence(packbuf *b, PyObject *o, int depth)
 {
     bool is_list = PyList_Check(o);
     Py_ssize_t n = is_list ? PyList_Size(o) : PyTuple_Size(o);
-    if (n < 0 || pack_container_depth(depth) < 0 || pb_header(b, 0x90, 16, 0, 0xdc, (size_t)n) < 0) {
+    if (n < 0 || pack_container_depth(depth) < 0 ||
+        pb_header(b, 0x90, 16, 0, 0xdc, (size_t)n) < 0) {
         return -1;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -372,7 +372,8 @@ static int
 pack_dict(packbuf *b, PyObject *o, int depth)
 {
     Py_ssize_t n = PyDict_Size(o);
-    if (n < 0 || pack_container_depth(depth) < 0 || pb_header(b, 0x80, 16, 0, 0xde, (size_t)n) < 0) {
+    if (n < 0 || pack_container_depth(depth) < 0 ||
+        pb_header(b, 0x80, 16, 0, 0xde, (size_t)n) < 0) {
         return -1;
     }
     Py_ssize_t pos = 0;
@@ -668,10 +669,7 @@ unpack_obj(unpacker *u, int depth, bool as_key)
             return NULL;
         }
         uint64_t v = take_be(u, w);
-        int64_t s = w == 1   ? (int8_t)v
-                    : w == 2 ? (int16_t)v
-                    : w == 4 ? (int32_t)v
-                             : (int64_t)v;
+        int64_t s = w == 1 ? (int8_t)v : w == 2 ? (int16_t)v : w == 4 ? (int32_t)v : (int64_t)v;
         return PyLong_FromLongLong(s);
     }
     case 0xca: {
@@ -796,7 +794,10 @@ object_from_value(tether_value *v)
  * ==================================================================================== */
 
 /* Where a failure happened: a few codes mean different things at connect. */
-enum { AT_CALL = 0, AT_CONNECT = 1 };
+enum {
+    AT_CALL = 0,
+    AT_CONNECT = 1
+};
 
 static int
 add_note(PyObject *exc, const char *header, const char *text)
@@ -849,8 +850,8 @@ remote_exception(module_state *st, const char *type, const char *message, const 
         PyErr_Clear();
     }
     if (!exc) {
-        exc = PyObject_CallFunctionObjArgs(st->RemoteError, type_obj, message_obj,
-                                           traceback_obj, NULL);
+        exc = PyObject_CallFunctionObjArgs(st->RemoteError, type_obj, message_obj, traceback_obj,
+                                           NULL);
         if (!exc) {
             goto out;
         }
@@ -986,8 +987,8 @@ define_exceptions(PyObject *module, module_state *st)
     PyObject *code = NULL, *r = NULL;
     int result = -1;
     PyObject *module_name = PyUnicode_FromString("tether");
-    int named = globals && module_name ? PyDict_SetItemString(globals, "__name__", module_name)
-                                       : -1;
+    int named =
+        globals && module_name ? PyDict_SetItemString(globals, "__name__", module_name) : -1;
     Py_XDECREF(module_name);
     if (named < 0) {
         goto out;
@@ -1104,10 +1105,14 @@ hub_on_ready(tether_future *future, void *userdata)
  * Future
  * ==================================================================================== */
 
-enum { CB_NONE = 0, CB_WAITING = 1, CB_FIRED = 2 };
+enum {
+    CB_NONE = 0,
+    CB_WAITING = 1,
+    CB_FIRED = 2
+};
 
 typedef struct {
-    PyObject_HEAD
+    PyObject ob_base; /* PyObject_HEAD */
     tether_future *future;
     PyObject *method;    /* str, for repr */
     PyObject *callbacks; /* list of callables not yet run, or NULL */
@@ -1180,9 +1185,8 @@ static int
 wait_future(module_state *st, tether_future *future, uint64_t timeout_usec)
 {
     bool main_thread = PyThread_get_thread_ident() == st->main_thread;
-    uint64_t deadline = timeout_usec == TETHER_TIMEOUT_INFINITE
-                            ? UINT64_MAX
-                            : tether_now_usec() + timeout_usec;
+    uint64_t deadline =
+        timeout_usec == TETHER_TIMEOUT_INFINITE ? UINT64_MAX : tether_now_usec() + timeout_usec;
     for (;;) {
         uint64_t now = tether_now_usec();
         uint64_t slice = deadline == UINT64_MAX ? TETHER_TIMEOUT_INFINITE
@@ -1192,9 +1196,9 @@ wait_future(module_state *st, tether_future *future, uint64_t timeout_usec)
             slice = SIGNAL_SLICE_USEC;
         }
         int r;
-        Py_BEGIN_ALLOW_THREADS
+        PyThreadState *save = PyEval_SaveThread();
         r = tether_future_wait(future, slice);
-        Py_END_ALLOW_THREADS
+        PyEval_RestoreThread(save);
         if (r == 0) {
             return 1;
         }
@@ -1233,6 +1237,12 @@ future_load_outcome(FutureObject *self)
     tether_error_done(&err);
     if (!result && !exception) {
         return -1; /* a decoding error: not kept, the caller sees it */
+    }
+    if (self->have_outcome) {
+        /* Another thread got here first while the GIL was released (imports). */
+        Py_XDECREF(result);
+        Py_XDECREF(exception);
+        return 0;
     }
     self->result = result;
     self->exception = exception;
@@ -1467,7 +1477,7 @@ module_run_callbacks(PyObject *module, PyObject *unused)
     for (;;) {
         pending_cb *list;
         bool stop;
-        Py_BEGIN_ALLOW_THREADS
+        PyThreadState *save = PyEval_SaveThread();
         pthread_mutex_lock(&h->lock);
         while (!h->head && !h->stopping) {
             pthread_cond_wait(&h->cv, &h->lock);
@@ -1476,7 +1486,7 @@ module_run_callbacks(PyObject *module, PyObject *unused)
         h->head = h->tail = NULL;
         stop = h->stopping;
         pthread_mutex_unlock(&h->lock);
-        Py_END_ALLOW_THREADS
+        PyEval_RestoreThread(save);
         while (list) {
             pending_cb *p = list;
             list = p->next;
@@ -1511,8 +1521,7 @@ static PyMethodDef future_methods[] = {
     {"result", (PyCFunction)(void (*)(void))future_result, METH_VARARGS | METH_KEYWORDS,
      "result(timeout=None)\n\nThe call's result, waiting for it; raises its exception if "
      "it failed, TimeoutError if it has not completed within timeout seconds."},
-    {"exception", (PyCFunction)(void (*)(void))future_exception,
-     METH_VARARGS | METH_KEYWORDS,
+    {"exception", (PyCFunction)(void (*)(void))future_exception, METH_VARARGS | METH_KEYWORDS,
      "exception(timeout=None)\n\nThe call's exception (None if it succeeded), waiting as "
      "result() does."},
     {"done", (PyCFunction)future_done, METH_NOARGS, "done() -> bool: the call completed."},
@@ -1530,8 +1539,7 @@ static PyMethodDef future_methods[] = {
 
 static PyGetSetDef future_getset[] = {
     {"ready", (getter)future_get_ready, NULL, "True once the call has completed.", NULL},
-    {"value", (getter)future_get_value, NULL, "result(), as RPyC's AsyncResult.value.",
-     NULL},
+    {"value", (getter)future_get_value, NULL, "result(), as RPyC's AsyncResult.value.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1576,10 +1584,10 @@ typedef struct {
 
 static pthread_mutex_t svc_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t svc_idle = PTHREAD_COND_INITIALIZER;
-static service_slot *svc_slots;   /* guarded by svc_lock */
-static uint32_t svc_slot_count;   /* guarded by svc_lock */
-static unsigned svc_running;      /* guarded by svc_lock: handlers between lookup and exit */
-static bool svc_shutdown;         /* guarded by svc_lock: interpreter exiting */
+static service_slot *svc_slots; /* guarded by svc_lock */
+static uint32_t svc_slot_count; /* guarded by svc_lock */
+static unsigned svc_running;    /* guarded by svc_lock: handlers between lookup and exit */
+static bool svc_shutdown;       /* guarded by svc_lock: interpreter exiting */
 
 /* Handles pack a slot index (low 24 bits) and a generation; 0 is never a handle. */
 #define SVC_SLOT_BITS 24
@@ -1602,9 +1610,8 @@ svc_register(service_rec *rec)
     }
     if (slot == svc_slot_count) {
         uint32_t count = svc_slot_count ? svc_slot_count * 2 : 16;
-        service_slot *slots = count - 1 > SVC_SLOT_MAX
-                                  ? NULL
-                                  : realloc(svc_slots, count * sizeof(*slots));
+        service_slot *slots =
+            count - 1 > SVC_SLOT_MAX ? NULL : realloc(svc_slots, count * sizeof(*slots));
         if (!slots) {
             pthread_mutex_unlock(&svc_lock);
             return 0;
@@ -1685,11 +1692,29 @@ exception_type_name(PyObject *exc)
     return type_display_name(Py_TYPE(exc));
 }
 
+/* The formatted traceback of an exception (as traceback.format_exception), or NULL. */
+static PyObject *
+format_traceback(PyObject *type, PyObject *value, PyObject *tb)
+{
+    PyObject *module = PyImport_ImportModule("traceback");
+    PyObject *lines = module ? PyObject_CallMethod(module, "format_exception", "OOO", type,
+                                                   value ? value : Py_None, tb ? tb : Py_None)
+                             : NULL;
+    PyObject *empty = lines ? PyUnicode_FromString("") : NULL;
+    PyObject *text = empty ? PyUnicode_Join(empty, lines) : NULL;
+    Py_XDECREF(empty);
+    Py_XDECREF(lines);
+    Py_XDECREF(module);
+    if (!text) {
+        PyErr_Clear();
+    }
+    return text;
+}
+
 /*
- * Reply to req with the pending Python exception, which is cleared: its type name and
- * message. The traceback is not sent: the public C API has no reply function that takes
- * one (tether_request_reply_error sends type and message only). For a notification,
- * whose failure nobody hears, the exception goes to sys.unraisablehook instead.
+ * Reply to req with the pending Python exception, which is cleared: its type name,
+ * message and formatted traceback. For a notification, whose failure nobody hears, the
+ * exception goes to sys.unraisablehook instead.
  */
 static void
 reply_exception(tether_request *req, PyObject *callable)
@@ -1707,13 +1732,20 @@ reply_exception(tether_request *req, PyObject *callable)
     }
     PyObject *name = value ? exception_type_name(value) : NULL;
     PyObject *message = value ? PyObject_Str(value) : NULL;
+    PyObject *text = type ? format_traceback(type, value, tb) : NULL;
     const char *name_s = name ? PyUnicode_AsUTF8AndSize(name, NULL) : NULL;
     const char *message_s = message ? PyUnicode_AsUTF8AndSize(message, NULL) : NULL;
+    const char *text_s = text ? PyUnicode_AsUTF8AndSize(text, NULL) : NULL;
     PyErr_Clear();
-    tether_request_reply_error(req, name_s ? name_s : "Exception", "%s",
-                               message_s ? message_s : "(the exception could not be shown)");
+    tether_error error = {
+        .type = (char *)(name_s ? name_s : "Exception"),
+        .message = (char *)(message_s ? message_s : "(the exception could not be shown)"),
+        .traceback = (char *)text_s,
+    };
+    tether_request_reply_error_full(req, &error);
     Py_XDECREF(name);
     Py_XDECREF(message);
+    Py_XDECREF(text);
     Py_XDECREF(type);
     Py_XDECREF(value);
     Py_XDECREF(tb);
@@ -1789,7 +1821,7 @@ service_handler(tether_request *req, void *userdata)
  * ==================================================================================== */
 
 typedef struct {
-    PyObject_HEAD
+    PyObject ob_base; /* PyObject_HEAD */
     tether_client *client;
     service_rec **services;
     size_t service_count;
@@ -1830,9 +1862,9 @@ client_dealloc(ClientObject *self)
         self->client = NULL;
         /* Closing may wait for the I/O thread, which may wait for a handler that waits
          * for the GIL. */
-        Py_BEGIN_ALLOW_THREADS
+        PyThreadState *save = PyEval_SaveThread();
         tether_client_unref(client);
-        Py_END_ALLOW_THREADS
+        PyEval_RestoreThread(save);
     }
     client_clear(self);
     freefunc free_fn = PyType_GetSlot(type, Py_tp_free);
@@ -1856,16 +1888,15 @@ optional_utf8(PyObject *o, const char *what)
 static PyObject *
 client_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"name",           "address",      "timeout",   "connect_timeout",
-                             "token",          "runtime_dir",  "reconnect", "language",
-                             "language_version", NULL};
+    static char *kwlist[] = {"name",        "address",   "timeout",  "connect_timeout",  "token",
+                             "runtime_dir", "reconnect", "language", "language_version", NULL};
     PyObject *name = Py_None, *address = Py_None, *timeout = Py_None;
     PyObject *connect_timeout = Py_None, *token = Py_None, *runtime_dir = Py_None;
     PyObject *language = Py_None, *language_version = Py_None;
     int reconnect = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO$OOOOpOO:Client", kwlist, &name,
-                                     &address, &timeout, &connect_timeout, &token,
-                                     &runtime_dir, &reconnect, &language, &language_version)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO$OOOOpOO:Client", kwlist, &name, &address,
+                                     &timeout, &connect_timeout, &token, &runtime_dir, &reconnect,
+                                     &language, &language_version)) {
         return NULL;
     }
     tether_client_options opts = {.no_reconnect = !reconnect};
@@ -1887,10 +1918,9 @@ client_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     opts.language = opts.language ? opts.language : "python";
     opts.language_version = opts.language_version ? opts.language_version : version;
     /* timeout=None: calls never time out (0 would mean the core's default). */
-    if (usec_from_seconds(timeout, TETHER_TIMEOUT_INFINITE, "timeout",
-                          &opts.default_timeout_usec) < 0 ||
-        usec_from_seconds(connect_timeout, 0, "connect_timeout", &opts.connect_timeout_usec) <
-            0) {
+    if (usec_from_seconds(timeout, TETHER_TIMEOUT_INFINITE, "timeout", &opts.default_timeout_usec) <
+            0 ||
+        usec_from_seconds(connect_timeout, 0, "connect_timeout", &opts.connect_timeout_usec) < 0) {
         return NULL;
     }
     if (timeout != Py_None && opts.default_timeout_usec == 0) {
@@ -1926,9 +1956,9 @@ client_connect(ClientObject *self, PyObject *unused)
 {
     tether_error err = TETHER_ERROR_INIT;
     int r;
-    Py_BEGIN_ALLOW_THREADS
+    PyThreadState *save = PyEval_SaveThread();
     r = tether_client_connect(self->client, &err);
-    Py_END_ALLOW_THREADS
+    PyEval_RestoreThread(save);
     if (r < 0 && r != TETHER_EALREADY) {
         raise_error(state_of_type(Py_TYPE(self)), r, &err, AT_CONNECT);
         tether_error_done(&err);
@@ -1941,9 +1971,9 @@ client_connect(ClientObject *self, PyObject *unused)
 static PyObject *
 client_close(ClientObject *self, PyObject *unused)
 {
-    Py_BEGIN_ALLOW_THREADS
+    PyThreadState *save = PyEval_SaveThread();
     tether_client_close(self->client);
-    Py_END_ALLOW_THREADS
+    PyEval_RestoreThread(save);
     Py_RETURN_NONE;
 }
 
@@ -1986,9 +2016,9 @@ client_dispatch(ClientObject *self, PyObject *args, PyObject *kwds)
         return NULL;
     }
     int r;
-    Py_BEGIN_ALLOW_THREADS
+    PyThreadState *save = PyEval_SaveThread();
     r = tether_client_dispatch(self->client, budget);
-    Py_END_ALLOW_THREADS
+    PyEval_RestoreThread(save);
     if (r < 0) {
         return raise_error(state_of_type(Py_TYPE(self)), r, NULL, AT_CALL);
     }
@@ -2014,8 +2044,7 @@ typedef struct {
 } call_spec;
 
 static int
-call_spec_parse(call_spec *c, PyObject *args, PyObject *kwds, const char *format,
-                bool with_timeout)
+call_spec_parse(call_spec *c, PyObject *args, PyObject *kwds, const char *format, bool with_timeout)
 {
     static char *kwlist[] = {"method", "args", "kwargs", "timeout", NULL};
     static char *kwlist_notify[] = {"method", "args", "kwargs", NULL};
@@ -2062,9 +2091,9 @@ client_call(ClientObject *self, PyObject *args, PyObject *kwds)
     int r;
     if (PyThread_get_thread_ident() != st->main_thread) {
         /* No signal can reach this thread: the core's direct synchronous path. */
-        Py_BEGIN_ALLOW_THREADS
+        PyThreadState *save = PyEval_SaveThread();
         r = tether_conn_call_values(conn, c.method, c.args, c.kwargs, &c.opts, &result, &err);
-        Py_END_ALLOW_THREADS
+        PyEval_RestoreThread(save);
     } else {
         /* Interruptible: an async call waited on in slices; Ctrl-C cancels it. */
         tether_future *future = NULL;
@@ -2162,8 +2191,7 @@ client_add_service(ClientObject *self, PyObject *args)
     if (!name) {
         return NULL;
     }
-    service_rec **services = realloc(self->services,
-                                     (self->service_count + 1) * sizeof(*services));
+    service_rec **services = realloc(self->services, (self->service_count + 1) * sizeof(*services));
     if (!services) {
         return PyErr_NoMemory();
     }
@@ -2213,8 +2241,7 @@ static PyMethodDef client_methods[] = {
     {"close", (PyCFunction)client_close, METH_NOARGS,
      "close()\n\nClose the connection without reconnecting; pending calls fail with "
      "CancelledError. connect() may connect again."},
-    {"is_connected", (PyCFunction)client_is_connected, METH_NOARGS,
-     "is_connected() -> bool"},
+    {"is_connected", (PyCFunction)client_is_connected, METH_NOARGS, "is_connected() -> bool"},
     {"fileno", (PyCFunction)client_fileno, METH_NOARGS,
      "fileno() -> int\n\nA file descriptor readable while main-thread work is queued: poll "
      "it and call dispatch()."},
@@ -2225,8 +2252,7 @@ static PyMethodDef client_methods[] = {
      "call(method, args=(), kwargs=None, timeout=None)\n\nCall a service of the host and "
      "return its result. timeout: seconds of silence from the host before TimeoutError "
      "(None: the client's default)."},
-    {"call_async", (PyCFunction)(void (*)(void))client_call_async,
-     METH_VARARGS | METH_KEYWORDS,
+    {"call_async", (PyCFunction)(void (*)(void))client_call_async, METH_VARARGS | METH_KEYWORDS,
      "call_async(method, args=(), kwargs=None, timeout=None) -> Future"},
     {"notify", (PyCFunction)(void (*)(void))client_notify, METH_VARARGS | METH_KEYWORDS,
      "notify(method, args=(), kwargs=None)\n\nSend a notification: no answer, no error "
@@ -2283,7 +2309,7 @@ module_shutdown(PyObject *module, PyObject *unused)
     st->hub->stopping = true;
     pthread_cond_broadcast(&st->hub->cv);
     pthread_mutex_unlock(&st->hub->lock);
-    Py_BEGIN_ALLOW_THREADS
+    PyThreadState *save = PyEval_SaveThread();
     pthread_mutex_lock(&svc_lock);
     svc_shutdown = true;
     uint64_t deadline = tether_now_usec() + SHUTDOWN_WAIT_USEC;
@@ -2299,7 +2325,7 @@ module_shutdown(PyObject *module, PyObject *unused)
         pthread_cond_timedwait(&svc_idle, &svc_lock, &ts);
     }
     pthread_mutex_unlock(&svc_lock);
-    Py_END_ALLOW_THREADS
+    PyEval_RestoreThread(save);
     Py_RETURN_NONE;
 }
 
@@ -2345,13 +2371,12 @@ module_error(PyObject *module, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"code", "type", "message", "traceback", "connect", NULL};
     int code, at_connect = 0;
     const char *type = NULL, *message = NULL, *traceback = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|zzzp:_error", kwlist, &code, &type,
-                                     &message, &traceback, &at_connect)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|zzzp:_error", kwlist, &code, &type, &message,
+                                     &traceback, &at_connect)) {
         return NULL;
     }
     tether_error err = {(char *)type, (char *)message, (char *)traceback};
-    return error_object(state_of_module(module), code, &err,
-                        at_connect ? AT_CONNECT : AT_CALL);
+    return error_object(state_of_module(module), code, &err, at_connect ? AT_CONNECT : AT_CALL);
 }
 
 static PyObject *
@@ -2424,8 +2449,7 @@ module_exec(PyObject *module)
 
     /* The main thread: the only one that receives signals. */
     PyObject *threading = PyImport_ImportModule("threading");
-    PyObject *main_thread = threading ? PyObject_CallMethod(threading, "main_thread", NULL)
-                                      : NULL;
+    PyObject *main_thread = threading ? PyObject_CallMethod(threading, "main_thread", NULL) : NULL;
     PyObject *ident = main_thread ? PyObject_GetAttrString(main_thread, "ident") : NULL;
     Py_XDECREF(threading);
     Py_XDECREF(main_thread);
@@ -2440,8 +2464,8 @@ module_exec(PyObject *module)
 
     PyObject *atexit = PyImport_ImportModule("atexit");
     PyObject *shutdown = PyObject_GetAttrString(module, "_shutdown");
-    PyObject *r = atexit && shutdown ? PyObject_CallMethod(atexit, "register", "O", shutdown)
-                                     : NULL;
+    PyObject *r =
+        atexit && shutdown ? PyObject_CallMethod(atexit, "register", "O", shutdown) : NULL;
     Py_XDECREF(atexit);
     Py_XDECREF(shutdown);
     if (!r) {

@@ -11,6 +11,7 @@ needs only libuv (and msgpack-c) from the system. It is built for the stable ABI
 
 import glob
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -64,7 +65,12 @@ extension = Extension(
     py_limited_api=True,
 )
 
+with open(os.path.join(HERE, "tether", "__init__.py"), encoding="utf-8") as f:
+    version = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
 setup(
+    version=version,
+    packages=["tether"],
     ext_modules=[extension],
     # The wheel tag says abi3, from 3.10: one build for every later CPython.
     options={"bdist_wheel": {"py_limited_api": "cp310"}},

@@ -156,13 +156,30 @@ tether_request_reply(tether_request *req, const char *format, ...)
 }
 
 static int
-reply_error_text(tether_request *req, const char *type, const char *message)
+reply_error_full(tether_request *req, const char *type, const char *message,
+                 const char *traceback)
 {
     if (!claim_reply(req)) {
         return -EALREADY;
     }
-    response_arg a = {.is_error = true, .type = type, .message = message};
+    response_arg a = {.is_error = true, .type = type, .message = message, .traceback = traceback};
     return send_response(req, &a);
+}
+
+static int
+reply_error_text(tether_request *req, const char *type, const char *message)
+{
+    return reply_error_full(req, type, message, NULL);
+}
+
+int
+tether_request_reply_error_full(tether_request *req, const tether_error *error)
+{
+    if (!req || !error || !error->type || !*error->type) {
+        return -EINVAL;
+    }
+    return reply_error_full(req, error->type, error->message ? error->message : "",
+                            error->traceback);
 }
 
 int

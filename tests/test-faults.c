@@ -5,15 +5,10 @@
  * after each case that the host still serves.
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 
-#include "helpers.h"
-#include "wire.h"
+#include "raw-peer.h"
 
 static int
 ping_handler(tether_request *req, void *userdata)
@@ -53,88 +48,6 @@ assert_host_serves(tether_client *c)
     tether_value_unref(v);
 }
 
-static int
-raw_connect(tether_host *h)
-{
-    const char *address = tether_host_get_address(h);
-    cr_assert(strncmp(address, "unix:", 5) == 0);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un un = {.sun_family = AF_UNIX};
-    snprintf(un.sun_path, sizeof(un.sun_path), "%s", address + 5);
-    cr_assert(connect(fd, (struct sockaddr *)&un, sizeof(un)) == 0);
-    return fd;
-}
-
-static void
-raw_send(int fd, const void *p, size_t n)
-{
-    cr_assert_eq(send(fd, p, n, MSG_NOSIGNAL), (ssize_t)n);
-}
-
-static void
-raw_send_frame(int fd, const void *body, size_t n)
-{
-    uint8_t hdr[4] = {(uint8_t)(n >> 24), (uint8_t)(n >> 16), (uint8_t)(n >> 8), (uint8_t)n};
-    raw_send(fd, hdr, 4);
-    raw_send(fd, body, n);
-}
-
-/* Read until EOF; returns the bytes read before it. Fails the test after 5 s. */
-static size_t
-raw_read_until_closed(int fd, uint8_t *buf, size_t cap)
-{
-    size_t got = 0;
-    for (;;) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        cr_assert(poll(&p, 1, 5000) == 1, "the host did not close the connection");
-        ssize_t n = recv(fd, buf + got, cap - got, 0);
-        if (n <= 0) {
-            return got;
-        }
-        got += (size_t)n;
-        if (got == cap) {
-            got = 0;
-        }
-    }
-}
-
-static void
-raw_hello(int fd, uint32_t min_version, uint32_t max_version, const char *token)
-{
-    tether__buf b = TETHER__BUF_INIT;
-    tether__hello hello = {.min_version = min_version,
-                           .max_version = max_version,
-                           .name = "raw",
-                           .pid = getpid(),
-                           .language = "c",
-                           .token = token};
-    ASSERT_OK(tether__encode_hello(&b, &hello));
-    raw_send(fd, b.data, b.len);
-    tether__buf_done(&b);
-}
-
-/* Read the welcome (or refusal) frame; returns its kind. */
-static int
-raw_read_reply(int fd, tether__frame *f, uint8_t *buf, size_t cap)
-{
-    size_t got = 0;
-    for (;;) {
-        if (got >= 4) {
-            uint32_t len = tether__frame_length(buf);
-            if (got >= 4 + len) {
-                tether__wire_limits limits = {0};
-                ASSERT_OK(tether__frame_decode(buf + 4, len, &limits, f));
-                return f->kind;
-            }
-        }
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        cr_assert(poll(&p, 1, 5000) == 1, "no reply from the host");
-        ssize_t n = recv(fd, buf + got, cap - got, 0);
-        cr_assert(n > 0, "connection closed without a reply");
-        got += (size_t)n;
-    }
-}
-
 /* Open a raw connection that passed the handshake. */
 static int
 raw_session(tether_host *h)
@@ -143,7 +56,7 @@ raw_session(tether_host *h)
     raw_hello(fd, 1, 1, NULL);
     tether__frame f;
     uint8_t buf[4096];
-    cr_assert_eq(raw_read_reply(fd, &f, buf, sizeof(buf)), TETHER__WELCOME);
+    cr_assert_eq(raw_read_frame(fd, &f, buf, sizeof(buf)), TETHER__WELCOME);
     return fd;
 }
 
@@ -159,8 +72,7 @@ check_dropped_for(const void *body, size_t n, bool framed)
     } else {
         raw_send(fd, body, n);
     }
-    uint8_t buf[4096];
-    raw_read_until_closed(fd, buf, sizeof(buf));
+    raw_expect_close(fd);
     close(fd);
     assert_host_serves(good);
     tether_client_unref(good);
@@ -231,9 +143,9 @@ Test(faults, handshake_must_come_first)
     raw_send_frame(fd, ping, sizeof(ping));
     tether__frame f;
     uint8_t buf[4096];
-    cr_assert_eq(raw_read_reply(fd, &f, buf, sizeof(buf)), TETHER__REFUSE);
+    cr_assert_eq(raw_read_frame(fd, &f, buf, sizeof(buf)), TETHER__REFUSE);
     cr_assert_eq(f.method.len, strlen("protocol"));
-    raw_read_until_closed(fd, buf, sizeof(buf));
+    raw_expect_close(fd);
     close(fd);
     tether_host_unref(h);
 }
@@ -245,7 +157,7 @@ Test(faults, unsupported_protocol_version_is_refused)
     raw_hello(fd, 5, 7, NULL);
     tether__frame f;
     uint8_t buf[4096];
-    cr_assert_eq(raw_read_reply(fd, &f, buf, sizeof(buf)), TETHER__REFUSE);
+    cr_assert_eq(raw_read_frame(fd, &f, buf, sizeof(buf)), TETHER__REFUSE);
     cr_assert(f.method.len == 7 && memcmp(f.method.ptr, "version", 7) == 0);
     close(fd);
     tether_host_unref(h);
@@ -258,7 +170,7 @@ Test(faults, newer_client_talks_to_this_host)
     raw_hello(fd, 1, 9, NULL);
     tether__frame f;
     uint8_t buf[4096];
-    cr_assert_eq(raw_read_reply(fd, &f, buf, sizeof(buf)), TETHER__WELCOME);
+    cr_assert_eq(raw_read_frame(fd, &f, buf, sizeof(buf)), TETHER__WELCOME);
     tether__buf strings = TETHER__BUF_INIT;
     tether__welcome w;
     ASSERT_OK(tether__decode_welcome(&f.value, &strings, &w));
@@ -274,8 +186,7 @@ Test(faults, handshake_time_limit)
     tether_host *h = start_host_with(&o);
     int fd = raw_connect(h);
     uint64_t t0 = tether_now_usec();
-    uint8_t buf[4096];
-    raw_read_until_closed(fd, buf, sizeof(buf));
+    raw_expect_close(fd);
     uint64_t took = tether_now_usec() - t0;
     cr_assert(took >= 80000 && took < 3000000, "took %llu us", (unsigned long long)took);
     close(fd);
@@ -335,7 +246,7 @@ Test(faults, in_flight_limit_enforced_by_the_host)
     tether__buf_done(&b);
     tether__frame f;
     uint8_t buf[4096];
-    cr_assert_eq(raw_read_reply(fd, &f, buf, sizeof(buf)), TETHER__RESPONSE);
+    cr_assert_eq(raw_read_frame(fd, &f, buf, sizeof(buf)), TETHER__RESPONSE);
     cr_assert_eq(f.id, 2);
     cr_assert(f.is_error);
     close(fd);
@@ -406,9 +317,10 @@ Test(faults, values_nested_past_the_frame_limit_are_refused_by_the_sender)
     tether_host_unref(h);
 }
 
-Test(faults, peer_dies_mid_call, .timeout = 30)
+/* A host serving in a child process until it is killed; returns its pid once it serves. */
+static pid_t
+fork_host(void)
 {
-    /* The host runs in a child process that exits while handling the call. */
     test_runtime_dir();
     int ready[2];
     cr_assert(pipe(ready) == 0);
@@ -422,6 +334,15 @@ Test(faults, peer_dies_mid_call, .timeout = 30)
     }
     char x;
     cr_assert(read(ready[0], &x, 1) == 1);
+    close(ready[0]);
+    close(ready[1]);
+    return pid;
+}
+
+Test(faults, peer_dies_mid_call, .timeout = 30)
+{
+    /* The host runs in a child process that exits while handling the call. */
+    pid_t pid = fork_host();
     tether_client *c = test_client_connect("c", NULL);
     tether_future *f = NULL;
     ASSERT_OK(tether_conn_call_async(tether_client_get_conn(c), "keep", NULL, &f, NULL));
@@ -442,19 +363,7 @@ Test(faults, peer_dies_mid_call, .timeout = 30)
 
 Test(faults, sync_call_fails_at_once_when_the_peer_dies, .timeout = 30)
 {
-    test_runtime_dir();
-    int ready[2];
-    cr_assert(pipe(ready) == 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        tether_host *h = start_host_with(NULL);
-        (void)h;
-        cr_assert(write(ready[1], "x", 1) == 1);
-        pause();
-        _exit(0);
-    }
-    char x;
-    cr_assert(read(ready[0], &x, 1) == 1);
+    pid_t pid = fork_host();
     tether_client *c = test_client_connect("c", NULL);
     /* Kill the host while the synchronous call waits. */
     pid_t killer = fork();
@@ -493,6 +402,21 @@ Test(faults, other_clients_unaffected_by_a_protocol_error)
     tether_host_unref(h);
 }
 
+/* The number of open fds once it has not changed for 100 ms (at most 3 s). */
+static int
+settled_fd_count(void)
+{
+    int n = count_open_fds();
+    int same = 0;
+    for (int i = 0; i < 300 && same < 10; i++) {
+        usleep(10000);
+        int m = count_open_fds();
+        same = m == n ? same + 1 : 0;
+        n = m;
+    }
+    return n;
+}
+
 Test(faults, no_fd_leak_over_many_connections)
 {
     tether_host *h = start_host_with(NULL);
@@ -500,25 +424,15 @@ Test(faults, no_fd_leak_over_many_connections)
     tether_client *warm = test_client_connect("warm", NULL);
     assert_host_serves(warm);
     tether_client_unref(warm);
-    /* The host closes its side when it reads the end of the stream: wait for that. */
-    for (int i = 0; i < 200 && tether_host_get_client_count(h) > 0; i++) {
-        usleep(10000);
-    }
-    int before = count_open_fds();
-    for (int i = 0; i < 100 && count_open_fds() != before; i++) {
-        usleep(10000);
-        before = count_open_fds();
-    }
+    /* The host closes its side when it reads the end of the stream, a moment after the
+     * client count drops: wait until the number of open fds settles. */
+    int before = settled_fd_count();
     for (int i = 0; i < 50; i++) {
         tether_client *c = test_client_connect("c", NULL);
         assert_host_serves(c);
         tether_client_unref(c);
     }
-    int after = count_open_fds();
-    for (int i = 0; i < 200 && after != before; i++) {
-        usleep(10000);
-        after = count_open_fds();
-    }
+    int after = settled_fd_count();
     cr_assert_eq(after, before, "%d fds left behind by 50 connections", after - before);
     tether_host_unref(h);
 }

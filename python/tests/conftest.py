@@ -69,8 +69,20 @@ class Host:
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
 
+    def state(self):
+        """The process state letter from /proc ("T" once stopped), or None."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return None
+
     def suspend(self):
+        """SIGSTOP, and wait until it took effect (a signal is delivered asynchronously)."""
         os.kill(self.proc.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while self.state() not in ("T", "t") and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def resume(self):
         os.kill(self.proc.pid, signal.SIGCONT)
@@ -84,7 +96,10 @@ class Host:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
+            try:
+                os.kill(self.proc.pid, signal.SIGCONT)
+            except ProcessLookupError:  # killed and reaped by another thread meanwhile
+                pass
             self.proc.stdin.close()
             try:
                 self.proc.wait(5)

@@ -37,11 +37,20 @@ def test_the_host_sees_name_language_and_version(host):
     assert ["introduced", "python", platform.python_version()] in clients
 
 
-def test_default_name_is_the_script_name(host):
+def test_default_name_is_the_script_name(host, monkeypatch):
+    from tether._connection import _default_name
+
+    expected = _default_name()
+    assert expected and expected != "python"  # pytest's entry point: "pytest"
     with host.connect(name=None) as conn:
-        names = [c[0] for c in conn.root.clients()]
-    # Under pytest, sys.argv[0] is pytest's entry point.
-    assert any(n and n != "pytest-conn" for n in names)
+        assert conn.name == expected
+        assert [expected, "python"] in [c[:2] for c in conn.root.clients()]
+    monkeypatch.setattr(sys, "argv", ["/opt/tools/my_tool.py", "--flag"])
+    assert _default_name() == "my_tool"
+    monkeypatch.setattr(sys, "argv", ["-c"])
+    assert _default_name() == "python"
+    monkeypatch.setattr(sys, "argv", [""])
+    assert _default_name() == "python"
 
 
 def test_connect_through_tether_address(host, monkeypatch):
@@ -428,11 +437,13 @@ def test_timeout_when_the_host_is_stuck(fresh_host):
 def test_the_host_dies_mid_call(fresh_host):
     conn = fresh_host.connect(reconnect=False)
     pending = conn.async_.stuck()
-    threading.Timer(0.2, fresh_host.kill).start()
+    killer = threading.Timer(0.2, fresh_host.kill)
+    killer.start()
     start = time.monotonic()
     with pytest.raises(ConnectionResetError):
         conn.root.stuck()
     assert time.monotonic() - start < 3
+    killer.join()
     assert isinstance(pending.exception(timeout=5), ConnectionResetError)
     with pytest.raises(tether.NotConnectedError):
         conn.root.add(1, 2)
@@ -441,9 +452,11 @@ def test_the_host_dies_mid_call(fresh_host):
 
 def test_the_host_dies_mid_call_with_reconnect(fresh_host):
     conn = fresh_host.connect()
-    threading.Timer(0.2, fresh_host.kill).start()
+    killer = threading.Timer(0.2, fresh_host.kill)
+    killer.start()
     with pytest.raises(ConnectionResetError):
         conn.root.slow(10000)
+    killer.join()
     start = time.monotonic()
     with pytest.raises(tether.NotConnectedError):
         conn.root.add(1, 2)

@@ -82,6 +82,9 @@ def test_service_errors_of_user_types_carry_module_and_name(client):
         call_back(client, "spawn", "Bob")
     assert info.value.remote_type == "test_services.ActorError"
     assert info.value.remote_message == "no actor Bob"
+    # The service's own traceback travels with the error.
+    assert "in spawn" in info.value.remote_traceback
+    assert "ActorError: no actor Bob" in info.value.remote_traceback
 
 
 def test_wrong_arguments_to_a_service_raise_type_error(client):
@@ -225,3 +228,39 @@ def test_closing_a_client_while_its_service_runs(host):
     assert e is not None  # the host lost its callee mid-call
     assert caller.root.add(2, 2) == 4
     caller.close()
+
+
+EXIT_WHILE_SERVING = r"""
+import sys, threading, time, tether
+conn = tether.connect(name="exiting", address=sys.argv[1])
+caller = tether.connect(name="exiting-caller", address=sys.argv[1])
+
+@conn.service
+def work(i):
+    time.sleep(0.01)
+    return i
+
+# Keep the host calling this client's service (from its I/O thread, into our worker
+# threads) and completing futures with callbacks, then exit in the middle of it.
+futures = [caller.async_.call_client("exiting", "work", [i]) for i in range(200)]
+for f in futures:
+    f.add_done_callback(lambda f: None)
+time.sleep(0.3)
+print("exiting", flush=True)
+"""
+
+
+def test_interpreter_exit_while_the_host_calls_services(host):
+    import os
+    import subprocess
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(tether.__file__))
+    for _ in range(3):
+        out = subprocess.run(
+            [sys.executable, "-c", EXIT_WHILE_SERVING, host.address],
+            capture_output=True, text=True, timeout=60, env=env,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == "exiting\n"
+        assert "Fatal" not in out.stderr and "Traceback" not in out.stderr, out.stderr

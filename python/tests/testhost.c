@@ -46,8 +46,8 @@
 #define MAX_NOTES 256
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static tether_request *kept[MAX_KEPT]; /* guarded by lock */
-static size_t kept_count;              /* guarded by lock */
+static tether_request *kept[MAX_KEPT];      /* guarded by lock */
+static size_t kept_count;                   /* guarded by lock */
 static tether_value *notes_list[MAX_NOTES]; /* guarded by lock */
 static size_t notes_count;                  /* guarded by lock */
 
@@ -146,8 +146,8 @@ static int
 echo_args(tether_request *req, void *userdata)
 {
     tether_value *v = NULL;
-    int r = tether_value_new(&v, "[vv]", tether_request_get_args(req),
-                             tether_request_get_kwargs(req));
+    int r =
+        tether_value_new(&v, "[vv]", tether_request_get_args(req), tether_request_get_kwargs(req));
     if (r < 0) {
         return r;
     }
@@ -164,8 +164,7 @@ fail(tether_request *req, void *userdata)
     if (r < 0) {
         return r;
     }
-    return tether_request_reply_error(req, type ? type : "Exception", "%s",
-                                      message ? message : "");
+    return tether_request_reply_error(req, type ? type : "Exception", "%s", message ? message : "");
 }
 
 typedef struct {
@@ -308,9 +307,11 @@ client_call_done(tether_future *future, void *userdata)
     int r = tether_future_get_result(future, &result, &error);
     if (r == 0) {
         tether_request_reply_value(req, result);
+    } else if (error.type) {
+        /* Passed on whole, traceback included. */
+        tether_request_reply_error_full(req, &error);
     } else {
-        tether_request_reply_error(req, error.type ? error.type : "tether.Error", "%s",
-                                   error.message ? error.message : tether_strerror(r));
+        tether_request_reply_error(req, "tether.Error", "%s", tether_strerror(r));
     }
     tether_value_unref(result);
     tether_error_done(&error);
