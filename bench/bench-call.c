@@ -16,28 +16,10 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include <sys/wait.h>
-
 #include <tether.h>
 
+#define BENCH_NAME "bench-call"
 #include "common.h"
-
-static int
-noop(tether_request *req, void *userdata)
-{
-    return 0;
-}
-
-static void
-fail(const char *what, int r, tether_error *err)
-{
-    fprintf(stderr, "%s: %s%s%s%s%s\n", what, tether_strerror(r), err && err->type ? " (" : "",
-            err && err->type ? err->type : "", err && err->message ? ": " : "",
-            err && err->message ? err->message : "");
-    printf("{\"bench\": \"bench-call\", \"error\": \"%s: %s\"}\n", what, tether_strerror(r));
-    fflush(stdout);
-    exit(1);
-}
 
 /*
  * The host process: serve until the parent closes its end of the control pipe. The
@@ -51,20 +33,13 @@ run_host(const char *dir, const char *path, int ready_fd, int stop_fd)
         .runtime_dir = dir,
         .unix_path = path,
     };
+    const bench_service services[] = {{"noop", TETHER_CONTEXT_IO}};
     tether_host *host = NULL;
-    int r = tether_host_new(&opts, &host);
-    if (r == 0) {
-        r = tether_host_add_service(host, "noop", TETHER_CONTEXT_IO, noop, NULL);
-    }
-    if (r == 0) {
-        r = tether_host_start(host);
-    }
+    int r = bench_host_start(&opts, services, BENCH_COUNT(services), &host);
     if (write(ready_fd, &r, sizeof(r)) != (ssize_t)sizeof(r) || r < 0) {
         _exit(1);
     }
-    char c;
-    while (read(stop_fd, &c, 1) < 0 && errno == EINTR) {
-    }
+    bench_wait_for_stop(stop_fd);
     tether_host_stop(host);
     tether_host_unref(host);
     _exit(0);
@@ -73,22 +48,19 @@ run_host(const char *dir, const char *path, int ready_fd, int stop_fd)
 static void
 bench_sync(tether_conn *conn, long warmup, long iterations)
 {
-    uint64_t *samples = calloc((size_t)iterations, sizeof(uint64_t));
-    if (!samples) {
-        bench_die("calloc", ENOMEM);
-    }
+    uint64_t *samples = bench_calloc((size_t)iterations, sizeof(uint64_t));
     tether_error err = TETHER_ERROR_INIT;
     int r;
     for (long i = 0; i < warmup; i++) {
         if ((r = tether_conn_call(conn, "noop", NULL, NULL, &err, NULL)) < 0) {
-            fail("tether_conn_call (warm-up)", r, &err);
+            bench_fail("tether_conn_call (warm-up)", r, &err);
         }
     }
     uint64_t start = bench_now_ns();
     for (long i = 0; i < iterations; i++) {
         uint64_t t0 = bench_now_ns();
         if ((r = tether_conn_call(conn, "noop", NULL, NULL, &err, NULL)) < 0) {
-            fail("tether_conn_call", r, &err);
+            bench_fail("tether_conn_call", r, &err);
         }
         samples[i] = bench_now_ns() - t0;
     }
@@ -106,13 +78,13 @@ complete(tether_future *future)
 {
     int r = tether_future_wait(future, TETHER_TIMEOUT_INFINITE);
     if (r < 0) {
-        fail("tether_future_wait", r, NULL);
+        bench_fail("tether_future_wait", r, NULL);
     }
     tether_value *result = NULL;
     tether_error err = TETHER_ERROR_INIT;
     r = tether_future_get_result(future, &result, &err);
     if (r < 0) {
-        fail("tether_future_get_result", r, &err);
+        bench_fail("tether_future_get_result", r, &err);
     }
     tether_value_unref(result);
     tether_future_unref(future);
@@ -121,42 +93,31 @@ complete(tether_future *future)
 static void
 bench_async(tether_conn *conn, long window, long ms, long warmup_ms)
 {
-    tether_future **ring = calloc((size_t)window, sizeof(*ring));
-    if (!ring) {
-        bench_die("calloc", ENOMEM);
-    }
+    tether_future **ring = bench_calloc((size_t)window, sizeof(*ring));
     int r;
     for (long i = 0; i < window; i++) {
         if ((r = tether_conn_call_async(conn, "noop", NULL, &ring[i], NULL)) < 0) {
-            fail("tether_conn_call_async", r, NULL);
+            bench_fail("tether_conn_call_async", r, NULL);
         }
     }
-    uint64_t t_warm = bench_now_ns() + (uint64_t)warmup_ms * 1000000u;
-    uint64_t t_end = t_warm + (uint64_t)ms * 1000000u;
-    uint64_t done = 0, done_at_warm = 0, t_measure = 0, now = 0;
+    bench_window w = bench_window_start(warmup_ms, ms);
+    uint64_t done = 0;
     long head = 0;
     for (;;) {
         complete(ring[head]);
         ring[head] = NULL;
         done++;
         /* Read the clock every 64 completions: cheap, still sub-millisecond precise. */
-        if ((done & 63) == 0) {
-            now = bench_now_ns();
-            if (!t_measure && now >= t_warm) {
-                t_measure = now;
-                done_at_warm = done;
-            }
-            if (now >= t_end) {
-                break;
-            }
+        if ((done & 63) == 0 && bench_window_note(&w, done)) {
+            break;
         }
         if ((r = tether_conn_call_async(conn, "noop", NULL, &ring[head], NULL)) < 0) {
-            fail("tether_conn_call_async", r, NULL);
+            bench_fail("tether_conn_call_async", r, NULL);
         }
         head = (head + 1) % window;
     }
-    double elapsed = (double)(now - t_measure) / 1e9;
-    uint64_t counted = done - done_at_warm;
+    double elapsed = bench_window_seconds(&w);
+    uint64_t counted = bench_window_counted(&w, done);
     /* Drain what is still outstanding (not counted). */
     for (long i = 0; i < window; i++) {
         if (ring[i]) {
@@ -184,7 +145,7 @@ main(int argc, char **argv)
         {"--skip-sync", &skip_sync, "1: no synchronous phase"},
         {"--skip-async", &skip_async, "1: no asynchronous phase"},
     };
-    bench_parse_options(argc, argv, options, sizeof(options) / sizeof(options[0]));
+    bench_parse_options(argc, argv, options, BENCH_COUNT(options));
     if (iterations < 1 || window < 1 || ms < 1) {
         fprintf(stderr, "iterations, window and ms must be positive\n");
         return 2;
@@ -193,45 +154,11 @@ main(int argc, char **argv)
 
     char dir[128], path[160];
     bench_tmpdir(dir, sizeof(dir), path, sizeof(path), "bench.sock");
-    int ready[2], stop[2];
-    if (pipe(ready) < 0 || pipe(stop) < 0) {
-        bench_die("pipe", errno);
-    }
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid < 0) {
-        bench_die("fork", errno);
-    }
-    if (pid == 0) {
-        close(ready[0]);
-        close(stop[1]);
-        run_host(dir, path, ready[1], stop[0]);
-    }
-    close(ready[1]);
-    close(stop[0]);
-    int r;
-    if (bench_read_full(ready[0], &r, sizeof(r)) <= 0) {
-        bench_die("host process died during start-up", ECHILD);
-    }
-    if (r < 0) {
-        fail("host start-up", r, NULL);
-    }
+    bench_pipes host;
+    int ready;
+    pid_t pid = bench_fork_host(run_host, dir, path, &host, &ready, 1);
 
-    char address[200];
-    snprintf(address, sizeof(address), "unix:%s", path);
-    tether_client_options copts = {
-        .name = "bench-call",
-        .address = address,
-        .runtime_dir = dir,
-    };
-    tether_client *client = NULL;
-    tether_error err = TETHER_ERROR_INIT;
-    if ((r = tether_client_new(&copts, &client)) < 0) {
-        fail("tether_client_new", r, NULL);
-    }
-    if ((r = tether_client_connect(client, &err)) < 0) {
-        fail("tether_client_connect", r, &err);
-    }
+    tether_client *client = bench_client_connect_unix("bench-call", path, dir);
     tether_conn *conn = tether_client_get_conn(client);
 
     printf("{\"bench\": \"bench-call\"");
@@ -248,8 +175,7 @@ main(int argc, char **argv)
 
     tether_client_close(client);
     tether_client_unref(client);
-    close(stop[1]);
-    waitpid(pid, NULL, 0);
+    bench_pipes_close_and_wait(&host, pid);
     bench_tmpdir_remove(dir, path);
     return 0;
 }

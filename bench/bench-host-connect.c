@@ -21,31 +21,10 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include <sys/wait.h>
-
 #include <tether.h>
 
+#define BENCH_NAME "bench-host-connect"
 #include "common.h"
-
-static int
-noop(tether_request *req, void *userdata)
-{
-    (void)req;
-    (void)userdata;
-    return 0;
-}
-
-static void
-fail(const char *what, int r, tether_error *err)
-{
-    fprintf(stderr, "%s: %s%s%s%s%s\n", what, tether_strerror(r), err && err->type ? " (" : "",
-            err && err->type ? err->type : "", err && err->message ? ": " : "",
-            err && err->message ? err->message : "");
-    printf("{\"bench\": \"bench-host-connect\", \"error\": \"%s: %s\"}\n", what,
-           tether_strerror(r));
-    fflush(stdout);
-    exit(1);
-}
 
 /* The host process: serve until the parent closes the control pipe. Writes the start-up
  * outcome (0 or a negative code) and the TCP port to ready_fd. */
@@ -59,21 +38,14 @@ run_host(const char *dir, const char *path, int ready_fd, int stop_fd)
         .tcp = true,
         .tcp_port = TETHER_PORT_EPHEMERAL,
     };
+    const bench_service services[] = {{"noop", TETHER_CONTEXT_IO}};
     tether_host *host = NULL;
-    int r = tether_host_new(&opts, &host);
-    if (r == 0) {
-        r = tether_host_add_service(host, "noop", TETHER_CONTEXT_IO, noop, NULL);
-    }
-    if (r == 0) {
-        r = tether_host_start(host);
-    }
+    int r = bench_host_start(&opts, services, BENCH_COUNT(services), &host);
     int msg[2] = {r, r == 0 ? tether_host_get_tcp_port(host) : 0};
     if (write(ready_fd, msg, sizeof(msg)) != (ssize_t)sizeof(msg) || r < 0) {
         _exit(1);
     }
-    char c;
-    while (read(stop_fd, &c, 1) < 0 && errno == EINTR) {
-    }
+    bench_wait_for_stop(stop_fd);
     tether_host_stop(host);
     tether_host_unref(host);
     _exit(0);
@@ -88,11 +60,8 @@ typedef struct phase {
 static void
 run_phase(const phase *ph, const char *dir, bool first)
 {
-    uint64_t *connect = calloc((size_t)ph->iterations, sizeof(uint64_t));
-    uint64_t *cycle = calloc((size_t)ph->iterations, sizeof(uint64_t));
-    if (!connect || !cycle) {
-        bench_die("calloc", ENOMEM);
-    }
+    uint64_t *connect = bench_calloc((size_t)ph->iterations, sizeof(uint64_t));
+    uint64_t *cycle = bench_calloc((size_t)ph->iterations, sizeof(uint64_t));
     tether_client_options opts = {
         .name = "bench-connect",
         .address = ph->address,
@@ -103,16 +72,8 @@ run_phase(const phase *ph, const char *dir, bool first)
         if (i == 0) {
             start = bench_now_ns();
         }
-        tether_error err = TETHER_ERROR_INIT;
-        tether_client *cl = NULL;
         uint64_t t0 = bench_now_ns();
-        int r = tether_client_new(&opts, &cl);
-        if (r < 0) {
-            fail("tether_client_new", r, NULL);
-        }
-        if ((r = tether_client_connect(cl, &err)) < 0) {
-            fail("tether_client_connect", r, &err);
-        }
+        tether_client *cl = bench_client_connect(&opts);
         uint64_t t1 = bench_now_ns();
         tether_client_unref(cl);
         uint64_t t2 = bench_now_ns();
@@ -145,7 +106,7 @@ main(int argc, char **argv)
         {"--cold-iterations", &cold_iterations,
          "timed connections each starting the I/O thread (0: none)"},
     };
-    bench_parse_options(argc, argv, options, sizeof(options) / sizeof(options[0]));
+    bench_parse_options(argc, argv, options, BENCH_COUNT(options));
     if (iterations < 1) {
         fprintf(stderr, "iterations must be positive\n");
         return 2;
@@ -154,29 +115,9 @@ main(int argc, char **argv)
 
     char dir[128], path[160];
     bench_tmpdir(dir, sizeof(dir), path, sizeof(path), "connect.sock");
-    int ready[2], stop[2];
-    if (pipe(ready) < 0 || pipe(stop) < 0) {
-        bench_die("pipe", errno);
-    }
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid < 0) {
-        bench_die("fork", errno);
-    }
-    if (pid == 0) {
-        close(ready[0]);
-        close(stop[1]);
-        run_host(dir, path, ready[1], stop[0]);
-    }
-    close(ready[1]);
-    close(stop[0]);
+    bench_pipes host;
     int msg[2];
-    if (bench_read_full(ready[0], msg, sizeof(msg)) <= 0) {
-        bench_die("host process died during start-up", ECHILD);
-    }
-    if (msg[0] < 0) {
-        fail("host start-up", msg[0], NULL);
-    }
+    pid_t pid = bench_fork_host(run_host, dir, path, &host, msg, BENCH_COUNT(msg));
 
     char unix_address[200], tcp_address[64];
     snprintf(unix_address, sizeof(unix_address), "unix:%s", path);
@@ -187,7 +128,7 @@ main(int argc, char **argv)
     tether_client *keeper = NULL;
     int r = tether_client_new(&kopts, &keeper);
     if (r < 0) {
-        fail("tether_client_new", r, NULL);
+        bench_fail("tether_client_new", r, NULL);
     }
 
     printf("{\"bench\": \"bench-host-connect\", ");
@@ -205,8 +146,7 @@ main(int argc, char **argv)
     printf("}\n");
     fflush(stdout);
 
-    close(stop[1]);
-    waitpid(pid, NULL, 0);
+    bench_pipes_close_and_wait(&host, pid);
     bench_tmpdir_remove(dir, path);
     return 0;
 }

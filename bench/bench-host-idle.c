@@ -27,11 +27,10 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <poll.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
 
 #include <tether.h>
 
+#define BENCH_NAME "bench-host-idle"
 #include "common.h"
 
 enum {
@@ -42,23 +41,6 @@ enum {
 /* Fds one client needs in the clients' process: its socket, a dup of it, an epoll set
  * and an eventfd (the host side needs three). */
 #define FDS_PER_CLIENT 4
-
-static int
-noop(tether_request *req, void *userdata)
-{
-    (void)req;
-    (void)userdata;
-    return 0;
-}
-
-static void
-fail(const char *what, int r)
-{
-    fprintf(stderr, "%s: %s\n", what, tether_strerror(r));
-    printf("{\"bench\": \"bench-host-idle\", \"error\": \"%s: %s\"}\n", what, tether_strerror(r));
-    fflush(stdout);
-    exit(1);
-}
 
 /* ---- the clients' process ------------------------------------------------------------ */
 
@@ -130,24 +112,20 @@ run_clients(const char *address, const char *dir, int cmd_fd, int reply_fd)
 
 /* ---- the host --------------------------------------------------------------------------- */
 
-typedef struct clients_proc {
-    int cmd_fd, reply_fd;
-    pid_t pid;
-} clients_proc;
-
+/* The clients' process, through the pipes: commands go out, replies come in. */
 static reply
-command(clients_proc *cp, uint32_t op, uint32_t count)
+command(bench_pipes *cp, uint32_t op, uint32_t count)
 {
     uint32_t cmd[2] = {op, count};
     reply rep;
-    if (bench_write_full(cp->cmd_fd, cmd, sizeof(cmd)) < 0 ||
-        bench_read_full(cp->reply_fd, &rep, sizeof(rep)) <= 0) {
+    if (bench_write_full(cp->out_fd, cmd, sizeof(cmd)) < 0 ||
+        bench_read_full(cp->in_fd, &rep, sizeof(rep)) <= 0) {
         bench_die("the clients' process died", ECHILD);
     }
     if (rep.status < 0) {
         char what[96];
         snprintf(what, sizeof(what), "client %d: tether_client_connect", rep.index);
-        fail(what, rep.status);
+        bench_fail(what, rep.status, NULL);
     }
     return rep;
 }
@@ -162,10 +140,7 @@ wait_count(tether_host *host, int want)
         if (bench_now_ns() > give_up) {
             char what[96];
             snprintf(what, sizeof(what), "host counts %d clients, expected %d", n, want);
-            fprintf(stderr, "%s\n", what);
-            printf("{\"bench\": \"bench-host-idle\", \"error\": \"%s\"}\n", what);
-            fflush(stdout);
-            exit(1);
+            bench_fail_message(what);
         }
         bench_sleep_ms(1);
     }
@@ -199,10 +174,11 @@ time_dispatch(tether_host *host, long calls, uint64_t budget_usec)
         }
         uint64_t t1 = bench_now_ns();
         if (worst < 0) {
-            fail("tether_host_dispatch", worst);
+            bench_fail("tether_host_dispatch", worst, NULL);
         }
         if (worst > 0) {
-            fail("tether_host_dispatch found work in a queue that should be empty", -EPROTO);
+            bench_fail("tether_host_dispatch found work in a queue that should be empty", -EPROTO,
+                       NULL);
         }
         ns[b] = (double)(t1 - t0) / (double)per_batch;
     }
@@ -229,7 +205,7 @@ main(int argc, char **argv)
         {"--idle-ms", &idle_ms, "milliseconds of idling whose CPU time is measured"},
         {"--budget-usec", &budget, "budget passed to tether_host_dispatch()"},
     };
-    bench_parse_options(argc, argv, options, sizeof(options) / sizeof(options[0]));
+    bench_parse_options(argc, argv, options, BENCH_COUNT(options));
     if (clients < 2 || calls < BATCHES) {
         fprintf(stderr, "--clients must be at least 2, --dispatch-calls at least %d\n", BATCHES);
         return 2;
@@ -240,31 +216,17 @@ main(int argc, char **argv)
         char what[128];
         snprintf(what, sizeof(what), "RLIMIT_NOFILE hard limit %ld is too low for %ld clients",
                  nofile, clients);
-        fprintf(stderr, "%s\n", what);
-        printf("{\"bench\": \"bench-host-idle\", \"error\": \"%s\"}\n", what);
-        return 1;
+        bench_fail_message(what);
     }
 
     char dir[128], path[160], address[200];
     bench_tmpdir(dir, sizeof(dir), path, sizeof(path), "idle.sock");
     snprintf(address, sizeof(address), "unix:%s", path);
-    int cmd[2], rep[2];
-    if (pipe(cmd) < 0 || pipe(rep) < 0) {
-        bench_die("pipe", errno);
-    }
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid < 0) {
-        bench_die("fork", errno);
-    }
+    bench_pipes cp;
+    pid_t pid = bench_fork_piped(&cp);
     if (pid == 0) {
-        close(cmd[1]);
-        close(rep[0]);
-        run_clients(address, dir, cmd[0], rep[1]);
+        run_clients(address, dir, cp.in_fd, cp.out_fd);
     }
-    close(cmd[0]);
-    close(rep[1]);
-    clients_proc cp = {.cmd_fd = cmd[1], .reply_fd = rep[0], .pid = pid};
 
     tether_host_options hopts = {
         .name = "bench-idle",
@@ -272,16 +234,11 @@ main(int argc, char **argv)
         .unix_path = path,
         .max_clients = (uint32_t)clients + 16,
     };
+    const bench_service services[] = {{"noop", TETHER_CONTEXT_IO}};
     tether_host *host = NULL;
-    int r = tether_host_new(&hopts, &host);
-    if (r == 0) {
-        r = tether_host_add_service(host, "noop", TETHER_CONTEXT_IO, noop, NULL);
-    }
-    if (r == 0) {
-        r = tether_host_start(host);
-    }
+    int r = bench_host_start(&hopts, services, BENCH_COUNT(services), &host);
     if (r < 0) {
-        fail("host start-up", r);
+        bench_fail("host start-up", r, NULL);
     }
 
     /* One client comes and goes: what a first client allocates once is then counted in
@@ -350,9 +307,7 @@ main(int argc, char **argv)
 
     tether_host_stop(host);
     tether_host_unref(host);
-    close(cp.cmd_fd);
-    close(cp.reply_fd);
-    waitpid(pid, NULL, 0);
+    bench_pipes_close_and_wait(&cp, pid);
     bench_tmpdir_remove(dir, path);
     return 0;
 }

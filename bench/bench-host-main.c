@@ -17,30 +17,11 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <poll.h>
-#include <sys/wait.h>
 
 #include <tether.h>
 
+#define BENCH_NAME "bench-host-main"
 #include "common.h"
-
-static int
-noop(tether_request *req, void *userdata)
-{
-    (void)req;
-    (void)userdata;
-    return 0;
-}
-
-static void
-fail(const char *what, int r, tether_error *err)
-{
-    fprintf(stderr, "%s: %s%s%s%s%s\n", what, tether_strerror(r), err && err->type ? " (" : "",
-            err && err->type ? err->type : "", err && err->message ? ": " : "",
-            err && err->message ? err->message : "");
-    printf("{\"bench\": \"bench-host-main\", \"error\": \"%s: %s\"}\n", what, tether_strerror(r));
-    fflush(stdout);
-    exit(1);
-}
 
 /*
  * The host process: the main thread's loop, until the parent closes its end of the
@@ -55,17 +36,12 @@ run_host(const char *dir, const char *path, int ready_fd, int stop_fd)
         .runtime_dir = dir,
         .unix_path = path,
     };
+    const bench_service services[] = {
+        {"noop_io", TETHER_CONTEXT_IO},
+        {"noop_main", TETHER_CONTEXT_MAIN},
+    };
     tether_host *host = NULL;
-    int r = tether_host_new(&opts, &host);
-    if (r == 0) {
-        r = tether_host_add_service(host, "noop_io", TETHER_CONTEXT_IO, noop, NULL);
-    }
-    if (r == 0) {
-        r = tether_host_add_service(host, "noop_main", TETHER_CONTEXT_MAIN, noop, NULL);
-    }
-    if (r == 0) {
-        r = tether_host_start(host);
-    }
+    int r = bench_host_start(&opts, services, BENCH_COUNT(services), &host);
     if (write(ready_fd, &r, sizeof(r)) != (ssize_t)sizeof(r) || r < 0) {
         _exit(1);
     }
@@ -106,7 +82,7 @@ call(tether_conn *conn, const char *method)
     tether_error err = TETHER_ERROR_INIT;
     int r = tether_conn_call(conn, method, NULL, NULL, &err, NULL);
     if (r < 0) {
-        fail(method, r, &err);
+        bench_fail(method, r, &err);
     }
 }
 
@@ -119,7 +95,7 @@ main(int argc, char **argv)
         {"--warmup", &warmup, "untimed calls to each service first"},
         {"--block", &block, "calls to one service before switching to the other"},
     };
-    bench_parse_options(argc, argv, options, sizeof(options) / sizeof(options[0]));
+    bench_parse_options(argc, argv, options, BENCH_COUNT(options));
     if (iterations < 1 || block < 1) {
         fprintf(stderr, "iterations and block must be positive\n");
         return 2;
@@ -128,52 +104,15 @@ main(int argc, char **argv)
 
     char dir[128], path[160];
     bench_tmpdir(dir, sizeof(dir), path, sizeof(path), "main.sock");
-    int ready[2], stop[2];
-    if (pipe(ready) < 0 || pipe(stop) < 0) {
-        bench_die("pipe", errno);
-    }
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid < 0) {
-        bench_die("fork", errno);
-    }
-    if (pid == 0) {
-        close(ready[0]);
-        close(stop[1]);
-        run_host(dir, path, ready[1], stop[0]);
-    }
-    close(ready[1]);
-    close(stop[0]);
-    int r;
-    if (bench_read_full(ready[0], &r, sizeof(r)) <= 0) {
-        bench_die("host process died during start-up", ECHILD);
-    }
-    if (r < 0) {
-        fail("host start-up", r, NULL);
-    }
+    bench_pipes host;
+    int ready;
+    pid_t pid = bench_fork_host(run_host, dir, path, &host, &ready, 1);
 
-    char address[200];
-    snprintf(address, sizeof(address), "unix:%s", path);
-    tether_client_options copts = {
-        .name = "bench-host-main",
-        .address = address,
-        .runtime_dir = dir,
-    };
-    tether_client *client = NULL;
-    tether_error err = TETHER_ERROR_INIT;
-    if ((r = tether_client_new(&copts, &client)) < 0) {
-        fail("tether_client_new", r, NULL);
-    }
-    if ((r = tether_client_connect(client, &err)) < 0) {
-        fail("tether_client_connect", r, &err);
-    }
+    tether_client *client = bench_client_connect_unix("bench-host-main", path, dir);
     tether_conn *conn = tether_client_get_conn(client);
 
-    uint64_t *io = calloc((size_t)iterations, sizeof(uint64_t));
-    uint64_t *mn = calloc((size_t)iterations, sizeof(uint64_t));
-    if (!io || !mn) {
-        bench_die("calloc", ENOMEM);
-    }
+    uint64_t *io = bench_calloc((size_t)iterations, sizeof(uint64_t));
+    uint64_t *mn = bench_calloc((size_t)iterations, sizeof(uint64_t));
     for (long i = 0; i < warmup; i++) {
         call(conn, "noop_io");
         call(conn, "noop_main");
@@ -213,9 +152,7 @@ main(int argc, char **argv)
 
     tether_client_close(client);
     tether_client_unref(client);
-    close(stop[1]);
-    int status = 0;
-    waitpid(pid, &status, 0);
+    int status = bench_pipes_close_and_wait(&host, pid);
     bench_tmpdir_remove(dir, path);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         fprintf(stderr, "the host process ended with status %d\n", status);

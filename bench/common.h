@@ -1,8 +1,13 @@
 /*
  * common: helpers shared by the benchmark programs in bench/ (header only, so each
  * bench/NAME.c stays one executable): the clock, option parsing, per-call time samples
- * with their median and p99, a private temporary directory for sockets, and a Unix
- * socket listener that a forked server process accepts on.
+ * with their median and p99, a measured window of completions after a warm-up, a private
+ * temporary directory for sockets, a Unix socket listener that a forked server process
+ * accepts on, and a forked helper process joined by a pipe each way.
+ *
+ * A benchmark that includes <tether.h> before this file also gets the helpers of the
+ * tether benchmarks (the last section): it defines BENCH_NAME, the "bench" of its JSON
+ * error line, before the include.
  *
  * Every benchmark prints exactly one JSON object on one line to stdout; bench/run reads
  * it. Diagnostics go to stderr.
@@ -13,6 +18,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,8 +26,12 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+/* The number of elements of an array. */
+#define BENCH_COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 static inline uint64_t
 bench_now_ns(void)
@@ -38,6 +48,17 @@ bench_die(const char *what, int err)
     printf("{\"error\": \"%s: %s\"}\n", what, strerror(err));
     fflush(stdout);
     exit(1);
+}
+
+/* calloc() that ends the benchmark when memory runs out. */
+static inline void *
+bench_calloc(size_t n, size_t size)
+{
+    void *p = calloc(n, size);
+    if (!p) {
+        bench_die("calloc", ENOMEM);
+    }
+    return p;
 }
 
 /* Parse "--name VALUE" options into longs; unknown options are an error. */
@@ -122,6 +143,53 @@ bench_print_stats(const char *key, const bench_stats *s)
     printf("\"%s\": {\"median_usec\": %.3f, \"p99_usec\": %.3f, \"mean_usec\": %.3f, "
            "\"min_usec\": %.3f, \"max_usec\": %.3f}",
            key, s->median_usec, s->p99_usec, s->mean_usec, s->min_usec, s->max_usec);
+}
+
+/*
+ * Completions counted over a measured window that follows a warm-up: the pipelined
+ * benchmarks call bench_window_note() now and then with the completions so far, and
+ * stop once it returns true. The count and the time are taken from the first note at or
+ * after the end of the warm-up to the last note.
+ */
+typedef struct bench_window {
+    uint64_t warm_end_ns; /* deadline: the end of the warm-up */
+    uint64_t end_ns;      /* deadline: the end of the measurement */
+    uint64_t start_ns;    /* the first note in the measurement; 0 before it */
+    uint64_t last_ns;     /* the last note */
+    uint64_t done_at_start;
+} bench_window;
+
+static inline bench_window
+bench_window_start(long warmup_ms, long ms)
+{
+    uint64_t warm_end = bench_now_ns() + (uint64_t)warmup_ms * 1000000u;
+    return (bench_window){.warm_end_ns = warm_end, .end_ns = warm_end + (uint64_t)ms * 1000000u};
+}
+
+/* Record that done completions happened by now; true once the measured time is over. */
+static inline bool
+bench_window_note(bench_window *w, uint64_t done)
+{
+    uint64_t now = bench_now_ns();
+    w->last_ns = now;
+    if (!w->start_ns && now >= w->warm_end_ns) {
+        w->start_ns = now;
+        w->done_at_start = done;
+    }
+    return now >= w->end_ns;
+}
+
+/* The measured seconds, and the completions counted in them out of done in all. */
+static inline double
+bench_window_seconds(const bench_window *w)
+{
+    return (double)(w->last_ns - w->start_ns) / 1e9;
+}
+
+static inline uint64_t
+bench_window_counted(const bench_window *w, uint64_t done)
+{
+    return done - w->done_at_start;
 }
 
 /* A private directory for the benchmark's socket; removed by bench_tmpdir_remove(). */
@@ -295,6 +363,95 @@ bench_read_mem(void)
     return m;
 }
 
+/* fork() after flushing stdout (so that nothing buffered is printed twice); ends the
+ * benchmark if it fails. */
+static inline pid_t
+bench_fork(void)
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) {
+        bench_die("fork", errno);
+    }
+    return pid;
+}
+
+/* One side's ends of the two pipes between a benchmark and a helper process it forked. */
+typedef struct bench_pipes {
+    int in_fd;  /* reads what the other process writes to its out_fd */
+    int out_fd; /* closing it is the other process's EOF (the parent's "stop") */
+} bench_pipes;
+
+/*
+ * Fork a helper process joined to this one by a pipe each way: returns 0 in the child
+ * and the child's pid in the parent, with this side's ends in *ret on both sides (the
+ * other ends are closed). Ends the benchmark if pipe() or fork() fails.
+ */
+static inline pid_t
+bench_fork_piped(bench_pipes *ret)
+{
+    int down[2], up[2];
+    if (pipe(down) < 0 || pipe(up) < 0) {
+        bench_die("pipe", errno);
+    }
+    pid_t pid = bench_fork();
+    if (pid == 0) {
+        close(down[1]);
+        close(up[0]);
+        *ret = (bench_pipes){.in_fd = down[0], .out_fd = up[1]};
+    } else {
+        close(down[0]);
+        close(up[1]);
+        *ret = (bench_pipes){.in_fd = up[0], .out_fd = down[1]};
+    }
+    return pid;
+}
+
+/* Close this side's pipes, so the helper process sees EOF, and wait for it to end;
+ * returns its wait status. */
+static inline int
+bench_pipes_close_and_wait(bench_pipes *p, pid_t pid)
+{
+    close(p->out_fd);
+    close(p->in_fd);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return status;
+}
+
+/* Block until fd has a byte or EOF: a helper process waits for its parent's stop. */
+static inline void
+bench_wait_for_stop(int fd)
+{
+    char c;
+    while (read(fd, &c, 1) < 0 && errno == EINTR) {
+    }
+}
+
+/* The body of a forked raw server: accept one connection on lfd, answer each request of
+ * req_size bytes with resp_size bytes until EOF, then _exit(); it never returns. */
+typedef void (*bench_serve_fn)(int lfd, long req_size, long resp_size);
+
+/*
+ * Listen on a Unix socket at path, fork a server process that runs serve on it, and
+ * connect to it: returns the connected fd, and the server's pid in *ret_pid (closing the
+ * fd ends the server).
+ */
+static inline int
+bench_fork_server(const char *path, bench_serve_fn serve, long req_size, long resp_size,
+                  pid_t *ret_pid)
+{
+    int lfd = bench_listen(path);
+    pid_t pid = bench_fork();
+    if (pid == 0) {
+        serve(lfd, req_size, resp_size);
+        _exit(1);
+    }
+    close(lfd);
+    *ret_pid = pid;
+    return bench_connect(path);
+}
+
 /* Sleep for ms milliseconds, resuming after signals. */
 static inline void
 bench_sleep_ms(long ms)
@@ -303,5 +460,145 @@ bench_sleep_ms(long ms)
     while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
     }
 }
+
+/* ---- the tether benchmarks (<tether.h> included first) ------------------------------- */
+
+#ifdef TETHER_H
+
+#ifndef BENCH_NAME
+#error "define BENCH_NAME (the benchmark's name) before including common.h"
+#endif
+
+/* Report a failure in the JSON line bench/run reads, with message on stderr; exit 1. */
+static inline void
+bench_fail_message(const char *message)
+{
+    fprintf(stderr, "%s\n", message);
+    printf("{\"bench\": \"%s\", \"error\": \"%s\"}\n", BENCH_NAME, message);
+    fflush(stdout);
+    exit(1);
+}
+
+/* A tether call that failed with r: the remote error's type and message (err may be
+ * NULL) go to stderr only. */
+static inline void
+bench_fail(const char *what, int r, const tether_error *err)
+{
+    fprintf(stderr, "%s: %s%s%s%s%s\n", what, tether_strerror(r), err && err->type ? " (" : "",
+            err && err->type ? err->type : "", err && err->message ? ": " : "",
+            err && err->message ? err->message : "");
+    printf("{\"bench\": \"%s\", \"error\": \"%s: %s\"}\n", BENCH_NAME, what, tether_strerror(r));
+    fflush(stdout);
+    exit(1);
+}
+
+/* The service every benchmark host serves: does nothing, so the reply is nil. */
+static inline int
+bench_noop(tether_request *req, void *userdata)
+{
+    (void)req;
+    (void)userdata;
+    return 0;
+}
+
+typedef struct bench_service {
+    const char *name;
+    tether_context context;
+} bench_service;
+
+/* Create and start a host serving bench_noop under each of the n names. Returns 0 with
+ * the host in *ret_host, or a negative code (no host). */
+static inline int
+bench_host_start(const tether_host_options *opts, const bench_service *services, size_t n,
+                 tether_host **ret_host)
+{
+    tether_host *host = NULL;
+    int r = tether_host_new(opts, &host);
+    for (size_t i = 0; r == 0 && i < n; i++) {
+        r = tether_host_add_service(host, services[i].name, services[i].context, bench_noop, NULL);
+    }
+    if (r == 0) {
+        r = tether_host_start(host);
+    }
+    if (r < 0) {
+        host = tether_host_unref(host);
+    }
+    *ret_host = host;
+    return r;
+}
+
+/*
+ * Read a forked host process's start-up report from fd: n ints, the first its outcome (0
+ * or a negative code), the rest whatever it adds. Ends the benchmark if the process died
+ * or failed to start.
+ */
+static inline void
+bench_host_ready(int fd, int *msg, size_t n)
+{
+    if (bench_read_full(fd, msg, n * sizeof(msg[0])) <= 0) {
+        bench_die("host process died during start-up", ECHILD);
+    }
+    if (msg[0] < 0) {
+        bench_fail("host start-up", msg[0], NULL);
+    }
+}
+
+/*
+ * The body of a forked host process: start a host with its socket at path in the
+ * runtime directory dir, write the start-up report to ready_fd, serve until stop_fd
+ * reads EOF, then _exit(); it never returns.
+ */
+typedef void (*bench_host_fn)(const char *dir, const char *path, int ready_fd, int stop_fd);
+
+/*
+ * Fork a host process that runs run_host, and wait until it serves: its start-up report
+ * (n ints, see bench_host_ready) is read into msg. Returns its pid, with the parent's ends
+ * of the pipes in *ret (bench_pipes_close_and_wait() stops it). Call it before any tether
+ * object exists, so that the child is forked from a single-threaded process.
+ */
+static inline pid_t
+bench_fork_host(bench_host_fn run_host, const char *dir, const char *path, bench_pipes *ret,
+                int *msg, size_t n)
+{
+    pid_t pid = bench_fork_piped(ret);
+    if (pid == 0) {
+        run_host(dir, path, ret->out_fd, ret->in_fd);
+        _exit(1);
+    }
+    bench_host_ready(ret->in_fd, msg, n);
+    return pid;
+}
+
+/* A new client, connected; ends the benchmark if either step fails. */
+static inline tether_client *
+bench_client_connect(const tether_client_options *opts)
+{
+    tether_client *client = NULL;
+    tether_error err = TETHER_ERROR_INIT;
+    int r = tether_client_new(opts, &client);
+    if (r < 0) {
+        bench_fail("tether_client_new", r, NULL);
+    }
+    if ((r = tether_client_connect(client, &err)) < 0) {
+        bench_fail("tether_client_connect", r, &err);
+    }
+    return client;
+}
+
+/* The same, for a client named name of the host listening at the Unix socket path. */
+static inline tether_client *
+bench_client_connect_unix(const char *name, const char *path, const char *dir)
+{
+    char address[200];
+    snprintf(address, sizeof(address), "unix:%s", path);
+    tether_client_options opts = {
+        .name = name,
+        .address = address,
+        .runtime_dir = dir,
+    };
+    return bench_client_connect(&opts);
+}
+
+#endif /* TETHER_H */
 
 #endif

@@ -10,8 +10,6 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include <sys/wait.h>
-
 #include "common.h"
 
 static void
@@ -47,7 +45,7 @@ main(int argc, char **argv)
         {"--iterations", &iterations, "timed round trips"},
         {"--warmup", &warmup, "untimed round trips first"},
     };
-    bench_parse_options(argc, argv, options, sizeof(options) / sizeof(options[0]));
+    bench_parse_options(argc, argv, options, BENCH_COUNT(options));
     if (req_size < 1 || resp_size < 1 || iterations < 1) {
         fprintf(stderr, "sizes and iterations must be positive\n");
         return 2;
@@ -56,24 +54,11 @@ main(int argc, char **argv)
 
     char dir[128], path[160];
     bench_tmpdir(dir, sizeof(dir), path, sizeof(path), "raw.sock");
-    int lfd = bench_listen(path);
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid < 0) {
-        bench_die("fork", errno);
-    }
-    if (pid == 0) {
-        serve(lfd, req_size, resp_size);
-    }
-    close(lfd);
-
-    int fd = bench_connect(path);
-    char *req = calloc(1, (size_t)req_size);
-    char *resp = calloc(1, (size_t)resp_size);
-    uint64_t *samples = calloc((size_t)iterations, sizeof(uint64_t));
-    if (!req || !resp || !samples) {
-        bench_die("calloc", ENOMEM);
-    }
+    pid_t pid;
+    int fd = bench_fork_server(path, serve, req_size, resp_size, &pid);
+    char *req = bench_calloc(1, (size_t)req_size);
+    char *resp = bench_calloc(1, (size_t)resp_size);
+    uint64_t *samples = bench_calloc((size_t)iterations, sizeof(uint64_t));
     int r;
     for (long i = 0; i < warmup; i++) {
         if ((r = bench_write_full(fd, req, (size_t)req_size)) < 0) {

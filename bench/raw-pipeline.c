@@ -14,10 +14,8 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include <poll.h>
-#include <sys/wait.h>
-
 #include "common.h"
+#include <poll.h>
 
 #define IOBUF_SIZE (256 * 1024)
 
@@ -70,7 +68,7 @@ main(int argc, char **argv)
         {"--ms", &ms, "measured milliseconds"},
         {"--warmup-ms", &warmup_ms, "milliseconds not counted first"},
     };
-    bench_parse_options(argc, argv, options, sizeof(options) / sizeof(options[0]));
+    bench_parse_options(argc, argv, options, BENCH_COUNT(options));
     if (req_size < 1 || resp_size < 1 || window < 1 || ms < 1 ||
         window * req_size > IOBUF_SIZE / 2 || window * resp_size > IOBUF_SIZE / 2) {
         fprintf(stderr, "bad sizes: window * size must stay under %d bytes\n", IOBUF_SIZE / 2);
@@ -80,27 +78,13 @@ main(int argc, char **argv)
 
     char dir[128], path[160];
     bench_tmpdir(dir, sizeof(dir), path, sizeof(path), "raw.sock");
-    int lfd = bench_listen(path);
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid < 0) {
-        bench_die("fork", errno);
-    }
-    if (pid == 0) {
-        serve(lfd, req_size, resp_size);
-    }
-    close(lfd);
+    pid_t pid;
+    int fd = bench_fork_server(path, serve, req_size, resp_size, &pid);
+    char *out = bench_calloc(1, IOBUF_SIZE);
+    char *in = bench_calloc(1, IOBUF_SIZE);
 
-    int fd = bench_connect(path);
-    char *out = calloc(1, IOBUF_SIZE);
-    char *in = malloc(IOBUF_SIZE);
-    if (!out || !in) {
-        bench_die("calloc", ENOMEM);
-    }
-
-    uint64_t t_warm = bench_now_ns() + (uint64_t)warmup_ms * 1000000u;
-    uint64_t t_end = t_warm + (uint64_t)ms * 1000000u;
-    uint64_t bytes_in = 0, done = 0, done_at_warm = 0, t_measure = 0, t_last = 0;
+    bench_window w = bench_window_start(warmup_ms, ms);
+    uint64_t bytes_in = 0, done = 0;
     uint64_t wanted = (uint64_t)window, bytes_out = 0, batches = 0;
     int stopping = 0;
     while (done < wanted) {
@@ -140,21 +124,15 @@ main(int argc, char **argv)
         uint64_t now_done = bytes_in / (uint64_t)resp_size;
         uint64_t fresh = now_done - done;
         done = now_done;
-        uint64_t now = bench_now_ns();
-        t_last = now;
-        if (!t_measure && now >= t_warm) {
-            t_measure = now;
-            done_at_warm = done;
-        }
-        if (!stopping && now >= t_end) {
+        if (bench_window_note(&w, done)) {
             stopping = 1;
         }
         if (!stopping) {
             wanted += fresh;
         }
     }
-    double elapsed = (double)(t_last - t_measure) / 1e9;
-    uint64_t counted = done - done_at_warm;
+    double elapsed = bench_window_seconds(&w);
+    uint64_t counted = bench_window_counted(&w, done);
 
     close(fd);
     waitpid(pid, NULL, 0);

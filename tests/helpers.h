@@ -1,6 +1,10 @@
 /*
  * helpers: shared fixtures of the C tests. Each test binary runs each test in its own
  * process (Criterion), so a host started here never outlives its test.
+ *
+ * Beside this file: raw-peer.h plays a peer over a raw socket (wire.h's frames, no
+ * library connection), process-helpers.h forks child processes that talk to the test
+ * over pipes.
  */
 #ifndef TETHER_TEST_HELPERS_H
 #define TETHER_TEST_HELPERS_H
@@ -10,6 +14,7 @@
 #endif
 #include <criterion/criterion.h>
 #include <dirent.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +61,8 @@ test_log(void *userdata, int level, const char *message)
     }
 }
 
+/* A host (not started) with the test's runtime directory unless opts names one, and the
+ * test log unless opts has a log. */
 static inline tether_host *
 test_host_new(tether_host_options *opts)
 {
@@ -63,7 +70,9 @@ test_host_new(tether_host_options *opts)
     if (!opts) {
         opts = &defaults;
     }
-    opts->runtime_dir = test_runtime_dir();
+    if (!opts->runtime_dir) {
+        opts->runtime_dir = test_runtime_dir();
+    }
     if (!opts->log) {
         opts->log = test_log;
         opts->log_level = TETHER_LOG_DEBUG;
@@ -73,6 +82,19 @@ test_host_new(tether_host_options *opts)
     return h;
 }
 
+/* A client (not connected) with these options and the test log unless o has a log. */
+static inline tether_client *
+test_client_new_with(tether_client_options *o)
+{
+    if (!o->log) {
+        o->log = test_log;
+        o->log_level = TETHER_LOG_DEBUG;
+    }
+    tether_client *c = NULL;
+    ASSERT_OK(tether_client_new(o, &c));
+    return c;
+}
+
 static inline tether_client *
 test_client_new(const char *name, const char *address)
 {
@@ -80,12 +102,8 @@ test_client_new(const char *name, const char *address)
         .name = name,
         .address = address,
         .runtime_dir = test_runtime_dir(),
-        .log = test_log,
-        .log_level = TETHER_LOG_DEBUG,
     };
-    tether_client *c = NULL;
-    ASSERT_OK(tether_client_new(&opts, &c));
-    return c;
+    return test_client_new_with(&opts);
 }
 
 static inline tether_client *
@@ -98,6 +116,67 @@ test_client_connect(const char *name, const char *address)
               err.message ? err.message : "");
     tether_error_done(&err);
     return c;
+}
+
+/* Wait (up to timeout_ms, in 10 ms steps) until the host counts expected clients. */
+static inline void
+test_wait_client_count(tether_host *h, int expected, int timeout_ms)
+{
+    for (int i = 0; i < timeout_ms / 10 && tether_host_get_client_count(h) != expected; i++) {
+        usleep(10000);
+    }
+    cr_assert_eq(tether_host_get_client_count(h), expected);
+}
+
+/* Whether fd is readable now (a host's or client's main-thread fd: work is queued). */
+static inline int
+test_fd_readable(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return poll(&p, 1, 0) == 1;
+}
+
+/* ---- services several tests serve ------------------------------------------------------- */
+
+/* "add": two integers, answers their sum. */
+static inline int
+test_add_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    int64_t a, b;
+    int r = tether_request_read(req, "xx", &a, &b);
+    if (r < 0) {
+        return r;
+    }
+    return tether_request_reply(req, "x", a + b);
+}
+
+/* "echo": one integer, answered as it came. */
+static inline int
+test_echo_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    int64_t v;
+    int r = tether_request_read(req, "x", &v);
+    if (r < 0) {
+        return r;
+    }
+    return tether_request_reply(req, "x", v);
+}
+
+/* Call "echo" with v on conn: it succeeds and answers v. */
+static inline void
+test_assert_echo(tether_conn *conn, int64_t v)
+{
+    tether_value *res = NULL;
+    tether_error err = TETHER_ERROR_INIT;
+    int r = tether_conn_call(conn, "echo", NULL, &res, &err, "x", v);
+    cr_assert(r == 0, "echo %lld: %s: %s", (long long)v, tether_strerror(r),
+              err.message ? err.message : "");
+    int64_t got = -1;
+    ASSERT_OK(tether_value_read(res, NULL, "x", &got));
+    cr_assert_eq(got, v, "echo %lld answered %lld", (long long)v, (long long)got);
+    tether_value_unref(res);
 }
 
 static inline int

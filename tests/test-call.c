@@ -10,18 +10,6 @@
 #include "helpers.h"
 
 static int
-add_handler(tether_request *req, void *userdata)
-{
-    (void)userdata;
-    int64_t a, b;
-    int r = tether_request_read(req, "xx", &a, &b);
-    if (r < 0) {
-        return r;
-    }
-    return tether_request_reply(req, "x", a + b);
-}
-
-static int
 fail_handler(tether_request *req, void *userdata)
 {
     (void)userdata;
@@ -103,7 +91,7 @@ static tether_host *
 start_host(void)
 {
     tether_host *h = test_host_new(NULL);
-    ASSERT_OK(tether_host_add_service(h, "add", TETHER_CONTEXT_IO, add_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "add", TETHER_CONTEXT_IO, test_add_handler, NULL));
     ASSERT_OK(tether_host_add_service(h, "fail", TETHER_CONTEXT_IO, fail_handler, NULL));
     ASSERT_OK(tether_host_add_service(h, "count", TETHER_CONTEXT_IO, count_handler, NULL));
     ASSERT_OK(tether_host_add_service(h, "get_count", TETHER_CONTEXT_IO, get_count_handler, NULL));

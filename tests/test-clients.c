@@ -8,211 +8,24 @@
  * asked to; no_reconnect stays away), and a client that stops reading is dropped while
  * a well-behaved one goes on being served.
  *
- * Children are plain fork()s that never return into Criterion, as in test-process.c:
- * they report through their exit status, through bytes on pipes, and through a small
- * MAP_SHARED region; Criterion assertions run only in the test's own process. Every
- * child is bounded by alarm(), by death with its parent, and by a bounded reap that
- * kills it. Children are forked before the test makes any tether object, so they are
- * forked from a single-threaded process and inherit no connection.
+ * Children are those of process-helpers.h, as in test-process.c: plain fork()s that
+ * never return into Criterion, report through their exit status, through bytes on pipes
+ * and through a small MAP_SHARED region, and are bounded by alarm(), by death with their
+ * parent and by a bounded reap that kills them. They are forked before the test makes any
+ * tether object, so they are forked from a single-threaded process and inherit no
+ * connection.
  */
 /* ctest: timeout=120 */
 #define _GNU_SOURCE
-#include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <sys/wait.h>
 #include <time.h>
 
-#include "helpers.h"
-#include "wire.h"
+#include "process-helpers.h"
+#include "raw-peer.h"
 
-#define CHILD_ALARM_SEC 60
-#define CHILD_FAILED 99
-#define WAIT_MS 10000
-
-/* ---- children: no Criterion here ------------------------------------------------------- */
-
-static void
-child_fail(int line, const char *what, const char *format, ...)
-{
-    fprintf(stderr, "[child %d] test-clients.c:%d: %s", (int)getpid(), line, what);
-    if (format) {
-        va_list ap;
-        va_start(ap, format);
-        fputs(": ", stderr);
-        vfprintf(stderr, format, ap);
-        va_end(ap);
-    }
-    fputc('\n', stderr);
-    _exit(CHILD_FAILED);
-}
-
-#define CHILD_CHECK(cond)                                                                          \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            child_fail(__LINE__, #cond, NULL);                                                     \
-        }                                                                                          \
-    } while (0)
-
-#define CHILD_OK(expr)                                                                             \
-    do {                                                                                           \
-        int child_ok_r_ = (expr);                                                                  \
-        if (child_ok_r_ < 0) {                                                                     \
-            child_fail(__LINE__, #expr, "%d (%s)", child_ok_r_, tether_strerror(child_ok_r_));     \
-        }                                                                                          \
-    } while (0)
-
-/*
- * The pipes between the test and one child: the parent writes single bytes down
- * `down` (closing it means "finish"), the child writes single bytes up `up`.
- */
-typedef struct channel {
-    int down[2];
-    int up[2];
-} channel;
-
-#define MAX_CHANNELS 8
-static channel *all_channels[MAX_CHANNELS];
-static int n_channels;
-
-static void
-channel_open(channel *ch)
-{
-    cr_assert(n_channels < MAX_CHANNELS);
-    cr_assert(pipe2(ch->down, O_CLOEXEC) == 0 && pipe2(ch->up, O_CLOEXEC) == 0);
-    all_channels[n_channels++] = ch;
-}
-
-static void
-close_fd(int *fd)
-{
-    if (*fd >= 0) {
-        close(*fd);
-        *fd = -1;
-    }
-}
-
-/* Wait up to timeout_ms for one byte. Returns it, -1 on EOF or error, -2 on timeout. */
-static int
-read_byte(int fd, int timeout_ms)
-{
-    uint64_t deadline = tether_now_usec() + (uint64_t)timeout_ms * 1000;
-    for (;;) {
-        uint64_t now = tether_now_usec();
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        int wait_ms = now >= deadline ? 0 : (int)((deadline - now + 999) / 1000);
-        int n = poll(&p, 1, wait_ms);
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n < 0) {
-            return -1;
-        }
-        if (n == 0) {
-            return -2;
-        }
-        unsigned char b;
-        ssize_t got = read(fd, &b, 1);
-        if (got < 0 && errno == EINTR) {
-            continue;
-        }
-        return got == 1 ? b : -1;
-    }
-}
-
-static void
-child_send(channel *ch, char b)
-{
-    CHILD_CHECK(write(ch->up[1], &b, 1) == 1);
-}
-
-static void
-child_expect(channel *ch, char b)
-{
-    int got = read_byte(ch->down[0], WAIT_MS);
-    if (got != (unsigned char)b) {
-        child_fail(__LINE__, "child_expect", "wanted '%c', got %d", b, got);
-    }
-}
-
-/* Block until the parent closes the channel (or dies). */
-static void
-child_wait_finish(channel *ch)
-{
-    int got = read_byte(ch->down[0], 30000);
-    if (got != -1) {
-        child_fail(__LINE__, "child_wait_finish", "got %d instead of EOF", got);
-    }
-}
-
-typedef int (*child_fn)(channel *ch, void *arg);
-
-/* Fork a child that runs fn(ch, arg) and exits with its return value. */
-static pid_t
-spawn(channel *ch, child_fn fn, void *arg)
-{
-    fflush(stdout);
-    fflush(stderr);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    cr_assert(pid >= 0, "fork: %s", strerror(errno));
-    if (pid > 0) {
-        close_fd(&ch->down[0]);
-        close_fd(&ch->up[1]);
-        return pid;
-    }
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) {
-        _exit(CHILD_FAILED);
-    }
-    alarm(CHILD_ALARM_SEC);
-    /* Keep only this child's own ends, so that EOF on a pipe means what it says. */
-    for (int i = 0; i < n_channels; i++) {
-        channel *o = all_channels[i];
-        close_fd(&o->down[1]);
-        close_fd(&o->up[0]);
-        if (o != ch) {
-            close_fd(&o->down[0]);
-            close_fd(&o->up[1]);
-        }
-    }
-    _exit(fn(ch, arg));
-}
-
-static tether_client *
-child_client_with(tether_client_options *o)
-{
-    o->log = test_log;
-    o->log_level = TETHER_LOG_DEBUG;
-    tether_client *c = NULL;
-    CHILD_OK(tether_client_new(o, &c));
-    return c;
-}
-
-static tether_client *
-child_client(const char *name, const char *address)
-{
-    tether_client_options o = {.name = name, .address = address};
-    return child_client_with(&o);
-}
-
-static void
-child_connect(tether_client *c)
-{
-    tether_error err = TETHER_ERROR_INIT;
-    int r = tether_client_connect(c, &err);
-    if (r < 0) {
-        child_fail(__LINE__, "connect", "%s: %s", tether_strerror(r),
-                   err.message ? err.message : "");
-    }
-}
+/* ---- children ------------------------------------------------------------------------- */
 
 /* Call "echo" with v on conn and check the answer; returns the call's code. */
 static int
@@ -224,7 +37,7 @@ child_echo(tether_conn *conn, const tether_call_options *o, int64_t v)
         int64_t got = -1;
         CHILD_OK(tether_value_read(res, NULL, "x", &got));
         if (got != v) {
-            child_fail(__LINE__, "echo", "sent %lld, got %lld", (long long)v, (long long)got);
+            CHILD_FAIL("echo", "sent %lld, got %lld", (long long)v, (long long)got);
         }
     }
     tether_value_unref(res);
@@ -232,74 +45,6 @@ child_echo(tether_conn *conn, const tether_call_options *o, int64_t v)
 }
 
 /* ---- parent side ---------------------------------------------------------------------- */
-
-static void
-send_byte(channel *ch, char b)
-{
-    cr_assert(write(ch->down[1], &b, 1) == 1);
-}
-
-static void
-expect_byte(channel *ch, char b, int timeout_ms)
-{
-    int got = read_byte(ch->up[0], timeout_ms);
-    cr_assert(got != -2, "no '%c' from the child within %d ms", b, timeout_ms);
-    cr_assert(got != -1, "the child ended before sending '%c'", b);
-    cr_assert_eq(got, (unsigned char)b, "got '%c' from the child, wanted '%c'", got, b);
-}
-
-static void
-finish(channel *ch)
-{
-    close_fd(&ch->down[1]);
-}
-
-/* Wait (bounded) for the child to end; kill it if it does not. Returns its status. */
-static int
-reap(pid_t pid, int timeout_ms)
-{
-    int status = 0;
-    for (int waited = 0;; waited++) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid) {
-            return status;
-        }
-        cr_assert(r == 0, "waitpid %d: %s", (int)pid, strerror(errno));
-        if (waited >= timeout_ms) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            cr_assert_fail("child %d did not exit within %d ms", (int)pid, timeout_ms);
-        }
-        usleep(1000);
-    }
-}
-
-static void
-assert_exited(pid_t pid, int status, int code)
-{
-    cr_assert(WIFEXITED(status), "child %d did not exit normally (status 0x%x%s%s)", (int)pid,
-              status, WIFSIGNALED(status) ? ", signal " : "",
-              WIFSIGNALED(status) ? strsignal(WTERMSIG(status)) : "");
-    cr_assert_eq(WEXITSTATUS(status), code, "child %d exited %d, expected %d", (int)pid,
-                 WEXITSTATUS(status), code);
-}
-
-static void
-assert_no_children_left(void)
-{
-    int status;
-    pid_t r = waitpid(-1, &status, WNOHANG);
-    cr_assert(r == -1 && errno == ECHILD, "a child is left (waitpid gave %d)", (int)r);
-}
-
-static void
-wait_client_count(tether_host *h, int expected)
-{
-    for (int i = 0; i < 500 && tether_host_get_client_count(h) != expected; i++) {
-        usleep(10000);
-    }
-    cr_assert_eq(tether_host_get_client_count(h), expected);
-}
 
 /* Memory both sides of a fork see: children report numbers and text through it. */
 static void *
@@ -331,26 +76,7 @@ wait_fd_readable(int fd, int timeout_ms)
     cr_assert_eq(n, 1, "the main-thread fd did not become readable within %d ms", timeout_ms);
 }
 
-static int
-fd_readable(int fd)
-{
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    return poll(&p, 1, 0) == 1;
-}
-
 /* ---- services ------------------------------------------------------------------------ */
-
-static int
-echo_handler(tether_request *req, void *userdata)
-{
-    (void)userdata;
-    int64_t v;
-    int r = tether_request_read(req, "x", &v);
-    if (r < 0) {
-        return r;
-    }
-    return tether_request_reply(req, "x", v);
-}
 
 static tether_host *
 start_host(const char *name, tether_host_options *o)
@@ -361,23 +87,9 @@ start_host(const char *name, tether_host_options *o)
     }
     o->name = name;
     tether_host *h = test_host_new(o);
-    ASSERT_OK(tether_host_add_service(h, "echo", TETHER_CONTEXT_IO, echo_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "echo", TETHER_CONTEXT_IO, test_echo_handler, NULL));
     ASSERT_OK(tether_host_start(h));
     return h;
-}
-
-static void
-assert_echo(tether_conn *conn, int64_t v)
-{
-    tether_value *res = NULL;
-    tether_error err = TETHER_ERROR_INIT;
-    int r = tether_conn_call(conn, "echo", NULL, &res, &err, "x", v);
-    cr_assert(r == 0, "echo %lld: %s: %s", (long long)v, tether_strerror(r),
-              err.message ? err.message : "");
-    int64_t got = -1;
-    ASSERT_OK(tether_value_read(res, NULL, "x", &got));
-    cr_assert_eq(got, v, "echo %lld answered %lld", (long long)v, (long long)got);
-    tether_value_unref(res);
 }
 
 /* The entry of a list with that name, or NULL. */
@@ -390,6 +102,26 @@ find_info(const tether_client_info *infos, size_t n, const char *name)
         }
     }
     return NULL;
+}
+
+/* Poll the list (bounded) until it has want entries; returns the last list (the caller
+ * frees it), its length in *ret_n. */
+static tether_client_info *
+wait_list_length(tether_host *h, size_t want, size_t *ret_n)
+{
+    tether_client_info *infos = NULL;
+    size_t n = 0;
+    for (int i = 0; i < 500; i++) {
+        ASSERT_OK(tether_host_list_clients(h, &infos, &n));
+        if (n == want) {
+            break;
+        }
+        tether_client_infos_free(infos, n);
+        infos = NULL;
+        usleep(10000);
+    }
+    *ret_n = n;
+    return infos;
 }
 
 /* A copy of one client's entry (strings not kept), found within a bound. */
@@ -443,7 +175,7 @@ beta_main(channel *ch, void *arg)
     child_channel = ch;
     child_expect(ch, 'G');
     tether_client *c = child_client("beta", "lister");
-    CHILD_OK(tether_client_add_service(c, "echo", TETHER_CONTEXT_IO, echo_handler, NULL));
+    CHILD_OK(tether_client_add_service(c, "echo", TETHER_CONTEXT_IO, test_echo_handler, NULL));
     CHILD_OK(tether_client_add_service(c, "hold", TETHER_CONTEXT_IO, child_hold_handler, NULL));
     child_connect(c);
     child_send(ch, 'R');
@@ -462,7 +194,7 @@ beta_main(channel *ch, void *arg)
             CHILD_OK(tether_request_reply(req, "x", (int64_t)42));
             tether_request_unref(req);
         } else {
-            child_fail(__LINE__, "command", "unexpected %d", b);
+            CHILD_FAIL("command", "unexpected %d", b);
         }
         child_send(ch, 'K');
     }
@@ -502,7 +234,7 @@ Test(clients, list_shows_clients_oldest_first_with_counters_and_calls_in_flight,
     channel_open(&ch);
     pid_t beta = spawn(&ch, beta_main, NULL);
     tether_host *h = test_host_new(&(tether_host_options){.name = "lister"});
-    ASSERT_OK(tether_host_add_service(h, "echo", TETHER_CONTEXT_IO, echo_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "echo", TETHER_CONTEXT_IO, test_echo_handler, NULL));
     ASSERT_OK(tether_host_add_service(h, "keep", TETHER_CONTEXT_IO, keep_handler, NULL));
     ASSERT_OK(tether_host_start(h));
 
@@ -568,7 +300,7 @@ Test(clients, list_shows_clients_oldest_first_with_counters_and_calls_in_flight,
     cr_assert(get_info(h, "alpha", &a0) && get_info(h, "beta", &b0) && get_info(h, "gamma", &g0));
     cr_assert_eq(a0.conn, alpha_conn);
     for (int64_t k = 0; k < 5; k++) {
-        assert_echo(tether_client_get_conn(alpha), k);
+        test_assert_echo(tether_client_get_conn(alpha), k);
     }
     WAIT_INFO(h, "alpha", a1, a1.bytes_out > a0.bytes_out);
     cr_assert_eq(a1.calls_in, a0.calls_in + 5, "alpha: calls_in %llu -> %llu",
@@ -583,7 +315,7 @@ Test(clients, list_shows_clients_oldest_first_with_counters_and_calls_in_flight,
     tether_conn *beta_conn = NULL;
     ASSERT_OK(tether_host_get_client(h, "beta", &beta_conn));
     for (int64_t k = 0; k < 3; k++) {
-        assert_echo(beta_conn, 1000 + k);
+        test_assert_echo(beta_conn, 1000 + k);
     }
     WAIT_INFO(h, "beta", b1, b1.bytes_out > b0.bytes_out && b1.bytes_in > b0.bytes_in);
     cr_assert_eq(b1.calls_out, b0.calls_out + 3, "beta: calls_out %llu",
@@ -641,14 +373,7 @@ Test(clients, list_shows_clients_oldest_first_with_counters_and_calls_in_flight,
 
     /* gamma leaves, then beta: the list shrinks, order kept. */
     tether_client_unref(gamma);
-    for (int i = 0; i < 500; i++) {
-        ASSERT_OK(tether_host_list_clients(h, &infos, &n));
-        if (n == 2) {
-            break;
-        }
-        tether_client_infos_free(infos, n);
-        usleep(10000);
-    }
+    infos = wait_list_length(h, 2, &n);
     cr_assert_eq(n, 2, "gamma is still listed");
     cr_assert_str_eq(infos[0].name, "alpha");
     cr_assert_str_eq(infos[1].name, "beta");
@@ -657,21 +382,14 @@ Test(clients, list_shows_clients_oldest_first_with_counters_and_calls_in_flight,
     tether_conn_unref(beta_conn);
     finish(&ch);
     assert_exited(beta, reap(beta, WAIT_MS), 0);
-    for (int i = 0; i < 500; i++) {
-        ASSERT_OK(tether_host_list_clients(h, &infos, &n));
-        if (n == 1) {
-            break;
-        }
-        tether_client_infos_free(infos, n);
-        usleep(10000);
-    }
+    infos = wait_list_length(h, 1, &n);
     cr_assert_eq(n, 1, "beta is still listed after its process exited");
     cr_assert_str_eq(infos[0].name, "alpha");
     cr_assert_eq(infos[0].conn, alpha_conn);
     tether_client_infos_free(infos, n);
 
     tether_client_unref(alpha);
-    wait_client_count(h, 0);
+    test_wait_client_count(h, 0, 5000);
     /* The reference taken from the list keeps the closed connection readable. */
     cr_assert_eq(tether_conn_is_connected(alpha_conn), 0);
     cr_assert_str_eq(tether_conn_get_peer_name(alpha_conn), "alpha");
@@ -746,6 +464,24 @@ dispatch_events(tether_host *h, int n)
     cr_assert_eq(n_events, n, "%d events, expected %d", n_events, n);
 }
 
+/* A host whose client events this thread records (on_client_event) and checks. */
+static tether_host *
+start_watched_host(const char *name)
+{
+    test_thread = pthread_self();
+    tether_host_options o = {.on_client = on_client_event, .on_client_userdata = events};
+    return start_host(name, &o);
+}
+
+/* The only events are name's process (pid) connecting once, then leaving. */
+static void
+assert_came_once_and_left(tether_host *h, const char *name, pid_t pid)
+{
+    dispatch_events(h, 2);
+    assert_event(0, TETHER_CLIENT_CONNECTED, name, pid);
+    assert_event(1, TETHER_CLIENT_LEFT, name, pid);
+}
+
 static int
 visitor_main(channel *ch, void *arg)
 {
@@ -762,12 +498,10 @@ visitor_main(channel *ch, void *arg)
 Test(clients, events_arrive_in_order_only_when_the_main_thread_dispatches, .timeout = 60)
 {
     test_runtime_dir();
-    test_thread = pthread_self();
     static channel ch;
     channel_open(&ch);
     pid_t visitor = spawn(&ch, visitor_main, NULL);
-    tether_host_options o = {.on_client = on_client_event, .on_client_userdata = events};
-    tether_host *h = start_host("eventful", &o);
+    tether_host *h = start_watched_host("eventful");
     int fd = tether_host_get_fd(h);
     cr_assert(fd >= 0);
 
@@ -781,7 +515,7 @@ Test(clients, events_arrive_in_order_only_when_the_main_thread_dispatches, .time
     ASSERT_ERR(tether_host_dispatch(h, TETHER_BUDGET_UNLIMITED), 0);
     cr_assert_eq(n_events, 1);
     assert_event(0, TETHER_CLIENT_CONNECTED, "visitor", visitor);
-    cr_assert_eq(fd_readable(fd), 0);
+    cr_assert_eq(test_fd_readable(fd), 0);
 
     /* A second client, here; delivered by wait this time. */
     tether_client *local = test_client_connect("local", "eventful");
@@ -818,10 +552,10 @@ Test(clients, events_arrive_in_order_only_when_the_main_thread_dispatches, .time
     cr_assert_eq(tether_conn_is_connected(events[0].conn), 0);
 
     /* Nothing more. */
-    cr_assert_eq(fd_readable(fd), 0);
+    cr_assert_eq(test_fd_readable(fd), 0);
     ASSERT_ERR(tether_host_wait(h, 50000), 0);
     cr_assert_eq(n_events, 4);
-    wait_client_count(h, 0);
+    test_wait_client_count(h, 0, 5000);
     free_events();
     tether_host_unref(h);
     close_fd(&ch.up[0]);
@@ -959,7 +693,7 @@ Test(clients, reset_client_comes_back_by_itself_with_its_state, .timeout = 60)
     tether_conn_unref(conn);
     finish(&ch);
     assert_exited(pid, reap(pid, WAIT_MS), 0);
-    wait_client_count(h, 0);
+    test_wait_client_count(h, 0, 5000);
     tether_host_unref(h);
     close_fd(&ch.up[0]);
     munmap(rep, sizeof(*rep));
@@ -974,7 +708,7 @@ doomed_main(channel *ch, void *arg)
     (void)arg;
     child_expect(ch, 'G');
     tether_client *c = child_client("doomed", "bouncer");
-    CHILD_OK(tether_client_add_service(c, "echo", TETHER_CONTEXT_IO, echo_handler, NULL));
+    CHILD_OK(tether_client_add_service(c, "echo", TETHER_CONTEXT_IO, test_echo_handler, NULL));
     child_connect(c);
     child_send(ch, 'R');
     child_wait_finish(ch);
@@ -982,23 +716,30 @@ doomed_main(channel *ch, void *arg)
     return 3; /* only if SIGTERM never came */
 }
 
+/* The host's connection to the client called name: it answers an echo of v, then the
+ * host disconnects it, which closes the connection at once. */
+static tether_conn *
+echo_then_disconnect(tether_host *h, const char *name, int64_t v)
+{
+    tether_conn *conn = NULL;
+    ASSERT_OK(tether_host_get_client(h, name, &conn));
+    test_assert_echo(conn, v);
+    ASSERT_OK(tether_host_disconnect_client(h, conn));
+    cr_assert_eq(tether_conn_is_connected(conn), 0);
+    return conn;
+}
+
 Test(clients, disconnect_by_default_terminates_the_client_process, .timeout = 60)
 {
     test_runtime_dir();
-    test_thread = pthread_self();
     static channel ch;
     channel_open(&ch);
     pid_t pid = spawn(&ch, doomed_main, NULL);
-    tether_host_options o = {.on_client = on_client_event, .on_client_userdata = events};
-    tether_host *h = start_host("bouncer", &o);
+    tether_host *h = start_watched_host("bouncer");
     send_byte(&ch, 'G');
     expect_byte(&ch, 'R', WAIT_MS);
 
-    tether_conn *conn = NULL;
-    ASSERT_OK(tether_host_get_client(h, "doomed", &conn));
-    assert_echo(conn, 5);
-    ASSERT_OK(tether_host_disconnect_client(h, conn));
-    cr_assert_eq(tether_conn_is_connected(conn), 0);
+    tether_conn *conn = echo_then_disconnect(h, "doomed", 5);
     ASSERT_ERR(tether_host_disconnect_client(h, conn), TETHER_ENOENT);
     ASSERT_ERR(tether_host_reset_client(h, conn), TETHER_ENOENT);
 
@@ -1007,14 +748,12 @@ Test(clients, disconnect_by_default_terminates_the_client_process, .timeout = 60
               "the disconnected client was not ended by SIGTERM (status 0x%x: %s %d)", status,
               WIFSIGNALED(status) ? "signal" : "exit",
               WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
-    wait_client_count(h, 0);
+    test_wait_client_count(h, 0, 5000);
     tether_conn *none = NULL;
     ASSERT_ERR(tether_host_get_client(h, "doomed", &none), TETHER_ENOENT);
 
     /* It came once and left once. */
-    dispatch_events(h, 2);
-    assert_event(0, TETHER_CLIENT_CONNECTED, "doomed", pid);
-    assert_event(1, TETHER_CLIENT_LEFT, "doomed", pid);
+    assert_came_once_and_left(h, "doomed", pid);
     free_events();
     tether_conn_unref(conn);
     tether_host_unref(h);
@@ -1056,7 +795,7 @@ polite_main(channel *ch, void *arg)
                                .on_disconnect = on_disconnect_cb,
                                .on_disconnect_userdata = rep};
     tether_client *c = child_client_with(&o);
-    CHILD_OK(tether_client_add_service(c, "echo", TETHER_CONTEXT_IO, echo_handler, NULL));
+    CHILD_OK(tether_client_add_service(c, "echo", TETHER_CONTEXT_IO, test_echo_handler, NULL));
     child_connect(c);
     child_send(ch, 'R');
     uint64_t deadline = tether_now_usec() + WAIT_MS * 1000ull;
@@ -1086,21 +825,15 @@ polite_main(channel *ch, void *arg)
 Test(clients, disconnect_with_on_disconnect_tells_the_main_thread_and_stays_away, .timeout = 60)
 {
     test_runtime_dir();
-    test_thread = pthread_self();
     static channel ch;
     channel_open(&ch);
     polite_report *rep = shared_new(sizeof(*rep));
     pid_t pid = spawn(&ch, polite_main, rep);
-    tether_host_options o = {.on_client = on_client_event, .on_client_userdata = events};
-    tether_host *h = start_host("bouncer2", &o);
+    tether_host *h = start_watched_host("bouncer2");
     send_byte(&ch, 'G');
     expect_byte(&ch, 'R', WAIT_MS);
 
-    tether_conn *conn = NULL;
-    ASSERT_OK(tether_host_get_client(h, "polite", &conn));
-    assert_echo(conn, 9);
-    ASSERT_OK(tether_host_disconnect_client(h, conn));
-    cr_assert_eq(tether_conn_is_connected(conn), 0);
+    tether_conn *conn = echo_then_disconnect(h, "polite", 9);
 
     /* It exits by itself, with 0: no SIGTERM, no help from the pipe. */
     expect_byte(&ch, 'D', 3 * WAIT_MS);
@@ -1118,9 +851,7 @@ Test(clients, disconnect_with_on_disconnect_tells_the_main_thread_and_stays_away
               (long long)rep->wait_usec);
 
     /* The host saw it once: it never came back. */
-    dispatch_events(h, 2);
-    assert_event(0, TETHER_CLIENT_CONNECTED, "polite", pid);
-    assert_event(1, TETHER_CLIENT_LEFT, "polite", pid);
+    assert_came_once_and_left(h, "polite", pid);
     cr_assert_eq(tether_host_get_client_count(h), 0);
     free_events();
     tether_conn_unref(conn);
@@ -1203,7 +934,7 @@ restart_child(channel *ch, restart_report *rep, const char *name, bool no_reconn
             rep->late_wait_usec = (int64_t)(tether_now_usec() - t0);
             child_send(ch, 'K');
         } else {
-            child_fail(__LINE__, "command", "unexpected %d", b);
+            CHILD_FAIL("command", "unexpected %d", b);
         }
     }
     tether_client_unref(c);
@@ -1314,7 +1045,7 @@ Test(clients, clients_reconnect_to_a_restarted_host_unless_told_not_to, .timeout
     finish(&lch);
     assert_exited(survivor, reap(survivor, WAIT_MS), 0);
     assert_exited(loner, reap(loner, WAIT_MS), 0);
-    wait_client_count(h, 0);
+    test_wait_client_count(h, 0, 5000);
     tether_host_unref(h);
     close_fd(&sch.up[0]);
     close_fd(&lch.up[0]);
@@ -1395,7 +1126,7 @@ good_main(channel *ch, void *arg)
             if (b == 'E') {
                 ending = true;
             } else if (b != -2) {
-                child_fail(__LINE__, "command", "unexpected %d", b);
+                CHILD_FAIL("command", "unexpected %d", b);
             }
         }
     }
@@ -1403,21 +1134,6 @@ good_main(channel *ch, void *arg)
     child_wait_finish(ch);
     tether_client_unref(c);
     return 0;
-}
-
-static void
-child_write_all(int fd, const void *p, size_t n)
-{
-    const uint8_t *b = p;
-    while (n > 0) {
-        ssize_t w = send(fd, b, n, MSG_NOSIGNAL);
-        if (w < 0 && errno == EINTR) {
-            continue;
-        }
-        CHILD_CHECK(w > 0);
-        b += w;
-        n -= (size_t)w;
-    }
 }
 
 /* A peer that completes the handshake, asks for big results and never reads them. */
@@ -1428,37 +1144,23 @@ raw_main(channel *ch, void *arg)
     child_expect(ch, 'G');
     char *address = NULL;
     CHILD_OK(tether_resolve_address("slowpoke", NULL, &address));
-    CHILD_CHECK(strncmp(address, "unix:", 5) == 0);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    CHILD_CHECK(fd >= 0);
-    struct sockaddr_un un = {.sun_family = AF_UNIX};
-    snprintf(un.sun_path, sizeof(un.sun_path), "%s", address + 5);
+    int fd = raw_connect_address(address);
+    CHILD_OK(fd);
     free(address);
-    CHILD_CHECK(connect(fd, (struct sockaddr *)&un, sizeof(un)) == 0);
 
     tether__buf b = TETHER__BUF_INIT;
-    tether__hello hello = {
-        .min_version = 1, .max_version = 1, .name = "raw-slow", .pid = getpid(), .language = "c"};
-    CHILD_OK(tether__encode_hello(&b, &hello));
-    child_write_all(fd, b.data, b.len);
+    CHILD_OK(raw_encode_hello(&b, "raw-slow", 1, 1, NULL));
+    CHILD_OK(raw_send_all(fd, b.data, b.len));
     tether__buf_done(&b);
     /* The welcome is the one thing it reads. */
     static uint8_t buf[65536];
     size_t got = 0;
-    for (;;) {
-        if (got >= 4 && got >= 4 + (size_t)tether__frame_length(buf)) {
-            break;
-        }
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        CHILD_CHECK(poll(&p, 1, 5000) == 1);
-        ssize_t n = recv(fd, buf + got, sizeof(buf) - got, 0);
-        CHILD_CHECK(n > 0);
-        got += (size_t)n;
-    }
+    int welcome_len = raw_recv_frame(fd, buf, sizeof(buf), 5000, &got);
+    CHILD_OK(welcome_len);
     tether__frame f;
-    CHILD_OK(tether__frame_decode(buf + 4, tether__frame_length(buf), NULL, &f));
+    CHILD_OK(tether__frame_decode(buf + TETHER__FRAME_HEADER_SIZE, (size_t)welcome_len, NULL, &f));
     CHILD_CHECK(f.kind == TETHER__WELCOME);
-    CHILD_CHECK(got == 4 + (size_t)tether__frame_length(buf));
+    CHILD_CHECK(got == TETHER__FRAME_HEADER_SIZE + (size_t)welcome_len);
     child_send(ch, 'R');
     child_expect(ch, 'S');
 
@@ -1543,7 +1245,7 @@ Test(clients, a_client_that_stops_reading_is_dropped_while_others_are_served, .t
                              .log_level = TETHER_LOG_DEBUG};
     tether_host *h = test_host_new(&o);
     ASSERT_OK(tether_host_add_service(h, "big", TETHER_CONTEXT_IO, big_handler, NULL));
-    ASSERT_OK(tether_host_add_service(h, "echo", TETHER_CONTEXT_IO, echo_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "echo", TETHER_CONTEXT_IO, test_echo_handler, NULL));
     ASSERT_OK(tether_host_start(h));
 
     /* The good client is busy with big results before, during and after. */
@@ -1595,7 +1297,7 @@ Test(clients, a_client_that_stops_reading_is_dropped_while_others_are_served, .t
     }
     cr_assert(!get_info(h, "raw-slow", &info), "the dropped client is still listed");
     cr_assert(get_info(h, "good", &info));
-    wait_client_count(h, 1);
+    test_wait_client_count(h, 1, 5000);
     cr_assert_eq(atomic_load(&sh->good_failures), 0, "the good client failed: %s",
                  sh->good_failure);
     cr_assert(atomic_load(&sh->good_during) >= 1,
@@ -1612,7 +1314,7 @@ Test(clients, a_client_that_stops_reading_is_dropped_while_others_are_served, .t
     finish(&rch);
     assert_exited(good, reap(good, WAIT_MS), 0);
     assert_exited(raw, reap(raw, WAIT_MS), 0);
-    wait_client_count(h, 0);
+    test_wait_client_count(h, 0, 5000);
     tether_host_unref(h);
     close_fd(&gch.up[0]);
     close_fd(&rch.up[0]);

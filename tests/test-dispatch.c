@@ -35,13 +35,6 @@ record(tether_request *req, void *userdata)
     return tether_request_reply(req, "i", n);
 }
 
-static int
-fd_readable(int fd)
-{
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    return poll(&p, 1, 0) == 1;
-}
-
 static tether_host *
 start_main_host(void)
 {
@@ -58,7 +51,7 @@ Test(dispatch, main_services_run_only_inside_dispatch_within_budget)
     tether_client *c = test_client_connect("c", NULL);
     int fd = tether_host_get_fd(h);
     cr_assert(fd >= 0);
-    cr_assert_eq(fd_readable(fd), 0);
+    cr_assert_eq(test_fd_readable(fd), 0);
     ASSERT_ERR(tether_host_dispatch(h, TETHER_BUDGET_UNLIMITED), 0);
     tether_future *fs[10];
     for (int i = 0; i < 10; i++) {
@@ -66,17 +59,17 @@ Test(dispatch, main_services_run_only_inside_dispatch_within_budget)
                                          i));
     }
     /* Nothing runs until the main thread dispatches. */
-    for (int i = 0; i < 200 && !fd_readable(fd); i++) {
+    for (int i = 0; i < 200 && !test_fd_readable(fd); i++) {
         usleep(1000);
     }
     usleep(20000);
     cr_assert_eq(order_len, 0);
-    cr_assert_eq(fd_readable(fd), 1);
+    cr_assert_eq(test_fd_readable(fd), 1);
     /* About three milliseconds of budget, one millisecond per item. */
     int r = tether_host_dispatch(h, 2500);
     cr_assert_eq(r, 1, "work must remain after a small budget, got %d", r);
     cr_assert(order_len >= 1 && order_len <= 5, "ran %d items on a 2.5 ms budget", order_len);
-    cr_assert_eq(fd_readable(fd), 1);
+    cr_assert_eq(test_fd_readable(fd), 1);
     int ran = order_len;
     while ((r = tether_host_dispatch(h, 2500)) == 1) {
         cr_assert(order_len > ran, "each dispatch runs at least one item");
@@ -90,7 +83,7 @@ Test(dispatch, main_services_run_only_inside_dispatch_within_budget)
         ASSERT_OK(tether_future_get_result(fs[i], NULL, NULL));
         tether_future_unref(fs[i]);
     }
-    cr_assert_eq(fd_readable(fd), 0);
+    cr_assert_eq(test_fd_readable(fd), 0);
     tether_client_unref(c);
     tether_host_unref(h);
 }
@@ -161,7 +154,7 @@ Test(dispatch, main_future_callbacks_run_at_dispatch)
     ASSERT_OK(tether_future_wait(f, 5000000));
     usleep(10000);
     cr_assert_eq(callbacks_run, 0, "a MAIN callback ran before dispatch");
-    cr_assert_eq(fd_readable(tether_client_get_fd(c)), 1);
+    cr_assert_eq(test_fd_readable(tether_client_get_fd(c)), 1);
     ASSERT_OK(tether_client_dispatch(c, TETHER_BUDGET_UNLIMITED));
     cr_assert_eq(callbacks_run, 1);
     /* A callback set on a ready future is queued too. */
@@ -182,6 +175,25 @@ Test(dispatch, main_future_callbacks_run_at_dispatch)
 
 static tether_client *child_client;
 
+/*
+ * Answer req with one more than the result v of the nested call that returned r, or,
+ * if that call failed, with a RuntimeError whose message is prefix and its message.
+ */
+static int
+reply_one_more(tether_request *req, int r, tether_value *v, tether_error *err, const char *prefix)
+{
+    if (r < 0) {
+        r = tether_request_reply_error(req, "RuntimeError", "%s%s", prefix,
+                                       err->message ? err->message : tether_strerror(r));
+        tether_error_done(err);
+        return r;
+    }
+    int64_t n = 0;
+    tether_value_read(v, NULL, "x", &n);
+    tether_value_unref(v);
+    return tether_request_reply(req, "x", n + 1);
+}
+
 /* Client side, MAIN: calls back into the host while the host's main thread waits on it. */
 static int
 client_ask_back(tether_request *req, void *userdata)
@@ -193,16 +205,7 @@ client_ask_back(tether_request *req, void *userdata)
     tether_error err = TETHER_ERROR_INIT;
     int r = tether_conn_call(tether_client_get_conn(child_client), "host_value", NULL, &v, &err,
                              "i", depth);
-    if (r < 0) {
-        r = tether_request_reply_error(req, "RuntimeError", "call-back failed: %s",
-                                       err.message ? err.message : tether_strerror(r));
-        tether_error_done(&err);
-        return r;
-    }
-    int64_t n = 0;
-    tether_value_read(v, NULL, "x", &n);
-    tether_value_unref(v);
-    return tether_request_reply(req, "x", n + 1);
+    return reply_one_more(req, r, v, &err, "call-back failed: ");
 }
 
 static int
@@ -229,16 +232,7 @@ host_value(tether_request *req, void *userdata)
     int r = depth > 0 ? tether_conn_call(conn, "ask_back", NULL, &v, &err, "i", depth - 1)
                       : tether_conn_call(conn, "leaf", NULL, &v, &err, NULL);
     tether_conn_unref(conn);
-    if (r < 0) {
-        int rr = tether_request_reply_error(req, "RuntimeError", "%s",
-                                            err.message ? err.message : tether_strerror(r));
-        tether_error_done(&err);
-        return rr;
-    }
-    int64_t n = 0;
-    tether_value_read(v, NULL, "x", &n);
-    tether_value_unref(v);
-    return tether_request_reply(req, "x", n + 1);
+    return reply_one_more(req, r, v, &err, "");
 }
 
 static pid_t
@@ -269,17 +263,27 @@ spawn_scripted_client(void)
     return pid;
 }
 
-Test(dispatch, call_back_into_a_waiting_main_thread_does_not_deadlock, .timeout = 30)
+/* Start scenario_host (host_value on its main thread, which is this one) and fork the
+ * scripted client; returns the host's connection to that client. */
+static tether_conn *
+start_scenario(tether_host_options *o, pid_t *ret_pid)
 {
     main_thread = pthread_self();
     test_runtime_dir();
-    scenario_host = test_host_new(NULL);
+    scenario_host = test_host_new(o);
     ASSERT_OK(tether_host_add_service(scenario_host, "host_value", TETHER_CONTEXT_MAIN,
                                       host_value, NULL));
     ASSERT_OK(tether_host_start(scenario_host));
-    pid_t pid = spawn_scripted_client();
+    *ret_pid = spawn_scripted_client();
     tether_conn *conn = NULL;
     ASSERT_OK(tether_host_get_client(scenario_host, "scripted", &conn));
+    return conn;
+}
+
+Test(dispatch, call_back_into_a_waiting_main_thread_does_not_deadlock, .timeout = 30)
+{
+    pid_t pid;
+    tether_conn *conn = start_scenario(NULL, &pid);
     /* main -> client.ask_back -> host.host_value (MAIN) -> client.leaf, all nested. */
     tether_call_options o = {.timeout_usec = 10000000};
     tether_value *v = NULL;
@@ -305,16 +309,9 @@ Test(dispatch, call_back_into_a_waiting_main_thread_does_not_deadlock, .timeout 
 
 Test(dispatch, call_back_depth_is_limited, .timeout = 30)
 {
-    main_thread = pthread_self();
-    test_runtime_dir();
     tether_host_options o = {.max_call_depth = 3};
-    scenario_host = test_host_new(&o);
-    ASSERT_OK(tether_host_add_service(scenario_host, "host_value", TETHER_CONTEXT_MAIN,
-                                      host_value, NULL));
-    ASSERT_OK(tether_host_start(scenario_host));
-    pid_t pid = spawn_scripted_client();
-    tether_conn *conn = NULL;
-    ASSERT_OK(tether_host_get_client(scenario_host, "scripted", &conn));
+    pid_t pid;
+    tether_conn *conn = start_scenario(&o, &pid);
     tether_value *v = NULL;
     tether_error err = TETHER_ERROR_INIT;
     /* Within the limit: fine. */

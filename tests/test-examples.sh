@@ -3,67 +3,10 @@
 # and the README's copies of the hello examples are the files in examples/.
 # ctest: timeout=120 labels=examples
 #
-# Run by ctest through build/run-test, which sets TETHER_BUILD_DIR, TETHER_SOURCE_DIR
-# and a fresh private TETHER_RUNTIME_DIR; every host below puts its socket there.
+# Run by ctest through build/run-test (see tests/shell-lib): every host below puts its
+# socket in the fresh private TETHER_RUNTIME_DIR, $rt.
 
-set -u
-build=${TETHER_BUILD_DIR:?run this through ctest (TETHER_BUILD_DIR is not set)}
-source=${TETHER_SOURCE_DIR:?run this through ctest (TETHER_SOURCE_DIR is not set)}
-rt=${TETHER_RUNTIME_DIR:?run this through ctest (TETHER_RUNTIME_DIR is not set)}
-out=$rt/out
-mkdir -p "$out" || exit 1
-
-failures=0
-fail() {
-    echo "FAIL: $*"
-    failures=$((failures + 1))
-}
-ok() {
-    echo "ok: $*"
-}
-
-# Show a file's content, indented, after a failure.
-show() {
-    sed 's/^/    | /' "$1"
-}
-
-# wait_for_socket PATH: up to 5 s for a host to listen.
-wait_for_socket() {
-    i=0
-    while [ ! -S "$1" ]; do
-        i=$((i + 1))
-        if [ $i -gt 100 ]; then
-            return 1
-        fi
-        sleep 0.05
-    done
-}
-
-# wait_for_exit PID: up to 5 s for a background process to end, then its exit status.
-# A process still running is killed and reported as 124.
-wait_for_exit() {
-    i=0
-    while kill -0 "$1" 2>/dev/null; do
-        i=$((i + 1))
-        if [ $i -gt 100 ]; then
-            kill -KILL "$1" 2>/dev/null
-            wait "$1" 2>/dev/null
-            return 124
-        fi
-        sleep 0.05
-    done
-    wait "$1"
-}
-
-# expect_line FILE LINE WHAT: FILE has LINE as one whole line.
-expect_line() {
-    if grep -qxF "$2" "$1"; then
-        ok "$3"
-    else
-        fail "$3: no line '$2' in $(basename "$1"):"
-        show "$1"
-    fi
-}
+. "${TETHER_SOURCE_DIR:?run this through ctest (TETHER_SOURCE_DIR is not set)}/tests/shell-lib"
 
 # --- the README shows examples/hello_host.c and hello_client.c verbatim -----------------
 
@@ -109,13 +52,7 @@ for how in default env argument; do
     env) TETHER_ADDRESS=unix:$socket "$build/example-hello_client" > "$out/client.out" 2>&1 ;;
     argument) "$build/example-hello_client" "unix:$socket" > "$out/client.out" 2>&1 ;;
     esac
-    rc=$?
-    if [ $rc -eq 0 ]; then
-        ok "hello_client ($how address) exits 0"
-    else
-        fail "hello_client ($how address) exited $rc:"
-        show "$out/client.out"
-    fi
+    expect_status "hello_client ($how address)" $? "$out/client.out"
     expect_line "$out/client.out" 'add(2, 3) = 5' "hello_client ($how address) calls add"
     expect_line "$out/client.out" 'greet("world") = Hello, world!' \
         "hello_client ($how address) calls greet through a future"
@@ -239,8 +176,4 @@ else
     fail "tether-demo --no-such-option exited $rc"
 fi
 
-if [ $failures -ne 0 ]; then
-    echo "test-examples: $failures failed"
-    exit 1
-fi
-echo "test-examples: all passed"
+finish test-examples

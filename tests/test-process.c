@@ -6,231 +6,19 @@
  * that call; a restarted host is found again by fresh clients; host threads that make a
  * call to a client process and exit leave no memory or descriptor behind.
  *
- * Children are plain fork()s that never return into Criterion: they report through
- * their exit status and through pipes, and Criterion assertions are used only in the
- * test's own process. Every child is bounded three ways: alarm() in the child, death
- * with its parent (PR_SET_PDEATHSIG), and a bounded wait in the parent that kills it.
- * Children are forked before the parent starts any tether object where possible, so
- * they are forked from a single-threaded process and inherit no connection.
+ * The children are those of process-helpers.h: plain fork()s that never return into
+ * Criterion, report through their exit status and through pipes, and are bounded three
+ * ways; they are forked before the parent starts any tether object where possible.
  */
 /* ctest: timeout=180 */
 #define _GNU_SOURCE
-#include <fcntl.h>
 #include <malloc.h>
-#include <poll.h>
 #include <pthread.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdatomic.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 
-#include "helpers.h"
-
-#define CHILD_ALARM_SEC 60
-#define CHILD_FAILED 99
-#define WAIT_MS 10000
-
-/* ---- children: no Criterion here ------------------------------------------------------- */
-
-static void
-child_fail(int line, const char *what, const char *format, ...)
-{
-    fprintf(stderr, "[child %d] test-process.c:%d: %s", (int)getpid(), line, what);
-    if (format) {
-        va_list ap;
-        va_start(ap, format);
-        fputs(": ", stderr);
-        vfprintf(stderr, format, ap);
-        va_end(ap);
-    }
-    fputc('\n', stderr);
-    _exit(CHILD_FAILED);
-}
-
-#define CHILD_CHECK(cond)                                                                          \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            child_fail(__LINE__, #cond, NULL);                                                     \
-        }                                                                                          \
-    } while (0)
-
-#define CHILD_OK(expr)                                                                             \
-    do {                                                                                           \
-        int child_ok_r_ = (expr);                                                                  \
-        if (child_ok_r_ < 0) {                                                                     \
-            child_fail(__LINE__, #expr, "%d (%s)", child_ok_r_, tether_strerror(child_ok_r_));     \
-        }                                                                                          \
-    } while (0)
-
-/*
- * The pipes between the test and one child: the parent writes single bytes down
- * `down` (closing it means "finish"), the child writes single bytes up `up`.
- */
-typedef struct channel {
-    int down[2];
-    int up[2];
-} channel;
-
-#define MAX_CHANNELS 8
-static channel *all_channels[MAX_CHANNELS];
-static int n_channels;
-
-static void
-channel_open(channel *ch)
-{
-    cr_assert(n_channels < MAX_CHANNELS);
-    cr_assert(pipe2(ch->down, O_CLOEXEC) == 0 && pipe2(ch->up, O_CLOEXEC) == 0);
-    all_channels[n_channels++] = ch;
-}
-
-static void
-close_fd(int *fd)
-{
-    if (*fd >= 0) {
-        close(*fd);
-        *fd = -1;
-    }
-}
-
-/* Wait up to timeout_ms for one byte. Returns it, -1 on EOF or error, -2 on timeout. */
-static int
-read_byte(int fd, int timeout_ms)
-{
-    uint64_t deadline = tether_now_usec() + (uint64_t)timeout_ms * 1000;
-    for (;;) {
-        uint64_t now = tether_now_usec();
-        if (now >= deadline) {
-            return -2;
-        }
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        int n = poll(&p, 1, (int)((deadline - now + 999) / 1000));
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n <= 0) {
-            return n == 0 ? -2 : -1;
-        }
-        unsigned char b;
-        ssize_t got = read(fd, &b, 1);
-        if (got < 0 && errno == EINTR) {
-            continue;
-        }
-        return got == 1 ? b : -1;
-    }
-}
-
-static void
-child_send(channel *ch, char b)
-{
-    CHILD_CHECK(write(ch->up[1], &b, 1) == 1);
-}
-
-static void
-child_expect(channel *ch, char b)
-{
-    int got = read_byte(ch->down[0], WAIT_MS);
-    if (got != (unsigned char)b) {
-        child_fail(__LINE__, "child_expect", "wanted '%c', got %d", b, got);
-    }
-}
-
-/* Block until the parent closes the channel (or dies). */
-static void
-child_wait_finish(channel *ch)
-{
-    int got = read_byte(ch->down[0], 30000);
-    if (got != -1) {
-        child_fail(__LINE__, "child_wait_finish", "got %d instead of EOF", got);
-    }
-}
-
-typedef int (*child_fn)(channel *ch, void *arg);
-
-/* Fork a child that runs fn(ch, arg) and exits with its return value. */
-static pid_t
-spawn(channel *ch, child_fn fn, void *arg)
-{
-    fflush(stdout);
-    fflush(stderr);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    cr_assert(pid >= 0, "fork: %s", strerror(errno));
-    if (pid > 0) {
-        close_fd(&ch->down[0]);
-        close_fd(&ch->up[1]);
-        return pid;
-    }
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) {
-        _exit(CHILD_FAILED);
-    }
-    alarm(CHILD_ALARM_SEC);
-    /* Keep only this child's own ends, so that EOF on a pipe means what it says. */
-    for (int i = 0; i < n_channels; i++) {
-        channel *o = all_channels[i];
-        close_fd(&o->down[1]);
-        close_fd(&o->up[0]);
-        if (o != ch) {
-            close_fd(&o->down[0]);
-            close_fd(&o->up[1]);
-        }
-    }
-    _exit(fn(ch, arg));
-}
+#include "process-helpers.h"
 
 /* ---- parent side ---------------------------------------------------------------------- */
-
-static void
-send_byte(channel *ch, char b)
-{
-    cr_assert(write(ch->down[1], &b, 1) == 1);
-}
-
-static void
-expect_byte(channel *ch, char b, int timeout_ms)
-{
-    int got = read_byte(ch->up[0], timeout_ms);
-    cr_assert(got != -2, "no '%c' from the child within %d ms", b, timeout_ms);
-    cr_assert(got != -1, "the child ended before sending '%c'", b);
-    cr_assert_eq(got, (unsigned char)b, "got '%c' from the child, wanted '%c'", got, b);
-}
-
-static void
-finish(channel *ch)
-{
-    close_fd(&ch->down[1]);
-}
-
-/* Wait (bounded) for the child to end; kill it if it does not. Returns its status. */
-static int
-reap(pid_t pid, int timeout_ms)
-{
-    int status = 0;
-    for (int waited = 0;; waited++) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid) {
-            return status;
-        }
-        cr_assert(r == 0, "waitpid %d: %s", (int)pid, strerror(errno));
-        if (waited >= timeout_ms) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            cr_assert_fail("child %d did not exit within %d ms", (int)pid, timeout_ms);
-        }
-        usleep(1000);
-    }
-}
-
-static void
-assert_exited(pid_t pid, int status, int code)
-{
-    cr_assert(WIFEXITED(status), "child %d did not exit normally (status 0x%x%s%s)", (int)pid,
-              status, WIFSIGNALED(status) ? ", signal " : "",
-              WIFSIGNALED(status) ? strsignal(WTERMSIG(status)) : "");
-    cr_assert_eq(WEXITSTATUS(status), code, "child %d exited %d, expected %d", (int)pid,
-                 WEXITSTATUS(status), code);
-}
 
 /* Wait (bounded) for a stop or continue notification of pid. */
 static void
@@ -249,48 +37,7 @@ wait_state(pid_t pid, bool stopped)
     cr_assert_fail("child %d never %s", (int)pid, stopped ? "stopped" : "continued");
 }
 
-static void
-assert_no_children_left(void)
-{
-    int status;
-    pid_t r = waitpid(-1, &status, WNOHANG);
-    cr_assert(r == -1 && errno == ECHILD, "a child is left (waitpid gave %d)", (int)r);
-}
-
-static void
-wait_client_count(tether_host *h, int expected)
-{
-    for (int i = 0; i < 200 && tether_host_get_client_count(h) != expected; i++) {
-        usleep(10000);
-    }
-    cr_assert_eq(tether_host_get_client_count(h), expected);
-}
-
 /* ---- services ------------------------------------------------------------------------ */
-
-static int
-add_handler(tether_request *req, void *userdata)
-{
-    (void)userdata;
-    int64_t a, b;
-    int r = tether_request_read(req, "xx", &a, &b);
-    if (r < 0) {
-        return r;
-    }
-    return tether_request_reply(req, "x", a + b);
-}
-
-static int
-echo_handler(tether_request *req, void *userdata)
-{
-    (void)userdata;
-    int64_t v;
-    int r = tether_request_read(req, "x", &v);
-    if (r < 0) {
-        return r;
-    }
-    return tether_request_reply(req, "x", v);
-}
 
 /* A client's own service: answers with its index, so the caller knows who answered. */
 static int
@@ -304,52 +51,15 @@ ident_handler(tether_request *req, void *userdata)
     return tether_request_reply(req, "x", (int64_t)(*(int *)userdata + 1) * 1000000 + v);
 }
 
-static tether_client *
-child_client(const char *name, const char *address)
-{
-    tether_client_options o = {.name = name,
-                               .address = address,
-                               .log = test_log,
-                               .log_level = TETHER_LOG_DEBUG};
-    tether_client *c = NULL;
-    CHILD_OK(tether_client_new(&o, &c));
-    return c;
-}
-
-static void
-child_connect(tether_client *c)
-{
-    tether_error err = TETHER_ERROR_INIT;
-    int r = tether_client_connect(c, &err);
-    if (r < 0) {
-        child_fail(__LINE__, "connect", "%s: %s", tether_strerror(r),
-                   err.message ? err.message : "");
-    }
-}
-
 static tether_host *
 parent_host(const char *name)
 {
     tether_host_options o = {.name = name};
     tether_host *h = test_host_new(&o);
-    ASSERT_OK(tether_host_add_service(h, "add", TETHER_CONTEXT_IO, add_handler, NULL));
-    ASSERT_OK(tether_host_add_service(h, "echo", TETHER_CONTEXT_IO, echo_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "add", TETHER_CONTEXT_IO, test_add_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "echo", TETHER_CONTEXT_IO, test_echo_handler, NULL));
     ASSERT_OK(tether_host_start(h));
     return h;
-}
-
-static void
-assert_echo(tether_conn *conn, int64_t v)
-{
-    tether_value *res = NULL;
-    tether_error err = TETHER_ERROR_INIT;
-    int r = tether_conn_call(conn, "echo", NULL, &res, &err, "x", v);
-    cr_assert(r == 0, "echo %lld: %s: %s", (long long)v, tether_strerror(r),
-              err.message ? err.message : "");
-    int64_t got = -1;
-    ASSERT_OK(tether_value_read(res, NULL, "x", &got));
-    cr_assert_eq(got, v, "echo %lld answered %lld", (long long)v, (long long)got);
-    tether_value_unref(res);
 }
 
 /* ---- many clients, both directions at once -------------------------------------------- */
@@ -385,7 +95,7 @@ worker_main(channel *ch, void *arg)
         int64_t sum = 0;
         CHILD_OK(tether_value_read(v, NULL, "x", &sum));
         if (sum != base + 2 * k) {
-            child_fail(__LINE__, "sync result", "call %d: %lld", k, (long long)sum);
+            CHILD_FAIL("sync result", "call %d: %lld", k, (long long)sum);
         }
         tether_value_unref(v);
     }
@@ -400,7 +110,7 @@ worker_main(channel *ch, void *arg)
         int64_t sum = 0;
         CHILD_OK(tether_value_read(v, NULL, "x", &sum));
         if (sum != base + k) {
-            child_fail(__LINE__, "async result", "call %d: %lld", k, (long long)sum);
+            CHILD_FAIL("async result", "call %d: %lld", k, (long long)sum);
         }
         tether_value_unref(v);
         tether_future_unref(futures[k]);
@@ -521,7 +231,7 @@ Test(process, three_clients_and_the_host_call_each_other, .timeout = 120)
         assert_exited(workers[i].pid, reap(workers[i].pid, WAIT_MS), 0);
         close_fd(&workers[i].ch.up[0]);
     }
-    wait_client_count(h, 0);
+    test_wait_client_count(h, 0, 2000);
     /* The host keeps nothing of clients that left (their pipes are closed too). */
     int fds_expected = fds_before - 2 * N_WORKERS;
     for (int i = 0; i < 200 && count_open_fds() != fds_expected; i++) {
@@ -653,13 +363,13 @@ host_child_main(channel *ch, void *arg)
     tether_host_options o = {.name = hc->name, .log = test_log, .log_level = TETHER_LOG_DEBUG};
     tether_host *h = NULL;
     CHILD_OK(tether_host_new(&o, &h));
-    CHILD_OK(tether_host_add_service(h, "add", TETHER_CONTEXT_IO, add_handler, NULL));
-    CHILD_OK(tether_host_add_service(h, "echo", TETHER_CONTEXT_IO, echo_handler, NULL));
+    CHILD_OK(tether_host_add_service(h, "add", TETHER_CONTEXT_IO, test_add_handler, NULL));
+    CHILD_OK(tether_host_add_service(h, "echo", TETHER_CONTEXT_IO, test_echo_handler, NULL));
     CHILD_OK(tether_host_add_service(h, "hold", TETHER_CONTEXT_IO, hold_handler, NULL));
     int r = tether_host_start(h);
     if (r < 0) {
         child_send(ch, 'E');
-        child_fail(__LINE__, "tether_host_start", "%s", tether_strerror(r));
+        CHILD_FAIL("tether_host_start", "%s", tether_strerror(r));
     }
     child_send(ch, 'R');
     child_wait_finish(ch);
@@ -703,7 +413,7 @@ Test(process, stopped_host_times_out_then_recovers_killed_host_fails_at_once, .t
     tether_client *c = test_client_connect("watcher", "remote");
     tether_conn *conn = tether_client_get_conn(c);
     cr_assert_eq(tether_conn_get_peer_pid(conn), (int64_t)pid);
-    assert_echo(conn, 1);
+    test_assert_echo(conn, 1);
 
     /* A live callee keeps a call alive past its silence timeout (progress); once the
      * host is stopped the silence starts, and the call fails one timeout later. */
@@ -751,7 +461,7 @@ Test(process, stopped_host_times_out_then_recovers_killed_host_fails_at_once, .t
     cr_assert(kill(pid, SIGCONT) == 0);
     wait_state(pid, false);
     for (int64_t i = 10; i < 60; i++) {
-        assert_echo(conn, i);
+        test_assert_echo(conn, i);
     }
     cr_assert_eq(tether_conn_is_connected(conn), 1);
 
@@ -855,7 +565,7 @@ Test(process, client_exiting_mid_call_fails_only_that_call, .timeout = 60)
     ASSERT_ERR(tether_conn_call(conn, "die", NULL, NULL, NULL, NULL), TETHER_ENOTCONN);
     tether_conn_unref(conn);
     assert_exited(doomed, reap(doomed, WAIT_MS), 7);
-    wait_client_count(h, 1);
+    test_wait_client_count(h, 1, 2000);
     ASSERT_ERR(tether_host_get_client(h, "doomed", &conn), TETHER_ENOENT);
 
     /* The host goes on serving, and calling, the other client. */
@@ -874,7 +584,7 @@ Test(process, client_exiting_mid_call_fails_only_that_call, .timeout = 60)
     finish(&sch);
     finish(&dch);
     assert_exited(survivor, reap(survivor, WAIT_MS), 0);
-    wait_client_count(h, 0);
+    test_wait_client_count(h, 0, 2000);
     tether_host_unref(h);
     assert_no_children_left();
 }
@@ -885,7 +595,7 @@ Test(process, host_restarted_in_the_same_process, .timeout = 60)
 {
     tether_host *h = parent_host("phoenix");
     tether_client *old = test_client_connect("old", "phoenix");
-    assert_echo(tether_client_get_conn(old), 1);
+    test_assert_echo(tether_client_get_conn(old), 1);
     ASSERT_OK(tether_host_stop(h));
     tether_conn *oc = tether_client_get_conn(old);
     for (int i = 0; i < 100 && tether_conn_is_connected(oc); i++) {
@@ -898,7 +608,7 @@ Test(process, host_restarted_in_the_same_process, .timeout = 60)
 
     h = parent_host("phoenix");
     tether_client *fresh = test_client_connect("fresh", "phoenix");
-    assert_echo(tether_client_get_conn(fresh), 3);
+    test_assert_echo(tether_client_get_conn(fresh), 3);
     cr_assert_eq(tether_host_get_client_count(h), 1);
     tether_client_unref(fresh);
     tether_client_unref(old);
@@ -915,7 +625,7 @@ Test(process, host_restarted_as_a_new_process, .timeout = 60)
     pid_t first = spawn(&first_ch, host_child_main, &hc);
     expect_byte(&first_ch, 'R', WAIT_MS);
     tether_client *c = test_client_connect("early", "phoenix");
-    assert_echo(tether_client_get_conn(c), 1);
+    test_assert_echo(tether_client_get_conn(c), 1);
 
     /* Killed: it leaves its socket file behind, which the next host must replace. */
     cr_assert(kill(first, SIGKILL) == 0);
@@ -934,7 +644,7 @@ Test(process, host_restarted_as_a_new_process, .timeout = 60)
     cr_assert_eq(got, 'R', "the new host did not start (got %d)", got);
     c = test_client_connect("late", "phoenix");
     cr_assert_eq(tether_conn_get_peer_pid(tether_client_get_conn(c)), (int64_t)second);
-    assert_echo(tether_client_get_conn(c), 2);
+    test_assert_echo(tether_client_get_conn(c), 2);
     tether_client_unref(c);
     finish(&second_ch);
     assert_exited(second, reap(second, WAIT_MS), 0);

@@ -9,31 +9,13 @@
  * bytes the host sends (a refusal); everything else goes through the public API.
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
 #include <ctype.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 
-#include "helpers.h"
-#include "wire.h"
+#include "raw-peer.h"
 
 /* ---- services ------------------------------------------------------------------------ */
-
-static int
-add_handler(tether_request *req, void *userdata)
-{
-    (void)userdata;
-    int64_t a, b;
-    int r = tether_request_read(req, "xx", &a, &b);
-    if (r < 0) {
-        return r;
-    }
-    return tether_request_reply(req, "x", a + b);
-}
 
 static int
 echo_handler(tether_request *req, void *userdata)
@@ -53,7 +35,7 @@ static tether_host *
 start_host(tether_host_options *opts)
 {
     tether_host *h = test_host_new(opts);
-    ASSERT_OK(tether_host_add_service(h, "add", TETHER_CONTEXT_IO, add_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "add", TETHER_CONTEXT_IO, test_add_handler, NULL));
     ASSERT_OK(tether_host_start(h));
     return h;
 }
@@ -79,16 +61,15 @@ assert_calls(tether_client *c)
     tether_value_unref(v);
 }
 
-static tether_client *
-client_with(tether_client_options *o)
+/* Connecting c fails with code, and the error message names needle. */
+static void
+assert_connect_fails(tether_client *c, int code, const char *needle)
 {
-    if (!o->log) {
-        o->log = test_log;
-        o->log_level = TETHER_LOG_DEBUG;
-    }
-    tether_client *c = NULL;
-    ASSERT_OK(tether_client_new(o, &c));
-    return c;
+    tether_error err = TETHER_ERROR_INIT;
+    ASSERT_ERR(tether_client_connect(c, &err), code);
+    cr_assert(err.message && strstr(err.message, needle), "message: %s",
+              err.message ? err.message : "(none)");
+    tether_error_done(&err);
 }
 
 /* A fresh, empty, private directory outside the test's runtime directory. */
@@ -145,56 +126,6 @@ make_stale_socket(const char *path)
     close(fd);
     struct stat st;
     cr_assert(lstat(path, &st) == 0 && S_ISSOCK(st.st_mode));
-}
-
-/* ---- raw TCP peer ------------------------------------------------------------------------ */
-
-static int
-raw_tcp_connect(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    cr_assert(fd >= 0);
-    struct sockaddr_in in = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert(connect(fd, (struct sockaddr *)&in, sizeof(in)) == 0, "connect: %s", strerror(errno));
-    return fd;
-}
-
-/* Read one frame (bounded by 5 s) and decode it into f, whose spans point into buf. */
-static int
-raw_read_frame(int fd, tether__frame *f, uint8_t *buf, size_t cap)
-{
-    size_t got = 0;
-    for (;;) {
-        if (got >= TETHER__FRAME_HEADER_SIZE) {
-            uint32_t len = tether__frame_length(buf);
-            cr_assert(len <= cap - TETHER__FRAME_HEADER_SIZE, "frame of %u bytes", len);
-            if (got >= TETHER__FRAME_HEADER_SIZE + len) {
-                ASSERT_OK(tether__frame_decode(buf + TETHER__FRAME_HEADER_SIZE, len, NULL, f));
-                return f->kind;
-            }
-        }
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        cr_assert(poll(&p, 1, 5000) == 1, "no frame from the host");
-        ssize_t n = recv(fd, buf + got, cap - got, 0);
-        cr_assert(n > 0, "connection closed before a whole frame");
-        got += (size_t)n;
-    }
-}
-
-/* The host closes the connection (EOF or reset) within 5 s. */
-static void
-raw_expect_close(int fd)
-{
-    uint8_t buf[1024];
-    for (;;) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        cr_assert(poll(&p, 1, 5000) == 1, "the host kept the connection open");
-        ssize_t n = recv(fd, buf, sizeof(buf), 0);
-        if (n <= 0) {
-            return;
-        }
-    }
 }
 
 /*
@@ -303,12 +234,8 @@ Test(tcp, wrong_token_is_refused_with_the_host_reason)
         .token = "0000000000000000000000000000000000000000000000000000000000000000",
         .runtime_dir = test_runtime_dir(),
     };
-    tether_client *c = client_with(&o);
-    tether_error err = TETHER_ERROR_INIT;
-    ASSERT_ERR(tether_client_connect(c, &err), TETHER_EACCES);
-    cr_assert(err.message && strstr(err.message, "wrong token"), "message: %s",
-              err.message ? err.message : "(none)");
-    tether_error_done(&err);
+    tether_client *c = test_client_new_with(&o);
+    assert_connect_fails(c, TETHER_EACCES, "wrong token");
     cr_assert_eq(tether_host_get_client_count(h), 0);
     tether_client_unref(c);
     free(address);
@@ -326,7 +253,7 @@ Test(tcp, token_from_the_environment)
     char *empty = private_temp_dir();
     cr_assert(setenv("TETHER_TOKEN", token, 1) == 0);
     tether_client_options o = {.name = "envtoken", .address = address, .runtime_dir = empty};
-    tether_client *c = client_with(&o);
+    tether_client *c = test_client_new_with(&o);
     tether_error err = TETHER_ERROR_INIT;
     int r = tether_client_connect(c, &err);
     cr_assert(r == 0, "connect: %s: %s", tether_strerror(r), err.message ? err.message : "");
@@ -338,7 +265,7 @@ Test(tcp, token_from_the_environment)
     tether_client_options o2 = {.name = "badenv",
                                 .address = address,
                                 .runtime_dir = test_runtime_dir()};
-    c = client_with(&o2);
+    c = test_client_new_with(&o2);
     ASSERT_ERR(tether_client_connect(c, &err), TETHER_EACCES);
     tether_error_done(&err);
     tether_client_unref(c);
@@ -348,7 +275,7 @@ Test(tcp, token_from_the_environment)
                                 .address = address,
                                 .token = token,
                                 .runtime_dir = empty};
-    c = client_with(&o3);
+    c = test_client_new_with(&o3);
     ASSERT_OK(tether_client_connect(c, NULL));
     assert_calls(c);
     tether_client_unref(c);
@@ -366,12 +293,8 @@ Test(tcp, client_without_a_token_file_is_refused)
     char *address = tcp_address(h);
     char *empty = private_temp_dir();
     tether_client_options o = {.name = "stranger", .address = address, .runtime_dir = empty};
-    tether_client *c = client_with(&o);
-    tether_error err = TETHER_ERROR_INIT;
-    ASSERT_ERR(tether_client_connect(c, &err), TETHER_EACCES);
-    cr_assert(err.message && strstr(err.message, "token"), "message: %s",
-              err.message ? err.message : "(none)");
-    tether_error_done(&err);
+    tether_client *c = test_client_new_with(&o);
+    assert_connect_fails(c, TETHER_EACCES, "token");
     tether_client_unref(c);
     rmdir(empty);
     free(empty);
@@ -383,16 +306,7 @@ Test(tcp, raw_hello_without_a_token_gets_a_refusal)
 {
     tether_host *h = start_tcp_host();
     int fd = raw_tcp_connect(tether_host_get_tcp_port(h));
-    tether__buf b = TETHER__BUF_INIT;
-    tether__hello hello = {.min_version = TETHER__PROTOCOL_MIN_VERSION,
-                           .max_version = TETHER__PROTOCOL_VERSION,
-                           .name = "raw",
-                           .pid = getpid(),
-                           .language = "c",
-                           .token = NULL};
-    ASSERT_OK(tether__encode_hello(&b, &hello));
-    cr_assert_eq(send(fd, b.data, b.len, MSG_NOSIGNAL), (ssize_t)b.len);
-    tether__buf_done(&b);
+    raw_hello(fd, TETHER__PROTOCOL_MIN_VERSION, TETHER__PROTOCOL_VERSION, NULL);
     tether__frame f;
     uint8_t buf[4096];
     cr_assert_eq(raw_read_frame(fd, &f, buf, sizeof(buf)), TETHER__REFUSE);
@@ -421,7 +335,7 @@ Test(tcp, default_port)
     }
     tether_host_options o = {.name = "porthost", .tcp = true, .tcp_port = 0};
     tether_host *h = test_host_new(&o);
-    ASSERT_OK(tether_host_add_service(h, "add", TETHER_CONTEXT_IO, add_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "add", TETHER_CONTEXT_IO, test_add_handler, NULL));
     int r = tether_host_start(h);
     if (r == -EADDRINUSE) {
         /* Taken between the probe and the start by another program. */
@@ -480,7 +394,7 @@ Test(tcp, failed_start_leaves_nothing_listening)
                                 .address = "halfway",
                                 .runtime_dir = test_runtime_dir(),
                                 .connect_timeout_usec = 500000};
-    tether_client *c = client_with(&co);
+    tether_client *c = test_client_new_with(&co);
     int r = tether_client_connect(c, NULL);
     tether_client_unref(c);
     tether_host *other = test_host_new(&(tether_host_options){.name = "halfway"});
@@ -488,7 +402,7 @@ Test(tcp, failed_start_leaves_nothing_listening)
     tether_host_unref(other);
     close(busy);
     /* With the port free again, the same host may try again. */
-    ASSERT_OK(tether_host_add_service(h, "add", TETHER_CONTEXT_IO, add_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "add", TETHER_CONTEXT_IO, test_add_handler, NULL));
     int r3 = tether_host_start(h);
     if (r3 == 0) {
         cr_assert_eq(tether_host_get_tcp_port(h), ntohs(in.sin_port));
@@ -662,10 +576,7 @@ Test(unix_socket, nothing_listening)
     path = path_in_runtime_dir("dead.sock");
     make_stale_socket(path);
     c = test_client_new("lonely", "dead");
-    ASSERT_ERR(tether_client_connect(c, &err), TETHER_ECONNREFUSED);
-    cr_assert(err.message && strstr(err.message, path), "message: %s",
-              err.message ? err.message : "(none)");
-    tether_error_done(&err);
+    assert_connect_fails(c, TETHER_ECONNREFUSED, path);
     tether_client_unref(c);
     unlink(path);
     free(path);
@@ -680,10 +591,7 @@ Test(unix_socket, nothing_listening)
     char *address = NULL;
     cr_assert(asprintf(&address, "tcp:127.0.0.1:%d", ntohs(in.sin_port)) > 0);
     c = test_client_new("lonely", address);
-    ASSERT_ERR(tether_client_connect(c, &err), TETHER_ECONNREFUSED);
-    cr_assert(err.message && strstr(err.message, address), "message: %s",
-              err.message ? err.message : "(none)");
-    tether_error_done(&err);
+    assert_connect_fails(c, TETHER_ECONNREFUSED, address);
     tether_client_unref(c);
     close(fd);
     free(address);
@@ -781,12 +689,7 @@ assert_open_dir_refused(mode_t mode)
 {
     char *dir = private_temp_dir();
     cr_assert(chmod(dir, mode) == 0);
-    tether_host_options o = {.name = "exposed",
-                             .runtime_dir = dir,
-                             .log = test_log,
-                             .log_level = TETHER_LOG_DEBUG};
-    tether_host *h = NULL;
-    ASSERT_OK(tether_host_new(&o, &h));
+    tether_host *h = test_host_new(&(tether_host_options){.name = "exposed", .runtime_dir = dir});
     ASSERT_ERR(tether_host_start(h), TETHER_EPERM);
     tether_host_unref(h);
     char *sock = NULL;
@@ -812,19 +715,14 @@ Test(runtime_dir, start_can_be_retried_once_the_dir_is_fixed)
 {
     char *dir = private_temp_dir();
     cr_assert(chmod(dir, 0755) == 0);
-    tether_host_options o = {.name = "retry",
-                             .runtime_dir = dir,
-                             .log = test_log,
-                             .log_level = TETHER_LOG_DEBUG};
-    tether_host *h = NULL;
-    ASSERT_OK(tether_host_new(&o, &h));
-    ASSERT_OK(tether_host_add_service(h, "add", TETHER_CONTEXT_IO, add_handler, NULL));
+    tether_host *h = test_host_new(&(tether_host_options){.name = "retry", .runtime_dir = dir});
+    ASSERT_OK(tether_host_add_service(h, "add", TETHER_CONTEXT_IO, test_add_handler, NULL));
     ASSERT_ERR(tether_host_start(h), TETHER_EPERM);
     cr_assert(chmod(dir, 0700) == 0);
     ASSERT_OK(tether_host_start(h));
     ASSERT_ERR(tether_host_start(h), TETHER_EALREADY);
     tether_client_options co = {.name = "c", .address = "retry", .runtime_dir = dir};
-    tether_client *c = client_with(&co);
+    tether_client *c = test_client_new_with(&co);
     ASSERT_OK(tether_client_connect(c, NULL));
     assert_calls(c);
     tether_client_unref(c);
@@ -839,13 +737,8 @@ Test(runtime_dir, missing_one_is_created_private)
     char *dir = NULL;
     cr_assert(asprintf(&dir, "%s/rt", parent) > 0);
     mode_t old = umask(0);
-    tether_host_options o = {.name = "fresh",
-                             .runtime_dir = dir,
-                             .log = test_log,
-                             .log_level = TETHER_LOG_DEBUG};
-    tether_host *h = NULL;
-    ASSERT_OK(tether_host_new(&o, &h));
-    ASSERT_OK(tether_host_add_service(h, "add", TETHER_CONTEXT_IO, add_handler, NULL));
+    tether_host *h = test_host_new(&(tether_host_options){.name = "fresh", .runtime_dir = dir});
+    ASSERT_OK(tether_host_add_service(h, "add", TETHER_CONTEXT_IO, test_add_handler, NULL));
     ASSERT_OK(tether_host_start(h));
     umask(old);
     struct stat st;
@@ -853,7 +746,7 @@ Test(runtime_dir, missing_one_is_created_private)
     cr_assert_eq(st.st_mode & 07777, 0700, "runtime dir mode %o", st.st_mode & 07777);
     cr_assert_eq(st.st_uid, geteuid());
     tether_client_options co = {.name = "c", .address = "fresh", .runtime_dir = dir};
-    tether_client *c = client_with(&co);
+    tether_client *c = test_client_new_with(&co);
     ASSERT_OK(tether_client_connect(c, NULL));
     assert_calls(c);
     tether_client_unref(c);
@@ -879,7 +772,7 @@ Test(socketpair, adopted_fd_needs_no_address_or_token)
     /* An address in the environment must not matter when the client has an fd. */
     cr_assert(setenv("TETHER_ADDRESS", "unix:/nonexistent/none.sock", 1) == 0);
     tether_client_options co = {.name = "paired", .fd = fds[1]};
-    tether_client *c = client_with(&co);
+    tether_client *c = test_client_new_with(&co);
     tether_error err = TETHER_ERROR_INIT;
     int r = tether_client_connect(c, &err);
     cr_assert(r == 0, "connect: %s: %s", tether_strerror(r), err.message ? err.message : "");
@@ -911,7 +804,7 @@ Test(socketpair, blocking_fd_is_fine)
     cr_assert(socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
     ASSERT_OK(tether_host_adopt_fd(h, fds[0]));
     tether_client_options co = {.name = "blocking", .fd = fds[1]};
-    tether_client *c = client_with(&co);
+    tether_client *c = test_client_new_with(&co);
     ASSERT_OK(tether_client_connect(c, NULL));
     for (int i = 0; i < 100; i++) {
         assert_calls(c);
@@ -927,15 +820,6 @@ Test(socketpair, blocking_fd_is_fine)
 
 /* ---- peer information ----------------------------------------------------------------- */
 
-static void
-wait_client_count(tether_host *h, int expected)
-{
-    for (int i = 0; i < 100 && tether_host_get_client_count(h) != expected; i++) {
-        usleep(10000);
-    }
-    cr_assert_eq(tether_host_get_client_count(h), expected);
-}
-
 Test(peer, identity_and_count)
 {
     tether_host *h = start_named_host("census");
@@ -947,7 +831,7 @@ Test(peer, identity_and_count)
                                 .runtime_dir = test_runtime_dir(),
                                 .language = "python",
                                 .language_version = "3.11.2"};
-    tether_client *py = client_with(&po);
+    tether_client *py = test_client_new_with(&po);
     ASSERT_OK(tether_client_connect(py, NULL));
     cr_assert_eq(tether_host_get_client_count(h), 3);
 
@@ -975,7 +859,7 @@ Test(peer, identity_and_count)
     cr_assert_eq(tether_conn_get_peer_pid(up), (int64_t)getpid());
 
     tether_client_unref(alice);
-    wait_client_count(h, 2);
+    test_wait_client_count(h, 2, 1000);
     ASSERT_ERR(tether_host_get_client(h, "alice", &none), TETHER_ENOENT);
     /* A reference kept by the application outlives the connection, closed. */
     cr_assert_eq(tether_conn_is_connected(conn), 0);
@@ -985,7 +869,7 @@ Test(peer, identity_and_count)
 
     tether_client_unref(bob);
     tether_client_unref(py);
-    wait_client_count(h, 0);
+    test_wait_client_count(h, 0, 1000);
     tether_host_unref(h);
 }
 
@@ -1002,7 +886,7 @@ Test(peer, same_name_finds_the_newest)
     ASSERT_ERR(tether_conn_call(conn, "echo", NULL, NULL, NULL, "s", "x"), TETHER_ENOENT);
     tether_conn_unref(conn);
     tether_client_unref(newer);
-    wait_client_count(h, 1);
+    test_wait_client_count(h, 1, 1000);
     ASSERT_OK(tether_host_get_client(h, "twin", &conn));
     ASSERT_OK(tether_conn_call(conn, "echo", NULL, NULL, NULL, "s", "x"));
     tether_conn_unref(conn);
