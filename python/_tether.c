@@ -2072,18 +2072,30 @@ call_spec_done(call_spec *c)
     c->kwargs = tether_value_unref(c->kwargs);
 }
 
+/* Parse a call's arguments into c and find the connection; NULL (error set) if either
+ * fails, with c already released. */
+static tether_conn *
+call_begin(ClientObject *self, module_state *st, call_spec *c, PyObject *args, PyObject *kwds,
+           const char *format)
+{
+    if (call_spec_parse(c, args, kwds, format, true) < 0) {
+        call_spec_done(c);
+        return NULL;
+    }
+    tether_conn *conn = client_conn(self, st);
+    if (!conn) {
+        call_spec_done(c);
+    }
+    return conn;
+}
+
 static PyObject *
 client_call(ClientObject *self, PyObject *args, PyObject *kwds)
 {
     module_state *st = state_of_type(Py_TYPE(self));
     call_spec c;
-    if (call_spec_parse(&c, args, kwds, "U|OOO:call", true) < 0) {
-        call_spec_done(&c);
-        return NULL;
-    }
-    tether_conn *conn = client_conn(self, st);
+    tether_conn *conn = call_begin(self, st, &c, args, kwds, "U|OOO:call");
     if (!conn) {
-        call_spec_done(&c);
         return NULL;
     }
     tether_value *result = NULL;
@@ -2129,13 +2141,8 @@ client_call_async(ClientObject *self, PyObject *args, PyObject *kwds)
 {
     module_state *st = state_of_type(Py_TYPE(self));
     call_spec c;
-    if (call_spec_parse(&c, args, kwds, "U|OOO:call_async", true) < 0) {
-        call_spec_done(&c);
-        return NULL;
-    }
-    tether_conn *conn = client_conn(self, st);
+    tether_conn *conn = call_begin(self, st, &c, args, kwds, "U|OOO:call_async");
     if (!conn) {
-        call_spec_done(&c);
         return NULL;
     }
     tether_future *future = NULL;
