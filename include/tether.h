@@ -363,6 +363,15 @@ TETHER_EXPORT int tether_conn_notify(tether_conn *conn, const char *method, cons
 TETHER_EXPORT int tether_conn_notify_values(tether_conn *conn, const char *method,
                                             tether_value *args, tether_value *kwargs);
 
+/*
+ * Send a log record to the peer, which passes it to its log callback as
+ * "[NAME pid PID] LOGGER: MESSAGE" at that level (TETHER_LOG_ERROR..TETHER_LOG_DEBUG).
+ * logger may be NULL (""). Returns once queued: 0, TETHER_ENOTCONN, TETHER_EINVAL,
+ * TETHER_EMSGSIZE, TETHER_ENOBUFS. Thread: any.
+ */
+TETHER_EXPORT int tether_conn_log(tether_conn *conn, int level, const char *logger,
+                                  const char *message);
+
 /* 1 once the future has its outcome, else 0. Thread: any. */
 TETHER_EXPORT int tether_future_is_ready(tether_future *future);
 

@@ -698,6 +698,35 @@ tether_conn_notify(tether_conn *c, const char *method, const char *format, ...)
     return r;
 }
 
+typedef struct log_arg {
+    int level;
+    const char *logger, *message;
+} log_arg;
+
+static int
+encode_log(tether__buf *out, void *arg)
+{
+    log_arg *a = arg;
+    return tether__encode_log(out, a->level, a->logger, a->message);
+}
+
+int
+tether_conn_log(tether_conn *given, int level, const char *logger, const char *message)
+{
+    if (level < TETHER_LOG_ERROR || level > TETHER_LOG_DEBUG || !message) {
+        return -EINVAL;
+    }
+    tether_conn *c;
+    int r = acquire_conn(given, "log", NULL, &c);
+    if (r < 0) {
+        return r;
+    }
+    log_arg a = {level, logger ? logger : "", message};
+    r = tether__conn_send(c, encode_log, &a, false);
+    tether_conn_unref(c);
+    return r;
+}
+
 int
 tether_conn_notify_values(tether_conn *c, const char *method, tether_value *args,
                           tether_value *kwargs)

@@ -275,6 +275,42 @@ Test(call, notifications_sent_before_closing_arrive)
     tether_host_unref(h);
 }
 
+static char logged[512];
+static pthread_mutex_t logged_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void
+capture_log(void *userdata, int level, const char *message)
+{
+    (void)userdata;
+    if (level == TETHER_LOG_WARNING && strstr(message, "engine:")) {
+        pthread_mutex_lock(&logged_lock);
+        snprintf(logged, sizeof(logged), "%s", message);
+        pthread_mutex_unlock(&logged_lock);
+    }
+}
+
+Test(call, log_records_reach_the_peers_log)
+{
+    tether_host_options o = {.log = capture_log, .log_level = TETHER_LOG_DEBUG};
+    tether_host *h = test_host_new(&o);
+    ASSERT_OK(tether_host_start(h));
+    tether_client *c = test_client_connect("logger", NULL);
+    ASSERT_ERR(tether_conn_log(tether_client_get_conn(c), 99, "x", "y"), TETHER_EINVAL);
+    ASSERT_OK(tether_conn_log(tether_client_get_conn(c), TETHER_LOG_WARNING, "engine",
+                              "low on actors"));
+    char seen[512] = "";
+    for (int i = 0; i < 200 && !seen[0]; i++) {
+        usleep(5000);
+        pthread_mutex_lock(&logged_lock);
+        snprintf(seen, sizeof(seen), "%s", logged);
+        pthread_mutex_unlock(&logged_lock);
+    }
+    cr_assert(strstr(seen, "[logger pid ") != NULL, "log line: '%s'", seen);
+    cr_assert(strstr(seen, "engine: low on actors") != NULL, "log line: '%s'", seen);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
 Test(call, silence_timeout)
 {
     tether_host *h = start_host();
