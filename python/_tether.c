@@ -2184,6 +2184,36 @@ client_notify(ClientObject *self, PyObject *args, PyObject *kwds)
 }
 
 static PyObject *
+client_log(ClientObject *self, PyObject *args)
+{
+    module_state *st = state_of_type(Py_TYPE(self));
+    int level;
+    const char *logger, *message;
+    if (!PyArg_ParseTuple(args, "izs:log", &level, &logger, &message)) {
+        return NULL;
+    }
+    if (level < TETHER_LOG_ERROR || level > TETHER_LOG_DEBUG) {
+        PyErr_Format(PyExc_ValueError, "log level must be from %d (error) to %d (debug), not %d",
+                     TETHER_LOG_ERROR, TETHER_LOG_DEBUG, level);
+        return NULL;
+    }
+    tether_conn *conn = client_conn(self, st);
+    if (!conn) {
+        return NULL;
+    }
+    /* Only queues: no need to release the GIL. */
+    int r = tether_conn_log(conn, level, logger, message);
+    if (r < 0) {
+        tether_error err = TETHER_ERROR_INIT;
+        tether_error_set(&err, "tether.Error", "log: %s", tether_strerror(r));
+        raise_error(st, r, &err, AT_CALL);
+        tether_error_done(&err);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 client_add_service(ClientObject *self, PyObject *args)
 {
     PyObject *name_obj, *callable;
@@ -2264,6 +2294,9 @@ static PyMethodDef client_methods[] = {
     {"notify", (PyCFunction)(void (*)(void))client_notify, METH_VARARGS | METH_KEYWORDS,
      "notify(method, args=(), kwargs=None)\n\nSend a notification: no answer, no error "
      "from the host."},
+    {"log", (PyCFunction)client_log, METH_VARARGS,
+     "log(level, logger, message)\n\nSend a log record to the host's log: level is a syslog "
+     "number from 3 (error) to 7 (debug); logger may be None. Returns once queued."},
     {"add_service", (PyCFunction)client_add_service, METH_VARARGS,
      "add_service(name, callable)\n\nLet the host call callable(*args, **kwargs) as name. "
      "It runs on a worker thread, with the GIL."},

@@ -45,11 +45,30 @@ class Host:
         self.runtime_dir = private_runtime_dir()
         self.proc = None
         self.address = None
+        self.log_path = os.path.join(self.runtime_dir, "host.log")
+
+    def log_lines(self):
+        """The host's log so far: a list of (level, message), level the syslog number."""
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except FileNotFoundError:
+            return []
+        lines = []
+        for line in text.splitlines():
+            level, _, message = line.partition(" ")
+            if level.isdigit():
+                lines.append((int(level), message))
+            elif lines:  # a multi-line record (a traceback) continues the previous one
+                lines[-1] = (lines[-1][0], lines[-1][1] + "\n" + line)
+        return lines
 
     def start(self, timeout=10.0):
         if not os.access(TESTHOST, os.X_OK):
             pytest.fail(f"{TESTHOST} is not built (run make)")
-        env = dict(os.environ, TETHER_RUNTIME_DIR=self.runtime_dir)
+        env = dict(
+            os.environ, TETHER_RUNTIME_DIR=self.runtime_dir, TETHER_TESTHOST_LOG=self.log_path
+        )
         env.pop("TETHER_ADDRESS", None)
         self.proc = subprocess.Popen(
             [TESTHOST, self.name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env

@@ -28,6 +28,10 @@
  *                              replies its result or its error
  *   notify_client(name, method, args)  sends method(*args) to that client as a
  *                              notification; replies nil
+ *
+ * If $TETHER_TESTHOST_LOG names a file, the host's log (every level, debug included, and
+ * so the records clients send with tether_conn_log) is appended to it, one line per
+ * record: "LEVEL MESSAGE", LEVEL the syslog number.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -376,6 +380,19 @@ notify_client(tether_request *req, void *userdata)
 
 /* ---- main --------------------------------------------------------------------------- */
 
+static FILE *log_file;
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER; /* lines stay whole */
+
+static void
+log_line(void *userdata, int level, const char *message)
+{
+    (void)userdata;
+    pthread_mutex_lock(&log_lock);
+    fprintf(log_file, "%d %s\n", level, message);
+    fflush(log_file);
+    pthread_mutex_unlock(&log_lock);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -409,6 +426,16 @@ main(int argc, char **argv)
         {"notify_client", notify_client},
     };
     tether_host_options options = {.name = argv[1]};
+    const char *log_path = getenv("TETHER_TESTHOST_LOG");
+    if (log_path && *log_path) {
+        log_file = fopen(log_path, "a");
+        if (!log_file) {
+            fprintf(stderr, "tether-testhost: %s: %s\n", log_path, strerror(errno));
+            return 1;
+        }
+        options.log = log_line;
+        options.log_level = TETHER_LOG_DEBUG;
+    }
     tether_host *host = NULL;
     int r = tether_host_new(&options, &host);
     for (size_t i = 0; r == 0 && i < sizeof(services) / sizeof(services[0]); i++) {
@@ -449,5 +476,8 @@ main(int argc, char **argv)
     notes_count = 0;
     pthread_mutex_unlock(&lock);
     tether_host_unref(host);
+    if (log_file) {
+        fclose(log_file);
+    }
     return 0;
 }

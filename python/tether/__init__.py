@@ -15,6 +15,12 @@ libtether) and calls the services the host registered::
     def greet(name):                        # the host may call greet("Ann")
         return f"Hello, {name}!"
 
+    class Actors(tether.Service):           # every public method is a service
+        def spawn_actor(self, name): ...
+    host.register_service(Actors())
+
+    logging.getLogger().addHandler(tether.LogHandler(host))   # records to the host's log
+
 Plain data (None, bool, int, float, str, bytes, list, tuple, dict) travels by value;
 tuples arrive as lists. Failures raise builtin exceptions where one fits (TimeoutError,
 ConnectionResetError, a remote NameError stays a NameError) and tether's own otherwise
@@ -41,6 +47,9 @@ from ._tether import (  # noqa: E402
     TetherError,
 )
 from ._connection import Connection, RemoteMethod, async_, connect  # noqa: E402
+from . import services  # noqa: E402
+from .services import Service  # noqa: E402
+from ._logging import LogHandler  # noqa: E402
 
 #: Version of libtether inside the extension, and the wire protocol version it speaks.
 core_version = _tether.core_version
@@ -50,14 +59,17 @@ __all__ = [
     "CancelledError",
     "Connection",
     "Future",
+    "LogHandler",
     "NoSuchServiceError",
     "NotConnectedError",
     "RemoteError",
     "RemoteMethod",
+    "Service",
     "TetherError",
     "__version__",
     "async_",
     "connect",
     "core_version",
     "protocol_version",
+    "services",
 ]

@@ -146,6 +146,8 @@ class Connection:
         self.root = _Namespace(client, RemoteMethod)
         self.async_ = _Namespace(client, AsyncRemoteMethod)
         self.notify = _Namespace(client, NotifyMethod)
+        # LogHandlers made for this connection that report service exceptions.
+        self._log_handlers = weakref.WeakSet()
 
     @property
     def name(self):
@@ -178,7 +180,33 @@ class Connection:
             raise TypeError(f"a service must be callable, not {type(fn).__name__!r}")
         if inspect.iscoroutinefunction(fn):
             fn = _wrap_coroutine_function(fn)
-        self._client.add_service(name, fn)
+        self._client.add_service(name, self._reporting(name, fn))
+
+    def _reporting(self, name, fn):
+        """fn, also reporting an exception it raises to the host's log while a LogHandler
+        of this connection is open (the host's error reply carries no traceback)."""
+        conn_ref = weakref.ref(self)
+
+        @functools.wraps(fn)
+        def service(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:
+                conn = conn_ref()
+                if conn is not None and conn._log_handlers:
+                    conn._report_service_error(name, e)
+                raise
+
+        return service
+
+    def _report_service_error(self, name, exc):
+        import traceback
+
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            self._client.log(3, "tether.service", f"service {name!r} raised:\n{text.rstrip()}")
+        except Exception:  # best effort: the error reply is what the caller relies on
+            pass
 
     def service(self, fn=None, *, name=None):
         """Decorator registering a function as a service (see register).
@@ -194,6 +222,27 @@ class Connection:
             return f
 
         return decorate if fn is None else decorate(fn)
+
+    def register_service(self, obj):
+        """Register every service of a tether.Service instance (see tether.Service): its
+        public methods, under their names or "PREFIX.NAME". Returns obj.
+
+        A name taken already raises ValueError (the methods before it stay registered).
+        """
+        from .services import Service
+
+        if not isinstance(obj, Service):
+            raise TypeError(
+                f"register_service expects a tether.Service instance, not {type(obj).__name__!r}"
+            )
+        for name, fn in obj._tether_services():
+            self.register(name, fn)
+        return obj
+
+    def log(self, level, message, logger=None):
+        """Send a log record to the host's log (see tether.LogHandler): level is a syslog
+        number from 3 (error) to 7 (debug). Returns once queued."""
+        self._client.log(level, logger, message)
 
     def fileno(self):
         """A file descriptor readable while main-thread work is queued (see dispatch)."""
