@@ -142,7 +142,7 @@ tether__waiter_pop(tether__waiter *w)
 }
 
 bool
-tether__chain_deliver(uint64_t chain, pthread_t main_thread, tether__work *work)
+tether__chain_deliver(uint64_t chain, const pthread_t *only_thread, tether__work *work)
 {
     if (chain == 0) {
         return false;
@@ -152,7 +152,7 @@ tether__chain_deliver(uint64_t chain, pthread_t main_thread, tether__work *work)
     /* Innermost first; a waiter of the chain on another thread (a pool thread of the
      * same process, say) is passed over, not a reason to give up. */
     for (tether__waiter *w = registry[bucket_of(chain)]; w; w = w->next) {
-        if (w->chain != chain || !pthread_equal(w->thread, main_thread)) {
+        if (w->chain != chain || (only_thread && !pthread_equal(w->thread, *only_thread))) {
             continue;
         }
         work->next = NULL;

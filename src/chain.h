@@ -7,8 +7,10 @@
  * the request being handled, so a whole conversation of nested calls, across processes
  * and in both directions, shares one id. A thread blocked in a synchronous call
  * registers itself as the waiter of its chain; a MAIN-context request of that chain,
- * arriving while it waits, is delivered to it and runs there, as a nested call would in
- * one process, instead of queueing for a main thread that is busy waiting.
+ * arriving while it waits, is delivered to it if it is the main thread, and a POOL one
+ * whatever thread it is, and runs there, as a nested call would in one process, instead
+ * of queueing for a main thread that is busy waiting or for a pool whose threads may all
+ * be waiting on the same chain.
  *
  * Each waiting thread sleeps on its own eventfd (made on first use, closed when the
  * thread exits), which both a completed call and a delivered call-back raise.
@@ -48,9 +50,9 @@ void tether__waiter_pop(tether__waiter *w);
 tether__work *tether__waiter_take(tether__waiter *w);
 
 /*
- * Hand work of chain to its innermost waiter if that waiter runs on main_thread.
- * Returns true if delivered (the waiter will run it), false otherwise.
+ * Hand work of chain to its innermost waiter that runs on *only_thread (NULL: on any
+ * thread). Returns true if delivered (the waiter will run it), false otherwise.
  */
-bool tether__chain_deliver(uint64_t chain, pthread_t main_thread, tether__work *work);
+bool tether__chain_deliver(uint64_t chain, const pthread_t *only_thread, tether__work *work);
 
 #endif

@@ -409,7 +409,7 @@ invoke(tether_request *req)
 }
 
 static void
-run_main_work(tether__work *work)
+run_queued_request(tether__work *work)
 {
     tether_request *req = (tether_request *)((char *)work - offsetof(tether_request, work));
     if (!atomic_load(&req->cancelled)) {
@@ -419,7 +419,7 @@ run_main_work(tether__work *work)
 }
 
 static void
-discard_main_work(tether__work *work)
+discard_queued_request(tether__work *work)
 {
     tether_request *req = (tether_request *)((char *)work - offsetof(tether_request, work));
     reply_error_text(req, "tether.Cancelled", "the host stopped before running the call");
@@ -481,16 +481,23 @@ tether__conn_on_request(tether_conn *c, const tether__frame *f)
         /* Listed as running while it waits for dispatch, so progress keeps the call
          * alive however long the main thread takes to get to it. */
         keep_running(c, req);
-        req->work.run = run_main_work;
-        req->work.discard = discard_main_work;
+        req->work.run = run_queued_request;
+        req->work.discard = discard_queued_request;
         /* A call-back into a main thread that is waiting on this very chain runs in
          * that wait; anything else waits for dispatch. */
-        if (!tether__chain_deliver(req->chain, c->ep->main_thread, &req->work)) {
+        if (!tether__chain_deliver(req->chain, &c->ep->main_thread, &req->work)) {
             tether__mainq_push(c->ep->mainq, &c->lane, &req->work);
         }
         return;
     case TETHER_CONTEXT_POOL:
         keep_running(c, req);
+        /* A thread waiting on this chain runs it: the pool's few threads may all be
+         * blocked in calls of this very conversation. */
+        req->work.run = run_queued_request;
+        req->work.discard = discard_queued_request;
+        if (tether__chain_deliver(req->chain, NULL, &req->work)) {
+            return;
+        }
         req->pool_work.data = req;
         if (uv_queue_work(tether__ioloop_uv(c->loop), &req->pool_work, run_pool_work,
                           after_pool_work) < 0) {

@@ -389,6 +389,61 @@ Test(dispatch, call_back_from_a_pool_thread_of_the_same_process, .timeout = 30)
     tether_host_unref(same_process_host);
 }
 
+/* POOL services calling each other back and forth, deeper than libuv's pool has
+ * threads: each call-back runs on the thread already waiting on the chain. */
+static tether_host *pool_host;
+static tether_client *pool_client;
+
+static int
+pool_bounce(tether_request *req, void *userdata)
+{
+    bool on_host = userdata != NULL;
+    int n = 0;
+    int r = tether_request_read(req, "i", &n);
+    if (r < 0 || n == 0) {
+        return r < 0 ? r : tether_request_reply(req, "i", 0);
+    }
+    tether_conn *conn = NULL;
+    if (on_host) {
+        ASSERT_OK(tether_host_get_client(pool_host, "bouncer", &conn));
+    } else {
+        conn = tether_conn_ref(tether_client_get_conn(pool_client));
+    }
+    tether_value *v = NULL;
+    r = tether_conn_call(conn, "bounce", NULL, &v, NULL, "i", n - 1);
+    tether_conn_unref(conn);
+    if (r < 0) {
+        return r;
+    }
+    int depth = 0;
+    tether_value_read(v, NULL, "i", &depth);
+    tether_value_unref(v);
+    return tether_request_reply(req, "i", depth + 1);
+}
+
+Test(dispatch, pool_call_backs_deeper_than_the_pool, .timeout = 30)
+{
+    pool_host = test_host_new(NULL);
+    ASSERT_OK(tether_host_add_service(pool_host, "bounce", TETHER_CONTEXT_POOL, pool_bounce,
+                                      pool_host));
+    ASSERT_OK(tether_host_start(pool_host));
+    pool_client = test_client_new("bouncer", NULL);
+    ASSERT_OK(tether_client_add_service(pool_client, "bounce", TETHER_CONTEXT_POOL, pool_bounce,
+                                        NULL));
+    ASSERT_OK(tether_client_connect(pool_client, NULL));
+    tether_call_options o = {.timeout_usec = 10000000, .deadline_usec = tether_now_usec() + 20000000};
+    tether_value *v = NULL;
+    tether_error err = TETHER_ERROR_INIT;
+    int r = tether_conn_call(tether_client_get_conn(pool_client), "bounce", &o, &v, &err, "i", 12);
+    cr_assert_eq(r, 0, "%s: %s", tether_strerror(r), err.message ? err.message : "");
+    int depth = 0;
+    ASSERT_OK(tether_value_read(v, NULL, "i", &depth));
+    cr_assert_eq(depth, 12);
+    tether_value_unref(v);
+    tether_client_unref(pool_client);
+    tether_host_unref(pool_host);
+}
+
 Test(dispatch, other_chains_wait_for_dispatch, .timeout = 30)
 {
     /* While the main thread waits on one client, another client's MAIN request is not
