@@ -45,14 +45,14 @@ serve(int lfd, long req_size, long resp_size)
         }
         bytes_in += (uint64_t)n;
         uint64_t complete = bytes_in / (uint64_t)req_size;
-        uint64_t todo = (complete - answered) * (uint64_t)resp_size;
+        uint64_t owed = (complete - answered) * (uint64_t)resp_size;
         answered = complete;
-        while (todo > 0) {
-            size_t chunk = todo > IOBUF_SIZE ? IOBUF_SIZE : (size_t)todo;
+        while (owed > 0) {
+            size_t chunk = owed > IOBUF_SIZE ? IOBUF_SIZE : (size_t)owed;
             if (bench_write_full(fd, out, chunk) < 0) {
                 _exit(1);
             }
-            todo -= chunk;
+            owed -= chunk;
         }
     }
 }

@@ -887,41 +887,49 @@ error_object(module_state *st, int code, const tether_error *err, int where)
     if (!message) {
         return NULL;
     }
-    PyObject *exc;
+    /* Pick the class; OSError subclasses also get the errno. */
+    PyObject *cls = st->TetherError;
+    bool os_error = true;
     switch (code) {
     case TETHER_ETIMEDOUT:
-        exc = os_exception(PyExc_TimeoutError, code, message);
+        cls = PyExc_TimeoutError;
         break;
     case TETHER_ECONNRESET:
-        exc = os_exception(PyExc_ConnectionResetError, code, message);
-        break;
-    case TETHER_ENOTCONN:
-        exc = PyObject_CallFunctionObjArgs(st->NotConnectedError, message, NULL);
+        cls = PyExc_ConnectionResetError;
         break;
     case TETHER_ECONNREFUSED:
-        exc = os_exception(PyExc_ConnectionRefusedError, code, message);
+        cls = PyExc_ConnectionRefusedError;
         break;
     case TETHER_EACCES:
-        exc = os_exception(PyExc_PermissionError, code, message);
-        break;
-    case TETHER_ECANCELED:
-        exc = PyObject_CallFunctionObjArgs(st->CancelledError, message, NULL);
-        break;
-    case TETHER_ENOMEM:
-        exc = PyObject_CallFunctionObjArgs(PyExc_MemoryError, message, NULL);
+        cls = PyExc_PermissionError;
         break;
     case TETHER_ENOENT:
     case TETHER_EUSERS:
         if (where == AT_CONNECT) {
-            exc = os_exception(PyExc_ConnectionRefusedError, code, message);
+            cls = PyExc_ConnectionRefusedError;
         } else {
-            exc = PyObject_CallFunctionObjArgs(st->NoSuchServiceError, message, NULL);
+            cls = st->NoSuchServiceError;
+            os_error = false;
         }
         break;
+    case TETHER_ENOTCONN:
+        cls = st->NotConnectedError;
+        os_error = false;
+        break;
+    case TETHER_ECANCELED:
+        cls = st->CancelledError;
+        os_error = false;
+        break;
+    case TETHER_ENOMEM:
+        cls = PyExc_MemoryError;
+        os_error = false;
+        break;
     default:
-        exc = PyObject_CallFunctionObjArgs(st->TetherError, message, NULL);
+        os_error = false;
         break;
     }
+    PyObject *exc = os_error ? os_exception(cls, code, message)
+                             : PyObject_CallFunctionObjArgs(cls, message, NULL);
     Py_DECREF(message);
     if (exc) {
         PyObject *code_obj = PyLong_FromLong(code);

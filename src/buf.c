@@ -5,6 +5,7 @@
 #include "buf.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "alloc.h"
@@ -73,4 +74,38 @@ tether__buf_reset(tether__buf *b)
 {
     b->off = 0;
     b->len = 0;
+}
+
+static pthread_key_t thread_buf_key;
+static pthread_once_t thread_buf_once = PTHREAD_ONCE_INIT;
+
+static void
+free_thread_bufs(void *p)
+{
+    tether__buf *bufs = p;
+    for (int i = 0; i < TETHER__THREAD_BUF_SLOTS; i++) {
+        tether__buf_done(&bufs[i]);
+    }
+    tether__free(bufs);
+}
+
+static void
+make_thread_buf_key(void)
+{
+    pthread_key_create(&thread_buf_key, free_thread_bufs);
+}
+
+tether__buf *
+tether__thread_buf(enum tether__thread_buf_slot slot)
+{
+    pthread_once(&thread_buf_once, make_thread_buf_key);
+    tether__buf *bufs = pthread_getspecific(thread_buf_key);
+    if (!bufs) {
+        bufs = tether__calloc(TETHER__THREAD_BUF_SLOTS, sizeof(*bufs));
+        if (!bufs) {
+            return NULL;
+        }
+        pthread_setspecific(thread_buf_key, bufs);
+    }
+    return &bufs[slot];
 }

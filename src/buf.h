@@ -27,6 +27,17 @@ void tether__buf_consume(tether__buf *b, size_t n);
 /* Forget everything, keep the memory. */
 void tether__buf_reset(tether__buf *b);
 
+/* Buffers kept per thread for reuse, freed when the thread exits. */
+enum tether__thread_buf_slot {
+    TETHER__THREAD_BUF_READ = 0,   /* connection reads (conn.c) */
+    TETHER__THREAD_BUF_FORMAT = 1, /* values built from formats before framing */
+    TETHER__THREAD_BUF_SLOTS = 2,
+};
+
+/* The calling thread's buffer of that slot (made on first use), or NULL if out of
+ * memory. A caller uses it only between two calls that cannot reach the same slot. */
+tether__buf *tether__thread_buf(enum tether__thread_buf_slot slot);
+
 static inline size_t
 tether__buf_pending(const tether__buf *b)
 {

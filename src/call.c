@@ -218,16 +218,11 @@ tether__conn_on_progress(tether_conn *c, const tether__frame *f)
 
 /* ---- the timeout sweep of futures (I/O thread) ----------------------------------- */
 
+/* Expire futures whose silence bound or deadline has passed (I/O thread, timer). */
 static void
 on_sweep(uv_timer_t *t)
 {
     tether_conn *c = t->data;
-    tether__conn_sweep(c);
-}
-
-void
-tether__conn_sweep(tether_conn *c)
-{
     uint64_t now = tether_now_usec();
     tether__pending *expired = NULL;
     pthread_mutex_lock(&c->lock);
@@ -297,39 +292,39 @@ static int
 encode_request(tether__buf *out, void *argp)
 {
     request_arg *a = argp;
-    tether__buf args = TETHER__BUF_INIT;
     const uint8_t *ap = a->args;
     size_t alen = a->args_len;
     if (a->format) {
+        /* Built in a buffer of this thread, reused call after call: no allocation. */
+        tether__buf *args = tether__thread_buf(TETHER__THREAD_BUF_FORMAT);
+        if (!args) {
+            return -ENOMEM;
+        }
+        tether__buf_reset(args);
         va_list copy;
         va_copy(copy, *a->ap);
-        int r = tether__format_build(&args, a->format, copy, true);
+        int r = tether__format_build(args, a->format, copy, true);
         va_end(copy);
         if (r < 0) {
-            tether__buf_done(&args);
             return r;
         }
-        ap = args.data;
-        alen = args.len;
+        ap = tether__buf_head(args);
+        alen = tether__buf_pending(args);
     }
     /* The receiver drops a frame nested deeper than the protocol allows; refuse to send
      * one instead (the frame's array is one level, args and kwargs sit below it). */
     size_t checked;
-    int r = 0;
     if ((alen && tether__msgpack_check(ap, alen, TETHER__DEFAULT_MAX_DEPTH - 1, &checked) < 0) ||
         (a->kwargs_len &&
          tether__msgpack_check(a->kwargs, a->kwargs_len, TETHER__DEFAULT_MAX_DEPTH - 1,
                                &checked) < 0)) {
-        tether__buf_done(&args);
         return -EMSGSIZE;
     }
     size_t mlen = strlen(a->method);
-    r = a->notify ? tether__encode_notify(out, a->chain, 0, a->method, mlen, ap, alen,
-                                              a->kwargs, a->kwargs_len)
-                      : tether__encode_request(out, a->id, a->chain, 0, a->method, mlen, ap, alen,
-                                               a->kwargs, a->kwargs_len, a->timeout_ms);
-    tether__buf_done(&args);
-    return r;
+    return a->notify ? tether__encode_notify(out, a->chain, 0, a->method, mlen, ap, alen,
+                                             a->kwargs, a->kwargs_len)
+                     : tether__encode_request(out, a->id, a->chain, 0, a->method, mlen, ap, alen,
+                                              a->kwargs, a->kwargs_len, a->timeout_ms);
 }
 
 static int

@@ -550,40 +550,11 @@ read_socket(tether_conn *c, size_t budget)
  * left at the end is copied into the connection's. Thousands of idle clients then cost
  * no buffer memory, and busy ones no allocation per read.
  */
-static pthread_key_t scratch_key;
-static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
-
-static void
-free_scratch(void *p)
-{
-    tether__buf *b = p;
-    tether__buf_done(b);
-    tether__free(b);
-}
-
-static void
-make_scratch_key(void)
-{
-    pthread_key_create(&scratch_key, free_scratch);
-}
-
-/* The calling thread's read buffer, freed when the thread exits; NULL if out of memory. */
-static tether__buf *
-thread_scratch(void)
-{
-    pthread_once(&scratch_once, make_scratch_key);
-    tether__buf *b = pthread_getspecific(scratch_key);
-    if (!b && (b = tether__calloc(1, sizeof(*b))) != NULL) {
-        pthread_setspecific(scratch_key, b);
-    }
-    return b;
-}
-
 static bool
 in_borrow_scratch(tether_conn *c)
 {
     tether__buf *scratch;
-    if (c->in.cap != 0 || !(scratch = thread_scratch())) {
+    if (c->in.cap != 0 || !(scratch = tether__thread_buf(TETHER__THREAD_BUF_READ))) {
         return false;
     }
     c->in = *scratch;
@@ -611,7 +582,8 @@ in_return_scratch(tether_conn *c, bool borrowed)
         tether__buf_done(&used); /* do not keep a buffer grown by one huge frame */
     }
     tether__buf_reset(&used);
-    tether__buf *scratch = thread_scratch(); /* known to exist: borrowed from it */
+    /* Known to exist: it was borrowed from. */
+    tether__buf *scratch = tether__thread_buf(TETHER__THREAD_BUF_READ);
     *scratch = used;
 }
 

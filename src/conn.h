@@ -110,7 +110,7 @@ struct tether_conn {
     bool in_batch; /* reading a batch: replies are flushed at its end */
     bool sweep_running, progress_running;
     uint64_t progress_interval_usec;
-    tether__task attach_task, handoff_task, sweep_task, progress_task, close_task;
+    tether__task attach_task, handoff_task, sweep_task, close_task;
 
     pthread_mutex_t lock;
     int role;                     /* guarded by lock */
@@ -123,7 +123,7 @@ struct tether_conn {
     tether_request *running;      /* guarded by lock */
     uint32_t running_count;       /* guarded by lock */
     tether__buf handoff;          /* guarded by lock: whole frames for the I/O thread */
-    bool handoff_posted, sweep_posted, progress_posted; /* guarded by lock */
+    bool handoff_posted, sweep_posted; /* guarded by lock */
 
     pthread_mutex_t wlock;
     tether__buf out;  /* guarded by wlock */
@@ -181,7 +181,6 @@ void tether__pending_complete(tether_conn *conn, tether__pending *p, int status,
 tether__pending *tether__pending_take(tether_conn *conn, uint64_t id); /* lock held */
 void tether__conn_on_response(tether_conn *conn, const tether__frame *frame);
 void tether__conn_on_progress(tether_conn *conn, const tether__frame *frame);
-void tether__conn_sweep(tether_conn *conn);
 int tether__send_cancel(tether_conn *conn, uint64_t id);
 void tether__future_complete(tether_future *f, int status, tether_value *result,
                              const char *type, const char *message, const char *traceback);
@@ -189,7 +188,6 @@ void tether__future_complete(tether_future *f, int status, tether_value *result,
 /* request.c */
 void tether__conn_on_request(tether_conn *conn, const tether__frame *frame);
 void tether__conn_on_cancel(tether_conn *conn, uint64_t id);
-void tether__conn_send_progress(tether_conn *conn);
 void tether__request_cancel_all(tether_conn *conn);
 
 /* The calling thread's chain id while it runs a handler, 0 otherwise. */

@@ -136,23 +136,32 @@ tether_request_reply(tether_request *req, const char *format, ...)
     if (!req) {
         return -EINVAL;
     }
-    tether__buf value = TETHER__BUF_INIT;
-    va_list ap;
-    va_start(ap, format);
-    int r = format ? tether__format_build(&value, format, ap, false) : 0;
-    va_end(ap);
+    /* Built in a buffer of this thread, reused reply after reply: no allocation. Only
+     * the frame's encoding reads it, before anything can run user code here. */
+    tether__buf *value = format ? tether__thread_buf(TETHER__THREAD_BUF_FORMAT) : NULL;
+    if (format && !value) {
+        return -ENOMEM;
+    }
+    int r = 0;
+    if (value) {
+        tether__buf_reset(value);
+        va_list ap;
+        va_start(ap, format);
+        r = tether__format_build(value, format, ap, false);
+        va_end(ap);
+    }
     if (r < 0) {
-        tether__buf_done(&value);
         return r;
     }
     if (!claim_reply(req)) {
-        tether__buf_done(&value);
         return -EALREADY;
     }
-    response_arg a = {.value = value.data, .value_len = value.len};
-    r = send_response(req, &a);
-    tether__buf_done(&value);
-    return r;
+    response_arg a = {0};
+    if (value) {
+        a.value = tether__buf_head(value);
+        a.value_len = tether__buf_pending(value);
+    }
+    return send_response(req, &a);
 }
 
 static int
@@ -552,8 +561,8 @@ encode_progress(tether__buf *out, void *argp)
     return tether__encode_progress(out, a->ids, a->n);
 }
 
-void
-tether__conn_send_progress(tether_conn *c)
+static void
+send_progress(tether_conn *c)
 {
     uint64_t stack_ids[64];
     progress_arg a = {stack_ids, 0};
@@ -587,5 +596,5 @@ tether__conn_send_progress(tether_conn *c)
 static void
 send_progress_on_timer(uv_timer_t *t)
 {
-    tether__conn_send_progress(t->data);
+    send_progress(t->data);
 }

@@ -170,7 +170,7 @@ tether_strerror(int code)
     case E2BIG:
         return "argument list too long";
     case ENOSYS:
-        return "function not implemented";
+        return "no such system call (ENOSYS)";
     case ERANGE:
         return "result out of range";
     case EOVERFLOW:
