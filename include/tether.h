@@ -130,6 +130,8 @@ TETHER_EXPORT int tether_error_set(tether_error *error, const char *type, const 
  *   S     str       const char *, size_t      const char **, size_t *
  *   y     bin       const void *, size_t      const void **, size_t *
  *   v     any       tether_value *            tether_value ** (a new reference)
+ *   o     REF ext   tether_object *           tether_object ** (a new reference): an
+ *                   (NULL: nil)               object by reference, see "Objects" below
  *   [ ]   array     items between             items between; counts must match
  *   { }   map       key, value, ...           key, value, ...; counts must match
  *   *     any       -                         (none; skips one item)
@@ -257,6 +259,8 @@ TETHER_EXPORT tether_value *tether_request_get_kwargs(tether_request *req);
 TETHER_EXPORT const char *tether_request_get_method(const tether_request *req);
 /* The connection the request came from, borrowed. */
 TETHER_EXPORT tether_conn *tether_request_get_conn(const tether_request *req);
+/* For a method call on an exported object, that object (borrowed); NULL for services. */
+TETHER_EXPORT struct tether_object *tether_request_get_object(const tether_request *req);
 /* 1 for a notification (no reply is sent), 0 for a call. */
 TETHER_EXPORT int tether_request_is_notification(const tether_request *req);
 /* 1 once the caller has cancelled the call or its connection is gone, else 0. */
@@ -414,6 +418,133 @@ TETHER_EXPORT tether_future *tether_future_ref(tether_future *future);
 TETHER_EXPORT tether_future *tether_future_unref(tether_future *future);
 
 /* ---------------------------------------------------------------------------------
+ * Objects: values that travel by reference
+ *
+ * Plain data travels by value; an object travels by reference. A tether_object is
+ * either a local object this process exports, made from a class description with
+ * tether_host_new_object() or tether_client_new_object(), or a proxy for an object of
+ * the peer, received in a value. Both go into values with the format character "o"
+ * (tether_value_new, call arguments, replies) and come out of them with "o" as well.
+ *
+ * - A local object sent to a peer stays alive (the library holds a reference for it)
+ *   until the peer has released every proxy it holds, or the connection closes. The
+ *   class's release callback runs once the last reference anywhere is gone: the
+ *   application's own, those of values holding it, and the peers'.
+ * - The peer calls methods on it (tether_object_call on a proxy, a method call on a
+ *   Python proxy): the request reaches the class's handler for that method, in that
+ *   method's context, with the object's userdata; tether_request_get_object() names it.
+ * - A proxy received back by its owner resolves to the original local object.
+ * - A proxy can be passed back to its own connection only; sending it elsewhere fails
+ *   with TETHER_EINVAL. When the last reference to a proxy goes, the library tells the
+ *   peer (releases are batched).
+ * ------------------------------------------------------------------------------- */
+
+typedef struct tether_object tether_object;
+
+/* One method of a class: called with the object's userdata. */
+typedef struct tether_method {
+    const char *name;
+    tether_context context; /* where it runs; 0 means TETHER_CONTEXT_IO */
+    tether_handler_fn handler;
+} tether_method;
+
+/* Called once, when the last reference to a local object is gone. */
+typedef void (*tether_release_fn)(void *userdata);
+
+/*
+ * A class description. The library keeps pointers into it (not a copy): it must
+ * outlive every object of the class, as a static const struct does.
+ */
+typedef struct tether_class {
+    /* The type name peers see (a Python proxy's repr shows it). */
+    const char *name;
+    /* Methods, in an array ended by an entry whose name is NULL; NULL: none. */
+    const tether_method *methods;
+    /*
+     * Handler for any method not in the table (tether_request_get_method names it), in
+     * fallback_context; NULL: such a call fails with an "AttributeError". Without a
+     * fallback the library itself answers "__tether_describe__" (docs/protocol.md).
+     */
+    tether_handler_fn fallback;
+    tether_context fallback_context;
+    /*
+     * Where release runs: 0 (or TETHER_CONTEXT_IO) on the thread that drops the last
+     * reference, which may be the I/O thread (must not block); TETHER_CONTEXT_MAIN
+     * inside the owner's dispatch; TETHER_CONTEXT_POOL on a worker thread. NULL release:
+     * nothing to do.
+     */
+    tether_release_fn release;
+    tether_context release_context;
+} tether_class;
+
+/* Local objects are made with tether_host_new_object() and tether_client_new_object(). */
+
+TETHER_EXPORT tether_object *tether_object_ref(tether_object *object);
+TETHER_EXPORT tether_object *tether_object_unref(tether_object *object);
+
+/*
+ * A new reference to object, unless its last reference is already gone and its
+ * release is under way: then NULL. For caches that map application objects to
+ * tether objects without holding a reference themselves. Thread: any.
+ */
+TETHER_EXPORT tether_object *tether_object_ref_live(tether_object *object);
+
+/* 1 for a proxy to a peer's object, 0 for a local object. Thread: any. */
+TETHER_EXPORT int tether_object_is_remote(const tether_object *object);
+/* A local object's userdata; NULL for a proxy. Thread: any. */
+TETHER_EXPORT void *tether_object_get_userdata(const tether_object *object);
+/* The class name (local) or the type name the owner sent (proxy), borrowed. */
+TETHER_EXPORT const char *tether_object_get_type_name(const tether_object *object);
+/* The object's id on the wire: unique in its owner's process. Thread: any. */
+TETHER_EXPORT uint64_t tether_object_get_id(const tether_object *object);
+/* A proxy's connection (borrowed), NULL for a local object. Thread: any. */
+TETHER_EXPORT tether_conn *tether_object_get_conn(const tether_object *object);
+
+/*
+ * Call a method of a proxied object, as tether_conn_call does for a service (same
+ * arguments, returns and threads). method NULL calls the object itself ("__call__").
+ * On a local object returns TETHER_EINVAL. A proxy whose connection is gone fails
+ * with TETHER_ENOTCONN: the object it named is gone with it (a client's reconnect does
+ * not carry proxies over). An object the peer no longer has gives TETHER_ENOENT.
+ */
+TETHER_EXPORT int tether_object_call(tether_object *object, const char *method,
+                                     const tether_call_options *options,
+                                     tether_value **ret_result, tether_error *reterr,
+                                     const char *format, ...);
+TETHER_EXPORT int tether_object_call_values(tether_object *object, const char *method,
+                                            tether_value *args, tether_value *kwargs,
+                                            const tether_call_options *options,
+                                            tether_value **ret_result, tether_error *reterr);
+TETHER_EXPORT int tether_object_call_async_values(tether_object *object, const char *method,
+                                                  tether_value *args, tether_value *kwargs,
+                                                  const tether_call_options *options,
+                                                  tether_future **ret_future);
+/* A notification to a proxied object's method (as tether_conn_notify_values). */
+TETHER_EXPORT int tether_object_notify_values(tether_object *object, const char *method,
+                                              tether_value *args, tether_value *kwargs);
+
+/*
+ * The objects a value holds, in the order their REF exts appear in its bytes
+ * (borrowed, live as long as the value); for readers that decode the msgpack bytes
+ * themselves. Thread: any.
+ */
+TETHER_EXPORT int tether_value_get_objects(const tether_value *value,
+                                           tether_object *const **ret_objects,
+                                           size_t *ret_count);
+
+/*
+ * Make a value from msgpack bytes that contain REF exts, giving the objects they name
+ * in the order they appear: each REF must be [0, id, type] for a local object or
+ * [1, id, type] for a proxy, with that object's id. (tether_value_new_msgpack refuses
+ * bytes with REF exts, which would name objects nobody holds.) Returns 0,
+ * TETHER_EPROTO (malformed bytes), TETHER_EINVAL (REFs and objects disagree),
+ * TETHER_ENOMEM. Thread: any.
+ */
+TETHER_EXPORT int tether_value_new_msgpack_objects(const void *data, size_t size,
+                                                   tether_object *const *objects, size_t count,
+                                                   tether_value **ret);
+
+/* ---------------------------------------------------------------------------------
  * Connections
  * ------------------------------------------------------------------------------- */
 
@@ -515,6 +646,15 @@ TETHER_EXPORT tether_host *tether_host_unref(tether_host *host);
 TETHER_EXPORT int tether_host_add_service(tether_host *host, const char *name,
                                           tether_context context, tether_handler_fn handler,
                                           void *userdata);
+
+/*
+ * Make a local object of class cls with userdata (see "Objects"), owned by the host:
+ * its MAIN methods and a MAIN release run in the host's dispatch. Returns 0 and a new
+ * reference in *ret_object, TETHER_EINVAL (no class or class name), TETHER_ENOMEM.
+ * Thread: any.
+ */
+TETHER_EXPORT int tether_host_new_object(tether_host *host, const tether_class *cls,
+                                         void *userdata, tether_object **ret_object);
 
 /*
  * Start listening and serving on the I/O thread. Returns 0, TETHER_EALREADY,
@@ -701,6 +841,10 @@ TETHER_EXPORT tether_client *tether_client_unref(tether_client *client);
 TETHER_EXPORT int tether_client_add_service(tether_client *client, const char *name,
                                             tether_context context,
                                             tether_handler_fn handler, void *userdata);
+
+/* Make a local object owned by the client, as tether_host_new_object. Thread: any. */
+TETHER_EXPORT int tether_client_new_object(tether_client *client, const tether_class *cls,
+                                           void *userdata, tether_object **ret_object);
 
 /*
  * Connect and complete the handshake, blocking up to connect_timeout_usec. Returns 0,

@@ -178,6 +178,22 @@ tether__conn_on_response(tether_conn *c, const tether__frame *f)
         tether__pending_complete(c, p, r, NULL, "tether.Error", tether_strerror(r), NULL);
         return;
     }
+    if (f->refs && !f->is_error) {
+        char message[128];
+        tether__objvec objs = TETHER__OBJVEC_INIT;
+        r = tether__conn_bind_refs(c, f->value.ptr, f->value.len, &objs, message,
+                                   sizeof(message));
+        if (r == 0) {
+            r = tether__value_adopt(v, &objs);
+        }
+        if (r < 0) {
+            tether_value_unref(v);
+            tether__pending_complete(c, p, r == -ENOENT ? -ENOENT : r,
+                                     NULL, r == -ENOENT ? "tether.NoSuchObject" : "tether.Error",
+                                     r == -ENOENT ? message : tether_strerror(r), NULL);
+            return;
+        }
+    }
     if (!f->is_error) {
         tether__pending_complete(c, p, 0, v, NULL, NULL, NULL);
         return;
@@ -279,9 +295,12 @@ run_sweep_start(tether__task *task)
 
 typedef struct request_arg {
     uint64_t id, chain, timeout_ms;
+    uint64_t target; /* 0: a service; else the peer's object */
     const char *method;
     const uint8_t *args, *kwargs;
     size_t args_len, kwargs_len;
+    tether_value *values[2]; /* args and kwargs as values, when they may hold objects */
+    tether_value *built;     /* args built from a format with objects, released after */
     const char *format;
     va_list *ap;
     bool notify;
@@ -303,7 +322,7 @@ encode_request(tether__buf *out, void *argp)
         tether__buf_reset(args);
         va_list copy;
         va_copy(copy, *a->ap);
-        int r = tether__format_build(args, a->format, copy, true);
+        int r = tether__format_build(args, a->format, copy, true, NULL);
         va_end(copy);
         if (r < 0) {
             return r;
@@ -321,10 +340,10 @@ encode_request(tether__buf *out, void *argp)
         return -EMSGSIZE;
     }
     size_t mlen = strlen(a->method);
-    return a->notify ? tether__encode_notify(out, a->chain, 0, a->method, mlen, ap, alen,
+    return a->notify ? tether__encode_notify(out, a->chain, a->target, a->method, mlen, ap, alen,
                                              a->kwargs, a->kwargs_len)
-                     : tether__encode_request(out, a->id, a->chain, 0, a->method, mlen, ap, alen,
-                                              a->kwargs, a->kwargs_len, a->timeout_ms);
+                     : tether__encode_request(out, a->id, a->chain, a->target, a->method, mlen,
+                                              ap, alen, a->kwargs, a->kwargs_len, a->timeout_ms);
 }
 
 static int
@@ -345,8 +364,8 @@ tether__send_cancel(tether_conn *c, uint64_t id)
  * one, waiting for it if the caller asked to.
  */
 static int
-acquire_conn(tether_conn *c, const char *method, const tether_call_options *opts,
-             tether_conn **ret)
+acquire_conn(tether_conn *c, const char *method, bool for_object,
+             const tether_call_options *opts, tether_conn **ret)
 {
     if (!c || !method || !*method) {
         return -EINVAL;
@@ -358,8 +377,8 @@ acquire_conn(tether_conn *c, const char *method, const tether_call_options *opts
         *ret = tether_conn_ref(c);
         return 0;
     }
-    if (!c->ep->hooks.current_conn) {
-        return -ENOTCONN;
+    if (!c->ep->hooks.current_conn || for_object) {
+        return -ENOTCONN; /* an object lives on one connection and is gone with it */
     }
     uint64_t deadline = 0;
     if (opts && opts->wait_for_connection) {
@@ -414,13 +433,20 @@ timeout_ms_of(const tether__pending *p)
 static int
 start_call(tether_conn *c, tether__pending *p, request_arg *a, bool flush_now)
 {
+    /* Objects in the arguments are counted before the peer can see them. */
+    int r = tether__conn_export(c, a->values, 2);
+    if (r < 0) {
+        return r;
+    }
     pthread_mutex_lock(&c->lock);
     if (atomic_load(&c->state) != TETHER__CONN_OPEN) {
         pthread_mutex_unlock(&c->lock);
+        tether__conn_unexport(c, a->values, 2);
         return -ENOTCONN;
     }
     if (c->pending_count >= c->peer_max_in_flight) {
         pthread_mutex_unlock(&c->lock);
+        tether__conn_unexport(c, a->values, 2);
         return -ENOBUFS;
     }
     pending_insert(c, p);
@@ -439,8 +465,9 @@ start_call(tether_conn *c, tether__pending *p, request_arg *a, bool flush_now)
     if (!a->chain) {
         a->chain = tether__current_chain() ? tether__current_chain() : tether__chain_new();
     }
-    int r = tether__conn_send(c, encode_request, a, flush_now);
+    r = tether__conn_send(c, encode_request, a, flush_now);
     if (r < 0) {
+        tether__conn_unexport(c, a->values, 2);
         pthread_mutex_lock(&c->lock);
         tether__pending *taken = tether__pending_take(c, p->id);
         if (start_sweep) {
@@ -474,7 +501,7 @@ call_sync(tether_conn *c, const char *method, request_arg *a, const tether_call_
         return -EDEADLK;
     }
     tether_conn *given = c;
-    int r = acquire_conn(given, method, opts, &c);
+    int r = acquire_conn(given, method, a->target != 0, opts, &c);
     if (r < 0) {
         fill_local_error(reterr, r, method);
         return r;
@@ -528,14 +555,66 @@ out:
     return r;
 }
 
+/*
+ * A format with "o" or "v" may put objects into the arguments: then they are built into
+ * a value first (a->built, released by the caller), whose objects the send accounts for.
+ */
+static int
+build_args_with_objects(request_arg *a)
+{
+    if (!strpbrk(a->format, "ov")) {
+        return 0;
+    }
+    tether__buf b = TETHER__BUF_INIT;
+    tether__objvec objs = TETHER__OBJVEC_INIT;
+    int r = tether__format_build(&b, a->format, *a->ap, true, &objs);
+    if (r == 0) {
+        r = tether__value_new_copy(tether__buf_head(&b), tether__buf_pending(&b), &a->built);
+    }
+    tether__buf_done(&b);
+    if (r < 0) {
+        tether__objvec_clear(&objs);
+        return r;
+    }
+    r = tether__value_adopt(a->built, &objs);
+    if (r < 0) {
+        a->built = tether_value_unref(a->built);
+        return r;
+    }
+    const void *data;
+    tether_value_get_msgpack(a->built, &data, &a->args_len);
+    a->args = data;
+    a->format = NULL;
+    a->values[0] = a->built;
+    return 0;
+}
+
+static int
+call_sync_format(tether_conn *c, uint64_t target, const char *method,
+                 const tether_call_options *opts, tether_value **ret_result,
+                 tether_error *reterr, const char *format, va_list *ap)
+{
+    request_arg a = {.target = target, .method = method, .format = format ? format : "", .ap = ap};
+    int r = build_args_with_objects(&a);
+    if (r < 0) {
+        if (ret_result) {
+            *ret_result = NULL;
+        }
+        fill_local_error(reterr, r, method);
+        return r;
+    }
+    r = call_sync(c, method, &a, opts, ret_result, reterr);
+    tether_value_unref(a.built);
+    return r;
+}
+
 int
 tether_conn_call(tether_conn *c, const char *method, const tether_call_options *opts,
                  tether_value **ret_result, tether_error *reterr, const char *format, ...)
 {
     va_list ap;
     va_start(ap, format);
-    request_arg a = {.method = method, .format = format ? format : "", .ap = &ap};
-    int r = call_sync(c, method, &a, opts, ret_result, reterr);
+    int r = call_sync_format(c, 0, method, opts, ret_result, reterr, format, &ap);
     va_end(ap);
     return r;
 }
@@ -558,6 +637,8 @@ static int
 values_arg(request_arg *a, const char *method, tether_value *args, tether_value *kwargs)
 {
     a->method = method;
+    a->values[0] = args;
+    a->values[1] = kwargs;
     int r = raw_of(args, &a->args, &a->args_len);
     if (r == 0) {
         r = raw_of(kwargs, &a->kwargs, &a->kwargs_len);
@@ -616,7 +697,7 @@ call_async(tether_conn *c, const char *method, request_arg *a, const tether_call
     }
     *ret_future = NULL;
     tether_conn *given = c;
-    int r = acquire_conn(given, method, opts, &c);
+    int r = acquire_conn(given, method, a->target != 0, opts, &c);
     if (r < 0) {
         return r;
     }
@@ -652,8 +733,12 @@ tether_conn_call_async(tether_conn *c, const char *method, const tether_call_opt
     va_list ap;
     va_start(ap, format);
     request_arg a = {.method = method, .format = format ? format : "", .ap = &ap};
-    int r = call_async(c, method, &a, opts, ret_future);
+    int r = build_args_with_objects(&a);
+    if (r == 0) {
+        r = call_async(c, method, &a, opts, ret_future);
+    }
     va_end(ap);
+    tether_value_unref(a.built);
     return r;
 }
 
@@ -671,13 +756,16 @@ static int
 notify(tether_conn *given, const char *method, request_arg *a)
 {
     tether_conn *c;
-    int r = acquire_conn(given, method, NULL, &c);
+    int r = acquire_conn(given, method, a->target != 0, NULL, &c);
     if (r < 0) {
         return r;
     }
     a->notify = true;
     a->chain = tether__current_chain() ? tether__current_chain() : tether__chain_new();
-    r = tether__conn_send(c, encode_request, a, false);
+    r = tether__conn_export(c, a->values, 2);
+    if (r == 0 && (r = tether__conn_send(c, encode_request, a, false)) < 0) {
+        tether__conn_unexport(c, a->values, 2);
+    }
     tether_conn_unref(c);
     return r;
 }
@@ -688,8 +776,12 @@ tether_conn_notify(tether_conn *c, const char *method, const char *format, ...)
     va_list ap;
     va_start(ap, format);
     request_arg a = {.method = method, .format = format ? format : "", .ap = &ap};
-    int r = notify(c, method, &a);
+    int r = build_args_with_objects(&a);
+    if (r == 0) {
+        r = notify(c, method, &a);
+    }
     va_end(ap);
+    tether_value_unref(a.built);
     return r;
 }
 
@@ -712,7 +804,7 @@ tether_conn_log(tether_conn *given, int level, const char *logger, const char *m
         return -EINVAL;
     }
     tether_conn *c;
-    int r = acquire_conn(given, "log", NULL, &c);
+    int r = acquire_conn(given, "log", false, NULL, &c);
     if (r < 0) {
         return r;
     }
@@ -939,4 +1031,92 @@ tether_future_unref(tether_future *f)
         tether__free(f);
     }
     return NULL;
+}
+
+/* ---- calls on proxies ------------------------------------------------------------------ */
+
+/* A proxy's connection and method (NULL: the object itself), or -EINVAL. */
+static int
+object_target(tether_object *obj, const char **method)
+{
+    if (!obj || !obj->remote) {
+        return -EINVAL;
+    }
+    if (!*method) {
+        *method = "__call__";
+    }
+    return 0;
+}
+
+int
+tether_object_call(tether_object *obj, const char *method, const tether_call_options *opts,
+                   tether_value **ret_result, tether_error *reterr, const char *format, ...)
+{
+    int r = object_target(obj, &method);
+    if (r < 0) {
+        if (ret_result) {
+            *ret_result = NULL;
+        }
+        fill_local_error(reterr, r, method);
+        return r;
+    }
+    va_list ap;
+    va_start(ap, format);
+    r = call_sync_format(obj->conn, obj->id, method, opts, ret_result, reterr, format, &ap);
+    va_end(ap);
+    return r;
+}
+
+int
+tether_object_call_values(tether_object *obj, const char *method, tether_value *args,
+                          tether_value *kwargs, const tether_call_options *opts,
+                          tether_value **ret_result, tether_error *reterr)
+{
+    request_arg a = {0};
+    int r = object_target(obj, &method);
+    if (r == 0) {
+        r = values_arg(&a, method, args, kwargs);
+    }
+    if (r < 0) {
+        if (ret_result) {
+            *ret_result = NULL;
+        }
+        fill_local_error(reterr, r, method);
+        return r;
+    }
+    a.target = obj->id;
+    return call_sync(obj->conn, method, &a, opts, ret_result, reterr);
+}
+
+int
+tether_object_call_async_values(tether_object *obj, const char *method, tether_value *args,
+                                tether_value *kwargs, const tether_call_options *opts,
+                                tether_future **ret_future)
+{
+    request_arg a = {0};
+    int r = object_target(obj, &method);
+    if (r == 0) {
+        r = values_arg(&a, method, args, kwargs);
+    }
+    if (r < 0) {
+        return r;
+    }
+    a.target = obj->id;
+    return call_async(obj->conn, method, &a, opts, ret_future);
+}
+
+int
+tether_object_notify_values(tether_object *obj, const char *method, tether_value *args,
+                            tether_value *kwargs)
+{
+    request_arg a = {0};
+    int r = object_target(obj, &method);
+    if (r == 0) {
+        r = values_arg(&a, method, args, kwargs);
+    }
+    if (r < 0) {
+        return r;
+    }
+    a.target = obj->id;
+    return notify(obj->conn, method, &a);
 }

@@ -670,6 +670,16 @@ tether_client_get_host_name(const tether_client *cl)
 }
 
 int
+tether_client_new_object(tether_client *cl, const tether_class *cls, void *userdata,
+                         tether_object **ret_object)
+{
+    if (!cl) {
+        return -EINVAL;
+    }
+    return tether__object_new(cl->ep, cls, userdata, ret_object);
+}
+
+int
 tether_client_get_fd(const tether_client *cl)
 {
     return cl ? tether__mainq_get_fd(cl->ep->mainq) : -EINVAL;

@@ -153,6 +153,7 @@ tether_conn_unref(tether_conn *c)
 static void
 conn_free(tether_conn *c)
 {
+    tether__conn_drop_objects(c);
     close(c->fd);
     close(c->wfd);
     close(c->epfd);
@@ -439,7 +440,9 @@ dispatch_frame(tether_conn *c, const tether__frame *f, bool io_thread)
         return;
     }
     case TETHER__PONG:
-    case TETHER__RELEASE: /* exported objects arrive with the object table (issue #4) */
+        return;
+    case TETHER__RELEASE:
+        tether__conn_on_release(c, f);
         return;
     case TETHER__CONTROL:
         if (c->ep->hooks.control) {
@@ -931,6 +934,7 @@ tether__conn_fail(tether_conn *c, int status, const char *reason)
                                  type, message, NULL);
     }
     tether__request_cancel_all(c);
+    tether__conn_drop_objects(c);
     /* Wake followers so they notice. */
     pthread_mutex_lock(&c->lock);
     for (tether__pending *w = c->role_waiters; w; w = w->role_next) {

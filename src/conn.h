@@ -35,6 +35,7 @@
 #include "endpoint.h"
 #include "ioloop.h"
 #include "mainq.h"
+#include "object.h"
 #include "tether.h"
 #include "wire.h"
 
@@ -77,6 +78,8 @@ struct tether_request {
     const uint8_t *args_raw, *kwargs_raw;
     size_t args_len, kwargs_len;
     tether_value *args, *kwargs; /* made on first use */
+    tether__objvec args_objs, kwargs_objs; /* bound at arrival, given to args, kwargs */
+    tether_object *object;       /* a method call's target; NULL for a service */
     tether_error read_error;     /* from a failed tether_request_read */
     /* Running list (a reply is owed and the handler kept the request), conn lock. */
     struct tether_request *run_next, *run_prev;
@@ -123,6 +126,7 @@ struct tether_conn {
     tether_request *running;      /* guarded by lock */
     uint32_t running_count;       /* guarded by lock */
     tether__buf handoff;          /* guarded by lock: whole frames for the I/O thread */
+    tether__conn_objects objects; /* guarded by lock: references crossing (object.h) */
     bool handoff_posted, sweep_posted; /* guarded by lock */
 
     pthread_mutex_t wlock;

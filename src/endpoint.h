@@ -64,6 +64,7 @@ struct tether__endpoint {
 
     /* Work for the owner's main thread (MAIN services and callbacks) and that thread. */
     tether__mainq *mainq;
+    tether__lane objects_lane; /* releases of local objects with a MAIN release */
     pthread_t main_thread;
     unsigned fork_generation;
 

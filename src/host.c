@@ -807,6 +807,16 @@ tether_host_disconnect_client(tether_host *h, tether_conn *client)
 }
 
 int
+tether_host_new_object(tether_host *h, const tether_class *cls, void *userdata,
+                       tether_object **ret_object)
+{
+    if (!h) {
+        return -EINVAL;
+    }
+    return tether__object_new(h->ep, cls, userdata, ret_object);
+}
+
+int
 tether_host_get_fd(const tether_host *h)
 {
     return h ? tether__mainq_get_fd(h->ep->mainq) : -EINVAL;

@@ -35,6 +35,7 @@ typedef struct response_arg {
     bool is_error;
     const uint8_t *value;
     size_t value_len;
+    tether_value *result; /* the value behind value, if it may hold objects */
     const char *type, *message, *traceback;
 } response_arg;
 
@@ -93,11 +94,20 @@ send_response(tether_request *req, response_arg *a)
         tether__msgpack_check(a->value, a->value_len, TETHER__DEFAULT_MAX_DEPTH - 1, &checked) <
             0) {
         r = -EMSGSIZE;
+    } else if (a->result && (r = tether__conn_export(req->conn, &a->result, 1)) < 0) {
+        response_arg err = {.id = req->id, .is_error = true, .type = "TypeError",
+                            .message = "the result holds a proxy of another connection"};
+        if (r == -EINVAL) {
+            tether__conn_send(req->conn, encode_response, &err, false);
+        }
     } else {
         /* A reply from the main thread or a worker goes out at once: waking the I/O
          * thread to write it would add a thread hop to every MAIN and POOL call. */
         r = tether__conn_send(req->conn, encode_response, a,
                               !tether__ioloop_in_thread(req->conn->loop));
+        if (r < 0 && a->result) {
+            tether__conn_unexport(req->conn, &a->result, 1);
+        }
     }
     if (r == -ENOBUFS) {
         tether__conn_drop_slow_reader(req->conn);
@@ -121,7 +131,7 @@ tether_request_reply_value(tether_request *req, tether_value *result)
     if (!claim_reply(req)) {
         return -EALREADY;
     }
-    response_arg a = {0};
+    response_arg a = {.result = result};
     if (result) {
         const void *p;
         tether_value_get_msgpack(result, &p, &a.value_len);
@@ -136,6 +146,20 @@ tether_request_reply(tether_request *req, const char *format, ...)
     if (!req) {
         return -EINVAL;
     }
+    if (format && strpbrk(format, "ov")) {
+        /* It may hold objects, which travel with a value. */
+        va_list ap;
+        va_start(ap, format);
+        tether_value *v;
+        int r = tether_value_newv(&v, format, ap);
+        va_end(ap);
+        if (r < 0) {
+            return r;
+        }
+        r = tether_request_reply_value(req, v);
+        tether_value_unref(v);
+        return r;
+    }
     /* Built in a buffer of this thread, reused reply after reply: no allocation. Only
      * the frame's encoding reads it, before anything can run user code here. */
     tether__buf *value = format ? tether__thread_buf(TETHER__THREAD_BUF_FORMAT) : NULL;
@@ -147,7 +171,7 @@ tether_request_reply(tether_request *req, const char *format, ...)
         tether__buf_reset(value);
         va_list ap;
         va_start(ap, format);
-        r = tether__format_build(value, format, ap, false);
+        r = tether__format_build(value, format, ap, false, NULL);
         va_end(ap);
     }
     if (r < 0) {
@@ -210,13 +234,17 @@ tether_request_reply_error(tether_request *req, const char *type, const char *fo
 /* ---- accessors ---------------------------------------------------------------------- */
 
 static tether_value *
-lazy_value(tether_value **slot, const uint8_t *raw, size_t len, const char *empty)
+lazy_value(tether_value **slot, const uint8_t *raw, size_t len, const char *empty,
+           tether__objvec *objs)
 {
     if (!*slot) {
         if (raw) {
             tether__value_new_copy(raw, len, slot);
         } else {
             tether__value_new_copy((const uint8_t *)empty, 1, slot);
+        }
+        if (*slot && tether__value_adopt(*slot, objs) < 0) {
+            *slot = tether_value_unref(*slot);
         }
     }
     return *slot;
@@ -225,13 +253,22 @@ lazy_value(tether_value **slot, const uint8_t *raw, size_t len, const char *empt
 tether_value *
 tether_request_get_args(tether_request *req)
 {
-    return req ? lazy_value(&req->args, req->args_raw, req->args_len, "\x90") : NULL;
+    return req ? lazy_value(&req->args, req->args_raw, req->args_len, "\x90", &req->args_objs)
+               : NULL;
 }
 
 tether_value *
 tether_request_get_kwargs(tether_request *req)
 {
-    return req ? lazy_value(&req->kwargs, req->kwargs_raw, req->kwargs_len, "\x80") : NULL;
+    return req ? lazy_value(&req->kwargs, req->kwargs_raw, req->kwargs_len, "\x80",
+                            &req->kwargs_objs)
+               : NULL;
+}
+
+tether_object *
+tether_request_get_object(const tether_request *req)
+{
+    return req ? req->object : NULL;
 }
 
 int
@@ -295,6 +332,9 @@ tether_request_unref(tether_request *req)
     }
     tether_value_unref(req->args);
     tether_value_unref(req->kwargs);
+    tether__objvec_clear(&req->args_objs);
+    tether__objvec_clear(&req->kwargs_objs);
+    tether_object_unref(req->object);
     tether_error_done(&req->read_error);
     tether_conn_unref(req->conn);
     tether__free(req);
@@ -337,6 +377,22 @@ request_new(tether_conn *c, const tether__frame *f)
     req->timeout_ms = f->timeout_ms;
     req->notification = f->kind == TETHER__NOTIFY;
     return req;
+}
+
+/* Resolve the REFs of received bytes (NULL: none) into objs. */
+static int
+bind_received(tether_conn *c, const uint8_t *raw, size_t len, tether__objvec *objs, char *err,
+     size_t errlen)
+{
+    return raw ? tether__conn_bind_refs(c, raw, len, objs, err, errlen) : 0;
+}
+
+/* Free a request that was answered without running (the answer went out already). */
+static void
+drop_unreplied(tether_request *req)
+{
+    atomic_store(&req->replied, true);
+    tether_request_unref(req);
 }
 
 static void
@@ -455,6 +511,20 @@ void
 tether__conn_on_request(tether_conn *c, const tether__frame *f)
 {
     char message[384];
+    /* References are counted as they arrive, whatever becomes of the request. */
+    tether_request *req = request_new(c, f);
+    if (!req) {
+        error_reply(c, f, "tether.Error", "out of memory");
+        return;
+    }
+    if (f->refs && (bind_received(c, req->args_raw, req->args_len, &req->args_objs, message,
+                         sizeof(message)) < 0 ||
+                    bind_received(c, req->kwargs_raw, req->kwargs_len, &req->kwargs_objs, message,
+                         sizeof(message)) < 0)) {
+        error_reply(c, f, "tether.NoSuchObject", message);
+        drop_unreplied(req);
+        return;
+    }
     pthread_mutex_lock(&c->lock);
     bool over = c->running_count >= c->ep->max_in_flight;
     pthread_mutex_unlock(&c->lock);
@@ -462,25 +532,36 @@ tether__conn_on_request(tether_conn *c, const tether__frame *f)
         snprintf(message, sizeof(message), "more than %u requests in flight",
                  c->ep->max_in_flight);
         error_reply(c, f, "tether.TooManyRequests", message);
-        return;
-    }
-    if (f->target != 0) {
-        snprintf(message, sizeof(message), "no object %llu", (unsigned long long)f->target);
-        error_reply(c, f, "tether.NoSuchObject", message);
+        drop_unreplied(req);
         return;
     }
     tether__service svc;
-    if (tether__endpoint_find_service(c->ep, (const char *)f->method.ptr, f->method.len, &svc) <
-        0) {
+    if (f->target != 0) {
+        req->object = tether__conn_find_export(c, f->target);
+        if (!req->object) {
+            snprintf(message, sizeof(message), "no object %llu here (it was released)",
+                     (unsigned long long)f->target);
+            error_reply(c, f, "tether.NoSuchObject", message);
+            drop_unreplied(req);
+            return;
+        }
+        if (tether__object_method(req->object, (const char *)f->method.ptr, f->method.len,
+                                  &svc.handler, &svc.context) < 0) {
+            snprintf(message, sizeof(message), "'%s' object has no method '%.*s'",
+                     req->object->cls->name, (int)(f->method.len > 200 ? 200 : f->method.len),
+                     (const char *)f->method.ptr);
+            error_reply(c, f, "AttributeError", message);
+            drop_unreplied(req);
+            return;
+        }
+        svc.userdata = req->object->userdata;
+    } else if (tether__endpoint_find_service(c->ep, (const char *)f->method.ptr, f->method.len,
+                                             &svc) < 0) {
         snprintf(message, sizeof(message), "no service '%.*s' on %s '%s'",
                  (int)(f->method.len > 200 ? 200 : f->method.len), (const char *)f->method.ptr,
                  c->ep->is_host ? "host" : "client", c->ep->name);
         error_reply(c, f, "tether.NoSuchService", message);
-        return;
-    }
-    tether_request *req = request_new(c, f);
-    if (!req) {
-        error_reply(c, f, "tether.Error", "out of memory");
+        drop_unreplied(req);
         return;
     }
     req->handler = svc.handler;

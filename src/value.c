@@ -43,6 +43,7 @@
 #include <time.h>
 
 #include "alloc.h"
+#include "object.h"
 #include "wire.h"
 
 struct str_copy {
@@ -63,6 +64,10 @@ struct tether_value {
     struct arena_chunk *arena; /* "s" copies */
     struct str_copy *copies;   /* sorted by off */
     size_t ncopies, capcopies;
+    /* Objects named by REF exts, in byte order: objs[i] at offset offs[i] (one block). */
+    tether_object **objs;
+    size_t *offs;
+    size_t nobjs;
     uint8_t data[];
 };
 
@@ -268,6 +273,69 @@ value_init(tether_value *v, size_t size)
     v->copies = NULL;
     v->ncopies = 0;
     v->capcopies = 0;
+    v->objs = NULL;
+    v->offs = NULL;
+    v->nobjs = 0;
+}
+
+int
+tether__value_adopt(tether_value *v, tether__objvec *vec)
+{
+    if (vec->n == 0) {
+        tether__objvec_clear(vec);
+        return 0;
+    }
+    tether_object **objs = tether__malloc(vec->n * (sizeof(*objs) + sizeof(size_t)));
+    if (!objs) {
+        tether__objvec_clear(vec);
+        return -ENOMEM;
+    }
+    size_t *offs = (size_t *)(void *)(objs + vec->n);
+    for (size_t i = 0; i < vec->n; i++) {
+        objs[i] = vec->v[i].obj; /* the vector's reference moves to the value */
+        offs[i] = vec->v[i].off;
+    }
+    v->objs = objs;
+    v->offs = offs;
+    v->nobjs = vec->n;
+    tether__free(vec->v);
+    *vec = TETHER__OBJVEC_INIT;
+    return 0;
+}
+
+tether_object *const *
+tether__value_objects(const tether_value *v, size_t *ret_count)
+{
+    *ret_count = v->nobjs;
+    return v->objs;
+}
+
+int
+tether_value_get_objects(const tether_value *value, tether_object *const **ret_objects,
+                         size_t *ret_count)
+{
+    if (!value || !ret_objects || !ret_count) {
+        return -EINVAL;
+    }
+    *ret_objects = tether__value_objects(value, ret_count);
+    return 0;
+}
+
+/* Copy the objects of v lying in [from, from + len) into vec, at offsets moved by
+ * delta (where the copied bytes start in the destination, minus from). */
+static int
+objects_copy_range(const tether_value *v, size_t from, size_t len, size_t delta_base,
+                   tether__objvec *vec)
+{
+    for (size_t i = 0; i < v->nobjs; i++) {
+        if (v->offs[i] >= from && v->offs[i] < from + len) {
+            int r = tether__objvec_push(vec, v->offs[i] - from + delta_base, v->objs[i]);
+            if (r < 0) {
+                return r;
+            }
+        }
+    }
+    return 0;
 }
 
 int
@@ -303,7 +371,8 @@ tether_value_newv(tether_value **ret, const char *format, va_list ap)
     b.len = VALUE_HEADER;
     va_list aq;
     va_copy(aq, ap);
-    r = tether__format_build(&b, format, aq, false);
+    tether__objvec objs = TETHER__OBJVEC_INIT;
+    r = tether__format_build(&b, format, aq, false, &objs);
     va_end(aq);
     if (r < 0) {
         tether__buf_done(&b);
@@ -318,6 +387,12 @@ tether_value_newv(tether_value **ret, const char *format, va_list ap)
     }
     tether_value *v = (tether_value *)(void *)mem;
     value_init(v, b.len - VALUE_HEADER);
+    /* The build's offsets count from where it started, which is where data begins. */
+    r = tether__value_adopt(v, &objs);
+    if (r < 0) {
+        tether_value_unref(v);
+        return r;
+    }
     *ret = v;
     return 0;
 }
@@ -338,11 +413,62 @@ tether_value_new_msgpack(const void *data, size_t size, tether_value **ret)
     if (!ret || (!data && size)) {
         return -EINVAL;
     }
-    size_t used;
-    if (tether__msgpack_check(data, size, TETHER__DEFAULT_MAX_DEPTH, &used) < 0 || used != size) {
+    return tether_value_new_msgpack_objects(data, size, NULL, 0, ret);
+}
+
+typedef struct match_arg {
+    tether_object *const *objects;
+    size_t count, k;
+    tether__objvec *vec;
+} match_arg;
+
+/* The k-th REF must name the k-th object, as its owner would encode it. */
+static int
+match_ref(void *argp, const tether__ref *ref)
+{
+    match_arg *a = argp;
+    if (a->k >= a->count) {
+        return -EINVAL;
+    }
+    tether_object *obj = a->objects[a->k++];
+    if (!obj || ref->id != obj->id || ref->owner != (obj->remote ? 1 : 0)) {
+        return -EINVAL;
+    }
+    return tether__objvec_push(a->vec, ref->off, obj);
+}
+
+int
+tether_value_new_msgpack_objects(const void *data, size_t size, tether_object *const *objects,
+                                 size_t count, tether_value **ret)
+{
+    if (!ret || (!data && size) || (!objects && count)) {
+        return -EINVAL;
+    }
+    size_t used, nrefs;
+    if (tether__msgpack_check_refs(data, size, TETHER__DEFAULT_MAX_DEPTH, &used, &nrefs) < 0 ||
+        used != size) {
         return -EPROTO;
     }
-    return tether__value_new_copy(data, size, ret);
+    if (nrefs != count) {
+        return -EINVAL;
+    }
+    tether__objvec vec = TETHER__OBJVEC_INIT;
+    match_arg a = {objects, count, 0, &vec};
+    int r = nrefs ? tether__refs_scan(data, size, match_ref, &a) : 0;
+    if (r < 0) {
+        tether__objvec_clear(&vec);
+        return r;
+    }
+    r = tether__value_new_copy(data, size, ret);
+    if (r < 0) {
+        tether__objvec_clear(&vec);
+        return r;
+    }
+    r = tether__value_adopt(*ret, &vec);
+    if (r < 0) {
+        *ret = tether_value_unref(*ret);
+    }
+    return r;
 }
 
 tether_value *
@@ -370,6 +496,10 @@ tether_value_unref(tether_value *value)
         tether__free(c);
     }
     tether__free(value->copies);
+    for (size_t i = 0; i < value->nobjs; i++) {
+        tether_object_unref(value->objs[i]);
+    }
+    tether__free(value->objs);
     tether__free(value);
     return NULL;
 }
@@ -908,11 +1038,13 @@ struct walk {
     enum walk_mode mode;
     va_list *ap;        /* BUILD, STORE, UNDO */
     tether__buf *out;   /* BUILD */
+    tether__objvec *objs; /* BUILD: objects of "o" and "v" items; NULL: none allowed */
+    size_t mark;          /* BUILD: where the build started in out, for their offsets */
     tether_value *root; /* reading */
     tether__mp_reader r;
     tether_error *reterr;
     bool args;      /* the root is an argument list */
-    size_t nvalues; /* STORE: "v" outputs made; UNDO: those left to release */
+    size_t nvalues; /* STORE: "v" and "o" outputs made; UNDO: those left to release */
     unsigned depth; /* entries of path in use */
     uint32_t path[TETHER__FORMAT_MAX_DEPTH + 2];
 };
@@ -943,6 +1075,7 @@ fmt_scan(const char *f, char close, bool build, unsigned depth, const char **ret
         case 'S':
         case 'y':
         case 'v':
+        case 'o':
             f++;
             break;
         case '*':
@@ -1102,11 +1235,69 @@ build_scalar(struct walk *w, char c)
     }
     case 'v': {
         tether_value *v = va_arg(*w->ap, tether_value *);
-        return v ? tether__mp_raw(out, v->data, v->size) : tether__mp_nil(out);
+        if (!v) {
+            return tether__mp_nil(out);
+        }
+        if (v->nobjs) {
+            int r = w->objs ? objects_copy_range(v, 0, v->size,
+                                                 tether__buf_pending(out) - w->mark, w->objs)
+                            : -EINVAL;
+            if (r < 0) {
+                return r;
+            }
+        }
+        return tether__mp_raw(out, v->data, v->size);
+    }
+    case 'o': {
+        tether_object *obj = va_arg(*w->ap, tether_object *);
+        if (!obj) {
+            return tether__mp_nil(out);
+        }
+        if (!w->objs) {
+            return -EINVAL;
+        }
+        int r = tether__objvec_push(w->objs, tether__buf_pending(out) - w->mark, obj);
+        return r < 0 ? r : tether__ref_encode(out, obj);
     }
     default:
         return -EINVAL;
     }
+}
+
+/* A new value of the bytes span of v, holding the objects that lie in it. */
+static int
+value_new_slice(const tether_value *v, tether__span span, tether_value **ret)
+{
+    int r = tether__value_new_copy(span.ptr, span.len, ret);
+    if (r < 0 || v->nobjs == 0) {
+        return r;
+    }
+    tether__objvec vec = TETHER__OBJVEC_INIT;
+    r = objects_copy_range(v, (size_t)(span.ptr - v->data), span.len, 0, &vec);
+    if (r == 0) {
+        r = tether__value_adopt(*ret, &vec);
+    }
+    if (r < 0) {
+        tether__objvec_clear(&vec);
+        *ret = tether_value_unref(*ret);
+    }
+    return r;
+}
+
+/* The object bound to the REF ext at offset off of v, or NULL. */
+static tether_object *
+object_at(const tether_value *v, size_t off)
+{
+    size_t lo = 0, hi = v->nobjs;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (v->offs[mid] < off) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo < v->nobjs && v->offs[lo] == off ? v->objs[lo] : NULL;
 }
 
 static int
@@ -1124,7 +1315,7 @@ read_scalar(struct walk *w, char c)
         if (c == 'v') {
             tether_value **out = OUT(w, tether_value **);
             if (store && out) {
-                int r = tether__value_new_copy(span.ptr, span.len, out);
+                int r = value_new_slice(w->root, span, out);
                 if (r < 0) {
                     return r;
                 }
@@ -1136,12 +1327,33 @@ read_scalar(struct walk *w, char c)
         }
         return 0;
     }
+    size_t at = (size_t)(w->r.p - w->root->data);
     if (tether__mp_read_head(&w->r, &h) < 0) {
         return -EPROTO;
     }
     switch (c) {
     case 'n':
         return h.type == TETHER__MP_NIL ? 0 : mismatch(w, "nil", &h);
+    case 'o': {
+        tether_object **out = OUT(w, tether_object **);
+        tether_object *obj = NULL;
+        if (h.type != TETHER__MP_NIL) {
+            if (h.type != TETHER__MP_EXT || h.ext_type != TETHER__EXT_REF) {
+                return mismatch(w, "object", &h);
+            }
+            if (!(obj = object_at(w->root, at))) {
+                return type_error(w, "object reference not bound to an object");
+            }
+        }
+        if (store && out) {
+            *out = tether_object_ref(obj);
+            w->nvalues++;
+        } else if (w->mode == MODE_UNDO && out && w->nvalues > 0) {
+            *out = tether_object_unref(*out);
+            w->nvalues--;
+        }
+        return 0;
+    }
     case 'b': {
         bool *out = OUT(w, bool *);
         if (h.type != TETHER__MP_BOOL) {
@@ -1314,7 +1526,8 @@ walk_item(struct walk *w, const char **fp)
 }
 
 int
-tether__format_build(tether__buf *out, const char *fmt, va_list ap, bool as_array)
+tether__format_build(tether__buf *out, const char *fmt, va_list ap, bool as_array,
+                     tether__objvec *objs)
 {
     const char *f = fmt ? fmt : "";
     const char *end;
@@ -1331,9 +1544,10 @@ tether__format_build(tether__buf *out, const char *fmt, va_list ap, bool as_arra
         }
     }
     size_t mark = tether__buf_pending(out);
+    size_t nobjs = objs ? objs->n : 0;
     va_list aq;
     va_copy(aq, ap);
-    struct walk w = {.mode = MODE_BUILD, .ap = &aq, .out = out};
+    struct walk w = {.mode = MODE_BUILD, .ap = &aq, .out = out, .objs = objs, .mark = mark};
     int r;
     if (as_array) {
         r = tether__mp_array(out, (uint32_t)k);
@@ -1346,6 +1560,9 @@ tether__format_build(tether__buf *out, const char *fmt, va_list ap, bool as_arra
     va_end(aq);
     if (r < 0) {
         out->len = out->off + mark;
+        while (objs && objs->n > nobjs) {
+            tether_object_unref(objs->v[--objs->n].obj);
+        }
     }
     return r;
 }

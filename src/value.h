@@ -18,6 +18,8 @@
 #include "buf.h"
 #include "tether.h"
 
+struct tether__objvec; /* object.h */
+
 /* Deepest nesting of brackets a format string may have. */
 #define TETHER__FORMAT_MAX_DEPTH 64
 
@@ -31,10 +33,20 @@ int tether__value_new_copy(const uint8_t *p, size_t len, tether_value **ret);
 /*
  * Append to out what fmt describes (see the table in tether.h), taking the arguments
  * from ap. as_array false: fmt describes exactly one item (NULL: nil). as_array true: an
- * array of all the items of fmt (NULL or "": an empty array). Returns 0, -EINVAL (bad
- * format or argument; out is restored), -ENOMEM, -EMSGSIZE (a str/bin over 4 GiB).
+ * array of all the items of fmt (NULL or "": an empty array). The objects of "o" items
+ * and of "v" values holding objects go into objs, at offsets counted from where the
+ * build starts in out; objs NULL refuses them. Returns 0, -EINVAL (bad format or
+ * argument; out and objs are restored), -ENOMEM, -EMSGSIZE (a str/bin over 4 GiB).
  */
-int tether__format_build(tether__buf *out, const char *fmt, va_list ap, bool as_array);
+int tether__format_build(tether__buf *out, const char *fmt, va_list ap, bool as_array,
+                         struct tether__objvec *objs);
+
+/* Give v the objects of vec (whose references it takes; vec is emptied either way).
+ * Returns 0 or -ENOMEM (the objects are released then). */
+int tether__value_adopt(tether_value *v, struct tether__objvec *vec);
+
+/* The objects v holds, in byte order (borrowed). */
+tether_object *const *tether__value_objects(const tether_value *v, size_t *ret_count);
 
 /*
  * Read an argument array: fmt lists one item per element (as if wrapped in "[...]";

@@ -813,6 +813,15 @@ tether__mp_skip(tether__mp_reader *r, tether__span *ret_span)
 int
 tether__msgpack_check(const uint8_t *p, size_t len, uint32_t max_depth, size_t *ret_size)
 {
+    size_t nrefs;
+    return tether__msgpack_check_refs(p, len, max_depth, ret_size, &nrefs);
+}
+
+int
+tether__msgpack_check_refs(const uint8_t *p, size_t len, uint32_t max_depth, size_t *ret_size,
+                           size_t *ret_refs)
+{
+    size_t refs = 0;
     /* One entry per open container: the parent's items left, and for an ext payload
      * the bound to restore when it closes (NULL for arrays and maps). */
     struct level {
@@ -989,6 +998,7 @@ tether__msgpack_check(const uint8_t *p, size_t len, uint32_t max_depth, size_t *
                 return -EPROTO;
             }
             if (ext == TETHER__EXT_REF || ext == TETHER__EXT_ERROR) {
+                refs += ext == TETHER__EXT_REF;
                 if (depth >= max_depth) {
                     return -EMSGSIZE;
                 }
@@ -1006,6 +1016,7 @@ tether__msgpack_check(const uint8_t *p, size_t len, uint32_t max_depth, size_t *
         while (--left == 0) {
             if (depth == 0) {
                 *ret_size = (size_t)(q - p);
+                *ret_refs = refs;
                 return 0;
             }
             depth--;
@@ -1220,14 +1231,15 @@ tether__frame_decode(const uint8_t *body, size_t len, const tether__wire_limits 
     if (len > max_size) {
         return -EMSGSIZE;
     }
-    size_t size;
-    int r = tether__msgpack_check(body, len, max_depth, &size);
+    size_t size, refs;
+    int r = tether__msgpack_check_refs(body, len, max_depth, &size, &refs);
     if (r < 0) {
         return r;
     }
     if (size != len) {
         return -EPROTO;
     }
+    ret->refs = refs;
 
     tether__mp_reader rd = {body, body + len};
     uint32_t n;

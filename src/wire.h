@@ -87,6 +87,7 @@ typedef struct tether__frame {
     tether__span args;   /* raw: REQUEST/NOTIFY args array */
     tether__span kwargs; /* raw: REQUEST/NOTIFY kwargs map */
     tether__span value;  /* raw: RESPONSE value; HELLO/WELCOME map; RELEASE/PROGRESS list */
+    size_t refs;         /* REF exts anywhere in the frame: 0 lets receivers skip a scan */
 } tether__frame;
 
 /*
@@ -98,6 +99,9 @@ typedef struct tether__frame {
  * Returns 0, -EPROTO (malformed or truncated), -EMSGSIZE (depth over limit).
  */
 int tether__msgpack_check(const uint8_t *p, size_t len, uint32_t max_depth, size_t *ret_size);
+/* Same, also counting the REF exts in the value into *ret_refs. */
+int tether__msgpack_check_refs(const uint8_t *p, size_t len, uint32_t max_depth, size_t *ret_size,
+                               size_t *ret_refs);
 
 /*
  * Decode one frame body (without its length prefix). The whole body must be exactly one
