@@ -477,7 +477,14 @@ typedef struct tether_class {
     tether_context release_context;
 } tether_class;
 
-/* Local objects are made with tether_host_new_object() and tether_client_new_object(). */
+/*
+ * Local objects are made with tether_host_new_object() and tether_client_new_object(),
+ * or with tether_conn_new_object(), owned by the host or client of a connection (for
+ * code that has only the connection at hand, such as a handler). Same returns.
+ * Thread: any.
+ */
+TETHER_EXPORT int tether_conn_new_object(tether_conn *conn, const tether_class *cls,
+                                         void *userdata, tether_object **ret_object);
 
 TETHER_EXPORT tether_object *tether_object_ref(tether_object *object);
 TETHER_EXPORT tether_object *tether_object_unref(tether_object *object);

@@ -47,6 +47,19 @@ tether__object_new(tether__endpoint *ep, const tether_class *cls, void *userdata
     return 0;
 }
 
+int
+tether_conn_new_object(tether_conn *c, const tether_class *cls, void *userdata,
+                       tether_object **ret)
+{
+    if (!c) {
+        if (ret) {
+            *ret = NULL;
+        }
+        return -EINVAL;
+    }
+    return tether__object_new(c->ep, cls, userdata, ret);
+}
+
 static tether_object *
 proxy_new(tether_conn *c, uint64_t id, tether__span type)
 {
