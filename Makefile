@@ -75,9 +75,9 @@ pytest:
 			| grep -q .; then \
 		rm -rf $(BUILD)/rt/pytest; mkdir -p $(BUILD)/rt/pytest && chmod 700 $(BUILD)/rt/pytest; \
 		echo "pytest python/tests"; \
-		TETHER_BUILD_DIR="$(CURDIR)/$(BUILD)" TETHER_SOURCE_DIR="$(CURDIR)" \
-		TETHER_RUNTIME_DIR="$(CURDIR)/$(BUILD)/rt/pytest" \
-		PYTHONPATH="$(CURDIR)/$(BUILD)/python$${PYTHONPATH:+:$$PYTHONPATH}" \
+		TETHER_BUILD_DIR="$(abspath $(BUILD))" TETHER_SOURCE_DIR="$(CURDIR)" \
+		TETHER_RUNTIME_DIR="$(abspath $(BUILD))/rt/pytest" \
+		PYTHONPATH="$(abspath $(BUILD))/python$${PYTHONPATH:+:$$PYTHONPATH}" \
 		$(PYTHON) -m pytest -q python/tests; rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; \
 		exit $$rc; \

@@ -10,7 +10,9 @@
  * - Client: one tether_client (connect, close, calls, notifications, services, and the
  *   fileno()/dispatch() pair of the main-thread queue).
  * - Future: one tether_future (ready, wait, result, exception, add_done_callback,
- *   cancel).
+ *   cancel; awaitable, through tether._aio).
+ * - Reply: a request kept by a deferred service (one registered with deferred=True),
+ *   which answers it later with set_result or set_exception.
  * - the exception classes, and one function (error_object) that turns a negative code
  *   plus a tether_error into the exception a caller sees.
  * - a msgpack encoder (Python object to bytes, for arguments and results) and a decoder
@@ -24,9 +26,12 @@
  *   cancels the remote call (tether_future_cancel) and raises KeyboardInterrupt, and the
  *   connection stays usable. Other threads cannot receive signals, so they take the
  *   core's direct synchronous path (tether_conn_call_values), which is cheaper.
- * - Services exposed by Python run in TETHER_CONTEXT_POOL (a libuv worker thread), which
- *   takes the GIL with PyGILState_Ensure, converts the arguments, calls the Python
- *   callable and replies with its result or its exception. The handler's userdata is not
+ * - Services exposed by Python run in TETHER_CONTEXT_POOL (a libuv worker thread), or,
+ *   added with main=True, in TETHER_CONTEXT_MAIN (inside Client.dispatch on the thread
+ *   that made the Client, where the dispatch released the GIL). The handler takes the
+ *   GIL with PyGILState_Ensure, converts the arguments, calls the Python callable and
+ *   replies with its result or its exception; a deferred service gets a Reply as first
+ *   argument instead and replies through it, maybe later. The handler's userdata is not
  *   a pointer but a handle into a process-wide table of service records, so a request
  *   that reaches a handler after its Client was freed finds nothing and replies an error
  *   instead of touching freed memory. At interpreter exit (atexit) the table is closed
@@ -75,6 +80,7 @@ typedef struct hub hub;
 typedef struct {
     PyTypeObject *client_type;
     PyTypeObject *future_type;
+    PyTypeObject *reply_type;
     PyObject *TetherError;
     PyObject *RemoteError;
     PyObject *NotConnectedError;
@@ -1511,6 +1517,17 @@ module_run_callbacks(PyObject *module, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* await future: the asyncio side (an asyncio future of the running loop that follows
+ * this one) is Python, in tether._aio. */
+static PyObject *
+future_await(FutureObject *self)
+{
+    PyObject *aio = PyImport_ImportModule("tether._aio");
+    PyObject *r = aio ? PyObject_CallMethod(aio, "await_future", "O", self) : NULL;
+    Py_XDECREF(aio);
+    return r;
+}
+
 static PyObject *
 future_repr(FutureObject *self)
 {
@@ -1557,6 +1574,7 @@ static PyType_Slot future_slots[] = {
     {Py_tp_traverse, future_traverse},
     {Py_tp_clear, future_clear},
     {Py_tp_repr, future_repr},
+    {Py_am_await, future_await},
     {Py_tp_methods, future_methods},
     {Py_tp_getset, future_getset},
     {0, NULL},
@@ -1580,8 +1598,9 @@ static PyType_Spec future_spec = {
  * while they run. The callable is read and cleared only with the GIL held.
  */
 typedef struct service_rec {
-    unsigned refs;      /* guarded by svc_lock */
-    PyObject *callable; /* guarded by the GIL; NULL once the Client let go */
+    unsigned refs;          /* guarded by svc_lock */
+    PyObject *callable;     /* guarded by the GIL; NULL once the Client let go */
+    PyTypeObject *deferred; /* guarded by the GIL: the Reply type for a deferred service */
     uint32_t slot;
 } service_rec;
 
@@ -1651,6 +1670,7 @@ static void
 svc_unregister(service_rec *rec)
 {
     Py_CLEAR(rec->callable);
+    Py_CLEAR(rec->deferred);
     pthread_mutex_lock(&svc_lock);
     svc_slots[rec->slot].rec = NULL;
     svc_unref_locked(rec);
@@ -1759,10 +1779,158 @@ reply_exception(tether_request *req, PyObject *callable)
     Py_XDECREF(tb);
 }
 
-/* Convert req's arguments, call callable, reply. GIL held. */
+/* Reply to req with result, or when result is NULL (or cannot be sent) with the pending
+ * exception. GIL held. */
 static void
-serve_request(tether_request *req, PyObject *callable)
+reply_outcome(tether_request *req, PyObject *result, PyObject *callable)
 {
+    tether_value *v = result ? value_from_object(result, 0) : NULL;
+    if (v) {
+        tether_request_reply_value(req, v);
+        tether_value_unref(v);
+    } else {
+        reply_exception(req, callable);
+    }
+}
+
+/* The request of a deferred service, which the service answers when it is done (an
+ * asyncio task, for instance), from any thread holding the GIL. */
+typedef struct {
+    PyObject ob_base;    /* PyObject_HEAD */
+    tether_request *req; /* a reference, until replied */
+    PyObject *callable;  /* the service: what a notification's failure is reported against */
+} ReplyObject;
+
+static PyObject *
+reply_new(PyTypeObject *type, tether_request *req, PyObject *callable)
+{
+    ReplyObject *self = PyObject_GC_New(ReplyObject, type);
+    if (!self) {
+        return NULL;
+    }
+    self->req = tether_request_ref(req);
+    self->callable = Py_NewRef(callable);
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static int
+reply_traverse(ReplyObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->callable);
+    return 0;
+}
+
+static int
+reply_clear(ReplyObject *self)
+{
+    Py_CLEAR(self->callable);
+    return 0;
+}
+
+static void
+reply_dealloc(ReplyObject *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    reply_clear(self);
+    /* Never replied: the core answers "handler dropped the request". */
+    self->req = tether_request_unref(self->req);
+    freefunc free_fn = PyType_GetSlot(type, Py_tp_free);
+    free_fn(self);
+    Py_DECREF(type);
+}
+
+/* Reply with result (NULL: the pending exception) and let the request go. */
+static PyObject *
+reply_finish(ReplyObject *self, PyObject *result)
+{
+    if (!self->req) {
+        PyErr_SetString(PyExc_RuntimeError, "this request has been replied to already");
+        return NULL;
+    }
+    tether_request *req = self->req;
+    self->req = NULL;
+    reply_outcome(req, result, self->callable ? self->callable : Py_None);
+    tether_request_unref(req);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+reply_set_result(ReplyObject *self, PyObject *value)
+{
+    return reply_finish(self, value);
+}
+
+static PyObject *
+reply_set_exception(ReplyObject *self, PyObject *exc)
+{
+    if (!PyExceptionInstance_Check(exc)) {
+        PyErr_SetString(PyExc_TypeError, "set_exception expects an exception instance");
+        return NULL;
+    }
+    if (!self->req) {
+        return reply_finish(self, NULL); /* its RuntimeError, without exc pending */
+    }
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), Py_NewRef(exc),
+                  PyException_GetTraceback(exc));
+    return reply_finish(self, NULL);
+}
+
+static PyObject *
+reply_cancelled(ReplyObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(self->req && tether_request_is_cancelled(self->req) == 1);
+}
+
+static PyObject *
+reply_done(ReplyObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(!self->req);
+}
+
+static PyMethodDef reply_methods[] = {
+    {"set_result", (PyCFunction)reply_set_result, METH_O,
+     "set_result(value)\n\nReply with value (a TypeError for the caller if it cannot be "
+     "sent). RuntimeError if replied already."},
+    {"set_exception", (PyCFunction)reply_set_exception, METH_O,
+     "set_exception(exc)\n\nReply with the exception exc, its traceback included (for a "
+     "notification, exc goes to sys.unraisablehook). RuntimeError if replied already."},
+    {"cancelled", (PyCFunction)reply_cancelled, METH_NOARGS,
+     "cancelled() -> bool: the caller cancelled the call, or its connection is gone."},
+    {"done", (PyCFunction)reply_done, METH_NOARGS, "done() -> bool: replied already."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot reply_slots[] = {
+    {Py_tp_doc, "The request of a deferred service (Client.add_service(..., deferred=True)), "
+                "replied to once with set_result or set_exception. Dropped unreplied once "
+                "the service returned, the call fails (\"the handler dropped the request\")."},
+    {Py_tp_dealloc, reply_dealloc},
+    {Py_tp_traverse, reply_traverse},
+    {Py_tp_clear, reply_clear},
+    {Py_tp_methods, reply_methods},
+    {0, NULL},
+};
+
+static PyType_Spec reply_spec = {
+    .name = "tether._tether.Reply",
+    .basicsize = sizeof(ReplyObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION |
+             Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = reply_slots,
+};
+
+/*
+ * Convert req's arguments, call callable, reply. GIL held. A deferred service (deferred:
+ * the Reply type) is called with a Reply first and answers through it; only an
+ * exception it raises before answering is replied here.
+ */
+static void
+serve_request(tether_request *req, PyObject *callable, PyTypeObject *deferred)
+{
+    PyObject *reply = NULL;
     PyObject *args_list = object_from_value(tether_request_get_args(req));
     PyObject *kwargs = args_list ? object_from_value(tether_request_get_kwargs(req)) : NULL;
     PyObject *args = NULL, *result = NULL;
@@ -1777,6 +1945,10 @@ serve_request(tether_request *req, PyObject *callable)
                 break;
             }
         }
+        if (!PyErr_Occurred() && deferred && (reply = reply_new(deferred, req, callable)) &&
+            PyList_Insert(args_list, 0, reply) < 0) {
+            Py_CLEAR(reply);
+        }
         if (!PyErr_Occurred()) {
             args = PyList_AsTuple(args_list);
         }
@@ -1784,20 +1956,25 @@ serve_request(tether_request *req, PyObject *callable)
     if (args) {
         result = PyObject_Call(callable, args, PyDict_Size(kwargs) ? kwargs : NULL);
     }
-    tether_value *v = result ? value_from_object(result, 0) : NULL;
-    if (v) {
-        tether_request_reply_value(req, v);
-        tether_value_unref(v);
-    } else {
-        reply_exception(req, callable);
+    if (!reply) {
+        reply_outcome(req, result, callable);
+    } else if (!result) {
+        PyObject *r = ((ReplyObject *)reply)->req ? reply_finish((ReplyObject *)reply, NULL) : NULL;
+        if (r) {
+            Py_DECREF(r);
+        } else {
+            PyErr_WriteUnraisable(callable); /* it failed after it had replied */
+        }
     }
+    Py_XDECREF(reply);
     Py_XDECREF(args_list);
     Py_XDECREF(kwargs);
     Py_XDECREF(args);
     Py_XDECREF(result);
 }
 
-/* The core's handler of every Python service (a worker-pool thread). */
+/* The core's handler of every Python service (a worker-pool thread, or the Client's
+ * main thread inside its dispatch). */
 static int
 service_handler(tether_request *req, void *userdata)
 {
@@ -1813,12 +1990,14 @@ service_handler(tether_request *req, void *userdata)
     }
     PyGILState_STATE gil = PyGILState_Ensure();
     PyObject *callable = rec->callable ? Py_NewRef(rec->callable) : NULL;
+    PyObject *deferred = rec->deferred ? Py_NewRef(rec->deferred) : NULL;
     if (callable) {
-        serve_request(req, callable);
+        serve_request(req, callable, (PyTypeObject *)deferred);
         Py_DECREF(callable);
     } else {
         tether_request_reply_error(req, "tether.Cancelled", "the service is gone");
     }
+    Py_XDECREF(deferred);
     PyGILState_Release(gil);
     svc_release(rec);
     return 0;
@@ -1833,7 +2012,8 @@ typedef struct {
     tether_client *client;
     service_rec **services;
     size_t service_count;
-    PyObject *name; /* str */
+    bool main_services; /* some services run in TETHER_CONTEXT_MAIN */
+    PyObject *name;     /* str */
 } ClientObject;
 
 static int
@@ -1843,6 +2023,7 @@ client_traverse(ClientObject *self, visitproc visit, void *arg)
     Py_VISIT(self->name);
     for (size_t i = 0; i < self->service_count; i++) {
         Py_VISIT(self->services[i]->callable);
+        Py_VISIT(self->services[i]->deferred);
     }
     return 0;
 }
@@ -1944,6 +2125,7 @@ client_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->client = NULL;
     self->services = NULL;
     self->service_count = 0;
+    self->main_services = false;
     self->name = NULL;
     PyObject_GC_Track(self);
     int r = tether_client_new(&opts, &self->client);
@@ -2097,6 +2279,10 @@ call_begin(ClientObject *self, module_state *st, call_spec *c, PyObject *args, P
     return conn;
 }
 
+/* How many synchronous calls (the core's path) this thread is waiting in; services the
+ * core runs inside them see it through _in_blocking_call(). */
+static _Thread_local unsigned blocking_calls;
+
 static PyObject *
 client_call(ClientObject *self, PyObject *args, PyObject *kwds)
 {
@@ -2109,11 +2295,16 @@ client_call(ClientObject *self, PyObject *args, PyObject *kwds)
     tether_value *result = NULL;
     tether_error err = TETHER_ERROR_INIT;
     int r;
-    if (PyThread_get_thread_ident() != st->main_thread) {
-        /* No signal can reach this thread: the core's direct synchronous path. */
+    if (PyThread_get_thread_ident() != st->main_thread || self->main_services) {
+        /* No signal can reach this thread: the core's direct synchronous path. A client
+         * with main-thread services takes it on the main thread too, at the cost of
+         * Ctrl-C: only a thread waiting there runs the host's call-backs of this call
+         * into those services, which would otherwise queue for this very thread. */
+        blocking_calls++;
         PyThreadState *save = PyEval_SaveThread();
         r = tether_conn_call_values(conn, c.method, c.args, c.kwargs, &c.opts, &result, &err);
         PyEval_RestoreThread(save);
+        blocking_calls--;
     } else {
         /* Interruptible: an async call waited on in slices; Ctrl-C cancels it. */
         tether_future *future = NULL;
@@ -2222,10 +2413,13 @@ client_log(ClientObject *self, PyObject *args)
 }
 
 static PyObject *
-client_add_service(ClientObject *self, PyObject *args)
+client_add_service(ClientObject *self, PyObject *args, PyObject *kwds)
 {
+    static char *kwlist[] = {"name", "callable", "main", "deferred", NULL};
     PyObject *name_obj, *callable;
-    if (!PyArg_ParseTuple(args, "UO:add_service", &name_obj, &callable)) {
+    int main = 0, deferred = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "UO|$pp:add_service", kwlist, &name_obj, &callable,
+                                     &main, &deferred)) {
         return NULL;
     }
     if (!PyCallable_Check(callable)) {
@@ -2246,14 +2440,19 @@ client_add_service(ClientObject *self, PyObject *args)
         return PyErr_NoMemory();
     }
     rec->callable = Py_NewRef(callable);
+    if (deferred) {
+        rec->deferred = (PyTypeObject *)Py_NewRef(state_of_type(Py_TYPE(self))->reply_type);
+    }
     uintptr_t handle = svc_register(rec);
     if (!handle) {
         Py_DECREF(rec->callable);
+        Py_XDECREF(rec->deferred);
         free(rec);
         return PyErr_NoMemory();
     }
-    int r = tether_client_add_service(self->client, name, TETHER_CONTEXT_POOL, service_handler,
-                                      (void *)handle);
+    int r = tether_client_add_service(self->client, name,
+                                      main ? TETHER_CONTEXT_MAIN : TETHER_CONTEXT_POOL,
+                                      service_handler, (void *)handle);
     if (r < 0) {
         svc_unregister(rec);
         if (r == TETHER_EEXIST) {
@@ -2266,6 +2465,7 @@ client_add_service(ClientObject *self, PyObject *args)
         return NULL;
     }
     self->services[self->service_count++] = rec;
+    self->main_services = self->main_services || main;
     Py_RETURN_NONE;
 }
 
@@ -2305,9 +2505,14 @@ static PyMethodDef client_methods[] = {
     {"log", (PyCFunction)client_log, METH_VARARGS,
      "log(level, logger, message)\n\nSend a log record to the host's log: level is a syslog "
      "number from 3 (error) to 7 (debug); logger may be None. Returns once queued."},
-    {"add_service", (PyCFunction)client_add_service, METH_VARARGS,
-     "add_service(name, callable)\n\nLet the host call callable(*args, **kwargs) as name. "
-     "It runs on a worker thread, with the GIL."},
+    {"add_service", (PyCFunction)(void (*)(void))client_add_service, METH_VARARGS | METH_KEYWORDS,
+     "add_service(name, callable, *, main=False, deferred=False)\n\nLet the host call "
+     "callable(*args, **kwargs) as name. It runs on a worker thread, with the GIL; with "
+     "main=True, inside dispatch() on the thread that made this Client, which then also "
+     "makes its blocking calls through the core's synchronous path (so that call-backs "
+     "into those services run while it waits, but Ctrl-C waits for the call). deferred=True: "
+     "callable(reply, *args, **kwargs) answers through reply, a Reply, maybe later; an "
+     "exception it raises before answering is the answer."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2427,6 +2632,14 @@ module_error(PyObject *module, PyObject *args, PyObject *kwds)
     return error_object(state_of_module(module), code, &err, at_connect ? AT_CONNECT : AT_CALL);
 }
 
+/* _in_blocking_call() -> bool: this thread waits in a blocking call; a service running
+ * now was called back during it (so an event loop of this thread cannot run meanwhile). */
+static PyObject *
+module_in_blocking_call(PyObject *module, PyObject *unused)
+{
+    return PyBool_FromLong(blocking_calls > 0);
+}
+
 static PyObject *
 module_strerror(PyObject *module, PyObject *arg)
 {
@@ -2446,6 +2659,8 @@ static PyMethodDef module_methods[] = {
     {"_error", (PyCFunction)(void (*)(void))module_error, METH_VARARGS | METH_KEYWORDS,
      "_error(code, type=None, message=None, traceback=None, connect=False) -> exception"},
     {"strerror", module_strerror, METH_O, "strerror(code) -> str: the core's name of a code."},
+    {"_in_blocking_call", module_in_blocking_call, METH_NOARGS,
+     "_in_blocking_call() -> bool: this thread waits in a blocking call (internal)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2468,6 +2683,10 @@ module_exec(PyObject *module)
     }
     st->future_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &future_spec, NULL);
     if (!st->future_type || PyModule_AddType(module, st->future_type) < 0) {
+        return -1;
+    }
+    st->reply_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &reply_spec, NULL);
+    if (!st->reply_type || PyModule_AddType(module, st->reply_type) < 0) {
         return -1;
     }
     if (define_exceptions(module, st) < 0) {
@@ -2529,6 +2748,7 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     module_state *st = state_of_module(module);
     Py_VISIT(st->client_type);
     Py_VISIT(st->future_type);
+    Py_VISIT(st->reply_type);
     Py_VISIT(st->TetherError);
     Py_VISIT(st->RemoteError);
     Py_VISIT(st->NotConnectedError);
@@ -2543,6 +2763,7 @@ module_clear(PyObject *module)
     module_state *st = state_of_module(module);
     Py_CLEAR(st->client_type);
     Py_CLEAR(st->future_type);
+    Py_CLEAR(st->reply_type);
     Py_CLEAR(st->TetherError);
     Py_CLEAR(st->RemoteError);
     Py_CLEAR(st->NotConnectedError);

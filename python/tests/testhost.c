@@ -26,6 +26,8 @@
  *   clients()                  [[name, language, language_version], ...] of the clients
  *   call_client(name, method, args)    calls method(*args) on the client called name and
  *                              replies its result or its error
+ *   call_client_cancel(name, method, args, ms)    the same, but cancels that call after
+ *                              ms milliseconds (its caller then gets tether.Cancelled)
  *   notify_client(name, method, args)  sends method(*args) to that client as a
  *                              notification; replies nil
  *
@@ -323,39 +325,110 @@ client_call_done(tether_future *future, void *userdata)
     tether_request_unref(req);
 }
 
+/*
+ * Call method(*args) on the client called name, for req, which client_call_done replies
+ * the outcome. Returns 0 and, if ret_future is not NULL, a reference to the call's future;
+ * or what the handler returns after an error (replied already, or to reply).
+ */
+static int
+forward_to_client(tether_request *req, tether_host *host, const char *name, const char *method,
+                  tether_value *args, tether_future **ret_future)
+{
+    tether_conn *conn = NULL;
+    int r = tether_host_get_client(host, name ? name : "", &conn);
+    if (r < 0) {
+        return tether_request_reply_error(req, "LookupError", "no client named '%s'",
+                                          name ? name : "");
+    }
+    tether_future *future = NULL;
+    r = tether_conn_call_async_values(conn, method ? method : "", args, NULL, NULL, &future);
+    tether_conn_unref(conn);
+    if (r < 0) {
+        return tether_request_reply_error(req, "tether.Error", "call_client: %s",
+                                          tether_strerror(r));
+    }
+    if (ret_future) {
+        *ret_future = tether_future_ref(future);
+    }
+    tether_request_ref(req);
+    r = tether_future_set_callback(future, TETHER_CONTEXT_IO, client_call_done, req);
+    if (r < 0) {
+        if (ret_future) {
+            *ret_future = tether_future_unref(*ret_future);
+        }
+        tether_future_unref(future);
+        tether_request_unref(req);
+        return r;
+    }
+    return 0;
+}
+
 static int
 call_client(tether_request *req, void *userdata)
 {
-    tether_host *host = userdata;
     const char *name, *method;
     tether_value *args = NULL;
     int r = tether_request_read(req, "ssv", &name, &method, &args);
     if (r < 0) {
         return r;
     }
-    tether_conn *conn = NULL;
-    r = tether_host_get_client(host, name ? name : "", &conn);
-    if (r < 0) {
-        tether_value_unref(args);
-        return tether_request_reply_error(req, "LookupError", "no client named '%s'",
-                                          name ? name : "");
-    }
-    tether_future *future = NULL;
-    r = tether_conn_call_async_values(conn, method ? method : "", args, NULL, NULL, &future);
+    r = forward_to_client(req, userdata, name, method, args, NULL);
     tether_value_unref(args);
-    tether_conn_unref(conn);
-    if (r < 0) {
-        return tether_request_reply_error(req, "tether.Error", "call_client: %s",
-                                          tether_strerror(r));
+    return r;
+}
+
+typedef struct {
+    tether_future *future;
+    int64_t ms;
+} cancel_job;
+
+static void *
+cancel_thread(void *arg)
+{
+    cancel_job *job = arg;
+    struct timespec ts = {.tv_sec = job->ms / 1000, .tv_nsec = (job->ms % 1000) * 1000000};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
     }
-    tether_request_ref(req);
-    r = tether_future_set_callback(future, TETHER_CONTEXT_IO, client_call_done, req);
+    tether_future_cancel(job->future); /* TETHER_EALREADY if it completed meanwhile */
+    tether_future_unref(job->future);
+    free(job);
+    return NULL;
+}
+
+static int
+call_client_cancel(tether_request *req, void *userdata)
+{
+    const char *name, *method;
+    tether_value *args = NULL;
+    int64_t ms;
+    int r = tether_request_read(req, "ssvx", &name, &method, &args, &ms);
     if (r < 0) {
-        tether_future_unref(future);
-        tether_request_unref(req);
         return r;
     }
-    return 0;
+    if (ms < 0 || ms > 60000) {
+        tether_value_unref(args);
+        return tether_request_reply_error(req, "ValueError", "ms out of range: %lld",
+                                          (long long)ms);
+    }
+    cancel_job *job = malloc(sizeof(*job));
+    if (!job) {
+        tether_value_unref(args);
+        return TETHER_ENOMEM;
+    }
+    job->future = NULL;
+    job->ms = ms;
+    r = forward_to_client(req, userdata, name, method, args, &job->future);
+    tether_value_unref(args);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_t t;
+    if (!job->future || pthread_create(&t, &attr, cancel_thread, job) != 0) {
+        tether_future_unref(job->future); /* not cancelled: the call goes on */
+        free(job);
+    }
+    pthread_attr_destroy(&attr);
+    return r;
 }
 
 static int
@@ -423,6 +496,7 @@ main(int argc, char **argv)
         {"notes", notes},
         {"clients", clients},
         {"call_client", call_client},
+        {"call_client_cancel", call_client_cancel},
         {"notify_client", notify_client},
     };
     tether_host_options options = {.name = argv[1]};

@@ -21,6 +21,14 @@ libtether) and calls the services the host registered::
 
     logging.getLogger().addHandler(tether.LogHandler(host))   # records to the host's log
 
+In asyncio, ``await host.aio.spawn_actor("Bob")`` (or ``await tether.aio(method)(...)``,
+or ``await future``) waits without blocking the loop, and cancelling the awaiting task
+cancels the call. Services run on tether's worker threads by default; with
+``tether.connect(serve="loop")`` they run on the script's asyncio loop (``async def``
+ones as tasks), and with ``serve="manual"`` inside ``host.dispatch()``, which another
+event loop calls when ``host.fileno()`` is readable. Errors the loop reports (a task's
+exception nobody retrieved) also reach the host's log.
+
 Plain data (None, bool, int, float, str, bytes, list, tuple, dict) travels by value;
 tuples arrive as lists. Failures raise builtin exceptions where one fits (TimeoutError,
 ConnectionResetError, a remote NameError stays a NameError) and tether's own otherwise
@@ -46,7 +54,14 @@ from ._tether import (  # noqa: E402
     RemoteError,
     TetherError,
 )
-from ._connection import Connection, RemoteMethod, async_, connect  # noqa: E402
+from ._connection import (  # noqa: E402
+    Connection,
+    RemoteMethod,
+    aio,
+    async_,
+    connect,
+    connect_async,
+)
 from . import services  # noqa: E402
 from .services import Service  # noqa: E402
 from ._logging import LogHandler  # noqa: E402
@@ -67,8 +82,10 @@ __all__ = [
     "Service",
     "TetherError",
     "__version__",
+    "aio",
     "async_",
     "connect",
+    "connect_async",
     "core_version",
     "protocol_version",
     "services",

@@ -1,10 +1,11 @@
 """Connections to a host: tether.connect(), Connection, and the call namespaces.
 
-A Connection wraps one tether._tether.Client. Its three namespaces turn attribute access
+A Connection wraps one tether._tether.Client. Its four namespaces turn attribute access
 into remote methods:
 
     conn.root.NAME(*args, **kwargs)     call the host's service NAME, wait for the result
     conn.async_.NAME(*args, **kwargs)   the same call, returning a tether.Future at once
+    conn.aio.NAME(*args, **kwargs)      the same call, returning an asyncio future
     conn.notify.NAME(*args, **kwargs)   send a notification: no result, no error
 
 Names that are not identifiers are reached by item: ``conn.root["ns.method"](1)``.
@@ -21,7 +22,21 @@ import weakref
 
 from . import _tether
 
-__all__ = ["Connection", "RemoteMethod", "AsyncRemoteMethod", "NotifyMethod", "async_", "connect"]
+__all__ = [
+    "AioRemoteMethod",
+    "AsyncRemoteMethod",
+    "Connection",
+    "NotifyMethod",
+    "RemoteMethod",
+    "aio",
+    "async_",
+    "connect",
+    "connect_async",
+]
+
+#: Where services run: on tether's worker threads, or inside dispatch() on the thread that
+#: made the connection, called by an asyncio loop or by the application.
+SERVE_MODES = ("thread", "loop", "manual")
 
 
 class RemoteMethod:
@@ -63,6 +78,19 @@ class AsyncRemoteMethod(RemoteMethod):
         return self._client.call_async(self._name, args, kwargs, self._timeout)
 
 
+class AioRemoteMethod(RemoteMethod):
+    """A host service called from asyncio: ``m(*args, **kwargs)`` starts the call and returns
+    an asyncio future of the running loop (await it; cancelling it cancels the call)."""
+
+    __slots__ = ()
+
+    def __call__(self, *args, **kwargs):
+        from . import _aio
+
+        conn = _connections.get(id(self._client))
+        return _aio.call(conn, self._client, self._name, args, kwargs, self._timeout)
+
+
 class NotifyMethod(RemoteMethod):
     """A host service sent a notification: ``m(*args, **kwargs)`` returns None at once."""
 
@@ -84,6 +112,21 @@ def async_(method):
         return AsyncRemoteMethod(method._client, method._name, method._timeout)
     raise TypeError(
         f"tether.async_ expects a remote method such as host.root.NAME, got {type(method).__name__!r}"
+    )
+
+
+def aio(method):
+    """The asyncio form of a remote method.
+
+    ``await tether.aio(host.root.spawn_actor)("Bob")``, like
+    ``await host.aio.spawn_actor("Bob")``.
+    """
+    if isinstance(method, AioRemoteMethod):
+        return method
+    if isinstance(method, RemoteMethod) and not isinstance(method, NotifyMethod):
+        return AioRemoteMethod(method._client, method._name, method._timeout)
+    raise TypeError(
+        f"tether.aio expects a remote method such as host.root.NAME, got {type(method).__name__!r}"
     )
 
 
@@ -119,11 +162,8 @@ class _Namespace:
 
 
 def _wrap_coroutine_function(fn):
-    """A sync callable running the coroutine function fn to completion in a new event loop.
-
-    Services run on a worker thread, which has no event loop; handing them to the
-    script's own loop (serve="loop") is a later step.
-    """
+    """A sync callable running the coroutine function fn to completion in a new event loop,
+    for serve="thread": a worker thread has no event loop."""
     import asyncio
 
     @functools.wraps(fn)
@@ -136,18 +176,27 @@ def _wrap_coroutine_function(fn):
 class Connection:
     """A connection to a host, made by tether.connect().
 
-    Attributes: ``root``, ``async_`` and ``notify`` (the call namespaces), ``name`` (this
-    client's name), ``host_name``. A Connection is a context manager that closes it.
+    Attributes: ``root``, ``async_``, ``aio`` and ``notify`` (the call namespaces),
+    ``name`` (this client's name), ``host_name``, ``serve``. A Connection is a context
+    manager that closes it.
     """
 
-    def __init__(self, client):
+    def __init__(self, client, serve="thread"):
         self._client = client
         self._closed = False
+        self._serve = serve
+        # The thread that made the client: the core dispatches main-thread work only there.
+        self._thread = threading.get_ident()
+        self._loop = None  # the last loop _use_loop saw
+        self._server = None  # _aio.LoopServer, while attached to a loop
+        self._detach = None  # weakref.finalize detaching _server, also if self is dropped
         self.root = _Namespace(client, RemoteMethod)
         self.async_ = _Namespace(client, AsyncRemoteMethod)
+        self.aio = _Namespace(client, AioRemoteMethod)
         self.notify = _Namespace(client, NotifyMethod)
         # LogHandlers made for this connection that report service exceptions.
         self._log_handlers = weakref.WeakSet()
+        _connections[id(client)] = self
 
     @property
     def name(self):
@@ -164,6 +213,11 @@ class Connection:
         """True once close() was called."""
         return self._closed
 
+    @property
+    def serve(self):
+        """Where services run: "thread", "loop" or "manual" (see tether.connect)."""
+        return self._serve
+
     def is_connected(self):
         """True while connected (False once closed, or while reconnecting)."""
         return self._client.is_connected()
@@ -171,33 +225,59 @@ class Connection:
     def register(self, name, fn):
         """Let the host call ``fn(*args, **kwargs)`` as the service name.
 
-        fn runs on one of tether's worker threads, holding the GIL; its result is sent back
-        (plain data only) and an exception it raises reaches the host as an error of the
-        same type name and message. An ``async def`` function runs to completion in a new
-        event loop for each call.
+        Its result is sent back (plain data only) and an exception it raises reaches the
+        host as an error of the same type name and message. With serve="thread", fn runs on
+        one of tether's worker threads, holding the GIL, and an ``async def`` function runs
+        to completion in a new event loop for each call. With serve="loop" or "manual", fn
+        runs inside dispatch() on the thread that made the connection, and an ``async def``
+        function runs as a task of the loop running there (replying when the task is done,
+        and cancelled if the caller cancels), or without one to completion in a new loop.
         """
         if not callable(fn):
             raise TypeError(f"a service must be callable, not {type(fn).__name__!r}")
-        if inspect.iscoroutinefunction(fn):
-            fn = _wrap_coroutine_function(fn)
-        self._client.add_service(name, self._reporting(name, fn))
+        fn = self._reporting(name, fn)
+        if self._serve == "thread":
+            if inspect.iscoroutinefunction(fn):
+                fn = _wrap_coroutine_function(fn)
+            self._client.add_service(name, fn)
+        elif inspect.iscoroutinefunction(fn):
+            from . import _aio
+
+            self._client.add_service(name, _aio.coroutine_service(fn), main=True, deferred=True)
+        else:
+            self._client.add_service(name, fn, main=True)
+        if self._serve == "loop":
+            self._use_running_loop()
 
     def _reporting(self, name, fn):
-        """fn, also reporting an exception it raises to the host's log while a LogHandler
-        of this connection is open (the host's error reply carries no traceback)."""
+        """fn (a coroutine function stays one), also reporting an exception it raises to the
+        host's log while a LogHandler of this connection is open."""
         conn_ref = weakref.ref(self)
 
-        @functools.wraps(fn)
-        def service(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except Exception as e:
-                conn = conn_ref()
-                if conn is not None and conn._log_handlers:
-                    conn._report_service_error(name, e)
-                raise
+        def report(e):
+            conn = conn_ref()
+            if conn is not None and conn._log_handlers:
+                conn._report_service_error(name, e)
 
-        return service
+        if inspect.iscoroutinefunction(fn):
+
+            async def service(*args, **kwargs):
+                try:
+                    return await fn(*args, **kwargs)
+                except Exception as e:
+                    report(e)
+                    raise
+
+        else:
+
+            def service(*args, **kwargs):
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as e:
+                    report(e)
+                    raise
+
+        return functools.wraps(fn)(service)
 
     def _report_service_error(self, name, exc):
         import traceback
@@ -249,17 +329,70 @@ class Connection:
         return self._client.fileno()
 
     def dispatch(self, budget=None):
-        """Run queued main-thread work for up to budget seconds (None: all of it).
+        """Run queued main-thread work for up to budget seconds (None: all of it): with
+        serve="manual" (or "loop"), the host's calls of this script's services. Only on the
+        thread that made the connection.
 
         Returns True if work remains.
         """
         return self._client.dispatch(budget)
+
+    def attach_loop(self, loop=None):
+        """Serve on the asyncio loop (default: the running one): it calls dispatch() while
+        fileno() is readable, and forwards its errors to the host's log (see tether.connect).
+
+        For serve="loop" (which attaches by itself to a loop running on the connection's
+        thread) or "manual"; loop must run on the thread that made the connection.
+        Attaching to another loop detaches from the previous one.
+        """
+        if self._serve == "thread":
+            raise ValueError('attach_loop needs a connection made with serve="loop" or "manual"')
+        if threading.get_ident() != self._thread:
+            raise RuntimeError("attach_loop must be called on the thread that made the connection")
+        import asyncio
+
+        from . import _aio
+
+        if loop is None:
+            loop = asyncio.get_running_loop()
+        if self._server is not None and self._server.loop is loop and not loop.is_closed():
+            return
+        self._detach_loop()
+        _aio.hook_loop_errors(loop, self)
+        self._loop = loop
+        self._server = _aio.LoopServer(self._client, loop)
+        # The server, not self, holds the client, so a dropped connection is still
+        # collected; its reader goes with it.
+        self._detach = weakref.finalize(self, self._server.detach)
+
+    def _detach_loop(self):
+        if self._detach is not None:
+            self._detach()
+        self._server = self._detach = None
+
+    def _use_loop(self, loop):
+        """This connection is used on loop (made, or an aio call): forward the loop's errors
+        to the host's log, and with serve="loop" serve there if it runs on our thread."""
+        if loop is self._loop:
+            return
+        from . import _aio
+
+        _aio.hook_loop_errors(loop, self)
+        self._loop = loop
+        if self._serve == "loop" and not self._closed and threading.get_ident() == self._thread:
+            self.attach_loop(loop)
+
+    def _use_running_loop(self):
+        loop = _running_loop()
+        if loop is not None:
+            self._use_loop(loop)
 
     def close(self):
         """Close the connection: pending calls fail with CancelledError, later calls
         raise NotConnectedError. Closing twice does nothing."""
         self._closed = True
         _open.discard(self)
+        self._detach_loop()
         self._client.close()
 
     def __enter__(self):
@@ -292,6 +425,7 @@ def connect(
     token=None,
     runtime_dir=None,
     reconnect=True,
+    serve="thread",
 ):
     """Connect to a host and return a Connection.
 
@@ -305,11 +439,56 @@ def connect(
     runtime_dir: where host sockets are (None: $TETHER_RUNTIME_DIR, else the default).
     reconnect: after a lost connection, reconnect in the background (calls made
     meanwhile raise NotConnectedError).
+    serve: where the services this script registers run when the host calls them.
+    "thread": on tether's worker threads, whatever the script is doing. "loop": on the
+    asyncio loop of the thread calling connect, inside its dispatch(), which the loop calls
+    when fileno() is readable; the connection attaches to the loop running on this thread
+    now (connect inside a coroutine, or ``await tether.connect_async(...)``), else when a
+    service is registered or an aio call made there, else at ``attach_loop()``.
+    "manual": inside dispatch(), which the application calls on this thread when
+    fileno() is readable (a Qt QSocketNotifier, a Tk file handler, a select loop). In
+    both, a blocking call made on this thread runs the host's call-backs into these
+    services while it waits, and Ctrl-C waits for it to return.
+
+    A connection made, attached or making aio calls in a running asyncio loop also sends
+    the errors that loop reports (a task's exception nobody retrieved) to the host's log.
 
     Raises ConnectionRefusedError (no host there), PermissionError (refused),
     TimeoutError, or TetherError.
     """
-    client = _tether.Client(
+    client = _new_client(name, address, timeout, connect_timeout, token, runtime_dir,
+                         reconnect, serve)
+    client.connect()
+    return _opened(client, serve)
+
+
+async def connect_async(
+    name=None,
+    address=None,
+    timeout=30.0,
+    *,
+    connect_timeout=5.0,
+    token=None,
+    runtime_dir=None,
+    reconnect=True,
+    serve="thread",
+):
+    """tether.connect for coroutines: connecting and the handshake run in the loop's default
+    executor while the loop goes on. The connection belongs to the thread of the running
+    loop, so serve="loop" serves on that loop."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    client = _new_client(name, address, timeout, connect_timeout, token, runtime_dir,
+                         reconnect, serve)
+    await loop.run_in_executor(None, client.connect)
+    return _opened(client, serve)
+
+
+def _new_client(name, address, timeout, connect_timeout, token, runtime_dir, reconnect, serve):
+    if serve not in SERVE_MODES:
+        raise ValueError(f"serve must be one of {', '.join(map(repr, SERVE_MODES))}, not {serve!r}")
+    return _tether.Client(
         name if name is not None else _default_name(),
         address,
         timeout=timeout,
@@ -318,11 +497,30 @@ def connect(
         runtime_dir=runtime_dir,
         reconnect=reconnect,
     )
-    client.connect()
-    conn = Connection(client)
+
+
+def _opened(client, serve):
+    conn = Connection(client, serve)
     _open.add(conn)
+    conn._use_running_loop()
     return conn
 
+
+def _running_loop():
+    """The asyncio loop running on this thread, or None (without importing asyncio)."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return None
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+# Connections by id() of their Client, for aio methods, which hold only the Client (so
+# that they do not keep a dropped Connection alive). A Connection holds its Client, so an
+# id is not reused while its entry exists.
+_connections = weakref.WeakValueDictionary()
 
 # Connections still open at interpreter exit are closed before the extension's own exit
 # hook runs (atexit runs hooks last-registered first), so no host request reaches Python
