@@ -81,6 +81,10 @@ typedef struct {
     PyTypeObject *client_type;
     PyTypeObject *future_type;
     PyTypeObject *reply_type;
+    PyTypeObject *ref_type;
+    PyObject *proxy_module; /* tether._proxy, imported on first use */
+    PyObject *exports;      /* id(obj) -> address of the tether_object exported for obj */
+    PyObject *classes;      /* (context, type name) -> capsule of its tether_class */
     PyObject *TetherError;
     PyObject *RemoteError;
     PyObject *NotConnectedError;
@@ -150,18 +154,36 @@ usec_from_seconds(PyObject *o, uint64_t none_usec, const char *what, uint64_t *r
  * Encoding: Python objects to msgpack
  * ==================================================================================== */
 
+/*
+ * Where a value goes to or comes from, for the objects in it that travel by reference
+ * (see "Objects by reference" below). An xfer with no module state allows plain data
+ * only.
+ */
+typedef struct {
+    module_state *st;
+    tether_conn *conn;      /* packing: a connection of the client that owns new exports */
+    tether_context context; /* where methods of new exports run (MAIN or POOL), and what
+                             * proxies made while unpacking use for their own calls */
+} xfer;
+
 typedef struct {
     uint8_t *data;
     size_t len, cap;
     uint8_t small[256]; /* most arguments fit: no allocation */
+    const xfer *x;
+    tether_object **objs; /* references, in the order their REFs were written */
+    size_t nobjs, capobjs;
 } packbuf;
 
 static void
-pb_init(packbuf *b)
+pb_init(packbuf *b, const xfer *x)
 {
     b->data = b->small;
     b->len = 0;
     b->cap = sizeof(b->small);
+    b->x = x && x->st ? x : NULL;
+    b->objs = NULL;
+    b->nobjs = b->capobjs = 0;
 }
 
 static void
@@ -171,6 +193,12 @@ pb_done(packbuf *b)
         free(b->data);
     }
     b->data = NULL;
+    for (size_t i = 0; i < b->nobjs; i++) {
+        tether_object_unref(b->objs[i]);
+    }
+    free(b->objs);
+    b->objs = NULL;
+    b->nobjs = 0;
 }
 
 static int
@@ -341,6 +369,7 @@ type_display_name(PyTypeObject *type)
 }
 
 static int pack_obj(packbuf *b, PyObject *o, int depth);
+static int pack_reference(packbuf *b, PyObject *o);
 
 static int
 pack_container_depth(int depth)
@@ -450,11 +479,15 @@ pack_obj(packbuf *b, PyObject *o, int depth)
     if (PyDict_Check(o)) {
         return pack_dict(b, o, depth);
     }
+    if (b->x) {
+        return pack_reference(b, o);
+    }
     PyObject *name = type_display_name(Py_TYPE(o));
     if (name) {
         PyErr_Format(PyExc_TypeError,
-                     "cannot send a value of type '%U': tether sends None, bool, int, float, "
-                     "str, bytes, list, tuple and dict",
+                     "cannot send a value of type '%U' here: plain data only (None, bool, "
+                     "int, float, str, bytes, list, tuple and dict); other objects travel "
+                     "by reference in calls and results",
                      name);
         Py_DECREF(name);
     }
@@ -466,13 +499,13 @@ pack_obj(packbuf *b, PyObject *o, int depth)
  * level does not count against the nesting of the values in it.
  */
 static tether_value *
-value_from_object(PyObject *o, int depth)
+value_from_object(PyObject *o, int depth, const xfer *x)
 {
     packbuf b;
-    pb_init(&b);
+    pb_init(&b, x);
     tether_value *v = NULL;
     if (pack_obj(&b, o, depth) == 0) {
-        int r = tether_value_new_msgpack(b.data, b.len, &v);
+        int r = tether_value_new_msgpack_objects(b.data, b.len, b.objs, b.nobjs, &v);
         if (r < 0) {
             PyErr_Format(PyExc_ValueError, "cannot encode the value: %s", tether_strerror(r));
             v = NULL;
@@ -484,7 +517,7 @@ value_from_object(PyObject *o, int depth)
 
 /* Arguments: args a tuple or list (NULL: none), kwargs a dict (NULL or empty: none). */
 static int
-values_from_args(PyObject *args, PyObject *kwargs, tether_value **ret_args,
+values_from_args(PyObject *args, PyObject *kwargs, const xfer *x, tether_value **ret_args,
                  tether_value **ret_kwargs)
 {
     *ret_args = NULL;
@@ -494,7 +527,7 @@ values_from_args(PyObject *args, PyObject *kwargs, tether_value **ret_args,
             PyErr_SetString(PyExc_TypeError, "args must be a tuple or a list");
             return -1;
         }
-        if (PyObject_Length(args) > 0 && !(*ret_args = value_from_object(args, -1))) {
+        if (PyObject_Length(args) > 0 && !(*ret_args = value_from_object(args, -1, x))) {
             return -1;
         }
     }
@@ -511,7 +544,7 @@ values_from_args(PyObject *args, PyObject *kwargs, tether_value **ret_args,
                 goto fail;
             }
         }
-        if (PyDict_Size(kwargs) > 0 && !(*ret_kwargs = value_from_object(kwargs, -1))) {
+        if (PyDict_Size(kwargs) > 0 && !(*ret_kwargs = value_from_object(kwargs, -1, x))) {
             goto fail;
         }
     }
@@ -530,7 +563,12 @@ fail:
 
 typedef struct {
     const uint8_t *p, *end;
+    const xfer *x;             /* NULL: plain data only */
+    tether_object *const *objs; /* the value's objects, in the order of its REFs */
+    size_t nobjs, k;
 } unpacker;
+
+static PyObject *object_of_reference(const xfer *x, tether_object *obj);
 
 static int
 need(unpacker *u, size_t n)
@@ -614,10 +652,12 @@ unpack_ext(unpacker *u, size_t n)
         return NULL;
     }
     int type = (int8_t)u->p[0];
-    PyErr_Format(PyExc_TypeError,
-                 "cannot receive a msgpack extension value of type %d (remote references "
-                 "are not supported yet)",
-                 type);
+    if (type == 1 && u->x && u->k < u->nobjs) { /* a REF: its object, bound by the core */
+        u->p += n + 1;
+        return object_of_reference(u->x, u->objs[u->k++]);
+    }
+    PyErr_Format(PyExc_TypeError, "cannot receive a msgpack extension value of type %d%s",
+                 type, type == 1 ? " here (an object reference outside a call)" : "");
     return NULL;
 }
 
@@ -766,9 +806,10 @@ str:
 }
 
 static PyObject *
-unpack_bytes(const void *data, size_t size)
+unpack_bytes(const void *data, size_t size, const xfer *x, tether_object *const *objs,
+             size_t nobjs)
 {
-    unpacker u = {data, (const uint8_t *)data + size};
+    unpacker u = {data, (const uint8_t *)data + size, x && x->st ? x : NULL, objs, nobjs, 0};
     PyObject *o = unpack_obj(&u, 0, false);
     if (o && u.p != u.end) {
         Py_DECREF(o);
@@ -780,19 +821,24 @@ unpack_bytes(const void *data, size_t size)
 
 /* The Python object of a value; None for NULL (a call that returned nothing). */
 static PyObject *
-object_from_value(tether_value *v)
+object_from_value(tether_value *v, const xfer *x)
 {
     if (!v) {
         Py_RETURN_NONE;
     }
     const void *data;
     size_t size;
+    tether_object *const *objs;
+    size_t nobjs;
     int r = tether_value_get_msgpack(v, &data, &size);
+    if (r == 0) {
+        r = tether_value_get_objects(v, &objs, &nobjs);
+    }
     if (r < 0) {
         PyErr_SetString(PyExc_ValueError, tether_strerror(r));
         return NULL;
     }
-    return unpack_bytes(data, size);
+    return unpack_bytes(data, size, x, objs, nobjs);
 }
 
 /* ======================================================================================
@@ -1134,10 +1180,12 @@ typedef struct {
     bool have_outcome;
     PyObject *result;    /* once have_outcome: the result, or NULL if failed */
     PyObject *exception; /* once have_outcome: the exception, or NULL if it succeeded */
+    tether_context context; /* of the caller: for proxies in the result */
 } FutureObject;
 
 static PyObject *
-future_new_object(module_state *st, tether_future *future, PyObject *method)
+future_new_object(module_state *st, tether_future *future, PyObject *method,
+                  tether_context context)
 {
     FutureObject *self = PyObject_GC_New(FutureObject, st->future_type);
     if (!self) {
@@ -1151,6 +1199,7 @@ future_new_object(module_state *st, tether_future *future, PyObject *method)
     self->have_outcome = false;
     self->result = NULL;
     self->exception = NULL;
+    self->context = context;
     PyObject_GC_Track(self);
     return (PyObject *)self;
 }
@@ -1243,7 +1292,8 @@ future_load_outcome(FutureObject *self)
     }
     PyObject *result = NULL, *exception = NULL;
     if (r == 0) {
-        result = object_from_value(value);
+        xfer x = {st, NULL, self->context};
+        result = object_from_value(value, &x);
     } else {
         exception = error_object(st, r, &err, AT_CALL);
     }
@@ -1602,6 +1652,8 @@ typedef struct service_rec {
     PyObject *callable;     /* guarded by the GIL; NULL once the Client let go */
     PyTypeObject *deferred; /* guarded by the GIL: the Reply type for a deferred service */
     uint32_t slot;
+    module_state *st;       /* lives until interpreter exit, which stops handlers first */
+    tether_context context; /* where it runs: MAIN or POOL */
 } service_rec;
 
 typedef struct {
@@ -1706,6 +1758,30 @@ svc_release(service_rec *rec)
     pthread_mutex_unlock(&svc_lock);
 }
 
+/* Enter code that takes the GIL from a core thread (object methods, releases): false
+ * once the interpreter is exiting. Pair with svc_leave. */
+static bool
+svc_enter(void)
+{
+    pthread_mutex_lock(&svc_lock);
+    bool ok = !svc_shutdown;
+    if (ok) {
+        svc_running++;
+    }
+    pthread_mutex_unlock(&svc_lock);
+    return ok;
+}
+
+static void
+svc_leave(void)
+{
+    pthread_mutex_lock(&svc_lock);
+    if (--svc_running == 0) {
+        pthread_cond_broadcast(&svc_idle);
+    }
+    pthread_mutex_unlock(&svc_lock);
+}
+
 /* The error type name sent for exc: the remote type of an exception that came from
  * another peer, the bare name of a builtin, else module.Qualname. */
 static PyObject *
@@ -1782,9 +1858,9 @@ reply_exception(tether_request *req, PyObject *callable)
 /* Reply to req with result, or when result is NULL (or cannot be sent) with the pending
  * exception. GIL held. */
 static void
-reply_outcome(tether_request *req, PyObject *result, PyObject *callable)
+reply_outcome(tether_request *req, PyObject *result, PyObject *callable, const xfer *x)
 {
-    tether_value *v = result ? value_from_object(result, 0) : NULL;
+    tether_value *v = result ? value_from_object(result, 0, x) : NULL;
     if (v) {
         tether_request_reply_value(req, v);
         tether_value_unref(v);
@@ -1799,10 +1875,11 @@ typedef struct {
     PyObject ob_base;    /* PyObject_HEAD */
     tether_request *req; /* a reference, until replied */
     PyObject *callable;  /* the service: what a notification's failure is reported against */
+    xfer x;              /* for objects in the result (x.conn unused: the request's) */
 } ReplyObject;
 
 static PyObject *
-reply_new(PyTypeObject *type, tether_request *req, PyObject *callable)
+reply_new(PyTypeObject *type, tether_request *req, PyObject *callable, const xfer *x)
 {
     ReplyObject *self = PyObject_GC_New(ReplyObject, type);
     if (!self) {
@@ -1810,6 +1887,7 @@ reply_new(PyTypeObject *type, tether_request *req, PyObject *callable)
     }
     self->req = tether_request_ref(req);
     self->callable = Py_NewRef(callable);
+    self->x = *x;
     PyObject_GC_Track(self);
     return (PyObject *)self;
 }
@@ -1852,7 +1930,9 @@ reply_finish(ReplyObject *self, PyObject *result)
     }
     tether_request *req = self->req;
     self->req = NULL;
-    reply_outcome(req, result, self->callable ? self->callable : Py_None);
+    xfer x = self->x;
+    x.conn = tether_request_get_conn(req);
+    reply_outcome(req, result, self->callable ? self->callable : Py_None, &x);
     tether_request_unref(req);
     Py_RETURN_NONE;
 }
@@ -1925,14 +2005,16 @@ static PyType_Spec reply_spec = {
 /*
  * Convert req's arguments, call callable, reply. GIL held. A deferred service (deferred:
  * the Reply type) is called with a Reply first and answers through it; only an
- * exception it raises before answering is replied here.
+ * exception it raises before answering is replied here. lead (nlead items, may be 0)
+ * go before the request's own arguments. x tells where objects come from and go.
  */
 static void
-serve_request(tether_request *req, PyObject *callable, PyTypeObject *deferred)
+serve_request(tether_request *req, PyObject *callable, PyTypeObject *deferred,
+              PyObject *const *lead, size_t nlead, const xfer *x)
 {
     PyObject *reply = NULL;
-    PyObject *args_list = object_from_value(tether_request_get_args(req));
-    PyObject *kwargs = args_list ? object_from_value(tether_request_get_kwargs(req)) : NULL;
+    PyObject *args_list = object_from_value(tether_request_get_args(req), x);
+    PyObject *kwargs = args_list ? object_from_value(tether_request_get_kwargs(req), x) : NULL;
     PyObject *args = NULL, *result = NULL;
     if (kwargs && (!PyList_Check(args_list) || !PyDict_Check(kwargs))) {
         PyErr_SetString(PyExc_TypeError, "malformed arguments");
@@ -1945,9 +2027,12 @@ serve_request(tether_request *req, PyObject *callable, PyTypeObject *deferred)
                 break;
             }
         }
-        if (!PyErr_Occurred() && deferred && (reply = reply_new(deferred, req, callable)) &&
+        if (!PyErr_Occurred() && deferred && (reply = reply_new(deferred, req, callable, x)) &&
             PyList_Insert(args_list, 0, reply) < 0) {
             Py_CLEAR(reply);
+        }
+        for (size_t i = nlead; i > 0 && !PyErr_Occurred(); i--) {
+            PyList_Insert(args_list, 0, lead[i - 1]);
         }
         if (!PyErr_Occurred()) {
             args = PyList_AsTuple(args_list);
@@ -1957,7 +2042,7 @@ serve_request(tether_request *req, PyObject *callable, PyTypeObject *deferred)
         result = PyObject_Call(callable, args, PyDict_Size(kwargs) ? kwargs : NULL);
     }
     if (!reply) {
-        reply_outcome(req, result, callable);
+        reply_outcome(req, result, callable, x);
     } else if (!result) {
         PyObject *r = ((ReplyObject *)reply)->req ? reply_finish((ReplyObject *)reply, NULL) : NULL;
         if (r) {
@@ -1992,7 +2077,8 @@ service_handler(tether_request *req, void *userdata)
     PyObject *callable = rec->callable ? Py_NewRef(rec->callable) : NULL;
     PyObject *deferred = rec->deferred ? Py_NewRef(rec->deferred) : NULL;
     if (callable) {
-        serve_request(req, callable, (PyTypeObject *)deferred);
+        xfer x = {rec->st, tether_request_get_conn(req), rec->context};
+        serve_request(req, callable, (PyTypeObject *)deferred, NULL, 0, &x);
         Py_DECREF(callable);
     } else {
         tether_request_reply_error(req, "tether.Cancelled", "the service is gone");
@@ -2001,6 +2087,326 @@ service_handler(tether_request *req, void *userdata)
     PyGILState_Release(gil);
     svc_release(rec);
     return 0;
+}
+
+/* ======================================================================================
+ * Objects by reference
+ *
+ * Values that are not plain data travel by reference (tether.h, "Objects").
+ * - Sending: an object of ours becomes a local tether_object, one per Python object
+ *   while it is exported (st->exports maps id(obj) to it, without holding it; a stale
+ *   entry whose object is being released is replaced). Its class is made once per type
+ *   name and context; its fallback handler runs what the peer asks of the object
+ *   through tether._proxy.serve, in the context of the client that exported it: POOL
+ *   for serve="thread", MAIN otherwise. Its release (POOL) drops the Python object.
+ *   A tether.Proxy sent back to its owner goes as its own reference.
+ * - Receiving: a REF of the peer becomes a Ref (the proxy's handle, holding the core's
+ *   proxy) wrapped by tether._proxy.make_proxy, which keeps one tether.Proxy per remote
+ *   object; a REF of ours comes back as the original Python object.
+ * ==================================================================================== */
+
+#define EXPORT_MAGIC 0x74657870u /* "texp": marks the userdata of objects made here */
+
+typedef struct pyexport {
+    uint32_t magic;
+    PyObject *obj;       /* a strong reference: the peer holds the object through us */
+    PyObject *key;       /* id(obj), the key in exports */
+    PyObject *exports;   /* st->exports (a strong reference: it outlives the module state) */
+    module_state *st;    /* for the handler, which runs only before interpreter exit */
+    tether_context context;
+    tether_object *self; /* not a reference: the core's object that carries this */
+} pyexport;
+
+typedef struct {
+    tether_class cls;
+    char name[];
+} class_rec;
+
+typedef struct {
+    PyObject ob_base; /* PyObject_HEAD */
+    tether_object *obj;     /* a proxy (remote object) */
+    tether_context context; /* for objects of ours sent in calls made through it */
+} RefObject;
+
+/* tether._proxy, imported on first use (it imports this module). Borrowed. */
+static PyObject *
+proxy_module(module_state *st)
+{
+    if (!st->proxy_module) {
+        st->proxy_module = PyImport_ImportModule("tether._proxy");
+    }
+    return st->proxy_module;
+}
+
+static PyObject *
+proxy_attr(module_state *st, const char *name)
+{
+    PyObject *module = proxy_module(st);
+    return module ? PyObject_GetAttrString(module, name) : NULL;
+}
+
+static int object_handler(tether_request *req, void *userdata);
+static void export_release(void *userdata);
+
+/* The class of exported objects of o's type running in context, made on first use.
+ * Classes are never freed: the core may use them until the process ends. */
+static const tether_class *
+class_for(module_state *st, PyObject *o, tether_context context)
+{
+    PyObject *name = type_display_name(Py_TYPE(o));
+    PyObject *key = name ? Py_BuildValue("(iO)", (int)context, name) : NULL;
+    PyObject *found = key ? PyDict_GetItemWithError(st->classes, key) : NULL;
+    const tether_class *cls = NULL;
+    if (found) {
+        cls = PyCapsule_GetPointer(found, NULL);
+    } else if (key && !PyErr_Occurred()) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(name, &n);
+        class_rec *rec = s ? calloc(1, sizeof(*rec) + (size_t)n + 1) : NULL;
+        PyObject *capsule = rec ? PyCapsule_New(rec, NULL, NULL) : NULL;
+        if (capsule && PyDict_SetItem(st->classes, key, capsule) == 0) {
+            memcpy(rec->name, s, (size_t)n);
+            rec->cls = (tether_class){
+                .name = rec->name,
+                .fallback = object_handler,
+                .fallback_context = context,
+                .release = export_release,
+                .release_context = TETHER_CONTEXT_POOL, /* it takes the GIL */
+            };
+            cls = &rec->cls;
+        } else {
+            if (s && !rec) {
+                PyErr_NoMemory();
+            }
+            free(rec); /* the capsule never owned it */
+        }
+        Py_XDECREF(capsule);
+    }
+    Py_XDECREF(key);
+    Py_XDECREF(name);
+    return cls;
+}
+
+/* The local object exported for o, a new reference; NULL with an exception set. */
+static tether_object *
+export_object(const xfer *x, PyObject *o)
+{
+    module_state *st = x->st;
+    PyObject *key = PyLong_FromVoidPtr(o);
+    if (!key) {
+        return NULL;
+    }
+    PyObject *found = PyDict_GetItemWithError(st->exports, key);
+    if (found) {
+        tether_object *obj = tether_object_ref_live(PyLong_AsVoidPtr(found));
+        if (obj) {
+            Py_DECREF(key);
+            return obj;
+        }
+    } else if (PyErr_Occurred()) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    if (!x->conn) {
+        Py_DECREF(key);
+        PyErr_SetString(st->NotConnectedError, "cannot send an object: not connected");
+        return NULL;
+    }
+    const tether_class *cls = class_for(st, o, x->context);
+    pyexport *pe = cls ? calloc(1, sizeof(*pe)) : NULL;
+    if (!pe) {
+        Py_DECREF(key);
+        return cls ? (tether_object *)PyErr_NoMemory() : NULL;
+    }
+    *pe = (pyexport){EXPORT_MAGIC, Py_NewRef(o), key, Py_NewRef(st->exports), st, x->context,
+                     NULL};
+    tether_object *obj = NULL;
+    int r = tether_conn_new_object(x->conn, cls, pe, &obj);
+    PyObject *address = r == 0 ? PyLong_FromVoidPtr(obj) : NULL;
+    if (address && PyDict_SetItem(st->exports, key, address) == 0) {
+        Py_DECREF(address);
+        pe->self = obj;
+        return obj;
+    }
+    Py_XDECREF(address);
+    if (r < 0) {
+        PyErr_Format(PyExc_ValueError, "cannot export the object: %s", tether_strerror(r));
+        Py_DECREF(pe->obj);
+        Py_DECREF(pe->key);
+        Py_DECREF(pe->exports);
+        free(pe);
+        return NULL;
+    }
+    tether_object_unref(obj); /* its release frees pe */
+    return NULL;
+}
+
+/* An unsigned integer in its shortest msgpack form. */
+static int
+pb_uint(packbuf *b, uint64_t u)
+{
+    if (u < 128) {
+        uint8_t c = (uint8_t)u;
+        return pb_put(b, &c, 1);
+    }
+    return u <= 0xff ? pb_tag(b, 0xcc, u, 1)
+           : u <= 0xffff ? pb_tag(b, 0xcd, u, 2)
+           : u <= 0xffffffffu ? pb_tag(b, 0xce, u, 4)
+                              : pb_tag(b, 0xcf, u, 8);
+}
+
+/* o as a REF ext, its object kept in b->objs for tether_value_new_msgpack_objects. */
+static int
+pack_reference(packbuf *b, PyObject *o)
+{
+    module_state *st = b->x->st;
+    tether_object *obj = NULL;
+    PyObject *proxy_type = proxy_attr(st, "Proxy");
+    int is_proxy = proxy_type ? PyObject_IsInstance(o, proxy_type) : -1;
+    Py_XDECREF(proxy_type);
+    if (is_proxy < 0) {
+        return -1;
+    }
+    if (is_proxy) {
+        PyObject *ref = PyObject_GetAttrString(o, "_tether_ref");
+        tether_object *theirs = ref && Py_TYPE(ref) == st->ref_type ? ((RefObject *)ref)->obj
+                                                                    : NULL;
+        if (theirs && tether_object_get_conn(theirs) == b->x->conn) {
+            obj = tether_object_ref(theirs);
+        } else if (theirs) {
+            PyErr_Format(PyExc_TypeError,
+                         "cannot send a tether.Proxy (of a '%s') over another connection: a "
+                         "proxy goes back only to the connection it came from",
+                         tether_object_get_type_name(theirs));
+        } else if (ref) {
+            PyErr_SetString(PyExc_TypeError, "a broken tether.Proxy");
+        }
+        Py_XDECREF(ref);
+    } else {
+        obj = export_object(b->x, o);
+    }
+    if (!obj) {
+        return -1;
+    }
+    if (b->nobjs == b->capobjs) {
+        size_t cap = b->capobjs ? 2 * b->capobjs : 4;
+        tether_object **objs = realloc(b->objs, cap * sizeof(*objs));
+        if (!objs) {
+            tether_object_unref(obj);
+            PyErr_NoMemory();
+            return -1;
+        }
+        b->objs = objs;
+        b->capobjs = cap;
+    }
+    b->objs[b->nobjs++] = obj;
+
+    /* [owner, id, type]: owner 0 for ours, 1 for the peer's own object going back. */
+    packbuf payload;
+    pb_init(&payload, NULL);
+    const char *type = tether_object_get_type_name(obj);
+    size_t type_len = strlen(type);
+    uint8_t head[2] = {0x93, tether_object_is_remote(obj) ? 1 : 0};
+    int r = pb_put(&payload, head, 2);
+    r = r < 0 ? r : pb_uint(&payload, tether_object_get_id(obj));
+    r = r < 0 ? r : pb_header(&payload, 0xa0, 32, 0xd9, 0xda, type_len);
+    r = r < 0 ? r : pb_put(&payload, type, type_len);
+    size_t n = payload.len;
+    if (r == 0) {
+        uint8_t fix = n == 1 ? 0xd4 : n == 2 ? 0xd5 : n == 4 ? 0xd6 : n == 8 ? 0xd7 : n == 16 ? 0xd8 : 0;
+        uint8_t ext_type = 1;
+        r = fix ? pb_put(b, &fix, 1)
+            : n <= 0xff ? pb_tag(b, 0xc7, n, 1)
+            : n <= 0xffff ? pb_tag(b, 0xc8, n, 2)
+                          : pb_tag(b, 0xc9, n, 4);
+        r = r < 0 ? r : pb_put(b, &ext_type, 1);
+        r = r < 0 ? r : pb_put(b, payload.data, n);
+    }
+    pb_done(&payload);
+    return r;
+}
+
+static PyObject *
+ref_new(module_state *st, tether_object *obj, tether_context context)
+{
+    RefObject *self = PyObject_New(RefObject, st->ref_type);
+    if (!self) {
+        tether_object_unref(obj);
+        return NULL;
+    }
+    self->obj = obj;
+    self->context = context;
+    return (PyObject *)self;
+}
+
+/* The Python object for an object of a received value (borrowed obj). */
+static PyObject *
+object_of_reference(const xfer *x, tether_object *obj)
+{
+    if (!tether_object_is_remote(obj)) {
+        pyexport *pe = tether_object_get_userdata(obj);
+        if (!pe || pe->magic != EXPORT_MAGIC) {
+            PyErr_SetString(PyExc_TypeError, "received a reference to an object of this "
+                                             "process that Python did not export");
+            return NULL;
+        }
+        return Py_NewRef(pe->obj);
+    }
+    PyObject *ref = ref_new(x->st, tether_object_ref(obj), x->context);
+    PyObject *make = ref ? proxy_attr(x->st, "make_proxy") : NULL;
+    PyObject *proxy = make ? PyObject_CallFunctionObjArgs(make, ref, NULL) : NULL;
+    Py_XDECREF(make);
+    Py_XDECREF(ref);
+    return proxy;
+}
+
+/* The fallback handler of exported objects: any method or operation of the peer. */
+static int
+object_handler(tether_request *req, void *userdata)
+{
+    pyexport *pe = userdata;
+    if (!svc_enter()) {
+        return tether_request_reply_error(req, "tether.Cancelled", "the interpreter is exiting");
+    }
+    if (!tether_request_is_cancelled(req)) {
+        PyGILState_STATE gil = PyGILState_Ensure();
+        PyObject *serve = proxy_attr(pe->st, "serve");
+        PyObject *method = serve ? PyUnicode_FromString(tether_request_get_method(req)) : NULL;
+        if (method) {
+            PyObject *lead[2] = {pe->obj, method};
+            xfer x = {pe->st, tether_request_get_conn(req), pe->context};
+            serve_request(req, serve, NULL, lead, 2, &x);
+        } else {
+            reply_exception(req, Py_None);
+        }
+        Py_XDECREF(method);
+        Py_XDECREF(serve);
+        PyGILState_Release(gil);
+    }
+    svc_leave();
+    return 0;
+}
+
+/* The last reference to an exported object went (a worker thread). */
+static void
+export_release(void *userdata)
+{
+    pyexport *pe = userdata;
+    if (!svc_enter()) {
+        return; /* the interpreter is exiting: the object goes with it */
+    }
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *current = PyDict_GetItemWithError(pe->exports, pe->key);
+    if (current && PyLong_AsVoidPtr(current) == pe->self) {
+        PyDict_DelItem(pe->exports, pe->key);
+    }
+    PyErr_Clear();
+    Py_DECREF(pe->obj);
+    Py_DECREF(pe->key);
+    Py_DECREF(pe->exports);
+    PyGILState_Release(gil);
+    svc_leave();
+    free(pe);
 }
 
 /* ======================================================================================
@@ -2013,6 +2419,7 @@ typedef struct {
     service_rec **services;
     size_t service_count;
     bool main_services; /* some services run in TETHER_CONTEXT_MAIN */
+    bool main_objects;  /* objects it exports serve in TETHER_CONTEXT_MAIN (serve_main) */
     PyObject *name;     /* str */
 } ClientObject;
 
@@ -2233,26 +2640,56 @@ typedef struct {
     tether_call_options opts;
 } call_spec;
 
+/* Where a call goes: a service of the peer over conn (obj NULL), or a method of the
+ * peer's object obj (on its connection conn). */
+typedef struct {
+    tether_conn *conn;
+    tether_object *obj;
+    tether_context context; /* of the caller: for objects sent and proxies received */
+    bool direct;            /* the core's synchronous path: see call_target_sync */
+} call_target;
+
+static int call_spec_parse_values(call_spec *c, module_state *st, const call_target *t,
+                                  PyObject *args, PyObject *kwds, const char *format,
+                                  bool with_timeout);
+
+/* Parse method, args, kwargs (and timeout) into c, with the objects in them exported on
+ * t's connection (NotConnectedError without one). On failure an exception is set; the
+ * caller releases c either way. */
 static int
-call_spec_parse(call_spec *c, PyObject *args, PyObject *kwds, const char *format, bool with_timeout)
+call_spec_parse(call_spec *c, module_state *st, const call_target *t, PyObject *args,
+                PyObject *kwds, const char *format, bool with_timeout)
+{
+    int r = call_spec_parse_values(c, st, t, args, kwds, format, with_timeout);
+    if (r == 0 && !t->conn) {
+        PyErr_SetString(st->NotConnectedError, "not connected (connect() was never called)");
+        r = -1;
+    }
+    return r;
+}
+
+static int
+call_spec_parse_values(call_spec *c, module_state *st, const call_target *t, PyObject *args,
+                       PyObject *kwds, const char *format, bool with_timeout)
 {
     static char *kwlist[] = {"method", "args", "kwargs", "timeout", NULL};
     static char *kwlist_notify[] = {"method", "args", "kwargs", NULL};
-    PyObject *a = Py_None, *k = Py_None, *t = Py_None;
+    PyObject *a = Py_None, *k = Py_None, *timeout = Py_None;
     memset(c, 0, sizeof(*c));
     if (!PyArg_ParseTupleAndKeywords(args, kwds, format, with_timeout ? kwlist : kwlist_notify,
-                                     &c->method_obj, &a, &k, &t)) {
+                                     &c->method_obj, &a, &k, &timeout)) {
         return -1;
     }
     c->method = PyUnicode_AsUTF8AndSize(c->method_obj, NULL);
     if (!c->method ||
-        usec_from_seconds(t, TETHER_TIMEOUT_DEFAULT, "timeout", &c->opts.timeout_usec) < 0) {
+        usec_from_seconds(timeout, TETHER_TIMEOUT_DEFAULT, "timeout", &c->opts.timeout_usec) < 0) {
         return -1;
     }
-    if (t != Py_None && c->opts.timeout_usec == 0) {
+    if (timeout != Py_None && c->opts.timeout_usec == 0) {
         c->opts.timeout_usec = 1; /* 0 would mean the default */
     }
-    return values_from_args(a, k, &c->args, &c->kwargs);
+    xfer x = {st, t->conn, t->context};
+    return values_from_args(a, k, &x, &c->args, &c->kwargs);
 }
 
 static void
@@ -2262,21 +2699,33 @@ call_spec_done(call_spec *c)
     c->kwargs = tether_value_unref(c->kwargs);
 }
 
-/* Parse a call's arguments into c and find the connection; NULL (error set) if either
- * fails, with c already released. */
-static tether_conn *
-call_begin(ClientObject *self, module_state *st, call_spec *c, PyObject *args, PyObject *kwds,
-           const char *format)
+static int
+target_call(const call_target *t, call_spec *c, tether_value **result, tether_error *err)
 {
-    if (call_spec_parse(c, args, kwds, format, true) < 0) {
-        call_spec_done(c);
-        return NULL;
-    }
-    tether_conn *conn = client_conn(self, st);
-    if (!conn) {
-        call_spec_done(c);
-    }
-    return conn;
+    return t->obj ? tether_object_call_values(t->obj, c->method, c->args, c->kwargs, &c->opts,
+                                              result, err)
+                  : tether_conn_call_values(t->conn, c->method, c->args, c->kwargs, &c->opts,
+                                            result, err);
+}
+
+static int
+target_call_async(const call_target *t, call_spec *c, tether_future **future)
+{
+    return t->obj ? tether_object_call_async_values(t->obj, c->method, c->args, c->kwargs,
+                                                    &c->opts, future)
+                  : tether_conn_call_async_values(t->conn, c->method, c->args, c->kwargs,
+                                                  &c->opts, future);
+}
+
+/* Raise what a call that failed before it started (code r) raises. */
+static PyObject *
+raise_start_error(module_state *st, const char *method, int r)
+{
+    tether_error err = TETHER_ERROR_INIT;
+    tether_error_set(&err, "tether.Error", "%s: %s", method, tether_strerror(r));
+    raise_error(st, r, &err, AT_CALL);
+    tether_error_done(&err);
+    return NULL;
 }
 
 /* How many synchronous calls (the core's path) this thread is waiting in; services the
@@ -2284,31 +2733,30 @@ call_begin(ClientObject *self, module_state *st, call_spec *c, PyObject *args, P
 static _Thread_local unsigned blocking_calls;
 
 static PyObject *
-client_call(ClientObject *self, PyObject *args, PyObject *kwds)
+call_target_sync(module_state *st, const call_target *t, PyObject *args, PyObject *kwds)
 {
-    module_state *st = state_of_type(Py_TYPE(self));
     call_spec c;
-    tether_conn *conn = call_begin(self, st, &c, args, kwds, "U|OOO:call");
-    if (!conn) {
+    if (call_spec_parse(&c, st, t, args, kwds, "U|OOO:call", true) < 0) {
+        call_spec_done(&c);
         return NULL;
     }
     tether_value *result = NULL;
     tether_error err = TETHER_ERROR_INIT;
     int r;
-    if (PyThread_get_thread_ident() != st->main_thread || self->main_services) {
+    if (t->direct) {
         /* No signal can reach this thread: the core's direct synchronous path. A client
          * with main-thread services takes it on the main thread too, at the cost of
          * Ctrl-C: only a thread waiting there runs the host's call-backs of this call
          * into those services, which would otherwise queue for this very thread. */
         blocking_calls++;
         PyThreadState *save = PyEval_SaveThread();
-        r = tether_conn_call_values(conn, c.method, c.args, c.kwargs, &c.opts, &result, &err);
+        r = target_call(t, &c, &result, &err);
         PyEval_RestoreThread(save);
         blocking_calls--;
     } else {
         /* Interruptible: an async call waited on in slices; Ctrl-C cancels it. */
         tether_future *future = NULL;
-        r = tether_conn_call_async_values(conn, c.method, c.args, c.kwargs, &c.opts, &future);
+        r = target_call_async(t, &c, &future);
         if (r == 0) {
             int w = wait_future(st, future, TETHER_TIMEOUT_INFINITE);
             if (w < 0) {
@@ -2328,7 +2776,8 @@ client_call(ClientObject *self, PyObject *args, PyObject *kwds)
     if (r < 0) {
         o = raise_error(st, r, &err, AT_CALL);
     } else {
-        o = object_from_value(result);
+        xfer x = {st, t->conn, t->context};
+        o = object_from_value(result, &x);
     }
     tether_value_unref(result);
     tether_error_done(&err);
@@ -2336,51 +2785,188 @@ client_call(ClientObject *self, PyObject *args, PyObject *kwds)
 }
 
 static PyObject *
-client_call_async(ClientObject *self, PyObject *args, PyObject *kwds)
+call_target_async(module_state *st, const call_target *t, PyObject *args, PyObject *kwds)
 {
-    module_state *st = state_of_type(Py_TYPE(self));
     call_spec c;
-    tether_conn *conn = call_begin(self, st, &c, args, kwds, "U|OOO:call_async");
-    if (!conn) {
+    if (call_spec_parse(&c, st, t, args, kwds, "U|OOO:call_async", true) < 0) {
+        call_spec_done(&c);
         return NULL;
     }
     tether_future *future = NULL;
-    int r = tether_conn_call_async_values(conn, c.method, c.args, c.kwargs, &c.opts, &future);
+    int r = target_call_async(t, &c, &future);
     call_spec_done(&c);
     if (r < 0) {
-        tether_error err = TETHER_ERROR_INIT;
-        tether_error_set(&err, "tether.Error", "%s: %s", c.method, tether_strerror(r));
-        raise_error(st, r, &err, AT_CALL);
-        tether_error_done(&err);
+        return raise_start_error(st, c.method, r);
+    }
+    return future_new_object(st, future, c.method_obj, t->context);
+}
+
+static PyObject *
+call_target_notify(module_state *st, const call_target *t, PyObject *args, PyObject *kwds)
+{
+    call_spec c;
+    if (call_spec_parse(&c, st, t, args, kwds, "U|OO:notify", false) < 0) {
+        call_spec_done(&c);
         return NULL;
     }
-    return future_new_object(st, future, c.method_obj);
+    int r = t->obj ? tether_object_notify_values(t->obj, c.method, c.args, c.kwargs)
+                   : tether_conn_notify_values(t->conn, c.method, c.args, c.kwargs);
+    call_spec_done(&c);
+    if (r < 0) {
+        return raise_start_error(st, c.method, r);
+    }
+    Py_RETURN_NONE;
+}
+
+/* A call of the host's services through this client (conn NULL before connect). */
+static bool
+client_target(ClientObject *self, module_state *st, call_target *t)
+{
+    bool main_thread = PyThread_get_thread_ident() == st->main_thread;
+    *t = (call_target){
+        .conn = tether_client_get_conn(self->client),
+        .context = self->main_objects ? TETHER_CONTEXT_MAIN : TETHER_CONTEXT_POOL,
+        .direct = !main_thread || self->main_services || self->main_objects,
+    };
+    return true;
+}
+
+static PyObject *
+client_call(ClientObject *self, PyObject *args, PyObject *kwds)
+{
+    module_state *st = state_of_type(Py_TYPE(self));
+    call_target t;
+    return client_target(self, st, &t) ? call_target_sync(st, &t, args, kwds) : NULL;
+}
+
+static PyObject *
+client_call_async(ClientObject *self, PyObject *args, PyObject *kwds)
+{
+    module_state *st = state_of_type(Py_TYPE(self));
+    call_target t;
+    return client_target(self, st, &t) ? call_target_async(st, &t, args, kwds) : NULL;
 }
 
 static PyObject *
 client_notify(ClientObject *self, PyObject *args, PyObject *kwds)
 {
     module_state *st = state_of_type(Py_TYPE(self));
-    call_spec c;
-    if (call_spec_parse(&c, args, kwds, "U|OO:notify", false) < 0) {
-        call_spec_done(&c);
-        return NULL;
-    }
-    tether_conn *conn = client_conn(self, st);
-    int r = conn ? tether_conn_notify_values(conn, c.method, c.args, c.kwargs) : 0;
-    call_spec_done(&c);
-    if (!conn) {
-        return NULL;
-    }
-    if (r < 0) {
-        tether_error err = TETHER_ERROR_INIT;
-        tether_error_set(&err, "tether.Error", "%s: %s", c.method, tether_strerror(r));
-        raise_error(st, r, &err, AT_CALL);
-        tether_error_done(&err);
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    call_target t;
+    return client_target(self, st, &t) ? call_target_notify(st, &t, args, kwds) : NULL;
 }
+
+/* ---- Ref: the handle of a tether.Proxy ----------------------------------------------- */
+
+static call_target
+ref_target(RefObject *self, module_state *st)
+{
+    bool main_thread = PyThread_get_thread_ident() == st->main_thread;
+    return (call_target){
+        .conn = tether_object_get_conn(self->obj),
+        .obj = self->obj,
+        .context = self->context,
+        .direct = !main_thread || self->context == TETHER_CONTEXT_MAIN,
+    };
+}
+
+static PyObject *
+ref_call(RefObject *self, PyObject *args, PyObject *kwds)
+{
+    module_state *st = state_of_type(Py_TYPE(self));
+    call_target t = ref_target(self, st);
+    return call_target_sync(st, &t, args, kwds);
+}
+
+static PyObject *
+ref_call_async(RefObject *self, PyObject *args, PyObject *kwds)
+{
+    module_state *st = state_of_type(Py_TYPE(self));
+    call_target t = ref_target(self, st);
+    return call_target_async(st, &t, args, kwds);
+}
+
+static PyObject *
+ref_notify(RefObject *self, PyObject *args, PyObject *kwds)
+{
+    module_state *st = state_of_type(Py_TYPE(self));
+    call_target t = ref_target(self, st);
+    return call_target_notify(st, &t, args, kwds);
+}
+
+static void
+ref_dealloc(RefObject *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    /* The core tells the owner (batched) once no reference to the proxy is left. */
+    tether_object_unref(self->obj);
+    freefunc free_fn = PyType_GetSlot(type, Py_tp_free);
+    free_fn(self);
+    Py_DECREF(type);
+}
+
+static PyObject *
+ref_get_key(RefObject *self, void *closure)
+{
+    return PyLong_FromVoidPtr(self->obj);
+}
+
+static PyObject *
+ref_get_id(RefObject *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(tether_object_get_id(self->obj));
+}
+
+static PyObject *
+ref_get_type_name(RefObject *self, void *closure)
+{
+    return text_or_none(tether_object_get_type_name(self->obj));
+}
+
+static PyObject *
+ref_get_conn_key(RefObject *self, void *closure)
+{
+    return PyLong_FromVoidPtr(tether_object_get_conn(self->obj));
+}
+
+static PyObject *
+ref_get_connected(RefObject *self, void *closure)
+{
+    return PyBool_FromLong(tether_conn_is_connected(tether_object_get_conn(self->obj)));
+}
+
+static PyMethodDef ref_methods[] = {
+    {"call", (PyCFunction)(void (*)(void))ref_call, METH_VARARGS | METH_KEYWORDS,
+     "call(method, args=None, kwargs=None, timeout=None): call a method of the object."},
+    {"call_async", (PyCFunction)(void (*)(void))ref_call_async, METH_VARARGS | METH_KEYWORDS,
+     "call_async(method, args=None, kwargs=None, timeout=None) -> tether.Future"},
+    {"notify", (PyCFunction)(void (*)(void))ref_notify, METH_VARARGS | METH_KEYWORDS,
+     "notify(method, args=None, kwargs=None): call a method, expecting no answer."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef ref_getset[] = {
+    {"key", (getter)ref_get_key, NULL, "Identifies the core's proxy while it lives.", NULL},
+    {"id", (getter)ref_get_id, NULL, "The object's id in its owner.", NULL},
+    {"type_name", (getter)ref_get_type_name, NULL, "The type name the owner gave.", NULL},
+    {"conn_key", (getter)ref_get_conn_key, NULL, "Identifies the connection.", NULL},
+    {"connected", (getter)ref_get_connected, NULL, "Its connection is open.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot ref_slots[] = {
+    {Py_tp_doc, "The handle of a tether.Proxy: a reference to an object of the peer."},
+    {Py_tp_dealloc, ref_dealloc},
+    {Py_tp_methods, ref_methods},
+    {Py_tp_getset, ref_getset},
+    {0, NULL},
+};
+
+static PyType_Spec ref_spec = {
+    .name = "tether._tether.Ref",
+    .basicsize = sizeof(RefObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = ref_slots,
+};
 
 static PyObject *
 client_log(ClientObject *self, PyObject *args)
@@ -2440,6 +3026,8 @@ client_add_service(ClientObject *self, PyObject *args, PyObject *kwds)
         return PyErr_NoMemory();
     }
     rec->callable = Py_NewRef(callable);
+    rec->st = state_of_type(Py_TYPE(self));
+    rec->context = main ? TETHER_CONTEXT_MAIN : TETHER_CONTEXT_POOL;
     if (deferred) {
         rec->deferred = (PyTypeObject *)Py_NewRef(state_of_type(Py_TYPE(self))->reply_type);
     }
@@ -2516,8 +3104,28 @@ static PyMethodDef client_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *
+client_get_serve_main(ClientObject *self, void *closure)
+{
+    return PyBool_FromLong(self->main_objects);
+}
+
+static int
+client_set_serve_main(ClientObject *self, PyObject *value, void *closure)
+{
+    int on = value ? PyObject_IsTrue(value) : 0;
+    if (on < 0) {
+        return -1;
+    }
+    self->main_objects = on;
+    return 0;
+}
+
 static PyGetSetDef client_getset[] = {
     {"host_name", (getter)client_get_host_name, NULL, "The host's name, None before connect.",
+     NULL},
+    {"serve_main", (getter)client_get_serve_main, (setter)client_set_serve_main,
+     "Objects this client exports serve in dispatch() (True) or on worker threads (False).",
      NULL},
     {"name", (getter)client_get_name, NULL, "The name given at creation ('' for the default).",
      NULL},
@@ -2587,7 +3195,7 @@ static PyObject *
 module_pack(PyObject *module, PyObject *obj)
 {
     packbuf b;
-    pb_init(&b);
+    pb_init(&b, NULL);
     PyObject *r = NULL;
     if (pack_obj(&b, obj, 0) == 0) {
         r = PyBytes_FromStringAndSize((const char *)b.data, (Py_ssize_t)b.len);
@@ -2611,7 +3219,7 @@ module_unpack(PyObject *module, PyObject *data)
         PyErr_Format(PyExc_ValueError, "invalid msgpack: %s", tether_strerror(r));
         return NULL;
     }
-    PyObject *o = object_from_value(v);
+    PyObject *o = object_from_value(v, NULL);
     tether_value_unref(v);
     return o;
 }
@@ -2640,6 +3248,13 @@ module_in_blocking_call(PyObject *module, PyObject *unused)
     return PyBool_FromLong(blocking_calls > 0);
 }
 
+/* type_name(obj) -> str: the name peers see for obj's type. */
+static PyObject *
+module_type_name(PyObject *module, PyObject *obj)
+{
+    return type_display_name(Py_TYPE(obj));
+}
+
 static PyObject *
 module_strerror(PyObject *module, PyObject *arg)
 {
@@ -2659,6 +3274,8 @@ static PyMethodDef module_methods[] = {
     {"_error", (PyCFunction)(void (*)(void))module_error, METH_VARARGS | METH_KEYWORDS,
      "_error(code, type=None, message=None, traceback=None, connect=False) -> exception"},
     {"strerror", module_strerror, METH_O, "strerror(code) -> str: the core's name of a code."},
+    {"type_name", module_type_name, METH_O,
+     "type_name(obj) -> str: the name peers see for obj's type ('int', 'mod.Class')."},
     {"_in_blocking_call", module_in_blocking_call, METH_NOARGS,
      "_in_blocking_call() -> bool: this thread waits in a blocking call (internal)."},
     {NULL, NULL, 0, NULL},
@@ -2687,6 +3304,15 @@ module_exec(PyObject *module)
     }
     st->reply_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &reply_spec, NULL);
     if (!st->reply_type || PyModule_AddType(module, st->reply_type) < 0) {
+        return -1;
+    }
+    st->ref_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &ref_spec, NULL);
+    if (!st->ref_type || PyModule_AddType(module, st->ref_type) < 0) {
+        return -1;
+    }
+    st->exports = PyDict_New();
+    st->classes = PyDict_New();
+    if (!st->exports || !st->classes) {
         return -1;
     }
     if (define_exceptions(module, st) < 0) {
@@ -2749,6 +3375,10 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->client_type);
     Py_VISIT(st->future_type);
     Py_VISIT(st->reply_type);
+    Py_VISIT(st->ref_type);
+    Py_VISIT(st->proxy_module);
+    Py_VISIT(st->exports);
+    Py_VISIT(st->classes);
     Py_VISIT(st->TetherError);
     Py_VISIT(st->RemoteError);
     Py_VISIT(st->NotConnectedError);
@@ -2764,6 +3394,10 @@ module_clear(PyObject *module)
     Py_CLEAR(st->client_type);
     Py_CLEAR(st->future_type);
     Py_CLEAR(st->reply_type);
+    Py_CLEAR(st->ref_type);
+    Py_CLEAR(st->proxy_module);
+    Py_CLEAR(st->exports);
+    Py_CLEAR(st->classes);
     Py_CLEAR(st->TetherError);
     Py_CLEAR(st->RemoteError);
     Py_CLEAR(st->NotConnectedError);

@@ -181,8 +181,10 @@ tether__conn_on_response(tether_conn *c, const tether__frame *f)
     if (f->refs && !f->is_error) {
         char message[128];
         tether__objvec objs = TETHER__OBJVEC_INIT;
-        r = tether__conn_bind_refs(c, f->value.ptr, f->value.len, &objs, message,
-                                   sizeof(message));
+        const void *data;
+        size_t size;
+        tether_value_get_msgpack(v, &data, &size); /* our copy, not shared yet */
+        r = tether__conn_bind_refs(c, (uint8_t *)data, size, &objs, message, sizeof(message));
         if (r == 0) {
             r = tether__value_adopt(v, &objs);
         }

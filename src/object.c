@@ -283,8 +283,11 @@ tether__refs_scan(const uint8_t *p, size_t len, int (*fn)(void *arg, const tethe
         tether__mp_reader pr = {h.data.ptr, h.data.ptr + h.data.len};
         uint32_t n;
         tether__ref ref = {.off = (size_t)(at - p)};
-        if (tether__mp_read_array(&pr, &n) < 0 || n < 3 || tether__mp_read_int(&pr, &ref.owner) < 0 ||
-            tether__mp_read_uint(&pr, &ref.id) < 0 || tether__mp_read_str(&pr, &ref.type) < 0 ||
+        if (tether__mp_read_array(&pr, &n) < 0 || n < 3 || tether__mp_read_int(&pr, &ref.owner) < 0) {
+            return -EPROTO;
+        }
+        ref.owner_at = (size_t)(pr.p - 1 - p); /* 0 and 1 end in that byte, however encoded */
+        if (tether__mp_read_uint(&pr, &ref.id) < 0 || tether__mp_read_str(&pr, &ref.type) < 0 ||
             ref.id == 0 || (ref.owner != 0 && ref.owner != 1)) {
             return -EPROTO;
         }
@@ -541,14 +544,24 @@ bind_one(void *argp, const tether__ref *ref)
     return r;
 }
 
+static int
+flip_owner(void *argp, const tether__ref *ref)
+{
+    ((uint8_t *)argp)[ref->owner_at] ^= 1;
+    return 0;
+}
+
 int
-tether__conn_bind_refs(tether_conn *c, const uint8_t *p, size_t len, tether__objvec *vec,
-                       char *err, size_t errlen)
+tether__conn_bind_refs(tether_conn *c, uint8_t *p, size_t len, tether__objvec *vec, char *err,
+                       size_t errlen)
 {
     bind_arg a = {c, vec, err, errlen};
     pthread_mutex_lock(&c->lock);
     int r = tether__refs_scan(p, len, bind_one, &a);
     pthread_mutex_unlock(&c->lock);
+    if (r == 0) {
+        tether__refs_scan(p, len, flip_owner, p);
+    }
     if (r == -EPROTO) {
         snprintf(err, errlen, "malformed object reference");
     }

@@ -76,7 +76,8 @@ int tether__ref_encode(tether__buf *out, const tether_object *obj);
 
 /* One REF ext found in checked msgpack bytes. */
 typedef struct tether__ref {
-    size_t off; /* of the ext's first byte */
+    size_t off;      /* of the ext's first byte */
+    size_t owner_at; /* of the last byte of the owner's integer */
     int64_t owner;
     uint64_t id;
     tether__span type;
@@ -114,12 +115,15 @@ typedef struct tether__conn_objects {
 } tether__conn_objects;
 
 /*
- * Received bytes [p, p+len) (a value of a frame from c, checked): resolve its REFs into
- * vec, with offsets relative to p. A REF owned by the peer becomes a proxy (counted in
- * imports), one owned by us the local object it names. Returns 0, -ENOMEM, or -ENOENT
- * when it names an object of ours that the connection does not hold (message in err).
+ * Received bytes [p, p+len) (a value of a frame from c, checked, in memory of our own):
+ * resolve its REFs into vec, with offsets relative to p. A REF owned by the peer becomes
+ * a proxy (counted in imports), one owned by us the local object it names. Then every
+ * REF's owner is flipped in place to our point of view, the one values are sent with
+ * (0: ours, 1: the peer's), so a value passed on unchanged names the same objects.
+ * Returns 0, -ENOMEM, or -ENOENT when it names an object of ours that the connection
+ * does not hold (message in err).
  */
-int tether__conn_bind_refs(tether_conn *c, const uint8_t *p, size_t len, tether__objvec *vec,
+int tether__conn_bind_refs(tether_conn *c, uint8_t *p, size_t len, tether__objvec *vec,
                            char *err, size_t errlen);
 
 /*

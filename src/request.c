@@ -379,12 +379,12 @@ request_new(tether_conn *c, const tether__frame *f)
     return req;
 }
 
-/* Resolve the REFs of received bytes (NULL: none) into objs. */
+/* Resolve the REFs of received bytes (NULL: none; the request's own copy) into objs. */
 static int
 bind_received(tether_conn *c, const uint8_t *raw, size_t len, tether__objvec *objs, char *err,
-     size_t errlen)
+              size_t errlen)
 {
-    return raw ? tether__conn_bind_refs(c, raw, len, objs, err, errlen) : 0;
+    return raw ? tether__conn_bind_refs(c, (uint8_t *)raw, len, objs, err, errlen) : 0;
 }
 
 /* Free a request that was answered without running (the answer went out already). */

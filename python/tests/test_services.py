@@ -93,10 +93,16 @@ def test_wrong_arguments_to_a_service_raise_type_error(client):
         call_back(client, "one_arg", 1, 2)
 
 
-def test_unserialisable_result_is_a_type_error_for_the_caller(client):
-    client.register("gives_object", lambda: object())
-    with pytest.raises(TypeError, match="cannot send a value of type 'object'"):
-        call_back(client, "gives_object")
+def test_unsendable_result_is_an_error_for_the_caller(client):
+    client.register("gives_huge_int", lambda: 2**70)
+    with pytest.raises(OverflowError, match="too large"):
+        call_back(client, "gives_huge_int")
+
+
+def test_an_object_result_goes_by_reference_and_comes_back_as_itself(client):
+    mine = object()
+    client.register("gives_object", lambda: mine)
+    assert call_back(client, "gives_object") is mine
 
 
 def test_unknown_service_of_the_client(client):

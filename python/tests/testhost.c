@@ -8,9 +8,9 @@
  * "ready ADDRESS" on stdout once listening, and runs until its stdin reaches end of file
  * (so it never outlives the test process that started it), SIGTERM or SIGINT.
  *
- * Every service runs on the I/O thread (IO context) and never blocks; the ones that
- * answer later keep the request (tether_request_ref) and reply from another thread or
- * from a future's completion callback:
+ * Every service but held_call runs on the I/O thread (IO context) and never blocks; the
+ * ones that answer later keep the request (tether_request_ref) and reply from another
+ * thread or from a future's completion callback:
  *
  *   add(a, b)                  a + b (64-bit integers)
  *   echo(x)                    x
@@ -30,6 +30,16 @@
  *                              ms milliseconds (its caller then gets tether.Cancelled)
  *   notify_client(name, method, args)  sends method(*args) to that client as a
  *                              notification; replies nil
+ *   client_calls(name)         requests and notifications received from that client
+ *   make_counter(start=0)      a new Counter object (by reference), alive while a proxy
+ *                              to it is: add(n=1), get() (a worker thread), fail(message),
+ *                              attributes value and label (settable), repr, len
+ *   counters_released()        how many Counters have been released
+ *   hold(obj) -> slot          the host keeps a reference to obj (a script's object)
+ *   held_call(slot, method, args, kwargs)   calls that method of the held object (on a
+ *                              worker thread, as the call blocks) and replies its outcome
+ *   get_held(slot)             the held object; drop(slot) lets it go
+ *   same(a, b) -> [a is b, a is a proxy]
  *
  * If $TETHER_TESTHOST_LOG names a file, the host's log (every level, debug included, and
  * so the records clients send with tether_conn_log) is appended to it, one line per
@@ -40,6 +50,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -466,6 +477,281 @@ log_line(void *userdata, int level, const char *message)
     pthread_mutex_unlock(&log_lock);
 }
 
+/* client_calls(name) -> requests and notifications the host received from that client. */
+static int
+client_calls(tether_request *req, void *userdata)
+{
+    tether_host *host = userdata;
+    const char *name;
+    if (tether_request_read(req, "s", &name) < 0 || !name) {
+        return TETHER_EINVAL;
+    }
+    tether_client_info *infos;
+    size_t count;
+    int r = tether_host_list_clients(host, &infos, &count);
+    if (r < 0) {
+        return r;
+    }
+    int64_t calls = -1;
+    for (size_t i = 0; i < count; i++) {
+        if (strcmp(infos[i].name, name) == 0) {
+            calls = (int64_t)infos[i].calls_in;
+        }
+    }
+    tether_client_infos_free(infos, count);
+    return calls < 0 ? tether_request_reply_error(req, "KeyError", "no client '%s'", name)
+                     : tether_request_reply(req, "x", calls);
+}
+
+/* ---- objects ------------------------------------------------------------------------- */
+
+/* A C object handed out by reference: what a script's proxy calls into. */
+typedef struct counter {
+    atomic_llong value;
+    char label[64];
+} counter;
+
+static atomic_int counters_released;
+
+static int
+counter_add(tether_request *req, void *userdata)
+{
+    counter *c = userdata;
+    int64_t n = 1;
+    if (tether_request_read(req, "x", &n) < 0 && tether_request_read(req, "") < 0) {
+        return TETHER_EINVAL;
+    }
+    return tether_request_reply(req, "x", (int64_t)(atomic_fetch_add(&c->value, n) + n));
+}
+
+static int
+counter_get(tether_request *req, void *userdata)
+{
+    counter *c = userdata;
+    return tether_request_reply(req, "x", (int64_t)atomic_load(&c->value));
+}
+
+static int
+counter_fail(tether_request *req, void *userdata)
+{
+    const char *message = "";
+    tether_request_read(req, "s", &message);
+    return tether_request_reply_error(req, "ValueError", "%s", message ? message : "");
+}
+
+/* Attributes for Python proxies: value and label. */
+static int
+counter_getattr(tether_request *req, void *userdata)
+{
+    counter *c = userdata;
+    const char *name;
+    if (tether_request_read(req, "s", &name) < 0 || !name) {
+        return TETHER_EINVAL;
+    }
+    if (strcmp(name, "value") == 0) {
+        return tether_request_reply(req, "x", (int64_t)atomic_load(&c->value));
+    }
+    if (strcmp(name, "label") == 0) {
+        pthread_mutex_lock(&lock);
+        int r = tether_request_reply(req, "s", c->label);
+        pthread_mutex_unlock(&lock);
+        return r;
+    }
+    return tether_request_reply_error(req, "AttributeError", "'Counter' object has no "
+                                      "attribute '%s'", name);
+}
+
+static int
+counter_setattr(tether_request *req, void *userdata)
+{
+    counter *c = userdata;
+    const char *name, *text;
+    if (tether_request_read(req, "s*", &name) < 0 || !name) {
+        return TETHER_EINVAL;
+    }
+    if (strcmp(name, "label") != 0) {
+        return tether_request_reply_error(req, "AttributeError", "can only set 'label'");
+    }
+    if (tether_request_read(req, "ss", &name, &text) < 0 || !text) {
+        return TETHER_EINVAL;
+    }
+    pthread_mutex_lock(&lock);
+    snprintf(c->label, sizeof(c->label), "%s", text);
+    pthread_mutex_unlock(&lock);
+    return 0;
+}
+
+static int
+counter_repr(tether_request *req, void *userdata)
+{
+    counter *c = userdata;
+    char text[96];
+    snprintf(text, sizeof(text), "<Counter %lld>", (long long)atomic_load(&c->value));
+    return tether_request_reply(req, "s", text);
+}
+
+static void
+counter_release(void *userdata)
+{
+    free(userdata);
+    atomic_fetch_add(&counters_released, 1);
+}
+
+static const tether_method counter_methods[] = {
+    {"add", TETHER_CONTEXT_IO, counter_add},
+    {"get", TETHER_CONTEXT_POOL, counter_get},
+    {"fail", TETHER_CONTEXT_IO, counter_fail},
+    {"__getattr__", TETHER_CONTEXT_IO, counter_getattr},
+    {"__setattr__", TETHER_CONTEXT_IO, counter_setattr},
+    {"__repr__", TETHER_CONTEXT_IO, counter_repr},
+    {"__len__", TETHER_CONTEXT_IO, counter_get},
+    {NULL, 0, NULL},
+};
+
+static const tether_class counter_class = {
+    .name = "Counter",
+    .methods = counter_methods,
+    .release = counter_release,
+};
+
+/* make_counter(start=0) -> Counter, kept alive only by the caller's proxy. */
+static int
+make_counter(tether_request *req, void *userdata)
+{
+    tether_host *host = userdata;
+    int64_t start = 0;
+    if (tether_request_read(req, "x", &start) < 0 && tether_request_read(req, "") < 0) {
+        return TETHER_EINVAL;
+    }
+    counter *c = calloc(1, sizeof(*c));
+    tether_object *obj = NULL;
+    if (!c || tether_host_new_object(host, &counter_class, c, &obj) < 0) {
+        free(c);
+        return TETHER_ENOMEM;
+    }
+    atomic_store(&c->value, start);
+    int r = tether_request_reply(req, "o", obj);
+    tether_object_unref(obj);
+    return r;
+}
+
+static int
+counters_released_service(tether_request *req, void *userdata)
+{
+    return tether_request_reply(req, "i", atomic_load(&counters_released));
+}
+
+/* Objects the host holds for the tests: hold(obj) -> slot, held_call, drop(slot). */
+#define HELD_MAX 64
+static tether_object *held[HELD_MAX]; /* guarded by lock */
+
+static int
+hold(tether_request *req, void *userdata)
+{
+    tether_object *obj = NULL;
+    if (tether_request_read(req, "o", &obj) < 0 || !obj) {
+        return TETHER_EINVAL;
+    }
+    pthread_mutex_lock(&lock);
+    int slot = 0;
+    while (slot < HELD_MAX && held[slot]) {
+        slot++;
+    }
+    if (slot < HELD_MAX) {
+        held[slot] = obj;
+    }
+    pthread_mutex_unlock(&lock);
+    if (slot == HELD_MAX) {
+        tether_object_unref(obj);
+        return tether_request_reply_error(req, "RuntimeError", "holding too many objects");
+    }
+    return tether_request_reply(req, "i", slot);
+}
+
+static tether_object *
+held_ref(int slot)
+{
+    pthread_mutex_lock(&lock);
+    tether_object *obj = slot >= 0 && slot < HELD_MAX ? tether_object_ref(held[slot]) : NULL;
+    pthread_mutex_unlock(&lock);
+    return obj;
+}
+
+/* held_call(slot, method, args, kwargs) -> what the held object's method returns (a
+ * worker thread: the call blocks). */
+static int
+held_call(tether_request *req, void *userdata)
+{
+    int slot;
+    const char *method;
+    tether_value *args = NULL, *kwargs = NULL;
+    if (tether_request_read(req, "isvv", &slot, &method, &args, &kwargs) < 0) {
+        return TETHER_EINVAL;
+    }
+    tether_object *obj = held_ref(slot);
+    tether_value *result = NULL;
+    tether_error err = TETHER_ERROR_INIT;
+    int r = obj ? tether_object_call_values(obj, method, args, kwargs, NULL, &result, &err)
+                : TETHER_ENOENT;
+    if (r == 0) {
+        r = tether_request_reply_value(req, result);
+    } else if (err.type) {
+        r = tether_request_reply_error_full(req, &err);
+    } else {
+        r = tether_request_reply_error(req, "KeyError", "no object held in slot %d", slot);
+    }
+    tether_object_unref(obj);
+    tether_value_unref(result);
+    tether_value_unref(args);
+    tether_value_unref(kwargs);
+    tether_error_done(&err);
+    return r;
+}
+
+/* get_held(slot) -> the held object itself (a proxy goes back to its owner). */
+static int
+get_held(tether_request *req, void *userdata)
+{
+    int slot;
+    if (tether_request_read(req, "i", &slot) < 0) {
+        return TETHER_EINVAL;
+    }
+    tether_object *obj = held_ref(slot);
+    int r = obj ? tether_request_reply(req, "o", obj)
+                : tether_request_reply_error(req, "KeyError", "no object in slot %d", slot);
+    tether_object_unref(obj);
+    return r;
+}
+
+static int
+drop(tether_request *req, void *userdata)
+{
+    int slot;
+    if (tether_request_read(req, "i", &slot) < 0 || slot < 0 || slot >= HELD_MAX) {
+        return TETHER_EINVAL;
+    }
+    pthread_mutex_lock(&lock);
+    tether_object *obj = held[slot];
+    held[slot] = NULL;
+    pthread_mutex_unlock(&lock);
+    tether_object_unref(obj); /* outside the lock: a proxy's release is sent from here */
+    return 0;
+}
+
+/* same(a, b) -> bool: the two arguments are one object (or one proxy). */
+static int
+same(tether_request *req, void *userdata)
+{
+    tether_object *a = NULL, *b = NULL;
+    if (tether_request_read(req, "oo", &a, &b) < 0) {
+        return TETHER_EINVAL;
+    }
+    int r = tether_request_reply(req, "[bb]", a == b, a && tether_object_is_remote(a));
+    tether_object_unref(a);
+    tether_object_unref(b);
+    return r;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -484,20 +770,29 @@ main(int argc, char **argv)
     static const struct {
         const char *name;
         tether_handler_fn fn;
+        tether_context context;
     } services[] = {
-        {"add", add},
-        {"echo", echo},
-        {"echo_args", echo_args},
-        {"fail", fail},
-        {"slow", slow},
-        {"stuck", stuck},
-        {"stuck_state", stuck_state},
-        {"note", note},
-        {"notes", notes},
-        {"clients", clients},
-        {"call_client", call_client},
-        {"call_client_cancel", call_client_cancel},
-        {"notify_client", notify_client},
+        {"add", add, TETHER_CONTEXT_IO},
+        {"echo", echo, TETHER_CONTEXT_IO},
+        {"echo_args", echo_args, TETHER_CONTEXT_IO},
+        {"fail", fail, TETHER_CONTEXT_IO},
+        {"slow", slow, TETHER_CONTEXT_IO},
+        {"stuck", stuck, TETHER_CONTEXT_IO},
+        {"stuck_state", stuck_state, TETHER_CONTEXT_IO},
+        {"note", note, TETHER_CONTEXT_IO},
+        {"notes", notes, TETHER_CONTEXT_IO},
+        {"clients", clients, TETHER_CONTEXT_IO},
+        {"call_client", call_client, TETHER_CONTEXT_IO},
+        {"call_client_cancel", call_client_cancel, TETHER_CONTEXT_IO},
+        {"notify_client", notify_client, TETHER_CONTEXT_IO},
+        {"client_calls", client_calls, TETHER_CONTEXT_IO},
+        {"make_counter", make_counter, TETHER_CONTEXT_IO},
+        {"counters_released", counters_released_service, TETHER_CONTEXT_IO},
+        {"hold", hold, TETHER_CONTEXT_IO},
+        {"held_call", held_call, TETHER_CONTEXT_POOL},
+        {"get_held", get_held, TETHER_CONTEXT_IO},
+        {"drop", drop, TETHER_CONTEXT_IO},
+        {"same", same, TETHER_CONTEXT_IO},
     };
     tether_host_options options = {.name = argv[1]};
     const char *log_path = getenv("TETHER_TESTHOST_LOG");
@@ -513,8 +808,8 @@ main(int argc, char **argv)
     tether_host *host = NULL;
     int r = tether_host_new(&options, &host);
     for (size_t i = 0; r == 0 && i < sizeof(services) / sizeof(services[0]); i++) {
-        r = tether_host_add_service(host, services[i].name, TETHER_CONTEXT_IO, services[i].fn,
-                                    host);
+        r = tether_host_add_service(host, services[i].name,
+                                    services[i].context, services[i].fn, host);
     }
     r = r < 0 ? r : tether_host_start(host);
     if (r < 0) {
@@ -548,6 +843,9 @@ main(int argc, char **argv)
         notes_list[i] = tether_value_unref(notes_list[i]);
     }
     notes_count = 0;
+    for (size_t i = 0; i < HELD_MAX; i++) {
+        held[i] = tether_object_unref(held[i]);
+    }
     pthread_mutex_unlock(&lock);
     tether_host_unref(host);
     if (log_file) {

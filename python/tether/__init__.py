@@ -62,6 +62,7 @@ from ._connection import (  # noqa: E402
     connect,
     connect_async,
 )
+from ._proxy import Proxy, is_proxy  # noqa: E402
 from . import services  # noqa: E402
 from .services import Service  # noqa: E402
 from ._logging import LogHandler  # noqa: E402
@@ -77,6 +78,7 @@ __all__ = [
     "LogHandler",
     "NoSuchServiceError",
     "NotConnectedError",
+    "Proxy",
     "RemoteError",
     "RemoteMethod",
     "Service",
@@ -85,6 +87,7 @@ __all__ = [
     "aio",
     "async_",
     "connect",
+    "is_proxy",
     "connect_async",
     "core_version",
     "protocol_version",

@@ -185,6 +185,8 @@ class Connection:
         self._client = client
         self._closed = False
         self._serve = serve
+        # Objects this script hands out serve where its services do.
+        client.serve_main = serve != "thread"
         # The thread that made the client: the core dispatches main-thread work only there.
         self._thread = threading.get_ident()
         self._loop = None  # the last loop _use_loop saw
