@@ -317,6 +317,16 @@ typedef struct tether_call_options {
      * TETHER_ENOTCONN.
      */
     bool wait_for_connection;
+    /*
+     * Synchronous calls only: while the call waits, interrupt(interrupt_userdata) is
+     * called on the waiting thread about every interrupt_interval_usec (0: 50 ms),
+     * never with a library lock held; a nonzero return cancels the call (the callee is
+     * told), which then fails with TETHER_ECANCELED. For callers that must notice
+     * signals (an interpreter's Ctrl-C) without leaving the synchronous path. NULL: none.
+     */
+    int (*interrupt)(void *interrupt_userdata);
+    void *interrupt_userdata;
+    uint64_t interrupt_interval_usec;
 } tether_call_options;
 
 /*

@@ -13,19 +13,23 @@
  *   cancel; awaitable, through tether._aio).
  * - Reply: a request kept by a deferred service (one registered with deferred=True),
  *   which answers it later with set_result or set_exception.
+ * - Ref: the handle of a tether.Proxy (a proxy for an object of the peer), and the
+ *   export of this process's objects (see "Objects by reference").
  * - the exception classes, and one function (error_object) that turns a negative code
  *   plus a tether_error into the exception a caller sees.
  * - a msgpack encoder (Python object to bytes, for arguments and results) and a decoder
- *   (bytes to Python object). Plain data only: None, bool, int (64-bit, signed or
- *   unsigned), float, str, bytes/bytearray/memoryview, list/tuple, dict. Tuples arrive
+ *   (bytes to Python object). Plain data by value: None, bool, int (64-bit, signed or
+ *   unsigned), float, str, bytes/bytearray/memoryview, list/tuple, dict; tuples arrive
  *   as lists, except as dict keys, where arrays become tuples so they stay hashable.
+ *   Anything else by reference, in calls and results (REF exts bound by the core).
  *
  * Threads and the GIL.
- * - Every wait on the core releases the GIL. A blocking call made on the main thread
- *   waits for its reply in 50 ms slices and checks for signals between them: Ctrl-C
- *   cancels the remote call (tether_future_cancel) and raises KeyboardInterrupt, and the
- *   connection stays usable. Other threads cannot receive signals, so they take the
- *   core's direct synchronous path (tether_conn_call_values), which is cheaper.
+ * - Every wait on the core releases the GIL. A blocking call takes the core's
+ *   synchronous path, whose waiting thread reads its own reply (no thread hand-off) and
+ *   runs the peer's call-backs into this thread's MAIN services. On the main thread the
+ *   core calls back every 50 ms (tether_call_options.interrupt) to run signal handlers:
+ *   Ctrl-C cancels the remote call and raises KeyboardInterrupt, and the connection
+ *   stays usable.
  * - Services exposed by Python run in TETHER_CONTEXT_POOL (a libuv worker thread), or,
  *   added with main=True, in TETHER_CONTEXT_MAIN (inside Client.dispatch on the thread
  *   that made the Client, where the dispatch released the GIL). The handler takes the
@@ -2646,7 +2650,6 @@ typedef struct {
     tether_conn *conn;
     tether_object *obj;
     tether_context context; /* of the caller: for objects sent and proxies received */
-    bool direct;            /* the core's synchronous path: see call_target_sync */
 } call_target;
 
 static int call_spec_parse_values(call_spec *c, module_state *st, const call_target *t,
@@ -2732,6 +2735,23 @@ raise_start_error(module_state *st, const char *method, int r)
  * core runs inside them see it through _in_blocking_call(). */
 static _Thread_local unsigned blocking_calls;
 
+/* A blocking call on the main thread: the core calls this every SIGNAL_SLICE_USEC
+ * while it waits, so that Ctrl-C (or any signal handler raising) cancels the call. */
+typedef struct {
+    PyThreadState *save;
+    bool raised;
+} signal_watch;
+
+static int
+check_signals(void *userdata)
+{
+    signal_watch *w = userdata;
+    PyEval_RestoreThread(w->save);
+    w->raised = PyErr_CheckSignals() < 0; /* the exception stays set for the caller */
+    w->save = PyEval_SaveThread();
+    return w->raised;
+}
+
 static PyObject *
 call_target_sync(module_state *st, const call_target *t, PyObject *args, PyObject *kwds)
 {
@@ -2742,38 +2762,25 @@ call_target_sync(module_state *st, const call_target *t, PyObject *args, PyObjec
     }
     tether_value *result = NULL;
     tether_error err = TETHER_ERROR_INIT;
-    int r;
-    if (t->direct) {
-        /* No signal can reach this thread: the core's direct synchronous path. A client
-         * with main-thread services takes it on the main thread too, at the cost of
-         * Ctrl-C: only a thread waiting there runs the host's call-backs of this call
-         * into those services, which would otherwise queue for this very thread. */
-        blocking_calls++;
-        PyThreadState *save = PyEval_SaveThread();
-        r = target_call(t, &c, &result, &err);
-        PyEval_RestoreThread(save);
-        blocking_calls--;
-    } else {
-        /* Interruptible: an async call waited on in slices; Ctrl-C cancels it. */
-        tether_future *future = NULL;
-        r = target_call_async(t, &c, &future);
-        if (r == 0) {
-            int w = wait_future(st, future, TETHER_TIMEOUT_INFINITE);
-            if (w < 0) {
-                tether_future_cancel(future);
-                tether_future_unref(future);
-                call_spec_done(&c);
-                return NULL;
-            }
-            r = tether_future_get_result(future, &result, &err);
-            tether_future_unref(future);
-        } else {
-            tether_error_set(&err, "tether.Error", "%s: %s", c.method, tether_strerror(r));
-        }
+    /* The core's synchronous path, whose waiting thread reads its own reply and runs
+     * the peer's call-backs into this thread's services. Only the main thread receives
+     * signals: there the core asks check_signals between slices of the wait. */
+    signal_watch watch = {NULL, false};
+    if (PyThread_get_thread_ident() == st->main_thread) {
+        c.opts.interrupt = check_signals;
+        c.opts.interrupt_userdata = &watch;
+        c.opts.interrupt_interval_usec = SIGNAL_SLICE_USEC;
     }
+    blocking_calls++;
+    watch.save = PyEval_SaveThread();
+    int r = target_call(t, &c, &result, &err);
+    PyEval_RestoreThread(watch.save);
+    blocking_calls--;
     call_spec_done(&c);
     PyObject *o;
-    if (r < 0) {
+    if (watch.raised) {
+        o = NULL; /* KeyboardInterrupt or whatever the handler raised; the call is cancelled */
+    } else if (r < 0) {
         o = raise_error(st, r, &err, AT_CALL);
     } else {
         xfer x = {st, t->conn, t->context};
@@ -2819,53 +2826,48 @@ call_target_notify(module_state *st, const call_target *t, PyObject *args, PyObj
 }
 
 /* A call of the host's services through this client (conn NULL before connect). */
-static bool
-client_target(ClientObject *self, module_state *st, call_target *t)
+static call_target
+client_target(ClientObject *self)
 {
-    bool main_thread = PyThread_get_thread_ident() == st->main_thread;
-    *t = (call_target){
+    return (call_target){
         .conn = tether_client_get_conn(self->client),
         .context = self->main_objects ? TETHER_CONTEXT_MAIN : TETHER_CONTEXT_POOL,
-        .direct = !main_thread || self->main_services || self->main_objects,
     };
-    return true;
 }
 
 static PyObject *
 client_call(ClientObject *self, PyObject *args, PyObject *kwds)
 {
     module_state *st = state_of_type(Py_TYPE(self));
-    call_target t;
-    return client_target(self, st, &t) ? call_target_sync(st, &t, args, kwds) : NULL;
+    call_target t = client_target(self);
+    return call_target_sync(st, &t, args, kwds);
 }
 
 static PyObject *
 client_call_async(ClientObject *self, PyObject *args, PyObject *kwds)
 {
     module_state *st = state_of_type(Py_TYPE(self));
-    call_target t;
-    return client_target(self, st, &t) ? call_target_async(st, &t, args, kwds) : NULL;
+    call_target t = client_target(self);
+    return call_target_async(st, &t, args, kwds);
 }
 
 static PyObject *
 client_notify(ClientObject *self, PyObject *args, PyObject *kwds)
 {
     module_state *st = state_of_type(Py_TYPE(self));
-    call_target t;
-    return client_target(self, st, &t) ? call_target_notify(st, &t, args, kwds) : NULL;
+    call_target t = client_target(self);
+    return call_target_notify(st, &t, args, kwds);
 }
 
 /* ---- Ref: the handle of a tether.Proxy ----------------------------------------------- */
 
 static call_target
-ref_target(RefObject *self, module_state *st)
+ref_target(RefObject *self)
 {
-    bool main_thread = PyThread_get_thread_ident() == st->main_thread;
     return (call_target){
         .conn = tether_object_get_conn(self->obj),
         .obj = self->obj,
         .context = self->context,
-        .direct = !main_thread || self->context == TETHER_CONTEXT_MAIN,
     };
 }
 
@@ -2873,7 +2875,7 @@ static PyObject *
 ref_call(RefObject *self, PyObject *args, PyObject *kwds)
 {
     module_state *st = state_of_type(Py_TYPE(self));
-    call_target t = ref_target(self, st);
+    call_target t = ref_target(self);
     return call_target_sync(st, &t, args, kwds);
 }
 
@@ -2881,7 +2883,7 @@ static PyObject *
 ref_call_async(RefObject *self, PyObject *args, PyObject *kwds)
 {
     module_state *st = state_of_type(Py_TYPE(self));
-    call_target t = ref_target(self, st);
+    call_target t = ref_target(self);
     return call_target_async(st, &t, args, kwds);
 }
 
@@ -2889,7 +2891,7 @@ static PyObject *
 ref_notify(RefObject *self, PyObject *args, PyObject *kwds)
 {
     module_state *st = state_of_type(Py_TYPE(self));
-    call_target t = ref_target(self, st);
+    call_target t = ref_target(self);
     return call_target_notify(st, &t, args, kwds);
 }
 

@@ -419,6 +419,14 @@ pending_init(tether_conn *c, tether__pending *p, const tether_call_options *opts
     p->timeout_usec = timeout;
     p->deadline_usec = opts && opts->deadline_usec ? opts->deadline_usec : UINT64_MAX;
     p->last_heard_usec = tether_now_usec();
+    p->next_interrupt_usec = UINT64_MAX;
+    if (opts && opts->interrupt && !p->future) {
+        p->interrupt = opts->interrupt;
+        p->interrupt_userdata = opts->interrupt_userdata;
+        p->interrupt_interval_usec =
+            opts->interrupt_interval_usec ? opts->interrupt_interval_usec : 50000;
+        p->next_interrupt_usec = p->last_heard_usec + p->interrupt_interval_usec;
+    }
 }
 
 static uint64_t

@@ -726,21 +726,60 @@ pending_expiry(const tether__pending *p)
     return silence < p->deadline_usec ? silence : p->deadline_usec;
 }
 
-/* The call timed out: forget it and tell the callee. Conn lock held; drops and retakes it. */
+/* When the waiter must wake: the call's expiry, or its next interrupt check. */
+static uint64_t
+pending_wake(const tether__pending *p)
+{
+    uint64_t expiry = pending_expiry(p);
+    return p->next_interrupt_usec < expiry ? p->next_interrupt_usec : expiry;
+}
+
+/* Give up on the call: forget it, tell the callee, complete it with status. Conn lock
+ * held; drops and retakes it. */
 static void
-expire_locked(tether_conn *c, tether__pending *p)
+abandon_locked(tether_conn *c, tether__pending *p, int status, const char *type,
+               const char *message)
 {
     tether__pending *taken = tether__pending_take(c, p->id);
     pthread_mutex_unlock(&c->lock);
     if (taken) {
         tether__send_cancel(c, p->id);
-        bool deadline = p->deadline_usec <= tether_now_usec();
-        tether__pending_complete(c, p, -ETIMEDOUT, NULL, "tether.Timeout",
-                                 deadline ? "the call's deadline passed"
-                                          : "the peer was silent for longer than the timeout",
-                                 NULL);
+        tether__pending_complete(c, p, status, NULL, type, message, NULL);
     }
     pthread_mutex_lock(&c->lock);
+}
+
+/* The call timed out. Conn lock held; drops and retakes it. */
+static void
+expire_locked(tether_conn *c, tether__pending *p)
+{
+    bool deadline = p->deadline_usec <= tether_now_usec();
+    abandon_locked(c, p, -ETIMEDOUT, "tether.Timeout",
+                   deadline ? "the call's deadline passed"
+                            : "the peer was silent for longer than the timeout");
+}
+
+/*
+ * Ask the caller's interrupt callback, if its time has come, whether to go on. Conn
+ * lock not held. Returns true when the call was given up (p is complete).
+ */
+static bool
+interrupted(tether_conn *c, tether__pending *p)
+{
+    uint64_t now = tether_now_usec();
+    if (!p->interrupt || now < p->next_interrupt_usec) {
+        return false;
+    }
+    p->next_interrupt_usec = now + p->interrupt_interval_usec;
+    if (!p->interrupt(p->interrupt_userdata)) {
+        return false;
+    }
+    pthread_mutex_lock(&c->lock);
+    if (!p->done) {
+        abandon_locked(c, p, -ECANCELED, "tether.Cancelled", "the call was interrupted");
+    }
+    pthread_mutex_unlock(&c->lock);
+    return true;
 }
 
 /* Lead: read the socket until p completes. Conn lock not held; role is ours. */
@@ -755,7 +794,7 @@ lead(tether_conn *c, tether__pending *p)
         bool done = p->done;
         uint64_t expiry = pending_expiry(p);
         pthread_mutex_unlock(&c->lock);
-        if (done || atomic_load(&c->state) == TETHER__CONN_CLOSED) {
+        if (done || atomic_load(&c->state) == TETHER__CONN_CLOSED || interrupted(c, p)) {
             return;
         }
         uint64_t now = tether_now_usec();
@@ -767,7 +806,8 @@ lead(tether_conn *c, tether__pending *p)
             pthread_mutex_unlock(&c->lock);
             return;
         }
-        uint64_t wait_ms = (expiry - now + 999) / 1000;
+        uint64_t wake = pending_wake(p);
+        uint64_t wait_ms = wake <= now ? 0 : (wake - now + 999) / 1000;
         struct pollfd pfd[2] = {{.fd = c->fd, .events = POLLIN}, {.fd = p->efd, .events = POLLIN}};
         int n = poll(pfd, 2, wait_ms > 1000 ? 1000 : (int)wait_ms);
         if (n <= 0) {
@@ -836,7 +876,7 @@ tether__conn_wait(tether_conn *c, tether__pending *p)
             tail = &(*tail)->role_next;
         }
         *tail = p;
-        uint64_t expiry = pending_expiry(p);
+        uint64_t expiry = pending_wake(p);
         pthread_mutex_unlock(&c->lock);
         uint64_t now = tether_now_usec();
         int wait_ms = expiry == UINT64_MAX ? 1000
@@ -857,6 +897,11 @@ tether__conn_wait(tether_conn *c, tether__pending *p)
         }
         if (!p->done && tether_now_usec() >= pending_expiry(p)) {
             expire_locked(c, p);
+        }
+        if (!p->done && p->interrupt) {
+            pthread_mutex_unlock(&c->lock);
+            interrupted(c, p);
+            pthread_mutex_lock(&c->lock);
         }
     }
     /* Pass the role on to another waiter if it is free. */

@@ -65,6 +65,10 @@ typedef struct tether__pending {
     int status;
     tether_value *result;
     tether_error error;
+    /* Synchronous calls: tether_call_options.interrupt, and when to call it next. */
+    int (*interrupt)(void *userdata);
+    void *interrupt_userdata;
+    uint64_t interrupt_interval_usec, next_interrupt_usec;
 } tether__pending;
 
 struct tether_request {

@@ -377,6 +377,40 @@ Test(call, deadline_bounds_a_live_call)
     tether_host_unref(h);
 }
 
+/* Says "stop" on its third call. */
+static int
+interrupt_on_third(void *userdata)
+{
+    return atomic_fetch_add((atomic_int *)userdata, 1) >= 2;
+}
+
+Test(call, interrupt_cancels_a_synchronous_call)
+{
+    tether_host *h = start_host();
+    tether_client *c = test_client_connect("x", NULL);
+    atomic_int asked = 0;
+    tether_call_options o = {.interrupt = interrupt_on_third,
+                             .interrupt_userdata = &asked,
+                             .interrupt_interval_usec = 20000};
+    tether_error err = TETHER_ERROR_INIT;
+    uint64_t start = tether_now_usec();
+    ASSERT_ERR(tether_conn_call(tether_client_get_conn(c), "slow", &o, NULL, &err, "i", 3000),
+               TETHER_ECANCELED);
+    uint64_t took = tether_now_usec() - start;
+    cr_assert_eq(atomic_load(&asked), 3);
+    cr_assert(took >= 40000 && took < 1500000, "took %llu us", (unsigned long long)took);
+    cr_assert_str_eq(err.type, "tether.Cancelled");
+    tether_error_done(&err);
+    /* Without an interruption the callback only watches. */
+    atomic_store(&asked, -1000);
+    ASSERT_OK(tether_conn_call(tether_client_get_conn(c), "slow", &o, NULL, NULL, "i", 100));
+    cr_assert(atomic_load(&asked) > -1000, "asked while waiting");
+    ASSERT_OK(tether_conn_call(tether_client_get_conn(c), "add", NULL, NULL, NULL, "xx",
+                               (int64_t)2, (int64_t)3)); /* the connection is fine */
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
 static int
 client_echo(tether_request *req, void *userdata)
 {
