@@ -24,6 +24,9 @@ enum { EV_READ = 1, EV_WRITE = 2 };
 /* Bytes read per wake before giving other connections a turn. */
 #define READ_BUDGET (256u * 1024)
 #define READ_CHUNK (16u * 1024)
+/* A thread keeps its read buffer up to this size: frames of a few MiB (bytes sent to a
+ * script and back) then reuse it instead of faulting fresh pages in every time. */
+#define READ_SCRATCH_KEEP (4u * 1024 * 1024)
 
 static void on_poll(uv_poll_t *handle, int status, int events);
 static void conn_free(tether_conn *c);
@@ -581,7 +584,7 @@ in_return_scratch(tether_conn *c, bool borrowed)
     if (rest > 0 && tether__buf_append(&c->in, tether__buf_head(&used), rest) < 0) {
         tether__conn_fail(c, -ENOMEM, "out of memory");
     }
-    if (used.cap > 4 * READ_BUDGET) {
+    if (used.cap > READ_SCRATCH_KEEP) {
         tether__buf_done(&used); /* do not keep a buffer grown by one huge frame */
     }
     tether__buf_reset(&used);
