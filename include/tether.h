@@ -751,6 +751,119 @@ TETHER_EXPORT int tether_host_reset_client(tether_host *host, tether_conn *clien
 TETHER_EXPORT int tether_host_disconnect_client(tether_host *host, tether_conn *client);
 
 /* ---------------------------------------------------------------------------------
+ * Spawning interpreters
+ *
+ * A host starts a Python interpreter as a child process that runs a script, a module or
+ * an object there and connects back as a client through an inherited socket pair (no
+ * listening socket is involved). The host holds a proxy to the child's root object: the
+ * script's or module's module object, or the object made. The child needs nothing
+ * installed: tether's Python package is put on its path. It exits when its connection
+ * closes, and when the host process dies (end of file on its socket; a parent-death
+ * signal as a second guard).
+ * ------------------------------------------------------------------------------- */
+
+typedef struct tether_child tether_child;
+
+/* Streams of tether_child_output_fn. */
+enum {
+    TETHER_CHILD_STDOUT = 1,
+    TETHER_CHILD_STDERR = 2,
+};
+
+/* One line the child wrote (no newline; lines over 4 KiB arrive in pieces), borrowed.
+ * Called on the I/O thread: must not block. */
+typedef void (*tether_child_output_fn)(void *userdata, tether_child *child, int stream,
+                                       const char *line);
+/* The child exited: status is its exit code (>= 0) or minus the signal that ended it.
+ * Called on the host's main thread, inside its dispatch. */
+typedef void (*tether_child_exit_fn)(void *userdata, tether_child *child, int status);
+
+typedef struct tether_spawn_options {
+    /* The interpreter: a path, or a name looked up in PATH. NULL: $TETHER_PYTHON, else
+     * "python3". Any CPython 3.10 or newer. */
+    const char *executable;
+    /* What the child runs, exactly one of:
+     * script          Python source, run as a fresh module (root: the module);
+     * script_path     a file, run as a fresh module (root: the module);
+     * module          a module imported by name (root: the module), from module_path
+     *                 (a .py file) when given;
+     * object_class    a class (or any callable) called with object_args/object_kwargs
+     *                 (an array and a map; NULL: none), found in object_module
+     *                 ("builtins" for builtins; NULL: the globals of script or
+     *                 script_path when one is given as well). Root: the object made. */
+    const char *script;
+    const char *script_path;
+    const char *module;
+    const char *module_path;
+    const char *object_module;
+    const char *object_class;
+    tether_value *object_args;
+    tether_value *object_kwargs;
+    /* sys.argv[1:] of the child, ended by NULL; NULL: none. */
+    const char *const *args;
+    /* Environment changes, ended by NULL: "NAME=value" sets, "NAME" removes; the rest
+     * is the host's environment. NULL: the host's environment unchanged. */
+    const char *const *env;
+    /* Working directory; NULL: the host's. */
+    const char *cwd;
+    /* The child's name as a client. NULL: "child". */
+    const char *name;
+    /* Directory holding tether's Python package, put first on the child's sys.path.
+     * NULL: $TETHER_PYTHONPATH, else the directory the library was built or installed
+     * with (TETHER_PYTHON_DIR). */
+    const char *python_path;
+    /* Time allowed from start to a usable root object (10 s). */
+    uint64_t start_timeout_usec;
+    /* Where the child's output goes: NULL sends each line to the host's log callback
+     * ("[NAME pid PID] line": stdout at INFO, stderr at WARNING). */
+    tether_child_output_fn output;
+    void *output_userdata;
+    /* Told when the child exits; NULL: not told (tether_child_get_exit_status). */
+    tether_child_exit_fn on_exit;
+    void *on_exit_userdata;
+} tether_spawn_options;
+
+/*
+ * Start a child and wait (up to start_timeout_usec) until it is connected and has made
+ * its root object. Returns 0 and a new reference in *ret_child; on failure no child is
+ * left running and reterr (may be NULL) says why: TETHER_EINVAL (options: not exactly one
+ * of script, script_path, module, object_class), TETHER_ENOENT (no such executable),
+ * TETHER_EREMOTE (the child raised: a SyntaxError in the script, an ImportError, an
+ * exception in the constructor; type, message and the child's traceback in reterr),
+ * TETHER_ECONNRESET (the child exited or was not a tether-capable Python before
+ * connecting), TETHER_ETIMEDOUT. Blocks: not from an IO handler (TETHER_EDEADLK).
+ * Thread: any.
+ */
+TETHER_EXPORT int tether_host_spawn(tether_host *host, const tether_spawn_options *options,
+                                    tether_child **ret_child, tether_error *reterr);
+
+TETHER_EXPORT tether_child *tether_child_ref(tether_child *child);
+/* The last unref terminates the child if it still runs (tether_child_terminate). */
+TETHER_EXPORT tether_child *tether_child_unref(tether_child *child);
+
+/* The child's process id. Thread: any. */
+TETHER_EXPORT int64_t tether_child_get_pid(const tether_child *child);
+/* Its connection (borrowed): call its services, or see it in tether_host_list_clients. */
+TETHER_EXPORT tether_conn *tether_child_get_conn(const tether_child *child);
+/* The proxy of its root object (borrowed; take a reference to keep it beyond the
+ * child). Thread: any. */
+TETHER_EXPORT tether_object *tether_child_get_root(const tether_child *child);
+
+/*
+ * End the child: close its connection (it exits on its own) and send SIGTERM, then
+ * SIGKILL if it is still there after a second. Returns 0, or TETHER_EALREADY if it has
+ * exited already. Thread: any.
+ */
+TETHER_EXPORT int tether_child_terminate(tether_child *child);
+
+/*
+ * Wait up to timeout_usec (0: do not wait; TETHER_TIMEOUT_INFINITE: forever) for the
+ * child to exit. Returns 0 and its status in *ret_status (exit code, or minus the
+ * signal), or TETHER_ETIMEDOUT while it runs. Thread: any.
+ */
+TETHER_EXPORT int tether_child_wait(tether_child *child, uint64_t timeout_usec, int *ret_status);
+
+/* ---------------------------------------------------------------------------------
  * Main-thread integration (hosts and clients alike)
  *
  * Handlers of TETHER_CONTEXT_MAIN services and TETHER_CONTEXT_MAIN future callbacks

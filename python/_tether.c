@@ -2488,18 +2488,20 @@ optional_utf8(PyObject *o, const char *what)
 static PyObject *
 client_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"name",        "address",   "timeout",  "connect_timeout",  "token",
-                             "runtime_dir", "reconnect", "language", "language_version", NULL};
+    static char *kwlist[] = {"name",      "address",  "timeout",          "connect_timeout",
+                             "token",     "runtime_dir", "reconnect",   "language",
+                             "language_version", "fd", NULL};
     PyObject *name = Py_None, *address = Py_None, *timeout = Py_None;
     PyObject *connect_timeout = Py_None, *token = Py_None, *runtime_dir = Py_None;
     PyObject *language = Py_None, *language_version = Py_None;
-    int reconnect = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO$OOOOpOO:Client", kwlist, &name, &address,
+    int reconnect = 1, fd = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO$OOOOpOOi:Client", kwlist, &name, &address,
                                      &timeout, &connect_timeout, &token, &runtime_dir, &reconnect,
-                                     &language, &language_version)) {
+                                     &language, &language_version, &fd)) {
         return NULL;
     }
-    tether_client_options opts = {.no_reconnect = !reconnect};
+    /* fd: an already-connected socket to use instead of an address (a spawned child's). */
+    tether_client_options opts = {.no_reconnect = !reconnect, .fd = fd};
     /* Py_GetVersion(): "3.11.2 (main, ...". */
     char version[32];
     const char *full = Py_GetVersion();

@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "alloc.h"
+#include "condwait.h"
 #include "conn.h"
 #include "value.h"
 
@@ -919,17 +920,8 @@ tether_future_wait(tether_future *f, uint64_t timeout_usec)
     uint64_t deadline =
         timeout_usec == TETHER_TIMEOUT_INFINITE ? UINT64_MAX : tether_now_usec() + timeout_usec;
     pthread_mutex_lock(&f->lock);
-    while (!f->done) {
-        if (deadline == UINT64_MAX) {
-            pthread_cond_wait(&f->cv, &f->lock);
-            continue;
-        }
-        if (tether_now_usec() >= deadline) {
-            break;
-        }
-        struct timespec ts = {.tv_sec = (time_t)(deadline / 1000000),
-                              .tv_nsec = (long)(deadline % 1000000) * 1000};
-        pthread_cond_timedwait(&f->cv, &f->lock, &ts);
+    while (!f->done && (deadline == UINT64_MAX || tether_now_usec() < deadline)) {
+        tether__cond_wait_until(&f->cv, &f->lock, deadline);
     }
     int r = f->done ? 0 : -ETIMEDOUT;
     pthread_mutex_unlock(&f->lock);

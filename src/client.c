@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "alloc.h"
+#include "condwait.h"
 #include "conn.h"
 #include "transport.h"
 #include "value.h"
@@ -221,10 +222,7 @@ hook_current_conn(tether__endpoint *ep, uint64_t wait_deadline_usec)
                 tether_now_usec() >= wait_deadline_usec) {
                 break;
             }
-            uint64_t until = wait_deadline_usec;
-            struct timespec ts = {.tv_sec = (time_t)(until / 1000000),
-                                  .tv_nsec = (long)(until % 1000000) * 1000};
-            pthread_cond_timedwait(&cl->changed, &cl->lock, &ts);
+            tether__cond_wait_until(&cl->changed, &cl->lock, wait_deadline_usec);
         }
         pthread_mutex_unlock(&cl->lock);
     }

@@ -31,6 +31,8 @@ enum { EV_READ = 1, EV_WRITE = 2 };
 static void on_poll(uv_poll_t *handle, int status, int events);
 static void conn_free(tether_conn *c);
 
+static void on_poll(uv_poll_t *handle, int status, int events);
+
 static void
 run_attach(tether__task *task)
 {
@@ -51,6 +53,11 @@ run_attach(tether__task *task)
     uv_poll_start(&c->poll, UV_READABLE, on_poll);
     if (c->ep->hooks.attached) {
         c->ep->hooks.attached(c->ep, c);
+    }
+    if (tether__buf_pending(&c->in) > 0) {
+        /* Frames that came with the handshake (a host may call at once): nothing more
+         * may arrive to wake the poll for them. */
+        on_poll(&c->poll, 0, UV_READABLE);
     }
     /* The attach reference now belongs to the uv handles; dropped when they close. */
 }
@@ -700,7 +707,7 @@ on_poll(uv_poll_t *handle, int status, int events)
         c->in_batch = true;
         bool borrowed = in_borrow_scratch(c);
         ssize_t got = read_socket(c, READ_BUDGET);
-        if (got > 0) {
+        if (got > 0 || tether__buf_pending(&c->in) > 0) {
             process_input(c, true);
         }
         in_return_scratch(c, borrowed);

@@ -154,6 +154,10 @@ struct tether_conn {
     tether__lane lane; /* this connection's lane in the endpoint's main-thread queue */
 
     void *owner_data; /* host: registry bookkeeping */
+    /* Host side: told (on the I/O thread) when the handshake completes; set before the
+     * connection is attached (a spawned child's, see spawn.c). */
+    void (*on_open)(void *arg);
+    void *on_open_arg;
     struct tether_conn *owner_next, *owner_prev;
 };
 
@@ -181,6 +185,12 @@ typedef struct tether__hello_result {
 int tether__send_welcome(tether_conn *conn, const tether__welcome *welcome);
 void tether__host_on_hello(tether_conn *conn, const tether__hello *hello,
                            tether__hello_result *result);
+/* host.c, for spawn.c: the host's endpoint, and serving a spawned child's end of a
+ * socket pair (trusted) with on_open called once it completed its handshake; stores a
+ * new reference to the connection. The host owns fd on success. */
+tether__endpoint *tether__host_endpoint(tether_host *host);
+int tether__host_adopt_child(tether_host *host, int fd, void (*on_open)(void *arg), void *arg,
+                             tether_conn **ret_conn);
 
 /* call.c */
 void tether__pending_complete(tether_conn *conn, tether__pending *p, int status,

@@ -256,12 +256,16 @@ tether__host_on_hello(tether_conn *c, const tether__hello *hello, tether__hello_
                 (long long)c->peer_pid, c->peer_language, *c->peer_language_version ? " " : "",
                 c->peer_language_version);
     post_client_event(h, c, TETHER_CLIENT_CONNECTED);
+    if (c->on_open) {
+        c->on_open(c->on_open_arg);
+    }
 }
 
 /* ---- listeners (I/O thread) ---------------------------------------------------------- */
 
 static int
-serve_fd(tether_host *h, int fd, bool is_tcp, bool trusted)
+serve_fd_conn(tether_host *h, int fd, bool is_tcp, bool trusted, void (*on_open)(void *),
+              void *on_open_arg, tether_conn **ret_conn)
 {
     pthread_mutex_lock(&h->lock);
     bool over = h->conn_count >= 2 * h->max_clients + 16;
@@ -276,9 +280,20 @@ serve_fd(tether_host *h, int fd, bool is_tcp, bool trusted)
         return r;
     }
     c->trusted = trusted;
+    c->on_open = on_open;
+    c->on_open_arg = on_open_arg;
+    if (ret_conn) {
+        *ret_conn = tether_conn_ref(c);
+    }
     registry_add(h, c); /* the registry keeps the creation reference */
     tether__conn_attach(c);
     return 0;
+}
+
+static int
+serve_fd(tether_host *h, int fd, bool is_tcp, bool trusted)
+{
+    return serve_fd_conn(h, fd, is_tcp, trusted, NULL, NULL, NULL);
 }
 
 static void
@@ -834,8 +849,21 @@ tether_host_wait(tether_host *h, uint64_t timeout_usec)
     return h ? tether__endpoint_wait(h->ep, timeout_usec) : -EINVAL;
 }
 
+tether__endpoint *
+tether__host_endpoint(tether_host *h)
+{
+    return h->ep;
+}
+
 int
 tether_host_adopt_fd(tether_host *h, int fd)
+{
+    return tether__host_adopt_child(h, fd, NULL, NULL, NULL);
+}
+
+int
+tether__host_adopt_child(tether_host *h, int fd, void (*on_open)(void *arg), void *arg,
+                         tether_conn **ret_conn)
 {
     if (!h || fd < 0) {
         return -EINVAL;
@@ -851,5 +879,5 @@ tether_host_adopt_fd(tether_host *h, int fd)
         fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
         return -errno;
     }
-    return serve_fd(h, fd, false, true);
+    return serve_fd_conn(h, fd, false, true, on_open, arg, ret_conn);
 }

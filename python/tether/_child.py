@@ -1,0 +1,116 @@
+"""The child side of a spawned interpreter (tether_host_spawn in C, tether.run_script and
+its siblings in Python).
+
+The parent starts ``python -c <bootstrap>`` with one end of a socket pair as the fd named
+by $TETHER_CHILD_FD; the bootstrap puts tether's package on sys.path and calls main(),
+which connects through that fd, offers ``__tether_start__`` and serves on the main
+thread until the connection closes, then exits. ``__tether_start__(spec)`` loads what
+the parent asked for and answers its root object, which travels by reference: the
+parent holds a proxy to it. Everything the parent then asks of that proxy runs here on
+the main thread, as in a script of one's own.
+
+A child never outlives its parent: the parent's end of the socket closes when the
+parent dies (end of file here), and the kernel sends SIGTERM on the parent's death as a
+second guard (prctl PR_SET_PDEATHSIG).
+"""
+
+import importlib
+import importlib.util
+import os
+import select
+import signal
+import sys
+import types
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent):
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: end of file on the socket still works
+        pass
+    if parent and os.getppid() != parent:
+        os._exit(1)  # the parent died before the guard was set
+
+
+def _fresh_module(name, source, filename):
+    """A new module holding the result of running source."""
+    module = types.ModuleType(name)
+    module.__file__ = filename
+    module.__builtins__ = __builtins__
+    sys.modules[name] = module  # classes defined there can be found by name
+    exec(compile(source, filename, "exec"), module.__dict__)
+    return module
+
+
+def _load_script(spec):
+    if spec.get("script") is not None:
+        return _fresh_module("__tether_script__", spec["script"], "<tether script>")
+    path = spec["script_path"]
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    return _fresh_module("__tether_script__", source, path)
+
+
+def _load_module(spec):
+    name = spec["module"]
+    path = spec.get("module_path")
+    if path is None:
+        return importlib.import_module(name)
+    file_spec = importlib.util.spec_from_file_location(name, path)
+    if file_spec is None:
+        raise ImportError(f"cannot load module {name!r} from {path!r}", name=name, path=path)
+    module = importlib.util.module_from_spec(file_spec)
+    sys.modules[name] = module
+    file_spec.loader.exec_module(module)
+    return module
+
+
+def start(spec):
+    """What the parent asked for: the root object it gets a proxy to."""
+    sys.argv = [spec.get("script_path") or spec.get("module") or "-c"] + list(spec.get("argv") or [])
+    kind = spec["kind"]
+    if kind in ("script", "script_path"):
+        return _load_script(spec)
+    if kind == "module":
+        return _load_module(spec)
+    if kind == "object":
+        if spec.get("object_module") is not None:
+            namespace = importlib.import_module(spec["object_module"])
+        else:
+            namespace = _load_script(spec)
+        cls = getattr(namespace, spec["object_class"])
+        return cls(*(spec.get("object_args") or ()), **(spec.get("object_kwargs") or {}))
+    raise ValueError(f"unknown kind of start: {kind!r}")
+
+
+def main():
+    fd = int(os.environ.pop("TETHER_CHILD_FD"))
+    name = os.environ.pop("TETHER_CHILD_NAME", "child")
+    _die_with_parent(int(os.environ.pop("TETHER_CHILD_PARENT", "0") or 0))
+    # Output goes to a pipe: line buffering makes each print reach the parent at once.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(line_buffering=True)
+        except AttributeError:
+            pass
+
+    from . import _connection, _tether
+
+    client = _tether.Client(name, fd=fd, reconnect=False, timeout=None)
+    # Registered before connecting: the parent calls it as soon as we are there.
+    client.add_service("__tether_start__", start, main=True)
+    client.connect()
+    conn = _connection._opened(client, "manual")
+    # Serve on the main thread until the parent goes: the script's code and every call
+    # into its objects run here, in order.
+    fileno = conn.fileno()
+    while conn.is_connected():
+        readable, _, _ = select.select([fileno], [], [], 0.25)
+        if readable:
+            conn.dispatch()
+    conn.close()

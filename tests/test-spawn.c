@@ -1,0 +1,260 @@
+/*
+ * Spawning interpreters from a C host: a script, a module and an object in a child
+ * python3 process, calls through the root proxy, the child's output, its exit, and the
+ * failures (a bad script, a missing or wrong interpreter) that must leave nothing behind.
+ *
+ * ctest: needs the Python package (the children import it from this build).
+ */
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdatomic.h>
+#include <dirent.h>
+#include <pthread.h>
+#include <sys/stat.h>
+
+#include "helpers.h"
+
+typedef struct output_log {
+    pthread_mutex_t lock;
+    char text[4096];
+} output_log;
+
+static void
+collect_output(void *userdata, tether_child *child, int stream, const char *line)
+{
+    output_log *log = userdata;
+    pthread_mutex_lock(&log->lock);
+    size_t n = strlen(log->text);
+    snprintf(log->text + n, sizeof(log->text) - n, "%s%s\n",
+             stream == TETHER_CHILD_STDERR ? "err: " : "", line);
+    pthread_mutex_unlock(&log->lock);
+}
+
+static tether_host *
+spawn_host(void)
+{
+    tether_host_options o = {.no_unix = true};
+    tether_host *h = test_host_new(&o);
+    ASSERT_OK(tether_host_start(h));
+    return h;
+}
+
+static bool
+process_gone(int64_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%lld", (long long)pid);
+    struct stat st;
+    return stat(path, &st) < 0; /* reaped: not even a zombie is left */
+}
+
+/* Processes whose parent is this one, zombies included (the process table, /proc). */
+static int
+count_children(void)
+{
+    DIR *proc = opendir("/proc");
+    cr_assert_not_null(proc);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(proc));) {
+        char path[300], line[512];
+        snprintf(path, sizeof(path), "/proc/%s/stat", e->d_name);
+        FILE *f = e->d_name[0] >= '0' && e->d_name[0] <= '9' ? fopen(path, "r") : NULL;
+        if (!f) {
+            continue;
+        }
+        /* pid (comm) state ppid ...: comm may hold spaces, so start after its ')'. */
+        char *close_paren;
+        long ppid;
+        if (fgets(line, sizeof(line), f) && (close_paren = strrchr(line, ')')) &&
+            sscanf(close_paren + 1, " %*c %ld", &ppid) == 1 && ppid == (long)getpid()) {
+            n++;
+        }
+        fclose(f);
+    }
+    closedir(proc);
+    return n;
+}
+
+static void
+wait_gone(int64_t pid)
+{
+    for (int i = 0; i < 300 && !process_gone(pid); i++) {
+        usleep(10000);
+    }
+    cr_assert(process_gone(pid), "process %lld is still there", (long long)pid);
+}
+
+static char *
+call_str(tether_object *obj, const char *method, const char *arg)
+{
+    tether_value *v = NULL;
+    tether_error err = TETHER_ERROR_INIT;
+    int r = arg ? tether_object_call(obj, method, NULL, &v, &err, "s", arg)
+                : tether_object_call(obj, method, NULL, &v, &err, NULL);
+    cr_assert_eq(r, 0, "%s: %s: %s", method, err.type ? err.type : "", err.message ? err.message : "");
+    const char *s = NULL;
+    ASSERT_OK(tether_value_read(v, NULL, "s", &s));
+    char *copy = strdup(s);
+    tether_value_unref(v);
+    return copy;
+}
+
+Test(spawn, a_script_runs_and_its_functions_are_called_through_the_root)
+{
+    tether_host *h = spawn_host();
+    output_log log = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    const char *args[] = {"one", "two", NULL};
+    tether_spawn_options o = {
+        .script = "import sys\n"
+                  "x = 5\n"
+                  "def say_hello(name):\n"
+                  "    return 'hello ' + name\n"
+                  "print('started with', sys.argv[1:])\n"
+                  "print('to stderr', file=sys.stderr)\n",
+        .args = args,
+        .name = "scripted",
+        .output = collect_output,
+        .output_userdata = &log,
+    };
+    tether_child *child = NULL;
+    tether_error err = TETHER_ERROR_INIT;
+    int r = tether_host_spawn(h, &o, &child, &err);
+    cr_assert_eq(r, 0, "spawn: %s: %s", err.type, err.message);
+    int64_t pid = tether_child_get_pid(child);
+    cr_assert(pid > 0);
+    tether_object *root = tether_child_get_root(child);
+    cr_assert(tether_object_is_remote(root));
+    char *hello = call_str(root, "say_hello", "earthling");
+    cr_assert_str_eq(hello, "hello earthling");
+    free(hello);
+
+    /* The child is a client of the host like any other. */
+    tether_conn *found = NULL;
+    ASSERT_OK(tether_host_get_client(h, "scripted", &found));
+    cr_assert_eq(found, tether_child_get_conn(child));
+    cr_assert_eq(tether_conn_get_peer_pid(found), pid);
+    tether_conn_unref(found);
+
+    for (int i = 0; i < 200 && !strstr(log.text, "to stderr"); i++) {
+        usleep(10000);
+    }
+    pthread_mutex_lock(&log.lock);
+    cr_assert(strstr(log.text, "started with ['one', 'two']\n"), "output: %s", log.text);
+    cr_assert(strstr(log.text, "err: to stderr\n"), "output: %s", log.text);
+    pthread_mutex_unlock(&log.lock);
+
+    ASSERT_OK(tether_child_terminate(child));
+    int status = 99;
+    ASSERT_OK(tether_child_wait(child, 5000000, &status));
+    cr_assert(status == 0 || status == -SIGTERM, "status %d", status);
+    wait_gone(pid);
+    tether_child_unref(child);
+    tether_host_unref(h);
+}
+
+Test(spawn, modules_and_objects)
+{
+    tether_host *h = spawn_host();
+    tether_spawn_options o = {.module = "json"};
+    tether_child *child = NULL;
+    tether_error err = TETHER_ERROR_INIT;
+    cr_assert_eq(tether_host_spawn(h, &o, &child, &err), 0, "%s", err.message);
+    tether_value *v = NULL;
+    ASSERT_OK(tether_object_call(tether_child_get_root(child), "dumps", NULL, &v, NULL, "[ii]", 1,
+                                 2));
+    const char *s;
+    ASSERT_OK(tether_value_read(v, NULL, "s", &s));
+    cr_assert_str_eq(s, "[1, 2]");
+    tether_value_unref(v);
+    int64_t pid = tether_child_get_pid(child);
+    tether_child_unref(child); /* the last reference ends it */
+    wait_gone(pid);
+
+    tether_value *args;
+    ASSERT_OK(tether_value_new(&args, "[s]", "hello, world!"));
+    tether_spawn_options obj = {.object_module = "io", .object_class = "StringIO",
+                                .object_args = args};
+    cr_assert_eq(tether_host_spawn(h, &obj, &child, &err), 0, "%s", err.message);
+    tether_value_unref(args);
+    char *text = call_str(tether_child_get_root(child), "getvalue", NULL);
+    cr_assert_str_eq(text, "hello, world!");
+    free(text);
+    pid = tether_child_get_pid(child);
+    tether_child_unref(child);
+    wait_gone(pid);
+    tether_error_done(&err);
+    tether_host_unref(h);
+}
+
+static atomic_int exit_seen = -1000;
+
+static void
+on_child_exit(void *userdata, tether_child *child, int status)
+{
+    (void)userdata;
+    (void)child;
+    atomic_store(&exit_seen, status);
+}
+
+Test(spawn, the_host_learns_the_exit_status_on_its_main_thread)
+{
+    tether_host *h = spawn_host();
+    tether_spawn_options o = {.script = "import os, threading\n"
+                                        "def leave(code):\n"
+                                        "    threading.Timer(0.05, os._exit, (code,)).start()\n",
+                              .on_exit = on_child_exit};
+    tether_child *child = NULL;
+    ASSERT_OK(tether_host_spawn(h, &o, &child, NULL));
+    tether_value *v = NULL;
+    ASSERT_OK(tether_object_call(tether_child_get_root(child), "leave", NULL, &v, NULL, "i", 7));
+    tether_value_unref(v);
+    int status = 0;
+    ASSERT_OK(tether_child_wait(child, 5000000, &status));
+    cr_assert_eq(status, 7);
+    cr_assert_eq(atomic_load(&exit_seen), -1000, "told at dispatch, not before");
+    ASSERT_OK(tether_host_wait(h, 1000000) >= 0 ? 0 : -1);
+    cr_assert_eq(atomic_load(&exit_seen), 7);
+    ASSERT_ERR(tether_child_terminate(child), TETHER_EALREADY);
+    tether_child_unref(child);
+    tether_host_unref(h);
+}
+
+Test(spawn, failures_are_clear_and_leave_nothing_running)
+{
+    tether_host *h = spawn_host();
+    tether_child *child = NULL;
+    tether_error err = TETHER_ERROR_INIT;
+
+    tether_spawn_options bad = {.script = "def broken(:\n"};
+    ASSERT_ERR(tether_host_spawn(h, &bad, &child, &err), TETHER_EREMOTE);
+    cr_assert_str_eq(err.type, "SyntaxError");
+    cr_assert(err.traceback && strstr(err.traceback, "SyntaxError"), "%s", err.traceback);
+    cr_assert_null(child);
+
+    tether_spawn_options missing_module = {.module = "no_such_module_here"};
+    ASSERT_ERR(tether_host_spawn(h, &missing_module, &child, &err), TETHER_EREMOTE);
+    cr_assert_str_eq(err.type, "ModuleNotFoundError");
+
+    tether_spawn_options no_exe = {.executable = "/nonexistent/python3", .module = "json"};
+    ASSERT_ERR(tether_host_spawn(h, &no_exe, &child, &err), TETHER_ENOENT);
+    cr_assert(strstr(err.message, "/nonexistent/python3"), "%s", err.message);
+
+    tether_spawn_options not_python = {.executable = "/bin/true", .module = "json"};
+    ASSERT_ERR(tether_host_spawn(h, &not_python, &child, &err), TETHER_ECONNRESET);
+    cr_assert(strstr(err.message, "exited before connecting"), "%s", err.message);
+
+    tether_spawn_options two = {.module = "json", .script = "x = 1"};
+    ASSERT_ERR(tether_host_spawn(h, &two, &child, &err), TETHER_EINVAL);
+
+    tether_spawn_options hangs = {.script = "import time\ntime.sleep(30)\n",
+                                  .start_timeout_usec = 300000};
+    ASSERT_ERR(tether_host_spawn(h, &hangs, &child, &err), TETHER_ETIMEDOUT);
+
+    tether_error_done(&err);
+    /* None of them is left: no child of ours, zombie or not. */
+    for (int i = 0; i < 300 && count_children() > 0; i++) {
+        usleep(10000);
+    }
+    cr_assert_eq(count_children(), 0);
+    tether_host_unref(h);
+}
