@@ -125,7 +125,7 @@ expect_line "$out/minimal_host.out" "serving on unix:$socket" "minimal_host prin
 
 # --- tether-demo -----------------------------------------------------------------------
 
-for args in "--once" "--once --tcp 0"; do
+for args in "--once" "--once --tcp 0" "--once --port 0"; do
     # shellcheck disable=SC2086 # $args is a list of options
     "$build/tether-demo" $args > "$out/demo.out" 2>&1
     rc=$?
@@ -160,8 +160,8 @@ fi
 kill -TERM "$demo"
 wait_for_exit "$demo"
 rc=$?
-if [ $rc -eq 0 ] && grep -q 'client example-hello_client .* connected' "$out/demo.out" &&
-    grep -q 'client example-hello_client .* left' "$out/demo.out"; then
+if [ $rc -eq 0 ] && grep -q "client 'example-hello_client' .* connected" "$out/demo.out" &&
+    grep -q "client 'example-hello_client' .* left" "$out/demo.out"; then
     ok "tether-demo logs the client arriving and leaving, and exits 0 on SIGTERM"
 else
     fail "tether-demo exited $rc:"

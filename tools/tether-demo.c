@@ -1,26 +1,44 @@
 /*
- * tether-demo: a small engine-like host to try tether with, until the full demo arrives.
+ * tether-demo: an engine-like host to script, and a self-test of the library.
  *
- * It serves add, echo, greet, log and time on a Unix socket (and loopback TCP with
- * --tcp), and prints a timestamped line for every client that arrives or leaves (the
- * library's log callback at INFO level) and for every call it serves. Without --once it
- * runs until SIGINT or SIGTERM (or --seconds) and prints how to connect a client.
+ * It behaves like a small game engine or editor. Its main thread runs a frame loop at 60
+ * frames per second and owns a scene of named actors (a name, a position, a label).
+ * Scripts in other processes change the scene through services, and through the actors
+ * themselves: an actor travels by reference, so a script holds a proxy and calls its
+ * methods (docs/c-guide.md, "Objects by reference"). Every service and method that
+ * touches the scene is TETHER_CONTEXT_MAIN: it runs on the main thread, inside the frame
+ * loop's dispatch, so the scene needs no lock.
  *
- * Like an engine, its main thread runs a frame loop, and the services that stand for
- * engine APIs (add, greet, log, time) are TETHER_CONTEXT_MAIN: they run on the main
- * thread, inside the tether_host_dispatch() call of each frame, so they could touch
- * engine state without locks. echo is TETHER_CONTEXT_IO, the fast path: it runs on the
- * library's I/O thread as soon as its request is read, and so must never block.
+ * It prints what happens, one timestamped line each: clients arriving and leaving,
+ * actors spawned, renamed, deleted and released, messages logged, errors, every call
+ * served (unless --quiet), and every few seconds the frame timing, which shows that
+ * scripts never stall the loop.
+ *
+ * Services (MAIN unless said; keyword arguments are accepted by name):
+ *   spawn_actor(name, x=0.0, y=0.0, label="") -> Actor   ValueError if the name is taken
+ *   list_actors() -> [Actor]                             in spawn order
+ *   get_actor(name) -> Actor                             KeyError if there is none
+ *   move_actor(actor, dx, dy) -> [x, y]                  actor: an Actor or a name
+ *   rename_actor(actor, new_name)
+ *   delete_actor(actor)
+ *   log(message)                                         printed as "[client] message"
+ *   frame_stats() -> {"frames", "fps", "frame_ms_mean", "frame_ms_max",
+ *                     "dispatch_ms_max", "late_frames", "calls"}
+ *   globals() -> {"actors": [Actor], "frame": n, "fps": x}   for a REPL's namespace
+ *   add(a, b), greet(name), echo(value) (IO)             for examples/hello_client.c
+ * Methods of an Actor: move(dx, dy) -> [x, y], position() -> [x, y], rename(new_name),
+ * set_label(text), delete(), info() -> map; and for proxies: __getattr__ (name, x, y,
+ * label, alive), __setattr__ (name, x, y, label), __repr__, __str__, __bool__, __dir__.
+ * An actor's methods fail with ReferenceError once it was deleted; its struct lives on
+ * until the last reference to it is gone (the scene's, and every proxy's).
  *
  * --once runs a bounded self-test instead: a client on a thread of this process
- * connects, calls the host's services the three ways (synchronous, future,
- * notification), and the host calls services of the client back the same ways,
- * including a call that the client answers by calling back into the waiting main
- * thread. The exit status is 0 when every check passed. The client lives in this
- * process to keep the test self-contained; it still talks to the host through the
- * socket.
+ * connects through the socket and works the scene (proxies, actors passed back, errors,
+ * releases), pipelines a burst of calls, then calls as fast as it can for half a second
+ * while checking that the frame loop keeps its pace; then the host calls it back. The
+ * exit status is 0 when every check passed.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* ppoll */
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
@@ -39,13 +57,31 @@
 
 #include <tether.h>
 
+#define DEFAULT_NAME "demo"
+/* 60 frames per second; scripts get at most DISPATCH_BUDGET_USEC of each. */
+#define FPS 60
+#define FRAME_USEC (1000000ull / FPS)
+#define DISPATCH_BUDGET_USEC 2000ull
+/* A frame that starts more than this after it was due is late: a visible stutter. */
+#define LATE_USEC (FRAME_USEC / 4)
+/* fps is measured over the last second of frames. */
+#define FPS_WINDOW FPS
+/* The frame-timing line: after a second with calls in it, else every five seconds. */
+#define TIMING_BUSY_USEC 1000000ull
+#define TIMING_IDLE_USEC 5000000ull
+/* The most parameters of any service or method, and the longest actor name. */
+#define MAX_ARGS 4
+#define MAX_NAME 64
+
 #define SELFTEST_CLIENT "tether-demo-selftest"
 #define SELFTEST_CALL_TIMEOUT_USEC (5ull * 1000 * 1000)
-/* A frame of the main loop (60 per second) and the time each may spend on tether work. */
-#define FRAME_MS 16
-#define DISPATCH_BUDGET_USEC 2000
 /* Wall-clock bound of --once: a hang in the library must fail the run, not stall it. */
 #define SELFTEST_ALARM_SECONDS 30
+/* Calls the self-test pipelines at once, and how long it waits for a release. */
+#define SELFTEST_BURST 240
+#define SELFTEST_RELEASE_WAIT_USEC (3ull * 1000 * 1000)
+/* How long the self-test's client calls the host as fast as it can. */
+#define SELFTEST_HAMMER_USEC (500ull * 1000)
 
 typedef struct demo_options {
     const char *name;
@@ -53,14 +89,55 @@ typedef struct demo_options {
     int tcp_port; /* as in tether_host_options */
     long seconds; /* 0: until a signal */
     bool once;
+    bool quiet; /* no line per call, only events */
 } demo_options;
 
-/* What the host's handlers count: for the self-test and the summary at exit. */
-typedef struct demo_stats {
-    atomic_int calls;
-    atomic_int logs;
-    long frames; /* main thread only */
-} demo_stats;
+typedef struct demo demo;
+
+/* An actor of the scene. Its struct outlives its place in the scene while anyone still
+ * holds a reference to its object, so that a late call finds it and can say it is gone. */
+typedef struct actor {
+    demo *demo;
+    char *name;
+    char *label;
+    double x, y;
+    bool in_scene;
+    tether_object *obj; /* the scene's reference, while in the scene */
+} actor;
+
+/* Frame timing since the last frame-timing line. */
+typedef struct frame_period {
+    uint64_t start_usec;
+    uint64_t frames, late;
+    uint64_t frame_max_usec, dispatch_max_usec;
+    uint64_t calls_before; /* demo.calls when the period began */
+} frame_period;
+
+/* Frame timing since the start. Main thread only. */
+typedef struct frame_clock {
+    uint64_t frames, late;
+    uint64_t first_start_usec, last_start_usec;
+    uint64_t frame_max_usec;         /* longest time from one frame's start to the next's */
+    uint64_t dispatch_max_usec;      /* most time one frame spent serving scripts */
+    uint64_t recent[FPS_WINDOW + 1]; /* starts of the last frames (a ring), for fps */
+    frame_period period;
+} frame_clock;
+
+struct demo {
+    demo_options opts;
+    tether_host *host;
+    /* The scene, in spawn order. Main thread only. */
+    actor **actors;
+    size_t count, cap;
+    frame_clock clock;
+    /* Counted for the frame-timing line and the self-test, whose client thread reads
+     * them; echo runs on the I/O thread. */
+    atomic_ullong calls;
+    atomic_int logs, spawned, deleted, released;
+    bool exiting; /* releases at exit are not announced */
+};
+
+static const tether_class actor_class;
 
 /* ---- output ---------------------------------------------------------------------------- */
 
@@ -87,14 +164,38 @@ say(const char *format, ...)
     va_end(ap);
 }
 
+/*
+ * The library's log. Warnings and notices are printed as they come. Of the INFO lines,
+ * only the records that clients send (tether_conn_log, Python's tether.LogHandler) are:
+ * they start with "[NAME pid N]". The library's own INFO lines tell of clients arriving
+ * and leaving, which on_client() tells in the demo's words.
+ */
 static void
 on_log(void *userdata, int level, const char *message)
 {
     const char *prefix = userdata ? userdata : "";
+    if (level >= TETHER_LOG_INFO && message[0] != '[') {
+        return;
+    }
     if (level <= TETHER_LOG_WARNING) {
         say("%s%s: %s", prefix, level <= TETHER_LOG_ERROR ? "error" : "warning", message);
     } else {
         say("%s%s", prefix, message);
+    }
+}
+
+static void
+on_client(void *userdata, tether_conn *conn, int event)
+{
+    (void)userdata;
+    const char *version = tether_conn_get_peer_language_version(conn);
+    if (event == TETHER_CLIENT_CONNECTED) {
+        say("client '%s' (pid %lld, %s%s%s) connected", tether_conn_get_peer_name(conn),
+            (long long)tether_conn_get_peer_pid(conn), tether_conn_get_peer_language(conn),
+            *version ? " " : "", version);
+    } else {
+        say("client '%s' (pid %lld) left", tether_conn_get_peer_name(conn),
+            (long long)tether_conn_get_peer_pid(conn));
     }
 }
 
@@ -109,146 +210,1062 @@ render(tether_value *value)
     return text;
 }
 
-/* Print "PEER calls METHOD(ARGS) -> OUTCOME" for a request being served. */
+/* A coordinate as Python prints a float: 1.0, -2.5, 0.1. */
+static const char *
+number_text(double v, char *buf, size_t size)
+{
+    snprintf(buf, size, "%.6g", v);
+    if (!strpbrk(buf, ".eni")) { /* no fraction, exponent, nan or inf: make it read as a float */
+        size_t len = strlen(buf);
+        snprintf(buf + len, size - len, ".0");
+    }
+    return buf;
+}
+
+/* "(1.0, -2.5)" */
+static const char *
+position_text(double x, double y, char *buf, size_t size)
+{
+    char xs[32], ys[32];
+    snprintf(buf, size, "(%s, %s)", number_text(x, xs, sizeof(xs)), number_text(y, ys, sizeof(ys)));
+    return buf;
+}
+
+/* "<Actor 'Bob' at (1.0, 2.0)>", or "<Actor 'Bob' (deleted)>" */
+static const char *
+actor_repr(const actor *a, char *buf, size_t size)
+{
+    char pos[80];
+    if (a->in_scene) {
+        snprintf(buf, size, "<Actor '%s' at %s>", a->name,
+                 position_text(a->x, a->y, pos, sizeof(pos)));
+    } else {
+        snprintf(buf, size, "<Actor '%s' (deleted)>", a->name);
+    }
+    return buf;
+}
+
+/* ---- replies, and the line each call prints -------------------------------------------- */
+
+static const char *
+peer_name(tether_request *req)
+{
+    return tether_conn_get_peer_name(tether_request_get_conn(req));
+}
+
+/* The actor a method was called on; NULL for a service. The only local objects of this
+ * host are actors. */
+static actor *
+request_actor(tether_request *req)
+{
+    tether_object *obj = tether_request_get_object(req);
+    return obj ? tether_object_get_userdata(obj) : NULL;
+}
+
+/*
+ * Print "PEER calls METHOD(ARGS) -> OUTCOME", or "PEER calls METHOD(ARGS) on actor 'Bob'
+ * -> OUTCOME" for a method; keyword arguments follow as **{...}. A NULL outcome (a
+ * notification) prints none.
+ */
 static void
 print_call(tether_request *req, const char *outcome)
 {
     char *args = render(tether_request_get_args(req));
+    char *kwargs = render(tether_request_get_kwargs(req));
+    actor *a = request_actor(req);
+    char target[MAX_NAME + 16] = "";
+    if (a) {
+        snprintf(target, sizeof(target), " on actor '%s'", a->name);
+    }
+    /* The arguments render as "[...]": printed without the brackets. */
     size_t len = args ? strlen(args) : 0;
-    bool notification = tether_request_is_notification(req);
-    /* The arguments render as "[...]": drop the brackets to print method(args). */
-    say("%s %s %s(%.*s)%s%s", tether_conn_get_peer_name(tether_request_get_conn(req)),
-        notification ? "notifies" : "calls", tether_request_get_method(req),
-        len >= 2 ? (int)len - 2 : 0, len >= 2 ? args + 1 : "", notification ? "" : " -> ",
-        notification ? "" : outcome);
+    bool has_kwargs = kwargs && strcmp(kwargs, "{}") != 0;
+    say("%s %s %s(%.*s%s%s)%s%s%s", peer_name(req),
+        tether_request_is_notification(req) ? "notifies" : "calls", tether_request_get_method(req),
+        len > 2 ? (int)len - 2 : 0, len > 2 ? args + 1 : "",
+        has_kwargs ? (len > 2 ? ", **" : "**") : "", has_kwargs ? kwargs : "", target,
+        outcome ? " -> " : "", outcome ? outcome : "");
     free(args);
+    free(kwargs);
 }
 
-/* Reply with result (consumed) and print the call. */
+/* Reply with result (consumed, NULL: nil) and print the call unless --quiet, showing the
+ * result as `shown` (NULL: as rendered). */
 static int
-reply(tether_request *req, tether_value *result)
+reply(demo *d, tether_request *req, tether_value *result, const char *shown)
 {
-    char *text = render(result);
-    print_call(req, text ? text : "?");
-    free(text);
+    atomic_fetch_add(&d->calls, 1);
+    if (!d->opts.quiet) {
+        char *text = shown || !result ? NULL : render(result);
+        const char *outcome = shown ? shown : !result ? "null" : text ? text : "?";
+        print_call(req, tether_request_is_notification(req) ? NULL : outcome);
+        free(text);
+    }
     int r = tether_request_reply_value(req, result);
     tether_value_unref(result);
     return r;
 }
 
-/* A failed tether_request_read(): print it and return its code, so that the library
- * replies the reader's TypeError. */
+/* Reply with a value built from a format, as reply() does. */
 static int
-bad_arguments(tether_request *req, int r)
+reply_format(demo *d, tether_request *req, const char *shown, const char *format, ...)
 {
-    print_call(req, "TypeError (bad arguments)");
+    tether_value *result = NULL;
+    va_list ap;
+    va_start(ap, format);
+    int r = tether_value_newv(&result, format, ap);
+    va_end(ap);
+    return r < 0 ? r : reply(d, req, result, shown);
+}
+
+/* Reply with result (consumed) and, instead of the call, print what it did to the scene:
+ * "PEER spawned actor 'Bob' at (0.0, 0.0)". Printed even with --quiet. */
+static int reply_event(demo *d, tether_request *req, tether_value *result, const char *format, ...)
+    TETHER_PRINTF(4, 5);
+
+static int
+reply_event(demo *d, tether_request *req, tether_value *result, const char *format, ...)
+{
+    char what[512];
+    va_list ap;
+    va_start(ap, format);
+    vsnprintf(what, sizeof(what), format, ap);
+    va_end(ap);
+    atomic_fetch_add(&d->calls, 1);
+    say("%s %s", peer_name(req), what);
+    int r = tether_request_reply_value(req, result);
+    tether_value_unref(result);
     return r;
 }
 
+/* Reply an error, with the name of the Python exception a script should see, and print
+ * the call with it, even with --quiet. Returns what the reply returned. */
+static int fail(demo *d, tether_request *req, const char *type, const char *format, ...)
+    TETHER_PRINTF(4, 5);
+
+static int
+fail(demo *d, tether_request *req, const char *type, const char *format, ...)
+{
+    char message[512], outcome[600];
+    va_list ap;
+    va_start(ap, format);
+    vsnprintf(message, sizeof(message), format, ap);
+    va_end(ap);
+    atomic_fetch_add(&d->calls, 1);
+    snprintf(outcome, sizeof(outcome), "%s: %s", type, message);
+    print_call(req, outcome);
+    return tether_request_reply_error(req, type, "%s", message);
+}
+
+/* ---- arguments ------------------------------------------------------------------------- */
+
+/*
+ * Services take their arguments by position or by keyword, as Python functions do. The
+ * library reads arguments with format strings, whose item counts must match, so the
+ * counts and keys are found by trying formats: "[**]" matches two arguments, "{**}" one
+ * keyword, "{s*}" reads its key. Nothing here needs msgpack-c.
+ */
+
+/* "[*v*]": `items` items in open/close brackets, `letter` at index `at`, '*' elsewhere. */
+static void
+item_format(char *buf, char open, int items, int at, char letter)
+{
+    int len = 0;
+    buf[len++] = open;
+    for (int i = 0; i < items; i++) {
+        buf[len++] = i == at ? letter : '*';
+    }
+    buf[len++] = open == '[' ? ']' : '}';
+    buf[len] = '\0';
+}
+
+/* The number of items of an array, or of entries of a map; MAX_ARGS + 1 when more. */
+static int
+count_items(tether_value *value, bool map)
+{
+    char format[2 * MAX_ARGS + 3];
+    for (int n = 0; n <= MAX_ARGS; n++) {
+        item_format(format, map ? '{' : '[', map ? 2 * n : n, -1, '*');
+        if (tether_value_read(value, NULL, format) == 0) {
+            return n;
+        }
+    }
+    return MAX_ARGS + 1;
+}
+
+static void
+drop_args(tether_value **vals)
+{
+    for (int i = 0; i < MAX_ARGS; i++) {
+        vals[i] = tether_value_unref(vals[i]);
+    }
+}
+
+/*
+ * Bind the request's positional and keyword arguments to the parameters (names, a
+ * NULL-terminated list; the first `required` must be given): vals[i] becomes a reference
+ * to the argument of names[i], or stays NULL. On a mismatch replies a TypeError, as
+ * Python would word it, and returns false. The caller drops vals with drop_args().
+ */
+static bool
+bind_args(demo *d, tether_request *req, const char *const *names, size_t required,
+          tether_value **vals)
+{
+    const char *fn = tether_request_get_method(req);
+    tether_value *args = tether_request_get_args(req);
+    tether_value *kwargs = tether_request_get_kwargs(req);
+    char format[2 * MAX_ARGS + 3];
+    size_t n = 0;
+    while (names[n]) {
+        n++;
+    }
+    if (!args || !kwargs) {
+        fail(d, req, "MemoryError", "out of memory");
+        return false;
+    }
+    int npos = count_items(args, false);
+    int nkw = count_items(kwargs, true);
+    if ((size_t)npos > n) {
+        fail(d, req, "TypeError", "%s() takes %s%zu argument%s (%s%d given)", fn,
+             required < n ? "at most " : "", n, n == 1 ? "" : "s",
+             npos > MAX_ARGS ? "more than " : "", npos > MAX_ARGS ? MAX_ARGS : npos);
+        return false;
+    }
+    if (nkw > MAX_ARGS) {
+        fail(d, req, "TypeError", "%s() takes at most %zu keyword arguments", fn, n);
+        return false;
+    }
+    for (int i = 0; i < npos; i++) {
+        item_format(format, '[', npos, i, 'v');
+        tether_value_read(args, NULL, format, &vals[i]); /* the count matched: cannot fail */
+    }
+    for (int k = 0; k < nkw; k++) {
+        const char *key = NULL;
+        item_format(format, '{', 2 * nkw, 2 * k, 's');
+        if (tether_value_read(kwargs, NULL, format, &key) < 0 || !key) {
+            fail(d, req, "TypeError", "%s() keywords must be strings", fn);
+            goto failed;
+        }
+        size_t i = 0;
+        while (i < n && strcmp(names[i], key) != 0) {
+            i++;
+        }
+        if (i == n) {
+            fail(d, req, "TypeError", "%s() got an unexpected keyword argument '%s'", fn, key);
+            goto failed;
+        }
+        if (vals[i]) {
+            fail(d, req, "TypeError", "%s() got multiple values for argument '%s'", fn, key);
+            goto failed;
+        }
+        item_format(format, '{', 2 * nkw, 2 * k + 1, 'v');
+        tether_value_read(kwargs, NULL, format, &vals[i]);
+    }
+    for (size_t i = 0; i < required; i++) {
+        if (!vals[i]) {
+            fail(d, req, "TypeError", "%s() missing required argument '%s'", fn, names[i]);
+            goto failed;
+        }
+    }
+    return true;
+failed:
+    drop_args(vals);
+    return false;
+}
+
+/* An argument of the wrong type: a TypeError naming the parameter. Returns false. */
+static bool
+wrong_type(demo *d, tether_request *req, const char *param, int r, tether_error *error)
+{
+    fail(d, req, "TypeError", "%s() argument '%s': %s", tether_request_get_method(req), param,
+         error->message ? error->message : tether_strerror(r));
+    tether_error_done(error);
+    return false;
+}
+
+/* Read a bound argument, if it was given (otherwise *ret keeps its default). On a type
+ * mismatch reply a TypeError and return false. */
+static bool
+read_double(demo *d, tether_request *req, const char *param, tether_value *value, double *ret)
+{
+    tether_error error = TETHER_ERROR_INIT;
+    int r = value ? tether_value_read(value, &error, "d", ret) : 0;
+    return r == 0 || wrong_type(d, req, param, r, &error);
+}
+
+/* As read_double; nil reads as NULL. The text lives as long as the value. */
+static bool
+read_string(demo *d, tether_request *req, const char *param, tether_value *value, const char **ret)
+{
+    tether_error error = TETHER_ERROR_INIT;
+    int r = value ? tether_value_read(value, &error, "s", ret) : 0;
+    return r == 0 || wrong_type(d, req, param, r, &error);
+}
+
+/* A new actor name: non-empty and not too long, else a ValueError. */
+static bool
+check_name(demo *d, tether_request *req, const char *param, const char *name)
+{
+    if (name && *name && strlen(name) <= MAX_NAME) {
+        return true;
+    }
+    fail(d, req, "ValueError", "%s() argument '%s': a name of 1 to %d bytes is needed",
+         tether_request_get_method(req), param, MAX_NAME);
+    return false;
+}
+
+/* ---- the scene ------------------------------------------------------------------------- */
+
+static actor *
+scene_find(demo *d, const char *name)
+{
+    for (size_t i = 0; i < d->count; i++) {
+        if (strcmp(d->actors[i]->name, name) == 0) {
+            return d->actors[i];
+        }
+    }
+    return NULL;
+}
+
+/* The actor behind an object, if it is one of ours: a proxy that a script passes back
+ * arrives as the local object itself. */
+static actor *
+actor_of(tether_object *obj)
+{
+    if (!obj || tether_object_is_remote(obj) ||
+        strcmp(tether_object_get_type_name(obj), actor_class.name) != 0) {
+        return NULL;
+    }
+    return tether_object_get_userdata(obj);
+}
+
+/*
+ * The actor an argument names: an Actor, or the name of one in the scene. Otherwise
+ * replies TypeError, KeyError (no such name) or ReferenceError (a deleted actor) and
+ * returns NULL.
+ */
+static actor *
+read_actor(demo *d, tether_request *req, const char *param, tether_value *value)
+{
+    const char *fn = tether_request_get_method(req);
+    tether_object *obj = NULL;
+    if (tether_value_read(value, NULL, "o", &obj) == 0 && obj) {
+        actor *a = actor_of(obj);
+        if (!a) {
+            fail(d, req, "TypeError", "%s() argument '%s': expected Actor or str, got %s", fn,
+                 param, tether_object_get_type_name(obj));
+        } else if (!a->in_scene) {
+            fail(d, req, "ReferenceError", "actor '%s' was deleted", a->name);
+            a = NULL;
+        }
+        tether_object_unref(obj); /* the request's arguments keep it alive */
+        return a;
+    }
+    const char *name = NULL;
+    tether_error error = TETHER_ERROR_INIT;
+    int r = tether_value_read(value, &error, "s", &name);
+    if (r < 0 || !name) {
+        /* The reader says "expected str, got int": keep what it got. */
+        const char *got = error.message ? strstr(error.message, "got ") : NULL;
+        fail(d, req, "TypeError", "%s() argument '%s': expected Actor or str, %s", fn, param,
+             got ? got : "got nil");
+        tether_error_done(&error);
+        return NULL;
+    }
+    actor *a = scene_find(d, name);
+    if (!a) {
+        fail(d, req, "KeyError", "no actor named '%s'", name);
+    }
+    return a;
+}
+
+/* Runs once the last reference to the actor's object is gone: the scene's (it was
+ * deleted) and every client's proxy. MAIN, so in a dispatch of the main thread. */
+static void
+actor_release(void *userdata)
+{
+    actor *a = userdata;
+    demo *d = a->demo;
+    if (!d->exiting && !d->opts.quiet) {
+        say("actor '%s' released: nobody holds it any more", a->name);
+    }
+    atomic_fetch_add(&d->released, 1);
+    free(a->name);
+    free(a->label);
+    free(a);
+}
+
+/* Make an actor and add it to the scene, which holds a reference to its object. */
+static int
+scene_add(demo *d, const char *name, double x, double y, const char *label, actor **ret)
+{
+    if (d->count == d->cap) {
+        size_t cap = d->cap ? 2 * d->cap : 16;
+        actor **actors = realloc(d->actors, cap * sizeof(*actors));
+        if (!actors) {
+            return TETHER_ENOMEM;
+        }
+        d->actors = actors;
+        d->cap = cap;
+    }
+    actor *a = calloc(1, sizeof(*a));
+    if (!a || !(a->name = strdup(name)) || !(a->label = strdup(label))) {
+        if (a) {
+            free(a->name);
+            free(a);
+        }
+        return TETHER_ENOMEM;
+    }
+    a->demo = d;
+    a->x = x;
+    a->y = y;
+    int r = tether_host_new_object(d->host, &actor_class, a, &a->obj);
+    if (r < 0) {
+        free(a->name);
+        free(a->label);
+        free(a);
+        return r;
+    }
+    a->in_scene = true;
+    d->actors[d->count++] = a;
+    atomic_fetch_add(&d->spawned, 1);
+    *ret = a;
+    return 0;
+}
+
+/* Take the actor out of the scene and drop the scene's reference. The struct stays
+ * until the release; when nobody else holds the object that may be at once (at exit,
+ * once the host is gone), so the caller must not touch the actor afterwards. */
+static void
+scene_remove(demo *d, actor *a)
+{
+    for (size_t i = 0; i < d->count; i++) {
+        if (d->actors[i] == a) {
+            memmove(&d->actors[i], &d->actors[i + 1], (d->count - i - 1) * sizeof(*d->actors));
+            d->count--;
+            break;
+        }
+    }
+    tether_object *obj = a->obj;
+    a->obj = NULL;
+    a->in_scene = false;
+    atomic_fetch_add(&d->deleted, 1);
+    tether_object_unref(obj);
+}
+
+/*
+ * The scene's actors as an array value. A format string fixes its number of items when
+ * the program is compiled, so the array is assembled from msgpack bytes: a header, then
+ * each actor's encoded REF taken from a one-item value, with the objects in order.
+ */
+static int
+actors_value(demo *d, tether_value **ret)
+{
+    size_t cap = 64 + 32 * d->count, len = 0;
+    unsigned char *bytes = malloc(cap);
+    tether_object **objs = malloc((d->count ? d->count : 1) * sizeof(*objs));
+    int r = bytes && objs ? 0 : TETHER_ENOMEM;
+    uint32_t n = (uint32_t)d->count;
+    if (r == 0 && n < 16) {
+        bytes[len++] = (unsigned char)(0x90 | n); /* fixarray */
+    } else if (r == 0) {
+        bytes[len++] = 0xdd; /* array 32, big-endian count */
+        for (int shift = 24; shift >= 0; shift -= 8) {
+            bytes[len++] = (unsigned char)(n >> shift);
+        }
+    }
+    for (size_t i = 0; r == 0 && i < d->count; i++) {
+        tether_value *one = NULL;
+        const void *data;
+        size_t size;
+        objs[i] = d->actors[i]->obj;
+        r = tether_value_new(&one, "o", objs[i]);
+        r = r < 0 ? r : tether_value_get_msgpack(one, &data, &size);
+        if (r == 0 && len + size > cap) {
+            cap = 2 * (len + size);
+            unsigned char *more = realloc(bytes, cap);
+            r = more ? 0 : TETHER_ENOMEM;
+            bytes = more ? more : bytes;
+        }
+        if (r == 0) {
+            memcpy(bytes + len, data, size);
+            len += size;
+        }
+        tether_value_unref(one);
+    }
+    if (r == 0) {
+        r = tether_value_new_msgpack_objects(bytes, len, objs, d->count, ret);
+    }
+    free(bytes);
+    free(objs);
+    return r;
+}
+
+/* "[Actor 'Ann', Actor 'Bob']", shortened with "..." to fit. */
+static const char *
+actors_text(demo *d, char *buf, size_t size)
+{
+    size_t len = 0;
+    len += (size_t)snprintf(buf, size, "[");
+    for (size_t i = 0; i < d->count && len < size; i++) {
+        if (len + strlen(d->actors[i]->name) + 16 > size) {
+            len += (size_t)snprintf(buf + len, size - len, "%s...", i ? ", " : "");
+            break;
+        }
+        len += (size_t)snprintf(buf + len, size - len, "%sActor '%s'", i ? ", " : "",
+                                d->actors[i]->name);
+    }
+    if (len < size) {
+        snprintf(buf + len, size - len, "]");
+    }
+    return buf;
+}
+
+/* ---- what scripts do to actors, by service or by method ------------------------------- */
+
+static int
+spawn(demo *d, tether_request *req, const char *name, double x, double y, const char *label)
+{
+    char pos[80];
+    if (!check_name(d, req, "name", name)) {
+        return 0;
+    }
+    if (scene_find(d, name)) {
+        return fail(d, req, "ValueError", "an actor named '%s' exists already", name);
+    }
+    actor *a = NULL;
+    tether_value *result = NULL;
+    int r = scene_add(d, name, x, y, label, &a);
+    r = r < 0 ? r : tether_value_new(&result, "o", a->obj);
+    if (r < 0) {
+        return r;
+    }
+    return reply_event(d, req, result, "spawned actor '%s' at %s%s%s%s", name,
+                       position_text(x, y, pos, sizeof(pos)), *label ? ", label '" : "", label,
+                       *label ? "'" : "");
+}
+
+static int
+move_by(demo *d, tether_request *req, actor *a, double dx, double dy)
+{
+    a->x += dx;
+    a->y += dy;
+    return reply_format(d, req, NULL, "[dd]", a->x, a->y);
+}
+
+static int
+rename_to(demo *d, tether_request *req, actor *a, const char *param, const char *name)
+{
+    if (!check_name(d, req, param, name)) {
+        return 0;
+    }
+    actor *other = scene_find(d, name);
+    if (other && other != a) {
+        return fail(d, req, "ValueError", "an actor named '%s' exists already", name);
+    }
+    char *copy = strdup(name);
+    if (!copy) {
+        return TETHER_ENOMEM;
+    }
+    char old[MAX_NAME + 1];
+    snprintf(old, sizeof(old), "%s", a->name);
+    free(a->name);
+    a->name = copy;
+    return reply_event(d, req, NULL, "renamed actor '%s' to '%s'", old, a->name);
+}
+
+static int
+set_label(demo *d, tether_request *req, actor *a, const char *label)
+{
+    char *copy = strdup(label ? label : "");
+    if (!copy) {
+        return TETHER_ENOMEM;
+    }
+    free(a->label);
+    a->label = copy;
+    return reply(d, req, NULL, NULL);
+}
+
+static int
+delete_actor(demo *d, tether_request *req, actor *a)
+{
+    /* Print first: the request keeps the actor alive, but it is gone from the scene. */
+    int r = reply_event(d, req, NULL, "deleted actor '%s'", a->name);
+    scene_remove(d, a);
+    return r;
+}
+
+/* ---- the Actor class: its methods, MAIN like the scene they touch ---------------------- */
+
+/* The actor a method was called on, if it is still in the scene; else replies a
+ * ReferenceError and returns NULL. */
+static actor *
+live_actor(tether_request *req, void *userdata)
+{
+    actor *a = userdata;
+    if (!a->in_scene) {
+        fail(a->demo, req, "ReferenceError", "actor '%s' was deleted", a->name);
+        return NULL;
+    }
+    return a;
+}
+
+static int
+actor_move(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {"dx", "dy", NULL};
+    actor *a = live_actor(req, userdata);
+    tether_value *args[MAX_ARGS] = {NULL};
+    double dx = 0, dy = 0;
+    int r = 0;
+    if (a && bind_args(a->demo, req, params, 2, args) &&
+        read_double(a->demo, req, "dx", args[0], &dx) &&
+        read_double(a->demo, req, "dy", args[1], &dy)) {
+        r = move_by(a->demo, req, a, dx, dy);
+    }
+    drop_args(args);
+    return r;
+}
+
+static int
+actor_position(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {NULL};
+    actor *a = live_actor(req, userdata);
+    tether_value *args[MAX_ARGS] = {NULL};
+    int r = 0;
+    if (a && bind_args(a->demo, req, params, 0, args)) {
+        r = reply_format(a->demo, req, NULL, "[dd]", a->x, a->y);
+    }
+    return r;
+}
+
+static int
+actor_rename(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {"new_name", NULL};
+    actor *a = live_actor(req, userdata);
+    tether_value *args[MAX_ARGS] = {NULL};
+    const char *name = NULL;
+    int r = 0;
+    if (a && bind_args(a->demo, req, params, 1, args) &&
+        read_string(a->demo, req, "new_name", args[0], &name)) {
+        r = rename_to(a->demo, req, a, "new_name", name);
+    }
+    drop_args(args);
+    return r;
+}
+
+static int
+actor_set_label(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {"text", NULL};
+    actor *a = live_actor(req, userdata);
+    tether_value *args[MAX_ARGS] = {NULL};
+    const char *text = NULL;
+    int r = 0;
+    if (a && bind_args(a->demo, req, params, 1, args) &&
+        read_string(a->demo, req, "text", args[0], &text)) {
+        r = set_label(a->demo, req, a, text);
+    }
+    drop_args(args);
+    return r;
+}
+
+static int
+actor_delete(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {NULL};
+    actor *a = live_actor(req, userdata);
+    tether_value *args[MAX_ARGS] = {NULL};
+    return a && bind_args(a->demo, req, params, 0, args) ? delete_actor(a->demo, req, a) : 0;
+}
+
+static int
+actor_info(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {NULL};
+    actor *a = live_actor(req, userdata);
+    tether_value *args[MAX_ARGS] = {NULL};
+    if (!a || !bind_args(a->demo, req, params, 0, args)) {
+        return 0;
+    }
+    return reply_format(a->demo, req, NULL, "{sssdsdss}", "name", a->name, "x", a->x, "y", a->y,
+                        "label", a->label);
+}
+
+/* actor.NAME in Python: name and alive even once deleted, x, y and label while in the
+ * scene. */
+static int
+actor_getattr(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {"name", NULL};
+    actor *a = userdata;
+    demo *d = a->demo;
+    tether_value *args[MAX_ARGS] = {NULL};
+    const char *attr = NULL;
+    int r = 0;
+    if (!bind_args(d, req, params, 1, args) || !read_string(d, req, "name", args[0], &attr)) {
+        return 0;
+    }
+    attr = attr ? attr : "";
+    if (strcmp(attr, "name") == 0) {
+        r = reply_format(d, req, NULL, "s", a->name);
+    } else if (strcmp(attr, "alive") == 0) {
+        r = reply_format(d, req, NULL, "b", a->in_scene);
+    } else if (strcmp(attr, "x") != 0 && strcmp(attr, "y") != 0 && strcmp(attr, "label") != 0) {
+        r = fail(d, req, "AttributeError", "'Actor' object has no attribute '%s'", attr);
+    } else if (live_actor(req, a)) {
+        r = attr[0] == 'x'   ? reply_format(d, req, NULL, "d", a->x)
+            : attr[0] == 'y' ? reply_format(d, req, NULL, "d", a->y)
+                             : reply_format(d, req, NULL, "s", a->label);
+    }
+    drop_args(args);
+    return r;
+}
+
+/* actor.NAME = VALUE in Python: renames, relabels or moves. */
+static int
+actor_setattr(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {"name", "value", NULL};
+    actor *a = live_actor(req, userdata);
+    tether_value *args[MAX_ARGS] = {NULL};
+    const char *attr = NULL, *text = NULL;
+    double v = 0;
+    int r = 0;
+    if (!a || !bind_args(a->demo, req, params, 2, args) ||
+        !read_string(a->demo, req, "name", args[0], &attr)) {
+        drop_args(args);
+        return 0;
+    }
+    demo *d = a->demo;
+    attr = attr ? attr : "";
+    if (strcmp(attr, "name") == 0) {
+        if (read_string(d, req, "value", args[1], &text)) {
+            r = rename_to(d, req, a, "value", text);
+        }
+    } else if (strcmp(attr, "label") == 0) {
+        if (read_string(d, req, "value", args[1], &text)) {
+            r = set_label(d, req, a, text);
+        }
+    } else if (strcmp(attr, "x") == 0 || strcmp(attr, "y") == 0) {
+        if (read_double(d, req, "value", args[1], &v)) {
+            *(attr[0] == 'x' ? &a->x : &a->y) = v;
+            r = reply(d, req, NULL, NULL);
+        }
+    } else {
+        r = fail(d, req, "AttributeError", "'Actor' attribute '%s' cannot be set", attr);
+    }
+    drop_args(args);
+    return r;
+}
+
+/* repr() and str() of a proxy; they work on a deleted actor too. */
+static int
+actor_repr_method(tether_request *req, void *userdata)
+{
+    char repr[MAX_NAME + 96];
+    actor *a = userdata;
+    return reply_format(a->demo, req, NULL, "s", actor_repr(a, repr, sizeof(repr)));
+}
+
+/* bool() of a proxy: whether the actor is still in the scene. */
+static int
+actor_bool(tether_request *req, void *userdata)
+{
+    actor *a = userdata;
+    return reply_format(a->demo, req, NULL, "b", a->in_scene);
+}
+
+/* dir() of a proxy, for a REPL's completion. */
+static int
+actor_dir(tether_request *req, void *userdata)
+{
+    actor *a = userdata;
+    return reply_format(a->demo, req, NULL, "[sssssssssss]", "alive", "delete", "info", "label",
+                        "move", "name", "position", "rename", "set_label", "x", "y");
+}
+
+static const tether_method actor_methods[] = {
+    {"move", TETHER_CONTEXT_MAIN, actor_move},
+    {"position", TETHER_CONTEXT_MAIN, actor_position},
+    {"rename", TETHER_CONTEXT_MAIN, actor_rename},
+    {"set_label", TETHER_CONTEXT_MAIN, actor_set_label},
+    {"delete", TETHER_CONTEXT_MAIN, actor_delete},
+    {"info", TETHER_CONTEXT_MAIN, actor_info},
+    {"__getattr__", TETHER_CONTEXT_MAIN, actor_getattr},
+    {"__setattr__", TETHER_CONTEXT_MAIN, actor_setattr},
+    {"__repr__", TETHER_CONTEXT_MAIN, actor_repr_method},
+    {"__str__", TETHER_CONTEXT_MAIN, actor_repr_method},
+    {"__bool__", TETHER_CONTEXT_MAIN, actor_bool},
+    {"__dir__", TETHER_CONTEXT_MAIN, actor_dir},
+    {NULL, 0, NULL},
+};
+
+/* No fallback: the library answers a proxy's "__tether_describe__" from the table. */
+static const tether_class actor_class = {
+    .name = "Actor",
+    .methods = actor_methods,
+    .release = actor_release,
+    .release_context = TETHER_CONTEXT_MAIN, /* it counts and prints: main thread */
+};
+
 /* ---- the host's services --------------------------------------------------------------- */
+
+static int
+serve_spawn_actor(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {"name", "x", "y", "label", NULL};
+    demo *d = userdata;
+    tether_value *args[MAX_ARGS] = {NULL};
+    const char *name = NULL, *label = NULL;
+    double x = 0, y = 0;
+    int r = 0;
+    if (bind_args(d, req, params, 1, args) && read_string(d, req, "name", args[0], &name) &&
+        read_double(d, req, "x", args[1], &x) && read_double(d, req, "y", args[2], &y) &&
+        read_string(d, req, "label", args[3], &label)) {
+        r = spawn(d, req, name, x, y, label ? label : "");
+    }
+    drop_args(args);
+    return r;
+}
+
+static int
+serve_list_actors(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {NULL};
+    demo *d = userdata;
+    tether_value *args[MAX_ARGS] = {NULL};
+    tether_value *result = NULL;
+    char shown[256];
+    if (!bind_args(d, req, params, 0, args)) {
+        return 0;
+    }
+    int r = actors_value(d, &result);
+    return r < 0 ? r : reply(d, req, result, actors_text(d, shown, sizeof(shown)));
+}
+
+static int
+serve_get_actor(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {"name", NULL};
+    demo *d = userdata;
+    tether_value *args[MAX_ARGS] = {NULL};
+    const char *name = NULL;
+    char repr[MAX_NAME + 96];
+    int r = 0;
+    if (bind_args(d, req, params, 1, args) && read_string(d, req, "name", args[0], &name)) {
+        actor *a = name ? scene_find(d, name) : NULL;
+        r = a ? reply_format(d, req, actor_repr(a, repr, sizeof(repr)), "o", a->obj)
+              : fail(d, req, "KeyError", "no actor named '%s'", name ? name : "None");
+    }
+    drop_args(args);
+    return r;
+}
+
+static int
+serve_move_actor(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {"actor", "dx", "dy", NULL};
+    demo *d = userdata;
+    tether_value *args[MAX_ARGS] = {NULL};
+    double dx = 0, dy = 0;
+    actor *a = NULL;
+    int r = 0;
+    if (bind_args(d, req, params, 3, args) && read_double(d, req, "dx", args[1], &dx) &&
+        read_double(d, req, "dy", args[2], &dy) && (a = read_actor(d, req, "actor", args[0]))) {
+        r = move_by(d, req, a, dx, dy);
+    }
+    drop_args(args);
+    return r;
+}
+
+static int
+serve_rename_actor(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {"actor", "new_name", NULL};
+    demo *d = userdata;
+    tether_value *args[MAX_ARGS] = {NULL};
+    const char *name = NULL;
+    actor *a = NULL;
+    int r = 0;
+    if (bind_args(d, req, params, 2, args) && read_string(d, req, "new_name", args[1], &name) &&
+        (a = read_actor(d, req, "actor", args[0]))) {
+        r = rename_to(d, req, a, "new_name", name);
+    }
+    drop_args(args);
+    return r;
+}
+
+static int
+serve_delete_actor(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {"actor", NULL};
+    demo *d = userdata;
+    tether_value *args[MAX_ARGS] = {NULL};
+    actor *a = NULL;
+    int r = 0;
+    if (bind_args(d, req, params, 1, args) && (a = read_actor(d, req, "actor", args[0]))) {
+        r = delete_actor(d, req, a);
+    }
+    drop_args(args);
+    return r;
+}
+
+/* log(message): meant as a notification. */
+static int
+serve_log(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {"message", NULL};
+    demo *d = userdata;
+    tether_value *args[MAX_ARGS] = {NULL};
+    const char *message = NULL;
+    if (bind_args(d, req, params, 1, args) && read_string(d, req, "message", args[0], &message)) {
+        atomic_fetch_add(&d->logs, 1);
+        atomic_fetch_add(&d->calls, 1);
+        say("[%s] %s", peer_name(req), message ? message : "None");
+        tether_request_reply_value(req, NULL);
+    }
+    drop_args(args);
+    return 0;
+}
+
+static double
+clock_fps(const frame_clock *c)
+{
+    uint64_t n = c->frames > FPS_WINDOW ? FPS_WINDOW : c->frames ? c->frames - 1 : 0;
+    uint64_t newest = c->recent[c->frames % (FPS_WINDOW + 1)];
+    uint64_t oldest = c->recent[(c->frames - n) % (FPS_WINDOW + 1)];
+    return n && newest > oldest ? (double)n * 1e6 / (double)(newest - oldest) : 0.0;
+}
+
+static int
+serve_frame_stats(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {NULL};
+    demo *d = userdata;
+    const frame_clock *c = &d->clock;
+    tether_value *args[MAX_ARGS] = {NULL};
+    if (!bind_args(d, req, params, 0, args)) {
+        return 0;
+    }
+    double mean = c->frames > 1 ? (double)(c->last_start_usec - c->first_start_usec) /
+                                      (double)(c->frames - 1) / 1000.0
+                                : 0.0;
+    return reply_format(d, req, NULL, "{susdsdsdsdsusu}", "frames", c->frames, "fps", clock_fps(c),
+                        "frame_ms_mean", mean, "frame_ms_max", (double)c->frame_max_usec / 1000.0,
+                        "dispatch_ms_max", (double)c->dispatch_max_usec / 1000.0, "late_frames",
+                        c->late, "calls", (uint64_t)atomic_load(&d->calls));
+}
+
+/* globals(): what a REPL puts in its namespace. */
+static int
+serve_globals(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {NULL};
+    demo *d = userdata;
+    tether_value *args[MAX_ARGS] = {NULL};
+    tether_value *actors = NULL;
+    char shown[320], list[256];
+    if (!bind_args(d, req, params, 0, args)) {
+        return 0;
+    }
+    int r = actors_value(d, &actors);
+    snprintf(shown, sizeof(shown), "{\"actors\": %s, \"frame\": %llu, \"fps\": %.1f}",
+             actors_text(d, list, sizeof(list)), (unsigned long long)d->clock.frames,
+             clock_fps(&d->clock));
+    r = r < 0 ? r
+              : reply_format(d, req, shown, "{svsusd}", "actors", actors, "frame", d->clock.frames,
+                             "fps", clock_fps(&d->clock));
+    tether_value_unref(actors);
+    return r;
+}
 
 /* add(a, b): integers, or numbers as floats. */
 static int
 serve_add(tether_request *req, void *userdata)
 {
-    demo_stats *stats = userdata;
-    atomic_fetch_add(&stats->calls, 1);
-    tether_value *result = NULL;
+    static const char *const params[] = {"a", "b", NULL};
+    demo *d = userdata;
+    tether_value *args[MAX_ARGS] = {NULL};
     int64_t a, b;
     double x, y;
-    int r;
-    if (tether_request_read(req, "xx", &a, &b) == 0) {
-        if ((b > 0 && a > INT64_MAX - b) || (b < 0 && a < INT64_MIN - b)) {
-            print_call(req, "OverflowError");
-            return tether_request_reply_error(req, "OverflowError", "integer overflow");
-        }
-        r = tether_value_new(&result, "x", a + b);
-    } else if ((r = tether_request_read(req, "dd", &x, &y)) == 0) {
-        r = tether_value_new(&result, "d", x + y);
-    } else {
-        return bad_arguments(req, r);
+    int r = 0;
+    if (!bind_args(d, req, params, 2, args)) {
+        return 0;
     }
-    return r < 0 ? r : reply(req, result);
+    if (tether_value_read(args[0], NULL, "x", &a) == 0 &&
+        tether_value_read(args[1], NULL, "x", &b) == 0) {
+        if ((b > 0 && a > INT64_MAX - b) || (b < 0 && a < INT64_MIN - b)) {
+            r = fail(d, req, "OverflowError", "integer overflow");
+        } else {
+            r = reply_format(d, req, NULL, "x", a + b);
+        }
+    } else if (read_double(d, req, "a", args[0], &x) && read_double(d, req, "b", args[1], &y)) {
+        r = reply_format(d, req, NULL, "d", x + y);
+    }
+    drop_args(args);
+    return r;
 }
 
-/* echo(value): the value itself, whatever it is. */
-static int
-serve_echo(tether_request *req, void *userdata)
-{
-    demo_stats *stats = userdata;
-    atomic_fetch_add(&stats->calls, 1);
-    tether_value *value = NULL;
-    int r = tether_request_read(req, "v", &value);
-    return r < 0 ? bad_arguments(req, r) : reply(req, value);
-}
-
-/* greet(name): "Hello, NAME!", for examples/hello_client.c. */
+/* greet(name): "Hello, NAME!". */
 static int
 serve_greet(tether_request *req, void *userdata)
 {
-    demo_stats *stats = userdata;
-    atomic_fetch_add(&stats->calls, 1);
-    const char *name;
+    static const char *const params[] = {"name", NULL};
+    demo *d = userdata;
+    tether_value *args[MAX_ARGS] = {NULL};
+    const char *name = NULL;
     char text[256];
-    tether_value *result = NULL;
-    int r = tether_request_read(req, "s", &name);
-    if (r < 0) {
-        return bad_arguments(req, r);
+    int r = 0;
+    if (bind_args(d, req, params, 1, args) && read_string(d, req, "name", args[0], &name)) {
+        snprintf(text, sizeof(text), "Hello, %s!", name ? name : "stranger");
+        r = reply_format(d, req, NULL, "s", text);
     }
-    snprintf(text, sizeof(text), "Hello, %s!", name ? name : "stranger");
-    r = tether_value_new(&result, "s", text);
-    return r < 0 ? r : reply(req, result);
+    drop_args(args);
+    return r;
 }
 
-/* log(message): meant as a notification; prints the message. */
+/* echo(value): the value itself. IO: the fast path, on the I/O thread, never blocking. */
 static int
-serve_log(tether_request *req, void *userdata)
+serve_echo(tether_request *req, void *userdata)
 {
-    demo_stats *stats = userdata;
-    atomic_fetch_add(&stats->calls, 1);
-    const char *message;
-    int r = tether_request_read(req, "s", &message);
-    if (r < 0) {
-        return bad_arguments(req, r);
+    static const char *const params[] = {"value", NULL};
+    demo *d = userdata;
+    tether_value *args[MAX_ARGS] = {NULL};
+    int r = 0;
+    if (bind_args(d, req, params, 1, args)) {
+        r = reply(d, req, tether_value_ref(args[0]), NULL);
     }
-    atomic_fetch_add(&stats->logs, 1);
-    say("%s says: %s", tether_conn_get_peer_name(tether_request_get_conn(req)),
-        message ? message : "(nil)");
-    return 0; /* replies nil to a call; a notification gets nothing */
-}
-
-/* time(): seconds since the Unix epoch, as a float. */
-static int
-serve_time(tether_request *req, void *userdata)
-{
-    demo_stats *stats = userdata;
-    atomic_fetch_add(&stats->calls, 1);
-    struct timespec now;
-    tether_value *result = NULL;
-    int r = tether_request_read(req, "");
-    if (r < 0) {
-        return bad_arguments(req, r);
-    }
-    clock_gettime(CLOCK_REALTIME, &now);
-    r = tether_value_new(&result, "d", (double)now.tv_sec + now.tv_nsec / 1e9);
-    return r < 0 ? r : reply(req, result);
+    drop_args(args);
+    return r;
 }
 
 static int
-add_services(tether_host *host, demo_stats *stats)
+add_services(demo *d)
 {
     static const struct {
         const char *name;
         tether_context context;
         tether_handler_fn handler;
     } services[] = {
-        {"add", TETHER_CONTEXT_MAIN, serve_add},     {"echo", TETHER_CONTEXT_IO, serve_echo},
-        {"greet", TETHER_CONTEXT_MAIN, serve_greet}, {"log", TETHER_CONTEXT_MAIN, serve_log},
-        {"time", TETHER_CONTEXT_MAIN, serve_time},
+        {"spawn_actor", TETHER_CONTEXT_MAIN, serve_spawn_actor},
+        {"list_actors", TETHER_CONTEXT_MAIN, serve_list_actors},
+        {"get_actor", TETHER_CONTEXT_MAIN, serve_get_actor},
+        {"move_actor", TETHER_CONTEXT_MAIN, serve_move_actor},
+        {"rename_actor", TETHER_CONTEXT_MAIN, serve_rename_actor},
+        {"delete_actor", TETHER_CONTEXT_MAIN, serve_delete_actor},
+        {"log", TETHER_CONTEXT_MAIN, serve_log},
+        {"frame_stats", TETHER_CONTEXT_MAIN, serve_frame_stats},
+        {"globals", TETHER_CONTEXT_MAIN, serve_globals},
+        {"add", TETHER_CONTEXT_MAIN, serve_add},
+        {"greet", TETHER_CONTEXT_MAIN, serve_greet},
+        {"echo", TETHER_CONTEXT_IO, serve_echo},
     };
     for (size_t i = 0; i < sizeof(services) / sizeof(services[0]); i++) {
-        int r = tether_host_add_service(host, services[i].name, services[i].context,
-                                        services[i].handler, stats);
+        int r = tether_host_add_service(d->host, services[i].name, services[i].context,
+                                        services[i].handler, d);
         if (r < 0) {
             return r;
         }
@@ -256,62 +1273,179 @@ add_services(tether_host *host, demo_stats *stats)
     return 0;
 }
 
-/* ---- the main loop --------------------------------------------------------------------- */
+/* ---- the frame loop -------------------------------------------------------------------- */
 
-/* Called once per frame on the main thread; returns true to end the loop. */
+static void
+frame_started(frame_clock *c, uint64_t start, bool late)
+{
+    frame_period *p = &c->period;
+    if (c->frames > 0) {
+        uint64_t interval = start - c->last_start_usec;
+        c->frame_max_usec = interval > c->frame_max_usec ? interval : c->frame_max_usec;
+        p->frame_max_usec = interval > p->frame_max_usec ? interval : p->frame_max_usec;
+    } else {
+        c->first_start_usec = start;
+    }
+    c->late += late;
+    p->late += late;
+    c->frames++;
+    p->frames++;
+    c->last_start_usec = start;
+    c->recent[c->frames % (FPS_WINDOW + 1)] = start;
+}
+
+static void
+frame_dispatched(frame_clock *c, uint64_t usec)
+{
+    c->dispatch_max_usec = usec > c->dispatch_max_usec ? usec : c->dispatch_max_usec;
+    if (usec > c->period.dispatch_max_usec) {
+        c->period.dispatch_max_usec = usec;
+    }
+}
+
+/* Every second with calls in it, or every five seconds, print the frame timing since
+ * the last such line: it shows whether scripts held up the loop. */
+static void
+print_timing(demo *d, uint64_t now)
+{
+    frame_period *p = &d->clock.period;
+    uint64_t calls = atomic_load(&d->calls);
+    uint64_t elapsed = now - p->start_usec;
+    if (elapsed < (calls > p->calls_before ? TIMING_BUSY_USEC : TIMING_IDLE_USEC)) {
+        return;
+    }
+    say("frames %llu  fps %.1f  frame max %.1f ms  dispatch max %.2f ms  late %llu  "
+        "calls %llu  actors %zu  clients %d",
+        (unsigned long long)p->frames, (double)p->frames * 1e6 / (double)elapsed,
+        (double)p->frame_max_usec / 1000.0, (double)p->dispatch_max_usec / 1000.0,
+        (unsigned long long)p->late, (unsigned long long)(calls - p->calls_before), d->count,
+        tether_host_get_client_count(d->host));
+    *p = (frame_period){.start_usec = now, .calls_before = calls};
+}
+
+/* Dispatch queued MAIN work for up to budget_usec, adding the time it took to *spent. */
+static int
+dispatch_for(demo *d, uint64_t budget_usec, uint64_t *spent)
+{
+    uint64_t start = tether_now_usec();
+    int r = tether_host_dispatch(d->host, budget_usec);
+    *spent += tether_now_usec() - start;
+    if (r < 0) {
+        say("dispatch failed: %s", tether_strerror(r));
+    }
+    return r;
+}
+
+/*
+ * The end of the frame, until `due`. An engine would wait for the display here, so this
+ * time is free: MAIN work that arrives meanwhile is served at once, while the frame's
+ * budget lasts, rather than at the next frame's dispatch step. A script making one call
+ * after another then gets an answer in a round trip, not one answer per frame (a REPL
+ * listing ten actors' names would otherwise take ten frames), and the frame still gives
+ * scripts no more than its budget. Once the budget is spent the fd is not watched: it
+ * stays readable while work is queued, and would wake this loop again and again.
+ */
+static int
+idle_until(demo *d, uint64_t due, uint64_t *spent)
+{
+    for (;;) {
+        uint64_t now = tether_now_usec();
+        if (now >= due) {
+            return 0;
+        }
+        uint64_t left = *spent < DISPATCH_BUDGET_USEC ? DISPATCH_BUDGET_USEC - *spent : 0;
+        struct pollfd pfd = {.fd = left ? tether_host_get_fd(d->host) : -1, .events = POLLIN};
+        struct timespec wait = {.tv_sec = (time_t)((due - now) / 1000000),
+                                .tv_nsec = (long)((due - now) % 1000000) * 1000};
+        if (ppoll(&pfd, 1, &wait, NULL) > 0 && (pfd.revents & POLLIN)) {
+            now = tether_now_usec();
+            uint64_t budget = now < due && due - now < left ? due - now : left;
+            int r = now < due ? dispatch_for(d, budget, spent) : 0;
+            if (r < 0) {
+                return r;
+            }
+        }
+    }
+}
+
+/* Called once per frame on the main thread, after its dispatch step; true ends the loop. */
 typedef bool (*frame_fn)(void *arg);
 
 /*
- * The engine's frame loop: sleep until main-thread work is queued or the next frame is
- * due, run the queued work within a budget, then see whether to stop (a signal, the
- * time limit, or frame()). Returns 0, or 1 if dispatching failed.
+ * The engine's frame loop, 60 times a second: a frame starts, the engine would simulate
+ * and render, tether gets its dispatch step (a budget of 2 ms), then the frame idles
+ * until the next one is due (serving scripts within the same budget, see idle_until).
+ * A frame that starts late does not make the next ones hurry to catch up: the schedule
+ * restarts from it. Stops at SIGINT or SIGTERM, after `seconds`, or when hook says so.
+ * Returns 0, or 1 if dispatching failed.
  */
 static int
-run_frames(tether_host *host, demo_stats *stats, const sigset_t *signals, long seconds,
-           frame_fn frame, void *arg)
+run_frames(demo *d, const sigset_t *signals, long seconds, frame_fn hook, void *arg)
 {
-    uint64_t stop_usec = seconds > 0 ? tether_now_usec() + (uint64_t)seconds * 1000000 : 0;
-    struct pollfd pfd = {.fd = tether_host_get_fd(host), .events = POLLIN};
     const struct timespec no_wait = {0, 0};
+    uint64_t due = tether_now_usec();
+    uint64_t stop_usec = seconds > 0 ? due + (uint64_t)seconds * 1000000 : 0;
+    d->clock.period = (frame_period){.start_usec = due, .calls_before = atomic_load(&d->calls)};
     for (;;) {
-        /* An engine would simulate and render here. The fd is readable while MAIN work
-         * is queued, so a call is served without waiting for the frame to end. */
-        poll(&pfd, 1, FRAME_MS);
-        stats->frames++;
-        int r = tether_host_dispatch(host, DISPATCH_BUDGET_USEC);
-        if (r < 0) {
-            say("dispatch failed: %s", tether_strerror(r));
+        uint64_t start = tether_now_usec();
+        bool late = start > due + LATE_USEC;
+        due = late ? start : due;
+        frame_started(&d->clock, start, late);
+
+        /* An engine would simulate and render here. */
+
+        uint64_t spent = 0;
+        if (dispatch_for(d, DISPATCH_BUDGET_USEC, &spent) < 0) {
             return 1;
         }
+        bool done = hook && hook(arg);
         int sig = sigtimedwait(signals, NULL, &no_wait);
         if (sig == SIGINT || sig == SIGTERM) {
             say("stopping (%s)", sig == SIGINT ? "SIGINT" : "SIGTERM");
-            return 0;
-        }
-        if (stop_usec && tether_now_usec() >= stop_usec) {
+            done = true;
+        } else if (stop_usec && start >= stop_usec) {
             say("stopping after %ld seconds", seconds);
+            done = true;
+        }
+        if (done) {
+            frame_dispatched(&d->clock, spent);
             return 0;
         }
-        if (frame && frame(arg)) {
-            return 0;
+        due += FRAME_USEC;
+        if (idle_until(d, due, &spent) < 0) {
+            return 1;
         }
+        frame_dispatched(&d->clock, spent);
+        print_timing(d, tether_now_usec());
     }
 }
 
 /* ---- the self-test (--once) ------------------------------------------------------------ */
 
+/*
+ * A client on a thread of this process (so that the test is self-contained; it still
+ * talks to the host through the socket) works the scene while the main thread runs the
+ * frame loop, then the host calls the client back. Every step is a check, printed; the
+ * exit status says whether all passed.
+ */
 typedef struct selftest {
-    tether_host *host;
-    demo_stats *stats;
+    demo *demo;
     char address[300];  /* where the client connects */
     sem_t client_ready; /* the client made its calls (or gave up) */
     sem_t host_done;    /* the host made its calls back */
-    bool host_called;   /* main thread only */
+    int phase;          /* main thread only, see selftest_frame */
+    uint64_t release_deadline_usec;
     atomic_bool client_finished;
     atomic_int checks;
     atomic_int failures;
     atomic_int client_notes; /* notifications the client received */
 } selftest;
+
+/* What frame_stats() returned. */
+typedef struct frame_view {
+    uint64_t frames, late, calls;
+    double fps, frame_ms_mean, frame_ms_max, dispatch_ms_max;
+} frame_view;
 
 static void check(selftest *t, bool ok, const char *format, ...) TETHER_PRINTF(3, 4);
 
@@ -338,61 +1472,367 @@ check_ok(selftest *t, int r, const char *what)
 }
 
 /*
- * Call method synchronously with the arguments the format builds (one item each) and
- * check the outcome: the result rendered as text, or the error's type name.
+ * Call method of the service side of conn, or of obj when not NULL, with prebuilt
+ * arguments, and check the outcome: the result rendered as text, or the error's type
+ * name, must be `expect` (NULL: any success). `who` starts the printed line ("client:
+ * bob." for a method). Returns the result, a new reference, or NULL.
  */
-static void
-expect_call(selftest *t, tether_conn *conn, const char *who, const char *expect, const char *method,
-            const char *format, ...)
-{
-    char wrapped[64];
-    tether_value *args = NULL, *result = NULL;
-    tether_error error = TETHER_ERROR_INIT;
-    tether_call_options options = {.timeout_usec = SELFTEST_CALL_TIMEOUT_USEC};
-    va_list ap;
-    snprintf(wrapped, sizeof(wrapped), "[%s]", format);
-    va_start(ap, format);
-    int r = tether_value_newv(&args, wrapped, ap);
-    va_end(ap);
-    if (r == 0) {
-        r = tether_conn_call_values(conn, method, args, NULL, &options, &result, &error);
-    }
-    char *args_text = render(args);
-    char *result_text = r == 0 ? render(result) : NULL;
-    size_t len = args_text ? strlen(args_text) : 0;
-    const char *outcome = r == 0 ? result_text : error.type;
-    check(t, outcome && strcmp(outcome, expect) == 0, "%s %s(%.*s) %s %s%s%s", who, method,
-          len >= 2 ? (int)len - 2 : 0, len >= 2 ? args_text + 1 : "", r == 0 ? "=" : "raised",
-          outcome ? outcome : tether_strerror(r), r < 0 && error.message ? ": " : "",
-          r < 0 && error.message ? error.message : "");
-    free(args_text);
-    free(result_text);
-    tether_value_unref(args);
-    tether_value_unref(result);
-    tether_error_done(&error);
-}
-
-/* Wait for a future and check its result rendered as text. */
-static void
-expect_future(selftest *t, tether_future *future, const char *what, const char *expect)
+static tether_value *
+call_check(selftest *t, const char *who, tether_conn *conn, tether_object *obj, const char *expect,
+           const char *method, tether_value *args, tether_value *kwargs)
 {
     tether_value *result = NULL;
     tether_error error = TETHER_ERROR_INIT;
-    int r = tether_future_wait(future, 2 * SELFTEST_CALL_TIMEOUT_USEC);
-    if (r == 0) {
-        r = tether_future_get_result(future, &result, &error);
-    }
-    char *text = r == 0 ? render(result) : NULL;
-    check(t, text && strcmp(text, expect) == 0, "%s = %s", what,
-          text            ? text
-          : error.message ? error.message
-                          : tether_strerror(r));
-    free(text);
-    tether_value_unref(result);
+    tether_call_options options = {.timeout_usec = SELFTEST_CALL_TIMEOUT_USEC};
+    int r = obj ? tether_object_call_values(obj, method, args, kwargs, &options, &result, &error)
+                : tether_conn_call_values(conn, method, args, kwargs, &options, &result, &error);
+    char *args_text = render(args);
+    char *kwargs_text = kwargs ? render(kwargs) : NULL;
+    char *result_text = r == 0 ? render(result) : NULL;
+    size_t len = args_text ? strlen(args_text) : 0;
+    const char *outcome = r == 0 ? result_text : error.type;
+    bool ok = expect ? outcome && strcmp(outcome, expect) == 0 : r == 0;
+    check(t, ok, "%s%s(%.*s%s%s) %s %s%s%s", who, method, len > 2 ? (int)len - 2 : 0,
+          len > 2 ? args_text + 1 : "", kwargs_text ? (len > 2 ? ", **" : "**") : "",
+          kwargs_text ? kwargs_text : "", r == 0 ? "=" : "raised",
+          outcome ? outcome : tether_strerror(r), r < 0 && error.message ? ": " : "",
+          r < 0 && error.message ? error.message : "");
+    free(args_text);
+    free(kwargs_text);
+    free(result_text);
     tether_error_done(&error);
+    if (!ok) {
+        result = tether_value_unref(result);
+    }
+    return result;
 }
 
-/* The client's services, which the host calls back. */
+/* Build the arguments (the format lists one item per argument) and call_check(). */
+static tether_value *
+call_checkv(selftest *t, const char *who, tether_conn *conn, tether_object *obj, const char *expect,
+            const char *method, const char *format, va_list ap)
+{
+    char wrapped[64];
+    tether_value *args = NULL;
+    snprintf(wrapped, sizeof(wrapped), "[%s]", format);
+    int r = tether_value_newv(&args, wrapped, ap);
+    if (r < 0) {
+        check_ok(t, r, "building the arguments");
+        return NULL;
+    }
+    tether_value *result = call_check(t, who, conn, obj, expect, method, args, NULL);
+    tether_value_unref(args);
+    return result;
+}
+
+/* A call whose result is checked as text (or whose error's type is). */
+static void
+expect_call(selftest *t, const char *who, tether_conn *conn, tether_object *obj, const char *expect,
+            const char *method, const char *format, ...)
+{
+    va_list ap;
+    va_start(ap, format);
+    tether_value_unref(call_checkv(t, who, conn, obj, expect, method, format, ap));
+    va_end(ap);
+}
+
+/* The Actor a result holds: a proxy, a new reference; NULL (and a failed check) if not. */
+static tether_object *
+actor_result(selftest *t, tether_value *result, const char *what)
+{
+    tether_object *obj = NULL;
+    if (!result) {
+        return NULL;
+    }
+    int r = tether_value_read(result, NULL, "o", &obj);
+    bool ok = r == 0 && obj && tether_object_is_remote(obj) &&
+              strcmp(tether_object_get_type_name(obj), "Actor") == 0;
+    check(t, ok, "%s is a proxy for an Actor", what);
+    tether_value_unref(result);
+    if (!ok) {
+        obj = tether_object_unref(obj);
+    }
+    return obj;
+}
+
+/* A call that returns an Actor. */
+static tether_object *
+expect_actor(selftest *t, tether_conn *conn, const char *method, const char *format, ...)
+{
+    va_list ap;
+    va_start(ap, format);
+    tether_value *result = call_checkv(t, "client: ", conn, NULL, NULL, method, format, ap);
+    va_end(ap);
+    return actor_result(t, result, "the result");
+}
+
+static bool
+read_frame_stats(selftest *t, tether_conn *conn, frame_view *view)
+{
+    tether_value *result = NULL;
+    tether_error error = TETHER_ERROR_INIT;
+    int r = tether_conn_call(conn, "frame_stats", NULL, &result, &error, NULL);
+    /* The map's keys in the order the service writes them (see serve_frame_stats). */
+    r = r < 0 ? r
+              : tether_value_read(result, &error, "{*u*d*d*d*d*u*u}", &view->frames, &view->fps,
+                                  &view->frame_ms_mean, &view->frame_ms_max, &view->dispatch_ms_max,
+                                  &view->late, &view->calls);
+    if (r < 0) {
+        check(t, false, "client: frame_stats(): %s",
+              error.message ? error.message : tether_strerror(r));
+    }
+    tether_value_unref(result);
+    tether_error_done(&error);
+    return r == 0;
+}
+
+/* Wait (polling, from the client's thread) until the host has released `want` actors. */
+static bool
+wait_released(selftest *t, int want)
+{
+    uint64_t until = tether_now_usec() + SELFTEST_RELEASE_WAIT_USEC;
+    while (atomic_load(&t->demo->released) < want && tether_now_usec() < until) {
+        struct timespec nap = {0, 5 * 1000 * 1000};
+        nanosleep(&nap, NULL);
+    }
+    return atomic_load(&t->demo->released) == want;
+}
+
+/* The old basics: calls the three ways, errors of the call itself. */
+static void
+client_basics(selftest *t, tether_conn *conn, tether_future **ret_greeting)
+{
+    const char *me = "client: ";
+    tether_call_options options = {.timeout_usec = SELFTEST_CALL_TIMEOUT_USEC};
+    /* A future and a notification first: the synchronous calls after them are answered
+     * only once the host has read both, since a connection's frames are served in order. */
+    int r = tether_conn_call_async(conn, "greet", &options, ret_greeting, "s", "self-test");
+    check_ok(t, r, "client: greet(\"self-test\") started as a future");
+    r = tether_conn_notify(conn, "log", "s", "hello from the self-test client");
+    check_ok(t, r, "client: log(\"hello from the self-test client\") notified");
+    expect_call(t, me, conn, NULL, "5", "add", "ii", 2, 3);
+    expect_call(t, me, conn, NULL, "4.0", "add", "dd", 1.5, 2.5);
+    expect_call(t, me, conn, NULL, "{\"list\": [1, 2.5, \"three\"], \"bytes\": b\"\\x00\\xff\"}",
+                "echo", "{s[ids]sy}", "list", 1, 2.5, "three", "bytes", "\x00\xff", (size_t)2);
+    expect_call(t, me, conn, NULL, "TypeError", "add", "si", "two", 3);
+    expect_call(t, me, conn, NULL, "tether.NoSuchService", "no_such_service", "");
+}
+
+/* Argument binding: keywords, defaults, and the errors a script can provoke. */
+static tether_object *
+client_spawns(selftest *t, tether_conn *conn, tether_object **ret_bob)
+{
+    const char *me = "client: ";
+    tether_object *ann = expect_actor(t, conn, "spawn_actor", "s", "Ann");
+    tether_value *args = NULL, *kwargs = NULL;
+    int r = tether_value_new(&args, "[s]", "Bob");
+    r = r < 0 ? r : tether_value_new(&kwargs, "{sdsdss}", "x", 1.5, "y", -2.0, "label", "hero");
+    *ret_bob =
+        r < 0 ? NULL
+              : actor_result(t, call_check(t, me, conn, NULL, NULL, "spawn_actor", args, kwargs),
+                             "the result");
+    tether_value_unref(args);
+    tether_value_unref(kwargs);
+    kwargs = NULL;
+    expect_call(t, me, conn, NULL, "ValueError", "spawn_actor", "s", "Ann");
+    expect_call(t, me, conn, NULL, "ValueError", "spawn_actor", "s", "");
+    expect_call(t, me, conn, NULL, "TypeError", "spawn_actor", "i", 42);
+    expect_call(t, me, conn, NULL, "TypeError", "spawn_actor", "");
+    expect_call(t, me, conn, NULL, "TypeError", "spawn_actor", "sddss", "Cid", 0.0, 0.0, "", "");
+    r = tether_value_new(&args, "[s]", "Cid");
+    r = r < 0 ? r : tether_value_new(&kwargs, "{si}", "z", 1);
+    if (r == 0) {
+        tether_value_unref(call_check(t, me, conn, NULL, "TypeError", "spawn_actor", args, kwargs));
+    }
+    tether_value_unref(args);
+    tether_value_unref(kwargs);
+    return ann;
+}
+
+/* Methods through proxies, and actors passed back to services. */
+static void
+client_methods(selftest *t, tether_conn *conn, tether_object *ann, tether_object *bob)
+{
+    const char *me = "client: ";
+    expect_call(t, "client: bob.", NULL, bob, "[2.5, -1.0]", "move", "ii", 1, 1);
+    expect_call(t, "client: bob.", NULL, bob, "[2.5, -1.0]", "position", "");
+    expect_call(t, "client: bob.", NULL, bob, "\"hero\"", "__getattr__", "s", "label");
+    expect_call(t, "client: bob.", NULL, bob, "AttributeError", "__getattr__", "s", "speed");
+    expect_call(t, "client: bob.", NULL, bob, "\"<Actor 'Bob' at (2.5, -1.0)>\"", "__repr__", "");
+    expect_call(t, "client: bob.", NULL, bob, "null", "set_label", "s", "villain");
+    expect_call(t, "client: bob.", NULL, bob,
+                "{\"name\": \"Bob\", \"x\": 2.5, \"y\": -1.0, \"label\": \"villain\"}", "info", "");
+    expect_call(t, "client: bob.", NULL, bob, "TypeError", "move", "si", "far", 1);
+    expect_call(t, "client: bob.", NULL, bob, "AttributeError", "fly", "");
+
+    /* A proxy passed back arrives at the host as the actor itself. */
+    expect_call(t, me, conn, NULL, "[3.0, -1.0]", "move_actor", "odd", bob, 0.5, 0.0);
+    expect_call(t, me, conn, NULL, "[1.0, 2.0]", "move_actor", "sii", "Ann", 1, 2);
+    expect_call(t, me, conn, NULL, "KeyError", "move_actor", "sii", "Nobody", 1, 2);
+    tether_object *again = expect_actor(t, conn, "get_actor", "s", "Bob");
+    check(t, again && tether_object_get_id(again) == tether_object_get_id(bob),
+          "get_actor(\"Bob\") names the same object as spawn_actor gave");
+    tether_object_unref(again);
+    expect_call(t, me, conn, NULL, "KeyError", "get_actor", "s", "Nobody");
+    expect_call(t, me, conn, NULL, "null", "rename_actor", "os", ann, "Anna");
+    expect_call(t, "client: ann.", NULL, ann, "\"Anna\"", "__getattr__", "s", "name");
+    expect_call(t, me, conn, NULL, "ValueError", "rename_actor", "ss", "Anna", "Bob");
+
+    tether_value *list = call_check(t, me, conn, NULL, NULL, "list_actors", NULL, NULL);
+    tether_object *first = NULL, *second = NULL;
+    int r = list ? tether_value_read(list, NULL, "[oo]", &first, &second) : TETHER_EINVAL;
+    check(t,
+          r == 0 && tether_object_get_id(first) == tether_object_get_id(ann) &&
+              tether_object_get_id(second) == tether_object_get_id(bob),
+          "list_actors() holds Anna and Bob, in spawn order");
+    tether_object_unref(first);
+    tether_object_unref(second);
+    tether_value_unref(list);
+
+    tether_value *globals = call_check(t, me, conn, NULL, NULL, "globals", NULL, NULL);
+    uint64_t frame = 0;
+    double fps = 0;
+    first = second = NULL;
+    r = globals ? tether_value_read(globals, NULL, "{*[oo]*u*d}", &first, &second, &frame, &fps)
+                : TETHER_EINVAL;
+    check(t, r == 0 && first && second && frame > 0,
+          "globals() holds the two actors, the frame number (%llu) and fps (%.1f)",
+          (unsigned long long)frame, fps);
+    tether_object_unref(first);
+    tether_object_unref(second);
+    tether_value_unref(globals);
+}
+
+/* Deleting: the struct lives while a proxy does, and is released after the last. */
+static void
+client_deletes(selftest *t, tether_conn *conn, tether_object **ann, tether_object **bob)
+{
+    const char *me = "client: ";
+    int released = atomic_load(&t->demo->released);
+    expect_call(t, me, conn, NULL, "null", "delete_actor", "s", "Bob");
+    expect_call(t, "client: bob.", NULL, *bob, "ReferenceError", "move", "ii", 1, 1);
+    expect_call(t, "client: bob.", NULL, *bob, "\"Bob\"", "__getattr__", "s", "name");
+    expect_call(t, "client: bob.", NULL, *bob, "false", "__bool__", "");
+    expect_call(t, me, conn, NULL, "ReferenceError", "move_actor", "oii", *bob, 1, 1);
+    check(t, atomic_load(&t->demo->released) == released,
+          "Bob is not released while the client holds a proxy");
+    *bob = tether_object_unref(*bob);
+    check(t, wait_released(t, released + 1), "Bob is released once the client drops its proxy");
+
+    expect_call(t, "client: ann.", NULL, *ann, "null", "delete", "");
+    expect_call(t, me, conn, NULL, "[]", "list_actors", "");
+    *ann = tether_object_unref(*ann);
+    check(t, wait_released(t, released + 2), "Anna is released once the client drops its proxy");
+}
+
+/* Many calls at once: the frame loop serves them within its budget, frame after frame. */
+static void
+client_burst(selftest *t, tether_conn *conn)
+{
+    tether_object *cid = expect_actor(t, conn, "spawn_actor", "s", "Cid");
+    tether_future *futures[SELFTEST_BURST] = {NULL};
+    tether_value *args = NULL;
+    tether_call_options options = {.timeout_usec = SELFTEST_CALL_TIMEOUT_USEC};
+    frame_view before = {0}, after = {0};
+    int ok = 0, r = tether_value_new(&args, "[ii]", 1, 0);
+    read_frame_stats(t, conn, &before);
+    for (int i = 0; r == 0 && cid && i < SELFTEST_BURST; i++) {
+        r = tether_object_call_async_values(cid, "move", args, NULL, &options, &futures[i]);
+    }
+    for (int i = 0; i < SELFTEST_BURST && futures[i]; i++) {
+        if (tether_future_wait(futures[i], 2 * SELFTEST_CALL_TIMEOUT_USEC) == 0 &&
+            tether_future_get_result(futures[i], NULL, NULL) == 0) {
+            ok++;
+        }
+        tether_future_unref(futures[i]);
+    }
+    read_frame_stats(t, conn, &after);
+    check(t, ok == SELFTEST_BURST,
+          "%d of %d pipelined cid.move(1, 0) calls succeeded, served within %llu frame%s", ok,
+          SELFTEST_BURST, (unsigned long long)(after.frames - before.frames + 1),
+          after.frames == before.frames ? "" : "s");
+    char expect[64];
+    snprintf(expect, sizeof(expect), "[%d.0, 0.0]", SELFTEST_BURST);
+    if (cid) {
+        expect_call(t, "client: cid.", NULL, cid, expect, "position", "");
+        expect_call(t, "client: ", conn, NULL, "null", "delete_actor", "o", cid);
+    }
+    tether_object_unref(cid);
+    tether_value_unref(args);
+}
+
+/*
+ * A script that calls the host as fast as it can, one call after another, for half a
+ * second: the frame loop must keep its pace, and give scripts no more than its budget.
+ */
+static void
+client_hammers(selftest *t, tether_conn *conn)
+{
+    frame_view start = {0}, end = {0};
+    tether_object *dot = expect_actor(t, conn, "spawn_actor", "s", "Dot");
+    tether_value *args = NULL;
+    int calls = 0, r = dot && read_frame_stats(t, conn, &start) ? 0 : TETHER_EINVAL;
+    r = r < 0 ? r : tether_value_new(&args, "[dd]", 0.001, 0.0);
+    uint64_t begin = tether_now_usec(), stop = begin + SELFTEST_HAMMER_USEC;
+    for (; r == 0 && tether_now_usec() < stop; calls++) {
+        r = tether_object_call_values(dot, "move", args, NULL, NULL, NULL, NULL);
+    }
+    double seconds = (double)(tether_now_usec() - begin) / 1e6;
+    check_ok(t, r, "client: dot.move(0.001, 0.0), over and over");
+    if (r == 0 && read_frame_stats(t, conn, &end)) {
+        uint64_t frames = end.frames - start.frames;
+        check(t, (double)frames >= seconds * FPS * 3 / 4,
+              "the loop kept running while the client called it %d times in %.2f s: %llu frames",
+              calls, seconds, (unsigned long long)frames);
+        check(t, end.fps > 30 && end.fps < 90 && end.frame_ms_mean > 10 && end.frame_ms_mean < 33,
+              "frame_stats(): fps %.1f, frame mean %.2f ms, max %.2f ms, %llu late of %llu",
+              end.fps, end.frame_ms_mean, end.frame_ms_max, (unsigned long long)end.late,
+              (unsigned long long)end.frames);
+        /* The budget is 2 ms plus the item running when it ran out; a stall would be
+         * frames long. */
+        check(t, end.dispatch_ms_max < 3 * FRAME_USEC / 1000.0,
+              "no frame spent 3 frames' time serving scripts (the most was %.2f ms)",
+              end.dispatch_ms_max);
+    }
+    if (dot) {
+        expect_call(t, "client: ", conn, NULL, "null", "delete_actor", "o", dot);
+    }
+    tether_object_unref(dot);
+    tether_value_unref(args);
+}
+
+static void
+client_session(selftest *t, tether_conn *conn, tether_object **ret_ghost)
+{
+    tether_future *greeting = NULL;
+    tether_object *bob = NULL;
+    client_basics(t, conn, &greeting);
+    tether_object *ann = client_spawns(t, conn, &bob);
+    if (ann && bob) {
+        client_methods(t, conn, ann, bob);
+        client_deletes(t, conn, &ann, &bob);
+    }
+    tether_object_unref(ann);
+    tether_object_unref(bob);
+    client_burst(t, conn);
+    client_hammers(t, conn);
+    /* An actor deleted while the client still holds it: released when the client leaves. */
+    *ret_ghost = expect_actor(t, conn, "spawn_actor", "s", "Ghost");
+    expect_call(t, "client: ", conn, NULL, "null", "delete_actor", "s", "Ghost");
+
+    tether_value *text = NULL;
+    int r = greeting ? tether_future_wait(greeting, 2 * SELFTEST_CALL_TIMEOUT_USEC) : TETHER_EINVAL;
+    r = r < 0 ? r : tether_future_get_result(greeting, &text, NULL);
+    char *shown = r == 0 ? render(text) : NULL;
+    check(t, shown && strcmp(shown, "\"Hello, self-test!\"") == 0,
+          "client: the future of greet(\"self-test\") = %s", shown ? shown : tether_strerror(r));
+    free(shown);
+    tether_value_unref(text);
+    tether_future_unref(greeting);
+}
+
+/* ---- the client's services, which the host calls back ---------------------------------- */
+
 static int
 serve_square(tether_request *req, void *userdata)
 {
@@ -475,46 +1915,6 @@ wait_sem(sem_t *sem, int seconds)
     }
 }
 
-static void
-client_calls(selftest *t, tether_conn *conn)
-{
-    const char *me = "client -> host:";
-    tether_future *future = NULL;
-    tether_call_options options = {.timeout_usec = SELFTEST_CALL_TIMEOUT_USEC};
-
-    /* A future first, then a notification; the synchronous calls after them are
-     * answered only once the host has read both, since frames are served in order. */
-    int r = tether_conn_call_async(conn, "greet", &options, &future, "s", "self-test");
-    check_ok(t, r, "client -> host: greet(\"self-test\") started as a future");
-    r = tether_conn_notify(conn, "log", "s", "hello from the self-test client");
-    check_ok(t, r, "client -> host: log(\"hello from the self-test client\") notified");
-
-    expect_call(t, conn, me, "5", "add", "ii", 2, 3);
-    expect_call(t, conn, me, "4.0", "add", "dd", 1.5, 2.5);
-    expect_call(t, conn, me, "{\"list\": [1, 2.5, \"three\"], \"bytes\": b\"\\x00\\xff\"}", "echo",
-                "{s[ids]sy}", "list", 1, 2.5, "three", "bytes", "\x00\xff", (size_t)2);
-    expect_call(t, conn, me, "TypeError", "add", "si", "two", 3);
-    expect_call(t, conn, me, "tether.NoSuchService", "no_such_service", "");
-
-    tether_value *now = NULL;
-    double seconds = 0;
-    r = tether_conn_call(conn, "time", &options, &now, NULL, "");
-    if (r == 0) {
-        r = tether_value_read(now, NULL, "d", &seconds);
-    }
-    struct timespec here;
-    clock_gettime(CLOCK_REALTIME, &here);
-    double skew = seconds - (double)here.tv_sec;
-    check(t, r == 0 && skew > -60 && skew < 60, "%s time() = %.3f", me, seconds);
-    tether_value_unref(now);
-
-    if (future) {
-        expect_future(t, future, "client -> host: the future of greet(\"self-test\")",
-                      "\"Hello, self-test!\"");
-        tether_future_unref(future);
-    }
-}
-
 static void *
 client_thread(void *arg)
 {
@@ -527,44 +1927,39 @@ client_thread(void *arg)
         .log_level = TETHER_LOG_WARNING,
     };
     tether_client *client = NULL;
+    tether_object *ghost = NULL;
     tether_error error = TETHER_ERROR_INIT;
     int r = tether_client_new(&options, &client);
-    if (r == 0) {
-        r = tether_client_add_service(client, "square", TETHER_CONTEXT_IO, serve_square, t);
-    }
-    if (r == 0) {
-        r = tether_client_add_service(client, "upper", TETHER_CONTEXT_IO, serve_upper, t);
-    }
-    if (r == 0) {
-        r = tether_client_add_service(client, "note", TETHER_CONTEXT_IO, serve_note, t);
-    }
-    if (r == 0) {
-        r = tether_client_add_service(client, "add_via_host", TETHER_CONTEXT_IO, serve_add_via_host,
-                                      t);
-    }
-    if (r == 0) {
-        r = tether_client_connect(client, &error);
-    }
+    r = r < 0 ? r : tether_client_add_service(client, "square", TETHER_CONTEXT_IO, serve_square, t);
+    r = r < 0 ? r : tether_client_add_service(client, "upper", TETHER_CONTEXT_IO, serve_upper, t);
+    r = r < 0 ? r : tether_client_add_service(client, "note", TETHER_CONTEXT_IO, serve_note, t);
+    r = r < 0 ? r
+              : tether_client_add_service(client, "add_via_host", TETHER_CONTEXT_IO,
+                                          serve_add_via_host, t);
+    r = r < 0 ? r : tether_client_connect(client, &error);
     check(t, r == 0, "the client connects to %s%s%s", t->address, r ? ": " : "",
           r ? (error.message ? error.message : tether_strerror(r)) : "");
     if (r == 0) {
-        client_calls(t, tether_client_get_conn(client));
+        client_session(t, tether_client_get_conn(client), &ghost);
     }
     sem_post(&t->client_ready);
-    /* Stay connected while the host calls back. */
+    /* Stay connected while the host calls back; then leave, still holding the Ghost. */
     wait_sem(&t->host_done, 2 * SELFTEST_ALARM_SECONDS);
+    tether_client_close(client);
+    tether_object_unref(ghost);
     tether_client_unref(client);
     tether_error_done(&error);
     atomic_store(&t->client_finished, true);
     return NULL;
 }
 
+/* The host calls its client back, the three ways, and once through a call-back. */
 static void
 host_calls(selftest *t)
 {
-    const char *me = "host -> client:";
+    const char *me = "host -> client: ";
     tether_conn *conn = NULL;
-    int r = tether_host_get_client(t->host, SELFTEST_CLIENT, &conn);
+    int r = tether_host_get_client(t->demo->host, SELFTEST_CLIENT, &conn);
     check_ok(t, r, "the host finds its client by name");
     if (r < 0) {
         return;
@@ -575,45 +1970,68 @@ host_calls(selftest *t)
     check_ok(t, r, "host -> client: upper(\"tether\") started as a future");
     r = tether_conn_notify(conn, "note", "s", "from the host");
     check_ok(t, r, "host -> client: note(\"from the host\") notified");
-    expect_call(t, conn, me, "144", "square", "i", 12);
-    expect_call(t, conn, me, "TypeError", "square", "s", "twelve");
+    expect_call(t, me, conn, NULL, "144", "square", "i", 12);
+    expect_call(t, me, conn, NULL, "TypeError", "square", "s", "twelve");
     /* The client answers this one by calling the host's add, a MAIN service, while this
      * thread, the host's main thread, is blocked waiting: the call-back belongs to the
      * chain this thread waits on, so the wait runs it instead of deadlocking. */
-    expect_call(t, conn, "host -> client -> host:", "42", "add_via_host", "ii", 20, 22);
-    if (future) {
-        expect_future(t, future, "host -> client: the future of upper(\"tether\")", "\"TETHER\"");
-        tether_future_unref(future);
-    }
+    expect_call(t, "host -> client -> host: ", conn, NULL, "42", "add_via_host", "ii", 20, 22);
+    tether_value *text = NULL;
+    r = future ? tether_future_wait(future, 2 * SELFTEST_CALL_TIMEOUT_USEC) : TETHER_EINVAL;
+    r = r < 0 ? r : tether_future_get_result(future, &text, NULL);
+    char *shown = r == 0 ? render(text) : NULL;
+    check(t, shown && strcmp(shown, "\"TETHER\"") == 0,
+          "host -> client: the future of upper(\"tether\") = %s",
+          shown ? shown : tether_strerror(r));
+    free(shown);
+    tether_value_unref(text);
+    tether_future_unref(future);
     check(t, atomic_load(&t->client_notes) == 1, "the client received the notification (%d)",
           atomic_load(&t->client_notes));
     tether_conn_unref(conn);
 }
 
-/* Once per frame: when the client has made its calls, call it back. */
+/*
+ * Once per frame, on the main thread: phase 0 waits for the client's calls and calls it
+ * back; phase 1 waits for it to leave; phase 2 waits for the last release (the Ghost,
+ * whose proxy went with the connection) and ends the loop.
+ */
 static bool
 selftest_frame(void *arg)
 {
     selftest *t = arg;
-    if (!t->host_called && sem_trywait(&t->client_ready) == 0) {
-        check(t, atomic_load(&t->stats->logs) == 1, "the host received the notification (%d)",
-              atomic_load(&t->stats->logs));
+    demo *d = t->demo;
+    if (t->phase == 0 && sem_trywait(&t->client_ready) == 0) {
+        check(t, atomic_load(&d->logs) == 1, "the host received the log notification (%d)",
+              atomic_load(&d->logs));
         host_calls(t);
-        t->host_called = true;
         sem_post(&t->host_done);
+        t->phase = 1;
+    } else if (t->phase == 1 && atomic_load(&t->client_finished)) {
+        t->release_deadline_usec = tether_now_usec() + SELFTEST_RELEASE_WAIT_USEC;
+        t->phase = 2;
+    } else if (t->phase == 2) {
+        int released = atomic_load(&d->released), deleted = atomic_load(&d->deleted);
+        if (released < deleted && tether_now_usec() < t->release_deadline_usec) {
+            return false;
+        }
+        check(t, released == deleted,
+              "every deleted actor was released, the last when its client left (%d of %d)",
+              released, deleted);
+        return true;
     }
-    return t->host_called && atomic_load(&t->client_finished);
+    return false;
 }
 
 static int
-run_selftest(tether_host *host, demo_stats *stats, const sigset_t *signals,
-             const demo_options *opts)
+run_selftest(demo *d, const sigset_t *signals)
 {
-    selftest t = {.host = host, .stats = stats};
-    if (opts->tcp) {
-        snprintf(t.address, sizeof(t.address), "tcp:127.0.0.1:%d", tether_host_get_tcp_port(host));
+    selftest t = {.demo = d};
+    if (d->opts.tcp) {
+        snprintf(t.address, sizeof(t.address), "tcp:127.0.0.1:%d",
+                 tether_host_get_tcp_port(d->host));
     } else {
-        snprintf(t.address, sizeof(t.address), "%s", tether_host_get_address(host));
+        snprintf(t.address, sizeof(t.address), "%s", tether_host_get_address(d->host));
     }
     sem_init(&t.client_ready, 0, 0);
     sem_init(&t.host_done, 0, 0);
@@ -622,11 +2040,13 @@ run_selftest(tether_host *host, demo_stats *stats, const sigset_t *signals,
         say("self-test: cannot start the client thread");
         return 1;
     }
-    /* The host's MAIN services run in this loop, while the client calls them. Its time
+    /* The host's MAIN services run in this loop while the client calls them. Its time
      * limit comes before the alarm's, so that a slow run still reports its checks. */
-    int r = run_frames(host, stats, signals, SELFTEST_ALARM_SECONDS / 2, selftest_frame, &t);
-    if (!t.host_called) {
+    int r = run_frames(d, signals, SELFTEST_ALARM_SECONDS / 2, selftest_frame, &t);
+    if (t.phase < 2) {
         check(&t, false, "the self-test finished in time");
+    }
+    if (t.phase == 0) {
         sem_post(&t.host_done);
     }
     pthread_join(thread, NULL);
@@ -643,12 +2063,12 @@ run_selftest(tether_host *host, demo_stats *stats, const sigset_t *signals,
 
 /* ---- running --------------------------------------------------------------------------- */
 
-/* The example client next to this program (a build tree), relative to the working
- * directory when below it; NULL when there is none (an installed tether-demo). */
+/* The directory of this program, relative to the working directory when below it; for
+ * the commands printed at start. NULL when unknown. */
 static char *
-find_example_client(void)
+program_dir(void)
 {
-    char exe[PATH_MAX], cwd[PATH_MAX], path[PATH_MAX + 32];
+    char exe[PATH_MAX], cwd[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
     if (n <= 0) {
         return NULL;
@@ -659,52 +2079,76 @@ find_example_client(void)
         return NULL;
     }
     *slash = '\0';
-    snprintf(path, sizeof(path), "%s/example-hello_client", exe);
-    if (access(path, X_OK) < 0) {
-        return NULL;
-    }
     size_t len = getcwd(cwd, sizeof(cwd)) ? strlen(cwd) : 0;
-    if (len > 1 && strncmp(path, cwd, len) == 0 && path[len] == '/') {
-        return strdup(path + len + 1);
+    if (len > 1 && strncmp(exe, cwd, len) == 0 && exe[len] == '/') {
+        return strdup(exe + len + 1);
     }
-    return strdup(path);
+    return strdup(exe);
+}
+
+static bool
+exists_in(const char *dir, const char *name, char *path, size_t size)
+{
+    snprintf(path, size, "%s/%s", dir ? dir : ".", name);
+    return dir && access(path, F_OK) == 0;
 }
 
 static void
-print_how_to_connect(tether_host *host, const demo_options *opts)
+print_how_to_connect(demo *d)
 {
-    char *client = find_example_client();
-    const char *command = client ? client : "your-client";
-    printf("\n%s serves add(a, b), greet(name), log(message) and time() on its main\n"
-           "thread, between frames, and echo(value) on the I/O thread.\n",
-           opts->name);
+    char *dir = program_dir();
+    char client[PATH_MAX + 32], package[PATH_MAX + 32];
+    bool have_client = exists_in(dir, "example-hello_client", client, sizeof(client));
+    bool have_python = exists_in(dir, "python/tether/__init__.py", package, sizeof(package));
+    const char *address = tether_host_get_address(d->host);
+    printf("\n%s: a scene of actors, %d frames per second, scripts served on the main thread\n"
+           "within %llu ms of each frame.\n"
+           "  spawn_actor(name, x=0.0, y=0.0, label=\"\") -> Actor   list_actors()   "
+           "get_actor(name)\n"
+           "  move_actor(actor, dx, dy)   rename_actor(actor, new_name)   delete_actor(actor)\n"
+           "  log(message)   frame_stats()   globals()   add(a, b)   greet(name)   echo(value)\n"
+           "  Actor: move(dx, dy)  position()  rename(new_name)  set_label(text)  delete()  "
+           "info(),\n"
+           "         and the attributes name, x, y, label, alive\n",
+           d->opts.name, FPS, DISPATCH_BUDGET_USEC / 1000);
     printf("Connect a client from another shell:\n");
-    printf("    TETHER_ADDRESS=%s %s\n", tether_host_get_address(host), command);
-    if (opts->tcp) {
+    printf("    TETHER_ADDRESS=%s %s\n", address, have_client ? client : "your-client");
+    printf("    %s%s%spython3 -i -c 'import tether; root = tether.connect(name=\"repl\", "
+           "address=\"%s\").root'\n",
+           have_python ? "PYTHONPATH=" : "", have_python ? dir : "", have_python ? "/python " : "",
+           d->opts.name);
+    printf("    >>> bob = root.spawn_actor(\"Bob\", label=\"hero\"); bob.move(1, 2); print(bob)\n");
+    if (d->opts.tcp) {
         printf("or over TCP (same user: the token is read from %s):\n",
-               tether_host_get_token_path(host));
-        printf("    TETHER_ADDRESS=tcp:127.0.0.1:%d %s\n", tether_host_get_tcp_port(host), command);
+               tether_host_get_token_path(d->host));
+        printf("    TETHER_ADDRESS=tcp:127.0.0.1:%d %s\n", tether_host_get_tcp_port(d->host),
+               have_client ? client : "your-client");
     }
     printf("Stop with Ctrl-C.\n\n");
     fflush(stdout);
-    free(client);
+    free(dir);
 }
 
 static void
 usage(FILE *to)
 {
     fprintf(to,
-            "usage: tether-demo [--name NAME] [--tcp [PORT]] [--seconds N] [--once]\n"
+            "usage: tether-demo [--name NAME] [--tcp [PORT]] [--port PORT] [--seconds N]\n"
+            "                   [--quiet] [--once]\n"
             "\n"
-            "A small host to try tether with: serves add, echo, greet, log and time.\n"
+            "An engine-like host to script: a 60 fps frame loop and a scene of actors that\n"
+            "scripts spawn, move, rename and delete, through services or through proxies.\n"
             "\n"
-            "  --name NAME   the host's name (tether-demo); clients find it by name\n"
-            "  --tcp [PORT]  also listen on loopback TCP, port %d by default,\n"
-            "                0 for any free port\n"
-            "  --seconds N   stop after N seconds (default: at SIGINT or SIGTERM)\n"
-            "  --once        run a self-test: a client calls the host and the host calls\n"
-            "                it back; exit 0 when every check passed\n",
-            TETHER_DEFAULT_TCP_PORT);
+            "  --name NAME    the host's name (%s); clients find its socket by name\n"
+            "  --tcp [PORT]   also listen on loopback TCP, port %d by default,\n"
+            "                 0 for any free port\n"
+            "  --port PORT    the TCP port (implies --tcp)\n"
+            "  --seconds N    stop after N seconds (default: at SIGINT or SIGTERM)\n"
+            "  --quiet        print events only (clients, scene changes, logged messages,\n"
+            "                 errors, frame timing), not every call\n"
+            "  --once         run a self-test: a client works the scene and the host calls\n"
+            "                 it back; exit 0 when every check passed\n",
+            DEFAULT_NAME, TETHER_DEFAULT_TCP_PORT);
 }
 
 /* Parse a whole decimal number in [min, max]. */
@@ -721,6 +2165,21 @@ parse_number(const char *text, long min, long max, long *ret)
     return true;
 }
 
+/* A TCP port given on the command line: 0 asks for a free one, which tether_host_options
+ * spells TETHER_PORT_EPHEMERAL (its 0 means the default port). */
+static bool
+parse_port(const char *text, demo_options *opts)
+{
+    long number;
+    if (!parse_number(text, 0, 65535, &number)) {
+        fprintf(stderr, "tether-demo: bad TCP port '%s'\n", text ? text : "");
+        return false;
+    }
+    opts->tcp = true;
+    opts->tcp_port = number == 0 ? TETHER_PORT_EPHEMERAL : (int)number;
+    return true;
+}
+
 /* Returns 0, or 2 after printing a usage error. */
 static int
 parse_options(int argc, char **argv, demo_options *opts)
@@ -732,21 +2191,28 @@ parse_options(int argc, char **argv, demo_options *opts)
         const char *value = eq ? eq + 1 : NULL;
         long number;
 #define IS(option) (key_len == strlen(option) && strncmp(arg, option, key_len) == 0)
+#define NEXT_VALUE() (value ? value : i + 1 < argc ? argv[++i] : NULL)
         if (IS("--help") || IS("-h")) {
             usage(stdout);
             exit(0);
         } else if (IS("--once") && !value) {
             opts->once = true;
+        } else if (IS("--quiet") && !value) {
+            opts->quiet = true;
         } else if (IS("--name")) {
-            opts->name = value ? value : i + 1 < argc ? argv[++i] : NULL;
+            opts->name = NEXT_VALUE();
             if (!opts->name || !*opts->name) {
                 fprintf(stderr, "tether-demo: --name needs a name\n");
                 return 2;
             }
         } else if (IS("--seconds")) {
-            value = value ? value : i + 1 < argc ? argv[++i] : NULL;
+            value = NEXT_VALUE();
             if (!parse_number(value, 1, INT_MAX, &opts->seconds)) {
                 fprintf(stderr, "tether-demo: --seconds needs a number of seconds\n");
+                return 2;
+            }
+        } else if (IS("--port")) {
+            if (!parse_port(NEXT_VALUE(), opts)) {
                 return 2;
             }
         } else if (IS("--tcp")) {
@@ -755,80 +2221,94 @@ parse_options(int argc, char **argv, demo_options *opts)
                 value = argv[++i];
             }
             opts->tcp = true;
-            if (value) {
-                if (!parse_number(value, 0, 65535, &number)) {
-                    fprintf(stderr, "tether-demo: bad TCP port '%s'\n", value);
-                    return 2;
-                }
-                /* Here 0 asks for a free port; in tether_host_options 0 means the default. */
-                opts->tcp_port = number == 0 ? TETHER_PORT_EPHEMERAL : (int)number;
+            if (value && !parse_port(value, opts)) {
+                return 2;
             }
         } else {
             fprintf(stderr, "tether-demo: unknown option '%s'\n", arg);
             usage(stderr);
             return 2;
         }
+#undef NEXT_VALUE
 #undef IS
     }
     return 0;
 }
 
+/* Empty the scene and stop serving, so that every actor is released before exit. */
+static void
+shut_down(demo *d)
+{
+    d->exiting = true;
+    while (d->count > 0) {
+        scene_remove(d, d->actors[d->count - 1]);
+    }
+    /* Stopping closes the clients, which drops their proxies' references; the releases
+     * they cause are MAIN work, run by this last dispatch (or by the host's end). */
+    tether_host_stop(d->host);
+    tether_host_dispatch(d->host, TETHER_BUDGET_UNLIMITED);
+    d->host = tether_host_unref(d->host);
+    free(d->actors);
+    d->actors = NULL;
+}
+
 int
 main(int argc, char **argv)
 {
-    demo_options opts = {.name = "tether-demo", .tcp_port = TETHER_DEFAULT_TCP_PORT};
-    int r = parse_options(argc, argv, &opts);
+    static demo d; /* static: zeroed, and large (the frame clock's ring) */
+    d.opts = (demo_options){.name = DEFAULT_NAME, .tcp_port = TETHER_DEFAULT_TCP_PORT};
+    int r = parse_options(argc, argv, &d.opts);
     if (r != 0) {
         return r;
     }
+    /* The self-test prints a line per check; a line per call on top would drown them. */
+    d.opts.quiet = d.opts.quiet || d.opts.once;
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     /* Block the stop signals before the library starts its I/O thread, which inherits
-     * the mask, so that they stay pending for the main loop to see. */
+     * the mask, so that they stay pending for the frame loop to see. */
     sigset_t signals;
     sigemptyset(&signals);
     sigaddset(&signals, SIGINT);
     sigaddset(&signals, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &signals, NULL);
-    if (opts.once) {
+    if (d.opts.once) {
         alarm(SELFTEST_ALARM_SECONDS);
     }
 
-    demo_stats stats = {0};
     tether_host_options host_opts = {
-        .name = opts.name,
-        .tcp = opts.tcp,
-        .tcp_port = opts.tcp_port,
+        .name = d.opts.name,
+        .tcp = d.opts.tcp,
+        .tcp_port = d.opts.tcp_port,
+        .on_client = on_client,
+        .on_client_userdata = &d,
         .log = on_log,
         .log_level = TETHER_LOG_INFO,
     };
-    tether_host *host = NULL;
-    r = tether_host_new(&host_opts, &host);
-    if (r == 0) {
-        r = add_services(host, &stats);
-    }
-    if (r == 0) {
-        r = tether_host_start(host);
-    }
+    r = tether_host_new(&host_opts, &d.host);
+    r = r < 0 ? r : add_services(&d);
+    r = r < 0 ? r : tether_host_start(d.host);
     if (r < 0) {
-        fprintf(stderr, "tether-demo: cannot start the host '%s': %s\n", opts.name,
+        fprintf(stderr, "tether-demo: cannot start the host '%s': %s\n", d.opts.name,
                 tether_strerror(r));
         if (r == -EADDRINUSE) {
             fprintf(stderr, "tether-demo: another host uses that name or port: "
-                            "choose another with --name or --tcp PORT\n");
+                            "choose another with --name or --port\n");
         }
-        tether_host_unref(host);
+        tether_host_unref(d.host);
         return 1;
     }
 
     int status;
-    if (opts.once) {
-        status = run_selftest(host, &stats, &signals, &opts);
+    if (d.opts.once) {
+        status = run_selftest(&d, &signals);
     } else {
-        print_how_to_connect(host, &opts);
-        status = run_frames(host, &stats, &signals, opts.seconds, NULL, NULL);
-        say("served %d calls in %ld frames", atomic_load(&stats.calls), stats.frames);
+        print_how_to_connect(&d);
+        status = run_frames(&d, &signals, d.opts.seconds, NULL, NULL);
+        say("served %llu calls in %llu frames; %d actors spawned, %zu in the scene",
+            (unsigned long long)atomic_load(&d.calls), (unsigned long long)d.clock.frames,
+            atomic_load(&d.spawned), d.count);
     }
-    tether_host_unref(host);
+    shut_down(&d);
     return status;
 }
