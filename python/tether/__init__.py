@@ -63,6 +63,7 @@ from ._connection import (  # noqa: E402
     connect_async,
 )
 from ._proxy import Proxy, is_proxy  # noqa: E402
+from ._spawn import ChildProxy, InstanceDefinition, run_module, run_object, run_script  # noqa: E402
 from . import services  # noqa: E402
 from .services import Service  # noqa: E402
 from ._logging import LogHandler  # noqa: E402
@@ -73,6 +74,8 @@ protocol_version = _tether.protocol_version
 
 __all__ = [
     "CancelledError",
+    "ChildProxy",
+    "InstanceDefinition",
     "Connection",
     "Future",
     "LogHandler",
@@ -88,6 +91,9 @@ __all__ = [
     "async_",
     "connect",
     "is_proxy",
+    "run_module",
+    "run_object",
+    "run_script",
     "connect_async",
     "core_version",
     "protocol_version",

@@ -73,7 +73,7 @@ def _settle(waiter, future):
         waiter.set_exception(e)
 
 
-def call(conn, client, method, args, kwargs, timeout):
+def call(conn, client, method, args, kwargs, timeout, deadline=None):
     """conn.aio.METHOD(*args, **kwargs): start the call, return an asyncio future.
 
     conn (may be None, once the Connection is gone) learns which loop it is used on.
@@ -81,7 +81,7 @@ def call(conn, client, method, args, kwargs, timeout):
     loop = asyncio.get_running_loop()  # before the call starts: nobody could await it
     if conn is not None:
         conn._use_loop(loop)
-    return wrap_future(client.call_async(method, args, kwargs, timeout), loop)
+    return wrap_future(client.call_async(method, args, kwargs, timeout, deadline), loop)
 
 
 # ---- services on the loop -------------------------------------------------------------

@@ -71,7 +71,14 @@ def _load_module(spec):
 
 
 def start(spec):
-    """What the parent asked for: the root object it gets a proxy to."""
+    """What the parent asked for: the root object it gets a proxy to (by reference even
+    when it is plain data, such as a dict)."""
+    from ._proxy import ByReference
+
+    return ByReference(_root(spec))
+
+
+def _root(spec):
     sys.argv = [spec.get("script_path") or spec.get("module") or "-c"] + list(spec.get("argv") or [])
     kind = spec["kind"]
     if kind in ("script", "script_path"):

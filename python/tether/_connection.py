@@ -42,16 +42,19 @@ SERVE_MODES = ("thread", "loop", "manual")
 class RemoteMethod:
     """A host service called synchronously: ``m(*args, **kwargs)`` returns its result.
 
-    Made by ``conn.root.NAME``. ``with_timeout(seconds)`` gives the same method with its
-    own silence timeout instead of the connection's.
+    Made by ``conn.root.NAME`` (or a proxy's method). ``with_timeout(seconds)`` gives the
+    same method with its own silence timeout instead of the connection's;
+    ``with_deadline(seconds)`` one whose every call must end within that time, however
+    alive the peer keeps it (a peer that is busy, or stuck, keeps a call alive).
     """
 
-    __slots__ = ("_client", "_name", "_timeout", "__weakref__")
+    __slots__ = ("_client", "_name", "_timeout", "_deadline", "__weakref__")
 
-    def __init__(self, client, name, timeout=None):
+    def __init__(self, client, name, timeout=None, deadline=None):
         self._client = client
         self._name = name
         self._timeout = timeout
+        self._deadline = deadline
 
     @property
     def name(self):
@@ -60,10 +63,15 @@ class RemoteMethod:
 
     def with_timeout(self, timeout):
         """The same method, timing out after timeout seconds of silence from the host."""
-        return type(self)(self._client, self._name, timeout)
+        return type(self)(self._client, self._name, timeout, self._deadline)
+
+    def with_deadline(self, seconds):
+        """The same method, each call failing with TimeoutError (and cancelled) if it has
+        not completed within seconds."""
+        return type(self)(self._client, self._name, self._timeout, seconds)
 
     def __call__(self, *args, **kwargs):
-        return self._client.call(self._name, args, kwargs, self._timeout)
+        return self._client.call(self._name, args, kwargs, self._timeout, self._deadline)
 
     def __repr__(self):
         return f"<tether.{type(self).__name__} {self._name!r}>"
@@ -75,7 +83,7 @@ class AsyncRemoteMethod(RemoteMethod):
     __slots__ = ()
 
     def __call__(self, *args, **kwargs):
-        return self._client.call_async(self._name, args, kwargs, self._timeout)
+        return self._client.call_async(self._name, args, kwargs, self._timeout, self._deadline)
 
 
 class AioRemoteMethod(RemoteMethod):
@@ -88,7 +96,8 @@ class AioRemoteMethod(RemoteMethod):
         from . import _aio
 
         conn = _connections.get(id(self._client))
-        return _aio.call(conn, self._client, self._name, args, kwargs, self._timeout)
+        return _aio.call(conn, self._client, self._name, args, kwargs, self._timeout,
+                         self._deadline)
 
 
 class NotifyMethod(RemoteMethod):
@@ -109,7 +118,7 @@ def async_(method):
     if isinstance(method, AsyncRemoteMethod):
         return method
     if isinstance(method, RemoteMethod) and not isinstance(method, NotifyMethod):
-        return AsyncRemoteMethod(method._client, method._name, method._timeout)
+        return AsyncRemoteMethod(method._client, method._name, method._timeout, method._deadline)
     raise TypeError(
         f"tether.async_ expects a remote method such as host.root.NAME, got {type(method).__name__!r}"
     )
@@ -124,7 +133,7 @@ def aio(method):
     if isinstance(method, AioRemoteMethod):
         return method
     if isinstance(method, RemoteMethod) and not isinstance(method, NotifyMethod):
-        return AioRemoteMethod(method._client, method._name, method._timeout)
+        return AioRemoteMethod(method._client, method._name, method._timeout, method._deadline)
     raise TypeError(
         f"tether.aio expects a remote method such as host.root.NAME, got {type(method).__name__!r}"
     )

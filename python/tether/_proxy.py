@@ -70,6 +70,16 @@ def _ref(proxy):
     return object.__getattribute__(proxy, "_tether_ref")
 
 
+class ByReference:
+    """Sends obj by reference even if it is plain data (a dict, a list): the extension
+    exports the object inside. Used for a spawned child's root object."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+
 def is_proxy(obj):
     """True if obj is a tether.Proxy."""
     return isinstance(obj, Proxy)
@@ -78,7 +88,8 @@ def is_proxy(obj):
 class Proxy:
     """Stands for an object of the peer; see the module docstring."""
 
-    __slots__ = ("_tether_ref", "_tether_methods", "__weakref__")
+    # _tether_owner: for a spawned child's objects, what keeps the child running.
+    __slots__ = ("_tether_ref", "_tether_methods", "_tether_owner", "__weakref__")
 
     def __getattr__(self, name):
         if name.startswith("_"):
@@ -180,12 +191,17 @@ def _methods(proxy):
     return methods
 
 
-def make_proxy(ref):
+def make_proxy(ref, cls=Proxy, owner=None):
     """The proxy for a reference the extension received (called by the decoder)."""
     proxy = _live.get(ref.key)
     if proxy is None:
-        proxy = object.__new__(Proxy)
+        if owner is None:
+            from . import _spawn
+
+            owner = _spawn.owner_for(ref)
+        proxy = object.__new__(cls)
         object.__setattr__(proxy, "_tether_ref", ref)
+        object.__setattr__(proxy, "_tether_owner", owner)
         _live[ref.key] = proxy
     return proxy
 

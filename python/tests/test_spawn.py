@@ -1,0 +1,290 @@
+"""Spawning interpreters from Python: run_script, run_module, run_object, the child's
+lifetime (garbage collection, terminate_daemon, with, a killed parent), its output, and
+the failures, with no zombie or orphan left (checked in the process table)."""
+
+import gc
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import tether
+
+OTHER_PYTHON = shutil.which("python3")
+INTERPRETERS = ["/usr/bin/python3"]
+if OTHER_PYTHON and os.path.realpath(OTHER_PYTHON) != os.path.realpath("/usr/bin/python3"):
+    INTERPRETERS.append(OTHER_PYTHON)  # the second python3 on this machine's PATH
+
+
+def children():
+    """Pids whose parent is this process, zombies included."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == os.getpid():
+            found.add(int(entry))
+    return found
+
+
+def gone(pid):
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def wait_until(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        gc.collect()
+        time.sleep(0.02)
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind():
+    before = children()
+    yield
+    gc.collect()
+    wait_until(lambda: children() <= before, what="spawned children to be gone")
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    x = 5
+    greeting = "hello"
+
+    class Box:
+        def __init__(self, v):
+            self.v = v
+        def get(self):
+            return self.v
+
+    box = Box([1, 2])
+
+    def say_hello(name):
+        return f"{greeting} {name}"
+
+    def where():
+        return {"cwd": os.getcwd(), "argv": sys.argv[1:], "env": os.environ.get("TETHER_T"),
+                "exe": sys.executable, "version": list(sys.version_info[:2])}
+
+    def fail():
+        raise KeyError("nothing here")
+
+    print("child says hi")
+    """
+)
+
+
+@pytest.mark.parametrize("python_exe", INTERPRETERS)
+def test_run_script_gives_a_proxy_for_the_module(python_exe, capfd):
+    with tether.run_script(SCRIPT, python_exe=python_exe) as p:
+        assert isinstance(p, tether.Proxy) and isinstance(p, tether.ChildProxy)
+        assert p.say_hello("earthling") == "hello earthling"
+        assert p.x == 5
+        box = p.box  # a first-level variable that is an object: a proxy itself
+        assert isinstance(box, tether.Proxy)
+        assert box.get() == [1, 2]
+        assert p.Box(7).get() == 7
+        info = p.where()
+        expected = subprocess.run(
+            [python_exe, "-c", "import sys; print(sys.executable)"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        assert info["exe"] == expected  # that interpreter, not this one
+        wait_until(lambda: "child says hi" in capfd.readouterr().out + "", what="output")
+
+
+def test_output_is_prefixed_with_the_childs_pid(capfd):
+    p = tether.run_script("import sys\nprint('out line')\nprint('err line', file=sys.stderr)\n")
+    pid = p.pid
+    text = {"out": "", "err": ""}
+
+    def seen():
+        captured = capfd.readouterr()
+        text["out"] += captured.out
+        text["err"] += captured.err
+        return "err line" in text["err"] and "out line" in text["out"]
+
+    wait_until(seen, what="the child's output")
+    assert f"[pid {pid}] out line" in text["out"]
+    assert f"[pid {pid}] err line" in text["err"]
+    p.terminate_daemon()
+
+
+def test_env_cwd_and_args(tmp_path):
+    with tether.run_script(SCRIPT, env={"TETHER_T": "42"}, cwd=tmp_path, args=["a", 1]) as p:
+        info = p.where()
+    assert info["env"] == "42"
+    assert info["cwd"] == str(tmp_path)
+    assert info["argv"] == ["a", "1"]
+
+
+def test_run_script_from_a_path(tmp_path):
+    script = tmp_path / "tool.py"
+    script.write_text("def double(v):\n    return 2 * v\n")
+    with tether.run_script(path=script) as p:
+        assert p.double(21) == 42
+
+
+def test_run_module_by_name_and_by_path(tmp_path):
+    with tether.run_module("json") as json_proxy:
+        assert json_proxy.dumps({"a": [1]}) == '{"a": [1]}'
+    mod = tmp_path / "mymod.py"
+    mod.write_text("VALUE = 'from a file'\ndef get():\n    return VALUE\n")
+    with tether.run_module("mymod", path=mod) as p:
+        assert p.get() == "from a file"
+        assert p.VALUE == "from a file"
+
+
+def test_run_object_from_a_module_builtins_and_a_script():
+    with tether.run_object(tether.InstanceDefinition("io", "StringIO", "hello, world!")) as s:
+        assert s.getvalue() == "hello, world!"
+        s.write("!!")
+    with tether.run_object(tether.InstanceDefinition("builtins", "dict", a=1)) as d:
+        assert d["a"] == 1
+        assert len(d) == 1
+    with tether.run_object(tether.InstanceDefinition(None, "Box", 9), script=SCRIPT) as b:
+        assert b.get() == 9
+
+
+def test_the_child_ends_with_its_last_proxy():
+    p = tether.run_script(SCRIPT)
+    pid = p.pid
+    box = p.box
+    del p
+    gc.collect()
+    time.sleep(0.2)
+    assert not gone(pid), "the box proxy still keeps the child"
+    assert box.get() == [1, 2]
+    del box
+    wait_until(lambda: gone(pid), what="the child to end with its last proxy")
+
+
+def test_terminate_daemon_and_with():
+    p = tether.run_script(SCRIPT)
+    pid = p.pid
+    p.terminate_daemon()
+    wait_until(lambda: gone(pid), what="terminate_daemon")
+    with pytest.raises(tether.NotConnectedError):
+        p.say_hello("anyone")
+    with tether.run_script(SCRIPT) as q:
+        pid = q.pid
+    wait_until(lambda: gone(pid), what="the end of the with block")
+
+
+def test_the_spawner_reports_to_its_logger(caplog):
+    logger = logging.getLogger("test.spawner")
+    with caplog.at_level(logging.INFO, logger="test.spawner"):
+        p = tether.run_script("x = 1", logger=logger)
+        pid = p.pid
+        p.terminate_daemon()
+    messages = [r.getMessage() for r in caplog.records if r.name == "test.spawner"]
+    assert any("spawning" in m for m in messages)
+    assert f"child {pid} started" in messages
+    assert any(f"terminated child {pid}" in m for m in messages)
+
+
+def test_errors_in_the_child_arrive_with_its_traceback():
+    with pytest.raises(SyntaxError) as info:
+        tether.run_script("def broken(:\n")
+    assert info.value.remote_traceback
+    with pytest.raises(ModuleNotFoundError, match="no_such_module_anywhere"):
+        tether.run_module("no_such_module_anywhere")
+    with pytest.raises(ZeroDivisionError) as info:
+        tether.run_script("x = 1 / 0\n")
+    assert "ZeroDivisionError" in info.value.remote_traceback
+    with tether.run_script(SCRIPT) as p:
+        with pytest.raises(KeyError, match="nothing here") as info:
+            p.fail()
+        assert "in fail" in info.value.remote_traceback
+
+
+def test_bad_interpreters():
+    with pytest.raises(FileNotFoundError, match="/nonexistent/python"):
+        tether.run_script("x = 1", python_exe="/nonexistent/python")
+    with pytest.raises(ConnectionResetError, match="exited before connecting"):
+        tether.run_script("x = 1", python_exe="/bin/true")
+
+
+def test_a_script_that_exits_at_once():
+    with pytest.raises(ConnectionResetError):
+        tether.run_script("import os\nos._exit(3)\n")
+
+
+def test_a_child_that_crashes_mid_call():
+    with tether.run_script("import ctypes\ndef crash():\n    ctypes.string_at(0)\n") as p:
+        with pytest.raises(ConnectionResetError):
+            p.crash()
+        assert p.wait(timeout=5) == -signal.SIGSEGV
+    # The parent goes on.
+    with tether.run_script(SCRIPT) as q:
+        assert q.x == 5
+
+
+def test_a_child_that_never_answers_times_out():
+    with tether.run_script("import time\ndef hang():\n    time.sleep(60)\n") as p:
+        with pytest.raises(TimeoutError):
+            p.hang.with_deadline(0.3)()
+
+
+def test_a_child_that_prints_megabytes(capfd):
+    with tether.run_script("print('x' * 3_000_000)\nprint('done')\ndef ok():\n    return 1\n") as p:
+        assert p.ok() == 1
+        out = ""
+        deadline = time.monotonic() + 20
+        while "] done" not in out and time.monotonic() < deadline:
+            out += capfd.readouterr().out
+            time.sleep(0.05)
+    assert "] done" in out
+    # Long lines arrive in pieces of at most 4 KiB after the prefix.
+    longest = max(len(line) for line in out.splitlines())
+    assert longest <= 4096 + len(f"[pid {p.pid}] ")
+
+
+PARENT = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import tether
+p = tether.run_script("import time\\ndef pid():\\n    import os\\n    return os.getpid()\\n")
+print(p.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_child_does_not_outlive_a_killed_parent():
+    package_dir = os.path.dirname(os.path.dirname(tether.__file__))
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, package_dir], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        child_pid = int(parent.stdout.readline())
+        assert not gone(child_pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        wait_until(lambda: gone(child_pid) or _is_zombie(child_pid), what="the orphan to exit")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+def _is_zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
