@@ -3295,17 +3295,19 @@ host_spawn(HostObject *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"executable",    "script",       "script_path", "module",
                              "module_path",   "object_module", "object_class", "object_args",
                              "object_kwargs", "args",          "env",         "cwd",
-                             "name",          "python_path",   "start_timeout", NULL};
+                             "name",          "python_path",   "start_timeout", "warm", NULL};
     tether_spawn_options o = {.output = child_output};
     PyObject *object_args = Py_None, *object_kwargs = Py_None, *argv = Py_None, *env = Py_None;
     PyObject *start_timeout = Py_None;
+    int warm = 0;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwds, "|$zzzzzzzOOOOzzzO:spawn", kwlist, &o.executable, &o.script,
+            args, kwds, "|$zzzzzzzOOOOzzzOp:spawn", kwlist, &o.executable, &o.script,
             &o.script_path, &o.module, &o.module_path, &o.object_module, &o.object_class,
             &object_args, &object_kwargs, &argv, &env, &o.cwd, &o.name, &o.python_path,
-            &start_timeout)) {
+            &start_timeout, &warm)) {
         return NULL;
     }
+    o.warm = warm;
     module_state *st = state_of_type(Py_TYPE(self));
     if (usec_from_seconds(start_timeout, 0, "start_timeout", &o.start_timeout_usec) < 0) {
         return NULL;
@@ -3355,7 +3357,7 @@ static PyMethodDef host_methods[] = {
      "spawn(*, executable=None, script=None, script_path=None, module=None, "
      "module_path=None, object_module=None, object_class=None, object_args=None, "
      "object_kwargs=None, args=None, env=None, cwd=None, name=None, python_path=None, "
-     "start_timeout=None) -> Child (tether_host_spawn)."},
+     "start_timeout=None, warm=False) -> Child (tether_host_spawn)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -191,6 +191,8 @@ void tether__host_on_hello(tether_conn *conn, const tether__hello *hello,
 tether__endpoint *tether__host_endpoint(tether_host *host);
 int tether__host_adopt_child(tether_host *host, int fd, void (*on_open)(void *arg), void *arg,
                              tether_conn **ret_conn);
+/* spawn.c: the host stopped; its fork servers end. */
+void tether__spawn_host_stopped(tether_host *host);
 
 /* call.c */
 void tether__pending_complete(tether_conn *conn, tether__pending *p, int status,

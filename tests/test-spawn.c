@@ -258,3 +258,49 @@ Test(spawn, failures_are_clear_and_leave_nothing_running)
     cr_assert_eq(count_children(), 0);
     tether_host_unref(h);
 }
+
+Test(spawn, warm_spawns_fork_from_a_kept_interpreter)
+{
+    tether_host *h = spawn_host();
+    output_log log = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    int64_t pids[3];
+    for (int i = 0; i < 3; i++) {
+        tether_spawn_options o = {.script = "import os\n"
+                                            "def ids():\n"
+                                            "    return [os.getpid(), os.getppid()]\n"
+                                            "print('warm', os.getcwd())\n",
+                                  .warm = true,
+                                  .cwd = "/tmp",
+                                  .output = collect_output,
+                                  .output_userdata = &log,
+                                  .on_exit = on_child_exit};
+        tether_child *child = NULL;
+        tether_error err = TETHER_ERROR_INIT;
+        int r = tether_host_spawn(h, &o, &child, &err);
+        cr_assert_eq(r, 0, "warm spawn %d: %s", i, err.message);
+        tether_value *v = NULL;
+        int64_t pid = 0, ppid = 0;
+        ASSERT_OK(tether_object_call(tether_child_get_root(child), "ids", NULL, &v, NULL, NULL));
+        ASSERT_OK(tether_value_read(v, NULL, "[xx]", &pid, &ppid));
+        tether_value_unref(v);
+        pids[i] = pid;
+        cr_assert_eq(pid, tether_child_get_pid(child));
+        cr_assert_neq(ppid, (int64_t)getpid(), "a warm child is the fork server's");
+        ASSERT_OK(tether_child_terminate(child));
+        int status = 99;
+        ASSERT_OK(tether_child_wait(child, 5000000, &status));
+        cr_assert(status == 0 || status == -SIGTERM, "status %d", status);
+        tether_child_unref(child);
+    }
+    cr_assert(pids[0] != pids[1] && pids[1] != pids[2]);
+    for (int i = 0; i < 200 && !strstr(log.text, "warm /tmp"); i++) {
+        usleep(10000);
+    }
+    cr_assert(strstr(log.text, "warm /tmp\n"), "output: %s", log.text);
+    /* Stopping the host ends its fork server: nothing of ours is left. */
+    tether_host_unref(h);
+    for (int i = 0; i < 300 && count_children() > 0; i++) {
+        usleep(10000);
+    }
+    cr_assert_eq(count_children(), 0);
+}

@@ -22,8 +22,17 @@ if OTHER_PYTHON and os.path.realpath(OTHER_PYTHON) != os.path.realpath("/usr/bin
     INTERPRETERS.append(OTHER_PYTHON)  # the second python3 on this machine's PATH
 
 
+def _is_fork_server(pid):
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return b"TETHER_CHILD_MAIN=_forkserver" in f.read()
+    except OSError:
+        return False
+
+
 def children():
-    """Pids whose parent is this process, zombies included."""
+    """Pids whose parent is this process, zombies included; not the fork servers that
+    warm spawns keep for the life of this process."""
     found = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -34,7 +43,7 @@ def children():
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == os.getpid():
+        if int(fields[1]) == os.getpid() and not _is_fork_server(int(entry)):
             found.add(int(entry))
     return found
 
@@ -288,3 +297,19 @@ def _is_zombie(pid):
             return f.read().split(")")[-1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_warm_spawns_fork_from_a_kept_interpreter(tmp_path):
+    pids = []
+    for _ in range(3):
+        with tether.run_script(SCRIPT, warm=True, cwd=tmp_path, args=["w"]) as p:
+            assert p.say_hello("warm") == "hello warm"
+            info = p.where()
+            assert info["cwd"] == str(tmp_path) and info["argv"] == ["w"]
+            pids.append(p.pid)
+    assert len(set(pids)) == 3
+    for pid in pids:
+        wait_until(lambda: gone(pid) or _is_zombie(pid), what="warm children to end")
+    # A different environment needs another interpreter: still correct.
+    with tether.run_script(SCRIPT, warm=True, env={"TETHER_T": "other"}) as p:
+        assert p.where()["env"] == "other"
