@@ -917,6 +917,7 @@ remote_exception(module_state *st, const char *type, const char *message, const 
         }
     }
     if (PyObject_SetAttrString(exc, "remote_type", type_obj) < 0 ||
+        PyObject_SetAttrString(exc, "remote_message", message_obj) < 0 ||
         PyObject_SetAttrString(exc, "remote_traceback", traceback_obj) < 0 ||
         (traceback && add_note(exc, "Remote traceback:\n", traceback) < 0)) {
         Py_CLEAR(exc);
@@ -1804,6 +1805,20 @@ exception_type_name(PyObject *exc)
     return type_display_name(Py_TYPE(exc));
 }
 
+/* The message sent for exc: the remote message of an exception that came from another
+ * peer (passed on unchanged, not prefixed once more per hop), else str(exc). */
+static PyObject *
+exception_message(PyObject *exc)
+{
+    PyObject *remote = PyObject_GetAttrString(exc, "remote_message");
+    if (remote && PyUnicode_Check(remote)) {
+        return remote;
+    }
+    Py_XDECREF(remote);
+    PyErr_Clear();
+    return PyObject_Str(exc);
+}
+
 /* The formatted traceback of an exception (as traceback.format_exception), or NULL. */
 static PyObject *
 format_traceback(PyObject *type, PyObject *value, PyObject *tb)
@@ -1843,7 +1858,7 @@ reply_exception(tether_request *req, PyObject *callable)
         return;
     }
     PyObject *name = value ? exception_type_name(value) : NULL;
-    PyObject *message = value ? PyObject_Str(value) : NULL;
+    PyObject *message = value ? exception_message(value) : NULL;
     PyObject *text = type ? format_traceback(type, value, tb) : NULL;
     const char *name_s = name ? PyUnicode_AsUTF8AndSize(name, NULL) : NULL;
     const char *message_s = message ? PyUnicode_AsUTF8AndSize(message, NULL) : NULL;

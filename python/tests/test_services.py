@@ -270,3 +270,16 @@ def test_interpreter_exit_while_the_host_calls_services(host):
         assert out.returncode == 0, out.stderr
         assert out.stdout == "exiting\n"
         assert "Fatal" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_an_error_passed_on_keeps_its_type_and_message(client):
+    # A service lets the host's error through: the caller sees the original type and
+    # message, not one prefixed again at each hop.
+    client.register("relay", lambda t, m: client.root.fail(t, m))
+    with pytest.raises(tether.RemoteError) as info:
+        call_back(client, "relay", "game.ActorError", "no actor Bob")
+    assert info.value.remote_type == "game.ActorError"
+    assert info.value.remote_message == "no actor Bob"
+    with pytest.raises(KeyError) as info:
+        call_back(client, "relay", "KeyError", "'k'")
+    assert info.value.remote_message == "'k'"
