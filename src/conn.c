@@ -54,11 +54,10 @@ run_attach(tether__task *task)
     if (c->ep->hooks.attached) {
         c->ep->hooks.attached(c->ep, c);
     }
-    if (tether__buf_pending(&c->in) > 0) {
-        /* Frames that came with the handshake (a host may call at once): nothing more
-         * may arrive to wake the poll for them. */
-        on_poll(&c->poll, 0, UV_READABLE);
-    }
+    /* Frames may have come with the handshake (a host may call at once) and nothing
+     * more arrive to wake the poll for them: read as if woken, which takes the reader
+     * role first (a caller holding it processes them itself). */
+    on_poll(&c->poll, 0, UV_READABLE);
     /* The attach reference now belongs to the uv handles; dropped when they close. */
 }
 

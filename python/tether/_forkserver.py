@@ -19,6 +19,8 @@ exits at the end of its control socket: when the host goes, so does it, and each
 child exits at the end of its own socket.
 """
 
+import ctypes  # noqa: F401  (the child's parent-death guard uses it)
+import gc
 import json
 import os
 import select
@@ -91,6 +93,10 @@ def main():
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    # What is imported now stays shared with every child: keep the collector from
+    # touching (and so copying) those pages in each of them.
+    gc.collect()
+    gc.freeze()
     _send(control, {"ready": os.getpid()})
     while True:
         try:
