@@ -2795,8 +2795,9 @@ check_signals(void *userdata)
 }
 
 static PyObject *
-call_target_sync(module_state *st, const call_target *t, PyObject *args, PyObject *kwds)
+call_target_sync(module_state *st, call_target target, PyObject *args, PyObject *kwds)
 {
+    const call_target *t = &target;
     call_spec c;
     if (call_spec_parse(&c, st, t, args, kwds, "U|OOOO:call", true) < 0) {
         call_spec_done(&c);
@@ -2834,8 +2835,9 @@ call_target_sync(module_state *st, const call_target *t, PyObject *args, PyObjec
 }
 
 static PyObject *
-call_target_async(module_state *st, const call_target *t, PyObject *args, PyObject *kwds)
+call_target_async(module_state *st, call_target target, PyObject *args, PyObject *kwds)
 {
+    const call_target *t = &target;
     call_spec c;
     if (call_spec_parse(&c, st, t, args, kwds, "U|OOOO:call_async", true) < 0) {
         call_spec_done(&c);
@@ -2851,8 +2853,9 @@ call_target_async(module_state *st, const call_target *t, PyObject *args, PyObje
 }
 
 static PyObject *
-call_target_notify(module_state *st, const call_target *t, PyObject *args, PyObject *kwds)
+call_target_notify(module_state *st, call_target target, PyObject *args, PyObject *kwds)
 {
+    const call_target *t = &target;
     call_spec c;
     if (call_spec_parse(&c, st, t, args, kwds, "U|OO:notify", false) < 0) {
         call_spec_done(&c);
@@ -2880,25 +2883,19 @@ client_target(ClientObject *self)
 static PyObject *
 client_call(ClientObject *self, PyObject *args, PyObject *kwds)
 {
-    module_state *st = state_of_type(Py_TYPE(self));
-    call_target t = client_target(self);
-    return call_target_sync(st, &t, args, kwds);
+    return call_target_sync(state_of_type(Py_TYPE(self)), client_target(self), args, kwds);
 }
 
 static PyObject *
 client_call_async(ClientObject *self, PyObject *args, PyObject *kwds)
 {
-    module_state *st = state_of_type(Py_TYPE(self));
-    call_target t = client_target(self);
-    return call_target_async(st, &t, args, kwds);
+    return call_target_async(state_of_type(Py_TYPE(self)), client_target(self), args, kwds);
 }
 
 static PyObject *
 client_notify(ClientObject *self, PyObject *args, PyObject *kwds)
 {
-    module_state *st = state_of_type(Py_TYPE(self));
-    call_target t = client_target(self);
-    return call_target_notify(st, &t, args, kwds);
+    return call_target_notify(state_of_type(Py_TYPE(self)), client_target(self), args, kwds);
 }
 
 /* ---- Ref: the handle of a tether.Proxy ----------------------------------------------- */
@@ -2916,25 +2913,19 @@ ref_target(RefObject *self)
 static PyObject *
 ref_call(RefObject *self, PyObject *args, PyObject *kwds)
 {
-    module_state *st = state_of_type(Py_TYPE(self));
-    call_target t = ref_target(self);
-    return call_target_sync(st, &t, args, kwds);
+    return call_target_sync(state_of_type(Py_TYPE(self)), ref_target(self), args, kwds);
 }
 
 static PyObject *
 ref_call_async(RefObject *self, PyObject *args, PyObject *kwds)
 {
-    module_state *st = state_of_type(Py_TYPE(self));
-    call_target t = ref_target(self);
-    return call_target_async(st, &t, args, kwds);
+    return call_target_async(state_of_type(Py_TYPE(self)), ref_target(self), args, kwds);
 }
 
 static PyObject *
 ref_notify(RefObject *self, PyObject *args, PyObject *kwds)
 {
-    module_state *st = state_of_type(Py_TYPE(self));
-    call_target t = ref_target(self);
-    return call_target_notify(st, &t, args, kwds);
+    return call_target_notify(state_of_type(Py_TYPE(self)), ref_target(self), args, kwds);
 }
 
 static void

@@ -1037,9 +1037,11 @@ tether_future_unref(tether_future *f)
 
 /* ---- calls on proxies ------------------------------------------------------------------ */
 
-/* A proxy's connection and method (NULL: the object itself), or -EINVAL. */
+/* The request of a call on a proxy: its method (NULL: the object itself, "__call__"),
+ * its target, and prebuilt arguments (values_arg). Returns 0 or -EINVAL. */
 static int
-object_target(tether_object *obj, const char **method)
+object_request(tether_object *obj, const char **method, tether_value *args,
+               tether_value *kwargs, request_arg *a)
 {
     if (!obj || !obj->remote) {
         return -EINVAL;
@@ -1047,14 +1049,16 @@ object_target(tether_object *obj, const char **method)
     if (!*method) {
         *method = "__call__";
     }
-    return 0;
+    a->target = obj->id;
+    return values_arg(a, *method, args, kwargs);
 }
 
 int
 tether_object_call(tether_object *obj, const char *method, const tether_call_options *opts,
                    tether_value **ret_result, tether_error *reterr, const char *format, ...)
 {
-    int r = object_target(obj, &method);
+    request_arg a = {0};
+    int r = object_request(obj, &method, NULL, NULL, &a);
     if (r < 0) {
         if (ret_result) {
             *ret_result = NULL;
@@ -1075,10 +1079,7 @@ tether_object_call_values(tether_object *obj, const char *method, tether_value *
                           tether_value **ret_result, tether_error *reterr)
 {
     request_arg a = {0};
-    int r = object_target(obj, &method);
-    if (r == 0) {
-        r = values_arg(&a, method, args, kwargs);
-    }
+    int r = object_request(obj, &method, args, kwargs, &a);
     if (r < 0) {
         if (ret_result) {
             *ret_result = NULL;
@@ -1086,7 +1087,6 @@ tether_object_call_values(tether_object *obj, const char *method, tether_value *
         fill_local_error(reterr, r, method);
         return r;
     }
-    a.target = obj->id;
     return call_sync(obj->conn, method, &a, opts, ret_result, reterr);
 }
 
@@ -1096,15 +1096,8 @@ tether_object_call_async_values(tether_object *obj, const char *method, tether_v
                                 tether_future **ret_future)
 {
     request_arg a = {0};
-    int r = object_target(obj, &method);
-    if (r == 0) {
-        r = values_arg(&a, method, args, kwargs);
-    }
-    if (r < 0) {
-        return r;
-    }
-    a.target = obj->id;
-    return call_async(obj->conn, method, &a, opts, ret_future);
+    int r = object_request(obj, &method, args, kwargs, &a);
+    return r < 0 ? r : call_async(obj->conn, method, &a, opts, ret_future);
 }
 
 int
@@ -1112,13 +1105,6 @@ tether_object_notify_values(tether_object *obj, const char *method, tether_value
                             tether_value *kwargs)
 {
     request_arg a = {0};
-    int r = object_target(obj, &method);
-    if (r == 0) {
-        r = values_arg(&a, method, args, kwargs);
-    }
-    if (r < 0) {
-        return r;
-    }
-    a.target = obj->id;
-    return notify(obj->conn, method, &a);
+    int r = object_request(obj, &method, args, kwargs, &a);
+    return r < 0 ? r : notify(obj->conn, method, &a);
 }
