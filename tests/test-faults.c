@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 
 #include "raw-peer.h"
+#include "value.h"
 
 static int
 ping_handler(tether_request *req, void *userdata)
@@ -434,5 +435,122 @@ Test(faults, no_fd_leak_over_many_connections)
     }
     int after = settled_fd_count();
     cr_assert_eq(after, before, "%d fds left behind by 50 connections", after - before);
+    tether_host_unref(h);
+}
+
+/* Send a REQUEST for "ping" (id 1) whose one argument is the REF [owner, id, "X"]. */
+static void
+send_ping_with_ref(int fd, uint8_t owner, uint8_t id, uint64_t target)
+{
+    uint8_t body[] = {0x98, 0x04, 0x01, 0x00, (uint8_t)target, 0xa4, 'p', 'i', 'n', 'g',
+                      0x91, 0xc7, 0x05, 0x01, 0x93, owner, id, 0xa1, 'X', 0x80, 0x00};
+    raw_send_frame(fd, body, sizeof(body));
+}
+
+/* Read exactly one frame (the host may send the next right behind it) and decode it. */
+static int
+read_one_frame(int fd, tether__frame *f, uint8_t *buf, size_t cap)
+{
+    size_t want = TETHER__FRAME_HEADER_SIZE, got = 0;
+    while (got < want) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        cr_assert_eq(poll(&p, 1, 5000), 1, "no frame from the host");
+        ssize_t n = recv(fd, buf + got, want - got, 0);
+        cr_assert(n > 0, "the host closed the connection");
+        got += (size_t)n;
+        if (got == TETHER__FRAME_HEADER_SIZE) {
+            want += tether__frame_length(buf);
+            cr_assert(want <= cap);
+        }
+    }
+    ASSERT_OK(tether__frame_decode(buf + TETHER__FRAME_HEADER_SIZE,
+                                   want - TETHER__FRAME_HEADER_SIZE, NULL, f));
+    return f->kind;
+}
+
+/* Add up the counts a RELEASE frame gives back (all for object 5 here). */
+static uint64_t
+released_in(const tether__frame *f)
+{
+    tether__mp_reader rd = {f->value.ptr, f->value.ptr + f->value.len};
+    uint32_t n, k;
+    uint64_t total = 0;
+    ASSERT_OK(tether__mp_read_array(&rd, &n));
+    for (uint32_t j = 0; j < n; j++) {
+        uint64_t id, count;
+        ASSERT_OK(tether__mp_read_array(&rd, &k));
+        ASSERT_OK(tether__mp_read_uint(&rd, &id));
+        ASSERT_OK(tether__mp_read_uint(&rd, &count));
+        cr_assert_eq(id, 5);
+        total += count;
+    }
+    return total;
+}
+
+/* The next RESPONSE (RELEASE frames on the way are tallied in *released): its error
+ * type, or NULL for a success. Newly allocated. */
+static char *
+next_response(int fd, uint64_t *released)
+{
+    tether__frame f;
+    uint8_t buf[4096];
+    while (read_one_frame(fd, &f, buf, sizeof(buf)) == TETHER__RELEASE) {
+        *released += released_in(&f);
+    }
+    cr_assert_eq(f.kind, TETHER__RESPONSE);
+    if (!f.is_error) {
+        return NULL;
+    }
+    char *type = NULL;
+    tether_value *v = NULL;
+    ASSERT_OK(tether__value_new_copy(f.value.ptr, f.value.len, &v));
+    ASSERT_OK(tether__value_error_fields(v, &type, NULL, NULL));
+    tether_value_unref(v);
+    return type;
+}
+
+static void
+expect_error(int fd, uint64_t *released, const char *type)
+{
+    char *got = next_response(fd, released);
+    cr_assert(got && strcmp(got, type) == 0, "got %s, want %s", got ? got : "success", type);
+    free(got);
+}
+
+Test(faults, object_references_from_a_peer_are_checked_and_counted)
+{
+    tether_host *h = start_host_with(NULL);
+    tether_client *good = test_client_connect("good", NULL);
+    int fd = raw_session(h);
+    uint64_t released = 0;
+
+    /* An object of the host's that this connection never received. */
+    send_ping_with_ref(fd, 1, 99, 0);
+    expect_error(fd, &released, "tether.NoSuchObject");
+    /* A method call on an object id the host never exported. */
+    send_ping_with_ref(fd, 0, 5, 42);
+    expect_error(fd, &released, "tether.NoSuchObject");
+    /* Object id 0 is not an object. */
+    send_ping_with_ref(fd, 0, 0, 0);
+    expect_error(fd, &released, "tether.NoSuchObject");
+    /* Releasing what it never had is ignored. */
+    static const uint8_t release[] = {0x92, 0x08, 0x91, 0x92, 0xcd, 0x03, 0x09, 0x05};
+    raw_send_frame(fd, release, sizeof(release));
+
+    /* A REF of ours: the host makes a proxy for the call and, once done with it, gives
+     * the reference back with a RELEASE, as it did for the one sent with the failed
+     * method call above. */
+    send_ping_with_ref(fd, 0, 5, 0);
+    char *error = next_response(fd, &released);
+    cr_assert_null(error, "ping failed: %s", error);
+    tether__frame f;
+    uint8_t buf[4096];
+    while (released < 2 && read_one_frame(fd, &f, buf, sizeof(buf)) == TETHER__RELEASE) {
+        released += released_in(&f);
+    }
+    cr_assert_eq(released, 2, "both references to object 5 given back");
+    close(fd);
+    assert_host_serves(good);
+    tether_client_unref(good);
     tether_host_unref(h);
 }
