@@ -6,7 +6,8 @@
 #   make deps          install missing packages (DEPS=test by default; see install-deps)
 #   make test          build, run ctest, then pytest on python/tests if it has tests
 #   make bench         Release build in build-release/, run bench/run, write bench/out/
-#   make demo          build, then run build/tether-demo $(ARGS)
+#   make demo          build, then run the demo host with an example client until Ctrl-C
+#                      (tools/demo.py $(ARGS); ARGS=--once: a bounded check, exit 0 if ok)
 #   make asan          ASan+UBSan build in build-asan/ and its ctest
 #   make tsan          TSan build in build-tsan/ and its ctest
 #   make fuzz          libFuzzer build in build-fuzz/, each target for FUZZ_SECONDS
@@ -91,15 +92,13 @@ bench:
 	$(CMAKE) --build $(BUILD_RELEASE)
 	$(PYTHON) bench/run --bin-dir $(BUILD_RELEASE)/bench --out bench/out
 
+# tools/demo.py starts build/tether-demo and examples/demo_client.py; options it does not
+# know (--tcp, --port, --quiet, --seconds) go to tether-demo.
 demo:
-	@if [ ! -f tools/tether-demo.c ]; then \
-		echo "make demo: the demo host is not written yet (tools/tether-demo.c is missing)."; \
-		exit 1; \
-	fi
 	$(call deps,demo)
 	$(call configure,$(BUILD),RelWithDebInfo)
-	$(CMAKE) --build $(BUILD) --target tether-demo
-	./$(BUILD)/tether-demo $(ARGS)
+	$(CMAKE) --build $(BUILD)
+	$(PYTHON) tools/demo.py --build-dir $(BUILD) $(ARGS)
 
 asan:
 	$(call deps,test)

@@ -599,6 +599,21 @@ enum {
 /* Called on the host's main thread (inside its dispatch); conn is borrowed. */
 typedef void (*tether_client_event_fn)(void *userdata, tether_conn *conn, int event);
 
+/* Built-in services (tether_host_options.builtin_services), all on the I/O thread. */
+enum {
+    /* tether.services() -> sorted names; tether.clients() -> [{"name", "pid",
+     * "language", "language_version", "connected_since" (unix seconds),
+     * "calls_in_flight", "calls_in", "calls_out", "bytes_in", "bytes_out"}] */
+    TETHER_BUILTIN_CLIENTS = 1 << 0,
+    /* tether.reset_client(name), tether.disconnect_client(name): the most recent client
+     * of that name other than the caller; LookupError if none. */
+    TETHER_BUILTIN_MANAGE = 1 << 1,
+    /* tether.call_client(name, method, args=[], kwargs={}) -> that client's answer (its
+     * error passed on, type included). Lets any client drive any other. */
+    TETHER_BUILTIN_CALL_CLIENT = 1 << 2,
+    TETHER_BUILTIN_ALL = TETHER_BUILTIN_CLIENTS | TETHER_BUILTIN_MANAGE | TETHER_BUILTIN_CALL_CLIENT,
+};
+
 /* Default loopback TCP port when TCP is enabled without a port. */
 #define TETHER_DEFAULT_TCP_PORT 18861
 /* tcp_port value asking the system for a free port (read it with tether_host_get_tcp_port). */
@@ -633,6 +648,13 @@ typedef struct tether_host_options {
     /* Synchronous calls one thread may have open inside each other through call-backs
      * (64); one more fails with TETHER_ELOOP. */
     uint32_t max_call_depth;
+
+    /*
+     * Built-in services to offer every client (TETHER_BUILTIN_* flags; 0: none), for
+     * tools such as the `tether` command line. Any client may call them: offer the
+     * management ones only where every client is trusted to manage the others.
+     */
+    uint32_t builtin_services;
 
     /* Told when clients arrive and leave, on the main thread; NULL: not told. */
     tether_client_event_fn on_client;

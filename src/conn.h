@@ -191,6 +191,8 @@ void tether__host_on_hello(tether_conn *conn, const tether__hello *hello,
 tether__endpoint *tether__host_endpoint(tether_host *host);
 int tether__host_adopt_child(tether_host *host, int fd, void (*on_open)(void *arg), void *arg,
                              tether_conn **ret_conn);
+/* builtins.c: register the built-in services of flags (TETHER_BUILTIN_*). */
+int tether__builtins_add(tether_host *host, uint32_t flags);
 /* spawn.c: the host stopped; its fork servers end. */
 void tether__spawn_host_stopped(tether_host *host);
 

@@ -182,6 +182,44 @@ tether__endpoint_find_service(tether__endpoint *ep, const char *name, size_t nam
 }
 
 int
+tether__endpoint_service_names(tether__endpoint *ep, char ***ret_names, size_t *ret_count)
+{
+    size_t n = 0, cap = 16;
+    char **names = tether__malloc(cap * sizeof(*names));
+    int r = names ? 0 : -ENOMEM;
+    pthread_rwlock_rdlock(&ep->services_lock);
+    for (size_t i = 0; r == 0 && i < sizeof(ep->services) / sizeof(ep->services[0]); i++) {
+        for (tether__service *s = ep->services[i]; r == 0 && s; s = s->next) {
+            if (n == cap) {
+                char **grown = tether__realloc(names, 2 * cap * sizeof(*names));
+                if (!grown) {
+                    r = -ENOMEM;
+                    break;
+                }
+                names = grown;
+                cap *= 2;
+            }
+            if (!(names[n] = tether__strdup(s->name))) {
+                r = -ENOMEM;
+                break;
+            }
+            n++;
+        }
+    }
+    pthread_rwlock_unlock(&ep->services_lock);
+    if (r < 0) {
+        while (n > 0) {
+            tether__free(names[--n]);
+        }
+        tether__free(names);
+        return r;
+    }
+    *ret_names = names;
+    *ret_count = n;
+    return 0;
+}
+
+int
 tether__endpoint_check_main(const tether__endpoint *ep)
 {
     if (ep->fork_generation != tether__fork_generation()) {

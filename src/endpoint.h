@@ -91,6 +91,8 @@ int tether__endpoint_add_service(tether__endpoint *ep, const char *name, tether_
 /* Copies the service's fields into *ret. Returns 0 or -ENOENT. */
 int tether__endpoint_find_service(tether__endpoint *ep, const char *name, size_t name_len,
                                   tether__service *ret);
+/* Newly allocated copies of every service's name (free each and the array). */
+int tether__endpoint_service_names(tether__endpoint *ep, char ***ret_names, size_t *ret_count);
 
 /* Checks for the owner's main-thread calls: 0, -EPERM (wrong thread), -ECHILD (forked). */
 int tether__endpoint_check_main(const tether__endpoint *ep);

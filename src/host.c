@@ -428,6 +428,9 @@ tether_host_new(const tether_host_options *opts, tether_host **ret_host)
         h->unix_path_option = tether__strdup(opts->unix_path);
         r = h->unix_path_option ? 0 : -ENOMEM;
     }
+    if (r == 0) {
+        r = tether__builtins_add(h, opts->builtin_services);
+    }
     if (r < 0) {
         tether_host_unref(h);
         return r;

@@ -1321,3 +1321,79 @@ Test(clients, a_client_that_stops_reading_is_dropped_while_others_are_served, .t
     munmap(sh, sizeof(*sh));
     assert_no_children_left();
 }
+
+static int
+second_name_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    return tether_request_reply(req, "s", "second");
+}
+
+Test(clients, built_in_services_for_tools, .timeout = 60)
+{
+    tether_host_options o = {.builtin_services = TETHER_BUILTIN_ALL};
+    tether_host *h = start_host("builtins", &o);
+    tether_client *tool = test_client_connect("tool", tether_host_get_address(h));
+    tether_client *second = test_client_new("second", tether_host_get_address(h));
+    ASSERT_OK(tether_client_add_service(second, "whoami", TETHER_CONTEXT_IO, second_name_handler, NULL));
+    ASSERT_OK(tether_client_connect(second, NULL));
+    tether_conn *conn = tether_client_get_conn(tool);
+
+    /* The host's services, sorted, the built-in ones included. */
+    tether_value *v = NULL;
+    ASSERT_OK(tether_conn_call(conn, "tether.services", NULL, &v, NULL, NULL));
+    char *text = NULL;
+    ASSERT_OK(tether_value_to_string(v, &text));
+    cr_assert(strstr(text, "\"tether.call_client\", \"tether.clients\", \"tether.disconnect_client\""),
+              "%s", text);
+    free(text);
+    tether_value_unref(v);
+
+    /* Both clients, oldest first. */
+    ASSERT_OK(tether_conn_call(conn, "tether.clients", NULL, &v, NULL, NULL));
+    const char *first_name, *second_name;
+    ASSERT_OK(tether_value_read(v, NULL, "[{ss" "******************" "}{ss" "******************" "}]",
+                                NULL, &first_name, NULL, &second_name));
+    cr_assert_str_eq(first_name, "tool");
+    cr_assert_str_eq(second_name, "second");
+    tether_value_unref(v);
+
+    /* A call forwarded to another client, and its error passed on. */
+    ASSERT_OK(tether_conn_call(conn, "tether.call_client", NULL, &v, NULL, "ss", "second",
+                               "whoami"));
+    const char *who;
+    ASSERT_OK(tether_value_read(v, NULL, "s", &who));
+    cr_assert_str_eq(who, "second");
+    tether_value_unref(v);
+    tether_error err = TETHER_ERROR_INIT;
+    ASSERT_ERR(tether_conn_call(conn, "tether.call_client", NULL, NULL, &err, "ss", "second",
+                                "nope"),
+               TETHER_ENOENT);
+    cr_assert_str_eq(err.type, "tether.NoSuchService");
+    ASSERT_ERR(tether_conn_call(conn, "tether.reset_client", NULL, NULL, &err, "s", "nobody"),
+               TETHER_EREMOTE);
+    cr_assert_str_eq(err.type, "LookupError");
+    tether_error_done(&err);
+
+    /* A reset: the other client comes back by itself. */
+    ASSERT_OK(tether_conn_call(conn, "tether.reset_client", NULL, NULL, NULL, "s", "second"));
+    for (int i = 0; i < 300 && tether_client_is_connected(second); i++) {
+        usleep(1000);
+    }
+    for (int i = 0; i < 500 && !tether_client_is_connected(second); i++) {
+        usleep(10000);
+    }
+    cr_assert(tether_client_is_connected(second), "reconnected after the reset");
+
+    tether_client_unref(second);
+    tether_client_unref(tool);
+    tether_host_unref(h);
+
+    /* Without the option, none of them. */
+    tether_host *plain = start_host("plain", NULL);
+    tether_client *c = test_client_connect("c", tether_host_get_address(plain));
+    ASSERT_ERR(tether_conn_call(tether_client_get_conn(c), "tether.clients", NULL, NULL, NULL, NULL),
+               TETHER_ENOENT);
+    tether_client_unref(c);
+    tether_host_unref(plain);
+}

@@ -1,6 +1,7 @@
 #!/bin/sh
 # test-examples: the programs of examples/ and tools/tether-demo run as the README says,
-# and the README's copies of the hello examples are the files in examples/.
+# and the README's copies of the hello examples are the files in examples/. (The command
+# line and the REPL examples are tested by python/tests/test_cli.py.)
 # ctest: timeout=120 labels=examples
 #
 # Run by ctest through build/run-test (see tests/shell-lib): every host below puts its
@@ -122,6 +123,46 @@ else
     show "$out/minimal_host.out"
 fi
 expect_line "$out/minimal_host.out" "serving on unix:$socket" "minimal_host prints its address"
+
+# --- eval_exec and its Python client ---------------------------------------------------
+
+# The client is Python: it needs the package this build makes (not made by sanitizer builds).
+if [ -e "$build/python/tether/_tether.abi3.so" ] && [ -x /usr/bin/python3 ]; then
+    "$build/example-eval_exec" 20 > "$out/eval_exec.out" 2>&1 &
+    host=$!
+    if wait_for_socket "$rt/eval_exec.sock"; then
+        ok "eval_exec listens on $rt/eval_exec.sock"
+    else
+        fail "eval_exec made no socket:"
+        show "$out/eval_exec.out"
+    fi
+    PYTHONPATH="$build/python" /usr/bin/python3 "$source/examples/eval_exec_client.py" \
+        > "$out/evaluator.out" 2>&1 &
+    client=$!
+    wait_for_exit "$host" 25
+    rc=$?
+    if [ $rc -eq 0 ]; then
+        ok "eval_exec exits 0"
+    else
+        fail "eval_exec exited $rc:"
+        show "$out/eval_exec.out"
+        show "$out/evaluator.out"
+    fi
+    expect_line "$out/eval_exec.out" "eval(\"x\") -> NameError: name 'x' is not defined" \
+        "eval_exec: x is a NameError before anything set it"
+    expect_line "$out/eval_exec.out" 'exec("x = 5") -> None' "eval_exec: exec x = 5"
+    expect_line "$out/eval_exec.out" 'eval("x") -> 5' "eval_exec: then x is 5"
+    wait_for_exit "$client" 10
+    rc=$?
+    if [ $rc -eq 0 ] && grep -qxF 'evaluator: disconnected by the host' "$out/evaluator.out"; then
+        ok "eval_exec_client ends when the host disconnects it"
+    else
+        fail "eval_exec_client exited $rc:"
+        show "$out/evaluator.out"
+    fi
+else
+    echo "skip: eval_exec (this build has no Python package)"
+fi
 
 # --- tether-demo -----------------------------------------------------------------------
 

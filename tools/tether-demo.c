@@ -26,6 +26,11 @@
  *                     "dispatch_ms_max", "late_frames", "calls"}
  *   globals() -> {"actors": [Actor], "frame": n, "fps": x}   for a REPL's namespace
  *   add(a, b), greet(name), echo(value) (IO)             for examples/hello_client.c
+ * and, for the `tether` command line:
+ *   tether.globals() (MAIN)                              the same as globals()
+ *   the library's built-in services (tether_host_options.builtin_services, all of them):
+ *   tether.services, tether.clients, tether.reset_client, tether.disconnect_client and
+ *   tether.call_client (include/tether.h, TETHER_BUILTIN_*)
  * Methods of an Actor: move(dx, dy) -> [x, y], position() -> [x, y], rename(new_name),
  * set_label(text), delete(), info() -> map; and for proxies: __getattr__ (name, x, y,
  * label, alive), __setattr__ (name, x, y, label), __repr__, __str__, __bool__, __dir__.
@@ -1242,30 +1247,45 @@ serve_echo(tether_request *req, void *userdata)
     return r;
 }
 
+/* ---- tether.*: the troubleshooting services the `tether` command line uses ----------- */
+
+/*
+ * The `tether` command line (python/tether/_cli.py) lists a host's clients, resets and
+ * disconnects them, and forwards eval/exec to them through these services. They are the
+ * host-side functions tether_host_list_clients, tether_host_reset_client and
+ * tether_host_disconnect_client offered to remote callers; every host that wants the
+ * command line to see into it registers the same. IO context: they touch no scene, and
+ * the library's functions they call are safe on any thread and never block.
+ */
+
+/* Every service of the demo, for add_services and tether.services. */
+static const struct {
+    const char *name;
+    tether_context context;
+    tether_handler_fn handler;
+} demo_services[] = {
+    {"spawn_actor", TETHER_CONTEXT_MAIN, serve_spawn_actor},
+    {"list_actors", TETHER_CONTEXT_MAIN, serve_list_actors},
+    {"get_actor", TETHER_CONTEXT_MAIN, serve_get_actor},
+    {"move_actor", TETHER_CONTEXT_MAIN, serve_move_actor},
+    {"rename_actor", TETHER_CONTEXT_MAIN, serve_rename_actor},
+    {"delete_actor", TETHER_CONTEXT_MAIN, serve_delete_actor},
+    {"log", TETHER_CONTEXT_MAIN, serve_log},
+    {"frame_stats", TETHER_CONTEXT_MAIN, serve_frame_stats},
+    {"globals", TETHER_CONTEXT_MAIN, serve_globals},
+    {"add", TETHER_CONTEXT_MAIN, serve_add},
+    {"greet", TETHER_CONTEXT_MAIN, serve_greet},
+    {"echo", TETHER_CONTEXT_IO, serve_echo},
+    {"tether.globals", TETHER_CONTEXT_MAIN, serve_globals},
+};
+#define DEMO_SERVICE_COUNT (sizeof(demo_services) / sizeof(demo_services[0]))
+
 static int
 add_services(demo *d)
 {
-    static const struct {
-        const char *name;
-        tether_context context;
-        tether_handler_fn handler;
-    } services[] = {
-        {"spawn_actor", TETHER_CONTEXT_MAIN, serve_spawn_actor},
-        {"list_actors", TETHER_CONTEXT_MAIN, serve_list_actors},
-        {"get_actor", TETHER_CONTEXT_MAIN, serve_get_actor},
-        {"move_actor", TETHER_CONTEXT_MAIN, serve_move_actor},
-        {"rename_actor", TETHER_CONTEXT_MAIN, serve_rename_actor},
-        {"delete_actor", TETHER_CONTEXT_MAIN, serve_delete_actor},
-        {"log", TETHER_CONTEXT_MAIN, serve_log},
-        {"frame_stats", TETHER_CONTEXT_MAIN, serve_frame_stats},
-        {"globals", TETHER_CONTEXT_MAIN, serve_globals},
-        {"add", TETHER_CONTEXT_MAIN, serve_add},
-        {"greet", TETHER_CONTEXT_MAIN, serve_greet},
-        {"echo", TETHER_CONTEXT_IO, serve_echo},
-    };
-    for (size_t i = 0; i < sizeof(services) / sizeof(services[0]); i++) {
-        int r = tether_host_add_service(d->host, services[i].name, services[i].context,
-                                        services[i].handler, d);
+    for (size_t i = 0; i < DEMO_SERVICE_COUNT; i++) {
+        int r = tether_host_add_service(d->host, demo_services[i].name, demo_services[i].context,
+                                        demo_services[i].handler, d);
         if (r < 0) {
             return r;
         }
@@ -2124,6 +2144,14 @@ print_how_to_connect(demo *d)
         printf("    TETHER_ADDRESS=tcp:127.0.0.1:%d %s\n", tether_host_get_tcp_port(d->host),
                have_client ? client : "your-client");
     }
+    char cli[PATH_MAX + 32];
+    if (exists_in(dir, "tether", cli, sizeof(cli))) {
+        /* The command line (python/tether/_cli.py), through the wrapper CMake writes. */
+        printf("The command line lists its clients, calls it, runs a console on it "
+               "(docs/cli.md):\n");
+        printf("    %s ls -H %s     %s call -H %s frame_stats     %s repl -H %s\n", cli,
+               d->opts.name, cli, d->opts.name, cli, d->opts.name);
+    }
     printf("Stop with Ctrl-C.\n\n");
     fflush(stdout);
     free(dir);
@@ -2280,6 +2308,8 @@ main(int argc, char **argv)
         .name = d.opts.name,
         .tcp = d.opts.tcp,
         .tcp_port = d.opts.tcp_port,
+        /* tether ls, reset, disconnect, exec and eval: a demo trusts its clients. */
+        .builtin_services = TETHER_BUILTIN_ALL,
         .on_client = on_client,
         .on_client_userdata = &d,
         .log = on_log,

@@ -41,6 +41,10 @@
  *   get_held(slot)             the held object; drop(slot) lets it go
  *   same(a, b) -> [a is b, a is a proxy]
  *
+ * and, for the `tether` command line, tether.globals() -> {"clients": n, "notes": n}
+ * beside the library's built-in services (all of them: tether.services, tether.clients,
+ * tether.reset_client, tether.disconnect_client, tether.call_client).
+ *
  * If $TETHER_TESTHOST_LOG names a file, the host's log (every level, debug included, and
  * so the records clients send with tether_conn_log) is appended to it, one line per
  * record: "LEVEL MESSAGE", LEVEL the syslog number.
@@ -557,8 +561,10 @@ counter_getattr(tether_request *req, void *userdata)
         pthread_mutex_unlock(&lock);
         return r;
     }
-    return tether_request_reply_error(req, "AttributeError", "'Counter' object has no "
-                                      "attribute '%s'", name);
+    return tether_request_reply_error(req, "AttributeError",
+                                      "'Counter' object has no "
+                                      "attribute '%s'",
+                                      name);
 }
 
 static int
@@ -752,6 +758,47 @@ same(tether_request *req, void *userdata)
     return r;
 }
 
+/* ---- tether.*: for the `tether` command line ------------------------------------------ */
+
+static int
+tether_globals(tether_request *req, void *userdata)
+{
+    pthread_mutex_lock(&lock);
+    int n = (int)notes_count;
+    pthread_mutex_unlock(&lock);
+    return tether_request_reply(req, "{sisi}", "clients", tether_host_get_client_count(userdata),
+                                "notes", n);
+}
+
+static const struct {
+    const char *name;
+    tether_handler_fn fn;
+    tether_context context;
+} services[] = {
+    {"add", add, TETHER_CONTEXT_IO},
+    {"echo", echo, TETHER_CONTEXT_IO},
+    {"echo_args", echo_args, TETHER_CONTEXT_IO},
+    {"fail", fail, TETHER_CONTEXT_IO},
+    {"slow", slow, TETHER_CONTEXT_IO},
+    {"stuck", stuck, TETHER_CONTEXT_IO},
+    {"stuck_state", stuck_state, TETHER_CONTEXT_IO},
+    {"note", note, TETHER_CONTEXT_IO},
+    {"notes", notes, TETHER_CONTEXT_IO},
+    {"clients", clients, TETHER_CONTEXT_IO},
+    {"call_client", call_client, TETHER_CONTEXT_IO},
+    {"call_client_cancel", call_client_cancel, TETHER_CONTEXT_IO},
+    {"notify_client", notify_client, TETHER_CONTEXT_IO},
+    {"client_calls", client_calls, TETHER_CONTEXT_IO},
+    {"make_counter", make_counter, TETHER_CONTEXT_IO},
+    {"counters_released", counters_released_service, TETHER_CONTEXT_IO},
+    {"hold", hold, TETHER_CONTEXT_IO},
+    {"held_call", held_call, TETHER_CONTEXT_POOL},
+    {"get_held", get_held, TETHER_CONTEXT_IO},
+    {"drop", drop, TETHER_CONTEXT_IO},
+    {"same", same, TETHER_CONTEXT_IO},
+    {"tether.globals", tether_globals, TETHER_CONTEXT_IO},
+};
+
 int
 main(int argc, char **argv)
 {
@@ -767,34 +814,8 @@ main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &signals, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    static const struct {
-        const char *name;
-        tether_handler_fn fn;
-        tether_context context;
-    } services[] = {
-        {"add", add, TETHER_CONTEXT_IO},
-        {"echo", echo, TETHER_CONTEXT_IO},
-        {"echo_args", echo_args, TETHER_CONTEXT_IO},
-        {"fail", fail, TETHER_CONTEXT_IO},
-        {"slow", slow, TETHER_CONTEXT_IO},
-        {"stuck", stuck, TETHER_CONTEXT_IO},
-        {"stuck_state", stuck_state, TETHER_CONTEXT_IO},
-        {"note", note, TETHER_CONTEXT_IO},
-        {"notes", notes, TETHER_CONTEXT_IO},
-        {"clients", clients, TETHER_CONTEXT_IO},
-        {"call_client", call_client, TETHER_CONTEXT_IO},
-        {"call_client_cancel", call_client_cancel, TETHER_CONTEXT_IO},
-        {"notify_client", notify_client, TETHER_CONTEXT_IO},
-        {"client_calls", client_calls, TETHER_CONTEXT_IO},
-        {"make_counter", make_counter, TETHER_CONTEXT_IO},
-        {"counters_released", counters_released_service, TETHER_CONTEXT_IO},
-        {"hold", hold, TETHER_CONTEXT_IO},
-        {"held_call", held_call, TETHER_CONTEXT_POOL},
-        {"get_held", get_held, TETHER_CONTEXT_IO},
-        {"drop", drop, TETHER_CONTEXT_IO},
-        {"same", same, TETHER_CONTEXT_IO},
-    };
-    tether_host_options options = {.name = argv[1]};
+    /* The built-in services too: the tests of the command line use them. */
+    tether_host_options options = {.name = argv[1], .builtin_services = TETHER_BUILTIN_ALL};
     const char *log_path = getenv("TETHER_TESTHOST_LOG");
     if (log_path && *log_path) {
         log_file = fopen(log_path, "a");
@@ -808,8 +829,8 @@ main(int argc, char **argv)
     tether_host *host = NULL;
     int r = tether_host_new(&options, &host);
     for (size_t i = 0; r == 0 && i < sizeof(services) / sizeof(services[0]); i++) {
-        r = tether_host_add_service(host, services[i].name,
-                                    services[i].context, services[i].fn, host);
+        r = tether_host_add_service(host, services[i].name, services[i].context, services[i].fn,
+                                    host);
     }
     r = r < 0 ? r : tether_host_start(host);
     if (r < 0) {

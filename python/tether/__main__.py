@@ -1,35 +1,15 @@
-"""python -m tether: package information (the command line grows here)."""
+"""python -m tether: the tether command line (tether._cli), and the package's versions.
 
-import argparse
-import platform
+    python -m tether --version
+    python -m tether ls -H demo
+    python -m tether --help
+"""
+
 import sys
 
-import tether
+from tether._cli import main, version_text
 
-
-def version_text():
-    return (
-        f"tether {tether.__version__}\n"
-        f"core {tether.core_version} (libtether)\n"
-        f"protocol {tether.protocol_version}\n"
-        f"python {platform.python_version()} ({sys.executable})"
-    )
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m tether", description="tether: script a host application from another process."
-    )
-    parser.add_argument(
-        "--version", action="store_true", help="print the versions of the package, the core and the protocol"
-    )
-    args = parser.parse_args(argv)
-    if args.version:
-        print(version_text())
-        return 0
-    parser.print_help()
-    return 0
-
+__all__ = ["main", "version_text"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,455 @@
+"""The Python examples and the demo run as their docstrings say: examples/asyncio_line_server.py,
+examples/qt_two_way.py (under Xvfb, clicked with xdotool), examples/demo_client.py and
+tools/demo.py (what `make demo` runs), against real hosts (build/tether-demo,
+build/tether-testhost), over Unix sockets and loopback TCP only, each bounded in time.
+The pages of two reference systems (docs/ref-engine-api.md, docs/ref-asyncio-loop.md) are
+checked too: their Python compiles and their links resolve.
+"""
+
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+import tether
+
+from conftest import BUILD_DIR, SOURCE_DIR, Host, private_runtime_dir, wait_until
+
+EXAMPLES = os.path.join(SOURCE_DIR, "examples")
+DEMO = os.path.join(BUILD_DIR, "tether-demo")
+DEMO_SCRIPT = os.path.join(SOURCE_DIR, "tools", "demo.py")
+# Where test_qt_two_way leaves its screenshot, for a human to look at.
+OUTPUT_DIR = os.path.join(BUILD_DIR, "test-output")
+
+
+def example_env(runtime_dir, **extra):
+    """The environment of an example: tether importable from this build, hosts found in
+    runtime_dir."""
+    env = dict(os.environ, TETHER_RUNTIME_DIR=runtime_dir, PYTHONUNBUFFERED="1", **extra)
+    env.pop("TETHER_ADDRESS", None)
+    path = os.path.join(BUILD_DIR, "python")
+    env["PYTHONPATH"] = path + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+class Proc:
+    """A process whose output goes to a file that the test reads as it grows."""
+
+    def __init__(self, argv, env, log_path, **kwargs):
+        self.log_path = log_path
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log,
+                                     stderr=subprocess.STDOUT, env=env, **kwargs)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def output(self):
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def wait_for(self, pattern, timeout=10.0):
+        """The first match of the regular expression in the output, waiting for it."""
+        found = wait_until(lambda: re.search(pattern, self.output(), re.M), timeout)
+        assert found, f"no {pattern!r} in the output of {self.proc.args[:2]}:\n{self.output()}"
+        return found
+
+    def wait(self, timeout=10.0):
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{self.proc.args[:2]} still runs after {timeout} s:\n{self.output()}")
+
+    def signal(self, signo):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signo)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def run_example(name, args, runtime_dir, log_name=None, **env):
+    log = os.path.join(runtime_dir, log_name or f"{name}.out")
+    return Proc([sys.executable, os.path.join(EXAMPLES, name), *args],
+                example_env(runtime_dir, **env), log)
+
+
+@pytest.fixture
+def runtime_dir():
+    path = private_runtime_dir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def demo(runtime_dir):
+    """build/tether-demo, serving the host "demo" in runtime_dir for at most two minutes."""
+    if not os.access(DEMO, os.X_OK):
+        pytest.fail(f"{DEMO} is not built (run make)")
+    host = Proc([DEMO, "--seconds", "120"], example_env(runtime_dir),
+                os.path.join(runtime_dir, "demo.out"))
+    host.wait_for(r"TETHER_ADDRESS=unix:")
+    host.address = "unix:" + os.path.join(runtime_dir, "demo.sock")
+    yield host
+    host.signal(signal.SIGTERM)
+    assert host.wait() == 0, host.output()
+    host.stop()
+
+
+# ---- examples/asyncio_line_server.py -------------------------------------------------------
+
+
+def tcp_lines(port, lines, replies):
+    """Send lines to 127.0.0.1:port, read `replies` lines back; returns them."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall("".join(f"{line}\n" for line in lines).encode())
+        got = b""
+        while got.count(b"\n") < replies:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+    return got.decode().splitlines()
+
+
+def actor_names(address):
+    with tether.connect(name="pytest-examples", address=address, timeout=10) as c:
+        return [a.name for a in c.root.list_actors()]
+
+
+def test_asyncio_line_server(demo, runtime_dir):
+    args = [demo.address, "--port", "0", "--seconds", "60", "--interval", "0.2"]
+    first = run_example("asyncio_line_server.py", args, runtime_dir, "first.out")
+    second = None
+    try:
+        port = int(first.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+
+        # Every line spawns an actor, and the peer hears back (in the order the calls
+        # complete: each line has a task of its own).
+        assert sorted(tcp_lines(port, ["Ann", "Bob"], 2)) == ["spawned Ann at (0.0, 0.0)",
+                                                              "spawned Bob at (2.0, 0.0)"]
+        assert {"Ann", "Bob"} <= set(actor_names(demo.address))
+        demo.wait_for(r"asyncio_line_server spawned actor 'Bob' at \(2\.0, 0\.0\)")
+
+        # The timers run: frame rates printed, actors moved.
+        first.wait_for(r"host at [\d.]+ fps")
+        demo.wait_for(r"asyncio_line_server calls move_actor\(")
+
+        # A second Ann fails in a task nobody awaits: the host's log shows it.
+        tcp_lines(port, ["Ann"], 0)
+        demo.wait_for(r"error: \[asyncio_line_server pid %d\] asyncio: "
+                      r"Task exception was never retrieved" % first.pid)
+        demo.wait_for(r"^ValueError: an actor named 'Ann' exists already")
+
+        # Running it again stops the first run's tasks, and the first run exits.
+        second = run_example("asyncio_line_server.py", args, runtime_dir, "second.out")
+        assert first.wait(15) == 0, first.output()
+        stopped = first.wait_for(r"stopped \(a new run replaces this one\): "
+                                 r"cancelled (\d+) tasks \((.*)\)")
+        cancelled = stopped.group(2)
+        for task in ("tcp server", "wander timer", "report timer"):
+            assert task in cancelled
+        demo.wait_for(r"\[asyncio_line_server\] pid %d stopped \(a new run replaces this one\)"
+                      % first.pid)
+        second.wait_for(r"stopping the previous run \(pid %d\)" % first.pid)
+
+        # The new run serves on; the host's Disconnect stops it the same way (the client
+        # sends itself SIGTERM).
+        port = int(second.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+        assert tcp_lines(port, ["Cid"], 1) == ["spawned Cid at (0.0, 0.0)"]
+        assert "Cid" in actor_names(demo.address)
+        with tether.connect(name="pytest-examples", address=demo.address, timeout=10) as c:
+            c.root["tether.disconnect_client"]("asyncio_line_server")
+        assert second.wait(15) == 0, second.output()
+        second.wait_for(r"stopped \(SIGTERM\): cancelled \d+ tasks")
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def test_asyncio_line_server_bounded_run(demo, runtime_dir):
+    run = run_example("asyncio_line_server.py",
+                      [demo.address, "--seconds", "1", "--interval", "0.2"], runtime_dir)
+    try:
+        assert run.wait(20) == 0, run.output()
+        run.wait_for(r"stopped \(1 seconds are up\): cancelled 3 tasks")
+    finally:
+        run.stop()
+
+
+# ---- examples/qt_two_way.py ----------------------------------------------------------------
+
+
+def qt_missing():
+    try:
+        import PySide2.QtWidgets  # noqa: F401
+    except ImportError:
+        return "PySide2 is not installed (make deps installs python3-pyside2.qtwidgets)"
+    for tool in ("Xvfb", "xdotool"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (make deps installs xvfb and xdotool)"
+    return None
+
+
+@pytest.fixture
+def display(runtime_dir):
+    """A private X server (Xvfb) for the Qt example: its DISPLAY."""
+    missing = qt_missing()
+    if missing:
+        pytest.skip(missing)
+    xvfb = subprocess.Popen(
+        ["Xvfb", "-displayfd", "1", "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    ready, _, _ = select.select([xvfb.stdout], [], [], 15)
+    number = xvfb.stdout.readline().decode().strip() if ready else ""
+    if not number.isdigit():
+        xvfb.kill()
+        xvfb.wait()
+        pytest.fail("Xvfb did not start")
+    yield f":{number}"
+    xvfb.terminate()
+    xvfb.wait(5)
+    xvfb.stdout.close()
+
+
+def start_qt(address, runtime_dir, display, *args):
+    return run_example("qt_two_way.py", [address, "--seconds", "60", *args], runtime_dir,
+                       DISPLAY=display, XDG_RUNTIME_DIR=runtime_dir)
+
+
+def click(display, state, name="qt_two_way"):
+    """A real click on the window's button, through the X server."""
+    env = dict(os.environ, DISPLAY=display)
+    out = subprocess.run(
+        ["xdotool", "search", "--sync", "--onlyvisible", "--name", f"^tether: {name} "],
+        env=env, capture_output=True, text=True, timeout=10)
+    window = out.stdout.split()[0]
+    x, y = state["button"]
+    subprocess.run(["xdotool", "mousemove", "--window", window, str(x), str(y), "click", "1"],
+                   env=env, check=True, timeout=10)
+
+
+def test_qt_two_way(display, runtime_dir):
+    host = Host("qthost").start()
+    screenshot = os.path.join(OUTPUT_DIR, "qt_two_way-testhost.png")
+    os.makedirs(OUTPUT_DIR, exist_ok=True)
+    if os.path.exists(screenshot):
+        os.unlink(screenshot)
+    app = start_qt(host.address, runtime_dir, display, "--service", "echo",
+                   "--screenshot", screenshot)
+    try:
+        conn = host.connect(name="pytest-qt")
+
+        def state():
+            try:
+                return conn.root.call_client("qt_two_way", "state", [])
+            except LookupError:  # not connected yet, or its services not registered yet
+                return None
+
+        first = wait_until(state, timeout=20)
+        assert first, f"the Qt example did not connect:\n{app.output()}"
+        assert first["clicks"] == 0 and first["messages"] == []
+
+        # Host to script: a call and a notification, run on the Qt thread.
+        assert conn.root.call_client("qt_two_way", "show", ["hello from the host"]) == 1
+        conn.root.notify_client("qt_two_way", "show", ["and a notification"])
+        assert wait_until(lambda: len(state()["messages"]) == 2)
+        assert state()["messages"] == ["hello from the host", "and a notification"]
+
+        # Script to host: a click calls the host's echo, and the window shows the reply.
+        calls_before = conn.root.client_calls("qt_two_way")
+        click(display, first)
+        assert wait_until(lambda: state()["replies"], timeout=10), app.output()
+        now = state()
+        assert now["clicks"] == 1
+        assert now["replies"] == ["echo('qt-1') -> 'qt-1'"]
+        assert now["reply_label"] == "echo('qt-1') -> 'qt-1'"
+        assert conn.root.client_calls("qt_two_way") >= calls_before + 1
+
+        # The host closes the window; its picture is saved.
+        conn.root.call_client("qt_two_way", "quit", [])
+        assert app.wait(15) == 0, app.output()
+        assert "clicks 1, messages from the host 2" in app.output()
+        with open(screenshot, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert os.path.getsize(screenshot) > 1000
+        conn.close()
+    finally:
+        app.stop()
+        host.stop()
+
+
+def test_qt_two_way_with_the_demo(demo, display, runtime_dir):
+    screenshot = os.path.join(OUTPUT_DIR, "qt_two_way-demo.png")
+    os.makedirs(OUTPUT_DIR, exist_ok=True)
+    if os.path.exists(screenshot):
+        os.unlink(screenshot)
+    app = start_qt(demo.address, runtime_dir, display, "--screenshot", screenshot)
+    try:
+        demo.wait_for(r"client 'qt_two_way' \(pid \d+, python")
+        with tether.connect(name="pytest-qt", address=demo.address, timeout=10) as conn:
+            # The demo calls its clients for anyone through tether.call_client.
+            call_client = conn.root["tether.call_client"]
+
+            def state():
+                try:
+                    return call_client("qt_two_way", "state", [])
+                except tether.NoSuchServiceError:  # connected, services not registered yet
+                    return None
+
+            first = wait_until(state)
+            assert first, app.output()
+            assert call_client("qt_two_way", "show", ["hello from the demo"]) == 1
+
+            # Each click spawns an actor.
+            click(display, first)
+            demo.wait_for(r"qt_two_way spawned actor 'qt-1'")
+            click(display, first)
+            demo.wait_for(r"qt_two_way spawned actor 'qt-2'")
+            assert wait_until(lambda: len(state()["replies"]) == 2)
+            now = state()
+            assert now["replies"] == [
+                "spawn_actor('qt-1') -> <Actor 'qt-1' at (0.0, 0.0)>",
+                "spawn_actor('qt-2') -> <Actor 'qt-2' at (0.0, 0.0)>",
+            ]
+            assert now["messages"] == ["hello from the demo"]
+            assert {"qt-1", "qt-2"} <= {a.name for a in conn.root.list_actors()}
+            call_client("qt_two_way", "quit", [])
+        assert app.wait(15) == 0, app.output()
+        assert os.path.getsize(screenshot) > 1000
+    finally:
+        app.stop()
+
+
+# ---- examples/demo_client.py and tools/demo.py (make demo) --------------------------------
+
+
+def test_demo_client(demo, runtime_dir):
+    client = run_example("demo_client.py", [demo.address, "--seconds", "4"], runtime_dir)
+    try:
+        assert client.wait(30) == 0, client.output()
+    finally:
+        client.stop()
+    out = client.output()
+    assert "spawned <Actor 'Ada' at (0.0, 0.0)>" in out
+    assert "get_actor('Nobody') raised KeyError" in out
+    assert "renamed 'Ada' to 'Ada the Great'" in out
+    assert "Ada the Great, Grace stay in the scene" in out
+    assert sorted(actor_names(demo.address)) == ["Ada the Great", "Grace"]
+    demo.wait_for(r"demo_client deleted actor 'Linus'")
+    demo.wait_for(r"\[demo_client pid \d+\] demo_client: spawned 3 actors")
+    # A second run finds the names taken and picks others.
+    again = run_example("demo_client.py", [demo.address, "--seconds", "0.5"], runtime_dir,
+                        "again.out")
+    try:
+        assert again.wait(30) == 0, again.output()
+    finally:
+        again.stop()
+    assert "spawned <Actor 'Ada' at" in again.output()
+    assert "<Actor 'Grace-2' at (3.0, 0.0)>" in again.output()
+
+
+def test_make_demo_passes_args_to_the_demo_script():
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    out = subprocess.run(["make", "-n", "demo", "ARGS=--once --tcp", "TETHER_SKIP_DEPS=1"],
+                         cwd=SOURCE_DIR, env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^\S*python\S* tools/demo.py --build-dir build --once --tcp$",
+                     out.stdout, re.M), out.stdout
+
+
+def test_demo_once(runtime_dir):
+    # What `make demo ARGS=--once` runs after building.
+    out = subprocess.run([sys.executable, DEMO_SCRIPT, "--build-dir", BUILD_DIR, "--once"],
+                         env=example_env(runtime_dir), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "demo --once: passed" in out.stdout
+    assert "selftest | " in out.stdout and "self-test passed" in out.stdout
+    assert re.search(r"^client \| done after \d+ steps", out.stdout, re.M)
+    assert "FAILED" not in out.stdout
+
+
+def test_demo_runs_until_ctrl_c(runtime_dir):
+    # Ctrl-C reaches the whole foreground process group: the script, the host, the client.
+    demo_run = Proc([sys.executable, DEMO_SCRIPT, "--build-dir", BUILD_DIR,
+                     "--client-seconds", "1"], example_env(runtime_dir),
+                    os.path.join(runtime_dir, "demo-run.out"), start_new_session=True)
+    try:
+        demo_run.wait_for(r"^host   \| .*demo_client spawned actor 'Ada'", 20)
+        demo_run.wait_for(r"the example client is done", 20)
+        cli = os.path.relpath(os.path.join(BUILD_DIR, "tether"))
+        demo_run.wait_for(r"^    TETHER_RUNTIME_DIR=\S+ %s repl --host demo " % re.escape(cli))
+        demo_run.wait_for(r"^    TETHER_RUNTIME_DIR=\S+ %s ls demo " % re.escape(cli))
+        assert os.path.exists(os.path.join(runtime_dir, "demo.sock"))
+        os.killpg(demo_run.pid, signal.SIGINT)
+        assert demo_run.wait(15) == 0, demo_run.output()
+        demo_run.wait_for(r"demo: the host exited with status 0")
+        assert not os.path.exists(os.path.join(runtime_dir, "demo.sock"))
+    finally:
+        demo_run.stop()
+
+
+def test_demo_stops_on_sigterm(runtime_dir):
+    # SIGTERM to the script alone (a supervisor): it stops the host and the client.
+    demo_run = Proc([sys.executable, DEMO_SCRIPT, "--build-dir", BUILD_DIR],
+                    example_env(runtime_dir), os.path.join(runtime_dir, "demo-run.out"))
+    try:
+        demo_run.wait_for(r"^client \| spawned ", 20)
+        demo_run.signal(signal.SIGTERM)
+        assert demo_run.wait(15) == 0, demo_run.output()
+        demo_run.wait_for(r"demo: the host exited with status 0")
+        assert re.search(r"^client \| (interrupted|done after)", demo_run.output(), re.M)
+        assert not os.path.exists(os.path.join(runtime_dir, "demo.sock"))
+    finally:
+        demo_run.stop()
+
+
+# ---- docs/ref-*.md ---------------------------------------------------------------------------
+
+# The spawner's page is docs/from-spawny.md, which test_spawn_docs.py keeps true.
+REF_PAGES = ["ref-engine-api.md", "ref-asyncio-loop.md"]
+
+
+@pytest.mark.parametrize("page", REF_PAGES)
+def test_reference_pages(page):
+    from test_docs import LINK, anchors, python_blocks
+
+    path = os.path.join(SOURCE_DIR, "docs", page)
+    for line, _runnable, source in python_blocks(path):
+        compile("\n" * (line - 1) + source, path, "exec")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    broken = []
+    for target in LINK.findall(text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        file_part, _, anchor = target.partition("#")
+        resolved = path
+        if file_part:
+            resolved = os.path.normpath(os.path.join(os.path.dirname(path), file_part))
+        if not os.path.exists(resolved):
+            broken.append(target)
+        elif anchor and resolved.endswith(".md") and anchor not in anchors(resolved):
+            broken.append(target)
+    assert not broken, f"{page}: broken links {broken}"
+    with open(os.path.join(SOURCE_DIR, "README.md"), encoding="utf-8") as f:
+        assert f"](docs/{page})" in f.read(), f"README.md does not link docs/{page}"

@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""demo: what `make demo` runs once the build is done.
+
+    tools/demo.py [--build-dir DIR] [--name NAME] [--once] [TETHER-DEMO OPTIONS...]
+
+Starts the demo host (DIR/tether-demo, an engine-like 60 fps scene of actors) and, once
+it listens, one example client (examples/demo_client.py), which spawns actors and walks
+them about for a few seconds, and has the host call it back once; both print what
+happens, each line prefixed with who said it. Then it tells how to attach `tether repl` and `tether ls` from another
+terminal, and keeps the host running until Ctrl-C, which stops both.
+
+Options it does not know (--tcp, --port, --quiet, --seconds N, ...) go to tether-demo.
+
+--once runs a bounded check instead, in a private runtime directory so that it never
+meets a demo already running: tether-demo's own self-test (tether-demo --once: a client
+works the scene and the host calls it back), then the host with the example client for
+six seconds. Exit status 0 when all went well; the tests run it.
+"""
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+SOURCE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLIENT = os.path.join(SOURCE_DIR, "examples", "demo_client.py")
+READY_TIMEOUT = 10.0  # seconds for the host to listen
+STOP_TIMEOUT = 5.0  # seconds for a child to exit once told to
+
+_print_lock = threading.Lock()
+_stopped_by = [None]  # the signal that stopped the demo
+
+
+def _interrupted(signo, frame):
+    """SIGINT (Ctrl-C) and SIGTERM both stop the demo."""
+    if _stopped_by[0] is None:
+        _stopped_by[0] = signo
+        raise KeyboardInterrupt
+
+
+def out(text=""):
+    with _print_lock:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+
+class Child:
+    """A child process whose output is copied to ours, each line prefixed, and kept."""
+
+    def __init__(self, label, argv, env, ready_text=None):
+        self.label = label
+        self.lines = []
+        self.ready = threading.Event()
+        self.ready_text = ready_text
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=env, text=True, errors="replace", bufsize=1,
+        )
+        self.reader = threading.Thread(target=self._copy, daemon=True)
+        self.reader.start()
+
+    def _copy(self):
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            self.lines.append(line)
+            out(f"{self.label} | {line}")
+            if self.ready_text and self.ready_text in line:
+                self.ready.set()
+        self.ready.set()  # at its end too: whoever waits looks at poll()
+
+    def text(self):
+        return "\n".join(self.lines)
+
+    def wait(self, timeout=None):
+        """Its exit status, or None if it still runs after timeout seconds."""
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        self.reader.join(2)
+        return rc
+
+    def stop(self, signo=signal.SIGTERM, grace=0.0):
+        """Give it grace seconds to exit, then signal it unless it has exited, and wait
+        (killing it after STOP_TIMEOUT). Its exit status."""
+        if grace and self.wait(grace) is not None:
+            return self.proc.returncode
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signo)
+            except ProcessLookupError:
+                pass
+        rc = self.wait(STOP_TIMEOUT)
+        if rc is None:
+            self.proc.kill()
+            rc = self.wait()
+        return rc
+
+
+def start_host(build_dir, name, extra, env):
+    host = Child("host  ", [os.path.join(build_dir, "tether-demo"), "--name", name, *extra],
+                 env, ready_text="TETHER_ADDRESS=")
+    host.ready.wait(READY_TIMEOUT)
+    if host.proc.poll() is not None or not host.ready.is_set():
+        host.stop()
+        out(f"demo: tether-demo did not start (is another host named '{name}' running? "
+            "choose another name with --name)")
+        return None
+    return host
+
+
+def start_client(name, seconds, env):
+    return Child("client", [sys.executable, CLIENT, name, "--seconds", str(seconds)], env)
+
+
+def banner(build_dir, name, client_done):
+    cli = os.path.relpath(os.path.join(build_dir, "tether"))
+    env = ""
+    if os.environ.get("TETHER_RUNTIME_DIR"):
+        env = f"TETHER_RUNTIME_DIR={os.environ['TETHER_RUNTIME_DIR']} "
+    lines = [
+        "-" * 78,
+        f"The demo host '{name}' is running; "
+        + ("the example client is done." if client_done
+           else "examples/demo_client.py is working its scene."),
+        f"In another terminal, in {os.getcwd()}:",
+    ]
+    commands = [(f"{env}{cli} repl --host {name}", "a Python REPL whose lines run against it"),
+                (f"{env}{cli} ls {name}", "the clients connected to it")]
+    width = max(len(c) for c, _ in commands)
+    lines += [f"    {c.ljust(width)}   {what}" for c, what in commands]
+    if not os.access(os.path.join(build_dir, "tether"), os.X_OK):
+        lines.append(f"    ({cli} is not built yet: use the python3 line the host printed above)")
+    lines += ["Stop with Ctrl-C.", "-" * 78]
+    out("\n".join(lines))
+
+
+def python_env(build_dir):
+    env = dict(os.environ)
+    pkg = os.path.join(build_dir, "python")
+    env["PYTHONPATH"] = pkg + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run(build_dir, name, extra, seconds):
+    """The demo, until Ctrl-C (or until the host stops, with --seconds)."""
+    env = python_env(build_dir)
+    host = start_host(build_dir, name, extra, env)
+    if host is None:
+        return 1
+    client = None
+    try:
+        client = start_client(name, seconds, env)
+        time.sleep(1.0)
+        banner(build_dir, name, client_done=False)
+        client.wait()
+        banner(build_dir, name, client_done=True)
+        return host.wait()
+    except KeyboardInterrupt:
+        out("demo: stopping")
+        return 0
+    finally:
+        # After Ctrl-C the children, in our process group, got SIGINT too and are on
+        # their way out: give them a moment before signalling (a SIGTERM sent to this
+        # script alone arrives as KeyboardInterrupt too, see main()).
+        grace = 2.0 if _stopped_by[0] == signal.SIGINT else 0.0
+        if client is not None:
+            client.stop(signal.SIGINT, grace)
+        rc = host.stop(signal.SIGTERM, grace)
+        out(f"demo: the host exited with status {rc}")
+
+
+def check(ok, what, failures):
+    out(f"demo --once: {'ok' if ok else 'FAILED'}: {what}")
+    if not ok:
+        failures.append(what)
+
+
+def once(build_dir, name, extra, client_seconds):
+    """The bounded run: the host's self-test, then the host with the example client."""
+    failures = []
+    base = os.environ.get("TETHER_RUNTIME_DIR")
+    if not base or len(base) > 60 or not os.path.isdir(base):
+        base = None  # keep socket paths short (108 bytes at most)
+    rt = tempfile.mkdtemp(prefix="demo-once-", dir=base)
+    os.chmod(rt, 0o700)
+    env = python_env(build_dir)
+    env["TETHER_RUNTIME_DIR"] = rt
+    env.pop("TETHER_ADDRESS", None)
+    try:
+        selftest = Child("selftest", [os.path.join(build_dir, "tether-demo"), "--once", *extra],
+                         env)
+        rc = selftest.wait(60)
+        if rc is None:
+            rc = selftest.stop(signal.SIGKILL)
+        check(rc == 0 and "self-test passed" in selftest.text(),
+              f"tether-demo --once passes its self-test (exit {rc})", failures)
+
+        host = start_host(build_dir, name, ["--seconds", "60", *extra], env)
+        check(host is not None, "tether-demo starts", failures)
+        if host is not None:
+            client = start_client(name, client_seconds, env)
+            rc = client.wait(30)
+            if rc is None:
+                rc = client.stop(signal.SIGKILL)
+            check(rc == 0 and "stay in the scene" in client.text(),
+                  f"examples/demo_client.py works the scene and exits 0 (exit {rc})", failures)
+            log = host.text()
+            check("demo_client spawned actor 'Ada'" in log, "the host spawned its actors",
+                  failures)
+            check("demo_client: spawned 3 actors" in log, "the host received its log records",
+                  failures)
+            rc = host.stop()
+            check(rc == 0, f"the host exits 0 on SIGTERM (exit {rc})", failures)
+            check(re.search(r"client 'demo_client' \(pid \d+\) left", host.text()),
+                  "the host saw the client leave", failures)
+    finally:
+        shutil.rmtree(rt, ignore_errors=True)
+    if failures:
+        out(f"demo --once: FAILED: {len(failures)} checks: " + "; ".join(failures))
+        return 1
+    out("demo --once: passed")
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Run tether-demo with an example client (what `make demo` does).",
+        epilog="Other options are passed to tether-demo (--tcp, --port, --quiet, --seconds).")
+    parser.add_argument("--build-dir", default=os.path.join(SOURCE_DIR, "build"),
+                        help="where tether-demo and the Python package were built (build)")
+    parser.add_argument("--name", default="demo", help="the host's name (demo)")
+    parser.add_argument("--once", action="store_true",
+                        help="run a bounded check instead, exit 0 when all went well")
+    parser.add_argument("--client-seconds", type=float, default=8.0,
+                        help="how long the example client works the scene (8)")
+    args, extra = parser.parse_known_args(argv)
+    build_dir = os.path.abspath(args.build_dir)
+
+    missing = []
+    if not os.access(os.path.join(build_dir, "tether-demo"), os.X_OK):
+        missing.append("tether-demo")
+    if not glob.glob(os.path.join(build_dir, "python", "tether", "_tether*.so")):
+        missing.append("the Python package (build/python/tether/_tether*.so: python3-dev?)")
+    if missing:
+        out(f"demo: not built in {build_dir}: {', '.join(missing)} (run make)")
+        return 1
+
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, _interrupted)
+    if args.once:
+        return once(build_dir, args.name, extra, min(args.client_seconds, 6.0))
+    return run(build_dir, args.name, extra, args.client_seconds)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
