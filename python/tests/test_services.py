@@ -285,3 +285,19 @@ def test_an_error_passed_on_keeps_its_type_and_message(client):
     with pytest.raises(KeyError) as info:
         call_back(client, "relay", "KeyError", "'k'")
     assert info.value.remote_message == "'k'"
+
+
+def test_services_registered_before_connecting(host):
+    # The host may call them as soon as it sees the script: no window without them.
+    class Greeter(tether.Service):
+        def greet(self, name):
+            return f"hi {name}"
+
+    def double(x):
+        return 2 * x
+
+    with host.connect(name="early", services=[double, Greeter()]) as conn:
+        assert call_back(conn, "double", 21) == 42
+        assert call_back(conn, "greet", "Ann") == "hi Ann"
+    with host.connect(name="early2", services={"triple": lambda x: 3 * x}) as conn:
+        assert call_back(conn, "triple", 3) == 9

@@ -112,7 +112,7 @@ def main():
     # Registered before connecting: the parent calls it as soon as we are there.
     client.add_service("__tether_start__", start, main=True)
     client.connect()
-    conn = _connection._opened(client, "manual")
+    conn = _connection._opened(_connection.Connection(client, "manual"))
     # Serve on the main thread until the parent goes: the script's code and every call
     # into its objects run here, in order.
     fileno = conn.fileno()

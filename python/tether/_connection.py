@@ -437,6 +437,7 @@ def connect(
     runtime_dir=None,
     reconnect=True,
     serve="thread",
+    services=None,
 ):
     """Connect to a host and return a Connection.
 
@@ -461,16 +462,20 @@ def connect(
     both, a blocking call made on this thread runs the host's call-backs into these
     services while it waits, and Ctrl-C waits for it to return.
 
+    services: registered before the connection is made, so the host can call them as
+    soon as it sees the script: a dict {name: callable}, or an iterable of functions
+    (registered under their __name__) and tether.Service instances.
+
     A connection made, attached or making aio calls in a running asyncio loop also sends
     the errors that loop reports (a task's exception nobody retrieved) to the host's log.
 
     Raises ConnectionRefusedError (no host there), PermissionError (refused),
     TimeoutError, or TetherError.
     """
-    client = _new_client(name, address, timeout, connect_timeout, token, runtime_dir,
-                         reconnect, serve)
-    client.connect()
-    return _opened(client, serve)
+    conn = _unopened(name, address, timeout, connect_timeout, token, runtime_dir, reconnect,
+                     serve, services)
+    conn._client.connect()
+    return _opened(conn)
 
 
 async def connect_async(
@@ -483,6 +488,7 @@ async def connect_async(
     runtime_dir=None,
     reconnect=True,
     serve="thread",
+    services=None,
 ):
     """tether.connect for coroutines: connecting and the handshake run in the loop's default
     executor while the loop goes on. The connection belongs to the thread of the running
@@ -490,10 +496,29 @@ async def connect_async(
     import asyncio
 
     loop = asyncio.get_running_loop()
-    client = _new_client(name, address, timeout, connect_timeout, token, runtime_dir,
-                         reconnect, serve)
-    await loop.run_in_executor(None, client.connect)
-    return _opened(client, serve)
+    conn = _unopened(name, address, timeout, connect_timeout, token, runtime_dir, reconnect,
+                     serve, services)
+    await loop.run_in_executor(None, conn._client.connect)
+    return _opened(conn)
+
+
+def _unopened(name, address, timeout, connect_timeout, token, runtime_dir, reconnect, serve,
+              services):
+    """A Connection not connected yet, with its initial services registered."""
+    conn = Connection(_new_client(name, address, timeout, connect_timeout, token,
+                                  runtime_dir, reconnect, serve), serve)
+    if isinstance(services, dict):
+        for service_name, fn in services.items():
+            conn.register(service_name, fn)
+    elif services is not None:
+        from .services import Service
+
+        for item in services:
+            if isinstance(item, Service):
+                conn.register_service(item)
+            else:
+                conn.register(item.__name__, item)
+    return conn
 
 
 def _new_client(name, address, timeout, connect_timeout, token, runtime_dir, reconnect, serve):
@@ -510,8 +535,7 @@ def _new_client(name, address, timeout, connect_timeout, token, runtime_dir, rec
     )
 
 
-def _opened(client, serve):
-    conn = Connection(client, serve)
+def _opened(conn):
     _open.add(conn)
     conn._use_running_loop()
     return conn

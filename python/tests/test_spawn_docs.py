@@ -1,0 +1,246 @@
+"""The spawning pages stay true: the examples of docs/spawning.md and docs/from-spawny.md run.
+
+A ```python block whose opening fence comes right after a line holding only the marker
+comment RUNNABLE is run in a fresh namespace (nothing imported: the examples import what
+they use), in this process: they spawn real children, and no child may be left running
+after a block (warm children included; the fork servers that warm spawns keep for the
+life of this process are not counted). Every other python block of the two pages is
+compiled, not run (the spawny ones need spawny). The complete C program of spawning.md,
+the ```c block after the marker C_PROGRAM, is compiled against this build's libtether
+and run, when a C compiler is at hand. Links of both pages are checked, and README.md
+must link both.
+"""
+
+import faulthandler
+import gc
+import os
+import re
+import shutil
+import subprocess
+import textwrap
+import time
+
+import pytest
+
+from conftest import BUILD_DIR, SOURCE_DIR
+
+DOCS = os.path.join(SOURCE_DIR, "docs")
+SPAWNING_MD = os.path.join(DOCS, "spawning.md")
+FROM_SPAWNY_MD = os.path.join(DOCS, "from-spawny.md")
+PAGES = [SPAWNING_MD, FROM_SPAWNY_MD]
+RUNNABLE = "<!-- runnable -->"
+C_PROGRAM = "<!-- c-program -->"
+# A block that hangs fails the whole run after this long instead of stalling it.
+BLOCK_TIME_LIMIT = 120
+
+
+def read_lines(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+def fenced_blocks(path, language):
+    """Every ```language block of path: (line of its first source line, the marker line
+    before its fence, source)."""
+    lines = read_lines(path)
+    blocks = []
+    i = 0
+    while i < len(lines):
+        if lines[i].strip() != f"```{language}":
+            i += 1
+            continue
+        end = i + 1
+        while end < len(lines) and lines[end].strip() != "```":
+            end += 1
+        if end == len(lines):
+            raise AssertionError(f"{path}:{i + 1}: a code block that is never closed")
+        marker = lines[i - 1].strip() if i > 0 else ""
+        source = textwrap.dedent("\n".join(lines[i + 1 : end])) + "\n"
+        blocks.append((i + 2, marker, source))
+        i = end + 1
+    return blocks
+
+
+def runnable_blocks():
+    return [(path, line, source) for path in PAGES
+            for line, marker, source in fenced_blocks(path, "python") if marker == RUNNABLE]
+
+
+def block_id(path, line):
+    return f"{os.path.basename(path)}:{line}"
+
+
+# ---- processes ----------------------------------------------------------------------------
+
+def _stat(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    return stat[stat.rindex(")") + 2 :].split()  # state, ppid, ...
+
+
+def _is_fork_server(pid):
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return b"TETHER_CHILD_MAIN=_forkserver" in f.read()
+    except OSError:
+        return False
+
+
+def spawned():
+    """This process's children (zombies included), and the children of its fork servers
+    (warm children); not the fork servers themselves."""
+    by_parent = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                by_parent.setdefault(int(_stat(entry)[1]), set()).add(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    found = set()
+    for pid in by_parent.get(os.getpid(), ()):
+        if _is_fork_server(pid):
+            found |= by_parent.get(pid, set())
+        else:
+            found.add(pid)
+    return found
+
+
+@pytest.fixture
+def no_child_left():
+    before = spawned()
+    yield
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while spawned() - before:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"children left running: {sorted(spawned() - before)}")
+        gc.collect()
+        time.sleep(0.02)
+
+
+# ---- the examples ---------------------------------------------------------------------------
+
+def test_markers_precede_code_blocks():
+    for path in PAGES:
+        lines = read_lines(path)
+        for n, line in enumerate(lines):
+            if line.strip() == RUNNABLE:
+                assert n + 1 < len(lines) and lines[n + 1].strip() == "```python", (
+                    f"{block_id(path, n + 1)}: the runnable marker must come right before a "
+                    "```python fence")
+            if line.strip() == C_PROGRAM:
+                assert n + 1 < len(lines) and lines[n + 1].strip() == "```c", (
+                    f"{block_id(path, n + 1)}: the c-program marker must come right before a "
+                    "```c fence")
+
+
+def test_most_examples_are_runnable():
+    # A typo in the marker would silently turn every example into an untested one.
+    counts = {path: sum(1 for p, _, _ in runnable_blocks() if p == path) for path in PAGES}
+    assert counts[SPAWNING_MD] >= 9, counts
+    assert counts[FROM_SPAWNY_MD] >= 2, counts
+
+
+@pytest.mark.parametrize("path", PAGES, ids=os.path.basename)
+def test_every_python_block_compiles(path):
+    for line, _marker, source in fenced_blocks(path, "python"):
+        compile("\n" * (line - 1) + source, path, "exec")
+
+
+@pytest.mark.parametrize("path, line, source", runnable_blocks(),
+                         ids=[block_id(p, n) for p, n, _ in runnable_blocks()])
+def test_runnable_example(no_child_left, path, line, source):
+    namespace = {"__name__": f"docs_example_{line}"}
+    # Padded so that a traceback names the line of the page.
+    code = compile("\n" * (line - 1) + source, os.path.relpath(path, SOURCE_DIR), "exec")
+    faulthandler.dump_traceback_later(BLOCK_TIME_LIMIT, exit=True)
+    try:
+        exec(code, namespace)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        namespace.clear()  # the proxies it made go, and their children with them
+
+
+def c_program():
+    programs = [source for _line, marker, source in fenced_blocks(SPAWNING_MD, "c")
+                if marker == C_PROGRAM]
+    assert len(programs) == 1, "spawning.md should hold one complete C program"
+    return programs[0]
+
+
+def test_the_c_program_runs(tmp_path, no_child_left):
+    source = c_program()
+    cc = shutil.which("cc") or shutil.which("gcc")
+    lib = os.path.join(BUILD_DIR, "libtether.so")
+    if not cc or not os.path.exists(lib):
+        pytest.skip("no C compiler, or no libtether.so in the build")
+    (tmp_path / "spawner.c").write_text(source)
+    exe = str(tmp_path / "spawner")
+    subprocess.run([cc, "-std=c11", "-Wall", "-Werror", "-o", exe, str(tmp_path / "spawner.c"),
+                    "-I", os.path.join(SOURCE_DIR, "include"), "-L", BUILD_DIR, "-ltether",
+                    f"-Wl,-rpath,{BUILD_DIR}"], check=True)
+    # The child finds tether's package in this build, as a host built here does.
+    env = dict(os.environ, TETHER_PYTHONPATH=os.path.join(BUILD_DIR, "python"))
+    out = subprocess.run([exe], capture_output=True, text=True, timeout=60, env=env,
+                         check=True).stdout
+    lines = out.splitlines()
+    assert "add(2, 3) = 5" in lines, out
+    pid = re.search(r"^\[child (\d+)\] ready$", out, re.M)
+    assert pid, out
+    assert f"client adder, pid {pid[1]}, python " in out, out
+    status = re.search(r"^status (-?\d+)$", out, re.M)
+    assert status and int(status[1]) in (0, -15), out
+    assert f"child {pid[1]} exited: {status[1]}" in lines, out
+
+
+# ---- links ------------------------------------------------------------------------------------
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def github_anchor(heading):
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to '-'."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def anchors(path):
+    found = set()
+    in_code = False
+    for line in read_lines(path):
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+        elif not in_code and line.startswith("#"):
+            base = github_anchor(line.lstrip("#"))
+            anchor, n = base, 0
+            while anchor in found:  # repeated headings get -1, -2, ...
+                n += 1
+                anchor = f"{base}-{n}"
+            found.add(anchor)
+    return found
+
+
+@pytest.mark.parametrize("path", PAGES, ids=os.path.basename)
+def test_links_resolve(path):
+    text = "\n".join(read_lines(path))
+    text = re.sub(r"```.*?```", "", text, flags=re.S)  # links inside code are not links
+    text = re.sub(r"`[^`\n]*`", "", text)
+    broken = []
+    for target in LINK.findall(text):
+        if re.match(r"[a-z]+:", target):
+            continue  # http:, https:, mailto:
+        file_part, _, anchor = target.partition("#")
+        resolved = (os.path.normpath(os.path.join(os.path.dirname(path), file_part))
+                    if file_part else path)
+        if not os.path.exists(resolved):
+            broken.append(target)
+        elif anchor and resolved.endswith(".md") and anchor not in anchors(resolved):
+            broken.append(target)
+    assert not broken, f"{os.path.basename(path)}: broken links {broken}"
+
+
+def test_the_readme_links_both_pages():
+    with open(os.path.join(SOURCE_DIR, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    for page in ("spawning.md", "from-spawny.md"):
+        assert f"](docs/{page})" in text, f"README.md does not link docs/{page}"
