@@ -848,7 +848,7 @@ typedef struct tether_spawn_options {
      * ("[NAME pid PID] line": stdout at INFO, stderr at WARNING). */
     tether_child_output_fn output;
     void *output_userdata;
-    /* Told when the child exits; NULL: not told (tether_child_get_exit_status). */
+    /* Told when the child exits; NULL: not told (tether_child_wait says). */
     tether_child_exit_fn on_exit;
     void *on_exit_userdata;
 } tether_spawn_options;

@@ -63,6 +63,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -3567,6 +3568,21 @@ module_in_blocking_call(PyObject *module, PyObject *unused)
     return PyBool_FromLong(blocking_calls > 0);
 }
 
+/* _set_parent_death_signal(signum): the kernel sends signum to this process when its
+ * parent dies (a spawned child's second guard; Linux). */
+static PyObject *
+module_set_parent_death_signal(PyObject *module, PyObject *arg)
+{
+    long signum = PyLong_AsLong(arg);
+    if (signum == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (prctl(PR_SET_PDEATHSIG, (unsigned long)signum) < 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
 /* type_name(obj) -> str: the name peers see for obj's type. */
 static PyObject *
 module_type_name(PyObject *module, PyObject *obj)
@@ -3593,6 +3609,8 @@ static PyMethodDef module_methods[] = {
     {"_error", (PyCFunction)(void (*)(void))module_error, METH_VARARGS | METH_KEYWORDS,
      "_error(code, type=None, message=None, traceback=None, connect=False) -> exception"},
     {"strerror", module_strerror, METH_O, "strerror(code) -> str: the core's name of a code."},
+    {"_set_parent_death_signal", module_set_parent_death_signal, METH_O,
+     "_set_parent_death_signal(signum): signum to this process when its parent dies."},
     {"type_name", module_type_name, METH_O,
      "type_name(obj) -> str: the name peers see for obj's type ('int', 'mod.Class')."},
     {"_in_blocking_call", module_in_blocking_call, METH_NOARGS,

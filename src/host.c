@@ -603,7 +603,7 @@ tether_host_start(tether_host *h)
                     h->tcp_port);
     } else {
         tether__log(h->ep, TETHER_LOG_INFO, "host '%s' listening on %s", h->ep->name,
-                    h->address);
+                    h->address ? h->address : "no socket (socket pairs only)");
     }
     return 0;
 fail:

@@ -63,10 +63,35 @@ from ._connection import (  # noqa: E402
     connect_async,
 )
 from ._proxy import Proxy, is_proxy  # noqa: E402
-from ._spawn import ChildProxy, InstanceDefinition, run_module, run_object, run_script  # noqa: E402
-from . import services  # noqa: E402
-from .services import Service  # noqa: E402
-from ._logging import LogHandler  # noqa: E402
+
+# Loaded on first use: a spawned child, which needs none of them, starts faster.
+_LAZY = {
+    "ChildProxy": "._spawn",
+    "InstanceDefinition": "._spawn",
+    "run_module": "._spawn",
+    "run_object": "._spawn",
+    "run_script": "._spawn",
+    "services": ".services",
+    "Service": ".services",
+    "LogHandler": "._logging",
+}
+
+
+def __getattr__(name):
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'tether' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(module_name, __name__)
+    value = module if name == module_name[1:] else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 #: Version of libtether inside the extension, and the wire protocol version it speaks.
 core_version = _tether.core_version

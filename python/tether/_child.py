@@ -15,23 +15,16 @@ second guard (prctl PR_SET_PDEATHSIG).
 """
 
 import importlib
-import importlib.util
 import os
 import select
 import signal
 import sys
 import types
 
-PR_SET_PDEATHSIG = 1
-
-
 def _die_with_parent(parent):
-    try:
-        import ctypes
+    from . import _tether
 
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: end of file on the socket still works
-        pass
+    _tether._set_parent_death_signal(signal.SIGTERM)
     if parent and os.getppid() != parent:
         os._exit(1)  # the parent died before the guard was set
 
@@ -61,10 +54,12 @@ def _load_module(spec):
     path = spec.get("module_path")
     if path is None:
         return importlib.import_module(name)
-    file_spec = importlib.util.spec_from_file_location(name, path)
+    from importlib import util  # only for a path: it costs every child otherwise
+
+    file_spec = util.spec_from_file_location(name, path)
     if file_spec is None:
         raise ImportError(f"cannot load module {name!r} from {path!r}", name=name, path=path)
-    module = importlib.util.module_from_spec(file_spec)
+    module = util.module_from_spec(file_spec)
     sys.modules[name] = module
     file_spec.loader.exec_module(module)
     return module

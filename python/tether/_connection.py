@@ -14,7 +14,6 @@ Every method object is safe to use from any thread.
 
 import atexit
 import functools
-import inspect
 import os
 import sys
 import threading
@@ -246,6 +245,8 @@ class Connection:
         """
         if not callable(fn):
             raise TypeError(f"a service must be callable, not {type(fn).__name__!r}")
+        import inspect  # here: a spawned child that registers nothing never pays for it
+
         fn = self._reporting(name, fn)
         if self._serve == "thread":
             if inspect.iscoroutinefunction(fn):
@@ -263,6 +264,8 @@ class Connection:
     def _reporting(self, name, fn):
         """fn (a coroutine function stays one), also reporting an exception it raises to the
         host's log while a LogHandler of this connection is open."""
+        import inspect
+
         conn_ref = weakref.ref(self)
 
         def report(e):

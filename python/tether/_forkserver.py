@@ -19,7 +19,6 @@ exits at the end of its control socket: when the host goes, so does it, and each
 child exits at the end of its own socket.
 """
 
-import ctypes  # noqa: F401  (the child's parent-death guard uses it)
 import gc
 import json
 import os

@@ -10,7 +10,6 @@ ready-made services such as EvalExec.
     conn.register_service(Actors())
 """
 
-import inspect
 import threading
 
 __all__ = ["EvalExec", "Service"]
@@ -38,6 +37,8 @@ class Service:
         for name in sorted(dir(type(self))):
             if name.startswith("_"):
                 continue
+            import inspect  # only when a Service is registered
+
             attr = inspect.getattr_static(self, name)
             if not isinstance(attr, (staticmethod, classmethod)) and not inspect.isfunction(attr):
                 continue  # data, properties, nested classes: not services
