@@ -11,8 +11,6 @@ Python pages is compiled (not run), and their links are checked.
 
 import faulthandler
 import os
-import re
-import textwrap
 
 import pytest
 
@@ -20,39 +18,18 @@ import tether
 from tether import _connection
 
 from conftest import SOURCE_DIR
+from doc_pages import RUNNABLE, broken_links, fenced_blocks, read_lines
 
 DOCS = os.path.join(SOURCE_DIR, "docs")
 PYTHON_MD = os.path.join(DOCS, "python.md")
 PAGES = [PYTHON_MD, os.path.join(DOCS, "from-rpyc.md")]
-RUNNABLE = "<!-- runnable -->"
 # A block that hangs fails the whole run after this long instead of stalling it.
 BLOCK_TIME_LIMIT = 120
 
 
-def read_lines(path):
-    with open(path, encoding="utf-8") as f:
-        return f.read().splitlines()
-
-
 def python_blocks(path):
     """Every ```python block of path: (line of its first source line, runnable, source)."""
-    lines = read_lines(path)
-    blocks = []
-    i = 0
-    while i < len(lines):
-        if lines[i].strip() != "```python":
-            i += 1
-            continue
-        end = i + 1
-        while end < len(lines) and lines[end].strip() != "```":
-            end += 1
-        if end == len(lines):
-            raise AssertionError(f"{path}:{i + 1}: a code block that is never closed")
-        runnable = i > 0 and lines[i - 1].strip() == RUNNABLE
-        source = textwrap.dedent("\n".join(lines[i + 1 : end])) + "\n"
-        blocks.append((i + 2, runnable, source))
-        i = end + 1
-    return blocks
+    return [(line, marker == RUNNABLE, source) for line, marker, source in fenced_blocks(path)]
 
 
 def runnable_blocks(pages=PAGES):
@@ -115,48 +92,10 @@ def test_runnable_example(host, monkeypatch, page, line, source):
 
 # ---- links -----------------------------------------------------------------------------
 
-LINK = re.compile(r"\]\(([^)\s]+)\)")
-
-
-def github_anchor(heading):
-    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to '-'."""
-    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
-    return text.replace(" ", "-")
-
-
-def anchors(path):
-    found = set()
-    in_code = False
-    for line in read_lines(path):
-        if line.lstrip().startswith("```"):
-            in_code = not in_code
-        elif not in_code and line.startswith("#"):
-            base = github_anchor(line.lstrip("#"))
-            anchor, n = base, 0
-            while anchor in found:  # repeated headings get -1, -2, ...
-                n += 1
-                anchor = f"{base}-{n}"
-            found.add(anchor)
-    return found
-
 
 @pytest.mark.parametrize("path", PAGES, ids=os.path.basename)
 def test_links_resolve(path):
-    text = "\n".join(read_lines(path))
-    text = re.sub(r"```.*?```", "", text, flags=re.S)  # links inside code are not links
-    text = re.sub(r"`[^`\n]*`", "", text)
-    broken = []
-    for target in LINK.findall(text):
-        if re.match(r"[a-z]+:", target):
-            continue  # http:, https:, mailto:
-        file_part, _, anchor = target.partition("#")
-        resolved = path
-        if file_part:
-            resolved = os.path.normpath(os.path.join(os.path.dirname(path), file_part))
-        if not os.path.exists(resolved):
-            broken.append(target)
-        elif anchor and resolved.endswith(".md") and anchor not in anchors(resolved):
-            broken.append(target)
+    broken = broken_links(path)
     assert not broken, f"{os.path.basename(path)}: broken links {broken}"
 
 

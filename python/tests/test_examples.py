@@ -429,27 +429,12 @@ REF_PAGES = ["ref-engine-api.md", "ref-asyncio-loop.md"]
 
 @pytest.mark.parametrize("page", REF_PAGES)
 def test_reference_pages(page):
-    from test_docs import LINK, anchors, python_blocks
+    from doc_pages import broken_links, fenced_blocks
 
     path = os.path.join(SOURCE_DIR, "docs", page)
-    for line, _runnable, source in python_blocks(path):
+    for line, _marker, source in fenced_blocks(path):
         compile("\n" * (line - 1) + source, path, "exec")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    text = re.sub(r"```.*?```", "", text, flags=re.S)
-    text = re.sub(r"`[^`\n]*`", "", text)
-    broken = []
-    for target in LINK.findall(text):
-        if re.match(r"[a-z]+:", target):
-            continue
-        file_part, _, anchor = target.partition("#")
-        resolved = path
-        if file_part:
-            resolved = os.path.normpath(os.path.join(os.path.dirname(path), file_part))
-        if not os.path.exists(resolved):
-            broken.append(target)
-        elif anchor and resolved.endswith(".md") and anchor not in anchors(resolved):
-            broken.append(target)
+    broken = broken_links(path)
     assert not broken, f"{page}: broken links {broken}"
     with open(os.path.join(SOURCE_DIR, "README.md"), encoding="utf-8") as f:
         assert f"](docs/{page})" in f.read(), f"README.md does not link docs/{page}"

@@ -17,48 +17,20 @@ import os
 import re
 import shutil
 import subprocess
-import textwrap
 import time
 
 import pytest
 
 from conftest import BUILD_DIR, SOURCE_DIR
+from doc_pages import RUNNABLE, broken_links, fenced_blocks, read_lines
 
 DOCS = os.path.join(SOURCE_DIR, "docs")
 SPAWNING_MD = os.path.join(DOCS, "spawning.md")
 FROM_SPAWNY_MD = os.path.join(DOCS, "from-spawny.md")
 PAGES = [SPAWNING_MD, FROM_SPAWNY_MD]
-RUNNABLE = "<!-- runnable -->"
 C_PROGRAM = "<!-- c-program -->"
 # A block that hangs fails the whole run after this long instead of stalling it.
 BLOCK_TIME_LIMIT = 120
-
-
-def read_lines(path):
-    with open(path, encoding="utf-8") as f:
-        return f.read().splitlines()
-
-
-def fenced_blocks(path, language):
-    """Every ```language block of path: (line of its first source line, the marker line
-    before its fence, source)."""
-    lines = read_lines(path)
-    blocks = []
-    i = 0
-    while i < len(lines):
-        if lines[i].strip() != f"```{language}":
-            i += 1
-            continue
-        end = i + 1
-        while end < len(lines) and lines[end].strip() != "```":
-            end += 1
-        if end == len(lines):
-            raise AssertionError(f"{path}:{i + 1}: a code block that is never closed")
-        marker = lines[i - 1].strip() if i > 0 else ""
-        source = textwrap.dedent("\n".join(lines[i + 1 : end])) + "\n"
-        blocks.append((i + 2, marker, source))
-        i = end + 1
-    return blocks
 
 
 def runnable_blocks():
@@ -195,52 +167,8 @@ def test_the_c_program_runs(tmp_path, no_child_left):
 
 # ---- links ------------------------------------------------------------------------------------
 
-LINK = re.compile(r"\]\(([^)\s]+)\)")
-
-
-def github_anchor(heading):
-    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to '-'."""
-    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
-    return text.replace(" ", "-")
-
-
-def anchors(path):
-    found = set()
-    in_code = False
-    for line in read_lines(path):
-        if line.lstrip().startswith("```"):
-            in_code = not in_code
-        elif not in_code and line.startswith("#"):
-            base = github_anchor(line.lstrip("#"))
-            anchor, n = base, 0
-            while anchor in found:  # repeated headings get -1, -2, ...
-                n += 1
-                anchor = f"{base}-{n}"
-            found.add(anchor)
-    return found
-
 
 @pytest.mark.parametrize("path", PAGES, ids=os.path.basename)
 def test_links_resolve(path):
-    text = "\n".join(read_lines(path))
-    text = re.sub(r"```.*?```", "", text, flags=re.S)  # links inside code are not links
-    text = re.sub(r"`[^`\n]*`", "", text)
-    broken = []
-    for target in LINK.findall(text):
-        if re.match(r"[a-z]+:", target):
-            continue  # http:, https:, mailto:
-        file_part, _, anchor = target.partition("#")
-        resolved = (os.path.normpath(os.path.join(os.path.dirname(path), file_part))
-                    if file_part else path)
-        if not os.path.exists(resolved):
-            broken.append(target)
-        elif anchor and resolved.endswith(".md") and anchor not in anchors(resolved):
-            broken.append(target)
+    broken = broken_links(path)
     assert not broken, f"{os.path.basename(path)}: broken links {broken}"
-
-
-def test_the_readme_links_both_pages():
-    with open(os.path.join(SOURCE_DIR, "README.md"), encoding="utf-8") as f:
-        text = f.read()
-    for page in ("spawning.md", "from-spawny.md"):
-        assert f"](docs/{page})" in text, f"README.md does not link docs/{page}"
