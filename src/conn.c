@@ -27,6 +27,8 @@ enum { EV_READ = 1, EV_WRITE = 2 };
 /* A thread keeps its read buffer up to this size: frames of a few MiB (bytes sent to a
  * script and back) then reuse it instead of faulting fresh pages in every time. */
 #define READ_SCRATCH_KEEP (4u * 1024 * 1024)
+/* A partial frame at least this big keeps the buffer it was read into. */
+#define BIG_PARTIAL (64u * 1024)
 
 static void on_poll(uv_poll_t *handle, int status, int events);
 static void conn_free(tether_conn *c);
@@ -578,15 +580,31 @@ in_borrow_scratch(tether_conn *c)
 static void
 in_return_scratch(tether_conn *c, bool borrowed)
 {
+    tether__buf *scratch = tether__thread_buf(TETHER__THREAD_BUF_READ);
     if (!borrowed) {
         if (tether__buf_pending(&c->in) == 0) {
-            tether__buf_done(&c->in);
+            /* A big frame read in rounds had the thread's buffer: give it back, so that
+             * the next one finds its pages mapped already. */
+            if (scratch && scratch->cap == 0 && c->in.cap <= READ_SCRATCH_KEEP) {
+                tether__buf_reset(&c->in);
+                *scratch = c->in;
+                c->in = TETHER__BUF_INIT;
+            } else {
+                tether__buf_done(&c->in);
+            }
         }
         return;
     }
     tether__buf used = c->in;
     c->in = TETHER__BUF_INIT;
     size_t rest = tether__buf_pending(&used);
+    if (rest >= BIG_PARTIAL) {
+        /* Most of a big frame: the buffer goes with the connection until the frame is
+         * whole (no copy); the thread makes a new one if it reads meanwhile. */
+        c->in = used;
+        *scratch = TETHER__BUF_INIT;
+        return;
+    }
     if (rest > 0 && tether__buf_append(&c->in, tether__buf_head(&used), rest) < 0) {
         tether__conn_fail(c, -ENOMEM, "out of memory");
     }
@@ -595,7 +613,6 @@ in_return_scratch(tether_conn *c, bool borrowed)
     }
     tether__buf_reset(&used);
     /* Known to exist: it was borrowed from. */
-    tether__buf *scratch = tether__thread_buf(TETHER__THREAD_BUF_READ);
     *scratch = used;
 }
 
