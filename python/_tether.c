@@ -3583,6 +3583,20 @@ module_set_parent_death_signal(PyObject *module, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* _set_process_name(name): this process's name in ps and /proc/PID/comm (15 bytes). */
+static PyObject *
+module_set_process_name(PyObject *module, PyObject *arg)
+{
+    const char *name = PyUnicode_AsUTF8AndSize(arg, NULL);
+    if (!name) {
+        return NULL;
+    }
+    if (prctl(PR_SET_NAME, (unsigned long)name) < 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
 /* type_name(obj) -> str: the name peers see for obj's type. */
 static PyObject *
 module_type_name(PyObject *module, PyObject *obj)
@@ -3611,6 +3625,8 @@ static PyMethodDef module_methods[] = {
     {"strerror", module_strerror, METH_O, "strerror(code) -> str: the core's name of a code."},
     {"_set_parent_death_signal", module_set_parent_death_signal, METH_O,
      "_set_parent_death_signal(signum): signum to this process when its parent dies."},
+    {"_set_process_name", module_set_process_name, METH_O,
+     "_set_process_name(name): this process's name in ps (/proc/PID/comm)."},
     {"type_name", module_type_name, METH_O,
      "type_name(obj) -> str: the name peers see for obj's type ('int', 'mod.Class')."},
     {"_in_blocking_call", module_in_blocking_call, METH_NOARGS,

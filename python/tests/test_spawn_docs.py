@@ -71,10 +71,19 @@ def spawned():
     found = set()
     for pid in by_parent.get(os.getpid(), ()):
         if _is_fork_server(pid):
-            found |= by_parent.get(pid, set())
+            # Its children at work; not the spare it keeps forked for the next request.
+            found |= {c for c in by_parent.get(pid, set()) if not _is_spare(c)}
         else:
             found.add(pid)
     return found
+
+
+def _is_spare(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip() == "tether-spare"
+    except OSError:
+        return False
 
 
 @pytest.fixture

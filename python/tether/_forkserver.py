@@ -30,22 +30,66 @@ import traceback
 
 import tether  # noqa: F401  (warm: what every child imports, imported once here)
 
-from . import _child
+from . import _child, _tether
+
+
+def _leave_server(control, wakeup):
+    """In a new child: nothing of the server's survives but the interpreter and its
+    imports."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    control.close()
+    for fd in wakeup:
+        os.close(fd)
+
+
+class _Spare:
+    """A child forked ahead of the next request, waiting for it on a socket of its own:
+    a request then costs handing it over, not a fork and the child's first steps (its
+    scheduling, the copies of the pages it touches first)."""
+
+    def __init__(self, control, wakeup):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.pid = os.fork()
+        if self.pid == 0:
+            ours.close()
+            _leave_server(control, wakeup)
+            _tether._set_process_name("tether-spare")  # ps tells it from children at work
+            data, fds, _, _ = socket.recv_fds(theirs, 65536, 3)
+            theirs.close()
+            if not data:
+                os._exit(0)  # the server ended before a request came
+            _run_child(json.loads(data), fds)
+        theirs.close()
+        self.sock = ours
+
+    def hand(self, data, fds):
+        """Give the spare a request; False if it is gone (the caller forks instead)."""
+        try:
+            socket.send_fds(self.sock, [data], fds)
+            return True
+        except OSError:
+            return False
+        finally:
+            self.sock.close()
 
 
 def _fork_child(request, fds, control, wakeup):
-    conn_fd, out_fd, err_fd = fds
     pid = os.fork()
     if pid:
         return pid
-    # The child: nothing of the server's survives but the interpreter and its imports.
+    _leave_server(control, wakeup)
+    _run_child(request, fds)
+
+
+def _run_child(request, fds):
+    """The child's life from its request on; never returns."""
+    conn_fd, out_fd, err_fd = fds
     code = 1
     try:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        control.close()
-        for fd in wakeup:
-            os.close(fd)
+        _tether._set_process_name(os.path.basename(sys.executable)[:15])
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
         os.close(out_fd)
@@ -96,6 +140,7 @@ def main():
     # touching (and so copying) those pages in each of them.
     gc.collect()
     gc.freeze()
+    spare = _Spare(control, (wake_r, wake_w))
     _send(control, {"ready": os.getpid()})
     while True:
         try:
@@ -117,12 +162,17 @@ def main():
             request = json.loads(data)
             if len(fds) != 3:
                 raise ValueError(f"expected 3 descriptors, got {len(fds)}")
-            sys.stdout.flush()
-            sys.stderr.flush()
-            _send(control, {"pid": _fork_child(request, fds, control, (wake_r, wake_w))})
+            if spare is not None and spare.hand(data, fds):
+                pid = spare.pid
+            else:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                pid = _fork_child(request, fds, control, (wake_r, wake_w))
+            _send(control, {"pid": pid})
         except Exception as e:  # a bad request costs that request only
             _send(control, {"error": f"{type(e).__name__}: {e}"})
         finally:
             for fd in fds:
                 os.close(fd)
+        spare = _Spare(control, (wake_r, wake_w))  # ready for the next request
     os._exit(0)
