@@ -839,9 +839,10 @@ typedef struct tether_spawn_options {
     /*
      * Fork the child from an interpreter the host keeps ready instead of starting one: a
      * fork server per executable, python_path and env, started on first use (about as
-     * long as a cold spawn) and kept until the host stops. A warm spawn then costs a
-     * fork and a connection. The child differs from a cold one in what the fork server
-     * imported before (tether) and its parent process (the fork server); cwd applies.
+     * long as a cold spawn) and kept until the host stops; it keeps a spare child forked
+     * ahead of each request. A warm spawn then costs a hand-over and a connection. The
+     * child differs from a cold one in what the fork server imported before (tether) and
+     * its parent process (the fork server); cwd applies.
      */
     bool warm;
     /* Where the child's output goes: NULL sends each line to the host's log callback
