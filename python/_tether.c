@@ -91,7 +91,7 @@ typedef struct {
     PyTypeObject *ref_type;
     PyTypeObject *host_type;
     PyTypeObject *child_type;
-    PyObject *proxy_module; /* tether._proxy, imported on first use */
+    PyObject *proxy_parts[4]; /* from tether._proxy, on first use: see proxy_part */
     PyObject *exports;      /* id(obj) -> address of the tether_object exported for obj */
     PyObject *classes;      /* (context, type name) -> capsule of its tether_class */
     PyObject *TetherError;
@@ -2152,21 +2152,25 @@ typedef struct {
     tether_context context; /* for objects of ours sent in calls made through it */
 } RefObject;
 
-/* tether._proxy, imported on first use (it imports this module). Borrowed. */
-static PyObject *
-proxy_module(module_state *st)
-{
-    if (!st->proxy_module) {
-        st->proxy_module = PyImport_ImportModule("tether._proxy");
-    }
-    return st->proxy_module;
-}
+/* What this module uses of tether._proxy (which imports this module, so it is looked up
+ * on first use and kept: objects by reference go through here on every call). */
+enum {
+    PART_PROXY,        /* the Proxy class */
+    PART_BY_REFERENCE, /* the ByReference class */
+    PART_MAKE_PROXY,   /* make_proxy(ref) */
+    PART_SERVE,        /* serve(obj, method, *args, **kwargs) */
+};
 
 static PyObject *
-proxy_attr(module_state *st, const char *name)
+proxy_part(module_state *st, int part)
 {
-    PyObject *module = proxy_module(st);
-    return module ? PyObject_GetAttrString(module, name) : NULL;
+    static const char *const names[] = {"Proxy", "ByReference", "make_proxy", "serve"};
+    if (!st->proxy_parts[part]) {
+        PyObject *module = PyImport_ImportModule("tether._proxy");
+        st->proxy_parts[part] = module ? PyObject_GetAttrString(module, names[part]) : NULL;
+        Py_XDECREF(module);
+    }
+    return Py_XNewRef(st->proxy_parts[part]);
 }
 
 static int object_handler(tether_request *req, void *userdata);
@@ -2286,7 +2290,7 @@ pack_reference(packbuf *b, PyObject *o)
     module_state *st = b->x->st;
     tether_object *obj = NULL;
     /* tether._proxy.ByReference(x): x itself, by reference even if it is plain data. */
-    PyObject *by_reference = proxy_attr(st, "ByReference");
+    PyObject *by_reference = proxy_part(st, PART_BY_REFERENCE);
     int wrapped = by_reference ? PyObject_IsInstance(o, by_reference) : -1;
     Py_XDECREF(by_reference);
     if (wrapped < 0) {
@@ -2300,7 +2304,7 @@ pack_reference(packbuf *b, PyObject *o)
         o = inner; /* borrowed below: b keeps the export, which holds it */
         Py_DECREF(inner);
     }
-    PyObject *proxy_type = proxy_attr(st, "Proxy");
+    PyObject *proxy_type = proxy_part(st, PART_PROXY);
     int is_proxy = proxy_type ? PyObject_IsInstance(o, proxy_type) : -1;
     Py_XDECREF(proxy_type);
     if (is_proxy < 0) {
@@ -2392,7 +2396,7 @@ object_of_reference(const xfer *x, tether_object *obj)
         return Py_NewRef(pe->obj);
     }
     PyObject *ref = ref_new(x->st, tether_object_ref(obj), x->context);
-    PyObject *make = ref ? proxy_attr(x->st, "make_proxy") : NULL;
+    PyObject *make = ref ? proxy_part(x->st, PART_MAKE_PROXY) : NULL;
     PyObject *proxy = make ? PyObject_CallFunctionObjArgs(make, ref, NULL) : NULL;
     Py_XDECREF(make);
     Py_XDECREF(ref);
@@ -2409,7 +2413,7 @@ object_handler(tether_request *req, void *userdata)
     }
     if (!tether_request_is_cancelled(req)) {
         PyGILState_STATE gil = PyGILState_Ensure();
-        PyObject *serve = proxy_attr(pe->st, "serve");
+        PyObject *serve = proxy_part(pe->st, PART_SERVE);
         PyObject *method = serve ? PyUnicode_FromString(tether_request_get_method(req)) : NULL;
         if (method) {
             PyObject *lead[2] = {pe->obj, method};
@@ -3739,7 +3743,9 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->ref_type);
     Py_VISIT(st->host_type);
     Py_VISIT(st->child_type);
-    Py_VISIT(st->proxy_module);
+    for (size_t i = 0; i < sizeof(st->proxy_parts) / sizeof(st->proxy_parts[0]); i++) {
+        Py_VISIT(st->proxy_parts[i]);
+    }
     Py_VISIT(st->exports);
     Py_VISIT(st->classes);
     Py_VISIT(st->TetherError);
@@ -3760,7 +3766,9 @@ module_clear(PyObject *module)
     Py_CLEAR(st->ref_type);
     Py_CLEAR(st->host_type);
     Py_CLEAR(st->child_type);
-    Py_CLEAR(st->proxy_module);
+    for (size_t i = 0; i < sizeof(st->proxy_parts) / sizeof(st->proxy_parts[0]); i++) {
+        Py_CLEAR(st->proxy_parts[i]);
+    }
     Py_CLEAR(st->exports);
     Py_CLEAR(st->classes);
     Py_CLEAR(st->TetherError);

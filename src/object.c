@@ -722,6 +722,8 @@ tether__conn_drop_objects(tether_conn *c)
 
 /* ---- methods ---------------------------------------------------------------------- */
 
+static int describe_handler(tether_request *req, void *userdata);
+
 int
 tether__object_method(const tether_object *obj, const char *name, size_t len,
                       tether_handler_fn *ret_handler, tether_context *ret_context)
@@ -740,15 +742,16 @@ tether__object_method(const tether_object *obj, const char *name, size_t len,
         return 0;
     }
     if (len == strlen(DESCRIBE_METHOD) && memcmp(name, DESCRIBE_METHOD, len) == 0) {
-        *ret_handler = tether__describe_handler;
+        *ret_handler = describe_handler;
         *ret_context = TETHER_CONTEXT_IO;
         return 0;
     }
     return -ENOENT;
 }
 
-int
-tether__describe_handler(tether_request *req, void *userdata)
+/* Answers "__tether_describe__" for a class without a fallback (IO context). */
+static int
+describe_handler(tether_request *req, void *userdata)
 {
     (void)userdata;
     const tether_object *obj = tether_request_get_object(req);

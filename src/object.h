@@ -144,9 +144,6 @@ void tether__conn_on_release(tether_conn *c, const tether__frame *f);
 /* The connection closed (or is freed): every reference that crossed it is released. */
 void tether__conn_drop_objects(tether_conn *c);
 
-/* Answers "__tether_describe__" for a class without a fallback (IO context). */
-int tether__describe_handler(tether_request *req, void *userdata);
-
 /* The method of obj's class called name, or its fallback: 0 and the handler and
  * context, or -ENOENT. "__tether_describe__" finds tether__describe_handler. */
 int tether__object_method(const tether_object *obj, const char *name, size_t len,

@@ -511,59 +511,63 @@ void
 tether__conn_on_request(tether_conn *c, const tether__frame *f)
 {
     char message[384];
-    /* References are counted as they arrive, whatever becomes of the request. */
-    tether_request *req = request_new(c, f);
-    if (!req) {
-        error_reply(c, f, "tether.Error", "out of memory");
-        return;
-    }
-    if (f->refs && (bind_received(c, req->args_raw, req->args_len, &req->args_objs, message,
-                         sizeof(message)) < 0 ||
-                    bind_received(c, req->kwargs_raw, req->kwargs_len, &req->kwargs_objs, message,
-                         sizeof(message)) < 0)) {
-        error_reply(c, f, "tether.NoSuchObject", message);
-        drop_unreplied(req);
-        return;
-    }
+    const char *error = NULL; /* the error type refusing the request */
+    tether__service svc;
+    tether_object *object = NULL;
     pthread_mutex_lock(&c->lock);
     bool over = c->running_count >= c->ep->max_in_flight;
     pthread_mutex_unlock(&c->lock);
+    int shown = (int)(f->method.len > 200 ? 200 : f->method.len);
     if (over && f->kind == TETHER__REQUEST) {
+        error = "tether.TooManyRequests";
         snprintf(message, sizeof(message), "more than %u requests in flight",
                  c->ep->max_in_flight);
-        error_reply(c, f, "tether.TooManyRequests", message);
-        drop_unreplied(req);
-        return;
-    }
-    tether__service svc;
-    if (f->target != 0) {
-        req->object = tether__conn_find_export(c, f->target);
-        if (!req->object) {
+    } else if (f->target != 0) {
+        object = tether__conn_find_export(c, f->target);
+        if (!object) {
+            error = "tether.NoSuchObject";
             snprintf(message, sizeof(message), "no object %llu here (it was released)",
                      (unsigned long long)f->target);
-            error_reply(c, f, "tether.NoSuchObject", message);
-            drop_unreplied(req);
-            return;
-        }
-        if (tether__object_method(req->object, (const char *)f->method.ptr, f->method.len,
-                                  &svc.handler, &svc.context) < 0) {
+        } else if (tether__object_method(object, (const char *)f->method.ptr, f->method.len,
+                                         &svc.handler, &svc.context) < 0) {
+            error = "AttributeError";
             snprintf(message, sizeof(message), "'%s' object has no method '%.*s'",
-                     req->object->cls->name, (int)(f->method.len > 200 ? 200 : f->method.len),
-                     (const char *)f->method.ptr);
-            error_reply(c, f, "AttributeError", message);
-            drop_unreplied(req);
-            return;
+                     object->cls->name, shown, (const char *)f->method.ptr);
+        } else {
+            svc.userdata = object->userdata;
         }
-        svc.userdata = req->object->userdata;
     } else if (tether__endpoint_find_service(c->ep, (const char *)f->method.ptr, f->method.len,
                                              &svc) < 0) {
-        snprintf(message, sizeof(message), "no service '%.*s' on %s '%s'",
-                 (int)(f->method.len > 200 ? 200 : f->method.len), (const char *)f->method.ptr,
-                 c->ep->is_host ? "host" : "client", c->ep->name);
-        error_reply(c, f, "tether.NoSuchService", message);
-        drop_unreplied(req);
+        error = "tether.NoSuchService";
+        snprintf(message, sizeof(message), "no service '%.*s' on %s '%s'", shown,
+                 (const char *)f->method.ptr, c->ep->is_host ? "host" : "client", c->ep->name);
+    }
+    /* A refused request is not copied, unless it carries references: those are counted
+     * as they arrive, whatever becomes of the request, so they are bound and released. */
+    tether_request *req = !error || f->refs ? request_new(c, f) : NULL;
+    if (!req && (!error || f->refs)) {
+        error = "tether.Error";
+        snprintf(message, sizeof(message), "out of memory");
+    }
+    char bind_error[128];
+    if (req && f->refs &&
+        (bind_received(c, req->args_raw, req->args_len, &req->args_objs, bind_error,
+                       sizeof(bind_error)) < 0 ||
+         bind_received(c, req->kwargs_raw, req->kwargs_len, &req->kwargs_objs, bind_error,
+                       sizeof(bind_error)) < 0) &&
+        !error) {
+        error = "tether.NoSuchObject";
+        snprintf(message, sizeof(message), "%s", bind_error);
+    }
+    if (error) {
+        error_reply(c, f, error, message);
+        tether_object_unref(object);
+        if (req) {
+            drop_unreplied(req);
+        }
         return;
     }
+    req->object = object;
     req->handler = svc.handler;
     req->userdata = svc.userdata;
     switch (svc.context) {

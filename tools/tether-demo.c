@@ -1890,8 +1890,7 @@ relay_reply(tether_future *future, void *userdata)
     if (tether_future_get_result(future, &result, &error) == 0) {
         tether_request_reply_value(req, result);
     } else {
-        tether_request_reply_error(req, error.type ? error.type : "tether.Error", "%s",
-                                   error.message ? error.message : "");
+        tether_request_reply_error_full(req, &error); /* type, message and traceback */
     }
     tether_value_unref(result);
     tether_error_done(&error);

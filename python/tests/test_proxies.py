@@ -13,14 +13,7 @@ import pytest
 import tether
 from tether import _tether
 
-
-def wait_until(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        gc.collect()
-        time.sleep(0.01)
+from processes import eventually
 
 
 # ---- the host's objects --------------------------------------------------------------
@@ -105,7 +98,7 @@ def test_the_host_releases_its_object_when_the_last_proxy_goes(conn):
     time.sleep(0.1)
     assert conn.root.counters_released() == released  # `also` still holds it
     del also
-    wait_until(lambda: conn.root.counters_released() == released + 1, what="release")
+    eventually(lambda: conn.root.counters_released() == released + 1, what="release")
 
 
 def test_many_proxies_are_released_in_batches(conn):
@@ -113,7 +106,7 @@ def test_many_proxies_are_released_in_batches(conn):
     proxies = [conn.root.make_counter(i) for i in range(200)]
     assert [p.get() for p in proxies[:3]] == [0, 1, 2]
     del proxies
-    wait_until(lambda: conn.root.counters_released() == released + 200, what="200 releases")
+    eventually(lambda: conn.root.counters_released() == released + 200, what="200 releases")
 
 
 def test_a_proxy_after_its_connection_closed(host):
@@ -246,7 +239,7 @@ def test_a_script_object_lives_while_the_host_holds_it(conn):
     assert ref() is not None, "the host's reference keeps it alive"
     assert conn.root.held_call(slot, "greet", ["you"], {}) == "Hey, you!"
     conn.root.drop(slot)
-    wait_until(lambda: ref() is None, what="the object to be released")
+    eventually(lambda: ref() is None, what="the object to be released")
 
 
 def test_the_same_object_is_one_reference(conn):
@@ -267,7 +260,7 @@ def test_closing_the_connection_releases_what_the_host_held(host):
     conn.root.hold(g)  # never dropped by the host
     del g
     conn.close()
-    wait_until(lambda: ref() is None, what="release at close")
+    eventually(lambda: ref() is None, what="release at close")
 
 
 def test_objects_in_results_of_script_services(conn, host):

@@ -16,57 +16,19 @@ import pytest
 
 import tether
 
+from processes import assert_none_left, eventually, gone, is_zombie, spawned
+
 OTHER_PYTHON = shutil.which("python3")
 INTERPRETERS = ["/usr/bin/python3"]
 if OTHER_PYTHON and os.path.realpath(OTHER_PYTHON) != os.path.realpath("/usr/bin/python3"):
     INTERPRETERS.append(OTHER_PYTHON)  # the second python3 on this machine's PATH
 
 
-def _is_fork_server(pid):
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return b"TETHER_CHILD_MAIN=_forkserver" in f.read()
-    except OSError:
-        return False
-
-
-def children():
-    """Pids whose parent is this process, zombies included; not the fork servers that
-    warm spawns keep for the life of this process."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == os.getpid() and not _is_fork_server(int(entry)):
-            found.add(int(entry))
-    return found
-
-
-def gone(pid):
-    return not os.path.exists(f"/proc/{pid}")
-
-
-def wait_until(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        gc.collect()
-        time.sleep(0.02)
-
-
 @pytest.fixture(autouse=True)
 def no_process_left_behind():
-    before = children()
+    before = spawned()
     yield
-    gc.collect()
-    wait_until(lambda: children() <= before, what="spawned children to be gone")
+    assert_none_left(before)
 
 
 SCRIPT = textwrap.dedent(
@@ -114,7 +76,7 @@ def test_run_script_gives_a_proxy_for_the_module(python_exe, capfd):
             capture_output=True, text=True, check=True,
         ).stdout.strip()
         assert info["exe"] == expected  # that interpreter, not this one
-        wait_until(lambda: "child says hi" in capfd.readouterr().out + "", what="output")
+        eventually(lambda: "child says hi" in capfd.readouterr().out + "", what="output")
 
 
 def test_output_is_prefixed_with_the_childs_pid(capfd):
@@ -128,7 +90,7 @@ def test_output_is_prefixed_with_the_childs_pid(capfd):
         text["err"] += captured.err
         return "err line" in text["err"] and "out line" in text["out"]
 
-    wait_until(seen, what="the child's output")
+    eventually(seen, what="the child's output")
     assert f"[pid {pid}] out line" in text["out"]
     assert f"[pid {pid}] err line" in text["err"]
     p.terminate_daemon()
@@ -180,19 +142,19 @@ def test_the_child_ends_with_its_last_proxy():
     assert not gone(pid), "the box proxy still keeps the child"
     assert box.get() == [1, 2]
     del box
-    wait_until(lambda: gone(pid), what="the child to end with its last proxy")
+    eventually(lambda: gone(pid), what="the child to end with its last proxy")
 
 
 def test_terminate_daemon_and_with():
     p = tether.run_script(SCRIPT)
     pid = p.pid
     p.terminate_daemon()
-    wait_until(lambda: gone(pid), what="terminate_daemon")
+    eventually(lambda: gone(pid), what="terminate_daemon")
     with pytest.raises(tether.NotConnectedError):
         p.say_hello("anyone")
     with tether.run_script(SCRIPT) as q:
         pid = q.pid
-    wait_until(lambda: gone(pid), what="the end of the with block")
+    eventually(lambda: gone(pid), what="the end of the with block")
 
 
 def test_the_spawner_reports_to_its_logger(caplog):
@@ -284,19 +246,11 @@ def test_a_child_does_not_outlive_a_killed_parent():
         assert not gone(child_pid)
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=10)
-        wait_until(lambda: gone(child_pid) or _is_zombie(child_pid), what="the orphan to exit")
+        eventually(lambda: gone(child_pid) or is_zombie(child_pid), what="the orphan to exit")
     finally:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
-
-
-def _is_zombie(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def test_warm_spawns_fork_from_a_kept_interpreter(tmp_path):
@@ -309,7 +263,7 @@ def test_warm_spawns_fork_from_a_kept_interpreter(tmp_path):
             pids.append(p.pid)
     assert len(set(pids)) == 3
     for pid in pids:
-        wait_until(lambda: gone(pid) or _is_zombie(pid), what="warm children to end")
+        eventually(lambda: gone(pid) or is_zombie(pid), what="warm children to end")
     # A different environment needs another interpreter: still correct.
     with tether.run_script(SCRIPT, warm=True, env={"TETHER_T": "other"}) as p:
         assert p.where()["env"] == "other"

@@ -12,16 +12,15 @@ must link both.
 """
 
 import faulthandler
-import gc
 import os
 import re
 import shutil
 import subprocess
-import time
 
 import pytest
 
 from conftest import BUILD_DIR, SOURCE_DIR
+from processes import assert_none_left, spawned
 from doc_pages import RUNNABLE, broken_links, fenced_blocks, read_lines
 
 DOCS = os.path.join(SOURCE_DIR, "docs")
@@ -44,59 +43,11 @@ def block_id(path, line):
 
 # ---- processes ----------------------------------------------------------------------------
 
-def _stat(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    return stat[stat.rindex(")") + 2 :].split()  # state, ppid, ...
-
-
-def _is_fork_server(pid):
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return b"TETHER_CHILD_MAIN=_forkserver" in f.read()
-    except OSError:
-        return False
-
-
-def spawned():
-    """This process's children (zombies included), and the children of its fork servers
-    (warm children); not the fork servers themselves."""
-    by_parent = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                by_parent.setdefault(int(_stat(entry)[1]), set()).add(int(entry))
-            except (OSError, IndexError, ValueError):
-                pass
-    found = set()
-    for pid in by_parent.get(os.getpid(), ()):
-        if _is_fork_server(pid):
-            # Its children at work; not the spare it keeps forked for the next request.
-            found |= {c for c in by_parent.get(pid, set()) if not _is_spare(c)}
-        else:
-            found.add(pid)
-    return found
-
-
-def _is_spare(pid):
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip() == "tether-spare"
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def no_child_left():
     before = spawned()
     yield
-    gc.collect()
-    deadline = time.monotonic() + 10
-    while spawned() - before:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"children left running: {sorted(spawned() - before)}")
-        gc.collect()
-        time.sleep(0.02)
+    assert_none_left(before)
 
 
 # ---- the examples ---------------------------------------------------------------------------
