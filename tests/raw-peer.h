@@ -19,7 +19,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
-#include "wire.h"
+#include "codec/wire.h"
 
 /* ---- no Criterion: usable in a child ----------------------------------------------------- */
 

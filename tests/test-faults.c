@@ -9,7 +9,7 @@
 #include <sys/wait.h>
 
 #include "raw-peer.h"
-#include "value.h"
+#include "rpc/value.h"
 
 static int
 ping_handler(tether_request *req, void *userdata)

@@ -8,7 +8,7 @@
 #include <stdatomic.h>
 
 #include "helpers.h"
-#include "value.h"
+#include "rpc/value.h"
 
 /* ---- a counter class ------------------------------------------------------------- */
 

@@ -12,10 +12,10 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "buf.h"
+#include "util/buf.h"
 #include "tether.h"
-#include "value.h"
-#include "wire.h"
+#include "rpc/value.h"
+#include "codec/wire.h"
 
 /* ---- helpers ------------------------------------------------------------------- */
 

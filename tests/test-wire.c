@@ -9,8 +9,8 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "buf.h"
-#include "wire.h"
+#include "util/buf.h"
+#include "codec/wire.h"
 
 /* ---- helpers ------------------------------------------------------------------- */
 

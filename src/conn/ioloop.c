@@ -7,13 +7,13 @@
  * async handle alone; stopping closes it from inside the thread and joins.
  */
 #define _GNU_SOURCE
-#include "ioloop.h"
+#include "conn/ioloop.h"
 
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 
-#include "alloc.h"
+#include "util/alloc.h"
 
 struct tether__ioloop {
     uv_loop_t uv;

@@ -30,14 +30,14 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "buf.h"
-#include "chain.h"
-#include "endpoint.h"
-#include "ioloop.h"
-#include "mainq.h"
-#include "object.h"
+#include "util/buf.h"
+#include "rpc/chain.h"
+#include "rpc/endpoint.h"
+#include "conn/ioloop.h"
+#include "rpc/mainq.h"
+#include "rpc/object.h"
 #include "tether.h"
-#include "wire.h"
+#include "codec/wire.h"
 
 typedef enum tether__conn_state {
     TETHER__CONN_HANDSHAKE = 1, /* host side, before a valid hello */

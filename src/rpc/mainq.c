@@ -2,14 +2,14 @@
  * mainq: see mainq.h.
  */
 #define _GNU_SOURCE
-#include "mainq.h"
+#include "rpc/mainq.h"
 
 #include <errno.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include "alloc.h"
+#include "util/alloc.h"
 #include "tether.h"
 
 struct tether__mainq {

@@ -19,10 +19,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "alloc.h"
-#include "conn.h"
-#include "transport.h"
-#include "value.h"
+#include "util/alloc.h"
+#include "rpc/conn.h"
+#include "conn/transport.h"
+#include "rpc/value.h"
 
 #define DEFAULT_MAX_CLIENTS 1024u
 #define DEFAULT_HANDSHAKE_USEC (5ull * 1000 * 1000)

@@ -27,7 +27,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include "value.h"
+#include "rpc/value.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -42,9 +42,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "alloc.h"
-#include "object.h"
-#include "wire.h"
+#include "util/alloc.h"
+#include "rpc/object.h"
+#include "codec/wire.h"
 
 struct str_copy {
     size_t off;      /* offset of the string's bytes in the value */

@@ -4,7 +4,7 @@
  * carries a chain, always briefly.
  */
 #define _GNU_SOURCE
-#include "chain.h"
+#include "rpc/chain.h"
 
 #include <errno.h>
 #include <stdatomic.h>

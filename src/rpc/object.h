@@ -26,11 +26,11 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "buf.h"
-#include "ioloop.h"
-#include "mainq.h"
+#include "util/buf.h"
+#include "conn/ioloop.h"
+#include "rpc/mainq.h"
 #include "tether.h"
-#include "wire.h"
+#include "codec/wire.h"
 
 struct tether__endpoint;
 

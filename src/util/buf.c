@@ -2,13 +2,13 @@
  * buf: see buf.h. Growth doubles; consumed space at the front is reclaimed when the
  * buffer empties or when the pending tail is small compared to what was consumed.
  */
-#include "buf.h"
+#include "util/buf.h"
 
 #include <errno.h>
 #include <pthread.h>
 #include <string.h>
 
-#include "alloc.h"
+#include "util/alloc.h"
 
 void
 tether__buf_done(tether__buf *b)

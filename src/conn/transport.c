@@ -4,7 +4,7 @@
  * connection's reader role (see conn.c), which needs raw file descriptors.
  */
 #define _GNU_SOURCE
-#include "transport.h"
+#include "conn/transport.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -21,7 +21,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "alloc.h"
+#include "util/alloc.h"
 #include "tether.h"
 
 int

@@ -14,7 +14,7 @@
  * touching the buffer. All multi-byte quantities are read and written byte by byte in
  * big-endian order: no unaligned loads, no shifts of signed values.
  */
-#include "wire.h"
+#include "codec/wire.h"
 
 #include <assert.h>
 #include <errno.h>

@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "buf.h"
+#include "util/buf.h"
 
 #define TETHER__PROTOCOL_VERSION 1
 #define TETHER__PROTOCOL_MIN_VERSION 1

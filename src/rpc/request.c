@@ -14,9 +14,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "alloc.h"
-#include "conn.h"
-#include "value.h"
+#include "util/alloc.h"
+#include "rpc/conn.h"
+#include "rpc/value.h"
 
 static _Thread_local uint64_t current_chain;
 

@@ -15,8 +15,8 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#include "ioloop.h"
-#include "mainq.h"
+#include "conn/ioloop.h"
+#include "rpc/mainq.h"
 #include "tether.h"
 
 

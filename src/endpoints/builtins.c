@@ -13,9 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "alloc.h"
-#include "conn.h"
-#include "value.h"
+#include "util/alloc.h"
+#include "rpc/conn.h"
+#include "rpc/value.h"
 
 /* An array value of n items, each a value (references dropped either way). */
 static int

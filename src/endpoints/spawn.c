@@ -31,10 +31,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "alloc.h"
-#include "condwait.h"
-#include "conn.h"
-#include "value.h"
+#include "util/alloc.h"
+#include "util/condwait.h"
+#include "rpc/conn.h"
+#include "rpc/value.h"
 
 #ifndef TETHER_PYTHON_DIR
 #define TETHER_PYTHON_DIR ""

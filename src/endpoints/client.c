@@ -14,11 +14,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "alloc.h"
-#include "condwait.h"
-#include "conn.h"
-#include "transport.h"
-#include "value.h"
+#include "util/alloc.h"
+#include "util/condwait.h"
+#include "rpc/conn.h"
+#include "conn/transport.h"
+#include "rpc/value.h"
 
 #define DEFAULT_CONNECT_USEC (5ull * 1000 * 1000)
 

@@ -17,10 +17,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "alloc.h"
-#include "condwait.h"
-#include "conn.h"
-#include "value.h"
+#include "util/alloc.h"
+#include "util/condwait.h"
+#include "rpc/conn.h"
+#include "rpc/value.h"
 
 struct tether_future {
     atomic_uint refs;

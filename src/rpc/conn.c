@@ -3,7 +3,7 @@
  * The design and its invariants are described at the top of conn.h.
  */
 #define _GNU_SOURCE
-#include "conn.h"
+#include "rpc/conn.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -15,8 +15,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "alloc.h"
-#include "value.h"
+#include "util/alloc.h"
+#include "rpc/value.h"
 
 /* epoll user data of the two registrations in a connection's private set. */
 enum { EV_READ = 1, EV_WRITE = 2 };

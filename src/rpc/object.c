@@ -3,16 +3,16 @@
  * references crossing a connection (object.h explains the model).
  */
 #define _GNU_SOURCE
-#include "object.h"
+#include "rpc/object.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "alloc.h"
-#include "conn.h"
-#include "endpoint.h"
-#include "value.h"
+#include "util/alloc.h"
+#include "rpc/conn.h"
+#include "rpc/endpoint.h"
+#include "rpc/value.h"
 
 #define DESCRIBE_METHOD "__tether_describe__"
 /* Entries of one RELEASE frame: keeps a huge batch well under any frame limit. */

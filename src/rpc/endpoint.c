@@ -4,13 +4,13 @@
  * rare.
  */
 #define _GNU_SOURCE
-#include "endpoint.h"
+#include "rpc/endpoint.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "alloc.h"
+#include "util/alloc.h"
 
 int
 tether__endpoint_new(const char *name, bool is_host, tether__endpoint **ret)

@@ -22,7 +22,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "mainq.h"
+#include "rpc/mainq.h"
 
 typedef struct tether__waiter {
     struct tether__waiter *next;  /* registry bucket, guarded by the registry lock */
