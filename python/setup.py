@@ -1,7 +1,7 @@
 """Build of the tether package's C extension (the rest of the metadata is pyproject.toml).
 
 The extension tether._tether is python/_tether.c compiled together with the library's own
-sources (../src/*.c, ../include), so the one _tether.abi3.so carries libtether inside and
+sources (../src/**/*.c, ../include), so the one _tether.abi3.so carries libtether inside and
 needs only libuv (and msgpack-c) from the system. It is built for the stable ABI
 (Py_LIMITED_API 3.10, set in _tether.c), so one build serves every CPython from 3.10 on.
 
@@ -44,7 +44,7 @@ def dependency_flags():
     return cflags, libs + ["-lpthread"]
 
 
-core_sources = sorted(glob.glob(os.path.join(ROOT, "src", "*.c")))
+core_sources = sorted(glob.glob(os.path.join(ROOT, "src", "**", "*.c"), recursive=True))
 if not core_sources or not os.path.exists(os.path.join(ROOT, "include", "tether.h")):
     sys.exit(
         "setup.py: the library sources (../src/*.c, ../include/tether.h) are missing: "
@@ -60,7 +60,7 @@ extension = Extension(
     include_dirs=[rel(os.path.join(ROOT, "include")), rel(os.path.join(ROOT, "src"))],
     extra_compile_args=["-std=c11", "-fvisibility=hidden", "-Wno-unused-parameter"] + cflags,
     extra_link_args=libs + ["-Wl,--version-script=" + os.path.join(HERE, "_tether.map")],
-    depends=[rel(p) for p in glob.glob(os.path.join(ROOT, "src", "*.h"))]
+    depends=[rel(p) for p in glob.glob(os.path.join(ROOT, "src", "**", "*.h"), recursive=True)]
     + [rel(os.path.join(ROOT, "include", "tether.h")), "_tether.map"],
     py_limited_api=True,
 )

@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "util/alloc.h"
-#include "rpc/conn.h"
+#include "endpoints/host.h"
 #include "rpc/value.h"
 
 /* An array value of n items, each a value (references dropped either way). */

@@ -577,7 +577,7 @@ connect_once(tether_client *cl, tether_error *reterr)
     r = handshake(cl, fd, is_tcp, port, &in, &welcome, &strings, reterr);
     tether_conn *c = NULL;
     if (r == 0) {
-        r = tether__conn_new(cl->ep, fd, is_tcp, TETHER__CONN_OPEN, &c);
+        r = tether__conn_new(cl->ep, fd, is_tcp, TETHER__LINK_OPEN, &c);
     }
     if (r == 0) {
         tether__hello peer = {.name = welcome.name, .pid = welcome.pid, .language = "host"};
@@ -586,12 +586,12 @@ connect_once(tether_client *cl, tether_error *reterr)
             c->peer_max_in_flight = welcome.max_in_flight;
         }
         if (welcome.max_frame_size) {
-            c->peer_max_frame_size = welcome.max_frame_size;
+            c->link.peer_max_frame_size = welcome.max_frame_size;
         }
         /* Frames the host sent right after its welcome are already in our buffer;
          * without any, an idle connection keeps no input buffer. */
         if (tether__buf_pending(&in) > 0) {
-            c->in = in;
+            c->link.in = in;
             in = TETHER__BUF_INIT;
         }
         fd = -1;

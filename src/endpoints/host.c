@@ -20,7 +20,7 @@
 #include <unistd.h>
 
 #include "util/alloc.h"
-#include "rpc/conn.h"
+#include "endpoints/host.h"
 #include "conn/transport.h"
 #include "rpc/value.h"
 
@@ -141,7 +141,7 @@ registry_remove(tether_host *h, tether_conn *c)
         }
         c->owner_data = NULL;
         h->conn_count--;
-        if (c->peer_name) {
+        if (c->link.peer_name) {
             h->client_count--;
         }
     }
@@ -156,9 +156,9 @@ hook_conn_closed(tether__endpoint *ep, tether_conn *c)
     if (!h || !registry_remove(h, c)) {
         return;
     }
-    if (c->peer_name) {
-        tether__log(ep, TETHER_LOG_INFO, "client %s (pid %lld) left", c->peer_name,
-                    (long long)c->peer_pid);
+    if (c->link.peer_name) {
+        tether__log(ep, TETHER_LOG_INFO, "client %s (pid %lld) left", c->link.peer_name,
+                    (long long)c->link.peer_pid);
         post_client_event(h, c, TETHER_CLIENT_LEFT);
     }
     tether_conn_unref(c);
@@ -168,7 +168,7 @@ static void
 on_handshake_timeout(uv_timer_t *t)
 {
     tether_conn *c = t->data;
-    if (atomic_load(&c->state) != TETHER__CONN_HANDSHAKE) {
+    if (tether__conn_state(c) != TETHER__LINK_HANDSHAKE) {
         return;
     }
     tether__log(c->ep, TETHER_LOG_NOTICE, "a client sent no hello in time; closing it");
@@ -179,7 +179,7 @@ static void
 hook_attached(tether__endpoint *ep, tether_conn *c)
 {
     tether_host *h = ep->owner;
-    if (h && atomic_load(&c->state) == TETHER__CONN_HANDSHAKE) {
+    if (h && tether__conn_state(c) == TETHER__LINK_HANDSHAKE) {
         uint64_t ms = (h->handshake_timeout_usec + 999) / 1000;
         uv_timer_start(&c->handshake_timer, on_handshake_timeout, ms, 0);
     }
@@ -192,10 +192,17 @@ refuse(tether__hello_result *result, const char *code, const char *format, const
     snprintf(result->refuse_message, sizeof(result->refuse_message), format, arg);
 }
 
-void
-tether__host_on_hello(tether_conn *c, const tether__hello *hello, tether__hello_result *result)
+static int
+encode_welcome(tether__buf *out, void *arg)
 {
-    tether_host *h = c->ep->owner;
+    return tether__encode_welcome(out, arg);
+}
+
+static void
+hook_hello(tether__endpoint *ep, tether_conn *c, const tether__hello *hello,
+           tether__hello_result *result)
+{
+    tether_host *h = ep->owner;
     if (!h) {
         refuse(result, "busy", "the host is stopping%s", "");
         return;
@@ -247,14 +254,14 @@ tether__host_on_hello(tether_conn *c, const tether__hello *hello, tether__hello_
         .pid = getpid(),
         .max_frame_size = c->ep->max_frame_size,
         .max_in_flight = c->ep->max_in_flight,
-        .client_name = c->peer_name,
+        .client_name = c->link.peer_name,
     };
     uv_timer_stop(&c->handshake_timer);
-    atomic_store(&c->state, TETHER__CONN_OPEN);
-    tether__send_welcome(c, &w);
-    tether__log(c->ep, TETHER_LOG_INFO, "client %s (pid %lld, %s%s%s) connected", c->peer_name,
-                (long long)c->peer_pid, c->peer_language, *c->peer_language_version ? " " : "",
-                c->peer_language_version);
+    atomic_store(&c->link.state, TETHER__LINK_OPEN);
+    tether__conn_send(c, encode_welcome, &w, true);
+    tether__log(c->ep, TETHER_LOG_INFO, "client %s (pid %lld, %s%s%s) connected", c->link.peer_name,
+                (long long)c->link.peer_pid, c->link.peer_language, *c->link.peer_language_version ? " " : "",
+                c->link.peer_language_version);
     post_client_event(h, c, TETHER_CLIENT_CONNECTED);
     if (c->on_open) {
         c->on_open(c->on_open_arg);
@@ -275,7 +282,7 @@ serve_fd_conn(tether_host *h, int fd, bool is_tcp, bool trusted, void (*on_open)
         return -EUSERS;
     }
     tether_conn *c;
-    int r = tether__conn_new(h->ep, fd, is_tcp, TETHER__CONN_HANDSHAKE, &c);
+    int r = tether__conn_new(h->ep, fd, is_tcp, TETHER__LINK_HANDSHAKE, &c);
     if (r < 0) {
         return r;
     }
@@ -404,6 +411,7 @@ tether_host_new(const tether_host_options *opts, tether_host **ret_host)
     h->ep->owner = h;
     h->ep->hooks.conn_closed = hook_conn_closed;
     h->ep->hooks.attached = hook_attached;
+    h->ep->hooks.hello = hook_hello;
     tether__endpoint_configure(h->ep, opts->max_frame_size, opts->max_in_flight,
                                opts->default_timeout_usec, opts->max_output_bytes,
                                opts->max_call_depth, opts->log, opts->log_userdata,
@@ -686,8 +694,8 @@ tether_host_get_client(tether_host *h, const char *name, tether_conn **ret_conn)
     pthread_mutex_lock(&h->lock);
     /* Newest first: connections are pushed at the head. */
     for (tether_conn *c = h->conns; c; c = c->owner_next) {
-        if (c->peer_name && atomic_load(&c->state) == TETHER__CONN_OPEN &&
-            strcmp(c->peer_name, name) == 0) {
+        if (c->link.peer_name && tether__conn_state(c) == TETHER__LINK_OPEN &&
+            strcmp(c->link.peer_name, name) == 0) {
             *ret_conn = tether_conn_ref(c);
             r = 0;
             break;
@@ -707,7 +715,7 @@ tether_host_get_client_count(const tether_host *h)
     int n = 0;
     pthread_mutex_lock(&((tether_host *)h)->lock);
     for (tether_conn *c = h->conns; c; c = c->owner_next) {
-        n += c->peer_name && atomic_load(&c->state) == TETHER__CONN_OPEN;
+        n += c->link.peer_name && tether__conn_state(c) == TETHER__LINK_OPEN;
     }
     pthread_mutex_unlock(&((tether_host *)h)->lock);
     return n;
@@ -724,10 +732,10 @@ tether_host_list_clients(tether_host *h, tether_client_info **ret_infos, size_t 
     pthread_mutex_lock(&h->lock);
     size_t n = 0, strings = 0;
     for (tether_conn *c = h->conns; c; c = c->owner_next) {
-        if (c->peer_name && atomic_load(&c->state) == TETHER__CONN_OPEN) {
+        if (c->link.peer_name && tether__conn_state(c) == TETHER__LINK_OPEN) {
             n++;
-            strings += strlen(c->peer_name) + strlen(c->peer_language) +
-                       strlen(c->peer_language_version) + 3;
+            strings += strlen(c->link.peer_name) + strlen(c->link.peer_language) +
+                       strlen(c->link.peer_language_version) + 3;
         }
     }
     /* One block: the array, then the strings it points to. */
@@ -740,11 +748,11 @@ tether_host_list_clients(tether_host *h, tether_client_info **ret_infos, size_t 
     size_t i = n;
     /* The registry is newest first; fill from the back for oldest first. */
     for (tether_conn *c = h->conns; c && i > 0; c = c->owner_next) {
-        if (!c->peer_name || atomic_load(&c->state) != TETHER__CONN_OPEN) {
+        if (!c->link.peer_name || tether__conn_state(c) != TETHER__LINK_OPEN) {
             continue;
         }
         tether_client_info *info = &infos[--i];
-        const char *src[3] = {c->peer_name, c->peer_language, c->peer_language_version};
+        const char *src[3] = {c->link.peer_name, c->link.peer_language, c->link.peer_language_version};
         const char **dst[3] = {&info->name, &info->language, &info->language_version};
         for (int k = 0; k < 3; k++) {
             size_t len = strlen(src[k]) + 1;
@@ -752,16 +760,16 @@ tether_host_list_clients(tether_host *h, tether_client_info **ret_infos, size_t 
             *dst[k] = text;
             text += len;
         }
-        pthread_mutex_lock(&c->lock);
+        pthread_mutex_lock(&c->link.lock);
         info->calls_in_flight = c->pending_count + c->running_count;
-        pthread_mutex_unlock(&c->lock);
+        pthread_mutex_unlock(&c->link.lock);
         info->conn = tether_conn_ref(c);
-        info->pid = c->peer_pid;
+        info->pid = c->link.peer_pid;
         info->connected_unix_usec = c->connected_unix_usec;
         info->calls_in = atomic_load_explicit(&c->calls_in, memory_order_relaxed);
         info->calls_out = atomic_load_explicit(&c->calls_out, memory_order_relaxed);
-        info->bytes_in = atomic_load_explicit(&c->bytes_in, memory_order_relaxed);
-        info->bytes_out = atomic_load_explicit(&c->bytes_out, memory_order_relaxed);
+        info->bytes_in = atomic_load_explicit(&c->link.bytes_in, memory_order_relaxed);
+        info->bytes_out = atomic_load_explicit(&c->link.bytes_out, memory_order_relaxed);
     }
     pthread_mutex_unlock(&h->lock);
     *ret_infos = infos;
@@ -799,13 +807,13 @@ send_control(tether_host *h, tether_conn *c, const char *action, const char *rea
         return -EINVAL;
     }
     pthread_mutex_lock(&h->lock);
-    bool ours = c->owner_data == h && c->peer_name;
+    bool ours = c->owner_data == h && c->link.peer_name;
     pthread_mutex_unlock(&h->lock);
-    if (!ours || atomic_load(&c->state) != TETHER__CONN_OPEN) {
+    if (!ours || tether__conn_state(c) != TETHER__LINK_OPEN) {
         return -ENOENT;
     }
-    tether__log(h->ep, TETHER_LOG_INFO, "%s client %s (pid %lld)", reason, c->peer_name,
-                (long long)c->peer_pid);
+    tether__log(h->ep, TETHER_LOG_INFO, "%s client %s (pid %lld)", reason, c->link.peer_name,
+                (long long)c->link.peer_pid);
     /* Written at once, so it precedes the end of the stream the client sees next. */
     control_arg a = {action, reason};
     tether__conn_send(c, encode_control, &a, true);

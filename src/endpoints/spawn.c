@@ -33,7 +33,7 @@
 
 #include "util/alloc.h"
 #include "util/condwait.h"
-#include "rpc/conn.h"
+#include "endpoints/host.h"
 #include "rpc/value.h"
 
 #ifndef TETHER_PYTHON_DIR

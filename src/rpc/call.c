@@ -14,6 +14,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -132,7 +133,7 @@ tether__pending_complete(tether_conn *c, tether__pending *p, int status, tether_
         tether__future_complete(p->future, status, result, type, message, traceback);
         return;
     }
-    pthread_mutex_lock(&c->lock);
+    pthread_mutex_lock(&c->link.lock);
     p->status = status;
     p->result = result;
     if (status < 0) {
@@ -140,7 +141,36 @@ tether__pending_complete(tether_conn *c, tether__pending *p, int status, tether_
     }
     p->done = true;
     tether__efd_raise(p->efd);
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&c->link.lock);
+}
+
+/* The connection closed: complete every pending call with status. Take them all under
+ * the lock, complete them outside it. */
+void
+tether__conn_fail_pending(tether_conn *c, int status, const char *reason)
+{
+    tether__pending *list = NULL;
+    pthread_mutex_lock(&c->link.lock);
+    for (uint32_t i = 0; i <= c->pending_mask; i++) {
+        while (c->pending[i]) {
+            tether__pending *p = c->pending[i];
+            c->pending[i] = p->next;
+            p->next = list;
+            list = p;
+        }
+    }
+    c->pending_count = 0;
+    c->async_count = 0;
+    pthread_mutex_unlock(&c->link.lock);
+    int code = status == -ECANCELED ? -ECANCELED : -ECONNRESET;
+    const char *type = code == -ECANCELED ? "tether.Cancelled" : "tether.ConnectionLost";
+    char message[300];
+    snprintf(message, sizeof(message), "%s: %s", tether_strerror(code), reason ? reason : "");
+    while (list) {
+        tether__pending *p = list;
+        list = p->next;
+        tether__pending_complete(c, p, code, NULL, type, message, NULL);
+    }
 }
 
 /* Reserved error type names of the protocol and the codes a caller gets for them. */
@@ -167,9 +197,9 @@ status_of_error_type(const char *type)
 void
 tether__conn_on_response(tether_conn *c, const tether__frame *f)
 {
-    pthread_mutex_lock(&c->lock);
+    pthread_mutex_lock(&c->link.lock);
     tether__pending *p = tether__pending_take(c, f->id);
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&c->link.lock);
     if (!p) {
         return; /* cancelled or timed out meanwhile */
     }
@@ -221,7 +251,7 @@ tether__conn_on_progress(tether_conn *c, const tether__frame *f)
         return;
     }
     uint64_t now = tether_now_usec();
-    pthread_mutex_lock(&c->lock);
+    pthread_mutex_lock(&c->link.lock);
     for (uint32_t i = 0; i < n; i++) {
         uint64_t id;
         if (tether__mp_read_uint(&rd, &id) < 0) {
@@ -232,7 +262,7 @@ tether__conn_on_progress(tether_conn *c, const tether__frame *f)
             p->last_heard_usec = now;
         }
     }
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&c->link.lock);
 }
 
 /* ---- the timeout sweep of futures (I/O thread) ----------------------------------- */
@@ -244,7 +274,7 @@ on_sweep(uv_timer_t *t)
     tether_conn *c = t->data;
     uint64_t now = tether_now_usec();
     tether__pending *expired = NULL;
-    pthread_mutex_lock(&c->lock);
+    pthread_mutex_lock(&c->link.lock);
     for (uint32_t i = 0; i <= c->pending_mask && c->async_count > 0; i++) {
         tether__pending **pp = &c->pending[i];
         while (*pp) {
@@ -263,7 +293,7 @@ on_sweep(uv_timer_t *t)
         }
     }
     bool idle = c->async_count == 0;
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&c->link.lock);
     if (idle) {
         uv_timer_stop(&c->sweep_timer);
         c->sweep_running = false;
@@ -284,10 +314,10 @@ static void
 run_sweep_start(tether__task *task)
 {
     tether_conn *c = (tether_conn *)((char *)task - offsetof(tether_conn, sweep_task));
-    pthread_mutex_lock(&c->lock);
+    pthread_mutex_lock(&c->link.lock);
     c->sweep_posted = false;
-    pthread_mutex_unlock(&c->lock);
-    if (atomic_load(&c->attached) && !c->closing_handles && !c->sweep_running) {
+    pthread_mutex_unlock(&c->link.lock);
+    if (c->timers_live && !c->sweep_running) {
         c->sweep_running = true;
         uv_timer_start(&c->sweep_timer, on_sweep, SWEEP_INTERVAL_MS, SWEEP_INTERVAL_MS);
     }
@@ -376,7 +406,7 @@ acquire_conn(tether_conn *c, const char *method, bool for_object,
     if (c->fork_generation != tether__fork_generation()) {
         return -ECHILD;
     }
-    if (atomic_load(&c->state) == TETHER__CONN_OPEN) {
+    if (tether__conn_state(c) == TETHER__LINK_OPEN) {
         *ret = tether_conn_ref(c);
         return 0;
     }
@@ -449,14 +479,14 @@ start_call(tether_conn *c, tether__pending *p, request_arg *a, bool flush_now)
     if (r < 0) {
         return r;
     }
-    pthread_mutex_lock(&c->lock);
-    if (atomic_load(&c->state) != TETHER__CONN_OPEN) {
-        pthread_mutex_unlock(&c->lock);
+    pthread_mutex_lock(&c->link.lock);
+    if (tether__conn_state(c) != TETHER__LINK_OPEN) {
+        pthread_mutex_unlock(&c->link.lock);
         tether__conn_unexport(c, a->values, 2);
         return -ENOTCONN;
     }
     if (c->pending_count >= c->peer_max_in_flight) {
-        pthread_mutex_unlock(&c->lock);
+        pthread_mutex_unlock(&c->link.lock);
         tether__conn_unexport(c, a->values, 2);
         return -ENOBUFS;
     }
@@ -469,7 +499,7 @@ start_call(tether_conn *c, tether__pending *p, request_arg *a, bool flush_now)
             start_sweep = true;
         }
     }
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&c->link.lock);
 
     a->id = p->id;
     a->timeout_ms = timeout_ms_of(p);
@@ -479,12 +509,12 @@ start_call(tether_conn *c, tether__pending *p, request_arg *a, bool flush_now)
     r = tether__conn_send(c, encode_request, a, flush_now);
     if (r < 0) {
         tether__conn_unexport(c, a->values, 2);
-        pthread_mutex_lock(&c->lock);
+        pthread_mutex_lock(&c->link.lock);
         tether__pending *taken = tether__pending_take(c, p->id);
         if (start_sweep) {
             c->sweep_posted = false;
         }
-        pthread_mutex_unlock(&c->lock);
+        pthread_mutex_unlock(&c->link.lock);
         if (!taken) {
             /* A close took it first and completes it; report what the close says. */
             return 1;
@@ -495,7 +525,7 @@ start_call(tether_conn *c, tether__pending *p, request_arg *a, bool flush_now)
     if (start_sweep) {
         tether_conn_ref(c);
         c->sweep_task.run = run_sweep_start;
-        tether__ioloop_post(c->loop, &c->sweep_task);
+        tether__ioloop_post(c->link.loop, &c->sweep_task);
     }
     return 0;
 }
@@ -507,7 +537,7 @@ call_sync(tether_conn *c, const char *method, request_arg *a, const tether_call_
     if (ret_result) {
         *ret_result = NULL;
     }
-    if (c && tether__ioloop_in_thread(c->loop)) {
+    if (c && tether__ioloop_in_thread(c->link.loop)) {
         fill_local_error(reterr, -EDEADLK, method); /* the I/O thread would wait for itself */
         return -EDEADLK;
     }
@@ -893,7 +923,7 @@ tether__future_complete(tether_future *f, int status, tether_value *result, cons
     f->conn = NULL;
     pthread_mutex_unlock(&f->lock);
     if (cb) {
-        fire_callback(f, c->loop);
+        fire_callback(f, c->link.loop);
     }
     tether_conn_unref(c);
     tether_future_unref(f); /* the pending table's reference */
@@ -964,9 +994,9 @@ tether_future_cancel(tether_future *f)
     if (!c) {
         return -EALREADY;
     }
-    pthread_mutex_lock(&c->lock);
+    pthread_mutex_lock(&c->link.lock);
     tether__pending *p = tether__pending_take(c, f->pending.id);
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&c->link.lock);
     int r = -EALREADY;
     if (p) {
         tether__send_cancel(c, p->id);

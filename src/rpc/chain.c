@@ -8,7 +8,6 @@
 
 #include <errno.h>
 #include <stdatomic.h>
-#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <unistd.h>
 
@@ -17,55 +16,6 @@
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static tether__waiter *registry[BUCKETS]; /* guarded by registry_lock */
 static atomic_uint_fast64_t next_chain;
-
-static _Thread_local int thread_efd = -1;
-static pthread_key_t efd_key;
-static pthread_once_t efd_key_once = PTHREAD_ONCE_INIT;
-
-static void
-close_thread_efd(void *arg)
-{
-    close((int)(intptr_t)arg - 1);
-}
-
-static void
-make_efd_key(void)
-{
-    pthread_key_create(&efd_key, close_thread_efd);
-}
-
-int
-tether__thread_efd(void)
-{
-    if (thread_efd >= 0) {
-        return thread_efd;
-    }
-    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (fd < 0) {
-        return -errno;
-    }
-    pthread_once(&efd_key_once, make_efd_key);
-    /* Stored +1 so that fd 0 is not mistaken for "no value". */
-    pthread_setspecific(efd_key, (void *)(intptr_t)(fd + 1));
-    thread_efd = fd;
-    return fd;
-}
-
-void
-tether__efd_raise(int efd)
-{
-    uint64_t one = 1;
-    ssize_t n = write(efd, &one, sizeof(one));
-    (void)n;
-}
-
-void
-tether__efd_drain(int efd)
-{
-    uint64_t v;
-    ssize_t n = read(efd, &v, sizeof(v));
-    (void)n;
-}
 
 uint64_t
 tether__chain_new(void)

@@ -22,6 +22,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "platform/platform.h"
 #include "rpc/mainq.h"
 
 typedef struct tether__waiter {
@@ -35,12 +36,6 @@ typedef struct tether__waiter {
 
 /* A fresh chain id, never 0. */
 uint64_t tether__chain_new(void);
-
-/* The calling thread's eventfd, made on first use. Returns it or a negative errno. */
-int tether__thread_efd(void);
-/* Raise and drain an eventfd. */
-void tether__efd_raise(int efd);
-void tether__efd_drain(int efd);
 
 /* Register the calling thread as the waiter of chain (w lives on its stack). */
 int tether__waiter_push(tether__waiter *w, uint64_t chain);

@@ -46,7 +46,7 @@ tether__endpoint_new(const char *name, bool is_host, tether__endpoint **ret)
     ep->default_timeout_usec = TETHER__DEFAULT_TIMEOUT_USEC;
     ep->max_output_bytes = TETHER__DEFAULT_MAX_OUTPUT_BYTES;
     ep->max_call_depth = 64;
-    ep->log_level = TETHER_LOG_INFO;
+    ep->logger.level = TETHER_LOG_INFO;
     pthread_rwlock_init(&ep->services_lock, NULL);
     pthread_rwlock_init(&ep->owner_lock, NULL);
     *ret = ep;
@@ -105,10 +105,10 @@ tether__endpoint_configure(tether__endpoint *ep, uint32_t max_frame_size, uint32
     if (max_output_bytes) {
         ep->max_output_bytes = max_output_bytes;
     }
-    ep->log = log;
-    ep->log_userdata = log_userdata;
+    ep->logger.fn = log;
+    ep->logger.userdata = log_userdata;
     if (log_level) {
-        ep->log_level = log_level;
+        ep->logger.level = log_level;
     }
 }
 
@@ -252,13 +252,8 @@ tether__endpoint_wait(tether__endpoint *ep, uint64_t timeout_usec)
 void
 tether__log(const tether__endpoint *ep, int level, const char *format, ...)
 {
-    if (!tether__log_enabled(ep, level)) {
-        return;
-    }
-    char line[1024];
     va_list ap;
     va_start(ap, format);
-    vsnprintf(line, sizeof(line), format, ap);
+    tether__logger_writev(&ep->logger, level, format, ap);
     va_end(ap);
-    ep->log(ep->log_userdata, level, line);
 }

@@ -15,7 +15,10 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "codec/wire.h"
 #include "conn/ioloop.h"
+#include "conn/link.h"
+#include "util/log.h"
 #include "rpc/mainq.h"
 #include "tether.h"
 
@@ -38,6 +41,10 @@ typedef struct tether__endpoint_hooks {
     /* A client's current connection, for calls made on one it replaced (any thread);
      * waits until wait_deadline_usec for one to come. NULL: none. */
     tether_conn *(*current_conn)(tether__endpoint *ep, uint64_t wait_deadline_usec);
+    /* A hello arrived on a host's connection (on the I/O thread): accept it (send the
+     * welcome, open the connection) or fill result with a refusal. */
+    void (*hello)(tether__endpoint *ep, tether_conn *conn, const tether__hello *hello,
+                  tether__hello_result *result);
     /* A CONTROL frame arrived (on the I/O thread). */
     void (*control)(tether__endpoint *ep, tether_conn *conn, const char *action,
                     const char *reason);
@@ -58,9 +65,7 @@ struct tether__endpoint {
     uint64_t max_output_bytes;
     uint32_t max_call_depth;
 
-    tether_log_fn log;
-    void *log_userdata;
-    int log_level;
+    tether__logger logger;
 
     /* Work for the owner's main thread (MAIN services and callbacks) and that thread. */
     tether__mainq *mainq;
@@ -102,6 +107,6 @@ int tether__endpoint_wait(tether__endpoint *ep, uint64_t timeout_usec);
 void tether__log(const tether__endpoint *ep, int level, const char *format, ...)
     TETHER_PRINTF(3, 4);
 
-#define tether__log_enabled(ep, level) ((ep)->log && (level) <= (ep)->log_level)
+#define tether__log_enabled(ep, level) tether__logger_enabled(&(ep)->logger, level)
 
 #endif

@@ -423,13 +423,13 @@ static void
 run_release_flush(tether__task *task)
 {
     tether_conn *c = (tether_conn *)((char *)task - offsetof(tether_conn, objects.release_task));
-    pthread_mutex_lock(&c->lock);
+    pthread_mutex_lock(&c->link.lock);
     uint64_t *ids = c->objects.release_ids, *counts = c->objects.release_counts;
     size_t n = c->objects.release_n;
     c->objects.release_ids = c->objects.release_counts = NULL;
     c->objects.release_n = c->objects.release_cap = 0;
     c->objects.release_posted = false;
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&c->link.lock);
     for (size_t at = 0; at < n; at += RELEASE_CHUNK) {
         release_arg a = {ids + at, counts + at, n - at < RELEASE_CHUNK ? n - at : RELEASE_CHUNK};
         if (tether__conn_send(c, encode_release, &a, false) == -ENOBUFS) {
@@ -447,7 +447,7 @@ static void
 release_later_locked(tether_conn *c, uint64_t id, uint64_t count)
 {
     tether__conn_objects *o = &c->objects;
-    if (atomic_load(&c->state) == TETHER__CONN_CLOSED || count == 0) {
+    if (tether__conn_state(c) == TETHER__LINK_CLOSED || count == 0) {
         return; /* closing released everything */
     }
     if (o->release_n == o->release_cap) {
@@ -471,7 +471,7 @@ release_later_locked(tether_conn *c, uint64_t id, uint64_t count)
         o->release_posted = true;
         tether_conn_ref(c);
         o->release_task.run = run_release_flush;
-        tether__ioloop_post(c->loop, &o->release_task);
+        tether__ioloop_post(c->link.loop, &o->release_task);
     }
 }
 
@@ -479,13 +479,13 @@ static void
 proxy_died(tether_object *obj)
 {
     tether_conn *c = obj->conn;
-    pthread_mutex_lock(&c->lock);
+    pthread_mutex_lock(&c->link.lock);
     tether__idnode *n = idmap_find(&c->objects.imports, obj->id);
     if (n && n->obj == obj) {
         release_later_locked(c, obj->id, n->count);
         idmap_remove(&c->objects.imports, n);
     }
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&c->link.lock);
     tether_conn_unref(c);
     tether__free(obj);
 }
@@ -556,9 +556,9 @@ tether__conn_bind_refs(tether_conn *c, uint8_t *p, size_t len, tether__objvec *v
                        size_t errlen)
 {
     bind_arg a = {c, vec, err, errlen};
-    pthread_mutex_lock(&c->lock);
+    pthread_mutex_lock(&c->link.lock);
     int r = tether__refs_scan(p, len, bind_one, &a);
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&c->link.lock);
     if (r == 0) {
         tether__refs_scan(p, len, flip_owner, p);
     }
@@ -613,8 +613,8 @@ tether__conn_export(tether_conn *c, tether_value *const *values, size_t nvalues)
     tether__objvec dead = TETHER__OBJVEC_INIT;
     int r = 0;
     size_t done = 0;
-    pthread_mutex_lock(&c->lock);
-    if (atomic_load(&c->state) == TETHER__CONN_CLOSED) {
+    pthread_mutex_lock(&c->link.lock);
+    if (tether__conn_state(c) == TETHER__LINK_CLOSED) {
         r = -ENOTCONN;
     }
     for (size_t i = 0; i < nvalues && r == 0; i++) {
@@ -645,7 +645,7 @@ tether__conn_export(tether_conn *c, tether_value *const *values, size_t nvalues)
     if (r < 0) {
         unexport_locked(c, values, nvalues, done, &dead);
     }
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&c->link.lock);
     tether__objvec_clear(&dead);
     return r;
 }
@@ -654,19 +654,19 @@ void
 tether__conn_unexport(tether_conn *c, tether_value *const *values, size_t nvalues)
 {
     tether__objvec dead = TETHER__OBJVEC_INIT;
-    pthread_mutex_lock(&c->lock);
+    pthread_mutex_lock(&c->link.lock);
     unexport_locked(c, values, nvalues, SIZE_MAX, &dead);
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&c->link.lock);
     tether__objvec_clear(&dead);
 }
 
 tether_object *
 tether__conn_find_export(tether_conn *c, uint64_t id)
 {
-    pthread_mutex_lock(&c->lock);
+    pthread_mutex_lock(&c->link.lock);
     tether__idnode *n = idmap_find(&c->objects.exports, id);
     tether_object *obj = n ? tether_object_ref(n->obj) : NULL;
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&c->link.lock);
     return obj;
 }
 
@@ -680,7 +680,7 @@ tether__conn_on_release(tether_conn *c, const tether__frame *f)
         return;
     }
     tether__objvec dead = TETHER__OBJVEC_INIT;
-    pthread_mutex_lock(&c->lock);
+    pthread_mutex_lock(&c->link.lock);
     for (uint32_t i = 0; i < n; i++) {
         uint32_t k;
         uint64_t id, count;
@@ -701,7 +701,7 @@ tether__conn_on_release(tether_conn *c, const tether__frame *f)
             idmap_remove(&c->objects.exports, node);
         }
     }
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&c->link.lock);
     tether__objvec_clear(&dead); /* release callbacks run outside the lock */
 }
 
@@ -709,14 +709,14 @@ void
 tether__conn_drop_objects(tether_conn *c)
 {
     tether__objvec dead = TETHER__OBJVEC_INIT;
-    pthread_mutex_lock(&c->lock);
+    pthread_mutex_lock(&c->link.lock);
     idmap_clear(&c->objects.exports, &dead);
     idmap_clear(&c->objects.imports, NULL);
     tether__free(c->objects.release_ids);
     tether__free(c->objects.release_counts);
     c->objects.release_ids = c->objects.release_counts = NULL;
     c->objects.release_n = c->objects.release_cap = 0;
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&c->link.lock);
     tether__objvec_clear(&dead);
 }
 

@@ -75,9 +75,9 @@ claim_reply(tether_request *req)
         return false;
     }
     tether_conn *c = req->conn;
-    pthread_mutex_lock(&c->lock);
+    pthread_mutex_lock(&c->link.lock);
     running_remove_locked(c, req);
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&c->link.lock);
     return true;
 }
 
@@ -104,7 +104,7 @@ send_response(tether_request *req, response_arg *a)
         /* A reply from the main thread or a worker goes out at once: waking the I/O
          * thread to write it would add a thread hop to every MAIN and POOL call. */
         r = tether__conn_send(req->conn, encode_response, a,
-                              !tether__ioloop_in_thread(req->conn->loop));
+                              !tether__ioloop_in_thread(req->conn->link.loop));
         if (r < 0 && a->result) {
             tether__conn_unexport(req->conn, &a->result, 1);
         }
@@ -400,7 +400,7 @@ error_reply(tether_conn *c, const tether__frame *f, const char *type, const char
 {
     if (f->kind != TETHER__REQUEST) {
         tether__log(c->ep, TETHER_LOG_NOTICE, "notification from %s dropped: %s: %s",
-                    c->peer_name, type, message);
+                    c->link.peer_name, type, message);
         return;
     }
     response_arg a = {.id = f->id, .is_error = true, .type = type, .message = message};
@@ -425,7 +425,7 @@ keep_running(tether_conn *c, tether_request *req)
         return;
     }
     uint64_t interval = progress_interval_usec(req);
-    pthread_mutex_lock(&c->lock);
+    pthread_mutex_lock(&c->link.lock);
     bool inserted = !atomic_load(&req->replied);
     if (inserted) {
         req->running = true;
@@ -437,9 +437,8 @@ keep_running(tether_conn *c, tether_request *req)
         c->running = req;
         c->running_count++;
     }
-    pthread_mutex_unlock(&c->lock);
-    if (!inserted || req->timeout_ms == 0 || !atomic_load(&c->attached) ||
-        c->closing_handles) {
+    pthread_mutex_unlock(&c->link.lock);
+    if (!inserted || req->timeout_ms == 0 || !c->timers_live) {
         return;
     }
     if (!c->progress_running || interval < c->progress_interval_usec) {
@@ -514,9 +513,9 @@ tether__conn_on_request(tether_conn *c, const tether__frame *f)
     const char *error = NULL; /* the error type refusing the request */
     tether__service svc;
     tether_object *object = NULL;
-    pthread_mutex_lock(&c->lock);
+    pthread_mutex_lock(&c->link.lock);
     bool over = c->running_count >= c->ep->max_in_flight;
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&c->link.lock);
     int shown = (int)(f->method.len > 200 ? 200 : f->method.len);
     if (over && f->kind == TETHER__REQUEST) {
         error = "tether.TooManyRequests";
@@ -593,7 +592,7 @@ tether__conn_on_request(tether_conn *c, const tether__frame *f)
             return;
         }
         req->pool_work.data = req;
-        if (uv_queue_work(tether__ioloop_uv(c->loop), &req->pool_work, run_pool_work,
+        if (uv_queue_work(tether__ioloop_uv(c->link.loop), &req->pool_work, run_pool_work,
                           after_pool_work) < 0) {
             reply_error_text(req, "tether.Error", "cannot queue the request on the pool");
             tether_request_unref(req);
@@ -612,24 +611,24 @@ tether__conn_on_request(tether_conn *c, const tether__frame *f)
 void
 tether__conn_on_cancel(tether_conn *c, uint64_t id)
 {
-    pthread_mutex_lock(&c->lock);
+    pthread_mutex_lock(&c->link.lock);
     for (tether_request *req = c->running; req; req = req->run_next) {
         if (req->id == id) {
             atomic_store(&req->cancelled, true);
             break;
         }
     }
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&c->link.lock);
 }
 
 void
 tether__request_cancel_all(tether_conn *c)
 {
-    pthread_mutex_lock(&c->lock);
+    pthread_mutex_lock(&c->link.lock);
     for (tether_request *req = c->running; req; req = req->run_next) {
         atomic_store(&req->cancelled, true);
     }
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&c->link.lock);
 }
 
 /* ---- progress ------------------------------------------------------------------------ */
@@ -651,12 +650,12 @@ send_progress(tether_conn *c)
 {
     uint64_t stack_ids[64];
     progress_arg a = {stack_ids, 0};
-    pthread_mutex_lock(&c->lock);
+    pthread_mutex_lock(&c->link.lock);
     size_t n = c->running_count;
     if (n > 64) {
         a.ids = tether__malloc(n * sizeof(uint64_t));
         if (!a.ids) {
-            pthread_mutex_unlock(&c->lock);
+            pthread_mutex_unlock(&c->link.lock);
             return;
         }
     }
@@ -665,14 +664,14 @@ send_progress(tether_conn *c)
             a.ids[a.n++] = req->id;
         }
     }
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&c->link.lock);
     if (a.n > 0 && tether__conn_send(c, encode_progress, &a, true) == -ENOBUFS) {
         tether__conn_drop_slow_reader(c);
     }
     if (a.ids != stack_ids) {
         tether__free(a.ids);
     }
-    if (a.n == 0 && atomic_load(&c->attached) && !c->closing_handles) {
+    if (a.n == 0 && c->timers_live) {
         uv_timer_stop(&c->progress_timer);
         c->progress_running = false;
     }

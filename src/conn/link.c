@@ -1,0 +1,800 @@
+/*
+ * link: connection I/O, the reader-role hand-off, frame dispatch through the owner's
+ * hooks, and closing. The design and its invariants are described at the top of
+ * link.h.
+ */
+#define _GNU_SOURCE
+#include "conn/link.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "platform/platform.h"
+#include "util/alloc.h"
+
+/* epoll user data of the two registrations in a link's private set. */
+enum { EV_READ = 1, EV_WRITE = 2 };
+
+/* Bytes read per wake before giving other connections a turn. */
+#define READ_BUDGET (256u * 1024)
+#define READ_CHUNK (16u * 1024)
+/* A thread keeps its read buffer up to this size: frames of a few MiB (bytes sent to a
+ * script and back) then reuse it instead of faulting fresh pages in every time. */
+#define READ_SCRATCH_KEEP (4u * 1024 * 1024)
+/* A partial frame at least this big keeps the buffer it was read into. */
+#define BIG_PARTIAL (64u * 1024)
+
+static void on_poll(uv_poll_t *handle, int status, int events);
+
+static void
+run_attach(tether__task *task)
+{
+    tether__link *l = (tether__link *)((char *)task - offsetof(tether__link, attach_task));
+    if (tether__link_is_closed(l)) {
+        tether__link_unref(l); /* the attach reference */
+        return;
+    }
+    uv_poll_init(tether__ioloop_uv(l->loop), &l->poll, l->epfd);
+    l->poll.data = l;
+    atomic_store(&l->attached, true);
+    uv_poll_start(&l->poll, UV_READABLE, on_poll);
+    l->hooks->on_attached(l);
+    /* Frames may have come with the handshake (a host may call at once) and nothing
+     * more arrive to wake the poll for them: read as if woken, which takes the reader
+     * role first (a caller holding it processes them itself). */
+    on_poll(&l->poll, 0, UV_READABLE);
+    /* The attach reference now belongs to the poll handle; dropped when it closes. */
+}
+
+int
+tether__link_init(tether__link *l, const tether__link_hooks *hooks, tether__ioloop *loop,
+                  const tether__link_config *config, int fd, tether__link_state state)
+{
+    *l = (tether__link){.fd = -1, .wfd = -1, .epfd = -1};
+    l->epfd = epoll_create1(EPOLL_CLOEXEC);
+    l->wfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    int r;
+    if (l->epfd < 0 || l->wfd < 0) {
+        r = -errno;
+        goto fail;
+    }
+    struct epoll_event rev = {.events = EPOLLIN | EPOLLRDHUP, .data.u32 = EV_READ};
+    struct epoll_event wev = {.events = 0, .data.u32 = EV_WRITE};
+    if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &rev) < 0 ||
+        epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->wfd, &wev) < 0) {
+        r = -errno;
+        goto fail;
+    }
+    l->fd = fd;
+    l->read_armed = true;
+    atomic_init(&l->refs, 1);
+    l->hooks = hooks;
+    l->loop = loop;
+    l->logger = config->logger;
+    atomic_init(&l->state, state);
+    l->limits.max_frame_size = config->max_frame_size;
+    l->limits.max_depth = TETHER__DEFAULT_MAX_DEPTH;
+    l->peer_max_frame_size = TETHER__DEFAULT_MAX_FRAME_SIZE;
+    l->max_output_bytes = config->max_output_bytes;
+    pthread_mutex_init(&l->lock, NULL);
+    pthread_mutex_init(&l->wlock, NULL);
+    return 0;
+fail:
+    if (l->epfd >= 0) {
+        close(l->epfd);
+    }
+    if (l->wfd >= 0) {
+        close(l->wfd);
+    }
+    return r;
+}
+
+void
+tether__link_done(tether__link *l)
+{
+    close(l->fd);
+    close(l->wfd);
+    close(l->epfd);
+    tether__buf_done(&l->in);
+    tether__buf_done(&l->out);
+    tether__buf_done(&l->handoff);
+    tether__free(l->peer_name);
+    tether__free(l->peer_language);
+    tether__free(l->peer_language_version);
+    pthread_mutex_destroy(&l->lock);
+    pthread_mutex_destroy(&l->wlock);
+}
+
+void
+tether__link_ref(tether__link *l)
+{
+    atomic_fetch_add_explicit(&l->refs, 1, memory_order_relaxed);
+}
+
+void
+tether__link_unref(tether__link *l)
+{
+    if (atomic_fetch_sub_explicit(&l->refs, 1, memory_order_acq_rel) == 1) {
+        l->hooks->destroy(l);
+    }
+}
+
+void
+tether__link_attach(tether__link *l)
+{
+    tether__link_ref(l);
+    l->attach_task.run = run_attach;
+    tether__ioloop_post(l->loop, &l->attach_task);
+}
+
+int
+tether__link_set_peer(tether__link *l, const char *name, const char *language,
+                      const char *language_version, int64_t pid)
+{
+    l->peer_name = tether__strdup(name ? name : "");
+    l->peer_language = tether__strdup(language ? language : "");
+    l->peer_language_version = tether__strdup(language_version ? language_version : "");
+    l->peer_pid = pid;
+    if (!l->peer_name || !l->peer_language || !l->peer_language_version) {
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+static int flush_locked(tether__link *l);
+
+/* ---- output ---------------------------------------------------------------------- */
+
+static void
+arm_write_locked(tether__link *l, bool on)
+{
+    if (atomic_load_explicit(&l->write_armed, memory_order_relaxed) == on) {
+        return;
+    }
+    struct epoll_event ev = {.events = on ? EPOLLOUT : 0, .data.u32 = EV_WRITE};
+    epoll_ctl(l->epfd, EPOLL_CTL_MOD, l->wfd, &ev);
+    atomic_store_explicit(&l->write_armed, on, memory_order_relaxed);
+}
+
+/* Write what is queued; wlock held. Returns 0 (maybe partially written) or -errno. */
+static int
+flush_locked(tether__link *l)
+{
+    while (tether__buf_pending(&l->out) > 0) {
+        ssize_t n = send(l->fd, tether__buf_head(&l->out), tether__buf_pending(&l->out),
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            atomic_fetch_add_explicit(&l->bytes_out, (uint64_t)n, memory_order_relaxed);
+            tether__buf_consume(&l->out, (size_t)n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0 && errno == EAGAIN) {
+            arm_write_locked(l, true);
+            return 0;
+        }
+        return n < 0 ? -errno : -EIO;
+    }
+    arm_write_locked(l, false);
+    if (l->out.cap > 1024 * 1024) {
+        /* Give back a buffer grown by a burst. */
+        tether__buf_done(&l->out);
+    }
+    return 0;
+}
+
+int
+tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, bool flush_now)
+{
+    if (atomic_load(&l->state) == TETHER__LINK_CLOSED) {
+        return -ENOTCONN;
+    }
+    pthread_mutex_lock(&l->wlock);
+    size_t before = l->out.len;
+    size_t backlog = tether__buf_pending(&l->out);
+    int r = encode(&l->out, arg);
+    if (r < 0) {
+        pthread_mutex_unlock(&l->wlock);
+        return r;
+    }
+    size_t frame_size = l->out.len - before - TETHER__FRAME_HEADER_SIZE;
+    if (frame_size > l->peer_max_frame_size) {
+        l->out.len = before;
+        pthread_mutex_unlock(&l->wlock);
+        return -EMSGSIZE;
+    }
+    if (backlog + frame_size > l->max_output_bytes) {
+        l->out.len = before;
+        pthread_mutex_unlock(&l->wlock);
+        return -ENOBUFS;
+    }
+    bool on_io_thread = tether__ioloop_in_thread(l->loop);
+    if (!flush_now && on_io_thread && l->in_batch) {
+        /* The I/O thread flushes at the end of the batch it is reading. */
+        pthread_mutex_unlock(&l->wlock);
+        return 0;
+    }
+    if (!flush_now && !on_io_thread) {
+        /* Let the I/O thread write whole batches: arming write interest wakes it. */
+        arm_write_locked(l, true);
+        pthread_mutex_unlock(&l->wlock);
+        return 0;
+    }
+    r = flush_locked(l);
+    pthread_mutex_unlock(&l->wlock);
+    if (r < 0) {
+        tether__link_fail(l, -ECONNRESET, "write failed");
+        return -ECONNRESET;
+    }
+    return 0;
+}
+
+void
+tether__link_drop_slow_reader(tether__link *l)
+{
+    char reason[128];
+    snprintf(reason, sizeof(reason), "stopped reading: over %llu bytes queued for it",
+             (unsigned long long)l->max_output_bytes);
+    tether__logger_write(l->logger, TETHER_LOG_WARNING, "dropping %s (pid %lld): %s",
+                         l->peer_name ? l->peer_name : "?", (long long)l->peer_pid, reason);
+    tether__link_fail(l, -ECONNRESET, reason);
+}
+
+/* ---- input ----------------------------------------------------------------------- */
+
+static void
+protocol_error(tether__link *l, int code, const char *what)
+{
+    tether__logger_write(l->logger, TETHER_LOG_WARNING,
+                         "connection %s (pid %lld): %s (%s); closing it",
+                         l->peer_name ? l->peer_name : "(handshake)", (long long)l->peer_pid,
+                         what, tether_strerror(code));
+    tether__link_fail(l, -ECONNRESET, what);
+}
+
+typedef struct refuse_arg {
+    const char *code;
+    const char *message;
+} refuse_arg;
+
+static int
+encode_refuse(tether__buf *out, void *arg)
+{
+    refuse_arg *ra = arg;
+    return tether__encode_refuse(out, ra->code, ra->message);
+}
+
+static void
+handle_hello(tether__link *l, const tether__frame *f)
+{
+    tether__buf strings = TETHER__BUF_INIT;
+    tether__hello hello;
+    tether__hello_result result = {0};
+    int r = f->kind == TETHER__HELLO ? tether__decode_hello(&f->value, &strings, &hello) : -EPROTO;
+    if (r < 0) {
+        result.refuse_code = "protocol";
+        snprintf(result.refuse_message, sizeof(result.refuse_message),
+                 "the first frame must be a well-formed hello");
+    } else {
+        l->hooks->on_hello(l, &hello, &result);
+    }
+    tether__buf_done(&strings);
+    if (result.refuse_code) {
+        refuse_arg ra = {result.refuse_code, result.refuse_message};
+        tether__link_send(l, encode_refuse, &ra, true);
+        tether__logger_write(l->logger, TETHER_LOG_NOTICE, "refused a client: %s: %s",
+                             result.refuse_code, result.refuse_message);
+        tether__link_fail(l, -ECONNREFUSED, result.refuse_message);
+    }
+}
+
+static int
+encode_pong(tether__buf *out, void *arg)
+{
+    return tether__encode_ping(out, TETHER__PONG, *(uint64_t *)arg);
+}
+
+/* Frames a caller thread reads but may not act on go to the I/O thread, in order. */
+static void run_handoff(tether__task *task);
+
+static void
+hand_off(tether__link *l, const uint8_t *frame, size_t len)
+{
+    pthread_mutex_lock(&l->lock);
+    int r = tether__buf_append(&l->handoff, frame, len);
+    bool post = r == 0 && !l->handoff_posted;
+    if (post) {
+        l->handoff_posted = true;
+        tether__link_ref(l);
+    }
+    pthread_mutex_unlock(&l->lock);
+    if (r < 0) {
+        tether__link_fail(l, -ENOMEM, "out of memory");
+        return;
+    }
+    if (post) {
+        l->handoff_task.run = run_handoff;
+        tether__ioloop_post(l->loop, &l->handoff_task);
+    }
+}
+
+static void
+dispatch_frame(tether__link *l, const tether__frame *f)
+{
+    switch (f->kind) {
+    case TETHER__RESPONSE:
+        l->hooks->on_response(l, f);
+        return;
+    case TETHER__PROGRESS:
+        l->hooks->on_progress(l, f);
+        return;
+    case TETHER__REQUEST:
+    case TETHER__NOTIFY:
+        l->hooks->on_request(l, f);
+        return;
+    case TETHER__CANCEL:
+        l->hooks->on_cancel(l, f->id);
+        return;
+    case TETHER__PING: {
+        uint64_t nonce = f->id;
+        tether__link_send(l, encode_pong, &nonce, false);
+        return;
+    }
+    case TETHER__PONG:
+        return;
+    case TETHER__RELEASE:
+        l->hooks->on_release(l, f);
+        return;
+    case TETHER__CONTROL: {
+        char action[32], reason[256];
+        snprintf(action, sizeof(action), "%.*s", (int)f->method.len, (const char *)f->method.ptr);
+        snprintf(reason, sizeof(reason), "%.*s", (int)f->text.len, (const char *)f->text.ptr);
+        l->hooks->on_control(l, action, reason);
+        return;
+    }
+    case TETHER__LOG:
+        l->hooks->on_log(l, f->level >= 3 && f->level <= 7 ? (int)f->level : TETHER_LOG_INFO,
+                         &f->method, &f->text);
+        return;
+    default:
+        protocol_error(l, -EPROTO, "unexpected message kind after the handshake");
+        return;
+    }
+}
+
+/*
+ * Decode and act on every complete frame in l->in. The caller holds the reader role.
+ * On a caller thread, frames that must run on the I/O thread are handed off.
+ * Returns 0, or a negative code after closing the connection.
+ */
+static int
+process_input(tether__link *l, bool io_thread)
+{
+    while (tether__buf_pending(&l->in) >= TETHER__FRAME_HEADER_SIZE) {
+        const uint8_t *head = tether__buf_head(&l->in);
+        uint32_t len = tether__frame_length(head);
+        if (len > l->limits.max_frame_size) {
+            char what[96];
+            snprintf(what, sizeof(what), "frame of %u bytes over the limit of %u", len,
+                     l->limits.max_frame_size);
+            protocol_error(l, -EMSGSIZE, what);
+            return -EMSGSIZE;
+        }
+        if (tether__buf_pending(&l->in) < TETHER__FRAME_HEADER_SIZE + (size_t)len) {
+            /* Make room for the rest of a large frame in one go. */
+            return tether__buf_reserve(&l->in, TETHER__FRAME_HEADER_SIZE + len -
+                                                   tether__buf_pending(&l->in));
+        }
+        const uint8_t *body = head + TETHER__FRAME_HEADER_SIZE;
+        tether__frame f;
+        int r = tether__frame_decode(body, len, &l->limits, &f);
+        if (r < 0) {
+            protocol_error(l, r, r == -EMSGSIZE ? "frame over a limit" : "malformed frame");
+            return r;
+        }
+        int state = atomic_load(&l->state);
+        if (state == TETHER__LINK_CLOSED) {
+            return -ECONNRESET;
+        }
+        if (state == TETHER__LINK_HANDSHAKE) {
+            handle_hello(l, &f);
+        } else if (!io_thread && f.kind != TETHER__RESPONSE && f.kind != TETHER__PROGRESS &&
+                   f.kind != TETHER__PONG) {
+            hand_off(l, head, TETHER__FRAME_HEADER_SIZE + len);
+        } else {
+            dispatch_frame(l, &f);
+        }
+        tether__buf_consume(&l->in, TETHER__FRAME_HEADER_SIZE + len);
+    }
+    return 0;
+}
+
+/* Read what the socket has (up to budget). Returns bytes read, 0 on EOF, -EAGAIN, -errno. */
+static ssize_t
+read_socket(tether__link *l, size_t budget)
+{
+    size_t total = 0;
+    while (total < budget) {
+        if (tether__buf_reserve(&l->in, READ_CHUNK) < 0) {
+            return -ENOMEM;
+        }
+        size_t room = l->in.cap - l->in.len;
+        ssize_t n = recv(l->fd, l->in.data + l->in.len, room, MSG_DONTWAIT);
+        if (n > 0) {
+            l->in.len += (size_t)n;
+            total += (size_t)n;
+            atomic_fetch_add_explicit(&l->bytes_in, (uint64_t)n, memory_order_relaxed);
+            if ((size_t)n < room) {
+                break;
+            }
+            continue;
+        }
+        if (n == 0) {
+            return total ? (ssize_t)total : 0;
+        }
+        if (errno == EINTR) {
+            continue;
+        }
+        if (errno == EAGAIN) {
+            return total ? (ssize_t)total : -EAGAIN;
+        }
+        return total ? (ssize_t)total : -errno;
+    }
+    return (ssize_t)total;
+}
+
+/*
+ * Idle connections keep no input buffer: whoever reads (the I/O thread or a caller
+ * holding the role) reads into a buffer of its own thread, and only a partial frame
+ * left at the end is copied into the connection's. Thousands of idle clients then cost
+ * no buffer memory, and busy ones no allocation per read.
+ */
+static bool
+in_borrow_scratch(tether__link *l)
+{
+    tether__buf *scratch;
+    if (l->in.cap != 0 || !(scratch = tether__thread_buf(TETHER__THREAD_BUF_READ))) {
+        return false;
+    }
+    l->in = *scratch;
+    tether__buf_reset(&l->in);
+    *scratch = TETHER__BUF_INIT;
+    return true;
+}
+
+static void
+in_return_scratch(tether__link *l, bool borrowed)
+{
+    tether__buf *scratch = tether__thread_buf(TETHER__THREAD_BUF_READ);
+    if (!borrowed) {
+        if (tether__buf_pending(&l->in) == 0) {
+            /* A big frame read in rounds had the thread's buffer: give it back, so that
+             * the next one finds its pages mapped already. */
+            if (scratch && scratch->cap == 0 && l->in.cap <= READ_SCRATCH_KEEP) {
+                tether__buf_reset(&l->in);
+                *scratch = l->in;
+                l->in = TETHER__BUF_INIT;
+            } else {
+                tether__buf_done(&l->in);
+            }
+        }
+        return;
+    }
+    tether__buf used = l->in;
+    l->in = TETHER__BUF_INIT;
+    size_t rest = tether__buf_pending(&used);
+    if (rest >= BIG_PARTIAL) {
+        /* Most of a big frame: the buffer goes with the connection until the frame is
+         * whole (no copy); the thread makes a new one if it reads meanwhile. */
+        l->in = used;
+        *scratch = TETHER__BUF_INIT;
+        return;
+    }
+    if (rest > 0 && tether__buf_append(&l->in, tether__buf_head(&used), rest) < 0) {
+        tether__link_fail(l, -ENOMEM, "out of memory");
+    }
+    if (used.cap > READ_SCRATCH_KEEP) {
+        tether__buf_done(&used); /* do not keep a buffer grown by one huge frame */
+    }
+    tether__buf_reset(&used);
+    /* Known to exist: it was borrowed from. */
+    *scratch = used;
+}
+
+static void
+role_release_locked(tether__link *l)
+{
+    l->role = TETHER__ROLE_FREE;
+    if (!l->read_armed && atomic_load(&l->state) != TETHER__LINK_CLOSED) {
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.u32 = EV_READ};
+        epoll_ctl(l->epfd, EPOLL_CTL_MOD, l->fd, &ev);
+        l->read_armed = true;
+    }
+    if (l->role_waiters) {
+        tether__efd_raise(l->role_waiters->efd);
+    }
+}
+
+static void
+flush_batch(tether__link *l)
+{
+    pthread_mutex_lock(&l->wlock);
+    int r = flush_locked(l);
+    pthread_mutex_unlock(&l->wlock);
+    if (r < 0) {
+        tether__link_fail(l, -ECONNRESET, "write failed");
+    }
+}
+
+static void
+drain_handoff(tether__link *l)
+{
+    pthread_mutex_lock(&l->lock);
+    if (tether__buf_pending(&l->handoff) == 0) {
+        pthread_mutex_unlock(&l->lock);
+        return;
+    }
+    tether__buf frames = l->handoff;
+    l->handoff = TETHER__BUF_INIT;
+    pthread_mutex_unlock(&l->lock);
+    while (tether__buf_pending(&frames) >= TETHER__FRAME_HEADER_SIZE &&
+           atomic_load(&l->state) != TETHER__LINK_CLOSED) {
+        const uint8_t *head = tether__buf_head(&frames);
+        uint32_t len = tether__frame_length(head);
+        tether__frame f;
+        if (tether__frame_decode(head + TETHER__FRAME_HEADER_SIZE, len, &l->limits, &f) == 0) {
+            dispatch_frame(l, &f);
+        }
+        tether__buf_consume(&frames, TETHER__FRAME_HEADER_SIZE + len);
+    }
+    tether__buf_done(&frames);
+}
+
+static void
+run_handoff(tether__task *task)
+{
+    tether__link *l = (tether__link *)((char *)task - offsetof(tether__link, handoff_task));
+    pthread_mutex_lock(&l->lock);
+    l->handoff_posted = false;
+    pthread_mutex_unlock(&l->lock);
+    l->in_batch = true;
+    drain_handoff(l);
+    l->in_batch = false;
+    flush_batch(l);
+    tether__link_unref(l);
+}
+
+static void
+on_poll(uv_poll_t *handle, int status, int events)
+{
+    (void)events;
+    tether__link *l = handle->data;
+    if (status < 0 || atomic_load(&l->state) == TETHER__LINK_CLOSED) {
+        uv_poll_stop(handle);
+        return;
+    }
+    /* With no write interest armed only the socket can have woken us: skip asking the
+     * private set which one (a syscall per request on the serving side). */
+    bool readable = true, writable = false;
+    if (atomic_load_explicit(&l->write_armed, memory_order_relaxed)) {
+        struct epoll_event evs[2];
+        int n = epoll_wait(l->epfd, evs, 2, 0);
+        readable = false;
+        for (int i = 0; i < n; i++) {
+            readable |= evs[i].data.u32 == EV_READ;
+            writable |= evs[i].data.u32 == EV_WRITE;
+        }
+    }
+    tether__link_ref(l);
+    if (writable) {
+        flush_batch(l);
+    }
+    if (readable) {
+        pthread_mutex_lock(&l->lock);
+        if (l->role != TETHER__ROLE_FREE) {
+            /* A caller is reading; it re-arms when it gives the role back. */
+            if (l->read_armed) {
+                struct epoll_event ev = {.events = 0, .data.u32 = EV_READ};
+                epoll_ctl(l->epfd, EPOLL_CTL_MOD, l->fd, &ev);
+                l->read_armed = false;
+            }
+            pthread_mutex_unlock(&l->lock);
+            goto out;
+        }
+        l->role = TETHER__ROLE_IO;
+        pthread_mutex_unlock(&l->lock);
+
+        drain_handoff(l);
+        l->in_batch = true;
+        bool borrowed = in_borrow_scratch(l);
+        ssize_t got = read_socket(l, READ_BUDGET);
+        if (got > 0 || tether__buf_pending(&l->in) > 0) {
+            process_input(l, true);
+        }
+        in_return_scratch(l, borrowed);
+        l->in_batch = false;
+        pthread_mutex_lock(&l->lock);
+        role_release_locked(l);
+        pthread_mutex_unlock(&l->lock);
+        flush_batch(l);
+        if (got == 0) {
+            tether__link_fail(l, -ECONNRESET, "the peer closed the connection");
+        } else if (got < 0 && got != -EAGAIN) {
+            tether__link_fail(l, -ECONNRESET, "read failed");
+        }
+    }
+out:
+    tether__link_unref(l);
+}
+
+/* ---- closing ----------------------------------------------------------------------- */
+
+static void
+on_poll_closed(uv_handle_t *h)
+{
+    tether__link_unref(h->data); /* the attach reference */
+}
+
+static void
+run_close(tether__task *task)
+{
+    tether__link *l = (tether__link *)((char *)task - offsetof(tether__link, close_task));
+    if (atomic_load(&l->attached) && !l->closing_handles) {
+        l->closing_handles = true;
+        uv_close((uv_handle_t *)&l->poll, on_poll_closed);
+    }
+    l->hooks->on_closed(l);
+    tether__link_unref(l); /* the close task's reference */
+}
+
+void
+tether__link_fail(tether__link *l, int status, const char *reason)
+{
+    int old = atomic_exchange(&l->state, TETHER__LINK_CLOSED);
+    if (old == TETHER__LINK_CLOSED) {
+        return;
+    }
+    tether__link_ref(l);
+    shutdown(l->fd, SHUT_RDWR);
+    if (old == TETHER__LINK_OPEN) {
+        tether__logger_write(l->logger, TETHER_LOG_INFO, "connection to %s (pid %lld) closed: %s",
+                             l->peer_name ? l->peer_name : "?", (long long)l->peer_pid,
+                             reason ? reason : "");
+    }
+    l->hooks->on_fail(l, status, reason);
+    /* Wake followers so they notice. */
+    pthread_mutex_lock(&l->lock);
+    for (tether__link_waiter *w = l->role_waiters; w; w = w->next) {
+        tether__efd_raise(w->efd);
+    }
+    pthread_mutex_unlock(&l->lock);
+    l->close_task.run = run_close;
+    tether__ioloop_post(l->loop, &l->close_task); /* takes over the reference above */
+}
+
+/* Bound on how long closing waits for queued frames (notifications, say) to go out. */
+#define CLOSE_FLUSH_USEC 200000
+
+int
+tether__link_close(tether__link *l)
+{
+    if (tether__link_is_closed(l)) {
+        return -EALREADY;
+    }
+    /* What was sent before closing should arrive: flush it, within a bound, first. */
+    uint64_t deadline = tether_now_usec() + CLOSE_FLUSH_USEC;
+    pthread_mutex_lock(&l->wlock);
+    while (tether__buf_pending(&l->out) > 0 && flush_locked(l) == 0 &&
+           tether__buf_pending(&l->out) > 0 && tether_now_usec() < deadline) {
+        struct pollfd p = {.fd = l->fd, .events = POLLOUT};
+        poll(&p, 1, 10);
+    }
+    pthread_mutex_unlock(&l->wlock);
+    tether__link_fail(l, -ECANCELED, "closed locally");
+    return 0;
+}
+
+/* ---- the reader role from a caller's side ---------------------------------------- */
+
+static void
+disarm_read_locked(tether__link *l)
+{
+    if (l->read_armed) {
+        struct epoll_event ev = {.events = 0, .data.u32 = EV_READ};
+        epoll_ctl(l->epfd, EPOLL_CTL_MOD, l->fd, &ev);
+        l->read_armed = false;
+    }
+}
+
+bool
+tether__link_role_take_locked(tether__link *l)
+{
+    if (l->role != TETHER__ROLE_FREE || tether__link_is_closed(l)) {
+        return false;
+    }
+    l->role = TETHER__ROLE_CALLER;
+    disarm_read_locked(l);
+    return true;
+}
+
+void
+tether__link_role_release_locked(tether__link *l)
+{
+    role_release_locked(l);
+}
+
+void
+tether__link_waiter_add_locked(tether__link *l, tether__link_waiter *w)
+{
+    w->next = NULL;
+    tether__link_waiter **tail = &l->role_waiters;
+    while (*tail) {
+        tail = &(*tail)->next;
+    }
+    *tail = w;
+}
+
+void
+tether__link_waiter_remove_locked(tether__link *l, tether__link_waiter *w)
+{
+    for (tether__link_waiter **p = &l->role_waiters; *p; p = &(*p)->next) {
+        if (*p == w) {
+            *p = w->next;
+            return;
+        }
+    }
+}
+
+bool
+tether__link_lead_begin(tether__link *l)
+{
+    return in_borrow_scratch(l);
+}
+
+void
+tether__link_lead_end(tether__link *l, bool borrowed)
+{
+    in_return_scratch(l, borrowed);
+}
+
+int
+tether__link_process_input(tether__link *l)
+{
+    return process_input(l, false);
+}
+
+int
+tether__link_read_wait(tether__link *l, int efd, int wait_ms)
+{
+    struct pollfd pfd[2] = {{.fd = l->fd, .events = POLLIN}, {.fd = efd, .events = POLLIN}};
+    int n = poll(pfd, 2, wait_ms);
+    if (n <= 0) {
+        return TETHER__LINK_READ;
+    }
+    if (pfd[1].revents) {
+        tether__efd_drain(efd);
+        return TETHER__LINK_WOKEN;
+    }
+    if (!pfd[0].revents) {
+        return TETHER__LINK_READ;
+    }
+    ssize_t got = read_socket(l, READ_BUDGET);
+    if (got == 0) {
+        tether__link_fail(l, -ECONNRESET, "the peer closed the connection");
+        return -ECONNRESET;
+    }
+    if (got < 0 && got != -EAGAIN) {
+        tether__link_fail(l, -ECONNRESET, "read failed");
+        return -ECONNRESET;
+    }
+    return TETHER__LINK_READ;
+}

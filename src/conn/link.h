@@ -1,0 +1,196 @@
+/*
+ * link: one connected socket, as the layers above see it: frames in, frames out. It
+ * knows framing, the reader role, write batching and closing; it knows nothing of
+ * calls, requests or objects. Every decoded frame goes up through a table of hooks
+ * that the owner (rpc/conn.c) installs when it makes the link, the way libuv's poller
+ * calls a watcher's callback without knowing streams.
+ *
+ * Reading uses a leader/follower hand-off instead of a dedicated reader thread, because
+ * on the machines we target one thread wake costs about half a socket round trip:
+ * - Exactly one thread at a time holds the reader role (`role`, guarded by `lock`):
+ *   the I/O thread, woken through a private epoll set, or a thread blocked in a
+ *   synchronous call, which reads its own reply from the socket itself
+ *   (tether__link_role_take, then tether__link_read_wait in a loop).
+ * - The socket is in a private epoll set (level-triggered) that the I/O thread watches
+ *   with one uv_poll. A caller that takes the role disarms the socket's read interest
+ *   there, so its reply does not also wake the I/O thread, and re-arms it when it gives
+ *   the role back (both under `lock`, so the I/O thread never strands data).
+ * - Whatever a caller reads that is not a response or progress (requests, control,
+ *   log) is handed to the I/O thread in order through `handoff`; responses to any call
+ *   are delivered by whoever reads them.
+ * - Writes from any thread append to `out` under `wlock`. A synchronous caller flushes
+ *   at once; everything else arms write interest on a dup of the socket (`wfd`) in the
+ *   same epoll set, so the I/O thread flushes whole batches.
+ * Fds are closed only when the last reference goes, so no thread can be polling a
+ * closed or reused descriptor; closing a link first shuts the socket down, which wakes
+ * every reader at once.
+ *
+ * A link is embedded in its owner's object and shares its reference count: when the
+ * last reference goes, hooks->destroy runs, and the owner calls tether__link_done.
+ * The link's lock also guards the state the owner keeps beside it (pending calls,
+ * running requests, object tables), so that a role hand-off and a completion can be
+ * ordered under one lock.
+ */
+#ifndef TETHER_LINK_H
+#define TETHER_LINK_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "codec/wire.h"
+#include "conn/ioloop.h"
+#include "util/buf.h"
+#include "util/log.h"
+
+typedef enum tether__link_state {
+    TETHER__LINK_HANDSHAKE = 1, /* host side, before a valid hello */
+    TETHER__LINK_OPEN = 2,
+    TETHER__LINK_CLOSED = 3,
+} tether__link_state;
+
+enum { TETHER__ROLE_FREE = 0, TETHER__ROLE_IO = 1, TETHER__ROLE_CALLER = 2 };
+
+typedef struct tether__link tether__link;
+
+/* What the owner says to a hello (host side, during the handshake). */
+typedef struct tether__hello_result {
+    const char *refuse_code; /* NULL: accepted (the owner sent its welcome) */
+    char refuse_message[256];
+} tether__hello_result;
+
+/*
+ * The owner's side of a link. Frame hooks get frames decoded and checked; their spans
+ * point into the link's buffers and live until the hook returns. on_response and
+ * on_progress run on whichever thread holds the reader role; every other hook on the
+ * I/O thread. Every hook must be set.
+ */
+typedef struct tether__link_hooks {
+    void (*on_hello)(tether__link *l, const tether__hello *hello, tether__hello_result *result);
+    void (*on_request)(tether__link *l, const tether__frame *f); /* REQUEST and NOTIFY */
+    void (*on_response)(tether__link *l, const tether__frame *f);
+    void (*on_progress)(tether__link *l, const tether__frame *f);
+    void (*on_cancel)(tether__link *l, uint64_t id);
+    void (*on_release)(tether__link *l, const tether__frame *f);
+    void (*on_control)(tether__link *l, const char *action, const char *reason);
+    void (*on_log)(tether__link *l, int level, const tether__span *logger,
+                   const tether__span *message);
+    /* The I/O thread started serving the link (its handles exist now). */
+    void (*on_attached)(tether__link *l);
+    /* The link closed, on the thread that closed it, once: fail what waits on it. */
+    void (*on_fail)(tether__link *l, int status, const char *reason);
+    /* After on_fail, on the I/O thread: close handles of the owner's own. */
+    void (*on_closed)(tether__link *l);
+    /* The last reference went: the owner frees itself (and calls tether__link_done). */
+    void (*destroy)(tether__link *l);
+} tether__link_hooks;
+
+/* A thread waiting for the reader role; lives on its stack. */
+typedef struct tether__link_waiter {
+    struct tether__link_waiter *next;
+    int efd; /* raised when the role comes free */
+} tether__link_waiter;
+
+/* Limits and settings, fixed when the link is made (peer values after the handshake). */
+typedef struct tether__link_config {
+    uint32_t max_frame_size;      /* incoming */
+    uint64_t max_output_bytes;    /* queued for the peer before it counts as not reading */
+    const tether__logger *logger; /* must outlive the link */
+} tether__link_config;
+
+struct tether__link {
+    atomic_uint refs;
+    const tether__link_hooks *hooks;
+    tether__ioloop *loop;
+    const tether__logger *logger;
+    int fd, wfd, epfd;
+    atomic_int state;
+    atomic_bool attached; /* uv handles initialised on the I/O thread */
+    bool closing_handles; /* I/O thread only */
+
+    /* I/O thread only. */
+    uv_poll_t poll;
+    bool in_batch; /* reading a batch: replies are flushed at its end */
+    tether__task attach_task, handoff_task, close_task;
+
+    pthread_mutex_t lock;
+    int role;                           /* guarded by lock */
+    bool read_armed;                    /* guarded by lock */
+    tether__link_waiter *role_waiters;  /* guarded by lock */
+    tether__buf handoff;                /* guarded by lock: whole frames for the I/O thread */
+    bool handoff_posted;                /* guarded by lock */
+
+    pthread_mutex_t wlock;
+    tether__buf out;         /* guarded by wlock */
+    atomic_bool write_armed; /* written under wlock; read without it by on_poll */
+
+    tether__buf in; /* owned by the reader-role holder */
+
+    tether__wire_limits limits;
+    uint32_t peer_max_frame_size;
+    uint64_t max_output_bytes;
+
+    /* Peer identity from the handshake; set before the link opens. */
+    char *peer_name, *peer_language, *peer_language_version;
+    int64_t peer_pid;
+
+    atomic_uint_fast64_t bytes_out, bytes_in; /* relaxed */
+};
+
+/* Set up l around a connected, non-blocking socket; takes the fd on success. */
+int tether__link_init(tether__link *l, const tether__link_hooks *hooks, tether__ioloop *loop,
+                      const tether__link_config *config, int fd, tether__link_state state);
+/* Free what tether__link_init made (from hooks->destroy). */
+void tether__link_done(tether__link *l);
+void tether__link_ref(tether__link *l);
+void tether__link_unref(tether__link *l);
+/* Start serving on the I/O thread (posts; returns at once). */
+void tether__link_attach(tether__link *l);
+/* Record the peer's identity (copies). Returns 0 or -ENOMEM. */
+int tether__link_set_peer(tether__link *l, const char *name, const char *language,
+                          const char *language_version, int64_t pid);
+/* Close with a status for what waits on it (-ECONNRESET, -ECANCELED, -EPROTO ...). */
+void tether__link_fail(tether__link *l, int status, const char *reason);
+/* Flush what is queued (bounded in time), then close with -ECANCELED. */
+int tether__link_close(tether__link *l);
+/* Queue a frame that encode writes into the output buffer. flush_now: write it from
+ * this thread at once; otherwise the I/O thread writes batches. Returns 0, -ENOTCONN,
+ * -EMSGSIZE (over the peer's frame limit), -ENOBUFS (the peer stopped reading), or the
+ * encoder's error. */
+typedef int (*tether__encode_fn)(tether__buf *out, void *arg);
+int tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, bool flush_now);
+/* The peer lets our output pile up past max_output_bytes: close it, with a log line. */
+void tether__link_drop_slow_reader(tether__link *l);
+
+static inline bool
+tether__link_is_closed(const tether__link *l)
+{
+    return atomic_load(&((tether__link *)l)->state) == TETHER__LINK_CLOSED;
+}
+
+/*
+ * The reader role from a caller's side (rpc/wait.c). With the lock held:
+ * role_take takes the role if it is free and the link open (true), disarming the I/O
+ * thread's read interest; role_release gives it back and wakes the first waiter;
+ * waiter_add/remove queue a thread for the role.
+ */
+bool tether__link_role_take_locked(tether__link *l);
+void tether__link_role_release_locked(tether__link *l);
+void tether__link_waiter_add_locked(tether__link *l, tether__link_waiter *w);
+void tether__link_waiter_remove_locked(tether__link *l, tether__link_waiter *w);
+/* With the role held, lock not held: lend the thread's read buffer to the link, and
+ * take it back before giving the role up. */
+bool tether__link_lead_begin(tether__link *l);
+void tether__link_lead_end(tether__link *l, bool borrowed);
+/* With the role held: act on the complete frames read so far. Returns 0, or a negative
+ * code once the link closed. */
+int tether__link_process_input(tether__link *l);
+/* With the role held: wait up to wait_ms for the socket or efd, and read what came.
+ * Returns TETHER__LINK_READ (maybe nothing), TETHER__LINK_WOKEN (efd raised and drained)
+ * or a negative code once the link closed. */
+enum { TETHER__LINK_READ = 0, TETHER__LINK_WOKEN = 1 };
+int tether__link_read_wait(tether__link *l, int efd, int wait_ms);
+
+#endif
