@@ -66,7 +66,7 @@ extern "C" {
 #define TETHER_ECONNRESET (-ECONNRESET) /* the connection was lost during the call */
 #define TETHER_ENOTCONN (-ENOTCONN)   /* not connected */
 #define TETHER_ECONNREFUSED (-ECONNREFUSED) /* nothing listens at the address */
-#define TETHER_EACCES (-EACCES)       /* refused: wrong token or other user */
+#define TETHER_EACCES (-EACCES)       /* refused: wrong token, other user, unsafe runtime dir */
 #define TETHER_EPROTONOSUPPORT (-EPROTONOSUPPORT) /* no protocol version in common */
 #define TETHER_EUSERS (-EUSERS)       /* refused: the host has its maximum of clients */
 #define TETHER_EBUSY (-EBUSY)         /* re-entrant call where none is allowed */
@@ -86,6 +86,29 @@ extern "C" {
  * Thread: any.
  */
 TETHER_EXPORT const char *tether_strerror(int code);
+
+/*
+ * The name of a code: "ETIMEDOUT" for TETHER_ETIMEDOUT (the errno name, as uv_err_name
+ * gives it), "OK" for 0, "UNKNOWN" for a code the library never returns. Never NULL.
+ * Thread: any.
+ */
+TETHER_EXPORT const char *tether_err_name(int code);
+
+/*
+ * The type name a tether_error carries for a failure with this code that is not a
+ * remote exception: "tether.Timeout" for TETHER_ETIMEDOUT, "tether.ConnectionLost" for
+ * TETHER_ECONNRESET, ..., "tether.Error" for a code without a type of its own. Never
+ * NULL. Thread: any.
+ */
+TETHER_EXPORT const char *tether_err_type(int code);
+
+/*
+ * The code a call fails with when its error has this type: the protocol's own error
+ * types (docs/protocol.md, "Errors": "tether.NoSuchService", "tether.NoSuchObject",
+ * "tether.MessageTooLarge", "tether.TooManyRequests", "tether.Cancelled") give their
+ * codes; anything else, a remote exception, gives TETHER_EREMOTE. Thread: any.
+ */
+TETHER_EXPORT int tether_err_code(const char *type);
 
 /*
  * Details of a failed call: for a remote failure, the remote exception's type name

@@ -690,7 +690,7 @@ assert_open_dir_refused(mode_t mode)
     char *dir = private_temp_dir();
     cr_assert(chmod(dir, mode) == 0);
     tether_host *h = test_host_new(&(tether_host_options){.name = "exposed", .runtime_dir = dir});
-    ASSERT_ERR(tether_host_start(h), TETHER_EPERM);
+    ASSERT_ERR(tether_host_start(h), TETHER_EACCES);
     tether_host_unref(h);
     char *sock = NULL;
     cr_assert(asprintf(&sock, "%s/exposed.sock", dir) > 0);
@@ -717,7 +717,7 @@ Test(runtime_dir, start_can_be_retried_once_the_dir_is_fixed)
     cr_assert(chmod(dir, 0755) == 0);
     tether_host *h = test_host_new(&(tether_host_options){.name = "retry", .runtime_dir = dir});
     ASSERT_OK(tether_host_add_service(h, "add", TETHER_CONTEXT_IO, test_add_handler, NULL));
-    ASSERT_ERR(tether_host_start(h), TETHER_EPERM);
+    ASSERT_ERR(tether_host_start(h), TETHER_EACCES);
     cr_assert(chmod(dir, 0700) == 0);
     ASSERT_OK(tether_host_start(h));
     ASSERT_ERR(tether_host_start(h), TETHER_EALREADY);

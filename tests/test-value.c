@@ -754,6 +754,43 @@ Test(value, strerror)
     }
 }
 
+Test(value, error_table_names_types_and_codes)
+{
+    cr_assert_str_eq(tether_err_name(TETHER_ETIMEDOUT), "ETIMEDOUT");
+    cr_assert_str_eq(tether_err_name(ETIMEDOUT), "ETIMEDOUT");
+    cr_assert_str_eq(tether_err_name(TETHER_EREMOTE), "EREMOTEIO");
+    cr_assert_str_eq(tether_err_name(0), "OK");
+    cr_assert_str_eq(tether_err_name(-100000), "UNKNOWN");
+    cr_assert_str_eq(tether_err_name(INT_MIN), "UNKNOWN");
+    cr_assert_str_eq(tether_err_type(TETHER_ETIMEDOUT), "tether.Timeout");
+    cr_assert_str_eq(tether_err_type(TETHER_ECONNRESET), "tether.ConnectionLost");
+    cr_assert_str_eq(tether_err_type(TETHER_ECANCELED), "tether.Cancelled");
+    cr_assert_str_eq(tether_err_type(TETHER_ENOMEM), "tether.Error");
+    cr_assert_str_eq(tether_err_type(-100000), "tether.Error");
+    /* The protocol's own error types come back as their codes, anything else is remote. */
+    cr_assert_eq(tether_err_code("tether.NoSuchService"), TETHER_ENOENT);
+    cr_assert_eq(tether_err_code("tether.NoSuchObject"), TETHER_ENOENT);
+    cr_assert_eq(tether_err_code("tether.MessageTooLarge"), TETHER_EMSGSIZE);
+    cr_assert_eq(tether_err_code("tether.TooManyRequests"), TETHER_ENOBUFS);
+    cr_assert_eq(tether_err_code("tether.Cancelled"), TETHER_ECANCELED);
+    cr_assert_eq(tether_err_code("tether.Timeout"), TETHER_EREMOTE);
+    cr_assert_eq(tether_err_code("NameError"), TETHER_EREMOTE);
+    cr_assert_eq(tether_err_code(NULL), TETHER_EREMOTE);
+    /* Every code the header names has a name and a sentence of its own. */
+    static const int codes[] = {
+        TETHER_EINVAL,    TETHER_ENOMEM,      TETHER_EPROTO,          TETHER_EMSGSIZE,
+        TETHER_ENOBUFS,   TETHER_ETIMEDOUT,   TETHER_ECANCELED,       TETHER_ECONNRESET,
+        TETHER_ENOTCONN,  TETHER_ECONNREFUSED, TETHER_EACCES,         TETHER_EPROTONOSUPPORT,
+        TETHER_EUSERS,    TETHER_EBUSY,       TETHER_EPERM,           TETHER_ECHILD,
+        TETHER_ENOENT,    TETHER_EEXIST,      TETHER_EALREADY,        TETHER_EINPROGRESS,
+        TETHER_ENOTSUP,   TETHER_EDEADLK,     TETHER_ELOOP,           TETHER_EREMOTE,
+    };
+    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+        cr_assert_str_neq(tether_err_name(codes[i]), "UNKNOWN", "code %d", codes[i]);
+        cr_assert_str_neq(tether_strerror(codes[i]), "unknown error", "code %d", codes[i]);
+    }
+}
+
 Test(value, error_set_and_done)
 {
     tether_error err = TETHER_ERROR_INIT;

@@ -52,8 +52,13 @@ tether__runtime_dir_ensure(const char *dir)
     if (lstat(dir, &st) < 0) {
         return -errno;
     }
-    if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 0077) != 0) {
-        return -EPERM;
+    if (!S_ISDIR(st.st_mode)) {
+        return -ENOTDIR;
+    }
+    /* Another user's directory, or one others may enter, could hold their sockets and
+     * read our token: refuse it rather than "fix" it behind the user's back. */
+    if (st.st_uid != geteuid() || (st.st_mode & 0077) != 0) {
+        return -EACCES;
     }
     return 0;
 }

@@ -29,7 +29,8 @@ typedef struct tether__addr {
 /* The runtime directory to use: explicit, $TETHER_RUNTIME_DIR, $XDG_RUNTIME_DIR/tether,
  * /tmp/tether-<uid>. Newly allocated. */
 int tether__runtime_dir(const char *explicit_dir, char **ret);
-/* Create dir (0700) if missing; refuse (-EPERM) one not owned by us or open to others. */
+/* Create dir (0700) if missing; refuse one not owned by us or open to others (-EACCES)
+ * or not a directory (-ENOTDIR). */
 int tether__runtime_dir_ensure(const char *dir);
 
 /* Parse an address or resolve a host name in runtime_dir. */

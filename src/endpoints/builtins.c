@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "util/alloc.h"
+#include "util/error.h"
 #include "endpoints/host.h"
 #include "rpc/value.h"
 
@@ -205,7 +206,7 @@ serve_call_client(tether_request *req, void *userdata)
     } else if (tether_host_get_client(h, name, &conn) < 0) {
         r = tether_request_reply_error(req, "LookupError", "no client named '%s'", name);
     } else if ((r = tether_conn_call_async_values(conn, method, args, kwargs, NULL, &future)) < 0) {
-        r = tether_request_reply_error(req, r == TETHER_EINVAL ? "TypeError" : "tether.Error",
+        r = tether_request_reply_error(req, r == TETHER_EINVAL ? "TypeError" : TETHER__ERR_GENERIC,
                                        "cannot call client '%s': %s", name, tether_strerror(r));
     } else {
         r = tether_future_set_callback(future, TETHER_CONTEXT_IO, forwarded_done,

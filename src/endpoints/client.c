@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "util/alloc.h"
+#include "util/error.h"
 #include "util/condwait.h"
 #include "rpc/conn.h"
 #include "conn/transport.h"
@@ -496,13 +497,13 @@ handshake(tether_client *cl, int fd, bool is_tcp, int port, tether__buf *in,
     }
     tether__buf_done(&out);
     if (r < 0) {
-        tether_error_set(reterr, "tether.ConnectionLost", "sending hello: %s", tether_strerror(r));
+        tether_error_set(reterr, TETHER__ERR_CONNECTION_LOST, "sending hello: %s", tether_strerror(r));
         return r;
     }
     size_t len;
     r = read_frame(fd, in, cl->ep->max_frame_size, deadline, &len);
     if (r < 0) {
-        tether_error_set(reterr, r == -ETIMEDOUT ? "tether.Timeout" : "tether.ConnectionLost",
+        tether_error_set(reterr, r == -ETIMEDOUT ? TETHER__ERR_TIMEOUT : TETHER__ERR_CONNECTION_LOST,
                          "waiting for the host's welcome: %s", tether_strerror(r));
         return r;
     }
@@ -512,7 +513,7 @@ handshake(tether_client *cl, int fd, bool is_tcp, int port, tether__buf *in,
     if (r == 0 && f.kind == TETHER__REFUSE) {
         char code[32];
         snprintf(code, sizeof(code), "%.*s", (int)f.method.len, (const char *)f.method.ptr);
-        tether_error_set(reterr, "tether.Refused", "the host refused the connection (%s): %.*s",
+        tether_error_set(reterr, TETHER__ERR_REFUSED, "the host refused the connection (%s): %.*s",
                          code, (int)f.text.len, (const char *)f.text.ptr);
         return refusal_code(code);
     }
@@ -527,7 +528,7 @@ handshake(tether_client *cl, int fd, bool is_tcp, int port, tether__buf *in,
         r = -EPROTONOSUPPORT;
     }
     if (r < 0) {
-        tether_error_set(reterr, "tether.ProtocolError", "bad welcome from the host: %s",
+        tether_error_set(reterr, TETHER__ERR_PROTOCOL, "bad welcome from the host: %s",
                          tether_strerror(r));
         return r;
     }
@@ -557,7 +558,7 @@ connect_once(tether_client *cl, tether_error *reterr)
         tether__addr addr;
         r = tether__addr_parse(address, cl->runtime_dir, &addr);
         if (r < 0) {
-            tether_error_set(reterr, "tether.InvalidAddress", "cannot parse address '%s'",
+            tether_error_set(reterr, TETHER__ERR_INVALID_ADDRESS, "cannot parse address '%s'",
                              address);
             goto out;
         }
@@ -565,7 +566,7 @@ connect_once(tether_client *cl, tether_error *reterr)
         if (r < 0) {
             char where[200];
             tether__addr_format(&addr, where, sizeof(where));
-            tether_error_set(reterr, "tether.ConnectionRefused", "no host at %s: %s", where,
+            tether_error_set(reterr, TETHER__ERR_CONNECTION_REFUSED, "no host at %s: %s", where,
                              r == -ENOENT ? "no socket file there" : tether_strerror(r));
             goto out;
         }

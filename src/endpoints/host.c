@@ -588,8 +588,10 @@ tether_host_start(tether_host *h)
     }
     r = tether__runtime_dir_ensure(h->runtime_dir);
     if (r < 0 && (!h->unix_path_option || h->tcp)) {
-        tether__log(h->ep, TETHER_LOG_ERROR, "runtime directory %s unusable: %s", h->runtime_dir,
-                    tether_strerror(r));
+        tether__log(h->ep, TETHER_LOG_ERROR,
+                    "runtime directory %s unusable: %s (it must be a directory of this user's, "
+                    "mode 0700)",
+                    h->runtime_dir, tether_strerror(r));
         goto fail;
     }
     r = 0;

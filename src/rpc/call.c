@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "util/alloc.h"
+#include "util/error.h"
 #include "util/condwait.h"
 #include "rpc/conn.h"
 #include "rpc/value.h"
@@ -163,7 +164,7 @@ tether__conn_fail_pending(tether_conn *c, int status, const char *reason)
     c->async_count = 0;
     pthread_mutex_unlock(&c->link.lock);
     int code = status == -ECANCELED ? -ECANCELED : -ECONNRESET;
-    const char *type = code == -ECANCELED ? "tether.Cancelled" : "tether.ConnectionLost";
+    const char *type = tether_err_type(code);
     char message[300];
     snprintf(message, sizeof(message), "%s: %s", tether_strerror(code), reason ? reason : "");
     while (list) {
@@ -171,27 +172,6 @@ tether__conn_fail_pending(tether_conn *c, int status, const char *reason)
         list = p->next;
         tether__pending_complete(c, p, code, NULL, type, message, NULL);
     }
-}
-
-/* Reserved error type names of the protocol and the codes a caller gets for them. */
-static const struct {
-    const char *type;
-    int code;
-} reserved_errors[] = {
-    {"tether.NoSuchService", -ENOENT},     {"tether.NoSuchObject", -ENOENT},
-    {"tether.MessageTooLarge", -EMSGSIZE}, {"tether.TooManyRequests", -ENOBUFS},
-    {"tether.Cancelled", -ECANCELED},
-};
-
-static int
-status_of_error_type(const char *type)
-{
-    for (size_t i = 0; type && i < sizeof(reserved_errors) / sizeof(reserved_errors[0]); i++) {
-        if (strcmp(type, reserved_errors[i].type) == 0) {
-            return reserved_errors[i].code;
-        }
-    }
-    return -EREMOTEIO;
 }
 
 void
@@ -206,7 +186,7 @@ tether__conn_on_response(tether_conn *c, const tether__frame *f)
     tether_value *v = NULL;
     int r = tether__value_new_copy(f->value.ptr, f->value.len, &v);
     if (r < 0) {
-        tether__pending_complete(c, p, r, NULL, "tether.Error", tether_strerror(r), NULL);
+        tether__pending_complete(c, p, r, NULL, TETHER__ERR_GENERIC, tether_strerror(r), NULL);
         return;
     }
     if (f->refs && !f->is_error) {
@@ -222,7 +202,7 @@ tether__conn_on_response(tether_conn *c, const tether__frame *f)
         if (r < 0) {
             tether_value_unref(v);
             tether__pending_complete(c, p, r == -ENOENT ? -ENOENT : r,
-                                     NULL, r == -ENOENT ? "tether.NoSuchObject" : "tether.Error",
+                                     NULL, r == -ENOENT ? TETHER__ERR_NO_SUCH_OBJECT : TETHER__ERR_GENERIC,
                                      r == -ENOENT ? message : tether_strerror(r), NULL);
             return;
         }
@@ -234,8 +214,8 @@ tether__conn_on_response(tether_conn *c, const tether__frame *f)
     char *type = NULL, *message = NULL, *traceback = NULL;
     r = tether__value_error_fields(v, &type, &message, &traceback);
     tether_value_unref(v);
-    tether__pending_complete(c, p, r < 0 ? r : status_of_error_type(type), NULL,
-                             type ? type : "tether.Error", message ? message : "",
+    tether__pending_complete(c, p, r < 0 ? r : tether_err_code(type), NULL,
+                             type ? type : TETHER__ERR_GENERIC, message ? message : "",
                              traceback);
     tether__free(type);
     tether__free(message);
@@ -303,7 +283,7 @@ on_sweep(uv_timer_t *t)
         expired = p->next;
         bool deadline = now >= p->deadline_usec;
         tether__send_cancel(c, p->id);
-        tether__pending_complete(c, p, -ETIMEDOUT, NULL, "tether.Timeout",
+        tether__pending_complete(c, p, -ETIMEDOUT, NULL, TETHER__ERR_TIMEOUT,
                                  deadline ? "the call's deadline passed"
                                           : "the peer was silent for longer than the timeout",
                                  NULL);
@@ -431,15 +411,7 @@ fill_local_error(tether_error *reterr, int r, const char *method)
     if (!reterr) {
         return;
     }
-    const char *type = r == -ETIMEDOUT    ? "tether.Timeout"
-                       : r == -ENOTCONN   ? "tether.NotConnected"
-                       : r == -EMSGSIZE   ? "tether.MessageTooLarge"
-                       : r == -ENOBUFS    ? "tether.Overloaded"
-                       : r == -EINVAL     ? "tether.InvalidArgument"
-                       : r == -ECANCELED  ? "tether.Cancelled"
-                       : r == -ECONNRESET ? "tether.ConnectionLost"
-                                          : "tether.Error";
-    tether_error_set(reterr, type, "%s: %s", method ? method : "call", tether_strerror(r));
+    tether_error_set(reterr, tether_err_type(r), "%s: %s", method ? method : "call", tether_strerror(r));
 }
 
 static void
@@ -548,7 +520,7 @@ call_sync(tether_conn *c, const char *method, request_arg *a, const tether_call_
         return r;
     }
     if (sync_depth >= c->ep->max_call_depth) {
-        tether_error_set(reterr, "tether.TooDeep",
+        tether_error_set(reterr, TETHER__ERR_TOO_DEEP,
                          "%s: call-backs nested deeper than %u synchronous calls", method,
                          c->ep->max_call_depth);
         tether_conn_unref(c);
@@ -1000,7 +972,7 @@ tether_future_cancel(tether_future *f)
     int r = -EALREADY;
     if (p) {
         tether__send_cancel(c, p->id);
-        tether__pending_complete(c, p, -ECANCELED, NULL, "tether.Cancelled",
+        tether__pending_complete(c, p, -ECANCELED, NULL, TETHER__ERR_CANCELLED,
                                  "the call was cancelled", NULL);
         r = 0;
     }

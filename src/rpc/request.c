@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "util/alloc.h"
+#include "util/error.h"
 #include "rpc/conn.h"
 #include "rpc/value.h"
 
@@ -115,7 +116,7 @@ send_response(tether_request *req, response_arg *a)
     }
     if (r == -EMSGSIZE && !a->is_error) {
         /* Tell the caller why instead of leaving it to time out. */
-        response_arg err = {.id = req->id, .is_error = true, .type = "tether.MessageTooLarge",
+        response_arg err = {.id = req->id, .is_error = true, .type = TETHER__ERR_MESSAGE_TOO_LARGE,
                             .message = "the result is over the frame size or nesting limit"};
         tether__conn_send(req->conn, encode_response, &err, false);
     }
@@ -328,7 +329,7 @@ tether_request_unref(tether_request *req)
         return NULL;
     }
     if (!atomic_load(&req->replied)) {
-        reply_error_text(req, "tether.Error", "the handler dropped the request without replying");
+        reply_error_text(req, TETHER__ERR_GENERIC, "the handler dropped the request without replying");
     }
     tether_value_unref(req->args);
     tether_value_unref(req->kwargs);
@@ -468,7 +469,7 @@ invoke(tether_request *req)
     } else if (req->read_error.type) {
         reply_error_text(req, req->read_error.type, req->read_error.message);
     } else {
-        reply_error_text(req, "tether.Error", tether_strerror(r));
+        reply_error_text(req, TETHER__ERR_GENERIC, tether_strerror(r));
     }
 }
 
@@ -486,7 +487,7 @@ static void
 discard_queued_request(tether__work *work)
 {
     tether_request *req = (tether_request *)((char *)work - offsetof(tether_request, work));
-    reply_error_text(req, "tether.Cancelled", "the host stopped before running the call");
+    reply_error_text(req, TETHER__ERR_CANCELLED, "the host stopped before running the call");
     tether_request_unref(req);
 }
 
@@ -518,13 +519,13 @@ tether__conn_on_request(tether_conn *c, const tether__frame *f)
     pthread_mutex_unlock(&c->link.lock);
     int shown = (int)(f->method.len > 200 ? 200 : f->method.len);
     if (over && f->kind == TETHER__REQUEST) {
-        error = "tether.TooManyRequests";
+        error = TETHER__ERR_TOO_MANY_REQUESTS;
         snprintf(message, sizeof(message), "more than %u requests in flight",
                  c->ep->max_in_flight);
     } else if (f->target != 0) {
         object = tether__conn_find_export(c, f->target);
         if (!object) {
-            error = "tether.NoSuchObject";
+            error = TETHER__ERR_NO_SUCH_OBJECT;
             snprintf(message, sizeof(message), "no object %llu here (it was released)",
                      (unsigned long long)f->target);
         } else if (tether__object_method(object, (const char *)f->method.ptr, f->method.len,
@@ -537,7 +538,7 @@ tether__conn_on_request(tether_conn *c, const tether__frame *f)
         }
     } else if (tether__endpoint_find_service(c->ep, (const char *)f->method.ptr, f->method.len,
                                              &svc) < 0) {
-        error = "tether.NoSuchService";
+        error = TETHER__ERR_NO_SUCH_SERVICE;
         snprintf(message, sizeof(message), "no service '%.*s' on %s '%s'", shown,
                  (const char *)f->method.ptr, c->ep->is_host ? "host" : "client", c->ep->name);
     }
@@ -545,7 +546,7 @@ tether__conn_on_request(tether_conn *c, const tether__frame *f)
      * as they arrive, whatever becomes of the request, so they are bound and released. */
     tether_request *req = !error || f->refs ? request_new(c, f) : NULL;
     if (!req && (!error || f->refs)) {
-        error = "tether.Error";
+        error = TETHER__ERR_GENERIC;
         snprintf(message, sizeof(message), "out of memory");
     }
     char bind_error[128];
@@ -555,7 +556,7 @@ tether__conn_on_request(tether_conn *c, const tether__frame *f)
          bind_received(c, req->kwargs_raw, req->kwargs_len, &req->kwargs_objs, bind_error,
                        sizeof(bind_error)) < 0) &&
         !error) {
-        error = "tether.NoSuchObject";
+        error = TETHER__ERR_NO_SUCH_OBJECT;
         snprintf(message, sizeof(message), "%s", bind_error);
     }
     if (error) {
@@ -594,7 +595,7 @@ tether__conn_on_request(tether_conn *c, const tether__frame *f)
         req->pool_work.data = req;
         if (uv_queue_work(tether__ioloop_uv(c->link.loop), &req->pool_work, run_pool_work,
                           after_pool_work) < 0) {
-            reply_error_text(req, "tether.Error", "cannot queue the request on the pool");
+            reply_error_text(req, TETHER__ERR_GENERIC, "cannot queue the request on the pool");
             tether_request_unref(req);
         }
         return;

@@ -42,6 +42,7 @@
 #include <time.h>
 
 #include "util/alloc.h"
+#include "util/error.h"
 #include "rpc/object.h"
 #include "codec/wire.h"
 
@@ -1412,7 +1413,7 @@ read_value(tether_value *v, tether_error *reterr, const char *fmt, va_list ap, b
     }
     if (fmt_scan(f, '\0', false, 0, &end, &k) < 0 || (!args && k != 1)) {
         if (reterr) {
-            (void)tether_error_set(reterr, "tether.Error", "invalid format \"%s\"", f);
+            (void)tether_error_set(reterr, TETHER__ERR_GENERIC, "invalid format \"%s\"", f);
         }
         return -EINVAL;
     }

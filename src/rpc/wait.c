@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <poll.h>
 
+#include "util/error.h"
 #include "rpc/conn.h"
 
 static uint64_t
@@ -48,7 +49,7 @@ static void
 expire_locked(tether_conn *c, tether__pending *p)
 {
     bool deadline = p->deadline_usec <= tether_now_usec();
-    abandon_locked(c, p, -ETIMEDOUT, "tether.Timeout",
+    abandon_locked(c, p, -ETIMEDOUT, TETHER__ERR_TIMEOUT,
                    deadline ? "the call's deadline passed"
                             : "the peer was silent for longer than the timeout");
 }
@@ -70,7 +71,7 @@ interrupted(tether_conn *c, tether__pending *p)
     }
     pthread_mutex_lock(&c->link.lock);
     if (!p->done) {
-        abandon_locked(c, p, -ECANCELED, "tether.Cancelled", "the call was interrupted");
+        abandon_locked(c, p, -ECANCELED, TETHER__ERR_CANCELLED, "the call was interrupted");
     }
     pthread_mutex_unlock(&c->link.lock);
     return true;
