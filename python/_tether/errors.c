@@ -3,8 +3,9 @@
  *
  * The mapping lives in one function, tether_py_error_object: a builtin class where one
  * fits (TimeoutError, ConnectionResetError, PermissionError; a remote NameError stays a
- * NameError), tether's own otherwise. tether's own classes are defined here, in Python,
- * when the module is initialised.
+ * NameError), tether's own otherwise. Those are Python classes, in tether/_errors.py, for
+ * exact Python semantics (subclassing, pickling, __str__): module init imports them, adds
+ * them to this module and keeps them in the module state.
  */
 #include "module.h"
 
@@ -167,66 +168,19 @@ tether_py_raise_error(module_state *st, int code, const tether_error *err, int w
 }
 
 /*
- * The exception hierarchy, in Python for exact Python semantics (subclassing, pickling,
- * __str__), run once per module into the module's namespace; the classes' __module__ is
- * "tether", where the package re-exports them.
+ * The exception hierarchy, from tether._errors: each class becomes an attribute of this
+ * module (the package re-exports them; their __module__ is "tether") and is kept in the
+ * module state. tether._errors imports nothing, so this works while the package, which
+ * imports this module first, is still being imported.
  */
-static const char exceptions_source[] =
-    "class TetherError(Exception):\n"
-    "    \"\"\"Base class of tether's own exceptions. code is the negative TETHER_E* code\n"
-    "    of the failure when it came from the core, else None.\"\"\"\n"
-    "    code = None\n"
-    "\n"
-    "class RemoteError(TetherError):\n"
-    "    \"\"\"The peer raised an exception that is not a builtin one: remote_type names\n"
-    "    its type (\"module.Qualname\"), remote_message is its message and\n"
-    "    remote_traceback the peer's traceback text (None if the peer sent none).\"\"\"\n"
-    "    def __init__(self, remote_type, message='', traceback=None):\n"
-    "        super().__init__(remote_type, message)\n"
-    "        self.remote_type = remote_type\n"
-    "        self.remote_message = message\n"
-    "        self.remote_traceback = traceback\n"
-    "    def __reduce__(self):\n"
-    "        return (type(self), (self.remote_type, self.remote_message,\n"
-    "                             self.remote_traceback))\n"
-    "    def __str__(self):\n"
-    "        return f'{self.remote_type}: {self.remote_message}'\n"
-    "\n"
-    "class NotConnectedError(TetherError, ConnectionError):\n"
-    "    \"\"\"The connection is closed, or not connected yet, or reconnecting.\"\"\"\n"
-    "\n"
-    "class NoSuchServiceError(TetherError, LookupError):\n"
-    "    \"\"\"The peer has no service of that name.\"\"\"\n"
-    "\n"
-    "class CancelledError(TetherError):\n"
-    "    \"\"\"The call was cancelled (Future.cancel, or the connection closed locally).\"\"\"\n";
-
 int
-tether_py_define_exceptions(PyObject *module, module_state *st)
+tether_py_add_exceptions(PyObject *module, module_state *st)
 {
-    PyObject *globals = PyDict_New();
-    PyObject *code = NULL, *r = NULL;
+    PyObject *errors = PyImport_ImportModule("tether._errors");
+    if (!errors) {
+        return -1;
+    }
     int result = -1;
-    PyObject *module_name = PyUnicode_FromString("tether");
-    int named =
-        globals && module_name ? PyDict_SetItemString(globals, "__name__", module_name) : -1;
-    Py_XDECREF(module_name);
-    if (named < 0) {
-        goto out;
-    }
-    PyObject *builtins = PyImport_ImportModule("builtins");
-    if (!builtins) {
-        goto out;
-    }
-    int b = PyDict_SetItemString(globals, "__builtins__", builtins);
-    Py_DECREF(builtins);
-    if (b < 0) {
-        goto out;
-    }
-    code = Py_CompileString(exceptions_source, "<tether._tether exceptions>", Py_file_input);
-    if (!code || !(r = PyEval_EvalCode(code, globals, globals))) {
-        goto out;
-    }
     static const struct {
         const char *name;
         size_t offset;
@@ -238,17 +192,16 @@ tether_py_define_exceptions(PyObject *module, module_state *st)
         {"CancelledError", offsetof(module_state, CancelledError)},
     };
     for (size_t i = 0; i < sizeof(classes) / sizeof(classes[0]); i++) {
-        PyObject *cls = PyDict_GetItemString(globals, classes[i].name); /* borrowed */
+        PyObject *cls = PyObject_GetAttrString(errors, classes[i].name);
         if (!cls || PyModule_AddObjectRef(module, classes[i].name, cls) < 0) {
+            Py_XDECREF(cls);
             goto out;
         }
-        *(PyObject **)((char *)st + classes[i].offset) = Py_NewRef(cls);
+        *(PyObject **)((char *)st + classes[i].offset) = cls;
     }
     result = 0;
 out:
-    Py_XDECREF(r);
-    Py_XDECREF(code);
-    Py_XDECREF(globals);
+    Py_DECREF(errors);
     return result;
 }
 

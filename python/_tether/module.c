@@ -14,9 +14,9 @@
  * - util.c: conversions every file uses (seconds to microseconds, text from a peer).
  * - codec.c: a msgpack encoder (Python object to bytes, for arguments and results) and a
  *   decoder (bytes to Python object); _pack, _unpack and type_name.
- * - errors.c: the exception classes, and one function (tether_py_error_object) that
- *   turns a negative code plus a tether_error into the exception a caller sees; _error
- *   and strerror.
+ * - errors.c: the exception classes (Python, from tether/_errors.py), and one function
+ *   (tether_py_error_object) that turns a negative code plus a tether_error into the
+ *   exception a caller sees; _error and strerror.
  * - future.c: Future, one tether_future (ready, wait, result, exception,
  *   add_done_callback, cancel; awaitable, through tether._aio), and the thread that runs
  *   done-callbacks.
@@ -121,7 +121,7 @@ module_exec(PyObject *module)
     if (!st->exports || !st->classes) {
         return -1;
     }
-    if (tether_py_define_exceptions(module, st) < 0) {
+    if (tether_py_add_exceptions(module, st) < 0) {
         return -1;
     }
     if (PyModule_AddStringConstant(module, "core_version", TETHER_VERSION_STRING) < 0 ||

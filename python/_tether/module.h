@@ -114,7 +114,7 @@ enum {
 
 PyObject *tether_py_error_object(module_state *st, int code, const tether_error *err, int where);
 PyObject *tether_py_raise_error(module_state *st, int code, const tether_error *err, int where);
-int tether_py_define_exceptions(PyObject *module, module_state *st);
+int tether_py_add_exceptions(PyObject *module, module_state *st);
 PyObject *tether_py_module_error(PyObject *module, PyObject *args, PyObject *kwds);
 PyObject *tether_py_module_strerror(PyObject *module, PyObject *arg);
 
