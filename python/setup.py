@@ -1,9 +1,9 @@
 """Build of the tether package's C extension (the rest of the metadata is pyproject.toml).
 
-The extension tether._tether is python/_tether.c compiled together with the library's own
-sources (../src/**/*.c, ../include), so the one _tether.abi3.so carries libtether inside and
+The extension tether._tether is python/_tether/*.c compiled together with the library's
+own sources (../src, ../include), so the one _tether.abi3.so carries libtether inside and
 needs only libuv (and msgpack-c) from the system. It is built for the stable ABI
-(Py_LIMITED_API 3.10, set in _tether.c), so one build serves every CPython from 3.10 on.
+(Py_LIMITED_API 3.10, set in _tether/module.h): one build serves every CPython from 3.10 on.
 
     pip install --no-build-isolation ./python
     python3 setup.py build_ext --inplace      (from python/: puts it in python/tether/)
@@ -44,10 +44,13 @@ def dependency_flags():
     return cflags, libs + ["-lpthread"]
 
 
+# The extension's own files: a file per concept, with one internal header, module.h.
+extension_sources = sorted(glob.glob(os.path.join(HERE, "_tether", "*.c")))
+# The library's sources, in src/ or in its folders by layer.
 core_sources = sorted(glob.glob(os.path.join(ROOT, "src", "**", "*.c"), recursive=True))
 if not core_sources or not os.path.exists(os.path.join(ROOT, "include", "tether.h")):
     sys.exit(
-        "setup.py: the library sources (../src/*.c, ../include/tether.h) are missing: "
+        "setup.py: the library sources (../src, ../include/tether.h) are missing: "
         "build from a checkout of the whole repository"
     )
 
@@ -56,11 +59,12 @@ os.chdir(HERE)  # setuptools resolves relative source paths from here
 
 extension = Extension(
     "tether._tether",
-    sources=[rel(os.path.join(HERE, "_tether.c"))] + [rel(p) for p in core_sources],
+    sources=[rel(p) for p in extension_sources + core_sources],
     include_dirs=[rel(os.path.join(ROOT, "include")), rel(os.path.join(ROOT, "src"))],
     extra_compile_args=["-std=c11", "-fvisibility=hidden", "-Wno-unused-parameter"] + cflags,
     extra_link_args=libs + ["-Wl,--version-script=" + os.path.join(HERE, "_tether.map")],
     depends=[rel(p) for p in glob.glob(os.path.join(ROOT, "src", "**", "*.h"), recursive=True)]
+    + [rel(os.path.join(HERE, "_tether", "module.h"))]
     + [rel(os.path.join(ROOT, "include", "tether.h")), "_tether.map"],
     py_limited_api=True,
 )

@@ -1,0 +1,211 @@
+/*
+ * Calls: of a service of the peer (Client.call, call_async and notify) or of a method of
+ * one of its objects (the same methods of Ref, the handle of a tether.Proxy).
+ *
+ * Every wait on the core releases the GIL. A blocking call takes the core's synchronous
+ * path, whose waiting thread reads its own reply (no thread hand-off) and runs the peer's
+ * call-backs into this thread's MAIN services. On the main thread the core calls back
+ * every 50 ms (tether_call_options.interrupt) to run signal handlers: Ctrl-C cancels the
+ * remote call and raises KeyboardInterrupt, and the connection stays usable.
+ */
+#include "module.h"
+
+#include <string.h>
+
+typedef struct {
+    const char *method;
+    PyObject *method_obj;
+    tether_value *args, *kwargs;
+    tether_call_options opts;
+} call_spec;
+
+static int call_spec_parse_values(call_spec *c, module_state *st, const call_target *t,
+                                  PyObject *args, PyObject *kwds, const char *format,
+                                  bool with_timeout);
+
+/* Parse method, args, kwargs (and timeout) into c, with the objects in them exported on
+ * t's connection (NotConnectedError without one). On failure an exception is set; the
+ * caller releases c either way. */
+static int
+call_spec_parse(call_spec *c, module_state *st, const call_target *t, PyObject *args,
+                PyObject *kwds, const char *format, bool with_timeout)
+{
+    int r = call_spec_parse_values(c, st, t, args, kwds, format, with_timeout);
+    if (r == 0 && !t->conn) {
+        PyErr_SetString(st->NotConnectedError, "not connected (connect() was never called)");
+        r = -1;
+    }
+    return r;
+}
+
+static int
+call_spec_parse_values(call_spec *c, module_state *st, const call_target *t, PyObject *args,
+                       PyObject *kwds, const char *format, bool with_timeout)
+{
+    static char *kwlist[] = {"method", "args", "kwargs", "timeout", "deadline", NULL};
+    static char *kwlist_notify[] = {"method", "args", "kwargs", NULL};
+    PyObject *a = Py_None, *k = Py_None, *timeout = Py_None, *deadline = Py_None;
+    memset(c, 0, sizeof(*c));
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, format, with_timeout ? kwlist : kwlist_notify,
+                                     &c->method_obj, &a, &k, &timeout, &deadline)) {
+        return -1;
+    }
+    c->method = PyUnicode_AsUTF8AndSize(c->method_obj, NULL);
+    uint64_t within = 0;
+    if (!c->method ||
+        tether_py_usec_from_seconds(timeout, TETHER_TIMEOUT_DEFAULT, "timeout",
+                                    &c->opts.timeout_usec) < 0 ||
+        tether_py_usec_from_seconds(deadline, 0, "deadline", &within) < 0) {
+        return -1;
+    }
+    /* deadline: seconds from now that bound the whole call, however alive the callee. */
+    if (deadline != Py_None && within != TETHER_TIMEOUT_INFINITE) {
+        c->opts.deadline_usec = tether_now_usec() + (within ? within : 1);
+    }
+    if (timeout != Py_None && c->opts.timeout_usec == 0) {
+        c->opts.timeout_usec = 1; /* 0 would mean the default */
+    }
+    xfer x = {st, t->conn, t->context};
+    return tether_py_values_from_args(a, k, &x, &c->args, &c->kwargs);
+}
+
+static void
+call_spec_done(call_spec *c)
+{
+    c->args = tether_value_unref(c->args);
+    c->kwargs = tether_value_unref(c->kwargs);
+}
+
+static int
+target_call(const call_target *t, call_spec *c, tether_value **result, tether_error *err)
+{
+    return t->obj ? tether_object_call_values(t->obj, c->method, c->args, c->kwargs, &c->opts,
+                                              result, err)
+                  : tether_conn_call_values(t->conn, c->method, c->args, c->kwargs, &c->opts,
+                                            result, err);
+}
+
+static int
+target_call_async(const call_target *t, call_spec *c, tether_future **future)
+{
+    return t->obj ? tether_object_call_async_values(t->obj, c->method, c->args, c->kwargs, &c->opts,
+                                                    future)
+                  : tether_conn_call_async_values(t->conn, c->method, c->args, c->kwargs, &c->opts,
+                                                  future);
+}
+
+/* Raise what a call that failed before it started (code r) raises. */
+static PyObject *
+raise_start_error(module_state *st, const char *method, int r)
+{
+    tether_error err = TETHER_ERROR_INIT;
+    tether_error_set(&err, "tether.Error", "%s: %s", method, tether_strerror(r));
+    tether_py_raise_error(st, r, &err, AT_CALL);
+    tether_error_done(&err);
+    return NULL;
+}
+
+/* How many synchronous calls (the core's path) this thread is waiting in; services the
+ * core runs inside them see it through _in_blocking_call(). */
+static _Thread_local unsigned blocking_calls;
+
+/* A blocking call on the main thread: the core calls this every SIGNAL_SLICE_USEC
+ * while it waits, so that Ctrl-C (or any signal handler raising) cancels the call. */
+typedef struct {
+    PyThreadState *save;
+    bool raised;
+} signal_watch;
+
+static int
+check_signals(void *userdata)
+{
+    signal_watch *w = userdata;
+    PyEval_RestoreThread(w->save);
+    w->raised = PyErr_CheckSignals() < 0; /* the exception stays set for the caller */
+    w->save = PyEval_SaveThread();
+    return w->raised;
+}
+
+PyObject *
+tether_py_call_target_sync(module_state *st, call_target target, PyObject *args, PyObject *kwds)
+{
+    const call_target *t = &target;
+    call_spec c;
+    if (call_spec_parse(&c, st, t, args, kwds, "U|OOOO:call", true) < 0) {
+        call_spec_done(&c);
+        return NULL;
+    }
+    tether_value *result = NULL;
+    tether_error err = TETHER_ERROR_INIT;
+    /* The core's synchronous path, whose waiting thread reads its own reply and runs
+     * the peer's call-backs into this thread's services. Only the main thread receives
+     * signals: there the core asks check_signals between slices of the wait. */
+    signal_watch watch = {NULL, false};
+    if (PyThread_get_thread_ident() == st->main_thread) {
+        c.opts.interrupt = check_signals;
+        c.opts.interrupt_userdata = &watch;
+        c.opts.interrupt_interval_usec = SIGNAL_SLICE_USEC;
+    }
+    blocking_calls++;
+    watch.save = PyEval_SaveThread();
+    int r = target_call(t, &c, &result, &err);
+    PyEval_RestoreThread(watch.save);
+    blocking_calls--;
+    call_spec_done(&c);
+    PyObject *o;
+    if (watch.raised) {
+        o = NULL; /* KeyboardInterrupt or whatever the handler raised; the call is cancelled */
+    } else if (r < 0) {
+        o = tether_py_raise_error(st, r, &err, AT_CALL);
+    } else {
+        xfer x = {st, t->conn, t->context};
+        o = tether_py_object_from_value(result, &x);
+    }
+    tether_value_unref(result);
+    tether_error_done(&err);
+    return o;
+}
+
+PyObject *
+tether_py_call_target_async(module_state *st, call_target target, PyObject *args, PyObject *kwds)
+{
+    const call_target *t = &target;
+    call_spec c;
+    if (call_spec_parse(&c, st, t, args, kwds, "U|OOOO:call_async", true) < 0) {
+        call_spec_done(&c);
+        return NULL;
+    }
+    tether_future *future = NULL;
+    int r = target_call_async(t, &c, &future);
+    call_spec_done(&c);
+    if (r < 0) {
+        return raise_start_error(st, c.method, r);
+    }
+    return tether_py_future_new_object(st, future, c.method_obj, t->context);
+}
+
+PyObject *
+tether_py_call_target_notify(module_state *st, call_target target, PyObject *args, PyObject *kwds)
+{
+    const call_target *t = &target;
+    call_spec c;
+    if (call_spec_parse(&c, st, t, args, kwds, "U|OO:notify", false) < 0) {
+        call_spec_done(&c);
+        return NULL;
+    }
+    int r = t->obj ? tether_object_notify_values(t->obj, c.method, c.args, c.kwargs)
+                   : tether_conn_notify_values(t->conn, c.method, c.args, c.kwargs);
+    call_spec_done(&c);
+    if (r < 0) {
+        return raise_start_error(st, c.method, r);
+    }
+    Py_RETURN_NONE;
+}
+
+/* _in_blocking_call() -> bool: this thread waits in a blocking call; a service running
+ * now was called back during it (so an event loop of this thread cannot run meanwhile). */
+PyObject *
+tether_py_module_in_blocking_call(PyObject *module, PyObject *unused)
+{
+    return PyBool_FromLong(blocking_calls > 0);
+}
