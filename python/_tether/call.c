@@ -99,7 +99,7 @@ static PyObject *
 raise_start_error(module_state *st, const char *method, int r)
 {
     tether_error err = TETHER_ERROR_INIT;
-    tether_error_set(&err, "tether.Error", "%s: %s", method, tether_strerror(r));
+    tether_error_set(&err, tether_err_type(r), "%s: %s", method, tether_strerror(r));
     tether_py_raise_error(st, r, &err, AT_CALL);
     tether_error_done(&err);
     return NULL;

@@ -285,7 +285,7 @@ client_log(ClientObject *self, PyObject *args)
     int r = tether_conn_log(conn, level, logger, message);
     if (r < 0) {
         tether_error err = TETHER_ERROR_INIT;
-        tether_error_set(&err, "tether.Error", "log: %s", tether_strerror(r));
+        tether_error_set(&err, tether_err_type(r), "log: %s", tether_strerror(r));
         tether_py_raise_error(st, r, &err, AT_CALL);
         tether_error_done(&err);
         return NULL;

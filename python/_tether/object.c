@@ -303,7 +303,7 @@ object_handler(tether_request *req, void *userdata)
 {
     pyexport *pe = userdata;
     if (!tether_py_svc_enter()) {
-        return tether_request_reply_error(req, "tether.Cancelled", "the interpreter is exiting");
+        return tether_request_reply_error(req, tether_err_type(TETHER_ECANCELED), "the interpreter is exiting");
     }
     if (!tether_request_is_cancelled(req)) {
         PyGILState_STATE gil = PyGILState_Ensure();

@@ -471,7 +471,7 @@ tether_py_service_handler(tether_request *req, void *userdata)
 {
     service_rec *rec = svc_acquire((uintptr_t)userdata);
     if (!rec) {
-        return tether_request_reply_error(req, "tether.Cancelled",
+        return tether_request_reply_error(req, tether_err_type(TETHER_ECANCELED),
                                           "the service is gone (its client was closed, or "
                                           "the interpreter is exiting)");
     }
@@ -487,7 +487,7 @@ tether_py_service_handler(tether_request *req, void *userdata)
         tether_py_serve_request(req, callable, (PyTypeObject *)deferred, NULL, 0, &x);
         Py_DECREF(callable);
     } else {
-        tether_request_reply_error(req, "tether.Cancelled", "the service is gone");
+        tether_request_reply_error(req, tether_err_type(TETHER_ECANCELED), "the service is gone");
     }
     Py_XDECREF(deferred);
     PyGILState_Release(gil);
