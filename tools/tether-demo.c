@@ -24,6 +24,8 @@
  *   log(message)                                         printed as "[client] message"
  *   frame_stats() -> {"frames", "fps", "frame_ms_mean", "frame_ms_max",
  *                     "dispatch_ms_max", "late_frames", "calls"}
+ *   scene_stats() -> {"actors", "spawned", "deleted", "released"}   the scene's size, and
+ *                     counts since the start (deleted, not released: a proxy holds it)
  *   globals() -> {"actors": [Actor], "frame": n, "fps": x}   for a REPL's namespace
  *   add(a, b), greet(name), echo(value) (IO)             for examples/hello_client.c
  * and, for the `tether` command line:
@@ -1164,6 +1166,26 @@ serve_frame_stats(tether_request *req, void *userdata)
                         c->late, "calls", (uint64_t)atomic_load(&d->calls));
 }
 
+/*
+ * scene_stats(): the actors in the scene, and those ever spawned, deleted and released.
+ * An actor deleted while a script still holds a proxy to it is released only when the
+ * last proxy goes: deleted minus released is how many such actors are still held.
+ */
+static int
+serve_scene_stats(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {NULL};
+    demo *d = userdata;
+    tether_value *args[MAX_ARGS] = {NULL};
+    if (!bind_args(d, req, params, 0, args)) {
+        return 0;
+    }
+    return reply_format(d, req, NULL, "{susususu}", "actors", (uint64_t)d->count, "spawned",
+                        (uint64_t)atomic_load(&d->spawned), "deleted",
+                        (uint64_t)atomic_load(&d->deleted), "released",
+                        (uint64_t)atomic_load(&d->released));
+}
+
 /* globals(): what a REPL puts in its namespace. */
 static int
 serve_globals(tether_request *req, void *userdata)
@@ -1272,6 +1294,7 @@ static const struct {
     {"delete_actor", TETHER_CONTEXT_MAIN, serve_delete_actor},
     {"log", TETHER_CONTEXT_MAIN, serve_log},
     {"frame_stats", TETHER_CONTEXT_MAIN, serve_frame_stats},
+    {"scene_stats", TETHER_CONTEXT_MAIN, serve_scene_stats},
     {"globals", TETHER_CONTEXT_MAIN, serve_globals},
     {"add", TETHER_CONTEXT_MAIN, serve_add},
     {"greet", TETHER_CONTEXT_MAIN, serve_greet},
@@ -2125,7 +2148,8 @@ print_how_to_connect(demo *d)
            "  spawn_actor(name, x=0.0, y=0.0, label=\"\") -> Actor   list_actors()   "
            "get_actor(name)\n"
            "  move_actor(actor, dx, dy)   rename_actor(actor, new_name)   delete_actor(actor)\n"
-           "  log(message)   frame_stats()   globals()   add(a, b)   greet(name)   echo(value)\n"
+           "  log(message)   frame_stats()   scene_stats()   globals()\n"
+           "  add(a, b)   greet(name)   echo(value)\n"
            "  Actor: move(dx, dy)  position()  rename(new_name)  set_label(text)  delete()  "
            "info(),\n"
            "         and the attributes name, x, y, label, alive\n",
