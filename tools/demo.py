@@ -12,9 +12,11 @@ terminal, and keeps the host running until Ctrl-C, which stops both.
 Options it does not know (--tcp, --port, --quiet, --seconds N, ...) go to tether-demo.
 
 --once runs a bounded check instead, in a private runtime directory so that it never
-meets a demo already running: tether-demo's own self-test (tether-demo --once: a client
-works the scene and the host calls it back), then the host with the example client for
-six seconds. Exit status 0 when all went well; the tests run it.
+meets a demo already running: first DIR/test-demo (tests/test-demo.c, also a ctest test),
+which starts tether-demo and works its scene as a client over the socket while the host
+calls it back, with the tether-demo options given here (none: three runs, on the Unix
+socket, with --tcp 0 and with --port 0); then the host with the example client for six
+seconds. Exit status 0 when all went well; the tests run it.
 """
 
 import argparse
@@ -33,6 +35,7 @@ SOURCE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIENT = os.path.join(SOURCE_DIR, "examples", "demo_client.py")
 READY_TIMEOUT = 10.0  # seconds for the host to listen
 STOP_TIMEOUT = 5.0  # seconds for a child to exit once told to
+SELFTEST_TIMEOUT = 100.0  # seconds for test-demo: three runs of 30 s at most, and slack
 
 _print_lock = threading.Lock()
 _stopped_by = [None]  # the signal that stopped the demo
@@ -185,7 +188,8 @@ def check(ok, what, failures):
 
 
 def once(build_dir, name, extra, client_seconds):
-    """The bounded run: the host's self-test, then the host with the example client."""
+    """The bounded run: tests/test-demo against the host, then the host with the example
+    client."""
     failures = []
     base = os.environ.get("TETHER_RUNTIME_DIR")
     if not base or len(base) > 60 or not os.path.isdir(base):
@@ -196,13 +200,15 @@ def once(build_dir, name, extra, client_seconds):
     env["TETHER_RUNTIME_DIR"] = rt
     env.pop("TETHER_ADDRESS", None)
     try:
-        selftest = Child("selftest", [os.path.join(build_dir, "tether-demo"), "--once", *extra],
-                         env)
-        rc = selftest.wait(60)
+        # test-demo finds tether-demo in TETHER_BUILD_DIR; an alarm ends any of its runs
+        # that takes more than 30 seconds.
+        selftest = Child("selftest", [os.path.join(build_dir, "test-demo"), *extra],
+                         dict(env, TETHER_BUILD_DIR=build_dir))
+        rc = selftest.wait(SELFTEST_TIMEOUT)
         if rc is None:
             rc = selftest.stop(signal.SIGKILL)
         check(rc == 0 and "self-test passed" in selftest.text(),
-              f"tether-demo --once passes its self-test (exit {rc})", failures)
+              f"test-demo works tether-demo's scene and passes (exit {rc})", failures)
 
         host = start_host(build_dir, name, ["--seconds", "60", *extra], env)
         check(host is not None, "tether-demo starts", failures)
@@ -248,6 +254,8 @@ def main(argv=None):
     missing = []
     if not os.access(os.path.join(build_dir, "tether-demo"), os.X_OK):
         missing.append("tether-demo")
+    if args.once and not os.access(os.path.join(build_dir, "test-demo"), os.X_OK):
+        missing.append("test-demo (built with the tests: TETHER_BUILD_TESTS=ON)")
     if not glob.glob(os.path.join(build_dir, "python", "tether", "_tether*.so")):
         missing.append("the Python package (build/python/tether/_tether*.so: python3-dev?)")
     if missing:

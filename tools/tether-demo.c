@@ -1,5 +1,5 @@
 /*
- * tether-demo: an engine-like host to script, and a self-test of the library.
+ * tether-demo: an engine-like host to script.
  *
  * It behaves like a small game engine or editor. Its main thread runs a frame loop at 60
  * frames per second and owns a scene of named actors (a name, a position, a label).
@@ -24,6 +24,8 @@
  *   log(message)                                         printed as "[client] message"
  *   frame_stats() -> {"frames", "fps", "frame_ms_mean", "frame_ms_max",
  *                     "dispatch_ms_max", "late_frames", "calls"}
+ *   scene_stats() -> {"actors", "spawned", "deleted", "released"}   the scene's size, and
+ *                     counts since the start (deleted, not released: a proxy holds it)
  *   globals() -> {"actors": [Actor], "frame": n, "fps": x}   for a REPL's namespace
  *   add(a, b), greet(name), echo(value) (IO)             for examples/hello_client.c
  * and, for the `tether` command line:
@@ -37,18 +39,14 @@
  * An actor's methods fail with ReferenceError once it was deleted; its struct lives on
  * until the last reference to it is gone (the scene's, and every proxy's).
  *
- * --once runs a bounded self-test instead: a client on a thread of this process
- * connects through the socket and works the scene (proxies, actors passed back, errors,
- * releases), pipelines a burst of calls, then calls as fast as it can for half a second
- * while checking that the frame loop keeps its pace; then the host calls it back. The
- * exit status is 0 when every check passed.
+ * tests/test-demo.c runs this program and works it as a client over its socket, which
+ * is also what `make demo ARGS=--once` runs (tools/demo.py).
  */
 #define _GNU_SOURCE /* ppoll */
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
-#include <semaphore.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -78,23 +76,12 @@
 #define MAX_ARGS 4
 #define MAX_NAME 64
 
-#define SELFTEST_CLIENT "tether-demo-selftest"
-#define SELFTEST_CALL_TIMEOUT_USEC (5ull * 1000 * 1000)
-/* Wall-clock bound of --once: a hang in the library must fail the run, not stall it. */
-#define SELFTEST_ALARM_SECONDS 30
-/* Calls the self-test pipelines at once, and how long it waits for a release. */
-#define SELFTEST_BURST 240
-#define SELFTEST_RELEASE_WAIT_USEC (3ull * 1000 * 1000)
-/* How long the self-test's client calls the host as fast as it can. */
-#define SELFTEST_HAMMER_USEC (500ull * 1000)
-
 typedef struct demo_options {
     const char *name;
     bool tcp;
     int tcp_port; /* as in tether_host_options */
     long seconds; /* 0: until a signal */
-    bool once;
-    bool quiet; /* no line per call, only events */
+    bool quiet;   /* no line per call, only events */
 } demo_options;
 
 typedef struct demo demo;
@@ -135,10 +122,12 @@ struct demo {
     actor **actors;
     size_t count, cap;
     frame_clock clock;
-    /* Counted for the frame-timing line and the self-test, whose client thread reads
-     * them; echo runs on the I/O thread. */
+    /* Calls served, for frame_stats() and the frame-timing line: atomic, since echo
+     * runs on the I/O thread. */
     atomic_ullong calls;
-    atomic_int logs, spawned, deleted, released;
+    /* Actors ever spawned, deleted and released, for scene_stats(). Main thread only
+     * (releases are MAIN too). */
+    uint64_t spawned, deleted, released;
     bool exiting; /* releases at exit are not announced */
 };
 
@@ -146,8 +135,8 @@ static const tether_class actor_class;
 
 /* ---- output ---------------------------------------------------------------------------- */
 
-/* Print one line prefixed with the local time. Called from the main, I/O and self-test
- * client threads: the stream lock keeps each line whole. */
+/* Print one line prefixed with the local time. Called from the main and I/O threads: the
+ * stream lock keeps each line whole. */
 static void say(const char *format, ...) TETHER_PRINTF(1, 2);
 
 static void
@@ -594,7 +583,7 @@ actor_release(void *userdata)
     if (!d->exiting && !d->opts.quiet) {
         say("actor '%s' released: nobody holds it any more", a->name);
     }
-    atomic_fetch_add(&d->released, 1);
+    d->released++;
     free(a->name);
     free(a->label);
     free(a);
@@ -633,7 +622,7 @@ scene_add(demo *d, const char *name, double x, double y, const char *label, acto
     }
     a->in_scene = true;
     d->actors[d->count++] = a;
-    atomic_fetch_add(&d->spawned, 1);
+    d->spawned++;
     *ret = a;
     return 0;
 }
@@ -654,7 +643,7 @@ scene_remove(demo *d, actor *a)
     tether_object *obj = a->obj;
     a->obj = NULL;
     a->in_scene = false;
-    atomic_fetch_add(&d->deleted, 1);
+    d->deleted++;
     tether_object_unref(obj);
 }
 
@@ -1127,7 +1116,6 @@ serve_log(tether_request *req, void *userdata)
     tether_value *args[MAX_ARGS] = {NULL};
     const char *message = NULL;
     if (bind_args(d, req, params, 1, args) && read_string(d, req, "message", args[0], &message)) {
-        atomic_fetch_add(&d->logs, 1);
         atomic_fetch_add(&d->calls, 1);
         say("[%s] %s", peer_name(req), message ? message : "None");
         tether_request_reply_value(req, NULL);
@@ -1162,6 +1150,24 @@ serve_frame_stats(tether_request *req, void *userdata)
                         "frame_ms_mean", mean, "frame_ms_max", (double)c->frame_max_usec / 1000.0,
                         "dispatch_ms_max", (double)c->dispatch_max_usec / 1000.0, "late_frames",
                         c->late, "calls", (uint64_t)atomic_load(&d->calls));
+}
+
+/*
+ * scene_stats(): the actors in the scene, and those ever spawned, deleted and released.
+ * An actor deleted while a script still holds a proxy to it is released only when the
+ * last proxy goes: deleted minus released is how many such actors are still held.
+ */
+static int
+serve_scene_stats(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {NULL};
+    demo *d = userdata;
+    tether_value *args[MAX_ARGS] = {NULL};
+    if (!bind_args(d, req, params, 0, args)) {
+        return 0;
+    }
+    return reply_format(d, req, NULL, "{susususu}", "actors", (uint64_t)d->count, "spawned",
+                        d->spawned, "deleted", d->deleted, "released", d->released);
 }
 
 /* globals(): what a REPL puts in its namespace. */
@@ -1272,6 +1278,7 @@ static const struct {
     {"delete_actor", TETHER_CONTEXT_MAIN, serve_delete_actor},
     {"log", TETHER_CONTEXT_MAIN, serve_log},
     {"frame_stats", TETHER_CONTEXT_MAIN, serve_frame_stats},
+    {"scene_stats", TETHER_CONTEXT_MAIN, serve_scene_stats},
     {"globals", TETHER_CONTEXT_MAIN, serve_globals},
     {"add", TETHER_CONTEXT_MAIN, serve_add},
     {"greet", TETHER_CONTEXT_MAIN, serve_greet},
@@ -1388,19 +1395,16 @@ idle_until(demo *d, uint64_t due, uint64_t *spent)
     }
 }
 
-/* Called once per frame on the main thread, after its dispatch step; true ends the loop. */
-typedef bool (*frame_fn)(void *arg);
-
 /*
  * The engine's frame loop, 60 times a second: a frame starts, the engine would simulate
  * and render, tether gets its dispatch step (a budget of 2 ms), then the frame idles
  * until the next one is due (serving scripts within the same budget, see idle_until).
  * A frame that starts late does not make the next ones hurry to catch up: the schedule
- * restarts from it. Stops at SIGINT or SIGTERM, after `seconds`, or when hook says so.
- * Returns 0, or 1 if dispatching failed.
+ * restarts from it. Stops at SIGINT or SIGTERM, or after `seconds`. Returns 0, or 1 if
+ * dispatching failed.
  */
 static int
-run_frames(demo *d, const sigset_t *signals, long seconds, frame_fn hook, void *arg)
+run_frames(demo *d, const sigset_t *signals, long seconds)
 {
     const struct timespec no_wait = {0, 0};
     uint64_t due = tether_now_usec();
@@ -1418,7 +1422,7 @@ run_frames(demo *d, const sigset_t *signals, long seconds, frame_fn hook, void *
         if (dispatch_for(d, DISPATCH_BUDGET_USEC, &spent) < 0) {
             return 1;
         }
-        bool done = hook && hook(arg);
+        bool done = false;
         int sig = sigtimedwait(signals, NULL, &no_wait);
         if (sig == SIGINT || sig == SIGTERM) {
             say("stopping (%s)", sig == SIGINT ? "SIGINT" : "SIGTERM");
@@ -1438,646 +1442,6 @@ run_frames(demo *d, const sigset_t *signals, long seconds, frame_fn hook, void *
         frame_dispatched(&d->clock, spent);
         print_timing(d, tether_now_usec());
     }
-}
-
-/* ---- the self-test (--once) ------------------------------------------------------------ */
-
-/*
- * A client on a thread of this process (so that the test is self-contained; it still
- * talks to the host through the socket) works the scene while the main thread runs the
- * frame loop, then the host calls the client back. Every step is a check, printed; the
- * exit status says whether all passed.
- */
-typedef struct selftest {
-    demo *demo;
-    char address[300];  /* where the client connects */
-    sem_t client_ready; /* the client made its calls (or gave up) */
-    sem_t host_done;    /* the host made its calls back */
-    int phase;          /* main thread only, see selftest_frame */
-    uint64_t release_deadline_usec;
-    atomic_bool client_finished;
-    atomic_int checks;
-    atomic_int failures;
-    atomic_int client_notes; /* notifications the client received */
-} selftest;
-
-/* What frame_stats() returned. */
-typedef struct frame_view {
-    uint64_t frames, late, calls;
-    double fps, frame_ms_mean, frame_ms_max, dispatch_ms_max;
-} frame_view;
-
-static void check(selftest *t, bool ok, const char *format, ...) TETHER_PRINTF(3, 4);
-
-static void
-check(selftest *t, bool ok, const char *format, ...)
-{
-    char line[600];
-    va_list ap;
-    va_start(ap, format);
-    vsnprintf(line, sizeof(line), format, ap);
-    va_end(ap);
-    atomic_fetch_add(&t->checks, 1);
-    if (!ok) {
-        atomic_fetch_add(&t->failures, 1);
-    }
-    say("%s %s", ok ? "ok  " : "FAIL", line);
-}
-
-/* Check that a step returned 0; say why when it did not. */
-static void
-check_ok(selftest *t, int r, const char *what)
-{
-    check(t, r == 0, "%s%s%s", what, r ? ": " : "", r ? tether_strerror(r) : "");
-}
-
-/*
- * Call method of the service side of conn, or of obj when not NULL, with prebuilt
- * arguments, and check the outcome: the result rendered as text, or the error's type
- * name, must be `expect` (NULL: any success). `who` starts the printed line ("client:
- * bob." for a method). Returns the result, a new reference, or NULL.
- */
-static tether_value *
-call_check(selftest *t, const char *who, tether_conn *conn, tether_object *obj, const char *expect,
-           const char *method, tether_value *args, tether_value *kwargs)
-{
-    tether_value *result = NULL;
-    tether_error error = TETHER_ERROR_INIT;
-    tether_call_options options = {.timeout_usec = SELFTEST_CALL_TIMEOUT_USEC};
-    int r = obj ? tether_object_call_values(obj, method, args, kwargs, &options, &result, &error)
-                : tether_conn_call_values(conn, method, args, kwargs, &options, &result, &error);
-    char *args_text = render(args);
-    char *kwargs_text = kwargs ? render(kwargs) : NULL;
-    char *result_text = r == 0 ? render(result) : NULL;
-    size_t len = args_text ? strlen(args_text) : 0;
-    const char *outcome = r == 0 ? result_text : error.type;
-    bool ok = expect ? outcome && strcmp(outcome, expect) == 0 : r == 0;
-    check(t, ok, "%s%s(%.*s%s%s) %s %s%s%s", who, method, len > 2 ? (int)len - 2 : 0,
-          len > 2 ? args_text + 1 : "", kwargs_text ? (len > 2 ? ", **" : "**") : "",
-          kwargs_text ? kwargs_text : "", r == 0 ? "=" : "raised",
-          outcome ? outcome : tether_strerror(r), r < 0 && error.message ? ": " : "",
-          r < 0 && error.message ? error.message : "");
-    free(args_text);
-    free(kwargs_text);
-    free(result_text);
-    tether_error_done(&error);
-    if (!ok) {
-        result = tether_value_unref(result);
-    }
-    return result;
-}
-
-/* Build the arguments (the format lists one item per argument) and call_check(). */
-static tether_value *
-call_checkv(selftest *t, const char *who, tether_conn *conn, tether_object *obj, const char *expect,
-            const char *method, const char *format, va_list ap)
-{
-    char wrapped[64];
-    tether_value *args = NULL;
-    snprintf(wrapped, sizeof(wrapped), "[%s]", format);
-    int r = tether_value_newv(&args, wrapped, ap);
-    if (r < 0) {
-        check_ok(t, r, "building the arguments");
-        return NULL;
-    }
-    tether_value *result = call_check(t, who, conn, obj, expect, method, args, NULL);
-    tether_value_unref(args);
-    return result;
-}
-
-/* A call whose result is checked as text (or whose error's type is). */
-static void
-expect_call(selftest *t, const char *who, tether_conn *conn, tether_object *obj, const char *expect,
-            const char *method, const char *format, ...)
-{
-    va_list ap;
-    va_start(ap, format);
-    tether_value_unref(call_checkv(t, who, conn, obj, expect, method, format, ap));
-    va_end(ap);
-}
-
-/* The Actor a result holds: a proxy, a new reference; NULL (and a failed check) if not. */
-static tether_object *
-actor_result(selftest *t, tether_value *result, const char *what)
-{
-    tether_object *obj = NULL;
-    if (!result) {
-        return NULL;
-    }
-    int r = tether_value_read(result, NULL, "o", &obj);
-    bool ok = r == 0 && obj && tether_object_is_remote(obj) &&
-              strcmp(tether_object_get_type_name(obj), "Actor") == 0;
-    check(t, ok, "%s is a proxy for an Actor", what);
-    tether_value_unref(result);
-    if (!ok) {
-        obj = tether_object_unref(obj);
-    }
-    return obj;
-}
-
-/* A call that returns an Actor. */
-static tether_object *
-expect_actor(selftest *t, tether_conn *conn, const char *method, const char *format, ...)
-{
-    va_list ap;
-    va_start(ap, format);
-    tether_value *result = call_checkv(t, "client: ", conn, NULL, NULL, method, format, ap);
-    va_end(ap);
-    return actor_result(t, result, "the result");
-}
-
-static bool
-read_frame_stats(selftest *t, tether_conn *conn, frame_view *view)
-{
-    tether_value *result = NULL;
-    tether_error error = TETHER_ERROR_INIT;
-    int r = tether_conn_call(conn, "frame_stats", NULL, &result, &error, NULL);
-    /* The map's keys in the order the service writes them (see serve_frame_stats). */
-    r = r < 0 ? r
-              : tether_value_read(result, &error, "{*u*d*d*d*d*u*u}", &view->frames, &view->fps,
-                                  &view->frame_ms_mean, &view->frame_ms_max, &view->dispatch_ms_max,
-                                  &view->late, &view->calls);
-    if (r < 0) {
-        check(t, false, "client: frame_stats(): %s",
-              error.message ? error.message : tether_strerror(r));
-    }
-    tether_value_unref(result);
-    tether_error_done(&error);
-    return r == 0;
-}
-
-/* Wait (polling, from the client's thread) until the host has released `want` actors. */
-static bool
-wait_released(selftest *t, int want)
-{
-    uint64_t until = tether_now_usec() + SELFTEST_RELEASE_WAIT_USEC;
-    while (atomic_load(&t->demo->released) < want && tether_now_usec() < until) {
-        struct timespec nap = {0, 5 * 1000 * 1000};
-        nanosleep(&nap, NULL);
-    }
-    return atomic_load(&t->demo->released) == want;
-}
-
-/* The old basics: calls the three ways, errors of the call itself. */
-static void
-client_basics(selftest *t, tether_conn *conn, tether_future **ret_greeting)
-{
-    const char *me = "client: ";
-    tether_call_options options = {.timeout_usec = SELFTEST_CALL_TIMEOUT_USEC};
-    /* A future and a notification first: the synchronous calls after them are answered
-     * only once the host has read both, since a connection's frames are served in order. */
-    int r = tether_conn_call_async(conn, "greet", &options, ret_greeting, "s", "self-test");
-    check_ok(t, r, "client: greet(\"self-test\") started as a future");
-    r = tether_conn_notify(conn, "log", "s", "hello from the self-test client");
-    check_ok(t, r, "client: log(\"hello from the self-test client\") notified");
-    expect_call(t, me, conn, NULL, "5", "add", "ii", 2, 3);
-    expect_call(t, me, conn, NULL, "4.0", "add", "dd", 1.5, 2.5);
-    expect_call(t, me, conn, NULL, "{\"list\": [1, 2.5, \"three\"], \"bytes\": b\"\\x00\\xff\"}",
-                "echo", "{s[ids]sy}", "list", 1, 2.5, "three", "bytes", "\x00\xff", (size_t)2);
-    expect_call(t, me, conn, NULL, "TypeError", "add", "si", "two", 3);
-    expect_call(t, me, conn, NULL, "tether.NoSuchService", "no_such_service", "");
-}
-
-/* Argument binding: keywords, defaults, and the errors a script can provoke. */
-static tether_object *
-client_spawns(selftest *t, tether_conn *conn, tether_object **ret_bob)
-{
-    const char *me = "client: ";
-    tether_object *ann = expect_actor(t, conn, "spawn_actor", "s", "Ann");
-    tether_value *args = NULL, *kwargs = NULL;
-    int r = tether_value_new(&args, "[s]", "Bob");
-    r = r < 0 ? r : tether_value_new(&kwargs, "{sdsdss}", "x", 1.5, "y", -2.0, "label", "hero");
-    *ret_bob =
-        r < 0 ? NULL
-              : actor_result(t, call_check(t, me, conn, NULL, NULL, "spawn_actor", args, kwargs),
-                             "the result");
-    tether_value_unref(args);
-    tether_value_unref(kwargs);
-    kwargs = NULL;
-    expect_call(t, me, conn, NULL, "ValueError", "spawn_actor", "s", "Ann");
-    expect_call(t, me, conn, NULL, "ValueError", "spawn_actor", "s", "");
-    expect_call(t, me, conn, NULL, "TypeError", "spawn_actor", "i", 42);
-    expect_call(t, me, conn, NULL, "TypeError", "spawn_actor", "");
-    expect_call(t, me, conn, NULL, "TypeError", "spawn_actor", "sddss", "Cid", 0.0, 0.0, "", "");
-    r = tether_value_new(&args, "[s]", "Cid");
-    r = r < 0 ? r : tether_value_new(&kwargs, "{si}", "z", 1);
-    if (r == 0) {
-        tether_value_unref(call_check(t, me, conn, NULL, "TypeError", "spawn_actor", args, kwargs));
-    }
-    tether_value_unref(args);
-    tether_value_unref(kwargs);
-    return ann;
-}
-
-/* Methods through proxies, and actors passed back to services. */
-static void
-client_methods(selftest *t, tether_conn *conn, tether_object *ann, tether_object *bob)
-{
-    const char *me = "client: ";
-    expect_call(t, "client: bob.", NULL, bob, "[2.5, -1.0]", "move", "ii", 1, 1);
-    expect_call(t, "client: bob.", NULL, bob, "[2.5, -1.0]", "position", "");
-    expect_call(t, "client: bob.", NULL, bob, "\"hero\"", "__getattr__", "s", "label");
-    expect_call(t, "client: bob.", NULL, bob, "AttributeError", "__getattr__", "s", "speed");
-    expect_call(t, "client: bob.", NULL, bob, "\"<Actor 'Bob' at (2.5, -1.0)>\"", "__repr__", "");
-    expect_call(t, "client: bob.", NULL, bob, "null", "set_label", "s", "villain");
-    expect_call(t, "client: bob.", NULL, bob,
-                "{\"name\": \"Bob\", \"x\": 2.5, \"y\": -1.0, \"label\": \"villain\"}", "info", "");
-    expect_call(t, "client: bob.", NULL, bob, "TypeError", "move", "si", "far", 1);
-    expect_call(t, "client: bob.", NULL, bob, "AttributeError", "fly", "");
-
-    /* A proxy passed back arrives at the host as the actor itself. */
-    expect_call(t, me, conn, NULL, "[3.0, -1.0]", "move_actor", "odd", bob, 0.5, 0.0);
-    expect_call(t, me, conn, NULL, "[1.0, 2.0]", "move_actor", "sii", "Ann", 1, 2);
-    expect_call(t, me, conn, NULL, "KeyError", "move_actor", "sii", "Nobody", 1, 2);
-    tether_object *again = expect_actor(t, conn, "get_actor", "s", "Bob");
-    check(t, again && tether_object_get_id(again) == tether_object_get_id(bob),
-          "get_actor(\"Bob\") names the same object as spawn_actor gave");
-    tether_object_unref(again);
-    expect_call(t, me, conn, NULL, "KeyError", "get_actor", "s", "Nobody");
-    expect_call(t, me, conn, NULL, "null", "rename_actor", "os", ann, "Anna");
-    expect_call(t, "client: ann.", NULL, ann, "\"Anna\"", "__getattr__", "s", "name");
-    expect_call(t, me, conn, NULL, "ValueError", "rename_actor", "ss", "Anna", "Bob");
-
-    tether_value *list = call_check(t, me, conn, NULL, NULL, "list_actors", NULL, NULL);
-    tether_object *first = NULL, *second = NULL;
-    int r = list ? tether_value_read(list, NULL, "[oo]", &first, &second) : TETHER_EINVAL;
-    check(t,
-          r == 0 && tether_object_get_id(first) == tether_object_get_id(ann) &&
-              tether_object_get_id(second) == tether_object_get_id(bob),
-          "list_actors() holds Anna and Bob, in spawn order");
-    tether_object_unref(first);
-    tether_object_unref(second);
-    tether_value_unref(list);
-
-    tether_value *globals = call_check(t, me, conn, NULL, NULL, "globals", NULL, NULL);
-    uint64_t frame = 0;
-    double fps = 0;
-    first = second = NULL;
-    r = globals ? tether_value_read(globals, NULL, "{*[oo]*u*d}", &first, &second, &frame, &fps)
-                : TETHER_EINVAL;
-    check(t, r == 0 && first && second && frame > 0,
-          "globals() holds the two actors, the frame number (%llu) and fps (%.1f)",
-          (unsigned long long)frame, fps);
-    tether_object_unref(first);
-    tether_object_unref(second);
-    tether_value_unref(globals);
-}
-
-/* Deleting: the struct lives while a proxy does, and is released after the last. */
-static void
-client_deletes(selftest *t, tether_conn *conn, tether_object **ann, tether_object **bob)
-{
-    const char *me = "client: ";
-    int released = atomic_load(&t->demo->released);
-    expect_call(t, me, conn, NULL, "null", "delete_actor", "s", "Bob");
-    expect_call(t, "client: bob.", NULL, *bob, "ReferenceError", "move", "ii", 1, 1);
-    expect_call(t, "client: bob.", NULL, *bob, "\"Bob\"", "__getattr__", "s", "name");
-    expect_call(t, "client: bob.", NULL, *bob, "false", "__bool__", "");
-    expect_call(t, me, conn, NULL, "ReferenceError", "move_actor", "oii", *bob, 1, 1);
-    check(t, atomic_load(&t->demo->released) == released,
-          "Bob is not released while the client holds a proxy");
-    *bob = tether_object_unref(*bob);
-    check(t, wait_released(t, released + 1), "Bob is released once the client drops its proxy");
-
-    expect_call(t, "client: ann.", NULL, *ann, "null", "delete", "");
-    expect_call(t, me, conn, NULL, "[]", "list_actors", "");
-    *ann = tether_object_unref(*ann);
-    check(t, wait_released(t, released + 2), "Anna is released once the client drops its proxy");
-}
-
-/* Many calls at once: the frame loop serves them within its budget, frame after frame. */
-static void
-client_burst(selftest *t, tether_conn *conn)
-{
-    tether_object *cid = expect_actor(t, conn, "spawn_actor", "s", "Cid");
-    tether_future *futures[SELFTEST_BURST] = {NULL};
-    tether_value *args = NULL;
-    tether_call_options options = {.timeout_usec = SELFTEST_CALL_TIMEOUT_USEC};
-    frame_view before = {0}, after = {0};
-    int ok = 0, r = tether_value_new(&args, "[ii]", 1, 0);
-    read_frame_stats(t, conn, &before);
-    for (int i = 0; r == 0 && cid && i < SELFTEST_BURST; i++) {
-        r = tether_object_call_async_values(cid, "move", args, NULL, &options, &futures[i]);
-    }
-    for (int i = 0; i < SELFTEST_BURST && futures[i]; i++) {
-        if (tether_future_wait(futures[i], 2 * SELFTEST_CALL_TIMEOUT_USEC) == 0 &&
-            tether_future_get_result(futures[i], NULL, NULL) == 0) {
-            ok++;
-        }
-        tether_future_unref(futures[i]);
-    }
-    read_frame_stats(t, conn, &after);
-    check(t, ok == SELFTEST_BURST,
-          "%d of %d pipelined cid.move(1, 0) calls succeeded, served within %llu frame%s", ok,
-          SELFTEST_BURST, (unsigned long long)(after.frames - before.frames + 1),
-          after.frames == before.frames ? "" : "s");
-    char expect[64];
-    snprintf(expect, sizeof(expect), "[%d.0, 0.0]", SELFTEST_BURST);
-    if (cid) {
-        expect_call(t, "client: cid.", NULL, cid, expect, "position", "");
-        expect_call(t, "client: ", conn, NULL, "null", "delete_actor", "o", cid);
-    }
-    tether_object_unref(cid);
-    tether_value_unref(args);
-}
-
-/*
- * A script that calls the host as fast as it can, one call after another, for half a
- * second: the frame loop must keep its pace, and give scripts no more than its budget.
- */
-static void
-client_hammers(selftest *t, tether_conn *conn)
-{
-    frame_view start = {0}, end = {0};
-    tether_object *dot = expect_actor(t, conn, "spawn_actor", "s", "Dot");
-    tether_value *args = NULL;
-    int calls = 0, r = dot && read_frame_stats(t, conn, &start) ? 0 : TETHER_EINVAL;
-    r = r < 0 ? r : tether_value_new(&args, "[dd]", 0.001, 0.0);
-    uint64_t begin = tether_now_usec(), stop = begin + SELFTEST_HAMMER_USEC;
-    for (; r == 0 && tether_now_usec() < stop; calls++) {
-        r = tether_object_call_values(dot, "move", args, NULL, NULL, NULL, NULL);
-    }
-    double seconds = (double)(tether_now_usec() - begin) / 1e6;
-    check_ok(t, r, "client: dot.move(0.001, 0.0), over and over");
-    if (r == 0 && read_frame_stats(t, conn, &end)) {
-        uint64_t frames = end.frames - start.frames;
-        check(t, (double)frames >= seconds * FPS * 3 / 4,
-              "the loop kept running while the client called it %d times in %.2f s: %llu frames",
-              calls, seconds, (unsigned long long)frames);
-        check(t, end.fps > 30 && end.fps < 90 && end.frame_ms_mean > 10 && end.frame_ms_mean < 33,
-              "frame_stats(): fps %.1f, frame mean %.2f ms, max %.2f ms, %llu late of %llu",
-              end.fps, end.frame_ms_mean, end.frame_ms_max, (unsigned long long)end.late,
-              (unsigned long long)end.frames);
-        /* The budget is 2 ms plus the item running when it ran out; a stall would be
-         * frames long. */
-        check(t, end.dispatch_ms_max < 3 * FRAME_USEC / 1000.0,
-              "no frame spent 3 frames' time serving scripts (the most was %.2f ms)",
-              end.dispatch_ms_max);
-    }
-    if (dot) {
-        expect_call(t, "client: ", conn, NULL, "null", "delete_actor", "o", dot);
-    }
-    tether_object_unref(dot);
-    tether_value_unref(args);
-}
-
-static void
-client_session(selftest *t, tether_conn *conn, tether_object **ret_ghost)
-{
-    tether_future *greeting = NULL;
-    tether_object *bob = NULL;
-    client_basics(t, conn, &greeting);
-    tether_object *ann = client_spawns(t, conn, &bob);
-    if (ann && bob) {
-        client_methods(t, conn, ann, bob);
-        client_deletes(t, conn, &ann, &bob);
-    }
-    tether_object_unref(ann);
-    tether_object_unref(bob);
-    client_burst(t, conn);
-    client_hammers(t, conn);
-    /* An actor deleted while the client still holds it: released when the client leaves. */
-    *ret_ghost = expect_actor(t, conn, "spawn_actor", "s", "Ghost");
-    expect_call(t, "client: ", conn, NULL, "null", "delete_actor", "s", "Ghost");
-
-    tether_value *text = NULL;
-    int r = greeting ? tether_future_wait(greeting, 2 * SELFTEST_CALL_TIMEOUT_USEC) : TETHER_EINVAL;
-    r = r < 0 ? r : tether_future_get_result(greeting, &text, NULL);
-    char *shown = r == 0 ? render(text) : NULL;
-    check(t, shown && strcmp(shown, "\"Hello, self-test!\"") == 0,
-          "client: the future of greet(\"self-test\") = %s", shown ? shown : tether_strerror(r));
-    free(shown);
-    tether_value_unref(text);
-    tether_future_unref(greeting);
-}
-
-/* ---- the client's services, which the host calls back ---------------------------------- */
-
-static int
-serve_square(tether_request *req, void *userdata)
-{
-    int x;
-    int r = tether_request_read(req, "i", &x);
-    return r < 0 ? r : tether_request_reply(req, "x", (int64_t)x * x);
-}
-
-static int
-serve_upper(tether_request *req, void *userdata)
-{
-    const char *text;
-    char upper[256];
-    int r = tether_request_read(req, "s", &text);
-    if (r < 0) {
-        return r;
-    }
-    size_t i = 0;
-    for (; text && text[i] && i < sizeof(upper) - 1; i++) {
-        upper[i] = text[i] >= 'a' && text[i] <= 'z' ? (char)(text[i] - 'a' + 'A') : text[i];
-    }
-    upper[i] = '\0';
-    return tether_request_reply(req, "s", upper);
-}
-
-/* add_via_host(a, b): asks the host's add, which is what the host's main thread runs
- * while it waits for this very call. An IO handler must not wait, so it keeps the
- * request and replies from the callback of an asynchronous call. */
-static void
-relay_reply(tether_future *future, void *userdata)
-{
-    tether_request *req = userdata;
-    tether_value *result = NULL;
-    tether_error error = TETHER_ERROR_INIT;
-    if (tether_future_get_result(future, &result, &error) == 0) {
-        tether_request_reply_value(req, result);
-    } else {
-        tether_request_reply_error_full(req, &error); /* type, message and traceback */
-    }
-    tether_value_unref(result);
-    tether_error_done(&error);
-    tether_request_unref(req);
-}
-
-static int
-serve_add_via_host(tether_request *req, void *userdata)
-{
-    tether_call_options options = {.timeout_usec = SELFTEST_CALL_TIMEOUT_USEC};
-    tether_future *future = NULL;
-    int a, b;
-    int r = tether_request_read(req, "ii", &a, &b);
-    if (r == 0) {
-        r = tether_conn_call_async(tether_request_get_conn(req), "add", &options, &future, "ii", a,
-                                   b);
-    }
-    if (r == 0) {
-        r = tether_future_set_callback(future, TETHER_CONTEXT_IO, relay_reply,
-                                       tether_request_ref(req));
-        tether_future_unref(future);
-    }
-    return r;
-}
-
-static int
-serve_note(tether_request *req, void *userdata)
-{
-    selftest *t = userdata;
-    atomic_fetch_add(&t->client_notes, 1);
-    return 0;
-}
-
-static void
-wait_sem(sem_t *sem, int seconds)
-{
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += seconds;
-    while (sem_timedwait(sem, &until) < 0 && errno == EINTR) {
-    }
-}
-
-static void *
-client_thread(void *arg)
-{
-    selftest *t = arg;
-    tether_client_options options = {
-        .name = SELFTEST_CLIENT,
-        .address = t->address,
-        .log = on_log,
-        .log_userdata = "[client] ",
-        .log_level = TETHER_LOG_WARNING,
-    };
-    tether_client *client = NULL;
-    tether_object *ghost = NULL;
-    tether_error error = TETHER_ERROR_INIT;
-    int r = tether_client_new(&options, &client);
-    r = r < 0 ? r : tether_client_add_service(client, "square", TETHER_CONTEXT_IO, serve_square, t);
-    r = r < 0 ? r : tether_client_add_service(client, "upper", TETHER_CONTEXT_IO, serve_upper, t);
-    r = r < 0 ? r : tether_client_add_service(client, "note", TETHER_CONTEXT_IO, serve_note, t);
-    r = r < 0 ? r
-              : tether_client_add_service(client, "add_via_host", TETHER_CONTEXT_IO,
-                                          serve_add_via_host, t);
-    r = r < 0 ? r : tether_client_connect(client, &error);
-    check(t, r == 0, "the client connects to %s%s%s", t->address, r ? ": " : "",
-          r ? (error.message ? error.message : tether_strerror(r)) : "");
-    if (r == 0) {
-        client_session(t, tether_client_get_conn(client), &ghost);
-    }
-    sem_post(&t->client_ready);
-    /* Stay connected while the host calls back; then leave, still holding the Ghost. */
-    wait_sem(&t->host_done, 2 * SELFTEST_ALARM_SECONDS);
-    tether_client_close(client);
-    tether_object_unref(ghost);
-    tether_client_unref(client);
-    tether_error_done(&error);
-    atomic_store(&t->client_finished, true);
-    return NULL;
-}
-
-/* The host calls its client back, the three ways, and once through a call-back. */
-static void
-host_calls(selftest *t)
-{
-    const char *me = "host -> client: ";
-    tether_conn *conn = NULL;
-    int r = tether_host_get_client(t->demo->host, SELFTEST_CLIENT, &conn);
-    check_ok(t, r, "the host finds its client by name");
-    if (r < 0) {
-        return;
-    }
-    tether_call_options options = {.timeout_usec = SELFTEST_CALL_TIMEOUT_USEC};
-    tether_future *future = NULL;
-    r = tether_conn_call_async(conn, "upper", &options, &future, "s", "tether");
-    check_ok(t, r, "host -> client: upper(\"tether\") started as a future");
-    r = tether_conn_notify(conn, "note", "s", "from the host");
-    check_ok(t, r, "host -> client: note(\"from the host\") notified");
-    expect_call(t, me, conn, NULL, "144", "square", "i", 12);
-    expect_call(t, me, conn, NULL, "TypeError", "square", "s", "twelve");
-    /* The client answers this one by calling the host's add, a MAIN service, while this
-     * thread, the host's main thread, is blocked waiting: the call-back belongs to the
-     * chain this thread waits on, so the wait runs it instead of deadlocking. */
-    expect_call(t, "host -> client -> host: ", conn, NULL, "42", "add_via_host", "ii", 20, 22);
-    tether_value *text = NULL;
-    r = future ? tether_future_wait(future, 2 * SELFTEST_CALL_TIMEOUT_USEC) : TETHER_EINVAL;
-    r = r < 0 ? r : tether_future_get_result(future, &text, NULL);
-    char *shown = r == 0 ? render(text) : NULL;
-    check(t, shown && strcmp(shown, "\"TETHER\"") == 0,
-          "host -> client: the future of upper(\"tether\") = %s",
-          shown ? shown : tether_strerror(r));
-    free(shown);
-    tether_value_unref(text);
-    tether_future_unref(future);
-    check(t, atomic_load(&t->client_notes) == 1, "the client received the notification (%d)",
-          atomic_load(&t->client_notes));
-    tether_conn_unref(conn);
-}
-
-/*
- * Once per frame, on the main thread: phase 0 waits for the client's calls and calls it
- * back; phase 1 waits for it to leave; phase 2 waits for the last release (the Ghost,
- * whose proxy went with the connection) and ends the loop.
- */
-static bool
-selftest_frame(void *arg)
-{
-    selftest *t = arg;
-    demo *d = t->demo;
-    if (t->phase == 0 && sem_trywait(&t->client_ready) == 0) {
-        check(t, atomic_load(&d->logs) == 1, "the host received the log notification (%d)",
-              atomic_load(&d->logs));
-        host_calls(t);
-        sem_post(&t->host_done);
-        t->phase = 1;
-    } else if (t->phase == 1 && atomic_load(&t->client_finished)) {
-        t->release_deadline_usec = tether_now_usec() + SELFTEST_RELEASE_WAIT_USEC;
-        t->phase = 2;
-    } else if (t->phase == 2) {
-        int released = atomic_load(&d->released), deleted = atomic_load(&d->deleted);
-        if (released < deleted && tether_now_usec() < t->release_deadline_usec) {
-            return false;
-        }
-        check(t, released == deleted,
-              "every deleted actor was released, the last when its client left (%d of %d)",
-              released, deleted);
-        return true;
-    }
-    return false;
-}
-
-static int
-run_selftest(demo *d, const sigset_t *signals)
-{
-    selftest t = {.demo = d};
-    if (d->opts.tcp) {
-        snprintf(t.address, sizeof(t.address), "tcp:127.0.0.1:%d",
-                 tether_host_get_tcp_port(d->host));
-    } else {
-        snprintf(t.address, sizeof(t.address), "%s", tether_host_get_address(d->host));
-    }
-    sem_init(&t.client_ready, 0, 0);
-    sem_init(&t.host_done, 0, 0);
-    pthread_t thread;
-    if (pthread_create(&thread, NULL, client_thread, &t) != 0) {
-        say("self-test: cannot start the client thread");
-        return 1;
-    }
-    /* The host's MAIN services run in this loop while the client calls them. Its time
-     * limit comes before the alarm's, so that a slow run still reports its checks. */
-    int r = run_frames(d, signals, SELFTEST_ALARM_SECONDS / 2, selftest_frame, &t);
-    if (t.phase < 2) {
-        check(&t, false, "the self-test finished in time");
-    }
-    if (t.phase == 0) {
-        sem_post(&t.host_done);
-    }
-    pthread_join(thread, NULL);
-    sem_destroy(&t.client_ready);
-    sem_destroy(&t.host_done);
-    int failures = atomic_load(&t.failures);
-    if (failures || r != 0) {
-        say("self-test FAILED: %d of %d checks", failures, atomic_load(&t.checks));
-        return 1;
-    }
-    say("self-test passed: %d checks", atomic_load(&t.checks));
-    return 0;
 }
 
 /* ---- running --------------------------------------------------------------------------- */
@@ -2125,7 +1489,8 @@ print_how_to_connect(demo *d)
            "  spawn_actor(name, x=0.0, y=0.0, label=\"\") -> Actor   list_actors()   "
            "get_actor(name)\n"
            "  move_actor(actor, dx, dy)   rename_actor(actor, new_name)   delete_actor(actor)\n"
-           "  log(message)   frame_stats()   globals()   add(a, b)   greet(name)   echo(value)\n"
+           "  log(message)   frame_stats()   scene_stats()   globals()\n"
+           "  add(a, b)   greet(name)   echo(value)\n"
            "  Actor: move(dx, dy)  position()  rename(new_name)  set_label(text)  delete()  "
            "info(),\n"
            "         and the attributes name, x, y, label, alive\n",
@@ -2161,7 +1526,7 @@ usage(FILE *to)
 {
     fprintf(to,
             "usage: tether-demo [--name NAME] [--tcp [PORT]] [--port PORT] [--seconds N]\n"
-            "                   [--quiet] [--once]\n"
+            "                   [--quiet]\n"
             "\n"
             "An engine-like host to script: a 60 fps frame loop and a scene of actors that\n"
             "scripts spawn, move, rename and delete, through services or through proxies.\n"
@@ -2172,9 +1537,7 @@ usage(FILE *to)
             "  --port PORT    the TCP port (implies --tcp)\n"
             "  --seconds N    stop after N seconds (default: at SIGINT or SIGTERM)\n"
             "  --quiet        print events only (clients, scene changes, logged messages,\n"
-            "                 errors, frame timing), not every call\n"
-            "  --once         run a self-test: a client works the scene and the host calls\n"
-            "                 it back; exit 0 when every check passed\n",
+            "                 errors, frame timing), not every call\n",
             DEFAULT_NAME, TETHER_DEFAULT_TCP_PORT);
 }
 
@@ -2222,8 +1585,6 @@ parse_options(int argc, char **argv, demo_options *opts)
         if (IS("--help") || IS("-h")) {
             usage(stdout);
             exit(0);
-        } else if (IS("--once") && !value) {
-            opts->once = true;
         } else if (IS("--quiet") && !value) {
             opts->quiet = true;
         } else if (IS("--name")) {
@@ -2288,8 +1649,6 @@ main(int argc, char **argv)
     if (r != 0) {
         return r;
     }
-    /* The self-test prints a line per check; a line per call on top would drown them. */
-    d.opts.quiet = d.opts.quiet || d.opts.once;
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     /* Block the stop signals before the library starts its I/O thread, which inherits
@@ -2299,9 +1658,6 @@ main(int argc, char **argv)
     sigaddset(&signals, SIGINT);
     sigaddset(&signals, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &signals, NULL);
-    if (d.opts.once) {
-        alarm(SELFTEST_ALARM_SECONDS);
-    }
 
     tether_host_options host_opts = {
         .name = d.opts.name,
@@ -2328,16 +1684,11 @@ main(int argc, char **argv)
         return 1;
     }
 
-    int status;
-    if (d.opts.once) {
-        status = run_selftest(&d, &signals);
-    } else {
-        print_how_to_connect(&d);
-        status = run_frames(&d, &signals, d.opts.seconds, NULL, NULL);
-        say("served %llu calls in %llu frames; %d actors spawned, %zu in the scene",
-            (unsigned long long)atomic_load(&d.calls), (unsigned long long)d.clock.frames,
-            atomic_load(&d.spawned), d.count);
-    }
+    print_how_to_connect(&d);
+    int status = run_frames(&d, &signals, d.opts.seconds);
+    say("served %llu calls in %llu frames; %llu actors spawned, %zu in the scene",
+        (unsigned long long)atomic_load(&d.calls), (unsigned long long)d.clock.frames,
+        (unsigned long long)d.spawned, d.count);
     shut_down(&d);
     return status;
 }
