@@ -162,7 +162,6 @@ TETHER_EXPORT int tether_error_set(tether_error *error, const char *type, const 
  * ------------------------------------------------------------------------------- */
 
 typedef struct tether_value tether_value;
-struct msgpack_object; /* from <msgpack.h>, for tether_value_get_object() */
 
 /*
  * Build a value from a format describing exactly one item (use "[...]" for several).
@@ -179,6 +178,7 @@ TETHER_EXPORT int tether_value_newv(tether_value **ret, const char *format, va_l
  */
 TETHER_EXPORT int tether_value_new_msgpack(const void *data, size_t size, tether_value **ret);
 
+/* Take a reference; drop one (accepts NULL, returns NULL). Thread: any. */
 TETHER_EXPORT tether_value *tether_value_ref(tether_value *value);
 TETHER_EXPORT tether_value *tether_value_unref(tether_value *value);
 
@@ -199,12 +199,42 @@ TETHER_EXPORT int tether_value_get_msgpack(const tether_value *value, const void
                                            size_t *ret_size);
 
 /*
- * The value unpacked as a msgpack-c object (borrowed; lives as long as the value).
- * Unpacked on first use. Returns 0 or TETHER_ENOMEM.
- * Thread: any, one thread at a time per value.
+ * What a value holds, without decoding its msgpack bytes: its type, the count of an
+ * array (elements), map (pairs), str or bin (bytes), and the items of an array or map.
+ * Scalars are read with tether_value_read(value, NULL, "i", &x) and the like.
  */
-TETHER_EXPORT int tether_value_get_object(tether_value *value,
-                                          const struct msgpack_object **ret_object);
+typedef enum tether_type {
+    TETHER_TYPE_NIL = 0,
+    TETHER_TYPE_BOOL = 1,
+    TETHER_TYPE_INT = 2, /* signed or unsigned, up to 64 bits */
+    TETHER_TYPE_FLOAT = 3,
+    TETHER_TYPE_STR = 4,
+    TETHER_TYPE_BIN = 5,
+    TETHER_TYPE_ARRAY = 6,
+    TETHER_TYPE_MAP = 7,
+    TETHER_TYPE_OBJECT = 8, /* an object by reference: read it with "o" */
+    TETHER_TYPE_ERROR = 9,  /* an error ([type, message, traceback]) */
+    TETHER_TYPE_EXT = 10,   /* another msgpack ext */
+} tether_type;
+
+/* The type of the value: a tether_type (>= 0), or TETHER_EINVAL for NULL. Thread: any. */
+TETHER_EXPORT int tether_value_get_type(const tether_value *value);
+
+/*
+ * The number of elements of an array, of key/value pairs of a map, of bytes of a str
+ * or bin. Returns 0, or TETHER_EINVAL for a value of another type. Thread: any.
+ */
+TETHER_EXPORT int tether_value_get_count(const tether_value *value, size_t *ret_count);
+
+/*
+ * Item index of an array, or of a map's keys and values in order (item 2k is the key of
+ * pair k, item 2k + 1 its value), as a new value (release it) holding the objects inside
+ * it. Each call walks the items before index: to go through a long array, read it with
+ * a format or decode tether_value_get_msgpack() instead. Returns 0, TETHER_EINVAL (not
+ * an array or map), TETHER_ENOENT (index past the end), TETHER_ENOMEM. Thread: any.
+ */
+TETHER_EXPORT int tether_value_get_item(const tether_value *value, size_t index,
+                                        tether_value **ret_item);
 
 /*
  * Render the value as JSON-like text for people (bytes as b"...", ext values by kind),
@@ -275,18 +305,23 @@ typedef int (*tether_handler_fn)(tether_request *req, void *userdata);
  */
 TETHER_EXPORT int tether_request_read(tether_request *req, const char *format, ...);
 
-/* The positional arguments (an array) and keyword arguments (a map), borrowed. */
+/*
+ * The positional arguments (an array) and keyword arguments (a map), borrowed; made on
+ * first use. Thread: whichever thread holds the request, one at a time.
+ */
 TETHER_EXPORT tether_value *tether_request_get_args(tether_request *req);
 TETHER_EXPORT tether_value *tether_request_get_kwargs(tether_request *req);
-/* The service or method name, NUL-terminated, borrowed. */
+/* The service or method name, NUL-terminated, borrowed. Thread: any. */
 TETHER_EXPORT const char *tether_request_get_method(const tether_request *req);
-/* The connection the request came from, borrowed. */
+/* The connection the request came from, borrowed. Thread: any. */
 TETHER_EXPORT tether_conn *tether_request_get_conn(const tether_request *req);
-/* For a method call on an exported object, that object (borrowed); NULL for services. */
+/* For a method call on an exported object, that object (borrowed); NULL for services.
+ * Thread: any. */
 TETHER_EXPORT struct tether_object *tether_request_get_object(const tether_request *req);
-/* 1 for a notification (no reply is sent), 0 for a call. */
+/* 1 for a notification (no reply is sent), 0 for a call. Thread: any. */
 TETHER_EXPORT int tether_request_is_notification(const tether_request *req);
-/* 1 once the caller has cancelled the call or its connection is gone, else 0. */
+/* 1 once the caller has cancelled the call or its connection is gone, else 0.
+ * Thread: any. */
 TETHER_EXPORT int tether_request_is_cancelled(const tether_request *req);
 
 /*
@@ -370,7 +405,8 @@ TETHER_EXPORT int tether_conn_call(tether_conn *conn, const char *method,
                                    const tether_call_options *options, tether_value **ret_result,
                                    tether_error *reterr, const char *format, ...);
 
-/* Same with prebuilt arguments: args an array (NULL: none), kwargs a map (NULL: none). */
+/* Same with prebuilt arguments: args an array (NULL: none), kwargs a map (NULL: none).
+ * Thread: any. */
 TETHER_EXPORT int tether_conn_call_values(tether_conn *conn, const char *method,
                                           tether_value *args, tether_value *kwargs,
                                           const tether_call_options *options,
@@ -447,6 +483,7 @@ typedef void (*tether_future_fn)(tether_future *future, void *userdata);
 TETHER_EXPORT int tether_future_set_callback(tether_future *future, tether_context context,
                                              tether_future_fn fn, void *userdata);
 
+/* Take a reference; drop one (unref cancels nothing; accepts NULL, returns NULL). Thread: any. */
 TETHER_EXPORT tether_future *tether_future_ref(tether_future *future);
 TETHER_EXPORT tether_future *tether_future_unref(tether_future *future);
 
@@ -519,6 +556,7 @@ typedef struct tether_class {
 TETHER_EXPORT int tether_conn_new_object(tether_conn *conn, const tether_class *cls,
                                          void *userdata, tether_object **ret_object);
 
+/* Take a reference; drop one (accepts NULL, returns NULL). Thread: any. */
 TETHER_EXPORT tether_object *tether_object_ref(tether_object *object);
 TETHER_EXPORT tether_object *tether_object_unref(tether_object *object);
 
@@ -533,7 +571,8 @@ TETHER_EXPORT tether_object *tether_object_ref_live(tether_object *object);
 TETHER_EXPORT int tether_object_is_remote(const tether_object *object);
 /* A local object's userdata; NULL for a proxy. Thread: any. */
 TETHER_EXPORT void *tether_object_get_userdata(const tether_object *object);
-/* The class name (local) or the type name the owner sent (proxy), borrowed. */
+/* The class name (local) or the type name the owner sent (proxy), borrowed.
+ * Thread: any. */
 TETHER_EXPORT const char *tether_object_get_type_name(const tether_object *object);
 /* The object's id on the wire: unique in its owner's process. Thread: any. */
 TETHER_EXPORT uint64_t tether_object_get_id(const tether_object *object);
@@ -546,6 +585,9 @@ TETHER_EXPORT tether_conn *tether_object_get_conn(const tether_object *object);
  * On a local object returns TETHER_EINVAL. A proxy whose connection is gone fails
  * with TETHER_ENOTCONN: the object it named is gone with it (a client's reconnect does
  * not carry proxies over). An object the peer no longer has gives TETHER_ENOENT.
+ * tether_object_call_async and tether_object_notify are tether_conn_call_async and
+ * tether_conn_notify for a proxied object's method, the _values forms the same with
+ * prebuilt arguments. Thread: any.
  */
 TETHER_EXPORT int tether_object_call(tether_object *object, const char *method,
                                      const tether_call_options *options,
@@ -559,7 +601,11 @@ TETHER_EXPORT int tether_object_call_async_values(tether_object *object, const c
                                                   tether_value *args, tether_value *kwargs,
                                                   const tether_call_options *options,
                                                   tether_future **ret_future);
-/* A notification to a proxied object's method (as tether_conn_notify_values). */
+TETHER_EXPORT int tether_object_call_async(tether_object *object, const char *method,
+                                           const tether_call_options *options,
+                                           tether_future **ret_future, const char *format, ...);
+TETHER_EXPORT int tether_object_notify(tether_object *object, const char *method,
+                                       const char *format, ...);
 TETHER_EXPORT int tether_object_notify_values(tether_object *object, const char *method,
                                               tether_value *args, tether_value *kwargs);
 
@@ -573,12 +619,28 @@ TETHER_EXPORT int tether_value_get_objects(const tether_value *value,
                                            size_t *ret_count);
 
 /*
- * Make a value from msgpack bytes that contain REF exts, giving the objects they name
- * in the order they appear: each REF must be [0, id, type] for a local object or
- * [1, id, type] for a proxy, with that object's id. (tether_value_new_msgpack refuses
- * bytes with REF exts, which would name objects nobody holds.) Returns 0,
- * TETHER_EPROTO (malformed bytes), TETHER_EINVAL (REFs and objects disagree),
- * TETHER_ENOMEM. Thread: any.
+ * In the msgpack bytes of a value, an object by reference is one msgpack ext of this
+ * type; what its payload holds is the library's business. Readers of the bytes take the
+ * objects in order from tether_value_get_objects(); writers get the bytes of an object
+ * from tether_object_get_msgpack().
+ */
+#define TETHER_MSGPACK_EXT_OBJECT 1
+
+/*
+ * The msgpack bytes that stand for object inside a value, written to buf (size bytes);
+ * *ret_len gets their length, also when buf is too small. Returns 0, TETHER_EINVAL,
+ * TETHER_EMSGSIZE (buf too small: call again with *ret_len bytes), TETHER_ENOMEM.
+ * Thread: any.
+ */
+TETHER_EXPORT int tether_object_get_msgpack(const tether_object *object, void *buf, size_t size,
+                                            size_t *ret_len);
+
+/*
+ * Make a value from msgpack bytes that contain objects by reference, written with
+ * tether_object_get_msgpack(), giving the objects in the order they appear (the value
+ * takes its own references). tether_value_new_msgpack refuses such bytes, which would
+ * name objects nobody holds. Returns 0, TETHER_EPROTO (malformed bytes), TETHER_EINVAL
+ * (the references and objects disagree), TETHER_ENOMEM. Thread: any.
  */
 TETHER_EXPORT int tether_value_new_msgpack_objects(const void *data, size_t size,
                                                    tether_object *const *objects, size_t count,
@@ -588,6 +650,7 @@ TETHER_EXPORT int tether_value_new_msgpack_objects(const void *data, size_t size
  * Connections
  * ------------------------------------------------------------------------------- */
 
+/* Take a reference; drop one (accepts NULL, returns NULL). Thread: any. */
 TETHER_EXPORT tether_conn *tether_conn_ref(tether_conn *conn);
 TETHER_EXPORT tether_conn *tether_conn_unref(tether_conn *conn);
 
@@ -595,7 +658,8 @@ TETHER_EXPORT tether_conn *tether_conn_unref(tether_conn *conn);
 TETHER_EXPORT const char *tether_conn_get_peer_name(const tether_conn *conn);
 /* The peer's process id as sent in its handshake. Thread: any. */
 TETHER_EXPORT int64_t tether_conn_get_peer_pid(const tether_conn *conn);
-/* The peer's language and its version ("c", "python" / "3.11.2"), borrowed. */
+/* The peer's language and its version ("c", "python" / "3.11.2"), borrowed.
+ * Thread: any. */
 TETHER_EXPORT const char *tether_conn_get_peer_language(const tether_conn *conn);
 TETHER_EXPORT const char *tether_conn_get_peer_language_version(const tether_conn *conn);
 /* 1 while the connection is open, 0 once closed or lost. Thread: any. */
@@ -696,8 +760,9 @@ typedef struct tether_host_options {
  */
 TETHER_EXPORT int tether_host_new(const tether_host_options *options, tether_host **ret_host);
 
+/* Take a reference; drop one (accepts NULL, returns NULL). The last unref stops the host
+ * as tether_host_stop does. Thread: any but a handler's (as tether_host_stop). */
 TETHER_EXPORT tether_host *tether_host_ref(tether_host *host);
-/* The last unref stops the host as tether_host_stop does. */
 TETHER_EXPORT tether_host *tether_host_unref(tether_host *host);
 
 /*
@@ -736,7 +801,8 @@ TETHER_EXPORT int tether_host_stop(tether_host *host);
 TETHER_EXPORT const char *tether_host_get_address(const tether_host *host);
 /* The TCP port listened on, TETHER_ENOTCONN if no TCP listener. Thread: any. */
 TETHER_EXPORT int tether_host_get_tcp_port(const tether_host *host);
-/* The path of the 0600 file holding the token TCP clients must present; borrowed. */
+/* The path of the 0600 file holding the token TCP clients must present; borrowed.
+ * Thread: any. */
 TETHER_EXPORT const char *tether_host_get_token_path(const tether_host *host);
 
 /*
@@ -891,13 +957,15 @@ typedef struct tether_spawn_options {
 TETHER_EXPORT int tether_host_spawn(tether_host *host, const tether_spawn_options *options,
                                     tether_child **ret_child, tether_error *reterr);
 
+/* Take a reference; drop one (accepts NULL, returns NULL). The last unref terminates the
+ * child if it still runs (tether_child_terminate). Thread: any. */
 TETHER_EXPORT tether_child *tether_child_ref(tether_child *child);
-/* The last unref terminates the child if it still runs (tether_child_terminate). */
 TETHER_EXPORT tether_child *tether_child_unref(tether_child *child);
 
 /* The child's process id. Thread: any. */
 TETHER_EXPORT int64_t tether_child_get_pid(const tether_child *child);
-/* Its connection (borrowed): call its services, or see it in tether_host_list_clients. */
+/* Its connection (borrowed): call its services, or see it in tether_host_list_clients.
+ * Thread: any. */
 TETHER_EXPORT tether_conn *tether_child_get_conn(const tether_child *child);
 /* The proxy of its root object (borrowed; take a reference to keep it beyond the
  * child). Thread: any. */
@@ -1017,8 +1085,9 @@ typedef struct tether_client_options {
 TETHER_EXPORT int tether_client_new(const tether_client_options *options,
                                     tether_client **ret_client);
 
+/* Take a reference; drop one (accepts NULL, returns NULL). The last unref closes the
+ * connection. Thread: any but a handler's. */
 TETHER_EXPORT tether_client *tether_client_ref(tether_client *client);
-/* The last unref closes the connection. */
 TETHER_EXPORT tether_client *tether_client_unref(tether_client *client);
 
 /* Register a service the host may call, as tether_host_add_service. Thread: any. */
@@ -1057,7 +1126,8 @@ TETHER_EXPORT const char *tether_client_get_host_name(const tether_client *clien
 TETHER_EXPORT int tether_client_close(tether_client *client);
 
 /* As tether_host_get_fd, tether_host_dispatch and tether_host_wait, for a client whose
- * own main thread (the one that created it) runs its MAIN services. */
+ * own main thread (the one that created it) runs its MAIN services. Thread: any for
+ * get_fd; main for dispatch and wait. */
 TETHER_EXPORT int tether_client_get_fd(const tether_client *client);
 TETHER_EXPORT int tether_client_dispatch(tether_client *client, uint64_t budget_usec);
 TETHER_EXPORT int tether_client_wait(tether_client *client, uint64_t timeout_usec);

@@ -2,7 +2,7 @@
 
 The extension tether._tether is python/_tether/*.c compiled together with the library's
 own sources (../src, ../include), so the one _tether.abi3.so carries libtether inside and
-needs only libuv (and msgpack-c) from the system. It is built for the stable ABI
+needs only libuv from the system. It is built for the stable ABI
 (Py_LIMITED_API 3.10, set in _tether/module.h): one build serves every CPython from 3.10 on.
 
     pip install --no-build-isolation ./python
@@ -36,11 +36,11 @@ def pkg_config(*args):
 
 
 def dependency_flags():
-    """Compile and link flags of libuv and msgpack-c (pkg-config, else plain names)."""
-    cflags = pkg_config("--cflags", "libuv", "msgpack")
-    libs = pkg_config("--libs", "libuv", "msgpack")
+    """Compile and link flags of libuv (pkg-config, else plain names)."""
+    cflags = pkg_config("--cflags", "libuv")
+    libs = pkg_config("--libs", "libuv")
     if cflags is None or libs is None:
-        return [], ["-luv", "-lmsgpackc", "-lpthread"]
+        return [], ["-luv", "-lpthread"]
     return cflags, libs + ["-lpthread"]
 
 

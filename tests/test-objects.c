@@ -214,6 +214,25 @@ Test(objects, proxy_calls_methods_and_release_follows_the_last_proxy)
     cr_assert_eq(n, 5);
     tether_value_unref(v);
 
+    /* The same through a future and a notification, arguments from a format. */
+    tether_future *fut = NULL;
+    ASSERT_OK(tether_object_call_async(proxy, "add", NULL, &fut, "i", 2));
+    ASSERT_OK(tether_future_wait(fut, 5 * 1000 * 1000));
+    ASSERT_OK(tether_future_get_result(fut, &v, NULL));
+    ASSERT_OK(tether_value_read(v, NULL, "i", &n));
+    cr_assert_eq(n, 7);
+    tether_value_unref(v);
+    tether_future_unref(fut);
+    ASSERT_OK(tether_object_notify(proxy, "add", "i", 3));
+    /* Notifications go out before later calls: the next call sees the addition. */
+    ASSERT_OK(tether_object_call(proxy, "add", NULL, &v, NULL, "i", 0));
+    ASSERT_OK(tether_value_read(v, NULL, "i", &n));
+    cr_assert_eq(n, 10);
+    tether_value_unref(v);
+    ASSERT_OK(tether_object_call(proxy, "add", NULL, NULL, NULL, "i", -5));
+    ASSERT_ERR(tether_object_call_async(proxy, "add", NULL, NULL, "i", 1), TETHER_EINVAL);
+    ASSERT_ERR(tether_object_notify(NULL, "add", "i", 1), TETHER_EINVAL);
+
     /* Unknown methods are an AttributeError naming the class. */
     tether_error err = TETHER_ERROR_INIT;
     ASSERT_ERR(tether_object_call(proxy, "explode", NULL, NULL, &err, NULL), TETHER_EREMOTE);
@@ -401,6 +420,29 @@ Test(objects, values_carry_their_objects)
     tether_object_unref(back);
     tether_value_unref(copy);
     tether_value_unref(outer);
+
+    /* Bytes built by hand: an array header, then an object's bytes as the library
+     * writes them, are a value holding that object, seen as TETHER_TYPE_OBJECT. */
+    uint8_t built[80] = {0x92};
+    size_t ref_len = 0;
+    ASSERT_ERR(tether_object_get_msgpack(obj, built + 1, 1, &ref_len), TETHER_EMSGSIZE);
+    cr_assert_gt(ref_len, 1);
+    cr_assert_lt(ref_len * 2 + 1, sizeof(built));
+    ASSERT_OK(tether_object_get_msgpack(obj, built + 1, sizeof(built) - 1, &ref_len));
+    cr_assert((built[1] >= 0xc7 && built[1] <= 0xc9) || (built[1] >= 0xd4 && built[1] <= 0xd8),
+              "an ext: %#x", built[1]);
+    memcpy(built + 1 + ref_len, built + 1, ref_len);
+    tether_object *twice[] = {obj, obj};
+    ASSERT_OK(tether_value_new_msgpack_objects(built, 1 + 2 * ref_len, twice, 2, &copy));
+    tether_value *item;
+    ASSERT_OK(tether_value_get_item(copy, 1, &item));
+    cr_assert_eq(tether_value_get_type(item), TETHER_TYPE_OBJECT);
+    ASSERT_OK(tether_value_read(item, NULL, "o", &back));
+    cr_assert_eq(back, obj);
+    tether_object_unref(back);
+    tether_value_unref(item);
+    tether_value_unref(copy);
+    ASSERT_ERR(tether_object_get_msgpack(NULL, built, sizeof(built), &ref_len), TETHER_EINVAL);
 
     /* A value without objects reads "o" from nil only. */
     ASSERT_OK(tether_value_new(&copy, "[on]", NULL));

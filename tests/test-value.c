@@ -1,13 +1,13 @@
 /*
- * test-value: tether_value building and reading with format strings, the msgpack-c
- * object view, text rendering, the internal helpers used by the connection code, and
- * the error helpers (tether_strerror, tether_error_*).
+ * test-value: tether_value building and reading with format strings, introspection
+ * (type, count, items), text rendering, the internal helpers used by the connection
+ * code, and the error table (tether_strerror, tether_err_*, tether_error_*).
  */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <limits.h>
+#include <stdio.h>
 #include <math.h>
-#include <msgpack.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <string.h>
@@ -529,75 +529,104 @@ Test(value, new_msgpack_rejects_bad_bytes)
     cr_assert_eq(tether_value_new_msgpack(deep, 65, &v), -EPROTO);
 }
 
-/* ---- the msgpack-c view -------------------------------------------------------- */
+/* ---- introspection ----------------------------------------------------------- */
 
-Test(value, get_object)
+/* Item i of v, checked to be of type. */
+static tether_value *
+item_of(tether_value *v, size_t i, int type)
+{
+    tether_value *item = NULL;
+    cr_assert_eq(tether_value_get_item(v, i, &item), 0, "item %zu", i);
+    cr_assert_eq(tether_value_get_type(item), type, "item %zu", i);
+    return item;
+}
+
+Test(value, introspection)
 {
     tether_value *v;
     cr_assert_eq(tether_value_new(&v, "[nbixdsy{s[]si}v]", 1, -3, (int64_t)1 << 40, 0.25, "str",
                                   "\x01", (size_t)1, "a", "b", 7, (tether_value *)NULL),
                  0);
-    const msgpack_object *o = NULL, *again = NULL;
-    cr_assert_eq(tether_value_get_object(v, &o), 0);
-    cr_assert_eq(tether_value_get_object(v, &again), 0);
-    cr_assert_eq(o, again);
-    cr_assert_eq(o->type, MSGPACK_OBJECT_ARRAY);
-    cr_assert_eq(o->via.array.size, 9);
-    const msgpack_object *a = o->via.array.ptr;
-    cr_assert_eq(a[0].type, MSGPACK_OBJECT_NIL);
-    cr_assert_eq(a[1].type, MSGPACK_OBJECT_BOOLEAN);
-    cr_assert(a[1].via.boolean);
-    cr_assert_eq(a[2].type, MSGPACK_OBJECT_NEGATIVE_INTEGER);
-    cr_assert_eq(a[2].via.i64, -3);
-    cr_assert_eq(a[3].type, MSGPACK_OBJECT_POSITIVE_INTEGER);
-    cr_assert_eq(a[3].via.u64, (uint64_t)1 << 40);
-    cr_assert_eq(a[4].type, MSGPACK_OBJECT_FLOAT64);
-    cr_assert_eq(a[4].via.f64, 0.25);
-    cr_assert_eq(a[5].type, MSGPACK_OBJECT_STR);
-    cr_assert_eq(a[5].via.str.size, 3);
-    cr_assert_eq(memcmp(a[5].via.str.ptr, "str", 3), 0);
-    cr_assert_eq(a[6].type, MSGPACK_OBJECT_BIN);
-    cr_assert_eq(a[6].via.bin.size, 1);
-    cr_assert_eq(a[7].type, MSGPACK_OBJECT_MAP);
-    cr_assert_eq(a[7].via.map.size, 2);
-    const msgpack_object_kv *kv = a[7].via.map.ptr;
-    cr_assert_eq(kv[0].key.type, MSGPACK_OBJECT_STR);
-    cr_assert_eq(kv[0].val.type, MSGPACK_OBJECT_ARRAY);
-    cr_assert_eq(kv[0].val.via.array.size, 0);
-    cr_assert_eq(kv[1].val.via.u64, 7);
-    cr_assert_eq(a[8].type, MSGPACK_OBJECT_NIL);
+    size_t n = 0;
+    cr_assert_eq(tether_value_get_type(v), TETHER_TYPE_ARRAY);
+    cr_assert_eq(tether_value_get_count(v, &n), 0);
+    cr_assert_eq(n, 9);
+    static const int types[] = {TETHER_TYPE_NIL,   TETHER_TYPE_BOOL, TETHER_TYPE_INT,
+                                TETHER_TYPE_INT,   TETHER_TYPE_FLOAT, TETHER_TYPE_STR,
+                                TETHER_TYPE_BIN,   TETHER_TYPE_MAP,  TETHER_TYPE_NIL};
+    for (size_t i = 0; i < 9; i++) {
+        tether_value_unref(item_of(v, i, types[i]));
+    }
+    int64_t x;
+    uint64_t u;
+    tether_value *item = item_of(v, 2, TETHER_TYPE_INT);
+    cr_assert_eq(tether_value_read(item, NULL, "x", &x), 0);
+    cr_assert_eq(x, -3);
+    tether_value_unref(item);
+    item = item_of(v, 3, TETHER_TYPE_INT);
+    cr_assert_eq(tether_value_read(item, NULL, "u", &u), 0);
+    cr_assert_eq(u, (uint64_t)1 << 40);
+    tether_value_unref(item);
+    item = item_of(v, 5, TETHER_TYPE_STR);
+    cr_assert_eq(tether_value_get_count(item, &n), 0);
+    cr_assert_eq(n, 3);
+    tether_value_unref(item);
+
+    /* A map's items are its keys and values in order. */
+    tether_value *map = item_of(v, 7, TETHER_TYPE_MAP);
+    cr_assert_eq(tether_value_get_count(map, &n), 0);
+    cr_assert_eq(n, 2);
+    tether_value *key = item_of(map, 0, TETHER_TYPE_STR);
+    const char *text;
+    cr_assert_eq(tether_value_read(key, NULL, "s", &text), 0);
+    cr_assert_str_eq(text, "a");
+    tether_value_unref(key);
+    tether_value *val = item_of(map, 1, TETHER_TYPE_ARRAY);
+    cr_assert_eq(tether_value_get_count(val, &n), 0);
+    cr_assert_eq(n, 0);
+    tether_value_unref(val);
+    val = item_of(map, 3, TETHER_TYPE_INT);
+    cr_assert_eq(tether_value_read(val, NULL, "u", &u), 0);
+    cr_assert_eq(u, 7);
+    tether_value_unref(val);
+    cr_assert_eq(tether_value_get_item(map, 4, &val), TETHER_ENOENT);
+    cr_assert_null(val);
+    tether_value_unref(map);
+
+    /* Scalars have no items or count; NULL has no type. */
+    item = item_of(v, 1, TETHER_TYPE_BOOL);
+    cr_assert_eq(tether_value_get_count(item, &n), TETHER_EINVAL);
+    cr_assert_eq(tether_value_get_item(item, 0, &val), TETHER_EINVAL);
+    tether_value_unref(item);
+    cr_assert_eq(tether_value_get_type(NULL), TETHER_EINVAL);
+    cr_assert_eq(tether_value_get_item(v, 9, &val), TETHER_ENOENT);
     tether_value_unref(v);
 
-    /* Ext, float32 and a positive int in a signed encoding, as msgpack-c would give. */
+    /* Ext values: an error, another ext; a float32. */
     v = FROM("\x93\xd6\x05\x01\x02\x03\x04\xca\x3f\xc0\x00\x00\xd0\x05");
-    cr_assert_eq(tether_value_get_object(v, &o), 0);
-    a = o->via.array.ptr;
-    cr_assert_eq(a[0].type, MSGPACK_OBJECT_EXT);
-    cr_assert_eq(a[0].via.ext.type, 5);
-    cr_assert_eq(a[0].via.ext.size, 4);
-    cr_assert_eq(a[1].type, MSGPACK_OBJECT_FLOAT32);
-    cr_assert_eq(a[1].via.f64, 1.5);
-    cr_assert_eq(a[2].type, MSGPACK_OBJECT_POSITIVE_INTEGER);
-    cr_assert_eq(a[2].via.u64, 5);
+    tether_value_unref(item_of(v, 0, TETHER_TYPE_EXT));
+    tether_value_unref(item_of(v, 1, TETHER_TYPE_FLOAT));
+    tether_value_unref(item_of(v, 2, TETHER_TYPE_INT));
+    tether_value_unref(v);
+    v = FROM("\xc7\x04\x02\x93\xa0\xa0\xc0");
+    cr_assert_eq(tether_value_get_type(v), TETHER_TYPE_ERROR);
     tether_value_unref(v);
 }
 
-Test(value, get_object_deeper_than_msgpack_c)
+Test(value, introspection_of_deep_values)
 {
-    /* msgpack_unpack() stops at 32 levels; values may nest 64. */
     uint8_t deep[64];
     memset(deep, 0x91, sizeof(deep));
     deep[63] = 0x2a;
     tether_value *v = from_bytes(deep, sizeof(deep));
-    const msgpack_object *o;
-    cr_assert_eq(tether_value_get_object(v, &o), 0);
     for (int i = 0; i < 63; i++) {
-        cr_assert_eq(o->type, MSGPACK_OBJECT_ARRAY);
-        cr_assert_eq(o->via.array.size, 1);
-        o = o->via.array.ptr;
+        tether_value *inner = item_of(v, 0, i == 62 ? TETHER_TYPE_INT : TETHER_TYPE_ARRAY);
+        tether_value_unref(v);
+        v = inner;
     }
-    cr_assert_eq(o->type, MSGPACK_OBJECT_POSITIVE_INTEGER);
-    cr_assert_eq(o->via.u64, 42);
+    uint64_t u;
+    cr_assert_eq(tether_value_read(v, NULL, "u", &u), 0);
+    cr_assert_eq(u, 42);
     tether_value_unref(v);
 }
 

@@ -497,12 +497,12 @@ unpack_ext(unpacker *u, size_t n)
         return NULL;
     }
     int type = (int8_t)u->p[0];
-    if (type == 1 && u->x && u->k < u->nobjs) { /* a REF: its object, bound by the core */
+    if (type == TETHER_MSGPACK_EXT_OBJECT && u->x && u->k < u->nobjs) { /* bound by the core */
         u->p += n + 1;
         return tether_py_object_of_reference(u->x, u->objs[u->k++]);
     }
     PyErr_Format(PyExc_TypeError, "cannot receive a msgpack extension value of type %d%s", type,
-                 type == 1 ? " here (an object reference outside a call)" : "");
+                 type == TETHER_MSGPACK_EXT_OBJECT ? " here (an object reference outside a call)" : "");
     return NULL;
 }
 

@@ -158,21 +158,7 @@ export_object(const xfer *x, PyObject *o)
     return NULL;
 }
 
-/* An unsigned integer in its shortest msgpack form. */
-static int
-pb_uint(packbuf *b, uint64_t u)
-{
-    if (u < 128) {
-        uint8_t c = (uint8_t)u;
-        return tether_py_pb_put(b, &c, 1);
-    }
-    return u <= 0xff          ? tether_py_pb_tag(b, 0xcc, u, 1)
-           : u <= 0xffff      ? tether_py_pb_tag(b, 0xcd, u, 2)
-           : u <= 0xffffffffu ? tether_py_pb_tag(b, 0xce, u, 4)
-                              : tether_py_pb_tag(b, 0xcf, u, 8);
-}
-
-/* o as a REF ext, its object kept in b->objs for tether_value_new_msgpack_objects. */
+/* o by reference, its object kept in b->objs for tether_value_new_msgpack_objects. */
 int
 tether_py_pack_reference(packbuf *b, PyObject *o)
 {
@@ -233,34 +219,22 @@ tether_py_pack_reference(packbuf *b, PyObject *o)
     }
     b->objs[b->nobjs++] = obj;
 
-    /* [owner, id, type]: owner 0 for ours, 1 for the peer's own object going back. */
-    packbuf payload;
-    tether_py_pb_init(&payload, NULL);
-    const char *type = tether_object_get_type_name(obj);
-    size_t type_len = strlen(type);
-    uint8_t head[2] = {0x93, tether_object_is_remote(obj) ? 1 : 0};
-    int r = tether_py_pb_put(&payload, head, 2);
-    r = r < 0 ? r : pb_uint(&payload, tether_object_get_id(obj));
-    r = r < 0 ? r : tether_py_pb_header(&payload, 0xa0, 32, 0xd9, 0xda, type_len);
-    r = r < 0 ? r : tether_py_pb_put(&payload, type, type_len);
-    size_t n = payload.len;
+    /* The core writes the reference; its bytes are the core's business. */
+    uint8_t small[64];
+    size_t n;
+    int r = tether_object_get_msgpack(obj, small, sizeof(small), &n);
     if (r == 0) {
-        uint8_t fix = n == 1    ? 0xd4
-                      : n == 2  ? 0xd5
-                      : n == 4  ? 0xd6
-                      : n == 8  ? 0xd7
-                      : n == 16 ? 0xd8
-                                : 0;
-        uint8_t ext_type = 1;
-        r = fix           ? tether_py_pb_put(b, &fix, 1)
-            : n <= 0xff   ? tether_py_pb_tag(b, 0xc7, n, 1)
-            : n <= 0xffff ? tether_py_pb_tag(b, 0xc8, n, 2)
-                          : tether_py_pb_tag(b, 0xc9, n, 4);
-        r = r < 0 ? r : tether_py_pb_put(b, &ext_type, 1);
-        r = r < 0 ? r : tether_py_pb_put(b, payload.data, n);
+        return tether_py_pb_put(b, small, n);
     }
-    tether_py_pb_done(&payload);
-    return r;
+    uint8_t *big = r == TETHER_EMSGSIZE ? malloc(n) : NULL;
+    if (big && (r = tether_object_get_msgpack(obj, big, n, &n)) == 0) {
+        r = tether_py_pb_put(b, big, n);
+        free(big);
+        return r;
+    }
+    free(big);
+    tether_py_raise_error(st, r == TETHER_EMSGSIZE ? TETHER_ENOMEM : r, NULL, AT_CALL);
+    return -1;
 }
 
 PyObject *

@@ -1075,6 +1075,53 @@ tether_object_call(tether_object *obj, const char *method, const tether_call_opt
     return r;
 }
 
+/* The request of a call on a proxy whose arguments come from a format. */
+static int
+object_format_request(tether_object *obj, const char **method, const char *format, va_list *ap,
+                      request_arg *a)
+{
+    if (!obj || !obj->remote) {
+        return -EINVAL;
+    }
+    if (!*method) {
+        *method = "__call__";
+    }
+    *a = (request_arg){.target = obj->id, .method = *method, .format = format ? format : "",
+                       .ap = ap};
+    return build_args_with_objects(a);
+}
+
+int
+tether_object_call_async(tether_object *obj, const char *method, const tether_call_options *opts,
+                         tether_future **ret_future, const char *format, ...)
+{
+    va_list ap;
+    va_start(ap, format);
+    request_arg a = {0};
+    int r = object_format_request(obj, &method, format, &ap, &a);
+    if (r == 0) {
+        r = call_async(obj->conn, method, &a, opts, ret_future);
+    }
+    va_end(ap);
+    tether_value_unref(a.built);
+    return r;
+}
+
+int
+tether_object_notify(tether_object *obj, const char *method, const char *format, ...)
+{
+    va_list ap;
+    va_start(ap, format);
+    request_arg a = {0};
+    int r = object_format_request(obj, &method, format, &ap, &a);
+    if (r == 0) {
+        r = notify(obj->conn, method, &a);
+    }
+    va_end(ap);
+    tether_value_unref(a.built);
+    return r;
+}
+
 int
 tether_object_call_values(tether_object *obj, const char *method, tether_value *args,
                           tether_value *kwargs, const tether_call_options *opts,

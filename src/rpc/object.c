@@ -265,6 +265,26 @@ tether__ref_encode(tether__buf *out, const tether_object *obj)
 }
 
 int
+tether_object_get_msgpack(const tether_object *obj, void *buf, size_t size, size_t *ret_len)
+{
+    if (!obj || !ret_len || (!buf && size)) {
+        return TETHER_EINVAL;
+    }
+    tether__buf b = TETHER__BUF_INIT;
+    int r = tether__ref_encode(&b, obj);
+    if (r == 0) {
+        *ret_len = tether__buf_pending(&b);
+        if (*ret_len > size) {
+            r = TETHER_EMSGSIZE;
+        } else {
+            memcpy(buf, tether__buf_head(&b), *ret_len);
+        }
+    }
+    tether__buf_done(&b);
+    return r;
+}
+
+int
 tether__refs_scan(const uint8_t *p, size_t len, int (*fn)(void *arg, const tether__ref *ref),
                   void *arg)
 {

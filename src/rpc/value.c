@@ -6,15 +6,11 @@
  * msgpack item. Its bytes have always been checked (tether__msgpack_check) before they
  * got here, either by the frame decoder or by tether_value_new_msgpack(), or they were
  * written by the format engine, so every reader below may trust the declared lengths;
- * the readers still never step past the end. Two things are made lazily and freed with
- * the value:
- * - the msgpack-c object tree for tether_value_get_object(). It is built here rather
- *   than by msgpack_unpack(), whose fixed parser stack (32 levels) fails on values our
- *   nesting limit (64) allows; a counting pass sizes one block for the whole tree, whose
- *   strings point into the value's bytes.
- * - NUL-terminated copies of strings read with "s", kept in a side arena (chunks that
- *   never move, so handed-out pointers stay valid) and indexed by the string's offset,
- *   so reading the same string again returns the same copy instead of growing.
+ * the readers still never step past the end. One thing is made lazily and freed with
+ * the value: NUL-terminated copies of strings read with "s", kept in a side arena
+ * (chunks that never move, so handed-out pointers stay valid) and indexed by the
+ * string's offset, so reading the same string again returns the same copy instead of
+ * growing.
  *
  * The format engine walks a format string (the table in tether.h) and a va_list, in one
  * of four modes: BUILD appends msgpack to a buffer; CHECK compares the value with the
@@ -34,7 +30,6 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
-#include <msgpack.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,7 +55,6 @@ struct arena_chunk {
 struct tether_value {
     atomic_size_t refs;
     size_t size;
-    msgpack_object *object;    /* tree for get_object, one block; NULL until asked */
     struct arena_chunk *arena; /* "s" copies */
     struct str_copy *copies;   /* sorted by off */
     size_t ncopies, capcopies;
@@ -81,7 +75,6 @@ value_init(tether_value *v, size_t size)
 {
     atomic_init(&v->refs, 1);
     v->size = size;
-    v->object = NULL;
     v->arena = NULL;
     v->copies = NULL;
     v->ncopies = 0;
@@ -303,7 +296,6 @@ tether_value_unref(tether_value *value)
         return NULL;
     }
     atomic_thread_fence(memory_order_acquire);
-    tether__free(value->object);
     for (struct arena_chunk *c = value->arena, *next; c; c = next) {
         next = c->next;
         tether__free(c);
@@ -394,160 +386,104 @@ value_cstr(tether_value *v, const uint8_t *s, size_t len, const char **ret)
     return 0;
 }
 
-/* ---- msgpack-c object tree ----------------------------------------------------- */
+/* ---- introspection -------------------------------------------------------------- */
 
-static int
-fill_object(tether__mp_reader *r, msgpack_object *o, msgpack_object **objs, msgpack_object_kv **kvs,
-            unsigned depth)
+static int value_new_slice(const tether_value *v, tether__span span, tether_value **ret);
+
+int
+tether_value_get_type(const tether_value *value)
 {
+    if (!value) {
+        return TETHER_EINVAL;
+    }
+    tether__mp_reader r = {value->data, value->data + value->size};
     tether__mp_head h;
-    if (depth > TETHER__MAX_DEPTH_CAP || tether__mp_read_head(r, &h) < 0) {
-        return -EPROTO;
+    if (tether__mp_read_head(&r, &h) < 0) {
+        return TETHER_EPROTO; /* never: the bytes were checked */
     }
     switch (h.type) {
     case TETHER__MP_NIL:
-        o->type = MSGPACK_OBJECT_NIL;
-        break;
+        return TETHER_TYPE_NIL;
     case TETHER__MP_BOOL:
-        o->type = MSGPACK_OBJECT_BOOLEAN;
-        o->via.boolean = h.boolean;
-        break;
+        return TETHER_TYPE_BOOL;
     case TETHER__MP_UINT:
-        o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
-        o->via.u64 = h.u;
-        break;
     case TETHER__MP_INT:
-        o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
-        o->via.i64 = h.i;
-        break;
+        return TETHER_TYPE_INT;
     case TETHER__MP_FLOAT32:
-        o->type = MSGPACK_OBJECT_FLOAT32;
-        o->via.f64 = h.f;
-        break;
     case TETHER__MP_FLOAT64:
-        o->type = MSGPACK_OBJECT_FLOAT64;
-        o->via.f64 = h.f;
-        break;
+        return TETHER_TYPE_FLOAT;
     case TETHER__MP_STR:
-        o->type = MSGPACK_OBJECT_STR;
-        o->via.str.size = (uint32_t)h.data.len;
-        o->via.str.ptr = (const char *)h.data.ptr;
-        break;
+        return TETHER_TYPE_STR;
     case TETHER__MP_BIN:
-        o->type = MSGPACK_OBJECT_BIN;
-        o->via.bin.size = (uint32_t)h.data.len;
-        o->via.bin.ptr = (const char *)h.data.ptr;
-        break;
-    case TETHER__MP_EXT:
-        o->type = MSGPACK_OBJECT_EXT;
-        o->via.ext.type = h.ext_type;
-        o->via.ext.size = (uint32_t)h.data.len;
-        o->via.ext.ptr = (const char *)h.data.ptr;
-        break;
-    case TETHER__MP_ARRAY: {
-        msgpack_object *items = h.count ? *objs : NULL;
-        *objs += h.count;
-        o->type = MSGPACK_OBJECT_ARRAY;
-        o->via.array.size = h.count;
-        o->via.array.ptr = items;
-        for (uint32_t i = 0; i < h.count; i++) {
-            int rr = fill_object(r, &items[i], objs, kvs, depth + 1);
-            if (rr < 0) {
-                return rr;
-            }
-        }
-        break;
-    }
-    case TETHER__MP_MAP: {
-        msgpack_object_kv *pairs = h.count ? *kvs : NULL;
-        *kvs += h.count;
-        o->type = MSGPACK_OBJECT_MAP;
-        o->via.map.size = h.count;
-        o->via.map.ptr = pairs;
-        for (uint32_t i = 0; i < h.count; i++) {
-            int rr = fill_object(r, &pairs[i].key, objs, kvs, depth + 1);
-            if (rr == 0) {
-                rr = fill_object(r, &pairs[i].val, objs, kvs, depth + 1);
-            }
-            if (rr < 0) {
-                return rr;
-            }
-        }
-        break;
-    }
+        return TETHER_TYPE_BIN;
+    case TETHER__MP_ARRAY:
+        return TETHER_TYPE_ARRAY;
+    case TETHER__MP_MAP:
+        return TETHER_TYPE_MAP;
     default:
-        return -EPROTO;
+        return h.ext_type == TETHER__EXT_REF     ? TETHER_TYPE_OBJECT
+               : h.ext_type == TETHER__EXT_ERROR ? TETHER_TYPE_ERROR
+                                                 : TETHER_TYPE_EXT;
     }
-    return 0;
-}
-
-/* Count the objects and map pairs below the root, to size the tree's one block. */
-static int
-count_objects(const tether_value *v, size_t *ret_objs, size_t *ret_kvs)
-{
-    tether__mp_reader r = {v->data, v->data + v->size};
-    uint64_t pending = 1;
-    size_t objs = 1, kvs = 0;
-    while (pending > 0) {
-        tether__mp_head h;
-        if (tether__mp_read_head(&r, &h) < 0) {
-            return -EPROTO;
-        }
-        pending--;
-        if (h.type == TETHER__MP_ARRAY || h.type == TETHER__MP_MAP) {
-            uint64_t n = h.type == TETHER__MP_MAP ? 2 * (uint64_t)h.count : h.count;
-            if (n > (uint64_t)(r.end - r.p)) {
-                return -EPROTO;
-            }
-            pending += n;
-            if (h.type == TETHER__MP_MAP) {
-                kvs += h.count;
-            } else {
-                objs += h.count;
-            }
-        }
-    }
-    *ret_objs = objs;
-    *ret_kvs = kvs;
-    return 0;
 }
 
 int
-tether_value_get_object(tether_value *value, const struct msgpack_object **ret_object)
+tether_value_get_count(const tether_value *value, size_t *ret_count)
 {
-    if (!value || !ret_object) {
-        return -EINVAL;
+    if (!value || !ret_count) {
+        return TETHER_EINVAL;
     }
-    if (!value->object) {
-        size_t nobj, nkv;
-        int r = count_objects(value, &nobj, &nkv);
-        if (r < 0) {
-            return r;
-        }
-        if (nkv > SIZE_MAX / sizeof(msgpack_object_kv)) {
-            return -ENOMEM;
-        }
-        size_t kv_bytes = nkv * sizeof(msgpack_object_kv);
-        if (nobj > (SIZE_MAX - kv_bytes) / sizeof(msgpack_object)) {
-            return -ENOMEM;
-        }
-        msgpack_object *block = tether__malloc(nobj * sizeof(msgpack_object) + kv_bytes);
-        if (!block) {
-            return -ENOMEM;
-        }
-        msgpack_object *objs = block + 1;
-        msgpack_object_kv *kvs = (msgpack_object_kv *)(void *)(block + nobj);
-        tether__mp_reader rd = {value->data, value->data + value->size};
-        r = fill_object(&rd, block, &objs, &kvs, 0);
-        if (r < 0) {
-            tether__free(block);
-            return r;
-        }
-        assert(objs == block + nobj);
-        value->object = block;
+    tether__mp_reader r = {value->data, value->data + value->size};
+    tether__mp_head h;
+    if (tether__mp_read_head(&r, &h) < 0) {
+        return TETHER_EPROTO;
     }
-    *ret_object = value->object;
-    return 0;
+    switch (h.type) {
+    case TETHER__MP_ARRAY:
+    case TETHER__MP_MAP:
+        *ret_count = h.count;
+        return 0;
+    case TETHER__MP_STR:
+    case TETHER__MP_BIN:
+        *ret_count = h.data.len;
+        return 0;
+    default:
+        return TETHER_EINVAL;
+    }
+}
+
+int
+tether_value_get_item(const tether_value *value, size_t index, tether_value **ret_item)
+{
+    if (!ret_item) {
+        return TETHER_EINVAL;
+    }
+    *ret_item = NULL;
+    if (!value) {
+        return TETHER_EINVAL;
+    }
+    tether__mp_reader r = {value->data, value->data + value->size};
+    tether__mp_head h;
+    if (tether__mp_read_head(&r, &h) < 0) {
+        return TETHER_EPROTO;
+    }
+    if (h.type != TETHER__MP_ARRAY && h.type != TETHER__MP_MAP) {
+        return TETHER_EINVAL;
+    }
+    size_t items = h.type == TETHER__MP_MAP ? 2 * (size_t)h.count : h.count;
+    if (index >= items) {
+        return TETHER_ENOENT;
+    }
+    for (size_t i = 0; i < index; i++) {
+        if (tether__mp_skip(&r, NULL) < 0) {
+            return TETHER_EPROTO;
+        }
+    }
+    tether__span span;
+    if (tether__mp_skip(&r, &span) < 0) {
+        return TETHER_EPROTO;
+    }
+    return value_new_slice(value, span, ret_item);
 }
 
 /* ---- text rendering ------------------------------------------------------------ */
