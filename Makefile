@@ -12,6 +12,7 @@
 #   make tsan          TSan build in build-tsan/ and its ctest
 #   make fuzz          libFuzzer build in build-fuzz/, each target for FUZZ_SECONDS
 #   make install       install into PREFIX (/usr/local), DESTDIR honoured
+#   make pictures      render docs/pictures/*.dot to PNG beside them (graphviz)
 #   make format        clang-format every C file in place; format-check only checks
 #   make clean         remove the build directories
 
@@ -49,7 +50,7 @@ configure = $(CMAKE) -S . -B $(1) -G Ninja -DCMAKE_BUILD_TYPE=$(2) \
 deps = @if [ -z "$(TETHER_SKIP_DEPS)" ]; then $(INSTALL_DEPS) $(1); fi
 
 .PHONY: build all deps test pytest bench demo asan tsan fuzz install format \
-	format-check clean
+	format-check pictures clean
 
 all: build
 
@@ -153,6 +154,11 @@ fuzz:
 
 install: build
 	DESTDIR="$(DESTDIR)" $(CMAKE) --install $(BUILD)
+
+# The pictures of docs/ are drawn from the .dot sources beside them; commit both.
+pictures:
+	$(call deps,docs)
+	for src in docs/pictures/*.dot; do dot -Tpng -Gdpi=110 "$$src" -o "$${src%.dot}.png" || exit 1; done
 
 format:
 	find $(FORMAT_DIRS) -name '*.[ch]' -type f 2>/dev/null | xargs -r $(CLANG_FORMAT) -i
