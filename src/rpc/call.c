@@ -21,7 +21,9 @@
 #include "util/alloc.h"
 #include "util/error.h"
 #include "util/condwait.h"
+#include "rpc/call.h"
 #include "rpc/conn.h"
+#include "rpc/request.h"
 #include "rpc/value.h"
 
 struct tether_future {

@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <time.h>
 
+#include "rpc/call.h"
+#include "rpc/request.h"
 #include "util/alloc.h"
 
 /* ---- the link's hooks ------------------------------------------------------------ */

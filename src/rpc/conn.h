@@ -1,8 +1,8 @@
 /*
  * conn: one connection's RPC state (the "peer" of DESIGN.md), shared by the host (one
  * conn per client) and the client (one conn to its host): the calls it waits for
- * (pending, call.c), the requests it runs (request.c), the objects that crossed it
- * (object.c), and the endpoint it serves.
+ * (pending, call.h), the requests it runs (request.h), the objects that crossed it
+ * (object.h), and the endpoint it serves.
  *
  * A tether_conn embeds the link that does its I/O (conn/link.h) and installs the
  * link's hooks (conn.c), through which every frame comes up; the link never names a
@@ -20,60 +20,12 @@
 #include "codec/wire.h"
 #include "conn/ioloop.h"
 #include "conn/link.h"
-#include "rpc/chain.h"
 #include "rpc/endpoint.h"
 #include "rpc/mainq.h"
 #include "rpc/object.h"
 #include "tether.h"
-#include "util/buf.h"
 
-/* An outgoing call waiting for its response; in the pending table while unanswered. */
-typedef struct tether__pending {
-    struct tether__pending *next;  /* hash chain, guarded by conn lock */
-    tether__link_waiter role_wait; /* synchronous calls: queued for the reader role */
-    uint64_t id;
-    uint64_t last_heard_usec; /* request sent, or last PROGRESS */
-    uint64_t timeout_usec;    /* silence bound, UINT64_MAX: none */
-    uint64_t deadline_usec;   /* absolute, UINT64_MAX: none */
-    tether_future *future;    /* async call; NULL for a synchronous one */
-    /* Synchronous calls: the waiting thread sleeps on its wake fd (platform.h), raised
-     * under the conn lock when the call completes or the reader role comes free. */
-    int efd;
-    struct tether__waiter *waiter;
-    bool done;
-    int status;
-    tether_value *result;
-    tether_error error;
-    /* Synchronous calls: tether_call_options.interrupt, and when to call it next. */
-    int (*interrupt)(void *userdata);
-    void *interrupt_userdata;
-    uint64_t interrupt_interval_usec, next_interrupt_usec;
-} tether__pending;
-
-struct tether_request {
-    atomic_uint refs;
-    tether_conn *conn;
-    uint64_t id, chain, timeout_ms;
-    bool notification;
-    atomic_bool replied;
-    atomic_bool cancelled;
-    const char *method;
-    const uint8_t *args_raw, *kwargs_raw;
-    size_t args_len, kwargs_len;
-    tether_value *args, *kwargs; /* made on first use */
-    tether__objvec args_objs, kwargs_objs; /* bound at arrival, given to args, kwargs */
-    tether_object *object;       /* a method call's target; NULL for a service */
-    tether_error read_error;     /* from a failed tether_request_read */
-    /* Running list (a reply is owed and the handler kept the request), conn lock. */
-    struct tether_request *run_next, *run_prev;
-    bool running;
-    /* The service that runs it, and how it gets there for MAIN and POOL services. */
-    tether_handler_fn handler;
-    void *userdata;
-    tether__work work; /* MAIN: queued on the endpoint's main-thread queue */
-    uv_work_t pool_work; /* POOL: libuv's worker pool */
-    /* method, args and kwargs bytes follow the struct */
-};
+struct tether__pending;
 
 struct tether_conn {
     tether__link link; /* I/O; its lock is the conn lock; its refs count the conn */
@@ -92,7 +44,7 @@ struct tether_conn {
     uint64_t progress_interval_usec;
     tether__task sweep_task;
 
-    tether__pending **pending;    /* conn lock; hash table of size pending_mask + 1 */
+    struct tether__pending **pending; /* conn lock; hash table of size pending_mask + 1 */
     uint32_t pending_mask;
     uint32_t pending_count;       /* conn lock */
     uint32_t async_count;         /* conn lock: pending futures (the sweep runs) */
@@ -124,8 +76,6 @@ struct tether_conn {
 int tether__conn_new(tether__endpoint *ep, int fd, bool is_tcp, int state, tether_conn **ret);
 /* Start serving it on the I/O thread (posts; returns at once). */
 void tether__conn_attach(tether_conn *conn);
-/* Wait for a synchronous call's response (wait.c). */
-void tether__conn_wait(tether_conn *conn, tether__pending *p);
 /* Close with a status for pending calls (-ECONNRESET, -ECANCELED, -EPROTO ...). */
 void tether__conn_fail(tether_conn *conn, int status, const char *reason);
 /* Queue a frame (tether__link_send). */
@@ -139,25 +89,5 @@ tether__conn_state(const tether_conn *c)
 {
     return atomic_load(&((tether_conn *)c)->link.state);
 }
-
-/* call.c */
-void tether__pending_complete(tether_conn *conn, tether__pending *p, int status,
-                              tether_value *result, const char *type, const char *message,
-                              const char *traceback);
-tether__pending *tether__pending_take(tether_conn *conn, uint64_t id); /* lock held */
-void tether__conn_on_response(tether_conn *conn, const tether__frame *frame);
-void tether__conn_on_progress(tether_conn *conn, const tether__frame *frame);
-void tether__conn_fail_pending(tether_conn *conn, int status, const char *reason);
-int tether__send_cancel(tether_conn *conn, uint64_t id);
-void tether__future_complete(tether_future *f, int status, tether_value *result,
-                             const char *type, const char *message, const char *traceback);
-
-/* request.c */
-void tether__conn_on_request(tether_conn *conn, const tether__frame *frame);
-void tether__conn_on_cancel(tether_conn *conn, uint64_t id);
-void tether__request_cancel_all(tether_conn *conn);
-
-/* The calling thread's chain id while it runs a handler, 0 otherwise. */
-uint64_t tether__current_chain(void);
 
 #endif

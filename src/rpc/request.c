@@ -16,7 +16,9 @@
 
 #include "util/alloc.h"
 #include "util/error.h"
+#include "rpc/chain.h"
 #include "rpc/conn.h"
+#include "rpc/request.h"
 #include "rpc/value.h"
 
 static _Thread_local uint64_t current_chain;
@@ -507,70 +509,52 @@ after_pool_work(uv_work_t *w, int status)
     tether_request_unref(w->data);
 }
 
-void
-tether__conn_on_request(tether_conn *c, const tether__frame *f)
+/*
+ * What runs a request: its service, or the method of the exported object it targets
+ * (a new reference in *ret_object). Returns NULL, or the error type refusing it with
+ * the reason in message.
+ */
+static const char *
+resolve_handler(tether_conn *c, const tether__frame *f, tether__service *svc,
+                tether_object **ret_object, char *message, size_t size)
 {
-    char message[384];
-    const char *error = NULL; /* the error type refusing the request */
-    tether__service svc;
-    tether_object *object = NULL;
     pthread_mutex_lock(&c->link.lock);
     bool over = c->running_count >= c->ep->max_in_flight;
     pthread_mutex_unlock(&c->link.lock);
     int shown = (int)(f->method.len > 200 ? 200 : f->method.len);
+    const char *method = (const char *)f->method.ptr;
     if (over && f->kind == TETHER__REQUEST) {
-        error = TETHER__ERR_TOO_MANY_REQUESTS;
-        snprintf(message, sizeof(message), "more than %u requests in flight",
-                 c->ep->max_in_flight);
-    } else if (f->target != 0) {
-        object = tether__conn_find_export(c, f->target);
-        if (!object) {
-            error = TETHER__ERR_NO_SUCH_OBJECT;
-            snprintf(message, sizeof(message), "no object %llu here (it was released)",
-                     (unsigned long long)f->target);
-        } else if (tether__object_method(object, (const char *)f->method.ptr, f->method.len,
-                                         &svc.handler, &svc.context) < 0) {
-            error = "AttributeError";
-            snprintf(message, sizeof(message), "'%s' object has no method '%.*s'",
-                     object->cls->name, shown, (const char *)f->method.ptr);
-        } else {
-            svc.userdata = object->userdata;
+        snprintf(message, size, "more than %u requests in flight", c->ep->max_in_flight);
+        return TETHER__ERR_TOO_MANY_REQUESTS;
+    }
+    if (f->target == 0) {
+        if (tether__endpoint_find_service(c->ep, method, f->method.len, svc) < 0) {
+            snprintf(message, size, "no service '%.*s' on %s '%s'", shown, method,
+                     c->ep->is_host ? "host" : "client", c->ep->name);
+            return TETHER__ERR_NO_SUCH_SERVICE;
         }
-    } else if (tether__endpoint_find_service(c->ep, (const char *)f->method.ptr, f->method.len,
-                                             &svc) < 0) {
-        error = TETHER__ERR_NO_SUCH_SERVICE;
-        snprintf(message, sizeof(message), "no service '%.*s' on %s '%s'", shown,
-                 (const char *)f->method.ptr, c->ep->is_host ? "host" : "client", c->ep->name);
+        return NULL;
     }
-    /* A refused request is not copied, unless it carries references: those are counted
-     * as they arrive, whatever becomes of the request, so they are bound and released. */
-    tether_request *req = !error || f->refs ? request_new(c, f) : NULL;
-    if (!req && (!error || f->refs)) {
-        error = TETHER__ERR_GENERIC;
-        snprintf(message, sizeof(message), "out of memory");
+    tether_object *object = *ret_object = tether__conn_find_export(c, f->target);
+    if (!object) {
+        snprintf(message, size, "no object %llu here (it was released)",
+                 (unsigned long long)f->target);
+        return TETHER__ERR_NO_SUCH_OBJECT;
     }
-    char bind_error[128];
-    if (req && f->refs &&
-        (bind_received(c, req->args_raw, req->args_len, &req->args_objs, bind_error,
-                       sizeof(bind_error)) < 0 ||
-         bind_received(c, req->kwargs_raw, req->kwargs_len, &req->kwargs_objs, bind_error,
-                       sizeof(bind_error)) < 0) &&
-        !error) {
-        error = TETHER__ERR_NO_SUCH_OBJECT;
-        snprintf(message, sizeof(message), "%s", bind_error);
+    if (tether__object_method(object, method, f->method.len, &svc->handler, &svc->context) < 0) {
+        snprintf(message, size, "'%s' object has no method '%.*s'", object->cls->name, shown,
+                 method);
+        return "AttributeError";
     }
-    if (error) {
-        error_reply(c, f, error, message);
-        tether_object_unref(object);
-        if (req) {
-            drop_unreplied(req);
-        }
-        return;
-    }
-    req->object = object;
-    req->handler = svc.handler;
-    req->userdata = svc.userdata;
-    switch (svc.context) {
+    svc->userdata = object->userdata;
+    return NULL;
+}
+
+/* Run an accepted request where its service's context says. */
+static void
+route_request(tether_conn *c, tether_request *req, tether_context context)
+{
+    switch (context) {
     case TETHER_CONTEXT_MAIN:
         /* Listed as running while it waits for dispatch, so progress keeps the call
          * alive however long the main thread takes to get to it. */
@@ -607,6 +591,45 @@ tether__conn_on_request(tether_conn *c, const tether__frame *f)
         tether_request_unref(req);
         return;
     }
+}
+
+void
+tether__conn_on_request(tether_conn *c, const tether__frame *f)
+{
+    char message[384];
+    tether__service svc;
+    tether_object *object = NULL;
+    /* the error type refusing the request, if any */
+    const char *error = resolve_handler(c, f, &svc, &object, message, sizeof(message));
+    /* A refused request is not copied, unless it carries references: those are counted
+     * as they arrive, whatever becomes of the request, so they are bound and released. */
+    tether_request *req = !error || f->refs ? request_new(c, f) : NULL;
+    if (!req && (!error || f->refs)) {
+        error = TETHER__ERR_GENERIC;
+        snprintf(message, sizeof(message), "out of memory");
+    }
+    char bind_error[128];
+    if (req && f->refs &&
+        (bind_received(c, req->args_raw, req->args_len, &req->args_objs, bind_error,
+                       sizeof(bind_error)) < 0 ||
+         bind_received(c, req->kwargs_raw, req->kwargs_len, &req->kwargs_objs, bind_error,
+                       sizeof(bind_error)) < 0) &&
+        !error) {
+        error = TETHER__ERR_NO_SUCH_OBJECT;
+        snprintf(message, sizeof(message), "%s", bind_error);
+    }
+    if (error) {
+        error_reply(c, f, error, message);
+        tether_object_unref(object);
+        if (req) {
+            drop_unreplied(req);
+        }
+        return;
+    }
+    req->object = object;
+    req->handler = svc.handler;
+    req->userdata = svc.userdata;
+    route_request(c, req, svc.context);
 }
 
 void

@@ -1049,163 +1049,205 @@ object_at(const tether_value *v, size_t off)
     return lo < v->nobjs && v->offs[lo] == off ? v->objs[lo] : NULL;
 }
 
+/* "*" skips an item; "v" reads it as a new value holding its objects. */
+static int
+read_whole_item(struct walk *w, char c)
+{
+    tether__span span;
+    if (tether__mp_skip(&w->r, &span) < 0) {
+        return -EPROTO;
+    }
+    if (c != 'v') {
+        return 0;
+    }
+    tether_value **out = OUT(w, tether_value **);
+    if (w->mode == MODE_STORE && out) {
+        int r = value_new_slice(w->root, span, out);
+        if (r < 0) {
+            return r;
+        }
+        w->nvalues++;
+    } else if (w->mode == MODE_UNDO && out && w->nvalues > 0) {
+        *out = tether_value_unref(*out);
+        w->nvalues--;
+    }
+    return 0;
+}
+
+/* "o": the object bound to the REF ext at offset at, or nil. */
+static int
+read_object(struct walk *w, const tether__mp_head *h, size_t at)
+{
+    tether_object **out = OUT(w, tether_object **);
+    tether_object *obj = NULL;
+    if (h->type != TETHER__MP_NIL) {
+        if (h->type != TETHER__MP_EXT || h->ext_type != TETHER__EXT_REF) {
+            return mismatch(w, "object", h);
+        }
+        if (!(obj = object_at(w->root, at))) {
+            return type_error(w, "object reference not bound to an object");
+        }
+    }
+    if (w->mode == MODE_STORE && out) {
+        *out = tether_object_ref(obj);
+        w->nvalues++;
+    } else if (w->mode == MODE_UNDO && out && w->nvalues > 0) {
+        *out = tether_object_unref(*out);
+        w->nvalues--;
+    }
+    return 0;
+}
+
+/* "i" (int) and "x" (int64): a signed integer that fits. */
+static int
+read_signed(struct walk *w, const tether__mp_head *h, char c)
+{
+    /* va_arg must name the pointer type actually passed. */
+    int *out_int = c == 'i' ? OUT(w, int *) : NULL;
+    int64_t *out_int64 = c == 'x' ? OUT(w, int64_t *) : NULL;
+    if (h->type != TETHER__MP_UINT && h->type != TETHER__MP_INT) {
+        return mismatch(w, "int", h);
+    }
+    if (w->mode == MODE_CHECK) {
+        bool i = c == 'i';
+        if (h->type == TETHER__MP_UINT && h->u > (i ? (uint64_t)INT_MAX : (uint64_t)INT64_MAX)) {
+            return type_error(w, "integer %" PRIu64 " out of range for %s", h->u,
+                              i ? "int" : "int64");
+        }
+        if (i && h->type == TETHER__MP_INT && h->i < INT_MIN) {
+            return type_error(w, "integer %" PRId64 " out of range for int", h->i);
+        }
+    }
+    if (w->mode == MODE_STORE && out_int) {
+        *out_int = (int)h->i;
+    }
+    if (w->mode == MODE_STORE && out_int64) {
+        *out_int64 = h->i;
+    }
+    return 0;
+}
+
+/* "u": an integer >= 0. */
+static int
+read_unsigned(struct walk *w, const tether__mp_head *h)
+{
+    uint64_t *out = OUT(w, uint64_t *);
+    if (h->type == TETHER__MP_INT) {
+        return type_error(w, "expected int >= 0, got %" PRId64, h->i);
+    }
+    if (h->type != TETHER__MP_UINT) {
+        return mismatch(w, "int", h);
+    }
+    if (w->mode == MODE_STORE && out) {
+        *out = h->u;
+    }
+    return 0;
+}
+
+/* "d": a float, or an integer converted. */
+static int
+read_double(struct walk *w, const tether__mp_head *h)
+{
+    double *out = OUT(w, double *);
+    double d;
+    if (h->type == TETHER__MP_FLOAT32 || h->type == TETHER__MP_FLOAT64) {
+        d = h->f;
+    } else if (h->type == TETHER__MP_UINT) {
+        d = (double)h->u;
+    } else if (h->type == TETHER__MP_INT) {
+        d = (double)h->i;
+    } else {
+        return mismatch(w, "float", h);
+    }
+    if (w->mode == MODE_STORE && out) {
+        *out = d;
+    }
+    return 0;
+}
+
+/* "s": a NUL-terminated copy that lives with the value, or NULL for nil. */
+static int
+read_cstr(struct walk *w, const tether__mp_head *h)
+{
+    const char **out = OUT(w, const char **);
+    if (h->type != TETHER__MP_STR && h->type != TETHER__MP_NIL) {
+        return mismatch(w, "str", h);
+    }
+    if (w->mode != MODE_STORE || !out) {
+        return 0;
+    }
+    if (h->type == TETHER__MP_NIL) {
+        *out = NULL;
+        return 0;
+    }
+    return value_cstr(w->root, h->data.ptr, h->data.len, out);
+}
+
+/* "S" (str) and "y" (bin): pointer and length into the value's bytes. */
+static int
+read_span(struct walk *w, const tether__mp_head *h, char c)
+{
+    const char **out_str = c == 'S' ? OUT(w, const char **) : NULL;
+    const void **out_bin = c == 'y' ? OUT(w, const void **) : NULL;
+    size_t *out_len = OUT(w, size_t *);
+    int want = c == 'S' ? TETHER__MP_STR : TETHER__MP_BIN;
+    if (h->type != want) {
+        return mismatch(w, c == 'S' ? "str" : "bytes", h);
+    }
+    if (w->mode != MODE_STORE) {
+        return 0;
+    }
+    if (out_str) {
+        *out_str = (const char *)h->data.ptr;
+    }
+    if (out_bin) {
+        *out_bin = h->data.ptr;
+    }
+    if (out_len) {
+        *out_len = h->data.len;
+    }
+    return 0;
+}
+
+/* One scalar item of the format: CHECK compares, STORE writes the output, UNDO releases. */
 static int
 read_scalar(struct walk *w, char c)
 {
-    bool store = w->mode == MODE_STORE;
-    bool check = w->mode == MODE_CHECK;
-    tether__mp_head h;
-
     if (c == '*' || c == 'v') {
-        tether__span span;
-        if (tether__mp_skip(&w->r, &span) < 0) {
-            return -EPROTO;
-        }
-        if (c == 'v') {
-            tether_value **out = OUT(w, tether_value **);
-            if (store && out) {
-                int r = value_new_slice(w->root, span, out);
-                if (r < 0) {
-                    return r;
-                }
-                w->nvalues++;
-            } else if (w->mode == MODE_UNDO && out && w->nvalues > 0) {
-                *out = tether_value_unref(*out);
-                w->nvalues--;
-            }
-        }
-        return 0;
+        return read_whole_item(w, c);
     }
     size_t at = (size_t)(w->r.p - w->root->data);
+    tether__mp_head h;
     if (tether__mp_read_head(&w->r, &h) < 0) {
         return -EPROTO;
     }
     switch (c) {
     case 'n':
         return h.type == TETHER__MP_NIL ? 0 : mismatch(w, "nil", &h);
-    case 'o': {
-        tether_object **out = OUT(w, tether_object **);
-        tether_object *obj = NULL;
-        if (h.type != TETHER__MP_NIL) {
-            if (h.type != TETHER__MP_EXT || h.ext_type != TETHER__EXT_REF) {
-                return mismatch(w, "object", &h);
-            }
-            if (!(obj = object_at(w->root, at))) {
-                return type_error(w, "object reference not bound to an object");
-            }
-        }
-        if (store && out) {
-            *out = tether_object_ref(obj);
-            w->nvalues++;
-        } else if (w->mode == MODE_UNDO && out && w->nvalues > 0) {
-            *out = tether_object_unref(*out);
-            w->nvalues--;
-        }
-        return 0;
-    }
+    case 'o':
+        return read_object(w, &h, at);
     case 'b': {
         bool *out = OUT(w, bool *);
         if (h.type != TETHER__MP_BOOL) {
             return mismatch(w, "bool", &h);
         }
-        if (store && out) {
+        if (w->mode == MODE_STORE && out) {
             *out = h.boolean;
         }
         return 0;
     }
     case 'i':
-    case 'x': {
-        /* va_arg must name the pointer type actually passed. */
-        int *out_int = c == 'i' ? OUT(w, int *) : NULL;
-        int64_t *out_int64 = c == 'x' ? OUT(w, int64_t *) : NULL;
-        if (h.type != TETHER__MP_UINT && h.type != TETHER__MP_INT) {
-            return mismatch(w, "int", &h);
-        }
-        if (check) {
-            bool i = c == 'i';
-            if (h.type == TETHER__MP_UINT && h.u > (i ? (uint64_t)INT_MAX : (uint64_t)INT64_MAX)) {
-                return type_error(w, "integer %" PRIu64 " out of range for %s", h.u,
-                                  i ? "int" : "int64");
-            }
-            if (i && h.type == TETHER__MP_INT && h.i < INT_MIN) {
-                return type_error(w, "integer %" PRId64 " out of range for int", h.i);
-            }
-        }
-        if (store && out_int) {
-            *out_int = (int)h.i;
-        }
-        if (store && out_int64) {
-            *out_int64 = h.i;
-        }
-        return 0;
-    }
-    case 'u': {
-        uint64_t *out = OUT(w, uint64_t *);
-        if (h.type == TETHER__MP_INT) {
-            return type_error(w, "expected int >= 0, got %" PRId64, h.i);
-        }
-        if (h.type != TETHER__MP_UINT) {
-            return mismatch(w, "int", &h);
-        }
-        if (store && out) {
-            *out = h.u;
-        }
-        return 0;
-    }
-    case 'd': {
-        double *out = OUT(w, double *);
-        double d;
-        if (h.type == TETHER__MP_FLOAT32 || h.type == TETHER__MP_FLOAT64) {
-            d = h.f;
-        } else if (h.type == TETHER__MP_UINT) {
-            d = (double)h.u;
-        } else if (h.type == TETHER__MP_INT) {
-            d = (double)h.i;
-        } else {
-            return mismatch(w, "float", &h);
-        }
-        if (store && out) {
-            *out = d;
-        }
-        return 0;
-    }
-    case 's': {
-        const char **out = OUT(w, const char **);
-        if (h.type != TETHER__MP_STR && h.type != TETHER__MP_NIL) {
-            return mismatch(w, "str", &h);
-        }
-        if (store && out) {
-            if (h.type == TETHER__MP_NIL) {
-                *out = NULL;
-            } else {
-                int r = value_cstr(w->root, h.data.ptr, h.data.len, out);
-                if (r < 0) {
-                    return r;
-                }
-            }
-        }
-        return 0;
-    }
+    case 'x':
+        return read_signed(w, &h, c);
+    case 'u':
+        return read_unsigned(w, &h);
+    case 'd':
+        return read_double(w, &h);
+    case 's':
+        return read_cstr(w, &h);
     case 'S':
-    case 'y': {
-        const char **out_str = c == 'S' ? OUT(w, const char **) : NULL;
-        const void **out_bin = c == 'y' ? OUT(w, const void **) : NULL;
-        size_t *out_len = OUT(w, size_t *);
-        int want = c == 'S' ? TETHER__MP_STR : TETHER__MP_BIN;
-        if (h.type != want) {
-            return mismatch(w, c == 'S' ? "str" : "bytes", &h);
-        }
-        if (store && out_str) {
-            *out_str = (const char *)h.data.ptr;
-        }
-        if (store && out_bin) {
-            *out_bin = h.data.ptr;
-        }
-        if (store && out_len) {
-            *out_len = h.data.len;
-        }
-        return 0;
-    }
+    case 'y':
+        return read_span(w, &h, c);
     default:
         return -EINVAL;
     }

@@ -11,7 +11,7 @@
 #include <poll.h>
 
 #include "util/error.h"
-#include "rpc/conn.h"
+#include "rpc/call.h"
 
 static uint64_t
 pending_expiry(const tether__pending *p)

@@ -1,0 +1,54 @@
+/*
+ * call: the calling side of a connection (call.c, wait.c): the pending table that
+ * matches responses to outgoing calls, their completion, and futures.
+ */
+#ifndef TETHER_RPC_CALL_H
+#define TETHER_RPC_CALL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "codec/wire.h"
+#include "conn/link.h"
+#include "rpc/chain.h"
+#include "rpc/conn.h"
+#include "tether.h"
+
+/* An outgoing call waiting for its response; in the pending table while unanswered. */
+typedef struct tether__pending {
+    struct tether__pending *next;  /* hash chain, guarded by conn lock */
+    tether__link_waiter role_wait; /* synchronous calls: queued for the reader role */
+    uint64_t id;
+    uint64_t last_heard_usec; /* request sent, or last PROGRESS */
+    uint64_t timeout_usec;    /* silence bound, UINT64_MAX: none */
+    uint64_t deadline_usec;   /* absolute, UINT64_MAX: none */
+    tether_future *future;    /* async call; NULL for a synchronous one */
+    /* Synchronous calls: the waiting thread sleeps on its wake fd (platform.h), raised
+     * under the conn lock when the call completes or the reader role comes free. */
+    int efd;
+    struct tether__waiter *waiter;
+    bool done;
+    int status;
+    tether_value *result;
+    tether_error error;
+    /* Synchronous calls: tether_call_options.interrupt, and when to call it next. */
+    int (*interrupt)(void *userdata);
+    void *interrupt_userdata;
+    uint64_t interrupt_interval_usec, next_interrupt_usec;
+} tether__pending;
+
+void tether__pending_complete(tether_conn *conn, tether__pending *p, int status,
+                              tether_value *result, const char *type, const char *message,
+                              const char *traceback);
+tether__pending *tether__pending_take(tether_conn *conn, uint64_t id); /* lock held */
+void tether__conn_on_response(tether_conn *conn, const tether__frame *frame);
+void tether__conn_on_progress(tether_conn *conn, const tether__frame *frame);
+void tether__conn_fail_pending(tether_conn *conn, int status, const char *reason);
+int tether__send_cancel(tether_conn *conn, uint64_t id);
+void tether__future_complete(tether_future *f, int status, tether_value *result,
+                             const char *type, const char *message, const char *traceback);
+/* Wait for a synchronous call's response, reading it ourselves when nobody else holds
+ * the reader role (wait.c). p is in the pending table; returns with p completed. */
+void tether__conn_wait(tether_conn *conn, tether__pending *p);
+
+#endif

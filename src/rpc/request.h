@@ -1,0 +1,52 @@
+/*
+ * request: the serving side of a connection (request.c): a request from its arrival
+ * to its one reply, run where its service's context says, with progress sent while it
+ * runs.
+ */
+#ifndef TETHER_RPC_REQUEST_H
+#define TETHER_RPC_REQUEST_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "codec/wire.h"
+#include "rpc/conn.h"
+#include "rpc/mainq.h"
+#include "rpc/object.h"
+#include "tether.h"
+
+struct tether_request {
+    atomic_uint refs;
+    tether_conn *conn;
+    uint64_t id, chain, timeout_ms;
+    bool notification;
+    atomic_bool replied;
+    atomic_bool cancelled;
+    const char *method;
+    const uint8_t *args_raw, *kwargs_raw;
+    size_t args_len, kwargs_len;
+    tether_value *args, *kwargs; /* made on first use */
+    tether__objvec args_objs, kwargs_objs; /* bound at arrival, given to args, kwargs */
+    tether_object *object;       /* a method call's target; NULL for a service */
+    tether_error read_error;     /* from a failed tether_request_read */
+    /* Running list (a reply is owed and the handler kept the request), conn lock. */
+    struct tether_request *run_next, *run_prev;
+    bool running;
+    /* The service that runs it, and how it gets there for MAIN and POOL services. */
+    tether_handler_fn handler;
+    void *userdata;
+    tether__work work; /* MAIN: queued on the endpoint's main-thread queue */
+    uv_work_t pool_work; /* POOL: libuv's worker pool */
+    /* method, args and kwargs bytes follow the struct */
+};
+
+void tether__conn_on_request(tether_conn *conn, const tether__frame *frame);
+void tether__conn_on_cancel(tether_conn *conn, uint64_t id);
+void tether__request_cancel_all(tether_conn *conn);
+
+/* The calling thread's chain id while it runs a handler, 0 otherwise. */
+uint64_t tether__current_chain(void);
+
+#endif
