@@ -304,3 +304,105 @@ Test(spawn, warm_spawns_fork_from_a_kept_interpreter)
     }
     cr_assert_eq(count_children(), 0);
 }
+
+/* A fork server that starts like the real one and answers each request with the bytes of
+ * $TETHER_FAKE_ANSWER's entry (or, for "ready", says something else than ready). */
+static const char fake_forkserver[] =
+    "import os, socket, struct\n"
+    "ANSWERS = {\n"
+    "    'truncated': b'\\x81\\xa3pid\\xce\\x00',\n"
+    "    'trailing': b'\\x81\\xa3pid\\x01\\x00',\n"
+    "    'array': b'\\x92\\x01\\x02',\n"
+    "    'str-pid': b'\\x81\\xa3pid\\xa11',\n"
+    "    'float-pid': b'\\x81\\xa3pid\\xcb' + bytes(8),\n"
+    "    'unknown': b'\\x81\\xa5hello\\x01',\n"
+    "    'huge-count': b'\\xdf\\xff\\xff\\xff\\xff',\n"
+    "    'oversized': b'\\x81\\xa5error\\xdb' + struct.pack('>I', 70000) + b'x' * 70000,\n"
+    "    'error': b'\\x81\\xa5error\\xa9no memory',\n"
+    "}\n"
+    "def main():\n"
+    "    control = socket.socket(fileno=int(os.environ['TETHER_CHILD_FD']))\n"
+    "    mode = os.environ['TETHER_FAKE_ANSWER']\n"
+    "    ready = b'\\x81\\xa5ready\\xce' + struct.pack('>I', os.getpid())\n"
+    "    control.send(b'\\xc1' if mode == 'ready' else ready)\n"
+    "    while True:\n"
+    "        data, fds, _, _ = socket.recv_fds(control, 65536, 3)\n"
+    "        for fd in fds:\n"
+    "            os.close(fd)\n"
+    "        if not data:\n"
+    "            return\n"
+    "        control.send(ANSWERS[mode])\n";
+
+static void
+write_file(const char *dir, const char *name, const char *text)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f, "%s", path);
+    fputs(text, f);
+    cr_assert_eq(fclose(f), 0);
+}
+
+Test(spawn, a_fork_server_that_breaks_the_protocol_fails_the_spawn_not_the_host)
+{
+    char root[] = "/tmp/tether-fake-forkserver-XXXXXX", package[600];
+    cr_assert_not_null(mkdtemp(root));
+    snprintf(package, sizeof(package), "%s/tether", root);
+    cr_assert_eq(mkdir(package, 0700), 0);
+    write_file(package, "__init__.py", "");
+    write_file(package, "_forkserver.py", fake_forkserver);
+    static const struct {
+        const char *mode;
+        int r;
+        const char *message;
+    } cases[] = {
+        {"ready", -EPROTO, "malformed message: not one well-formed msgpack value"},
+        {"truncated", -EPROTO, "malformed message: not one well-formed msgpack value"},
+        {"huge-count", -EPROTO, "malformed message: not one well-formed msgpack value"},
+        {"trailing", -EPROTO, "malformed message: bytes after its msgpack value"},
+        {"array", -EPROTO, "malformed message: not a map"},
+        {"str-pid", -EPROTO, "malformed message: a pid that is not a positive int"},
+        {"float-pid", -EPROTO, "malformed message: a pid that is not a positive int"},
+        {"unknown", -EPROTO, "malformed message: not a ready, pid, error or exit message"},
+        {"oversized", -EPROTO, "malformed message: a message over 64 KiB"},
+        {"error", -EIO, "the fork server could not fork: no memory"},
+    };
+    tether_host *h = spawn_host();
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char answer[64];
+        snprintf(answer, sizeof(answer), "TETHER_FAKE_ANSWER=%s", cases[i].mode);
+        const char *env[] = {answer, "PYTHONDONTWRITEBYTECODE=1", NULL}; /* rmdir below */
+        tether_spawn_options o = {.script = "x = 1", .warm = true, .python_path = root, .env = env};
+        tether_child *child = NULL;
+        tether_error err = TETHER_ERROR_INIT;
+        int r = tether_host_spawn(h, &o, &child, &err);
+        cr_assert_eq(r, cases[i].r, "%s: %d (%s)", cases[i].mode, r, err.message);
+        cr_assert_null(child);
+        cr_assert(err.message && strstr(err.message, cases[i].message), "%s: %s", cases[i].mode,
+                  err.message);
+        tether_error_done(&err);
+    }
+    /* The host goes on: a real fork server starts and serves. */
+    tether_spawn_options o = {.script = "def f():\n    return 'fine'\n", .warm = true};
+    tether_child *child = NULL;
+    tether_error err = TETHER_ERROR_INIT;
+    cr_assert_eq(tether_host_spawn(h, &o, &child, &err), 0, "%s", err.message);
+    char *fine = call_str(tether_child_get_root(child), "f", NULL);
+    cr_assert_str_eq(fine, "fine");
+    free(fine);
+    tether_child_unref(child);
+    /* The broken servers were ended, the rest end with the host: nothing is left. */
+    tether_host_unref(h);
+    for (int i = 0; i < 300 && count_children() > 0; i++) {
+        usleep(10000);
+    }
+    cr_assert_eq(count_children(), 0);
+    char path[700];
+    snprintf(path, sizeof(path), "%s/_forkserver.py", package);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/__init__.py", package);
+    unlink(path);
+    rmdir(package);
+    rmdir(root);
+}

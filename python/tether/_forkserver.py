@@ -6,13 +6,17 @@ like a child, imports tether once, and then forks a child for each request inste
 starting a new interpreter, so a warm spawn costs a fork rather than an interpreter's
 start-up.
 
-Protocol, over the SOCK_SEQPACKET socket at $TETHER_CHILD_FD (one datagram per
-message, JSON):
+Protocol, over the SOCK_SEQPACKET socket at $TETHER_CHILD_FD (src/endpoints/forkserver.c
+is the reference): each packet is one message, exactly one msgpack map with str keys
+and nothing after it, at most 64 KiB; keys a side does not know it ignores.
 - to the host, once ready: {"ready": pid}
-- from the host: {"cwd": str or null, "name": str} with three descriptors attached
+- from the host: {"cwd": str or nil, "name": str} with three descriptors attached
   (SCM_RIGHTS): the child's end of its socket pair, and its stdout and stderr;
 - to the host, for each request in order: {"pid": pid} or {"error": text};
 - to the host, whenever a child exits: {"exit": pid, "status": code or -signal}.
+The msgpack codec is the small one below, for exactly the types these messages use (nil,
+bool, int, str, array, map): a child must need nothing installed, so no third-party
+package is imported.
 
 It stays single-threaded (a fork from a threaded process would copy held locks) and
 exits at the end of its control socket: when the host goes, so does it, and each
@@ -20,17 +24,185 @@ child exits at the end of its own socket.
 """
 
 import gc
-import json
 import os
 import select
 import signal
 import socket
+import struct
 import sys
 import traceback
 
 import tether  # noqa: F401  (warm: what every child imports, imported once here)
 
 from . import _child, _tether
+
+
+MAX_MESSAGE = 65536  # bytes of one packet, either way (the host agrees)
+_MAX_DEPTH = 4  # messages are flat maps
+
+
+class ProtocolError(ValueError):
+    """A message that is not msgpack of the types the protocol uses."""
+
+
+def encode(value):
+    """value as msgpack bytes: None, bool, int (64 bits), str, list and dict with str keys."""
+    out = bytearray()
+    _encode(value, out, 0)
+    return bytes(out)
+
+
+def _encode_head(out, n, fix, fix_max, codes):
+    """A str, array or map header: the fix form when n fits, else 16 or 32 bits."""
+    if n <= fix_max:
+        out.append(fix | n)
+    elif n <= 0xFFFF:
+        out += struct.pack(">BH", codes[0], n)
+    elif n <= 0xFFFFFFFF:
+        out += struct.pack(">BI", codes[1], n)
+    else:
+        raise ProtocolError("too long for msgpack")
+
+
+def _encode(value, out, depth):
+    if depth > _MAX_DEPTH:
+        raise ProtocolError("nested too deeply")
+    if value is None or isinstance(value, bool):
+        out.append({None: 0xC0, False: 0xC2, True: 0xC3}[value])
+    elif type(value) is int:
+        if -32 <= value <= 0x7F:
+            out += struct.pack(">b" if value < 0 else ">B", value)
+        elif 0 < value < 1 << 32:
+            out += struct.pack(">BI", 0xCE, value)
+        elif 0 < value < 1 << 64:
+            out += struct.pack(">BQ", 0xCF, value)
+        elif -(1 << 31) <= value < 0:
+            out += struct.pack(">Bi", 0xD2, value)
+        elif -(1 << 63) <= value < 0:
+            out += struct.pack(">Bq", 0xD3, value)
+        else:
+            raise ProtocolError(f"an int over 64 bits: {value}")
+    elif type(value) is str:
+        data = value.encode("utf-8")
+        _encode_head(out, len(data), 0xA0, 31, (0xDA, 0xDB))
+        out += data
+    elif type(value) is list:
+        _encode_head(out, len(value), 0x90, 15, (0xDC, 0xDD))
+        for item in value:
+            _encode(item, out, depth + 1)
+    elif type(value) is dict:
+        _encode_head(out, len(value), 0x80, 15, (0xDE, 0xDF))
+        for key, item in value.items():
+            if type(key) is not str:
+                raise ProtocolError(f"a map key that is not a str: {key!r}")
+            _encode(key, out, depth + 1)
+            _encode(item, out, depth + 1)
+    else:
+        raise ProtocolError(f"cannot encode a {type(value).__name__} (not a protocol type)")
+
+
+def decode(data):
+    """The one msgpack value that data holds, nothing after it; ProtocolError if not."""
+    value, end = _decode(memoryview(data), 0, 0)
+    if end != len(data):
+        raise ProtocolError(f"{len(data) - end} bytes after the msgpack value")
+    return value
+
+
+# Heads beyond the fix forms: the struct format of what follows, and the kind of value.
+_HEADS = {
+    0xC0: ("", None),
+    0xC2: ("", False),
+    0xC3: ("", True),
+    0xCC: (">B", int),
+    0xCD: (">H", int),
+    0xCE: (">I", int),
+    0xCF: (">Q", int),
+    0xD0: (">b", int),
+    0xD1: (">h", int),
+    0xD2: (">i", int),
+    0xD3: (">q", int),
+    0xD9: (">B", str),
+    0xDA: (">H", str),
+    0xDB: (">I", str),
+    0xDC: (">H", list),
+    0xDD: (">I", list),
+    0xDE: (">H", dict),
+    0xDF: (">I", dict),
+}
+
+
+def _take(data, pos, n):
+    if n > len(data) - pos:
+        raise ProtocolError("a truncated message")
+    return data[pos : pos + n], pos + n
+
+
+def _decode(data, pos, depth):
+    """The value at pos, and the position after it."""
+    if depth > _MAX_DEPTH:
+        raise ProtocolError("nested too deeply")
+    head, pos = _take(data, pos, 1)
+    c = head[0]
+    if c <= 0x7F or c >= 0xE0:
+        return (c if c <= 0x7F else c - 0x100), pos
+    if c >= 0xA0 and c <= 0xBF:
+        kind, n = str, c & 0x1F
+    elif c >= 0x80 and c <= 0x9F:
+        kind, n = (dict if c <= 0x8F else list), c & 0x0F
+    elif c in _HEADS:
+        fmt, kind = _HEADS[c]
+        if not fmt:
+            return kind, pos
+        raw, pos = _take(data, pos, struct.calcsize(fmt))
+        (n,) = struct.unpack(fmt, raw)
+        if kind is int:
+            return n, pos
+    else:
+        raise ProtocolError(f"msgpack type 0x{c:02x}, not one of the protocol's")
+    if kind is str:
+        raw, pos = _take(data, pos, n)
+        try:
+            return str(raw, "utf-8"), pos
+        except UnicodeDecodeError:
+            raise ProtocolError("a str that is not UTF-8") from None
+    if n > len(data) - pos:  # each element takes a byte at least: no count is trusted
+        raise ProtocolError("a truncated message")
+    if kind is list:
+        items = []
+        for _ in range(n):
+            item, pos = _decode(data, pos, depth + 1)
+            items.append(item)
+        return items, pos
+    pairs = {}
+    for _ in range(n):
+        key, pos = _decode(data, pos, depth + 1)
+        if type(key) is not str or key in pairs:
+            raise ProtocolError(f"a map key that is not a str, or given twice: {key!r}")
+        pairs[key], pos = _decode(data, pos, depth + 1)
+    return pairs, pos
+
+
+def check_request(request):
+    """The request's cwd and name, or ProtocolError when it is not a fork request."""
+    if type(request) is not dict:
+        raise ProtocolError("a request that is not a map")
+    cwd, name = request.get("cwd"), request.get("name")
+    if cwd is not None and type(cwd) is not str:
+        raise ProtocolError("a cwd that is not a str or nil")
+    if type(name) is not str:
+        raise ProtocolError("a name that is not a str")
+    return cwd, name
+
+
+def _receive(sock):
+    """One packet and up to three descriptors; b"" at the end of the socket."""
+    data, fds, flags, _ = socket.recv_fds(sock, MAX_MESSAGE + 1, 3)
+    if data and (flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > MAX_MESSAGE):
+        for fd in fds:
+            os.close(fd)
+        raise ProtocolError("a message over 64 KiB, or with too many descriptors")
+    return data, fds
 
 
 def _leave_server(control, wakeup):
@@ -57,11 +229,11 @@ class _Spare:
             ours.close()
             _leave_server(control, wakeup)
             _tether._set_process_name("tether-spare")  # ps tells it from children at work
-            data, fds, _, _ = socket.recv_fds(theirs, 65536, 3)
+            data, fds, _, _ = socket.recv_fds(theirs, MAX_MESSAGE, 3)
             theirs.close()
             if not data:
                 os._exit(0)  # the server ended before a request came
-            _run_child(json.loads(data), fds)
+            _run_child(check_request(decode(data)), fds)
         theirs.close()
         self.sock = ours
 
@@ -77,6 +249,7 @@ class _Spare:
 
 
 def _fork_child(request, fds, control, wakeup):
+    """Fork a child for request (its cwd and name) in the parent; the pid."""
     pid = os.fork()
     if pid:
         return pid
@@ -85,7 +258,8 @@ def _fork_child(request, fds, control, wakeup):
 
 
 def _run_child(request, fds):
-    """The child's life from its request on; never returns."""
+    """The child's life from its request (cwd and name) on; never returns."""
+    cwd, name = request
     conn_fd, out_fd, err_fd = fds
     code = 1
     try:
@@ -94,10 +268,10 @@ def _run_child(request, fds):
         os.dup2(err_fd, 2)
         os.close(out_fd)
         os.close(err_fd)
-        if request.get("cwd"):
-            os.chdir(request["cwd"])
+        if cwd:
+            os.chdir(cwd)
         os.environ["TETHER_CHILD_FD"] = str(conn_fd)
-        os.environ["TETHER_CHILD_NAME"] = request.get("name") or "child"
+        os.environ["TETHER_CHILD_NAME"] = name or "child"
         os.environ["TETHER_CHILD_PARENT"] = str(os.getppid())
         _child.main()
         code = 0
@@ -113,7 +287,7 @@ def _run_child(request, fds):
 
 
 def _send(control, message):
-    control.send(json.dumps(message).encode())
+    control.send(encode(message))
 
 
 def _reap(control):
@@ -155,24 +329,27 @@ def main():
             _reap(control)
         if control not in readable:
             continue
-        data, fds, _, _ = socket.recv_fds(control, 65536, 3)
-        if not data:
-            break  # the host is gone
+        fds = []
         try:
-            request = json.loads(data)
+            data, fds = _receive(control)
+            if not data:
+                break  # the host is gone
+            request = check_request(decode(data))
             if len(fds) != 3:
-                raise ValueError(f"expected 3 descriptors, got {len(fds)}")
-            if spare is not None and spare.hand(data, fds):
-                pid = spare.pid
+                raise ProtocolError(f"expected 3 descriptors, got {len(fds)}")
+            used, spare = spare, None  # handed the request, or given up if that fails
+            if used is not None and used.hand(data, fds):
+                pid = used.pid
             else:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 pid = _fork_child(request, fds, control, (wake_r, wake_w))
             _send(control, {"pid": pid})
         except Exception as e:  # a bad request costs that request only
-            _send(control, {"error": f"{type(e).__name__}: {e}"})
+            _send(control, {"error": f"{type(e).__name__}: {e}"[:1024]})
         finally:
             for fd in fds:
                 os.close(fd)
-        spare = _Spare(control, (wake_r, wake_w))  # ready for the next request
+        if spare is None:
+            spare = _Spare(control, (wake_r, wake_w))  # ready for the next request
     os._exit(0)

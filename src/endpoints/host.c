@@ -661,7 +661,7 @@ tether_host_stop(tether_host *h)
     }
     /* Requests still waiting for the main thread will not run now. */
     tether__mainq_discard_all(h->ep->mainq);
-    tether__spawn_host_stopped(h);
+    tether__forkserver_host_stopped(h);
     return 0;
 }
 

@@ -1,5 +1,5 @@
 /*
- * host internals shared by the files of the endpoints layer (host.c, spawn.c,
+ * host internals shared by the files of the endpoints layer (host.c, spawn.c, forkserver.c,
  * builtins.c); nothing below this layer includes it.
  */
 #ifndef TETHER_ENDPOINTS_HOST_H
@@ -20,7 +20,7 @@ int tether__host_adopt_child(tether_host *host, int fd, void (*on_open)(void *ar
                              tether_conn **ret_conn);
 /* builtins.c: register the built-in services of flags (TETHER_BUILTIN_*). */
 int tether__builtins_add(tether_host *host, uint32_t flags);
-/* spawn.c: the host stopped; its fork servers end. */
-void tether__spawn_host_stopped(tether_host *host);
+/* forkserver.c: the host stopped; its fork servers end. */
+void tether__forkserver_host_stopped(tether_host *host);
 
 #endif

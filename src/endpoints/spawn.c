@@ -9,11 +9,12 @@
  * which the host calls with what to run and which answers the root object by reference.
  *
  * Warm spawns fork instead: the host keeps a fork server per interpreter, environment
- * and package path (python/tether/_forkserver.py: an interpreter that imported tether
- * once), started like a child with a SOCK_SEQPACKET control socket as fd 3. A request
- * carries the child's socket end, stdout and stderr (SCM_RIGHTS); the server forks,
- * answers the pid, and reports each child's exit. Everything after the pid (connect,
- * __tether_start__, output, terminate) is the same for both kinds.
+ * and package path (forkserver.c), whose process is started here like a child with its
+ * control socket as fd 3. A request hands it the child's socket end, stdout and stderr;
+ * the server forks, answers the pid, and reports the child's exit, which reach the child
+ * through its tether__fork_slot. Everything after the pid (connect, __tether_start__,
+ * output, terminate) is the same for both kinds; a warm child is signalled by pid, and
+ * only once it has one.
  *
  * Lifetime: `refs` counts the users' references; the last one ends the child if it
  * still runs. `holds` keeps the struct: one for the users together, one for the I/O
@@ -22,19 +23,20 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "util/alloc.h"
-#include "util/condwait.h"
+#include "endpoints/forkserver.h"
 #include "endpoints/host.h"
 #include "rpc/value.h"
+#include "util/alloc.h"
+#include "util/condwait.h"
 
 #ifndef TETHER_PYTHON_DIR
 #define TETHER_PYTHON_DIR ""
@@ -53,12 +55,6 @@ static const char bootstrap[] =
     "sys.path.insert(0, os.environ.pop('TETHER_CHILD_PATH'))\n"
     "importlib.import_module('tether.' + os.environ.pop('TETHER_CHILD_MAIN')).main()\n";
 
-/* How long a fork server has to start and import tether. */
-#define FORKSERVER_START_USEC (10ull * 1000 * 1000)
-
-typedef struct forkserver forkserver;
-static void forkserver_unref(forkserver *fs);
-
 typedef struct line_buf {
     uv_pipe_t pipe;
     int stream;
@@ -69,10 +65,10 @@ typedef struct line_buf {
 struct tether_child {
     atomic_uint refs;
     atomic_uint holds;
-    tether__endpoint *ep; /* a reference (not the host: children must not keep it up) */
-    forkserver *server;   /* a warm child's fork server; NULL: a process of our own */
-    bool is_server;       /* this is a fork server (no tether connection) */
-    struct tether_child *server_next; /* in its server's list, guarded by its lock */
+    tether__endpoint *ep;       /* a reference (not the host: children must not keep it up) */
+    tether__forkserver *server; /* a warm child's fork server; NULL: a process of our own */
+    tether__fork_slot slot;     /* a warm child, as its server follows it */
+    bool is_server;             /* this is a fork server (no tether connection) */
     char *name;
     tether_child_output_fn output;
     void *output_userdata;
@@ -92,6 +88,8 @@ struct tether_child {
     int64_t pid;
     bool connected, exited; /* guarded by lock */
     int status;             /* guarded by lock, once exited */
+    int start_error;        /* guarded by lock: why its fork server gave it up */
+    char *start_why;        /* guarded by lock: the same in words */
     bool terminating;       /* guarded by lock */
     tether_conn *conn;      /* a reference, set before the child can connect */
     tether_object *root;    /* once started */
@@ -117,9 +115,10 @@ release(tether_child *child)
     pthread_cond_destroy(&child->changed);
     pthread_mutex_destroy(&child->lock);
     tether__free(child->name);
+    tether__free(child->start_why);
     tether__endpoint_unref(child->ep);
     if (child->server) {
-        forkserver_unref(child->server);
+        tether__forkserver_unref(child->server);
     }
     tether__free(child);
 }
@@ -199,8 +198,8 @@ emit_line(tether_child *child, line_buf *b)
     if (child->output) {
         child->output(child->output_userdata, child, b->stream, b->text);
     } else {
-        tether__log(child->ep, b->stream == TETHER_CHILD_STDERR ? TETHER_LOG_WARNING
-                                                                 : TETHER_LOG_INFO,
+        tether__log(child->ep,
+                    b->stream == TETHER_CHILD_STDERR ? TETHER_LOG_WARNING : TETHER_LOG_INFO,
                     "[%s pid %lld] %s", child->name, (long long)child->pid, b->text);
     }
     b->len = 0;
@@ -258,8 +257,6 @@ discard_exit_notice(tether__work *work)
     release((tether_child *)((char *)work - offsetof(tether_child, exit_work)));
 }
 
-static void forkserver_gone(forkserver *fs);
-
 /* The child's process is gone (I/O thread): from libuv, or its fork server's notice. */
 static void
 child_exited(tether_child *child, int status)
@@ -306,12 +303,16 @@ on_process_exit(uv_process_t *process, int64_t exit_status, int term_signal)
 }
 
 /* A signal to the child: through libuv for our own process, by pid for a warm child
- * (its fork server reaps it; until the server reports the exit, the pid is its). */
+ * (its fork server reaps it; until the server reports the exit, the pid is its). A warm
+ * child without a pid yet is left alone: kill(0) would signal our own process group. The
+ * pid is set on this thread too. */
 static void
 signal_child(tether_child *child, int signum)
 {
     if (child->server) {
-        kill((pid_t)child->pid, signum);
+        if (child->pid > 0) {
+            kill((pid_t)child->pid, signum);
+        }
     } else {
         uv_process_kill(&child->process, signum);
     }
@@ -464,8 +465,8 @@ typedef struct launch {
     const char *const *env; /* tether_spawn_options.env */
     const char *cwd;
     const char *name;
-    const char *main;       /* "_child" or "_forkserver" */
-    int fd3;                /* becomes the process's fd 3 */
+    const char *main; /* "_child" or "_forkserver" */
+    int fd3;          /* becomes the process's fd 3 */
 } launch;
 
 static int
@@ -498,11 +499,7 @@ child_new(tether__endpoint *ep, const char *name)
     atomic_init(&child->holds, 1);
     child->ep = tether__endpoint_ref(ep);
     pthread_mutex_init(&child->lock, NULL);
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&child->changed, &attr);
-    pthread_condattr_destroy(&attr);
+    tether__cond_init_monotonic(&child->changed);
     return child;
 }
 
@@ -545,8 +542,10 @@ start_process(void *argp)
     child_watch_output(child, -1, -1);
     uv_stdio_container_t stdio[4] = {
         {.flags = UV_IGNORE},
-        {.flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE, .data.stream = (uv_stream_t *)&child->out.pipe},
-        {.flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE, .data.stream = (uv_stream_t *)&child->err.pipe},
+        {.flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE,
+         .data.stream = (uv_stream_t *)&child->out.pipe},
+        {.flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE,
+         .data.stream = (uv_stream_t *)&child->err.pipe},
         {.flags = UV_INHERIT_FD, .data.fd = l->fd3},
     };
     char *argv[] = {(char *)l->executable, "-c", (char *)bootstrap, NULL};
@@ -623,16 +622,19 @@ start_spec(const tether_spawn_options *o, tether_value **ret)
     if (r < 0) {
         return r;
     }
-    const char *kind = o->object_class ? "object"
-                       : o->script     ? "script"
+    const char *kind = o->object_class  ? "object"
+                       : o->script      ? "script"
                        : o->script_path ? "script_path"
                                         : "module";
     /* Eleven pairs: seven strings, three values, the name. */
-    r = tether_value_new(ret, "{ssssssssssssss" "svsvsv" "ss}", "kind", kind, "script",
-                         o->script, "script_path", o->script_path, "module", o->module,
-                         "module_path", o->module_path, "object_module", o->object_module,
-                         "object_class", o->object_class, "object_args", o->object_args,
-                         "object_kwargs", o->object_kwargs, "argv", argv, "name",
+    r = tether_value_new(ret,
+                         "{ssssssssssssss"
+                         "svsvsv"
+                         "ss}",
+                         "kind", kind, "script", o->script, "script_path", o->script_path, "module",
+                         o->module, "module_path", o->module_path, "object_module",
+                         o->object_module, "object_class", o->object_class, "object_args",
+                         o->object_args, "object_kwargs", o->object_kwargs, "argv", argv, "name",
                          o->name ? o->name : "child");
     tether_value_unref(argv);
     return r;
@@ -666,336 +668,85 @@ wait_child(tether_child *child, bool want_pid, uint64_t deadline)
         tether__cond_wait_until(&child->changed, &child->lock, deadline);
     }
     int r = (want_pid ? child->pid != 0 : child->connected) ? 0
-            : child->exited                                  ? -ECONNRESET
-                                                             : -ETIMEDOUT;
+            : !child->exited                                ? -ETIMEDOUT
+            : child->start_error                            ? child->start_error
+                                                            : -ECONNRESET;
     pthread_mutex_unlock(&child->lock);
     return r;
 }
 
-/* ---- fork servers --------------------------------------------------------------------- */
-
-struct forkserver {
-    forkserver *next;     /* in the registry, guarded by registry_lock */
-    tether_host *host;    /* not a reference: the registry entry goes when the host stops */
-    char *key;            /* executable, package path and environment changes */
-    tether_child *proc;   /* the server process */
-    int ctl;              /* our end of its control socket */
-    uv_poll_t poll;       /* I/O thread */
-    bool polling;         /* I/O thread */
-    pthread_mutex_t lock;
-    pthread_cond_t changed;
-    bool ready, gone;           /* guarded by lock */
-    tether_child *waiting;      /* guarded by lock: spawned, pid not answered yet, FIFO */
-    tether_child *running;      /* guarded by lock: answered, not exited */
-    atomic_uint refs;           /* the registry, and each warm child */
-};
-
-static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
-static forkserver *registry; /* guarded by registry_lock */
-
-static forkserver *
-forkserver_ref(forkserver *fs)
-{
-    atomic_fetch_add_explicit(&fs->refs, 1, memory_order_relaxed);
-    return fs;
-}
-
-static void
-forkserver_unref(forkserver *fs)
-{
-    if (atomic_fetch_sub_explicit(&fs->refs, 1, memory_order_acq_rel) != 1) {
-        return;
-    }
-    tether_child_unref(fs->proc);
-    pthread_cond_destroy(&fs->changed);
-    pthread_mutex_destroy(&fs->lock);
-    tether__free(fs->key);
-    tether__free(fs);
-}
-
-/* Unlink child from a list of fs. Lock held. */
-static void
-list_remove(tether_child **list, tether_child *child)
-{
-    for (tether_child **pp = list; *pp; pp = &(*pp)->server_next) {
-        if (*pp == child) {
-            *pp = child->server_next;
-            return;
-        }
-    }
-}
-
-/* One message of the server (I/O thread). */
-static void
-forkserver_message(forkserver *fs, const char *text)
-{
-    long long pid = 0;
-    int status = 0;
-    if (strncmp(text, "{\"ready\":", 9) == 0) {
-        pthread_mutex_lock(&fs->lock);
-        fs->ready = true;
-        pthread_cond_broadcast(&fs->changed);
-        pthread_mutex_unlock(&fs->lock);
-        return;
-    }
-    bool answer = sscanf(text, "{\"pid\": %lld}", &pid) == 1 || strncmp(text, "{\"error\":", 9) == 0;
-    if (answer) {
-        pthread_mutex_lock(&fs->lock);
-        tether_child *child = fs->waiting;
-        if (child) {
-            fs->waiting = child->server_next;
-            if (pid > 0) {
-                child->server_next = fs->running;
-                fs->running = child;
-            }
-        }
-        pthread_mutex_unlock(&fs->lock);
-        if (!child) {
-            return;
-        }
-        if (pid > 0) {
-            pthread_mutex_lock(&child->lock);
-            child->pid = pid;
-            pthread_cond_broadcast(&child->changed);
-            pthread_mutex_unlock(&child->lock);
-        } else {
-            tether__log(child->ep, TETHER_LOG_WARNING, "fork server: %s", text);
-            child_exited(child, -SIGKILL);
-            release(child); /* out of the server's lists */
-        }
-        return;
-    }
-    if (sscanf(text, "{\"exit\": %lld, \"status\": %d}", &pid, &status) == 2) {
-        pthread_mutex_lock(&fs->lock);
-        tether_child *child = fs->running;
-        while (child && child->pid != pid) {
-            child = child->server_next;
-        }
-        if (child) {
-            list_remove(&fs->running, child);
-        }
-        pthread_mutex_unlock(&fs->lock);
-        if (child) {
-            child_exited(child, status);
-            release(child); /* out of the server's lists */
-        }
-    }
-}
-
-static void
-on_forkserver_closed(uv_handle_t *handle)
-{
-    forkserver_unref(handle->data); /* the poll's reference */
-}
-
-static void
-on_forkserver_readable(uv_poll_t *poll, int status, int events)
-{
-    (void)events;
-    forkserver *fs = poll->data;
-    for (;;) {
-        char text[512];
-        ssize_t n = status < 0 ? 0 : recv(fs->ctl, text, sizeof(text) - 1, MSG_DONTWAIT);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-            return;
-        }
-        if (n <= 0) {
-            forkserver_gone(fs);
-            return;
-        }
-        text[n] = '\0';
-        forkserver_message(fs, text);
-    }
-}
-
-/* The server ended (or the host let it go): its children cannot be told apart from
- * the living any more; they exit with their sockets. I/O thread. */
-static void
-forkserver_gone(forkserver *fs)
-{
-    pthread_mutex_lock(&fs->lock);
-    fs->gone = true;
-    tether_child *waiting = fs->waiting, *running = fs->running;
-    fs->waiting = fs->running = NULL;
-    pthread_cond_broadcast(&fs->changed);
-    pthread_mutex_unlock(&fs->lock);
-    for (tether_child *c = waiting, *next; c; c = next) {
-        next = c->server_next;
-        child_exited(c, -SIGKILL);
-        release(c);
-    }
-    for (tether_child *c = running, *next; c; c = next) {
-        next = c->server_next;
-        child_exited(c, -SIGKILL);
-        release(c);
-    }
-    if (fs->polling) {
-        fs->polling = false;
-        uv_close((uv_handle_t *)&fs->poll, on_forkserver_closed);
-    }
-}
-
-static void
-start_forkserver_poll(void *arg)
-{
-    forkserver *fs = arg;
-    if (uv_poll_init(tether__ioloop_uv(fs->proc->ep->loop), &fs->poll, fs->ctl) == 0) {
-        fs->poll.data = forkserver_ref(fs);
-        fs->polling = true;
-        uv_poll_start(&fs->poll, UV_READABLE, on_forkserver_readable);
-    }
-}
-
-static void
-stop_forkserver(void *arg)
-{
-    forkserver_gone(arg);
-}
-
-/* The key of a fork server: what makes two warm spawns need different servers. */
-static char *
-forkserver_key(const char *executable, const char *python_path, const char *const *env)
-{
-    tether__buf b = TETHER__BUF_INIT;
-    int r = tether__buf_append(&b, executable, strlen(executable) + 1);
-    r = r < 0 ? r : tether__buf_append(&b, python_path, strlen(python_path) + 1);
-    for (const char *const *p = env; r == 0 && p && *p; p++) {
-        r = tether__buf_append(&b, *p, strlen(*p) + 1);
-    }
-    r = r < 0 ? r : tether__buf_append(&b, "", 1);
-    char *key = r == 0 ? tether__strndup((const char *)tether__buf_head(&b),
-                                         tether__buf_pending(&b))
-                       : NULL;
-    /* The NULs inside make it a sequence of strings: compare with memcmp of its length. */
-    tether__buf_done(&b);
-    return key;
-}
-
-static size_t
-key_len(const char *key)
-{
-    size_t n = 0;
-    while (key[n]) {
-        n += strlen(key + n) + 1;
-    }
-    return n + 1;
-}
-
-/* The host's fork server for this launch, started on first use; a new reference. */
+/* Starting child failed with r: say why, in its fork server's words if it gave some. */
 static int
-forkserver_get(tether_host *host, tether__endpoint *ep, const launch *l, forkserver **ret,
-               tether_error *reterr)
+start_failed(tether_child *child, int r, tether_error *reterr, const char *message)
 {
-    char *key = forkserver_key(l->executable, l->python_path, l->env);
-    if (!key) {
-        return fail(reterr, -ENOMEM, "out of memory");
-    }
-    size_t klen = key_len(key);
-    pthread_mutex_lock(&registry_lock);
-    forkserver *fs = registry;
-    while (fs && !(fs->host == host && key_len(fs->key) == klen &&
-                   memcmp(fs->key, key, klen) == 0 && !fs->gone)) {
-        fs = fs->next;
-    }
-    if (fs) {
-        forkserver_ref(fs);
-        pthread_mutex_unlock(&registry_lock);
-        tether__free(key);
-        *ret = fs;
-        return 0;
-    }
-    /* Started under the registry lock: two first warm spawns make one server. */
-    fs = tether__calloc(1, sizeof(*fs));
-    int pair[2] = {-1, -1};
-    int r = -ENOMEM;
-    if (fs && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) == 0) {
-        fs->key = key;
-        key = NULL;
-        fs->host = host;
-        fs->ctl = pair[0];
-        atomic_init(&fs->refs, 1);
-        pthread_mutex_init(&fs->lock, NULL);
-        pthread_condattr_t attr;
-        pthread_condattr_init(&attr);
-        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-        pthread_cond_init(&fs->changed, &attr);
-        pthread_condattr_destroy(&attr);
-        fs->proc = child_new(ep, "tether-forkserver");
-        r = fs->proc ? 0 : -ENOMEM;
-        if (r == 0) {
-            fs->proc->is_server = true;
-            launch server = *l;
-            server.main = "_forkserver";
-            server.name = "tether-forkserver";
-            server.cwd = NULL;
-            server.fd3 = pair[1];
-            r = start(fs->proc, &server);
-        }
-        close(pair[1]);
-    } else if (fs) {
-        r = -errno;
-    }
-    if (r == 0) {
-        tether__ioloop_run_sync(ep->loop, start_forkserver_poll, fs);
-        uint64_t deadline = tether_now_usec() + FORKSERVER_START_USEC;
-        pthread_mutex_lock(&fs->lock);
-        while (!fs->ready && !fs->gone && tether_now_usec() < deadline) {
-            tether__cond_wait_until(&fs->changed, &fs->lock, deadline);
-        }
-        r = fs->ready ? 0 : fs->gone ? -ECONNRESET : -ETIMEDOUT;
-        pthread_mutex_unlock(&fs->lock);
-    }
-    if (r == 0) {
-        fs->next = registry;
-        registry = forkserver_ref(fs);
-        tether__log(ep, TETHER_LOG_INFO, "fork server (pid %lld) ready: %s",
-                    (long long)fs->proc->pid, l->executable);
-    }
-    pthread_mutex_unlock(&registry_lock);
-    tether__free(key);
+    pthread_mutex_lock(&child->lock);
+    r = fail(reterr, r, "%s", child->start_why ? child->start_why : message);
+    pthread_mutex_unlock(&child->lock);
+    return r;
+}
+
+/* ---- warm children ---------------------------------------------------------------------- */
+
+static tether_child *
+child_of_slot(tether__fork_slot *slot)
+{
+    return (tether_child *)((char *)slot - offsetof(tether_child, slot));
+}
+
+/* The fork server answered the child's pid (I/O thread). */
+static void
+on_forked(tether__fork_slot *slot)
+{
+    tether_child *child = child_of_slot(slot);
+    pthread_mutex_lock(&child->lock);
+    child->pid = slot->pid;
+    pthread_cond_broadcast(&child->changed);
+    pthread_mutex_unlock(&child->lock);
+}
+
+/* The fork server is done with the child (I/O thread): it exited, or never started and
+ * then why tells the spawn. */
+static void
+on_fork_ended(tether__fork_slot *slot, int status, int r, const char *why)
+{
+    tether_child *child = child_of_slot(slot);
     if (r < 0) {
-        if (fs) {
-            if (fs->proc) {
-                tether__ioloop_run_sync(ep->loop, stop_forkserver, fs);
-            }
-            close(fs->ctl);
-            forkserver_unref(fs);
+        pthread_mutex_lock(&child->lock);
+        if (!child->start_why) {
+            child->start_error = r;
+            child->start_why = tether__strdup(why);
         }
-        return fail(reterr, r, "cannot start a fork server of %s: %s", l->executable,
-                    tether_strerror(r));
+        pthread_mutex_unlock(&child->lock);
     }
-    *ret = fs;
+    child_exited(child, status);
+    release(child); /* the server's hold */
+}
+
+/* A fork server's process: started like a child, with the control socket as fd 3. */
+static int
+start_server_process(const tether__forkserver_spec *spec, int fd, tether_child **ret_proc)
+{
+    tether_child *proc = child_new(spec->ep, "tether-forkserver");
+    if (!proc) {
+        return -ENOMEM;
+    }
+    proc->is_server = true;
+    launch server = *(const launch *)spec->start_arg;
+    server.main = "_forkserver";
+    server.name = "tether-forkserver";
+    server.cwd = NULL;
+    server.fd3 = fd;
+    int r = start(proc, &server);
+    if (r < 0) {
+        tether_child_unref(proc);
+        return r;
+    }
+    *ret_proc = proc;
     return 0;
 }
 
-/* s as a JSON string (NULL: null) in out, truncated to fit; control characters,
- * quotes and backslashes escaped. */
-static void
-json_string(char *out, size_t size, const char *s)
-{
-    if (!s) {
-        snprintf(out, size, "null");
-        return;
-    }
-    size_t k = 0;
-    out[k++] = '"';
-    for (; *s && k + 8 < size; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            out[k++] = '\\';
-            out[k++] = (char)c;
-        } else if (c < 0x20) {
-            k += (size_t)snprintf(out + k, size - k, "\\u%04x", c);
-        } else {
-            out[k++] = (char)c;
-        }
-    }
-    out[k++] = '"';
-    out[k] = '\0';
-}
-
 typedef struct fork_arg {
-    forkserver *fs;
+    tether__forkserver *fs;
     tether_child *child;
     const char *cwd;
     int fds[3];
@@ -1003,52 +754,26 @@ typedef struct fork_arg {
     int r;
 } fork_arg;
 
-/* On the I/O thread: watch the child's output, queue it for its pid, send the request. */
+/* On the I/O thread: watch the child's output, then ask for it. */
 static void
 send_fork_request(void *argp)
 {
     fork_arg *a = argp;
-    child_watch_output(a->child, a->out_fd, a->err_fd);
-    char text[8192], cwd[4096], name[512];
-    json_string(cwd, sizeof(cwd), a->cwd);
-    json_string(name, sizeof(name), a->child->name);
-    int n = snprintf(text, sizeof(text), "{\"cwd\": %s, \"name\": %s}", cwd, name);
-    char control[CMSG_SPACE(sizeof(a->fds))];
-    memset(control, 0, sizeof(control));
-    struct iovec iov = {text, (size_t)n};
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
-                         .msg_controllen = sizeof(control)};
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(a->fds));
-    memcpy(CMSG_DATA(cm), a->fds, sizeof(a->fds));
-    pthread_mutex_lock(&a->fs->lock);
-    bool gone = a->fs->gone;
-    if (!gone) {
-        tether_child **tail = &a->fs->waiting;
-        while (*tail) {
-            tail = &(*tail)->server_next;
-        }
-        *tail = a->child;
-        hold(a->child); /* while in the server's lists */
-    }
-    pthread_mutex_unlock(&a->fs->lock);
-    a->r = gone ? -ECONNRESET : sendmsg(a->fs->ctl, &msg, MSG_NOSIGNAL) < 0 ? -errno : 0;
-    if (a->r < 0 && !gone) {
-        pthread_mutex_lock(&a->fs->lock);
-        list_remove(&a->fs->waiting, a->child);
-        pthread_mutex_unlock(&a->fs->lock);
-        release(a->child);
-    }
+    tether_child *child = a->child;
+    child_watch_output(child, a->out_fd, a->err_fd);
+    child->slot.forked = on_forked;
+    child->slot.ended = on_fork_ended;
+    hold(child); /* the server's, until it ends the slot */
+    a->r = tether__forkserver_fork(a->fs, &child->slot, a->fds, a->cwd, child->name);
     if (a->r < 0) {
-        child_exited(a->child, -SIGKILL);
+        child_exited(child, -SIGKILL); /* no pid: nothing will be signalled */
+        release(child);
     }
 }
 
 /* Fork a child from fs, connected through child_fd. */
 static int
-fork_child(forkserver *fs, tether_child *child, int child_fd, const char *cwd)
+fork_child(tether__forkserver *fs, tether_child *child, int child_fd, const char *cwd)
 {
     int out[2], err[2];
     if (pipe2(out, O_CLOEXEC) < 0) {
@@ -1060,9 +785,13 @@ fork_child(forkserver *fs, tether_child *child, int child_fd, const char *cwd)
         close(out[1]);
         return r;
     }
-    child->server = forkserver_ref(fs);
-    fork_arg a = {.fs = fs, .child = child, .cwd = cwd, .fds = {child_fd, out[1], err[1]},
-                  .out_fd = out[0], .err_fd = err[0]};
+    child->server = tether__forkserver_ref(fs);
+    fork_arg a = {.fs = fs,
+                  .child = child,
+                  .cwd = cwd,
+                  .fds = {child_fd, out[1], err[1]},
+                  .out_fd = out[0],
+                  .err_fd = err[0]};
     tether__ioloop_run_sync(child->ep->loop, send_fork_request, &a);
     close(out[1]); /* the server has its own copies now */
     close(err[1]);
@@ -1071,27 +800,10 @@ fork_child(forkserver *fs, tether_child *child, int child_fd, const char *cwd)
 
 /* ---- spawning ------------------------------------------------------------------------ */
 
-int
-tether_host_spawn(tether_host *host, const tether_spawn_options *o, tether_child **ret_child,
-                  tether_error *reterr)
+/* What o launches: its interpreter and package path, or the defaults. */
+static launch
+launch_of(const tether_spawn_options *o)
 {
-    if (!ret_child) {
-        return -EINVAL;
-    }
-    *ret_child = NULL;
-    /* One thing to run; an object's class may come from a script's globals. */
-    int sources = o ? !!o->script + !!o->script_path + !!o->module : 0;
-    bool valid = o && (o->object_class ? !o->module && sources <= 1 &&
-                                             (o->object_module || sources == 1)
-                                       : sources == 1 && (!o->module_path || o->module));
-    if (!host || !valid) {
-        return fail(reterr, -EINVAL, "give exactly one of script, script_path, module and "
-                                     "object_class (object_class may come with a script)");
-    }
-    tether__endpoint *ep = tether__host_endpoint(host);
-    if (tether__ioloop_in_thread(ep->loop)) {
-        return fail(reterr, -EDEADLK, "spawning blocks: not from an IO handler");
-    }
     launch l = {
         .executable = o->executable ? o->executable : getenv("TETHER_PYTHON"),
         .python_path = o->python_path ? o->python_path : getenv("TETHER_PYTHONPATH"),
@@ -1106,28 +818,14 @@ tether_host_spawn(tether_host *host, const tether_spawn_options *o, tether_child
     if (!l.python_path || !*l.python_path) {
         l.python_path = TETHER_PYTHON_DIR;
     }
-    uint64_t deadline = tether_now_usec() +
-                        (o->start_timeout_usec ? o->start_timeout_usec : DEFAULT_START_TIMEOUT_USEC);
+    return l;
+}
 
-    forkserver *fs = NULL;
-    if (o->warm) {
-        int r = forkserver_get(host, ep, &l, &fs, reterr);
-        if (r < 0) {
-            return r;
-        }
-    }
-    tether_child *child = child_new(ep, l.name);
-    if (!child) {
-        if (fs) {
-            forkserver_unref(fs);
-        }
-        return fail(reterr, -ENOMEM, "out of memory");
-    }
-    child->output = o->output;
-    child->output_userdata = o->output_userdata;
-    child->on_exit = o->on_exit;
-    child->on_exit_userdata = o->on_exit_userdata;
-
+/* Start child's process (forked by fs when warm) and wait until it connected. */
+static int
+child_begin(tether_host *host, tether_child *child, launch *l, tether__forkserver *fs,
+            uint64_t deadline, tether_error *reterr)
+{
     int pair[2];
     int r = socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0 ? -errno : 0;
     if (r == 0) {
@@ -1136,36 +834,44 @@ tether_host_spawn(tether_host *host, const tether_spawn_options *o, tether_child
             close(pair[0]);
         }
         if (r == 0) {
-            l.fd3 = pair[1];
-            r = fs ? fork_child(fs, child, pair[1], o->cwd) : start(child, &l);
+            l->fd3 = pair[1];
+            r = fs ? fork_child(fs, child, pair[1], l->cwd) : start(child, l);
         }
         close(pair[1]);
     }
-    if (fs) {
-        forkserver_unref(fs); /* the child holds its own reference */
-    }
     if (r < 0) {
-        tether_child_unref(child);
-        return fail(reterr, r, "cannot start %s: %s", l.executable, tether_strerror(r));
+        return fail(reterr, r, "cannot start %s: %s", l->executable, tether_strerror(r));
     }
     if (fs && (r = wait_child(child, true, deadline)) < 0) {
-        tether_child_unref(child);
-        return fail(reterr, r, "the fork server did not start a child in time");
+        return start_failed(child, r, reterr,
+                            r == -ETIMEDOUT ? "the fork server did not start a child in time"
+                                            : "the fork server ended before it started a child");
     }
-    tether__log(ep, TETHER_LOG_INFO, "spawned %s (pid %lld%s): %s", l.name,
-                (long long)child->pid, fs ? ", warm" : "", l.executable);
-
+    tether__log(child->ep, TETHER_LOG_INFO, "spawned %s (pid %lld%s): %s", l->name,
+                (long long)child->pid, fs ? ", warm" : "", l->executable);
     r = wait_child(child, false, deadline);
     if (r < 0) {
-        tether_child_unref(child);
-        return fail(reterr, r,
-                    r == -ETIMEDOUT ? "%s did not connect in time"
-                                    : "%s exited before connecting (not a Python 3.10+ "
-                                      "interpreter, or tether could not be imported from %s)",
-                    l.executable, r == -ETIMEDOUT ? "" : l.python_path);
+        char message[512];
+        if (r == -ETIMEDOUT) {
+            snprintf(message, sizeof(message), "%s did not connect in time", l->executable);
+        } else {
+            snprintf(message, sizeof(message),
+                     "%s exited before connecting (not a Python 3.10+ interpreter, or tether "
+                     "could not be imported from %s)",
+                     l->executable, l->python_path);
+        }
+        return start_failed(child, r, reterr, message);
     }
+    return 0;
+}
+
+/* Call the child's __tether_start__ with what o runs; its root object goes to the child. */
+static int
+child_call_start(tether_child *child, const tether_spawn_options *o, uint64_t deadline,
+                 tether_error *reterr)
+{
     tether_value *spec = NULL, *result = NULL;
-    r = start_spec(o, &spec);
+    int r = start_spec(o, &spec);
     if (r == 0) {
         uint64_t now = tether_now_usec();
         tether_call_options call = {.deadline_usec = deadline,
@@ -1183,30 +889,66 @@ tether_host_spawn(tether_host *host, const tether_spawn_options *o, tether_child
         r = fail(reterr, -EPROTO, "the child answered no root object");
     }
     tether_value_unref(result);
+    return r;
+}
+
+int
+tether_host_spawn(tether_host *host, const tether_spawn_options *o, tether_child **ret_child,
+                  tether_error *reterr)
+{
+    if (!ret_child) {
+        return -EINVAL;
+    }
+    *ret_child = NULL;
+    /* One thing to run; an object's class may come from a script's globals. */
+    int sources = o ? !!o->script + !!o->script_path + !!o->module : 0;
+    bool valid =
+        o && (o->object_class ? !o->module && sources <= 1 && (o->object_module || sources == 1)
+                              : sources == 1 && (!o->module_path || o->module));
+    if (!host || !valid) {
+        return fail(reterr, -EINVAL,
+                    "give exactly one of script, script_path, module and "
+                    "object_class (object_class may come with a script)");
+    }
+    tether__endpoint *ep = tether__host_endpoint(host);
+    if (tether__ioloop_in_thread(ep->loop)) {
+        return fail(reterr, -EDEADLK, "spawning blocks: not from an IO handler");
+    }
+    launch l = launch_of(o);
+    uint64_t deadline = tether_now_usec() + (o->start_timeout_usec ? o->start_timeout_usec
+                                                                   : DEFAULT_START_TIMEOUT_USEC);
+    tether__forkserver *fs = NULL;
+    if (o->warm) {
+        tether__forkserver_spec spec = {.host = host,
+                                        .ep = ep,
+                                        .executable = l.executable,
+                                        .python_path = l.python_path,
+                                        .env = l.env,
+                                        .start = start_server_process,
+                                        .start_arg = &l};
+        char why[256];
+        int r = tether__forkserver_get(&spec, &fs, why, sizeof(why));
+        if (r < 0) {
+            return fail(reterr, r, "cannot start a fork server of %s: %s", l.executable, why);
+        }
+    }
+    tether_child *child = child_new(ep, l.name);
+    if (child) {
+        child->output = o->output;
+        child->output_userdata = o->output_userdata;
+        child->on_exit = o->on_exit;
+        child->on_exit_userdata = o->on_exit_userdata;
+    }
+    int r = child ? child_begin(host, child, &l, fs, deadline, reterr)
+                  : fail(reterr, -ENOMEM, "out of memory");
+    if (fs) {
+        tether__forkserver_unref(fs); /* a warm child holds its own reference */
+    }
+    r = r < 0 ? r : child_call_start(child, o, deadline, reterr);
     if (r < 0) {
         tether_child_unref(child);
         return r;
     }
     *ret_child = child;
     return 0;
-}
-
-void
-tether__spawn_host_stopped(tether_host *host)
-{
-    /* The host's fork servers end: their control sockets close, and they exit. */
-    pthread_mutex_lock(&registry_lock);
-    for (forkserver **pp = &registry; *pp;) {
-        forkserver *fs = *pp;
-        if (fs->host != host) {
-            pp = &fs->next;
-            continue;
-        }
-        *pp = fs->next;
-        tether__ioloop_run_sync(fs->proc->ep->loop, stop_forkserver, fs);
-        shutdown(fs->ctl, SHUT_RDWR);
-        tether_child_terminate(fs->proc);
-        forkserver_unref(fs);
-    }
-    pthread_mutex_unlock(&registry_lock);
 }

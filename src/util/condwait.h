@@ -10,6 +10,17 @@
 #include <stdint.h>
 #include <time.h>
 
+/* Make cv a condition variable of CLOCK_MONOTONIC, for tether__cond_wait_until. */
+static inline void
+tether__cond_init_monotonic(pthread_cond_t *cv)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(cv, &attr);
+    pthread_condattr_destroy(&attr);
+}
+
 /* Wait once (spurious wake-ups included) until deadline_usec; UINT64_MAX: no bound. */
 static inline void
 tether__cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *lock, uint64_t deadline_usec)
