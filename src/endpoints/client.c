@@ -267,11 +267,7 @@ tether_client_new(const tether_client_options *opts, tether_client **ret_client)
     }
     atomic_init(&cl->refs, 1);
     pthread_mutex_init(&cl->lock, NULL);
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&cl->changed, &attr);
-    pthread_condattr_destroy(&attr);
+    tether__cond_init_monotonic(&cl->changed);
     cl->ep->owner = cl;
     cl->ep->hooks.control = hook_control;
     cl->ep->hooks.conn_closed = hook_conn_closed;

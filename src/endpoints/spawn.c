@@ -36,6 +36,7 @@
 #include "endpoints/host.h"
 #include "rpc/value.h"
 #include "util/alloc.h"
+#include "util/error.h"
 #include "util/condwait.h"
 
 #ifndef TETHER_PYTHON_DIR
@@ -651,7 +652,7 @@ fail(tether_error *reterr, int r, const char *format, ...)
         va_start(ap, format);
         vsnprintf(message, sizeof(message), format, ap);
         va_end(ap);
-        tether_error_set(reterr, r == -ETIMEDOUT ? "tether.Timeout" : "tether.SpawnError", "%s",
+        tether_error_set(reterr, r == -ETIMEDOUT ? TETHER__ERR_TIMEOUT : TETHER__ERR_SPAWN, "%s",
                          message);
     }
     return r;

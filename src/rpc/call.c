@@ -694,11 +694,7 @@ future_new(void)
     }
     atomic_init(&f->refs, 1);
     pthread_mutex_init(&f->lock, NULL);
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&f->cv, &attr);
-    pthread_condattr_destroy(&attr);
+    tether__cond_init_monotonic(&f->cv);
     f->pending.future = f;
     return f;
 }
