@@ -650,12 +650,13 @@ scene_remove(demo *d, actor *a)
 /*
  * The scene's actors as an array value. A format string fixes its number of items when
  * the program is compiled, so the array is assembled from msgpack bytes: a header, then
- * each actor's encoded REF taken from a one-item value, with the objects in order.
+ * each actor's bytes as tether_object_get_msgpack() writes them, with the objects in
+ * the same order.
  */
 static int
 actors_value(demo *d, tether_value **ret)
 {
-    size_t cap = 64 + 32 * d->count, len = 0;
+    size_t cap = 64 + 64 * d->count, len = 0;
     unsigned char *bytes = malloc(cap);
     tether_object **objs = malloc((d->count ? d->count : 1) * sizeof(*objs));
     int r = bytes && objs ? 0 : TETHER_ENOMEM;
@@ -669,23 +670,17 @@ actors_value(demo *d, tether_value **ret)
         }
     }
     for (size_t i = 0; r == 0 && i < d->count; i++) {
-        tether_value *one = NULL;
-        const void *data;
-        size_t size;
+        size_t size = 0;
         objs[i] = d->actors[i]->obj;
-        r = tether_value_new(&one, "o", objs[i]);
-        r = r < 0 ? r : tether_value_get_msgpack(one, &data, &size);
-        if (r == 0 && len + size > cap) {
+        r = tether_object_get_msgpack(objs[i], bytes + len, cap - len, &size);
+        if (r == TETHER_EMSGSIZE) {
             cap = 2 * (len + size);
             unsigned char *more = realloc(bytes, cap);
-            r = more ? 0 : TETHER_ENOMEM;
+            r = more ? tether_object_get_msgpack(objs[i], more + len, cap - len, &size)
+                     : TETHER_ENOMEM;
             bytes = more ? more : bytes;
         }
-        if (r == 0) {
-            memcpy(bytes + len, data, size);
-            len += size;
-        }
-        tether_value_unref(one);
+        len += r == 0 ? size : 0;
     }
     if (r == 0) {
         r = tether_value_new_msgpack_objects(bytes, len, objs, d->count, ret);
