@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "util/alloc.h"
+#include "codec/msgpack.h"
 #include "endpoints/host.h"
 #include "rpc/value.h"
 

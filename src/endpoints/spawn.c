@@ -33,6 +33,7 @@
 
 #include "util/alloc.h"
 #include "util/condwait.h"
+#include "codec/msgpack.h"
 #include "endpoints/host.h"
 #include "rpc/value.h"
 

@@ -20,6 +20,8 @@
 
 #include "util/alloc.h"
 #include "util/condwait.h"
+#include "codec/msgpack.h"
+#include "codec/validate.h"
 #include "rpc/conn.h"
 #include "rpc/value.h"
 
@@ -685,11 +687,10 @@ values_arg(request_arg *a, const char *method, tether_value *args, tether_value 
         r = raw_of(kwargs, &a->kwargs, &a->kwargs_len);
     }
     /* The wire wants an array and a map: check the first byte's family. */
-    if (r == 0 && a->args && !((a->args[0] & 0xf0) == 0x90 || a->args[0] == 0xdc || a->args[0] == 0xdd)) {
+    if (r == 0 && a->args && tether__mp_type_of(a->args[0]) != TETHER__MP_ARRAY) {
         r = -EINVAL;
     }
-    if (r == 0 && a->kwargs &&
-        !((a->kwargs[0] & 0xf0) == 0x80 || a->kwargs[0] == 0xde || a->kwargs[0] == 0xdf)) {
+    if (r == 0 && a->kwargs && tether__mp_type_of(a->kwargs[0]) != TETHER__MP_MAP) {
         r = -EINVAL;
     }
     return r;

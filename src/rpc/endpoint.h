@@ -15,7 +15,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#include "codec/wire.h"
+#include "codec/handshake.h"
 #include "conn/ioloop.h"
 #include "conn/link.h"
 #include "util/log.h"

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "util/alloc.h"
+#include "codec/validate.h"
 #include "rpc/conn.h"
 #include "rpc/value.h"
 
