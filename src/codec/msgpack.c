@@ -321,16 +321,6 @@ tether__mp_read_head(tether__mp_reader *r, tether__mp_head *h)
 }
 
 int
-tether__mp_read_nil(tether__mp_reader *r)
-{
-    if (tether__mp_peek(r) != TETHER__MP_NIL) {
-        return -EPROTO;
-    }
-    r->p++;
-    return 0;
-}
-
-int
 tether__mp_read_uint(tether__mp_reader *r, uint64_t *ret)
 {
     tether__mp_item it;

@@ -491,7 +491,16 @@ tether__mp_peek(const tether__mp_reader *r)
     return r->p && r->p < r->end ? tether__mp_type_of(*r->p) : 0;
 }
 
-int tether__mp_read_nil(tether__mp_reader *r);
+static inline int
+tether__mp_read_nil(tether__mp_reader *r)
+{
+    if (tether__mp_peek(r) != TETHER__MP_NIL) {
+        return -EPROTO;
+    }
+    r->p++;
+    return 0;
+}
+
 int tether__mp_read_uint(tether__mp_reader *r, uint64_t *ret);
 int tether__mp_read_int(tether__mp_reader *r, int64_t *ret);
 int tether__mp_read_bool(tether__mp_reader *r, bool *ret);
