@@ -7,7 +7,9 @@
  * read, render and walk them, extract error fields, walk RELEASE/PROGRESS lists; and
  * it re-encodes the frame and decodes it again, which must give the same fields.
  *
- * Build and run: make fuzz (build-fuzz/fuzz/fuzz-frame, on a copy of fuzz/corpus/frame).
+ * Build: make fuzz (build-fuzz/fuzz/fuzz-frame, over the library built for fuzzing; the
+ *        codec it exercises is src/codec/: frame.c, validate.c, msgpack.c, handshake.c, ext.c)
+ * Run:   build-fuzz/fuzz/fuzz-frame -max_total_time=120 fuzz/corpus/frame
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -20,7 +22,9 @@
 #include "util/buf.h"
 #include "tether.h"
 #include "rpc/value.h"
-#include "codec/wire.h"
+#include "codec/frame.h"
+#include "codec/handshake.h"
+#include "codec/msgpack.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

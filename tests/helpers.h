@@ -2,7 +2,7 @@
  * helpers: shared fixtures of the C tests. Each test binary runs each test in its own
  * process (Criterion), so a host started here never outlives its test.
  *
- * Beside this file: raw-peer.h plays a peer over a raw socket (wire.h's frames, no
+ * Beside this file: raw-peer.h plays a peer over a raw socket (codec/frame.h's frames, no
  * library connection), process-helpers.h forks child processes that talk to the test
  * over pipes.
  */

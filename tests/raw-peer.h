@@ -19,7 +19,8 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
-#include "codec/wire.h"
+#include "codec/frame.h"
+#include "codec/handshake.h"
 
 /* ---- no Criterion: usable in a child ----------------------------------------------------- */
 

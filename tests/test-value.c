@@ -15,7 +15,8 @@
 #include "util/buf.h"
 #include "tether.h"
 #include "rpc/value.h"
-#include "codec/wire.h"
+#include "codec/frame.h"
+#include "codec/validate.h"
 
 /* ---- helpers ------------------------------------------------------------------- */
 

@@ -10,7 +10,11 @@
 #include <string.h>
 
 #include "util/buf.h"
-#include "codec/wire.h"
+#include "codec/ext.h"
+#include "codec/frame.h"
+#include "codec/handshake.h"
+#include "codec/msgpack.h"
+#include "codec/validate.h"
 
 /* ---- helpers ------------------------------------------------------------------- */
 

@@ -40,7 +40,8 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "codec/wire.h"
+#include "codec/frame.h"
+#include "codec/handshake.h"
 #include "conn/ioloop.h"
 #include "util/buf.h"
 #include "util/log.h"

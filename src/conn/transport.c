@@ -21,8 +21,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "util/alloc.h"
 #include "tether.h"
+#include "util/alloc.h"
 
 int
 tether__runtime_dir(const char *explicit_dir, char **ret)

@@ -13,10 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "util/alloc.h"
-#include "util/error.h"
+#include "codec/msgpack.h"
 #include "endpoints/host.h"
 #include "rpc/value.h"
+#include "util/alloc.h"
+#include "util/error.h"
 
 /* An array value of n items, each a value (references dropped either way). */
 static int

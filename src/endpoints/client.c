@@ -14,12 +14,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "util/alloc.h"
-#include "util/error.h"
-#include "util/condwait.h"
-#include "rpc/conn.h"
 #include "conn/transport.h"
+#include "rpc/conn.h"
 #include "rpc/value.h"
+#include "util/alloc.h"
+#include "util/condwait.h"
+#include "util/error.h"
 
 #define DEFAULT_CONNECT_USEC (5ull * 1000 * 1000)
 

@@ -49,7 +49,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "codec/wire.h"
+#include "codec/msgpack.h"
+#include "codec/validate.h"
 #include "endpoints/host.h"
 #include "util/alloc.h"
 #include "util/buf.h"

@@ -19,10 +19,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "util/alloc.h"
-#include "endpoints/host.h"
 #include "conn/transport.h"
+#include "endpoints/host.h"
 #include "rpc/value.h"
+#include "util/alloc.h"
 
 #define DEFAULT_MAX_CLIENTS 1024u
 #define DEFAULT_HANDSHAKE_USEC (5ull * 1000 * 1000)

@@ -32,12 +32,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "codec/msgpack.h"
 #include "endpoints/forkserver.h"
 #include "endpoints/host.h"
 #include "rpc/value.h"
 #include "util/alloc.h"
-#include "util/error.h"
 #include "util/condwait.h"
+#include "util/error.h"
 
 #ifndef TETHER_PYTHON_DIR
 #define TETHER_PYTHON_DIR ""

@@ -18,13 +18,15 @@
 #include <string.h>
 #include <time.h>
 
-#include "util/alloc.h"
-#include "util/error.h"
-#include "util/condwait.h"
+#include "codec/msgpack.h"
+#include "codec/validate.h"
 #include "rpc/call.h"
 #include "rpc/conn.h"
 #include "rpc/request.h"
 #include "rpc/value.h"
+#include "util/alloc.h"
+#include "util/condwait.h"
+#include "util/error.h"
 
 struct tether_future {
     atomic_uint refs;
@@ -659,11 +661,10 @@ values_arg(request_arg *a, const char *method, tether_value *args, tether_value 
         r = raw_of(kwargs, &a->kwargs, &a->kwargs_len);
     }
     /* The wire wants an array and a map: check the first byte's family. */
-    if (r == 0 && a->args && !((a->args[0] & 0xf0) == 0x90 || a->args[0] == 0xdc || a->args[0] == 0xdd)) {
+    if (r == 0 && a->args && tether__mp_type_of(a->args[0]) != TETHER__MP_ARRAY) {
         r = -EINVAL;
     }
-    if (r == 0 && a->kwargs &&
-        !((a->kwargs[0] & 0xf0) == 0x80 || a->kwargs[0] == 0xde || a->kwargs[0] == 0xdf)) {
+    if (r == 0 && a->kwargs && tether__mp_type_of(a->kwargs[0]) != TETHER__MP_MAP) {
         r = -EINVAL;
     }
     return r;

@@ -8,7 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "codec/wire.h"
+#include "codec/frame.h"
 #include "conn/link.h"
 #include "rpc/chain.h"
 #include "rpc/conn.h"

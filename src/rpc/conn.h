@@ -17,7 +17,8 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "codec/wire.h"
+#include "codec/frame.h"
+#include "codec/handshake.h"
 #include "conn/ioloop.h"
 #include "conn/link.h"
 #include "rpc/endpoint.h"

@@ -15,12 +15,12 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#include "codec/wire.h"
+#include "codec/handshake.h"
 #include "conn/ioloop.h"
 #include "conn/link.h"
-#include "util/log.h"
 #include "rpc/mainq.h"
 #include "tether.h"
+#include "util/log.h"
 
 
 typedef struct tether__service {

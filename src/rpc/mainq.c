@@ -9,8 +9,8 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include "util/alloc.h"
 #include "tether.h"
+#include "util/alloc.h"
 
 struct tether__mainq {
     pthread_mutex_t lock;

@@ -9,10 +9,12 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "util/alloc.h"
+#include "codec/ext.h"
+#include "codec/msgpack.h"
 #include "rpc/conn.h"
 #include "rpc/endpoint.h"
 #include "rpc/value.h"
+#include "util/alloc.h"
 
 #define DESCRIBE_METHOD "__tether_describe__"
 /* Entries of one RELEASE frame: keeps a huge batch well under any frame limit. */
@@ -245,23 +247,7 @@ int
 tether__ref_encode(tether__buf *out, const tether_object *obj)
 {
     const char *type = tether_object_get_type_name(obj);
-    tether__buf payload = TETHER__BUF_INIT;
-    int r = tether__mp_array(&payload, 3);
-    if (r == 0) {
-        r = tether__mp_int(&payload, obj->remote ? 1 : 0);
-    }
-    if (r == 0) {
-        r = tether__mp_uint(&payload, obj->id);
-    }
-    if (r == 0) {
-        r = tether__mp_str(&payload, type, strlen(type));
-    }
-    if (r == 0) {
-        r = tether__mp_ext(out, TETHER__EXT_REF, tether__buf_head(&payload),
-                           tether__buf_pending(&payload));
-    }
-    tether__buf_done(&payload);
-    return r;
+    return tether__ext_ref_write(out, obj->remote ? 1 : 0, obj->id, type, strlen(type));
 }
 
 int
@@ -282,41 +268,6 @@ tether_object_get_msgpack(const tether_object *obj, void *buf, size_t size, size
     }
     tether__buf_done(&b);
     return r;
-}
-
-int
-tether__refs_scan(const uint8_t *p, size_t len, int (*fn)(void *arg, const tether__ref *ref),
-                  void *arg)
-{
-    /* msgpack is prefix-encoded: reading heads one after another visits every nested
-     * item in order, so no stack is needed. */
-    tether__mp_reader rd = {p, p + len};
-    while (rd.p < rd.end) {
-        const uint8_t *at = rd.p;
-        tether__mp_head h;
-        if (tether__mp_read_head(&rd, &h) < 0) {
-            return -EPROTO;
-        }
-        if (h.type != TETHER__MP_EXT || h.ext_type != TETHER__EXT_REF) {
-            continue; /* scalars; containers' items follow; other exts are opaque here */
-        }
-        tether__mp_reader pr = {h.data.ptr, h.data.ptr + h.data.len};
-        uint32_t n;
-        tether__ref ref = {.off = (size_t)(at - p)};
-        if (tether__mp_read_array(&pr, &n) < 0 || n < 3 || tether__mp_read_int(&pr, &ref.owner) < 0) {
-            return -EPROTO;
-        }
-        ref.owner_at = (size_t)(pr.p - 1 - p); /* 0 and 1 end in that byte, however encoded */
-        if (tether__mp_read_uint(&pr, &ref.id) < 0 || tether__mp_read_str(&pr, &ref.type) < 0 ||
-            ref.id == 0 || (ref.owner != 0 && ref.owner != 1)) {
-            return -EPROTO;
-        }
-        int r = fn(arg, &ref);
-        if (r != 0) {
-            return r;
-        }
-    }
-    return 0;
 }
 
 /* ---- id maps ------------------------------------------------------------------------ */

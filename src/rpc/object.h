@@ -26,11 +26,11 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "util/buf.h"
+#include "codec/frame.h"
 #include "conn/ioloop.h"
 #include "rpc/mainq.h"
 #include "tether.h"
-#include "codec/wire.h"
+#include "util/buf.h"
 
 struct tether__endpoint;
 
@@ -73,23 +73,6 @@ void tether__objvec_clear(tether__objvec *vec);
 /* Append obj as a REF ext: [0, id, class name] for a local object, [1, id, type] for a
  * proxy (it goes back to its owner). Returns 0, -ENOMEM, -EMSGSIZE. */
 int tether__ref_encode(tether__buf *out, const tether_object *obj);
-
-/* One REF ext found in checked msgpack bytes. */
-typedef struct tether__ref {
-    size_t off;      /* of the ext's first byte */
-    size_t owner_at; /* of the last byte of the owner's integer */
-    int64_t owner;
-    uint64_t id;
-    tether__span type;
-} tether__ref;
-
-/*
- * Call fn for each REF ext in the checked msgpack bytes [p, p+len), in order. Stops at
- * the first nonzero return of fn and returns it; returns -EPROTO for a REF whose
- * payload is not [owner:int, id:uint, type:str, ...], else 0.
- */
-int tether__refs_scan(const uint8_t *p, size_t len, int (*fn)(void *arg, const tether__ref *ref),
-                      void *arg);
 
 /* A conn's object table: id -> (object, count), chained hash. */
 typedef struct tether__idnode {

@@ -14,12 +14,13 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "util/alloc.h"
-#include "util/error.h"
+#include "codec/validate.h"
 #include "rpc/chain.h"
 #include "rpc/conn.h"
 #include "rpc/request.h"
 #include "rpc/value.h"
+#include "util/alloc.h"
+#include "util/error.h"
 
 static _Thread_local uint64_t current_chain;
 

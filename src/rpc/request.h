@@ -11,7 +11,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "codec/wire.h"
+#include "codec/frame.h"
 #include "rpc/conn.h"
 #include "rpc/mainq.h"
 #include "rpc/object.h"

@@ -36,10 +36,13 @@
 #include <string.h>
 #include <time.h>
 
+#include "codec/ext.h"
+#include "codec/frame.h"
+#include "codec/msgpack.h"
+#include "codec/validate.h"
+#include "rpc/object.h"
 #include "util/alloc.h"
 #include "util/error.h"
-#include "rpc/object.h"
-#include "codec/wire.h"
 
 struct str_copy {
     size_t off;      /* offset of the string's bytes in the value */
@@ -1446,30 +1449,14 @@ tether__value_error_fields(tether_value *v, char **type, char **message, char **
     if (!v) {
         return -EINVAL;
     }
-    tether__mp_reader r = {v->data, v->data + v->size};
-    tether__mp_head h;
-    if (tether__mp_read_head(&r, &h) < 0 || h.type != TETHER__MP_EXT ||
-        h.ext_type != TETHER__EXT_ERROR) {
+    tether__error_ext e;
+    if (tether__error_ext_read(v->data, v->size, &e) < 0) {
         return -EINVAL;
     }
-    tether__mp_reader p = {h.data.ptr, h.data.ptr + h.data.len};
-    uint32_t n;
-    tether__span ts, ms, bs = {NULL, 0};
-    bool have_tb = false;
-    if (tether__mp_read_array(&p, &n) < 0 || n < 3 || tether__mp_read_str(&p, &ts) < 0 ||
-        tether__mp_read_str(&p, &ms) < 0) {
-        return -EINVAL;
-    }
-    if (p.p < p.end && *p.p == 0xc0) {
-        have_tb = false;
-    } else if (tether__mp_read_str(&p, &bs) == 0) {
-        have_tb = true;
-    } else {
-        return -EINVAL;
-    }
-    char *t = tether__strndup((const char *)ts.ptr, ts.len);
-    char *m = tether__strndup((const char *)ms.ptr, ms.len);
-    char *b = have_tb ? tether__strndup((const char *)bs.ptr, bs.len) : NULL;
+    bool have_tb = e.traceback.ptr != NULL;
+    char *t = tether__strndup((const char *)e.type.ptr, e.type.len);
+    char *m = tether__strndup((const char *)e.message.ptr, e.message.len);
+    char *b = have_tb ? tether__strndup((const char *)e.traceback.ptr, e.traceback.len) : NULL;
     if (!t || !m || (have_tb && !b)) {
         tether__free(t);
         tether__free(m);

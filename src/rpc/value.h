@@ -15,8 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "util/buf.h"
 #include "tether.h"
+#include "util/buf.h"
 
 struct tether__objvec; /* object.h */
 

@@ -10,8 +10,8 @@
 #include <errno.h>
 #include <poll.h>
 
-#include "util/error.h"
 #include "rpc/call.h"
+#include "util/error.h"
 
 static uint64_t
 pending_expiry(const tether__pending *p)

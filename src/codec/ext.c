@@ -1,0 +1,104 @@
+/*
+ * ext: writing and reading tether's REF and ERROR exts (see ext.h for their payloads).
+ *
+ * Scanning for REFs needs no stack: msgpack is prefix-encoded, so reading heads one after
+ * another (tether__mp_item_at() steps into arrays and maps and over whole payloads) visits
+ * every item of the value in order.
+ */
+#include "codec/ext.h"
+
+#include <errno.h>
+
+int
+tether__ext_ref_write(tether__buf *out, int64_t owner, uint64_t id, const char *type,
+                      size_t type_len)
+{
+    if (type_len > UINT32_MAX) {
+        return -EMSGSIZE;
+    }
+    uint64_t payload = 1 + tether__mp_int_size(owner) + tether__mp_uint_size(id) +
+                       tether__mp_str_head_size(type_len) + (uint64_t)type_len;
+    if (payload > UINT32_MAX) {
+        return -EMSGSIZE;
+    }
+    size_t size = tether__mp_ext_head_size((size_t)payload) + (size_t)payload;
+    int r;
+    uint8_t *p = tether__mp_reserve(out, size, &r);
+    if (!p) {
+        return r;
+    }
+    uint8_t *q = tether__mp_put_ext_head(p, TETHER__EXT_REF, (size_t)payload);
+    q = tether__mp_put_array_head(q, 3);
+    q = tether__mp_put_int(q, owner);
+    q = tether__mp_put_uint(q, id);
+    q = tether__mp_put_str(q, type, type_len);
+    out->len += (size_t)(q - p);
+    return 0;
+}
+
+/* Read a REF's payload [owner, id, type, ...]; base is where offsets count from. */
+static int
+read_ref_payload(const tether__span *payload, const uint8_t *base, tether__ref *ref)
+{
+    tether__mp_reader pr = {payload->ptr, payload->ptr + payload->len};
+    uint32_t n;
+    if (tether__mp_read_array(&pr, &n) < 0 || n < 3 || tether__mp_read_int(&pr, &ref->owner) < 0) {
+        return -EPROTO;
+    }
+    ref->owner_at = (size_t)(pr.p - 1 - base); /* 0 and 1 end in that byte, however encoded */
+    if (tether__mp_read_uint(&pr, &ref->id) < 0 || tether__mp_read_str(&pr, &ref->type) < 0 ||
+        ref->id == 0 || (ref->owner != 0 && ref->owner != 1)) {
+        return -EPROTO;
+    }
+    return 0;
+}
+
+int
+tether__refs_scan(const uint8_t *p, size_t len, int (*fn)(void *arg, const tether__ref *ref),
+                  void *arg)
+{
+    const uint8_t *q = p, *end = p + len;
+    while (q < end) {
+        tether__mp_item it;
+        if (tether__mp_item_at(q, end, &it) < 0) {
+            return -EPROTO;
+        }
+        tether__ref ref = {.off = (size_t)(q - p)};
+        /* Scalars and payloads are stepped over; containers' items follow their head. */
+        q = it.next;
+        if (it.type != TETHER__MP_EXT || it.ext_type != TETHER__EXT_REF) {
+            continue;
+        }
+        tether__span payload = {it.data, (size_t)it.n};
+        if (read_ref_payload(&payload, p, &ref) < 0) {
+            return -EPROTO;
+        }
+        int r = fn(arg, &ref);
+        if (r != 0) {
+            return r;
+        }
+    }
+    return 0;
+}
+
+int
+tether__error_ext_read(const uint8_t *p, size_t len, tether__error_ext *ret)
+{
+    tether__mp_reader r = {p, p + len};
+    tether__mp_head h;
+    if (tether__mp_read_head(&r, &h) < 0 || h.type != TETHER__MP_EXT ||
+        h.ext_type != TETHER__EXT_ERROR) {
+        return -EPROTO;
+    }
+    tether__mp_reader pr = {h.data.ptr, h.data.ptr + h.data.len};
+    uint32_t n;
+    if (tether__mp_read_array(&pr, &n) < 0 || n < 3 || tether__mp_read_str(&pr, &ret->type) < 0 ||
+        tether__mp_read_str(&pr, &ret->message) < 0) {
+        return -EPROTO;
+    }
+    if (tether__mp_read_nil(&pr) == 0) {
+        ret->traceback = (tether__span){NULL, 0};
+        return 0;
+    }
+    return tether__mp_read_str(&pr, &ret->traceback);
+}

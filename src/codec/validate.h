@@ -1,0 +1,38 @@
+/*
+ * validate: checking untrusted msgpack bytes before anything trusts them.
+ *
+ * A peer's bytes are read twice: once here, then by whatever takes them apart (the frame
+ * decoder's readers, msgpack-c's unpacker behind tether_value_get_object()). The readers
+ * are bounds-checked, but msgpack-c's unpacker allocates for a declared count before it
+ * reads the elements, so a 6-byte "array of 4 billion" would cost gigabytes. The check
+ * therefore compares every declared str/bin/ext length and every array/map count with the
+ * bytes left before anything is allocated (an element takes at least one byte, so a count
+ * larger than the bytes left is already a lie), and bounds nesting. Bytes that pass are
+ * safe to unpack: memory use is bounded by a small multiple of their size.
+ *
+ * tether's own ext types (codec/ext.h) are checked inside: the payload of a REF or ERROR
+ * ext must itself be exactly one well-formed value, and counts as one level of nesting.
+ * Other ext types are opaque bytes.
+ */
+#ifndef TETHER_VALIDATE_H
+#define TETHER_VALIDATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The checker keeps its nesting stack on the C stack: a larger max_depth acts as this. */
+#define TETHER__MAX_DEPTH_CAP 512u
+
+/*
+ * Check that [p, p+len) starts with one complete msgpack value within limits: every
+ * declared length fits in the bytes left, nesting <= max_depth, no reserved byte 0xc1.
+ * Each array, map and REF/ERROR ext payload is one level of nesting. On success stores
+ * the value's encoded size in *ret_size (may be < len).
+ * Returns 0, -EPROTO (malformed or truncated), -EMSGSIZE (depth over limit).
+ */
+int tether__msgpack_check(const uint8_t *p, size_t len, uint32_t max_depth, size_t *ret_size);
+/* Same, also counting the REF exts in the value into *ret_refs. */
+int tether__msgpack_check_refs(const uint8_t *p, size_t len, uint32_t max_depth, size_t *ret_size,
+                               size_t *ret_refs);
+
+#endif
