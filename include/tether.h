@@ -437,6 +437,42 @@ TETHER_EXPORT int tether_conn_notify_values(tether_conn *conn, const char *metho
                                             tether_value *args, tether_value *kwargs);
 
 /*
+ * Arguments as msgpack bytes, for bindings that encode their own (the Python package
+ * does): args one array, kwargs one map (NULL: none), with any object by reference
+ * written by tether_object_get_msgpack() and listed, in the order they appear, in
+ * args_objects or kwargs_objects. The bytes are checked once (well formed, nested no
+ * deeper than a frame allows, references matching the objects) and copied once, into
+ * the frame; nothing is kept after the call returns. Borrowed for the call.
+ */
+typedef struct tether_msgpack_args {
+    const void *args;
+    size_t args_size;
+    const void *kwargs;
+    size_t kwargs_size;
+    struct tether_object *const *args_objects;
+    size_t args_object_count;
+    struct tether_object *const *kwargs_objects;
+    size_t kwargs_object_count;
+} tether_msgpack_args;
+
+/*
+ * tether_conn_call, tether_conn_call_async and tether_conn_notify (and the same for a
+ * proxied object's method) with arguments as msgpack bytes; args may be NULL (none).
+ * Same returns, plus TETHER_EPROTO for malformed bytes and TETHER_EINVAL when args is
+ * not an array, kwargs not a map, or references and objects disagree. Thread: any.
+ */
+TETHER_EXPORT int tether_conn_call_msgpack(tether_conn *conn, const char *method,
+                                           const tether_msgpack_args *args,
+                                           const tether_call_options *options,
+                                           tether_value **ret_result, tether_error *reterr);
+TETHER_EXPORT int tether_conn_call_async_msgpack(tether_conn *conn, const char *method,
+                                                 const tether_msgpack_args *args,
+                                                 const tether_call_options *options,
+                                                 tether_future **ret_future);
+TETHER_EXPORT int tether_conn_notify_msgpack(tether_conn *conn, const char *method,
+                                             const tether_msgpack_args *args);
+
+/*
  * Send a log record to the peer, which passes it to its log callback as
  * "[NAME pid PID] LOGGER: MESSAGE" at that level (TETHER_LOG_ERROR..TETHER_LOG_DEBUG).
  * logger may be NULL (""). Returns once queued: 0, TETHER_ENOTCONN, TETHER_EINVAL,
@@ -586,8 +622,8 @@ TETHER_EXPORT tether_conn *tether_object_get_conn(const tether_object *object);
  * with TETHER_ENOTCONN: the object it named is gone with it (a client's reconnect does
  * not carry proxies over). An object the peer no longer has gives TETHER_ENOENT.
  * tether_object_call_async and tether_object_notify are tether_conn_call_async and
- * tether_conn_notify for a proxied object's method, the _values forms the same with
- * prebuilt arguments. Thread: any.
+ * tether_conn_notify for a proxied object's method, the _values and _msgpack forms the
+ * same with prebuilt arguments. Thread: any.
  */
 TETHER_EXPORT int tether_object_call(tether_object *object, const char *method,
                                      const tether_call_options *options,
@@ -608,6 +644,16 @@ TETHER_EXPORT int tether_object_notify(tether_object *object, const char *method
                                        const char *format, ...);
 TETHER_EXPORT int tether_object_notify_values(tether_object *object, const char *method,
                                               tether_value *args, tether_value *kwargs);
+TETHER_EXPORT int tether_object_call_msgpack(tether_object *object, const char *method,
+                                             const tether_msgpack_args *args,
+                                             const tether_call_options *options,
+                                             tether_value **ret_result, tether_error *reterr);
+TETHER_EXPORT int tether_object_call_async_msgpack(tether_object *object, const char *method,
+                                                   const tether_msgpack_args *args,
+                                                   const tether_call_options *options,
+                                                   tether_future **ret_future);
+TETHER_EXPORT int tether_object_notify_msgpack(tether_object *object, const char *method,
+                                               const tether_msgpack_args *args);
 
 /*
  * The objects a value holds, in the order their REF exts appear in its bytes

@@ -118,6 +118,79 @@ Test(call, sync_add)
     tether_host_unref(h);
 }
 
+/* Arguments as msgpack bytes, as a binding that encodes its own hands them over. */
+Test(call, msgpack_arguments_are_checked_once_and_sent)
+{
+    tether_host *h = start_host();
+    tether_client *c = test_client_connect("packer", NULL);
+    tether_conn *conn = tether_client_get_conn(c);
+    static const uint8_t two_and_three[] = {0x92, 0x02, 0x03}; /* [2, 3] */
+    tether_msgpack_args m = {.args = two_and_three, .args_size = sizeof(two_and_three)};
+    tether_value *v = NULL;
+    int sum = 0;
+    ASSERT_OK(tether_conn_call_msgpack(conn, "add", &m, NULL, &v, NULL));
+    ASSERT_OK(tether_value_read(v, NULL, "i", &sum));
+    cr_assert_eq(sum, 5);
+    tether_value_unref(v);
+
+    tether_future *f = NULL;
+    ASSERT_OK(tether_conn_call_async_msgpack(conn, "add", &m, NULL, &f));
+    ASSERT_OK(tether_future_wait(f, 5 * 1000 * 1000));
+    ASSERT_OK(tether_future_get_result(f, &v, NULL));
+    ASSERT_OK(tether_value_read(v, NULL, "i", &sum));
+    cr_assert_eq(sum, 5);
+    tether_value_unref(v);
+    tether_future_unref(f);
+
+    static const uint8_t four[] = {0x91, 0x04};
+    tether_msgpack_args count = {.args = four, .args_size = sizeof(four)};
+    int before = atomic_load(&notified);
+    ASSERT_OK(tether_conn_notify_msgpack(conn, "count", &count));
+    ASSERT_OK(tether_conn_call(conn, "get_count", NULL, &v, NULL, NULL));
+    ASSERT_OK(tether_value_read(v, NULL, "i", &sum));
+    cr_assert_eq(sum, before + 4);
+    tether_value_unref(v);
+
+    /* Refused before anything is sent: not an array, not a map, malformed, truncated,
+     * a reference without its object, nested deeper than a frame allows. */
+    tether_error err = TETHER_ERROR_INIT;
+    static const uint8_t not_array[] = {0x02};
+    static const uint8_t truncated[] = {0x92, 0x02};
+    static const uint8_t reserved[] = {0x91, 0xc1};
+    static const uint8_t not_map[] = {0x90};
+    static const uint8_t ref[] = {0x91, 0xd6, 0x01, 0x93, 0x00, 0x01, 0xa0}; /* [REF] */
+    uint8_t deep[64];
+    memset(deep, 0x91, sizeof(deep));
+    deep[63] = 0x90;
+    const struct {
+        tether_msgpack_args m;
+        int code;
+    } bad[] = {
+        {{.args = not_array, .args_size = 1}, TETHER_EINVAL},
+        {{.args = truncated, .args_size = 2}, TETHER_EPROTO},
+        {{.args = reserved, .args_size = 2}, TETHER_EPROTO},
+        {{.args = two_and_three, .args_size = 0}, TETHER_EINVAL},
+        {{.kwargs = not_map, .kwargs_size = 1}, TETHER_EINVAL},
+        {{.args = ref, .args_size = sizeof(ref)}, TETHER_EINVAL},
+        {{.args = deep, .args_size = sizeof(deep)}, TETHER_EMSGSIZE},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        int r = tether_conn_call_msgpack(conn, "add", &bad[i].m, NULL, &v, &err);
+        cr_assert_eq(r, bad[i].code, "case %zu: %s", i, tether_strerror(r));
+        cr_assert_null(v);
+        cr_assert_not_null(err.type, "case %zu has no error type", i);
+        tether_error_done(&err);
+        cr_assert_eq(tether_conn_notify_msgpack(conn, "count", &bad[i].m), bad[i].code);
+    }
+    /* 63 levels are the most a frame carries as args. */
+    ASSERT_OK(tether_conn_call_msgpack(
+        conn, "get_count", &(tether_msgpack_args){.args = deep + 1, .args_size = 63}, NULL, NULL,
+        NULL));
+    ASSERT_OK(tether_conn_call_msgpack(conn, "add", &m, NULL, NULL, NULL)); /* still fine */
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
 Test(call, wrong_argument_types_are_a_type_error)
 {
     tether_host *h = start_host();

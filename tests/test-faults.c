@@ -308,6 +308,28 @@ Test(faults, values_nested_past_the_frame_limit_are_refused_by_the_sender)
     v = deep_value(62);
     ASSERT_OK(tether_conn_call(tether_client_get_conn(c), "ping", NULL, NULL, NULL, "v", v));
     tether_value_unref(v);
+    v = deep_value(63); /* one level too many inside the args array */
+    ASSERT_ERR(tether_conn_call(tether_client_get_conn(c), "ping", NULL, NULL, NULL, "v", v),
+               TETHER_EMSGSIZE);
+    /* As the args themselves: 63 levels fit beside the frame's array, 64 do not. */
+    ASSERT_OK(tether_conn_call_values(tether_client_get_conn(c), "ping", v, NULL, NULL, NULL,
+                                      NULL));
+    tether_value_unref(v);
+    v = deep_value(64);
+    ASSERT_ERR(tether_conn_call_values(tether_client_get_conn(c), "ping", v, NULL, NULL, NULL,
+                                       NULL),
+               TETHER_EMSGSIZE);
+    tether_value_unref(v);
+    /* Brackets of a format count the same way: the args array and 62 more fit. */
+    char format[2 * 63 + 1];
+    for (int levels = 62; levels <= 63; levels++) {
+        memset(format, '[', (size_t)levels);
+        memset(format + levels, ']', (size_t)levels);
+        format[2 * levels] = '\0';
+        int r = tether_conn_call(tether_client_get_conn(c), "ping", NULL, NULL, NULL, format);
+        cr_assert_eq(r, levels == 62 ? 0 : TETHER_EMSGSIZE, "%d levels: %s", levels,
+                     tether_strerror(r));
+    }
     /* A result too deep comes back as an error, not a dropped connection. */
     ASSERT_ERR(tether_conn_call(tether_client_get_conn(c), "deep", NULL, NULL, &err, NULL),
                TETHER_EMSGSIZE);

@@ -230,6 +230,17 @@ Test(objects, proxy_calls_methods_and_release_follows_the_last_proxy)
     cr_assert_eq(n, 10);
     tether_value_unref(v);
     ASSERT_OK(tether_object_call(proxy, "add", NULL, NULL, NULL, "i", -5));
+    static const uint8_t one[] = {0x91, 0x01};
+    tether_msgpack_args m = {.args = one, .args_size = sizeof(one)};
+    ASSERT_OK(tether_object_notify_msgpack(proxy, "add", &m));
+    ASSERT_OK(tether_object_call_async_msgpack(proxy, "add", &m, NULL, &fut));
+    ASSERT_OK(tether_future_wait(fut, 5 * 1000 * 1000));
+    tether_future_unref(fut);
+    ASSERT_OK(tether_object_call_msgpack(proxy, "add", &m, NULL, &v, NULL));
+    ASSERT_OK(tether_value_read(v, NULL, "i", &n));
+    cr_assert_eq(n, 8); /* 10 - 5 + 1 + 1 + 1 */
+    tether_value_unref(v);
+    ASSERT_OK(tether_object_call(proxy, "add", NULL, NULL, NULL, "i", -3));
     ASSERT_ERR(tether_object_call_async(proxy, "add", NULL, NULL, "i", 1), TETHER_EINVAL);
     ASSERT_ERR(tether_object_notify(NULL, "add", "i", 1), TETHER_EINVAL);
 
@@ -282,6 +293,21 @@ Test(objects, same_object_same_proxy_and_passing_back_resolves_to_the_original)
     ASSERT_OK(tether_value_read(v, NULL, "b", &same));
     cr_assert(same);
     tether_value_unref(v);
+    /* The same with the arguments as msgpack bytes: [proxy], the proxy's bytes as the
+     * library writes them and the proxy listed beside them. */
+    uint8_t packed[64] = {0x91};
+    size_t len = 0;
+    ASSERT_OK(tether_object_get_msgpack(a, packed + 1, sizeof(packed) - 1, &len));
+    tether_msgpack_args m = {.args = packed, .args_size = 1 + len, .args_objects = &a,
+                             .args_object_count = 1};
+    same = false;
+    ASSERT_OK(tether_conn_call_msgpack(f.conn, "is_kept", &m, NULL, &v, NULL));
+    ASSERT_OK(tether_value_read(v, NULL, "b", &same));
+    cr_assert(same);
+    tether_value_unref(v);
+    tether_object *wrong[] = {b == a ? NULL : b};
+    m.args_objects = wrong;
+    ASSERT_ERR(tether_conn_call_msgpack(f.conn, "is_kept", &m, NULL, NULL, NULL), TETHER_EINVAL);
     tether_object_unref(a);
     tether_object_unref(b);
 

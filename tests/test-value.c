@@ -61,7 +61,7 @@ build(tether__buf *out, bool as_array, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    int r = tether__format_build(out, fmt, ap, as_array, NULL);
+    int r = tether__format_build(out, fmt, ap, as_array, NULL, 0);
     va_end(ap);
     return r;
 }

@@ -15,7 +15,8 @@
 typedef struct {
     const char *method;
     PyObject *method_obj;
-    tether_value *args, *kwargs;
+    packbuf args, kwargs; /* packed once, copied once by the core into the frame */
+    tether_msgpack_args packed;
     tether_call_options opts;
 } call_spec;
 
@@ -46,6 +47,9 @@ call_spec_parse_values(call_spec *c, module_state *st, const call_target *t, PyO
     static char *kwlist_notify[] = {"method", "args", "kwargs", NULL};
     PyObject *a = Py_None, *k = Py_None, *timeout = Py_None, *deadline = Py_None;
     memset(c, 0, sizeof(*c));
+    xfer x = {st, t->conn, t->context};
+    tether_py_pb_init(&c->args, &x);
+    tether_py_pb_init(&c->kwargs, &x);
     if (!PyArg_ParseTupleAndKeywords(args, kwds, format, with_timeout ? kwlist : kwlist_notify,
                                      &c->method_obj, &a, &k, &timeout, &deadline)) {
         return -1;
@@ -65,33 +69,38 @@ call_spec_parse_values(call_spec *c, module_state *st, const call_target *t, PyO
     if (timeout != Py_None && c->opts.timeout_usec == 0) {
         c->opts.timeout_usec = 1; /* 0 would mean the default */
     }
-    xfer x = {st, t->conn, t->context};
-    return tether_py_values_from_args(a, k, &x, &c->args, &c->kwargs);
+    int r = tether_py_pack_args(a, k, &c->args, &c->kwargs);
+    c->args.x = c->kwargs.x = NULL; /* x was this function's: packing is over */
+    if (r < 0) {
+        return -1;
+    }
+    c->packed = tether_py_msgpack_args(&c->args, &c->kwargs);
+    return 0;
 }
 
 static void
 call_spec_done(call_spec *c)
 {
-    c->args = tether_value_unref(c->args);
-    c->kwargs = tether_value_unref(c->kwargs);
+    tether_py_pb_done(&c->args);
+    tether_py_pb_done(&c->kwargs);
 }
 
 static int
 target_call(const call_target *t, call_spec *c, tether_value **result, tether_error *err)
 {
-    return t->obj ? tether_object_call_values(t->obj, c->method, c->args, c->kwargs, &c->opts,
-                                              result, err)
-                  : tether_conn_call_values(t->conn, c->method, c->args, c->kwargs, &c->opts,
-                                            result, err);
+    return t->obj ? tether_object_call_msgpack(t->obj, c->method, &c->packed, &c->opts, result,
+                                               err)
+                  : tether_conn_call_msgpack(t->conn, c->method, &c->packed, &c->opts, result,
+                                             err);
 }
 
 static int
 target_call_async(const call_target *t, call_spec *c, tether_future **future)
 {
-    return t->obj ? tether_object_call_async_values(t->obj, c->method, c->args, c->kwargs, &c->opts,
-                                                    future)
-                  : tether_conn_call_async_values(t->conn, c->method, c->args, c->kwargs, &c->opts,
-                                                  future);
+    return t->obj ? tether_object_call_async_msgpack(t->obj, c->method, &c->packed, &c->opts,
+                                                     future)
+                  : tether_conn_call_async_msgpack(t->conn, c->method, &c->packed, &c->opts,
+                                                   future);
 }
 
 /* Raise what a call that failed before it started (code r) raises. */
@@ -193,8 +202,8 @@ tether_py_call_target_notify(module_state *st, call_target target, PyObject *arg
         call_spec_done(&c);
         return NULL;
     }
-    int r = t->obj ? tether_object_notify_values(t->obj, c.method, c.args, c.kwargs)
-                   : tether_conn_notify_values(t->conn, c.method, c.args, c.kwargs);
+    int r = t->obj ? tether_object_notify_msgpack(t->obj, c.method, &c.packed)
+                   : tether_conn_notify_msgpack(t->conn, c.method, &c.packed);
     call_spec_done(&c);
     if (r < 0) {
         return raise_start_error(st, c.method, r);

@@ -361,44 +361,85 @@ tether_py_value_from_object(PyObject *o, int depth, const xfer *x)
     return v;
 }
 
-/* Arguments: args a tuple or list (NULL: none), kwargs a dict (NULL or empty: none). */
+/*
+ * Arguments packed as msgpack: args a tuple or list (NULL: none), kwargs a dict (NULL or
+ * empty: none), into the caller's packbufs, left empty for none. On failure an exception
+ * is set; the caller releases the packbufs either way.
+ */
 int
-tether_py_values_from_args(PyObject *args, PyObject *kwargs, const xfer *x, tether_value **ret_args,
-                           tether_value **ret_kwargs)
+tether_py_pack_args(PyObject *args, PyObject *kwargs, packbuf *ret_args, packbuf *ret_kwargs)
 {
-    *ret_args = NULL;
-    *ret_kwargs = NULL;
     if (args && args != Py_None) {
         if (!PyTuple_Check(args) && !PyList_Check(args)) {
             PyErr_SetString(PyExc_TypeError, "args must be a tuple or a list");
             return -1;
         }
-        if (PyObject_Length(args) > 0 && !(*ret_args = tether_py_value_from_object(args, -1, x))) {
+        if (PyObject_Length(args) > 0 && pack_obj(ret_args, args, -1) < 0) {
             return -1;
         }
     }
     if (kwargs && kwargs != Py_None) {
         if (!PyDict_Check(kwargs)) {
             PyErr_SetString(PyExc_TypeError, "kwargs must be a dict");
-            goto fail;
+            return -1;
         }
         Py_ssize_t pos = 0;
         PyObject *key, *value;
         while (PyDict_Next(kwargs, &pos, &key, &value)) {
             if (!PyUnicode_Check(key)) {
                 PyErr_SetString(PyExc_TypeError, "keyword argument names must be strings");
-                goto fail;
+                return -1;
             }
         }
-        if (PyDict_Size(kwargs) > 0 &&
-            !(*ret_kwargs = tether_py_value_from_object(kwargs, -1, x))) {
-            goto fail;
+        if (PyDict_Size(kwargs) > 0 && pack_obj(ret_kwargs, kwargs, -1) < 0) {
+            return -1;
         }
     }
     return 0;
-fail:
-    *ret_args = tether_value_unref(*ret_args);
-    return -1;
+}
+
+/* The core's view of packed arguments (borrowed from the packbufs). */
+tether_msgpack_args
+tether_py_msgpack_args(const packbuf *args, const packbuf *kwargs)
+{
+    return (tether_msgpack_args){
+        .args = args->len ? args->data : NULL,
+        .args_size = args->len,
+        .kwargs = kwargs->len ? kwargs->data : NULL,
+        .kwargs_size = kwargs->len,
+        .args_objects = args->objs,
+        .args_object_count = args->nobjs,
+        .kwargs_objects = kwargs->objs,
+        .kwargs_object_count = kwargs->nobjs,
+    };
+}
+
+/* Arguments as values (for the calls that keep them, such as a spawn's object). */
+int
+tether_py_values_from_args(PyObject *args, PyObject *kwargs, const xfer *x, tether_value **ret_args,
+                           tether_value **ret_kwargs)
+{
+    *ret_args = NULL;
+    *ret_kwargs = NULL;
+    packbuf a, k;
+    tether_py_pb_init(&a, x);
+    tether_py_pb_init(&k, x);
+    int r = tether_py_pack_args(args, kwargs, &a, &k);
+    if (r == 0) {
+        int e = a.len ? tether_value_new_msgpack_objects(a.data, a.len, a.objs, a.nobjs, ret_args)
+                      : 0;
+        if (e == 0 && k.len) {
+            e = tether_value_new_msgpack_objects(k.data, k.len, k.objs, k.nobjs, ret_kwargs);
+        }
+        if (e < 0) {
+            PyErr_Format(PyExc_ValueError, "cannot encode the arguments: %s", tether_strerror(e));
+            *ret_args = tether_value_unref(*ret_args);
+            r = -1;
+        }
+    }
+    tether_py_pb_done(&a);
+    tether_py_pb_done(&k);
+    return r;
 }
 
 /* ======================================================================================

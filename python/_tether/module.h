@@ -99,6 +99,8 @@ PyObject *tether_py_type_display_name(PyTypeObject *type);
 tether_value *tether_py_value_from_object(PyObject *o, int depth, const xfer *x);
 int tether_py_values_from_args(PyObject *args, PyObject *kwargs, const xfer *x,
                                tether_value **ret_args, tether_value **ret_kwargs);
+int tether_py_pack_args(PyObject *args, PyObject *kwargs, packbuf *ret_args, packbuf *ret_kwargs);
+tether_msgpack_args tether_py_msgpack_args(const packbuf *args, const packbuf *kwargs);
 PyObject *tether_py_object_from_value(tether_value *v, const xfer *x);
 PyObject *tether_py_module_pack(PyObject *module, PyObject *obj);
 PyObject *tether_py_module_unpack(PyObject *module, PyObject *data);

@@ -43,13 +43,24 @@ read_fix(tether__mp_reader *r, int type, size_t *ret)
     return false;
 }
 
+/* An unsigned integer, inline for every encoding of one: ids and chains (random 64-bit
+ * numbers) are read from every call frame. */
 static inline int
 dec_uint(tether__mp_reader *r, uint64_t *ret)
 {
-    size_t n;
-    if (read_fix(r, TETHER__MP_UINT, &n)) {
-        *ret = n;
-        return 0;
+    if (r->p < r->end) {
+        const tether__mp_byte *e = &tether__mp_bytes[*r->p];
+        if (e->type == TETHER__MP_UINT && e->field == 0) {
+            *ret = (uint8_t)e->fix;
+            r->p++;
+            return 0;
+        }
+        if (e->type == TETHER__MP_UINT && *r->p >= 0xcc && *r->p <= 0xcf &&
+            e->field < (size_t)(r->end - r->p)) {
+            *ret = tether__load_field(r->p + 1, e->field);
+            r->p += 1 + e->field;
+            return 0;
+        }
     }
     return tether__mp_read_uint(r, ret);
 }
@@ -77,6 +88,13 @@ read_raw(tether__mp_reader *r, int type, tether__span *ret)
 {
     if (tether__mp_peek(r) != type) {
         return -EPROTO;
+    }
+    const tether__mp_byte *e = &tether__mp_bytes[*r->p];
+    if (e->field == 0 && e->fix == 0) {
+        /* Empty, as most kwargs and many args are: one byte. */
+        *ret = (tether__span){r->p, 1};
+        r->p++;
+        return 0;
     }
     return tether__mp_skip(r, ret);
 }
@@ -312,47 +330,23 @@ encode_call(tether__buf *b, int kind, uint64_t id, uint64_t chain, uint64_t targ
         args = &empty_array;
         args_len = 1;
     }
-    if (!kwargs || kwargs_len == 0) {
-        kwargs = &empty_map;
-        kwargs_len = 1;
-    }
     assert(tether__mp_type_of(args[0]) == TETHER__MP_ARRAY);
-    assert(tether__mp_type_of(kwargs[0]) == TETHER__MP_MAP);
-    if (!method) {
-        method = "";
-        method_len = 0;
-    }
-    if (method_len > UINT32_MAX || args_len > UINT32_MAX || kwargs_len > UINT32_MAX) {
+    if (args_len > UINT32_MAX || kwargs_len > UINT32_MAX) {
         return -EMSGSIZE;
     }
-    bool request = kind == TETHER__REQUEST;
-    uint64_t body = 2 + tether__mp_uint_size(chain) + tether__mp_uint_size(target) +
-                    tether__mp_str_head_size(method_len) + (uint64_t)method_len + args_len +
-                    kwargs_len;
-    if (request) {
-        body += tether__mp_uint_size(id) + tether__mp_uint_size(timeout_ms);
-    }
-    int r;
-    uint8_t *p = tether__frame_begin(b, body, &r);
-    if (!p) {
+    size_t start;
+    int r = tether__encode_call_open(b, kind, id, chain, target, method, method_len, &start);
+    if (r < 0) {
         return r;
     }
-    *p++ = request ? 0x98 : 0x96;
-    *p++ = (uint8_t)kind;
-    if (request) {
-        p = tether__mp_put_uint(p, id);
+    r = tether__buf_append(b, args, args_len);
+    if (r == 0) {
+        r = tether__encode_call_close(b, start, kind, kwargs, kwargs_len, timeout_ms);
     }
-    p = tether__mp_put_uint(p, chain);
-    p = tether__mp_put_uint(p, target);
-    p = tether__mp_put_str(p, method, method_len);
-    memcpy(p, args, args_len);
-    p += args_len;
-    memcpy(p, kwargs, kwargs_len);
-    p += kwargs_len;
-    if (request) {
-        p = tether__mp_put_uint(p, timeout_ms);
+    if (r < 0) {
+        b->len = b->off + start; /* the buffer as it was */
     }
-    return tether__frame_commit(b, body, p);
+    return r;
 }
 
 int
@@ -371,6 +365,71 @@ tether__encode_notify(tether__buf *buf, uint64_t chain, uint64_t target, const c
 {
     return encode_call(buf, TETHER__NOTIFY, 0, chain, target, method, method_len, args, args_len,
                        kwargs, kwargs_len, 0);
+}
+
+int
+tether__encode_call_open(tether__buf *b, int kind, uint64_t id, uint64_t chain, uint64_t target,
+                         const char *method, size_t method_len, size_t *ret_start)
+{
+    if (!method) {
+        method = "";
+        method_len = 0;
+    }
+    if (method_len > UINT32_MAX) {
+        return -EMSGSIZE;
+    }
+    bool request = kind == TETHER__REQUEST;
+    size_t head = TETHER__FRAME_HEADER_SIZE + 2 + tether__mp_uint_size(chain) +
+                  tether__mp_uint_size(target) + tether__mp_str_head_size(method_len) +
+                  method_len + (request ? tether__mp_uint_size(id) : 0);
+    int r;
+    uint8_t *p = tether__mp_reserve(b, head, &r);
+    if (!p) {
+        return r;
+    }
+    *ret_start = tether__buf_pending(b);
+    p += TETHER__FRAME_HEADER_SIZE; /* the length, once known */
+    *p++ = request ? 0x98 : 0x96;
+    *p++ = (uint8_t)kind;
+    if (request) {
+        p = tether__mp_put_uint(p, id);
+    }
+    p = tether__mp_put_uint(p, chain);
+    p = tether__mp_put_uint(p, target);
+    p = tether__mp_put_str(p, method, method_len);
+    b->len += head;
+    return 0;
+}
+
+int
+tether__encode_call_close(tether__buf *b, size_t start, int kind, const uint8_t *kwargs,
+                          size_t kwargs_len, uint64_t timeout_ms)
+{
+    if (!kwargs || kwargs_len == 0) {
+        kwargs = &empty_map;
+        kwargs_len = 1;
+    }
+    assert(tether__mp_type_of(kwargs[0]) == TETHER__MP_MAP);
+    bool request = kind == TETHER__REQUEST;
+    size_t tail = kwargs_len + (request ? tether__mp_uint_size(timeout_ms) : 0);
+    int r;
+    uint8_t *p = tether__mp_reserve(b, tail, &r);
+    if (!p) {
+        return r;
+    }
+    memcpy(p, kwargs, kwargs_len);
+    p += kwargs_len;
+    if (request) {
+        tether__mp_put_uint(p, timeout_ms);
+    }
+    b->len += tail;
+    uint8_t *frame = tether__buf_head(b) + start;
+    size_t body = (size_t)(b->data + b->len - frame) - TETHER__FRAME_HEADER_SIZE;
+    if (body > UINT32_MAX) {
+        return -EMSGSIZE;
+    }
+    tether__store32(frame, (uint32_t)body);
+    return 0;
 }
 
 int

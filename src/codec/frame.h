@@ -116,6 +116,20 @@ int tether__encode_request(tether__buf *buf, uint64_t id, uint64_t chain, uint64
 int tether__encode_notify(tether__buf *buf, uint64_t chain, uint64_t target, const char *method,
                           size_t method_len, const uint8_t *args, size_t args_len,
                           const uint8_t *kwargs, size_t kwargs_len);
+/*
+ * A REQUEST or NOTIFY whose args the caller writes in place, so that they are built once,
+ * straight into the frame. tether__encode_call_open appends a length prefix to be filled
+ * in and every field before args, and stores where the frame starts (an offset from
+ * b->off, which must not move until the close); the caller then appends exactly one
+ * msgpack array; tether__encode_call_close appends kwargs (a raw map, NULL: empty) and,
+ * for a REQUEST, timeout_ms, then writes the length. After a failure of either, or of
+ * the caller's args, truncate with b->len = b->off + start. Same returns as above.
+ */
+int tether__encode_call_open(tether__buf *buf, int kind, uint64_t id, uint64_t chain,
+                             uint64_t target, const char *method, size_t method_len,
+                             size_t *ret_start);
+int tether__encode_call_close(tether__buf *buf, size_t start, int kind, const uint8_t *kwargs,
+                              size_t kwargs_len, uint64_t timeout_ms);
 int tether__encode_response(tether__buf *buf, uint64_t id, bool is_error, const uint8_t *value,
                             size_t value_len);
 /* RESPONSE with is_error and an ERROR ext built from the three strings (NULL = ""). */

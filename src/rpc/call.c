@@ -316,51 +316,48 @@ typedef struct request_arg {
     const char *method;
     const uint8_t *args, *kwargs;
     size_t args_len, kwargs_len;
-    tether_value *values[2]; /* args and kwargs as values, when they may hold objects */
+    tether__objlist objects[2]; /* the objects in args and kwargs, sent with them */
     tether_value *built;     /* args built from a format with objects, released after */
     const char *format;
     va_list *ap;
     bool notify;
 } request_arg;
 
-/* Encode a request or notification whose args come from a format, straight into out. */
+/*
+ * Encode a request or notification into out. Arguments from a format are built straight
+ * into the frame, within the nesting a frame allows; raw ones were checked when the call
+ * was made (a value knows whether it is sendable, bytes from a binding were checked then).
+ */
 static int
 encode_request(tether__buf *out, void *argp)
 {
     request_arg *a = argp;
-    const uint8_t *ap = a->args;
-    size_t alen = a->args_len;
-    if (a->format) {
-        /* Built in a buffer of this thread, reused call after call: no allocation. */
-        tether__buf *args = tether__thread_buf(TETHER__THREAD_BUF_FORMAT);
-        if (!args) {
-            return -ENOMEM;
-        }
-        tether__buf_reset(args);
-        va_list copy;
-        va_copy(copy, *a->ap);
-        int r = tether__format_build(args, a->format, copy, true, NULL);
-        va_end(copy);
-        if (r < 0) {
-            return r;
-        }
-        ap = tether__buf_head(args);
-        alen = tether__buf_pending(args);
-    }
-    /* The receiver drops a frame nested deeper than the protocol allows; refuse to send
-     * one instead (the frame's array is one level, args and kwargs sit below it). */
-    size_t checked;
-    if ((alen && tether__msgpack_check(ap, alen, TETHER__DEFAULT_MAX_DEPTH - 1, &checked) < 0) ||
-        (a->kwargs_len &&
-         tether__msgpack_check(a->kwargs, a->kwargs_len, TETHER__DEFAULT_MAX_DEPTH - 1,
-                               &checked) < 0)) {
-        return -EMSGSIZE;
-    }
     size_t mlen = strlen(a->method);
-    return a->notify ? tether__encode_notify(out, a->chain, a->target, a->method, mlen, ap, alen,
-                                             a->kwargs, a->kwargs_len)
-                     : tether__encode_request(out, a->id, a->chain, a->target, a->method, mlen,
-                                              ap, alen, a->kwargs, a->kwargs_len, a->timeout_ms);
+    int kind = a->notify ? TETHER__NOTIFY : TETHER__REQUEST;
+    if (!a->format) {
+        return a->notify ? tether__encode_notify(out, a->chain, a->target, a->method, mlen,
+                                                 a->args, a->args_len, a->kwargs, a->kwargs_len)
+                         : tether__encode_request(out, a->id, a->chain, a->target, a->method,
+                                                  mlen, a->args, a->args_len, a->kwargs,
+                                                  a->kwargs_len, a->timeout_ms);
+    }
+    size_t start;
+    int r = tether__encode_call_open(out, kind, a->id, a->chain, a->target, a->method, mlen,
+                                     &start);
+    if (r < 0) {
+        return r;
+    }
+    va_list copy;
+    va_copy(copy, *a->ap);
+    r = tether__format_build(out, a->format, copy, true, NULL, TETHER__DEFAULT_MAX_DEPTH - 1);
+    va_end(copy);
+    if (r == 0) {
+        r = tether__encode_call_close(out, start, kind, a->kwargs, a->kwargs_len, a->timeout_ms);
+    }
+    if (r < 0) {
+        out->len = out->off + start;
+    }
+    return r;
 }
 
 static int
@@ -451,19 +448,19 @@ static int
 start_call(tether_conn *c, tether__pending *p, request_arg *a, bool flush_now)
 {
     /* Objects in the arguments are counted before the peer can see them. */
-    int r = tether__conn_export(c, a->values, 2);
+    int r = tether__conn_export_lists(c, a->objects, 2);
     if (r < 0) {
         return r;
     }
     pthread_mutex_lock(&c->link.lock);
     if (tether__conn_state(c) != TETHER__LINK_OPEN) {
         pthread_mutex_unlock(&c->link.lock);
-        tether__conn_unexport(c, a->values, 2);
+        tether__conn_unexport_lists(c, a->objects, 2);
         return -ENOTCONN;
     }
     if (c->pending_count >= c->peer_max_in_flight) {
         pthread_mutex_unlock(&c->link.lock);
-        tether__conn_unexport(c, a->values, 2);
+        tether__conn_unexport_lists(c, a->objects, 2);
         return -ENOBUFS;
     }
     pending_insert(c, p);
@@ -484,7 +481,7 @@ start_call(tether_conn *c, tether__pending *p, request_arg *a, bool flush_now)
     }
     r = tether__conn_send(c, encode_request, a, flush_now);
     if (r < 0) {
-        tether__conn_unexport(c, a->values, 2);
+        tether__conn_unexport_lists(c, a->objects, 2);
         pthread_mutex_lock(&c->link.lock);
         tether__pending *taken = tether__pending_take(c, p->id);
         if (start_sweep) {
@@ -584,7 +581,7 @@ build_args_with_objects(request_arg *a)
     }
     tether__buf b = TETHER__BUF_INIT;
     tether__objvec objs = TETHER__OBJVEC_INIT;
-    int r = tether__format_build(&b, a->format, *a->ap, true, &objs);
+    int r = tether__format_build(&b, a->format, *a->ap, true, &objs, TETHER__DEFAULT_MAX_DEPTH - 1);
     if (r == 0) {
         r = tether__value_new_copy(tether__buf_head(&b), tether__buf_pending(&b), &a->built);
     }
@@ -598,11 +595,12 @@ build_args_with_objects(request_arg *a)
         a->built = tether_value_unref(a->built);
         return r;
     }
+    tether__value_mark_sendable(a->built); /* built within the limit */
     const void *data;
     tether_value_get_msgpack(a->built, &data, &a->args_len);
     a->args = data;
     a->format = NULL;
-    a->values[0] = a->built;
+    a->objects[0] = tether__objlist_of(a->built);
     return 0;
 }
 
@@ -654,8 +652,11 @@ static int
 values_arg(request_arg *a, const char *method, tether_value *args, tether_value *kwargs)
 {
     a->method = method;
-    a->values[0] = args;
-    a->values[1] = kwargs;
+    a->objects[0] = tether__objlist_of(args);
+    a->objects[1] = tether__objlist_of(kwargs);
+    if ((args && !tether__value_sendable(args)) || (kwargs && !tether__value_sendable(kwargs))) {
+        return -EMSGSIZE; /* the peer would drop a frame nested that deep */
+    }
     int r = raw_of(args, &a->args, &a->args_len);
     if (r == 0) {
         r = raw_of(kwargs, &a->kwargs, &a->kwargs_len);
@@ -666,6 +667,48 @@ values_arg(request_arg *a, const char *method, tether_value *args, tether_value 
     }
     if (r == 0 && a->kwargs && tether__mp_type_of(a->kwargs[0]) != TETHER__MP_MAP) {
         r = -EINVAL;
+    }
+    return r;
+}
+
+/* One of a binding's msgpack arguments: its bytes of the given type, checked once. */
+static int
+check_msgpack_part(const void *data, size_t size, int type, tether_object *const *objects,
+                   size_t count, const uint8_t **ret, size_t *ret_len, tether__objlist *ret_list)
+{
+    *ret = NULL;
+    *ret_len = 0;
+    *ret_list = (tether__objlist){NULL, 0};
+    if (!data) {
+        return size || count ? -EINVAL : 0;
+    }
+    if (!size || (!objects && count) || tether__mp_type_of(*(const uint8_t *)data) != type) {
+        return -EINVAL;
+    }
+    int r = tether__msgpack_objects_check(data, size, TETHER__DEFAULT_MAX_DEPTH - 1, objects,
+                                          count, NULL);
+    if (r < 0) {
+        return r;
+    }
+    *ret = data;
+    *ret_len = size;
+    *ret_list = (tether__objlist){objects, count};
+    return 0;
+}
+
+static int
+msgpack_arg(request_arg *a, const char *method, const tether_msgpack_args *m)
+{
+    a->method = method;
+    if (!m) {
+        return 0;
+    }
+    int r = check_msgpack_part(m->args, m->args_size, TETHER__MP_ARRAY, m->args_objects,
+                               m->args_object_count, &a->args, &a->args_len, &a->objects[0]);
+    if (r == 0) {
+        r = check_msgpack_part(m->kwargs, m->kwargs_size, TETHER__MP_MAP, m->kwargs_objects,
+                               m->kwargs_object_count, &a->kwargs, &a->kwargs_len,
+                               &a->objects[1]);
     }
     return r;
 }
@@ -774,9 +817,9 @@ notify(tether_conn *given, const char *method, request_arg *a)
     }
     a->notify = true;
     a->chain = tether__current_chain() ? tether__current_chain() : tether__chain_new();
-    r = tether__conn_export(c, a->values, 2);
+    r = tether__conn_export_lists(c, a->objects, 2);
     if (r == 0 && (r = tether__conn_send(c, encode_request, a, false)) < 0) {
-        tether__conn_unexport(c, a->values, 2);
+        tether__conn_unexport_lists(c, a->objects, 2);
     }
     tether_conn_unref(c);
     return r;
@@ -832,6 +875,41 @@ tether_conn_notify_values(tether_conn *c, const char *method, tether_value *args
 {
     request_arg a = {0};
     int r = values_arg(&a, method, args, kwargs);
+    return r < 0 ? r : notify(c, method, &a);
+}
+
+int
+tether_conn_call_msgpack(tether_conn *c, const char *method, const tether_msgpack_args *args,
+                         const tether_call_options *opts, tether_value **ret_result,
+                         tether_error *reterr)
+{
+    request_arg a = {0};
+    int r = msgpack_arg(&a, method, args);
+    if (r < 0) {
+        if (ret_result) {
+            *ret_result = NULL;
+        }
+        fill_local_error(reterr, r, method);
+        return r;
+    }
+    return call_sync(c, method, &a, opts, ret_result, reterr);
+}
+
+int
+tether_conn_call_async_msgpack(tether_conn *c, const char *method,
+                               const tether_msgpack_args *args, const tether_call_options *opts,
+                               tether_future **ret_future)
+{
+    request_arg a = {0};
+    int r = msgpack_arg(&a, method, args);
+    return r < 0 ? r : call_async(c, method, &a, opts, ret_future);
+}
+
+int
+tether_conn_notify_msgpack(tether_conn *c, const char *method, const tether_msgpack_args *args)
+{
+    request_arg a = {0};
+    int r = msgpack_arg(&a, method, args);
     return r < 0 ? r : notify(c, method, &a);
 }
 
@@ -1154,5 +1232,56 @@ tether_object_notify_values(tether_object *obj, const char *method, tether_value
 {
     request_arg a = {0};
     int r = object_request(obj, &method, args, kwargs, &a);
+    return r < 0 ? r : notify(obj->conn, method, &a);
+}
+
+/* The request of a call on a proxy with a binding's msgpack arguments. */
+static int
+object_msgpack_request(tether_object *obj, const char **method, const tether_msgpack_args *args,
+                       request_arg *a)
+{
+    if (!obj || !obj->remote) {
+        return -EINVAL;
+    }
+    if (!*method) {
+        *method = "__call__";
+    }
+    a->target = obj->id;
+    return msgpack_arg(a, *method, args);
+}
+
+int
+tether_object_call_msgpack(tether_object *obj, const char *method,
+                           const tether_msgpack_args *args, const tether_call_options *opts,
+                           tether_value **ret_result, tether_error *reterr)
+{
+    request_arg a = {0};
+    int r = object_msgpack_request(obj, &method, args, &a);
+    if (r < 0) {
+        if (ret_result) {
+            *ret_result = NULL;
+        }
+        fill_local_error(reterr, r, method);
+        return r;
+    }
+    return call_sync(obj->conn, method, &a, opts, ret_result, reterr);
+}
+
+int
+tether_object_call_async_msgpack(tether_object *obj, const char *method,
+                                 const tether_msgpack_args *args,
+                                 const tether_call_options *opts, tether_future **ret_future)
+{
+    request_arg a = {0};
+    int r = object_msgpack_request(obj, &method, args, &a);
+    return r < 0 ? r : call_async(obj->conn, method, &a, opts, ret_future);
+}
+
+int
+tether_object_notify_msgpack(tether_object *obj, const char *method,
+                             const tether_msgpack_args *args)
+{
+    request_arg a = {0};
+    int r = object_msgpack_request(obj, &method, args, &a);
     return r < 0 ? r : notify(obj->conn, method, &a);
 }

@@ -547,14 +547,12 @@ tether__conn_bind_refs(tether_conn *c, uint8_t *p, size_t len, tether__objvec *v
 /* Undo the first k objects of values (in the order export added them). Lock held;
  * objects whose count reaches zero move to dead. */
 static void
-unexport_locked(tether_conn *c, tether_value *const *values, size_t nvalues, size_t k,
+unexport_locked(tether_conn *c, const tether__objlist *lists, size_t nlists, size_t k,
                 tether__objvec *dead)
 {
-    for (size_t i = 0; i < nvalues && k > 0; i++) {
-        size_t n;
-        tether_object *const *objs = values[i] ? tether__value_objects(values[i], &n) : NULL;
-        for (size_t j = 0; objs && j < n && k > 0; j++, k--) {
-            tether_object *obj = objs[j];
+    for (size_t i = 0; i < nlists && k > 0; i++) {
+        for (size_t j = 0; j < lists[i].n && k > 0; j++, k--) {
+            tether_object *obj = lists[i].objs[j];
             if (obj->remote) {
                 continue;
             }
@@ -567,16 +565,32 @@ unexport_locked(tether_conn *c, tether_value *const *values, size_t nvalues, siz
     }
 }
 
+/* Count obj once more as sent on c. Conn lock held. */
+static int
+export_one_locked(tether_conn *c, tether_object *obj)
+{
+    if (obj->remote) {
+        /* A proxy goes back to its own connection only. */
+        return obj->conn == c ? 0 : -EINVAL;
+    }
+    tether__idnode *node = idmap_find(&c->objects.exports, obj->id);
+    if (!node) {
+        node = idmap_add(&c->objects.exports, obj->id, obj);
+        if (!node) {
+            return -ENOMEM;
+        }
+        tether_object_ref(obj);
+    }
+    node->count++;
+    return 0;
+}
+
 int
-tether__conn_export(tether_conn *c, tether_value *const *values, size_t nvalues)
+tether__conn_export_lists(tether_conn *c, const tether__objlist *lists, size_t nlists)
 {
     size_t total = 0;
-    for (size_t i = 0; i < nvalues; i++) {
-        size_t n = 0;
-        if (values[i]) {
-            tether__value_objects(values[i], &n);
-        }
-        total += n;
+    for (size_t i = 0; i < nlists; i++) {
+        total += lists[i].n;
     }
     if (total == 0) {
         return 0;
@@ -588,33 +602,14 @@ tether__conn_export(tether_conn *c, tether_value *const *values, size_t nvalues)
     if (tether__conn_state(c) == TETHER__LINK_CLOSED) {
         r = -ENOTCONN;
     }
-    for (size_t i = 0; i < nvalues && r == 0; i++) {
-        size_t n;
-        tether_object *const *objs = values[i] ? tether__value_objects(values[i], &n) : NULL;
-        for (size_t j = 0; objs && j < n; j++) {
-            tether_object *obj = objs[j];
-            if (obj->remote) {
-                if (obj->conn != c) {
-                    r = -EINVAL; /* a proxy goes back to its own connection only */
-                    break;
-                }
-            } else {
-                tether__idnode *node = idmap_find(&c->objects.exports, obj->id);
-                if (!node) {
-                    node = idmap_add(&c->objects.exports, obj->id, obj);
-                    if (!node) {
-                        r = -ENOMEM;
-                        break;
-                    }
-                    tether_object_ref(obj);
-                }
-                node->count++;
-            }
-            done++;
+    for (size_t i = 0; i < nlists && r == 0; i++) {
+        for (size_t j = 0; j < lists[i].n && r == 0; j++) {
+            r = export_one_locked(c, lists[i].objs[j]);
+            done += r == 0;
         }
     }
     if (r < 0) {
-        unexport_locked(c, values, nvalues, done, &dead);
+        unexport_locked(c, lists, nlists, done, &dead);
     }
     pthread_mutex_unlock(&c->link.lock);
     tether__objvec_clear(&dead);
@@ -622,13 +617,23 @@ tether__conn_export(tether_conn *c, tether_value *const *values, size_t nvalues)
 }
 
 void
-tether__conn_unexport(tether_conn *c, tether_value *const *values, size_t nvalues)
+tether__conn_unexport_lists(tether_conn *c, const tether__objlist *lists, size_t nlists)
 {
     tether__objvec dead = TETHER__OBJVEC_INIT;
     pthread_mutex_lock(&c->link.lock);
-    unexport_locked(c, values, nvalues, SIZE_MAX, &dead);
+    unexport_locked(c, lists, nlists, SIZE_MAX, &dead);
     pthread_mutex_unlock(&c->link.lock);
     tether__objvec_clear(&dead);
+}
+
+tether__objlist
+tether__objlist_of(const tether_value *v)
+{
+    tether__objlist list = {NULL, 0};
+    if (v) {
+        list.objs = tether__value_objects(v, &list.n);
+    }
+    return list;
 }
 
 tether_object *

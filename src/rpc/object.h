@@ -109,15 +109,21 @@ typedef struct tether__conn_objects {
 int tether__conn_bind_refs(tether_conn *c, uint8_t *p, size_t len, tether__objvec *vec,
                            char *err, size_t errlen);
 
+/* Objects of one value, or of a caller's array, in order (borrowed). */
+typedef struct tether__objlist {
+    tether_object *const *objs;
+    size_t n;
+} tether__objlist;
+/* The objects v holds (none for NULL). */
+tether__objlist tether__objlist_of(const tether_value *v);
 /*
- * Account for sending the objects of these values (NULLs allowed) on c: each local
- * object once more in exports; proxies must be c's own. Call before the frame is
- * queued; undo with tether__conn_unexport if it is not. Returns 0, -ENOTCONN, -EINVAL
- * (a proxy of another connection), -ENOMEM.
+ * Account for sending these objects on c: each local object once more in exports;
+ * proxies must be c's own. Call before the frame is queued; undo with
+ * tether__conn_unexport_lists if it is not. Returns 0, -ENOTCONN, -EINVAL (a proxy of
+ * another connection), -ENOMEM; nothing is counted then.
  */
-int tether__conn_export(tether_conn *c, tether_value *const *values, size_t n);
-void tether__conn_unexport(tether_conn *c, tether_value *const *values, size_t n);
-
+int tether__conn_export_lists(tether_conn *c, const tether__objlist *lists, size_t nlists);
+void tether__conn_unexport_lists(tether_conn *c, const tether__objlist *lists, size_t nlists);
 /* The local object exported on c as id, a new reference; NULL if none. */
 tether_object *tether__conn_find_export(tether_conn *c, uint64_t id);
 

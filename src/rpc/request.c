@@ -85,6 +85,19 @@ claim_reply(tether_request *req)
     return true;
 }
 
+/* The result is over the frame size or nesting limit: say so instead of leaving the
+ * caller to time out. */
+static void
+reply_too_large(tether_request *req)
+{
+    if (req->notification || atomic_load(&req->cancelled)) {
+        return;
+    }
+    response_arg err = {.id = req->id, .is_error = true, .type = TETHER__ERR_MESSAGE_TOO_LARGE,
+                        .message = "the result is over the frame size or nesting limit"};
+    tether__conn_send(req->conn, encode_response, &err, false);
+}
+
 static int
 send_response(tether_request *req, response_arg *a)
 {
@@ -92,13 +105,12 @@ send_response(tether_request *req, response_arg *a)
         return 0;
     }
     a->id = req->id;
-    size_t checked;
+    /* Bytes built from a format were built within the limit; a value knows its own. */
+    tether__objlist objects = tether__objlist_of(a->result);
     int r = 0;
-    if (a->value_len &&
-        tether__msgpack_check(a->value, a->value_len, TETHER__DEFAULT_MAX_DEPTH - 1, &checked) <
-            0) {
+    if (a->result && !tether__value_sendable(a->result)) {
         r = -EMSGSIZE;
-    } else if (a->result && (r = tether__conn_export(req->conn, &a->result, 1)) < 0) {
+    } else if (a->result && (r = tether__conn_export_lists(req->conn, &objects, 1)) < 0) {
         response_arg err = {.id = req->id, .is_error = true, .type = "TypeError",
                             .message = "the result holds a proxy of another connection"};
         if (r == -EINVAL) {
@@ -110,7 +122,7 @@ send_response(tether_request *req, response_arg *a)
         r = tether__conn_send(req->conn, encode_response, a,
                               !tether__ioloop_in_thread(req->conn->link.loop));
         if (r < 0 && a->result) {
-            tether__conn_unexport(req->conn, &a->result, 1);
+            tether__conn_unexport_lists(req->conn, &objects, 1);
         }
     }
     if (r == -ENOBUFS) {
@@ -118,10 +130,7 @@ send_response(tether_request *req, response_arg *a)
         return 0;
     }
     if (r == -EMSGSIZE && !a->is_error) {
-        /* Tell the caller why instead of leaving it to time out. */
-        response_arg err = {.id = req->id, .is_error = true, .type = TETHER__ERR_MESSAGE_TOO_LARGE,
-                            .message = "the result is over the frame size or nesting limit"};
-        tether__conn_send(req->conn, encode_response, &err, false);
+        reply_too_large(req);
     }
     return r == -ENOTCONN ? 0 : r;
 }
@@ -175,14 +184,19 @@ tether_request_reply(tether_request *req, const char *format, ...)
         tether__buf_reset(value);
         va_list ap;
         va_start(ap, format);
-        r = tether__format_build(value, format, ap, false, NULL);
+        r = tether__format_build(value, format, ap, false, NULL, TETHER__DEFAULT_MAX_DEPTH - 1);
         va_end(ap);
     }
-    if (r < 0) {
+    if (r < 0 && r != -EMSGSIZE) {
         return r;
     }
     if (!claim_reply(req)) {
         return -EALREADY;
+    }
+    if (r == -EMSGSIZE) {
+        /* Tell the caller why instead of leaving it to time out. */
+        reply_too_large(req);
+        return r;
     }
     response_arg a = {0};
     if (value) {

@@ -65,8 +65,16 @@ struct tether_value {
     tether_object **objs;
     size_t *offs;
     size_t nobjs;
+    /* Whether the value fits in a frame's arguments or result (nesting <= 63), found
+     * once: SENDABLE_UNKNOWN until a check or its origin tells. */
+    atomic_uchar sendable;
     uint8_t data[];
 };
+
+enum { SENDABLE_UNKNOWN = 0, SENDABLE_YES = 1, SENDABLE_NO = 2 };
+
+/* Deepest nesting a value sent inside a frame may have: the frame's array is a level. */
+#define SENDABLE_DEPTH (TETHER__DEFAULT_MAX_DEPTH - 1)
 
 #define VALUE_HEADER offsetof(struct tether_value, data)
 #define ARENA_MAX_CHUNK (64u * 1024u)
@@ -77,6 +85,7 @@ static void
 value_init(tether_value *v, size_t size)
 {
     atomic_init(&v->refs, 1);
+    atomic_init(&v->sendable, SENDABLE_UNKNOWN);
     v->size = size;
     v->arena = NULL;
     v->copies = NULL;
@@ -181,7 +190,7 @@ tether_value_newv(tether_value **ret, const char *format, va_list ap)
     va_list aq;
     va_copy(aq, ap);
     tether__objvec objs = TETHER__OBJVEC_INIT;
-    r = tether__format_build(&b, format, aq, false, &objs);
+    r = tether__format_build(&b, format, aq, false, &objs, 0);
     va_end(aq);
     if (r < 0) {
         tether__buf_done(&b);
@@ -243,7 +252,23 @@ match_ref(void *argp, const tether__ref *ref)
     if (!obj || ref->id != obj->id || ref->owner != (obj->remote ? 1 : 0)) {
         return -EINVAL;
     }
-    return tether__objvec_push(a->vec, ref->off, obj);
+    return a->vec ? tether__objvec_push(a->vec, ref->off, obj) : 0;
+}
+
+int
+tether__msgpack_objects_check(const uint8_t *p, size_t len, uint32_t max_depth,
+                              tether_object *const *objects, size_t count, tether__objvec *vec)
+{
+    size_t used, nrefs;
+    int r = tether__msgpack_check_refs(p, len, max_depth, &used, &nrefs);
+    if (r < 0 || used != len) {
+        return r == -EMSGSIZE ? r : -EPROTO;
+    }
+    if (nrefs != count) {
+        return -EINVAL;
+    }
+    match_arg a = {objects, count, 0, vec};
+    return nrefs ? tether__refs_scan(p, len, match_ref, &a) : 0;
 }
 
 int
@@ -253,31 +278,49 @@ tether_value_new_msgpack_objects(const void *data, size_t size, tether_object *c
     if (!ret || (!data && size) || (!objects && count)) {
         return -EINVAL;
     }
-    size_t used, nrefs;
-    if (tether__msgpack_check_refs(data, size, TETHER__DEFAULT_MAX_DEPTH, &used, &nrefs) < 0 ||
-        used != size) {
-        return -EPROTO;
-    }
-    if (nrefs != count) {
-        return -EINVAL;
-    }
+    /* Checked against the tighter limit of a frame first: a value that passes is known
+     * to be sendable and never walked again; one that fails gets the value limit. */
     tether__objvec vec = TETHER__OBJVEC_INIT;
-    match_arg a = {objects, count, 0, &vec};
-    int r = nrefs ? tether__refs_scan(data, size, match_ref, &a) : 0;
+    int sendable = SENDABLE_YES;
+    int r = tether__msgpack_objects_check(data, size, SENDABLE_DEPTH, objects, count, &vec);
+    if (r == -EMSGSIZE) {
+        sendable = SENDABLE_NO;
+        r = tether__msgpack_objects_check(data, size, TETHER__DEFAULT_MAX_DEPTH, objects, count,
+                                          &vec);
+    }
+    if (r == 0) {
+        r = tether__value_new_copy(data, size, ret);
+    }
     if (r < 0) {
         tether__objvec_clear(&vec);
-        return r;
+        return r == -EMSGSIZE ? -EPROTO : r;
     }
-    r = tether__value_new_copy(data, size, ret);
-    if (r < 0) {
-        tether__objvec_clear(&vec);
-        return r;
-    }
+    atomic_store_explicit(&(*ret)->sendable, sendable, memory_order_relaxed);
     r = tether__value_adopt(*ret, &vec);
     if (r < 0) {
         *ret = tether_value_unref(*ret);
     }
     return r;
+}
+
+bool
+tether__value_sendable(tether_value *v)
+{
+    int known = atomic_load_explicit(&v->sendable, memory_order_relaxed);
+    if (known == SENDABLE_UNKNOWN) {
+        size_t used;
+        known = tether__msgpack_check(v->data, v->size, SENDABLE_DEPTH, &used) == 0
+                    ? SENDABLE_YES
+                    : SENDABLE_NO;
+        atomic_store_explicit(&v->sendable, (unsigned char)known, memory_order_relaxed);
+    }
+    return known == SENDABLE_YES;
+}
+
+void
+tether__value_mark_sendable(tether_value *v)
+{
+    atomic_store_explicit(&v->sendable, SENDABLE_YES, memory_order_relaxed);
 }
 
 tether_value *
@@ -798,6 +841,7 @@ struct walk {
     bool args;      /* the root is an argument list */
     size_t nvalues; /* STORE: "v" and "o" outputs made; UNDO: those left to release */
     unsigned depth; /* entries of path in use */
+    uint32_t max_depth; /* BUILD: nesting the result may reach (0: the format's own limit) */
     uint32_t path[TETHER__FORMAT_MAX_DEPTH + 2];
 };
 
@@ -990,6 +1034,12 @@ build_scalar(struct walk *w, char c)
         if (!v) {
             return tether__mp_nil(out);
         }
+        size_t used;
+        if (w->max_depth &&
+            (w->depth > w->max_depth ||
+             tether__msgpack_check(v->data, v->size, w->max_depth - w->depth, &used) < 0)) {
+            return -EMSGSIZE;
+        }
         if (v->nobjs) {
             int r = w->objs ? objects_copy_range(v, 0, v->size,
                                                  tether__buf_pending(out) - w->mark, w->objs)
@@ -1007,6 +1057,10 @@ build_scalar(struct walk *w, char c)
         }
         if (!w->objs) {
             return -EINVAL;
+        }
+        /* The reference is an ext whose payload is an array: two levels. */
+        if (w->max_depth && w->depth + 2 > w->max_depth) {
+            return -EMSGSIZE;
         }
         int r = tether__objvec_push(w->objs, tether__buf_pending(out) - w->mark, obj);
         return r < 0 ? r : tether__ref_encode(out, obj);
@@ -1297,6 +1351,9 @@ walk_item(struct walk *w, const char **fp)
         if (r < 0) {
             return r;
         }
+        if (w->mode == MODE_BUILD && w->max_depth && w->depth >= w->max_depth) {
+            return -EMSGSIZE;
+        }
         if (w->mode == MODE_BUILD) {
             r = c == '[' ? tether__mp_array(w->out, (uint32_t)k)
                          : tether__mp_map(w->out, (uint32_t)(k / 2));
@@ -1321,7 +1378,7 @@ walk_item(struct walk *w, const char **fp)
 
 int
 tether__format_build(tether__buf *out, const char *fmt, va_list ap, bool as_array,
-                     tether__objvec *objs)
+                     tether__objvec *objs, uint32_t max_depth)
 {
     const char *f = fmt ? fmt : "";
     const char *end;
@@ -1341,7 +1398,8 @@ tether__format_build(tether__buf *out, const char *fmt, va_list ap, bool as_arra
     size_t nobjs = objs ? objs->n : 0;
     va_list aq;
     va_copy(aq, ap);
-    struct walk w = {.mode = MODE_BUILD, .ap = &aq, .out = out, .objs = objs, .mark = mark};
+    struct walk w = {
+        .mode = MODE_BUILD, .ap = &aq, .out = out, .objs = objs, .mark = mark, .max_depth = max_depth};
     int r;
     if (as_array) {
         r = tether__mp_array(out, (uint32_t)k);

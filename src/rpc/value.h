@@ -35,11 +35,29 @@ int tether__value_new_copy(const uint8_t *p, size_t len, tether_value **ret);
  * from ap. as_array false: fmt describes exactly one item (NULL: nil). as_array true: an
  * array of all the items of fmt (NULL or "": an empty array). The objects of "o" items
  * and of "v" values holding objects go into objs, at offsets counted from where the
- * build starts in out; objs NULL refuses them. Returns 0, -EINVAL (bad format or
- * argument; out and objs are restored), -ENOMEM, -EMSGSIZE (a str/bin over 4 GiB).
+ * build starts in out; objs NULL refuses them. max_depth bounds the nesting of what is
+ * built as tether__msgpack_check counts it (0: only the format's own limit), so that
+ * bytes built for a frame need no check afterwards. Returns 0, -EINVAL (bad format or
+ * argument; out and objs are restored), -ENOMEM, -EMSGSIZE (a str/bin over 4 GiB,
+ * nesting over max_depth).
  */
 int tether__format_build(tether__buf *out, const char *fmt, va_list ap, bool as_array,
-                         struct tether__objvec *objs);
+                         struct tether__objvec *objs, uint32_t max_depth);
+/*
+ * Check msgpack bytes that may hold objects by reference: exactly one value within
+ * max_depth, whose REF exts name objects[0..count) in order; with vec, the objects go
+ * into it at their offsets (new references). Returns 0, -EPROTO (malformed, or not one
+ * value), -EMSGSIZE (nesting over max_depth), -EINVAL (the references and objects
+ * disagree), -ENOMEM.
+ */
+int tether__msgpack_objects_check(const uint8_t *p, size_t len, uint32_t max_depth,
+                                  tether_object *const *objects, size_t count,
+                                  struct tether__objvec *vec);
+/* Whether v may be sent as a frame's arguments or result (nesting at most one less than
+ * a frame's): known from where it came, or found by one walk, then remembered. */
+bool tether__value_sendable(tether_value *v);
+/* v came out of a checked frame, so it is sendable (a received value forwarded as is). */
+void tether__value_mark_sendable(tether_value *v);
 
 /* Give v the objects of vec (whose references it takes; vec is emptied either way).
  * Returns 0 or -ENOMEM (the objects are released then). */
