@@ -1116,11 +1116,10 @@ tether_future_unref(tether_future *f)
 
 /* ---- calls on proxies ------------------------------------------------------------------ */
 
-/* The request of a call on a proxy: its method (NULL: the object itself, "__call__"),
- * its target, and prebuilt arguments (values_arg). Returns 0 or -EINVAL. */
+/* The target of a call on a proxy: its id, and the method (NULL: the object itself,
+ * "__call__"). Returns 0 or -EINVAL for anything but a proxy. */
 static int
-object_request(tether_object *obj, const char **method, tether_value *args,
-               tether_value *kwargs, request_arg *a)
+object_target(tether_object *obj, const char **method, request_arg *a)
 {
     if (!obj || !obj->remote) {
         return -EINVAL;
@@ -1129,7 +1128,15 @@ object_request(tether_object *obj, const char **method, tether_value *args,
         *method = "__call__";
     }
     a->target = obj->id;
-    return values_arg(a, *method, args, kwargs);
+    return 0;
+}
+
+static int
+object_request(tether_object *obj, const char **method, tether_value *args,
+               tether_value *kwargs, request_arg *a)
+{
+    int r = object_target(obj, method, a);
+    return r < 0 ? r : values_arg(a, *method, args, kwargs);
 }
 
 int
@@ -1157,14 +1164,13 @@ static int
 object_format_request(tether_object *obj, const char **method, const char *format, va_list *ap,
                       request_arg *a)
 {
-    if (!obj || !obj->remote) {
-        return -EINVAL;
+    int r = object_target(obj, method, a);
+    if (r < 0) {
+        return r;
     }
-    if (!*method) {
-        *method = "__call__";
-    }
-    *a = (request_arg){.target = obj->id, .method = *method, .format = format ? format : "",
-                       .ap = ap};
+    a->method = *method;
+    a->format = format ? format : "";
+    a->ap = ap;
     return build_args_with_objects(a);
 }
 
@@ -1240,14 +1246,8 @@ static int
 object_msgpack_request(tether_object *obj, const char **method, const tether_msgpack_args *args,
                        request_arg *a)
 {
-    if (!obj || !obj->remote) {
-        return -EINVAL;
-    }
-    if (!*method) {
-        *method = "__call__";
-    }
-    a->target = obj->id;
-    return msgpack_arg(a, *method, args);
+    int r = object_target(obj, method, a);
+    return r < 0 ? r : msgpack_arg(a, *method, args);
 }
 
 int
