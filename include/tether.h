@@ -1031,6 +1031,24 @@ TETHER_EXPORT int tether_child_terminate(tether_child *child);
  */
 TETHER_EXPORT int tether_child_wait(tether_child *child, uint64_t timeout_usec, int *ret_status);
 
+/*
+ * The child's side: what a spawned interpreter does to itself (tether's Python package
+ * calls these; any program may). They hold what differs between systems, so that the
+ * package needs no system calls of its own.
+ *
+ * tether_process_set_parent_death_signal: the kernel sends signum to this process when
+ * its parent process dies. Returns 0, TETHER_ENOTSUP where the system has no such thing
+ * (every system but Linux, and builds with TETHER_PLATFORM=posix; a spawned child then
+ * relies on the end of its socket alone), or a negated errno (TETHER_EINVAL for a bad
+ * signal). Thread: any.
+ *
+ * tether_process_set_name: name the calling thread, so the process when it is the main
+ * thread, as ps shows it; the first 15 bytes count. Returns 0, TETHER_ENOTSUP where the
+ * system has no way, or a negated errno. Thread: any.
+ */
+TETHER_EXPORT int tether_process_set_parent_death_signal(int signum);
+TETHER_EXPORT int tether_process_set_name(const char *name);
+
 /* ---------------------------------------------------------------------------------
  * Main-thread integration (hosts and clients alike)
  *

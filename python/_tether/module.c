@@ -67,9 +67,11 @@ static PyMethodDef module_methods[] = {
     {"strerror", tether_py_module_strerror, METH_O,
      "strerror(code) -> str: the core's name of a code."},
     {"_set_parent_death_signal", tether_py_module_set_parent_death_signal, METH_O,
-     "_set_parent_death_signal(signum): signum to this process when its parent dies."},
+     "_set_parent_death_signal(signum) -> bool: signum to this process when its parent "
+     "dies (False: the system has no such signal)."},
     {"_set_process_name", tether_py_module_set_process_name, METH_O,
-     "_set_process_name(name): this process's name in ps (/proc/PID/comm)."},
+     "_set_process_name(name) -> bool: this process's name in ps (False: it cannot be "
+     "set)."},
     {"type_name", tether_py_module_type_name, METH_O,
      "type_name(obj) -> str: the name peers see for obj's type ('int', 'mod.Class')."},
     {"_in_blocking_call", tether_py_module_in_blocking_call, METH_NOARGS,

@@ -8,13 +8,16 @@
  * pid, written by the I/O thread (no GIL needed).
  *
  * A spawned child sets its own process up through _set_parent_death_signal and
- * _set_process_name.
+ * _set_process_name, which call the core's tether_process_* functions: what differs
+ * between systems stays in the core's platform layer, and these say False where the
+ * system (or a TETHER_PLATFORM=posix build) has no way.
  */
 #include "module.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -297,8 +300,23 @@ PyType_Spec tether_py_child_spec = {
     .slots = child_slots,
 };
 
-/* _set_parent_death_signal(signum): the kernel sends signum to this process when its
- * parent dies (a spawned child's second guard; Linux). */
+/* What a tether_process_* function returned, for Python: True, False when the system
+ * has no way (TETHER_ENOTSUP), OSError otherwise. */
+static PyObject *
+process_result(int r)
+{
+    if (r == TETHER_ENOTSUP) {
+        Py_RETURN_FALSE;
+    }
+    if (r < 0) {
+        errno = -r;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_TRUE;
+}
+
+/* _set_parent_death_signal(signum) -> bool: the kernel sends signum to this process
+ * when its parent dies (a spawned child's second guard); False where it cannot. */
 PyObject *
 tether_py_module_set_parent_death_signal(PyObject *module, PyObject *arg)
 {
@@ -306,13 +324,15 @@ tether_py_module_set_parent_death_signal(PyObject *module, PyObject *arg)
     if (signum == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (prctl(PR_SET_PDEATHSIG, (unsigned long)signum) < 0) {
+    if (signum < 0 || signum > INT_MAX) {
+        errno = EINVAL;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    Py_RETURN_NONE;
+    return process_result(tether_process_set_parent_death_signal((int)signum));
 }
 
-/* _set_process_name(name): this process's name in ps and /proc/PID/comm (15 bytes). */
+/* _set_process_name(name) -> bool: this process's name in ps (15 bytes); False where
+ * it cannot be set. */
 PyObject *
 tether_py_module_set_process_name(PyObject *module, PyObject *arg)
 {
@@ -320,8 +340,5 @@ tether_py_module_set_process_name(PyObject *module, PyObject *arg)
     if (!name) {
         return NULL;
     }
-    if (prctl(PR_SET_NAME, (unsigned long)name) < 0) {
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    Py_RETURN_NONE;
+    return process_result(tether_process_set_name(name));
 }

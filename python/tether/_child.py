@@ -10,8 +10,9 @@ parent holds a proxy to it. Everything the parent then asks of that proxy runs h
 the main thread, as in a script of one's own.
 
 A child never outlives its parent: the parent's end of the socket closes when the
-parent dies (end of file here), and the kernel sends SIGTERM on the parent's death as a
-second guard (prctl PR_SET_PDEATHSIG).
+parent dies (end of file here), and on Linux the kernel sends SIGTERM on the parent's
+death as a second guard (the parent-death signal; other systems, and builds with
+TETHER_PLATFORM=posix, have only the end of file).
 """
 
 import importlib
@@ -24,7 +25,7 @@ import types
 def _die_with_parent(parent):
     from . import _tether
 
-    _tether._set_parent_death_signal(signal.SIGTERM)
+    _tether._set_parent_death_signal(signal.SIGTERM)  # False where there is none
     if parent and os.getppid() != parent:
         os._exit(1)  # the parent died before the guard was set
 

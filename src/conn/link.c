@@ -7,20 +7,15 @@
 #include "conn/link.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
-#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "platform/platform.h"
 #include "util/alloc.h"
-
-/* epoll user data of the two registrations in a link's private set. */
-enum { EV_READ = 1, EV_WRITE = 2 };
 
 /* Bytes read per wake before giving other connections a turn. */
 #define READ_BUDGET (256u * 1024)
@@ -33,6 +28,52 @@ enum { EV_READ = 1, EV_WRITE = 2 };
 
 static void on_poll(uv_poll_t *handle, int status, int events);
 
+/* ---- the I/O thread's watcher ------------------------------------------------------ */
+
+/* Have the uv_poll ask for what the poll set says (I/O thread). */
+static void
+rewatch(tether__link *l)
+{
+    if (!atomic_load(&l->attached) || l->closing_handles || tether__link_is_closed(l)) {
+        return;
+    }
+    unsigned watch = tether__pollset_watch(&l->ps);
+    int events = (watch & TETHER__POLL_READ ? UV_READABLE : 0) |
+                 (watch & TETHER__POLL_WRITE ? UV_WRITABLE : 0);
+    if (events) {
+        uv_poll_start(&l->poll, events, on_poll);
+    } else {
+        uv_poll_stop(&l->poll);
+    }
+}
+
+static void
+run_rewatch(tether__task *task)
+{
+    tether__link *l = (tether__link *)((char *)task - offsetof(tether__link, rewatch_task));
+    /* Cleared first: a change made after the watch is read posts the task again. */
+    atomic_store(&l->rewatch_posted, false);
+    rewatch(l);
+    tether__link_unref(l);
+}
+
+/* The poll set's interests changed where its watcher cannot follow by itself (the
+ * portable build; never on Linux). Called with lock or wlock held. */
+static void
+watch_changed(void *arg)
+{
+    tether__link *l = arg;
+    if (tether__ioloop_in_thread(l->loop)) {
+        rewatch(l);
+        return;
+    }
+    if (!atomic_exchange(&l->rewatch_posted, true)) {
+        tether__link_ref(l);
+        l->rewatch_task.run = run_rewatch;
+        tether__ioloop_post(l->loop, &l->rewatch_task);
+    }
+}
+
 static void
 run_attach(tether__task *task)
 {
@@ -41,10 +82,10 @@ run_attach(tether__task *task)
         tether__link_unref(l); /* the attach reference */
         return;
     }
-    uv_poll_init(tether__ioloop_uv(l->loop), &l->poll, l->epfd);
+    uv_poll_init(tether__ioloop_uv(l->loop), &l->poll, tether__pollset_fd(&l->ps));
     l->poll.data = l;
     atomic_store(&l->attached, true);
-    uv_poll_start(&l->poll, UV_READABLE, on_poll);
+    rewatch(l);
     l->hooks->on_attached(l);
     /* Frames may have come with the handshake (a host may call at once) and nothing
      * more arrive to wake the poll for them: read as if woken, which takes the reader
@@ -57,23 +98,12 @@ int
 tether__link_init(tether__link *l, const tether__link_hooks *hooks, tether__ioloop *loop,
                   const tether__link_config *config, int fd, tether__link_state state)
 {
-    *l = (tether__link){.fd = -1, .wfd = -1, .epfd = -1};
-    l->epfd = epoll_create1(EPOLL_CLOEXEC);
-    l->wfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-    int r;
-    if (l->epfd < 0 || l->wfd < 0) {
-        r = -errno;
-        goto fail;
-    }
-    struct epoll_event rev = {.events = EPOLLIN | EPOLLRDHUP, .data.u32 = EV_READ};
-    struct epoll_event wev = {.events = 0, .data.u32 = EV_WRITE};
-    if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &rev) < 0 ||
-        epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->wfd, &wev) < 0) {
-        r = -errno;
-        goto fail;
+    *l = (tether__link){.fd = -1};
+    int r = tether__pollset_init(&l->ps, fd, watch_changed, l);
+    if (r < 0) {
+        return r;
     }
     l->fd = fd;
-    l->read_armed = true;
     atomic_init(&l->refs, 1);
     l->hooks = hooks;
     l->loop = loop;
@@ -86,22 +116,13 @@ tether__link_init(tether__link *l, const tether__link_hooks *hooks, tether__iolo
     pthread_mutex_init(&l->lock, NULL);
     pthread_mutex_init(&l->wlock, NULL);
     return 0;
-fail:
-    if (l->epfd >= 0) {
-        close(l->epfd);
-    }
-    if (l->wfd >= 0) {
-        close(l->wfd);
-    }
-    return r;
 }
 
 void
 tether__link_done(tether__link *l)
 {
+    tether__pollset_done(&l->ps);
     close(l->fd);
-    close(l->wfd);
-    close(l->epfd);
     tether__buf_done(&l->in);
     tether__buf_done(&l->out);
     tether__buf_done(&l->handoff);
@@ -152,24 +173,13 @@ static int flush_locked(tether__link *l);
 
 /* ---- output ---------------------------------------------------------------------- */
 
-static void
-arm_write_locked(tether__link *l, bool on)
-{
-    if (atomic_load_explicit(&l->write_armed, memory_order_relaxed) == on) {
-        return;
-    }
-    struct epoll_event ev = {.events = on ? EPOLLOUT : 0, .data.u32 = EV_WRITE};
-    epoll_ctl(l->epfd, EPOLL_CTL_MOD, l->wfd, &ev);
-    atomic_store_explicit(&l->write_armed, on, memory_order_relaxed);
-}
-
 /* Write what is queued; wlock held. Returns 0 (maybe partially written) or -errno. */
 static int
 flush_locked(tether__link *l)
 {
     while (tether__buf_pending(&l->out) > 0) {
         ssize_t n = send(l->fd, tether__buf_head(&l->out), tether__buf_pending(&l->out),
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
+                         TETHER__SEND_FLAGS);
         if (n > 0) {
             atomic_fetch_add_explicit(&l->bytes_out, (uint64_t)n, memory_order_relaxed);
             tether__buf_consume(&l->out, (size_t)n);
@@ -179,12 +189,12 @@ flush_locked(tether__link *l)
             continue;
         }
         if (n < 0 && errno == EAGAIN) {
-            arm_write_locked(l, true);
+            tether__pollset_want_write(&l->ps, true);
             return 0;
         }
         return n < 0 ? -errno : -EIO;
     }
-    arm_write_locked(l, false);
+    tether__pollset_want_write(&l->ps, false);
     if (l->out.cap > 1024 * 1024) {
         /* Give back a buffer grown by a burst. */
         tether__buf_done(&l->out);
@@ -224,8 +234,8 @@ tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, bool flu
         return 0;
     }
     if (!flush_now && !on_io_thread) {
-        /* Let the I/O thread write whole batches: arming write interest wakes it. */
-        arm_write_locked(l, true);
+        /* Let the I/O thread write whole batches: write interest wakes it. */
+        tether__pollset_want_write(&l->ps, true);
         pthread_mutex_unlock(&l->wlock);
         return 0;
     }
@@ -510,17 +520,16 @@ in_return_scratch(tether__link *l, bool borrowed)
     *scratch = used;
 }
 
-static void
+/* On the path of every call and every batch: inline. */
+static inline void
 role_release_locked(tether__link *l)
 {
     l->role = TETHER__ROLE_FREE;
-    if (!l->read_armed && atomic_load(&l->state) != TETHER__LINK_CLOSED) {
-        struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.u32 = EV_READ};
-        epoll_ctl(l->epfd, EPOLL_CTL_MOD, l->fd, &ev);
-        l->read_armed = true;
+    if (tether__pollset_read_paused(&l->ps) && atomic_load(&l->state) != TETHER__LINK_CLOSED) {
+        tether__pollset_resume_read(&l->ps);
     }
     if (l->role_waiters) {
-        tether__efd_raise(l->role_waiters->efd);
+        tether__wake_raise(l->role_waiters->wake);
     }
 }
 
@@ -576,37 +585,34 @@ run_handoff(tether__task *task)
 static void
 on_poll(uv_poll_t *handle, int status, int events)
 {
-    (void)events;
     tether__link *l = handle->data;
     if (status < 0 || atomic_load(&l->state) == TETHER__LINK_CLOSED) {
+        /* libuv stopped the watcher on a socket error (the portable build watches the
+         * socket itself): the connection is over. */
         uv_poll_stop(handle);
+        if (status < 0) {
+            tether__link_fail(l, -ECONNRESET, "polling the socket failed");
+        }
         return;
     }
-    /* With no write interest armed only the socket can have woken us: skip asking the
-     * private set which one (a syscall per request on the serving side). */
-    bool readable = true, writable = false;
-    if (atomic_load_explicit(&l->write_armed, memory_order_relaxed)) {
-        struct epoll_event evs[2];
-        int n = epoll_wait(l->epfd, evs, 2, 0);
-        readable = false;
-        for (int i = 0; i < n; i++) {
-            readable |= evs[i].data.u32 == EV_READ;
-            writable |= evs[i].data.u32 == EV_WRITE;
-        }
+    /* With no write interest on only input can have woken us: skip asking the set which
+     * (a syscall per request on the serving side, on Linux). */
+    unsigned ready = TETHER__POLL_READ;
+    if (tether__pollset_wants_write(&l->ps)) {
+        unsigned reported = (events & (UV_READABLE | UV_DISCONNECT) ? TETHER__POLL_READ : 0) |
+                            (events & UV_WRITABLE ? TETHER__POLL_WRITE : 0);
+        ready = tether__pollset_query(&l->ps, reported);
     }
     tether__link_ref(l);
-    if (writable) {
+    if (ready & TETHER__POLL_WRITE) {
         flush_batch(l);
     }
-    if (readable) {
+    if (ready & TETHER__POLL_READ) {
         pthread_mutex_lock(&l->lock);
         if (l->role != TETHER__ROLE_FREE) {
-            /* A caller is reading; it re-arms when it gives the role back. */
-            if (l->read_armed) {
-                struct epoll_event ev = {.events = 0, .data.u32 = EV_READ};
-                epoll_ctl(l->epfd, EPOLL_CTL_MOD, l->fd, &ev);
-                l->read_armed = false;
-            }
+            /* A caller is reading; its reply woke us (the portable build) or we woke
+             * just before it paused us. It resumes us when it gives the role back. */
+            tether__pollset_park_read(&l->ps);
             pthread_mutex_unlock(&l->lock);
             goto out;
         }
@@ -674,7 +680,7 @@ tether__link_fail(tether__link *l, int status, const char *reason)
     /* Wake followers so they notice. */
     pthread_mutex_lock(&l->lock);
     for (tether__link_waiter *w = l->role_waiters; w; w = w->next) {
-        tether__efd_raise(w->efd);
+        tether__wake_raise(w->wake);
     }
     pthread_mutex_unlock(&l->lock);
     l->close_task.run = run_close;
@@ -705,16 +711,6 @@ tether__link_close(tether__link *l)
 
 /* ---- the reader role from a caller's side ---------------------------------------- */
 
-static void
-disarm_read_locked(tether__link *l)
-{
-    if (l->read_armed) {
-        struct epoll_event ev = {.events = 0, .data.u32 = EV_READ};
-        epoll_ctl(l->epfd, EPOLL_CTL_MOD, l->fd, &ev);
-        l->read_armed = false;
-    }
-}
-
 bool
 tether__link_role_take_locked(tether__link *l)
 {
@@ -722,7 +718,7 @@ tether__link_role_take_locked(tether__link *l)
         return false;
     }
     l->role = TETHER__ROLE_CALLER;
-    disarm_read_locked(l);
+    tether__pollset_pause_read(&l->ps);
     return true;
 }
 
@@ -773,15 +769,15 @@ tether__link_process_input(tether__link *l)
 }
 
 int
-tether__link_read_wait(tether__link *l, int efd, int wait_ms)
+tether__link_read_wait(tether__link *l, const tether__wake *wake, int wait_ms)
 {
-    struct pollfd pfd[2] = {{.fd = l->fd, .events = POLLIN}, {.fd = efd, .events = POLLIN}};
+    struct pollfd pfd[2] = {{.fd = l->fd, .events = POLLIN}, {.fd = wake->fd, .events = POLLIN}};
     int n = poll(pfd, 2, wait_ms);
     if (n <= 0) {
         return TETHER__LINK_READ;
     }
     if (pfd[1].revents) {
-        tether__efd_drain(efd);
+        tether__wake_drain(wake);
         return TETHER__LINK_WOKEN;
     }
     if (!pfd[0].revents) {

@@ -8,19 +8,24 @@
  * Reading uses a leader/follower hand-off instead of a dedicated reader thread, because
  * on the machines we target one thread wake costs about half a socket round trip:
  * - Exactly one thread at a time holds the reader role (`role`, guarded by `lock`):
- *   the I/O thread, woken through a private epoll set, or a thread blocked in a
+ *   the I/O thread, woken through the link's poll set, or a thread blocked in a
  *   synchronous call, which reads its own reply from the socket itself
  *   (tether__link_role_take, then tether__link_read_wait in a loop).
- * - The socket is in a private epoll set (level-triggered) that the I/O thread watches
- *   with one uv_poll. A caller that takes the role disarms the socket's read interest
- *   there, so its reply does not also wake the I/O thread, and re-arms it when it gives
- *   the role back (both under `lock`, so the I/O thread never strands data).
+ * - The I/O thread watches the socket through a poll set (platform/platform.h) with one
+ *   level-triggered uv_poll. On Linux the set is a private epoll set: a caller that
+ *   takes the role pauses the socket's read interest there, so its reply does not also
+ *   wake the I/O thread, and resumes it when it gives the role back (both under `lock`,
+ *   so the I/O thread never strands data). On the portable build the uv_poll watches
+ *   the socket itself, which only the I/O thread may re-arm: the I/O thread parks its
+ *   read interest when it wakes and finds the role taken, and the caller that gives the
+ *   role back has it resume through a task (`rewatch_task`). The reply may then wake
+ *   both threads: correct, and slower.
  * - Whatever a caller reads that is not a response or progress (requests, control,
  *   log) is handed to the I/O thread in order through `handoff`; responses to any call
  *   are delivered by whoever reads them.
  * - Writes from any thread append to `out` under `wlock`. A synchronous caller flushes
- *   at once; everything else arms write interest on a dup of the socket (`wfd`) in the
- *   same epoll set, so the I/O thread flushes whole batches.
+ *   at once; everything else turns the poll set's write interest on, so the I/O thread
+ *   flushes whole batches.
  * Fds are closed only when the last reference goes, so no thread can be polling a
  * closed or reused descriptor; closing a link first shuts the socket down, which wakes
  * every reader at once.
@@ -43,6 +48,7 @@
 #include "codec/frame.h"
 #include "codec/handshake.h"
 #include "conn/ioloop.h"
+#include "platform/platform.h"
 #include "util/buf.h"
 #include "util/log.h"
 
@@ -91,7 +97,7 @@ typedef struct tether__link_hooks {
 /* A thread waiting for the reader role; lives on its stack. */
 typedef struct tether__link_waiter {
     struct tether__link_waiter *next;
-    int efd; /* raised when the role comes free */
+    const tether__wake *wake; /* raised when the role comes free */
 } tether__link_waiter;
 
 /* Limits and settings, fixed when the link is made (peer values after the handshake). */
@@ -106,7 +112,8 @@ struct tether__link {
     const tether__link_hooks *hooks;
     tether__ioloop *loop;
     const tether__logger *logger;
-    int fd, wfd, epfd;
+    int fd;
+    tether__pollset ps; /* interests: read guarded by lock, write by wlock */
     atomic_int state;
     atomic_bool attached; /* uv handles initialised on the I/O thread */
     bool closing_handles; /* I/O thread only */
@@ -114,18 +121,17 @@ struct tether__link {
     /* I/O thread only. */
     uv_poll_t poll;
     bool in_batch; /* reading a batch: replies are flushed at its end */
-    tether__task attach_task, handoff_task, close_task;
+    tether__task attach_task, handoff_task, close_task, rewatch_task;
+    atomic_bool rewatch_posted; /* portable build: rewatch_task is queued */
 
     pthread_mutex_t lock;
-    int role;                           /* guarded by lock */
-    bool read_armed;                    /* guarded by lock */
-    tether__link_waiter *role_waiters;  /* guarded by lock */
-    tether__buf handoff;                /* guarded by lock: whole frames for the I/O thread */
-    bool handoff_posted;                /* guarded by lock */
+    int role;                          /* guarded by lock */
+    tether__link_waiter *role_waiters; /* guarded by lock */
+    tether__buf handoff;               /* guarded by lock: whole frames for the I/O thread */
+    bool handoff_posted;               /* guarded by lock */
 
     pthread_mutex_t wlock;
-    tether__buf out;         /* guarded by wlock */
-    atomic_bool write_armed; /* written under wlock; read without it by on_poll */
+    tether__buf out; /* guarded by wlock */
 
     tether__buf in; /* owned by the reader-role holder */
 
@@ -173,9 +179,9 @@ tether__link_is_closed(const tether__link *l)
 
 /*
  * The reader role from a caller's side (rpc/wait.c). With the lock held:
- * role_take takes the role if it is free and the link open (true), disarming the I/O
- * thread's read interest; role_release gives it back and wakes the first waiter;
- * waiter_add/remove queue a thread for the role.
+ * role_take takes the role if it is free and the link open (true), pausing the I/O
+ * thread's read interest where the platform can; role_release gives it back and wakes
+ * the first waiter; waiter_add/remove queue a thread for the role.
  */
 bool tether__link_role_take_locked(tether__link *l);
 void tether__link_role_release_locked(tether__link *l);
@@ -188,10 +194,10 @@ void tether__link_lead_end(tether__link *l, bool borrowed);
 /* With the role held: act on the complete frames read so far. Returns 0, or a negative
  * code once the link closed. */
 int tether__link_process_input(tether__link *l);
-/* With the role held: wait up to wait_ms for the socket or efd, and read what came.
- * Returns TETHER__LINK_READ (maybe nothing), TETHER__LINK_WOKEN (efd raised and drained)
- * or a negative code once the link closed. */
+/* With the role held: wait up to wait_ms for the socket or wake, and read what came.
+ * Returns TETHER__LINK_READ (maybe nothing), TETHER__LINK_WOKEN (wake raised and
+ * drained) or a negative code once the link closed. */
 enum { TETHER__LINK_READ = 0, TETHER__LINK_WOKEN = 1 };
-int tether__link_read_wait(tether__link *l, int efd, int wait_ms);
+int tether__link_read_wait(tether__link *l, const tether__wake *wake, int wait_ms);
 
 #endif

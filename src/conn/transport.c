@@ -1,7 +1,9 @@
 /*
- * transport: see transport.h. Everything here is plain POSIX/Linux sockets; libuv is
- * not involved, because connections are read and written by whichever thread holds a
- * connection's reader role (see conn.c), which needs raw file descriptors.
+ * transport: see transport.h. Everything here is plain POSIX sockets (what differs
+ * between systems, such as making them close-on-exec or asking for the peer's uid, is
+ * in platform/platform.h); libuv is not involved, because connections are read and
+ * written by whichever thread holds a connection's reader role (see conn/link.h), which
+ * needs raw file descriptors.
  */
 #define _GNU_SOURCE
 #include "conn/transport.h"
@@ -15,12 +17,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "platform/platform.h"
 #include "tether.h"
 #include "util/alloc.h"
 
@@ -164,8 +166,7 @@ static int
 new_socket(const tether__addr *addr)
 {
     int family = addr->kind == TETHER__ADDR_UNIX ? AF_UNIX : AF_INET;
-    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    return fd < 0 ? -errno : fd;
+    return tether__socket_open(family, SOCK_STREAM);
 }
 
 /* A Unix socket file nobody accepts on is left over by a dead host. Anything that is
@@ -306,9 +307,9 @@ tether__connect(const tether__addr *addr, uint64_t timeout_usec, int *ret_fd)
 int
 tether__accept(int listen_fd)
 {
-    int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int fd = tether__socket_accept(listen_fd);
     if (fd < 0) {
-        return -errno;
+        return fd;
     }
     tether__socket_tune(fd);
     return fd;
@@ -317,12 +318,15 @@ tether__accept(int listen_fd)
 int
 tether__check_peer_uid(int fd)
 {
-    struct ucred cred;
-    socklen_t len = sizeof(cred);
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
-        return -errno;
+    uid_t uid;
+    int r = tether__socket_peer_uid(fd, &uid);
+    if (r == -ENOTSUP) {
+        return 0; /* the socket's mode (0600) and the runtime directory's keep others out */
     }
-    return cred.uid == geteuid() ? 0 : -EACCES;
+    if (r < 0) {
+        return r;
+    }
+    return uid == geteuid() ? 0 : -EACCES;
 }
 
 int
@@ -341,16 +345,9 @@ int
 tether__token_create(const char *path, char token[TETHER__TOKEN_HEX_LEN + 1])
 {
     uint8_t raw[TETHER__TOKEN_HEX_LEN / 2];
-    size_t got = 0;
-    while (got < sizeof(raw)) {
-        ssize_t n = getrandom(raw + got, sizeof(raw) - got, 0);
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            return -errno;
-        }
-        got += (size_t)n;
+    int r = tether__random_bytes(raw, sizeof(raw));
+    if (r < 0) {
+        return r;
     }
     static const char hex[] = "0123456789abcdef";
     for (size_t i = 0; i < sizeof(raw); i++) {
@@ -363,7 +360,7 @@ tether__token_create(const char *path, char token[TETHER__TOKEN_HEX_LEN + 1])
     if (fd < 0) {
         return -errno;
     }
-    int r = tether__write_all(fd, token, TETHER__TOKEN_HEX_LEN, UINT64_MAX);
+    r = tether__write_all(fd, token, TETHER__TOKEN_HEX_LEN, UINT64_MAX);
     close(fd);
     return r;
 }

@@ -43,9 +43,11 @@ void tether__addr_format(const tether__addr *addr, char *buf, size_t size);
 int tether__listen(tether__addr *addr, int backlog, int *ret_fd);
 /* Connect within timeout_usec; the returned fd is non-blocking. */
 int tether__connect(const tether__addr *addr, uint64_t timeout_usec, int *ret_fd);
-/* accept4 non-blocking, close-on-exec. Returns fd or a negative errno. */
+/* Accept a connection, non-blocking and close-on-exec. Returns fd or a negative errno. */
 int tether__accept(int listen_fd);
-/* 0 if the peer of a Unix socket runs as our effective uid, -EACCES if not. */
+/* 0 if the peer of a Unix socket runs as our effective uid, -EACCES if not. Where the
+ * system cannot tell (platform.h), 0: the socket's and runtime directory's modes keep
+ * others out. */
 int tether__check_peer_uid(int fd);
 /* Tune a fresh connection (TCP_NODELAY on TCP). */
 void tether__socket_tune(int fd);

@@ -6,20 +6,22 @@
  * stops. It is a Python process (python/tether/_forkserver.py) that imported tether once
  * and then forks a child for each request, so a warm spawn costs a fork instead of an
  * interpreter's start. spawn.c starts its process and follows each child; this file
- * holds the registry of servers and speaks their protocol over a SOCK_SEQPACKET control
- * socket, the server's fd 3.
+ * holds the registry of servers and speaks their protocol over a control socket, the
+ * server's fd 3.
  *
- * Messages. SOCK_SEQPACKET keeps the boundaries of what is sent: each send() is one
- * packet and each recv() takes one whole, so a packet is a message and needs no length
- * prefix. A packet holds exactly one msgpack value, a map with str keys, and nothing
- * after it; at most FORKSERVER_MAX_MESSAGE bytes. Only nil, bool, int, str, array and
+ * Messages. The control socket is a message socket of platform.h: it keeps the
+ * boundaries of messages and carries descriptors (SOCK_SEQPACKET on Linux, where a
+ * packet is a message; SOCK_STREAM with a 4-byte length before each message on the
+ * portable build; the server tells which from the socket's type). A message holds
+ * exactly one msgpack value, a map with str keys, and nothing after it; at most
+ * FORKSERVER_MAX_MESSAGE bytes. Only nil, bool, int, str, array and
  * map are used: the Python side has its own small codec (a child must need nothing
  * installed), which refuses every other type. A message is known by its keys; a key the
  * receiver does not know is skipped, so a later version may add some.
  *   server -> host, once, when it is ready:           {"ready": pid}
  *   host -> server, for each warm spawn:              {"cwd": str or nil, "name": str}
- *       with three descriptors (SCM_RIGHTS): the child's end of its socket pair, its
- *       stdout and its stderr
+ *       with three descriptors: the child's end of its socket pair, its stdout and its
+ *       stderr
  *   server -> host, answering the requests in order:  {"pid": pid} or {"error": str}
  *   server -> host, when a child it forked exits:     {"exit": pid, "status": int}
  *       (the exit code, or -signal; a pid the host did not ask for, a spare's, is ignored)
@@ -52,6 +54,7 @@
 #include "codec/msgpack.h"
 #include "codec/validate.h"
 #include "endpoints/host.h"
+#include "platform/platform.h"
 #include "util/alloc.h"
 #include "util/buf.h"
 #include "util/condwait.h"
@@ -81,7 +84,8 @@ struct tether__forkserver {
     tether__fork_slot *waiting; /* guarded by lock: asked for, pid not answered yet, FIFO */
     tether__fork_slot *running; /* guarded by lock: answered, not exited */
     atomic_uint refs;
-    uint8_t rx[FORKSERVER_MAX_MESSAGE + 1]; /* I/O thread: one byte more shows truncation */
+    tether__msgsock_rx rx;                  /* I/O thread */
+    uint8_t rx_buf[FORKSERVER_MAX_MESSAGE]; /* I/O thread */
 };
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -362,18 +366,16 @@ on_readable(uv_poll_t *poll, int status, int events)
     (void)events;
     tether__forkserver *fs = poll->data;
     while (fs->polling) {
-        struct iovec iov = {fs->rx, sizeof(fs->rx)};
-        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-        ssize_t n = status < 0 ? 0 : recvmsg(fs->ctl, &msg, MSG_DONTWAIT);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        ssize_t n = status < 0 ? 0 : tether__msgsock_recv(fs->ctl, &fs->rx);
+        if (n == -EAGAIN) {
             return;
         }
-        if (n <= 0) {
-            forkserver_gone(fs, -ECONNRESET, "the fork server exited");
-        } else if ((msg.msg_flags & MSG_TRUNC) || n > FORKSERVER_MAX_MESSAGE) {
+        if (n == -EMSGSIZE) {
             forkserver_broken(fs, "a message over 64 KiB");
+        } else if (n <= 0) {
+            forkserver_gone(fs, -ECONNRESET, "the fork server exited");
         } else {
-            forkserver_message(fs, fs->rx, (size_t)n);
+            forkserver_message(fs, fs->rx.buf, (size_t)n);
         }
     }
 }
@@ -412,25 +414,6 @@ encode_request(tether__buf *b, const char *cwd, const char *name)
     return r;
 }
 
-/* Send one packet with fds attached. */
-static int
-send_with_fds(int sock, const tether__buf *b, const int fds[3])
-{
-    char control[CMSG_SPACE(3 * sizeof(int))];
-    memset(control, 0, sizeof(control));
-    struct iovec iov = {tether__buf_head(b), tether__buf_pending(b)};
-    struct msghdr msg = {.msg_iov = &iov,
-                         .msg_iovlen = 1,
-                         .msg_control = control,
-                         .msg_controllen = sizeof(control)};
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(3 * sizeof(int));
-    memcpy(CMSG_DATA(cm), fds, 3 * sizeof(int));
-    return sendmsg(sock, &msg, MSG_NOSIGNAL) < 0 ? -errno : 0;
-}
-
 int
 tether__forkserver_fork(tether__forkserver *fs, tether__fork_slot *slot, const int fds[3],
                         const char *cwd, const char *name)
@@ -453,7 +436,8 @@ tether__forkserver_fork(tether__forkserver *fs, tether__fork_slot *slot, const i
         *tail = slot;
     }
     pthread_mutex_unlock(&fs->lock);
-    r = gone ? -ECONNRESET : send_with_fds(fs->ctl, &b, fds);
+    r = gone ? -ECONNRESET
+             : tether__msgsock_send(fs->ctl, tether__buf_head(&b), tether__buf_pending(&b), fds, 3);
     if (r < 0 && !gone) {
         pthread_mutex_lock(&fs->lock);
         list_remove(&fs->waiting, slot);
@@ -519,8 +503,8 @@ forkserver_new(const tether__forkserver_spec *spec, uint8_t *key, size_t key_len
         tether__free(key);
         return -ENOMEM;
     }
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
-        int r = -errno;
+    int r = tether__msgsock_pair(pair);
+    if (r < 0) {
         tether__free(key);
         tether__free(fs);
         return r;
@@ -530,6 +514,7 @@ forkserver_new(const tether__forkserver_spec *spec, uint8_t *key, size_t key_len
     fs->host = spec->host;
     fs->ep = tether__endpoint_ref(spec->ep);
     fs->ctl = pair[0];
+    fs->rx = (tether__msgsock_rx){.buf = fs->rx_buf, .cap = sizeof(fs->rx_buf)};
     atomic_init(&fs->refs, 1);
     pthread_mutex_init(&fs->lock, NULL);
     tether__cond_init_monotonic(&fs->changed);

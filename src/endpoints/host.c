@@ -13,7 +13,6 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -21,6 +20,7 @@
 
 #include "conn/transport.h"
 #include "endpoints/host.h"
+#include "platform/platform.h"
 #include "rpc/value.h"
 #include "util/alloc.h"
 
@@ -888,10 +888,9 @@ tether__host_adopt_child(tether_host *h, int fd, void (*on_open)(void *arg), voi
     if (stopped) {
         return -ENOTCONN;
     }
-    int flags = fcntl(fd, F_GETFL);
-    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 ||
-        fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
-        return -errno;
+    int r = tether__socket_adopt(fd);
+    if (r < 0) {
+        return r;
     }
     return serve_fd_conn(h, fd, false, true, on_open, arg, ret_conn);
 }

@@ -23,7 +23,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -35,6 +34,7 @@
 #include "codec/msgpack.h"
 #include "endpoints/forkserver.h"
 #include "endpoints/host.h"
+#include "platform/platform.h"
 #include "rpc/value.h"
 #include "util/alloc.h"
 #include "util/condwait.h"
@@ -49,6 +49,18 @@
 #define KILL_GRACE_MS 1000
 
 extern char **environ;
+
+int
+tether_process_set_parent_death_signal(int signum)
+{
+    return tether__process_set_parent_death_signal(signum);
+}
+
+int
+tether_process_set_name(const char *name)
+{
+    return name ? tether__process_set_name(name) : -EINVAL;
+}
 
 /* The child's first code: tether's package from the path the host gave, then its
  * child side (tether._child) or a fork server (tether._forkserver). */
@@ -778,11 +790,11 @@ static int
 fork_child(tether__forkserver *fs, tether_child *child, int child_fd, const char *cwd)
 {
     int out[2], err[2];
-    if (pipe2(out, O_CLOEXEC) < 0) {
-        return -errno;
+    int r = tether__pipe_open(out);
+    if (r < 0) {
+        return r;
     }
-    if (pipe2(err, O_CLOEXEC) < 0) {
-        int r = -errno;
+    if ((r = tether__pipe_open(err)) < 0) {
         close(out[0]);
         close(out[1]);
         return r;
@@ -829,7 +841,7 @@ child_begin(tether_host *host, tether_child *child, launch *l, tether__forkserve
             uint64_t deadline, tether_error *reterr)
 {
     int pair[2];
-    int r = socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0 ? -errno : 0;
+    int r = tether__socket_pair(SOCK_STREAM, pair);
     if (r == 0) {
         r = tether__host_adopt_child(host, pair[0], on_child_open, child, &child->conn);
         if (r < 0) {

@@ -1,61 +1,292 @@
 /*
- * platform, Linux: thread wake-ups are eventfds (one counter, one descriptor, where
- * a pipe would need two).
+ * platform, Linux: the implementation of platform.h that uses what Linux has beyond
+ * POSIX, where it saves descriptors, system calls or races.
+ *
+ * - Wake objects are eventfds: one counter, one descriptor, where a pipe needs two.
+ * - A connection's poll set is a private epoll set (the two changes of interest on the
+ *   path of every call are inline, in linux.h). The socket is in it for input and a
+ *   dup of the socket for output (epoll keys a registration by descriptor, so the same
+ *   one cannot be in it twice with separate interests). Any thread changes an interest
+ *   with one epoll_ctl; the I/O thread's uv_poll watches the set's own descriptor, which
+ *   is readable while something armed is ready. That is what lets a synchronous caller
+ *   read its reply without waking the I/O thread (docs/architecture.md, "Threads").
+ * - Sockets and pipes are born close-on-exec and non-blocking (SOCK_CLOEXEC, accept4,
+ *   pipe2), so no fork() in another thread can leak one between two calls.
+ * - A fork server's control channel is SOCK_SEQPACKET: a packet is a message.
+ * - The peer's uid comes from SO_PEERCRED, random bytes from getrandom, and the
+ *   parent-death signal and the process name from prctl.
  */
 #define _GNU_SOURCE
 #include "platform/platform.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
-#include <stdint.h>
+#include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
 #include <unistd.h>
 
-static _Thread_local int thread_efd = -1;
-static pthread_key_t efd_key;
-static pthread_once_t efd_key_once = PTHREAD_ONCE_INIT;
+/* ---- descriptors and sockets ------------------------------------------------------ */
+
+int
+tether__socket_open(int domain, int type)
+{
+    int fd = socket(domain, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    return fd < 0 ? -errno : fd;
+}
+
+int
+tether__socket_accept(int listen_fd)
+{
+    int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+int
+tether__socket_pair(int type, int fds[2])
+{
+    return socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, fds) < 0 ? -errno : 0;
+}
+
+int
+tether__socket_adopt(int fd)
+{
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 ||
+        fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+        return -errno;
+    }
+    return 0;
+}
+
+int
+tether__pipe_open(int fds[2])
+{
+    return pipe2(fds, O_CLOEXEC) < 0 ? -errno : 0;
+}
+
+int
+tether__socket_peer_uid(int fd, uid_t *ret)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+        return -errno;
+    }
+    *ret = cred.uid;
+    return 0;
+}
+
+int
+tether__random_bytes(void *buf, size_t len)
+{
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = getrandom((uint8_t *)buf + got, len - got, 0);
+        if (n < 0 && errno != EINTR) {
+            return -errno;
+        }
+        got += n > 0 ? (size_t)n : 0;
+    }
+    return 0;
+}
+
+/* ---- wake-ups --------------------------------------------------------------------- */
+
+int
+tether__wake_init(tether__wake *w)
+{
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fd < 0) {
+        return -errno;
+    }
+    *w = (tether__wake){.fd = fd, .wfd = fd};
+    return 0;
+}
+
+void
+tether__wake_done(tether__wake *w)
+{
+    if (w->fd >= 0) {
+        close(w->fd);
+    }
+    *w = (tether__wake){.fd = -1, .wfd = -1};
+}
+
+void
+tether__wake_raise(const tether__wake *w)
+{
+    uint64_t one = 1;
+    ssize_t n = write(w->wfd, &one, sizeof(one));
+    (void)n;
+}
+
+void
+tether__wake_drain(const tether__wake *w)
+{
+    uint64_t v;
+    ssize_t n = read(w->fd, &v, sizeof(v));
+    (void)n;
+}
+
+static _Thread_local tether__wake thread_wake = {.fd = -1, .wfd = -1};
+static pthread_key_t wake_key;
+static pthread_once_t wake_key_once = PTHREAD_ONCE_INIT;
 
 static void
-close_thread_efd(void *arg)
+close_thread_wake(void *arg)
 {
     close((int)(intptr_t)arg - 1);
 }
 
 static void
-make_efd_key(void)
+make_wake_key(void)
 {
-    pthread_key_create(&efd_key, close_thread_efd);
+    pthread_key_create(&wake_key, close_thread_wake);
+}
+
+/* The thread's first wait: make its eventfd, closed by the key's destructor. */
+static int
+make_thread_wake(tether__wake *ret)
+{
+    int r = tether__wake_init(&thread_wake);
+    if (r < 0) {
+        return r;
+    }
+    pthread_once(&wake_key_once, make_wake_key);
+    /* Stored +1 so that fd 0 is not mistaken for "no value". */
+    pthread_setspecific(wake_key, (void *)(intptr_t)(thread_wake.fd + 1));
+    *ret = thread_wake;
+    return 0;
 }
 
 int
-tether__thread_efd(void)
+tether__thread_wake(tether__wake *ret)
 {
-    if (thread_efd >= 0) {
-        return thread_efd;
+    tether__wake w = thread_wake; /* one look-up of the thread's storage per call */
+    if (w.fd < 0) {
+        return make_thread_wake(ret);
     }
-    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (fd < 0) {
-        return -errno;
+    *ret = w;
+    return 0;
+}
+
+/* ---- poll sets -------------------------------------------------------------------- */
+
+int
+tether__pollset_init(tether__pollset *ps, int fd, void (*changed)(void *arg), void *arg)
+{
+    *ps = (tether__pollset){.fd = fd, .changed = changed, .changed_arg = arg};
+    ps->watch_fd = epoll_create1(EPOLL_CLOEXEC);
+    ps->aux_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    int r = 0;
+    if (ps->watch_fd < 0 || ps->aux_fd < 0) {
+        r = -errno;
+    } else {
+        struct epoll_event rev = {.events = EPOLLIN | EPOLLRDHUP, .data.u32 = TETHER__EPOLL_READ};
+        struct epoll_event wev = {.events = 0, .data.u32 = TETHER__EPOLL_WRITE};
+        if (epoll_ctl(ps->watch_fd, EPOLL_CTL_ADD, fd, &rev) < 0 ||
+            epoll_ctl(ps->watch_fd, EPOLL_CTL_ADD, ps->aux_fd, &wev) < 0) {
+            r = -errno;
+        }
     }
-    pthread_once(&efd_key_once, make_efd_key);
-    /* Stored +1 so that fd 0 is not mistaken for "no value". */
-    pthread_setspecific(efd_key, (void *)(intptr_t)(fd + 1));
-    thread_efd = fd;
-    return fd;
+    if (r < 0) {
+        tether__pollset_done(ps);
+        return r;
+    }
+    atomic_init(&ps->read_on, true);
+    atomic_init(&ps->write_on, false);
+    return 0;
 }
 
 void
-tether__efd_raise(int efd)
+tether__pollset_done(tether__pollset *ps)
 {
-    uint64_t one = 1;
-    ssize_t n = write(efd, &one, sizeof(one));
-    (void)n;
+    if (ps->watch_fd >= 0) {
+        close(ps->watch_fd);
+    }
+    if (ps->aux_fd >= 0) {
+        close(ps->aux_fd);
+    }
+    ps->watch_fd = ps->aux_fd = -1;
 }
 
-void
-tether__efd_drain(int efd)
+unsigned
+tether__pollset_watch(const tether__pollset *ps)
 {
-    uint64_t v;
-    ssize_t n = read(efd, &v, sizeof(v));
-    (void)n;
+    (void)ps;
+    return TETHER__POLL_READ; /* the epoll set's own descriptor */
+}
+
+unsigned
+tether__pollset_query(tether__pollset *ps, unsigned reported)
+{
+    (void)reported; /* the set's descriptor was readable: ask the set which one */
+    struct epoll_event evs[2];
+    int n = epoll_wait(ps->watch_fd, evs, 2, 0);
+    unsigned ready = 0;
+    for (int i = 0; i < n; i++) {
+        ready |= evs[i].data.u32 == TETHER__EPOLL_READ ? TETHER__POLL_READ : 0;
+        ready |= evs[i].data.u32 == TETHER__EPOLL_WRITE ? TETHER__POLL_WRITE : 0;
+    }
+    return ready;
+}
+
+/* ---- message sockets -------------------------------------------------------------- */
+
+int
+tether__msgsock_pair(int fds[2])
+{
+    return tether__socket_pair(SOCK_SEQPACKET, fds);
+}
+
+int
+tether__msgsock_send(int fd, const void *data, size_t len, const int *fds, size_t nfds)
+{
+    char control[CMSG_SPACE(4 * sizeof(int))];
+    if (nfds > 4) {
+        return -EINVAL;
+    }
+    memset(control, 0, sizeof(control));
+    struct iovec iov = {(void *)data, len};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (nfds > 0) {
+        msg.msg_control = control;
+        msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+        memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
+    }
+    return sendmsg(fd, &msg, MSG_NOSIGNAL) < 0 ? -errno : 0;
+}
+
+ssize_t
+tether__msgsock_recv(int fd, tether__msgsock_rx *rx)
+{
+    struct iovec iov = {rx->buf, rx->cap};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT);
+    if (n < 0) {
+        return errno == EINTR ? -EAGAIN : -errno;
+    }
+    return msg.msg_flags & MSG_TRUNC ? -EMSGSIZE : n;
+}
+
+/* ---- processes -------------------------------------------------------------------- */
+
+int
+tether__process_set_parent_death_signal(int signum)
+{
+    return prctl(PR_SET_PDEATHSIG, (unsigned long)signum) < 0 ? -errno : 0;
+}
+
+int
+tether__process_set_name(const char *name)
+{
+    return prctl(PR_SET_NAME, (unsigned long)name) < 0 ? -errno : 0;
 }

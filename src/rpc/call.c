@@ -145,7 +145,7 @@ tether__pending_complete(tether_conn *c, tether__pending *p, int status, tether_
         set_error(&p->error, type, message, traceback);
     }
     p->done = true;
-    tether__efd_raise(p->efd);
+    tether__wake_raise(&p->wake);
     pthread_mutex_unlock(&c->link.lock);
 }
 
@@ -540,7 +540,7 @@ call_sync(tether_conn *c, const char *method, request_arg *a, const tether_call_
         sync_depth--;
         return r;
     }
-    p.efd = waiter.efd;
+    p.wake = waiter.wake;
     p.waiter = &waiter;
     pending_init(c, &p, opts);
     r = start_call(c, &p, a, true);

@@ -23,9 +23,9 @@ typedef struct tether__pending {
     uint64_t timeout_usec;    /* silence bound, UINT64_MAX: none */
     uint64_t deadline_usec;   /* absolute, UINT64_MAX: none */
     tether_future *future;    /* async call; NULL for a synchronous one */
-    /* Synchronous calls: the waiting thread sleeps on its wake fd (platform.h), raised
-     * under the conn lock when the call completes or the reader role comes free. */
-    int efd;
+    /* Synchronous calls: the waiting thread sleeps on its wake object (platform.h),
+     * raised under the conn lock when the call completes or the reader role comes free. */
+    tether__wake wake;
     struct tether__waiter *waiter;
     bool done;
     int status;

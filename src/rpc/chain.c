@@ -8,7 +8,6 @@
 
 #include <errno.h>
 #include <stdatomic.h>
-#include <sys/random.h>
 #include <unistd.h>
 
 #define BUCKETS 256
@@ -25,8 +24,7 @@ tether__chain_new(void)
         /* First use: start from a random point so that chains of different processes
          * do not collide when they meet in one conversation. */
         uint64_t seed = 0;
-        while (getrandom(&seed, sizeof(seed), 0) < 0 && errno == EINTR) {
-        }
+        (void)tether__random_bytes(&seed, sizeof(seed)); /* 0 on failure: still valid */
         seed |= 1;
         uint_fast64_t expected = 1;
         atomic_compare_exchange_strong(&next_chain, &expected, seed + 1);
@@ -44,11 +42,12 @@ bucket_of(uint64_t chain)
 int
 tether__waiter_push(tether__waiter *w, uint64_t chain)
 {
-    int efd = tether__thread_efd();
-    if (efd < 0) {
-        return efd;
+    tether__wake wake;
+    int r = tether__thread_wake(&wake);
+    if (r < 0) {
+        return r;
     }
-    *w = (tether__waiter){.chain = chain, .thread = pthread_self(), .efd = efd};
+    *w = (tether__waiter){.chain = chain, .thread = pthread_self(), .wake = wake};
     pthread_mutex_lock(&registry_lock);
     size_t b = bucket_of(chain);
     /* Innermost first: a nested wait shadows the enclosing one of the same chain. */
@@ -113,7 +112,7 @@ tether__chain_deliver(uint64_t chain, const pthread_t *only_thread, tether__work
         }
         w->inbox_tail = work;
         /* Raised under the lock: the waiter cannot unregister and exit meanwhile. */
-        tether__efd_raise(w->efd);
+        tether__wake_raise(&w->wake);
         delivered = true;
         break;
     }

@@ -12,8 +12,9 @@
  * of queueing for a main thread that is busy waiting or for a pool whose threads may all
  * be waiting on the same chain.
  *
- * Each waiting thread sleeps on its own eventfd (made on first use, closed when the
- * thread exits), which both a completed call and a delivered call-back raise.
+ * Each waiting thread sleeps on its own wake object (platform.h: made on first use,
+ * closed when the thread exits), which both a completed call and a delivered call-back
+ * raise.
  */
 #ifndef TETHER_CHAIN_H
 #define TETHER_CHAIN_H
@@ -30,7 +31,7 @@ typedef struct tether__waiter {
     struct tether__waiter *outer; /* the same thread's enclosing wait, if nested */
     uint64_t chain;
     pthread_t thread;
-    int efd;
+    tether__wake wake;                     /* the thread's (a copy) */
     tether__work *inbox_head, *inbox_tail; /* guarded by the registry lock */
 } tether__waiter;
 

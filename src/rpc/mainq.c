@@ -6,15 +6,15 @@
 
 #include <errno.h>
 #include <poll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "platform/platform.h"
 #include "tether.h"
 #include "util/alloc.h"
 
 struct tether__mainq {
     pthread_mutex_t lock;
-    int efd;
+    tether__wake wake;
     tether__lane *active_head, *active_tail; /* guarded by lock */
     tether__lane shared_lane;                /* guarded by lock */
     size_t count;                            /* guarded by lock */
@@ -28,9 +28,8 @@ tether__mainq_new(tether__mainq **ret)
     if (!q) {
         return -ENOMEM;
     }
-    q->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (q->efd < 0) {
-        int r = -errno;
+    int r = tether__wake_init(&q->wake);
+    if (r < 0) {
         tether__free(q);
         return r;
     }
@@ -69,9 +68,7 @@ pop_locked(tether__mainq *q)
         lane->active = false;
     }
     if (--q->count == 0) {
-        uint64_t v;
-        ssize_t n = read(q->efd, &v, sizeof(v));
-        (void)n;
+        tether__wake_drain(&q->wake);
     }
     return w;
 }
@@ -97,7 +94,7 @@ tether__mainq_free(tether__mainq *q)
         return;
     }
     tether__mainq_discard_all(q);
-    close(q->efd);
+    tether__wake_done(&q->wake);
     pthread_mutex_destroy(&q->lock);
     tether__free(q);
 }
@@ -105,7 +102,7 @@ tether__mainq_free(tether__mainq *q)
 int
 tether__mainq_get_fd(const tether__mainq *q)
 {
-    return q->efd;
+    return q->wake.fd;
 }
 
 void
@@ -133,9 +130,7 @@ tether__mainq_push(tether__mainq *q, tether__lane *lane, tether__work *work)
         q->active_tail = lane;
     }
     if (q->count++ == 0) {
-        uint64_t one = 1;
-        ssize_t n = write(q->efd, &one, sizeof(one));
-        (void)n;
+        tether__wake_raise(&q->wake);
     }
     pthread_mutex_unlock(&q->lock);
 }
@@ -197,7 +192,7 @@ tether__mainq_wait(tether__mainq *q, uint64_t timeout_usec)
             return 0;
         }
         uint64_t left_ms = deadline == UINT64_MAX ? 1000 : (deadline - now + 999) / 1000;
-        struct pollfd p = {.fd = q->efd, .events = POLLIN};
+        struct pollfd p = {.fd = q->wake.fd, .events = POLLIN};
         poll(&p, 1, left_ms > 1000 ? 1000 : (int)left_ms);
     }
 }

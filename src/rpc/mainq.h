@@ -2,7 +2,8 @@
  * mainq: work queued for an application's main thread, behind one pollable fd.
  *
  * Producers on any thread push work; the main thread runs it inside dispatch(budget).
- * The fd (an eventfd) is readable exactly while work is queued: it is raised on the
+ * The fd (a wake object of platform.h: an eventfd on Linux, a pipe's read end on the
+ * portable build) is readable exactly while work is queued: it is raised on the
  * empty-to-non-empty transition and lowered when dispatch empties the queue, both
  * under the queue lock, so it is level-triggered and never raised spuriously for long.
  *

@@ -1,7 +1,7 @@
 /*
  * wait: a synchronous call waits for its response here, reading it itself when no
  * other thread holds the connection's reader role (conn/link.h), and otherwise
- * sleeping on its wake fd until the role holder completes the call or gives the role
+ * sleeping on its wake object until the role holder completes the call or gives the role
  * up. Meanwhile it runs call-backs of its own chain (chain.h), which the peer may be
  * waiting for, asks the caller's interrupt callback whether to go on, and gives up when
  * the call's silence bound or deadline passes.
@@ -103,7 +103,7 @@ lead(tether_conn *c, tether__pending *p)
         }
         uint64_t wake = pending_wake(p);
         uint64_t wait_ms = wake <= now ? 0 : (wake - now + 999) / 1000;
-        int r = tether__link_read_wait(&c->link, p->efd, wait_ms > 1000 ? 1000 : (int)wait_ms);
+        int r = tether__link_read_wait(&c->link, &p->wake, wait_ms > 1000 ? 1000 : (int)wait_ms);
         if (r != TETHER__LINK_READ) {
             /* Closed, or a call-back of our chain was delivered: give the role back and
              * run it. */
@@ -157,15 +157,15 @@ tether__conn_wait(tether_conn *c, tether__pending *p)
             tether__link_role_release_locked(l);
             continue;
         }
-        /* Follow: the role holder completes us, or raises our wake fd when the role
+        /* Follow: the role holder completes us, or raises our wake object when the role
          * comes free; a delivered call-back raises it too. */
-        p->role_wait.efd = p->efd;
+        p->role_wait.wake = &p->wake;
         tether__link_waiter_add_locked(l, &p->role_wait);
         int wait_ms = wait_ms_until(pending_wake(p));
         pthread_mutex_unlock(&l->lock);
-        struct pollfd pfd = {.fd = p->efd, .events = POLLIN};
+        struct pollfd pfd = {.fd = p->wake.fd, .events = POLLIN};
         if (poll(&pfd, 1, wait_ms) > 0) {
-            tether__efd_drain(p->efd);
+            tether__wake_drain(&p->wake);
         }
         pthread_mutex_lock(&l->lock);
         tether__link_waiter_remove_locked(l, &p->role_wait);
@@ -180,7 +180,7 @@ tether__conn_wait(tether_conn *c, tether__pending *p)
     }
     /* Pass the role on to another waiter if it is free. */
     if (l->role == TETHER__ROLE_FREE && l->role_waiters) {
-        tether__efd_raise(l->role_waiters->efd);
+        tether__wake_raise(l->role_waiters->wake);
     }
     pthread_mutex_unlock(&l->lock);
 }
