@@ -915,8 +915,8 @@ TETHER_EXPORT int tether_host_disconnect_client(tether_host *host, tether_conn *
  * listening socket is involved). The host holds a proxy to the child's root object: the
  * script's or module's module object, or the object made. The child needs nothing
  * installed: tether's Python package is put on its path. It exits when its connection
- * closes, and when the host process dies (end of file on its socket; a parent-death
- * signal as a second guard).
+ * closes, and when the host process dies (end of file on its socket; on Linux a
+ * parent-death signal as a second guard).
  * ------------------------------------------------------------------------------- */
 
 typedef struct tether_child tether_child;

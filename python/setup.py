@@ -46,8 +46,15 @@ def dependency_flags():
 
 # The extension's own files: a file per concept, with one internal header, module.h.
 extension_sources = sorted(glob.glob(os.path.join(HERE, "_tether", "*.c")))
-# The library's sources, in src/ or in its folders by layer.
-core_sources = sorted(glob.glob(os.path.join(ROOT, "src", "**", "*.c"), recursive=True))
+# The library's sources, in src/ or in its folders by layer, with one implementation of
+# the platform layer: linux.c on Linux, posix.c elsewhere (CMake's TETHER_PLATFORM).
+PLATFORM = "linux" if sys.platform.startswith("linux") else "posix"
+PLATFORM_FILES = {os.path.join(ROOT, "src", "platform", name + ".c") for name in ("linux", "posix")}
+core_sources = sorted(
+    p
+    for p in glob.glob(os.path.join(ROOT, "src", "**", "*.c"), recursive=True)
+    if p not in PLATFORM_FILES or p == os.path.join(ROOT, "src", "platform", PLATFORM + ".c")
+)
 if not core_sources or not os.path.exists(os.path.join(ROOT, "include", "tether.h")):
     sys.exit(
         "setup.py: the library sources (../src, ../include/tether.h) are missing: "
@@ -61,6 +68,8 @@ extension = Extension(
     "tether._tether",
     sources=[rel(p) for p in extension_sources + core_sources],
     include_dirs=[rel(os.path.join(ROOT, "include")), rel(os.path.join(ROOT, "src"))],
+    # The BSDs and macOS have getpeereid (posix.c falls back without it).
+    define_macros=[] if PLATFORM == "linux" else [("TETHER_HAVE_GETPEEREID", "1")],
     extra_compile_args=["-std=c11", "-fvisibility=hidden", "-Wno-unused-parameter"] + cflags,
     extra_link_args=libs + ["-Wl,--version-script=" + os.path.join(HERE, "_tether.map")],
     depends=[rel(p) for p in glob.glob(os.path.join(ROOT, "src", "**", "*.h"), recursive=True)]

@@ -11,6 +11,7 @@
 #include <dirent.h>
 #include <pthread.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include "helpers.h"
 
@@ -306,7 +307,8 @@ Test(spawn, warm_spawns_fork_from_a_kept_interpreter)
 }
 
 /* A fork server that starts like the real one and answers each request with the bytes of
- * $TETHER_FAKE_ANSWER's entry (or, for "ready", says something else than ready). */
+ * $TETHER_FAKE_ANSWER's entry (or, for "ready", says something else than ready), each
+ * after its length on a SOCK_STREAM control socket (the portable build's). */
 static const char fake_forkserver[] =
     "import os, socket, struct\n"
     "ANSWERS = {\n"
@@ -322,16 +324,19 @@ static const char fake_forkserver[] =
     "}\n"
     "def main():\n"
     "    control = socket.socket(fileno=int(os.environ['TETHER_CHILD_FD']))\n"
+    "    stream = control.type == socket.SOCK_STREAM\n"
+    "    def send(data):\n"
+    "        control.sendall(struct.pack('>I', len(data)) + data if stream else data)\n"
     "    mode = os.environ['TETHER_FAKE_ANSWER']\n"
     "    ready = b'\\x81\\xa5ready\\xce' + struct.pack('>I', os.getpid())\n"
-    "    control.send(b'\\xc1' if mode == 'ready' else ready)\n"
+    "    send(b'\\xc1' if mode == 'ready' else ready)\n"
     "    while True:\n"
     "        data, fds, _, _ = socket.recv_fds(control, 65536, 3)\n"
     "        for fd in fds:\n"
     "            os.close(fd)\n"
     "        if not data:\n"
     "            return\n"
-    "        control.send(ANSWERS[mode])\n";
+    "        send(ANSWERS[mode])\n";
 
 static void
 write_file(const char *dir, const char *name, const char *text)
@@ -405,4 +410,102 @@ Test(spawn, a_fork_server_that_breaks_the_protocol_fails_the_spawn_not_the_host)
     unlink(path);
     rmdir(package);
     rmdir(root);
+}
+
+/* ---- the child's side: what the platform layer has --------------------------------- */
+
+static bool
+platform_is_linux(void)
+{
+    return strcmp(TETHER_TEST_PLATFORM, "linux") == 0;
+}
+
+/* A zombie, or gone altogether: dead either way (init reaps orphans when it will). */
+static bool
+process_dead(int64_t pid)
+{
+    char path[64], line[512];
+    snprintf(path, sizeof(path), "/proc/%lld/stat", (long long)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        return true;
+    }
+    char *close_paren, state = '?';
+    if (fgets(line, sizeof(line), f) && (close_paren = strrchr(line, ')'))) {
+        sscanf(close_paren + 1, " %c", &state);
+    }
+    fclose(f);
+    return state == 'Z' || state == 'X';
+}
+
+/*
+ * A process that asked for a parent-death signal and holds nothing of its parent's (no
+ * socket whose end it could see) dies with the parent. The portable build has no such
+ * signal: tether_process_set_parent_death_signal says so, and its children rely on the
+ * end of their socket alone, which test_a_child_does_not_outlive_a_killed_parent
+ * (python/tests/test_spawn.py) checks on both builds.
+ */
+Test(spawn, a_parent_death_signal_where_the_platform_has_one)
+{
+    if (!platform_is_linux()) {
+        cr_assert_eq(tether_process_set_parent_death_signal(SIGTERM), TETHER_ENOTSUP);
+        cr_skip_test("no parent-death signal on the %s build (children exit at the end of "
+                     "their socket instead)",
+                     TETHER_TEST_PLATFORM);
+    }
+    int up[2], ready[2]; /* the orphan's pid to us; "the guard is set" to its parent */
+    cr_assert_eq(pipe(up), 0);
+    cr_assert_eq(pipe(ready), 0);
+    pid_t parent = fork();
+    cr_assert(parent >= 0);
+    if (parent == 0) {
+        pid_t orphan = fork();
+        if (orphan == 0) {
+            int64_t me = tether_process_set_parent_death_signal(SIGKILL) == 0 ? getpid() : -1;
+            ssize_t n = write(up[1], &me, sizeof(me));
+            n = write(ready[1], "", 1);
+            (void)n;
+            for (int i = 0; i < 100; i++) {
+                sleep(1); /* dies only by the signal (or gives up after 100 s) */
+            }
+            _exit(3);
+        }
+        char byte;
+        _exit(read(ready[0], &byte, 1) == 1 ? 0 : 1); /* the guard is set: die */
+    }
+    close(up[1]);
+    close(ready[0]);
+    close(ready[1]);
+    int64_t orphan = 0;
+    cr_assert_eq(read(up[0], &orphan, sizeof(orphan)), (ssize_t)sizeof(orphan));
+    close(up[0]);
+    cr_assert(orphan > 0, "tether_process_set_parent_death_signal failed");
+    int status;
+    cr_assert_eq(waitpid(parent, &status, 0), parent);
+    for (int i = 0; i < 500 && !process_dead(orphan); i++) {
+        usleep(10000);
+    }
+    bool dead = process_dead(orphan);
+    if (!dead) {
+        kill((pid_t)orphan, SIGKILL);
+    }
+    cr_assert(dead, "the orphan %lld outlived its parent", (long long)orphan);
+}
+
+/* The name ps shows, where the platform can set one (both builds, on Linux). */
+Test(spawn, a_process_name_where_the_platform_has_one)
+{
+    cr_assert_eq(tether_process_set_name(NULL), TETHER_EINVAL);
+    int r = tether_process_set_name("tether-named-and-cut");
+    if (r == TETHER_ENOTSUP) {
+        cr_assert(!platform_is_linux());
+        cr_skip_test("the %s build cannot name processes here", TETHER_TEST_PLATFORM);
+    }
+    cr_assert_eq(r, 0, "%s", tether_strerror(r));
+    char name[64] = "";
+    FILE *f = fopen("/proc/thread-self/comm", "r");
+    cr_assert_not_null(f);
+    cr_assert_not_null(fgets(name, sizeof(name), f));
+    fclose(f);
+    cr_assert_str_eq(name, "tether-named-an\n", "the first 15 bytes");
 }

@@ -25,6 +25,19 @@ BUILD_DIR = os.environ.get("TETHER_BUILD_DIR") or os.path.join(SOURCE_DIR, "buil
 TESTHOST = os.path.join(BUILD_DIR, "tether-testhost")
 
 
+def build_platform():
+    """The platform layer of the build under test (CMake's TETHER_PLATFORM): "linux" or
+    "posix"; "linux" when the build says nothing (pip builds Linux's on Linux)."""
+    try:
+        with open(os.path.join(BUILD_DIR, "CMakeCache.txt"), encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("TETHER_PLATFORM:"):
+                    return line.strip().split("=", 1)[1]
+    except OSError:
+        pass
+    return "linux"
+
+
 def private_runtime_dir():
     """A new 0700 directory for one host's socket: under $TETHER_RUNTIME_DIR when that
     keeps socket paths short (Unix socket paths are limited to 108 bytes), else in /tmp."""

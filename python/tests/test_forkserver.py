@@ -74,11 +74,16 @@ def test_a_request_of_the_wrong_shape_is_refused(request_, message):
 
 def receive(sock):
     sock.settimeout(30)
-    return fs.decode(sock.recv(fs.MAX_MESSAGE))
+    data, fds = fs.receive_message(sock)
+    assert not fds
+    return fs.decode(data)
 
 
-def test_the_server_answers_a_malformed_request_with_an_error_and_goes_on():
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+# The host makes the control socket SOCK_SEQPACKET on Linux and SOCK_STREAM on its
+# portable build (src/platform/platform.h, "message sockets"): the server speaks both.
+@pytest.mark.parametrize("kind", [socket.SOCK_SEQPACKET, socket.SOCK_STREAM], ids=["packets", "stream"])
+def test_the_server_answers_a_malformed_request_with_an_error_and_goes_on(kind):
+    ours, theirs = socket.socketpair(socket.AF_UNIX, kind)
     env = dict(os.environ, TETHER_CHILD_FD=str(theirs.fileno()),
                TETHER_CHILD_PARENT=str(os.getpid()), PYTHONPATH=PACKAGE_PARENT)
     server = subprocess.Popen(
@@ -95,12 +100,14 @@ def test_the_server_answers_a_malformed_request_with_an_error_and_goes_on():
             (fs.encode({"cwd": None, "name": "x"}), fds[:1], "ProtocolError: expected 3 desc"),
         ]
         for data, attached, message in bad:
-            socket.send_fds(ours, [data], attached)
+            fs.send_message(ours, data, attached)
             answer = receive(ours)
             assert list(answer) == ["error"] and answer["error"].startswith(message), answer
-        # Too long for a packet of the protocol: refused, not cut.
-        socket.send_fds(ours, [b"\xa1x" * (fs.MAX_MESSAGE // 2 + 1)], fds)
+        # Too long for a message of the protocol: refused, not cut; a stream skips it.
+        fs.send_message(ours, b"\xa1x" * (fs.MAX_MESSAGE // 2 + 1), fds)
         assert receive(ours)["error"].startswith("ProtocolError: a message over 64 KiB")
+        fs.send_message(ours, b"\xc1", fds)
+        assert receive(ours)["error"].startswith("ProtocolError: msgpack type 0xc1")
     finally:
         for fd in fds:
             os.close(fd)

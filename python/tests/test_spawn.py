@@ -16,6 +16,7 @@ import pytest
 
 import tether
 
+from conftest import build_platform
 from processes import assert_none_left, eventually, gone, is_zombie, spawned
 
 OTHER_PYTHON = shutil.which("python3")
@@ -251,6 +252,24 @@ def test_a_child_does_not_outlive_a_killed_parent():
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def test_the_child_side_asks_the_platform_layer():
+    # A parent-death signal where the build has one: the portable build says False, and
+    # its children exit at the end of their socket alone (the test above, on both). A
+    # name for ps on both builds here (pthread_setname_np on the portable one).
+    package_dir = os.path.dirname(os.path.dirname(tether.__file__))
+    code = (
+        "import signal, sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from tether import _tether\n"
+        "print(_tether._set_parent_death_signal(signal.SIGTERM),"
+        " _tether._set_process_name('tether-named'))\n"
+        "print(open('/proc/self/comm').read().strip())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, package_dir], capture_output=True,
+                         text=True, check=True, timeout=30).stdout.split()
+    assert out == [str(build_platform() == "linux"), "True", "tether-named"]
 
 
 def test_warm_spawns_fork_from_a_kept_interpreter(tmp_path):

@@ -6,9 +6,12 @@ like a child, imports tether once, and then forks a child for each request inste
 starting a new interpreter, so a warm spawn costs a fork rather than an interpreter's
 start-up.
 
-Protocol, over the SOCK_SEQPACKET socket at $TETHER_CHILD_FD (src/endpoints/forkserver.c
-is the reference): each packet is one message, exactly one msgpack map with str keys
-and nothing after it, at most 64 KiB; keys a side does not know it ignores.
+Protocol, over the socket at $TETHER_CHILD_FD (src/endpoints/forkserver.c is the
+reference): a message is exactly one msgpack map with str keys and nothing after it, at
+most 64 KiB; keys a side does not know it ignores. The socket's type says how messages
+are kept apart: SOCK_SEQPACKET (the host on Linux) sends each as one packet; SOCK_STREAM
+(the host's portable build, for systems without Unix SOCK_SEQPACKET) sends each after
+its length, 4 bytes big-endian, descriptors riding on its first byte.
 - to the host, once ready: {"ready": pid}
 - from the host: {"cwd": str or nil, "name": str} with three descriptors attached
   (SCM_RIGHTS): the child's end of its socket pair, and its stdout and stderr;
@@ -195,10 +198,51 @@ def check_request(request):
     return cwd, name
 
 
-def _receive(sock):
-    """One packet and up to three descriptors; b"" at the end of the socket."""
-    data, fds, flags, _ = socket.recv_fds(sock, MAX_MESSAGE + 1, 3)
-    if data and (flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > MAX_MESSAGE):
+_PREFIX = struct.Struct(">I")  # a message's length on a SOCK_STREAM socket
+
+
+def send_message(sock, data, fds=()):
+    """Send one message (bytes) with descriptors attached, as sock's type wants it."""
+    if sock.type == socket.SOCK_STREAM:
+        data = _PREFIX.pack(len(data)) + data
+    sent = socket.send_fds(sock, [data], fds) if fds else 0
+    if sent < len(data):  # a stream may take part of it; the descriptors went first
+        sock.sendall(data[sent:])
+
+
+def _receive_exactly(sock, n, keep=True):
+    """n bytes of a stream (dropped unless keep); None at its end."""
+    parts = []
+    while n > 0:
+        part = sock.recv(min(n, MAX_MESSAGE))
+        if not part:
+            return None
+        n -= len(part)
+        if keep:
+            parts.append(part)
+    return b"".join(parts)
+
+
+def _receive_framed(sock):
+    """One message of a stream: (data, fds, flags, too_long); data is b"" at its end."""
+    head, fds, flags, _ = socket.recv_fds(sock, _PREFIX.size, 3)
+    rest = _receive_exactly(sock, _PREFIX.size - len(head)) if head else None
+    if rest is None:
+        return b"", fds, flags, False
+    (size,) = _PREFIX.unpack(head + rest)
+    data = _receive_exactly(sock, size, keep=size <= MAX_MESSAGE)  # skipped when too long
+    return data or b"", fds, flags, data is not None and size > MAX_MESSAGE
+
+
+def receive_message(sock):
+    """One message and up to three descriptors; b"" at the end of the socket.
+    ProtocolError for a message over 64 KiB (a stream skips it, staying in step)."""
+    if sock.type == socket.SOCK_STREAM:
+        data, fds, flags, too_long = _receive_framed(sock)
+    else:
+        data, fds, flags, _ = socket.recv_fds(sock, MAX_MESSAGE + 1, 3)
+        too_long = len(data) > MAX_MESSAGE or bool(flags & socket.MSG_TRUNC)
+    if too_long or (data and flags & socket.MSG_CTRUNC):
         for fd in fds:
             os.close(fd)
         raise ProtocolError("a message over 64 KiB, or with too many descriptors")
@@ -221,7 +265,7 @@ class _Spare:
     scheduling, the copies of the pages it touches first)."""
 
     def __init__(self, control, wakeup):
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, control.type)
         sys.stdout.flush()
         sys.stderr.flush()
         self.pid = os.fork()
@@ -229,7 +273,7 @@ class _Spare:
             ours.close()
             _leave_server(control, wakeup)
             _tether._set_process_name("tether-spare")  # ps tells it from children at work
-            data, fds, _, _ = socket.recv_fds(theirs, MAX_MESSAGE, 3)
+            data, fds = receive_message(theirs)
             theirs.close()
             if not data:
                 os._exit(0)  # the server ended before a request came
@@ -240,7 +284,7 @@ class _Spare:
     def hand(self, data, fds):
         """Give the spare a request; False if it is gone (the caller forks instead)."""
         try:
-            socket.send_fds(self.sock, [data], fds)
+            send_message(self.sock, data, fds)
             return True
         except OSError:
             return False
@@ -287,7 +331,7 @@ def _run_child(request, fds):
 
 
 def _send(control, message):
-    control.send(encode(message))
+    send_message(control, encode(message))
 
 
 def _reap(control):
@@ -331,7 +375,7 @@ def main():
             continue
         fds = []
         try:
-            data, fds = _receive(control)
+            data, fds = receive_message(control)
             if not data:
                 break  # the host is gone
             request = check_request(decode(data))

@@ -29,6 +29,8 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include "platform/unix.h"
+
 /* ---- descriptors and sockets ------------------------------------------------------ */
 
 int
@@ -54,12 +56,7 @@ tether__socket_pair(int type, int fds[2])
 int
 tether__socket_adopt(int fd)
 {
-    int flags = fcntl(fd, F_GETFL);
-    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 ||
-        fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
-        return -errno;
-    }
-    return 0;
+    return tether__fd_set_flags(fd, true);
 }
 
 int
@@ -140,6 +137,7 @@ static void
 close_thread_wake(void *arg)
 {
     close((int)(intptr_t)arg - 1);
+    thread_wake = (tether__wake){.fd = -1, .wfd = -1}; /* a later destructor may wait again */
 }
 
 static void
@@ -246,22 +244,13 @@ tether__msgsock_pair(int fds[2])
 int
 tether__msgsock_send(int fd, const void *data, size_t len, const int *fds, size_t nfds)
 {
-    char control[CMSG_SPACE(4 * sizeof(int))];
-    if (nfds > 4) {
+    if (nfds > TETHER__MSG_MAX_FDS) {
         return -EINVAL;
     }
-    memset(control, 0, sizeof(control));
+    tether__fd_record record;
     struct iovec iov = {(void *)data, len};
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-    if (nfds > 0) {
-        msg.msg_control = control;
-        msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-        memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
-    }
+    tether__msg_attach_fds(&msg, &record, fds, nfds);
     return sendmsg(fd, &msg, MSG_NOSIGNAL) < 0 ? -errno : 0;
 }
 
