@@ -5,6 +5,9 @@
 #   make               configure and build in build/ (RelWithDebInfo, assertions kept)
 #   make deps          install missing packages (DEPS=test by default; see install-deps)
 #   make test          build, run ctest, then pytest on python/tests if it has tests
+#   make test-posix    the same with the portable platform layer (TETHER_PLATFORM=posix:
+#                      poll, pipes, no epoll or eventfd) in build-posix/: what a port to
+#                      macOS or a BSD builds, run here on Linux
 #   make bench         Release build in build-release/, run bench/run, write bench/out/
 #   make demo          build, then run the demo host with an example client until Ctrl-C
 #                      (tools/demo.py $(ARGS); ARGS=--once: a bounded check, exit 0 if ok)
@@ -33,6 +36,7 @@ ARGS ?=
 CMAKE_ARGS ?=
 
 BUILD := build
+BUILD_POSIX := build-posix
 BUILD_RELEASE := build-release
 BUILD_ASAN := build-asan
 BUILD_TSAN := build-tsan
@@ -49,7 +53,7 @@ configure = $(CMAKE) -S . -B $(1) -G Ninja -DCMAKE_BUILD_TYPE=$(2) \
 
 deps = @if [ -z "$(TETHER_SKIP_DEPS)" ]; then $(INSTALL_DEPS) $(1); fi
 
-.PHONY: build all deps test pytest bench demo asan tsan fuzz install format \
+.PHONY: build all deps test test-posix pytest bench demo asan tsan fuzz install format \
 	format-check pictures clean
 
 all: build
@@ -68,6 +72,13 @@ test:
 	$(CMAKE) --build $(BUILD)
 	$(CTEST) --test-dir $(BUILD) --output-on-failure -j$(CTEST_JOBS)
 	@$(MAKE) --no-print-directory pytest
+
+test-posix:
+	$(call deps,test)
+	$(call configure,$(BUILD_POSIX),RelWithDebInfo,-DTETHER_PLATFORM=posix -DTETHER_BENCH=OFF)
+	$(CMAKE) --build $(BUILD_POSIX)
+	$(CTEST) --test-dir $(BUILD_POSIX) --output-on-failure -j$(CTEST_JOBS)
+	@$(MAKE) --no-print-directory pytest BUILD=$(BUILD_POSIX)
 
 # pytest exits 5 when it collects no test: that is not a failure while python/ is empty.
 # The package is imported from $(BUILD)/python (the extension built by CMake beside links
@@ -168,4 +179,4 @@ format-check:
 		xargs -r $(CLANG_FORMAT) --dry-run --Werror
 
 clean:
-	rm -rf $(BUILD) $(BUILD_RELEASE) $(BUILD_ASAN) $(BUILD_TSAN) $(BUILD_FUZZ)
+	rm -rf $(BUILD) $(BUILD_POSIX) $(BUILD_RELEASE) $(BUILD_ASAN) $(BUILD_TSAN) $(BUILD_FUZZ)

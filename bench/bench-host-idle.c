@@ -39,7 +39,8 @@ enum {
 };
 
 /* Fds one client needs in the clients' process: its socket, a dup of it, an epoll set
- * and an eventfd (the host side needs three). */
+ * and an eventfd (the host side needs three). The portable platform layer needs three
+ * (its socket and the two ends of a pipe) and one on the host side. */
 #define FDS_PER_CLIENT 4
 
 /* ---- the clients' process ------------------------------------------------------------ */
