@@ -147,29 +147,24 @@ make_wake_key(void)
 }
 
 /* The thread's first wait: make its eventfd, closed by the key's destructor. */
-static int
-make_thread_wake(tether__wake *ret)
+static tether__wake
+make_thread_wake(void)
 {
     int r = tether__wake_init(&thread_wake);
     if (r < 0) {
-        return r;
+        return (tether__wake){.fd = r, .wfd = r};
     }
     pthread_once(&wake_key_once, make_wake_key);
     /* Stored +1 so that fd 0 is not mistaken for "no value". */
     pthread_setspecific(wake_key, (void *)(intptr_t)(thread_wake.fd + 1));
-    *ret = thread_wake;
-    return 0;
+    return thread_wake;
 }
 
-int
-tether__thread_wake(tether__wake *ret)
+tether__wake
+tether__thread_wake(void)
 {
     tether__wake w = thread_wake; /* one look-up of the thread's storage per call */
-    if (w.fd < 0) {
-        return make_thread_wake(ret);
-    }
-    *ret = w;
-    return 0;
+    return w.fd < 0 ? make_thread_wake() : w;
 }
 
 /* ---- poll sets -------------------------------------------------------------------- */

@@ -81,10 +81,12 @@ void tether__wake_raise(const tether__wake *w);
 void tether__wake_drain(const tether__wake *w);
 
 /*
- * A copy of the calling thread's wake object, for the waits of synchronous calls and
- * call chains: made on first use, closed when the thread exits, valid until then.
+ * The calling thread's wake object (a copy), for the waits of synchronous calls and
+ * call chains: made on first use, closed when the thread exits, valid until then. On
+ * failure its fd is a negative errno. Returned by value, in registers: every
+ * synchronous call asks for it.
  */
-int tether__thread_wake(tether__wake *ret);
+tether__wake tether__thread_wake(void);
 
 /* ---- poll sets: what the I/O thread watches for one connection --------------------- */
 

@@ -224,27 +224,26 @@ make_wake_key(void)
     pthread_key_create(&wake_key, free_thread_wake);
 }
 
-int
-tether__thread_wake(tether__wake *ret)
+tether__wake
+tether__thread_wake(void)
 {
     if (!thread_wake) {
         /* On the heap: the key's destructor may run after the thread's own storage is
          * gone, and a pipe's two descriptors do not fit in the key's value. */
         tether__wake *w = tether__malloc(sizeof(*w));
         if (!w) {
-            return -ENOMEM;
+            return (tether__wake){.fd = -ENOMEM, .wfd = -ENOMEM};
         }
         int r = tether__wake_init(w);
         if (r < 0) {
             tether__free(w);
-            return r;
+            return (tether__wake){.fd = r, .wfd = r};
         }
         pthread_once(&wake_key_once, make_wake_key);
         pthread_setspecific(wake_key, w);
         thread_wake = w;
     }
-    *ret = *thread_wake;
-    return 0;
+    return *thread_wake;
 }
 
 /* ---- poll sets -------------------------------------------------------------------- */

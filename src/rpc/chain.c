@@ -42,10 +42,9 @@ bucket_of(uint64_t chain)
 int
 tether__waiter_push(tether__waiter *w, uint64_t chain)
 {
-    tether__wake wake;
-    int r = tether__thread_wake(&wake);
-    if (r < 0) {
-        return r;
+    tether__wake wake = tether__thread_wake();
+    if (wake.fd < 0) {
+        return wake.fd;
     }
     *w = (tether__waiter){.chain = chain, .thread = pthread_self(), .wake = wake};
     pthread_mutex_lock(&registry_lock);
