@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 
 #include "raw-peer.h"
+#include "rpc/conn.h"
 #include "rpc/value.h"
 
 static int
@@ -335,6 +336,48 @@ Test(faults, values_nested_past_the_frame_limit_are_refused_by_the_sender)
                TETHER_EMSGSIZE);
     cr_assert_str_eq(err.type, "tether.MessageTooLarge");
     tether_error_done(&err);
+    assert_host_serves(c);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+static int
+big_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    static uint8_t big[1536 * 1024];
+    return tether_request_reply(req, "y", big, sizeof(big));
+}
+
+/* The host's output buffer for the client, as its I/O thread left it. */
+static size_t
+out_capacity(tether_host *h, const char *client)
+{
+    tether_conn *conn = NULL;
+    ASSERT_OK(tether_host_get_client(h, client, &conn));
+    pthread_mutex_lock(&conn->link.wlock);
+    size_t cap = conn->link.out.cap;
+    pthread_mutex_unlock(&conn->link.wlock);
+    tether_conn_unref(conn);
+    return cap;
+}
+
+Test(faults, a_big_output_buffer_is_kept_while_used_and_given_back_when_idle)
+{
+    tether_host *h = start_host_with(NULL);
+    ASSERT_OK(tether_host_add_service(h, "big", TETHER_CONTEXT_IO, big_handler, NULL));
+    tether_client *c = test_client_connect("bulk", NULL);
+    for (int i = 0; i < 3; i++) {
+        ASSERT_OK(tether_conn_call(tether_client_get_conn(c), "big", NULL, NULL, NULL, NULL));
+    }
+    /* Kept between calls that come close together: no fresh pages per call. */
+    cr_assert_gt(out_capacity(h, "bulk"), 1024 * 1024);
+    /* Given back once idle (1 s), so an idle client costs the host no big buffer. */
+    size_t cap = 1;
+    for (int i = 0; i < 300 && (cap = out_capacity(h, "bulk")) != 0; i++) {
+        usleep(10000);
+    }
+    cr_assert_eq(cap, 0, "the idle connection still holds %zu bytes", cap);
     assert_host_serves(c);
     tether_client_unref(c);
     tether_host_unref(h);

@@ -25,6 +25,15 @@
 #define READ_SCRATCH_KEEP (4u * 1024 * 1024)
 /* A partial frame at least this big keeps the buffer it was read into. */
 #define BIG_PARTIAL (64u * 1024)
+/* An output buffer grown past OUT_KEEP_MIN by big frames is kept while frames keep
+ * coming (a script sending megabytes call after call would otherwise fault fresh pages
+ * in every time), and given back at once past OUT_KEEP_MAX, or once it has idled for
+ * OUT_IDLE_USEC: the I/O thread times that whenever it flushed the link (so a host's
+ * idle clients hold no big buffers; a client whose caller always flushed its own frames
+ * keeps at most OUT_KEEP_MAX until it closes). */
+#define OUT_KEEP_MIN (1024u * 1024)
+#define OUT_KEEP_MAX (4u * 1024 * 1024)
+#define OUT_IDLE_USEC 1000000u
 
 static void on_poll(uv_poll_t *handle, int status, int events);
 
@@ -83,7 +92,9 @@ run_attach(tether__task *task)
         return;
     }
     uv_poll_init(tether__ioloop_uv(l->loop), &l->poll, tether__pollset_fd(&l->ps));
-    l->poll.data = l;
+    uv_timer_init(tether__ioloop_uv(l->loop), &l->trim_timer);
+    l->poll.data = l->trim_timer.data = l;
+    l->open_handles = 2;
     atomic_store(&l->attached, true);
     rewatch(l);
     l->hooks->on_attached(l);
@@ -91,7 +102,7 @@ run_attach(tether__task *task)
      * more arrive to wake the poll for them: read as if woken, which takes the reader
      * role first (a caller holding it processes them itself). */
     on_poll(&l->poll, 0, UV_READABLE);
-    /* The attach reference now belongs to the poll handle; dropped when it closes. */
+    /* The attach reference now belongs to the handles; dropped when both closed. */
 }
 
 int
@@ -195,11 +206,44 @@ flush_locked(tether__link *l)
         return n < 0 ? -errno : -EIO;
     }
     tether__pollset_want_write(&l->ps, false);
-    if (l->out.cap > 1024 * 1024) {
-        /* Give back a buffer grown by a burst. */
+    if (l->out.cap > OUT_KEEP_MAX) {
         tether__buf_done(&l->out);
+    } else if (l->out.cap > OUT_KEEP_MIN) {
+        l->out_used_usec = tether_now_usec();
+        atomic_store_explicit(&l->trim_wanted, true, memory_order_relaxed);
     }
     return 0;
+}
+
+/* Give back a big output buffer that idled long enough; else look again when it will
+ * have (I/O thread, timer). */
+static void
+on_trim_timer(uv_timer_t *t)
+{
+    tether__link *l = t->data;
+    pthread_mutex_lock(&l->wlock);
+    uint64_t idle = tether_now_usec() - l->out_used_usec;
+    bool big = l->out.cap > OUT_KEEP_MIN && tether__buf_pending(&l->out) == 0;
+    if (big && idle >= OUT_IDLE_USEC) {
+        tether__buf_done(&l->out);
+        big = false;
+    }
+    pthread_mutex_unlock(&l->wlock);
+    l->trim_running = big;
+    if (big) {
+        uv_timer_start(&l->trim_timer, on_trim_timer, (OUT_IDLE_USEC - idle) / 1000 + 1, 0);
+    }
+}
+
+/* A big output buffer drained: make sure the trim timer runs (I/O thread). */
+static void
+start_trim(tether__link *l)
+{
+    if (atomic_exchange_explicit(&l->trim_wanted, false, memory_order_relaxed) &&
+        !l->trim_running && !l->closing_handles && atomic_load(&l->attached)) {
+        l->trim_running = true;
+        uv_timer_start(&l->trim_timer, on_trim_timer, OUT_IDLE_USEC / 1000, 0);
+    }
 }
 
 int
@@ -533,6 +577,7 @@ role_release_locked(tether__link *l)
     }
 }
 
+/* Flush on the I/O thread, which also starts the trim of a big drained buffer. */
 static void
 flush_batch(tether__link *l)
 {
@@ -541,7 +586,9 @@ flush_batch(tether__link *l)
     pthread_mutex_unlock(&l->wlock);
     if (r < 0) {
         tether__link_fail(l, -ECONNRESET, "write failed");
+        return;
     }
+    start_trim(l);
 }
 
 static void
@@ -645,9 +692,12 @@ out:
 /* ---- closing ----------------------------------------------------------------------- */
 
 static void
-on_poll_closed(uv_handle_t *h)
+on_handle_closed(uv_handle_t *h)
 {
-    tether__link_unref(h->data); /* the attach reference */
+    tether__link *l = h->data;
+    if (--l->open_handles == 0) {
+        tether__link_unref(l); /* the attach reference */
+    }
 }
 
 static void
@@ -656,7 +706,8 @@ run_close(tether__task *task)
     tether__link *l = (tether__link *)((char *)task - offsetof(tether__link, close_task));
     if (atomic_load(&l->attached) && !l->closing_handles) {
         l->closing_handles = true;
-        uv_close((uv_handle_t *)&l->poll, on_poll_closed);
+        uv_close((uv_handle_t *)&l->poll, on_handle_closed);
+        uv_close((uv_handle_t *)&l->trim_timer, on_handle_closed);
     }
     l->hooks->on_closed(l);
     tether__link_unref(l); /* the close task's reference */

@@ -120,6 +120,9 @@ struct tether__link {
 
     /* I/O thread only. */
     uv_poll_t poll;
+    uv_timer_t trim_timer; /* gives back a big output buffer once it has idled */
+    int open_handles;
+    bool trim_running;
     bool in_batch; /* reading a batch: replies are flushed at its end */
     tether__task attach_task, handoff_task, close_task, rewatch_task;
     atomic_bool rewatch_posted; /* portable build: rewatch_task is queued */
@@ -131,7 +134,9 @@ struct tether__link {
     bool handoff_posted;               /* guarded by lock */
 
     pthread_mutex_t wlock;
-    tether__buf out; /* guarded by wlock */
+    tether__buf out;         /* guarded by wlock */
+    uint64_t out_used_usec;  /* guarded by wlock: when a big out last drained */
+    atomic_bool trim_wanted; /* a big out drained: the I/O thread starts the trim timer */
 
     tether__buf in; /* owned by the reader-role holder */
 
