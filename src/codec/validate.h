@@ -2,9 +2,10 @@
  * validate: checking untrusted msgpack bytes before anything trusts them.
  *
  * A peer's bytes are read twice: once here, then by whatever takes them apart (the frame
- * decoder's readers, msgpack-c's unpacker behind tether_value_get_object()). The readers
- * are bounds-checked, but msgpack-c's unpacker allocates for a declared count before it
- * reads the elements, so a 6-byte "array of 4 billion" would cost gigabytes. The check
+ * decoder's readers, the value readers, a binding's own decoder behind
+ * tether_value_get_msgpack()). The readers are bounds-checked, but a decoder that
+ * allocates for a declared count before it reads the elements (as msgpack-c's does)
+ * would let a 6-byte "array of 4 billion" cost gigabytes. The check
  * therefore compares every declared str/bin/ext length and every array/map count with the
  * bytes left before anything is allocated (an element takes at least one byte, so a count
  * larger than the bytes left is already a lie), and bounds nesting. Bytes that pass are

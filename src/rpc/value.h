@@ -1,8 +1,8 @@
 /*
  * value: tether_value internals and the format engine, for the connection code.
  *
- * A tether_value owns one copy of the encoded msgpack bytes of one item; everything
- * else (the msgpack-c object tree, NUL-terminated copies of strings read with "s") is
+ * A tether_value owns one copy of the encoded msgpack bytes of one item; what else it
+ * needs (NUL-terminated copies of strings read with "s", whether it fits in a frame) is
  * made lazily and freed with the value. Values are immutable once made, so a reference
  * may be handed to any thread; the lazy parts are made by the one thread reading it
  * (tether.h: "one thread at a time per value").
