@@ -415,6 +415,17 @@ fill_local_error(tether_error *reterr, int r, const char *method)
     tether_error_set(reterr, tether_err_type(r), "%s: %s", method ? method : "call", tether_strerror(r));
 }
 
+/* A call that fails before it starts: no result, reterr filled. Returns r. */
+static int
+refuse_call(int r, const char *method, tether_value **ret_result, tether_error *reterr)
+{
+    if (ret_result) {
+        *ret_result = NULL;
+    }
+    fill_local_error(reterr, r, method);
+    return r;
+}
+
 static void
 pending_init(tether_conn *c, tether__pending *p, const tether_call_options *opts)
 {
@@ -612,11 +623,7 @@ call_sync_format(tether_conn *c, uint64_t target, const char *method,
     request_arg a = {.target = target, .method = method, .format = format ? format : "", .ap = ap};
     int r = build_args_with_objects(&a);
     if (r < 0) {
-        if (ret_result) {
-            *ret_result = NULL;
-        }
-        fill_local_error(reterr, r, method);
-        return r;
+        return refuse_call(r, method, ret_result, reterr);
     }
     r = call_sync(c, method, &a, opts, ret_result, reterr);
     tether_value_unref(a.built);
@@ -886,11 +893,7 @@ tether_conn_call_msgpack(tether_conn *c, const char *method, const tether_msgpac
     request_arg a = {0};
     int r = msgpack_arg(&a, method, args);
     if (r < 0) {
-        if (ret_result) {
-            *ret_result = NULL;
-        }
-        fill_local_error(reterr, r, method);
-        return r;
+        return refuse_call(r, method, ret_result, reterr);
     }
     return call_sync(c, method, &a, opts, ret_result, reterr);
 }
@@ -1146,11 +1149,7 @@ tether_object_call(tether_object *obj, const char *method, const tether_call_opt
     request_arg a = {0};
     int r = object_request(obj, &method, NULL, NULL, &a);
     if (r < 0) {
-        if (ret_result) {
-            *ret_result = NULL;
-        }
-        fill_local_error(reterr, r, method);
-        return r;
+        return refuse_call(r, method, ret_result, reterr);
     }
     va_list ap;
     va_start(ap, format);
@@ -1213,11 +1212,7 @@ tether_object_call_values(tether_object *obj, const char *method, tether_value *
     request_arg a = {0};
     int r = object_request(obj, &method, args, kwargs, &a);
     if (r < 0) {
-        if (ret_result) {
-            *ret_result = NULL;
-        }
-        fill_local_error(reterr, r, method);
-        return r;
+        return refuse_call(r, method, ret_result, reterr);
     }
     return call_sync(obj->conn, method, &a, opts, ret_result, reterr);
 }
@@ -1258,11 +1253,7 @@ tether_object_call_msgpack(tether_object *obj, const char *method,
     request_arg a = {0};
     int r = object_msgpack_request(obj, &method, args, &a);
     if (r < 0) {
-        if (ret_result) {
-            *ret_result = NULL;
-        }
-        fill_local_error(reterr, r, method);
-        return r;
+        return refuse_call(r, method, ret_result, reterr);
     }
     return call_sync(obj->conn, method, &a, opts, ret_result, reterr);
 }
