@@ -239,6 +239,7 @@ Test(spawn, failures_are_clear_and_leave_nothing_running)
     tether_spawn_options no_exe = {.executable = "/nonexistent/python3", .module = "json"};
     ASSERT_ERR(tether_host_spawn(h, &no_exe, &child, &err), TETHER_ENOENT);
     cr_assert(strstr(err.message, "/nonexistent/python3"), "%s", err.message);
+    cr_assert(strstr(err.message, "no such file or directory"), "%s", err.message);
 
     tether_spawn_options not_python = {.executable = "/bin/true", .module = "json"};
     ASSERT_ERR(tether_host_spawn(h, &not_python, &child, &err), TETHER_ECONNRESET);

@@ -204,10 +204,17 @@ render(tether_value *value)
     return text;
 }
 
-/* A coordinate as Python prints a float: 1.0, -2.5, 0.1. */
+/* A coordinate as Python prints a float, to a thousandth: 1.0, -2.5, 0.1 (not 1.11022e-16
+ * for what sums of tenths leave over). */
 static const char *
 number_text(double v, char *buf, size_t size)
 {
+    if (v > -1e12 && v < 1e12) {
+        v = (double)(long long)(v * 1000.0 + (v < 0 ? -0.5 : 0.5)) / 1000.0;
+    }
+    if (v == 0.0) {
+        v = 0.0; /* no "-0.0" */
+    }
     snprintf(buf, size, "%.6g", v);
     if (!strpbrk(buf, ".eni")) { /* no fraction, exponent, nan or inf: make it read as a float */
         size_t len = strlen(buf);

@@ -186,7 +186,7 @@ def test_errors_in_the_child_arrive_with_its_traceback():
 
 
 def test_bad_interpreters():
-    with pytest.raises(FileNotFoundError, match="/nonexistent/python"):
+    with pytest.raises(FileNotFoundError, match="/nonexistent/python: no such file or directory"):
         tether.run_script("x = 1", python_exe="/nonexistent/python")
     with pytest.raises(ConnectionResetError, match="exited before connecting"):
         tether.run_script("x = 1", python_exe="/bin/true")

@@ -854,7 +854,8 @@ child_begin(tether_host *host, tether_child *child, launch *l, tether__forkserve
         close(pair[1]);
     }
     if (r < 0) {
-        return fail(reterr, r, "cannot start %s: %s", l->executable, tether_strerror(r));
+        /* The system's word for it: "no such file or directory" is about the program. */
+        return fail(reterr, r, "cannot start %s: %s", l->executable, uv_strerror(r));
     }
     if (fs && (r = wait_child(child, true, deadline)) < 0) {
         return start_failed(child, r, reterr,
