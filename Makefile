@@ -8,7 +8,8 @@
 #   make test-posix    the same with the portable platform layer (TETHER_PLATFORM=posix:
 #                      poll, pipes, no epoll or eventfd) in build-posix/: what a port to
 #                      macOS or a BSD builds, run here on Linux
-#   make bench         Release build in build-release/, run bench/run, write bench/out/
+#   make bench         Release build in build-release/, run bench/run, write its tables to
+#                      build-release/bench-out/ (BENCH_OUT=bench/out refreshes the committed ones)
 #   make demo          build, then run the demo host with an example client until Ctrl-C
 #                      (tools/demo.py $(ARGS); ARGS=--once: a bounded check, exit 0 if ok)
 #   make asan          ASan+UBSan build in build-asan/ and its ctest
@@ -38,6 +39,9 @@ CMAKE_ARGS ?=
 BUILD := build
 BUILD_POSIX := build-posix
 BUILD_RELEASE := build-release
+# Where make bench writes its tables: the build tree, so that a run leaves the committed
+# tables of bench/out/ alone unless asked (make bench BENCH_OUT=bench/out).
+BENCH_OUT ?= $(BUILD_RELEASE)/bench-out
 BUILD_ASAN := build-asan
 BUILD_TSAN := build-tsan
 BUILD_FUZZ := build-fuzz
@@ -102,7 +106,7 @@ bench:
 	$(call deps,bench)
 	$(call configure,$(BUILD_RELEASE),Release,-DTETHER_BUILD_TESTS=OFF -DTETHER_BENCH=ON)
 	$(CMAKE) --build $(BUILD_RELEASE)
-	$(PYTHON) bench/run --bin-dir $(BUILD_RELEASE)/bench --out bench/out
+	$(PYTHON) bench/run --bin-dir $(BUILD_RELEASE)/bench --out $(BENCH_OUT)
 
 # tools/demo.py starts build/tether-demo and examples/demo_client.py; options it does not
 # know (--tcp, --port, --quiet, --seconds) go to tether-demo.
