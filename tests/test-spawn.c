@@ -352,7 +352,11 @@ write_file(const char *dir, const char *name, const char *text)
 
 Test(spawn, a_fork_server_that_breaks_the_protocol_fails_the_spawn_not_the_host)
 {
-    char root[] = "/tmp/tether-fake-forkserver-XXXXXX", package[600];
+    /* mkdtemp's template: the prefix, then six placeholder letters it replaces. */
+    char root[64] = "/tmp/tether-fake-forkserver-", package[600];
+    size_t prefix = strlen(root);
+    memset(root + prefix, 'X', 6);
+    root[prefix + 6] = '\0';
     cr_assert_not_null(mkdtemp(root));
     snprintf(package, sizeof(package), "%s/tether", root);
     cr_assert_eq(mkdir(package, 0700), 0);
