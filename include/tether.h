@@ -159,13 +159,19 @@ TETHER_EXPORT int tether_error_set(tether_error *error, const char *type, const 
  *   { }   map       key, value, ...           key, value, ...; counts must match
  *   *     any       -                         (none; skips one item)
  *
+ * Strings are UTF-8 on the wire (docs/protocol.md): an "s" or "S" argument that is not
+ * valid UTF-8 is refused with TETHER_EINVAL, and so is a method name; text meant for a
+ * person (an error's message, a log record) is sent with each invalid byte replaced by
+ * U+FFFD instead.
+ *
  * ------------------------------------------------------------------------------- */
 
 typedef struct tether_value tether_value;
 
 /*
  * Build a value from a format describing exactly one item (use "[...]" for several).
- * Returns 0, TETHER_EINVAL (bad format, unbalanced brackets), TETHER_ENOMEM.
+ * Returns 0, TETHER_EINVAL (bad format, unbalanced brackets, a string not UTF-8),
+ * TETHER_ENOMEM.
  * Thread: any.
  */
 TETHER_EXPORT int tether_value_new(tether_value **ret, const char *format, ...);
@@ -173,7 +179,8 @@ TETHER_EXPORT int tether_value_newv(tether_value **ret, const char *format, va_l
 
 /*
  * Make a value from encoded msgpack bytes (copied). The bytes must hold exactly one
- * well-formed value within the default nesting limit: TETHER_EPROTO otherwise.
+ * well-formed value within the default nesting limit, its strings valid UTF-8:
+ * TETHER_EPROTO otherwise.
  * Thread: any.
  */
 TETHER_EXPORT int tether_value_new_msgpack(const void *data, size_t size, tether_value **ret);
@@ -1096,7 +1103,8 @@ typedef struct tether_client tether_client;
 typedef void (*tether_client_disconnect_fn)(void *userdata, const char *reason);
 
 typedef struct tether_client_options {
-    /* The name the host lists this client under. NULL: the program's name. */
+    /* The name the host lists this client under: UTF-8 without control characters
+     * (tether_client_new refuses others with TETHER_EINVAL). NULL: the program's name. */
     const char *name;
     /*
      * Where the host is: "unix:/path", "tcp:127.0.0.1:PORT", or a host name (its socket

@@ -380,6 +380,48 @@ Test(call, log_records_reach_the_peers_log)
     }
     cr_assert(strstr(seen, "[logger pid ") != NULL, "log line: '%s'", seen);
     cr_assert(strstr(seen, "engine: low on actors") != NULL, "log line: '%s'", seen);
+
+    /* A record cannot forge a line of the host's log or drive its terminal: control
+     * characters arrive escaped, later lines indented; bytes that are not UTF-8 arrive as
+     * U+FFFD rather than costing the record. */
+    pthread_mutex_lock(&logged_lock);
+    logged[0] = '\0';
+    pthread_mutex_unlock(&logged_lock);
+    ASSERT_OK(tether_conn_log(tether_client_get_conn(c), TETHER_LOG_WARNING, "engine",
+                              "one\nclient 'x' (pid 1) left\x1b[2J\xff"));
+    seen[0] = '\0';
+    for (int i = 0; i < 200 && !seen[0]; i++) {
+        usleep(5000);
+        pthread_mutex_lock(&logged_lock);
+        snprintf(seen, sizeof(seen), "%s", logged);
+        pthread_mutex_unlock(&logged_lock);
+    }
+    cr_assert(strstr(seen, "engine: one\n    client 'x' (pid 1) left\\x1b[2J\xef\xbf\xbd") != NULL,
+              "log line: '%s'", seen);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+Test(call, names_and_strings_that_are_not_utf8_are_refused_before_sending)
+{
+    tether_host *h = start_host();
+    tether_client *c = test_client_connect("x", NULL);
+    tether_conn *conn = tether_client_get_conn(c);
+    tether_error err = TETHER_ERROR_INIT;
+    ASSERT_ERR(tether_conn_call(conn, "pi\xffng", NULL, NULL, &err, NULL), TETHER_EINVAL);
+    tether_error_done(&err);
+    ASSERT_ERR(tether_conn_call(conn, "add", NULL, NULL, &err, "s", "\xc3("), TETHER_EINVAL);
+    tether_error_done(&err);
+    /* Nothing was sent, so the connection is as good as before. */
+    tether_value *v = NULL;
+    ASSERT_OK(tether_conn_call(conn, "add", NULL, &v, NULL, "ii", 2, 3));
+    tether_value_unref(v);
+    tether_client *bad = NULL;
+    tether_client_options o = {.name = "two\nlines"};
+    ASSERT_ERR(tether_client_new(&o, &bad), TETHER_EINVAL);
+    o.name = "caf\xc3";
+    ASSERT_ERR(tether_client_new(&o, &bad), TETHER_EINVAL);
+    cr_assert_null(bad);
     tether_client_unref(c);
     tether_host_unref(h);
 }

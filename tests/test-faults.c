@@ -152,6 +152,74 @@ Test(faults, handshake_must_come_first)
     tether_host_unref(h);
 }
 
+/* Send bytes as a new peer's first data and expect REFUSE code, then the close. */
+static void
+expect_refused(tether_host *h, const void *bytes, size_t n, const char *code)
+{
+    int fd = raw_connect(h);
+    if (n) {
+        raw_send(fd, bytes, n);
+    }
+    tether__frame f;
+    uint8_t buf[4096];
+    cr_assert_eq(raw_read_frame(fd, &f, buf, sizeof(buf)), TETHER__REFUSE);
+    cr_assert(f.method.len == strlen(code) && memcmp(f.method.ptr, code, f.method.len) == 0,
+              "refused with %.*s, want %s", (int)f.method.len, (const char *)f.method.ptr, code);
+    raw_expect_close(fd);
+    close(fd);
+}
+
+/* A frame of body as bytes: the length prefix, then the body. */
+static size_t
+framed(uint8_t *out, const void *body, size_t n)
+{
+    out[0] = (uint8_t)(n >> 24);
+    out[1] = (uint8_t)(n >> 16);
+    out[2] = (uint8_t)(n >> 8);
+    out[3] = (uint8_t)n;
+    memcpy(out + 4, body, n);
+    return n + 4;
+}
+
+/* One rule for every first frame that is not a well-formed HELLO: REFUSE "protocol". */
+Test(faults, every_malformed_hello_is_refused_as_protocol)
+{
+    tether_host *h = start_host_with(NULL);
+    tether_client *good = test_client_connect("good", NULL);
+    static const struct {
+        const char *body;
+        size_t len;
+    } bodies[] = {
+        {"\xc1", 1},                     /* not msgpack */
+        {"\x81\xa1x\x01", 4},            /* a map, not an array */
+        {"\x92\x00\x05", 3},             /* HELLO whose value is not a map */
+        {"\x92\x00\x80\x00", 4},         /* a trailing byte after the array */
+        {"\x92\x00\x81\xa4name\xa2\xc3\x28", 11}, /* a name that is not UTF-8 */
+        {"\x92\x00\x81\xa4name\xa3" "a\nb", 10},     /* a name with a control character */
+        {"\x92\x00\x81\xa4name\xa0", 8},          /* an empty name */
+    };
+    uint8_t frame[64];
+    for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+        expect_refused(h, frame, framed(frame, bodies[i].body, bodies[i].len), "protocol");
+    }
+    /* A well-formed HELLO followed, in the same frame, by one byte more. */
+    tether__buf b = TETHER__BUF_INIT;
+    ASSERT_OK(raw_encode_hello(&b, "x", 1, 1, NULL));
+    uint8_t one_more[256];
+    size_t body = tether__buf_pending(&b) - TETHER__FRAME_HEADER_SIZE;
+    framed(one_more, tether__buf_head(&b) + TETHER__FRAME_HEADER_SIZE, body);
+    one_more[TETHER__FRAME_HEADER_SIZE + body] = 0xc0;
+    framed(one_more, one_more + TETHER__FRAME_HEADER_SIZE, body + 1);
+    expect_refused(h, one_more, TETHER__FRAME_HEADER_SIZE + body + 1, "protocol");
+    tether__buf_done(&b);
+    /* A first frame over the size limit: refused before its body is read. */
+    expect_refused(h, "\x7f\xff\xff\xff", 4, "protocol");
+    assert_host_serves(good);
+    cr_assert_eq(tether_host_get_client_count(h), 1);
+    tether_client_unref(good);
+    tether_host_unref(h);
+}
+
 Test(faults, unsupported_protocol_version_is_refused)
 {
     tether_host *h = start_host_with(NULL);
@@ -186,12 +254,11 @@ Test(faults, handshake_time_limit)
 {
     tether_host_options o = {.handshake_timeout_usec = 100000};
     tether_host *h = start_host_with(&o);
-    int fd = raw_connect(h);
     uint64_t t0 = tether_now_usec();
-    raw_expect_close(fd);
+    expect_refused(h, NULL, 0, "timeout");
     uint64_t took = tether_now_usec() - t0;
     cr_assert(took >= 80000 && took < 3000000, "took %llu us", (unsigned long long)took);
-    close(fd);
+    expect_refused(h, "\x00\x00\x00\x10\x92", 5, "timeout"); /* half a frame */
     tether_host_unref(h);
 }
 
@@ -595,9 +662,6 @@ Test(faults, object_references_from_a_peer_are_checked_and_counted)
     /* A method call on an object id the host never exported. */
     send_ping_with_ref(fd, 0, 5, 42);
     expect_error(fd, &released, "tether.NoSuchObject");
-    /* Object id 0 is not an object. */
-    send_ping_with_ref(fd, 0, 0, 0);
-    expect_error(fd, &released, "tether.NoSuchObject");
     /* Releasing what it never had is ignored. */
     static const uint8_t release[] = {0x92, 0x08, 0x91, 0x92, 0xcd, 0x03, 0x09, 0x05};
     raw_send_frame(fd, release, sizeof(release));
@@ -614,6 +678,15 @@ Test(faults, object_references_from_a_peer_are_checked_and_counted)
         released += released_in(&f);
     }
     cr_assert_eq(released, 2, "both references to object 5 given back");
+    close(fd);
+
+    /* A REF that is broken (object id 0 names nothing, by definition) makes the frame
+     * malformed, as a broken ERROR does: the host closes that connection, and only it. */
+    fd = raw_session(h);
+    send_ping_with_ref(fd, 0, 0, 0);
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    cr_assert_eq(poll(&p, 1, 5000), 1);
+    cr_assert_eq(recv(fd, buf, sizeof(buf), 0), 0, "the host closes the connection");
     close(fd);
     assert_host_serves(good);
     tether_client_unref(good);

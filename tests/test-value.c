@@ -396,7 +396,7 @@ Test(value, read_type_names)
         {"\xc4\x00", 2, "bytes"},
         {"\x90", 1, "array"},
         {"\x80", 1, "map"},
-        {"\xd4\x01\x00", 3, "ref"},
+        {"\xc7\x04\x01\x93\x00\x07\xa0", 7, "ref"},
         {"\xd4\x09\x00", 3, "ext"},
     };
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
@@ -506,17 +506,27 @@ Test(value, new_msgpack_rejects_bad_bytes)
         {"\xa5"
          "abc",
          4},
-        {"\xc7\x01\x02\x01", 4}, /* ERROR ext whose payload is not [..] but 1: fine? */
+        {"\xc7\x01\x02\x01", 4},                 /* ERROR whose payload is not an array */
+        {"\xc7\x03\x02\x92\xa0\xa0", 6},         /* ERROR of two elements */
+        {"\xc7\x04\x02\x93\x01\xa0\xc0", 7},     /* ERROR whose type is not a str */
+        {"\xc7\x04\x01\x93\x00\x00\xa0", 7},     /* REF with id 0 */
+        {"\xc7\x04\x01\x93\x02\x07\xa0", 7},     /* REF owned by neither side */
+        {"\xc7\x05\x01\x93\x00\x07\xa0\x01", 8}, /* REF payload with a trailing byte */
+        {"\xa2\xc3\x28", 3},                     /* a str that is not UTF-8 */
+        {"\xa3\xed\xa0\x80", 4},                 /* a UTF-16 surrogate in UTF-8 */
+        {"\xa2\xc0\x80", 3},                     /* an overlong NUL */
+        {"\x81\xa1\xff\x01", 4},                 /* a map key that is not UTF-8 */
     };
-    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]) - 1; i++) {
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         cr_assert_eq(tether_value_new_msgpack(bad[i].bytes, bad[i].len, &v), -EPROTO, "case %zu",
                      i);
     }
     cr_assert_null(v);
-    /* An ERROR ext payload only has to be one well-formed value here. */
-    cr_assert_eq(tether_value_new_msgpack("\xc7\x01\x02\x01", 4, &v), 0);
+    /* An ERROR is [type, message, traceback or nil, ...]: elements after those are kept. */
+    cr_assert_eq(tether_value_new_msgpack("\xc7\x05\x02\x94\xa0\xa0\xc0\x90", 8, &v), 0);
     tether_value_unref(v);
-    cr_assert_eq(tether_value_new_msgpack("\xc7\x02\x02\x01\x01", 5, &v), -EPROTO);
+    cr_assert_eq(tether_value_new_msgpack("\xa7\xe2\x82\xac\xf0\x9f\x98\x80", 8, &v), 0);
+    tether_value_unref(v);
     cr_assert_eq(tether_value_new_msgpack(NULL, 3, &v), -EINVAL);
 
     /* 64 levels of nesting are allowed, 65 are not. */
@@ -668,20 +678,25 @@ Test(value, to_string)
     assert_text(v, "3.40282347e+38");
     tether_value_unref(v);
 
-    /* UTF-8 passes, broken sequences are escaped byte by byte. */
-    cr_assert_eq(tether_value_new(&v, "s",
-                                  "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xc3 \xed\xa0\x80"),
-                 0);
+    /* UTF-8 passes; a str argument that is not UTF-8 is refused, and the renderer (which
+     * also sees bytes nobody checked) escapes broken sequences byte by byte. */
+    cr_assert_eq(tether_value_new(&v, "s", "caf\xc3\xa9 \xc3"), -EINVAL);
+    cr_assert_eq(tether_value_new(&v, "S", "\xed\xa0\x80", (size_t)3), -EINVAL);
+    static const char broken[] = "\xb4" "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xc3 \xed\xa0\x80";
+    cr_assert_eq(tether__value_new_copy((const uint8_t *)broken, sizeof(broken) - 1, &v), 0);
     assert_text(v, "\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \\xc3 \\xed\\xa0\\x80\"");
     tether_value_unref(v);
 
     /* Ext values by kind. */
-    v = FROM("\x94"
+    v = FROM("\x93"
              "\xc7\x07\x01\x93\x00\x07\xa3Obj"         /* REF [0, 7, "Obj"] */
              "\xc7\x0f\x02\x93\xa9NameError\xa2hi\xc0" /* ERROR */
-             "\xc7\x03\x05\x01\x02\x03"                /* ext 5 */
-             "\xd4\x01\x05");                          /* REF holding 5: not a ref */
-    assert_text(v, "[<ref 7>, <error NameError: hi>, <ext 5: 3 bytes>, <ext 1: 1 bytes>]");
+             "\xc7\x03\x05\x01\x02\x03");               /* ext 5 */
+    assert_text(v, "[<ref 7>, <error NameError: hi>, <ext 5: 3 bytes>]");
+    tether_value_unref(v);
+    /* A REF holding 5 never passes the check; the renderer copes with it all the same. */
+    cr_assert_eq(tether__value_new_copy((const uint8_t *)"\x91\xd4\x01\x05", 4, &v), 0);
+    assert_text(v, "[<ext 1: 1 bytes>]");
     tether_value_unref(v);
 
     /* Nested maps and keys of any type. */
@@ -723,7 +738,11 @@ Test(value, error_fields)
     cr_assert_null(traceback);
     free(type);
     tether_value_unref(v);
-    v = FROM("\xc7\x05\x02\x92\xa1T\xa1m");
+    /* A payload of two elements does not pass the check; the reader refuses it anyway. */
+    size_t used;
+    cr_assert_eq(tether__msgpack_check((const uint8_t *)"\xc7\x05\x02\x92\xa1T\xa1m", 8, 64, &used),
+                 -EPROTO);
+    cr_assert_eq(tether__value_new_copy((const uint8_t *)"\xc7\x05\x02\x92\xa1T\xa1m", 8, &v), 0);
     cr_assert_eq(tether__value_error_fields(v, &type, &message, &traceback), -EINVAL);
     tether_value_unref(v);
     v = FROM("\x93\xa1T\xa1m\xc0");

@@ -15,6 +15,7 @@
 #include "codec/handshake.h"
 #include "codec/msgpack.h"
 #include "codec/validate.h"
+#include "util/utf8.h"
 
 /* ---- helpers ------------------------------------------------------------------- */
 
@@ -833,10 +834,18 @@ Test(wire, nesting_limit)
     cr_assert_eq(tether__msgpack_check((const uint8_t *)"\x90", 1, 1, &size), 0);
     cr_assert_eq(tether__msgpack_check((const uint8_t *)"\x91\x90", 2, 1, &size), -EMSGSIZE);
     cr_assert_eq(tether__msgpack_check((const uint8_t *)"\x05", 1, 0, &size), 0);
-    /* An ERROR ext holding [str, str, str] is three levels: ext, then array. */
+    /* An ERROR ext holding [str, str, str] is one level: the ext with its array. */
     const uint8_t err[] = {0xc7, 0x04, 0x02, 0x93, 0xa0, 0xa0, 0xa0};
-    cr_assert_eq(tether__msgpack_check(err, sizeof(err), 1, &size), -EMSGSIZE);
-    cr_assert_eq(tether__msgpack_check(err, sizeof(err), 2, &size), 0);
+    cr_assert_eq(tether__msgpack_check(err, sizeof(err), 0, &size), -EMSGSIZE);
+    cr_assert_eq(tether__msgpack_check(err, sizeof(err), 1, &size), 0);
+    /* So a REF inside 63 arrays is at level 64, within the default limit; one more is not. */
+    uint8_t ref_deep[80];
+    for (size_t arrays = 63; arrays <= 64; arrays++) {
+        memset(ref_deep, 0x91, arrays);
+        memcpy(ref_deep + arrays, "\xc7\x04\x01\x93\x00\x07\xa0", 7);
+        cr_assert_eq(tether__msgpack_check(ref_deep, arrays + 7, TETHER__DEFAULT_MAX_DEPTH, &size),
+                     arrays == 63 ? 0 : -EMSGSIZE, "a REF inside %zu arrays", arrays);
+    }
 
     /* Very deep input with a huge limit: clamped to the cap, no stack overflow. */
     size_t levels = 100000;
@@ -904,6 +913,23 @@ Test(wire, ref_ext_payload_checked)
     cr_assert_eq(decode(x.b, x.n, &f), -EPROTO);
     assemble(&x, &kinds[3], 8, 5, (field)F("\x91\xc7\x03\x01\x90\x01\x02"), NULL);
     cr_assert_eq(decode(x.b, x.n, &f), -EPROTO);
+    /* A broken REF makes the frame malformed, whatever is broken (docs/protocol.md). */
+    static const field broken[] = {
+        F("\x91\xd4\x01\x05"),                         /* payload not an array */
+        F("\x91\xc7\x03\x01\x92\x00\x05"),             /* two elements */
+        F("\x91\xc7\x04\x01\x93\x00\x00\xa0"),         /* id 0 */
+        F("\x91\xc7\x04\x01\x93\x02\x05\xa0"),         /* owner 2 */
+        F("\x91\xc7\x04\x01\x93\x00\xff\xa0"),         /* negative id */
+        F("\x91\xc7\x04\x01\x93\x00\x05\xc0"),         /* type name nil */
+        F("\x91\xc7\x06\x01\x93\x00\x05\xa2\xc3\x28"), /* type name not UTF-8 */
+    };
+    for (size_t i = 0; i < sizeof(broken) / sizeof(broken[0]); i++) {
+        assemble(&x, &kinds[3], 8, 5, broken[i], NULL);
+        cr_assert_eq(decode(x.b, x.n, &f), -EPROTO, "case %zu", i);
+    }
+    /* Elements after the three are walked like any value. */
+    assemble(&x, &kinds[3], 8, 5, (field)F("\x91\xc7\x06\x01\x95\x00\x05\xa0\x90\x80"), NULL);
+    cr_assert_eq(decode(x.b, x.n, &f), 0);
     /* Other ext types are opaque bytes. */
     assemble(&x, &kinds[3], 8, 5, (field)F("\x91\xc7\x02\x07\xc1\xc1"), NULL);
     cr_assert_eq(decode(x.b, x.n, &f), 0);
@@ -937,6 +963,54 @@ Test(wire, release_and_progress_lists_checked)
         tether__frame f;
         cr_assert_eq(decode(x.b, x.n, &f), cases[i].want, "case %zu", i);
     }
+}
+
+/* ---- UTF-8 ------------------------------------------------------------------------ */
+
+Test(wire, utf8_checked_and_repaired)
+{
+    static const struct {
+        const char *bytes;
+        size_t len;
+        const char *repaired; /* NULL: valid */
+    } cases[] = {
+        {"", 0, NULL},
+        {"plain ASCII, longer than one word of eight", 42, NULL},
+        {"caf\xc3\xa9", 5, NULL},
+        {"\xe2\x82\xac", 3, NULL},
+        {"\xef\xbf\xbd", 3, NULL},
+        {"\xf0\x9f\x98\x80", 4, NULL},
+        {"\xf4\x8f\xbf\xbf", 4, NULL},                                /* U+10FFFF */
+        {"\xf4\x90\x80\x80", 4, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* above */
+        {"\xc0\x80", 2, "\xef\xbf\xbd\xef\xbf\xbd"},                   /* overlong NUL */
+        {"\xe0\x80\xaf", 3, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},    /* overlong / */
+        {"\xed\xa0\x80", 3, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},    /* surrogate */
+        {"abcdefgh\xc3", 9, "abcdefgh\xef\xbf\xbd"},                    /* cut short */
+        {"\x80x", 2, "\xef\xbf\xbdx"},                                  /* lone continuation */
+        {"\xff", 1, "\xef\xbf\xbd"},
+        {"a\xc3(b", 4, "a\xef\xbf\xbd(b"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const uint8_t *p = (const uint8_t *)cases[i].bytes;
+        size_t n = cases[i].len;
+        cr_assert_eq(tether__utf8_valid(p, n), cases[i].repaired == NULL, "case %zu", i);
+        const char *want = cases[i].repaired ? cases[i].repaired : cases[i].bytes;
+        size_t size = tether__utf8_repaired_size(p, n);
+        cr_assert_eq(size, strlen(want), "case %zu", i);
+        uint8_t out[64];
+        cr_assert_eq(tether__utf8_put_repaired(out, p, n), out + size, "case %zu", i);
+        cr_assert_eq(memcmp(out, want, size), 0, "case %zu", i);
+        cr_assert(tether__utf8_valid(out, size), "case %zu repaired", i);
+    }
+    /* A sender repairs the text of an error rather than losing it. */
+    tether__buf b = TETHER__BUF_INIT;
+    cr_assert_eq(tether__encode_error_response(&b, 3, "E", "bad \xff byte", NULL), 0);
+    tether__frame f;
+    decode_ok(&b, &f);
+    tether__error_ext e;
+    cr_assert_eq(tether__error_ext_read(f.value.ptr, f.value.len, &e), 0);
+    cr_assert(span_eq_str(e.message, "bad \xef\xbf\xbd byte"));
+    tether__buf_done(&b);
 }
 
 /* ---- msgpack_check over every encoding ----------------------------------------- */
@@ -986,7 +1060,9 @@ Test(wire, check_accepts_every_type)
         F("\xc7\x00\x05"),
         F("\xc8\x00\x01\x05\x00"),
         F("\xc9\x00\x00\x00\x01\x05\x00"),
-        F("\xd4\x01\x00"), /* fixext1 REF holding the value 0 */
+        F("\xc7\x04\x01\x93\x00\x07\xa0"), /* REF [0, 7, ""] */
+        F("\xa2\xc3\xa9"),                 /* "é" */
+        F("\xa4\xf4\x8f\xbf\xbf"),         /* U+10FFFF, the last code point */
     };
     for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
         size_t size = 0;

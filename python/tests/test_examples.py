@@ -153,7 +153,7 @@ def test_asyncio_line_server(demo, runtime_dir):
         tcp_lines(port, ["Ann"], 0)
         demo.wait_for(r"error: \[asyncio_line_server pid %d\] asyncio: "
                       r"Task exception was never retrieved" % first.pid)
-        demo.wait_for(r"^ValueError: an actor named 'Ann' exists already")
+        demo.wait_for(r"^\s+ValueError: an actor named 'Ann' exists already")
 
         # Running it again stops the first run's tasks, and the first run exits.
         second = run_example("asyncio_line_server.py", args, runtime_dir, "second.out")

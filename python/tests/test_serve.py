@@ -33,6 +33,14 @@ def caller(host):
     c.close()
 
 
+def test_a_client_name_cannot_hold_control_characters(host):
+    for name in ("two\nlines", "bell\x07", "del\x7f"):
+        with pytest.raises(ValueError, match="control characters"):
+            host.connect(name=name)
+    with host.connect(name="caf\u00e9 \u2603") as c:
+        assert "caf\u00e9 \u2603" in [info[0] for info in c.root.clients()]
+
+
 def test_serve_must_be_a_known_mode(host):
     with pytest.raises(ValueError, match="serve must be one of"):
         host.connect(serve="threads")

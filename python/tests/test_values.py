@@ -200,9 +200,14 @@ def test_unhashable_map_keys_fail_cleanly():
         _tether._unpack(b"\x81\x80\x02")
 
 
-def test_invalid_utf8_from_a_peer_raises_unicode_error():
-    with pytest.raises(UnicodeDecodeError):
+def test_invalid_utf8_from_a_peer_is_malformed():
+    # The core checks every string of a frame (docs/protocol.md, Values): bytes that are
+    # not UTF-8 never reach the decoder, as a str or as a map key.
+    with pytest.raises(ValueError):
         _tether._unpack(b"\xa2\xff\xfe")
+    with pytest.raises(ValueError):
+        _tether._unpack(b"\x81\xa3\xed\xa0\x80\x01")
+    assert _tether._unpack(b"\xa2\xc3\xa9") == "\u00e9"
 
 
 def test_result_types_are_exported():

@@ -527,6 +527,9 @@ def _unopened(name, address, timeout, connect_timeout, token, runtime_dir, recon
 def _new_client(name, address, timeout, connect_timeout, token, runtime_dir, reconnect, serve):
     if serve not in SERVE_MODES:
         raise ValueError(f"serve must be one of {', '.join(map(repr, SERVE_MODES))}, not {serve!r}")
+    if name is not None and any(c < " " or c == "\x7f" for c in name):
+        # The host lists, logs and prints the name (docs/protocol.md, HELLO map).
+        raise ValueError(f"a client name cannot hold control characters: {name!r}")
     return _tether.Client(
         name if name is not None else _default_name(),
         address,

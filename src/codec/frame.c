@@ -21,6 +21,7 @@
 
 #include "codec/ext.h"
 #include "codec/validate.h"
+#include "util/utf8.h"
 
 /* ---- reading fields -------------------------------------------------------------- */
 
@@ -458,13 +459,42 @@ tether__encode_response(tether__buf *buf, uint64_t id, bool is_error, const uint
     return tether__frame_commit(buf, body, p);
 }
 
+/* A string written for a person (an error, a log record, a refusal's reason): its
+ * length once repaired (util/utf8.h), so that bytes that are not UTF-8 cost the reader a
+ * replacement character rather than the frame. */
+static int
+text_len(const char *s, size_t *ret_len)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n && !tether__utf8_valid((const uint8_t *)s, n)) {
+        n = tether__utf8_repaired_size((const uint8_t *)s, n);
+    }
+    if (n > UINT32_MAX) {
+        return -EMSGSIZE;
+    }
+    *ret_len = n;
+    return 0;
+}
+
+/* Write text of text_len() bytes: as it is when valid, else repaired. */
+static uint8_t *
+put_text(uint8_t *p, const char *s, size_t len)
+{
+    size_t raw = s ? strlen(s) : 0;
+    p = tether__mp_put_str_head(p, len);
+    if (raw == len) { /* text_len() found it valid (a repair only ever adds bytes) */
+        memcpy(p, s, raw);
+        return p + raw;
+    }
+    return tether__utf8_put_repaired(p, (const uint8_t *)s, raw);
+}
+
 int
 tether__encode_error_response(tether__buf *buf, uint64_t id, const char *type, const char *message,
                               const char *traceback)
 {
     size_t tl, ml, bl;
-    if (tether__cstr_len(type, &tl) < 0 || tether__cstr_len(message, &ml) < 0 ||
-        tether__cstr_len(traceback, &bl) < 0) {
+    if (text_len(type, &tl) < 0 || text_len(message, &ml) < 0 || text_len(traceback, &bl) < 0) {
         return -EMSGSIZE;
     }
     uint64_t payload = 1 + tether__mp_str_head_size(tl) + (uint64_t)tl +
@@ -486,9 +516,9 @@ tether__encode_error_response(tether__buf *buf, uint64_t id, const char *type, c
     *p++ = 0xc3;
     p = tether__mp_put_ext_head(p, TETHER__EXT_ERROR, (size_t)payload);
     *p++ = 0x93;
-    p = tether__mp_put_str(p, type, tl);
-    p = tether__mp_put_str(p, message, ml);
-    p = tether__mp_put_str(p, traceback, bl);
+    p = put_text(p, type, tl);
+    p = put_text(p, message, ml);
+    p = put_text(p, traceback, bl);
     return tether__frame_commit(buf, body, p);
 }
 
@@ -579,7 +609,7 @@ static int
 encode_two_str(tether__buf *b, int kind, int64_t level, const char *s1, const char *s2)
 {
     size_t l1, l2;
-    if (tether__cstr_len(s1, &l1) < 0 || tether__cstr_len(s2, &l2) < 0) {
+    if (text_len(s1, &l1) < 0 || text_len(s2, &l2) < 0) {
         return -EMSGSIZE;
     }
     bool with_level = level >= 0;
@@ -596,8 +626,8 @@ encode_two_str(tether__buf *b, int kind, int64_t level, const char *s1, const ch
     if (with_level) {
         p = tether__mp_put_int(p, level);
     }
-    p = tether__mp_put_str(p, s1, l1);
-    p = tether__mp_put_str(p, s2, l2);
+    p = put_text(p, s1, l1);
+    p = put_text(p, s2, l2);
     return tether__frame_commit(b, body, p);
 }
 

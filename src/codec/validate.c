@@ -7,9 +7,10 @@
  * where the walk goes next:
  * - an array or map opens a level of nesting whose items are counted down (a map's count
  *   is of pairs, so it opens 2 * count items);
- * - a REF or ERROR ext opens a level too, whose bound is the end of the payload: its one
- *   value must end exactly there;
- * - anything else is complete at once.
+ * - a REF or ERROR ext opens one level for the array that is its payload (the ext and its
+ *   array are one level together), after the array's leading elements were checked for
+ *   their types; the level is bounded by the payload's end, where the array must end;
+ * - a string must be valid UTF-8; anything else is complete at once.
  * A complete item closes every level it completes, and the walk ends when the outermost
  * value is complete.
  */
@@ -19,6 +20,7 @@
 
 #include "codec/ext.h"
 #include "codec/msgpack.h"
+#include "util/utf8.h"
 
 /* One entry per open level: the parent's items left, and for an ext payload the bound to
  * restore when it closes (NULL for arrays and maps). */
@@ -54,17 +56,54 @@ open_container(struct walk *w, uint64_t items)
     return 1;
 }
 
-/* A REF or ERROR ext's payload is one nested value bounded by the payload's end. */
+/*
+ * The leading elements of a REF's payload [owner 0|1, object_id > 0, type_name] or an
+ * ERROR's [type, message, traceback or nil]; elements after them are walked like any
+ * others. Returns the array's element count, or -EPROTO.
+ */
+static int64_t
+check_ext_prefix(const tether__mp_item *ext)
+{
+    tether__mp_reader r = {ext->data, ext->next};
+    uint32_t n;
+    tether__span s;
+    if (tether__mp_read_array(&r, &n) < 0 || n < 3) {
+        return -EPROTO;
+    }
+    if (ext->ext_type == TETHER__EXT_REF) {
+        int64_t owner;
+        uint64_t id;
+        if (tether__mp_read_int(&r, &owner) < 0 || (owner != 0 && owner != 1) ||
+            tether__mp_read_uint(&r, &id) < 0 || id == 0 || tether__mp_read_str(&r, &s) < 0) {
+            return -EPROTO;
+        }
+    } else if (tether__mp_read_str(&r, &s) < 0 || tether__mp_read_str(&r, &s) < 0 ||
+               (tether__mp_read_nil(&r) < 0 && tether__mp_read_str(&r, &s) < 0)) {
+        return -EPROTO;
+    }
+    return n;
+}
+
+/* A REF's or ERROR's payload: its array is the level, bounded by the payload's end. */
 static inline int
 open_ext_payload(struct walk *w, const tether__mp_item *it)
 {
+    int64_t n = check_ext_prefix(it);
+    if (n < 0) {
+        return -EPROTO;
+    }
     w->refs += it->ext_type == TETHER__EXT_REF;
     if (w->depth >= w->max_depth) {
         return -EMSGSIZE;
     }
+    tether__mp_item array;
+    if (tether__mp_item_at(it->data, it->next, &array) < 0) {
+        return -EPROTO;
+    }
     w->stack[w->depth++] = (struct level){w->left, w->lim};
     w->lim = it->next;
-    w->left = 1;
+    w->q = array.data;
+    w->left = (size_t)n;
     return 1;
 }
 
@@ -79,6 +118,9 @@ enter_item(struct walk *w, const tether__mp_item *it)
     if (it->type == TETHER__MP_EXT &&
         (it->ext_type == TETHER__EXT_REF || it->ext_type == TETHER__EXT_ERROR)) {
         return open_ext_payload(w, it);
+    }
+    if (it->type == TETHER__MP_STR && !tether__utf8_valid(it->data, (size_t)it->n)) {
+        return -EPROTO;
     }
     w->q = it->next;
     return 0;

@@ -11,8 +11,10 @@
  * larger than the bytes left is already a lie), and bounds nesting. Bytes that pass are
  * safe to unpack: memory use is bounded by a small multiple of their size.
  *
- * tether's own ext types (codec/ext.h) are checked inside: the payload of a REF or ERROR
- * ext must itself be exactly one well-formed value, and counts as one level of nesting.
+ * Every string must be valid UTF-8 (util/utf8.h). tether's own ext types (codec/ext.h)
+ * are checked inside: the payload of a REF or ERROR ext must be exactly one array that
+ * fills it, whose leading elements have the types docs/protocol.md gives (a REF's owner
+ * 0 or 1 and a nonzero id among them); the ext and its array are one level of nesting.
  * Other ext types are opaque bytes.
  */
 #ifndef TETHER_VALIDATE_H
@@ -26,8 +28,9 @@
 
 /*
  * Check that [p, p+len) starts with one complete msgpack value within limits: every
- * declared length fits in the bytes left, nesting <= max_depth, no reserved byte 0xc1.
- * Each array, map and REF/ERROR ext payload is one level of nesting. On success stores
+ * declared length fits in the bytes left, nesting <= max_depth, no reserved byte 0xc1,
+ * strings valid UTF-8, REF and ERROR payloads well formed. Each array and map is one
+ * level of nesting, and so is a REF or ERROR ext with the array inside it. On success stores
  * the value's encoded size in *ret_size (may be < len).
  * Returns 0, -EPROTO (malformed or truncated), -EMSGSIZE (depth over limit).
  */

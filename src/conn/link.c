@@ -327,6 +327,16 @@ encode_refuse(tether__buf *out, void *arg)
     return tether__encode_refuse(out, ra->code, ra->message);
 }
 
+void
+tether__link_refuse(tether__link *l, const char *code, const char *message)
+{
+    refuse_arg ra = {code, message};
+    tether__link_send(l, encode_refuse, &ra, true);
+    tether__logger_write(l->logger, TETHER_LOG_NOTICE, "refused a client: %s: %s", code,
+                         message);
+    tether__link_fail(l, -ECONNREFUSED, message);
+}
+
 static void
 handle_hello(tether__link *l, const tether__frame *f)
 {
@@ -343,12 +353,23 @@ handle_hello(tether__link *l, const tether__frame *f)
     }
     tether__buf_done(&strings);
     if (result.refuse_code) {
-        refuse_arg ra = {result.refuse_code, result.refuse_message};
-        tether__link_send(l, encode_refuse, &ra, true);
-        tether__logger_write(l->logger, TETHER_LOG_NOTICE, "refused a client: %s: %s",
-                             result.refuse_code, result.refuse_message);
-        tether__link_fail(l, -ECONNREFUSED, result.refuse_message);
+        tether__link_refuse(l, result.refuse_code, result.refuse_message);
     }
+}
+
+/* A frame that cannot be read: before the handshake is done the peer is told why
+ * (REFUSE "protocol", as for any other HELLO that is not well formed); after, the
+ * connection just closes. */
+static void
+bad_frame(tether__link *l, int code, const char *what)
+{
+    if (atomic_load(&l->state) == TETHER__LINK_HANDSHAKE) {
+        char message[160];
+        snprintf(message, sizeof(message), "the first frame must be a well-formed hello: %s", what);
+        tether__link_refuse(l, "protocol", message);
+        return;
+    }
+    protocol_error(l, code, what);
 }
 
 static int
@@ -440,7 +461,7 @@ process_input(tether__link *l, bool io_thread)
             char what[96];
             snprintf(what, sizeof(what), "frame of %u bytes over the limit of %u", len,
                      l->limits.max_frame_size);
-            protocol_error(l, -EMSGSIZE, what);
+            bad_frame(l, -EMSGSIZE, what);
             return -EMSGSIZE;
         }
         if (tether__buf_pending(&l->in) < TETHER__FRAME_HEADER_SIZE + (size_t)len) {
@@ -452,7 +473,7 @@ process_input(tether__link *l, bool io_thread)
         tether__frame f;
         int r = tether__frame_decode(body, len, &l->limits, &f);
         if (r < 0) {
-            protocol_error(l, r, r == -EMSGSIZE ? "frame over a limit" : "malformed frame");
+            bad_frame(l, r, r == -EMSGSIZE ? "frame over a limit" : "malformed frame");
             return r;
         }
         int state = atomic_load(&l->state);

@@ -165,6 +165,9 @@ int tether__link_set_peer(tether__link *l, const char *name, const char *languag
                           const char *language_version, int64_t pid);
 /* Close with a status for what waits on it (-ECONNRESET, -ECANCELED, -EPROTO ...). */
 void tether__link_fail(tether__link *l, int status, const char *reason);
+/* Refuse a peer during the handshake: send REFUSE code (a protocol word: "protocol",
+ * "timeout", ...) with message, log it, and close with -ECONNREFUSED. */
+void tether__link_refuse(tether__link *l, const char *code, const char *message);
 /* Flush what is queued (bounded in time), then close with -ECANCELED. */
 int tether__link_close(tether__link *l);
 /* Queue a frame that encode writes into the output buffer. flush_now: write it from

@@ -20,6 +20,7 @@
 #include "util/alloc.h"
 #include "util/condwait.h"
 #include "util/error.h"
+#include "util/utf8.h"
 
 #define DEFAULT_CONNECT_USEC (5ull * 1000 * 1000)
 
@@ -247,12 +248,12 @@ dup_or_null(const char *s, int *r)
 int
 tether_client_new(const tether_client_options *opts, tether_client **ret_client)
 {
-    if (!ret_client) {
-        return -EINVAL;
-    }
     tether_client_options zero = {0};
     if (!opts) {
         opts = &zero;
+    }
+    if (!ret_client || (opts->name && *opts->name && !tether__utf8_valid_name(opts->name))) {
+        return -EINVAL;
     }
     tether_client *cl = tether__calloc(1, sizeof(*cl));
     if (!cl) {

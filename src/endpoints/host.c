@@ -23,6 +23,7 @@
 #include "platform/platform.h"
 #include "rpc/value.h"
 #include "util/alloc.h"
+#include "util/utf8.h"
 
 #define DEFAULT_MAX_CLIENTS 1024u
 #define DEFAULT_HANDSHAKE_USEC (5ull * 1000 * 1000)
@@ -171,8 +172,7 @@ on_handshake_timeout(uv_timer_t *t)
     if (tether__conn_state(c) != TETHER__LINK_HANDSHAKE) {
         return;
     }
-    tether__log(c->ep, TETHER_LOG_NOTICE, "a client sent no hello in time; closing it");
-    tether__conn_fail(c, -ETIMEDOUT, "no hello within the handshake time");
+    tether__link_refuse(&c->link, "timeout", "no hello within the handshake time");
 }
 
 static void
@@ -225,6 +225,10 @@ hook_hello(tether__endpoint *ep, tether_conn *c, const tether__hello *hello,
     }
     if (!hello->name || !*hello->name) {
         refuse(result, "protocol", "%s", "the hello has no client name");
+        return;
+    }
+    if (!tether__utf8_valid_name(hello->name)) {
+        refuse(result, "protocol", "%s", "the client name is not printable UTF-8");
         return;
     }
     pthread_mutex_lock(&h->lock);

@@ -27,6 +27,7 @@
 #include "util/alloc.h"
 #include "util/condwait.h"
 #include "util/error.h"
+#include "util/utf8.h"
 
 struct tether_future {
     atomic_uint refs;
@@ -381,7 +382,7 @@ static int
 acquire_conn(tether_conn *c, const char *method, bool for_object,
              const tether_call_options *opts, tether_conn **ret)
 {
-    if (!c || !method || !*method) {
+    if (!c || !method || !*method || !tether__utf8_valid((const uint8_t *)method, strlen(method))) {
         return -EINVAL;
     }
     if (c->fork_generation != tether__fork_generation()) {

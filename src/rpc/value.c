@@ -43,6 +43,7 @@
 #include "rpc/object.h"
 #include "util/alloc.h"
 #include "util/error.h"
+#include "util/utf8.h"
 
 struct str_copy {
     size_t off;      /* offset of the string's bytes in the value */
@@ -992,6 +993,17 @@ walk_items(struct walk *w, const char **fp, size_t n)
 /* The next output pointer: only STORE and UNDO take them from the va_list. */
 #define OUT(w, type) ((w)->mode == MODE_CHECK ? (type)NULL : va_arg(*(w)->ap, type))
 
+/* A string argument: the protocol carries valid UTF-8 only, so other bytes are the
+ * caller's mistake (-EINVAL), found here rather than by the peer closing the connection. */
+static int
+put_string_arg(tether__buf *out, const char *s, size_t n)
+{
+    if (!tether__utf8_valid((const uint8_t *)s, n)) {
+        return -EINVAL;
+    }
+    return tether__mp_str(out, s, n);
+}
+
 static int
 build_scalar(struct walk *w, char c)
 {
@@ -1011,7 +1023,7 @@ build_scalar(struct walk *w, char c)
         return tether__mp_double(out, va_arg(*w->ap, double));
     case 's': {
         const char *s = va_arg(*w->ap, const char *);
-        return s ? tether__mp_str(out, s, strlen(s)) : tether__mp_nil(out);
+        return s ? put_string_arg(out, s, strlen(s)) : tether__mp_nil(out);
     }
     case 'S': {
         const char *s = va_arg(*w->ap, const char *);
@@ -1019,7 +1031,7 @@ build_scalar(struct walk *w, char c)
         if (!s && n) {
             return -EINVAL;
         }
-        return tether__mp_str(out, s ? s : "", n);
+        return put_string_arg(out, s ? s : "", n);
     }
     case 'y': {
         const void *p = va_arg(*w->ap, const void *);
