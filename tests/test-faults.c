@@ -192,11 +192,11 @@ Test(faults, every_malformed_hello_is_refused_as_protocol)
     } bodies[] = {
         {"\xc1", 1},                     /* not msgpack */
         {"\x81\xa1x\x01", 4},            /* a map, not an array */
-        {"\x92\x00\x05", 3},             /* HELLO whose value is not a map */
-        {"\x92\x00\x80\x00", 4},         /* a trailing byte after the array */
-        {"\x92\x00\x81\xa4name\xa2\xc3\x28", 11}, /* a name that is not UTF-8 */
-        {"\x92\x00\x81\xa4name\xa3" "a\nb", 10},     /* a name with a control character */
-        {"\x92\x00\x81\xa4name\xa0", 8},          /* an empty name */
+        {"\x92\x01\x05", 3},             /* HELLO whose value is not a map */
+        {"\x92\x01\x80\x00", 4},         /* a trailing byte after the array */
+        {"\x92\x01\x81\xa4name\xa2\xc3\x28", 11}, /* a name that is not UTF-8 */
+        {"\x92\x01\x81\xa4name\xa3" "a\nb", 10},     /* a name with a control character */
+        {"\x92\x01\x81\xa4name\xa0", 8},          /* an empty name */
     };
     uint8_t frame[64];
     for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
@@ -229,6 +229,21 @@ Test(faults, unsupported_protocol_version_is_refused)
     uint8_t buf[4096];
     cr_assert_eq(raw_read_frame(fd, &f, buf, sizeof(buf)), TETHER__REFUSE);
     cr_assert(f.method.len == 7 && memcmp(f.method.ptr, "version", 7) == 0);
+    close(fd);
+    tether_host_unref(h);
+}
+
+Test(faults, versions_are_read_whatever_the_size_of_their_numbers)
+{
+    tether_host *h = start_host_with(NULL);
+    int fd = raw_connect(h);
+    /* HELLO {"versions": [1, 2^64-1], "name": "v"}: it includes version 1. */
+    static const uint8_t body[] = "\x92\x01\x82\xa8versions\x92\x01\xcf\xff\xff\xff\xff\xff\xff\xff\xff"
+                                  "\xa4name\xa1v";
+    raw_send_frame(fd, body, sizeof(body) - 1);
+    tether__frame f;
+    uint8_t buf[4096];
+    cr_assert_eq(raw_read_frame(fd, &f, buf, sizeof(buf)), TETHER__WELCOME);
     close(fd);
     tether_host_unref(h);
 }

@@ -189,14 +189,18 @@ tether__encode_welcome(tether__buf *buf, const tether__welcome *welcome)
 
 /* ---- decoding -------------------------------------------------------------------- */
 
+/* A uint field (up to 2^64-1 on the wire, docs/protocol.md section 4) into 32 bits: a
+ * larger value reads as UINT32_MAX, which means the same to this side (a version past
+ * any it speaks, a limit it never reaches), so an offer such as versions [1, 2^64-1]
+ * is understood rather than refused. */
 static int
-read_u32(tether__mp_reader *r, uint32_t *ret)
+read_u32_saturated(tether__mp_reader *r, uint32_t *ret)
 {
     uint64_t v;
-    if (tether__mp_read_uint(r, &v) < 0 || v > UINT32_MAX) {
+    if (tether__mp_read_uint(r, &v) < 0) {
         return -EPROTO;
     }
-    *ret = (uint32_t)v;
+    *ret = v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
     return 0;
 }
 
@@ -253,8 +257,8 @@ static int
 read_versions(tether__mp_reader *r, tether__hello *h)
 {
     uint32_t count;
-    if (tether__mp_read_array(r, &count) < 0 || count < 2 || read_u32(r, &h->min_version) < 0 ||
-        read_u32(r, &h->max_version) < 0) {
+    if (tether__mp_read_array(r, &count) < 0 || count < 2 ||
+        read_u32_saturated(r, &h->min_version) < 0 || read_u32_saturated(r, &h->max_version) < 0) {
         return -EPROTO;
     }
     for (uint32_t j = 2; j < count; j++) {
@@ -275,7 +279,7 @@ read_field(tether__mp_reader *r, const struct field *fd, void *s, tether__buf *s
         return read_str_field(r, strings, str_at);
     case F_U32: {
         uint32_t v;
-        if (read_u32(r, &v) < 0) {
+        if (read_u32_saturated(r, &v) < 0) {
             return -EPROTO;
         }
         memcpy(at, &v, sizeof(v));
