@@ -788,6 +788,13 @@ typedef struct tether_host_options {
     /* Synchronous calls one thread may have open inside each other through call-backs
      * (64); one more fails with TETHER_ELOOP. */
     uint32_t max_call_depth;
+    /*
+     * Each client costs the host three file descriptors, so tether_host_start raises
+     * the process's soft RLIMIT_NOFILE to its hard limit (a soft limit of 1024 would
+     * admit about 330 clients). true: leave the limit as it is. Either way a peer that
+     * arrives when descriptors run out is refused with "busy", not left unanswered.
+     */
+    bool keep_fd_limit;
 
     /*
      * Built-in services to offer every client (TETHER_BUILTIN_* flags; 0: none), for

@@ -5,7 +5,10 @@
  * after each case that the host still serves.
  */
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 
 #include "raw-peer.h"
@@ -96,8 +99,8 @@ Test(faults, unknown_message_kind)
 Test(faults, wrong_type_in_a_field)
 {
     /* REQUEST with a string id. */
-    static const uint8_t body[] = {0x98, 0x04, 0xa1, 'x', 0x00, 0x00, 0xa4, 'p', 'i', 'n', 'g',
-                                   0x90, 0x80, 0x00};
+    static const uint8_t body[] = {0x98, 0x04, 0xa1, 'x', 0x00, 0x00, 0xa4,
+                                   'p',  'i',  'n',  'g', 0x90, 0x80, 0x00};
     check_dropped_for(body, sizeof(body), true);
 }
 
@@ -190,13 +193,15 @@ Test(faults, every_malformed_hello_is_refused_as_protocol)
         const char *body;
         size_t len;
     } bodies[] = {
-        {"\xc1", 1},                     /* not msgpack */
-        {"\x81\xa1x\x01", 4},            /* a map, not an array */
-        {"\x92\x01\x05", 3},             /* HELLO whose value is not a map */
-        {"\x92\x01\x80\x00", 4},         /* a trailing byte after the array */
+        {"\xc1", 1},                              /* not msgpack */
+        {"\x81\xa1x\x01", 4},                     /* a map, not an array */
+        {"\x92\x01\x05", 3},                      /* HELLO whose value is not a map */
+        {"\x92\x01\x80\x00", 4},                  /* a trailing byte after the array */
         {"\x92\x01\x81\xa4name\xa2\xc3\x28", 11}, /* a name that is not UTF-8 */
-        {"\x92\x01\x81\xa4name\xa3" "a\nb", 10},     /* a name with a control character */
-        {"\x92\x01\x81\xa4name\xa0", 8},          /* an empty name */
+        {"\x92\x01\x81\xa4name\xa3"
+         "a\nb",
+         10},                            /* a name with a control character */
+        {"\x92\x01\x81\xa4name\xa0", 8}, /* an empty name */
     };
     uint8_t frame[64];
     for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
@@ -233,13 +238,113 @@ Test(faults, unsupported_protocol_version_is_refused)
     tether_host_unref(h);
 }
 
+/* The limit at which exactly `free_slots` descriptor numbers are still free. */
+static rlim_t
+limit_leaving(int free_slots)
+{
+    int n = 0;
+    for (;; n++) {
+        if (fcntl(n, F_GETFD) < 0 && --free_slots == 0) {
+            return (rlim_t)n + 1;
+        }
+    }
+}
+
+/* The kind of the host's answer to a HELLO on a socket made earlier, and whether it
+ * says the host is out of descriptors. */
+static int
+hello_on(int fd, const char *path, bool *out_of_fds)
+{
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
+    ASSERT_OK(connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0 ? -errno : 0);
+    raw_hello(fd, 1, 1, NULL);
+    tether__frame f;
+    uint8_t buf[4096];
+    int kind = raw_read_frame(fd, &f, buf, sizeof(buf));
+    *out_of_fds =
+        kind == TETHER__REFUSE && memmem(buf, sizeof(buf), "out of file descriptors", 23) != NULL;
+    return kind;
+}
+
+Test(faults, peers_arriving_when_descriptors_run_out_are_refused_busy)
+{
+    tether_host_options o = {.keep_fd_limit = true};
+    tether_host *h = start_host_with(&o);
+    tether_client *good = test_client_connect("good", NULL);
+    const char *path = tether_host_get_address(h) + strlen("unix:");
+    enum {
+        PEERS = 5
+    };
+    int fds[PEERS];
+    for (int i = 0; i < PEERS; i++) {
+        fds[i] = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        cr_assert(fds[i] >= 0);
+    }
+    /* Room for two connections (a socket, an epoll set and a dup each), then none. */
+    struct rlimit was;
+    ASSERT_OK(getrlimit(RLIMIT_NOFILE, &was));
+    struct rlimit low = {limit_leaving(6), was.rlim_max};
+    ASSERT_OK(setrlimit(RLIMIT_NOFILE, &low));
+    int welcomed = 0, refused = 0;
+    for (int i = 0; i < PEERS; i++) {
+        bool out_of_fds = false;
+        int kind = hello_on(fds[i], path, &out_of_fds);
+        cr_assert(kind == TETHER__WELCOME || (kind == TETHER__REFUSE && out_of_fds),
+                  "peer %d: answer %d, not WELCOME or REFUSE busy (out of descriptors)", i, kind);
+        welcomed += kind == TETHER__WELCOME;
+        refused += kind == TETHER__REFUSE;
+    }
+    ASSERT_OK(setrlimit(RLIMIT_NOFILE, &was));
+    cr_assert(welcomed >= 1 && refused >= 2, "%d welcomed, %d refused", welcomed, refused);
+    for (int i = 0; i < PEERS; i++) {
+        close(fds[i]);
+    }
+    /* Descriptors back: the host accepts again, and its clients never noticed. */
+    int fd = raw_connect(h);
+    raw_hello(fd, 1, 1, NULL);
+    tether__frame f;
+    uint8_t buf[4096];
+    int kind = raw_read_frame(fd, &f, buf, sizeof(buf));
+    cr_assert_eq(kind, TETHER__WELCOME, "answer %d: %.*s", kind, 40, (const char *)buf + 4);
+    close(fd);
+    assert_host_serves(good);
+    tether_client_unref(good);
+    tether_host_unref(h);
+}
+
+Test(faults, a_host_raises_the_open_files_limit_unless_asked_not_to)
+{
+    struct rlimit was;
+    ASSERT_OK(getrlimit(RLIMIT_NOFILE, &was));
+    if (was.rlim_max <= 1024) {
+        cr_skip_test("the hard limit (%llu) leaves nothing to raise",
+                     (unsigned long long)was.rlim_max);
+    }
+    struct rlimit low = {1024, was.rlim_max};
+    ASSERT_OK(setrlimit(RLIMIT_NOFILE, &low));
+    tether_host_options keep = {.keep_fd_limit = true};
+    tether_host *h = start_host_with(&keep);
+    struct rlimit now;
+    ASSERT_OK(getrlimit(RLIMIT_NOFILE, &now));
+    cr_assert_eq(now.rlim_cur, 1024);
+    tether_host_unref(h);
+    tether_host_options dflt = {.name = "raises"};
+    h = start_host_with(&dflt);
+    ASSERT_OK(getrlimit(RLIMIT_NOFILE, &now));
+    cr_assert_eq(now.rlim_cur, was.rlim_max);
+    tether_host_unref(h);
+    ASSERT_OK(setrlimit(RLIMIT_NOFILE, &was));
+}
+
 Test(faults, versions_are_read_whatever_the_size_of_their_numbers)
 {
     tether_host *h = start_host_with(NULL);
     int fd = raw_connect(h);
     /* HELLO {"versions": [1, 2^64-1], "name": "v"}: it includes version 1. */
-    static const uint8_t body[] = "\x92\x01\x82\xa8versions\x92\x01\xcf\xff\xff\xff\xff\xff\xff\xff\xff"
-                                  "\xa4name\xa1v";
+    static const uint8_t body[] =
+        "\x92\x01\x82\xa8versions\x92\x01\xcf\xff\xff\xff\xff\xff\xff\xff\xff"
+        "\xa4name\xa1v";
     raw_send_frame(fd, body, sizeof(body) - 1);
     tether__frame f;
     uint8_t buf[4096];
@@ -395,8 +500,8 @@ Test(faults, values_nested_past_the_frame_limit_are_refused_by_the_sender)
     ASSERT_ERR(tether_conn_call(tether_client_get_conn(c), "ping", NULL, NULL, NULL, "v", v),
                TETHER_EMSGSIZE);
     /* As the args themselves: 63 levels fit beside the frame's array, 64 do not. */
-    ASSERT_OK(tether_conn_call_values(tether_client_get_conn(c), "ping", v, NULL, NULL, NULL,
-                                      NULL));
+    ASSERT_OK(
+        tether_conn_call_values(tether_client_get_conn(c), "ping", v, NULL, NULL, NULL, NULL));
     tether_value_unref(v);
     v = deep_value(64);
     ASSERT_ERR(tether_conn_call_values(tether_client_get_conn(c), "ping", v, NULL, NULL, NULL,
@@ -589,8 +694,8 @@ Test(faults, no_fd_leak_over_many_connections)
 static void
 send_ping_with_ref(int fd, uint8_t owner, uint8_t id, uint64_t target)
 {
-    uint8_t body[] = {0x98, 0x04, 0x01, 0x00, (uint8_t)target, 0xa4, 'p', 'i', 'n', 'g',
-                      0x91, 0xc7, 0x05, 0x01, 0x93, owner, id, 0xa1, 'X', 0x80, 0x00};
+    uint8_t body[] = {0x98, 0x04, 0x01, 0x00, (uint8_t)target, 0xa4, 'p',  'i', 'n',  'g', 0x91,
+                      0xc7, 0x05, 0x01, 0x93, owner,           id,   0xa1, 'X', 0x80, 0x00};
     raw_send_frame(fd, body, sizeof(body));
 }
 

@@ -13,11 +13,15 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include "codec/frame.h"
 #include "conn/transport.h"
 #include "endpoints/host.h"
 #include "platform/platform.h"
@@ -33,7 +37,8 @@ typedef struct listener {
     int fd;
     bool is_tcp;
     uv_poll_t poll;
-    bool polling;
+    bool polling; /* poll is initialised: it must be closed */
+    bool paused;  /* out of descriptors: not watched until accept_retry fires */
 } listener;
 
 struct tether_host {
@@ -46,6 +51,7 @@ struct tether_host {
     char tcp_bind[64];
     uint32_t max_clients;
     uint64_t handshake_timeout_usec;
+    bool keep_fd_limit;
     tether_client_event_fn on_client;
     void *on_client_userdata;
 
@@ -56,10 +62,16 @@ struct tether_host {
     char token[TETHER__TOKEN_HEX_LEN + 1];
     int tcp_port;
     listener unix_listener, tcp_listener;
+    /* Out of descriptors (I/O thread): one kept open to free for a refusal, and a timer
+     * that has the listeners try again when even that one is gone. */
+    int reserve_fd;
+    uv_timer_t accept_retry;
+    bool accept_retry_init;
+    bool out_of_fds_logged; /* once until a connection is served again */
 
     pthread_mutex_t lock;
-    tether_conn *conns;  /* guarded by lock: every connection, handshaking or open */
-    uint32_t conn_count; /* guarded by lock */
+    tether_conn *conns;    /* guarded by lock: every connection, handshaking or open */
+    uint32_t conn_count;   /* guarded by lock */
     uint32_t client_count; /* guarded by lock: past the handshake */
 };
 
@@ -264,8 +276,8 @@ hook_hello(tether__endpoint *ep, tether_conn *c, const tether__hello *hello,
     atomic_store(&c->link.state, TETHER__LINK_OPEN);
     tether__conn_send(c, encode_welcome, &w, true);
     tether__log(c->ep, TETHER_LOG_INFO, "client %s (pid %lld, %s%s%s) connected", c->link.peer_name,
-                (long long)c->link.peer_pid, c->link.peer_language, *c->link.peer_language_version ? " " : "",
-                c->link.peer_language_version);
+                (long long)c->link.peer_pid, c->link.peer_language,
+                *c->link.peer_language_version ? " " : "", c->link.peer_language_version);
     post_client_event(h, c, TETHER_CLIENT_CONNECTED);
     if (c->on_open) {
         c->on_open(c->on_open_arg);
@@ -307,6 +319,104 @@ serve_fd(tether_host *h, int fd, bool is_tcp, bool trusted)
     return serve_fd_conn(h, fd, is_tcp, trusted, NULL, NULL, NULL);
 }
 
+/* ---- running out of descriptors (I/O thread) ------------------------------------------ */
+
+/* Refuse a peer on a socket that never became a connection, and close it. Best effort:
+ * the socket is new, so the one small frame fits its buffer. */
+static void
+refuse_socket(int fd, const char *message)
+{
+    tether__buf b = TETHER__BUF_INIT;
+    if (tether__encode_refuse(&b, "busy", message) == 0) {
+        ssize_t n = send(fd, tether__buf_head(&b), tether__buf_pending(&b),
+                         MSG_DONTWAIT | TETHER__MSG_NOSIGNAL);
+        (void)n;
+    }
+    tether__buf_done(&b);
+    close(fd);
+}
+
+static void
+open_reserve(tether_host *h)
+{
+    if (h->reserve_fd < 0) {
+        h->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
+}
+
+static void on_listener(uv_poll_t *handle, int status, int events);
+
+static void
+on_accept_retry(uv_timer_t *t)
+{
+    tether_host *h = t->data;
+    listener *ls[2] = {&h->unix_listener, &h->tcp_listener};
+    for (int i = 0; i < 2; i++) {
+        if (ls[i]->polling && ls[i]->paused) {
+            ls[i]->paused = false;
+            uv_poll_start(&ls[i]->poll, UV_READABLE, on_listener);
+        }
+    }
+}
+
+/*
+ * accept() failed for want of descriptors. A peer waiting in the backlog would get no
+ * answer, and the level-triggered watcher would fire again at once, so: free the reserve
+ * descriptor, accept one peer into it, refuse it "busy", and take the reserve back (the
+ * way nginx and libuv handle EMFILE). One peer a time: the next one goes through
+ * accept() again, and is served if descriptors came back meanwhile. (Linux reports
+ * EMFILE with nothing waiting, too: then there is nobody to refuse.) Without a reserve
+ * (something else took the slot), stop accepting for a moment instead of spinning.
+ */
+static void
+refuse_backlog(tether_host *h, listener *l)
+{
+    if (h->reserve_fd >= 0) {
+        close(h->reserve_fd);
+        h->reserve_fd = -1;
+        int fd = tether__accept(l->fd);
+        if (fd >= 0) {
+            refuse_socket(fd, "the host is out of file descriptors");
+            if (!h->out_of_fds_logged) {
+                h->out_of_fds_logged = true;
+                tether__log(h->ep, TETHER_LOG_WARNING,
+                            "out of file descriptors: refusing new connections until some "
+                            "are free (see RLIMIT_NOFILE, ulimit -n)");
+            }
+        }
+        open_reserve(h);
+    }
+    if (h->reserve_fd < 0 && l->polling && !l->paused) {
+        if (!h->accept_retry_init) {
+            uv_timer_init(tether__ioloop_uv(h->ep->loop), &h->accept_retry);
+            h->accept_retry.data = h;
+            h->accept_retry_init = true;
+        }
+        uv_poll_stop(&l->poll);
+        l->paused = true;
+        uv_timer_start(&h->accept_retry, on_accept_retry, 100, 0);
+    }
+}
+
+/* Let this process open as many descriptors as its hard limit allows: each client costs
+ * the host three (conn/link.h), and the common soft limit of 1024 would admit about
+ * a third of max_clients. */
+static void
+raise_fd_limit(tether_host *h)
+{
+    struct rlimit lim;
+    if (getrlimit(RLIMIT_NOFILE, &lim) < 0 || lim.rlim_cur == lim.rlim_max) {
+        return;
+    }
+    rlim_t was = lim.rlim_cur;
+    lim.rlim_cur = lim.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &lim) < 0) {
+        return; /* macOS refuses an unlimited soft limit: keep what there is */
+    }
+    tether__log(h->ep, TETHER_LOG_DEBUG, "raised the open-files limit from %llu to %llu",
+                (unsigned long long)was, (unsigned long long)lim.rlim_cur);
+}
+
 static void
 on_listener(uv_poll_t *handle, int status, int events)
 {
@@ -318,6 +428,10 @@ on_listener(uv_poll_t *handle, int status, int events)
     }
     for (int i = 0; i < 64; i++) {
         int fd = tether__accept(l->fd);
+        if (fd == -EMFILE || fd == -ENFILE) {
+            refuse_backlog(h, l);
+            return;
+        }
         if (fd < 0) {
             if (fd != -EAGAIN && fd != -EINTR && fd != -ECONNABORTED) {
                 tether__log(h->ep, TETHER_LOG_WARNING, "accept failed: %s", tether_strerror(fd));
@@ -335,10 +449,14 @@ on_listener(uv_poll_t *handle, int status, int events)
             trusted = true;
         }
         int r = serve_fd(h, fd, l->is_tcp, trusted);
-        if (r < 0) {
-            tether__log(h->ep, TETHER_LOG_WARNING, "dropped a new connection: %s",
+        if (r == 0) {
+            h->out_of_fds_logged = false;
+        } else {
+            tether__log(h->ep, TETHER_LOG_WARNING, "refused a new connection: %s",
                         tether_strerror(r));
-            close(fd);
+            refuse_socket(fd, r == -EMFILE || r == -ENFILE
+                                  ? "the host is out of file descriptors"
+                                  : "the host cannot serve another connection now");
         }
     }
 }
@@ -374,6 +492,14 @@ stop_listeners(void *arg)
             close(ls[i]->fd);
             ls[i]->fd = -1;
         }
+    }
+    if (h->accept_retry_init) {
+        h->accept_retry_init = false;
+        uv_close((uv_handle_t *)&h->accept_retry, NULL);
+    }
+    if (h->reserve_fd >= 0) {
+        close(h->reserve_fd);
+        h->reserve_fd = -1;
     }
     h->ep->owner = NULL;
 }
@@ -427,6 +553,8 @@ tether_host_new(const tether_host_options *opts, tether_host **ret_host)
     h->on_client_userdata = opts->on_client_userdata;
     h->handshake_timeout_usec =
         opts->handshake_timeout_usec ? opts->handshake_timeout_usec : DEFAULT_HANDSHAKE_USEC;
+    h->keep_fd_limit = opts->keep_fd_limit;
+    h->reserve_fd = -1;
     h->no_unix = opts->no_unix;
     h->tcp = opts->tcp;
     h->tcp_port_option = opts->tcp_port;
@@ -513,6 +641,10 @@ undo_start(tether_host *h)
     if (h->token_path) {
         unlink(h->token_path);
     }
+    if (h->reserve_fd >= 0) {
+        close(h->reserve_fd);
+        h->reserve_fd = -1;
+    }
     tether__free(h->unix_path);
     tether__free(h->address);
     tether__free(h->token_path);
@@ -598,6 +730,10 @@ tether_host_start(tether_host *h)
                     h->runtime_dir, tether_strerror(r));
         goto fail;
     }
+    if (!h->keep_fd_limit) {
+        raise_fd_limit(h);
+    }
+    open_reserve(h);
     r = 0;
     if (!h->no_unix && (r = listen_unix(h)) < 0) {
         goto fail;
@@ -612,9 +748,8 @@ tether_host_start(tether_host *h)
         tether__ioloop_run_sync(h->ep->loop, start_listener, &h->tcp_listener);
     }
     if (h->tcp_port >= 0) {
-        tether__log(h->ep, TETHER_LOG_INFO, "host '%s' listening on %s and tcp:%s:%d",
-                    h->ep->name, h->address ? h->address : "no unix socket", h->tcp_bind,
-                    h->tcp_port);
+        tether__log(h->ep, TETHER_LOG_INFO, "host '%s' listening on %s and tcp:%s:%d", h->ep->name,
+                    h->address ? h->address : "no unix socket", h->tcp_bind, h->tcp_port);
     } else {
         tether__log(h->ep, TETHER_LOG_INFO, "host '%s' listening on %s", h->ep->name,
                     h->address ? h->address : "no socket (socket pairs only)");
@@ -758,7 +893,8 @@ tether_host_list_clients(tether_host *h, tether_client_info **ret_infos, size_t 
             continue;
         }
         tether_client_info *info = &infos[--i];
-        const char *src[3] = {c->link.peer_name, c->link.peer_language, c->link.peer_language_version};
+        const char *src[3] = {c->link.peer_name, c->link.peer_language,
+                              c->link.peer_language_version};
         const char **dst[3] = {&info->name, &info->language, &info->language_version};
         for (int k = 0; k < 3; k++) {
             size_t len = strlen(src[k]) + 1;
