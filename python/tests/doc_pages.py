@@ -111,6 +111,18 @@ def marked(path, kind, language=None):
             and (language is None or b.language == language)]
 
 
+def shape(text):
+    """text with its numbers, versions and paths made alike and its spacing collapsed: what
+    a listing must share with the real output, whose pids, times and paths differ."""
+    text = re.sub(r"/\S*/", "/.../", text)
+    text = re.sub(r"\d+(\.\d+)*", "N", text)
+    return [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+
+
+def same_shape(documented, real):
+    return shape(documented) == shape(real)
+
+
 def github_anchor(heading):
     """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to '-'."""
     text = re.sub(r"[^\w\- ]", "", heading.strip().lower())

@@ -26,7 +26,8 @@ import tether
 from tether import _connection
 
 from conftest import SOURCE_DIR
-from doc_pages import RUNNABLE, blocks, broken_links, fenced_blocks, pages, read_lines
+from doc_pages import (RUNNABLE, blocks, broken_links, fenced_blocks, pages, read_lines,
+                       same_shape)
 
 DOCS = os.path.join(SOURCE_DIR, "docs")
 PYTHON_MD = os.path.join(DOCS, "python.md")
@@ -233,14 +234,3 @@ def test_the_versions_printed_are_as_shown():
     assert same_shape(block.source, out), f"{block.where}:\n{block.source}\nbut:\n{out}"
     assert f"tether {tether.__version__}\n" in out
 
-
-def shape(text):
-    """text with its numbers, versions and paths made alike and its spacing collapsed: what
-    a listing must share with the real output, whose pids, times and paths differ."""
-    text = re.sub(r"/\S*/", "/.../", text)
-    text = re.sub(r"\d+(\.\d+)*", "N", text)
-    return [" ".join(line.split()) for line in text.splitlines() if line.strip()]
-
-
-def same_shape(documented, real):
-    return shape(documented) == shape(real)
