@@ -115,7 +115,9 @@ def shape(text):
     """text with its numbers, versions and paths made alike and its spacing collapsed: what
     a listing must share with the real output, whose pids, times and paths differ."""
     text = re.sub(r"/\S*/", "/.../", text)
-    text = re.sub(r"\d+(\.\d+)*", "N", text)
+    # A number with its unit: 3.11.2, 1m12s, 2s, 1.2 KiB and 446 B are all N.
+    text = re.sub(r"\d[\d.]*(?:[a-z]+\d[\d.]*)*(?:(?<=\d)(?:ms|s|m|h)\b)?"
+                  r"(?:\s?(?:KiB|MiB|GiB|B)\b)?", "N", text)
     return [" ".join(line.split()) for line in text.splitlines() if line.strip()]
 
 
