@@ -70,10 +70,10 @@ void queue_push(void *queue, struct job *job);
 
 /* The variables fragments use as given: the host or client at hand, a connection, the
  * request being served, a result and error, and the values they pass. */
-#define DOC_FRAGMENT_ASSUMES                                                                   \
-    tether_host *host, tether_client *client, tether_conn *conn, tether_conn *script,          \
-        tether_request *req, tether_value *result, tether_error error, tether_value *n, int r, \
-        int64_t id, const void *data, size_t size, int my_socket, int epfd, int x, int y,     \
+#define DOC_FRAGMENT_ASSUMES                                                                       \
+    tether_host *host, tether_client *client, tether_conn *conn, tether_conn *script,              \
+        tether_request *req, tether_value *result, tether_error error, tether_value *n, int r,     \
+        int64_t id, const void *data, size_t size, int my_socket, int epfd, int x, int y,          \
         struct unit *unit, struct scene scene, struct actor *actor DOC_FRAGMENT_MORE
 
 #endif

@@ -234,3 +234,13 @@ def test_the_versions_printed_are_as_shown():
     assert same_shape(block.source, out), f"{block.where}:\n{block.source}\nbut:\n{out}"
     assert f"tether {tether.__version__}\n" in out
 
+
+
+def test_a_block_without_a_known_marker_is_refused(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# Page\n\n```sh\nls\n```\n\n<!-- runable -->\n```python\npass\n```\n\n"
+                    "<!-- checked -->\n```\nout\n```\n\n<!-- not run: a diagram -->\n```\n"
+                    "+--+\n```\n\n<!-- compiled: rust -->\n  ```c\nint x;\n  ```\n")
+    found = blocks(str(page))
+    assert [runner(b) for b in found] == [None, None, None, "nobody (not run)", None]
+    assert [b.language for b in found] == ["sh", "python", "", "", "c"]
