@@ -158,6 +158,38 @@ def test_terminate_daemon_and_with():
     eventually(lambda: gone(pid), what="the end of the with block")
 
 
+def test_terminate_daemon_from_any_proxy_of_the_child(caplog, conn):
+    logger = logging.getLogger("test.spawner.any")
+    with caplog.at_level(logging.INFO, logger="test.spawner.any"):
+        p = tether.run_script(SCRIPT, logger=logger)
+        pid = p.pid
+        box = p.box
+        del p
+        gc.collect()
+        assert not isinstance(box, tether.ChildProxy)  # an object's proxy, not the root
+        tether.terminate_daemon(box)
+        eventually(lambda: gone(pid), what="terminate_daemon from a sub-object's proxy")
+        with pytest.raises(tether.NotConnectedError):
+            box.get()
+        tether.terminate_daemon(box)  # once ended, nothing more to do
+    messages = [r.getMessage() for r in caplog.records if r.name == "test.spawner.any"]
+    assert messages.count(f"terminated child {pid}") == 1
+
+    # The root's proxy works too.
+    with tether.run_script("x = 1") as q:
+        tether.terminate_daemon(q)
+        assert q.wait(timeout=5) is not None
+
+    # Anything else is refused, and the remote object keeps its own terminate_daemon.
+    with pytest.raises(TypeError, match="needs a tether.Proxy, not int"):
+        tether.terminate_daemon(3)
+    with pytest.raises(TypeError, match="spawned child"):
+        tether.terminate_daemon(conn.root.make_counter(1))
+    with tether.run_script("class Job:\n    def terminate_daemon(self):\n"
+                           "        return 'its own'\njob = Job()\n") as r:
+        assert r.job.terminate_daemon() == "its own"
+
+
 def test_the_spawner_reports_to_its_logger(caplog):
     logger = logging.getLogger("test.spawner")
     with caplog.at_level(logging.INFO, logger="test.spawner"):

@@ -22,7 +22,8 @@ import weakref
 
 from . import _proxy, _tether
 
-__all__ = ["ChildProxy", "InstanceDefinition", "run_module", "run_object", "run_script"]
+__all__ = ["ChildProxy", "InstanceDefinition", "run_module", "run_object", "run_script",
+           "terminate_daemon"]
 
 _host = None
 _host_lock = threading.Lock()
@@ -53,7 +54,8 @@ class InstanceDefinition:
 class ChildProxy(_proxy.Proxy):
     """The proxy of a child's root object (a module, or the object run_object made),
     with the child's lifetime attached: ``pid``, ``terminate_daemon()``, ``wait()``, and
-    use as a context manager. Those few names are the proxy's own; reach an object's
+    use as a context manager (``tether.terminate_daemon(proxy)`` does the same from any
+    proxy of the child). Those few names are the proxy's own; reach an object's
     attribute of the same name with ``proxy.__getattr__`` through getattr on the child,
     e.g. ``proxy["pid"]`` is not it: use a function of the child instead."""
 
@@ -65,9 +67,7 @@ class ChildProxy(_proxy.Proxy):
 
     def terminate_daemon(self):
         """End the child now. Proxies to its objects raise NotConnectedError afterwards."""
-        child = _owner(self)
-        if child.terminate():
-            child.logger.info("terminated child %d", child.pid)
+        terminate_daemon(self)
 
     def wait(self, timeout=None):
         """Wait for the child to exit: its exit status (minus the signal that ended it),
@@ -112,6 +112,24 @@ _children = weakref.WeakValueDictionary()
 
 def _owner(proxy):
     return object.__getattribute__(proxy, "_tether_owner")
+
+
+def terminate_daemon(proxy):
+    """End the child that holds proxy's object, now: the same as the root's
+    ``terminate_daemon()``, from any proxy of the child (``tether.terminate_daemon(child.box)``).
+
+    A function rather than a method, so that it never hides an attribute of the remote
+    object. TypeError if proxy is not a tether.Proxy of a spawned child's object (a host's
+    object, say). Ending a child that has ended already does nothing.
+    """
+    if not isinstance(proxy, _proxy.Proxy):
+        raise TypeError(f"terminate_daemon needs a tether.Proxy, not {type(proxy).__name__}")
+    child = _owner(proxy)
+    if child is None:
+        raise TypeError("terminate_daemon needs a proxy of a spawned child's object; "
+                        "this one stands for an object of a host or client")
+    if child.terminate():
+        child.logger.info("terminated child %d", child.pid)
 
 
 def owner_for(ref):
