@@ -122,6 +122,48 @@ def test_run_module_by_name_and_by_path(tmp_path):
         assert p.VALUE == "from a file"
 
 
+PATH_PROBE = """
+import os, sys
+def where():
+    return __file__
+def path():
+    return sys.path
+def stdlib():
+    return os.path.dirname(os.__file__)
+"""
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_the_child_imports_what_the_parent_can(tmp_path, monkeypatch, warm):
+    here = tmp_path / "absolute"
+    here.mkdir()
+    (here / "parent_only_mod.py").write_text(PATH_PROBE)
+    relative = tmp_path / "relative"
+    relative.mkdir()
+    (relative / "relative_only_mod.py").write_text(PATH_PROBE)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    # Not on the parent's path: the child cannot import it either.
+    with pytest.raises(ModuleNotFoundError, match="parent_only_mod"):
+        tether.run_module("parent_only_mod", warm=warm)
+
+    monkeypatch.syspath_prepend(str(here))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend("relative")  # relative to this process's directory
+    with tether.run_module("parent_only_mod", cwd=elsewhere, warm=warm) as m:
+        assert m.where() == str(here / "parent_only_mod.py")
+        path = m.path()
+        # The parent's entries come after the child's own: its standard library first.
+        assert path.index(str(here)) > path.index(m.stdlib())
+        assert path.count(str(here)) == 1
+    with tether.run_module("relative_only_mod", cwd=elsewhere, warm=warm) as m:
+        assert m.where() == str(relative / "relative_only_mod.py")
+    with tether.run_object(tether.InstanceDefinition("parent_only_mod", "where"),
+                           warm=warm) as where:
+        assert str(where) == str(here / "parent_only_mod.py")  # the root: a proxy of a str
+
+
 def test_run_object_from_a_module_builtins_and_a_script():
     with tether.run_object(tether.InstanceDefinition("io", "StringIO", "hello, world!")) as s:
         assert s.getvalue() == "hello, world!"

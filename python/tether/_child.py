@@ -30,6 +30,15 @@ def _die_with_parent(parent):
         os._exit(1)  # the parent died before the guard was set
 
 
+def _append_parent_sys_path(value):
+    """A Python parent's sys.path entries (tether._spawn), after our own: modules the
+    parent can import import here too, while this interpreter's standard library and
+    packages come first (it may be another Python than the parent's)."""
+    for entry in value.split(os.pathsep):
+        if entry and entry not in sys.path:
+            sys.path.append(entry)
+
+
 def _fresh_module(name, source, filename):
     """A new module holding the result of running source."""
     module = types.ModuleType(name)
@@ -95,6 +104,7 @@ def main():
     fd = int(os.environ.pop("TETHER_CHILD_FD"))
     name = os.environ.pop("TETHER_CHILD_NAME", "child")
     _die_with_parent(int(os.environ.pop("TETHER_CHILD_PARENT", "0") or 0))
+    _append_parent_sys_path(os.environ.pop("TETHER_CHILD_SYS_PATH", ""))
     # Output goes to a pipe: line buffering makes each print reach the parent at once.
     for stream in (sys.stdout, sys.stderr):
         try:

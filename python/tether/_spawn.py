@@ -3,8 +3,9 @@
 Each starts a Python interpreter (any CPython 3.10+, ``python_exe=``) as a child process
 that runs a script, a module or an object and hands back its root object by reference:
 the caller gets a ``ChildProxy`` and works with the child's objects as if they were
-local. The child needs nothing installed (tether's package is put on its path) and
-prints to this process's stdout and stderr, each line prefixed with its pid.
+local. The child needs nothing installed (tether's package is put on its path), finds
+what this process can import (its sys.path ends with ours) and prints to this
+process's stdout and stderr, each line prefixed with its pid.
 
 The child lives as long as some proxy to one of its objects does: when the last one is
 garbage collected it is terminated. ``proxy.terminate_daemon()`` ends it at once, and
@@ -17,6 +18,7 @@ first use; everything is the core's tether_host_spawn (see docs/spawning.md).
 
 import logging
 import os
+import sys
 import threading
 import weakref
 
@@ -30,6 +32,8 @@ _host_lock = threading.Lock()
 # The package directory children import tether from: the one this process uses.
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DEFAULT_LOGGER = logging.getLogger("tether")
+# How this process's sys.path reaches the child, which appends it to its own (_child.main).
+_SYS_PATH_VARIABLE = "TETHER_CHILD_SYS_PATH"
 
 
 class InstanceDefinition:
@@ -148,9 +152,8 @@ def _get_host():
 
 def _spawn(logger, python_exe, env, cwd, args, name, timeout, warm, **what):
     logger = logger or _DEFAULT_LOGGER
-    env_entries = None
-    if env:
-        env_entries = [k if v is None else f"{k}={v}" for k, v in env.items()]
+    env_entries = [k if v is None else f"{k}={v}" for k, v in (env or {}).items()]
+    env_entries.append(f"{_SYS_PATH_VARIABLE}={_parent_sys_path()}")
     logger.info("spawning %s (%s%s)", python_exe or "python3", _describe(what),
                 ", warm" if warm else "")
     child = _get_host().spawn(
@@ -168,6 +171,20 @@ def _spawn(logger, python_exe, env, cwd, args, name, timeout, warm, **what):
     _children[child.conn_key] = owner
     logger.info("child %d started", owner.pid)
     return _proxy.make_proxy(child.root_ref(), ChildProxy, owner)
+
+
+def _parent_sys_path():
+    """This process's sys.path, made absolute ("" is the current directory), for the
+    child: what we can import, it can too. An entry holding os.pathsep cannot be told
+    apart in the variable and is left out, as PYTHONPATH would have to."""
+    entries = []
+    for entry in sys.path:
+        if not isinstance(entry, str) or os.pathsep in entry:
+            continue
+        entry = os.path.abspath(entry or os.curdir)
+        if entry not in entries:
+            entries.append(entry)
+    return os.pathsep.join(entries)
 
 
 def _describe(what):
