@@ -80,6 +80,74 @@ def test_run_script_gives_a_proxy_for_the_module(python_exe, capfd):
         eventually(lambda: "child says hi" in capfd.readouterr().out + "", what="output")
 
 
+FIRST_LEVEL = textwrap.dedent(
+    """
+    import collections, enum
+    odct = collections.OrderedDict([("b", 2), ("a", 1)])
+    names = ["a", "b"]
+    table = {"k": [1, 2]}
+    pair = (1, [2])
+    count, ratio, title, blob, nothing, flag = 41, 0.5, "t", b"b", None, True
+
+    class Color(enum.IntEnum):
+        RED = 1
+
+    red = Color.RED
+
+    class Job:
+        def __init__(self):
+            self.items = [1, 2]
+
+    job = Job()
+
+    def get(name):
+        return globals()[name]
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["script", "module"])
+def test_first_level_variables_are_proxies_results_plain_values(kind, tmp_path):
+    if kind == "script":
+        child = tether.run_script(FIRST_LEVEL)
+    else:
+        (tmp_path / "first_level_mod.py").write_text(FIRST_LEVEL)
+        child = tether.run_module("first_level_mod", path=tmp_path / "first_level_mod.py")
+    with child:
+        # Containers, subclasses included, stay in the child: their type and identity kept.
+        odct = child.odct
+        assert tether.is_proxy(odct)
+        assert repr(odct) == "OrderedDict([('b', 2), ('a', 1)])"
+        assert list(odct) == ["b", "a"] and odct["a"] == 1
+        odct["c"] = 3
+        child.names.append("c")
+        child.table["k"].append(3)  # an item of a proxy: a copy, as a call's result
+        assert child.get("names") == ["a", "b", "c"]
+        assert child.get("odct") == {"b": 2, "a": 1, "c": 3}
+        assert child.get("table") == {"k": [1, 2]}
+        pair = child.pair
+        assert tether.is_proxy(pair) and str(pair) == "(1, [2])" and len(pair) == 2
+        assert child.get("pair") == [1, [2]]  # a call's result: a plain copy, a list
+        assert tether.is_proxy(child.red) and str(child.red) == "1"  # an int subclass
+        # Immutable scalars are values.
+        assert child.count + 1 == 42
+        assert (child.ratio, child.title, child.blob, child.nothing, child.flag) == (
+            0.5, "t", b"b", None, True)
+        # The attributes of other proxies are plain data by value.
+        job = child.job
+        assert tether.is_proxy(job) and job.items == [1, 2]
+        items = job.items
+        items.append(3)
+        assert job.items == [1, 2]
+        # Setting a first-level variable sends the value; reading it gives a proxy.
+        child.names = ["z"]
+        assert tether.is_proxy(child.names) and child.get("names") == ["z"]
+
+    # The root of run_object is an object, not a namespace: its attributes are values.
+    with tether.run_object(tether.InstanceDefinition(None, "Job"), script=FIRST_LEVEL) as job:
+        assert job.items == [1, 2] and not tether.is_proxy(job.items)
+
+
 def test_output_is_prefixed_with_the_childs_pid(capfd):
     p = tether.run_script("import sys\nprint('out line')\nprint('err line', file=sys.stderr)\n")
     pid = p.pid

@@ -77,10 +77,14 @@ def _load_module(spec):
 
 def start(spec):
     """What the parent asked for: the root object it gets a proxy to (by reference even
-    when it is plain data, such as a dict)."""
-    from ._proxy import ByReference
+    when it is plain data, such as a dict). A script's or module's first-level variables
+    go by reference too (see _proxy.first_level)."""
+    from . import _proxy
 
-    return ByReference(_root(spec))
+    root = _root(spec)
+    if spec["kind"] != "object":
+        _proxy.first_level = root
+    return _proxy.ByReference(root)
 
 
 def _root(spec):

@@ -203,7 +203,9 @@ def run_script(source=None, *, path=None, python_exe=None, env=None, cwd=None, a
 
     source: Python source text, loaded as a fresh module; or path= a file. The proxy
     stands for that module: ``proxy.foo`` is the child's first-level variable foo (a
-    proxy itself, unless plain data), ``proxy.f(1)`` calls its function f there.
+    proxy itself, containers included, unless an immutable scalar: None, bool, int,
+    float, str, bytes), ``proxy.f(1)`` calls its function f there and returns its
+    result (by value when plain data).
     python_exe: the interpreter (a path or a name in PATH; default python3). env: a dict
     of environment variables to set (None as value: remove). cwd, args (sys.argv[1:]).
     logger: where spawning is reported (default: the "tether" logger). timeout: seconds
