@@ -230,6 +230,18 @@ def test_stop_from_the_block_itself_and_the_name_is_free_afterwards(own_runtime_
     run, after = asyncio.run(main())
     assert run.reason == "done here" and run.cancelled == [] and after == 0
 
+    async def after_the_block():
+        async with tether.named_run("ended") as run:
+            pass
+        bystander = asyncio.create_task(asyncio.sleep(0.05))
+        run.stop("too late")  # the block is over: nothing of the loop is touched
+        await bystander
+        return run.reason
+
+    assert asyncio.run(after_the_block()) is None
+    with pytest.raises(RuntimeError, match="has not been entered"):
+        tether.named_run("unentered").stop()
+
 
 def test_an_exception_in_the_block_goes_through_and_frees_the_name(own_runtime_dir):
     async def main():
@@ -247,6 +259,9 @@ def test_names_and_misuse(own_runtime_dir, monkeypatch):
     for bad in ("", None, 3):
         with pytest.raises(ValueError, match="non-empty str"):
             tether.named_run(bad)
+    for bad in (-1, "5", None, float("nan")):
+        with pytest.raises(ValueError, match="timeout is a number"):
+            tether.named_run("job", timeout=bad)
     with pytest.raises(TypeError, match="async with"):
         with tether.named_run("sync"):
             pass

@@ -108,6 +108,8 @@ class NamedRun:
     def __init__(self, name, *, timeout=10.0):
         if not isinstance(name, str) or not name:
             raise ValueError(f"a run's name is a non-empty str, not {name!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+            raise ValueError(f"timeout is a number of seconds, 0 or more, not {timeout!r}")
         self.name = name
         self.timeout = timeout
         self.previous = None
@@ -130,6 +132,7 @@ class NamedRun:
         self._cancelled_block = False
         self._waiting = []  # transports of new runs waiting for our answer
         self._entered = False
+        self._over = False  # the block has ended
 
     def __repr__(self):
         state = "running" if self.reason is None else f"stopped ({self.reason})"
@@ -223,8 +226,11 @@ class NamedRun:
     def stop(self, reason="stopped"):
         """Stop the run: cancel every task of its loop, the block's own included; the block
         ends quietly once they have finished. Call it on the loop's thread (a callback, a
-        task, a handler of loop.add_signal_handler); a second call changes nothing."""
-        if self.reason is not None or self._task is None:
+        task, a handler of loop.add_signal_handler); a second call, or one after the block,
+        changes nothing. RuntimeError before the block is entered."""
+        if self._task is None:
+            raise RuntimeError(f"the named run {self.name!r} has not been entered")
+        if self.reason is not None or self._over:
             return
         self.reason = reason
         for task in asyncio.all_tasks(self._loop):
@@ -238,7 +244,7 @@ class NamedRun:
     async def wait(self):
         """Wait until the run is stopped: stop() cancels this wait with the rest of the
         block, which then ends quietly. For a block that has nothing else to await."""
-        if self.reason is None:
+        if self.reason is None and not self._over:
             await self._loop.create_future()  # never set: only the stop's cancel ends it
 
     def _replace(self, pid, transport):
@@ -276,6 +282,7 @@ class NamedRun:
 
     def _let_go(self):
         """Answer the runs waiting for us, stop listening, and release the name."""
+        self._over = True
         if self._server is not None:
             self._server.close()
         answer = json.dumps({"pid": os.getpid(), "reason": self.reason or "ended",
