@@ -22,84 +22,29 @@ exception is not lost: asyncio reports "Task exception was never retrieved" to t
 exception handler, and tether forwards the loop's errors to the host's log, where it
 appears with its traceback.
 
-Running the script again replaces the previous run: the new one finds the previous one
-through a lock file beside the host's socket (RUNTIME_DIR/NAME@HOST.pid, held with
-flock while a run is alive), sends it SIGUSR1 and waits for it to go. On that signal
-(and on SIGINT, or SIGTERM, which is also what the host's Disconnect makes a client
-send itself: `tether -H demo disconnect asyncio_line_server`) a run cancels all its
-tasks, tells the host's log how many it cancelled, and exits 0.
+Running the script again replaces the previous run: a run takes the name NAME@HOST with
+tether.named_run, so a new run stops the one before it, which cancels all its tasks and
+tells the new one which ("replaced the previous run (pid N), which cancelled 3 tasks
+(...)"). Stopped that way, or on SIGINT, or SIGTERM (also what the host's Disconnect
+makes a client send itself: `tether -H demo disconnect asyncio_line_server`), a run
+cancels all its tasks, tells the host's log how many it cancelled, and exits 0.
 
 --seconds N stops after N seconds (the tests use it), as a signal would.
 """
 
 import argparse
 import asyncio
-import errno
-import fcntl
 import os
-import re
 import signal
 import sys
-import time
 
 import tether
 
-STOP_SIGNALS = {signal.SIGUSR1: "a new run replaces this one", signal.SIGINT: "SIGINT",
-                signal.SIGTERM: "SIGTERM"}
+STOP_SIGNALS = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 
 
 def say(text):
     print(f"{os.path.basename(sys.argv[0])}[{os.getpid()}]: {text}", flush=True)
-
-
-# ---- one run at a time --------------------------------------------------------------------
-
-
-def runtime_dir():
-    """Where hosts put their sockets, as libtether chooses it."""
-    if os.environ.get("TETHER_RUNTIME_DIR"):
-        return os.environ["TETHER_RUNTIME_DIR"]
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "tether")
-    return f"/tmp/tether-{os.getuid()}"
-
-
-def take_over(name, host, wait=10.0):
-    """Hold the lock of this script's runs against host, stopping the run that holds it.
-
-    Returns the open lock file (keep it open: the lock goes with the process)."""
-    directory = runtime_dir()
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    key = re.sub(r"[^A-Za-z0-9_.-]", "_", host or os.environ.get("TETHER_ADDRESS") or "default")
-    path = os.path.join(directory, f"{name}@{key}.pid")
-    f = open(path, "a+")
-    deadline = time.monotonic() + wait
-    signalled = None
-    while True:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-        if signalled is None:
-            f.seek(0)
-            text = f.read().strip()
-            signalled = int(text) if text.isdigit() else 0
-            if signalled:
-                say(f"stopping the previous run (pid {signalled})")
-                try:
-                    os.kill(signalled, signal.SIGUSR1)
-                except ProcessLookupError:
-                    pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"the previous run (pid {signalled}) holds {path} still")
-        time.sleep(0.05)
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    return f
 
 
 # ---- the tasks ------------------------------------------------------------------------------
@@ -109,11 +54,9 @@ class Run:
     def __init__(self, host, interval):
         self.host = host  # the tether.Connection
         self.interval = interval
-        self.tasks = set()  # every task of this run, so that stop() can cancel them
+        self.tasks = set()  # the tasks this run started, held while they run
         self.actors = []  # proxies of the actors this run spawned
         self.spawned = 0
-        self.stopping = asyncio.Event()
-        self.reason = None
 
     def start(self, coro, name):
         """A task of this run that nobody awaits: it leaves the set when done, so its
@@ -123,17 +66,10 @@ class Run:
         task.add_done_callback(self.tasks.discard)
         return task
 
-    def stop(self, reason):
-        if self.reason is None:
-            self.reason = reason
-        self.stopping.set()
-
     # A TCP peer: each line spawns an actor, in a task of its own.
     async def serve_peer(self, reader, writer):
-        task = asyncio.current_task()  # started by the server: one of ours too
-        task.set_name("tcp peer {}:{}".format(*writer.get_extra_info("peername")[:2]))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        asyncio.current_task().set_name(
+            "tcp peer {}:{}".format(*writer.get_extra_info("peername")[:2]))
         try:
             while line := await reader.readline():
                 name = line.decode("utf-8", "replace").strip()
@@ -176,36 +112,38 @@ class Run:
 
 
 async def main_async(args):
-    host = await tether.connect_async(name=args.name, address=args.host or None,
-                                      serve="loop")
-    run = Run(host, args.interval)
-    loop = asyncio.get_running_loop()
-    for signo, reason in STOP_SIGNALS.items():
-        loop.add_signal_handler(signo, run.stop, reason)
-    if args.seconds:
-        loop.call_later(args.seconds, run.stop, f"{args.seconds:g} seconds are up")
-
-    server = await asyncio.start_server(run.serve_peer, "127.0.0.1", args.port)
-    port = server.sockets[0].getsockname()[1]
-    say(f"listening on 127.0.0.1:{port}")
-    run.start(server.serve_forever(), "tcp server")
-    run.start(run.wander(), "wander timer")
-    run.start(run.report(), "report timer")
-    await host.aio.log(f"pid {os.getpid()} started: tcp 127.0.0.1:{port}")
-
-    await run.stopping.wait()
-    tasks = sorted(run.tasks, key=lambda t: t.get_name())
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    text = (f"pid {os.getpid()} stopped ({run.reason}): cancelled {len(tasks)} tasks "
-            f"({', '.join(t.get_name() for t in tasks)})")
+    # One run per name and host: entering stops the previous run, which cancels its tasks.
+    address = args.host or os.environ.get("TETHER_ADDRESS") or "default"
+    host = None
+    async with tether.named_run(f"{args.name}@{address}") as named:
+        if named.previous:
+            say(f"replaced the previous run (pid {named.previous.pid}), which cancelled "
+                f"{len(named.previous.cancelled)} tasks ({', '.join(named.previous.cancelled)})")
+        loop = asyncio.get_running_loop()
+        for signo, reason in STOP_SIGNALS.items():
+            loop.add_signal_handler(signo, named.stop, reason)
+        if args.seconds:
+            loop.call_later(args.seconds, named.stop, f"{args.seconds:g} seconds are up")
+        host = await tether.connect_async(name=args.name, address=args.host or None,
+                                          serve="loop")
+        run = Run(host, args.interval)
+        server = await asyncio.start_server(run.serve_peer, "127.0.0.1", args.port)
+        port = server.sockets[0].getsockname()[1]
+        say(f"listening on 127.0.0.1:{port}")
+        run.start(server.serve_forever(), "tcp server")
+        run.start(run.wander(), "wander timer")
+        run.start(run.report(), "report timer")
+        await host.aio.log(f"pid {os.getpid()} started: tcp 127.0.0.1:{port}")
+        await named.wait()  # until stopped: every task of the loop is cancelled then
+    text = (f"pid {os.getpid()} stopped ({named.reason}): cancelled {len(named.cancelled)} "
+            f"tasks ({', '.join(named.cancelled)})")
     say(text)
-    try:
-        await host.aio.log(text)
-    except tether.TetherError:  # the host went first
-        pass
-    host.close()
+    if host is not None:
+        try:
+            await host.aio.log(text)
+        except tether.TetherError:  # the host went first
+            pass
+        host.close()
 
 
 def main(argv=None):
@@ -217,11 +155,7 @@ def main(argv=None):
     parser.add_argument("--name", default="asyncio_line_server", help="this client's name")
     parser.add_argument("--interval", type=float, default=1.0, help="timer period, seconds")
     args = parser.parse_args(argv)
-    lock = take_over(args.name, args.host)
-    try:
-        asyncio.run(main_async(args))
-    finally:
-        lock.close()
+    asyncio.run(main_async(args))
     return 0
 
 

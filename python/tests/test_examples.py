@@ -165,7 +165,10 @@ def test_asyncio_line_server(demo, runtime_dir):
             assert task in cancelled
         demo.wait_for(r"\[asyncio_line_server\] pid %d stopped \(a new run replaces this one\)"
                       % first.pid)
-        second.wait_for(r"stopping the previous run \(pid %d\)" % first.pid)
+        # The new run was told which tasks the previous one cancelled.
+        told = second.wait_for(r"replaced the previous run \(pid %d\), which cancelled "
+                               r"(\d+) tasks \((.*)\)" % first.pid)
+        assert told.groups() == stopped.groups()
 
         # The new run serves on; the host's Disconnect stops it the same way (the client
         # sends itself SIGTERM).

@@ -80,6 +80,74 @@ def test_run_script_gives_a_proxy_for_the_module(python_exe, capfd):
         eventually(lambda: "child says hi" in capfd.readouterr().out + "", what="output")
 
 
+FIRST_LEVEL = textwrap.dedent(
+    """
+    import collections, enum
+    odct = collections.OrderedDict([("b", 2), ("a", 1)])
+    names = ["a", "b"]
+    table = {"k": [1, 2]}
+    pair = (1, [2])
+    count, ratio, title, blob, nothing, flag = 41, 0.5, "t", b"b", None, True
+
+    class Color(enum.IntEnum):
+        RED = 1
+
+    red = Color.RED
+
+    class Job:
+        def __init__(self):
+            self.items = [1, 2]
+
+    job = Job()
+
+    def get(name):
+        return globals()[name]
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["script", "module"])
+def test_first_level_variables_are_proxies_results_plain_values(kind, tmp_path):
+    if kind == "script":
+        child = tether.run_script(FIRST_LEVEL)
+    else:
+        (tmp_path / "first_level_mod.py").write_text(FIRST_LEVEL)
+        child = tether.run_module("first_level_mod", path=tmp_path / "first_level_mod.py")
+    with child:
+        # Containers, subclasses included, stay in the child: their type and identity kept.
+        odct = child.odct
+        assert tether.is_proxy(odct)
+        assert repr(odct) == "OrderedDict([('b', 2), ('a', 1)])"
+        assert list(odct) == ["b", "a"] and odct["a"] == 1
+        odct["c"] = 3
+        child.names.append("c")
+        child.table["k"].append(3)  # an item of a proxy: a copy, as a call's result
+        assert child.get("names") == ["a", "b", "c"]
+        assert child.get("odct") == {"b": 2, "a": 1, "c": 3}
+        assert child.get("table") == {"k": [1, 2]}
+        pair = child.pair
+        assert tether.is_proxy(pair) and str(pair) == "(1, [2])" and len(pair) == 2
+        assert child.get("pair") == [1, [2]]  # a call's result: a plain copy, a list
+        assert tether.is_proxy(child.red) and str(child.red) == "1"  # an int subclass
+        # Immutable scalars are values.
+        assert child.count + 1 == 42
+        assert (child.ratio, child.title, child.blob, child.nothing, child.flag) == (
+            0.5, "t", b"b", None, True)
+        # The attributes of other proxies are plain data by value.
+        job = child.job
+        assert tether.is_proxy(job) and job.items == [1, 2]
+        items = job.items
+        items.append(3)
+        assert job.items == [1, 2]
+        # Setting a first-level variable sends the value; reading it gives a proxy.
+        child.names = ["z"]
+        assert tether.is_proxy(child.names) and child.get("names") == ["z"]
+
+    # The root of run_object is an object, not a namespace: its attributes are values.
+    with tether.run_object(tether.InstanceDefinition(None, "Job"), script=FIRST_LEVEL) as job:
+        assert job.items == [1, 2] and not tether.is_proxy(job.items)
+
+
 def test_output_is_prefixed_with_the_childs_pid(capfd):
     p = tether.run_script("import sys\nprint('out line')\nprint('err line', file=sys.stderr)\n")
     pid = p.pid
@@ -122,6 +190,48 @@ def test_run_module_by_name_and_by_path(tmp_path):
         assert p.VALUE == "from a file"
 
 
+PATH_PROBE = """
+import os, sys
+def where():
+    return __file__
+def path():
+    return sys.path
+def stdlib():
+    return os.path.dirname(os.__file__)
+"""
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_the_child_imports_what_the_parent_can(tmp_path, monkeypatch, warm):
+    here = tmp_path / "absolute"
+    here.mkdir()
+    (here / "parent_only_mod.py").write_text(PATH_PROBE)
+    relative = tmp_path / "relative"
+    relative.mkdir()
+    (relative / "relative_only_mod.py").write_text(PATH_PROBE)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    # Not on the parent's path: the child cannot import it either.
+    with pytest.raises(ModuleNotFoundError, match="parent_only_mod"):
+        tether.run_module("parent_only_mod", warm=warm)
+
+    monkeypatch.syspath_prepend(str(here))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend("relative")  # relative to this process's directory
+    with tether.run_module("parent_only_mod", cwd=elsewhere, warm=warm) as m:
+        assert m.where() == str(here / "parent_only_mod.py")
+        path = m.path()
+        # The parent's entries come after the child's own: its standard library first.
+        assert path.index(str(here)) > path.index(m.stdlib())
+        assert path.count(str(here)) == 1
+    with tether.run_module("relative_only_mod", cwd=elsewhere, warm=warm) as m:
+        assert m.where() == str(relative / "relative_only_mod.py")
+    with tether.run_object(tether.InstanceDefinition("parent_only_mod", "where"),
+                           warm=warm) as where:
+        assert str(where) == str(here / "parent_only_mod.py")  # the root: a proxy of a str
+
+
 def test_run_object_from_a_module_builtins_and_a_script():
     with tether.run_object(tether.InstanceDefinition("io", "StringIO", "hello, world!")) as s:
         assert s.getvalue() == "hello, world!"
@@ -156,6 +266,38 @@ def test_terminate_daemon_and_with():
     with tether.run_script(SCRIPT) as q:
         pid = q.pid
     eventually(lambda: gone(pid), what="the end of the with block")
+
+
+def test_terminate_daemon_from_any_proxy_of_the_child(caplog, conn):
+    logger = logging.getLogger("test.spawner.any")
+    with caplog.at_level(logging.INFO, logger="test.spawner.any"):
+        p = tether.run_script(SCRIPT, logger=logger)
+        pid = p.pid
+        box = p.box
+        del p
+        gc.collect()
+        assert not isinstance(box, tether.ChildProxy)  # an object's proxy, not the root
+        tether.terminate_daemon(box)
+        eventually(lambda: gone(pid), what="terminate_daemon from a sub-object's proxy")
+        with pytest.raises(tether.NotConnectedError):
+            box.get()
+        tether.terminate_daemon(box)  # once ended, nothing more to do
+    messages = [r.getMessage() for r in caplog.records if r.name == "test.spawner.any"]
+    assert messages.count(f"terminated child {pid}") == 1
+
+    # The root's proxy works too.
+    with tether.run_script("x = 1") as q:
+        tether.terminate_daemon(q)
+        assert q.wait(timeout=5) is not None
+
+    # Anything else is refused, and the remote object keeps its own terminate_daemon.
+    with pytest.raises(TypeError, match="needs a tether.Proxy, not int"):
+        tether.terminate_daemon(3)
+    with pytest.raises(TypeError, match="spawned child"):
+        tether.terminate_daemon(conn.root.make_counter(1))
+    with tether.run_script("class Job:\n    def terminate_daemon(self):\n"
+                           "        return 'its own'\njob = Job()\n") as r:
+        assert r.job.terminate_daemon() == "its own"
 
 
 def test_the_spawner_reports_to_its_logger(caplog):

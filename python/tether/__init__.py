@@ -27,7 +27,9 @@ cancels the call. Services run on tether's worker threads by default; with
 ``tether.connect(serve="loop")`` they run on the script's asyncio loop (``async def``
 ones as tasks), and with ``serve="manual"`` inside ``host.dispatch()``, which another
 event loop calls when ``host.fileno()`` is readable. Errors the loop reports (a task's
-exception nobody retrieved) also reach the host's log.
+exception nobody retrieved) also reach the host's log. ``async with
+tether.named_run("my-script") as run:`` makes running the script again cancel the tasks
+of this run, as an engine's loop does when a script is re-run.
 
 Plain data (None, bool, int, float, str, bytes, list, tuple, dict) travels by value;
 tuples arrive as lists. Failures raise builtin exceptions where one fits (TimeoutError,
@@ -71,9 +73,13 @@ _LAZY = {
     "run_module": "._spawn",
     "run_object": "._spawn",
     "run_script": "._spawn",
+    "terminate_daemon": "._spawn",
     "services": ".services",
     "Service": ".services",
     "LogHandler": "._logging",
+    "named_run": "._run",
+    "NamedRun": "._run",
+    "PreviousRun": "._run",
 }
 
 
@@ -104,8 +110,10 @@ __all__ = [
     "Connection",
     "Future",
     "LogHandler",
+    "NamedRun",
     "NoSuchServiceError",
     "NotConnectedError",
+    "PreviousRun",
     "Proxy",
     "RemoteError",
     "RemoteMethod",
@@ -116,9 +124,11 @@ __all__ = [
     "async_",
     "connect",
     "is_proxy",
+    "named_run",
     "run_module",
     "run_object",
     "run_script",
+    "terminate_daemon",
     "connect_async",
     "core_version",
     "protocol_version",

@@ -30,6 +30,15 @@ def _die_with_parent(parent):
         os._exit(1)  # the parent died before the guard was set
 
 
+def _append_parent_sys_path(value):
+    """A Python parent's sys.path entries (tether._spawn), after our own: modules the
+    parent can import import here too, while this interpreter's standard library and
+    packages come first (it may be another Python than the parent's)."""
+    for entry in value.split(os.pathsep):
+        if entry and entry not in sys.path:
+            sys.path.append(entry)
+
+
 def _fresh_module(name, source, filename):
     """A new module holding the result of running source."""
     module = types.ModuleType(name)
@@ -68,10 +77,14 @@ def _load_module(spec):
 
 def start(spec):
     """What the parent asked for: the root object it gets a proxy to (by reference even
-    when it is plain data, such as a dict)."""
-    from ._proxy import ByReference
+    when it is plain data, such as a dict). A script's or module's first-level variables
+    go by reference too (see _proxy.first_level)."""
+    from . import _proxy
 
-    return ByReference(_root(spec))
+    root = _root(spec)
+    if spec["kind"] != "object":
+        _proxy.first_level = root
+    return _proxy.ByReference(root)
 
 
 def _root(spec):
@@ -95,6 +108,7 @@ def main():
     fd = int(os.environ.pop("TETHER_CHILD_FD"))
     name = os.environ.pop("TETHER_CHILD_NAME", "child")
     _die_with_parent(int(os.environ.pop("TETHER_CHILD_PARENT", "0") or 0))
+    _append_parent_sys_path(os.environ.pop("TETHER_CHILD_SYS_PATH", ""))
     # Output goes to a pipe: line buffering makes each print reach the parent at once.
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -210,6 +210,13 @@ def make_proxy(ref, cls=Proxy, owner=None):
 
 _NAMESPACE_TYPES = (types.ModuleType, type)
 
+# A spawned child's script or module, set by tether._child: its first-level variables
+# travel by reference whatever their type (a dict, an OrderedDict, a list), as spawny's
+# do, so that the parent sees and changes the child's own; immutable scalars of these
+# exact types stay values, since a proxy of one could not even be compared.
+first_level = None
+_SCALAR_TYPES = frozenset({type(None), bool, int, float, str, bytes})
+
 
 def _public(name):
     if name.startswith("_"):
@@ -238,12 +245,19 @@ def describe(obj):
     return {"type": _tether.type_name(obj), "methods": methods, "per_type": per_type}
 
 
+def _get_attribute(obj, name):
+    value = getattr(obj, _public(name))
+    if obj is first_level and type(value) not in _SCALAR_TYPES:
+        return ByReference(value)
+    return value
+
+
 def _next(obj):
     return next(obj)  # StopIteration reaches the peer as itself
 
 
 _OPERATION_HANDLERS = {
-    "__getattr__": lambda obj, name: getattr(obj, _public(name)),
+    "__getattr__": _get_attribute,
     "__setattr__": lambda obj, name, value: setattr(obj, _public(name), value),
     "__delattr__": lambda obj, name: delattr(obj, _public(name)),
     "__call__": lambda obj, *a, **k: obj(*a, **k),

@@ -3,8 +3,9 @@
 Each starts a Python interpreter (any CPython 3.10+, ``python_exe=``) as a child process
 that runs a script, a module or an object and hands back its root object by reference:
 the caller gets a ``ChildProxy`` and works with the child's objects as if they were
-local. The child needs nothing installed (tether's package is put on its path) and
-prints to this process's stdout and stderr, each line prefixed with its pid.
+local. The child needs nothing installed (tether's package is put on its path), finds
+what this process can import (its sys.path ends with ours) and prints to this
+process's stdout and stderr, each line prefixed with its pid.
 
 The child lives as long as some proxy to one of its objects does: when the last one is
 garbage collected it is terminated. ``proxy.terminate_daemon()`` ends it at once, and
@@ -17,18 +18,22 @@ first use; everything is the core's tether_host_spawn (see docs/spawning.md).
 
 import logging
 import os
+import sys
 import threading
 import weakref
 
 from . import _proxy, _tether
 
-__all__ = ["ChildProxy", "InstanceDefinition", "run_module", "run_object", "run_script"]
+__all__ = ["ChildProxy", "InstanceDefinition", "run_module", "run_object", "run_script",
+           "terminate_daemon"]
 
 _host = None
 _host_lock = threading.Lock()
 # The package directory children import tether from: the one this process uses.
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DEFAULT_LOGGER = logging.getLogger("tether")
+# How this process's sys.path reaches the child, which appends it to its own (_child.main).
+_SYS_PATH_VARIABLE = "TETHER_CHILD_SYS_PATH"
 
 
 class InstanceDefinition:
@@ -53,7 +58,8 @@ class InstanceDefinition:
 class ChildProxy(_proxy.Proxy):
     """The proxy of a child's root object (a module, or the object run_object made),
     with the child's lifetime attached: ``pid``, ``terminate_daemon()``, ``wait()``, and
-    use as a context manager. Those few names are the proxy's own; reach an object's
+    use as a context manager (``tether.terminate_daemon(proxy)`` does the same from any
+    proxy of the child). Those few names are the proxy's own; reach an object's
     attribute of the same name with ``proxy.__getattr__`` through getattr on the child,
     e.g. ``proxy["pid"]`` is not it: use a function of the child instead."""
 
@@ -65,9 +71,7 @@ class ChildProxy(_proxy.Proxy):
 
     def terminate_daemon(self):
         """End the child now. Proxies to its objects raise NotConnectedError afterwards."""
-        child = _owner(self)
-        if child.terminate():
-            child.logger.info("terminated child %d", child.pid)
+        terminate_daemon(self)
 
     def wait(self, timeout=None):
         """Wait for the child to exit: its exit status (minus the signal that ended it),
@@ -114,6 +118,24 @@ def _owner(proxy):
     return object.__getattribute__(proxy, "_tether_owner")
 
 
+def terminate_daemon(proxy):
+    """End the child that holds proxy's object, now: the same as the root's
+    ``terminate_daemon()``, from any proxy of the child (``tether.terminate_daemon(child.box)``).
+
+    A function rather than a method, so that it never hides an attribute of the remote
+    object. TypeError if proxy is not a tether.Proxy of a spawned child's object (a host's
+    object, say). Ending a child that has ended already does nothing.
+    """
+    if not isinstance(proxy, _proxy.Proxy):
+        raise TypeError(f"terminate_daemon needs a tether.Proxy, not {type(proxy).__name__}")
+    child = _owner(proxy)
+    if child is None:
+        raise TypeError("terminate_daemon needs a proxy of a spawned child's object; "
+                        "this one stands for an object of a host or client")
+    if child.terminate():
+        child.logger.info("terminated child %d", child.pid)
+
+
 def owner_for(ref):
     """The _Child a new proxy of this reference belongs to, or None (called by
     _proxy.make_proxy)."""
@@ -130,9 +152,8 @@ def _get_host():
 
 def _spawn(logger, python_exe, env, cwd, args, name, timeout, warm, **what):
     logger = logger or _DEFAULT_LOGGER
-    env_entries = None
-    if env:
-        env_entries = [k if v is None else f"{k}={v}" for k, v in env.items()]
+    env_entries = [k if v is None else f"{k}={v}" for k, v in (env or {}).items()]
+    env_entries.append(f"{_SYS_PATH_VARIABLE}={_parent_sys_path()}")
     logger.info("spawning %s (%s%s)", python_exe or "python3", _describe(what),
                 ", warm" if warm else "")
     child = _get_host().spawn(
@@ -152,6 +173,20 @@ def _spawn(logger, python_exe, env, cwd, args, name, timeout, warm, **what):
     return _proxy.make_proxy(child.root_ref(), ChildProxy, owner)
 
 
+def _parent_sys_path():
+    """This process's sys.path, made absolute ("" is the current directory), for the
+    child: what we can import, it can too. An entry holding os.pathsep cannot be told
+    apart in the variable and is left out, as PYTHONPATH would have to."""
+    entries = []
+    for entry in sys.path:
+        if not isinstance(entry, str) or os.pathsep in entry:
+            continue
+        entry = os.path.abspath(entry or os.curdir)
+        if entry not in entries:
+            entries.append(entry)
+    return os.pathsep.join(entries)
+
+
 def _describe(what):
     if what.get("object_class"):
         return f"object {what.get('object_module') or '<script>'}.{what['object_class']}"
@@ -168,7 +203,9 @@ def run_script(source=None, *, path=None, python_exe=None, env=None, cwd=None, a
 
     source: Python source text, loaded as a fresh module; or path= a file. The proxy
     stands for that module: ``proxy.foo`` is the child's first-level variable foo (a
-    proxy itself, unless plain data), ``proxy.f(1)`` calls its function f there.
+    proxy itself, containers included, unless an immutable scalar: None, bool, int,
+    float, str, bytes), ``proxy.f(1)`` calls its function f there and returns its
+    result (by value when plain data).
     python_exe: the interpreter (a path or a name in PATH; default python3). env: a dict
     of environment variables to set (None as value: remove). cwd, args (sys.argv[1:]).
     logger: where spawning is reported (default: the "tether" logger). timeout: seconds
