@@ -27,6 +27,10 @@
  *   scene_stats() -> {"actors", "spawned", "deleted", "released"}   the scene's size, and
  *                     counts since the start (deleted, not released: a proxy holds it)
  *   globals() -> {"actors": [Actor], "frame": n, "fps": x}   for a REPL's namespace
+ *   subscribe_actor_events(method="on_actor_event", every=6) -> {"actors", "every", "fps"}
+ *                     the caller's service `method` is told of actors spawned, ticked
+ *                     (every N frames) and destroyed; see "actor events" below
+ *   unsubscribe_actor_events() -> bool                   whether the caller was subscribed
  *   add(a, b), greet(name), echo(value) (IO)             for examples/hello_client.c
  * and, for the `tether` command line:
  *   tether.globals() (MAIN)                              the same as globals()
@@ -90,12 +94,20 @@ typedef struct demo demo;
  * holds a reference to its object, so that a late call finds it and can say it is gone. */
 typedef struct actor {
     demo *demo;
+    uint64_t id; /* 1, 2, ... in spawn order: stays when the actor is renamed */
     char *name;
     char *label;
     double x, y;
     bool in_scene;
     tether_object *obj; /* the scene's reference, while in the scene */
 } actor;
+
+/* A client that asked for the actors' lifecycle events (subscribe_actor_events). */
+typedef struct subscriber {
+    tether_conn *conn; /* a reference, dropped when the client leaves */
+    char *method;      /* its service that receives the events */
+    uint64_t every;    /* a "ticked" event every this many frames; 0: none */
+} subscriber;
 
 /* Frame timing since the last frame-timing line. */
 typedef struct frame_period {
@@ -128,6 +140,10 @@ struct demo {
     /* Actors ever spawned, deleted and released, for scene_stats(). Main thread only
      * (releases are MAIN too). */
     uint64_t spawned, deleted, released;
+    /* The clients told of actors spawned, ticked and destroyed. Main thread only (the
+     * services that change it, on_client and the frame loop all run there). */
+    subscriber *subs;
+    size_t sub_count, sub_cap;
     bool exiting; /* releases at exit are not announced */
 };
 
@@ -178,10 +194,11 @@ on_log(void *userdata, int level, const char *message)
     }
 }
 
+static void unsubscribe_conn(demo *d, tether_conn *conn);
+
 static void
 on_client(void *userdata, tether_conn *conn, int event)
 {
-    (void)userdata;
     const char *version = tether_conn_get_peer_language_version(conn);
     if (event == TETHER_CLIENT_CONNECTED) {
         say("client '%s' (pid %lld, %s%s%s) connected", tether_conn_get_peer_name(conn),
@@ -190,6 +207,7 @@ on_client(void *userdata, tether_conn *conn, int event)
     } else {
         say("client '%s' (pid %lld) left", tether_conn_get_peer_name(conn),
             (long long)tether_conn_get_peer_pid(conn));
+        unsubscribe_conn(userdata, conn);
     }
 }
 
@@ -629,7 +647,7 @@ scene_add(demo *d, const char *name, double x, double y, const char *label, acto
     }
     a->in_scene = true;
     d->actors[d->count++] = a;
-    d->spawned++;
+    a->id = ++d->spawned;
     *ret = a;
     return 0;
 }
@@ -717,6 +735,291 @@ actors_text(demo *d, char *buf, size_t size)
     return buf;
 }
 
+/* ---- actor events: spawned, ticked and destroyed, for the scripts that subscribe -------- */
+
+/*
+ * A script that follows the scene, the way an engine's scripts attach a behaviour to each
+ * actor, registers a service of its own (say on_actor_event(event, info)) and calls
+ * subscribe_actor_events(method="on_actor_event", every=6). The host first calls that
+ * service once, with ("subscribed", {"actors", "every", "fps"}): a call, not a
+ * notification, so that a script without the service (a typo, or registered too late)
+ * gets an error back from subscribe_actor_events rather than events that go nowhere. Its
+ * reply is sent once that call has returned; then come notifications, in this order:
+ *   ("spawned", INFO + {"actor": Actor, "existing": true})  each actor in the scene then
+ *   ("spawned", INFO + {"actor": Actor, "existing": false}) each one spawned later
+ *   ("ticked", INFO)      each actor, every `every` frames (0: never)
+ *   ("destroyed", INFO)   an actor deleted
+ * where INFO is {"id", "name", "x", "y", "label", "frame"}: id stays when the actor is
+ * renamed, frame is the frame the event belongs to. Notifications, so the frame loop
+ * never waits for a script. A subscription belongs to its connection and ends with it
+ * (a script that is reset subscribes again), or when a notification cannot be queued (a
+ * script that stopped reading); subscribing again replaces it, existing actors included.
+ *
+ * A tick is one notification per actor, of about 100 bytes: cheap for the host even at
+ * every frame (every=1). The default is every 6 frames, 10 a second per actor, because a
+ * script handles each one in Python and rarely needs more.
+ */
+#define TICK_EVERY_DEFAULT 6
+#define TICK_EVERY_MAX 3600 /* a minute of frames */
+#define MAX_METHOD 128
+
+static subscriber *
+subscriber_of(demo *d, tether_conn *conn)
+{
+    for (size_t i = 0; i < d->sub_count; i++) {
+        if (d->subs[i].conn == conn) {
+            return &d->subs[i];
+        }
+    }
+    return NULL;
+}
+
+static void
+subscriber_remove(demo *d, subscriber *s)
+{
+    size_t i = (size_t)(s - d->subs);
+    tether_conn_unref(s->conn);
+    free(s->method);
+    memmove(s, s + 1, (d->sub_count - i - 1) * sizeof(*s));
+    d->sub_count--;
+}
+
+/* Notify the subscriber at index i of an event of actor a. On failure drop it (saying why
+ * unless its client is leaving anyway) and return false. */
+static bool
+tell(demo *d, size_t i, const char *event, const actor *a, bool existing)
+{
+    subscriber *s = &d->subs[i];
+    uint64_t frame = d->clock.frames;
+    int r;
+    if (strcmp(event, "spawned") == 0) {
+        r = tether_conn_notify(s->conn, s->method, "s{susssdsdsssusosb}", event, "id", a->id,
+                               "name", a->name, "x", a->x, "y", a->y, "label", a->label, "frame",
+                               frame, "actor", a->obj, "existing", (int)existing);
+    } else {
+        r = tether_conn_notify(s->conn, s->method, "s{susssdsdsssu}", event, "id", a->id, "name",
+                               a->name, "x", a->x, "y", a->y, "label", a->label, "frame", frame);
+    }
+    if (r == 0) {
+        return true;
+    }
+    if (tether_conn_is_connected(s->conn)) {
+        say("actor events to '%s' stop: %s", tether_conn_get_peer_name(s->conn),
+            tether_strerror(r));
+    }
+    subscriber_remove(d, s);
+    return false;
+}
+
+/* Tell every subscriber of an event of actor a. */
+static void
+announce(demo *d, const char *event, const actor *a)
+{
+    for (size_t i = 0; i < d->sub_count;) {
+        i += tell(d, i, event, a, false) ? 1 : 0;
+    }
+}
+
+/* Once a frame: "ticked" for each actor, to the subscribers whose period has come. */
+static void
+tick_actors(demo *d)
+{
+    uint64_t frame = d->clock.frames;
+    for (size_t i = 0; i < d->sub_count;) {
+        uint64_t every = d->subs[i].every;
+        bool stays = true;
+        if (every && frame % every == 0) {
+            for (size_t k = 0; stays && k < d->count; k++) {
+                stays = tell(d, i, "ticked", d->actors[k], false);
+            }
+        }
+        i += stays ? 1 : 0;
+    }
+}
+
+/* The client is gone: so is its subscription, if it had one. */
+static void
+unsubscribe_conn(demo *d, tether_conn *conn)
+{
+    subscriber *s = subscriber_of(d, conn);
+    if (s) {
+        subscriber_remove(d, s);
+    }
+}
+
+/* A subscribe_actor_events() call waiting for its client's answer to "subscribed". */
+typedef struct pending_subscription {
+    demo *demo;
+    tether_request *req; /* held, to be replied once the client has answered */
+    tether_conn *conn;   /* a reference */
+    char *method;
+    uint64_t every;
+} pending_subscription;
+
+static void
+pending_free(pending_subscription *p)
+{
+    if (p) {
+        tether_request_unref(p->req);
+        tether_conn_unref(p->conn);
+        free(p->method);
+        free(p);
+    }
+}
+
+/* The client answered "subscribed": make (or replace) its subscription, reply, and tell it
+ * of the actors in the scene. Returns what replying returned. */
+static int
+subscribe(demo *d, pending_subscription *p)
+{
+    subscriber *s = subscriber_of(d, p->conn);
+    if (!s) {
+        if (d->sub_count == d->sub_cap) {
+            size_t cap = d->sub_cap ? 2 * d->sub_cap : 4;
+            subscriber *subs = realloc(d->subs, cap * sizeof(*subs));
+            if (!subs) {
+                return fail(d, p->req, "MemoryError", "out of memory");
+            }
+            d->subs = subs;
+            d->sub_cap = cap;
+        }
+        s = &d->subs[d->sub_count++];
+        s->conn = tether_conn_ref(p->conn);
+    } else {
+        free(s->method);
+    }
+    s->method = p->method;
+    s->every = p->every;
+    p->method = NULL;
+    size_t i = (size_t)(s - d->subs);
+    char every[64] = "no ticks";
+    if (s->every) {
+        snprintf(every, sizeof(every), "ticks every %llu frames", (unsigned long long)s->every);
+    }
+    atomic_fetch_add(&d->calls, 1);
+    say("%s subscribed to actor events (%s() is told; %s)", peer_name(p->req), s->method, every);
+    int r = tether_request_reply(p->req, "{sususi}", "actors", (uint64_t)d->count, "every",
+                                 s->every, "fps", FPS);
+    for (size_t k = 0; k < d->count && tell(d, i, "spawned", d->actors[k], true); k++) {
+    }
+    return r;
+}
+
+/* The client's answer to ("subscribed", ...), on the main thread. */
+static void
+subscription_answered(tether_future *future, void *userdata)
+{
+    pending_subscription *p = userdata;
+    demo *d = p->demo;
+    tether_error error = TETHER_ERROR_INIT;
+    int r = tether_future_get_result(future, NULL, &error);
+    const char *who = tether_conn_get_peer_name(p->conn);
+    if (d->exiting || !tether_conn_is_connected(p->conn)) {
+        fail(d, p->req, "ConnectionError", "the client left before it was subscribed");
+    } else if (r == TETHER_ENOENT) {
+        fail(d, p->req, "ValueError",
+             "client '%s' has no service '%s' to receive actor events: register it before "
+             "subscribing",
+             who, p->method);
+    } else if (r == TETHER_EREMOTE) {
+        /* Its service raised: pass the error on, type and traceback kept. */
+        char outcome[600];
+        snprintf(outcome, sizeof(outcome), "%s('subscribed', ...) raised %s: %s", p->method,
+                 error.type ? error.type : "Exception", error.message ? error.message : "");
+        atomic_fetch_add(&d->calls, 1);
+        print_call(p->req, outcome);
+        tether_request_reply_error_full(p->req, &error);
+    } else if (r < 0) {
+        fail(d, p->req, "RuntimeError", "calling %s('subscribed', ...) failed: %s", p->method,
+             tether_strerror(r));
+    } else {
+        subscribe(d, p);
+    }
+    tether_error_done(&error);
+    tether_future_unref(future);
+    pending_free(p);
+}
+
+/* subscribe_actor_events(method="on_actor_event", every=6) -> {"actors", "every", "fps"} */
+static int
+serve_subscribe_actor_events(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {"method", "every", NULL};
+    demo *d = userdata;
+    tether_value *args[MAX_ARGS] = {NULL};
+    tether_error error = TETHER_ERROR_INIT;
+    const char *method = NULL;
+    int64_t every = TICK_EVERY_DEFAULT;
+    int r = 0;
+    if (!bind_args(d, req, params, 0, args) || !read_string(d, req, "method", args[0], &method)) {
+        drop_args(args);
+        return 0;
+    }
+    method = method ? method : "on_actor_event";
+    if (args[1] && (r = tether_value_read(args[1], &error, "x", &every)) < 0) {
+        wrong_type(d, req, "every", r, &error);
+        r = 0;
+    } else if (!*method || strlen(method) > MAX_METHOD) {
+        r = fail(d, req, "ValueError",
+                 "subscribe_actor_events() argument 'method': the name of a service of yours "
+                 "(1 to %d bytes) is needed",
+                 MAX_METHOD);
+    } else if (every < 0 || every > TICK_EVERY_MAX) {
+        r = fail(d, req, "ValueError",
+                 "subscribe_actor_events() argument 'every': 0 (no ticks) to %d frames, not "
+                 "%lld",
+                 TICK_EVERY_MAX, (long long)every);
+    } else {
+        pending_subscription *p = calloc(1, sizeof(*p));
+        tether_conn *conn = tether_request_get_conn(req);
+        tether_future *future = NULL;
+        if (!p || !(p->method = strdup(method))) {
+            free(p);
+            drop_args(args);
+            return TETHER_ENOMEM;
+        }
+        p->demo = d;
+        p->every = (uint64_t)every;
+        p->conn = tether_conn_ref(conn);
+        p->req = tether_request_ref(req);
+        r = tether_conn_call_async(conn, method, NULL, &future, "s{sususi}", "subscribed", "actors",
+                                   (uint64_t)d->count, "every", p->every, "fps", FPS);
+        r = r < 0
+                ? r
+                : tether_future_set_callback(future, TETHER_CONTEXT_MAIN, subscription_answered, p);
+        if (r < 0) {
+            tether_future_unref(future);
+            r = fail(d, req, "RuntimeError", "calling %s('subscribed', ...) failed: %s", method,
+                     tether_strerror(r));
+            pending_free(p);
+        }
+    }
+    drop_args(args);
+    return r;
+}
+
+/* unsubscribe_actor_events() -> whether the caller was subscribed */
+static int
+serve_unsubscribe_actor_events(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {NULL};
+    demo *d = userdata;
+    tether_value *args[MAX_ARGS] = {NULL};
+    if (!bind_args(d, req, params, 0, args)) {
+        return 0;
+    }
+    subscriber *s = subscriber_of(d, tether_request_get_conn(req));
+    bool was = s != NULL;
+    if (s) {
+        subscriber_remove(d, s);
+    }
+    tether_value *result = NULL;
+    int r = tether_value_new(&result, "b", (int)was);
+    return r < 0 ? r
+                 : reply_event(d, req, result, "%s actor events",
+                               was ? "unsubscribed from" : "was not subscribed to");
+}
+
 /* ---- what scripts do to actors, by service or by method ------------------------------- */
 
 static int
@@ -736,9 +1039,11 @@ spawn(demo *d, tether_request *req, const char *name, double x, double y, const 
     if (r < 0) {
         return r;
     }
-    return reply_event(d, req, result, "spawned actor '%s' at %s%s%s%s", name,
-                       position_text(x, y, pos, sizeof(pos)), *label ? ", label '" : "", label,
-                       *label ? "'" : "");
+    r = reply_event(d, req, result, "spawned actor '%s' at %s%s%s%s", name,
+                    position_text(x, y, pos, sizeof(pos)), *label ? ", label '" : "", label,
+                    *label ? "'" : "");
+    announce(d, "spawned", a);
+    return r;
 }
 
 static int
@@ -787,6 +1092,7 @@ delete_actor(demo *d, tether_request *req, actor *a)
 {
     /* Print first: the request keeps the actor alive, but it is gone from the scene. */
     int r = reply_event(d, req, NULL, "deleted actor '%s'", a->name);
+    announce(d, "destroyed", a);
     scene_remove(d, a);
     return r;
 }
@@ -1282,6 +1588,8 @@ static const struct {
     {"frame_stats", TETHER_CONTEXT_MAIN, serve_frame_stats},
     {"scene_stats", TETHER_CONTEXT_MAIN, serve_scene_stats},
     {"globals", TETHER_CONTEXT_MAIN, serve_globals},
+    {"subscribe_actor_events", TETHER_CONTEXT_MAIN, serve_subscribe_actor_events},
+    {"unsubscribe_actor_events", TETHER_CONTEXT_MAIN, serve_unsubscribe_actor_events},
     {"add", TETHER_CONTEXT_MAIN, serve_add},
     {"greet", TETHER_CONTEXT_MAIN, serve_greet},
     {"echo", TETHER_CONTEXT_IO, serve_echo},
@@ -1418,7 +1726,9 @@ run_frames(demo *d, const sigset_t *signals, long seconds)
         due = late ? start : due;
         frame_started(&d->clock, start, late);
 
-        /* An engine would simulate and render here. */
+        /* An engine would simulate and render here; the scripts that subscribed hear
+         * of it. */
+        tick_actors(d);
 
         uint64_t spent = 0;
         if (dispatch_for(d, DISPATCH_BUDGET_USEC, &spent) < 0) {
@@ -1492,6 +1802,8 @@ print_how_to_connect(demo *d)
            "get_actor(name)\n"
            "  move_actor(actor, dx, dy)   rename_actor(actor, new_name)   delete_actor(actor)\n"
            "  log(message)   frame_stats()   scene_stats()   globals()\n"
+           "  subscribe_actor_events(method=\"on_actor_event\", every=6)   "
+           "unsubscribe_actor_events()\n"
            "  add(a, b)   greet(name)   echo(value)\n"
            "  Actor: move(dx, dy)  position()  rename(new_name)  set_label(text)  delete()  "
            "info(),\n"
@@ -1630,6 +1942,12 @@ static void
 shut_down(demo *d)
 {
     d->exiting = true;
+    while (d->sub_count > 0) {
+        subscriber_remove(d, &d->subs[d->sub_count - 1]);
+    }
+    free(d->subs);
+    d->subs = NULL;
+    d->sub_cap = 0;
     while (d->count > 0) {
         scene_remove(d, d->actors[d->count - 1]);
     }
