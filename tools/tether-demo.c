@@ -103,10 +103,25 @@ typedef struct actor {
 } actor;
 
 /* A client that asked for the actors' lifecycle events (subscribe_actor_events). */
+/* An event of an actor, as subscribers are told of it. */
+typedef struct actor_event {
+    const char *event; /* "spawned", "ticked", "destroyed" */
+    uint64_t id, frame;
+    char *name, *label; /* borrowed from the actor, or copies (a missed event) */
+    double x, y;
+    tether_object *obj; /* the actor, by reference, for "spawned" */
+    bool existing;      /* "spawned": in the scene before the subscription */
+} actor_event;
+
 typedef struct subscriber {
-    tether_conn *conn; /* a reference, dropped when the client leaves */
-    char *method;      /* its service that receives the events */
-    uint64_t every;    /* a "ticked" event every this many frames; 0: none */
+    tether_conn *conn; /* a reference; NULL while its client is away */
+    char *peer;        /* the client's name and pid, to know it when it comes back */
+    int64_t pid;
+    char *method;             /* its service that receives the events */
+    uint64_t every;           /* a "ticked" event every this many frames; 0: none */
+    uint64_t away_since_usec; /* while conn is NULL: since when */
+    actor_event *missed;      /* while away: actors spawned and destroyed meanwhile */
+    size_t missed_count, missed_cap;
 } subscriber;
 
 /* Frame timing since the last frame-timing line. */
@@ -194,7 +209,8 @@ on_log(void *userdata, int level, const char *message)
     }
 }
 
-static void unsubscribe_conn(demo *d, tether_conn *conn);
+static void subscriber_back(demo *d, tether_conn *conn);
+static void subscriber_left(demo *d, tether_conn *conn);
 
 static void
 on_client(void *userdata, tether_conn *conn, int event)
@@ -204,10 +220,11 @@ on_client(void *userdata, tether_conn *conn, int event)
         say("client '%s' (pid %lld, %s%s%s) connected", tether_conn_get_peer_name(conn),
             (long long)tether_conn_get_peer_pid(conn), tether_conn_get_peer_language(conn),
             *version ? " " : "", version);
+        subscriber_back(userdata, conn);
     } else {
         say("client '%s' (pid %lld) left", tether_conn_get_peer_name(conn),
             (long long)tether_conn_get_peer_pid(conn));
-        unsubscribe_conn(userdata, conn);
+        subscriber_left(userdata, conn);
     }
 }
 
@@ -751,9 +768,12 @@ actors_text(demo *d, char *buf, size_t size)
  *   ("destroyed", INFO)   an actor deleted
  * where INFO is {"id", "name", "x", "y", "label", "frame"}: id stays when the actor is
  * renamed, frame is the frame the event belongs to. Notifications, so the frame loop
- * never waits for a script. A subscription belongs to its connection and ends with it
- * (a script that is reset subscribes again), or when a notification cannot be queued (a
- * script that stopped reading); subscribing again replaces it, existing actors included.
+ * never waits for a script. A subscription outlives a reset, as the script's services do:
+ * when its process (the same name and pid) connects again within 10 seconds it is told
+ * what it missed, the actors destroyed and then those spawned meanwhile (not the ticks).
+ * It ends when the script does not come back, calls unsubscribe_actor_events(), or
+ * stops reading (a notification that cannot be queued); subscribing again replaces it,
+ * existing actors included.
  *
  * A tick is one notification per actor, of about 100 bytes: cheap for the host even at
  * every frame (every=1). The default is every 6 frames, 10 a second per actor, because a
@@ -762,6 +782,9 @@ actors_text(demo *d, char *buf, size_t size)
 #define TICK_EVERY_DEFAULT 6
 #define TICK_EVERY_MAX 3600 /* a minute of frames */
 #define MAX_METHOD 128
+/* How long a subscription waits for its client to come back after its connection closed:
+ * a reset client reconnects at once, the library's backoff starts at 50 ms. */
+#define AWAY_USEC 10000000ull
 
 static subscriber *
 subscriber_of(demo *d, tether_conn *conn)
@@ -775,38 +798,117 @@ subscriber_of(demo *d, tether_conn *conn)
 }
 
 static void
+missed_clear(subscriber *s)
+{
+    for (size_t i = 0; i < s->missed_count; i++) {
+        free(s->missed[i].name);
+        free(s->missed[i].label);
+    }
+    free(s->missed);
+    s->missed = NULL;
+    s->missed_count = s->missed_cap = 0;
+}
+
+static void
 subscriber_remove(demo *d, subscriber *s)
 {
     size_t i = (size_t)(s - d->subs);
     tether_conn_unref(s->conn);
+    free(s->peer);
     free(s->method);
+    missed_clear(s);
     memmove(s, s + 1, (d->sub_count - i - 1) * sizeof(*s));
     d->sub_count--;
 }
 
-/* Notify the subscriber at index i of an event of actor a. On failure drop it (saying why
- * unless its client is leaving anyway) and return false. */
+/* An event of actor a, as it is now. */
+static actor_event
+event_of(demo *d, const char *event, const actor *a, bool existing)
+{
+    return (actor_event){.event = event,
+                         .id = a->id,
+                         .frame = d->clock.frames,
+                         .name = a->name,
+                         .label = a->label,
+                         .x = a->x,
+                         .y = a->y,
+                         .obj = a->obj,
+                         .existing = existing};
+}
+
+/* Keep what a subscriber that is away must hear of when it comes back: the actors spawned
+ * (by id: they are looked up then) and destroyed (a copy: they may be gone by then). */
+static int
+missed_add(subscriber *s, const actor_event *ev)
+{
+    bool spawned = strcmp(ev->event, "spawned") == 0;
+    if (!spawned && strcmp(ev->event, "destroyed") != 0) {
+        return 0; /* ticks are not made up for */
+    }
+    if (s->missed_count == s->missed_cap) {
+        size_t cap = s->missed_cap ? 2 * s->missed_cap : 8;
+        actor_event *missed = realloc(s->missed, cap * sizeof(*missed));
+        if (!missed) {
+            return TETHER_ENOMEM;
+        }
+        s->missed = missed;
+        s->missed_cap = cap;
+    }
+    actor_event copy = *ev;
+    copy.event = spawned ? "spawned" : "destroyed";
+    copy.obj = NULL;
+    copy.name = strdup(ev->name);
+    copy.label = strdup(ev->label);
+    if (!copy.name || !copy.label) {
+        free(copy.name);
+        free(copy.label);
+        return TETHER_ENOMEM;
+    }
+    s->missed[s->missed_count++] = copy;
+    return 0;
+}
+
+static int
+notify_event(subscriber *s, const actor_event *ev)
+{
+    if (strcmp(ev->event, "spawned") == 0) {
+        return tether_conn_notify(s->conn, s->method, "s{susssdsdsssusosb}", ev->event, "id",
+                                  ev->id, "name", ev->name, "x", ev->x, "y", ev->y, "label",
+                                  ev->label, "frame", ev->frame, "actor", ev->obj, "existing",
+                                  (int)ev->existing);
+    }
+    return tether_conn_notify(s->conn, s->method, "s{susssdsdsssu}", ev->event, "id", ev->id,
+                              "name", ev->name, "x", ev->x, "y", ev->y, "label", ev->label, "frame",
+                              ev->frame);
+}
+
+/* The subscriber's client has left: keep the subscription for AWAY_USEC in case it is
+ * the same process coming back (a reset). */
+static void
+subscriber_away(subscriber *s)
+{
+    s->conn = tether_conn_unref(s->conn);
+    s->away_since_usec = tether_now_usec();
+}
+
+/* Tell the subscriber at index i of an event, or keep it for later while its client is
+ * away. When it cannot be told (a client that stopped reading) or kept, drop it, saying
+ * why, and return false. */
 static bool
-tell(demo *d, size_t i, const char *event, const actor *a, bool existing)
+tell(demo *d, size_t i, const actor_event *ev)
 {
     subscriber *s = &d->subs[i];
-    uint64_t frame = d->clock.frames;
-    int r;
-    if (strcmp(event, "spawned") == 0) {
-        r = tether_conn_notify(s->conn, s->method, "s{susssdsdsssusosb}", event, "id", a->id,
-                               "name", a->name, "x", a->x, "y", a->y, "label", a->label, "frame",
-                               frame, "actor", a->obj, "existing", (int)existing);
-    } else {
-        r = tether_conn_notify(s->conn, s->method, "s{susssdsdsssu}", event, "id", a->id, "name",
-                               a->name, "x", a->x, "y", a->y, "label", a->label, "frame", frame);
+    int r = s->conn ? notify_event(s, ev) : TETHER_ENOTCONN;
+    if (r < 0 && s->conn && !tether_conn_is_connected(s->conn)) {
+        subscriber_away(s); /* closed, and on_client will tell: away from now */
+    }
+    if (r < 0 && !s->conn) {
+        r = missed_add(s, ev);
     }
     if (r == 0) {
         return true;
     }
-    if (tether_conn_is_connected(s->conn)) {
-        say("actor events to '%s' stop: %s", tether_conn_get_peer_name(s->conn),
-            tether_strerror(r));
-    }
+    say("actor events to '%s' stop: %s", s->peer, tether_strerror(r));
     subscriber_remove(d, s);
     return false;
 }
@@ -815,35 +917,102 @@ tell(demo *d, size_t i, const char *event, const actor *a, bool existing)
 static void
 announce(demo *d, const char *event, const actor *a)
 {
+    actor_event ev = event_of(d, event, a, false);
     for (size_t i = 0; i < d->sub_count;) {
-        i += tell(d, i, event, a, false) ? 1 : 0;
+        i += tell(d, i, &ev) ? 1 : 0;
     }
 }
 
-/* Once a frame: "ticked" for each actor, to the subscribers whose period has come. */
+/* Once a frame: "ticked" for each actor, to the subscribers whose period has come; and
+ * the end of the subscriptions whose client has been away too long. */
 static void
 tick_actors(demo *d)
 {
-    uint64_t frame = d->clock.frames;
+    uint64_t frame = d->clock.frames, now = tether_now_usec();
     for (size_t i = 0; i < d->sub_count;) {
-        uint64_t every = d->subs[i].every;
+        subscriber *s = &d->subs[i];
         bool stays = true;
-        if (every && frame % every == 0) {
+        if (!s->conn) {
+            if (now - s->away_since_usec > AWAY_USEC) {
+                say("actor events to '%s' end: it did not come back", s->peer);
+                subscriber_remove(d, s);
+                stays = false;
+            }
+        } else if (s->every && frame % s->every == 0) {
             for (size_t k = 0; stays && k < d->count; k++) {
-                stays = tell(d, i, "ticked", d->actors[k], false);
+                actor_event ev = event_of(d, "ticked", d->actors[k], false);
+                stays = tell(d, i, &ev);
             }
         }
         i += stays ? 1 : 0;
     }
 }
 
-/* The client is gone: so is its subscription, if it had one. */
+/* A client left: its subscription, if any, waits for it to come back. */
 static void
-unsubscribe_conn(demo *d, tether_conn *conn)
+subscriber_left(demo *d, tether_conn *conn)
 {
     subscriber *s = subscriber_of(d, conn);
     if (s) {
-        subscriber_remove(d, s);
+        subscriber_away(s);
+    }
+}
+
+/* Was actor `id` spawned while the subscriber was away, by the first `count` of what it
+ * missed? */
+static bool
+spawned_while_away(const actor_event *missed, size_t count, uint64_t id)
+{
+    for (size_t k = 0; k < count; k++) {
+        if (missed[k].id == id && strcmp(missed[k].event, "spawned") == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * A client arrived. If it is a subscriber's process coming back (same name and pid: a
+ * reset), its subscription goes on, and it is told what it missed: the actors destroyed
+ * meanwhile that it knew of, then those spawned meanwhile that are still there.
+ */
+static void
+subscriber_back(demo *d, tether_conn *conn)
+{
+    const char *peer = tether_conn_get_peer_name(conn);
+    int64_t pid = tether_conn_get_peer_pid(conn);
+    for (size_t i = 0; i < d->sub_count; i++) {
+        subscriber *s = &d->subs[i];
+        if (s->conn || s->pid != pid || strcmp(s->peer, peer) != 0) {
+            continue;
+        }
+        s->conn = tether_conn_ref(conn);
+        say("actor events to '%s' go on after its reconnection (%zu missed)", peer,
+            s->missed_count);
+        /* Taken out first: telling may make it away again, with a list of its own. */
+        actor_event *missed = s->missed;
+        size_t count = s->missed_count;
+        s->missed = NULL;
+        s->missed_count = s->missed_cap = 0;
+        bool stays = true;
+        for (size_t k = 0; stays && k < count; k++) {
+            if (strcmp(missed[k].event, "destroyed") == 0) {
+                /* An actor spawned and destroyed while away: neither is told. */
+                stays = spawned_while_away(missed, k, missed[k].id) || tell(d, i, &missed[k]);
+            }
+        }
+        for (size_t k = 0; stays && k < count; k++) {
+            for (size_t a = 0; strcmp(missed[k].event, "spawned") == 0 && a < d->count; a++) {
+                if (d->actors[a]->id == missed[k].id) {
+                    actor_event ev = event_of(d, "spawned", d->actors[a], false);
+                    stays = tell(d, i, &ev);
+                    break;
+                }
+            }
+        }
+        subscriber tmp = {.missed = missed, .missed_count = count};
+        missed_clear(&tmp);
+        return;
     }
 }
 
@@ -884,7 +1053,13 @@ subscribe(demo *d, pending_subscription *p)
             d->sub_cap = cap;
         }
         s = &d->subs[d->sub_count++];
-        s->conn = tether_conn_ref(p->conn);
+        *s = (subscriber){.conn = tether_conn_ref(p->conn),
+                          .peer = strdup(tether_conn_get_peer_name(p->conn)),
+                          .pid = tether_conn_get_peer_pid(p->conn)};
+        if (!s->peer) {
+            subscriber_remove(d, s);
+            return fail(d, p->req, "MemoryError", "out of memory");
+        }
     } else {
         free(s->method);
     }
@@ -900,7 +1075,11 @@ subscribe(demo *d, pending_subscription *p)
     say("%s subscribed to actor events (%s() is told; %s)", peer_name(p->req), s->method, every);
     int r = tether_request_reply(p->req, "{sususi}", "actors", (uint64_t)d->count, "every",
                                  s->every, "fps", FPS);
-    for (size_t k = 0; k < d->count && tell(d, i, "spawned", d->actors[k], true); k++) {
+    for (size_t k = 0; k < d->count; k++) {
+        actor_event ev = event_of(d, "spawned", d->actors[k], true);
+        if (!tell(d, i, &ev)) {
+            break;
+        }
     }
     return r;
 }
