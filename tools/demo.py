@@ -19,14 +19,16 @@ Options it does not know (--tcp, --port, --quiet, --seconds N, ...) go to tether
 meets a demo already running: first DIR/test-demo (tests/test-demo.c, also a ctest test),
 which starts tether-demo and works its scene as a client over the socket while the host
 calls it back, with the tether-demo options given here (none: three runs, on the Unix
-socket, with --tcp 0 and with --port 0); then the host with the example client for six
-seconds. Exit status 0 when all went well; the tests run it.
+socket, with --tcp 0 and with --port 0); then the host with both example clients, the
+client for six seconds at most, and the tour's commands once it is done. Exit status 0
+when all went well; the tests run it.
 """
 
 import argparse
 import glob
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -253,12 +255,18 @@ def once(build_dir, name, extra, client_seconds):
         host = start_host(build_dir, name, ["--seconds", "60", *extra], env)
         check(host is not None, "tether-demo starts", failures)
         if host is not None:
-            client = start_client(name, client_seconds, env)
-            rc = client.wait(30)
-            if rc is None:
-                rc = client.stop(signal.SIGKILL)
-            check(rc == 0 and "stay in the scene" in client.text(),
-                  f"examples/demo_client.py works the scene and exits 0 (exit {rc})", failures)
+            evaluator = start_evaluator(name, env)
+            client = start_client(name, client_seconds, env, stay=True)
+            evaluator.ready.wait(READY_TIMEOUT)
+            check(evaluator.proc.poll() is None and "evaluator: serving" in evaluator.text(),
+                  "examples/eval_exec_client.py serves as 'evaluator'", failures)
+            client.ready.wait(30)
+            check(client.proc.poll() is None and CLIENT_STAYS in client.text(),
+                  "examples/demo_client.py works the scene and stays", failures)
+            take_the_tour(build_dir, name, env, failures)
+            rcs = [child.stop(signal.SIGINT) for child in (client, evaluator)]
+            check(rcs[0] == 0, f"examples/demo_client.py exits 0 on Ctrl-C (exit {rcs[0]})",
+                  failures)
             log = host.text()
             check("demo_client spawned actor 'Ada'" in log, "the host spawned its actors",
                   failures)
@@ -275,6 +283,25 @@ def once(build_dir, name, extra, client_seconds):
         return 1
     out("demo --once: passed")
     return 0
+
+
+def take_the_tour(build_dir, name, env, failures):
+    """Run the tour's commands (README.md's "Command line" block), each checked for exit 0."""
+    if not os.access(os.path.join(build_dir, "tether"), os.X_OK):
+        check(False, f"{os.path.join(build_dir, 'tether')} is built, for the tour", failures)
+        return
+    for command, _what in tour(build_dir, name):
+        argv = shlex.split(command)
+        stdin = "get_actor('Cleo').position()\n" if argv[-1] == "repl" else ""
+        try:
+            r = subprocess.run(argv, input=stdin, env=env, capture_output=True, text=True,
+                               timeout=60)
+        except subprocess.TimeoutExpired:
+            check(False, f"the tour: {command} ends within 60 s", failures)
+            continue
+        for line in (r.stdout + r.stderr).splitlines():
+            out(f"tour   | {line}")
+        check(r.returncode == 0, f"the tour: {command} (exit {r.returncode})", failures)
 
 
 def main(argv=None):

@@ -559,6 +559,8 @@ def test_demo_once(runtime_dir):
     assert "demo --once: passed" in out.stdout
     assert "selftest | " in out.stdout and "self-test passed" in out.stdout
     assert re.search(r"^client \| done after \d+ steps", out.stdout, re.M)
+    assert "demo --once: ok: the tour: " in out.stdout  # the README's command-line block
+    assert re.search(r"^tour   \| 5$", out.stdout, re.M)  # eval evaluator x
     assert "FAILED" not in out.stdout
 
 
