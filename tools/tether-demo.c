@@ -102,7 +102,6 @@ typedef struct actor {
     tether_object *obj; /* the scene's reference, while in the scene */
 } actor;
 
-/* A client that asked for the actors' lifecycle events (subscribe_actor_events). */
 /* An event of an actor, as subscribers are told of it. */
 typedef struct actor_event {
     const char *event; /* "spawned", "ticked", "destroyed" */
@@ -113,6 +112,7 @@ typedef struct actor_event {
     bool existing;      /* "spawned": in the scene before the subscription */
 } actor_event;
 
+/* A client that asked for the actors' lifecycle events (subscribe_actor_events). */
 typedef struct subscriber {
     tether_conn *conn; /* a reference; NULL while its client is away */
     char *peer;        /* the client's name and pid, to know it when it comes back */
