@@ -1125,21 +1125,32 @@ watch_the_demo(selftest *t)
         check(t, watcher_wait(&w, "destroyed Watched\n", 0), "the watcher was told: destroyed");
 
         /* Away and back: what happened meanwhile is told, without subscribing again. */
+        expect_call(t, "client: ", scene, NULL, NULL, "spawn_actor", "s", "Known");
+        check(t, watcher_wait(&w, "spawned Known\n", 0), "the watcher was told: spawned Known");
         tether_client_close(watcher);
         watcher = tether_client_unref(watcher);
         check(t, demo_wait_for(&t->demo, "client '" WATCHER_NAME "'", OUTPUT_WAIT_USEC),
               "the watcher left");
+        expect_call(t, "client: ", scene, NULL, "null", "delete_actor", "s", "Known");
+        expect_call(t, "client: ", scene, NULL, NULL, "spawn_actor", "s", "Brief");
+        expect_call(t, "client: ", scene, NULL, "null", "delete_actor", "s", "Brief");
         expect_call(t, "client: ", scene, NULL, NULL, "spawn_actor", "s", "Later");
         watcher = new_watcher(t, &w);
-        check(t, watcher && watcher_wait(&w, "spawned Later\n", 0),
-              "the watcher, back, was told of the actor spawned while it was away");
+        check(t, watcher && watcher_wait(&w, "destroyed Known\nspawned Later\n", 0),
+              "the watcher, back, was told of the actors destroyed and spawned while it was "
+              "away");
         check(t,
               demo_wait_for(&t->demo,
-                            "actor events to '" WATCHER_NAME "' go on after its reconnection",
+                            "actor events to '" WATCHER_NAME
+                            "' go on after its reconnection (4 missed)",
                             OUTPUT_WAIT_USEC),
-              "the host says the subscription goes on");
+              "the host says the subscription goes on, 4 events missed");
         expect_call(t, "client: ", scene, NULL, "null", "delete_actor", "s", "Later");
         check(t, watcher_wait(&w, "destroyed Later\n", 0), "and of its deletion after");
+        pthread_mutex_lock(&w.lock);
+        bool brief = strstr(w.text, "Brief") != NULL;
+        pthread_mutex_unlock(&w.lock);
+        check(t, !brief, "nor of an actor spawned and destroyed while it was away");
     }
     /* Leave subscribed: the host ends it when it stops, or after its wait. */
     tether_client_close(watcher);
