@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 
 SOURCE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIENT = os.path.join(SOURCE_DIR, "examples", "demo_client.py")
@@ -162,12 +161,14 @@ def events_example(build_dir, name):
     return f"{python} {example}" + ("" if name == "demo" else f" {name}")
 
 
-def banner(build_dir, name):
+def banner(build_dir, name, client_stays=True):
     lines = [
         "-" * 78,
         f"The demo host '{name}' is running, with the clients 'evaluator' "
         "(examples/eval_exec_client.py)",
-        "and 'demo_client' (examples/demo_client.py): the example client is done and stays.",
+        "and 'demo_client' (examples/demo_client.py): the example client is done and stays."
+        if client_stays else
+        "and 'demo_client' (examples/demo_client.py), which has ended: see its lines above.",
         f"In another terminal, in {os.getcwd()}, take the tour (README.md, \"Command line\"):",
     ]
     if os.environ.get("TETHER_RUNTIME_DIR"):
@@ -206,7 +207,7 @@ def run(build_dir, name, extra, seconds):
         evaluator.ready.wait(READY_TIMEOUT)
         client = start_client(name, seconds, env, stay=True)
         client.ready.wait()  # its scene is done (or it ended)
-        banner(build_dir, name)
+        banner(build_dir, name, client_stays=client.proc.poll() is None)
         return host.wait()
     except KeyboardInterrupt:
         out("demo: stopping")
