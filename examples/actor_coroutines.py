@@ -113,8 +113,12 @@ async def subscribe(host, every):
 
 async def main(args):
     scene = Scene(args.report)
-    host = await tether.connect_async(name=args.name, address=args.host, serve="loop",
-                                      services={"on_actor_event": scene.on_actor_event})
+    try:
+        host = await tether.connect_async(name=args.name, address=args.host, serve="loop",
+                                          services={"on_actor_event": scene.on_actor_event})
+    except (OSError, tether.TetherError) as e:  # no host there, refused, timed out
+        say(f"cannot connect to {args.host!r}: {e}")
+        return 2
     handler = tether.LogHandler(host)
     log.addHandler(handler)
     log.addHandler(logging.StreamHandler(sys.stdout))
@@ -127,7 +131,12 @@ async def main(args):
     if args.seconds:
         loop.call_later(args.seconds, stop.set)
 
-    await subscribe(host, args.every)
+    try:
+        await subscribe(host, args.every)
+    except (ValueError, TypeError, tether.NoSuchServiceError) as e:
+        say(f"the host refused the subscription: {type(e).__name__}: {e}")
+        host.close()
+        return 2
     await stop.wait()
 
     try:

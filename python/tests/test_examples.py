@@ -513,6 +513,19 @@ def test_actor_coroutines(demo, runtime_dir):
     demo.wait_for(r"\[actor_coroutines pid \d+\] actor_coroutines: following 'Dot' ")
 
 
+def test_actor_coroutines_bad_input(demo, runtime_dir):
+    refused = run_example("actor_coroutines.py", [demo.address, "--every", "-3"], runtime_dir)
+    assert refused.wait(15) == 2, refused.output()
+    assert ("the host refused the subscription: ValueError: subscribe_actor_events() "
+            "argument 'every': 0 (no ticks) to 3600 frames, not -3") in refused.output()
+    nohost = run_example("actor_coroutines.py", ["nohost"], runtime_dir, "nohost.out")
+    assert nohost.wait(15) == 2, nohost.output()
+    assert "cannot connect to 'nohost': " in nohost.output()
+    assert "Traceback" not in refused.output() + nohost.output()
+    refused.stop()
+    nohost.stop()
+
+
 # ---- examples/demo_client.py and tools/demo.py (make demo) --------------------------------
 
 
