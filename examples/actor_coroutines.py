@@ -26,7 +26,8 @@ Ctrl-C (or SIGTERM, the host's Disconnect, or --seconds N) unsubscribes, cancels
 coroutines still running and exits 0. The subscription outlives a reset
 (`build/tether reset actor_coroutines`): the client reconnects at once, and the host tells
 it which actors were destroyed and spawned meanwhile, so every coroutine still ends with
-its actor.
+its actor. Exit status 0, or 2 when there is no host or it refuses the subscription
+(a bad --every, or a host without subscribe_actor_events).
 """
 
 import argparse
