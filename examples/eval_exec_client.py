@@ -9,7 +9,8 @@ and serves until the host disconnects it (or Ctrl-C). The host's code runs in on
 namespace, so what exec binds, a later eval sees, also after a reset (the client
 reconnects and keeps its state).
 
-From the command line, against a host with the tether.* services (tools/tether-demo):
+From the command line, against a host with the tether.* services (tools/tether-demo,
+which `make demo` runs with this client connected as "evaluator" until it stops):
 
     tether exec evaluator "x = 5"
     tether eval evaluator x
