@@ -45,6 +45,8 @@ CHECKS = {
     "demo log": "test_docs_demo.py",
     "task exception": "test_docs_demo.py",
     "line server stopped": "test_docs_demo.py",
+    "actor coroutines": "test_docs_demo.py",
+    "actor coroutines output": "test_docs_demo.py",
     "layout": "test_docs.py",
     "signature": "test_docs.py",
     "version": "test_docs.py",
