@@ -133,6 +133,36 @@ expect_line "$out/version" "core $core (libtether)" "the libtether inside is thi
 expect_match "$out/version" "^python .* ($venv/bin/python[0-9.]*)$" \
     "it runs the environment's interpreter"
 
+# --- README.md's block, as written --------------------------------------------------------
+
+# Its `<!-- runnable: wheel -->` block runs line by line in a scratch directory whose
+# build/ is this build, with `make` meaning this checkout's make on this build (packages
+# installed already): so `make wheel` finds the wheel above up to date.
+real_make=$(command -v make)
+mkdir -p "$rt/bin" "$rt/readme"
+printf '#!/bin/sh\nTETHER_SKIP_DEPS=1 exec "%s" --no-print-directory -C "%s" BUILD="%s" "$@"\n' \
+    "$real_make" "$source" "$build" >"$rt/bin/make"
+chmod +x "$rt/bin/make"
+ln -s "$build" "$rt/readme/build"
+awk '/^<!-- runnable: wheel -->$/ { getline; inside = 1; next }
+     inside && /^```/ { exit }
+     inside { print }' "$source/README.md" >"$out/readme-block"
+if [ ! -s "$out/readme-block" ]; then
+    fail "README.md has no <!-- runnable: wheel --> block"
+fi
+: >"$out/readme-run"
+while IFS= read -r line; do
+    [ -n "$line" ] || continue
+    echo "\$ $line" >>"$out/readme-run"
+    if ! (cd "$rt/readme" && PATH="$rt/bin:$PATH" sh -c "$line") </dev/null \
+        >>"$out/readme-run" 2>&1; then
+        fail "README.md's line '$line' failed:"
+        show "$out/readme-run"
+        break
+    fi
+done <"$out/readme-block"
+expect_line "$out/readme-run" "tether $version" "README.md's wheel block installs a working tether"
+
 # --- a real host --------------------------------------------------------------------------
 
 # tether-testhost serves until its standard input closes: a FIFO kept open on fd 3.
