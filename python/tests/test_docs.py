@@ -53,7 +53,8 @@ CHECKS = {
     "c-program output": "test_spawn_docs.py",
 }
 # Where the blocks of the settings of `<!-- runnable: ENV -->` run.
-SETTINGS = {"installed": "test_docs_code.py", "demo": "test_docs_demo.py"}
+SETTINGS = {"installed": "test_docs_code.py", "demo": "test_docs_demo.py",
+            "wheel": "tests/test-wheel.sh"}
 # The verbatim copies of files, compared by this test.
 COPIES = "tests/test-examples.sh"
 
