@@ -105,8 +105,9 @@ TETHER_EXPORT const char *tether_err_type(int code);
 /*
  * The code a call fails with when its error has this type: the protocol's own error
  * types (docs/protocol.md, "Errors": "tether.NoSuchService", "tether.NoSuchObject",
- * "tether.MessageTooLarge", "tether.TooManyRequests", "tether.Cancelled") give their
- * codes; anything else, a remote exception, gives TETHER_EREMOTE. Thread: any.
+ * "tether.MessageTooLarge", "tether.TooManyRequests", "tether.Cancelled",
+ * "tether.Timeout") give their codes; anything else, a remote exception, gives
+ * TETHER_EREMOTE. Thread: any.
  */
 TETHER_EXPORT int tether_err_code(const char *type);
 
@@ -742,7 +743,9 @@ enum {
      * of that name other than the caller; LookupError if none. */
     TETHER_BUILTIN_MANAGE = 1 << 1,
     /* tether.call_client(name, method, args=[], kwargs={}) -> that client's answer (its
-     * error passed on, type included). Lets any client drive any other. */
+     * error passed on, type included). Lets any client drive any other. The forwarded
+     * call has the caller's silence timeout, and the caller's cancel (its deadline
+     * passing included) cancels it; a notification is forwarded as a notification. */
     TETHER_BUILTIN_CALL_CLIENT = 1 << 2,
     TETHER_BUILTIN_ALL = TETHER_BUILTIN_CLIENTS | TETHER_BUILTIN_MANAGE | TETHER_BUILTIN_CALL_CLIENT,
 };

@@ -441,6 +441,24 @@ def test_eval_exec(cli, evaluator):
     assert r.returncode == 1 and r.stderr.startswith("tether: SyntaxError: ")
 
 
+def test_call_client_passes_the_timeout_on(host, tmp_path, evaluator):
+    """tether.call_client gives the client the caller's --timeout: a stopped client (it
+    sends nothing, not even progress) times the command out after about that long, not
+    after the host's own default of 30 s."""
+    os.kill(evaluator.proc.pid, signal.SIGSTOP)
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "tether", "--timeout", "1", "call", "tether.call_client",
+             "evaluator", "eval", "['1 + 1']"],
+            env=cli_env(host.runtime_dir, tmp_path), capture_output=True, text=True,
+            timeout=20,
+        )
+    finally:
+        os.kill(evaluator.proc.pid, signal.SIGCONT)
+    assert r.returncode == 1, r.stderr
+    assert "in time (--timeout)" in r.stderr, r.stderr
+
+
 def test_eval_verbose_shows_the_remote_traceback(cli, evaluator):
     r = cli("exec", "-v", "evaluator", "1 / 0")
     assert r.returncode == 1
