@@ -15,7 +15,7 @@
 #include <stdatomic.h>
 #include <time.h>
 
-#include "helpers.h"
+#include "process-helpers.h"
 #include "raw-peer.h"
 
 static tether_host *
@@ -159,5 +159,166 @@ Test(forward, cancel_reaches_the_clients_handler)
     tether_future_unref(future);
     tether_client_unref(tool);
     tether_client_unref(target);
+    tether_host_unref(h);
+}
+
+/* ---- service announcements ---------------------------------------------------------------- */
+
+static int
+late_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    return tether_request_reply(req, "s", "late here");
+}
+
+/* The child: "early" registered before connecting, "late" once the parent says so. */
+static int
+announcing_child(channel *ch, void *arg)
+{
+    tether_client *c = child_client("announcer", arg);
+    CHILD_OK(tether_client_add_service(c, "early", TETHER_CONTEXT_IO, late_handler, NULL));
+    child_connect(c);
+    child_send(ch, 'c');
+    child_expect(ch, 'r');
+    usleep(200 * 1000); /* the parent is waiting for it by now */
+    CHILD_OK(tether_client_add_service(c, "late", TETHER_CONTEXT_IO, late_handler, NULL));
+    child_wait_finish(ch);
+    tether_client_unref(c);
+    return 0;
+}
+
+typedef struct announced {
+    char names[8][32];
+    int count;
+    tether_conn *conn;
+} announced;
+
+static void
+on_client_service(void *userdata, tether_conn *conn, const char *name)
+{
+    announced *a = userdata;
+    if (a->count < 8) {
+        snprintf(a->names[a->count++], sizeof(a->names[0]), "%s", name);
+    }
+    a->conn = conn;
+}
+
+Test(forward, a_service_registered_after_connecting_becomes_callable)
+{
+    char address[300];
+    snprintf(address, sizeof(address), "unix:%s/announce.sock", test_runtime_dir());
+    channel ch;
+    channel_open(&ch);
+    pid_t child = spawn(&ch, announcing_child, address);
+
+    announced seen = {0};
+    tether_host_options o = {.on_client_service = on_client_service,
+                             .on_client_service_userdata = &seen};
+    tether_host *h = start_host("announce", &o);
+    expect_byte(&ch, 'c', WAIT_MS);
+    tether_conn *conn = NULL;
+    ASSERT_OK(tether_host_get_client(h, "announcer", &conn));
+
+    /* Registered before connecting: announced as it connected. */
+    ASSERT_OK(tether_conn_wait_service(conn, "early", 10 * 1000 * 1000));
+    cr_assert_eq(tether_conn_has_service(conn, "early"), 1);
+    cr_assert_eq(tether_conn_has_service(conn, "late"), 0);
+    ASSERT_ERR(tether_conn_call(conn, "late", NULL, NULL, NULL, NULL), TETHER_ENOENT);
+
+    /* Registered while connected: the host waiting for it learns of it and calls it. */
+    send_byte(&ch, 'r');
+    ASSERT_OK(tether_conn_wait_service(conn, "late", 10 * 1000 * 1000));
+    tether_value *v = NULL;
+    ASSERT_OK(tether_conn_call(conn, "late", NULL, &v, NULL, NULL));
+    const char *text;
+    ASSERT_OK(tether_value_read(v, NULL, "s", &text));
+    cr_assert_str_eq(text, "late here");
+    tether_value_unref(v);
+
+    /* The main thread heard of both, in order. */
+    for (int i = 0; i < 100 && seen.count < 2; i++) {
+        tether_host_wait(h, 100 * 1000);
+    }
+    cr_assert_eq(seen.count, 2);
+    cr_assert_str_eq(seen.names[0], "early");
+    cr_assert_str_eq(seen.names[1], "late");
+    cr_assert_eq(seen.conn, conn);
+
+    /* The list of clients shows them. */
+    tether_client_info *infos = NULL;
+    size_t n = 0;
+    ASSERT_OK(tether_host_list_clients(h, &infos, &n));
+    cr_assert_eq(n, 1);
+    cr_assert_eq(infos[0].service_count, 2);
+    cr_assert_str_eq(infos[0].services[0], "early");
+    cr_assert_str_eq(infos[0].services[1], "late");
+    tether_client_infos_free(infos, n);
+
+    /* The client leaves: a thread waiting for another service stops waiting. */
+    finish(&ch);
+    ASSERT_ERR(tether_conn_wait_service(conn, "never", TETHER_TIMEOUT_INFINITE), TETHER_ECONNRESET);
+    assert_exited(child, reap(child, WAIT_MS), 0);
+    tether_conn_unref(conn);
+    tether_host_unref(h);
+    assert_no_children_left();
+}
+
+/* Send a REQUEST (id > 0) or a NOTIFY (id 0) of tether.announce with these args. */
+static void
+raw_announce(int fd, uint64_t id, const uint8_t *args, size_t len)
+{
+    tether__buf b = TETHER__BUF_INIT;
+    const char *m = "tether.announce";
+    if (id) {
+        ASSERT_OK(tether__encode_request(&b, id, 0, 0, m, strlen(m), args, len, NULL, 0, 0));
+    } else {
+        ASSERT_OK(tether__encode_notify(&b, 0, 0, m, strlen(m), args, len, NULL, 0));
+    }
+    raw_send(fd, b.data, b.len);
+    tether__buf_done(&b);
+}
+
+Test(forward, a_peer_that_announces_nothing_or_nonsense)
+{
+    tether_host *h = start_host("announce-raw", &(tether_host_options){0});
+    int raw = raw_client(h);
+    tether_conn *conn = NULL;
+    ASSERT_OK(tether_host_get_client(h, "raw", &conn));
+
+    /* An older peer announces nothing: it is still served, nothing is waited for in vain
+     * beyond the timeout. */
+    cr_assert_eq(tether_conn_has_service(conn, "x"), 0);
+    ASSERT_ERR(tether_conn_wait_service(conn, "x", 50 * 1000), TETHER_ETIMEDOUT);
+    ASSERT_ERR(tether_conn_wait_service(conn, "x", 0), TETHER_ETIMEDOUT);
+    ASSERT_ERR(tether_conn_wait_service(conn, NULL, 0), TETHER_EINVAL);
+    ASSERT_ERR(tether_conn_has_service(conn, ""), TETHER_EINVAL);
+
+    /* Not a list of names: a TypeError, and nothing of it is taken. */
+    static const uint8_t not_names[] = {0x91, 0x92, 0xa2, 'o', 'k', 0x02}; /* [["ok", 2]] */
+    raw_announce(raw, 1, not_names, sizeof(not_names));
+    tether__frame f;
+    uint8_t buf[4096];
+    cr_assert_eq(raw_read_frame(raw, &f, buf, sizeof(buf)), TETHER__RESPONSE);
+    cr_assert_eq(f.id, 1);
+    cr_assert(f.is_error);
+    cr_assert_eq(tether_conn_has_service(conn, "ok"), 0);
+    static const uint8_t a_name[] = {0x91, 0xa2, 'o', 'k'}; /* ["ok"]: not inside a list */
+    raw_announce(raw, 2, a_name, sizeof(a_name));
+    cr_assert_eq(raw_read_frame(raw, &f, buf, sizeof(buf)), TETHER__RESPONSE);
+    cr_assert(f.is_error);
+
+    /* A well-formed one, as a notification like a client sends it. */
+    static const uint8_t names[] = {0x91, 0x91, 0xa2, 'o', 'k'}; /* [["ok"]] */
+    raw_announce(raw, 0, names, sizeof(names));
+    ASSERT_OK(tether_conn_wait_service(conn, "ok", 10 * 1000 * 1000));
+
+    /* A client's own connection to its host has no announced services to ask about. */
+    tether_client *tool = test_client_connect("tool", tether_host_get_address(h));
+    ASSERT_ERR(tether_conn_has_service(tether_client_get_conn(tool), "ok"), TETHER_ENOTSUP);
+    ASSERT_ERR(tether_conn_wait_service(tether_client_get_conn(tool), "ok", 0), TETHER_ENOTSUP);
+
+    tether_client_unref(tool);
+    close(raw);
+    tether_conn_unref(conn);
     tether_host_unref(h);
 }

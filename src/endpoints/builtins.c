@@ -85,9 +85,32 @@ serve_services(tether_request *req, void *userdata)
     return r;
 }
 
+/* The services a client announced, sorted, as an array value. */
+static int
+services_of(const tether_client_info *c, tether_value **ret)
+{
+    const char **names = tether__calloc(c->service_count ? c->service_count : 1, sizeof(*names));
+    if (!names) {
+        return -ENOMEM;
+    }
+    memcpy(names, c->services, c->service_count * sizeof(*names));
+    qsort(names, c->service_count, sizeof(*names), compare_names);
+    tether__buf b = TETHER__BUF_INIT;
+    int r = tether__mp_array(&b, (uint32_t)c->service_count);
+    for (size_t i = 0; r == 0 && i < c->service_count; i++) {
+        r = tether__mp_str(&b, names[i], strlen(names[i]));
+    }
+    if (r == 0) {
+        r = tether__value_new_copy(tether__buf_head(&b), tether__buf_pending(&b), ret);
+    }
+    tether__buf_done(&b);
+    tether__free(names);
+    return r;
+}
+
 /* tether.clients() -> [{"name", "pid", "language", "language_version", "connected_since"
- * (unix seconds), "calls_in_flight", "calls_in", "calls_out", "bytes_in", "bytes_out"}],
- * oldest first: the troubleshooting view. */
+ * (unix seconds), "calls_in_flight", "calls_in", "calls_out", "bytes_in", "bytes_out",
+ * "services" (the names it announced, sorted)}], oldest first: the troubleshooting view. */
 static int
 serve_clients(tether_request *req, void *userdata)
 {
@@ -102,12 +125,18 @@ serve_clients(tether_request *req, void *userdata)
     r = r < 0 ? r : items ? 0 : -ENOMEM;
     for (size_t i = 0; r == 0 && i < count; i++) {
         const tether_client_info *c = &infos[i];
-        r = tether_value_new(&items[i], "{sssxsssssdsususususu}", "name", c->name, "pid", c->pid,
-                             "language", c->language, "language_version", c->language_version,
-                             "connected_since", (double)c->connected_unix_usec / 1e6,
-                             "calls_in_flight", (uint64_t)c->calls_in_flight, "calls_in",
-                             c->calls_in, "calls_out", c->calls_out, "bytes_in", c->bytes_in,
-                             "bytes_out", c->bytes_out);
+        tether_value *services = NULL;
+        r = services_of(c, &services);
+        if (r == 0) {
+            r = tether_value_new(&items[i], "{sssxsssssdsusususususv}", "name", c->name, "pid",
+                                 c->pid, "language", c->language, "language_version",
+                                 c->language_version, "connected_since",
+                                 (double)c->connected_unix_usec / 1e6, "calls_in_flight",
+                                 (uint64_t)c->calls_in_flight, "calls_in", c->calls_in, "calls_out",
+                                 c->calls_out, "bytes_in", c->bytes_in, "bytes_out", c->bytes_out,
+                                 "services", services);
+        }
+        tether_value_unref(services);
     }
     tether_value *result = NULL;
     if (items) {

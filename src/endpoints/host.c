@@ -23,6 +23,7 @@
 #include "platform/platform.h"
 #include "rpc/value.h"
 #include "util/alloc.h"
+#include "util/condwait.h"
 
 #define DEFAULT_MAX_CLIENTS 1024u
 #define DEFAULT_HANDSHAKE_USEC (5ull * 1000 * 1000)
@@ -47,6 +48,8 @@ struct tether_host {
     uint64_t handshake_timeout_usec;
     tether_client_event_fn on_client;
     void *on_client_userdata;
+    tether_client_service_fn on_client_service;
+    void *on_client_service_userdata;
 
     bool started, stopped; /* guarded by lock */
     char *address;         /* "unix:..." once started */
@@ -107,6 +110,198 @@ post_client_event(tether_host *h, tether_conn *c, int event)
     tether__mainq_push(h->ep->mainq, NULL, &e->work);
 }
 
+/* ---- service announcements ----------------------------------------------------------- */
+
+typedef struct service_event {
+    tether__work work;
+    tether_client_service_fn fn;
+    void *userdata;
+    tether_conn *conn;
+    char name[]; /* NUL-terminated */
+} service_event;
+
+static void
+run_service_event(tether__work *w)
+{
+    service_event *e = (service_event *)w;
+    e->fn(e->userdata, e->conn, e->name);
+    tether_conn_unref(e->conn);
+    tether__free(e);
+}
+
+static void
+discard_service_event(tether__work *w)
+{
+    service_event *e = (service_event *)w;
+    tether_conn_unref(e->conn);
+    tether__free(e);
+}
+
+static void
+post_service_event(tether_host *h, tether_conn *c, const char *name, size_t len)
+{
+    service_event *e = h->on_client_service ? tether__calloc(1, sizeof(*e) + len + 1) : NULL;
+    if (!e) {
+        return;
+    }
+    *e = (service_event){.work = {.run = run_service_event, .discard = discard_service_event},
+                         .fn = h->on_client_service,
+                         .userdata = h->on_client_service_userdata,
+                         .conn = tether_conn_ref(c)};
+    memcpy(e->name, name, len);
+    e->name[len] = '\0';
+    tether__mainq_push(h->ep->mainq, &c->lane, &e->work);
+}
+
+/* Whether the announced list of c holds name (conn lock held). */
+static bool
+has_service_locked(const tether_conn *c, const char *name, size_t len)
+{
+    for (size_t at = 0; at < c->peer_services_len;) {
+        size_t n = strlen(c->peer_services + at);
+        if (n == len && memcmp(c->peer_services + at, name, len) == 0) {
+            return true;
+        }
+        at += n + 1;
+    }
+    return false;
+}
+
+/*
+ * tether.announce([name, ...]), a client's notification (I/O thread): remember the
+ * names, wake the threads waiting for one, tell the main thread of each new one. The
+ * whole list is checked before any name is taken, so a bad one changes nothing.
+ */
+static int
+serve_announce(tether_request *req, void *userdata)
+{
+    tether_host *h = userdata;
+    tether_conn *c = tether_request_get_conn(req);
+    tether_value *names = NULL;
+    size_t count = 0;
+    int r = tether_request_read(req, "v", &names);
+    if (r == 0 && (tether_value_get_type(names) != TETHER_TYPE_ARRAY ||
+                   tether_value_get_count(names, &count) < 0)) {
+        r = TETHER_EINVAL;
+    }
+    for (size_t i = 0; r == 0 && i < count; i++) {
+        tether_value *item = NULL;
+        const char *name;
+        size_t len = 0;
+        r = tether_value_get_item(names, i, &item);
+        if (r == 0 && (tether_value_read(item, NULL, "S", &name, &len) < 0 || !name || len == 0 ||
+                       memchr(name, '\0', len))) {
+            r = TETHER_EINVAL;
+        }
+        tether_value_unref(item);
+    }
+    if (r < 0) {
+        tether__log(h->ep, TETHER_LOG_NOTICE,
+                    "client %s announced services with something else than a list of names",
+                    c->link.peer_name ? c->link.peer_name : "?");
+        tether_value_unref(names);
+        return tether_request_reply_error(req, "TypeError",
+                                          "tether.announce takes a list of service names");
+    }
+    for (size_t i = 0; i < count; i++) {
+        tether_value *item = NULL;
+        const char *name;
+        size_t len = 0;
+        if (tether_value_get_item(names, i, &item) < 0 ||
+            tether_value_read(item, NULL, "S", &name, &len) < 0) {
+            tether_value_unref(item);
+            r = TETHER_ENOMEM;
+            break;
+        }
+        /* The host lock as well: tether_host_list_clients sizes its copy under it. */
+        pthread_mutex_lock(&h->lock);
+        pthread_mutex_lock(&c->link.lock);
+        bool added = false;
+        if (!has_service_locked(c, name, len)) {
+            char *grown = tether__realloc(c->peer_services, c->peer_services_len + len + 1);
+            if (grown) {
+                memcpy(grown + c->peer_services_len, name, len);
+                grown[c->peer_services_len + len] = '\0';
+                c->peer_services = grown;
+                c->peer_services_len += len + 1;
+                added = true;
+                pthread_cond_broadcast(&c->peer_services_changed);
+            }
+        }
+        pthread_mutex_unlock(&c->link.lock);
+        pthread_mutex_unlock(&h->lock);
+        if (added) {
+            tether__log(h->ep, TETHER_LOG_DEBUG, "client %s offers %.*s", c->link.peer_name,
+                        (int)len, name);
+            post_service_event(h, c, name, len);
+        }
+        tether_value_unref(item);
+    }
+    tether_value_unref(names);
+    return r;
+}
+
+/* A host's connection to a client, not a client's own connection to its host. */
+static bool
+is_client_conn(const tether_conn *c)
+{
+    return c->ep->is_host;
+}
+
+int
+tether_conn_has_service(tether_conn *c, const char *name)
+{
+    if (!c || !name || !*name) {
+        return -EINVAL;
+    }
+    if (!is_client_conn(c)) {
+        return -ENOTSUP;
+    }
+    pthread_mutex_lock(&c->link.lock);
+    bool found = has_service_locked(c, name, strlen(name));
+    pthread_mutex_unlock(&c->link.lock);
+    return found;
+}
+
+int
+tether_conn_wait_service(tether_conn *c, const char *name, uint64_t timeout_usec)
+{
+    if (!c || !name || !*name) {
+        return -EINVAL;
+    }
+    if (!is_client_conn(c)) {
+        return -ENOTSUP;
+    }
+    if (tether__ioloop_in_thread(c->link.loop)) {
+        return -EDEADLK;
+    }
+    uint64_t deadline =
+        timeout_usec == TETHER_TIMEOUT_INFINITE ? UINT64_MAX : tether_now_usec() + timeout_usec;
+    size_t len = strlen(name);
+    int r;
+    pthread_mutex_lock(&c->link.lock);
+    for (;;) {
+        if (has_service_locked(c, name, len)) {
+            r = 0;
+            break;
+        }
+        if (tether__conn_state(c) != TETHER__LINK_OPEN) {
+            r = -ECONNRESET;
+            break;
+        }
+        uint64_t now = tether_now_usec();
+        if (now >= deadline) {
+            r = -ETIMEDOUT;
+            break;
+        }
+        /* At most a second at a time: the close is seen even if its wake-up is missed. */
+        tether__cond_wait_until(&c->peer_services_changed, &c->link.lock,
+                                deadline - now > 1000000 ? now + 1000000 : deadline);
+    }
+    pthread_mutex_unlock(&c->link.lock);
+    return r;
+}
+
 /* ---- registry ---------------------------------------------------------------------- */
 
 static void
@@ -152,6 +347,10 @@ registry_remove(tether_host *h, tether_conn *c)
 static void
 hook_conn_closed(tether__endpoint *ep, tether_conn *c)
 {
+    /* Threads waiting for one of its services give up. */
+    pthread_mutex_lock(&c->link.lock);
+    pthread_cond_broadcast(&c->peer_services_changed);
+    pthread_mutex_unlock(&c->link.lock);
     tether_host *h = ep->owner;
     if (!h || !registry_remove(h, c)) {
         return;
@@ -421,6 +620,8 @@ tether_host_new(const tether_host_options *opts, tether_host **ret_host)
     h->max_clients = opts->max_clients ? opts->max_clients : DEFAULT_MAX_CLIENTS;
     h->on_client = opts->on_client;
     h->on_client_userdata = opts->on_client_userdata;
+    h->on_client_service = opts->on_client_service;
+    h->on_client_service_userdata = opts->on_client_service_userdata;
     h->handshake_timeout_usec =
         opts->handshake_timeout_usec ? opts->handshake_timeout_usec : DEFAULT_HANDSHAKE_USEC;
     h->no_unix = opts->no_unix;
@@ -435,6 +636,10 @@ tether_host_new(const tether_host_options *opts, tether_host **ret_host)
     if (r == 0 && opts->unix_path) {
         h->unix_path_option = tether__strdup(opts->unix_path);
         r = h->unix_path_option ? 0 : -ENOMEM;
+    }
+    if (r == 0) {
+        /* Part of the protocol, not an option: every host learns its clients' services. */
+        r = tether_host_add_service(h, TETHER__ANNOUNCE, TETHER_CONTEXT_IO, serve_announce, h);
     }
     if (r == 0) {
         r = tether__builtins_add(h, opts->builtin_services);
@@ -732,21 +937,30 @@ tether_host_list_clients(tether_host *h, tether_client_info **ret_infos, size_t 
     *ret_infos = NULL;
     *ret_count = 0;
     pthread_mutex_lock(&h->lock);
-    size_t n = 0, strings = 0;
+    size_t n = 0, strings = 0, services = 0; /* clients, bytes of text, service names */
     for (tether_conn *c = h->conns; c; c = c->owner_next) {
         if (c->link.peer_name && tether__conn_state(c) == TETHER__LINK_OPEN) {
             n++;
             strings += strlen(c->link.peer_name) + strlen(c->link.peer_language) +
                        strlen(c->link.peer_language_version) + 3;
+            pthread_mutex_lock(&c->link.lock);
+            strings += c->peer_services_len;
+            for (size_t at = 0; at < c->peer_services_len; at++) {
+                services += c->peer_services[at] == '\0';
+            }
+            pthread_mutex_unlock(&c->link.lock);
         }
     }
-    /* One block: the array, then the strings it points to. */
-    tether_client_info *infos = tether__calloc(1, n * sizeof(*infos) + strings + 1);
+    /* One block: the array, the service name pointers, then the strings they point to.
+     * The host lock keeps the clients and their announced services as counted. */
+    tether_client_info *infos =
+        tether__calloc(1, n * sizeof(*infos) + services * sizeof(char *) + strings + 1);
     if (!infos) {
         pthread_mutex_unlock(&h->lock);
         return -ENOMEM;
     }
-    char *text = (char *)(infos + n);
+    const char **names = (const char **)(infos + n);
+    char *text = (char *)(names + services);
     size_t i = n;
     /* The registry is newest first; fill from the back for oldest first. */
     for (tether_conn *c = h->conns; c && i > 0; c = c->owner_next) {
@@ -764,6 +978,15 @@ tether_host_list_clients(tether_host *h, tether_client_info **ret_infos, size_t 
         }
         pthread_mutex_lock(&c->link.lock);
         info->calls_in_flight = c->pending_count + c->running_count;
+        info->services = names;
+        for (size_t at = 0; at < c->peer_services_len;) {
+            size_t len = strlen(c->peer_services + at) + 1;
+            memcpy(text, c->peer_services + at, len);
+            names[info->service_count++] = text;
+            text += len;
+            at += len;
+        }
+        names += info->service_count;
         pthread_mutex_unlock(&c->link.lock);
         info->conn = tether_conn_ref(c);
         info->pid = c->link.peer_pid;
