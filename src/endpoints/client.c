@@ -378,6 +378,14 @@ tether_client_unref(tether_client *cl)
  * order: what the client sends after connecting reaches it after the announcement.
  */
 static int
+encode_announce(tether__buf *out, void *arg)
+{
+    tether__buf *args = arg;
+    return tether__encode_notify(out, 0, 0, TETHER__ANNOUNCE, sizeof(TETHER__ANNOUNCE) - 1,
+                                 tether__buf_head(args), tether__buf_pending(args), NULL, 0);
+}
+
+static int
 announce(tether_client *cl, tether_conn *c, const char *const *names, size_t count)
 {
     tether__buf b = TETHER__BUF_INIT;
@@ -386,15 +394,14 @@ announce(tether_client *cl, tether_conn *c, const char *const *names, size_t cou
     for (size_t i = 0; r == 0 && i < count; i++) {
         r = tether__mp_str(&b, names[i], strlen(names[i]));
     }
-    tether_value *args = NULL;
     if (r == 0) {
-        r = tether__value_new_copy(tether__buf_head(&b), tether__buf_pending(&b), &args);
+        /* Written at once, as a synchronous call's request is: right after connecting
+         * the I/O thread may not have attached the connection yet, and output left to
+         * it then (write interest) was seen to stall the connection's input in tests
+         * (test-spawn). */
+        r = tether__conn_send(c, encode_announce, &b, true);
     }
     tether__buf_done(&b);
-    if (r == 0) {
-        r = tether_conn_notify_values(c, TETHER__ANNOUNCE, args, NULL);
-    }
-    tether_value_unref(args);
     if (r < 0) {
         /* The next connection announces them all again. */
         tether__log(cl->ep, TETHER_LOG_DEBUG, "could not announce %zu service(s) to the host: %s",
