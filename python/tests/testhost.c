@@ -520,8 +520,8 @@ call_when_offered(tether_request *req, void *userdata)
     const char *name, *method;
     tether_value *args = NULL;
     double seconds;
-    if (tether_request_read(req, "ssvd", &name, &method, &args, &seconds) < 0 || !name ||
-        !method || seconds < 0) {
+    if (tether_request_read(req, "ssvd", &name, &method, &args, &seconds) < 0 || !name || !method ||
+        seconds < 0) {
         tether_value_unref(args);
         return TETHER_EINVAL;
     }
