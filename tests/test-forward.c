@@ -307,6 +307,22 @@ Test(forward, a_peer_that_announces_nothing_or_nonsense)
     cr_assert_eq(raw_read_frame(raw, &f, buf, sizeof(buf)), TETHER__RESPONSE);
     cr_assert(f.is_error);
 
+    /* Over the host's limit of names per client: refused whole. */
+    size_t many = 4097, len = 6 + 2 * many;
+    uint8_t *big = malloc(len);
+    cr_assert(big);
+    memcpy(big, (uint8_t[]){0x91, 0xdd, 0x00, 0x00, 0x10, 0x01}, 6); /* [[4097 items]] */
+    for (size_t i = 0; i < many; i++) {
+        big[6 + 2 * i] = 0xa1; /* "k" */
+        big[7 + 2 * i] = 'k';
+    }
+    raw_announce(raw, 3, big, len);
+    free(big);
+    cr_assert_eq(raw_read_frame(raw, &f, buf, sizeof(buf)), TETHER__RESPONSE);
+    cr_assert_eq(f.id, 3);
+    cr_assert(f.is_error);
+    cr_assert_eq(tether_conn_has_service(conn, "k"), 0);
+
     /* A well-formed one, as a notification like a client sends it. */
     static const uint8_t names[] = {0x91, 0x91, 0xa2, 'o', 'k'}; /* [["ok"]] */
     raw_announce(raw, 0, names, sizeof(names));

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "codec/msgpack.h"
 #include "conn/transport.h"
 #include "endpoints/host.h"
 #include "platform/platform.h"
@@ -167,77 +168,118 @@ has_service_locked(const tether_conn *c, const char *name, size_t len)
     return false;
 }
 
+/* Names a host keeps per client: beyond, an announcement is refused whole (the list is
+ * searched name by name, so it must stay short). */
+#define MAX_ANNOUNCED 4096
+
+/*
+ * The names of an announcement's args ([[name, ...]]) into *ret_list, read in one pass
+ * over the msgpack bytes. Returns 0, or -EINVAL (not one list of non-empty names
+ * without NUL bytes), -E2BIG (more than MAX_ANNOUNCED).
+ */
+static int
+announced_names(tether_request *req, tether__mp_reader *ret_list, uint32_t *ret_count)
+{
+    const void *data;
+    size_t size;
+    tether_value *args = tether_request_get_args(req);
+    if (!args || tether_value_get_msgpack(args, &data, &size) < 0) {
+        return -ENOMEM;
+    }
+    tether__mp_reader r = {data, (const uint8_t *)data + size};
+    uint32_t outer, count;
+    if (tether__mp_read_array(&r, &outer) < 0 || outer != 1 ||
+        tether__mp_read_array(&r, &count) < 0) {
+        return -EINVAL;
+    }
+    if (count > MAX_ANNOUNCED) {
+        return -E2BIG;
+    }
+    *ret_list = r;
+    *ret_count = count;
+    for (uint32_t i = 0; i < count; i++) {
+        tether__span name;
+        if (tether__mp_read_str(&r, &name) < 0 || name.len == 0 ||
+            memchr(name.ptr, '\0', name.len)) {
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
 /*
  * tether.announce([name, ...]), a client's notification (I/O thread): remember the
  * names, wake the threads waiting for one, tell the main thread of each new one. The
- * whole list is checked before any name is taken, so a bad one changes nothing.
+ * whole announcement is checked before any name is taken, so a bad one changes nothing.
  */
 static int
 serve_announce(tether_request *req, void *userdata)
 {
     tether_host *h = userdata;
     tether_conn *c = tether_request_get_conn(req);
-    tether_value *names = NULL;
-    size_t count = 0;
-    int r = tether_request_read(req, "v", &names);
-    if (r == 0 && (tether_value_get_type(names) != TETHER_TYPE_ARRAY ||
-                   tether_value_get_count(names, &count) < 0)) {
-        r = TETHER_EINVAL;
-    }
-    for (size_t i = 0; r == 0 && i < count; i++) {
-        tether_value *item = NULL;
-        const char *name;
-        size_t len = 0;
-        r = tether_value_get_item(names, i, &item);
-        if (r == 0 && (tether_value_read(item, NULL, "S", &name, &len) < 0 || !name || len == 0 ||
-                       memchr(name, '\0', len))) {
-            r = TETHER_EINVAL;
-        }
-        tether_value_unref(item);
-    }
-    if (r < 0) {
-        tether__log(h->ep, TETHER_LOG_NOTICE,
-                    "client %s announced services with something else than a list of names",
-                    c->link.peer_name ? c->link.peer_name : "?");
-        tether_value_unref(names);
-        return tether_request_reply_error(req, "TypeError",
-                                          "tether.announce takes a list of service names");
-    }
-    for (size_t i = 0; i < count; i++) {
-        tether_value *item = NULL;
-        const char *name;
-        size_t len = 0;
-        if (tether_value_get_item(names, i, &item) < 0 ||
-            tether_value_read(item, NULL, "S", &name, &len) < 0) {
-            tether_value_unref(item);
-            r = TETHER_ENOMEM;
-            break;
-        }
+    tether__mp_reader list;
+    uint32_t count = 0;
+    int r = announced_names(req, &list, &count);
+    if (r == 0) {
         /* The host lock as well: tether_host_list_clients sizes its copy under it. */
         pthread_mutex_lock(&h->lock);
         pthread_mutex_lock(&c->link.lock);
-        bool added = false;
-        if (!has_service_locked(c, name, len)) {
-            char *grown = tether__realloc(c->peer_services, c->peer_services_len + len + 1);
-            if (grown) {
-                memcpy(grown + c->peer_services_len, name, len);
-                grown[c->peer_services_len + len] = '\0';
-                c->peer_services = grown;
-                c->peer_services_len += len + 1;
-                added = true;
-                pthread_cond_broadcast(&c->peer_services_changed);
+        size_t known = 0;
+        for (size_t at = 0; at < c->peer_services_len; at++) {
+            known += c->peer_services[at] == '\0';
+        }
+        if (known + count > MAX_ANNOUNCED) {
+            r = -E2BIG;
+        }
+        size_t added_from = c->peer_services_len;
+        for (uint32_t i = 0; r == 0 && i < count; i++) {
+            tether__span name;
+            tether__mp_read_str(&list, &name);
+            if (has_service_locked(c, (const char *)name.ptr, name.len)) {
+                continue;
             }
+            char *grown = tether__realloc(c->peer_services, c->peer_services_len + name.len + 1);
+            if (!grown) {
+                r = -ENOMEM;
+                break;
+            }
+            memcpy(grown + c->peer_services_len, name.ptr, name.len);
+            grown[c->peer_services_len + name.len] = '\0';
+            c->peer_services = grown;
+            c->peer_services_len += name.len + 1;
+        }
+        /* The names added, copied to tell the main thread outside the locks. */
+        size_t added_len = c->peer_services_len - added_from;
+        char *added = added_len ? tether__malloc(added_len) : NULL;
+        if (added) {
+            memcpy(added, c->peer_services + added_from, added_len);
+        }
+        if (added_len) {
+            pthread_cond_broadcast(&c->peer_services_changed);
         }
         pthread_mutex_unlock(&c->link.lock);
         pthread_mutex_unlock(&h->lock);
-        if (added) {
-            tether__log(h->ep, TETHER_LOG_DEBUG, "client %s offers %.*s", c->link.peer_name,
-                        (int)len, name);
-            post_service_event(h, c, name, len);
+        for (size_t at = 0; added && at < added_len;) {
+            size_t len = strlen(added + at);
+            tether__log(h->ep, TETHER_LOG_DEBUG, "client %s offers %s", c->link.peer_name,
+                        added + at);
+            post_service_event(h, c, added + at, len);
+            at += len + 1;
         }
-        tether_value_unref(item);
+        tether__free(added);
     }
-    tether_value_unref(names);
+    if (r == -EINVAL || r == -E2BIG) {
+        char why[64];
+        snprintf(why, sizeof(why),
+                 r == -EINVAL ? "something else than a list of names" : "more than %d services",
+                 MAX_ANNOUNCED);
+        tether__log(h->ep, TETHER_LOG_NOTICE, "client %s announced %s; ignored",
+                    c->link.peer_name ? c->link.peer_name : "?", why);
+        return tether_request_reply_error(req, r == -EINVAL ? "TypeError" : "ValueError",
+                                          "tether.announce takes one list of service names "
+                                          "(got %s)",
+                                          why);
+    }
     return r;
 }
 
