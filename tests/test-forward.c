@@ -187,6 +187,7 @@ announcing_child(channel *ch, void *arg)
     return 0;
 }
 
+/* What the main thread was told, in order: "+" for a client's arrival, then names. */
 typedef struct announced {
     char names[8][32];
     int count;
@@ -203,6 +204,14 @@ on_client_service(void *userdata, tether_conn *conn, const char *name)
     a->conn = conn;
 }
 
+static void
+on_client(void *userdata, tether_conn *conn, int event)
+{
+    if (event == TETHER_CLIENT_CONNECTED) {
+        on_client_service(userdata, conn, "+");
+    }
+}
+
 Test(forward, a_service_registered_after_connecting_becomes_callable)
 {
     char address[300];
@@ -212,7 +221,9 @@ Test(forward, a_service_registered_after_connecting_becomes_callable)
     pid_t child = spawn(&ch, announcing_child, address);
 
     announced seen = {0};
-    tether_host_options o = {.on_client_service = on_client_service,
+    tether_host_options o = {.on_client = on_client,
+                             .on_client_userdata = &seen,
+                             .on_client_service = on_client_service,
                              .on_client_service_userdata = &seen};
     tether_host *h = start_host("announce", &o);
     expect_byte(&ch, 'c', WAIT_MS);
@@ -235,13 +246,14 @@ Test(forward, a_service_registered_after_connecting_becomes_callable)
     cr_assert_str_eq(text, "late here");
     tether_value_unref(v);
 
-    /* The main thread heard of both, in order. */
-    for (int i = 0; i < 100 && seen.count < 2; i++) {
+    /* The main thread heard of the client, then of both services, in order. */
+    for (int i = 0; i < 100 && seen.count < 3; i++) {
         tether_host_wait(h, 100 * 1000);
     }
-    cr_assert_eq(seen.count, 2);
-    cr_assert_str_eq(seen.names[0], "early");
-    cr_assert_str_eq(seen.names[1], "late");
+    cr_assert_eq(seen.count, 3);
+    cr_assert_str_eq(seen.names[0], "+");
+    cr_assert_str_eq(seen.names[1], "early");
+    cr_assert_str_eq(seen.names[2], "late");
     cr_assert_eq(seen.conn, conn);
 
     /* The list of clients shows them. */

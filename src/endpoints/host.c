@@ -151,7 +151,8 @@ post_service_event(tether_host *h, tether_conn *c, const char *name, size_t len)
                          .conn = tether_conn_ref(c)};
     memcpy(e->name, name, len);
     e->name[len] = '\0';
-    tether__mainq_push(h->ep->mainq, &c->lane, &e->work);
+    /* The lane of the client events: a client's CONNECTED comes before its services. */
+    tether__mainq_push(h->ep->mainq, NULL, &e->work);
 }
 
 /* Whether the announced list of c holds name (conn lock held). */
