@@ -395,10 +395,8 @@ announce(tether_client *cl, tether_conn *c, const char *const *names, size_t cou
         r = tether__mp_str(&b, names[i], strlen(names[i]));
     }
     if (r == 0) {
-        /* Written at once, as a synchronous call's request is: right after connecting
-         * the I/O thread may not have attached the connection yet, and output left to
-         * it then (write interest) was seen to stall the connection's input in tests
-         * (test-spawn). */
+        /* Written at once, as a synchronous call's request is, rather than left to an
+         * I/O thread that may not have taken the new connection over yet. */
         r = tether__conn_send(c, encode_announce, &b, true);
     }
     tether__buf_done(&b);
