@@ -64,18 +64,19 @@ def main(argv=None):
                         help="stay connected when done, until Ctrl-C or the host's Disconnect")
     args = parser.parse_args(argv)
 
-    host = tether.connect(name=args.name, address=args.host)
+    state = {"step": 0, "actors": []}
+
+    # A service the host may call; it runs on one of tether's worker threads. Registered
+    # as the connection is made, so it is there as soon as the host sees this client.
+    def report():
+        say("the host calls report()")
+        return {"step": state["step"], "actors": [a.name for a in list(state["actors"])]}
+
+    host = tether.connect(name=args.name, address=args.host, services=[report])
     log = logging.getLogger("demo_client")
     log.setLevel(logging.INFO)
     log.addHandler(tether.LogHandler(host))  # records go to the host's log
     say(f"connected to {host.host_name!r} as {host.name!r}")
-    state = {"step": 0, "actors": []}
-
-    # A service the host may call; it runs on one of tether's worker threads.
-    @host.service
-    def report():
-        say("the host calls report()")
-        return {"step": state["step"], "actors": [a.name for a in list(state["actors"])]}
 
     # The host's Disconnect makes the library send this process SIGTERM: leave cleanly.
     signal.signal(signal.SIGTERM, stopped_by_sigterm)

@@ -29,9 +29,10 @@ def main():
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: done.set())
 
-    with tether.connect(name="evaluator", address=address) as host:
-        # This hands the host the power of this process: only for a host you trust.
-        host.register_service(tether.services.EvalExec())
+    # EvalExec hands the host the power of this process: only for a host you trust. It is
+    # registered as the connection is made, so the host can call it as soon as it sees us.
+    evaluator = tether.services.EvalExec()
+    with tether.connect(name="evaluator", address=address, services=[evaluator]) as host:
         try:
             host.root.ready()
         except tether.NoSuchServiceError:
