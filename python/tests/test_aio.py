@@ -3,6 +3,7 @@ loop's errors in the host's log (pytest-asyncio runs each test in a loop of its 
 
 import asyncio
 import gc
+import sys
 
 import pytest
 
@@ -22,14 +23,20 @@ async def test_await_results(conn):
 
 
 @pytest.mark.asyncio
-async def test_aio_returns_an_asyncio_future_started_at_once(conn):
+async def test_aio_returns_a_call_started_at_once(conn):
     f = conn.aio.slow(50)
-    assert isinstance(f, asyncio.Future)
+    assert isinstance(f, tether.AioCall)
+    assert asyncio.iscoroutine(f) and not asyncio.isfuture(f)
+    assert repr(f) == "<tether.AioCall 'slow' pending>"
     for _ in range(500):  # the call goes on without being awaited
         if f.done():
             break
         await asyncio.sleep(0.01)
-    assert f.result() == 50
+    assert f.result() == 50 and f.exception() is None and not f.cancelled()
+    assert repr(f) == "<tether.AioCall 'slow' finished>"
+    assert await f == 50 and await f == 50  # awaited twice: the same result
+    with pytest.raises(asyncio.InvalidStateError):
+        conn.aio.slow(1000).result()
 
 
 @pytest.mark.asyncio
@@ -88,6 +95,147 @@ async def test_cancelling_an_awaited_tether_future_cancels_the_call(conn):
         await task
     assert future.cancelled()
     assert await asyncio.wait_for(_until(conn, lambda s: s[1] == cancelled + 1), 5)
+
+
+# ---- aio calls wherever asyncio takes an awaitable --------------------------------------
+
+
+async def _stuck_calls(conn, n):
+    """n calls of the host's service "stuck" started; returns them and a coroutine that
+    waits until the host has seen all n cancelled."""
+    kept, cancelled = await conn.aio.stuck_state()
+    calls = [conn.aio.stuck() for _ in range(n)]
+    assert await asyncio.wait_for(_until(conn, lambda s: s[0] == kept + n), 5)
+    return calls, asyncio.wait_for(_until(conn, lambda s: s[1] == cancelled + n), 5)
+
+
+@pytest.mark.asyncio
+async def test_create_task(conn):
+    task = asyncio.create_task(conn.aio.add(2, 3), name="sum")
+    assert "coro=<add()" in repr(task)
+    assert await task == 5
+    failing = asyncio.create_task(conn.aio.fail("ValueError", "in a task"))
+    with pytest.raises(ValueError, match="in a task"):
+        await failing
+    (call,), host_saw_cancel = await _stuck_calls(conn, 1)
+    task = asyncio.create_task(call)
+    await asyncio.sleep(0.01)  # the task waits on the call
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert call.cancelled()
+    assert await host_saw_cancel
+
+
+@pytest.mark.asyncio
+async def test_a_task_cancelled_before_it_ran_cancels_the_call(conn):
+    (call,), host_saw_cancel = await _stuck_calls(conn, 1)
+    task = asyncio.create_task(call)
+    task.cancel()  # the task throws CancelledError into the call before its first step
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await host_saw_cancel
+
+
+@pytest.mark.asyncio
+async def test_ensure_future_and_gather(conn):
+    future = asyncio.ensure_future(conn.aio.add(1, 1))
+    assert isinstance(future, asyncio.Task) and await future == 2
+    assert await asyncio.gather(conn.aio.add(1, 2), conn.aio.echo("x")) == [3, "x"]
+    results = await asyncio.gather(conn.aio.add(1, 1), conn.aio.fail("KeyError", "k"),
+                                   return_exceptions=True)
+    assert results[0] == 2 and isinstance(results[1], KeyError)
+    calls, host_saw_cancel = await _stuck_calls(conn, 2)
+    gathered = asyncio.gather(*calls)
+    await asyncio.sleep(0.01)
+    gathered.cancel()  # cancels each call's task, so each call
+    with pytest.raises(asyncio.CancelledError):
+        await gathered
+    assert await host_saw_cancel
+
+
+@pytest.mark.asyncio
+async def test_wait_for(conn):
+    assert await asyncio.wait_for(conn.aio.add(4, 4), 5) == 8
+    (call,), host_saw_cancel = await _stuck_calls(conn, 1)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(call, 0.05)
+    assert await host_saw_cancel
+
+
+@pytest.mark.asyncio
+async def test_shield(conn):
+    assert await asyncio.shield(conn.aio.add(5, 5)) == 10
+    inner = asyncio.ensure_future(conn.aio.slow(200))
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(inner), 0.02)
+    assert await inner == 200  # the shielded call went on
+
+
+@pytest.mark.asyncio
+async def test_wait(conn):
+    # asyncio.wait takes tasks, not coroutines, for aio calls as for any coroutine.
+    with pytest.raises(TypeError, match="coroutines is forbidden"):
+        await asyncio.wait([conn.aio.add(1, 1)])
+    (call,), host_saw_cancel = await _stuck_calls(conn, 1)
+    quick = asyncio.create_task(conn.aio.slow(10))
+    stuck = asyncio.ensure_future(call)
+    done, pending = await asyncio.wait({quick, stuck}, return_when=asyncio.FIRST_COMPLETED)
+    assert done == {quick} and pending == {stuck} and quick.result() == 10
+    done, pending = await asyncio.wait(pending, timeout=0.02)
+    assert not done
+    stuck.cancel()
+    assert await host_saw_cancel
+
+
+@pytest.mark.asyncio
+async def test_as_completed(conn):
+    results = []
+    for next_done in asyncio.as_completed([conn.aio.slow(300), conn.aio.slow(10)]):
+        results.append(await next_done)
+    assert results == [10, 300]
+    calls = [conn.aio.slow(200), conn.aio.fail("ValueError", "first")]
+    outcomes = []
+    for next_done in asyncio.as_completed(calls):
+        try:
+            outcomes.append(await next_done)
+        except ValueError as e:
+            outcomes.append(str(e))
+    assert outcomes == ["first", 200]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.TaskGroup is new in 3.11")
+@pytest.mark.asyncio
+async def test_task_group(conn):
+    async with asyncio.TaskGroup() as group:
+        a = group.create_task(conn.aio.add(1, 2))
+        b = group.create_task(conn.aio.slow(20))
+    assert (a.result(), b.result()) == (3, 20)
+    # One call failing cancels the group's other tasks, and so their calls.
+    (call,), host_saw_cancel = await _stuck_calls(conn, 1)
+    with pytest.raises(ExceptionGroup) as info:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(call)
+            group.create_task(conn.aio.fail("ValueError", "one failed"))
+    assert [type(e) for e in info.value.exceptions] == [ValueError]
+    assert await host_saw_cancel
+
+
+@pytest.mark.asyncio
+async def test_cancel_and_close_cancel_the_call(conn):
+    calls, host_saw_cancel = await _stuck_calls(conn, 2)
+    assert calls[0].cancel() and calls[0].cancelled()
+    assert repr(calls[0]) == "<tether.AioCall 'stuck' cancelled>"
+    calls[1].close()  # a coroutine closed unawaited: nobody wants its result
+    assert calls[1].cancelled()
+    assert await host_saw_cancel
+    with pytest.raises(asyncio.CancelledError):
+        await calls[0]
+    done = conn.aio.add(1, 1)
+    assert await done == 2
+    assert not done.cancel()  # completed already
+    done.close()
+    assert done.result() == 2
 
 
 async def _until(conn, predicate):

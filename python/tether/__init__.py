@@ -68,6 +68,7 @@ from ._proxy import Proxy, is_proxy  # noqa: E402
 
 # Loaded on first use: a spawned child, which needs none of them, starts faster.
 _LAZY = {
+    "AioCall": "._aio",
     "ChildProxy": "._spawn",
     "InstanceDefinition": "._spawn",
     "run_module": "._spawn",
@@ -104,6 +105,7 @@ core_version = _tether.core_version
 protocol_version = _tether.protocol_version
 
 __all__ = [
+    "AioCall",
     "CancelledError",
     "ChildProxy",
     "InstanceDefinition",

@@ -5,6 +5,8 @@ host's log.
   The tether future's done-callback (on tether's callback thread) hands its outcome to the
   loop with call_soon_threadsafe, so nothing polls; cancelling the asyncio future cancels
   the call. ``await tether_future`` and ``conn.aio.NAME(...)`` go through it.
+- ``AioCall`` is what ``conn.aio.NAME(...)`` returns: the call is under way, and asyncio
+  takes the object as a coroutine (create_task, TaskGroup, gather...), see its docstring.
 - ``coroutine_service(fn)`` is the deferred form of an ``async def`` service for the main-
   thread modes (serve="loop" and "manual"): it starts fn as a task of the loop running
   dispatch() and replies when the task is done, cancelling the task if the caller
@@ -17,6 +19,7 @@ Imported on first use, so that ``import tether`` does not import asyncio.
 """
 
 import asyncio
+import collections.abc
 import functools
 import threading
 import traceback
@@ -67,21 +70,129 @@ def _call_done(loop, waiter, future):
 def _settle(waiter, future):
     if waiter.done():  # cancelled meanwhile
         return
+    # exception() hands the call's exception over without raising it here: raised, its
+    # traceback would hold this frame, which holds the waiter, which holds the exception,
+    # and a task failing with it would be reported (never retrieved) only by the garbage
+    # collector, not as soon as it is dropped.
     try:
-        waiter.set_result(future.result())
-    except Exception as e:
-        waiter.set_exception(e)
+        exc = future.exception()
+        result = future.result() if exc is None else None
+    except Exception as e:  # the outcome cannot be decoded
+        exc, result = e, None
+    if exc is None:
+        waiter.set_result(result)
+    else:
+        waiter.set_exception(exc)
+
+
+class AioCall:
+    """A call made with ``conn.aio.NAME(...)``: it is under way already, and awaiting this
+    object gives its result (or raises its exception).
+
+    asyncio takes it wherever it takes a coroutine: ``asyncio.create_task``, a TaskGroup's
+    ``create_task``, ``ensure_future``, ``gather``, ``wait_for``, ``shield``,
+    ``as_completed``; ``asyncio.wait`` takes tasks, as for any coroutine. Unlike a
+    coroutine it has started before anything awaits it, may be awaited more than once,
+    and is not reported if nobody awaits it. Cancelling what awaits it (a task, wait_for
+    timing out, a TaskGroup failing) cancels the call, and so does ``cancel()``.
+    """
+
+    __slots__ = ("_waiter", "_name")
+
+    def __init__(self, waiter, name):
+        self._waiter = waiter  # an asyncio future of the calling loop (wrap_future)
+        self._name = name
+
+    # asyncio's repr of a task shows this as the coroutine's name: "add()".
+    @property
+    def __name__(self):
+        return self._name
+
+    def __await__(self):
+        return self._waiter.__await__()
+
+    # The coroutine protocol, as a task drives it: yield the waiter until it is done (the
+    # task sleeps on it, as on any future awaited inside a coroutine), then stop with its
+    # result.
+    def send(self, value):
+        """Coroutine protocol: the waiter while the call runs, then StopIteration(result)."""
+        waiter = self._waiter
+        if not waiter.done():
+            waiter._asyncio_future_blocking = True
+            return waiter
+        try:
+            result = waiter.result()  # raises the call's exception
+        finally:
+            self = waiter = None  # as in throw()
+        raise StopIteration(result)
+
+    def throw(self, typ, val=None, tb=None):
+        """Coroutine protocol: the awaiter gives up on the call with this exception (a
+        task being cancelled, or the call's own exception): cancel the call if it still
+        runs, and raise it."""
+        if val is None:
+            val = typ if isinstance(typ, BaseException) else typ()
+        elif not isinstance(val, BaseException):
+            val = typ(val)
+        if tb is not None:
+            val = val.with_traceback(tb)
+        self._waiter.cancel()
+        try:
+            raise val
+        finally:
+            # The traceback holds this frame: no cycle through it back to the exception
+            # (as asyncio's own Task.__step does).
+            self = val = typ = tb = None
+
+    def close(self):
+        """Coroutine protocol: it will not be awaited; cancel the call if it still runs."""
+        self._waiter.cancel()
+
+    def done(self):
+        """True once the call has completed (or was cancelled)."""
+        return self._waiter.done()
+
+    def cancelled(self):
+        """True if the call was cancelled."""
+        return self._waiter.cancelled()
+
+    def cancel(self, msg=None):
+        """Cancel the call (the host is told). False if it had completed already."""
+        return self._waiter.cancel(msg)
+
+    def result(self):
+        """The call's result; raises its exception, or asyncio.InvalidStateError if it
+        has not completed."""
+        return self._waiter.result()
+
+    def exception(self):
+        """The call's exception (None if it succeeded), as result() does."""
+        return self._waiter.exception()
+
+    def __repr__(self):
+        waiter = self._waiter
+        state = (
+            "pending" if not waiter.done()
+            else "cancelled" if waiter.cancelled()
+            else "failed" if waiter.exception() is not None
+            else "finished"
+        )
+        return f"<tether.AioCall {self._name!r} {state}>"
+
+
+collections.abc.Coroutine.register(AioCall)
 
 
 def call(conn, client, method, args, kwargs, timeout, deadline=None):
-    """conn.aio.METHOD(*args, **kwargs): start the call, return an asyncio future.
+    """conn.aio.METHOD(*args, **kwargs): start the call, return its AioCall.
 
     conn (may be None, once the Connection is gone) learns which loop it is used on.
     """
     loop = asyncio.get_running_loop()  # before the call starts: nobody could await it
     if conn is not None:
         conn._use_loop(loop)
-    return wrap_future(client.call_async(method, args, kwargs, timeout, deadline), loop)
+    return AioCall(wrap_future(client.call_async(method, args, kwargs, timeout, deadline), loop),
+                   method)
 
 
 # ---- services on the loop -------------------------------------------------------------

@@ -5,7 +5,7 @@ into remote methods:
 
     conn.root.NAME(*args, **kwargs)     call the host's service NAME, wait for the result
     conn.async_.NAME(*args, **kwargs)   the same call, returning a tether.Future at once
-    conn.aio.NAME(*args, **kwargs)      the same call, returning an asyncio future
+    conn.aio.NAME(*args, **kwargs)      the same call, returning a tether.AioCall to await
     conn.notify.NAME(*args, **kwargs)   send a notification: no result, no error
 
 Names that are not identifiers are reached by item: ``conn.root["ns.method"](1)``.
@@ -87,16 +87,28 @@ class AsyncRemoteMethod(RemoteMethod):
 
 class AioRemoteMethod(RemoteMethod):
     """A host service called from asyncio: ``m(*args, **kwargs)`` starts the call and returns
-    an asyncio future of the running loop (await it; cancelling it cancels the call)."""
+    a tether.AioCall (await it, or make it a task; cancelling it cancels the call)."""
 
     __slots__ = ()
 
     def __call__(self, *args, **kwargs):
-        from . import _aio
-
+        aio = _aio or _import_aio()
         conn = _connections.get(id(self._client))
-        return _aio.call(conn, self._client, self._name, args, kwargs, self._timeout,
-                         self._deadline)
+        return aio.call(conn, self._client, self._name, args, kwargs, self._timeout,
+                        self._deadline)
+
+
+# tether._aio once an aio method was called: imported then (it imports asyncio), and kept
+# here so that each call does not pay an import statement.
+_aio = None
+
+
+def _import_aio():
+    global _aio
+    from . import _aio as module
+
+    _aio = module
+    return module
 
 
 class NotifyMethod(RemoteMethod):
