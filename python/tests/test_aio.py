@@ -4,6 +4,7 @@ loop's errors in the host's log (pytest-asyncio runs each test in a loop of its 
 import asyncio
 import gc
 import sys
+import time
 
 import pytest
 
@@ -295,7 +296,7 @@ async def test_unawaited_task_exception_reaches_the_hosts_log(host, conn):
     await asyncio.sleep(0.05)
     gc.collect()  # the task is reported when it is collected
     messages = await asyncio.to_thread(wait_until, lambda: _logged(host, "nobody awaited lost()"))
-    assert messages
+    assert len(messages) == 1  # the loop's handler sent it; asyncio's logger does not again
     text = messages[0]
     assert "asyncio: Task exception was never retrieved" in text
     assert "Traceback (most recent call last)" in text
@@ -321,6 +322,89 @@ async def test_loop_errors_go_on_to_the_previous_handler(host):
         loop.call_exception_handler({"message": "once"})
         assert seen[-1] == "once"
         assert len(seen) == 2
+
+
+def test_a_loop_started_after_connect_reports_to_the_hosts_log(host):
+    # The common script: connect, then asyncio.run(); the loop makes no tether call.
+    c = host.connect(name="pytest-run-after")
+
+    async def lost():
+        raise RuntimeError("lost in asyncio.run")
+
+    async def main():
+        asyncio.get_running_loop().create_task(lost())
+        await asyncio.sleep(0.05)
+
+    try:
+        asyncio.run(main())
+        messages = wait_until(lambda: _logged(host, "lost in asyncio.run"))
+        assert len(messages) == 1
+        assert messages[0].startswith("[pytest-run-after pid ")
+        assert "asyncio: Task exception was never retrieved" in messages[0]
+        assert 'raise RuntimeError("lost in asyncio.run")' in messages[0]
+    finally:
+        c.close()
+    asyncio.run(main())  # closed: no longer sent
+    time.sleep(0.2)
+    assert len(_logged(host, "lost in asyncio.run")) == 1
+
+
+def test_a_scripts_handler_that_logs_is_chained(host):
+    seen = []
+
+    def handler(loop, context):
+        seen.append(context["message"])
+        loop.default_exception_handler(context)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(handler)
+        loop.call_soon(lambda: 1 / 0)
+        await asyncio.sleep(0.05)
+
+    with host.connect(name="pytest-own-handler"):
+        asyncio.run(main())
+        messages = wait_until(lambda: _logged(host, "pytest-own-handler"))
+    assert seen and seen[0].startswith("Exception in callback")
+    assert "ZeroDivisionError" in messages[0]
+
+
+# A script importing asyncio only after connecting: connect must not import logging, and
+# the loop's errors still reach the host's log, and the terminal (stderr) as before.
+LATE_ASYNCIO = """
+import sys
+import tether
+conn = tether.connect(name="late-asyncio", address=sys.argv[1], timeout=10)
+assert "logging" not in sys.modules and "asyncio" not in sys.modules
+import asyncio
+
+async def lost():
+    raise ValueError("imported after connect")
+
+async def main():
+    asyncio.get_running_loop().create_task(lost())
+    await asyncio.sleep(0.05)
+
+asyncio.run(main())
+conn.close()
+print("done", flush=True)
+"""
+
+
+def test_asyncio_imported_after_connect_reports_to_the_hosts_log(host):
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(tether.__file__)))
+    out = subprocess.run([sys.executable, "-c", LATE_ASYNCIO, host.address],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "done\n"
+    assert "Task exception was never retrieved" in out.stderr  # still printed locally
+    messages = wait_until(lambda: _logged(host, "imported after connect"))
+    assert len(messages) == 1
+    assert "[late-asyncio pid " in messages[0]
+    assert "ValueError: imported after connect" in messages[0]
 
 
 @pytest.mark.asyncio

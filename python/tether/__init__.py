@@ -26,8 +26,8 @@ or ``await future``) waits without blocking the loop, and cancelling the awaitin
 cancels the call. Services run on tether's worker threads by default; with
 ``tether.connect(serve="loop")`` they run on the script's asyncio loop (``async def``
 ones as tasks), and with ``serve="manual"`` inside ``host.dispatch()``, which another
-event loop calls when ``host.fileno()`` is readable. Errors the loop reports (a task's
-exception nobody retrieved) also reach the host's log. ``async with
+event loop calls when ``host.fileno()`` is readable. While connected, errors the script's
+loops report (a task's exception nobody retrieved) also reach the host's log. ``async with
 tether.named_run("my-script") as run:`` makes running the script again cancel the tasks
 of this run, as an engine's loop does when a script is re-run.
 

@@ -1,5 +1,4 @@
-"""asyncio integration: awaitable calls, services run as tasks, and loop errors sent to the
-host's log.
+"""asyncio integration: awaitable calls, and services run as tasks.
 
 - ``wrap_future(future)`` turns a tether.Future into an asyncio future of the running loop.
   The tether future's done-callback (on tether's callback thread) hands its outcome to the
@@ -12,8 +11,8 @@ host's log.
   dispatch() and replies when the task is done, cancelling the task if the caller
   cancels the call (or fails at once when that loop is blocked in a call it is part of).
 - ``LoopServer`` makes a loop call a connection's dispatch() whenever its fd is readable.
-- ``hook_loop_errors(loop, conn)`` sends the errors the loop reports (an exception in a
-  task nobody awaited, in a callback) to the host's log, then to the handler that was there.
+
+The errors a loop reports reach the host's log through tether._loop_errors.
 
 Imported on first use, so that ``import tether`` does not import asyncio.
 """
@@ -22,8 +21,6 @@ import asyncio
 import collections.abc
 import functools
 import threading
-import traceback
-import weakref
 
 from . import _tether
 
@@ -276,50 +273,3 @@ class LoopServer:
             self.loop.call_soon_threadsafe(self.loop.remove_reader, self.fd)
         except RuntimeError:  # closed meanwhile
             pass
-
-
-# ---- loop errors to the host's log -------------------------------------------------------
-
-
-class _ErrorForwarder:
-    """A loop's exception handler: sends each error to the host's log of every hooked
-    connection, then hands it on to the handler installed before (or the default one)."""
-
-    def __init__(self, previous):
-        self.previous = previous
-        self.conns = weakref.WeakSet()
-
-    def __call__(self, loop, context):
-        text = None
-        for conn in list(self.conns):
-            if text is None:
-                text = _describe(context)
-            try:
-                conn.log(3, text, logger="asyncio")
-            except Exception:  # not connected, closed: the local report below still happens
-                pass
-        if self.previous is not None:
-            self.previous(loop, context)
-        else:
-            loop.default_exception_handler(context)
-
-
-def _describe(context):
-    """The text of a loop error: its message, the task or callback, the traceback."""
-    lines = [context.get("message") or "Unhandled exception in event loop"]
-    for key in ("task", "future", "handle"):
-        if key in context:
-            lines.append(f"{key}: {context[key]!r}")
-    exc = context.get("exception")
-    if exc is not None:
-        lines.append("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-    return "\n".join(lines).rstrip().replace("\0", "\\0")
-
-
-def hook_loop_errors(loop, conn):
-    """Send the errors loop reports to conn's host log too (see _ErrorForwarder)."""
-    handler = loop.get_exception_handler()
-    if not isinstance(handler, _ErrorForwarder):
-        handler = _ErrorForwarder(handler)
-        loop.set_exception_handler(handler)
-    handler.conns.add(conn)
