@@ -426,3 +426,86 @@ def test_await_future_works_without_a_connection_in_the_loop(conn):
         return await f
 
     assert asyncio.run(main()) == 20
+
+
+# ---- attributes of proxies -----------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_proxy_attributes_of_a_host_object(conn):
+    counter = await conn.aio.make_counter(5)
+    assert tether.is_proxy(counter)
+    assert await tether.aio_getattr(counter, "value") == 5
+    assert await tether.aio_setattr(counter, "label", "hits") is None
+    read = asyncio.create_task(tether.aio_getattr(counter, "label"))
+    values = await asyncio.gather(tether.aio_getattr(counter, "value"), read)
+    assert values == [5, "hits"]
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        await tether.aio_getattr(counter, "nope")
+    with pytest.raises(AttributeError, match="can only set 'label'"):
+        await tether.aio_setattr(counter, "value", 1)
+    # Refused before anything is sent, as the proxy itself refuses them.
+    with pytest.raises(AttributeError, match="underscore"):
+        tether.aio_getattr(counter, "_secret")
+    with pytest.raises(TypeError, match="attribute name must be str"):
+        tether.aio_setattr(counter, 3, 1)
+    with pytest.raises(TypeError, match="expects a tether.Proxy"):
+        tether.aio_getattr(conn, "name")
+    assert await tether.aio_getattr(counter, "value") == 5  # the failures changed nothing
+
+
+def test_proxy_attributes_need_a_running_loop(conn):
+    counter = conn.root.make_counter()
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        tether.aio_getattr(counter, "value")
+
+
+# A child whose attribute can be read only once the reading loop has run on: reading it
+# with a blocking proxy.when_ready would wait for a file that nothing would ever write.
+CHILD = """
+import os, sys, time
+
+class Box:
+    def __init__(self):
+        self.v = 1
+
+    @property
+    def when_ready(self):
+        deadline = time.monotonic() + 20
+        while not os.path.exists(sys.argv[1]):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the reader's loop did not run meanwhile")
+            time.sleep(0.01)
+        return "ready"
+
+box = Box()
+pid = "the child's variable"
+"""
+
+
+def test_proxy_attributes_of_a_spawned_child(tmp_path):
+    flag = tmp_path / "flag"
+
+    async def main(child):
+        box = await tether.aio_getattr(child, "box")
+        assert tether.is_proxy(box) and box is child.box
+
+        async def write_flag():
+            await asyncio.sleep(0.05)
+            flag.write_text("go")
+
+        writer = asyncio.create_task(write_flag())
+        assert await tether.aio_getattr(box, "when_ready") == "ready"
+        await writer
+
+        await tether.aio_setattr(box, "v", [1, (2, 3)])
+        assert await tether.aio_getattr(box, "v") == [1, [2, 3]]
+        await tether.aio_delattr(box, "v")
+        with pytest.raises(AttributeError):
+            await tether.aio_getattr(box, "v")
+        # Names a ChildProxy keeps for itself (pid) are the child's own here.
+        assert await tether.aio_getattr(child, "pid") == "the child's variable"
+        assert child.pid != "the child's variable"
+
+    with tether.run_script(CHILD, args=[str(flag)]) as child:
+        asyncio.run(main(child))

@@ -69,6 +69,9 @@ from ._proxy import Proxy, is_proxy  # noqa: E402
 # Loaded on first use: a spawned child, which needs none of them, starts faster.
 _LAZY = {
     "AioCall": "._aio",
+    "aio_delattr": "._aio",
+    "aio_getattr": "._aio",
+    "aio_setattr": "._aio",
     "ChildProxy": "._spawn",
     "InstanceDefinition": "._spawn",
     "run_module": "._spawn",
@@ -123,6 +126,9 @@ __all__ = [
     "TetherError",
     "__version__",
     "aio",
+    "aio_delattr",
+    "aio_getattr",
+    "aio_setattr",
     "async_",
     "connect",
     "is_proxy",

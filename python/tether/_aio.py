@@ -6,6 +6,8 @@
   the call. ``await tether_future`` and ``conn.aio.NAME(...)`` go through it.
 - ``AioCall`` is what ``conn.aio.NAME(...)`` returns: the call is under way, and asyncio
   takes the object as a coroutine (create_task, TaskGroup, gather...), see its docstring.
+- ``aio_getattr``, ``aio_setattr``, ``aio_delattr``: a proxy's attributes from asyncio,
+  each an AioCall of the operation a proxy sends for ``proxy.name`` (tether.aio_getattr...).
 - ``coroutine_service(fn)`` is the deferred form of an ``async def`` service for the main-
   thread modes (serve="loop" and "manual"): it starts fn as a task of the loop running
   dispatch() and replies when the task is done, cancelling the task if the caller
@@ -23,6 +25,7 @@ import functools
 import threading
 
 from . import _tether
+from ._proxy import Proxy, _ref
 
 #: How long one dispatch() called by the loop may run queued services, in seconds: a burst
 #: of host calls does not starve the loop's other work (the fd stays readable while work
@@ -190,6 +193,48 @@ def call(conn, client, method, args, kwargs, timeout, deadline=None):
         conn._use_loop(loop)
     return AioCall(wrap_future(client.call_async(method, args, kwargs, timeout, deadline), loop),
                    method)
+
+
+# ---- attributes of proxies ---------------------------------------------------------------
+
+
+def aio_getattr(proxy, name):
+    """``await tether.aio_getattr(proxy, "name")``: the attribute's value, as ``proxy.name``
+    reads a plain attribute, without blocking the loop: returns the call's AioCall.
+
+    It always asks the owner (one round trip), even for a method's name, which a Python
+    owner answers with the bound method by reference; call methods with
+    ``await tether.aio(proxy.method)(...)``.
+    """
+    return call(None, _attribute_ref("aio_getattr", proxy, name), "__getattr__", (name,), None,
+                None)
+
+
+def aio_setattr(proxy, name, value):
+    """``await tether.aio_setattr(proxy, "name", value)``: ``proxy.name = value`` without
+    blocking the loop; returns the call's AioCall (its result is None)."""
+    return call(None, _attribute_ref("aio_setattr", proxy, name), "__setattr__", (name, value),
+                None, None)
+
+
+def aio_delattr(proxy, name):
+    """``await tether.aio_delattr(proxy, "name")``: ``del proxy.name`` without blocking the
+    loop; returns the call's AioCall (its result is None)."""
+    return call(None, _attribute_ref("aio_delattr", proxy, name), "__delattr__", (name,), None,
+                None)
+
+
+def _attribute_ref(function, proxy, name):
+    """The reference behind proxy, once proxy and name are fit for an attribute call."""
+    if not isinstance(proxy, Proxy):
+        raise TypeError(f"tether.{function} expects a tether.Proxy, not {type(proxy).__name__!r}")
+    if not isinstance(name, str):
+        raise TypeError(f"attribute name must be str, not {type(name).__name__!r}")
+    if name.startswith("_"):  # as the proxy itself refuses them, before anything is sent
+        raise AttributeError(
+            f"{name!r}: names starting with an underscore are not reachable through a proxy"
+        )
+    return _ref(proxy)
 
 
 # ---- services on the loop -------------------------------------------------------------
