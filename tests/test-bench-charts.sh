@@ -5,7 +5,7 @@
 # chart and only pictures that exist, its links resolve, the README shows the headline
 # chart, and the committed charts are in docs/pictures/. Bad input (unreadable JSON, no
 # results) fails with a message naming the problem.
-# ctest: timeout=120 labels=docs
+# ctest: timeout=180 labels=docs
 #
 # Run by ctest through build/run-test (see tests/shell-lib).
 
@@ -77,6 +77,34 @@ if [ -z "$extra" ]; then
     ok "bench/charts writes only the charts this test knows"
 else
     fail "bench/charts wrote charts this test does not check:$extra"
+fi
+
+# tests/bench-charts/python.json: a quick run of bench/python-bench (raw, pipe, rpyc,
+# pyro4, tether) that measured echoes of several payload sizes, which the bandwidth chart
+# draws as lines; the charts without their JSON are left out, and said so.
+mkdir -p "$out/sweep"
+if $python "$source/bench/charts" --to "$out/sweep" "$source/tests/bench-charts" \
+    > "$out/sweep.log" 2>&1 &&
+    grep -q 'bench-spawn.png: left out, no usable spawn.json' "$out/sweep.log"; then
+    ok "bench/charts draws the charts of a python.json alone, and names those left out"
+else
+    fail "bench/charts on tests/bench-charts/"
+    show "$out/sweep.log"
+fi
+if [ -s "$out/sweep/bench-bandwidth.png" ] && [ ! -e "$out/sweep/bench-spawn.png" ] &&
+    $python - "$out/sweep/bench-bandwidth.png" > "$out/sweep.check" 2>&1 << 'EOF'
+import sys
+import matplotlib.image
+img = matplotlib.image.imread(sys.argv[1])
+rgb = (img[:, :, :3] * 255).astype(int)
+packed = rgb[:, :, 0] * 65536 + rgb[:, :, 1] * 256 + rgb[:, :, 2]
+print(f"{img.shape[1]} x {img.shape[0]} pixels, {len(set(packed.ravel().tolist()))} colours")
+sys.exit(0 if img.shape[1] >= 800 and (packed != packed[0, 0]).mean() >= 0.03 else 1)
+EOF
+then
+    ok "bandwidth by payload size: $(cat "$out/sweep.check")"
+else
+    fail "the bandwidth chart of tests/bench-charts/python.json: $(cat "$out/sweep.check")"
 fi
 
 # Every picture docs/benchmarks.md and the README show exists.
