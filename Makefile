@@ -109,6 +109,8 @@ pytest:
 	fi
 
 bench:
+	@echo "make bench: a Release build in $(BUILD_RELEASE)/ first; then bench/run lists its runs" \
+		"and how long they will take"
 	$(call deps,bench)
 	$(call configure,$(BUILD_RELEASE),Release,-DTETHER_BUILD_TESTS=OFF -DTETHER_BENCH=ON)
 	$(CMAKE) --build $(BUILD_RELEASE)
