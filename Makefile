@@ -8,8 +8,10 @@
 #   make test-posix    the same with the portable platform layer (TETHER_PLATFORM=posix:
 #                      poll, pipes, no epoll or eventfd) in build-posix/: what a port to
 #                      macOS or a BSD builds, run here on Linux
-#   make bench         Release build in build-release/, run bench/run, write its tables to
-#                      build-release/bench-out/ (BENCH_OUT=bench/out refreshes the committed ones)
+#   make bench         Release build in build-release/, run bench/run, write its tables and
+#                      charts to build-release/bench-out/ (BENCH_OUT=bench/out refreshes the
+#                      committed tables, and their charts in docs/pictures/)
+#   make bench-charts  draw the charts again from the JSON in $(BENCH_OUT) (bench/charts)
 #   make demo          build, then run the demo host with an example client until Ctrl-C
 #                      (tools/demo.py $(ARGS); ARGS=--once: a bounded check, exit 0 if ok)
 #   make asan          ASan+UBSan build in build-asan/ and its ctest
@@ -61,8 +63,8 @@ configure = $(CMAKE) -S . -B $(1) -G Ninja -DCMAKE_BUILD_TYPE=$(2) \
 
 deps = @if [ -z "$(TETHER_SKIP_DEPS)" ]; then $(INSTALL_DEPS) $(1); fi
 
-.PHONY: build all deps test test-posix pytest bench demo asan tsan fuzz install wheel format \
-	format-check pictures clean
+.PHONY: build all deps test test-posix pytest bench bench-charts demo asan tsan fuzz install \
+	wheel format format-check pictures clean
 
 all: build
 
@@ -107,10 +109,19 @@ pytest:
 	fi
 
 bench:
+	@echo "make bench: a Release build in $(BUILD_RELEASE)/ first; then bench/run lists its runs" \
+		"and how long they will take"
 	$(call deps,bench)
 	$(call configure,$(BUILD_RELEASE),Release,-DTETHER_BUILD_TESTS=OFF -DTETHER_BENCH=ON)
 	$(CMAKE) --build $(BUILD_RELEASE)
 	$(PYTHON) bench/run --bin-dir $(BUILD_RELEASE)/bench --out $(BENCH_OUT)
+	$(PYTHON) bench/charts $(BENCH_OUT)
+
+# The charts of bench/out/ go to docs/pictures/ (docs/benchmarks.md shows them), the
+# others beside their tables; bench/charts decides from the directory.
+bench-charts:
+	$(call deps,docs)
+	$(PYTHON) bench/charts $(BENCH_OUT)
 
 # tools/demo.py starts build/tether-demo and examples/demo_client.py; options it does not
 # know (--tcp, --port, --quiet, --seconds) go to tether-demo.
