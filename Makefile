@@ -12,6 +12,9 @@
 #                      charts to build-release/bench-out/ (BENCH_OUT=bench/out refreshes the
 #                      committed tables, and their charts in docs/pictures/)
 #   make bench-charts  draw the charts again from the JSON in $(BENCH_OUT) (bench/charts)
+#   make hardening     bench/hardening: clients admitted under a soft fd limit of 1024, then
+#                      HARDENING_SECONDS of mutated frames against tether-demo while a good
+#                      client calls; figures to $(BENCH_OUT) (hardening.md, .json)
 #   make demo          build, then run the demo host with an example client until Ctrl-C
 #                      (tools/demo.py $(ARGS); ARGS=--once: a bounded check, exit 0 if ok)
 #   make asan          ASan+UBSan build in build-asan/ and its ctest
@@ -39,6 +42,7 @@ CTEST_JOBS ?= 2
 FUZZ_SECONDS ?= 60
 DEPS ?= test
 ARGS ?=
+HARDENING_SECONDS ?= 60
 # Extra arguments for every cmake configure step, e.g. CMAKE_ARGS=-DTETHER_BENCH=OFF.
 CMAKE_ARGS ?=
 
@@ -122,6 +126,13 @@ bench:
 bench-charts:
 	$(call deps,docs)
 	$(PYTHON) bench/charts $(BENCH_OUT)
+
+# Figures, not a test: exits non-zero only if the host died or the good client saw errors.
+hardening:
+	$(call deps,demo)
+	$(call configure,$(BUILD),RelWithDebInfo)
+	$(CMAKE) --build $(BUILD)
+	$(PYTHON) bench/hardening --build-dir $(BUILD) --seconds $(HARDENING_SECONDS) --out $(BENCH_OUT)
 
 # tools/demo.py starts build/tether-demo and examples/demo_client.py; options it does not
 # know (--tcp, --port, --quiet, --seconds) go to tether-demo.
