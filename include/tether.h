@@ -745,8 +745,9 @@ enum {
      * "language", "language_version", "connected_since" (unix seconds),
      * "calls_in_flight", "calls_in", "calls_out", "bytes_in", "bytes_out"}] */
     TETHER_BUILTIN_CLIENTS = 1 << 0,
-    /* tether.reset_client(name), tether.disconnect_client(name): the most recent client
-     * of that name other than the caller; LookupError if none. */
+    /* tether.reset_client(name), tether.disconnect_client(name): the client of that
+     * name (names are unique, see tether_host_get_client), not the caller; LookupError
+     * if none. */
     TETHER_BUILTIN_MANAGE = 1 << 1,
     /* tether.call_client(name, method, args=[], kwargs={}) -> that client's answer (its
      * error passed on, type included). Lets any client drive any other. */
@@ -866,9 +867,11 @@ TETHER_EXPORT int tether_host_get_tcp_port(const tether_host *host);
 TETHER_EXPORT const char *tether_host_get_token_path(const tether_host *host);
 
 /*
- * Find a connected client by the name it gave in its handshake (the most recent one if
- * several share it). Returns 0 and a new reference in *ret_conn, or TETHER_ENOENT.
- * Thread: any.
+ * Find a connected client by the name the host registered it under. Names are unique
+ * among connected clients: a client asking for a name another one has is registered
+ * as "NAME#2" (or #3, ...: the smallest number free), which its welcome tells it
+ * (tether_client_get_registered_name). Returns 0 and a new reference in *ret_conn, or
+ * TETHER_ENOENT. Thread: any.
  */
 TETHER_EXPORT int tether_host_get_client(tether_host *host, const char *name,
                                          tether_conn **ret_conn);
@@ -1199,6 +1202,12 @@ TETHER_EXPORT int tether_client_is_connected(const tether_client *client);
 
 /* The host's name from its welcome, borrowed; NULL before connecting. Thread: any. */
 TETHER_EXPORT const char *tether_client_get_host_name(const tether_client *client);
+
+/* The name the host registered this client under, from its welcome, borrowed; NULL
+ * before connecting. The name the client asked for, unless another client of the host
+ * already had it: then that name with a suffix "#2", "#3", ... (docs/protocol.md,
+ * section 6). It may change at a reconnect. Thread: any. */
+TETHER_EXPORT const char *tether_client_get_registered_name(const tether_client *client);
 
 /* Close the connection, without reconnecting; pending calls fail with
  * TETHER_ECANCELED. tether_client_connect may connect it again. Thread: any. */

@@ -1405,3 +1405,74 @@ Test(clients, built_in_services_for_tools, .timeout = 60)
     tether_client_unref(c);
     tether_host_unref(plain);
 }
+
+static int
+label_handler(tether_request *req, void *userdata)
+{
+    return tether_request_reply(req, "s", (const char *)userdata);
+}
+
+static tether_client *
+labelled_client(const char *address, const char *label)
+{
+    tether_client *c = test_client_new("twin", address);
+    ASSERT_OK(tether_client_add_service(c, "label", TETHER_CONTEXT_IO, label_handler,
+                                        (void *)label));
+    ASSERT_OK(tether_client_connect(c, NULL));
+    return c;
+}
+
+/* Two clients asking for one name: the second is registered as "twin#2", knows it from
+ * the welcome, and each name reaches its own client; a name freed by a client that left
+ * is given again, unsuffixed. */
+Test(clients, a_taken_name_gets_a_unique_suffix, .timeout = 60)
+{
+    tether_host *h = start_host("names", NULL);
+    const char *address = tether_host_get_address(h);
+    tether_client *first = labelled_client(address, "first");
+    tether_client *second = labelled_client(address, "second");
+    tether_client *third = labelled_client(address, "third");
+    cr_assert_str_eq(tether_client_get_registered_name(first), "twin");
+    cr_assert_str_eq(tether_client_get_registered_name(second), "twin#2");
+    cr_assert_str_eq(tether_client_get_registered_name(third), "twin#3");
+    test_wait_client_count(h, 3, 5000);
+
+    const char *names[] = {"twin", "twin#2", "twin#3"};
+    const char *labels[] = {"first", "second", "third"};
+    for (int i = 0; i < 3; i++) {
+        tether_conn *conn = NULL;
+        ASSERT_OK(tether_host_get_client(h, names[i], &conn));
+        cr_assert_str_eq(tether_conn_get_peer_name(conn), names[i]);
+        /* The name reaches the client that was given it. */
+        tether_value *v = NULL;
+        ASSERT_OK(tether_conn_call(conn, "label", NULL, &v, NULL, NULL));
+        const char *label = NULL;
+        ASSERT_OK(tether_value_read(v, NULL, "s", &label));
+        cr_assert_str_eq(label, labels[i]);
+        tether_value_unref(v);
+        tether_conn_unref(conn);
+    }
+    tether_client_info *infos = NULL;
+    size_t n = 0;
+    ASSERT_OK(tether_host_list_clients(h, &infos, &n));
+    cr_assert_eq(n, 3);
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_str_eq(infos[i].name, names[i], "listed oldest first, each once");
+    }
+    tether_client_infos_free(infos, n);
+
+    /* "twin" leaves: the next "twin" gets the plain name, "twin#2" stays who it was. */
+    tether_client_unref(first);
+    test_wait_client_count(h, 2, 5000);
+    tether_client *again = test_client_connect("twin", address);
+    cr_assert_str_eq(tether_client_get_registered_name(again), "twin");
+    tether_client *fourth = test_client_connect("twin", address);
+    cr_assert_str_eq(tether_client_get_registered_name(fourth), "twin#4");
+    cr_assert_str_eq(tether_client_get_registered_name(second), "twin#2");
+
+    tether_client_unref(fourth);
+    tether_client_unref(again);
+    tether_client_unref(third);
+    tether_client_unref(second);
+    tether_host_unref(h);
+}

@@ -39,6 +39,7 @@ struct tether_client {
     tether_conn *conn;       /* guarded by lock: the current connection */
     tether_conn *retired;    /* guarded by lock: earlier ones, kept for borrowed pointers */
     char *host_name;         /* guarded by lock */
+    char *registered_name;   /* guarded by lock: the client_name of the host's welcome */
     bool connecting;         /* guarded by lock */
     bool closing;            /* guarded by lock: the application closed or released it */
     bool shut_down;          /* guarded by lock: the host said disconnect */
@@ -364,6 +365,7 @@ tether_client_unref(tether_client *cl)
     tether__free(cl->language);
     tether__free(cl->language_version);
     tether__free(cl->host_name);
+    tether__free(cl->registered_name);
     pthread_mutex_destroy(&cl->lock);
     pthread_cond_destroy(&cl->changed);
     tether__endpoint *ep = cl->ep;
@@ -596,6 +598,9 @@ connect_once(tether_client *cl, tether_error *reterr)
     }
     if (r == 0) {
         char *host_name = tether__strdup(welcome.name ? welcome.name : "");
+        /* A host that sends no client_name registered the name we asked for. */
+        char *registered =
+            tether__strdup(welcome.client_name ? welcome.client_name : cl->ep->name);
         pthread_mutex_lock(&cl->lock);
         tether_conn *old = cl->conn;
         if (old) {
@@ -606,6 +611,8 @@ connect_once(tether_client *cl, tether_error *reterr)
         cl->conn = c;
         tether__free(cl->host_name);
         cl->host_name = host_name;
+        tether__free(cl->registered_name);
+        cl->registered_name = registered;
         cl->ever_connected = true;
         pthread_cond_broadcast(&cl->changed);
         pthread_mutex_unlock(&cl->lock);
@@ -663,6 +670,12 @@ const char *
 tether_client_get_host_name(const tether_client *cl)
 {
     return cl ? cl->host_name : NULL;
+}
+
+const char *
+tether_client_get_registered_name(const tether_client *cl)
+{
+    return cl ? cl->registered_name : NULL;
 }
 
 int

@@ -204,6 +204,41 @@ refuse(tether__hello_result *result, const char *code, const char *format, const
     snprintf(result->refuse_message, sizeof(result->refuse_message), format, arg);
 }
 
+/* Whether an open client of the registry goes by name (lock held). */
+static bool
+name_taken_locked(tether_host *h, const char *name)
+{
+    for (tether_conn *c = h->conns; c; c = c->owner_next) {
+        if (c->link.peer_name && tether__conn_state(c) == TETHER__LINK_OPEN &&
+            strcmp(c->link.peer_name, name) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* name itself if no open client has it, else "name#N" with the smallest free N >= 2;
+ * newly allocated (NULL when out of memory). Lock held. */
+static char *
+unique_name_locked(tether_host *h, const char *name)
+{
+    if (!name_taken_locked(h, name)) {
+        return tether__strdup(name);
+    }
+    size_t size = strlen(name) + 16;
+    char *buf = tether__malloc(size);
+    if (!buf) {
+        return NULL;
+    }
+    /* At most max_clients names are taken, so a free number comes before that. */
+    for (unsigned long n = 2;; n++) {
+        snprintf(buf, size, "%s#%lu", name, n);
+        if (!name_taken_locked(h, buf)) {
+            return buf;
+        }
+    }
+}
+
 static int
 encode_welcome(tether__buf *out, void *arg)
 {
@@ -255,10 +290,24 @@ hook_hello(tether__endpoint *ep, tether_conn *c, const tether__hello *hello,
         refuse(result, "busy", "the host already has its maximum of %s clients", n);
         return;
     }
-    if (tether__conn_set_peer(c, hello) < 0) {
-        pthread_mutex_lock(&h->lock);
+    /* Names are how the host's application and `tether reset NAME` address a client,
+     * so no two open clients share one: a second "twin" is registered as "twin#2" and
+     * told so in the welcome (docs/protocol.md, section 6). Handshakes complete on the
+     * I/O thread one at a time; the lock keeps the name lookups of other threads out. */
+    pthread_mutex_lock(&h->lock);
+    char *unique = unique_name_locked(h, hello->name);
+    int r = -ENOMEM;
+    if (unique) {
+        tether__hello named = *hello;
+        named.name = unique;
+        r = tether__conn_set_peer(c, &named);
+        tether__free(unique);
+    }
+    if (r < 0) {
         h->client_count--;
-        pthread_mutex_unlock(&h->lock);
+    }
+    pthread_mutex_unlock(&h->lock);
+    if (r < 0) {
         refuse(result, "busy", "%s", "out of memory");
         return;
     }
