@@ -848,13 +848,17 @@ TETHER_EXPORT int tether_host_new_object(tether_host *host, const tether_class *
  * Start listening and serving on the I/O thread. Returns 0, TETHER_EALREADY,
  * TETHER_EADDRINUSE-like negated errno from bind (for example -EADDRINUSE when another
  * live host has the name), TETHER_EINVAL (tcp_bind not loopback without
- * tcp_allow_remote). A stale socket file of a dead host is replaced. Thread: any.
+ * tcp_allow_remote). A stale socket file of a dead host is replaced. Once listening,
+ * a host on its socket in the runtime directory or on TCP writes its host file,
+ * <runtime dir>/NAME.host (docs/protocol.md, section 2), by which clients find it by
+ * name; failing to write it is logged, not fatal. Thread: any.
  */
 TETHER_EXPORT int tether_host_start(tether_host *host);
 
 /*
  * Stop listening, close every client connection (their pending calls fail) and remove
- * the socket file. Returns 0 or TETHER_EALREADY. Thread: any but a handler's.
+ * the host file, the socket file and the token file. Returns 0 or TETHER_EALREADY.
+ * Thread: any but a handler's.
  */
 TETHER_EXPORT int tether_host_stop(tether_host *host);
 
@@ -1222,7 +1226,10 @@ TETHER_EXPORT int tether_client_wait(tether_client *client, uint64_t timeout_use
 
 /*
  * Resolve an address as tether_client_connect would, into "unix:/path" or
- * "tcp:HOST:PORT" (newly allocated, free() it). Returns 0, TETHER_EINVAL, TETHER_ENOMEM.
+ * "tcp:HOST:PORT" (newly allocated, free() it). A host name resolves through its
+ * running host's file, <runtime dir>/NAME.host (docs/protocol.md, section 2): to its
+ * Unix socket, or to its TCP address when it has none; without one, to NAME.sock.
+ * Returns 0, TETHER_EINVAL, TETHER_ENOMEM.
  * Thread: any.
  */
 TETHER_EXPORT int tether_resolve_address(const char *address, const char *runtime_dir,

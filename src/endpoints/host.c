@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "codec/frame.h"
+#include "conn/hostfile.h"
 #include "conn/transport.h"
 #include "endpoints/host.h"
 #include "platform/platform.h"
@@ -59,6 +60,8 @@ struct tether_host {
     char *address;         /* "unix:..." once started */
     char *unix_path;
     char *token_path;
+    char *hostfile_path;       /* <runtime dir>/NAME.host while the host has one */
+    tether__hostfile hostfile; /* what it says */
     char token[TETHER__TOKEN_HEX_LEN + 1];
     int tcp_port;
     listener unix_listener, tcp_listener;
@@ -673,6 +676,58 @@ is_loopback(const char *addr)
     return inet_pton(AF_INET, addr, &in) == 1 && (ntohl(in.s_addr) >> 24) == 127;
 }
 
+/*
+ * Tell clients and `tether hosts` how to reach this host by name: <runtime dir>/NAME.host
+ * (docs/protocol.md, section 2). Written by a host that listens on its socket in the
+ * runtime directory or on TCP; a host on a Unix path of its own choosing, and no TCP,
+ * is not found by name, so it writes none. Best effort: a host that cannot write it
+ * still serves, and says so.
+ */
+static void
+write_hostfile(tether_host *h, bool runtime_dir_ok)
+{
+    bool findable = h->tcp_port >= 0 || (h->unix_path && !h->unix_path_option);
+    if (!findable || !runtime_dir_ok) {
+        return;
+    }
+    tether__hostfile *f = &h->hostfile;
+    *f = (tether__hostfile){.pid = getpid(),
+                            .min_version = TETHER__PROTOCOL_MIN_VERSION,
+                            .max_version = TETHER__PROTOCOL_VERSION};
+    snprintf(f->name, sizeof(f->name), "%s", h->ep->name);
+    if (h->unix_path) {
+        snprintf(f->unix_path, sizeof(f->unix_path), "%s", h->unix_path);
+    }
+    if (h->tcp_port >= 0) {
+        snprintf(f->tcp_host, sizeof(f->tcp_host), "%s", h->tcp_bind);
+        f->tcp_port = h->tcp_port;
+        snprintf(f->token_path, sizeof(f->token_path), "%s", h->token_path);
+    }
+    char *path = NULL;
+    int r = tether__hostfile_path(h->runtime_dir, h->ep->name, &path);
+    if (r == 0) {
+        r = tether__hostfile_write(path, f);
+    }
+    if (r < 0) {
+        tether__log(h->ep, TETHER_LOG_WARNING,
+                    "no host file for '%s' in %s (%s): clients find it only by its address",
+                    h->ep->name, h->runtime_dir, tether_strerror(r));
+        tether__free(path);
+        return;
+    }
+    h->hostfile_path = path;
+}
+
+static void
+remove_hostfile(tether_host *h)
+{
+    if (h->hostfile_path) {
+        tether__hostfile_remove(h->hostfile_path, &h->hostfile);
+        tether__free(h->hostfile_path);
+        h->hostfile_path = NULL;
+    }
+}
+
 /* Undo a start that failed halfway: nothing may keep listening in the host's name. */
 static void
 undo_start(tether_host *h)
@@ -690,6 +745,7 @@ undo_start(tether_host *h)
     if (h->token_path) {
         unlink(h->token_path);
     }
+    remove_hostfile(h);
     if (h->reserve_fd >= 0) {
         close(h->reserve_fd);
         h->reserve_fd = -1;
@@ -772,6 +828,7 @@ tether_host_start(tether_host *h)
         goto fail;
     }
     r = tether__runtime_dir_ensure(h->runtime_dir);
+    bool runtime_dir_ok = r == 0;
     if (r < 0 && (!h->unix_path_option || h->tcp)) {
         tether__log(h->ep, TETHER_LOG_ERROR,
                     "runtime directory %s unusable: %s (it must be a directory of this user's, "
@@ -796,6 +853,8 @@ tether_host_start(tether_host *h)
     if (h->tcp_listener.fd >= 0) {
         tether__ioloop_run_sync(h->ep->loop, start_listener, &h->tcp_listener);
     }
+    /* Last: the file says the host is reachable, so only once it is. */
+    write_hostfile(h, runtime_dir_ok);
     if (h->tcp_port >= 0) {
         tether__log(h->ep, TETHER_LOG_INFO, "host '%s' listening on %s and tcp:%s:%d", h->ep->name,
                     h->address ? h->address : "no unix socket", h->tcp_bind, h->tcp_port);
@@ -822,6 +881,8 @@ tether_host_stop(tether_host *h)
     if (already) {
         return -EALREADY;
     }
+    /* First: a client that reads the file from now on finds no host, not one going. */
+    remove_hostfile(h);
     tether__ioloop_run_sync(h->ep->loop, stop_listeners, h);
     /* Close callbacks run at the end of the loop iteration that closed the handles;
      * a second round trip through the loop waits for them. */
