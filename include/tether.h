@@ -789,6 +789,9 @@ typedef struct tether_host_options {
     /* Synchronous calls one thread may have open inside each other through call-backs
      * (64); one more fails with TETHER_ELOOP. */
     uint32_t max_call_depth;
+    /* How long tether_host_reset_client and tether_host_disconnect_client let the
+     * client's calls in flight finish before they fail with tether.Closing (5 s). */
+    uint64_t control_grace_usec;
     /*
      * Each client costs the host three file descriptors, so tether_host_start raises
      * the process's soft RLIMIT_NOFILE to its hard limit (a soft limit of 1024 would
@@ -916,15 +919,23 @@ TETHER_EXPORT void tether_client_infos_free(tether_client_info *infos, size_t co
 
 /*
  * Reset a client: tell it to disconnect and reconnect (its services and state stay),
- * and close its connection. Returns 0, TETHER_ENOENT (not a client of this host, or
- * gone). Thread: any.
+ * and close its connection, gracefully (docs/protocol.md, CONTROL). From now on the
+ * client's new requests are answered with the error tether.Closing (its calls fail
+ * with TETHER_ECONNRESET, error type "tether.Closing") and are not run; its requests in
+ * flight, and the host's calls to it, go on until they finish or control_grace_usec
+ * is over, when those still running are answered with tether.Closing (replies their
+ * handlers make later are dropped). Then CONTROL goes out and the connection closes.
+ * Does not wait for calls in flight (with none, the connection is closed when it
+ * returns). Returns 0, TETHER_ENOENT (not a client of this host, or gone),
+ * TETHER_EALREADY (a reset or disconnect of it is under way), TETHER_ENOMEM.
+ * Thread: any.
  */
 TETHER_EXPORT int tether_host_reset_client(tether_host *host, tether_conn *client);
 
 /*
  * Disconnect a client: tell it to disconnect and not come back (by default it shuts
- * down, see tether_client_options.on_disconnect), and close its connection.
- * Returns 0 or TETHER_ENOENT. Thread: any.
+ * down, see tether_client_options.on_disconnect), and close its connection, as
+ * gracefully as tether_host_reset_client. Returns as it does. Thread: any.
  */
 TETHER_EXPORT int tether_host_disconnect_client(tether_host *host, tether_conn *client);
 

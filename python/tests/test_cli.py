@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 
 import pytest
@@ -411,6 +412,32 @@ def test_reset_makes_the_client_reconnect(host, cli):
         assert r.returncode == 0, r.stderr
         assert r.stdout == f"reset client 'victim' on host '{host.name}'\n"
         # Back by itself, on a new connection (its counters start again).
+        assert wait_until(lambda: [c["calls_in"] for c in client_rows(cli)] == [0])
+        assert wait_until(conn.is_connected)
+        assert conn.root.add(2, 2) == 4
+
+
+def test_a_reset_lets_the_call_in_flight_finish(host, cli):
+    """A reset is graceful: the client's call in flight gets its answer, a call made
+    meanwhile fails with tether.Closing without running, then the client comes back."""
+    with host.connect(name="busy") as conn:
+        go_on = threading.Event()
+
+        @conn.service
+        def wait_here():
+            go_on.wait(20)
+            return "done"
+
+        # A call in flight that lasts until the test says: the host calls the client back.
+        call = conn.async_.call_client(conn.registered_name, "wait_here", [])
+        assert wait_until(lambda: [c["calls_in_flight"] for c in client_rows(cli)] == [2])
+        r = cli("reset", "busy")
+        assert r.returncode == 0, r.stderr
+        with pytest.raises(ConnectionResetError, match="not run"):
+            conn.root.add(1, 1)
+        assert not call.done()
+        go_on.set()
+        assert call.result(timeout=10) == "done"
         assert wait_until(lambda: [c["calls_in"] for c in client_rows(cli)] == [0])
         assert wait_until(conn.is_connected)
         assert conn.root.add(2, 2) == 4

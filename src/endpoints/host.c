@@ -26,12 +26,18 @@
 #include "conn/transport.h"
 #include "endpoints/host.h"
 #include "platform/platform.h"
+#include "rpc/request.h"
 #include "rpc/value.h"
 #include "util/alloc.h"
+#include "util/error.h"
 #include "util/utf8.h"
 
 #define DEFAULT_MAX_CLIENTS 1024u
 #define DEFAULT_HANDSHAKE_USEC (5ull * 1000 * 1000)
+#define DEFAULT_CONTROL_GRACE_USEC (5ull * 1000 * 1000)
+/* How often a draining connection is looked at: finishing calls end the drain within
+ * this much, and the grace is kept to within it. */
+#define DRAIN_CHECK_MS 5
 
 typedef struct listener {
     struct tether_host *host;
@@ -52,6 +58,7 @@ struct tether_host {
     char tcp_bind[64];
     uint32_t max_clients;
     uint64_t handshake_timeout_usec;
+    uint64_t control_grace_usec;
     bool keep_fd_limit;
     tether_client_event_fn on_client;
     void *on_client_userdata;
@@ -605,6 +612,8 @@ tether_host_new(const tether_host_options *opts, tether_host **ret_host)
     h->on_client_userdata = opts->on_client_userdata;
     h->handshake_timeout_usec =
         opts->handshake_timeout_usec ? opts->handshake_timeout_usec : DEFAULT_HANDSHAKE_USEC;
+    h->control_grace_usec =
+        opts->control_grace_usec ? opts->control_grace_usec : DEFAULT_CONTROL_GRACE_USEC;
     h->keep_fd_limit = opts->keep_fd_limit;
     h->reserve_fd = -1;
     h->no_unix = opts->no_unix;
@@ -1041,6 +1050,23 @@ tether_client_infos_free(tether_client_info *infos, size_t count)
     tether__free(infos);
 }
 
+/*
+ * A graceful CONTROL (docs/protocol.md, CONTROL): the connection is marked draining, so
+ * the client's new requests are refused with tether.Closing (rpc/request.c) while the
+ * ones in flight, and the host's own calls to the client, go on; once none is left, or
+ * the grace time is over, what still runs is answered with tether.Closing, then CONTROL
+ * is written and the connection closed. The drain lives on the I/O thread, with its own
+ * reference to the connection, so it needs the host no longer: a host that stops
+ * meanwhile closes the connection, and the next check lets the drain go.
+ */
+typedef struct drain {
+    uv_timer_t timer;
+    tether_conn *conn;
+    uint64_t deadline_usec, grace_usec;
+    char action[16];
+    char reason[64];
+} drain;
+
 typedef struct control_arg {
     const char *action, *reason;
 } control_arg;
@@ -1050,6 +1076,62 @@ encode_control(tether__buf *out, void *arg)
 {
     control_arg *a = arg;
     return tether__encode_control(out, a->action, a->reason);
+}
+
+static void
+drain_free(uv_handle_t *handle)
+{
+    drain *d = handle->data;
+    tether_conn_unref(d->conn);
+    tether__free(d);
+}
+
+static void
+drain_check(uv_timer_t *t)
+{
+    drain *d = t->data;
+    tether_conn *c = d->conn;
+    if (tether__conn_state(c) != TETHER__LINK_OPEN) {
+        /* Closed meanwhile: the client left, or the host stopped. */
+        uv_close((uv_handle_t *)&d->timer, drain_free);
+        return;
+    }
+    pthread_mutex_lock(&c->link.lock);
+    bool busy = c->running_count > 0 || c->pending_count > 0;
+    pthread_mutex_unlock(&c->link.lock);
+    if (busy && tether_now_usec() < d->deadline_usec) {
+        return;
+    }
+    if (busy) {
+        char message[160];
+        snprintf(message, sizeof(message),
+                 "the host closed the connection (%s) before the call finished: its grace of "
+                 "%llu ms was over",
+                 d->action, (unsigned long long)(d->grace_usec / 1000));
+        size_t n = tether__request_fail_running(c, TETHER__ERR_CLOSING, message);
+        tether__log(c->ep, TETHER_LOG_NOTICE,
+                    "client %s: %zu call(s) still running at the end of the %s grace time",
+                    c->link.peer_name, n, d->action);
+    }
+    /* Written at once, after every answer, so it precedes the end of the stream. */
+    control_arg a = {d->action, d->reason};
+    tether__conn_send(c, encode_control, &a, true);
+    tether__conn_fail(c, -ECONNRESET, d->reason);
+    uv_close((uv_handle_t *)&d->timer, drain_free);
+}
+
+/* On the I/O thread, where requests are taken in: every request that arrived before
+ * draining was set is in the running list by now, and every later one is refused. */
+static void
+drain_start(void *arg)
+{
+    drain *d = arg;
+    uv_timer_init(tether__ioloop_uv(d->conn->link.loop), &d->timer);
+    d->timer.data = d;
+    drain_check(&d->timer);
+    if (!uv_is_closing((uv_handle_t *)&d->timer)) {
+        uv_timer_start(&d->timer, drain_check, DRAIN_CHECK_MS, DRAIN_CHECK_MS);
+    }
 }
 
 static int
@@ -1064,12 +1146,23 @@ send_control(tether_host *h, tether_conn *c, const char *action, const char *rea
     if (!ours || tether__conn_state(c) != TETHER__LINK_OPEN) {
         return -ENOENT;
     }
+    drain *d = tether__calloc(1, sizeof(*d));
+    if (!d) {
+        return -ENOMEM;
+    }
+    if (atomic_exchange(&c->draining, true)) {
+        tether__free(d);
+        return -EALREADY;
+    }
     tether__log(h->ep, TETHER_LOG_INFO, "%s client %s (pid %lld)", reason, c->link.peer_name,
                 (long long)c->link.peer_pid);
-    /* Written at once, so it precedes the end of the stream the client sees next. */
-    control_arg a = {action, reason};
-    tether__conn_send(c, encode_control, &a, true);
-    tether__conn_fail(c, -ECONNRESET, reason);
+    d->conn = tether_conn_ref(c);
+    d->grace_usec = h->control_grace_usec;
+    d->deadline_usec = tether_now_usec() + d->grace_usec;
+    snprintf(d->action, sizeof(d->action), "%s", action);
+    snprintf(d->reason, sizeof(d->reason), "%s", reason);
+    /* With nothing in flight the connection is closed when this returns, as before. */
+    tether__ioloop_run_sync(c->link.loop, drain_start, d);
     return 0;
 }
 
