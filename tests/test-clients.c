@@ -1416,8 +1416,8 @@ static tether_client *
 labelled_client(const char *address, const char *label)
 {
     tether_client *c = test_client_new("twin", address);
-    ASSERT_OK(tether_client_add_service(c, "label", TETHER_CONTEXT_IO, label_handler,
-                                        (void *)label));
+    ASSERT_OK(
+        tether_client_add_service(c, "label", TETHER_CONTEXT_IO, label_handler, (void *)label));
     ASSERT_OK(tether_client_connect(c, NULL));
     return c;
 }
@@ -1540,8 +1540,8 @@ host_end(tether_host *h, const char *name)
 static void
 wait_reconnected(tether_client *c, tether_conn *old)
 {
-    for (int i = 0; i < 1000 && (tether_client_get_conn(c) == old || !tether_client_is_connected(c));
-         i++) {
+    for (int i = 0;
+         i < 1000 && (tether_client_get_conn(c) == old || !tether_client_is_connected(c)); i++) {
         usleep(10000);
     }
     cr_assert(tether_client_get_conn(c) != old && tether_client_is_connected(c),

@@ -717,11 +717,12 @@ Test(host_file, describes_the_host_while_it_runs)
     char *path = path_in_runtime_dir("described.host");
     char text[2048], *expected = NULL;
     read_small_file(path, text, sizeof(text));
-    cr_assert(asprintf(&expected,
-                       "tether-host 1\nname described\npid %d\nversions 1 1\nunix %s/described.sock\n"
-                       "tcp 127.0.0.1:%d\ntoken %s\n",
-                       (int)getpid(), test_runtime_dir(), tether_host_get_tcp_port(h),
-                       tether_host_get_token_path(h)) > 0);
+    cr_assert(
+        asprintf(&expected,
+                 "tether-host 1\nname described\npid %d\nversions 1 1\nunix %s/described.sock\n"
+                 "tcp 127.0.0.1:%d\ntoken %s\n",
+                 (int)getpid(), test_runtime_dir(), tether_host_get_tcp_port(h),
+                 tether_host_get_token_path(h)) > 0);
     cr_assert_str_eq(text, expected);
     struct stat st;
     cr_assert(lstat(path, &st) == 0 && S_ISREG(st.st_mode));
@@ -738,8 +739,10 @@ Test(host_file, describes_the_host_while_it_runs)
 Test(host_file, a_tcp_only_host_is_found_by_name)
 {
     unsetenv("TETHER_ADDRESS");
-    tether_host_options o = {
-        .name = "tcponly", .no_unix = true, .tcp = true, .tcp_port = TETHER_PORT_EPHEMERAL};
+    tether_host_options o = {.name = "tcponly",
+                             .no_unix = true,
+                             .tcp = true,
+                             .tcp_port = TETHER_PORT_EPHEMERAL};
     tether_host *h = start_host(&o);
     char *expected = NULL;
     cr_assert(asprintf(&expected, "tcp:127.0.0.1:%d", tether_host_get_tcp_port(h)) > 0);
@@ -760,8 +763,10 @@ Test(host_file, a_tcp_only_host_is_found_by_name)
  * hand whose token file is not the runtime directory's tcp-PORT.token (removed here). */
 Test(host_file, a_client_uses_the_files_token_path)
 {
-    tether_host_options o = {
-        .name = "real", .no_unix = true, .tcp = true, .tcp_port = TETHER_PORT_EPHEMERAL};
+    tether_host_options o = {.name = "real",
+                             .no_unix = true,
+                             .tcp = true,
+                             .tcp_port = TETHER_PORT_EPHEMERAL};
     tether_host *h = start_host(&o);
     char token[128];
     read_small_file(tether_host_get_token_path(h), token, sizeof(token));
@@ -828,8 +833,10 @@ Test(host_file, stale_or_foreign_files_are_not_followed)
  * the one that started last, and the other's stop leaves it in place. */
 Test(host_file, a_host_removes_only_its_own_file)
 {
-    tether_host_options o = {
-        .name = "shared", .no_unix = true, .tcp = true, .tcp_port = TETHER_PORT_EPHEMERAL};
+    tether_host_options o = {.name = "shared",
+                             .no_unix = true,
+                             .tcp = true,
+                             .tcp_port = TETHER_PORT_EPHEMERAL};
     tether_host *first = start_host(&o);
     tether_host_options o2 = o;
     tether_host *second = start_host(&o2);

@@ -69,8 +69,8 @@ format(const tether__hostfile *info, char *buf, size_t size)
         }
     }
     int n = snprintf(buf, size, "tether-host %d\nname %s\npid %lld\nversions %u %u\n",
-                     TETHER__HOSTFILE_FORMAT, info->name, (long long)info->pid,
-                     info->min_version, info->max_version);
+                     TETHER__HOSTFILE_FORMAT, info->name, (long long)info->pid, info->min_version,
+                     info->max_version);
     if (n > 0 && (size_t)n < size && info->unix_path[0]) {
         n += snprintf(buf + n, size - (size_t)n, "unix %s\n", info->unix_path);
     }
@@ -165,7 +165,8 @@ parse_line(char *line, tether__hostfile *ret, unsigned *seen)
             return -EINVAL;
         }
         *space = '\0';
-        if (parse_int(value, 1, UINT32_MAX, &a) < 0 || parse_int(space + 1, a, UINT32_MAX, &b) < 0) {
+        if (parse_int(value, 1, UINT32_MAX, &a) < 0 ||
+            parse_int(space + 1, a, UINT32_MAX, &b) < 0) {
             return -EINVAL;
         }
         ret->min_version = (uint32_t)a;

@@ -605,8 +605,7 @@ connect_once(tether_client *cl, tether_error *reterr)
     if (r == 0) {
         char *host_name = tether__strdup(welcome.name ? welcome.name : "");
         /* A host that sends no client_name registered the name we asked for. */
-        char *registered =
-            tether__strdup(welcome.client_name ? welcome.client_name : cl->ep->name);
+        char *registered = tether__strdup(welcome.client_name ? welcome.client_name : cl->ep->name);
         pthread_mutex_lock(&cl->lock);
         tether_conn *old = cl->conn;
         if (old) {

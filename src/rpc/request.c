@@ -539,8 +539,9 @@ resolve_handler(tether_conn *c, const tether__frame *f, tether__service *svc,
     int shown = (int)(f->method.len > 200 ? 200 : f->method.len);
     const char *method = (const char *)f->method.ptr;
     if (atomic_load(&c->draining)) {
-        snprintf(message, size, "the connection is closing (a reset or disconnect by the host): "
-                                "the request was not run");
+        snprintf(message, size,
+                 "the connection is closing (a reset or disconnect by the host): "
+                 "the request was not run");
         return TETHER__ERR_CLOSING;
     }
     if (over && f->kind == TETHER__REQUEST) {
