@@ -754,8 +754,9 @@ enum {
      * "calls_in_flight", "calls_in", "calls_out", "bytes_in", "bytes_out", "services"
      * (the names it announced, sorted)}] */
     TETHER_BUILTIN_CLIENTS = 1 << 0,
-    /* tether.reset_client(name), tether.disconnect_client(name): the most recent client
-     * of that name other than the caller; LookupError if none. */
+    /* tether.reset_client(name), tether.disconnect_client(name): the client of that
+     * name (names are unique, see tether_host_get_client), not the caller; LookupError
+     * if none. */
     TETHER_BUILTIN_MANAGE = 1 << 1,
     /* tether.call_client(name, method, args=[], kwargs={}) -> that client's answer (its
      * error passed on, type included). Lets any client drive any other. The forwarded
@@ -799,6 +800,9 @@ typedef struct tether_host_options {
     /* Synchronous calls one thread may have open inside each other through call-backs
      * (64); one more fails with TETHER_ELOOP. */
     uint32_t max_call_depth;
+    /* How long tether_host_reset_client and tether_host_disconnect_client let the
+     * client's calls in flight finish before they fail with tether.Closing (5 s). */
+    uint64_t control_grace_usec;
     /*
      * Each client costs the host three file descriptors, so tether_host_start raises
      * the process's soft RLIMIT_NOFILE to its hard limit (a soft limit of 1024 would
@@ -862,13 +866,17 @@ TETHER_EXPORT int tether_host_new_object(tether_host *host, const tether_class *
  * Start listening and serving on the I/O thread. Returns 0, TETHER_EALREADY,
  * TETHER_EADDRINUSE-like negated errno from bind (for example -EADDRINUSE when another
  * live host has the name), TETHER_EINVAL (tcp_bind not loopback without
- * tcp_allow_remote). A stale socket file of a dead host is replaced. Thread: any.
+ * tcp_allow_remote). A stale socket file of a dead host is replaced. Once listening,
+ * a host on its socket in the runtime directory or on TCP writes its host file,
+ * <runtime dir>/NAME.host (docs/protocol.md, section 2), by which clients find it by
+ * name; failing to write it is logged, not fatal. Thread: any.
  */
 TETHER_EXPORT int tether_host_start(tether_host *host);
 
 /*
  * Stop listening, close every client connection (their pending calls fail) and remove
- * the socket file. Returns 0 or TETHER_EALREADY. Thread: any but a handler's.
+ * the host file, the socket file and the token file. Returns 0 or TETHER_EALREADY.
+ * Thread: any but a handler's.
  */
 TETHER_EXPORT int tether_host_stop(tether_host *host);
 
@@ -881,9 +889,11 @@ TETHER_EXPORT int tether_host_get_tcp_port(const tether_host *host);
 TETHER_EXPORT const char *tether_host_get_token_path(const tether_host *host);
 
 /*
- * Find a connected client by the name it gave in its handshake (the most recent one if
- * several share it). Returns 0 and a new reference in *ret_conn, or TETHER_ENOENT.
- * Thread: any.
+ * Find a connected client by the name the host registered it under. Names are unique
+ * among connected clients: a client asking for a name another one has is registered
+ * as "NAME#2" (or #3, ...: the smallest number free), which its welcome tells it
+ * (tether_client_get_registered_name). Returns 0 and a new reference in *ret_conn, or
+ * TETHER_ENOENT. Thread: any.
  */
 TETHER_EXPORT int tether_host_get_client(tether_host *host, const char *name,
                                          tether_conn **ret_conn);
@@ -946,15 +956,23 @@ TETHER_EXPORT int tether_conn_wait_service(tether_conn *conn, const char *name,
 
 /*
  * Reset a client: tell it to disconnect and reconnect (its services and state stay),
- * and close its connection. Returns 0, TETHER_ENOENT (not a client of this host, or
- * gone). Thread: any.
+ * and close its connection, gracefully (docs/protocol.md, CONTROL). From now on the
+ * client's new requests are answered with the error tether.Closing (its calls fail
+ * with TETHER_ECONNRESET, error type "tether.Closing") and are not run; its requests in
+ * flight, and the host's calls to it, go on until they finish or control_grace_usec
+ * is over, when those still running are answered with tether.Closing (replies their
+ * handlers make later are dropped). Then CONTROL goes out and the connection closes.
+ * Does not wait for calls in flight (with none, the connection is closed when it
+ * returns). Returns 0, TETHER_ENOENT (not a client of this host, or gone),
+ * TETHER_EALREADY (a reset or disconnect of it is under way), TETHER_ENOMEM.
+ * Thread: any.
  */
 TETHER_EXPORT int tether_host_reset_client(tether_host *host, tether_conn *client);
 
 /*
  * Disconnect a client: tell it to disconnect and not come back (by default it shuts
- * down, see tether_client_options.on_disconnect), and close its connection.
- * Returns 0 or TETHER_ENOENT. Thread: any.
+ * down, see tether_client_options.on_disconnect), and close its connection, as
+ * gracefully as tether_host_reset_client. Returns as it does. Thread: any.
  */
 TETHER_EXPORT int tether_host_disconnect_client(tether_host *host, tether_conn *client);
 
@@ -1240,6 +1258,12 @@ TETHER_EXPORT int tether_client_is_connected(const tether_client *client);
 /* The host's name from its welcome, borrowed; NULL before connecting. Thread: any. */
 TETHER_EXPORT const char *tether_client_get_host_name(const tether_client *client);
 
+/* The name the host registered this client under, from its welcome, borrowed; NULL
+ * before connecting. The name the client asked for, unless another client of the host
+ * already had it: then that name with a suffix "#2", "#3", ... (docs/protocol.md,
+ * section 6). It may change at a reconnect. Thread: any. */
+TETHER_EXPORT const char *tether_client_get_registered_name(const tether_client *client);
+
 /* Close the connection, without reconnecting; pending calls fail with
  * TETHER_ECANCELED. tether_client_connect may connect it again. Thread: any. */
 TETHER_EXPORT int tether_client_close(tether_client *client);
@@ -1253,7 +1277,10 @@ TETHER_EXPORT int tether_client_wait(tether_client *client, uint64_t timeout_use
 
 /*
  * Resolve an address as tether_client_connect would, into "unix:/path" or
- * "tcp:HOST:PORT" (newly allocated, free() it). Returns 0, TETHER_EINVAL, TETHER_ENOMEM.
+ * "tcp:HOST:PORT" (newly allocated, free() it). A host name resolves through its
+ * running host's file, <runtime dir>/NAME.host (docs/protocol.md, section 2): to its
+ * Unix socket, or to its TCP address when it has none; without one, to NAME.sock.
+ * Returns 0, TETHER_EINVAL, TETHER_ENOMEM.
  * Thread: any.
  */
 TETHER_EXPORT int tether_resolve_address(const char *address, const char *runtime_dir,

@@ -1405,3 +1405,271 @@ Test(clients, built_in_services_for_tools, .timeout = 60)
     tether_client_unref(c);
     tether_host_unref(plain);
 }
+
+static int
+label_handler(tether_request *req, void *userdata)
+{
+    return tether_request_reply(req, "s", (const char *)userdata);
+}
+
+static tether_client *
+labelled_client(const char *address, const char *label)
+{
+    tether_client *c = test_client_new("twin", address);
+    ASSERT_OK(
+        tether_client_add_service(c, "label", TETHER_CONTEXT_IO, label_handler, (void *)label));
+    ASSERT_OK(tether_client_connect(c, NULL));
+    return c;
+}
+
+/* Two clients asking for one name: the second is registered as "twin#2", knows it from
+ * the welcome, and each name reaches its own client; a name freed by a client that left
+ * is given again, unsuffixed. */
+Test(clients, a_taken_name_gets_a_unique_suffix, .timeout = 60)
+{
+    tether_host *h = start_host("names", NULL);
+    const char *address = tether_host_get_address(h);
+    tether_client *first = labelled_client(address, "first");
+    tether_client *second = labelled_client(address, "second");
+    tether_client *third = labelled_client(address, "third");
+    cr_assert_str_eq(tether_client_get_registered_name(first), "twin");
+    cr_assert_str_eq(tether_client_get_registered_name(second), "twin#2");
+    cr_assert_str_eq(tether_client_get_registered_name(third), "twin#3");
+    test_wait_client_count(h, 3, 5000);
+
+    const char *names[] = {"twin", "twin#2", "twin#3"};
+    const char *labels[] = {"first", "second", "third"};
+    for (int i = 0; i < 3; i++) {
+        tether_conn *conn = NULL;
+        ASSERT_OK(tether_host_get_client(h, names[i], &conn));
+        cr_assert_str_eq(tether_conn_get_peer_name(conn), names[i]);
+        /* The name reaches the client that was given it. */
+        tether_value *v = NULL;
+        ASSERT_OK(tether_conn_call(conn, "label", NULL, &v, NULL, NULL));
+        const char *label = NULL;
+        ASSERT_OK(tether_value_read(v, NULL, "s", &label));
+        cr_assert_str_eq(label, labels[i]);
+        tether_value_unref(v);
+        tether_conn_unref(conn);
+    }
+    tether_client_info *infos = NULL;
+    size_t n = 0;
+    ASSERT_OK(tether_host_list_clients(h, &infos, &n));
+    cr_assert_eq(n, 3);
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_str_eq(infos[i].name, names[i], "listed oldest first, each once");
+    }
+    tether_client_infos_free(infos, n);
+
+    /* "twin" leaves: the next "twin" gets the plain name, "twin#2" stays who it was. */
+    tether_client_unref(first);
+    test_wait_client_count(h, 2, 5000);
+    tether_client *again = test_client_connect("twin", address);
+    cr_assert_str_eq(tether_client_get_registered_name(again), "twin");
+    tether_client *fourth = test_client_connect("twin", address);
+    cr_assert_str_eq(tether_client_get_registered_name(fourth), "twin#4");
+    cr_assert_str_eq(tether_client_get_registered_name(second), "twin#2");
+
+    tether_client_unref(fourth);
+    tether_client_unref(again);
+    tether_client_unref(third);
+    tether_client_unref(second);
+    tether_host_unref(h);
+}
+
+/* ---- graceful reset and disconnect ------------------------------------------------------ */
+
+/* "hold": keeps its request until the test lets it go (held_release), then answers 42. */
+static pthread_mutex_t held_lock = PTHREAD_MUTEX_INITIALIZER;
+static tether_request *held_req;
+
+static int
+hold_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    pthread_mutex_lock(&held_lock);
+    held_req = tether_request_ref(req);
+    pthread_mutex_unlock(&held_lock);
+    return 0;
+}
+
+/* Answer the held request (a reply the host may drop) and forget it. */
+static void
+held_release(void)
+{
+    pthread_mutex_lock(&held_lock);
+    tether_request *req = held_req;
+    held_req = NULL;
+    pthread_mutex_unlock(&held_lock);
+    if (req) {
+        tether_request_reply(req, "i", 42);
+        tether_request_unref(req);
+    }
+}
+
+static bool
+held_now(void)
+{
+    pthread_mutex_lock(&held_lock);
+    bool held = held_req != NULL;
+    pthread_mutex_unlock(&held_lock);
+    return held;
+}
+
+/* A host of "hold" and "echo", with grace_usec for its resets, and a client of it. */
+static tether_host *
+start_holding_host(const char *name, uint64_t grace_usec, tether_client **ret_client)
+{
+    tether_host_options o = {.control_grace_usec = grace_usec};
+    tether_host *h = start_host(name, &o);
+    ASSERT_OK(tether_host_add_service(h, "hold", TETHER_CONTEXT_IO, hold_handler, NULL));
+    *ret_client = test_client_connect("graceful", tether_host_get_address(h));
+    return h;
+}
+
+/* The host's end of the client called name. */
+static tether_conn *
+host_end(tether_host *h, const char *name)
+{
+    tether_conn *conn = NULL;
+    ASSERT_OK(tether_host_get_client(h, name, &conn));
+    return conn;
+}
+
+/* Wait until the client c is on a connection other than old, and connected. */
+static void
+wait_reconnected(tether_client *c, tether_conn *old)
+{
+    for (int i = 0;
+         i < 1000 && (tether_client_get_conn(c) == old || !tether_client_is_connected(c)); i++) {
+        usleep(10000);
+    }
+    cr_assert(tether_client_get_conn(c) != old && tether_client_is_connected(c),
+              "the client came back after the reset");
+}
+
+Test(control, a_reset_lets_the_call_in_flight_finish, .timeout = 60)
+{
+    tether_client *c = NULL;
+    tether_host *h = start_holding_host("graceful", 30ull * 1000 * 1000, &c);
+    tether_conn *before = tether_client_get_conn(c);
+    tether_future *f = NULL;
+    ASSERT_OK(tether_conn_call_async(before, "hold", NULL, &f, NULL));
+    for (int i = 0; i < 500 && !held_now(); i++) {
+        usleep(10000);
+    }
+    cr_assert(held_now(), "the call reached the host");
+
+    tether_conn *conn = host_end(h, "graceful");
+    ASSERT_OK(tether_host_reset_client(h, conn));
+    ASSERT_ERR(tether_host_reset_client(h, conn), TETHER_EALREADY);
+    ASSERT_ERR(tether_host_disconnect_client(h, conn), TETHER_EALREADY);
+
+    /* During the grace: a new call is refused with the stated error and does not run; the
+     * connection stays, and the call in flight goes on. */
+    tether_error err = TETHER_ERROR_INIT;
+    ASSERT_ERR(tether_conn_call(before, "echo", NULL, NULL, &err, "x", (int64_t)7),
+               TETHER_ECONNRESET);
+    cr_assert_str_eq(err.type, "tether.Closing");
+    cr_assert(strstr(err.message, "not run"), "%s", err.message);
+    tether_error_done(&err);
+    cr_assert(tether_client_is_connected(c));
+    cr_assert_not(tether_future_is_ready(f));
+
+    /* It finishes: its answer arrives, then the reset, and the client comes back. */
+    held_release();
+    ASSERT_OK(tether_future_wait(f, 10ull * 1000 * 1000));
+    tether_value *v = NULL;
+    ASSERT_OK(tether_future_get_result(f, &v, NULL));
+    int64_t answer = 0;
+    ASSERT_OK(tether_value_read(v, NULL, "x", &answer));
+    cr_assert_eq(answer, 42, "the call in flight got its own answer");
+    tether_value_unref(v);
+    tether_future_unref(f);
+    wait_reconnected(c, before);
+    test_assert_echo(tether_client_get_conn(c), 5);
+
+    tether_conn_unref(conn);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+Test(control, a_call_still_running_after_the_grace_fails_with_the_stated_error, .timeout = 60)
+{
+    tether_client *c = NULL;
+    tether_host *h = start_holding_host("stuck", 200 * 1000, &c);
+    tether_conn *before = tether_client_get_conn(c);
+    tether_future *f = NULL;
+    ASSERT_OK(tether_conn_call_async(before, "hold", NULL, &f, NULL));
+    for (int i = 0; i < 500 && !held_now(); i++) {
+        usleep(10000);
+    }
+    cr_assert(held_now());
+    tether_conn *conn = host_end(h, "graceful");
+    ASSERT_OK(tether_host_reset_client(h, conn));
+
+    /* Nobody answers it: after the grace the host does, with tether.Closing. */
+    ASSERT_OK(tether_future_wait(f, 10ull * 1000 * 1000));
+    tether_error err = TETHER_ERROR_INIT;
+    ASSERT_ERR(tether_future_get_result(f, NULL, &err), TETHER_ECONNRESET);
+    cr_assert_str_eq(err.type, "tether.Closing");
+    cr_assert(strstr(err.message, "grace of 200 ms"), "%s", err.message);
+    tether_error_done(&err);
+    tether_future_unref(f);
+    wait_reconnected(c, before);
+    /* The handler's late reply goes nowhere; the new connection is not disturbed. */
+    held_release();
+    test_assert_echo(tether_client_get_conn(c), 6);
+
+    tether_conn_unref(conn);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+static atomic_int disconnects;
+
+static void
+count_disconnect(void *userdata, const char *reason)
+{
+    (void)userdata;
+    (void)reason;
+    atomic_fetch_add(&disconnects, 1);
+}
+
+Test(control, a_disconnect_is_as_graceful_and_the_client_stays_away, .timeout = 60)
+{
+    tether_host_options o = {.control_grace_usec = 30ull * 1000 * 1000};
+    tether_host *h = start_host("leaving", &o);
+    ASSERT_OK(tether_host_add_service(h, "hold", TETHER_CONTEXT_IO, hold_handler, NULL));
+    tether_client_options co = {.name = "leaver",
+                                .address = tether_host_get_address(h),
+                                .runtime_dir = test_runtime_dir(),
+                                .on_disconnect = count_disconnect};
+    tether_client *c = test_client_new_with(&co);
+    ASSERT_OK(tether_client_connect(c, NULL));
+    tether_future *f = NULL;
+    ASSERT_OK(tether_conn_call_async(tether_client_get_conn(c), "hold", NULL, &f, NULL));
+    for (int i = 0; i < 500 && !held_now(); i++) {
+        usleep(10000);
+    }
+    tether_conn *conn = host_end(h, "leaver");
+    ASSERT_OK(tether_host_disconnect_client(h, conn));
+    held_release();
+    ASSERT_OK(tether_future_wait(f, 10ull * 1000 * 1000));
+    ASSERT_OK(tether_future_get_result(f, NULL, NULL));
+    tether_future_unref(f);
+    for (int i = 0; i < 500 && tether_client_is_connected(c); i++) {
+        usleep(10000);
+    }
+    cr_assert_not(tether_client_is_connected(c));
+    /* Its main thread hears of it when it dispatches; it does not come back. */
+    for (int i = 0; i < 500 && atomic_load(&disconnects) == 0; i++) {
+        tether_client_dispatch(c, 0);
+        usleep(10000);
+    }
+    cr_assert_eq(atomic_load(&disconnects), 1);
+    test_wait_client_count(h, 0, 2000);
+    tether_conn_unref(conn);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}

@@ -12,6 +12,7 @@
 #include <ctype.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sys/wait.h>
 
 #include "raw-peer.h"
 
@@ -682,6 +683,175 @@ Test(lifecycle, stop_removes_socket_and_token_files)
     free(sock);
 }
 
+/* ---- host files ------------------------------------------------------------------------ */
+
+/* Write a file by hand, as another implementation of the format would. */
+static void
+write_text_file(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    cr_assert(fd >= 0, "cannot create %s: %s", path, strerror(errno));
+    cr_assert(write(fd, text, strlen(text)) == (ssize_t)strlen(text));
+    close(fd);
+}
+
+/* Whether the runtime directory holds a file whose name starts with prefix. */
+static bool
+runtime_dir_has_prefix(const char *prefix)
+{
+    DIR *d = opendir(test_runtime_dir());
+    cr_assert(d != NULL);
+    bool found = false;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        found |= strncmp(e->d_name, prefix, strlen(prefix)) == 0;
+    }
+    closedir(d);
+    return found;
+}
+
+Test(host_file, describes_the_host_while_it_runs)
+{
+    tether_host_options o = {.name = "described", .tcp = true, .tcp_port = TETHER_PORT_EPHEMERAL};
+    tether_host *h = start_host(&o);
+    char *path = path_in_runtime_dir("described.host");
+    char text[2048], *expected = NULL;
+    read_small_file(path, text, sizeof(text));
+    cr_assert(
+        asprintf(&expected,
+                 "tether-host 1\nname described\npid %d\nversions 1 1\nunix %s/described.sock\n"
+                 "tcp 127.0.0.1:%d\ntoken %s\n",
+                 (int)getpid(), test_runtime_dir(), tether_host_get_tcp_port(h),
+                 tether_host_get_token_path(h)) > 0);
+    cr_assert_str_eq(text, expected);
+    struct stat st;
+    cr_assert(lstat(path, &st) == 0 && S_ISREG(st.st_mode));
+    cr_assert_eq(st.st_mode & 07777, 0600);
+    /* Written through a temporary file renamed over it: none is left behind. */
+    cr_assert_not(runtime_dir_has_prefix("described.host."));
+    ASSERT_OK(tether_host_stop(h));
+    cr_assert_not(file_exists(path), "%s left behind", path);
+    tether_host_unref(h);
+    free(expected);
+    free(path);
+}
+
+Test(host_file, a_tcp_only_host_is_found_by_name)
+{
+    unsetenv("TETHER_ADDRESS");
+    tether_host_options o = {.name = "tcponly",
+                             .no_unix = true,
+                             .tcp = true,
+                             .tcp_port = TETHER_PORT_EPHEMERAL};
+    tether_host *h = start_host(&o);
+    char *expected = NULL;
+    cr_assert(asprintf(&expected, "tcp:127.0.0.1:%d", tether_host_get_tcp_port(h)) > 0);
+    assert_resolves("tcponly", test_runtime_dir(), expected);
+    tether_client *c = test_client_connect("c", "tcponly");
+    assert_calls(c);
+    tether_client_unref(c);
+    tether_host_unref(h);
+    /* Gone with the host: the name means its socket again, where nobody listens. */
+    char *sock = NULL;
+    cr_assert(asprintf(&sock, "unix:%s/tcponly.sock", test_runtime_dir()) > 0);
+    assert_resolves("tcponly", test_runtime_dir(), sock);
+    free(sock);
+    free(expected);
+}
+
+/* The file is all a client needs: a host of another name, described by a file written by
+ * hand whose token file is not the runtime directory's tcp-PORT.token (removed here). */
+Test(host_file, a_client_uses_the_files_token_path)
+{
+    tether_host_options o = {.name = "real",
+                             .no_unix = true,
+                             .tcp = true,
+                             .tcp_port = TETHER_PORT_EPHEMERAL};
+    tether_host *h = start_host(&o);
+    char token[128];
+    read_small_file(tether_host_get_token_path(h), token, sizeof(token));
+    char *moved = path_in_runtime_dir("moved-token");
+    write_text_file(moved, token);
+    cr_assert(unlink(tether_host_get_token_path(h)) == 0);
+    char *path = path_in_runtime_dir("alias.host"), *text = NULL;
+    cr_assert(asprintf(&text,
+                       "tether-host 1\nname alias\npid %d\nversions 1 1\nfuture-key ignored\n"
+                       "tcp 127.0.0.1:%d\ntoken %s\n",
+                       (int)getpid(), tether_host_get_tcp_port(h), moved) > 0);
+    write_text_file(path, text);
+    tether_client *c = test_client_connect("c", "alias");
+    assert_calls(c);
+    cr_assert_str_eq(tether_client_get_host_name(c), "real");
+    tether_client_unref(c);
+    tether_host_unref(h);
+    unlink(path);
+    unlink(moved);
+    free(text);
+    free(path);
+    free(moved);
+}
+
+/* A file naming a process that ended (a host killed before it could remove it), or one
+ * that is not in the format, is not followed: the name means NAME.sock, as without one. */
+Test(host_file, stale_or_foreign_files_are_not_followed)
+{
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        _exit(0);
+    }
+    int status;
+    cr_assert(waitpid(pid, &status, 0) == pid);
+    const char *files[][2] = {
+        {"ghost.host", "tether-host 1\nname ghost\npid %d\nversions 1 1\ntcp 127.0.0.1:1\n"
+                       "token /nonexistent\n"},
+        {"junk.host", "something else entirely %d\n"},
+        {"later.host", "tether-host 2\nname later\npid %d\nversions 1 1\ntcp 127.0.0.1:1\n"
+                       "token /nonexistent\n"},
+        {"notcp.host", "tether-host 1\nname notcp\npid %d\nversions 1 1\n"},
+    };
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        char *path = path_in_runtime_dir(files[i][0]), *text = NULL, *sock = NULL;
+        /* The stale one names the dead child; the others our own, live pid. */
+        cr_assert(asprintf(&text, files[i][1], i == 0 ? (int)pid : (int)getpid()) > 0);
+        write_text_file(path, text);
+        char name[32];
+        snprintf(name, sizeof(name), "%.*s", (int)(strlen(files[i][0]) - 5), files[i][0]);
+        cr_assert(asprintf(&sock, "unix:%s/%s.sock", test_runtime_dir(), name) > 0);
+        assert_resolves(name, test_runtime_dir(), sock);
+        tether_client *c = test_client_new("c", name);
+        ASSERT_ERR(tether_client_connect(c, NULL), -ENOENT);
+        tether_client_unref(c);
+        unlink(path);
+        free(sock);
+        free(text);
+        free(path);
+    }
+}
+
+/* Two hosts of one name (possible when at most one has a Unix socket): the file describes
+ * the one that started last, and the other's stop leaves it in place. */
+Test(host_file, a_host_removes_only_its_own_file)
+{
+    tether_host_options o = {.name = "shared",
+                             .no_unix = true,
+                             .tcp = true,
+                             .tcp_port = TETHER_PORT_EPHEMERAL};
+    tether_host *first = start_host(&o);
+    tether_host_options o2 = o;
+    tether_host *second = start_host(&o2);
+    char *expected = NULL;
+    cr_assert(asprintf(&expected, "tcp:127.0.0.1:%d", tether_host_get_tcp_port(second)) > 0);
+    assert_resolves("shared", test_runtime_dir(), expected);
+    tether_host_unref(first);
+    assert_resolves("shared", test_runtime_dir(), expected);
+    tether_host_unref(second);
+    char *path = path_in_runtime_dir("shared.host");
+    cr_assert_not(file_exists(path));
+    free(path);
+    free(expected);
+}
+
 /* ---- runtime directory --------------------------------------------------------------- */
 
 static void
@@ -873,7 +1043,9 @@ Test(peer, identity_and_count)
     tether_host_unref(h);
 }
 
-Test(peer, same_name_finds_the_newest)
+/* A taken name is given with a suffix (docs/protocol.md, section 6): "twin" stays the
+ * older client's, the newer is "twin#2", and "twin" reaches the older one. */
+Test(peer, same_name_is_registered_apart)
 {
     tether_host *h = start_named_host("twins");
     tether_client *older = test_client_connect("twin", "twins");
@@ -883,13 +1055,17 @@ Test(peer, same_name_finds_the_newest)
     tether_conn *conn = NULL;
     ASSERT_OK(tether_host_get_client(h, "twin", &conn));
     /* Only the older one has the service, so this tells them apart. */
-    ASSERT_ERR(tether_conn_call(conn, "echo", NULL, NULL, NULL, "s", "x"), TETHER_ENOENT);
-    tether_conn_unref(conn);
-    tether_client_unref(newer);
-    test_wait_client_count(h, 1, 1000);
-    ASSERT_OK(tether_host_get_client(h, "twin", &conn));
     ASSERT_OK(tether_conn_call(conn, "echo", NULL, NULL, NULL, "s", "x"));
     tether_conn_unref(conn);
+    ASSERT_OK(tether_host_get_client(h, "twin#2", &conn));
+    ASSERT_ERR(tether_conn_call(conn, "echo", NULL, NULL, NULL, "s", "x"), TETHER_ENOENT);
+    tether_conn_unref(conn);
     tether_client_unref(older);
+    test_wait_client_count(h, 1, 1000);
+    /* The newer keeps its name: names do not move while a client is connected. */
+    ASSERT_ERR(tether_host_get_client(h, "twin", &conn), TETHER_ENOENT);
+    ASSERT_OK(tether_host_get_client(h, "twin#2", &conn));
+    tether_conn_unref(conn);
+    tether_client_unref(newer);
     tether_host_unref(h);
 }

@@ -186,6 +186,12 @@ client_get_host_name(ClientObject *self, void *closure)
 }
 
 static PyObject *
+client_get_registered_name(ClientObject *self, void *closure)
+{
+    return tether_py_text_or_none(tether_client_get_registered_name(self->client));
+}
+
+static PyObject *
 client_get_name(ClientObject *self, void *closure)
 {
     return Py_NewRef(self->name);
@@ -419,6 +425,10 @@ client_set_serve_main(ClientObject *self, PyObject *value, void *closure)
 
 static PyGetSetDef client_getset[] = {
     {"host_name", (getter)client_get_host_name, NULL, "The host's name, None before connect.",
+     NULL},
+    {"registered_name", (getter)client_get_registered_name, NULL,
+     "The name the host registered this client under (name, or name#N when taken), None "
+     "before connect.",
      NULL},
     {"serve_main", (getter)client_get_serve_main, (setter)client_set_serve_main,
      "Objects this client exports serve in dispatch() (True) or on worker threads (False).", NULL},

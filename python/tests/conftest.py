@@ -53,9 +53,10 @@ class Host:
     """One tether-testhost process. It exits when its stdin closes, so it never outlives
     the test run."""
 
-    def __init__(self, name="pyhost"):
+    def __init__(self, name="pyhost", runtime_dir=None, env=None):
         self.name = name
-        self.runtime_dir = private_runtime_dir()
+        self.runtime_dir = runtime_dir or private_runtime_dir()
+        self.env = env or {}
         self.proc = None
         self.address = None
         self.log_path = os.path.join(self.runtime_dir, "host.log")
@@ -80,7 +81,8 @@ class Host:
         if not os.access(TESTHOST, os.X_OK):
             pytest.fail(f"{TESTHOST} is not built (run make)")
         env = dict(
-            os.environ, TETHER_RUNTIME_DIR=self.runtime_dir, TETHER_TESTHOST_LOG=self.log_path
+            os.environ, TETHER_RUNTIME_DIR=self.runtime_dir, TETHER_TESTHOST_LOG=self.log_path,
+            **self.env
         )
         env.pop("TETHER_ADDRESS", None)
         self.proc = subprocess.Popen(

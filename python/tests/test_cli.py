@@ -14,11 +14,13 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 
 import pytest
 
-from conftest import BUILD_DIR, SOURCE_DIR, private_runtime_dir, wait_until
+from conftest import BUILD_DIR, SOURCE_DIR, Host, private_runtime_dir, wait_until
+from doc_pages import blocks, shape
 
 DEMO = os.path.join(BUILD_DIR, "tether-demo")
 HELLO_HOST = os.path.join(BUILD_DIR, "example-hello_host")
@@ -181,11 +183,13 @@ def test_hosts_lists_live_and_stale_hosts(host, cli):
         r = cli("hosts")
         assert r.returncode == 0, r.stderr
         lines = r.stdout.splitlines()
-        assert lines[0].split() == ["HOST", "ADDRESS", "STATE"]
-        assert any(l.split()[:3] == [host.name, host.address, "live"] for l in lines), r.stdout
-        assert any(l.split()[:3] == ["gone", f"unix:{stale}", "stale"] for l in lines), r.stdout
+        assert lines[0].split() == ["HOST", "PID", "ADDRESS", "STATE"]
+        mine = [host.name, str(host.pid), host.address, "live"]
+        assert any(l.split()[:4] == mine for l in lines), r.stdout
+        assert any(l.split()[:4] == ["gone", "-", f"unix:{stale}", "stale"] for l in lines), r.stdout
         hosts = json.loads(cli("hosts", "--json").stdout)
-        me = {"name": host.name, "address": host.address, "kind": "unix", "state": "live"}
+        me = {"name": host.name, "address": host.address, "kind": "unix", "state": "live",
+              "pid": host.pid}
         assert me in hosts
     finally:
         os.unlink(stale)
@@ -194,8 +198,69 @@ def test_hosts_lists_live_and_stale_hosts(host, cli):
 def test_hosts_names_tcp_listeners(demo, tmp_path):
     r = run_cli(demo.runtime_dir, tmp_path, "hosts")
     assert r.returncode == 0, r.stderr
-    assert re.search(r"^demo\s+unix:\S+/demo\.sock\s+live$", r.stdout, re.M), r.stdout
-    assert re.search(r"^demo\s+tcp:127\.0\.0\.1:\d+\s+live$", r.stdout, re.M), r.stdout
+    pid = demo.proc.pid
+    assert re.search(rf"^demo\s+{pid}\s+unix:\S+/demo\.sock\s+live$", r.stdout, re.M), r.stdout
+    assert re.search(rf"^demo\s+{pid}\s+tcp:127\.0\.0\.1:\d+\s+live$", r.stdout, re.M), r.stdout
+
+
+def test_the_host_file_is_as_protocol_md_shows(demo):
+    """The example of docs/protocol.md (section 2) has the shape of the demo's own file."""
+    (block,) = [b for b in blocks(os.path.join(SOURCE_DIR, "docs", "protocol.md"))
+                if b.kind == ("checked", "host file")]
+    with open(os.path.join(demo.runtime_dir, "demo.host")) as f:
+        real = f.read()
+    assert shape(block.source) == shape(real), real
+
+
+def test_a_tcp_only_host_is_found_by_its_host_file(tmp_path):
+    """A host without a Unix socket, on a port of the system's choosing: its host file
+    names it, for `tether hosts` and for connecting by name."""
+    runtime_dir = private_runtime_dir()
+    h = Host("tcponly", runtime_dir=runtime_dir, env={"TETHER_TESTHOST_TCP_ONLY": "1"}).start()
+    try:
+        assert h.address.startswith("tcp:127.0.0.1:")
+        path = os.path.join(runtime_dir, "tcponly.host")
+        with open(path) as f:
+            lines = f.read().splitlines()
+        port = int(h.address.rsplit(":", 1)[1])
+        assert lines == ["tether-host 1", "name tcponly", f"pid {h.pid}", "versions 1 1",
+                         f"tcp {h.address[4:]}",
+                         f"token {os.path.join(runtime_dir, f'tcp-{port}.token')}"]
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        hosts = json.loads(run_cli(runtime_dir, tmp_path, "hosts", "--json").stdout)
+        assert hosts == [{"name": "tcponly", "address": h.address, "kind": "tcp",
+                          "state": "live", "pid": h.pid}]
+        # By name, and as the only host running.
+        r = run_cli(runtime_dir, tmp_path, "call", "-H", "tcponly", "add", "2", "3")
+        assert (r.returncode, r.stdout.strip()) == (0, "5"), r.stderr
+        r = run_cli(runtime_dir, tmp_path, "ls")
+        assert r.returncode == 0 and "host 'tcponly'" in r.stdout, r.stderr
+    finally:
+        h.stop()
+    assert not os.path.exists(path), "the host file outlived its host"
+
+
+def test_hosts_marks_a_host_file_of_a_dead_process_stale(host, cli):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = os.path.join(host.runtime_dir, "ghost.host")
+    with open(path, "w") as f:
+        f.write(f"tether-host 1\nname ghost\npid {dead.pid}\nversions 1 1\n"
+                "tcp 127.0.0.1:1\ntoken /nonexistent\n")
+    try:
+        r = cli("hosts")
+        assert r.returncode == 0, r.stderr
+        row = [l for l in r.stdout.splitlines() if l.startswith("ghost ")]
+        assert len(row) == 1 and row[0].split()[:4] == ["ghost", str(dead.pid),
+                                                         "tcp:127.0.0.1:1", "stale"], r.stdout
+        assert "its process ended" in row[0]
+        # Not a host to choose: the test host is still the only one running.
+        r = cli("ls")
+        assert r.returncode == 0 and f"host '{host.name}'" in r.stdout, r.stderr
+        r = cli("ls", "-H", "ghost")
+        assert r.returncode == 2 and "no host at" in r.stderr, r.stderr
+    finally:
+        os.unlink(path)
 
 
 def test_hosts_without_any_host(tmp_path):
@@ -352,6 +417,32 @@ def test_reset_makes_the_client_reconnect(host, cli):
         assert r.returncode == 0, r.stderr
         assert r.stdout == f"reset client 'victim' on host '{host.name}'\n"
         # Back by itself, on a new connection (its counters start again).
+        assert wait_until(lambda: [c["calls_in"] for c in client_rows(cli)] == [0])
+        assert wait_until(conn.is_connected)
+        assert conn.root.add(2, 2) == 4
+
+
+def test_a_reset_lets_the_call_in_flight_finish(host, cli):
+    """A reset is graceful: the client's call in flight gets its answer, a call made
+    meanwhile fails with tether.Closing without running, then the client comes back."""
+    with host.connect(name="busy") as conn:
+        go_on = threading.Event()
+
+        @conn.service
+        def wait_here():
+            go_on.wait(20)
+            return "done"
+
+        # A call in flight that lasts until the test says: the host calls the client back.
+        call = conn.async_.call_client(conn.registered_name, "wait_here", [])
+        assert wait_until(lambda: [c["calls_in_flight"] for c in client_rows(cli)] == [2])
+        r = cli("reset", "busy")
+        assert r.returncode == 0, r.stderr
+        with pytest.raises(ConnectionResetError, match="not run"):
+            conn.root.add(1, 1)
+        assert not call.done()
+        go_on.set()
+        assert call.result(timeout=10) == "done"
         assert wait_until(lambda: [c["calls_in"] for c in client_rows(cli)] == [0])
         assert wait_until(conn.is_connected)
         assert conn.root.add(2, 2) == 4

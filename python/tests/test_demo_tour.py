@@ -24,7 +24,7 @@ README = os.path.join(SOURCE_DIR, "README.md")
 # What each command of the block must print (a regular expression searched in its
 # standard output), by its first word after `build/tether`.
 EXPECTED = {
-    "hosts": r"^demo\s+unix:\S+/demo\.sock\s+live$",
+    "hosts": r"^demo\s+\d+\s+unix:\S+/demo\.sock\s+live$",
     "ls": r"^host 'demo' at unix:\S+: 2 clients\n.*\nevaluator\s+\d+\s+python.*\ndemo_client\s+\d+",
     "reset": r"^reset client 'demo_client' on host 'demo'$",
     "call": r"^<Actor '(\w+)' at \(1\.0, 2\.0\)>$",

@@ -51,6 +51,7 @@ CHECKS = {
     "signature": "test_docs.py",
     "version": "test_docs.py",
     "c-program output": "test_spawn_docs.py",
+    "host file": "test_cli.py",
 }
 # Where the blocks of the settings of `<!-- runnable: ENV -->` run.
 SETTINGS = {"installed": "test_docs_code.py", "demo": "test_docs_demo.py",

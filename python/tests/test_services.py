@@ -23,7 +23,34 @@ def client(host):
 
 def call_back(conn, method, *args):
     """Have the host call method(*args) on conn's client."""
-    return conn.root.call_client(conn.name, method, list(args))
+    return conn.root.call_client(conn.registered_name, method, list(args))
+
+
+def test_clients_of_one_name_are_registered_apart(host):
+    """A second "twin" is "twin#2": the host calls each by its own name."""
+    first = host.connect(name="twin")
+    second = host.connect(name="twin")
+    try:
+        assert (first.name, second.name) == ("twin", "twin")
+        assert (first.registered_name, second.registered_name) == ("twin", "twin#2")
+        first.service(lambda: "first", name="which")
+        second.service(lambda: "second", name="which")
+        assert first.root.call_client("twin", "which", []) == "first"
+        assert first.root.call_client("twin#2", "which", []) == "second"
+        names = [c["name"] for c in first.root["tether.clients"]()]
+        assert names.count("twin") == 1 and names.count("twin#2") == 1
+        first.close()
+        assert wait_until(lambda: "twin" not in [c["name"] for c in second.root["tether.clients"]()])
+        # The freed name is given again; the other keeps its own.
+        third = host.connect(name="twin")
+        try:
+            assert third.registered_name == "twin"
+            assert second.registered_name == "twin#2"
+        finally:
+            third.close()
+    finally:
+        first.close()
+        second.close()
 
 
 def test_decorated_service(client):

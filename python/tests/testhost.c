@@ -50,7 +50,8 @@
  *
  * If $TETHER_TESTHOST_LOG names a file, the host's log (every level, debug included, and
  * so the records clients send with tether_conn_log) is appended to it, one line per
- * record: "LEVEL MESSAGE", LEVEL the syslog number.
+ * record: "LEVEL MESSAGE", LEVEL the syslog number. With $TETHER_TESTHOST_TCP_ONLY=1 it
+ * listens on loopback TCP only, on a free port ("ready tcp:127.0.0.1:PORT").
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -860,6 +861,14 @@ main(int argc, char **argv)
 
     /* The built-in services too: the tests of the command line use them. */
     tether_host_options options = {.name = argv[1], .builtin_services = TETHER_BUILTIN_ALL};
+    /* TETHER_TESTHOST_TCP_ONLY=1: no Unix socket, loopback TCP on a free port, so that
+     * only its host file says where it is. */
+    const char *tcp_only = getenv("TETHER_TESTHOST_TCP_ONLY");
+    if (tcp_only && strcmp(tcp_only, "1") == 0) {
+        options.no_unix = true;
+        options.tcp = true;
+        options.tcp_port = TETHER_PORT_EPHEMERAL;
+    }
     const char *log_path = getenv("TETHER_TESTHOST_LOG");
     if (log_path && *log_path) {
         log_file = fopen(log_path, "a");
@@ -882,7 +891,11 @@ main(int argc, char **argv)
         tether_host_unref(host);
         return 1;
     }
-    printf("ready %s\n", tether_host_get_address(host));
+    if (options.no_unix) {
+        printf("ready tcp:127.0.0.1:%d\n", tether_host_get_tcp_port(host));
+    } else {
+        printf("ready %s\n", tether_host_get_address(host));
+    }
     fflush(stdout);
 
     for (;;) {

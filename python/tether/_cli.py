@@ -110,6 +110,10 @@ def display_address(address):
     """The address as "unix:/path" or "tcp:HOST:PORT" (a bare name is resolved)."""
     if address.startswith(("unix:", "tcp:")):
         return address
+    # As the library resolves a name: its running host's file, else NAME.sock.
+    info = read_host_file(os.path.join(runtime_dir(), address + ".host"))
+    if info and pid_alive(info["pid"]):
+        return f"unix:{info['unix']}" if info["unix"] else f"tcp:{info['tcp']}"
     return unix_address(address)
 
 
@@ -152,9 +156,71 @@ def probe_tcp(port, timeout=1.0):
         return f"unreachable ({e.strerror})"
 
 
+HOST_FILE_MAGIC = "tether-host 1"
+
+
+def read_host_file(path):
+    """A host file (docs/protocol.md, section 2: "name value" lines after the line
+    "tether-host 1") as a dict with name, pid, versions, unix (path or None), tcp
+    ("HOST:PORT" or None) and token (path or None); None if it is not one."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(4097)
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if len(data) > 4096 or not text.endswith("\n"):
+        return None
+    lines = text.split("\n")[:-1]
+    if not lines or lines[0] != HOST_FILE_MAGIC:
+        return None
+    info = {"name": None, "pid": None, "versions": None, "unix": None, "tcp": None, "token": None}
+    for line in lines[1:]:
+        key, sep, value = line.partition(" ")
+        if not sep or not value:
+            return None
+        if key == "pid":
+            if not value.isdigit() or int(value) < 1:
+                return None
+            info["pid"] = int(value)
+        elif key == "versions":
+            parts = value.split(" ")
+            if len(parts) != 2 or not all(p.isdigit() for p in parts):
+                return None
+            info["versions"] = [int(p) for p in parts]
+        elif key in ("name", "unix", "tcp", "token"):
+            info[key] = value
+        # Other keys are for later formats: skipped.
+    if None in (info["name"], info["pid"], info["versions"]):
+        return None
+    if not (info["unix"] or info["tcp"]) or (info["tcp"] and not info["token"]):
+        return None
+    return info
+
+
+def pid_alive(pid):
+    """Whether a process of this user has pid (a host file naming a dead one is stale)."""
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: not the host of our directory
+        return False
+
+
+def tcp_port_of(address):
+    try:
+        return int(address.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
 def scan_hosts(with_tcp_names=True):
     """The hosts of the runtime directory: a list of dicts with name, address, kind
-    ("unix" or "tcp") and state ("live", "stale", ...), Unix sockets first."""
+    ("unix" or "tcp"), state ("live", "stale", ...) and pid (None when unknown), one
+    per address. Hosts that wrote a host file come first (they say their name and pid
+    themselves), then sockets and token files that no host file describes."""
     rt = runtime_dir()
     try:
         files = sorted(os.listdir(rt))
@@ -163,15 +229,36 @@ def scan_hosts(with_tcp_names=True):
     except OSError as e:
         raise CliError(f"cannot read the runtime directory {rt}: {e.strerror}", EXIT_NO_HOST)
     hosts = []
+    described = set()  # socket paths and TCP ports a host file accounts for
     for f in files:
-        if f.endswith(".sock") and len(f) > 5:
-            path = os.path.join(rt, f)
+        if not (f.endswith(".host") and len(f) > 5):
+            continue
+        info = read_host_file(os.path.join(rt, f))
+        if info is None:
+            continue
+        alive = pid_alive(info["pid"])
+        if info["unix"]:
+            described.add(info["unix"])
+            state = probe_unix(info["unix"]) if alive else "stale"
+            hosts.append({"name": info["name"], "address": f"unix:{info['unix']}",
+                          "kind": "unix", "state": state, "pid": info["pid"]})
+        if info["tcp"]:
+            port = tcp_port_of(info["tcp"])
+            described.add(port)
+            state = probe_tcp(port) if alive and port else "stale"
+            hosts.append({"name": info["name"], "address": f"tcp:{info['tcp']}", "kind": "tcp",
+                          "state": state, "pid": info["pid"]})
+    for f in files:
+        path = os.path.join(rt, f)
+        if f.endswith(".sock") and len(f) > 5 and path not in described:
             state = probe_unix(path)
             hosts.append({"name": f[:-5], "address": f"unix:{path}", "kind": "unix",
-                          "state": state})
+                          "state": state, "pid": None})
     for f in files:
         if f.startswith("tcp-") and f.endswith(".token") and f[4:-6].isdigit():
             port = int(f[4:-6])
+            if port in described:
+                continue
             address = f"tcp:127.0.0.1:{port}"
             state = probe_tcp(port)
             name = None
@@ -186,7 +273,8 @@ def scan_hosts(with_tcp_names=True):
                     conn.close()
                 except Exception:
                     name = None
-            hosts.append({"name": name, "address": address, "kind": "tcp", "state": state})
+            hosts.append({"name": name, "address": address, "kind": "tcp", "state": state,
+                          "pid": None})
     return hosts
 
 
@@ -198,14 +286,15 @@ def choose_host(explicit):
     env = os.environ.get("TETHER_ADDRESS")
     if env:
         return env
-    default = os.path.join(runtime_dir(), "default.sock")
-    if probe_unix(default) == "live":
+    hosts = scan_hosts(with_tcp_names=False)
+    live = []
+    for h in hosts:
+        # A name reaches a host with a Unix socket, or one that wrote a host file.
+        reachable = h["kind"] == "unix" or h["pid"] is not None
+        if h["state"] == "live" and h["name"] and reachable and h["name"] not in live:
+            live.append(h["name"])
+    if "default" in live:
         return "default"
-    live = [
-        h["name"]
-        for h in scan_hosts(with_tcp_names=False)
-        if h["kind"] == "unix" and h["state"] == "live"
-    ]
     if len(live) == 1:
         return live[0]
     if not live:
@@ -344,12 +433,15 @@ def cmd_hosts(args, out):
 
         print(json.dumps(hosts, indent=2), file=out)
     elif hosts:
-        rows = [("HOST", "ADDRESS", "STATE")]
+        rows = [("HOST", "PID", "ADDRESS", "STATE")]
         for h in hosts:
             state = h["state"]
-            if state == "stale":
+            if state == "stale" and h["pid"] is not None:
+                state = "stale (its process ended without removing its host file)"
+            elif state == "stale":
                 state = "stale (nothing listens: a host that ended without removing it)"
-            rows.append((h["name"] or "?", h["address"], state))
+            pid = "-" if h["pid"] is None else str(h["pid"])
+            rows.append((h["name"] or "?", pid, h["address"], state))
         print_table(rows, out)
     if not any(h["state"] == "live" for h in hosts):
         raise CliError(f"no host running in {runtime_dir()}", EXIT_NO_HOST)
@@ -389,9 +481,8 @@ def cmd_ls(args, out):
         clients = call_service(conn, "tether.clients", what="tether ls")
         me = os.getpid()
         if not args.all:
-            clients = [
-                c for c in clients if not (c.get("pid") == me and c.get("name") == conn.name)
-            ]
+            own = conn.registered_name
+            clients = [c for c in clients if not (c.get("pid") == me and c.get("name") == own)]
         if args.json:
             import json
 

@@ -197,7 +197,7 @@ class Connection:
     """A connection to a host, made by tether.connect().
 
     Attributes: ``root``, ``async_``, ``aio`` and ``notify`` (the call namespaces),
-    ``name`` (this client's name), ``host_name``, ``serve``. A Connection is a context
+    ``name`` (this client's name), ``registered_name``, ``host_name``, ``serve``. A Connection is a context
     manager that closes it.
     """
 
@@ -222,8 +222,15 @@ class Connection:
 
     @property
     def name(self):
-        """The name the host lists this client under."""
+        """The name this client asked the host for (see registered_name)."""
         return self._client.name
+
+    @property
+    def registered_name(self):
+        """The name the host lists this client under: ``name``, or ``name#2``,
+        ``name#3``... when another client of the host already had that name. The host's
+        services (``tether.call_client``, ``tether reset NAME``) know it by this name."""
+        return self._client.registered_name
 
     @property
     def host_name(self):

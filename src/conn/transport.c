@@ -22,6 +22,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "conn/hostfile.h"
 #include "platform/platform.h"
 #include "tether.h"
 #include "util/alloc.h"
@@ -65,21 +66,6 @@ tether__runtime_dir_ensure(const char *dir)
     return 0;
 }
 
-static bool
-valid_host_name(const char *name)
-{
-    if (!*name || strlen(name) > 64) {
-        return false;
-    }
-    for (const char *p = name; *p; p++) {
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-              *p == '-' || *p == '_' || *p == '.')) {
-            return false;
-        }
-    }
-    return name[0] != '.';
-}
-
 int
 tether__addr_parse(const char *address, const char *runtime_dir, tether__addr *ret)
 {
@@ -120,12 +106,47 @@ tether__addr_parse(const char *address, const char *runtime_dir, tether__addr *r
         ret->port = (int)port;
         return 0;
     }
-    if (!valid_host_name(address) || !runtime_dir) {
+    if (!tether__host_name_valid(address) || !runtime_dir) {
         return -EINVAL;
     }
     ret->kind = TETHER__ADDR_UNIX;
     int n = snprintf(ret->path, sizeof(ret->path), "%s/%s.sock", runtime_dir, address);
     return n > 0 && (size_t)n < sizeof(ret->path) ? 0 : -ENAMETOOLONG;
+}
+
+int
+tether__addr_resolve(const char *address, const char *runtime_dir, tether__addr *ret)
+{
+    int r = tether__addr_parse(address, runtime_dir, ret);
+    if (r < 0 || strncmp(address, "unix:", 5) == 0 || strncmp(address, "tcp:", 4) == 0) {
+        return r;
+    }
+    char *path = NULL;
+    tether__hostfile info;
+    if (tether__hostfile_path(runtime_dir, address, &path) < 0) {
+        return r; /* only a name too long for a file: NAME.sock says no host is there */
+    }
+    /* A file that is missing, not ours, or names a process that ended leaves NAME.sock,
+     * where a host that wrote none (an older one) listens. */
+    bool use = tether__hostfile_read(path, &info) == 0 && tether__hostfile_live(&info);
+    tether__free(path);
+    if (!use) {
+        return r;
+    }
+    tether__addr found = {0};
+    if (info.unix_path[0]) {
+        found.kind = TETHER__ADDR_UNIX;
+        snprintf(found.path, sizeof(found.path), "%s", info.unix_path);
+    } else {
+        char text[200];
+        snprintf(text, sizeof(text), "tcp:%s:%d", info.tcp_host, info.tcp_port);
+        if (tether__addr_parse(text, NULL, &found) < 0) {
+            return r;
+        }
+        snprintf(found.token_path, sizeof(found.token_path), "%s", info.token_path);
+    }
+    *ret = found;
+    return 0;
 }
 
 void

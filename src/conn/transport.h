@@ -22,6 +22,9 @@ typedef struct tether__addr {
     char path[108]; /* UNIX */
     char host[64];  /* TCP, numeric */
     int port;       /* TCP */
+    /* TCP, resolved from a host file (tether__addr_resolve): the host's token file.
+     * Empty otherwise: the token file is then the runtime directory's for the port. */
+    char token_path[512];
 } tether__addr;
 
 #define TETHER__TOKEN_HEX_LEN 64
@@ -33,8 +36,13 @@ int tether__runtime_dir(const char *explicit_dir, char **ret);
  * or not a directory (-ENOTDIR). */
 int tether__runtime_dir_ensure(const char *dir);
 
-/* Parse an address or resolve a host name in runtime_dir. */
+/* Parse an address, or take a host name for its socket in runtime_dir (NAME.sock):
+ * where a host listens, or where a host of that name would. */
 int tether__addr_parse(const char *address, const char *runtime_dir, tether__addr *ret);
+/* As tether__addr_parse, for connecting: a host name is looked up in the host file of
+ * its running host (hostfile.h) first, which gives its Unix socket, or its TCP address
+ * and token file when it has no Unix socket. Without a live host file, NAME.sock. */
+int tether__addr_resolve(const char *address, const char *runtime_dir, tether__addr *ret);
 /* Format as "unix:PATH" or "tcp:HOST:PORT" into buf. */
 void tether__addr_format(const tether__addr *addr, char *buf, size_t size);
 

@@ -153,9 +153,10 @@ serve_clients(tether_request *req, void *userdata)
 }
 
 /*
- * tether.reset_client(name), tether.disconnect_client(name): the most recent client of
- * that name other than the caller (a command line acting on a client of its own name
- * means another one). LookupError if there is none.
+ * tether.reset_client(name), tether.disconnect_client(name): the client of that name
+ * (names are unique on a host), unless it is the caller: a command line never acts on
+ * its own connection. LookupError if there is none; tether.Error while a reset or
+ * disconnect of it is under way (it lets its calls in flight finish first).
  */
 static int
 control_client(tether_request *req, tether_host *h, bool disconnect)
@@ -179,6 +180,10 @@ control_client(tether_request *req, tether_host *h, bool disconnect)
                          : tether_host_reset_client(h, target->conn);
         if (r == TETHER_ENOENT) {
             r = tether_request_reply_error(req, "LookupError", "no client named '%s'", name);
+        } else if (r == TETHER_EALREADY) {
+            r = tether_request_reply_error(req, "tether.Error",
+                                           "client '%s' is already being reset or disconnected",
+                                           name);
         }
     }
     tether_client_infos_free(infos, count);
@@ -232,7 +237,7 @@ forwarded_done(tether_future *future, void *userdata)
 
 /*
  * tether.call_client(name, method, args=[], kwargs={}): method(*args, **kwargs) on the
- * client called name (the most recent of that name); its outcome, error type included.
+ * client called name (names are unique on a host); its outcome, error type included.
  * The forwarded call has the caller's silence timeout, so a client gone silent times out
  * the caller as the caller asked (tether.Timeout); a caller's deadline does not travel,
  * but its CANCEL when the deadline passes does, and cancels the forwarded call.

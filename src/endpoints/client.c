@@ -40,6 +40,7 @@ struct tether_client {
     tether_conn *conn;       /* guarded by lock: the current connection */
     tether_conn *retired;    /* guarded by lock: earlier ones, kept for borrowed pointers */
     char *host_name;         /* guarded by lock */
+    char *registered_name;   /* guarded by lock: the client_name of the host's welcome */
     bool connecting;         /* guarded by lock */
     bool closing;            /* guarded by lock: the application closed or released it */
     bool shut_down;          /* guarded by lock: the host said disconnect */
@@ -365,6 +366,7 @@ tether_client_unref(tether_client *cl)
     tether__free(cl->language);
     tether__free(cl->language_version);
     tether__free(cl->host_name);
+    tether__free(cl->registered_name);
     pthread_mutex_destroy(&cl->lock);
     pthread_cond_destroy(&cl->changed);
     tether__endpoint *ep = cl->ep;
@@ -469,7 +471,7 @@ tether_resolve_address(const char *address, const char *runtime_dir, char **ret_
         address = "default";
     }
     tether__addr addr;
-    r = tether__addr_parse(address, dir, &addr);
+    r = tether__addr_resolve(address, dir, &addr);
     tether__free(dir);
     if (r < 0) {
         return r;
@@ -532,17 +534,23 @@ read_frame(int fd, tether__buf *buf, uint32_t max_frame, uint64_t deadline, size
     }
 }
 
+/* addr: where fd leads (NULL for an inherited socket), for the token of a TCP host. */
 static int
-handshake(tether_client *cl, int fd, bool is_tcp, int port, tether__buf *in,
+handshake(tether_client *cl, int fd, const tether__addr *addr, tether__buf *in,
           tether__welcome *ret_welcome, tether__buf *strings, tether_error *reterr)
 {
+    bool is_tcp = addr && addr->kind == TETHER__ADDR_TCP;
     uint64_t deadline = tether_now_usec() + cl->connect_timeout_usec;
     char token[TETHER__TOKEN_HEX_LEN + 1] = "";
     const char *tok = cl->token ? cl->token : getenv("TETHER_TOKEN");
     if (is_tcp && !tok) {
+        /* The host file named the token file; else the runtime directory's for the port. */
         char *path = NULL;
-        if (tether__token_path(cl->runtime_dir, port, &path) == 0 &&
-            tether__token_read(path, token) == 0) {
+        int r = addr->token_path[0] ? tether__token_read(addr->token_path, token)
+                : tether__token_path(cl->runtime_dir, addr->port, &path) == 0
+                    ? tether__token_read(path, token)
+                    : -ENOMEM;
+        if (r == 0) {
             tok = token;
         }
         tether__free(path);
@@ -608,7 +616,8 @@ connect_once(tether_client *cl, tether_error *reterr)
 {
     int fd = -1;
     bool is_tcp = false;
-    int port = 0;
+    tether__addr addr;
+    const tether__addr *where_to = NULL;
     int r = 0;
     if (cl->fd >= 0) {
         fd = cl->fd;
@@ -621,8 +630,7 @@ connect_once(tether_client *cl, tether_error *reterr)
         if (!address || !*address) {
             address = "default";
         }
-        tether__addr addr;
-        r = tether__addr_parse(address, cl->runtime_dir, &addr);
+        r = tether__addr_resolve(address, cl->runtime_dir, &addr);
         if (r < 0) {
             tether_error_set(reterr, TETHER__ERR_INVALID_ADDRESS, "cannot parse address '%s'",
                              address);
@@ -637,11 +645,11 @@ connect_once(tether_client *cl, tether_error *reterr)
             goto out;
         }
         is_tcp = addr.kind == TETHER__ADDR_TCP;
-        port = addr.port;
+        where_to = &addr;
     }
     tether__buf in = TETHER__BUF_INIT, strings = TETHER__BUF_INIT;
     tether__welcome welcome = {0};
-    r = handshake(cl, fd, is_tcp, port, &in, &welcome, &strings, reterr);
+    r = handshake(cl, fd, where_to, &in, &welcome, &strings, reterr);
     tether_conn *c = NULL;
     if (r == 0) {
         r = tether__conn_new(cl->ep, fd, is_tcp, TETHER__LINK_OPEN, &c);
@@ -665,6 +673,8 @@ connect_once(tether_client *cl, tether_error *reterr)
     }
     if (r == 0) {
         char *host_name = tether__strdup(welcome.name ? welcome.name : "");
+        /* A host that sends no client_name registered the name we asked for. */
+        char *registered = tether__strdup(welcome.client_name ? welcome.client_name : cl->ep->name);
         pthread_mutex_lock(&cl->lock);
         tether_conn *old = cl->conn;
         if (old) {
@@ -675,6 +685,8 @@ connect_once(tether_client *cl, tether_error *reterr)
         cl->conn = c;
         tether__free(cl->host_name);
         cl->host_name = host_name;
+        tether__free(cl->registered_name);
+        cl->registered_name = registered;
         cl->ever_connected = true;
         pthread_cond_broadcast(&cl->changed);
         pthread_mutex_unlock(&cl->lock);
@@ -733,6 +745,12 @@ const char *
 tether_client_get_host_name(const tether_client *cl)
 {
     return cl ? cl->host_name : NULL;
+}
+
+const char *
+tether_client_get_registered_name(const tether_client *cl)
+{
+    return cl ? cl->registered_name : NULL;
 }
 
 int

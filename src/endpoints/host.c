@@ -23,16 +23,23 @@
 
 #include "codec/frame.h"
 #include "codec/msgpack.h"
+#include "conn/hostfile.h"
 #include "conn/transport.h"
 #include "endpoints/host.h"
 #include "platform/platform.h"
+#include "rpc/request.h"
 #include "rpc/value.h"
 #include "util/alloc.h"
 #include "util/condwait.h"
+#include "util/error.h"
 #include "util/utf8.h"
 
 #define DEFAULT_MAX_CLIENTS 1024u
 #define DEFAULT_HANDSHAKE_USEC (5ull * 1000 * 1000)
+#define DEFAULT_CONTROL_GRACE_USEC (5ull * 1000 * 1000)
+/* How often a draining connection is looked at: finishing calls end the drain within
+ * this much, and the grace is kept to within it. */
+#define DRAIN_CHECK_MS 5
 
 typedef struct listener {
     struct tether_host *host;
@@ -53,6 +60,7 @@ struct tether_host {
     char tcp_bind[64];
     uint32_t max_clients;
     uint64_t handshake_timeout_usec;
+    uint64_t control_grace_usec;
     bool keep_fd_limit;
     tether_client_event_fn on_client;
     void *on_client_userdata;
@@ -63,6 +71,8 @@ struct tether_host {
     char *address;         /* "unix:..." once started */
     char *unix_path;
     char *token_path;
+    char *hostfile_path;       /* <runtime dir>/NAME.host while the host has one */
+    tether__hostfile hostfile; /* what it says */
     char token[TETHER__TOKEN_HEX_LEN + 1];
     int tcp_port;
     listener unix_listener, tcp_listener;
@@ -446,6 +456,41 @@ refuse(tether__hello_result *result, const char *code, const char *format, const
     snprintf(result->refuse_message, sizeof(result->refuse_message), format, arg);
 }
 
+/* Whether an open client of the registry goes by name (lock held). */
+static bool
+name_taken_locked(tether_host *h, const char *name)
+{
+    for (tether_conn *c = h->conns; c; c = c->owner_next) {
+        if (c->link.peer_name && tether__conn_state(c) == TETHER__LINK_OPEN &&
+            strcmp(c->link.peer_name, name) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* name itself if no open client has it, else "name#N" with the smallest free N >= 2;
+ * newly allocated (NULL when out of memory). Lock held. */
+static char *
+unique_name_locked(tether_host *h, const char *name)
+{
+    if (!name_taken_locked(h, name)) {
+        return tether__strdup(name);
+    }
+    size_t size = strlen(name) + 16;
+    char *buf = tether__malloc(size);
+    if (!buf) {
+        return NULL;
+    }
+    /* At most max_clients names are taken, so a free number comes before that. */
+    for (unsigned long n = 2;; n++) {
+        snprintf(buf, size, "%s#%lu", name, n);
+        if (!name_taken_locked(h, buf)) {
+            return buf;
+        }
+    }
+}
+
 static int
 encode_welcome(tether__buf *out, void *arg)
 {
@@ -497,10 +542,24 @@ hook_hello(tether__endpoint *ep, tether_conn *c, const tether__hello *hello,
         refuse(result, "busy", "the host already has its maximum of %s clients", n);
         return;
     }
-    if (tether__conn_set_peer(c, hello) < 0) {
-        pthread_mutex_lock(&h->lock);
+    /* Names are how the host's application and `tether reset NAME` address a client,
+     * so no two open clients share one: a second "twin" is registered as "twin#2" and
+     * told so in the welcome (docs/protocol.md, section 6). Handshakes complete on the
+     * I/O thread one at a time; the lock keeps the name lookups of other threads out. */
+    pthread_mutex_lock(&h->lock);
+    char *unique = unique_name_locked(h, hello->name);
+    int r = -ENOMEM;
+    if (unique) {
+        tether__hello named = *hello;
+        named.name = unique;
+        r = tether__conn_set_peer(c, &named);
+        tether__free(unique);
+    }
+    if (r < 0) {
         h->client_count--;
-        pthread_mutex_unlock(&h->lock);
+    }
+    pthread_mutex_unlock(&h->lock);
+    if (r < 0) {
         refuse(result, "busy", "%s", "out of memory");
         return;
     }
@@ -797,6 +856,8 @@ tether_host_new(const tether_host_options *opts, tether_host **ret_host)
     h->on_client_service_userdata = opts->on_client_service_userdata;
     h->handshake_timeout_usec =
         opts->handshake_timeout_usec ? opts->handshake_timeout_usec : DEFAULT_HANDSHAKE_USEC;
+    h->control_grace_usec =
+        opts->control_grace_usec ? opts->control_grace_usec : DEFAULT_CONTROL_GRACE_USEC;
     h->keep_fd_limit = opts->keep_fd_limit;
     h->reserve_fd = -1;
     h->no_unix = opts->no_unix;
@@ -872,6 +933,58 @@ is_loopback(const char *addr)
     return inet_pton(AF_INET, addr, &in) == 1 && (ntohl(in.s_addr) >> 24) == 127;
 }
 
+/*
+ * Tell clients and `tether hosts` how to reach this host by name: <runtime dir>/NAME.host
+ * (docs/protocol.md, section 2). Written by a host that listens on its socket in the
+ * runtime directory or on TCP; a host on a Unix path of its own choosing, and no TCP,
+ * is not found by name, so it writes none. Best effort: a host that cannot write it
+ * still serves, and says so.
+ */
+static void
+write_hostfile(tether_host *h, bool runtime_dir_ok)
+{
+    bool findable = h->tcp_port >= 0 || (h->unix_path && !h->unix_path_option);
+    if (!findable || !runtime_dir_ok) {
+        return;
+    }
+    tether__hostfile *f = &h->hostfile;
+    *f = (tether__hostfile){.pid = getpid(),
+                            .min_version = TETHER__PROTOCOL_MIN_VERSION,
+                            .max_version = TETHER__PROTOCOL_VERSION};
+    snprintf(f->name, sizeof(f->name), "%s", h->ep->name);
+    if (h->unix_path) {
+        snprintf(f->unix_path, sizeof(f->unix_path), "%s", h->unix_path);
+    }
+    if (h->tcp_port >= 0) {
+        snprintf(f->tcp_host, sizeof(f->tcp_host), "%s", h->tcp_bind);
+        f->tcp_port = h->tcp_port;
+        snprintf(f->token_path, sizeof(f->token_path), "%s", h->token_path);
+    }
+    char *path = NULL;
+    int r = tether__hostfile_path(h->runtime_dir, h->ep->name, &path);
+    if (r == 0) {
+        r = tether__hostfile_write(path, f);
+    }
+    if (r < 0) {
+        tether__log(h->ep, TETHER_LOG_WARNING,
+                    "no host file for '%s' in %s (%s): clients find it only by its address",
+                    h->ep->name, h->runtime_dir, tether_strerror(r));
+        tether__free(path);
+        return;
+    }
+    h->hostfile_path = path;
+}
+
+static void
+remove_hostfile(tether_host *h)
+{
+    if (h->hostfile_path) {
+        tether__hostfile_remove(h->hostfile_path, &h->hostfile);
+        tether__free(h->hostfile_path);
+        h->hostfile_path = NULL;
+    }
+}
+
 /* Undo a start that failed halfway: nothing may keep listening in the host's name. */
 static void
 undo_start(tether_host *h)
@@ -889,6 +1002,7 @@ undo_start(tether_host *h)
     if (h->token_path) {
         unlink(h->token_path);
     }
+    remove_hostfile(h);
     if (h->reserve_fd >= 0) {
         close(h->reserve_fd);
         h->reserve_fd = -1;
@@ -971,6 +1085,7 @@ tether_host_start(tether_host *h)
         goto fail;
     }
     r = tether__runtime_dir_ensure(h->runtime_dir);
+    bool runtime_dir_ok = r == 0;
     if (r < 0 && (!h->unix_path_option || h->tcp)) {
         tether__log(h->ep, TETHER_LOG_ERROR,
                     "runtime directory %s unusable: %s (it must be a directory of this user's, "
@@ -995,6 +1110,8 @@ tether_host_start(tether_host *h)
     if (h->tcp_listener.fd >= 0) {
         tether__ioloop_run_sync(h->ep->loop, start_listener, &h->tcp_listener);
     }
+    /* Last: the file says the host is reachable, so only once it is. */
+    write_hostfile(h, runtime_dir_ok);
     if (h->tcp_port >= 0) {
         tether__log(h->ep, TETHER_LOG_INFO, "host '%s' listening on %s and tcp:%s:%d", h->ep->name,
                     h->address ? h->address : "no unix socket", h->tcp_bind, h->tcp_port);
@@ -1021,6 +1138,8 @@ tether_host_stop(tether_host *h)
     if (already) {
         return -EALREADY;
     }
+    /* First: a client that reads the file from now on finds no host, not one going. */
+    remove_hostfile(h);
     tether__ioloop_run_sync(h->ep->loop, stop_listeners, h);
     /* Close callbacks run at the end of the loop iteration that closed the handles;
      * a second round trip through the loop waits for them. */
@@ -1197,6 +1316,23 @@ tether_client_infos_free(tether_client_info *infos, size_t count)
     tether__free(infos);
 }
 
+/*
+ * A graceful CONTROL (docs/protocol.md, CONTROL): the connection is marked draining, so
+ * the client's new requests are refused with tether.Closing (rpc/request.c) while the
+ * ones in flight, and the host's own calls to the client, go on; once none is left, or
+ * the grace time is over, what still runs is answered with tether.Closing, then CONTROL
+ * is written and the connection closed. The drain lives on the I/O thread, with its own
+ * reference to the connection, so it needs the host no longer: a host that stops
+ * meanwhile closes the connection, and the next check lets the drain go.
+ */
+typedef struct drain {
+    uv_timer_t timer;
+    tether_conn *conn;
+    uint64_t deadline_usec, grace_usec;
+    char action[16];
+    char reason[64];
+} drain;
+
 typedef struct control_arg {
     const char *action, *reason;
 } control_arg;
@@ -1206,6 +1342,62 @@ encode_control(tether__buf *out, void *arg)
 {
     control_arg *a = arg;
     return tether__encode_control(out, a->action, a->reason);
+}
+
+static void
+drain_free(uv_handle_t *handle)
+{
+    drain *d = handle->data;
+    tether_conn_unref(d->conn);
+    tether__free(d);
+}
+
+static void
+drain_check(uv_timer_t *t)
+{
+    drain *d = t->data;
+    tether_conn *c = d->conn;
+    if (tether__conn_state(c) != TETHER__LINK_OPEN) {
+        /* Closed meanwhile: the client left, or the host stopped. */
+        uv_close((uv_handle_t *)&d->timer, drain_free);
+        return;
+    }
+    pthread_mutex_lock(&c->link.lock);
+    bool busy = c->running_count > 0 || c->pending_count > 0;
+    pthread_mutex_unlock(&c->link.lock);
+    if (busy && tether_now_usec() < d->deadline_usec) {
+        return;
+    }
+    if (busy) {
+        char message[160];
+        snprintf(message, sizeof(message),
+                 "the host closed the connection (%s) before the call finished: its grace of "
+                 "%llu ms was over",
+                 d->action, (unsigned long long)(d->grace_usec / 1000));
+        size_t n = tether__request_fail_running(c, TETHER__ERR_CLOSING, message);
+        tether__log(c->ep, TETHER_LOG_NOTICE,
+                    "client %s: %zu call(s) still running at the end of the %s grace time",
+                    c->link.peer_name, n, d->action);
+    }
+    /* Written at once, after every answer, so it precedes the end of the stream. */
+    control_arg a = {d->action, d->reason};
+    tether__conn_send(c, encode_control, &a, true);
+    tether__conn_fail(c, -ECONNRESET, d->reason);
+    uv_close((uv_handle_t *)&d->timer, drain_free);
+}
+
+/* On the I/O thread, where requests are taken in: every request that arrived before
+ * draining was set is in the running list by now, and every later one is refused. */
+static void
+drain_start(void *arg)
+{
+    drain *d = arg;
+    uv_timer_init(tether__ioloop_uv(d->conn->link.loop), &d->timer);
+    d->timer.data = d;
+    drain_check(&d->timer);
+    if (!uv_is_closing((uv_handle_t *)&d->timer)) {
+        uv_timer_start(&d->timer, drain_check, DRAIN_CHECK_MS, DRAIN_CHECK_MS);
+    }
 }
 
 static int
@@ -1220,12 +1412,23 @@ send_control(tether_host *h, tether_conn *c, const char *action, const char *rea
     if (!ours || tether__conn_state(c) != TETHER__LINK_OPEN) {
         return -ENOENT;
     }
+    drain *d = tether__calloc(1, sizeof(*d));
+    if (!d) {
+        return -ENOMEM;
+    }
+    if (atomic_exchange(&c->draining, true)) {
+        tether__free(d);
+        return -EALREADY;
+    }
     tether__log(h->ep, TETHER_LOG_INFO, "%s client %s (pid %lld)", reason, c->link.peer_name,
                 (long long)c->link.peer_pid);
-    /* Written at once, so it precedes the end of the stream the client sees next. */
-    control_arg a = {action, reason};
-    tether__conn_send(c, encode_control, &a, true);
-    tether__conn_fail(c, -ECONNRESET, reason);
+    d->conn = tether_conn_ref(c);
+    d->grace_usec = h->control_grace_usec;
+    d->deadline_usec = tether_now_usec() + d->grace_usec;
+    snprintf(d->action, sizeof(d->action), "%s", action);
+    snprintf(d->reason, sizeof(d->reason), "%s", reason);
+    /* With nothing in flight the connection is closed when this returns, as before. */
+    tether__ioloop_run_sync(c->link.loop, drain_start, d);
     return 0;
 }
 

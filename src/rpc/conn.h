@@ -56,6 +56,10 @@ struct tether_conn {
 
     atomic_uint_fast64_t next_id;
     uint32_t peer_max_in_flight;
+    /* Host side: a reset or disconnect is letting the client's requests in flight
+     * finish before it closes (endpoints/host.c); new requests are refused meanwhile
+     * with tether.Closing (request.c). */
+    atomic_bool draining;
 
     /* Counters, relaxed atomics. */
     atomic_uint_fast64_t calls_out, calls_in;

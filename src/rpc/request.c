@@ -542,6 +542,12 @@ resolve_handler(tether_conn *c, const tether__frame *f, tether__service *svc,
     pthread_mutex_unlock(&c->link.lock);
     int shown = (int)(f->method.len > 200 ? 200 : f->method.len);
     const char *method = (const char *)f->method.ptr;
+    if (atomic_load(&c->draining)) {
+        snprintf(message, size,
+                 "the connection is closing (a reset or disconnect by the host): "
+                 "the request was not run");
+        return TETHER__ERR_CLOSING;
+    }
     if (over && f->kind == TETHER__REQUEST) {
         snprintf(message, size, "more than %u requests in flight", c->ep->max_in_flight);
         return TETHER__ERR_TOO_MANY_REQUESTS;
@@ -740,6 +746,40 @@ tether__request_cancel_all(tether_conn *c)
         run_cancel_hook(due);
         due = next;
     }
+}
+
+size_t
+tether__request_fail_running(tether_conn *c, const char *type, const char *message)
+{
+    uint64_t stack_ids[64], *ids = stack_ids;
+    size_t n = 0;
+    pthread_mutex_lock(&c->link.lock);
+    if (c->running_count > 64) {
+        ids = tether__malloc(c->running_count * sizeof(uint64_t));
+    }
+    size_t cap = ids ? (c->running_count > 64 ? c->running_count : 64) : 0;
+    tether_request *next;
+    for (tether_request *req = c->running; req; req = next) {
+        next = req->run_next;
+        /* The one reply is this error: the handler's own, later, is dropped. */
+        if (atomic_exchange(&req->replied, true)) {
+            continue;
+        }
+        atomic_store(&req->cancelled, true);
+        running_remove_locked(c, req);
+        if (!req->notification && n < cap) {
+            ids[n++] = req->id;
+        }
+    }
+    pthread_mutex_unlock(&c->link.lock);
+    for (size_t i = 0; i < n; i++) {
+        response_arg a = {.id = ids[i], .is_error = true, .type = type, .message = message};
+        tether__conn_send(c, encode_response, &a, false);
+    }
+    if (ids != stack_ids) {
+        tether__free(ids);
+    }
+    return n;
 }
 
 /* ---- progress ------------------------------------------------------------------------ */

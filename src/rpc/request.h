@@ -50,6 +50,10 @@ struct tether_request {
 void tether__conn_on_request(tether_conn *conn, const tether__frame *frame);
 void tether__conn_on_cancel(tether_conn *conn, uint64_t id);
 void tether__request_cancel_all(tether_conn *conn);
+/* Answer every request still running on conn with the error (type, message) now, and
+ * mark them cancelled: the connection is about to close (a graceful CONTROL, host.c).
+ * What their handlers reply later is dropped. Returns how many were answered. */
+size_t tether__request_fail_running(tether_conn *conn, const char *type, const char *message);
 
 /*
  * Have hook(arg) called once if req is cancelled while it runs: a handler that passes the

@@ -140,6 +140,8 @@ static const struct error_row {
     {ENOBUFS, "ENOBUFS", TETHER__ERR_TOO_MANY_REQUESTS, WIRE, "too many requests in flight"},
     {ECANCELED, "ECANCELED", TETHER__ERR_CANCELLED, WIRE, "the call was cancelled"},
     {ETIMEDOUT, "ETIMEDOUT", TETHER__ERR_TIMEOUT, WIRE, "the call timed out"},
+    {ECONNRESET, "ECONNRESET", TETHER__ERR_CLOSING, WIRE,
+     "the host is closing the connection (a reset or disconnect)"},
 };
 
 

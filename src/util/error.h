@@ -28,5 +28,6 @@
 #define TETHER__ERR_MESSAGE_TOO_LARGE "tether.MessageTooLarge"
 #define TETHER__ERR_TOO_MANY_REQUESTS "tether.TooManyRequests"
 #define TETHER__ERR_CANCELLED "tether.Cancelled"
+#define TETHER__ERR_CLOSING "tether.Closing"
 
 #endif
