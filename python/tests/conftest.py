@@ -40,9 +40,10 @@ def build_platform():
 
 def private_runtime_dir():
     """A new 0700 directory for one host's socket: under $TETHER_RUNTIME_DIR when that
-    keeps socket paths short (Unix socket paths are limited to 108 bytes), else in /tmp."""
+    keeps socket paths short (Unix socket paths are limited to 108 bytes, and a named
+    run's socket is runs/ and a key of up to 45 bytes below it), else in /tmp."""
     base = os.environ.get("TETHER_RUNTIME_DIR")
-    if not base or len(base) > 60 or not os.path.isdir(base):
+    if not base or len(base) > 40 or not os.path.isdir(base):
         base = None
     path = tempfile.mkdtemp(prefix="tpy-", dir=base)
     os.chmod(path, 0o700)
