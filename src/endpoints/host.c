@@ -89,93 +89,78 @@ struct tether_host {
     uint32_t client_count; /* guarded by lock: past the handshake */
 };
 
-/* ---- client events, delivered on the main thread ------------------------------------ */
+/* ---- events for the application, delivered on the main thread -------------------------- */
 
-typedef struct client_event {
+/*
+ * A client arrived or left (on_client), or offers a service (on_client_service). Both
+ * kinds go through one lane of the main queue, so that a client's CONNECTED comes
+ * before the services it announces.
+ */
+typedef struct host_event {
     tether__work work;
-    tether_client_event_fn fn;
+    tether_client_event_fn on_client;        /* or */
+    tether_client_service_fn on_service;     /* with service */
     void *userdata;
     tether_conn *conn;
     int event;
-} client_event;
+    char service[]; /* NUL-terminated */
+} host_event;
 
 static void
-run_client_event(tether__work *w)
+discard_host_event(tether__work *w)
 {
-    client_event *e = (client_event *)w;
-    e->fn(e->userdata, e->conn, e->event);
+    host_event *e = (host_event *)w;
     tether_conn_unref(e->conn);
     tether__free(e);
 }
 
 static void
-discard_client_event(tether__work *w)
+run_host_event(tether__work *w)
 {
-    client_event *e = (client_event *)w;
-    tether_conn_unref(e->conn);
-    tether__free(e);
+    host_event *e = (host_event *)w;
+    if (e->on_service) {
+        e->on_service(e->userdata, e->conn, e->service);
+    } else {
+        e->on_client(e->userdata, e->conn, e->event);
+    }
+    discard_host_event(w);
+}
+
+/* Queue an event with room for a service name of len bytes (copied by the caller). */
+static host_event *
+push_host_event(tether_host *h, tether_conn *c, host_event *e)
+{
+    e->work = (tether__work){.run = run_host_event, .discard = discard_host_event};
+    e->conn = tether_conn_ref(c);
+    tether__mainq_push(h->ep->mainq, NULL, &e->work);
+    return e;
 }
 
 static void
 post_client_event(tether_host *h, tether_conn *c, int event)
 {
-    if (!h->on_client) {
-        return;
+    host_event *e = h->on_client ? tether__calloc(1, sizeof(*e) + 1) : NULL;
+    if (e) {
+        e->on_client = h->on_client;
+        e->userdata = h->on_client_userdata;
+        e->event = event;
+        push_host_event(h, c, e);
     }
-    client_event *e = tether__calloc(1, sizeof(*e));
-    if (!e) {
-        return;
-    }
-    *e = (client_event){.work = {.run = run_client_event, .discard = discard_client_event},
-                        .fn = h->on_client,
-                        .userdata = h->on_client_userdata,
-                        .conn = tether_conn_ref(c),
-                        .event = event};
-    tether__mainq_push(h->ep->mainq, NULL, &e->work);
 }
 
 /* ---- service announcements ----------------------------------------------------------- */
 
-typedef struct service_event {
-    tether__work work;
-    tether_client_service_fn fn;
-    void *userdata;
-    tether_conn *conn;
-    char name[]; /* NUL-terminated */
-} service_event;
-
-static void
-run_service_event(tether__work *w)
-{
-    service_event *e = (service_event *)w;
-    e->fn(e->userdata, e->conn, e->name);
-    tether_conn_unref(e->conn);
-    tether__free(e);
-}
-
-static void
-discard_service_event(tether__work *w)
-{
-    service_event *e = (service_event *)w;
-    tether_conn_unref(e->conn);
-    tether__free(e);
-}
-
 static void
 post_service_event(tether_host *h, tether_conn *c, const char *name, size_t len)
 {
-    service_event *e = h->on_client_service ? tether__calloc(1, sizeof(*e) + len + 1) : NULL;
-    if (!e) {
-        return;
+    host_event *e = h->on_client_service ? tether__calloc(1, sizeof(*e) + len + 1) : NULL;
+    if (e) {
+        e->on_service = h->on_client_service;
+        e->userdata = h->on_client_service_userdata;
+        memcpy(e->service, name, len);
+        e->service[len] = '\0';
+        push_host_event(h, c, e);
     }
-    *e = (service_event){.work = {.run = run_service_event, .discard = discard_service_event},
-                         .fn = h->on_client_service,
-                         .userdata = h->on_client_service_userdata,
-                         .conn = tether_conn_ref(c)};
-    memcpy(e->name, name, len);
-    e->name[len] = '\0';
-    /* The lane of the client events: a client's CONNECTED comes before its services. */
-    tether__mainq_push(h->ep->mainq, NULL, &e->work);
 }
 
 /* Whether the announced list of c holds name (conn lock held). */
