@@ -5,7 +5,7 @@
  *   tether-conformance-client ADDRESS MODE
  *
  * MODE call:     calls add(2, 3), prints "add=N", notifies bye("done"), closes.
- * MODE timeout:  calls busy() with a 300 ms silence timeout; prints "busy=RESULT" or
+ * MODE timeout:  calls busy() with a 1 s silence timeout; prints "busy=RESULT" or
  *                "busy=error ERRNAME".
  * MODE serve:    registers main-thread services, notifies started() from outside any
  *                handler, and dispatches until the host disconnects it (prints
@@ -152,7 +152,7 @@ main(int argc, char **argv)
             printf("add=%lld\n", (long long)n);
         }
     } else if (r == 0 && strcmp(mode, "timeout") == 0) {
-        tether_call_options call = {.timeout_usec = 300000};
+        tether_call_options call = {.timeout_usec = 1000000};
         r = tether_client_connect(client, &err);
         tether_conn *conn = tether_client_get_conn(client);
         const char *text = NULL;

@@ -46,7 +46,9 @@ class Host:
         self.log_path = os.path.join(self.runtime_dir, "host.log")
         if not os.access(TESTHOST, os.X_OK):
             pytest.fail(f"{TESTHOST} is not built (run make)")
-        env = dict(os.environ, TETHER_RUNTIME_DIR=self.runtime_dir, TETHER_TESTHOST_LOG=self.log_path)
+        env = dict(
+            os.environ, TETHER_RUNTIME_DIR=self.runtime_dir, TETHER_TESTHOST_LOG=self.log_path
+        )
         self.proc = subprocess.Popen(
             [TESTHOST, "conformance"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
         )

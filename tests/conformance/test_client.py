@@ -16,6 +16,7 @@ from peer import (
     REQUEST,
     RESPONSE,
     WELCOME,
+    Error,
     Ref,
     notify,
     request,
@@ -40,8 +41,15 @@ def test_client_sends_nothing_before_welcome(listener, client_of):
     p = listener.accept()
     assert p.recv()[0] == HELLO
     assert p.quiet(0.5)  # still waiting for the answer: no request yet
-    p.send([WELCOME, {"version": 1, "name": "late", "pid": 1, "max_frame_size": 1 << 24,
-                      "max_in_flight": 8, "client_name": "conformance-client"}])
+    welcome = {
+        "version": 1,
+        "name": "late",
+        "pid": 1,
+        "max_frame_size": 1 << 24,
+        "max_in_flight": 8,
+        "client_name": "conformance-client",
+    }
+    p.send([WELCOME, welcome])
     assert p.recv_kind(REQUEST)[4] == "add"
 
 
@@ -74,19 +82,17 @@ def test_client_accepts_error_response(listener, client_of):
     client = client_of("timeout")
     p, _ = listener.accept_client()
     f = p.recv_kind(REQUEST)
-    from peer import Error
-
     p.send([RESPONSE, f[1], True, Error("tether.NoSuchService", "no busy here", None)])
     status, out, err = client.finish()
     assert status == 1 and "no busy here" in err
 
 
 def test_client_progress_keeps_a_call_alive(listener, client_of):
-    client = client_of("timeout")  # a 300 ms silence timeout
+    client = client_of("timeout")  # a 1 s silence timeout
     p, _ = listener.accept_client()
     f = p.recv_kind(REQUEST)
-    assert f[7] == 300
-    for _ in range(8):  # 800 ms in all, never 300 ms of silence
+    assert f[7] == 1000
+    for _ in range(25):  # 2.5 s in all, never 1 s of silence
         time.sleep(0.1)
         p.send([PROGRESS, [f[1]]])
     p.send([RESPONSE, f[1], False, "done late"])
@@ -100,7 +106,7 @@ def test_client_cancels_a_call_after_its_silence_timeout(listener, client_of):
     f = p.recv_kind(REQUEST)
     t0 = time.monotonic()
     assert p.recv_kind(CANCEL) == [CANCEL, f[1]]
-    assert time.monotonic() - t0 >= 0.25
+    assert time.monotonic() - t0 >= 0.9
     status, out, err = client.finish()
     assert (status, out) == (0, "busy=error ETIMEDOUT\n"), err
 
@@ -216,9 +222,7 @@ def test_client_sends_progress_for_a_long_request(listener, client_of):
     _, p = serving(listener, client_of)
     p.send(request(1, "call_host", timeout_ms=300))
     work = p.recv_kind(REQUEST, skip=(PROGRESS,))
-    t0 = time.monotonic()
-    f = p.recv()
+    f = p.recv()  # while we hold work() unanswered, the client's call_host keeps running
     assert f[0] == PROGRESS and 1 in f[1], f
-    assert time.monotonic() - t0 < 0.5
     p.send([RESPONSE, work[1], False, "ok"])
     assert p.recv_kind(RESPONSE) == [RESPONSE, 1, False, "ok"]
