@@ -17,6 +17,10 @@
 #   make tsan          TSan build in build-tsan/ and its ctest
 #   make fuzz          libFuzzer build in build-fuzz/, each target for FUZZ_SECONDS
 #   make install       install into PREFIX (/usr/local), DESTDIR honoured
+#   make wheel         build/wheel/tether-VERSION-cp310-abi3-linux_x86_64.whl: the Python
+#                      package with libtether and libuv linked in, for `pip install` on a
+#                      machine without libuv (build-aux/build-wheel; the first run fetches
+#                      Debian's libuv source and builds it with -fPIC: build-aux/libuv-pic)
 #   make pictures      render docs/pictures/*.dot to PNG beside them (graphviz)
 #   make format        clang-format every C file in place; format-check only checks
 #   make clean         remove the build directories
@@ -58,8 +62,8 @@ configure = $(CMAKE) -S . -B $(1) -G Ninja -DCMAKE_BUILD_TYPE=$(2) \
 
 deps = @if [ -z "$(TETHER_SKIP_DEPS)" ]; then $(INSTALL_DEPS) $(1); fi
 
-.PHONY: build all deps test test-posix pytest conformance bench demo asan tsan fuzz install format \
-	format-check pictures clean
+.PHONY: build all deps test test-posix pytest conformance bench demo asan tsan fuzz install \
+	wheel format format-check pictures clean
 
 all: build
 
@@ -182,6 +186,11 @@ fuzz:
 
 install: build
 	DESTDIR="$(DESTDIR)" $(CMAKE) --install $(BUILD)
+
+# One abi3 wheel (CPython 3.10+); it is kept while no file it is made from changes.
+wheel:
+	$(call deps,wheel)
+	PYTHON="$(PYTHON)" build-aux/build-wheel $(BUILD)/wheel
 
 # The pictures of docs/ are drawn from the .dot sources beside them; commit both.
 pictures:

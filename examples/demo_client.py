@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """demo_client: the script `make demo` runs against tether-demo, where you can watch it.
 
-    python3 examples/demo_client.py [HOST] [--seconds N] [--name NAME]
+    python3 examples/demo_client.py [HOST] [--seconds N] [--name NAME] [--stay]
 
 HOST is a host name (default "demo") or an address ("unix:/path", "tcp:127.0.0.1:PORT").
 For N seconds (default 8) it works the host's scene the ways a script can: it spawns
@@ -12,14 +12,20 @@ a service, report(), and has the host call it (tether-demo's tether.call_client 
 client on anyone's behalf): calls go both ways. While it runs, so can you:
 
     build/tether -H demo call tether.call_client demo_client report
- The actors it leaves behind stay in
-the scene for you to find (`root.list_actors()` in a REPL). Ctrl-C stops it early.
+
+The actors it leaves behind stay in the scene for you to find (`root.list_actors()` in a
+REPL). Ctrl-C stops it early. With --stay (what `make demo` passes) it stays connected
+once its scene is done, serving report(), until Ctrl-C or until the host disconnects it
+(`build/tether disconnect demo_client`); `build/tether reset demo_client` makes it
+reconnect at once.
 """
 
 import argparse
 import logging
 import math
+import signal
 import sys
+import threading
 import time
 
 import tether
@@ -54,30 +60,52 @@ def main(argv=None):
     parser.add_argument("host", nargs="?", default="demo", help='host name or address ("demo")')
     parser.add_argument("--seconds", type=float, default=8.0, help="how long (8)")
     parser.add_argument("--name", default="demo_client", help="this client's name")
+    parser.add_argument("--stay", action="store_true",
+                        help="stay connected when done, until Ctrl-C or the host's Disconnect")
     args = parser.parse_args(argv)
 
-    host = tether.connect(name=args.name, address=args.host)
-    log = logging.getLogger("demo_client")
-    log.setLevel(logging.INFO)
-    log.addHandler(tether.LogHandler(host))  # records go to the host's log
-    say(f"connected to {host.host_name!r} as {host.name!r}")
     state = {"step": 0, "actors": []}
 
-    # A service the host may call; it runs on one of tether's worker threads.
-    @host.service
+    # A service the host may call; it runs on one of tether's worker threads. Registered
+    # as the connection is made, so it is there as soon as the host sees this client.
     def report():
         say("the host calls report()")
         return {"step": state["step"], "actors": [a.name for a in list(state["actors"])]}
 
+    host = tether.connect(name=args.name, address=args.host, services=[report])
+    log = logging.getLogger("demo_client")
+    log.setLevel(logging.INFO)
+    log.addHandler(tether.LogHandler(host))  # records go to the host's log
+    say(f"connected to {host.host_name!r} as {host.name!r}")
+
+    # The host's Disconnect makes the library send this process SIGTERM: leave cleanly.
+    signal.signal(signal.SIGTERM, stopped_by_sigterm)
+    stopped = False
     try:
         work(host, log, args, state)
-    except KeyboardInterrupt:
-        say("interrupted")
+    except (KeyboardInterrupt, Stopped) as e:
+        stopped = True
+        say(str(e) or "interrupted")
     names = [a.name for a in state["actors"]]
     log.info("done after %d steps; leaving %s in the scene", state["step"], ", ".join(names))
     say(f"done after {state['step']} steps; {', '.join(names)} stay in the scene")
+    if args.stay and not stopped:
+        say(f"staying connected as {host.name!r} until Ctrl-C "
+            f"(or `tether disconnect {host.name}`)")
+        try:
+            threading.Event().wait()
+        except (KeyboardInterrupt, Stopped) as e:
+            say(str(e) or "interrupted")
     host.close()
     return 0
+
+
+class Stopped(Exception):
+    """SIGTERM arrived: the host's Disconnect, or someone's kill."""
+
+
+def stopped_by_sigterm(signum, frame):
+    raise Stopped("stopped by SIGTERM (the host's Disconnect?)")
 
 
 def work(host, log, args, state):

@@ -9,7 +9,8 @@ and serves until the host disconnects it (or Ctrl-C). The host's code runs in on
 namespace, so what exec binds, a later eval sees, also after a reset (the client
 reconnects and keeps its state).
 
-From the command line, against a host with the tether.* services (tools/tether-demo):
+From the command line, against a host with the tether.* services (tools/tether-demo,
+which `make demo` runs with this client connected as "evaluator" until it stops):
 
     tether exec evaluator "x = 5"
     tether eval evaluator x
@@ -28,9 +29,10 @@ def main():
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: done.set())
 
-    with tether.connect(name="evaluator", address=address) as host:
-        # This hands the host the power of this process: only for a host you trust.
-        host.register_service(tether.services.EvalExec())
+    # EvalExec hands the host the power of this process: only for a host you trust. It is
+    # registered as the connection is made, so the host can call it as soon as it sees us.
+    evaluator = tether.services.EvalExec()
+    with tether.connect(name="evaluator", address=address, services=[evaluator]) as host:
         try:
             host.root.ready()
         except tether.NoSuchServiceError:

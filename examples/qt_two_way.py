@@ -92,9 +92,6 @@ class Window(QWidget):
         # connection's fd readable.
         self.notifier = QSocketNotifier(conn.fileno(), QSocketNotifier.Read, self)
         self.notifier.activated.connect(self.dispatch)
-        conn.register("show", self.show_text)
-        conn.register("state", self.state)
-        conn.register("quit", self.quit)
 
     # ---- script to host ---------------------------------------------------------------
 
@@ -158,7 +155,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     app = QApplication(sys.argv[:1])
-    conn = tether.connect(name=args.name, address=args.host, serve="manual")
+    # Our services are registered as the connection is made, so that the host can call
+    # them as soon as it sees us. With serve="manual" they run only inside dispatch(),
+    # which the window's notifier drives: the window exists by the time one runs.
+    window = None
+    services = {
+        "show": lambda text: window.show_text(text),
+        "state": lambda: window.state(),
+        "quit": lambda: window.quit(),
+    }
+    conn = tether.connect(name=args.name, address=args.host, serve="manual", services=services)
     window = Window(conn, args.service, args.screenshot)
     if args.seconds:
         QTimer.singleShot(int(args.seconds * 1000), window.close)

@@ -105,8 +105,9 @@ TETHER_EXPORT const char *tether_err_type(int code);
 /*
  * The code a call fails with when its error has this type: the protocol's own error
  * types (docs/protocol.md, "Errors": "tether.NoSuchService", "tether.NoSuchObject",
- * "tether.MessageTooLarge", "tether.TooManyRequests", "tether.Cancelled") give their
- * codes; anything else, a remote exception, gives TETHER_EREMOTE. Thread: any.
+ * "tether.MessageTooLarge", "tether.TooManyRequests", "tether.Cancelled",
+ * "tether.Timeout") give their codes; anything else, a remote exception, gives
+ * TETHER_EREMOTE. Thread: any.
  */
 TETHER_EXPORT int tether_err_code(const char *type);
 
@@ -740,17 +741,27 @@ enum {
 /* Called on the host's main thread (inside its dispatch); conn is borrowed. */
 typedef void (*tether_client_event_fn)(void *userdata, tether_conn *conn, int event);
 
+/*
+ * Called on the host's main thread (inside its dispatch) when a client announced a
+ * service: one registered before it connected (announced as it connects) or after;
+ * conn and name are borrowed.
+ */
+typedef void (*tether_client_service_fn)(void *userdata, tether_conn *conn, const char *name);
+
 /* Built-in services (tether_host_options.builtin_services), all on the I/O thread. */
 enum {
     /* tether.services() -> sorted names; tether.clients() -> [{"name", "pid",
      * "language", "language_version", "connected_since" (unix seconds),
-     * "calls_in_flight", "calls_in", "calls_out", "bytes_in", "bytes_out"}] */
+     * "calls_in_flight", "calls_in", "calls_out", "bytes_in", "bytes_out", "services"
+     * (the names it announced, sorted)}] */
     TETHER_BUILTIN_CLIENTS = 1 << 0,
     /* tether.reset_client(name), tether.disconnect_client(name): the most recent client
      * of that name other than the caller; LookupError if none. */
     TETHER_BUILTIN_MANAGE = 1 << 1,
     /* tether.call_client(name, method, args=[], kwargs={}) -> that client's answer (its
-     * error passed on, type included). Lets any client drive any other. */
+     * error passed on, type included). Lets any client drive any other. The forwarded
+     * call has the caller's silence timeout, and the caller's cancel (its deadline
+     * passing included) cancels it; a notification is forwarded as a notification. */
     TETHER_BUILTIN_CALL_CLIENT = 1 << 2,
     TETHER_BUILTIN_ALL = TETHER_BUILTIN_CLIENTS | TETHER_BUILTIN_MANAGE | TETHER_BUILTIN_CALL_CLIENT,
 };
@@ -807,6 +818,10 @@ typedef struct tether_host_options {
     /* Told when clients arrive and leave, on the main thread; NULL: not told. */
     tether_client_event_fn on_client;
     void *on_client_userdata;
+    /* Told, on the main thread, of each service a client announces; NULL: not told
+     * (tether_conn_has_service and tether_conn_wait_service know them either way). */
+    tether_client_service_fn on_client_service;
+    void *on_client_service_userdata;
 
     /* Diagnostics; NULL: none. */
     tether_log_fn log;
@@ -897,6 +912,8 @@ typedef struct tether_client_info {
     uint32_t calls_in_flight;     /* its calls running here plus ours waiting on it */
     uint64_t calls_in, calls_out; /* requests and notifications received, sent */
     uint64_t bytes_in, bytes_out;
+    const char *const *services; /* the names it announced, in order, service_count */
+    size_t service_count;
 } tether_client_info;
 
 /*
@@ -907,6 +924,26 @@ typedef struct tether_client_info {
 TETHER_EXPORT int tether_host_list_clients(tether_host *host, tether_client_info **ret_infos,
                                            size_t *ret_count);
 TETHER_EXPORT void tether_client_infos_free(tether_client_info *infos, size_t count);
+
+/*
+ * Whether the client at the other end of conn (a host's connection to a client) has
+ * announced a service of that name: a client announces its services as it connects and
+ * each one it registers later (docs/protocol.md, "Service announcements"); a client of
+ * an older library announces none. Returns 1 or 0, TETHER_EINVAL, TETHER_ENOTSUP for a
+ * client's own connection to its host. Thread: any.
+ */
+TETHER_EXPORT int tether_conn_has_service(tether_conn *conn, const char *name);
+
+/*
+ * Wait up to timeout_usec (0: do not wait; TETHER_TIMEOUT_INFINITE: forever) until the
+ * client at the other end of conn has announced a service of that name, so that the
+ * host can call it. Returns 0, TETHER_ETIMEDOUT, TETHER_ECONNRESET (the client left
+ * first), TETHER_EINVAL, TETHER_ENOTSUP (a client's own connection), TETHER_EDEADLK (on
+ * the I/O thread, where the announcement itself is read). Main-thread work is not
+ * dispatched while it waits. Thread: any but the I/O thread.
+ */
+TETHER_EXPORT int tether_conn_wait_service(tether_conn *conn, const char *name,
+                                           uint64_t timeout_usec);
 
 /*
  * Reset a client: tell it to disconnect and reconnect (its services and state stay),
@@ -1170,7 +1207,10 @@ TETHER_EXPORT int tether_client_new(const tether_client_options *options,
 TETHER_EXPORT tether_client *tether_client_ref(tether_client *client);
 TETHER_EXPORT tether_client *tether_client_unref(tether_client *client);
 
-/* Register a service the host may call, as tether_host_add_service. Thread: any. */
+/* Register a service the host may call, as tether_host_add_service. Register services
+ * before connecting, so that they are there when the host greets the client; one
+ * registered while connected is announced to the host, which may be waiting for it
+ * (tether_conn_wait_service). Thread: any. */
 TETHER_EXPORT int tether_client_add_service(tether_client *client, const char *name,
                                             tether_context context,
                                             tether_handler_fn handler, void *userdata);

@@ -2,11 +2,13 @@
 
 The extension tether._tether is python/_tether/*.c compiled together with the library's
 own sources (../src, ../include), so the one _tether.abi3.so carries libtether inside and
-needs only libuv from the system. It is built for the stable ABI
-(Py_LIMITED_API 3.10, set in _tether/module.h): one build serves every CPython from 3.10 on.
+needs only libuv from the system (with TETHER_LIBUV=static, libuv is inside too). It is
+built for the stable ABI (Py_LIMITED_API 3.10, set in _tether/module.h): one build serves
+every CPython from 3.10 on.
 
     pip install --no-build-isolation ./python
     python3 setup.py build_ext --inplace      (from python/: puts it in python/tether/)
+    make wheel                                (from the top: a wheel with libuv inside)
 """
 
 import glob
@@ -35,8 +37,48 @@ def pkg_config(*args):
     return shlex.split(out.stdout)
 
 
+def static_libuv_flags():
+    """Compile and link flags that link libuv-static's archive (pkg-config) into the
+    extension, named by its path: Python's own library directory, where Debian's
+    libuv_a.a is, comes first in the link's search path."""
+    cflags = pkg_config("--cflags", "libuv-static")
+    libs = pkg_config("--libs", "--static", "libuv-static")
+    if cflags is None or libs is None:
+        sys.exit(
+            "setup.py: TETHER_LIBUV=static needs pkg-config and libuv-static.pc "
+            "(Debian: libuv1-dev; make wheel sets it up)"
+        )
+    dirs = [arg[2:] for arg in libs if arg.startswith("-L")]
+    linked = []
+    for arg in libs:
+        if arg.startswith("-luv"):
+            name = "lib" + arg[2:] + ".a"
+            found = [os.path.join(d, name) for d in dirs if os.path.isfile(os.path.join(d, name))]
+            if not found:
+                sys.exit(f"setup.py: TETHER_LIBUV=static: no {name} in {dirs}")
+            linked.append(found[0])
+        elif not arg.startswith("-L"):
+            linked.append(arg)
+    # libdl and librt are parts of libc since glibc 2.34: --as-needed keeps their empty
+    # stubs out of the extension's dependencies.
+    return cflags, ["-Wl,--as-needed"] + linked + ["-lpthread"]
+
+
 def dependency_flags():
-    """Compile and link flags of libuv (pkg-config, else plain names)."""
+    """Compile and link flags of libuv, as $TETHER_LIBUV says.
+
+    shared (the default): the system's libuv.so (pkg-config libuv, else plain names).
+    static: libuv linked into the extension, so that the installed package needs no libuv
+    at all (make wheel). The archive must be position-independent code: build-aux/libuv-pic
+    checks Debian's and otherwise builds one, whose libuv-static.pc make wheel puts first
+    in PKG_CONFIG_PATH. The version script _tether.map keeps libuv's symbols local to the
+    extension.
+    """
+    mode = os.environ.get("TETHER_LIBUV", "shared")
+    if mode == "static":
+        return static_libuv_flags()
+    if mode != "shared":
+        sys.exit(f"setup.py: TETHER_LIBUV must be shared or static, not {mode!r}")
     cflags = pkg_config("--cflags", "libuv")
     libs = pkg_config("--libs", "libuv")
     if cflags is None or libs is None:

@@ -362,6 +362,20 @@ capture_log(void *userdata, int level, const char *message)
     }
 }
 
+/* Wait (up to a second) for the next line capture_log keeps, and take it. */
+static void
+next_logged(char *seen, size_t size)
+{
+    seen[0] = '\0';
+    for (int i = 0; i < 200 && !seen[0]; i++) {
+        usleep(5000);
+        pthread_mutex_lock(&logged_lock);
+        snprintf(seen, size, "%s", logged);
+        logged[0] = '\0';
+        pthread_mutex_unlock(&logged_lock);
+    }
+}
+
 Test(call, log_records_reach_the_peers_log)
 {
     tether_host_options o = {.log = capture_log, .log_level = TETHER_LOG_DEBUG};
@@ -371,31 +385,17 @@ Test(call, log_records_reach_the_peers_log)
     ASSERT_ERR(tether_conn_log(tether_client_get_conn(c), 99, "x", "y"), TETHER_EINVAL);
     ASSERT_OK(tether_conn_log(tether_client_get_conn(c), TETHER_LOG_WARNING, "engine",
                               "low on actors"));
-    char seen[512] = "";
-    for (int i = 0; i < 200 && !seen[0]; i++) {
-        usleep(5000);
-        pthread_mutex_lock(&logged_lock);
-        snprintf(seen, sizeof(seen), "%s", logged);
-        pthread_mutex_unlock(&logged_lock);
-    }
+    char seen[512];
+    next_logged(seen, sizeof(seen));
     cr_assert(strstr(seen, "[logger pid ") != NULL, "log line: '%s'", seen);
     cr_assert(strstr(seen, "engine: low on actors") != NULL, "log line: '%s'", seen);
 
     /* A record cannot forge a line of the host's log or drive its terminal: control
      * characters arrive escaped, later lines indented; bytes that are not UTF-8 arrive as
      * U+FFFD rather than costing the record. */
-    pthread_mutex_lock(&logged_lock);
-    logged[0] = '\0';
-    pthread_mutex_unlock(&logged_lock);
     ASSERT_OK(tether_conn_log(tether_client_get_conn(c), TETHER_LOG_WARNING, "engine",
                               "one\nclient 'x' (pid 1) left\x1b[2J\xff"));
-    seen[0] = '\0';
-    for (int i = 0; i < 200 && !seen[0]; i++) {
-        usleep(5000);
-        pthread_mutex_lock(&logged_lock);
-        snprintf(seen, sizeof(seen), "%s", logged);
-        pthread_mutex_unlock(&logged_lock);
-    }
+    next_logged(seen, sizeof(seen));
     cr_assert(strstr(seen, "engine: one\n    client 'x' (pid 1) left\\x1b[2J\xef\xbf\xbd") != NULL,
               "log line: '%s'", seen);
     tether_client_unref(c);

@@ -10,7 +10,9 @@
  * last proxy, a pipelined burst, then calls as fast as it can for half a second while
  * the frame loop must keep its pace. Then it has the host call it back (the host's
  * tether.call_client), and leaves still holding a deleted actor, which a second
- * connection then sees released. What only the host knows is asked through its services
+ * connection then sees released. A third client subscribes to the actors' events (spawned,
+ * one tick a frame, destroyed), leaves and comes back, and is told what it missed. What
+ * only the host knows is asked through its services
  * (frame_stats, scene_stats, tether.clients) or read from its output: the test shares
  * nothing with the host but the socket. Every check prints a line, the demo's output is
  * copied with a "demo | " prefix, and the exit status is 0 when every check passed.
@@ -1001,6 +1003,164 @@ work_the_demo(selftest *t)
     }
 }
 
+/* ---- actor events: a watcher subscribes and is told ------------------------------------- */
+
+#define WATCHER_NAME "test-demo-watcher"
+#define SCENER_NAME "test-demo-scener"
+
+/* What the watcher's on_actor_event received: "EVENT NAME" lines for all but ticks, and the
+ * ticks of the actor named "Watched". */
+typedef struct watcher_log {
+    pthread_mutex_t lock;
+    pthread_cond_t grew;
+    char text[4096];
+    size_t len;
+    unsigned ticks;
+    uint64_t last_tick_frame;
+    bool ticks_consecutive; /* with every=1, each tick one frame after the one before */
+} watcher_log;
+
+/* on_actor_event(event, info), on the I/O thread. info's keys come in the order the demo
+ * writes them: id, name, x, y, label, frame, and for "spawned" actor and existing. */
+static int
+serve_on_actor_event(tether_request *req, void *userdata)
+{
+    watcher_log *w = userdata;
+    const char *event = NULL, *name = "";
+    tether_value *info = NULL;
+    uint64_t id = 0, frame = 0;
+    int r = tether_request_read(req, "sv", &event, &info);
+    if (r < 0) {
+        return r;
+    }
+    if (strcmp(event, "subscribed") != 0 &&
+        tether_value_read(info, NULL, "{*u*s*******u}", &id, &name, &frame) < 0 &&
+        tether_value_read(info, NULL, "{*u*s*******u****}", &id, &name, &frame) < 0) {
+        name = "?";
+    }
+    pthread_mutex_lock(&w->lock);
+    if (strcmp(event, "ticked") == 0) {
+        if (strcmp(name, "Watched") == 0) {
+            w->ticks_consecutive &= w->ticks == 0 || frame == w->last_tick_frame + 1;
+            w->last_tick_frame = frame;
+            w->ticks++;
+        }
+    } else if (w->len < sizeof(w->text)) {
+        w->len += (size_t)snprintf(w->text + w->len, sizeof(w->text) - w->len, "%s%s%s\n", event,
+                                   *name ? " " : "", name);
+        w->len = w->len < sizeof(w->text) ? w->len : sizeof(w->text);
+    }
+    pthread_cond_broadcast(&w->grew);
+    pthread_mutex_unlock(&w->lock);
+    tether_value_unref(info);
+    return tether_request_reply(req, NULL);
+}
+
+/* Wait until the watcher has received the line, or `ticks` ticks of Watched. */
+static bool
+watcher_wait(watcher_log *w, const char *line, unsigned ticks)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += OUTPUT_WAIT_USEC / 1000000;
+    pthread_mutex_lock(&w->lock);
+    bool seen;
+    while (!(seen = line ? strstr(w->text, line) != NULL : w->ticks >= ticks) &&
+           pthread_cond_timedwait(&w->grew, &w->lock, &until) == 0) {
+    }
+    pthread_mutex_unlock(&w->lock);
+    return seen;
+}
+
+static tether_client *
+new_watcher(selftest *t, watcher_log *w)
+{
+    tether_client *watcher = new_client(t, WATCHER_NAME);
+    int r = watcher ? tether_client_add_service(watcher, "on_actor_event", TETHER_CONTEXT_IO,
+                                                serve_on_actor_event, w)
+                    : TETHER_ENOMEM;
+    if (r < 0) {
+        check_ok(t, r, "the watcher offers on_actor_event");
+    } else if (connect_client(t, watcher, "the watcher") == 0) {
+        return watcher;
+    }
+    tether_client_unref(watcher);
+    return NULL;
+}
+
+/*
+ * A client subscribes to the actors' events: told of an actor spawned, of its ticks (one a
+ * frame, with every=1) and of its deletion; a missing service is refused. It leaves and
+ * comes back (the same process and name, as after a reset): told what it missed.
+ */
+static void
+watch_the_demo(selftest *t)
+{
+    watcher_log w = {.ticks_consecutive = true};
+    pthread_mutex_init(&w.lock, NULL);
+    pthread_cond_init(&w.grew, NULL);
+    tether_client *scener = new_client(t, SCENER_NAME);
+    tether_client *watcher = NULL;
+    if (scener && connect_client(t, scener, "a second client") == 0 &&
+        (watcher = new_watcher(t, &w))) {
+        tether_conn *conn = tether_client_get_conn(watcher);
+        tether_conn *scene = tether_client_get_conn(scener);
+        const char *me = "watcher: ";
+        expect_call(t, me, conn, NULL, "ValueError", "subscribe_actor_events", "s", "nope");
+        expect_call(t, me, conn, NULL, "ValueError", "subscribe_actor_events", "si",
+                    "on_actor_event", -1);
+        expect_call(t, me, conn, NULL, NULL, "subscribe_actor_events", "si", "on_actor_event", 1);
+        check(t, watcher_wait(&w, "subscribed\n", 0), "the watcher was called: subscribed");
+        expect_call(t, "client: ", scene, NULL, NULL, "spawn_actor", "s", "Watched");
+        check(t, watcher_wait(&w, "spawned Watched\n", 0), "the watcher was told: spawned");
+        bool ticked = watcher_wait(&w, NULL, 10);
+        pthread_mutex_lock(&w.lock);
+        unsigned ticks = w.ticks;
+        bool consecutive = w.ticks_consecutive;
+        pthread_mutex_unlock(&w.lock);
+        check(t, ticked && consecutive,
+              "the watcher was told of 10 ticks of Watched, one a frame (%u, %s)", ticks,
+              consecutive ? "consecutive" : "not consecutive");
+        expect_call(t, "client: ", scene, NULL, "null", "delete_actor", "s", "Watched");
+        check(t, watcher_wait(&w, "destroyed Watched\n", 0), "the watcher was told: destroyed");
+
+        /* Away and back: what happened meanwhile is told, without subscribing again. */
+        expect_call(t, "client: ", scene, NULL, NULL, "spawn_actor", "s", "Known");
+        check(t, watcher_wait(&w, "spawned Known\n", 0), "the watcher was told: spawned Known");
+        tether_client_close(watcher);
+        watcher = tether_client_unref(watcher);
+        check(t, demo_wait_for(&t->demo, "client '" WATCHER_NAME "'", OUTPUT_WAIT_USEC),
+              "the watcher left");
+        expect_call(t, "client: ", scene, NULL, "null", "delete_actor", "s", "Known");
+        expect_call(t, "client: ", scene, NULL, NULL, "spawn_actor", "s", "Brief");
+        expect_call(t, "client: ", scene, NULL, "null", "delete_actor", "s", "Brief");
+        expect_call(t, "client: ", scene, NULL, NULL, "spawn_actor", "s", "Later");
+        watcher = new_watcher(t, &w);
+        check(t, watcher && watcher_wait(&w, "destroyed Known\nspawned Later\n", 0),
+              "the watcher, back, was told of the actors destroyed and spawned while it was "
+              "away");
+        check(t,
+              demo_wait_for(&t->demo,
+                            "actor events to '" WATCHER_NAME
+                            "' go on after its reconnection (4 missed)",
+                            OUTPUT_WAIT_USEC),
+              "the host says the subscription goes on, 4 events missed");
+        expect_call(t, "client: ", scene, NULL, "null", "delete_actor", "s", "Later");
+        check(t, watcher_wait(&w, "destroyed Later\n", 0), "and of its deletion after");
+        pthread_mutex_lock(&w.lock);
+        bool brief = strstr(w.text, "Brief") != NULL;
+        pthread_mutex_unlock(&w.lock);
+        check(t, !brief, "nor of an actor spawned and destroyed while it was away");
+    }
+    /* Leave subscribed: the host ends it when it stops, or after its wait. */
+    tether_client_close(watcher);
+    tether_client_unref(watcher);
+    tether_client_close(scener);
+    tether_client_unref(scener);
+    pthread_cond_destroy(&w.grew);
+    pthread_mutex_destroy(&w.lock);
+}
+
 /* ---- runs -------------------------------------------------------------------------------- */
 
 /* Whether the options make the demo listen on TCP (and print that address last). */
@@ -1061,6 +1221,7 @@ run(const char *demo_path, char *const *options, int count, int *checks, int *fa
           t.address[0] ? t.address : "none");
     if (ready) {
         work_the_demo(&t);
+        watch_the_demo(&t);
     }
     int status = demo_stop(&t.demo);
     check(&t, status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0,

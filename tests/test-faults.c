@@ -812,3 +812,54 @@ Test(faults, object_references_from_a_peer_are_checked_and_counted)
     tether_client_unref(good);
     tether_host_unref(h);
 }
+
+static int
+pong_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    return tether_request_reply(req, "s", "pong");
+}
+
+/*
+ * A host may call a client at once: its REQUEST can arrive with the WELCOME, in the
+ * bytes the client's handshake read. The client's I/O thread serves those when it takes
+ * the connection over, also when the application has queued output meanwhile (a
+ * notification sent right after connecting), which makes the I/O thread ask the poll
+ * set what woke it: the buffered request is no event of the socket's.
+ */
+Test(faults, a_request_that_came_with_the_welcome_is_served_despite_queued_output)
+{
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    /* The "host" end: WELCOME and a REQUEST in one write, before the client reads. */
+    tether__buf b = TETHER__BUF_INIT;
+    tether__welcome w = {.version = 1,
+                         .name = "raw-host",
+                         .pid = getpid(),
+                         .max_frame_size = 1 << 20,
+                         .max_in_flight = 16,
+                         .client_name = "early-bird"};
+    ASSERT_OK(tether__encode_welcome(&b, &w));
+    ASSERT_OK(tether__encode_request(&b, 7, 0, 0, "ping", 4, NULL, 0, NULL, 0, 0));
+    raw_send(sv[0], b.data, b.len);
+    tether__buf_done(&b);
+
+    tether_client_options o = {.name = "early-bird", .fd = sv[1], .no_reconnect = true};
+    tether_client *c = test_client_new_with(&o);
+    ASSERT_OK(tether_client_add_service(c, "ping", TETHER_CONTEXT_IO, pong_handler, NULL));
+    ASSERT_OK(tether_client_connect(c, NULL));
+    ASSERT_OK(tether_conn_notify(tether_client_get_conn(c), "note", NULL));
+
+    /* HELLO, then whatever the client sends: the NOTIFY, and the RESPONSE to id 7. */
+    tether__frame f;
+    uint8_t buf[4096];
+    cr_assert_eq(read_one_frame(sv[0], &f, buf, sizeof(buf)), TETHER__HELLO);
+    bool answered = false;
+    for (int i = 0; i < 8 && !answered; i++) {
+        int kind = read_one_frame(sv[0], &f, buf, sizeof(buf));
+        answered = kind == TETHER__RESPONSE && f.id == 7 && !f.is_error;
+    }
+    cr_assert(answered, "the request that came with the welcome was answered");
+    tether_client_unref(c);
+    close(sv[0]);
+}

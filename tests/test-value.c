@@ -822,7 +822,8 @@ Test(value, error_table_names_types_and_codes)
     cr_assert_eq(tether_err_code("tether.MessageTooLarge"), TETHER_EMSGSIZE);
     cr_assert_eq(tether_err_code("tether.TooManyRequests"), TETHER_ENOBUFS);
     cr_assert_eq(tether_err_code("tether.Cancelled"), TETHER_ECANCELED);
-    cr_assert_eq(tether_err_code("tether.Timeout"), TETHER_EREMOTE);
+    /* A callee that forwards the call (tether.call_client) passes its timeout on. */
+    cr_assert_eq(tether_err_code("tether.Timeout"), TETHER_ETIMEDOUT);
     cr_assert_eq(tether_err_code("NameError"), TETHER_EREMOTE);
     cr_assert_eq(tether_err_code(NULL), TETHER_EREMOTE);
     /* Every code the header names has a name and a sentence of its own. */

@@ -4,10 +4,14 @@
     tools/demo.py [--build-dir DIR] [--name NAME] [--once] [TETHER-DEMO OPTIONS...]
 
 Starts the demo host (DIR/tether-demo, an engine-like 60 fps scene of actors) and, once
-it listens, one example client (examples/demo_client.py), which spawns actors and walks
-them about for a few seconds, and has the host call it back once; both print what
-happens, each line prefixed with who said it. Then it tells how to attach `tether repl` and `tether ls` from another
-terminal, and keeps the host running until Ctrl-C, which stops both.
+it listens, two example clients that stay until the end: examples/eval_exec_client.py,
+the client "evaluator" that runs the Python the host sends it, and
+examples/demo_client.py ("demo_client"), which spawns actors and walks them about for a
+few seconds, has the host call it back once, then waits. All print what happens, each
+line prefixed with who said it. Once demo_client is done it prints the tour to take from
+another terminal: the commands of README.md's "Command line" block, which work as
+written against this demo (python/tests/test_demo_tour.py runs them), and the actor
+events example. It keeps all running until Ctrl-C, which stops them.
 
 Options it does not know (--tcp, --port, --quiet, --seconds N, ...) go to tether-demo.
 
@@ -15,24 +19,28 @@ Options it does not know (--tcp, --port, --quiet, --seconds N, ...) go to tether
 meets a demo already running: first DIR/test-demo (tests/test-demo.c, also a ctest test),
 which starts tether-demo and works its scene as a client over the socket while the host
 calls it back, with the tether-demo options given here (none: three runs, on the Unix
-socket, with --tcp 0 and with --port 0); then the host with the example client for six
-seconds. Exit status 0 when all went well; the tests run it.
+socket, with --tcp 0 and with --port 0); then the host with both example clients, the
+client for six seconds at most, and the tour's commands once it is done. Exit status 0
+when all went well; the tests run it.
 """
 
 import argparse
 import glob
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 
 SOURCE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIENT = os.path.join(SOURCE_DIR, "examples", "demo_client.py")
+EVALUATOR = os.path.join(SOURCE_DIR, "examples", "eval_exec_client.py")
+CLIENT_DONE = "stay in the scene"  # demo_client's line when its scene is done...
+CLIENT_STAYS = "staying connected as"  # ...and, with --stay, the next one
 READY_TIMEOUT = 10.0  # seconds for the host to listen
 STOP_TIMEOUT = 5.0  # seconds for a child to exit once told to
 SELFTEST_TIMEOUT = 100.0  # seconds for test-demo: three runs of 30 s at most, and slack
@@ -119,27 +127,59 @@ def start_host(build_dir, name, extra, env):
     return host
 
 
-def start_client(name, seconds, env):
-    return Child("client", [sys.executable, CLIENT, name, "--seconds", str(seconds)], env)
+def start_client(name, seconds, env, stay=False):
+    return Child("client", [sys.executable, CLIENT, name, "--seconds", str(seconds),
+                            *(["--stay"] if stay else [])], env,
+                 ready_text=CLIENT_STAYS if stay else CLIENT_DONE)
 
 
-def banner(build_dir, name, client_done):
+def start_evaluator(name, env):
+    """examples/eval_exec_client.py, the client "evaluator" of `tether exec` and `eval`."""
+    return Child("eval  ", [sys.executable, EVALUATOR, name], env, ready_text="evaluator: serving")
+
+
+def tour(build_dir, name):
+    """The commands of README.md's "Command line" block (its names, this demo's paths), and
+    what each does."""
     cli = os.path.relpath(os.path.join(build_dir, "tether"))
-    env = ""
-    if os.environ.get("TETHER_RUNTIME_DIR"):
-        env = f"TETHER_RUNTIME_DIR={os.environ['TETHER_RUNTIME_DIR']} "
+    host = "" if name == "demo" else f" -H {name}"
+    return [
+        (f"{cli} hosts", "the hosts of this user, live or stale"),
+        (f"{cli} ls{host}", "the host's clients: evaluator and demo_client"),
+        (f"{cli}{host} reset demo_client", "make a client reconnect; `disconnect` ends it"),
+        (f"{cli}{host} call spawn_actor Cleo 1 2", "call a service, print the result"),
+        (f"{cli}{host} exec evaluator \"x = 5\"", "run Python in the client 'evaluator'"),
+        (f"{cli}{host} eval evaluator x", "... and evaluate there: 5"),
+        (f"{cli}{host} repl", "a console on the host's services (Ctrl-D quits)"),
+    ]
+
+
+def events_example(build_dir, name):
+    """The command that runs examples/actor_coroutines.py against this demo."""
+    python = f"PYTHONPATH={os.path.relpath(os.path.join(build_dir, 'python'))} python3"
+    example = os.path.relpath(os.path.join(SOURCE_DIR, "examples", "actor_coroutines.py"))
+    return f"{python} {example}" + ("" if name == "demo" else f" {name}")
+
+
+def banner(build_dir, name, client_stays=True):
     lines = [
         "-" * 78,
-        f"The demo host '{name}' is running; "
-        + ("the example client is done." if client_done
-           else "examples/demo_client.py is working its scene."),
-        f"In another terminal, in {os.getcwd()}:",
+        f"The demo host '{name}' is running, with the clients 'evaluator' "
+        "(examples/eval_exec_client.py)",
+        "and 'demo_client' (examples/demo_client.py): the example client is done and stays."
+        if client_stays else
+        "and 'demo_client' (examples/demo_client.py), which has ended: see its lines above.",
+        f"In another terminal, in {os.getcwd()}, take the tour (README.md, \"Command line\"):",
     ]
-    commands = [(f"{env}{cli} repl --host {name}", "a Python REPL whose lines run against it"),
-                (f"{env}{cli} ls {name}", "the clients connected to it")]
+    if os.environ.get("TETHER_RUNTIME_DIR"):
+        lines.append(f"    export TETHER_RUNTIME_DIR={os.environ['TETHER_RUNTIME_DIR']}")
+    commands = tour(build_dir, name)
     width = max(len(c) for c, _ in commands)
-    lines += [f"    {c.ljust(width)}   {what}" for c, what in commands]
+    lines += [f"    {c.ljust(width)}   # {what}" for c, what in commands]
+    lines += ["A coroutine per actor, told when it is spawned, ticked and destroyed "
+              "(docs/ref-asyncio-loop.md):", f"    {events_example(build_dir, name)}"]
     if not os.access(os.path.join(build_dir, "tether"), os.X_OK):
+        cli = os.path.relpath(os.path.join(build_dir, "tether"))
         lines.append(f"    ({cli} is not built yet: use the python3 line the host printed above)")
     lines += ["Stop with Ctrl-C.", "-" * 78]
     out("\n".join(lines))
@@ -159,13 +199,15 @@ def run(build_dir, name, extra, seconds):
     host = start_host(build_dir, name, extra, env)
     if host is None:
         return 1
-    client = None
+    client = evaluator = None
     try:
-        client = start_client(name, seconds, env)
-        time.sleep(1.0)
-        banner(build_dir, name, client_done=False)
-        client.wait()
-        banner(build_dir, name, client_done=True)
+        # The evaluator first, so that it is ready (and listed first) by the time the
+        # tour's commands run; both stay until the end.
+        evaluator = start_evaluator(name, env)
+        evaluator.ready.wait(READY_TIMEOUT)
+        client = start_client(name, seconds, env, stay=True)
+        client.ready.wait()  # its scene is done (or it ended)
+        banner(build_dir, name, client_stays=client.proc.poll() is None)
         return host.wait()
     except KeyboardInterrupt:
         out("demo: stopping")
@@ -175,8 +217,9 @@ def run(build_dir, name, extra, seconds):
         # their way out: give them a moment before signalling (a SIGTERM sent to this
         # script alone arrives as KeyboardInterrupt too, see main()).
         grace = 2.0 if _stopped_by[0] == signal.SIGINT else 0.0
-        if client is not None:
-            client.stop(signal.SIGINT, grace)
+        for child in (client, evaluator):
+            if child is not None:
+                child.stop(signal.SIGINT, grace)
         rc = host.stop(signal.SIGTERM, grace)
         out(f"demo: the host exited with status {rc}")
 
@@ -213,12 +256,18 @@ def once(build_dir, name, extra, client_seconds):
         host = start_host(build_dir, name, ["--seconds", "60", *extra], env)
         check(host is not None, "tether-demo starts", failures)
         if host is not None:
-            client = start_client(name, client_seconds, env)
-            rc = client.wait(30)
-            if rc is None:
-                rc = client.stop(signal.SIGKILL)
-            check(rc == 0 and "stay in the scene" in client.text(),
-                  f"examples/demo_client.py works the scene and exits 0 (exit {rc})", failures)
+            evaluator = start_evaluator(name, env)
+            client = start_client(name, client_seconds, env, stay=True)
+            evaluator.ready.wait(READY_TIMEOUT)
+            check(evaluator.proc.poll() is None and "evaluator: serving" in evaluator.text(),
+                  "examples/eval_exec_client.py serves as 'evaluator'", failures)
+            client.ready.wait(30)
+            check(client.proc.poll() is None and CLIENT_STAYS in client.text(),
+                  "examples/demo_client.py works the scene and stays", failures)
+            take_the_tour(build_dir, name, env, failures)
+            rcs = [child.stop(signal.SIGINT) for child in (client, evaluator)]
+            check(rcs[0] == 0, f"examples/demo_client.py exits 0 on Ctrl-C (exit {rcs[0]})",
+                  failures)
             log = host.text()
             check("demo_client spawned actor 'Ada'" in log, "the host spawned its actors",
                   failures)
@@ -235,6 +284,25 @@ def once(build_dir, name, extra, client_seconds):
         return 1
     out("demo --once: passed")
     return 0
+
+
+def take_the_tour(build_dir, name, env, failures):
+    """Run the tour's commands (README.md's "Command line" block), each checked for exit 0."""
+    if not os.access(os.path.join(build_dir, "tether"), os.X_OK):
+        check(False, f"{os.path.join(build_dir, 'tether')} is built, for the tour", failures)
+        return
+    for command, _what in tour(build_dir, name):
+        argv = shlex.split(command)
+        stdin = "get_actor('Cleo').position()\n" if argv[-1] == "repl" else ""
+        try:
+            r = subprocess.run(argv, input=stdin, env=env, capture_output=True, text=True,
+                               timeout=60)
+        except subprocess.TimeoutExpired:
+            check(False, f"the tour: {command} ends within 60 s", failures)
+            continue
+        for line in (r.stdout + r.stderr).splitlines():
+            out(f"tour   | {line}")
+        check(r.returncode == 0, f"the tour: {command} (exit {r.returncode})", failures)
 
 
 def main(argv=None):

@@ -27,6 +27,10 @@
  *   scene_stats() -> {"actors", "spawned", "deleted", "released"}   the scene's size, and
  *                     counts since the start (deleted, not released: a proxy holds it)
  *   globals() -> {"actors": [Actor], "frame": n, "fps": x}   for a REPL's namespace
+ *   subscribe_actor_events(method="on_actor_event", every=6) -> {"actors", "every", "fps"}
+ *                     the caller's service `method` is told of actors spawned, ticked
+ *                     (every N frames) and destroyed; see "actor events" below
+ *   unsubscribe_actor_events() -> bool                   whether the caller was subscribed
  *   add(a, b), greet(name), echo(value) (IO)             for examples/hello_client.c
  * and, for the `tether` command line:
  *   tether.globals() (MAIN)                              the same as globals()
@@ -90,12 +94,35 @@ typedef struct demo demo;
  * holds a reference to its object, so that a late call finds it and can say it is gone. */
 typedef struct actor {
     demo *demo;
+    uint64_t id; /* 1, 2, ... in spawn order: stays when the actor is renamed */
     char *name;
     char *label;
     double x, y;
     bool in_scene;
     tether_object *obj; /* the scene's reference, while in the scene */
 } actor;
+
+/* An event of an actor, as subscribers are told of it. */
+typedef struct actor_event {
+    const char *event; /* "spawned", "ticked", "destroyed" */
+    uint64_t id, frame;
+    char *name, *label; /* borrowed from the actor, or copies (a missed event) */
+    double x, y;
+    tether_object *obj; /* the actor, by reference, for "spawned" */
+    bool existing;      /* "spawned": in the scene before the subscription */
+} actor_event;
+
+/* A client that asked for the actors' lifecycle events (subscribe_actor_events). */
+typedef struct subscriber {
+    tether_conn *conn; /* a reference; NULL while its client is away */
+    char *peer;        /* the client's name and pid, to know it when it comes back */
+    int64_t pid;
+    char *method;             /* its service that receives the events */
+    uint64_t every;           /* a "ticked" event every this many frames; 0: none */
+    uint64_t away_since_usec; /* while conn is NULL: since when */
+    actor_event *missed;      /* while away: actors spawned and destroyed meanwhile */
+    size_t missed_count, missed_cap;
+} subscriber;
 
 /* Frame timing since the last frame-timing line. */
 typedef struct frame_period {
@@ -128,6 +155,10 @@ struct demo {
     /* Actors ever spawned, deleted and released, for scene_stats(). Main thread only
      * (releases are MAIN too). */
     uint64_t spawned, deleted, released;
+    /* The clients told of actors spawned, ticked and destroyed. Main thread only (the
+     * services that change it, on_client and the frame loop all run there). */
+    subscriber *subs;
+    size_t sub_count, sub_cap;
     bool exiting; /* releases at exit are not announced */
 };
 
@@ -178,18 +209,22 @@ on_log(void *userdata, int level, const char *message)
     }
 }
 
+static void subscriber_back(demo *d, tether_conn *conn);
+static void subscriber_left(demo *d, tether_conn *conn);
+
 static void
 on_client(void *userdata, tether_conn *conn, int event)
 {
-    (void)userdata;
     const char *version = tether_conn_get_peer_language_version(conn);
     if (event == TETHER_CLIENT_CONNECTED) {
         say("client '%s' (pid %lld, %s%s%s) connected", tether_conn_get_peer_name(conn),
             (long long)tether_conn_get_peer_pid(conn), tether_conn_get_peer_language(conn),
             *version ? " " : "", version);
+        subscriber_back(userdata, conn);
     } else {
         say("client '%s' (pid %lld) left", tether_conn_get_peer_name(conn),
             (long long)tether_conn_get_peer_pid(conn));
+        subscriber_left(userdata, conn);
     }
 }
 
@@ -629,7 +664,7 @@ scene_add(demo *d, const char *name, double x, double y, const char *label, acto
     }
     a->in_scene = true;
     d->actors[d->count++] = a;
-    d->spawned++;
+    a->id = ++d->spawned;
     *ret = a;
     return 0;
 }
@@ -717,6 +752,453 @@ actors_text(demo *d, char *buf, size_t size)
     return buf;
 }
 
+/* ---- actor events: spawned, ticked and destroyed, for the scripts that subscribe -------- */
+
+/*
+ * A script that follows the scene, the way an engine's scripts attach a behaviour to each
+ * actor, registers a service of its own (say on_actor_event(event, info)) and calls
+ * subscribe_actor_events(method="on_actor_event", every=6). The host first calls that
+ * service once, with ("subscribed", {"actors", "every", "fps"}): a call, not a
+ * notification, so that a script without the service (a typo, or registered too late)
+ * gets an error back from subscribe_actor_events rather than events that go nowhere. Its
+ * reply is sent once that call has returned; then come notifications, in this order:
+ *   ("spawned", INFO + {"actor": Actor, "existing": true})  each actor in the scene then
+ *   ("spawned", INFO + {"actor": Actor, "existing": false}) each one spawned later
+ *   ("ticked", INFO)      each actor, every `every` frames (0: never)
+ *   ("destroyed", INFO)   an actor deleted
+ * where INFO is {"id", "name", "x", "y", "label", "frame"}: id stays when the actor is
+ * renamed, frame is the frame the event belongs to. Notifications, so the frame loop
+ * never waits for a script. A subscription outlives a reset, as the script's services do:
+ * when its process (the same name and pid) connects again within 10 seconds it is told
+ * what it missed, the actors destroyed and then those spawned meanwhile (not the ticks).
+ * It ends when the script does not come back, calls unsubscribe_actor_events(), or
+ * stops reading (a notification that cannot be queued); subscribing again replaces it,
+ * existing actors included.
+ *
+ * A tick is one notification per actor, of about 100 bytes: cheap for the host even at
+ * every frame (every=1). The default is every 6 frames, 10 a second per actor, because a
+ * script handles each one in Python and rarely needs more.
+ */
+#define TICK_EVERY_DEFAULT 6
+#define TICK_EVERY_MAX 3600 /* a minute of frames */
+#define MAX_METHOD 128
+/* How long a subscription waits for its client to come back after its connection closed:
+ * a reset client reconnects at once, the library's backoff starts at 50 ms. */
+#define AWAY_USEC 10000000ull
+
+static subscriber *
+subscriber_of(demo *d, tether_conn *conn)
+{
+    for (size_t i = 0; i < d->sub_count; i++) {
+        if (d->subs[i].conn == conn) {
+            return &d->subs[i];
+        }
+    }
+    return NULL;
+}
+
+static void
+missed_clear(subscriber *s)
+{
+    for (size_t i = 0; i < s->missed_count; i++) {
+        free(s->missed[i].name);
+        free(s->missed[i].label);
+    }
+    free(s->missed);
+    s->missed = NULL;
+    s->missed_count = s->missed_cap = 0;
+}
+
+static void
+subscriber_remove(demo *d, subscriber *s)
+{
+    size_t i = (size_t)(s - d->subs);
+    tether_conn_unref(s->conn);
+    free(s->peer);
+    free(s->method);
+    missed_clear(s);
+    memmove(s, s + 1, (d->sub_count - i - 1) * sizeof(*s));
+    d->sub_count--;
+}
+
+/* An event of actor a, as it is now. */
+static actor_event
+event_of(demo *d, const char *event, const actor *a, bool existing)
+{
+    return (actor_event){.event = event,
+                         .id = a->id,
+                         .frame = d->clock.frames,
+                         .name = a->name,
+                         .label = a->label,
+                         .x = a->x,
+                         .y = a->y,
+                         .obj = a->obj,
+                         .existing = existing};
+}
+
+/* Keep what a subscriber that is away must hear of when it comes back: the actors spawned
+ * (by id: they are looked up then) and destroyed (a copy: they may be gone by then). */
+static int
+missed_add(subscriber *s, const actor_event *ev)
+{
+    bool spawned = strcmp(ev->event, "spawned") == 0;
+    if (!spawned && strcmp(ev->event, "destroyed") != 0) {
+        return 0; /* ticks are not made up for */
+    }
+    if (s->missed_count == s->missed_cap) {
+        size_t cap = s->missed_cap ? 2 * s->missed_cap : 8;
+        actor_event *missed = realloc(s->missed, cap * sizeof(*missed));
+        if (!missed) {
+            return TETHER_ENOMEM;
+        }
+        s->missed = missed;
+        s->missed_cap = cap;
+    }
+    actor_event copy = *ev;
+    copy.event = spawned ? "spawned" : "destroyed";
+    copy.obj = NULL;
+    copy.name = strdup(ev->name);
+    copy.label = strdup(ev->label);
+    if (!copy.name || !copy.label) {
+        free(copy.name);
+        free(copy.label);
+        return TETHER_ENOMEM;
+    }
+    s->missed[s->missed_count++] = copy;
+    return 0;
+}
+
+static int
+notify_event(subscriber *s, const actor_event *ev)
+{
+    if (strcmp(ev->event, "spawned") == 0) {
+        return tether_conn_notify(s->conn, s->method, "s{susssdsdsssusosb}", ev->event, "id",
+                                  ev->id, "name", ev->name, "x", ev->x, "y", ev->y, "label",
+                                  ev->label, "frame", ev->frame, "actor", ev->obj, "existing",
+                                  (int)ev->existing);
+    }
+    return tether_conn_notify(s->conn, s->method, "s{susssdsdsssu}", ev->event, "id", ev->id,
+                              "name", ev->name, "x", ev->x, "y", ev->y, "label", ev->label, "frame",
+                              ev->frame);
+}
+
+/* The subscriber's client has left: keep the subscription for AWAY_USEC in case it is
+ * the same process coming back (a reset). */
+static void
+subscriber_away(subscriber *s)
+{
+    s->conn = tether_conn_unref(s->conn);
+    s->away_since_usec = tether_now_usec();
+}
+
+/* Tell the subscriber at index i of an event, or keep it for later while its client is
+ * away. When it cannot be told (a client that stopped reading) or kept, drop it, saying
+ * why, and return false. */
+static bool
+tell(demo *d, size_t i, const actor_event *ev)
+{
+    subscriber *s = &d->subs[i];
+    int r = s->conn ? notify_event(s, ev) : TETHER_ENOTCONN;
+    if (r < 0 && s->conn && !tether_conn_is_connected(s->conn)) {
+        subscriber_away(s); /* closed, and on_client will tell: away from now */
+    }
+    if (r < 0 && !s->conn) {
+        r = missed_add(s, ev);
+    }
+    if (r == 0) {
+        return true;
+    }
+    say("actor events to '%s' stop: %s", s->peer, tether_strerror(r));
+    subscriber_remove(d, s);
+    return false;
+}
+
+/* Tell every subscriber of an event of actor a. */
+static void
+announce(demo *d, const char *event, const actor *a)
+{
+    actor_event ev = event_of(d, event, a, false);
+    for (size_t i = 0; i < d->sub_count;) {
+        i += tell(d, i, &ev) ? 1 : 0;
+    }
+}
+
+/* Once a frame: "ticked" for each actor, to the subscribers whose period has come; and
+ * the end of the subscriptions whose client has been away too long. */
+static void
+tick_actors(demo *d)
+{
+    uint64_t frame = d->clock.frames, now = tether_now_usec();
+    for (size_t i = 0; i < d->sub_count;) {
+        subscriber *s = &d->subs[i];
+        bool stays = true;
+        if (!s->conn) {
+            if (now - s->away_since_usec > AWAY_USEC) {
+                say("actor events to '%s' end: it did not come back", s->peer);
+                subscriber_remove(d, s);
+                stays = false;
+            }
+        } else if (s->every && frame % s->every == 0) {
+            for (size_t k = 0; stays && k < d->count; k++) {
+                actor_event ev = event_of(d, "ticked", d->actors[k], false);
+                stays = tell(d, i, &ev);
+            }
+        }
+        i += stays ? 1 : 0;
+    }
+}
+
+/* A client left: its subscription, if any, waits for it to come back. */
+static void
+subscriber_left(demo *d, tether_conn *conn)
+{
+    subscriber *s = subscriber_of(d, conn);
+    if (s) {
+        subscriber_away(s);
+    }
+}
+
+/* Was actor `id` spawned while the subscriber was away, by the first `count` of what it
+ * missed? */
+static bool
+spawned_while_away(const actor_event *missed, size_t count, uint64_t id)
+{
+    for (size_t k = 0; k < count; k++) {
+        if (missed[k].id == id && strcmp(missed[k].event, "spawned") == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * A client arrived. If it is a subscriber's process coming back (same name and pid: a
+ * reset), its subscription goes on, and it is told what it missed: the actors destroyed
+ * meanwhile that it knew of, then those spawned meanwhile that are still there.
+ */
+static void
+subscriber_back(demo *d, tether_conn *conn)
+{
+    const char *peer = tether_conn_get_peer_name(conn);
+    int64_t pid = tether_conn_get_peer_pid(conn);
+    for (size_t i = 0; i < d->sub_count; i++) {
+        subscriber *s = &d->subs[i];
+        if (s->conn || s->pid != pid || strcmp(s->peer, peer) != 0) {
+            continue;
+        }
+        s->conn = tether_conn_ref(conn);
+        say("actor events to '%s' go on after its reconnection (%zu missed)", peer,
+            s->missed_count);
+        /* Taken out first: telling may make it away again, with a list of its own. */
+        actor_event *missed = s->missed;
+        size_t count = s->missed_count;
+        s->missed = NULL;
+        s->missed_count = s->missed_cap = 0;
+        bool stays = true;
+        for (size_t k = 0; stays && k < count; k++) {
+            if (strcmp(missed[k].event, "destroyed") == 0) {
+                /* An actor spawned and destroyed while away: neither is told. */
+                stays = spawned_while_away(missed, k, missed[k].id) || tell(d, i, &missed[k]);
+            }
+        }
+        for (size_t k = 0; stays && k < count; k++) {
+            for (size_t a = 0; strcmp(missed[k].event, "spawned") == 0 && a < d->count; a++) {
+                if (d->actors[a]->id == missed[k].id) {
+                    actor_event ev = event_of(d, "spawned", d->actors[a], false);
+                    stays = tell(d, i, &ev);
+                    break;
+                }
+            }
+        }
+        subscriber tmp = {.missed = missed, .missed_count = count};
+        missed_clear(&tmp);
+        return;
+    }
+}
+
+/* A subscribe_actor_events() call waiting for its client's answer to "subscribed". */
+typedef struct pending_subscription {
+    demo *demo;
+    tether_request *req; /* held, to be replied once the client has answered */
+    tether_conn *conn;   /* a reference */
+    char *method;
+    uint64_t every;
+} pending_subscription;
+
+static void
+pending_free(pending_subscription *p)
+{
+    if (p) {
+        tether_request_unref(p->req);
+        tether_conn_unref(p->conn);
+        free(p->method);
+        free(p);
+    }
+}
+
+/* The client answered "subscribed": make (or replace) its subscription, reply, and tell it
+ * of the actors in the scene. Returns what replying returned. */
+static int
+subscribe(demo *d, pending_subscription *p)
+{
+    subscriber *s = subscriber_of(d, p->conn);
+    if (!s) {
+        if (d->sub_count == d->sub_cap) {
+            size_t cap = d->sub_cap ? 2 * d->sub_cap : 4;
+            subscriber *subs = realloc(d->subs, cap * sizeof(*subs));
+            if (!subs) {
+                return fail(d, p->req, "MemoryError", "out of memory");
+            }
+            d->subs = subs;
+            d->sub_cap = cap;
+        }
+        s = &d->subs[d->sub_count++];
+        *s = (subscriber){.conn = tether_conn_ref(p->conn),
+                          .peer = strdup(tether_conn_get_peer_name(p->conn)),
+                          .pid = tether_conn_get_peer_pid(p->conn)};
+        if (!s->peer) {
+            subscriber_remove(d, s);
+            return fail(d, p->req, "MemoryError", "out of memory");
+        }
+    } else {
+        free(s->method);
+    }
+    s->method = p->method;
+    s->every = p->every;
+    p->method = NULL;
+    size_t i = (size_t)(s - d->subs);
+    char every[64] = "no ticks";
+    if (s->every) {
+        snprintf(every, sizeof(every), "ticks every %llu frames", (unsigned long long)s->every);
+    }
+    atomic_fetch_add(&d->calls, 1);
+    say("%s subscribed to actor events (%s() is told; %s)", peer_name(p->req), s->method, every);
+    int r = tether_request_reply(p->req, "{sususi}", "actors", (uint64_t)d->count, "every",
+                                 s->every, "fps", FPS);
+    for (size_t k = 0; k < d->count; k++) {
+        actor_event ev = event_of(d, "spawned", d->actors[k], true);
+        if (!tell(d, i, &ev)) {
+            break;
+        }
+    }
+    return r;
+}
+
+/* The client's answer to ("subscribed", ...), on the main thread. */
+static void
+subscription_answered(tether_future *future, void *userdata)
+{
+    pending_subscription *p = userdata;
+    demo *d = p->demo;
+    tether_error error = TETHER_ERROR_INIT;
+    int r = tether_future_get_result(future, NULL, &error);
+    const char *who = tether_conn_get_peer_name(p->conn);
+    if (d->exiting || !tether_conn_is_connected(p->conn)) {
+        fail(d, p->req, "ConnectionError", "the client left before it was subscribed");
+    } else if (r == TETHER_ENOENT) {
+        fail(d, p->req, "ValueError",
+             "client '%s' has no service '%s' to receive actor events: register it before "
+             "subscribing",
+             who, p->method);
+    } else if (r == TETHER_EREMOTE) {
+        /* Its service raised: pass the error on, type and traceback kept. */
+        char outcome[600];
+        snprintf(outcome, sizeof(outcome), "%s('subscribed', ...) raised %s: %s", p->method,
+                 error.type ? error.type : "Exception", error.message ? error.message : "");
+        atomic_fetch_add(&d->calls, 1);
+        print_call(p->req, outcome);
+        tether_request_reply_error_full(p->req, &error);
+    } else if (r < 0) {
+        fail(d, p->req, "RuntimeError", "calling %s('subscribed', ...) failed: %s", p->method,
+             tether_strerror(r));
+    } else {
+        subscribe(d, p);
+    }
+    tether_error_done(&error);
+    tether_future_unref(future);
+    pending_free(p);
+}
+
+/* subscribe_actor_events(method="on_actor_event", every=6) -> {"actors", "every", "fps"} */
+static int
+serve_subscribe_actor_events(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {"method", "every", NULL};
+    demo *d = userdata;
+    tether_value *args[MAX_ARGS] = {NULL};
+    tether_error error = TETHER_ERROR_INIT;
+    const char *method = NULL;
+    int64_t every = TICK_EVERY_DEFAULT;
+    int r = 0;
+    if (!bind_args(d, req, params, 0, args) || !read_string(d, req, "method", args[0], &method)) {
+        drop_args(args);
+        return 0;
+    }
+    method = method ? method : "on_actor_event";
+    if (args[1] && (r = tether_value_read(args[1], &error, "x", &every)) < 0) {
+        wrong_type(d, req, "every", r, &error);
+        r = 0;
+    } else if (!*method || strlen(method) > MAX_METHOD) {
+        r = fail(d, req, "ValueError",
+                 "subscribe_actor_events() argument 'method': the name of a service of yours "
+                 "(1 to %d bytes) is needed",
+                 MAX_METHOD);
+    } else if (every < 0 || every > TICK_EVERY_MAX) {
+        r = fail(d, req, "ValueError",
+                 "subscribe_actor_events() argument 'every': 0 (no ticks) to %d frames, not "
+                 "%lld",
+                 TICK_EVERY_MAX, (long long)every);
+    } else {
+        pending_subscription *p = calloc(1, sizeof(*p));
+        tether_conn *conn = tether_request_get_conn(req);
+        tether_future *future = NULL;
+        if (!p || !(p->method = strdup(method))) {
+            free(p);
+            drop_args(args);
+            return TETHER_ENOMEM;
+        }
+        p->demo = d;
+        p->every = (uint64_t)every;
+        p->conn = tether_conn_ref(conn);
+        p->req = tether_request_ref(req);
+        r = tether_conn_call_async(conn, method, NULL, &future, "s{sususi}", "subscribed", "actors",
+                                   (uint64_t)d->count, "every", p->every, "fps", FPS);
+        r = r < 0
+                ? r
+                : tether_future_set_callback(future, TETHER_CONTEXT_MAIN, subscription_answered, p);
+        if (r < 0) {
+            tether_future_unref(future);
+            r = fail(d, req, "RuntimeError", "calling %s('subscribed', ...) failed: %s", method,
+                     tether_strerror(r));
+            pending_free(p);
+        }
+    }
+    drop_args(args);
+    return r;
+}
+
+/* unsubscribe_actor_events() -> whether the caller was subscribed */
+static int
+serve_unsubscribe_actor_events(tether_request *req, void *userdata)
+{
+    static const char *const params[] = {NULL};
+    demo *d = userdata;
+    tether_value *args[MAX_ARGS] = {NULL};
+    if (!bind_args(d, req, params, 0, args)) {
+        return 0;
+    }
+    subscriber *s = subscriber_of(d, tether_request_get_conn(req));
+    bool was = s != NULL;
+    if (s) {
+        subscriber_remove(d, s);
+    }
+    tether_value *result = NULL;
+    int r = tether_value_new(&result, "b", (int)was);
+    return r < 0 ? r
+                 : reply_event(d, req, result, "%s actor events",
+                               was ? "unsubscribed from" : "was not subscribed to");
+}
+
 /* ---- what scripts do to actors, by service or by method ------------------------------- */
 
 static int
@@ -736,9 +1218,11 @@ spawn(demo *d, tether_request *req, const char *name, double x, double y, const 
     if (r < 0) {
         return r;
     }
-    return reply_event(d, req, result, "spawned actor '%s' at %s%s%s%s", name,
-                       position_text(x, y, pos, sizeof(pos)), *label ? ", label '" : "", label,
-                       *label ? "'" : "");
+    r = reply_event(d, req, result, "spawned actor '%s' at %s%s%s%s", name,
+                    position_text(x, y, pos, sizeof(pos)), *label ? ", label '" : "", label,
+                    *label ? "'" : "");
+    announce(d, "spawned", a);
+    return r;
 }
 
 static int
@@ -787,6 +1271,7 @@ delete_actor(demo *d, tether_request *req, actor *a)
 {
     /* Print first: the request keeps the actor alive, but it is gone from the scene. */
     int r = reply_event(d, req, NULL, "deleted actor '%s'", a->name);
+    announce(d, "destroyed", a);
     scene_remove(d, a);
     return r;
 }
@@ -1282,6 +1767,8 @@ static const struct {
     {"frame_stats", TETHER_CONTEXT_MAIN, serve_frame_stats},
     {"scene_stats", TETHER_CONTEXT_MAIN, serve_scene_stats},
     {"globals", TETHER_CONTEXT_MAIN, serve_globals},
+    {"subscribe_actor_events", TETHER_CONTEXT_MAIN, serve_subscribe_actor_events},
+    {"unsubscribe_actor_events", TETHER_CONTEXT_MAIN, serve_unsubscribe_actor_events},
     {"add", TETHER_CONTEXT_MAIN, serve_add},
     {"greet", TETHER_CONTEXT_MAIN, serve_greet},
     {"echo", TETHER_CONTEXT_IO, serve_echo},
@@ -1418,7 +1905,9 @@ run_frames(demo *d, const sigset_t *signals, long seconds)
         due = late ? start : due;
         frame_started(&d->clock, start, late);
 
-        /* An engine would simulate and render here. */
+        /* An engine would simulate and render here; the scripts that subscribed hear
+         * of it. */
+        tick_actors(d);
 
         uint64_t spent = 0;
         if (dispatch_for(d, DISPATCH_BUDGET_USEC, &spent) < 0) {
@@ -1492,6 +1981,8 @@ print_how_to_connect(demo *d)
            "get_actor(name)\n"
            "  move_actor(actor, dx, dy)   rename_actor(actor, new_name)   delete_actor(actor)\n"
            "  log(message)   frame_stats()   scene_stats()   globals()\n"
+           "  subscribe_actor_events(method=\"on_actor_event\", every=6)   "
+           "unsubscribe_actor_events()\n"
            "  add(a, b)   greet(name)   echo(value)\n"
            "  Actor: move(dx, dy)  position()  rename(new_name)  set_label(text)  delete()  "
            "info(),\n"
@@ -1630,6 +2121,12 @@ static void
 shut_down(demo *d)
 {
     d->exiting = true;
+    while (d->sub_count > 0) {
+        subscriber_remove(d, &d->subs[d->sub_count - 1]);
+    }
+    free(d->subs);
+    d->subs = NULL;
+    d->sub_cap = 0;
     while (d->count > 0) {
         scene_remove(d, d->actors[d->count - 1]);
     }

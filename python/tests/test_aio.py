@@ -3,6 +3,8 @@ loop's errors in the host's log (pytest-asyncio runs each test in a loop of its 
 
 import asyncio
 import gc
+import sys
+import time
 
 import pytest
 
@@ -22,14 +24,20 @@ async def test_await_results(conn):
 
 
 @pytest.mark.asyncio
-async def test_aio_returns_an_asyncio_future_started_at_once(conn):
+async def test_aio_returns_a_call_started_at_once(conn):
     f = conn.aio.slow(50)
-    assert isinstance(f, asyncio.Future)
+    assert isinstance(f, tether.AioCall)
+    assert asyncio.iscoroutine(f) and not asyncio.isfuture(f)
+    assert repr(f) == "<tether.AioCall 'slow' pending>"
     for _ in range(500):  # the call goes on without being awaited
         if f.done():
             break
         await asyncio.sleep(0.01)
-    assert f.result() == 50
+    assert f.result() == 50 and f.exception() is None and not f.cancelled()
+    assert repr(f) == "<tether.AioCall 'slow' finished>"
+    assert await f == 50 and await f == 50  # awaited twice: the same result
+    with pytest.raises(asyncio.InvalidStateError):
+        conn.aio.slow(1000).result()
 
 
 @pytest.mark.asyncio
@@ -90,6 +98,147 @@ async def test_cancelling_an_awaited_tether_future_cancels_the_call(conn):
     assert await asyncio.wait_for(_until(conn, lambda s: s[1] == cancelled + 1), 5)
 
 
+# ---- aio calls wherever asyncio takes an awaitable --------------------------------------
+
+
+async def _stuck_calls(conn, n):
+    """n calls of the host's service "stuck" started; returns them and a coroutine that
+    waits until the host has seen all n cancelled."""
+    kept, cancelled = await conn.aio.stuck_state()
+    calls = [conn.aio.stuck() for _ in range(n)]
+    assert await asyncio.wait_for(_until(conn, lambda s: s[0] == kept + n), 5)
+    return calls, asyncio.wait_for(_until(conn, lambda s: s[1] == cancelled + n), 5)
+
+
+@pytest.mark.asyncio
+async def test_create_task(conn):
+    task = asyncio.create_task(conn.aio.add(2, 3), name="sum")
+    assert "coro=<add()" in repr(task)
+    assert await task == 5
+    failing = asyncio.create_task(conn.aio.fail("ValueError", "in a task"))
+    with pytest.raises(ValueError, match="in a task"):
+        await failing
+    (call,), host_saw_cancel = await _stuck_calls(conn, 1)
+    task = asyncio.create_task(call)
+    await asyncio.sleep(0.01)  # the task waits on the call
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert call.cancelled()
+    assert await host_saw_cancel
+
+
+@pytest.mark.asyncio
+async def test_a_task_cancelled_before_it_ran_cancels_the_call(conn):
+    (call,), host_saw_cancel = await _stuck_calls(conn, 1)
+    task = asyncio.create_task(call)
+    task.cancel()  # the task throws CancelledError into the call before its first step
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await host_saw_cancel
+
+
+@pytest.mark.asyncio
+async def test_ensure_future_and_gather(conn):
+    future = asyncio.ensure_future(conn.aio.add(1, 1))
+    assert isinstance(future, asyncio.Task) and await future == 2
+    assert await asyncio.gather(conn.aio.add(1, 2), conn.aio.echo("x")) == [3, "x"]
+    results = await asyncio.gather(conn.aio.add(1, 1), conn.aio.fail("KeyError", "k"),
+                                   return_exceptions=True)
+    assert results[0] == 2 and isinstance(results[1], KeyError)
+    calls, host_saw_cancel = await _stuck_calls(conn, 2)
+    gathered = asyncio.gather(*calls)
+    await asyncio.sleep(0.01)
+    gathered.cancel()  # cancels each call's task, so each call
+    with pytest.raises(asyncio.CancelledError):
+        await gathered
+    assert await host_saw_cancel
+
+
+@pytest.mark.asyncio
+async def test_wait_for(conn):
+    assert await asyncio.wait_for(conn.aio.add(4, 4), 5) == 8
+    (call,), host_saw_cancel = await _stuck_calls(conn, 1)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(call, 0.05)
+    assert await host_saw_cancel
+
+
+@pytest.mark.asyncio
+async def test_shield(conn):
+    assert await asyncio.shield(conn.aio.add(5, 5)) == 10
+    inner = asyncio.ensure_future(conn.aio.slow(200))
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(inner), 0.02)
+    assert await inner == 200  # the shielded call went on
+
+
+@pytest.mark.asyncio
+async def test_wait(conn):
+    # asyncio.wait takes tasks, not coroutines, for aio calls as for any coroutine.
+    with pytest.raises(TypeError, match="coroutines is forbidden"):
+        await asyncio.wait([conn.aio.add(1, 1)])
+    (call,), host_saw_cancel = await _stuck_calls(conn, 1)
+    quick = asyncio.create_task(conn.aio.slow(10))
+    stuck = asyncio.ensure_future(call)
+    done, pending = await asyncio.wait({quick, stuck}, return_when=asyncio.FIRST_COMPLETED)
+    assert done == {quick} and pending == {stuck} and quick.result() == 10
+    done, pending = await asyncio.wait(pending, timeout=0.02)
+    assert not done
+    stuck.cancel()
+    assert await host_saw_cancel
+
+
+@pytest.mark.asyncio
+async def test_as_completed(conn):
+    results = []
+    for next_done in asyncio.as_completed([conn.aio.slow(300), conn.aio.slow(10)]):
+        results.append(await next_done)
+    assert results == [10, 300]
+    calls = [conn.aio.slow(200), conn.aio.fail("ValueError", "first")]
+    outcomes = []
+    for next_done in asyncio.as_completed(calls):
+        try:
+            outcomes.append(await next_done)
+        except ValueError as e:
+            outcomes.append(str(e))
+    assert outcomes == ["first", 200]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.TaskGroup is new in 3.11")
+@pytest.mark.asyncio
+async def test_task_group(conn):
+    async with asyncio.TaskGroup() as group:
+        a = group.create_task(conn.aio.add(1, 2))
+        b = group.create_task(conn.aio.slow(20))
+    assert (a.result(), b.result()) == (3, 20)
+    # One call failing cancels the group's other tasks, and so their calls.
+    (call,), host_saw_cancel = await _stuck_calls(conn, 1)
+    with pytest.raises(ExceptionGroup) as info:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(call)
+            group.create_task(conn.aio.fail("ValueError", "one failed"))
+    assert [type(e) for e in info.value.exceptions] == [ValueError]
+    assert await host_saw_cancel
+
+
+@pytest.mark.asyncio
+async def test_cancel_and_close_cancel_the_call(conn):
+    calls, host_saw_cancel = await _stuck_calls(conn, 2)
+    assert calls[0].cancel() and calls[0].cancelled()
+    assert repr(calls[0]) == "<tether.AioCall 'stuck' cancelled>"
+    calls[1].close()  # a coroutine closed unawaited: nobody wants its result
+    assert calls[1].cancelled()
+    assert await host_saw_cancel
+    with pytest.raises(asyncio.CancelledError):
+        await calls[0]
+    done = conn.aio.add(1, 1)
+    assert await done == 2
+    assert not done.cancel()  # completed already
+    done.close()
+    assert done.result() == 2
+
+
 async def _until(conn, predicate):
     while not predicate(await conn.aio.stuck_state()):
         await asyncio.sleep(0.01)
@@ -147,7 +296,7 @@ async def test_unawaited_task_exception_reaches_the_hosts_log(host, conn):
     await asyncio.sleep(0.05)
     gc.collect()  # the task is reported when it is collected
     messages = await asyncio.to_thread(wait_until, lambda: _logged(host, "nobody awaited lost()"))
-    assert messages
+    assert len(messages) == 1  # the loop's handler sent it; asyncio's logger does not again
     text = messages[0]
     assert "asyncio: Task exception was never retrieved" in text
     assert "Traceback (most recent call last)" in text
@@ -175,6 +324,89 @@ async def test_loop_errors_go_on_to_the_previous_handler(host):
         assert len(seen) == 2
 
 
+def test_a_loop_started_after_connect_reports_to_the_hosts_log(host):
+    # The common script: connect, then asyncio.run(); the loop makes no tether call.
+    c = host.connect(name="pytest-run-after")
+
+    async def lost():
+        raise RuntimeError("lost in asyncio.run")
+
+    async def main():
+        asyncio.get_running_loop().create_task(lost())
+        await asyncio.sleep(0.05)
+
+    try:
+        asyncio.run(main())
+        messages = wait_until(lambda: _logged(host, "lost in asyncio.run"))
+        assert len(messages) == 1
+        assert messages[0].startswith("[pytest-run-after pid ")
+        assert "asyncio: Task exception was never retrieved" in messages[0]
+        assert 'raise RuntimeError("lost in asyncio.run")' in messages[0]
+    finally:
+        c.close()
+    asyncio.run(main())  # closed: no longer sent
+    time.sleep(0.2)
+    assert len(_logged(host, "lost in asyncio.run")) == 1
+
+
+def test_a_scripts_handler_that_logs_is_chained(host):
+    seen = []
+
+    def handler(loop, context):
+        seen.append(context["message"])
+        loop.default_exception_handler(context)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(handler)
+        loop.call_soon(lambda: 1 / 0)
+        await asyncio.sleep(0.05)
+
+    with host.connect(name="pytest-own-handler"):
+        asyncio.run(main())
+        messages = wait_until(lambda: _logged(host, "pytest-own-handler"))
+    assert seen and seen[0].startswith("Exception in callback")
+    assert "ZeroDivisionError" in messages[0]
+
+
+# A script importing asyncio only after connecting: connect must not import logging, and
+# the loop's errors still reach the host's log, and the terminal (stderr) as before.
+LATE_ASYNCIO = """
+import sys
+import tether
+conn = tether.connect(name="late-asyncio", address=sys.argv[1], timeout=10)
+assert "logging" not in sys.modules and "asyncio" not in sys.modules
+import asyncio
+
+async def lost():
+    raise ValueError("imported after connect")
+
+async def main():
+    asyncio.get_running_loop().create_task(lost())
+    await asyncio.sleep(0.05)
+
+asyncio.run(main())
+conn.close()
+print("done", flush=True)
+"""
+
+
+def test_asyncio_imported_after_connect_reports_to_the_hosts_log(host):
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(tether.__file__)))
+    out = subprocess.run([sys.executable, "-c", LATE_ASYNCIO, host.address],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "done\n"
+    assert "Task exception was never retrieved" in out.stderr  # still printed locally
+    messages = wait_until(lambda: _logged(host, "imported after connect"))
+    assert len(messages) == 1
+    assert "[late-asyncio pid " in messages[0]
+    assert "ValueError: imported after connect" in messages[0]
+
+
 @pytest.mark.asyncio
 async def test_connect_async(host):
     c = await tether.connect_async(address=host.address, name="pytest-async", timeout=10)
@@ -194,3 +426,86 @@ def test_await_future_works_without_a_connection_in_the_loop(conn):
         return await f
 
     assert asyncio.run(main()) == 20
+
+
+# ---- attributes of proxies -----------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_proxy_attributes_of_a_host_object(conn):
+    counter = await conn.aio.make_counter(5)
+    assert tether.is_proxy(counter)
+    assert await tether.aio_getattr(counter, "value") == 5
+    assert await tether.aio_setattr(counter, "label", "hits") is None
+    read = asyncio.create_task(tether.aio_getattr(counter, "label"))
+    values = await asyncio.gather(tether.aio_getattr(counter, "value"), read)
+    assert values == [5, "hits"]
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        await tether.aio_getattr(counter, "nope")
+    with pytest.raises(AttributeError, match="can only set 'label'"):
+        await tether.aio_setattr(counter, "value", 1)
+    # Refused before anything is sent, as the proxy itself refuses them.
+    with pytest.raises(AttributeError, match="underscore"):
+        tether.aio_getattr(counter, "_secret")
+    with pytest.raises(TypeError, match="attribute name must be str"):
+        tether.aio_setattr(counter, 3, 1)
+    with pytest.raises(TypeError, match="expects a tether.Proxy"):
+        tether.aio_getattr(conn, "name")
+    assert await tether.aio_getattr(counter, "value") == 5  # the failures changed nothing
+
+
+def test_proxy_attributes_need_a_running_loop(conn):
+    counter = conn.root.make_counter()
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        tether.aio_getattr(counter, "value")
+
+
+# A child whose attribute can be read only once the reading loop has run on: reading it
+# with a blocking proxy.when_ready would wait for a file that nothing would ever write.
+CHILD = """
+import os, sys, time
+
+class Box:
+    def __init__(self):
+        self.v = 1
+
+    @property
+    def when_ready(self):
+        deadline = time.monotonic() + 20
+        while not os.path.exists(sys.argv[1]):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the reader's loop did not run meanwhile")
+            time.sleep(0.01)
+        return "ready"
+
+box = Box()
+pid = "the child's variable"
+"""
+
+
+def test_proxy_attributes_of_a_spawned_child(tmp_path):
+    flag = tmp_path / "flag"
+
+    async def main(child):
+        box = await tether.aio_getattr(child, "box")
+        assert tether.is_proxy(box) and box is child.box
+
+        async def write_flag():
+            await asyncio.sleep(0.05)
+            flag.write_text("go")
+
+        writer = asyncio.create_task(write_flag())
+        assert await tether.aio_getattr(box, "when_ready") == "ready"
+        await writer
+
+        await tether.aio_setattr(box, "v", [1, (2, 3)])
+        assert await tether.aio_getattr(box, "v") == [1, [2, 3]]
+        await tether.aio_delattr(box, "v")
+        with pytest.raises(AttributeError):
+            await tether.aio_getattr(box, "v")
+        # Names a ChildProxy keeps for itself (pid) are the child's own here.
+        assert await tether.aio_getattr(child, "pid") == "the child's variable"
+        assert child.pid != "the child's variable"
+
+    with tether.run_script(CHILD, args=[str(flag)]) as child:
+        asyncio.run(main(child))

@@ -302,7 +302,8 @@ def test_a_host_without_the_tether_services(tmp_path):
 
 
 def test_ls_shows_each_client(host, cli):
-    with host.connect(name="lister-target") as conn:
+    with host.connect(name="lister-target", services={"ping": lambda: "pong"}) as conn:
+        conn.register("later", lambda: None)  # announced to the host as it is registered
         conn.root.add(1, 2)
         conn.root.add(3, 4)
         r = cli("ls")
@@ -310,14 +311,18 @@ def test_ls_shows_each_client(host, cli):
         lines = r.stdout.splitlines()
         assert lines[0] == f"host '{host.name}' at {host.address}: 1 client"
         assert lines[1].split()[:4] == ["NAME", "PID", "LANGUAGE", "CONNECTED"]
+        assert lines[1].split()[-1] == "SERVICES"
         row = lines[2].split()
         assert row[:4] == ["lister-target", str(os.getpid()), "python",
                            ".".join(map(str, sys.version_info[:3]))]
+        assert row[-1] == "later,ping"
         rows = client_rows(cli)
         assert [c["name"] for c in rows] == ["lister-target"]
         c = rows[0]
         assert set(c) == {"name", "pid", "language", "language_version", "connected_since",
-                          "calls_in_flight", "calls_in", "calls_out", "bytes_in", "bytes_out"}
+                          "calls_in_flight", "calls_in", "calls_out", "bytes_in", "bytes_out",
+                          "services"}
+        assert c["services"] == ["later", "ping"]
         assert c["pid"] == os.getpid() and c["language"] == "python"
         assert abs(c["connected_since"] - time.time()) < 60
         assert c["calls_in"] == 2 and c["calls_out"] == 0 and c["calls_in_flight"] == 0
@@ -439,6 +444,24 @@ def test_eval_exec(cli, evaluator):
     assert r.returncode == 1 and r.stderr.strip() == "tether: KeyError: \"'missing'\""
     r = cli("exec", "evaluator", "def f(:")
     assert r.returncode == 1 and r.stderr.startswith("tether: SyntaxError: ")
+
+
+def test_call_client_passes_the_timeout_on(host, tmp_path, evaluator):
+    """tether.call_client gives the client the caller's --timeout: a stopped client (it
+    sends nothing, not even progress) times the command out after about that long, not
+    after the host's own default of 30 s."""
+    os.kill(evaluator.proc.pid, signal.SIGSTOP)
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "tether", "--timeout", "1", "call", "tether.call_client",
+             "evaluator", "eval", "['1 + 1']"],
+            env=cli_env(host.runtime_dir, tmp_path), capture_output=True, text=True,
+            timeout=20,
+        )
+    finally:
+        os.kill(evaluator.proc.pid, signal.SIGCONT)
+    assert r.returncode == 1, r.stderr
+    assert "in time (--timeout)" in r.stderr, r.stderr
 
 
 def test_eval_verbose_shows_the_remote_traceback(cli, evaluator):

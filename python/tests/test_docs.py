@@ -45,13 +45,16 @@ CHECKS = {
     "demo log": "test_docs_demo.py",
     "task exception": "test_docs_demo.py",
     "line server stopped": "test_docs_demo.py",
+    "actor coroutines": "test_docs_demo.py",
+    "actor coroutines output": "test_docs_demo.py",
     "layout": "test_docs.py",
     "signature": "test_docs.py",
     "version": "test_docs.py",
     "c-program output": "test_spawn_docs.py",
 }
 # Where the blocks of the settings of `<!-- runnable: ENV -->` run.
-SETTINGS = {"installed": "test_docs_code.py", "demo": "test_docs_demo.py"}
+SETTINGS = {"installed": "test_docs_code.py", "demo": "test_docs_demo.py",
+            "wheel": "tests/test-wheel.sh"}
 # The verbatim copies of files, compared by this test.
 COPIES = "tests/test-examples.sh"
 

@@ -187,8 +187,21 @@ def drive_the_line_server(s, proc, out):
     assert "'Ann'" in r.stdout and "'Bob'" in r.stdout, r.stdout
 
 
+def drive_the_followers(s, proc, out):
+    """ref-asyncio-loop.md's coroutine per actor: an actor spawned gets a coroutine, which
+    ends when the actor is destroyed."""
+    assert wait_until(lambda: "followers subscribed to actor events" in s.output(), 20), (
+        s.output() + out())
+    assert s.run("tether call spawn_actor Dot 1 1").returncode == 0
+    time.sleep(0.5)  # a few of its ticks
+    assert s.run("tether call delete_actor Dot").returncode == 0
+    assert wait_until(lambda: re.search(r"^Dot destroyed after \d+ ticks", out(), re.M), 20), (
+        out())
+
+
 # Blocks that serve until stopped, by the heading they stand under: how a user works them.
-DRIVERS = {"A script with tasks": drive_the_line_server}
+DRIVERS = {"A script with tasks": drive_the_line_server,
+           "A coroutine per actor": drive_the_followers}
 PY_BLOCKS = marked("runnable", "demo", ("python",))
 
 
@@ -337,3 +350,38 @@ def test_the_line_server_reports_as_shown(setting):
         if first.poll() is None:
             first.terminate()
             first.wait(10)
+
+
+def test_the_actor_coroutines_session_prints_as_shown(setting):
+    # ref-asyncio-loop.md's session with examples/actor_coroutines.py: shell 2 runs the
+    # example until Ctrl-C, shell 3 spawns and deletes Dot; the lines the page shows for
+    # Dot and for the end are printed (the other actors are the demo's, whatever they are).
+    (commands,) = marked("checked", "actor coroutines", ("sh",))
+    (printed,) = [b for b in marked("checked", "actor coroutines output")]
+    lines = [line.split("#", 1)[0].strip() for line in commands.source.splitlines()]
+    s = setting()
+    example = subprocess.Popen(["sh", "-c", "exec env " + lines[0]], cwd=s.cwd, env=s.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    try:
+        line = example.stdout.readline()
+        while line and "subscribed to" not in line:
+            seen.append(line)
+            line = example.stdout.readline()
+        assert line, "".join(seen)
+        for command in lines[1:]:
+            r = s.run(command)
+            assert r.returncode == 0, f"{commands.where}: `{command}`:\n{r.stdout}"
+        time.sleep(0.5)
+        example.send_signal(signal.SIGINT)
+        rest, _ = example.communicate(timeout=20)
+    finally:
+        if example.poll() is None:
+            example.kill()
+            example.wait()
+    real = shape("".join(seen) + line + rest)
+    # (Dot's tick line comes after ten ticks, a second: whether it shows is timing.)
+    wanted = [w for w in shape(printed.source)
+              if ("'Dot'" in w and " tick " not in w) or w.startswith("done:")]
+    assert len(wanted) == 3 and is_subsequence(wanted, real), (
+        f"{printed.where}:\n{printed.source}\nnot in\n{rest}")

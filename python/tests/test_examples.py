@@ -1,12 +1,14 @@
 """The Python examples and the demo run as their docstrings say: examples/asyncio_line_server.py,
-examples/qt_two_way.py (under Xvfb, clicked with xdotool), examples/demo_client.py and
-tools/demo.py (what `make demo` runs), against real hosts (build/tether-demo,
+examples/qt_two_way.py (under Xvfb, clicked with xdotool), examples/actor_coroutines.py with
+tether-demo's actor events, examples/demo_client.py and tools/demo.py (what `make demo`
+runs), against real hosts (build/tether-demo,
 build/tether-testhost), over Unix sockets and loopback TCP only, each bounded in time.
 The pages of two reference systems (docs/ref-engine-api.md, docs/ref-asyncio-loop.md) are
 checked too: their Python compiles and their links resolve.
 """
 
 import os
+import queue
 import re
 import select
 import shutil
@@ -14,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -340,6 +343,192 @@ def test_qt_two_way_with_the_demo(demo, display, runtime_dir):
         app.stop()
 
 
+# ---- tether-demo's actor events, and examples/actor_coroutines.py --------------------------
+
+
+class Events:
+    """A service receiving tether-demo's actor events, and what it received, in order."""
+
+    def __init__(self):
+        self.queue = queue.Queue()
+
+    def __call__(self, event, info):
+        self.queue.put((event, info))
+
+    def next(self, timeout=10.0):
+        try:
+            return self.queue.get(timeout=timeout)
+        except queue.Empty:
+            pytest.fail(f"no actor event within {timeout} s")
+
+    def next_not_ticked(self, timeout=10.0):
+        while True:
+            event, info = self.next(timeout)
+            if event != "ticked":
+                return event, info
+
+    def quiet(self, seconds):
+        """True if nothing arrives for that long."""
+        try:
+            got = self.queue.get(timeout=seconds)
+        except queue.Empty:
+            return True
+        pytest.fail(f"an unexpected event: {got}")
+
+
+def test_demo_actor_events(demo):
+    events = Events()
+    with tether.connect(name="pytest-scene", address=demo.address, timeout=10) as other, \
+            tether.connect(name="pytest-watcher", address=demo.address, timeout=10,
+                           services={"on_actor_event": events}) as watcher:
+        other.root.spawn_actor("Pre", 1, 2, label="old")
+        sub = watcher.root.subscribe_actor_events(every=0)
+        assert sub == {"actors": 1, "every": 0, "fps": 60}
+        # First a call, before the reply, then the actors of the scene.
+        assert events.next() == ("subscribed", {"actors": 1, "every": 0, "fps": 60})
+        event, pre = events.next()
+        assert event == "spawned" and pre["existing"] is True
+        assert {k: pre[k] for k in ("name", "x", "y", "label")} == \
+            {"name": "Pre", "x": 1.0, "y": 2.0, "label": "old"}
+        assert repr(pre["actor"]) == "<Actor 'Pre' at (1.0, 2.0)>"  # by reference
+        demo.wait_for(r"pytest-watcher subscribed to actor events \(on_actor_event\(\) is told; "
+                      r"no ticks\)")
+
+        new = other.root.spawn_actor("New", 3, 4)
+        event, info = events.next()
+        assert event == "spawned" and info["existing"] is False and info["name"] == "New"
+        assert info["id"] == pre["id"] + 1 and info["frame"] >= pre["frame"]
+        other.root.rename_actor("Pre", "Renamed")
+        other.root.delete_actor("Renamed")
+        event, info = events.next()
+        assert (event, info["id"], info["name"]) == ("destroyed", pre["id"], "Renamed")
+        assert "actor" not in info and "existing" not in info
+        assert events.quiet(0.3)  # every=0: no ticks
+
+        # Subscribing again replaces the subscription, existing actors told again.
+        assert watcher.root.subscribe_actor_events("on_actor_event", 1)["every"] == 1
+        assert events.next_not_ticked() == ("subscribed", {"actors": 1, "every": 1, "fps": 60})
+        assert events.next_not_ticked()[1]["name"] == "New"
+        frames = []
+        while len(frames) < 5:
+            event, info = events.next()
+            assert (event, info["name"]) == ("ticked", "New")
+            frames.append(info["frame"])
+        assert frames == list(range(frames[0], frames[0] + 5))  # every frame
+        new.move(1, 1)
+        assert wait_until(lambda: events.next()[1]["x"] == 4.0, 5)
+
+        # Bad subscriptions: clear errors, and the subscription in place goes on.
+        with pytest.raises(ValueError, match="client 'pytest-watcher' has no service 'nope' "
+                           "to receive actor events: register it before subscribing"):
+            watcher.root.subscribe_actor_events("nope")
+        with pytest.raises(ValueError, match=r"'every': 0 \(no ticks\) to 3600 frames, not -1"):
+            watcher.root.subscribe_actor_events(every=-1)
+        with pytest.raises(TypeError, match="'every': expected int, got str"):
+            watcher.root.subscribe_actor_events(every="6")
+        with pytest.raises(ValueError, match="'method': the name of a service of yours"):
+            watcher.root.subscribe_actor_events("")
+        with pytest.raises(TypeError, match="unexpected keyword argument 'often'"):
+            watcher.root.subscribe_actor_events(often=1)
+
+        @watcher.service
+        def refuses(event, info):
+            raise RuntimeError(f"not now ({event})")
+
+        with pytest.raises(RuntimeError, match=r"not now \(subscribed\)"):
+            watcher.root.subscribe_actor_events("refuses")
+        while not events.queue.empty():
+            events.queue.get()
+        assert events.next()[0] == "ticked"  # still subscribed, to on_actor_event
+
+        assert watcher.root.unsubscribe_actor_events() is True
+        assert watcher.root.unsubscribe_actor_events() is False
+        time.sleep(0.2)  # ticks sent before the unsubscription may still be on their way
+        while not events.queue.empty():
+            events.queue.get()
+        assert events.quiet(0.5)
+        demo.wait_for(r"pytest-watcher unsubscribed from actor events")
+
+
+def test_demo_actor_events_outlive_a_reconnection(demo):
+    # The same process, under the same name, coming back: a reset, as the host sees it.
+    first, second = Events(), Events()
+    with tether.connect(name="pytest-scene", address=demo.address, timeout=10) as other:
+        other.root.spawn_actor("Stays")
+        other.root.spawn_actor("Goes")
+        watcher = tether.connect(name="pytest-watcher", address=demo.address, timeout=10,
+                                 services={"on_actor_event": first})
+        watcher.root.subscribe_actor_events(every=0)
+        assert [first.next()[0] for _ in range(3)] == ["subscribed", "spawned", "spawned"]
+        watcher.close()
+        demo.wait_for(r"client 'pytest-watcher' \(pid \d+\) left")
+        other.root.delete_actor("Goes")      # known to it: told when it is back
+        other.root.spawn_actor("Brief")      # spawned and destroyed meanwhile: never told
+        other.root.delete_actor("Brief")
+        other.root.spawn_actor("Arrives")    # told when it is back
+        with tether.connect(name="pytest-watcher", address=demo.address, timeout=10,
+                            services={"on_actor_event": second}):
+            event, info = second.next()
+            assert (event, info["name"]) == ("destroyed", "Goes")
+            event, info = second.next()
+            assert (event, info["name"], info["existing"]) == ("spawned", "Arrives", False)
+            assert second.quiet(0.3)
+            demo.wait_for(r"actor events to 'pytest-watcher' go on after its reconnection "
+                          r"\(4 missed\)")
+            other.root.delete_actor("Stays")
+            assert second.next()[1]["name"] == "Stays"
+        assert first.quiet(0)
+
+
+def test_actor_coroutines(demo, runtime_dir):
+    with tether.connect(name="pytest-scene", address=demo.address, timeout=10) as scene:
+        scene.root.spawn_actor("Ann")
+        example = run_example("actor_coroutines.py",
+                              [demo.address, "--every", "2", "--report", "5", "--seconds", "60"],
+                              runtime_dir)
+        try:
+            example.wait_for(r"subscribed to 'demo': 1 actors in the scene, a tick every 2 frames")
+            example.wait_for(r"^following 'Ann' \(id \d+\) from \(0\.0, 0\.0\), "
+                             r"in the scene already$")
+            example.wait_for(r"'Ann' tick 5 \(frame \d+\) at \(0\.0, 0\.0\)")
+            scene.root.spawn_actor("Dot", 1, 1)
+            example.wait_for(r"^following 'Dot' \(id \d+\) from \(1\.0, 1\.0\)$")
+            scene.root.rename_actor("Dot", "Dottie")
+            scene.root.move_actor("Dottie", 1, 0)
+            example.wait_for(r"'Dot' is now called 'Dottie'")
+            example.wait_for(r"'Dottie' tick \d+ \(frame \d+\) at \(2\.0, 1\.0\)")
+            # A reset: the client reconnects, its subscription goes on.
+            scene.root["tether.reset_client"]("actor_coroutines")
+            demo.wait_for(r"actor events to 'actor_coroutines' go on after its reconnection")
+            scene.root.delete_actor("Ann")
+            example.wait_for(r"^'Ann' destroyed at frame \d+ after \d+ ticks: its coroutine ends$")
+            demo.wait_for(r"\[actor_coroutines pid \d+\] actor_coroutines: 'Ann' destroyed at "
+                          r"frame \d+ after \d+ ticks")
+            example.signal(signal.SIGTERM)  # also what the host's Disconnect sends
+            assert example.wait(15) == 0, example.output()
+        finally:
+            example.stop()
+    out = example.output()
+    assert "stopped following 'Dottie' after" in out
+    assert "done: cancelled 1 coroutines" in out
+    assert "Traceback" not in out, out
+    demo.wait_for(r"actor_coroutines unsubscribed from actor events")
+    demo.wait_for(r"\[actor_coroutines pid \d+\] actor_coroutines: following 'Dot' ")
+
+
+def test_actor_coroutines_bad_input(demo, runtime_dir):
+    refused = run_example("actor_coroutines.py", [demo.address, "--every", "-3"], runtime_dir)
+    assert refused.wait(15) == 2, refused.output()
+    assert ("the host refused the subscription: ValueError: subscribe_actor_events() "
+            "argument 'every': 0 (no ticks) to 3600 frames, not -3") in refused.output()
+    nohost = run_example("actor_coroutines.py", ["nohost"], runtime_dir, "nohost.out")
+    assert nohost.wait(15) == 2, nohost.output()
+    assert "cannot connect to 'nohost': " in nohost.output()
+    assert "Traceback" not in refused.output() + nohost.output()
+    refused.stop()
+    nohost.stop()
+
+
 # ---- examples/demo_client.py and tools/demo.py (make demo) --------------------------------
 
 
@@ -386,6 +575,8 @@ def test_demo_once(runtime_dir):
     assert "demo --once: passed" in out.stdout
     assert "selftest | " in out.stdout and "self-test passed" in out.stdout
     assert re.search(r"^client \| done after \d+ steps", out.stdout, re.M)
+    assert "demo --once: ok: the tour: " in out.stdout  # the README's command-line block
+    assert re.search(r"^tour   \| 5$", out.stdout, re.M)  # eval evaluator x
     assert "FAILED" not in out.stdout
 
 
@@ -396,15 +587,19 @@ def test_demo_runs_until_ctrl_c(runtime_dir):
                     os.path.join(runtime_dir, "demo-run.out"), start_new_session=True)
     try:
         demo_run.wait_for(r"^host   \| .*demo_client spawned actor 'Ada'", 20)
-        demo_run.wait_for(r"the example client is done", 20)
+        demo_run.wait_for(r"the example client is done and stays", 20)
         cli = os.path.relpath(os.path.join(BUILD_DIR, "tether"))
-        demo_run.wait_for(r"^    TETHER_RUNTIME_DIR=\S+ %s repl --host demo " % re.escape(cli))
-        demo_run.wait_for(r"^    TETHER_RUNTIME_DIR=\S+ %s ls demo " % re.escape(cli))
+        demo_run.wait_for(r"^    export TETHER_RUNTIME_DIR=%s$" % re.escape(runtime_dir))
+        demo_run.wait_for(r"^    %s repl +# a console" % re.escape(cli))
+        demo_run.wait_for(r"^    %s ls +# the host's clients" % re.escape(cli))
+        demo_run.wait_for(r"^    PYTHONPATH=\S+ python3 \S*examples/actor_coroutines\.py$")
+        demo_run.wait_for(r"^eval   \| evaluator: serving exec and eval for the host 'demo'")
         assert os.path.exists(os.path.join(runtime_dir, "demo.sock"))
         os.killpg(demo_run.pid, signal.SIGINT)
         assert demo_run.wait(15) == 0, demo_run.output()
         demo_run.wait_for(r"demo: the host exited with status 0")
         assert not os.path.exists(os.path.join(runtime_dir, "demo.sock"))
+        assert re.search(r"^client \| interrupted", demo_run.output(), re.M)
     finally:
         demo_run.stop()
 

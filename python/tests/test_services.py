@@ -301,3 +301,23 @@ def test_services_registered_before_connecting(host):
         assert call_back(conn, "greet", "Ann") == "hi Ann"
     with host.connect(name="early2", services={"triple": lambda x: 3 * x}) as conn:
         assert call_back(conn, "triple", 3) == 9
+
+
+def test_a_service_registered_after_connecting_is_announced(host):
+    """The host waits (tether_conn_wait_service) for a service the script registers only
+    after connecting, and calls it as soon as the announcement arrives; the script's
+    services registered before connecting were announced as it connected."""
+    with host.connect(name="announcer", services={"early": lambda: "early"}) as conn:
+        assert conn.root.call_when_offered("announcer", "early", [], 10.0) == "early"
+        pending = conn.async_.call_when_offered("announcer", "late", [20], 10.0)
+        time.sleep(0.2)  # the host is waiting for it by now
+        assert not pending.done()
+
+        @conn.service
+        def late(x):
+            return x + 1
+
+        assert pending.result(timeout=10) == 21
+        # A service never registered: the host's wait runs out.
+        with pytest.raises(TimeoutError):
+            conn.root.call_when_offered("announcer", "never", [], 0.1)

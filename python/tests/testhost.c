@@ -31,6 +31,9 @@
  *   notify_client(name, method, args)  sends method(*args) to that client as a
  *                              notification; replies nil
  *   client_calls(name)         requests and notifications received from that client
+ *   call_when_offered(name, method, args, seconds)    waits up to seconds for that client
+ *                              to announce method (tether_conn_wait_service), then calls it
+ *                              and replies its result; TimeoutError if it never does
  *   make_counter(start=0)      a new Counter object (by reference), alive while a proxy
  *                              to it is: add(n=1), get() (a worker thread), fail(message),
  *                              attributes value and label (settable), repr, len
@@ -507,6 +510,46 @@ client_calls(tether_request *req, void *userdata)
                      : tether_request_reply(req, "x", calls);
 }
 
+/* call_when_offered(name, method, args, seconds) -> waits (a worker thread) up to seconds
+ * for the client called name to announce method, then calls it and replies its result;
+ * TimeoutError if it never offers it. */
+static int
+call_when_offered(tether_request *req, void *userdata)
+{
+    tether_host *host = userdata;
+    const char *name, *method;
+    tether_value *args = NULL;
+    double seconds;
+    if (tether_request_read(req, "ssvd", &name, &method, &args, &seconds) < 0 || !name || !method ||
+        seconds < 0) {
+        tether_value_unref(args);
+        return TETHER_EINVAL;
+    }
+    tether_conn *conn = NULL;
+    int r = tether_host_get_client(host, name, &conn);
+    if (r < 0) {
+        tether_value_unref(args);
+        return tether_request_reply_error(req, "LookupError", "no client named '%s'", name);
+    }
+    r = tether_conn_wait_service(conn, method, (uint64_t)(seconds * 1e6));
+    if (r < 0) {
+        r = tether_request_reply_error(req, r == TETHER_ETIMEDOUT ? "TimeoutError" : "tether.Error",
+                                       "client '%s' did not offer '%s': %s", name, method,
+                                       tether_strerror(r));
+    } else {
+        tether_value *result = NULL;
+        tether_error err = TETHER_ERROR_INIT;
+        r = tether_conn_call_values(conn, method, args, NULL, NULL, &result, &err);
+        r = r < 0 ? tether_request_reply_error_full(req, &err)
+                  : tether_request_reply_value(req, result);
+        tether_value_unref(result);
+        tether_error_done(&err);
+    }
+    tether_conn_unref(conn);
+    tether_value_unref(args);
+    return r;
+}
+
 /* ---- objects ------------------------------------------------------------------------- */
 
 /* A C object handed out by reference: what a script's proxy calls into. */
@@ -789,6 +832,7 @@ static const struct {
     {"call_client_cancel", call_client_cancel, TETHER_CONTEXT_IO},
     {"notify_client", notify_client, TETHER_CONTEXT_IO},
     {"client_calls", client_calls, TETHER_CONTEXT_IO},
+    {"call_when_offered", call_when_offered, TETHER_CONTEXT_POOL},
     {"make_counter", make_counter, TETHER_CONTEXT_IO},
     {"counters_released", counters_released_service, TETHER_CONTEXT_IO},
     {"hold", hold, TETHER_CONTEXT_IO},

@@ -26,8 +26,8 @@ or ``await future``) waits without blocking the loop, and cancelling the awaitin
 cancels the call. Services run on tether's worker threads by default; with
 ``tether.connect(serve="loop")`` they run on the script's asyncio loop (``async def``
 ones as tasks), and with ``serve="manual"`` inside ``host.dispatch()``, which another
-event loop calls when ``host.fileno()`` is readable. Errors the loop reports (a task's
-exception nobody retrieved) also reach the host's log. ``async with
+event loop calls when ``host.fileno()`` is readable. While connected, errors the script's
+loops report (a task's exception nobody retrieved) also reach the host's log. ``async with
 tether.named_run("my-script") as run:`` makes running the script again cancel the tasks
 of this run, as an engine's loop does when a script is re-run.
 
@@ -68,6 +68,10 @@ from ._proxy import Proxy, is_proxy  # noqa: E402
 
 # Loaded on first use: a spawned child, which needs none of them, starts faster.
 _LAZY = {
+    "AioCall": "._aio",
+    "aio_delattr": "._aio",
+    "aio_getattr": "._aio",
+    "aio_setattr": "._aio",
     "ChildProxy": "._spawn",
     "InstanceDefinition": "._spawn",
     "run_module": "._spawn",
@@ -104,6 +108,7 @@ core_version = _tether.core_version
 protocol_version = _tether.protocol_version
 
 __all__ = [
+    "AioCall",
     "CancelledError",
     "ChildProxy",
     "InstanceDefinition",
@@ -121,6 +126,9 @@ __all__ = [
     "TetherError",
     "__version__",
     "aio",
+    "aio_delattr",
+    "aio_getattr",
+    "aio_setattr",
     "async_",
     "connect",
     "is_proxy",

@@ -1,28 +1,31 @@
-"""asyncio integration: awaitable calls, services run as tasks, and loop errors sent to the
-host's log.
+"""asyncio integration: awaitable calls, and services run as tasks.
 
 - ``wrap_future(future)`` turns a tether.Future into an asyncio future of the running loop.
   The tether future's done-callback (on tether's callback thread) hands its outcome to the
   loop with call_soon_threadsafe, so nothing polls; cancelling the asyncio future cancels
   the call. ``await tether_future`` and ``conn.aio.NAME(...)`` go through it.
+- ``AioCall`` is what ``conn.aio.NAME(...)`` returns: the call is under way, and asyncio
+  takes the object as a coroutine (create_task, TaskGroup, gather...), see its docstring.
+- ``aio_getattr``, ``aio_setattr``, ``aio_delattr``: a proxy's attributes from asyncio,
+  each an AioCall of the operation a proxy sends for ``proxy.name`` (tether.aio_getattr...).
 - ``coroutine_service(fn)`` is the deferred form of an ``async def`` service for the main-
   thread modes (serve="loop" and "manual"): it starts fn as a task of the loop running
   dispatch() and replies when the task is done, cancelling the task if the caller
   cancels the call (or fails at once when that loop is blocked in a call it is part of).
 - ``LoopServer`` makes a loop call a connection's dispatch() whenever its fd is readable.
-- ``hook_loop_errors(loop, conn)`` sends the errors the loop reports (an exception in a
-  task nobody awaited, in a callback) to the host's log, then to the handler that was there.
+
+The errors a loop reports reach the host's log through tether._loop_errors.
 
 Imported on first use, so that ``import tether`` does not import asyncio.
 """
 
 import asyncio
+import collections.abc
 import functools
 import threading
-import traceback
-import weakref
 
 from . import _tether
+from ._proxy import Proxy, _ref
 
 #: How long one dispatch() called by the loop may run queued services, in seconds: a burst
 #: of host calls does not starve the loop's other work (the fd stays readable while work
@@ -67,21 +70,171 @@ def _call_done(loop, waiter, future):
 def _settle(waiter, future):
     if waiter.done():  # cancelled meanwhile
         return
+    # exception() hands the call's exception over without raising it here: raised, its
+    # traceback would hold this frame, which holds the waiter, which holds the exception,
+    # and a task failing with it would be reported (never retrieved) only by the garbage
+    # collector, not as soon as it is dropped.
     try:
-        waiter.set_result(future.result())
-    except Exception as e:
-        waiter.set_exception(e)
+        exc = future.exception()
+        result = future.result() if exc is None else None
+    except Exception as e:  # the outcome cannot be decoded
+        exc, result = e, None
+    if exc is None:
+        waiter.set_result(result)
+    else:
+        waiter.set_exception(exc)
+
+
+class AioCall:
+    """A call made with ``conn.aio.NAME(...)``: it is under way already, and awaiting this
+    object gives its result (or raises its exception).
+
+    asyncio takes it wherever it takes a coroutine: ``asyncio.create_task``, a TaskGroup's
+    ``create_task``, ``ensure_future``, ``gather``, ``wait_for``, ``shield``,
+    ``as_completed``; ``asyncio.wait`` takes tasks, as for any coroutine. Unlike a
+    coroutine it has started before anything awaits it, may be awaited more than once,
+    and is not reported if nobody awaits it. Cancelling what awaits it (a task, wait_for
+    timing out, a TaskGroup failing) cancels the call, and so does ``cancel()``.
+    """
+
+    __slots__ = ("_waiter", "_name")
+
+    def __init__(self, waiter, name):
+        self._waiter = waiter  # an asyncio future of the calling loop (wrap_future)
+        self._name = name
+
+    # asyncio's repr of a task shows this as the coroutine's name: "add()".
+    @property
+    def __name__(self):
+        return self._name
+
+    def __await__(self):
+        return self._waiter.__await__()
+
+    # The coroutine protocol, as a task drives it: yield the waiter until it is done (the
+    # task sleeps on it, as on any future awaited inside a coroutine), then stop with its
+    # result.
+    def send(self, value):
+        """Coroutine protocol: the waiter while the call runs, then StopIteration(result)."""
+        waiter = self._waiter
+        if not waiter.done():
+            waiter._asyncio_future_blocking = True
+            return waiter
+        try:
+            result = waiter.result()  # raises the call's exception
+        finally:
+            self = waiter = None  # as in throw()
+        raise StopIteration(result)
+
+    def throw(self, typ, val=None, tb=None):
+        """Coroutine protocol: the awaiter gives up on the call with this exception (a
+        task being cancelled, or the call's own exception): cancel the call if it still
+        runs, and raise it."""
+        if val is None:
+            val = typ if isinstance(typ, BaseException) else typ()
+        elif not isinstance(val, BaseException):
+            val = typ(val)
+        if tb is not None:
+            val = val.with_traceback(tb)
+        self._waiter.cancel()
+        try:
+            raise val
+        finally:
+            # The traceback holds this frame: no cycle through it back to the exception
+            # (as asyncio's own Task.__step does).
+            self = val = typ = tb = None
+
+    def close(self):
+        """Coroutine protocol: it will not be awaited; cancel the call if it still runs."""
+        self._waiter.cancel()
+
+    def done(self):
+        """True once the call has completed (or was cancelled)."""
+        return self._waiter.done()
+
+    def cancelled(self):
+        """True if the call was cancelled."""
+        return self._waiter.cancelled()
+
+    def cancel(self, msg=None):
+        """Cancel the call (the host is told). False if it had completed already."""
+        return self._waiter.cancel(msg)
+
+    def result(self):
+        """The call's result; raises its exception, or asyncio.InvalidStateError if it
+        has not completed."""
+        return self._waiter.result()
+
+    def exception(self):
+        """The call's exception (None if it succeeded), as result() does."""
+        return self._waiter.exception()
+
+    def __repr__(self):
+        waiter = self._waiter
+        state = (
+            "pending" if not waiter.done()
+            else "cancelled" if waiter.cancelled()
+            else "failed" if waiter.exception() is not None
+            else "finished"
+        )
+        return f"<tether.AioCall {self._name!r} {state}>"
+
+
+collections.abc.Coroutine.register(AioCall)
 
 
 def call(conn, client, method, args, kwargs, timeout, deadline=None):
-    """conn.aio.METHOD(*args, **kwargs): start the call, return an asyncio future.
+    """conn.aio.METHOD(*args, **kwargs): start the call, return its AioCall.
 
     conn (may be None, once the Connection is gone) learns which loop it is used on.
     """
     loop = asyncio.get_running_loop()  # before the call starts: nobody could await it
     if conn is not None:
         conn._use_loop(loop)
-    return wrap_future(client.call_async(method, args, kwargs, timeout, deadline), loop)
+    return AioCall(wrap_future(client.call_async(method, args, kwargs, timeout, deadline), loop),
+                   method)
+
+
+# ---- attributes of proxies ---------------------------------------------------------------
+
+
+def aio_getattr(proxy, name):
+    """``await tether.aio_getattr(proxy, "name")``: the attribute's value, as ``proxy.name``
+    reads a plain attribute, without blocking the loop: returns the call's AioCall.
+
+    It always asks the owner (one round trip), even for a method's name, which a Python
+    owner answers with the bound method by reference; call methods with
+    ``await tether.aio(proxy.method)(...)``.
+    """
+    return call(None, _attribute_ref("aio_getattr", proxy, name), "__getattr__", (name,), None,
+                None)
+
+
+def aio_setattr(proxy, name, value):
+    """``await tether.aio_setattr(proxy, "name", value)``: ``proxy.name = value`` without
+    blocking the loop; returns the call's AioCall (its result is None)."""
+    return call(None, _attribute_ref("aio_setattr", proxy, name), "__setattr__", (name, value),
+                None, None)
+
+
+def aio_delattr(proxy, name):
+    """``await tether.aio_delattr(proxy, "name")``: ``del proxy.name`` without blocking the
+    loop; returns the call's AioCall (its result is None)."""
+    return call(None, _attribute_ref("aio_delattr", proxy, name), "__delattr__", (name,), None,
+                None)
+
+
+def _attribute_ref(function, proxy, name):
+    """The reference behind proxy, once proxy and name are fit for an attribute call."""
+    if not isinstance(proxy, Proxy):
+        raise TypeError(f"tether.{function} expects a tether.Proxy, not {type(proxy).__name__!r}")
+    if not isinstance(name, str):
+        raise TypeError(f"attribute name must be str, not {type(name).__name__!r}")
+    if name.startswith("_"):  # as the proxy itself refuses them, before anything is sent
+        raise AttributeError(
+            f"{name!r}: names starting with an underscore are not reachable through a proxy"
+        )
+    return _ref(proxy)
 
 
 # ---- services on the loop -------------------------------------------------------------
@@ -165,50 +318,3 @@ class LoopServer:
             self.loop.call_soon_threadsafe(self.loop.remove_reader, self.fd)
         except RuntimeError:  # closed meanwhile
             pass
-
-
-# ---- loop errors to the host's log -------------------------------------------------------
-
-
-class _ErrorForwarder:
-    """A loop's exception handler: sends each error to the host's log of every hooked
-    connection, then hands it on to the handler installed before (or the default one)."""
-
-    def __init__(self, previous):
-        self.previous = previous
-        self.conns = weakref.WeakSet()
-
-    def __call__(self, loop, context):
-        text = None
-        for conn in list(self.conns):
-            if text is None:
-                text = _describe(context)
-            try:
-                conn.log(3, text, logger="asyncio")
-            except Exception:  # not connected, closed: the local report below still happens
-                pass
-        if self.previous is not None:
-            self.previous(loop, context)
-        else:
-            loop.default_exception_handler(context)
-
-
-def _describe(context):
-    """The text of a loop error: its message, the task or callback, the traceback."""
-    lines = [context.get("message") or "Unhandled exception in event loop"]
-    for key in ("task", "future", "handle"):
-        if key in context:
-            lines.append(f"{key}: {context[key]!r}")
-    exc = context.get("exception")
-    if exc is not None:
-        lines.append("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-    return "\n".join(lines).rstrip().replace("\0", "\\0")
-
-
-def hook_loop_errors(loop, conn):
-    """Send the errors loop reports to conn's host log too (see _ErrorForwarder)."""
-    handler = loop.get_exception_handler()
-    if not isinstance(handler, _ErrorForwarder):
-        handler = _ErrorForwarder(handler)
-        loop.set_exception_handler(handler)
-    handler.conns.add(conn)

@@ -406,7 +406,8 @@ def cmd_ls(args, out):
             return EXIT_OK
         now = time.time()
         rows = [
-            ("NAME", "PID", "LANGUAGE", "CONNECTED", "IN FLIGHT", "CALLS IN/OUT", "BYTES IN/OUT")
+            ("NAME", "PID", "LANGUAGE", "CONNECTED", "IN FLIGHT", "CALLS IN/OUT", "BYTES IN/OUT",
+             "SERVICES")
         ]
         for c in clients:
             since = c.get("connected_since") or 0
@@ -424,6 +425,8 @@ def cmd_ls(args, out):
                     c.get("calls_in_flight", 0),
                     f"{c.get('calls_in', 0)} / {c.get('calls_out', 0)}",
                     f"{human_bytes(c.get('bytes_in', 0))} / {human_bytes(c.get('bytes_out', 0))}",
+                    # the services it announced; a host of an older library lists none
+                    ",".join(c.get("services") or []) or "-",
                 )
             )
         print_table(rows, out)

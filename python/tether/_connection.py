@@ -5,7 +5,7 @@ into remote methods:
 
     conn.root.NAME(*args, **kwargs)     call the host's service NAME, wait for the result
     conn.async_.NAME(*args, **kwargs)   the same call, returning a tether.Future at once
-    conn.aio.NAME(*args, **kwargs)      the same call, returning an asyncio future
+    conn.aio.NAME(*args, **kwargs)      the same call, returning a tether.AioCall to await
     conn.notify.NAME(*args, **kwargs)   send a notification: no result, no error
 
 Names that are not identifiers are reached by item: ``conn.root["ns.method"](1)``.
@@ -87,16 +87,28 @@ class AsyncRemoteMethod(RemoteMethod):
 
 class AioRemoteMethod(RemoteMethod):
     """A host service called from asyncio: ``m(*args, **kwargs)`` starts the call and returns
-    an asyncio future of the running loop (await it; cancelling it cancels the call)."""
+    a tether.AioCall (await it, or make it a task; cancelling it cancels the call)."""
 
     __slots__ = ()
 
     def __call__(self, *args, **kwargs):
-        from . import _aio
-
+        aio = _aio or _import_aio()
         conn = _connections.get(id(self._client))
-        return _aio.call(conn, self._client, self._name, args, kwargs, self._timeout,
-                         self._deadline)
+        return aio.call(conn, self._client, self._name, args, kwargs, self._timeout,
+                        self._deadline)
+
+
+# tether._aio once an aio method was called: imported then (it imports asyncio), and kept
+# here so that each call does not pay an import statement.
+_aio = None
+
+
+def _import_aio():
+    global _aio
+    from . import _aio as module
+
+    _aio = module
+    return module
 
 
 class NotifyMethod(RemoteMethod):
@@ -365,14 +377,14 @@ class Connection:
             raise RuntimeError("attach_loop must be called on the thread that made the connection")
         import asyncio
 
-        from . import _aio
+        from . import _aio, _loop_errors
 
         if loop is None:
             loop = asyncio.get_running_loop()
         if self._server is not None and self._server.loop is loop and not loop.is_closed():
             return
         self._detach_loop()
-        _aio.hook_loop_errors(loop, self)
+        _loop_errors.hook_loop_errors(loop, self)
         self._loop = loop
         self._server = _aio.LoopServer(self._client, loop)
         # The server, not self, holds the client, so a dropped connection is still
@@ -389,9 +401,9 @@ class Connection:
         to the host's log, and with serve="loop" serve there if it runs on our thread."""
         if loop is self._loop:
             return
-        from . import _aio
+        from . import _loop_errors
 
-        _aio.hook_loop_errors(loop, self)
+        _loop_errors.hook_loop_errors(loop, self)
         self._loop = loop
         if self._serve == "loop" and not self._closed and threading.get_ident() == self._thread:
             self.attach_loop(loop)
@@ -469,8 +481,11 @@ def connect(
     soon as it sees the script: a dict {name: callable}, or an iterable of functions
     (registered under their __name__) and tether.Service instances.
 
-    A connection made, attached or making aio calls in a running asyncio loop also sends
-    the errors that loop reports (a task's exception nobody retrieved) to the host's log.
+    While the connection is open, the errors the script's asyncio loops report (a task's
+    exception nobody retrieved, an exception in a callback) also go to the host's log:
+    those asyncio logs, from any loop (asyncio.run() after connect included), and every
+    error of a loop the connection was made, attached or made aio calls in, even where
+    the script installed an exception handler of its own (tether's calls it next).
 
     Raises ConnectionRefusedError (no host there), PermissionError (refused),
     TimeoutError, or TetherError.
@@ -478,7 +493,7 @@ def connect(
     conn = _unopened(name, address, timeout, connect_timeout, token, runtime_dir, reconnect,
                      serve, services)
     conn._client.connect()
-    return _opened(conn)
+    return _watched(_opened(conn))
 
 
 async def connect_async(
@@ -502,7 +517,7 @@ async def connect_async(
     conn = _unopened(name, address, timeout, connect_timeout, token, runtime_dir, reconnect,
                      serve, services)
     await loop.run_in_executor(None, conn._client.connect)
-    return _opened(conn)
+    return _watched(_opened(conn))
 
 
 def _unopened(name, address, timeout, connect_timeout, token, runtime_dir, reconnect, serve,
@@ -544,6 +559,14 @@ def _new_client(name, address, timeout, connect_timeout, token, runtime_dir, rec
 def _opened(conn):
     _open.add(conn)
     conn._use_running_loop()
+    return conn
+
+
+def _watched(conn):
+    """conn, which now receives the errors asyncio logs (a script's connection)."""
+    from . import _loop_errors
+
+    _loop_errors.watch(conn)
     return conn
 
 

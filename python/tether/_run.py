@@ -36,6 +36,8 @@ import json
 import os
 import re
 
+from . import _cli
+
 __all__ = ["NamedRun", "PreviousRun", "named_run"]
 
 # The reason a run gives when a new run of its name stops it.
@@ -74,17 +76,6 @@ def named_run(name, *, timeout=10.0):
     return NamedRun(name, timeout=timeout)
 
 
-def _runtime_dir():
-    """Where hosts put their sockets, by the library's rule."""
-    env = os.environ.get("TETHER_RUNTIME_DIR")
-    if env:
-        return env
-    env = os.environ.get("XDG_RUNTIME_DIR")
-    if env:
-        return os.path.join(env, "tether")
-    return f"/tmp/tether-{os.geteuid()}"
-
-
 def _key(name):
     """The file name for a run name: its safe characters, others as %XX, and a digest
     instead of the tail when it is long (socket paths are short)."""
@@ -116,7 +107,7 @@ class NamedRun:
         self.reason = None
         self.replaced_by = None
         self.cancelled = []
-        directory = os.path.join(_runtime_dir(), "runs")
+        directory = os.path.join(_cli.runtime_dir(), "runs")
         self._directory = directory
         self._lock_path = os.path.join(directory, _key(name) + ".lock")
         self._control_path = os.path.join(directory, _key(name) + ".ctl")

@@ -482,6 +482,9 @@ put_text(uint8_t *p, const char *s, size_t len)
 {
     size_t raw = s ? strlen(s) : 0;
     p = tether__mp_put_str_head(p, len);
+    if (raw == 0) {
+        return p; /* NULL is written as "" */
+    }
     if (raw == len) { /* text_len() found it valid (a repair only ever adds bytes) */
         memcpy(p, s, raw);
         return p + raw;

@@ -36,6 +36,7 @@
 #define OUT_IDLE_USEC 1000000u
 
 static void on_poll(uv_poll_t *handle, int status, int events);
+static void serve_poll(tether__link *l, bool attaching, int status, int events);
 
 /* ---- the I/O thread's watcher ------------------------------------------------------ */
 
@@ -101,7 +102,7 @@ run_attach(tether__task *task)
     /* Frames may have come with the handshake (a host may call at once) and nothing
      * more arrive to wake the poll for them: read as if woken, which takes the reader
      * role first (a caller holding it processes them itself). */
-    on_poll(&l->poll, 0, UV_READABLE);
+    serve_poll(l, true, 0, UV_READABLE);
     /* The attach reference now belongs to the handles; dropped when both closed. */
 }
 
@@ -650,14 +651,14 @@ run_handoff(tether__task *task)
     tether__link_unref(l);
 }
 
+/* The poll woke (or run_attach acts as if it had: attaching). */
 static void
-on_poll(uv_poll_t *handle, int status, int events)
+serve_poll(tether__link *l, bool attaching, int status, int events)
 {
-    tether__link *l = handle->data;
     if (status < 0 || atomic_load(&l->state) == TETHER__LINK_CLOSED) {
         /* libuv stopped the watcher on a socket error (the portable build watches the
          * socket itself): the connection is over. */
-        uv_poll_stop(handle);
+        uv_poll_stop(&l->poll);
         if (status < 0) {
             tether__link_fail(l, -ECONNRESET, "polling the socket failed");
         }
@@ -670,6 +671,12 @@ on_poll(uv_poll_t *handle, int status, int events)
         unsigned reported = (events & (UV_READABLE | UV_DISCONNECT) ? TETHER__POLL_READ : 0) |
                             (events & UV_WRITABLE ? TETHER__POLL_WRITE : 0);
         ready = tether__pollset_query(&l->ps, reported);
+    }
+    if (attaching) {
+        /* Frames that came with the handshake wait in the input buffer, which no poll
+         * event tells of: output queued before the attach (a notification sent right
+         * after connecting) made the set report only that, and they were left unread. */
+        ready |= TETHER__POLL_READ;
     }
     tether__link_ref(l);
     if (ready & TETHER__POLL_WRITE) {
@@ -708,6 +715,12 @@ on_poll(uv_poll_t *handle, int status, int events)
     }
 out:
     tether__link_unref(l);
+}
+
+static void
+on_poll(uv_poll_t *handle, int status, int events)
+{
+    serve_poll(handle->data, false, status, events);
 }
 
 /* ---- closing ----------------------------------------------------------------------- */

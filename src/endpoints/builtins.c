@@ -15,6 +15,7 @@
 
 #include "codec/msgpack.h"
 #include "endpoints/host.h"
+#include "rpc/request.h"
 #include "rpc/value.h"
 #include "util/alloc.h"
 #include "util/error.h"
@@ -84,9 +85,32 @@ serve_services(tether_request *req, void *userdata)
     return r;
 }
 
+/* The services a client announced, sorted, as an array value. */
+static int
+services_of(const tether_client_info *c, tether_value **ret)
+{
+    const char **names = tether__calloc(c->service_count ? c->service_count : 1, sizeof(*names));
+    if (!names) {
+        return -ENOMEM;
+    }
+    memcpy(names, c->services, c->service_count * sizeof(*names));
+    qsort(names, c->service_count, sizeof(*names), compare_names);
+    tether__buf b = TETHER__BUF_INIT;
+    int r = tether__mp_array(&b, (uint32_t)c->service_count);
+    for (size_t i = 0; r == 0 && i < c->service_count; i++) {
+        r = tether__mp_str(&b, names[i], strlen(names[i]));
+    }
+    if (r == 0) {
+        r = tether__value_new_copy(tether__buf_head(&b), tether__buf_pending(&b), ret);
+    }
+    tether__buf_done(&b);
+    tether__free(names);
+    return r;
+}
+
 /* tether.clients() -> [{"name", "pid", "language", "language_version", "connected_since"
- * (unix seconds), "calls_in_flight", "calls_in", "calls_out", "bytes_in", "bytes_out"}],
- * oldest first: the troubleshooting view. */
+ * (unix seconds), "calls_in_flight", "calls_in", "calls_out", "bytes_in", "bytes_out",
+ * "services" (the names it announced, sorted)}], oldest first: the troubleshooting view. */
 static int
 serve_clients(tether_request *req, void *userdata)
 {
@@ -101,12 +125,18 @@ serve_clients(tether_request *req, void *userdata)
     r = r < 0 ? r : items ? 0 : -ENOMEM;
     for (size_t i = 0; r == 0 && i < count; i++) {
         const tether_client_info *c = &infos[i];
-        r = tether_value_new(&items[i], "{sssxsssssdsususususu}", "name", c->name, "pid", c->pid,
-                             "language", c->language, "language_version", c->language_version,
-                             "connected_since", (double)c->connected_unix_usec / 1e6,
-                             "calls_in_flight", (uint64_t)c->calls_in_flight, "calls_in",
-                             c->calls_in, "calls_out", c->calls_out, "bytes_in", c->bytes_in,
-                             "bytes_out", c->bytes_out);
+        tether_value *services = NULL;
+        r = services_of(c, &services);
+        if (r == 0) {
+            r = tether_value_new(&items[i], "{sssxsssssdsusususususv}", "name", c->name, "pid",
+                                 c->pid, "language", c->language, "language_version",
+                                 c->language_version, "connected_since",
+                                 (double)c->connected_unix_usec / 1e6, "calls_in_flight",
+                                 (uint64_t)c->calls_in_flight, "calls_in", c->calls_in, "calls_out",
+                                 c->calls_out, "bytes_in", c->bytes_in, "bytes_out", c->bytes_out,
+                                 "services", services);
+        }
+        tether_value_unref(services);
     }
     tether_value *result = NULL;
     if (items) {
@@ -144,7 +174,7 @@ control_client(tether_request *req, tether_host *h, bool disconnect)
         }
     }
     if (r == 0) {
-        r = !target ? TETHER_ENOENT
+        r = !target      ? TETHER_ENOENT
             : disconnect ? tether_host_disconnect_client(h, target->conn)
                          : tether_host_reset_client(h, target->conn);
         if (r == TETHER_ENOENT) {
@@ -167,11 +197,27 @@ serve_disconnect_client(tether_request *req, void *userdata)
     return control_client(req, userdata, true);
 }
 
+/*
+ * A forwarded call holds the caller's request (a reference, as the future callback's
+ * userdata) and the request holds the future (a reference, as its cancel hook's arg):
+ * whichever of the answer and a cancel comes first ends the other.
+ */
+
+/* The caller cancelled the call, or its connection is gone: so is the forwarded one. */
+static void
+forwarded_cancelled(void *arg)
+{
+    tether_future *future = arg;
+    tether_future_cancel(future);
+    tether_future_unref(future);
+}
+
 /* The client answered a forwarded call (I/O thread): pass its outcome on. */
 static void
 forwarded_done(tether_future *future, void *userdata)
 {
     tether_request *req = userdata;
+    tether_future_unref(tether__request_take_cancel_hook(req));
     tether_value *result = NULL;
     tether_error error = TETHER_ERROR_INIT;
     if (tether_future_get_result(future, &result, &error) == 0) {
@@ -184,8 +230,13 @@ forwarded_done(tether_future *future, void *userdata)
     tether_request_unref(req);
 }
 
-/* tether.call_client(name, method, args=[], kwargs={}): method(*args, **kwargs) on the
- * client called name (the most recent of that name); its outcome, error type included. */
+/*
+ * tether.call_client(name, method, args=[], kwargs={}): method(*args, **kwargs) on the
+ * client called name (the most recent of that name); its outcome, error type included.
+ * The forwarded call has the caller's silence timeout, so a client gone silent times out
+ * the caller as the caller asked (tether.Timeout); a caller's deadline does not travel,
+ * but its CANCEL when the deadline passes does, and cancels the forwarded call.
+ */
 static int
 serve_call_client(tether_request *req, void *userdata)
 {
@@ -199,21 +250,36 @@ serve_call_client(tether_request *req, void *userdata)
     }
     tether_conn *conn = NULL;
     tether_future *future = NULL;
+    uint64_t timeout_ms = req->timeout_ms;
+    /* 0 from the caller means no silence bound, here as there. */
+    tether_call_options options = {.timeout_usec = timeout_ms == 0 || timeout_ms > UINT64_MAX / 1000
+                                                       ? TETHER_TIMEOUT_INFINITE
+                                                       : timeout_ms * 1000};
     int r;
     if (!name || !method || !*method) {
-        r = tether_request_reply_error(req, "ValueError", "tether.call_client(name, method, "
-                                                          "args=[], kwargs={}) needs a name and "
-                                                          "a method");
+        r = tether_request_reply_error(req, "ValueError",
+                                       "tether.call_client(name, method, "
+                                       "args=[], kwargs={}) needs a name and "
+                                       "a method");
     } else if (tether_host_get_client(h, name, &conn) < 0) {
         r = tether_request_reply_error(req, "LookupError", "no client named '%s'", name);
-    } else if ((r = tether_conn_call_async_values(conn, method, args, kwargs, NULL, &future)) < 0) {
+    } else if (tether_request_is_notification(req)) {
+        r = tether_conn_notify_values(conn, method, args, kwargs);
+    } else if ((r = tether_conn_call_async_values(conn, method, args, kwargs, &options, &future)) <
+               0) {
         r = tether_request_reply_error(req, r == TETHER_EINVAL ? "TypeError" : TETHER__ERR_GENERIC,
                                        "cannot call client '%s': %s", name, tether_strerror(r));
+    } else if (tether__request_set_cancel_hook(req, forwarded_cancelled,
+                                               tether_future_ref(future)) < 0) {
+        tether_future_cancel(future);
+        tether_future_unref(future); /* the hook's reference */
+        tether_future_unref(future);
     } else {
         r = tether_future_set_callback(future, TETHER_CONTEXT_IO, forwarded_done,
                                        tether_request_ref(req));
         if (r < 0) {
             tether_request_unref(req); /* the callback will not run */
+            tether_future_unref(tether__request_take_cancel_hook(req));
         }
         tether_future_unref(future);
     }

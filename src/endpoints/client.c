@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "codec/msgpack.h"
 #include "conn/transport.h"
 #include "rpc/conn.h"
 #include "rpc/value.h"
@@ -372,6 +373,60 @@ tether_client_unref(tether_client *cl)
     return NULL;
 }
 
+/*
+ * Tell the host of services: all of them as the client connects, each one registered
+ * later on its own, so that a host waiting for one can call it. The host reads frames in
+ * order: what the client sends after connecting reaches it after the announcement.
+ */
+static int
+encode_announce(tether__buf *out, void *arg)
+{
+    tether__buf *args = arg;
+    return tether__encode_notify(out, 0, 0, TETHER__ANNOUNCE, sizeof(TETHER__ANNOUNCE) - 1,
+                                 tether__buf_head(args), tether__buf_pending(args), NULL, 0);
+}
+
+static int
+announce(tether_client *cl, tether_conn *c, const char *const *names, size_t count)
+{
+    tether__buf b = TETHER__BUF_INIT;
+    int r = tether__mp_array(&b, 1);
+    r = r < 0 ? r : tether__mp_array(&b, (uint32_t)count);
+    for (size_t i = 0; r == 0 && i < count; i++) {
+        r = tether__mp_str(&b, names[i], strlen(names[i]));
+    }
+    if (r == 0) {
+        /* Written at once, as a synchronous call's request is, rather than left to an
+         * I/O thread that may not have taken the new connection over yet. */
+        r = tether__conn_send(c, encode_announce, &b, true);
+    }
+    tether__buf_done(&b);
+    if (r < 0) {
+        /* The next connection announces them all again. */
+        tether__log(cl->ep, TETHER_LOG_DEBUG, "could not announce %zu service(s) to the host: %s",
+                    count, tether_strerror(r));
+    }
+    return r;
+}
+
+/* Announce every registered service on c, a new connection. */
+static void
+announce_all(tether_client *cl, tether_conn *c)
+{
+    char **names = NULL;
+    size_t count = 0;
+    if (tether__endpoint_service_names(cl->ep, &names, &count) < 0) {
+        return;
+    }
+    if (count > 0) {
+        announce(cl, c, (const char *const *)names, count);
+    }
+    for (size_t i = 0; i < count; i++) {
+        tether__free(names[i]);
+    }
+    tether__free(names);
+}
+
 int
 tether_client_add_service(tether_client *cl, const char *name, tether_context context,
                           tether_handler_fn handler, void *userdata)
@@ -379,7 +434,21 @@ tether_client_add_service(tether_client *cl, const char *name, tether_context co
     if (!cl) {
         return -EINVAL;
     }
-    return tether__endpoint_add_service(cl->ep, name, context, handler, userdata);
+    int r = tether__endpoint_add_service(cl->ep, name, context, handler, userdata);
+    if (r < 0) {
+        return r;
+    }
+    /* Registered after connecting: the host learns of it now. A connection made after
+     * this point announces it with the others (connect_once takes the names only once
+     * it has published the connection). */
+    pthread_mutex_lock(&cl->lock);
+    tether_conn *c = cl->conn ? tether_conn_ref(cl->conn) : NULL;
+    pthread_mutex_unlock(&cl->lock);
+    if (c && tether_conn_is_connected(c)) {
+        announce(cl, c, &name, 1);
+    }
+    tether_conn_unref(c);
+    return 0;
 }
 
 int
@@ -611,6 +680,7 @@ connect_once(tether_client *cl, tether_error *reterr)
         pthread_mutex_unlock(&cl->lock);
         tether__conn_attach(c);
         tether__log(cl->ep, TETHER_LOG_INFO, "connected to host '%s'", host_name ? host_name : "");
+        announce_all(cl, c);
     } else {
         tether_conn_unref(c);
     }

@@ -22,11 +22,13 @@
 #include <unistd.h>
 
 #include "codec/frame.h"
+#include "codec/msgpack.h"
 #include "conn/transport.h"
 #include "endpoints/host.h"
 #include "platform/platform.h"
 #include "rpc/value.h"
 #include "util/alloc.h"
+#include "util/condwait.h"
 #include "util/utf8.h"
 
 #define DEFAULT_MAX_CLIENTS 1024u
@@ -54,6 +56,8 @@ struct tether_host {
     bool keep_fd_limit;
     tether_client_event_fn on_client;
     void *on_client_userdata;
+    tether_client_service_fn on_client_service;
+    void *on_client_service_userdata;
 
     bool started, stopped; /* guarded by lock */
     char *address;         /* "unix:..." once started */
@@ -120,6 +124,240 @@ post_client_event(tether_host *h, tether_conn *c, int event)
     tether__mainq_push(h->ep->mainq, NULL, &e->work);
 }
 
+/* ---- service announcements ----------------------------------------------------------- */
+
+typedef struct service_event {
+    tether__work work;
+    tether_client_service_fn fn;
+    void *userdata;
+    tether_conn *conn;
+    char name[]; /* NUL-terminated */
+} service_event;
+
+static void
+run_service_event(tether__work *w)
+{
+    service_event *e = (service_event *)w;
+    e->fn(e->userdata, e->conn, e->name);
+    tether_conn_unref(e->conn);
+    tether__free(e);
+}
+
+static void
+discard_service_event(tether__work *w)
+{
+    service_event *e = (service_event *)w;
+    tether_conn_unref(e->conn);
+    tether__free(e);
+}
+
+static void
+post_service_event(tether_host *h, tether_conn *c, const char *name, size_t len)
+{
+    service_event *e = h->on_client_service ? tether__calloc(1, sizeof(*e) + len + 1) : NULL;
+    if (!e) {
+        return;
+    }
+    *e = (service_event){.work = {.run = run_service_event, .discard = discard_service_event},
+                         .fn = h->on_client_service,
+                         .userdata = h->on_client_service_userdata,
+                         .conn = tether_conn_ref(c)};
+    memcpy(e->name, name, len);
+    e->name[len] = '\0';
+    /* The lane of the client events: a client's CONNECTED comes before its services. */
+    tether__mainq_push(h->ep->mainq, NULL, &e->work);
+}
+
+/* Whether the announced list of c holds name (conn lock held). */
+static bool
+has_service_locked(const tether_conn *c, const char *name, size_t len)
+{
+    for (size_t at = 0; at < c->peer_services_len;) {
+        size_t n = strlen(c->peer_services + at);
+        if (n == len && memcmp(c->peer_services + at, name, len) == 0) {
+            return true;
+        }
+        at += n + 1;
+    }
+    return false;
+}
+
+/* Names a host keeps per client: beyond, an announcement is refused whole (the list is
+ * searched name by name, so it must stay short). */
+#define MAX_ANNOUNCED 4096
+
+/*
+ * The names of an announcement's args ([[name, ...]]) into *ret_list, read in one pass
+ * over the msgpack bytes. Returns 0, or -EINVAL (not one list of non-empty names
+ * without NUL bytes), -E2BIG (more than MAX_ANNOUNCED).
+ */
+static int
+announced_names(tether_request *req, tether__mp_reader *ret_list, uint32_t *ret_count)
+{
+    const void *data;
+    size_t size;
+    tether_value *args = tether_request_get_args(req);
+    if (!args || tether_value_get_msgpack(args, &data, &size) < 0) {
+        return -ENOMEM;
+    }
+    tether__mp_reader r = {data, (const uint8_t *)data + size};
+    uint32_t outer, count;
+    if (tether__mp_read_array(&r, &outer) < 0 || outer != 1 ||
+        tether__mp_read_array(&r, &count) < 0) {
+        return -EINVAL;
+    }
+    if (count > MAX_ANNOUNCED) {
+        return -E2BIG;
+    }
+    *ret_list = r;
+    *ret_count = count;
+    for (uint32_t i = 0; i < count; i++) {
+        tether__span name;
+        if (tether__mp_read_str(&r, &name) < 0 || name.len == 0 ||
+            memchr(name.ptr, '\0', name.len)) {
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+/*
+ * tether.announce([name, ...]), a client's notification (I/O thread): remember the
+ * names, wake the threads waiting for one, tell the main thread of each new one. The
+ * whole announcement is checked before any name is taken, so a bad one changes nothing.
+ */
+static int
+serve_announce(tether_request *req, void *userdata)
+{
+    tether_host *h = userdata;
+    tether_conn *c = tether_request_get_conn(req);
+    tether__mp_reader list;
+    uint32_t count = 0;
+    int r = announced_names(req, &list, &count);
+    if (r == 0) {
+        /* The host lock as well: tether_host_list_clients sizes its copy under it. */
+        pthread_mutex_lock(&h->lock);
+        pthread_mutex_lock(&c->link.lock);
+        size_t known = 0;
+        for (size_t at = 0; at < c->peer_services_len; at++) {
+            known += c->peer_services[at] == '\0';
+        }
+        if (known + count > MAX_ANNOUNCED) {
+            r = -E2BIG;
+        }
+        size_t added_from = c->peer_services_len;
+        for (uint32_t i = 0; r == 0 && i < count; i++) {
+            tether__span name;
+            tether__mp_read_str(&list, &name);
+            if (has_service_locked(c, (const char *)name.ptr, name.len)) {
+                continue;
+            }
+            char *grown = tether__realloc(c->peer_services, c->peer_services_len + name.len + 1);
+            if (!grown) {
+                r = -ENOMEM;
+                break;
+            }
+            memcpy(grown + c->peer_services_len, name.ptr, name.len);
+            grown[c->peer_services_len + name.len] = '\0';
+            c->peer_services = grown;
+            c->peer_services_len += name.len + 1;
+        }
+        /* The names added, copied to tell the main thread outside the locks. */
+        size_t added_len = c->peer_services_len - added_from;
+        char *added = added_len ? tether__malloc(added_len) : NULL;
+        if (added) {
+            memcpy(added, c->peer_services + added_from, added_len);
+        }
+        if (added_len) {
+            pthread_cond_broadcast(&c->peer_services_changed);
+        }
+        pthread_mutex_unlock(&c->link.lock);
+        pthread_mutex_unlock(&h->lock);
+        for (size_t at = 0; added && at < added_len;) {
+            size_t len = strlen(added + at);
+            tether__log(h->ep, TETHER_LOG_DEBUG, "client %s offers %s", c->link.peer_name,
+                        added + at);
+            post_service_event(h, c, added + at, len);
+            at += len + 1;
+        }
+        tether__free(added);
+    }
+    if (r == -EINVAL || r == -E2BIG) {
+        char why[64];
+        snprintf(why, sizeof(why),
+                 r == -EINVAL ? "something else than a list of names" : "more than %d services",
+                 MAX_ANNOUNCED);
+        tether__log(h->ep, TETHER_LOG_NOTICE, "client %s announced %s; ignored",
+                    c->link.peer_name ? c->link.peer_name : "?", why);
+        return tether_request_reply_error(req, r == -EINVAL ? "TypeError" : "ValueError",
+                                          "tether.announce takes one list of service names "
+                                          "(got %s)",
+                                          why);
+    }
+    return r;
+}
+
+/* A host's connection to a client, not a client's own connection to its host. */
+static bool
+is_client_conn(const tether_conn *c)
+{
+    return c->ep->is_host;
+}
+
+int
+tether_conn_has_service(tether_conn *c, const char *name)
+{
+    if (!c || !name || !*name) {
+        return -EINVAL;
+    }
+    if (!is_client_conn(c)) {
+        return -ENOTSUP;
+    }
+    pthread_mutex_lock(&c->link.lock);
+    bool found = has_service_locked(c, name, strlen(name));
+    pthread_mutex_unlock(&c->link.lock);
+    return found;
+}
+
+int
+tether_conn_wait_service(tether_conn *c, const char *name, uint64_t timeout_usec)
+{
+    if (!c || !name || !*name) {
+        return -EINVAL;
+    }
+    if (!is_client_conn(c)) {
+        return -ENOTSUP;
+    }
+    if (tether__ioloop_in_thread(c->link.loop)) {
+        return -EDEADLK;
+    }
+    uint64_t deadline =
+        timeout_usec == TETHER_TIMEOUT_INFINITE ? UINT64_MAX : tether_now_usec() + timeout_usec;
+    size_t len = strlen(name);
+    int r;
+    pthread_mutex_lock(&c->link.lock);
+    for (;;) {
+        if (has_service_locked(c, name, len)) {
+            r = 0;
+            break;
+        }
+        if (tether__conn_state(c) != TETHER__LINK_OPEN) {
+            r = -ECONNRESET;
+            break;
+        }
+        uint64_t now = tether_now_usec();
+        if (now >= deadline) {
+            r = -ETIMEDOUT;
+            break;
+        }
+        /* At most a second at a time: the close is seen even if its wake-up is missed. */
+        tether__cond_wait_until(&c->peer_services_changed, &c->link.lock,
+                                deadline - now > 1000000 ? now + 1000000 : deadline);
+    }
+    pthread_mutex_unlock(&c->link.lock);
+    return r;
+}
+
 /* ---- registry ---------------------------------------------------------------------- */
 
 static void
@@ -165,6 +403,10 @@ registry_remove(tether_host *h, tether_conn *c)
 static void
 hook_conn_closed(tether__endpoint *ep, tether_conn *c)
 {
+    /* Threads waiting for one of its services give up. */
+    pthread_mutex_lock(&c->link.lock);
+    pthread_cond_broadcast(&c->peer_services_changed);
+    pthread_mutex_unlock(&c->link.lock);
     tether_host *h = ep->owner;
     if (!h || !registry_remove(h, c)) {
         return;
@@ -551,6 +793,8 @@ tether_host_new(const tether_host_options *opts, tether_host **ret_host)
     h->max_clients = opts->max_clients ? opts->max_clients : DEFAULT_MAX_CLIENTS;
     h->on_client = opts->on_client;
     h->on_client_userdata = opts->on_client_userdata;
+    h->on_client_service = opts->on_client_service;
+    h->on_client_service_userdata = opts->on_client_service_userdata;
     h->handshake_timeout_usec =
         opts->handshake_timeout_usec ? opts->handshake_timeout_usec : DEFAULT_HANDSHAKE_USEC;
     h->keep_fd_limit = opts->keep_fd_limit;
@@ -567,6 +811,10 @@ tether_host_new(const tether_host_options *opts, tether_host **ret_host)
     if (r == 0 && opts->unix_path) {
         h->unix_path_option = tether__strdup(opts->unix_path);
         r = h->unix_path_option ? 0 : -ENOMEM;
+    }
+    if (r == 0) {
+        /* Part of the protocol, not an option: every host learns its clients' services. */
+        r = tether_host_add_service(h, TETHER__ANNOUNCE, TETHER_CONTEXT_IO, serve_announce, h);
     }
     if (r == 0) {
         r = tether__builtins_add(h, opts->builtin_services);
@@ -871,21 +1119,30 @@ tether_host_list_clients(tether_host *h, tether_client_info **ret_infos, size_t 
     *ret_infos = NULL;
     *ret_count = 0;
     pthread_mutex_lock(&h->lock);
-    size_t n = 0, strings = 0;
+    size_t n = 0, strings = 0, services = 0; /* clients, bytes of text, service names */
     for (tether_conn *c = h->conns; c; c = c->owner_next) {
         if (c->link.peer_name && tether__conn_state(c) == TETHER__LINK_OPEN) {
             n++;
             strings += strlen(c->link.peer_name) + strlen(c->link.peer_language) +
                        strlen(c->link.peer_language_version) + 3;
+            pthread_mutex_lock(&c->link.lock);
+            strings += c->peer_services_len;
+            for (size_t at = 0; at < c->peer_services_len; at++) {
+                services += c->peer_services[at] == '\0';
+            }
+            pthread_mutex_unlock(&c->link.lock);
         }
     }
-    /* One block: the array, then the strings it points to. */
-    tether_client_info *infos = tether__calloc(1, n * sizeof(*infos) + strings + 1);
+    /* One block: the array, the service name pointers, then the strings they point to.
+     * The host lock keeps the clients and their announced services as counted. */
+    tether_client_info *infos =
+        tether__calloc(1, n * sizeof(*infos) + services * sizeof(char *) + strings + 1);
     if (!infos) {
         pthread_mutex_unlock(&h->lock);
         return -ENOMEM;
     }
-    char *text = (char *)(infos + n);
+    const char **names = (const char **)(infos + n);
+    char *text = (char *)(names + services);
     size_t i = n;
     /* The registry is newest first; fill from the back for oldest first. */
     for (tether_conn *c = h->conns; c && i > 0; c = c->owner_next) {
@@ -904,6 +1161,15 @@ tether_host_list_clients(tether_host *h, tether_client_info **ret_infos, size_t 
         }
         pthread_mutex_lock(&c->link.lock);
         info->calls_in_flight = c->pending_count + c->running_count;
+        info->services = names;
+        for (size_t at = 0; at < c->peer_services_len;) {
+            size_t len = strlen(c->peer_services + at) + 1;
+            memcpy(text, c->peer_services + at, len);
+            names[info->service_count++] = text;
+            text += len;
+            at += len;
+        }
+        names += info->service_count;
         pthread_mutex_unlock(&c->link.lock);
         info->conn = tether_conn_ref(c);
         info->pid = c->link.peer_pid;

@@ -9,11 +9,13 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 #include "rpc/call.h"
 #include "rpc/request.h"
 #include "util/alloc.h"
+#include "util/condwait.h"
 
 /* ---- the link's hooks ------------------------------------------------------------ */
 
@@ -34,7 +36,12 @@ static void
 hook_request(tether__link *l, const tether__frame *f)
 {
     tether_conn *c = tether__conn_of(l);
-    atomic_fetch_add_explicit(&c->calls_in, 1, memory_order_relaxed);
+    bool announce = f->kind == TETHER__NOTIFY && f->target == 0 &&
+                    f->method.len == sizeof(TETHER__ANNOUNCE) - 1 &&
+                    memcmp(f->method.ptr, TETHER__ANNOUNCE, f->method.len) == 0;
+    if (!announce) {
+        atomic_fetch_add_explicit(&c->calls_in, 1, memory_order_relaxed);
+    }
     tether__conn_on_request(c, f);
 }
 
@@ -136,6 +143,8 @@ hook_destroy(tether__link *l)
     tether__conn_drop_objects(c);
     tether__link_done(&c->link);
     tether__free(c->pending);
+    tether__free(c->peer_services);
+    pthread_cond_destroy(&c->peer_services_changed);
     tether__endpoint *ep = c->ep;
     tether__free(c);
     tether__endpoint_unref(ep);
@@ -184,6 +193,7 @@ tether__conn_new(tether__endpoint *ep, int fd, bool is_tcp, int state, tether_co
         return r;
     }
     c->ep = tether__endpoint_ref(ep);
+    tether__cond_init_monotonic(&c->peer_services_changed);
     c->fork_generation = tether__fork_generation();
     c->is_tcp = is_tcp;
     atomic_init(&c->next_id, 1);

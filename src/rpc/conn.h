@@ -62,6 +62,14 @@ struct tether_conn {
 
     tether__lane lane; /* this connection's lane in the endpoint's main-thread queue */
 
+    /* Host side, conn lock: the services the client announced (tether.announce, see
+     * endpoints/host.c), each name ended by NUL, peer_services_len bytes in all;
+     * peer_services_changed (CLOCK_MONOTONIC) is broadcast when the list grows and when
+     * the connection closes. */
+    char *peer_services;
+    size_t peer_services_len;
+    pthread_cond_t peer_services_changed;
+
     void *owner_data; /* host: registry bookkeeping */
     /* Host side: told (on the I/O thread) when the handshake completes; set before the
      * connection is attached (a spawned child's, see spawn.c). */

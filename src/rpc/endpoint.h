@@ -77,6 +77,11 @@ struct tether__endpoint {
     tether__service *services[64]; /* guarded by services_lock; chained hash on name */
 };
 
+/* The notification a client sends its host to name its services: as it connects (all
+ * of them) and when it registers one later; args [[name, ...]] (docs/protocol.md,
+ * "Service announcements"). Protocol bookkeeping: not counted as a call. */
+#define TETHER__ANNOUNCE "tether.announce"
+
 #define TETHER__DEFAULT_TIMEOUT_USEC (30ull * 1000 * 1000)
 #define TETHER__DEFAULT_MAX_IN_FLIGHT 1024u
 #define TETHER__DEFAULT_MAX_OUTPUT_BYTES (64ull * 1024 * 1024)

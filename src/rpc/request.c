@@ -93,7 +93,9 @@ reply_too_large(tether_request *req)
     if (req->notification || atomic_load(&req->cancelled)) {
         return;
     }
-    response_arg err = {.id = req->id, .is_error = true, .type = TETHER__ERR_MESSAGE_TOO_LARGE,
+    response_arg err = {.id = req->id,
+                        .is_error = true,
+                        .type = TETHER__ERR_MESSAGE_TOO_LARGE,
                         .message = "the result is over the frame size or nesting limit"};
     tether__conn_send(req->conn, encode_response, &err, false);
 }
@@ -111,7 +113,9 @@ send_response(tether_request *req, response_arg *a)
     if (a->result && !tether__value_sendable(a->result)) {
         r = -EMSGSIZE;
     } else if (a->result && (r = tether__conn_export_lists(req->conn, &objects, 1)) < 0) {
-        response_arg err = {.id = req->id, .is_error = true, .type = "TypeError",
+        response_arg err = {.id = req->id,
+                            .is_error = true,
+                            .type = "TypeError",
                             .message = "the result holds a proxy of another connection"};
         if (r == -EINVAL) {
             tether__conn_send(req->conn, encode_response, &err, false);
@@ -207,8 +211,7 @@ tether_request_reply(tether_request *req, const char *format, ...)
 }
 
 static int
-reply_error_full(tether_request *req, const char *type, const char *message,
-                 const char *traceback)
+reply_error_full(tether_request *req, const char *type, const char *message, const char *traceback)
 {
     if (!claim_reply(req)) {
         return -EALREADY;
@@ -346,7 +349,8 @@ tether_request_unref(tether_request *req)
         return NULL;
     }
     if (!atomic_load(&req->replied)) {
-        reply_error_text(req, TETHER__ERR_GENERIC, "the handler dropped the request without replying");
+        reply_error_text(req, TETHER__ERR_GENERIC,
+                         "the handler dropped the request without replying");
     }
     tether_value_unref(req->args);
     tether_value_unref(req->kwargs);
@@ -672,27 +676,95 @@ tether__conn_on_request(tether_conn *c, const tether__frame *f)
     route_request(c, req, svc.context);
 }
 
+int
+tether__request_set_cancel_hook(tether_request *req, void (*hook)(void *arg), void *arg)
+{
+    tether_conn *c = req->conn;
+    pthread_mutex_lock(&c->link.lock);
+    bool cancelled = atomic_load(&req->cancelled);
+    if (!cancelled) {
+        req->cancel_hook = hook;
+        req->cancel_arg = arg;
+    }
+    pthread_mutex_unlock(&c->link.lock);
+    return cancelled ? -ECANCELED : 0;
+}
+
+void *
+tether__request_take_cancel_hook(tether_request *req)
+{
+    tether_conn *c = req->conn;
+    pthread_mutex_lock(&c->link.lock);
+    void *arg = req->cancel_hook ? req->cancel_arg : NULL;
+    req->cancel_hook = NULL;
+    req->cancel_arg = NULL;
+    pthread_mutex_unlock(&c->link.lock);
+    return arg;
+}
+
+/* Mark req cancelled (conn lock held); true if a hook is now due, which the caller
+ * runs with run_cancel_hook once the lock is released. */
+static bool
+cancel_locked(tether_request *req)
+{
+    atomic_store(&req->cancelled, true);
+    if (!req->cancel_hook) {
+        return false;
+    }
+    tether_request_ref(req);
+    return true;
+}
+
+static void
+run_cancel_hook(tether_request *req)
+{
+    tether_conn *c = req->conn;
+    pthread_mutex_lock(&c->link.lock);
+    void (*hook)(void *) = req->cancel_hook;
+    void *arg = req->cancel_arg;
+    req->cancel_hook = NULL;
+    req->cancel_arg = NULL;
+    pthread_mutex_unlock(&c->link.lock);
+    if (hook) {
+        hook(arg);
+    }
+    tether_request_unref(req);
+}
+
 void
 tether__conn_on_cancel(tether_conn *c, uint64_t id)
 {
+    tether_request *due = NULL;
     pthread_mutex_lock(&c->link.lock);
     for (tether_request *req = c->running; req; req = req->run_next) {
         if (req->id == id) {
-            atomic_store(&req->cancelled, true);
+            due = cancel_locked(req) ? req : NULL;
             break;
         }
     }
     pthread_mutex_unlock(&c->link.lock);
+    if (due) {
+        run_cancel_hook(due);
+    }
 }
 
 void
 tether__request_cancel_all(tether_conn *c)
 {
+    tether_request *due = NULL;
     pthread_mutex_lock(&c->link.lock);
     for (tether_request *req = c->running; req; req = req->run_next) {
-        atomic_store(&req->cancelled, true);
+        if (cancel_locked(req)) {
+            req->cancel_next = due;
+            due = req;
+        }
     }
     pthread_mutex_unlock(&c->link.lock);
+    while (due) {
+        tether_request *next = due->cancel_next;
+        run_cancel_hook(due);
+        due = next;
+    }
 }
 
 /* ---- progress ------------------------------------------------------------------------ */

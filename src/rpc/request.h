@@ -27,24 +27,40 @@ struct tether_request {
     const char *method;
     const uint8_t *args_raw, *kwargs_raw;
     size_t args_len, kwargs_len;
-    tether_value *args, *kwargs; /* made on first use */
+    tether_value *args, *kwargs;           /* made on first use */
     tether__objvec args_objs, kwargs_objs; /* bound at arrival, given to args, kwargs */
-    tether_object *object;       /* a method call's target; NULL for a service */
-    tether_error read_error;     /* from a failed tether_request_read */
+    tether_object *object;                 /* a method call's target; NULL for a service */
+    tether_error read_error;               /* from a failed tether_request_read */
     /* Running list (a reply is owed and the handler kept the request), conn lock. */
     struct tether_request *run_next, *run_prev;
     bool running;
     /* The service that runs it, and how it gets there for MAIN and POOL services. */
     tether_handler_fn handler;
     void *userdata;
-    tether__work work; /* MAIN: queued on the endpoint's main-thread queue */
-    uv_work_t pool_work; /* POOL: libuv's worker pool */
+    /* Called once, outside the conn lock, if the request is cancelled while running (a
+     * CANCEL, or its connection lost); set and taken under the conn lock. */
+    void (*cancel_hook)(void *arg);
+    void *cancel_arg;
+    struct tether_request *cancel_next; /* tether__request_cancel_all's list */
+    tether__work work;                  /* MAIN: queued on the endpoint's main-thread queue */
+    uv_work_t pool_work;                /* POOL: libuv's worker pool */
     /* method, args and kwargs bytes follow the struct */
 };
 
 void tether__conn_on_request(tether_conn *conn, const tether__frame *frame);
 void tether__conn_on_cancel(tether_conn *conn, uint64_t id);
 void tether__request_cancel_all(tether_conn *conn);
+
+/*
+ * Have hook(arg) called once if req is cancelled while it runs: a handler that passes the
+ * work on (a forwarded call) passes the cancel on too. hook owns arg once it is called.
+ * Returns 0, or -ECANCELED if req was cancelled already (hook is not called; arg stays
+ * the caller's). Thread: any.
+ */
+int tether__request_set_cancel_hook(tether_request *req, void (*hook)(void *arg), void *arg);
+/* Remove the hook: its arg if it had not been called (the caller owns it again), else
+ * NULL. Thread: any. */
+void *tether__request_take_cancel_hook(tether_request *req);
 
 /* The calling thread's chain id while it runs a handler, 0 otherwise. */
 uint64_t tether__current_chain(void);

@@ -139,6 +139,7 @@ static const struct error_row {
     {EMSGSIZE, "EMSGSIZE", TETHER__ERR_MESSAGE_TOO_LARGE, WIRE, "a message over a size limit"},
     {ENOBUFS, "ENOBUFS", TETHER__ERR_TOO_MANY_REQUESTS, WIRE, "too many requests in flight"},
     {ECANCELED, "ECANCELED", TETHER__ERR_CANCELLED, WIRE, "the call was cancelled"},
+    {ETIMEDOUT, "ETIMEDOUT", TETHER__ERR_TIMEOUT, WIRE, "the call timed out"},
 };
 
 

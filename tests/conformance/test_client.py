@@ -112,12 +112,20 @@ def test_client_cancels_a_call_after_its_silence_timeout(listener, client_of):
 
 
 def serving(listener, client_of):
-    """A client in serve mode, after its started() notification."""
+    """A client in serve mode, after its announcement and its started() notification."""
     client = client_of("serve")
     p, _ = listener.accept_client()
-    f = p.recv_kind(NOTIFY)
-    assert f[3] == "started"
+    assert p.recv_kind(NOTIFY)[3] == "tether.announce"
+    assert p.recv_kind(NOTIFY)[3] == "started"
     return client, p
+
+
+def test_client_announces_its_services_right_after_welcome(listener, client_of):
+    client_of("serve")
+    p, _ = listener.accept_client()
+    f = p.recv()
+    assert f[:4] == [NOTIFY, 0, 0, "tether.announce"] and f[5] == {}
+    assert sorted(f[4][0]) == ["call_host", "echo", "notify_back", "record", "recorded"]
 
 
 def test_client_answers_ping_with_the_same_nonce(listener, client_of):
