@@ -500,12 +500,14 @@ def test_pong_is_ignored_by_the_host(conn):
 def test_log_goes_to_the_hosts_log(host, conn):
     conn.send([LOG, 4, "conformance.logger", "a record from the raw peer"])
     assert host.wait_log("a record from the raw peer")
+    assert host.log_level_of("a record from the raw peer") == 4
     assert conn.alive()
 
 
 def test_log_with_unknown_level_is_kept(host, conn):
     conn.send([LOG, 99, "conformance.logger", "a record at level 99"])
     assert host.wait_log("a record at level 99")
+    assert host.log_level_of("a record at level 99") == 6  # info
     assert conn.alive()
 
 
