@@ -4,7 +4,8 @@
 #
 #   make               configure and build in build/ (RelWithDebInfo, assertions kept)
 #   make deps          install missing packages (DEPS=test by default; see install-deps)
-#   make test          build, run ctest, then pytest on python/tests if it has tests
+#   make test          build, run ctest, then pytest on python/tests if it has tests, then
+#                      the protocol conformance suite (make conformance: tests/conformance)
 #   make test-posix    the same with the portable platform layer (TETHER_PLATFORM=posix:
 #                      poll, pipes, no epoll or eventfd) in build-posix/: what a port to
 #                      macOS or a BSD builds, run here on Linux
@@ -67,8 +68,8 @@ configure = $(CMAKE) -S . -B $(1) -G Ninja -DCMAKE_BUILD_TYPE=$(2) \
 
 deps = @if [ -z "$(TETHER_SKIP_DEPS)" ]; then $(INSTALL_DEPS) $(1); fi
 
-.PHONY: build all deps test test-posix pytest bench bench-charts demo asan tsan fuzz install \
-	wheel format format-check pictures clean
+.PHONY: build all deps test test-posix pytest conformance bench bench-charts hardening demo asan tsan \
+	fuzz install wheel format format-check pictures clean
 
 all: build
 
@@ -86,6 +87,7 @@ test:
 	$(CMAKE) --build $(BUILD)
 	$(CTEST) --test-dir $(BUILD) --output-on-failure -j$(CTEST_JOBS)
 	@$(MAKE) --no-print-directory pytest
+	@$(MAKE) --no-print-directory conformance
 
 test-posix:
 	$(call deps,test)
@@ -93,6 +95,7 @@ test-posix:
 	$(CMAKE) --build $(BUILD_POSIX)
 	$(CTEST) --test-dir $(BUILD_POSIX) --output-on-failure -j$(CTEST_JOBS)
 	@$(MAKE) --no-print-directory pytest BUILD=$(BUILD_POSIX)
+	@$(MAKE) --no-print-directory conformance BUILD=$(BUILD_POSIX)
 
 # pytest exits 5 when it collects no test: that is not a failure while python/ is empty.
 # The package is imported from $(BUILD)/python (the extension built by CMake beside links
@@ -111,6 +114,16 @@ pytest:
 	else \
 		echo "pytest: no Python tests in python/tests yet"; \
 	fi
+
+# The protocol conformance suite (docs/protocol.md, "Conformance"): a peer of its own
+# (python3-msgpack, not the tether package) against the C host and the C client.
+conformance:
+	@rm -rf $(BUILD)/rt/conformance; mkdir -p $(BUILD)/rt/conformance && \
+		chmod 700 $(BUILD)/rt/conformance
+	@echo "pytest tests/conformance"
+	@TETHER_BUILD_DIR="$(abspath $(BUILD))" TETHER_SOURCE_DIR="$(CURDIR)" \
+		TETHER_RUNTIME_DIR="$(abspath $(BUILD))/rt/conformance" \
+		$(PYTHON) -m pytest -q -p no:cacheprovider tests/conformance
 
 bench:
 	@echo "make bench: a Release build in $(BUILD_RELEASE)/ first; then bench/run lists its runs" \

@@ -577,7 +577,8 @@ typedef struct tether_class {
     /*
      * Handler for any method not in the table (tether_request_get_method names it), in
      * fallback_context; NULL: such a call fails with an "AttributeError". Without a
-     * fallback the library itself answers "__tether_describe__" (docs/protocol.md).
+     * fallback the library itself answers "__tether_describe__" (docs/protocol.md),
+     * listing the table's methods but not its "__name__" operations.
      */
     tether_handler_fn fallback;
     tether_context fallback_context;

@@ -725,6 +725,15 @@ tether__object_method(const tether_object *obj, const char *name, size_t len,
     return -ENOENT;
 }
 
+/* "__name__": one of the protocol's operations, which every peer tries rather than
+ * learns from a description (docs/protocol.md, "Object methods and operations"). */
+static bool
+is_operation(const char *name)
+{
+    size_t len = strlen(name);
+    return len > 4 && strncmp(name, "__", 2) == 0 && strcmp(name + len - 2, "__") == 0;
+}
+
 /* Answers "__tether_describe__" for a class without a fallback (IO context). */
 static int
 describe_handler(tether_request *req, void *userdata)
@@ -734,7 +743,7 @@ describe_handler(tether_request *req, void *userdata)
     const tether_class *cls = obj->cls;
     uint32_t n = 0;
     for (const tether_method *m = cls->methods; m && m->name; m++) {
-        n++;
+        n += !is_operation(m->name);
     }
     /* {"type": name, "methods": [...], "per_type": true}: every object of a C class
      * has the same methods, so a proxy may cache them per type. */
@@ -745,7 +754,9 @@ describe_handler(tether_request *req, void *userdata)
     r = r ? r : tether__mp_str(&b, "methods", 7);
     r = r ? r : tether__mp_array(&b, n);
     for (const tether_method *m = cls->methods; r == 0 && m && m->name; m++) {
-        r = tether__mp_str(&b, m->name, strlen(m->name));
+        if (!is_operation(m->name)) {
+            r = tether__mp_str(&b, m->name, strlen(m->name));
+        }
     }
     r = r ? r : tether__mp_str(&b, "per_type", 8);
     r = r ? r : tether__mp_bool(&b, true);

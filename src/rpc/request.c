@@ -618,9 +618,34 @@ route_request(tether_conn *c, tether_request *req, tether_context context)
     }
 }
 
+/* Whether id names a request of this caller that is still running here and was not
+ * cancelled. A cancelled one gets no answer any more, so its id is the caller's again. */
+static bool
+id_in_flight(tether_conn *c, uint64_t id)
+{
+    bool found = false;
+    pthread_mutex_lock(&c->link.lock);
+    for (tether_request *req = c->running; req && !found; req = req->run_next) {
+        found = req->id == id && !atomic_load(&req->cancelled);
+    }
+    pthread_mutex_unlock(&c->link.lock);
+    return found;
+}
+
 void
 tether__conn_on_request(tether_conn *c, const tether__frame *f)
 {
+    if (f->kind == TETHER__REQUEST && id_in_flight(c, f->id)) {
+        /* Two answers with one id could not be told apart: the caller broke the
+         * protocol, and nothing sent back could say so unambiguously. */
+        char what[96];
+        snprintf(what, sizeof(what), "request id %llu is already in flight",
+                 (unsigned long long)f->id);
+        tether__log(c->ep, TETHER_LOG_WARNING, "connection %s (pid %lld): %s; closing it",
+                    c->link.peer_name, (long long)c->link.peer_pid, what);
+        tether__link_fail(&c->link, -ECONNRESET, what);
+        return;
+    }
     char message[384];
     tether__service svc;
     tether_object *object = NULL;
