@@ -7,6 +7,7 @@ import time
 
 import msgpack
 from peer import (
+    Error,
     CANCEL,
     CONTROL,
     LOG,
@@ -522,3 +523,57 @@ def test_peer_frames_match_the_worked_example():
     assert frame(request(1, "add", [2, 3], timeout_ms=30000)).hex() == (
         "000000109804010000a3616464920203" "80cd7530"
     )
+
+
+# ---- built-in services (section 10) --------------------------------------------------
+
+
+def test_builtin_services_are_sorted_names(conn):
+    f = conn.call(1, "tether.services")
+    assert f[2] is False
+    names = f[3]
+    assert names == sorted(names, key=lambda n: n.encode())
+    assert {"tether.services", "tether.clients", "tether.call_client"} <= set(names)
+
+
+def test_builtin_clients_describe_each_client(host):
+    first = host.open(name="described-first")
+    second = host.open(name="described-second")
+    f = second.call(1, "tether.clients")
+    assert f[2] is False
+    keys = {"name", "pid", "language", "language_version", "connected_since",
+            "calls_in_flight", "calls_in", "calls_out", "bytes_in", "bytes_out", "services"}
+    clients = f[3]
+    for c in clients:
+        assert keys <= set(c), c
+        assert isinstance(c["services"], list) and isinstance(c["connected_since"], float)
+    names = [c["name"] for c in clients]
+    assert names.index("described-first") < names.index("described-second")
+    first.close()
+    second.close()
+
+
+def test_builtin_call_client_forwards_answers_and_errors(host):
+    target = host.open(name="forward-target")
+    caller = host.open(name="forward-caller")
+    caller.send(request(1, "tether.call_client", ["forward-target", "double", [21]]))
+    f = target.recv_kind(REQUEST)
+    assert f[4] == "double" and f[5] == [21]
+    target.send([RESPONSE, f[1], False, 42])
+    assert caller.recv_kind(RESPONSE)[1:] == [1, False, 42]
+    caller.send(request(2, "tether.call_client", ["forward-target", "fail", []]))
+    f = target.recv_kind(REQUEST)
+    target.send([RESPONSE, f[1], True, Error("ValueError", "no good")])
+    r = caller.recv_kind(RESPONSE)
+    assert r[1] == 2 and r[2] is True
+    assert (r[3].type, r[3].message) == ("ValueError", "no good")
+    target.close()
+    caller.close()
+
+
+def test_builtin_client_names_that_are_unknown_are_lookup_errors(conn):
+    for i, method in enumerate(("tether.call_client", "tether.reset_client",
+                                "tether.disconnect_client")):
+        args = ["nobody-here", "x"] if method == "tether.call_client" else ["nobody-here"]
+        f = conn.call(10 + i, method, args)
+        assert f[2] is True and f[3].type == "LookupError", (method, f)
