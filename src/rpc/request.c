@@ -534,12 +534,9 @@ after_pool_work(uv_work_t *w, int status)
  * the reason in message.
  */
 static const char *
-resolve_handler(tether_conn *c, const tether__frame *f, tether__service *svc,
+resolve_handler(tether_conn *c, const tether__frame *f, bool over, tether__service *svc,
                 tether_object **ret_object, char *message, size_t size)
 {
-    pthread_mutex_lock(&c->link.lock);
-    bool over = c->running_count >= c->ep->max_in_flight;
-    pthread_mutex_unlock(&c->link.lock);
     int shown = (int)(f->method.len > 200 ? 200 : f->method.len);
     const char *method = (const char *)f->method.ptr;
     if (atomic_load(&c->draining)) {
@@ -618,14 +615,23 @@ route_request(tether_conn *c, tether_request *req, tether_context context)
     }
 }
 
-/* Whether id names a request of this caller that is still running here and was not
- * cancelled. A cancelled one gets no answer any more, so its id is the caller's again. */
+/*
+ * What the caller has running here, in one look under the lock: whether it is at its
+ * limit of requests in flight (*over), and whether the REQUEST f reuses the id of one
+ * of them that was not
+ * cancelled (returned: a cancelled one gets no answer any more, so its id is the
+ * caller's again). The walk costs nothing while nothing runs, the common case of calls
+ * answered at once.
+ */
 static bool
-id_in_flight(tether_conn *c, uint64_t id)
+id_in_flight(tether_conn *c, const tether__frame *f, bool *over)
 {
     bool found = false;
     pthread_mutex_lock(&c->link.lock);
-    for (tether_request *req = c->running; req && !found; req = req->run_next) {
+    *over = c->running_count >= c->ep->max_in_flight;
+    uint64_t id = f->id;
+    for (tether_request *req = f->kind == TETHER__REQUEST ? c->running : NULL; req && !found;
+         req = req->run_next) {
         found = req->id == id && !atomic_load(&req->cancelled);
     }
     pthread_mutex_unlock(&c->link.lock);
@@ -635,7 +641,8 @@ id_in_flight(tether_conn *c, uint64_t id)
 void
 tether__conn_on_request(tether_conn *c, const tether__frame *f)
 {
-    if (f->kind == TETHER__REQUEST && id_in_flight(c, f->id)) {
+    bool over;
+    if (id_in_flight(c, f, &over)) {
         /* Two answers with one id could not be told apart: the caller broke the
          * protocol, and nothing sent back could say so unambiguously. */
         char what[96];
@@ -650,7 +657,7 @@ tether__conn_on_request(tether_conn *c, const tether__frame *f)
     tether__service svc;
     tether_object *object = NULL;
     /* the error type refusing the request, if any */
-    const char *error = resolve_handler(c, f, &svc, &object, message, sizeof(message));
+    const char *error = resolve_handler(c, f, over, &svc, &object, message, sizeof(message));
     /* A refused request is not copied, unless it carries references: those are counted
      * as they arrive, whatever becomes of the request, so they are bound and released. */
     tether_request *req = !error || f->refs ? request_new(c, f) : NULL;
