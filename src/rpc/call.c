@@ -146,7 +146,11 @@ tether__pending_complete(tether_conn *c, tether__pending *p, int status, tether_
         set_error(&p->error, type, message, traceback);
     }
     p->done = true;
-    tether__wake_raise(&p->wake);
+    /* The thread that reads the reply is mostly the one waiting for it, which looks at
+     * done after each read: waking it would cost two system calls for nothing. */
+    if (!p->waiter || !pthread_equal(p->waiter->thread, pthread_self())) {
+        tether__wake_raise(&p->wake);
+    }
     pthread_mutex_unlock(&c->link.lock);
 }
 
@@ -555,8 +559,19 @@ call_sync(tether_conn *c, const char *method, request_arg *a, const tether_call_
     p.wake = waiter.wake;
     p.waiter = &waiter;
     pending_init(c, &p, opts);
+    /* The reader role before the request leaves: a reply that comes back before this
+     * thread waits (the peer on the same CPU, or just fast) must not find input watched
+     * and wake the I/O thread as well. */
+    pthread_mutex_lock(&c->link.lock);
+    p.holds_role = tether__link_role_take_locked(&c->link);
+    pthread_mutex_unlock(&c->link.lock);
     r = start_call(c, &p, a, true);
     if (r < 0) {
+        if (p.holds_role) {
+            pthread_mutex_lock(&c->link.lock);
+            tether__link_role_release_locked(&c->link);
+            pthread_mutex_unlock(&c->link.lock);
+        }
         fill_local_error(reterr, r, method);
         goto out;
     }

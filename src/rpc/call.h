@@ -27,6 +27,9 @@ typedef struct tether__pending {
      * raised under the conn lock when the call completes or the reader role comes free. */
     tether__wake wake;
     struct tether__waiter *waiter;
+    /* Synchronous calls: the reader role was taken before the request left (call.c),
+     * so that its reply finds input paused and wakes no other thread. */
+    bool holds_role;
     bool done;
     int status;
     tether_value *result;

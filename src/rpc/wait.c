@@ -140,15 +140,22 @@ tether__conn_wait(tether_conn *c, tether__pending *p)
         if (p->done) {
             break;
         }
-        /* Call-backs of our own chain first: the peer may be waiting for them. */
-        tether__work *work = p->waiter ? tether__waiter_take(p->waiter) : NULL;
-        if (work) {
-            pthread_mutex_unlock(&l->lock);
-            work->run(work);
-            pthread_mutex_lock(&l->lock);
-            continue;
+        /* The role taken before the request left (call_sync) is used first: a call-back
+         * must never run while this thread holds it, or a nested call would wait for it. */
+        bool leading = p->holds_role;
+        p->holds_role = false;
+        if (!leading) {
+            /* Call-backs of our own chain first: the peer may be waiting for them. */
+            tether__work *work = p->waiter ? tether__waiter_take(p->waiter) : NULL;
+            if (work) {
+                pthread_mutex_unlock(&l->lock);
+                work->run(work);
+                pthread_mutex_lock(&l->lock);
+                continue;
+            }
+            leading = tether__link_role_take_locked(l);
         }
-        if (tether__link_role_take_locked(l)) {
+        if (leading) {
             pthread_mutex_unlock(&l->lock);
             bool borrowed = tether__link_lead_begin(l);
             lead(c, p);
@@ -177,6 +184,10 @@ tether__conn_wait(tether_conn *c, tether__pending *p)
             interrupted(c, p);
             pthread_mutex_lock(&l->lock);
         }
+    }
+    if (p->holds_role) { /* done before this thread ever read: a close completed it */
+        p->holds_role = false;
+        tether__link_role_release_locked(l);
     }
     /* Pass the role on to another waiter if it is free. */
     if (l->role == TETHER__ROLE_FREE && l->role_waiters) {
