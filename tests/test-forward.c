@@ -177,6 +177,7 @@ announcing_child(channel *ch, void *arg)
 {
     tether_client *c = child_client("announcer", arg);
     CHILD_OK(tether_client_add_service(c, "early", TETHER_CONTEXT_IO, late_handler, NULL));
+    child_expect(ch, 'G'); /* the host listens (it starts after the fork) */
     child_connect(c);
     child_send(ch, 'c');
     child_expect(ch, 'r');
@@ -226,6 +227,7 @@ Test(forward, a_service_registered_after_connecting_becomes_callable)
                              .on_client_service = on_client_service,
                              .on_client_service_userdata = &seen};
     tether_host *h = start_host("announce", &o);
+    send_byte(&ch, 'G');
     expect_byte(&ch, 'c', WAIT_MS);
     tether_conn *conn = NULL;
     ASSERT_OK(tether_host_get_client(h, "announcer", &conn));
