@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz-target.h"
 #include "util/buf.h"
 #include "tether.h"
 #include "rpc/value.h"
@@ -26,14 +27,6 @@
 #include "codec/handshake.h"
 #include "codec/msgpack.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            __builtin_trap();                                                                      \
-        }                                                                                          \
-    } while (0)
 
 static int
 read_args(tether_value *v, const char *fmt, ...)

@@ -23,24 +23,19 @@
 #include <errno.h>
 #include <poll.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include "fuzz-target.h"
 #include "codec/frame.h"
 #include "codec/handshake.h"
 #include "tether.h"
 #include "util/buf.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            __builtin_trap();                                                                      \
-        }                                                                                          \
-    } while (0)
 
 /* The host waits this long at most for the stream to end (a hang is a finding). */
 #define DRAIN_MS 5000
@@ -92,12 +87,9 @@ thing_getattr(tether_request *req, void *userdata)
 static int thing_spawn(tether_request *req, void *userdata);
 
 static const tether_method thing_methods[] = {
-    {"get", TETHER_CONTEXT_IO, thing_get},
-    {"set", TETHER_CONTEXT_IO, thing_set},
-    {"__len__", TETHER_CONTEXT_IO, thing_len},
-    {"__getattr__", TETHER_CONTEXT_IO, thing_getattr},
-    {"spawn", TETHER_CONTEXT_IO, thing_spawn},
-    {NULL, 0, NULL},
+    {"get", TETHER_CONTEXT_IO, thing_get},     {"set", TETHER_CONTEXT_IO, thing_set},
+    {"__len__", TETHER_CONTEXT_IO, thing_len}, {"__getattr__", TETHER_CONTEXT_IO, thing_getattr},
+    {"spawn", TETHER_CONTEXT_IO, thing_spawn}, {NULL, 0, NULL},
 };
 
 static const tether_class thing_class = {.name = "Thing", .methods = thing_methods};
@@ -135,8 +127,9 @@ serve_echo(tether_request *req, void *userdata)
 static void
 start_host(void)
 {
-    char dir[] = "/tmp/tether-fuzz-session.XXXXXX";
-    CHECK(mkdtemp(dir) != NULL);
+    char dir[64]; /* the host's runtime directory, this process's own */
+    snprintf(dir, sizeof(dir), "/tmp/tether-fuzz-session-%ld", (long)getpid());
+    CHECK(mkdir(dir, 0700) == 0 || errno == EEXIST);
     tether_host_options o = {
         .name = "fuzz",
         .runtime_dir = dir,
@@ -208,11 +201,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* The host reads and writes at once, so a large input never fills both buffers. */
     if (with_hello) {
         tether__buf b = TETHER__BUF_INIT;
-        tether__hello hello = {.min_version = 1,
-                               .max_version = 1,
-                               .name = "fuzz",
-                               .pid = 1,
-                               .language = "c"};
+        tether__hello hello = {
+            .min_version = 1, .max_version = 1, .name = "fuzz", .pid = 1, .language = "c"};
         CHECK(tether__encode_hello(&b, &hello) == 0);
         send_all(fds[1], tether__buf_head(&b), tether__buf_pending(&b));
         tether__buf_done(&b);

@@ -60,7 +60,7 @@ def static_libuv_flags():
         elif not arg.startswith("-L"):
             linked.append(arg)
     # libdl and librt are parts of libc since glibc 2.34: --as-needed keeps their empty
-    # stubs out of the extension's dependencies.
+    # placeholder libraries out of the extension's dependencies.
     return cflags, ["-Wl,--as-needed"] + linked + ["-lpthread"]
 
 

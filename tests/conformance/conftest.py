@@ -140,13 +140,6 @@ class Client:
             out, err = self.proc.communicate()
         return self.proc.returncode, out.decode(), err.decode()
 
-    def log_level_of(self, text):
-        """The syslog level of the host's first log line that holds text, or None."""
-        for line in self.log_text().splitlines():
-            if text in line:
-                return int(line.split(" ", 1)[0])
-        return None
-
     def stop(self):
         if self.proc.poll() is None:
             self.proc.kill()
