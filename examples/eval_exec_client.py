@@ -23,6 +23,13 @@ import threading
 import tether
 
 
+def say(line):
+    """Print line with one write: the host it serves may print to the same terminal, and
+    print() writes the newline apart (unbuffered), so their lines could run together."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def main():
     address = sys.argv[1] if len(sys.argv) > 1 else "eval_exec"
     # A host that disconnects this client makes the library send this process SIGTERM.
@@ -37,12 +44,12 @@ def main():
             host.root.ready()
         except tether.NoSuchServiceError:
             pass  # a host that does not wait for it
-        print(f"evaluator: serving exec and eval for the host '{host.host_name}'", flush=True)
+        say(f"evaluator: serving exec and eval for the host '{host.host_name}'")
         try:
             done.wait()
         except KeyboardInterrupt:
             return 130
-    print("evaluator: disconnected by the host")
+    say("evaluator: disconnected by the host")
     return 0
 
 
