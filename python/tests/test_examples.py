@@ -414,7 +414,8 @@ def test_demo_actor_events(demo):
             event, info = events.next()
             assert (event, info["name"]) == ("ticked", "New")
             frames.append(info["frame"])
-        assert frames == list(range(frames[0], frames[0] + 5))  # every frame
+        # Every frame; sorted, since two ticks may run on two pool threads (serve="thread").
+        assert sorted(frames) == list(range(min(frames), min(frames) + 5))
         new.move(1, 1)
         assert wait_until(lambda: events.next()[1]["x"] == 4.0, 5)
 
@@ -468,10 +469,11 @@ def test_demo_actor_events_outlive_a_reconnection(demo):
         other.root.spawn_actor("Arrives")    # told when it is back
         with tether.connect(name="pytest-watcher", address=demo.address, timeout=10,
                             services={"on_actor_event": second}):
-            event, info = second.next()
-            assert (event, info["name"]) == ("destroyed", "Goes")
-            event, info = second.next()
-            assert (event, info["name"], info["existing"]) == ("spawned", "Arrives", False)
+            # Sent in this order; serve="thread" runs the two notifications on two pool
+            # threads, so they may land in either (tests/test-demo.c checks the order).
+            told = sorted((event, info["name"], info.get("existing"))
+                          for event, info in (second.next(), second.next()))
+            assert told == [("destroyed", "Goes", None), ("spawned", "Arrives", False)]
             assert second.quiet(0.3)
             demo.wait_for(r"actor events to 'pytest-watcher' go on after its reconnection "
                           r"\(4 missed\)")
