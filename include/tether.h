@@ -1271,7 +1271,9 @@ TETHER_EXPORT int tether_client_close(tether_client *client);
 
 /* As tether_host_get_fd, tether_host_dispatch and tether_host_wait, for a client whose
  * own main thread (the one that created it) runs its MAIN services. Thread: any for
- * get_fd; main for dispatch and wait. */
+ * get_fd; main for dispatch and wait. While tether_client_wait waits, the main thread
+ * reads the connection itself (when no other thread is reading it), so a call of a
+ * MAIN service wakes that thread alone, not the I/O thread as well. */
 TETHER_EXPORT int tether_client_get_fd(const tether_client *client);
 TETHER_EXPORT int tether_client_dispatch(tether_client *client, uint64_t budget_usec);
 TETHER_EXPORT int tether_client_wait(tether_client *client, uint64_t timeout_usec);

@@ -227,6 +227,25 @@ client_dispatch(ClientObject *self, PyObject *args, PyObject *kwds)
     return PyBool_FromLong(r > 0);
 }
 
+static PyObject *
+client_wait(ClientObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"timeout", NULL};
+    PyObject *timeout_obj = Py_None;
+    uint64_t timeout;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:wait", kwlist, &timeout_obj) ||
+        tether_py_usec_from_seconds(timeout_obj, UINT64_MAX, "timeout", &timeout) < 0) {
+        return NULL;
+    }
+    PyThreadState *save = PyEval_SaveThread();
+    int r = tether_client_wait(self->client, timeout);
+    PyEval_RestoreThread(save);
+    if (r < 0) {
+        return tether_py_raise_error(tether_py_state_of_type(Py_TYPE(self)), r, NULL, AT_CALL);
+    }
+    return PyBool_FromLong(r > 0);
+}
+
 /* The current connection, or NULL with NotConnectedError set. */
 static tether_conn *
 client_conn(ClientObject *self, module_state *st)
@@ -383,6 +402,10 @@ static PyMethodDef client_methods[] = {
     {"dispatch", (PyCFunction)(void (*)(void))client_dispatch, METH_VARARGS | METH_KEYWORDS,
      "dispatch(budget=None) -> bool\n\nRun queued main-thread work for up to budget seconds "
      "(None: until the queue is empty). True if work remains."},
+    {"wait", (PyCFunction)(void (*)(void))client_wait, METH_VARARGS | METH_KEYWORDS,
+     "wait(timeout=None) -> bool\n\nWait up to timeout seconds (None: no limit) for "
+     "main-thread work and run all of it, reading the connection meanwhile so that a call "
+     "of a main-thread service wakes only this thread. True if work ran."},
     {"call", (PyCFunction)(void (*)(void))client_call, METH_VARARGS | METH_KEYWORDS,
      "call(method, args=(), kwargs=None, timeout=None)\n\nCall a service of the host and "
      "return its result. timeout: seconds of silence from the host before TimeoutError "

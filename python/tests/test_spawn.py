@@ -173,6 +173,43 @@ def test_env_cwd_and_args(tmp_path):
     assert info["argv"] == ["a", "1"]
 
 
+def thread_switches(pid, name):
+    """Context switches so far of the threads of process pid called name; None if it
+    has none."""
+    total = None
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if f.read().strip() != name:
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                total = (total or 0) + sum(int(line.split()[1]) for line in f if line.startswith(
+                    ("voluntary_ctxt", "nonvoluntary_ctxt")))
+        except FileNotFoundError:
+            pass
+    return total
+
+
+@pytest.mark.skipif(build_platform() != "linux",
+                    reason="the portable build's I/O thread may wake for input a caller reads")
+def test_a_child_reads_and_serves_calls_on_its_main_thread():
+    # The child's main thread waits holding the reader role: it reads each call itself
+    # and runs it, and its I/O thread sleeps (one wake-up per call, as in a raw
+    # ping-pong). A count of switches, not a time: without the role its I/O thread woke
+    # at least once for every call.
+    with tether.run_script("import threading\n"
+                           "def on_main():\n"
+                           "    return threading.current_thread() is threading.main_thread()\n",
+                           python_exe=sys.executable) as p:
+        assert p.on_main()
+        calls = 2000
+        before = thread_switches(p.pid, "tether-io")
+        assert before is not None, "no thread called tether-io in the child"
+        assert all(p.on_main() for _ in range(calls))
+        woken = thread_switches(p.pid, "tether-io") - before
+        assert woken < calls // 4, f"the I/O thread woke {woken} times for {calls} calls"
+
+
 def test_run_script_from_a_path(tmp_path):
     script = tmp_path / "tool.py"
     script.write_text("def double(v):\n    return 2 * v\n")

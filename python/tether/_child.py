@@ -17,7 +17,6 @@ TETHER_PLATFORM=posix, have only the end of file).
 
 import importlib
 import os
-import select
 import signal
 import sys
 import types
@@ -124,10 +123,8 @@ def main():
     client.connect()
     conn = _connection._opened(_connection.Connection(client, "manual"))
     # Serve on the main thread until the parent goes: the script's code and every call
-    # into its objects run here, in order.
-    fileno = conn.fileno()
+    # into its objects run here, in order. wait() reads the socket on this thread, so a
+    # call wakes this thread alone; the timeout lets Ctrl-C and the parent's end be seen.
     while conn.is_connected():
-        readable, _, _ = select.select([fileno], [], [], 0.25)
-        if readable:
-            conn.dispatch()
+        conn.wait(0.25)
     conn.close()

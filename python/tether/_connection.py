@@ -370,6 +370,16 @@ class Connection:
         """
         return self._client.dispatch(budget)
 
+    def wait(self, timeout=None):
+        """Wait up to timeout seconds (None: no limit) for main-thread work and run all of
+        it: with serve="manual", a script with nothing else to do serves the host's calls
+        this way. Meanwhile this thread reads the connection itself, so a call of one of
+        its services wakes only this thread. Only on the thread that made the connection.
+
+        Returns True if work ran, False on timeout.
+        """
+        return self._client.wait(timeout)
+
     def attach_loop(self, loop=None):
         """Serve on the asyncio loop (default: the running one): it calls dispatch() while
         fileno() is readable, and forwards its errors to the host's log (see tether.connect).

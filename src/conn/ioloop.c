@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "platform/platform.h"
 #include "util/alloc.h"
 
 struct tether__ioloop {
@@ -96,6 +97,8 @@ thread_main(void *arg)
 {
     tether__ioloop *loop = arg;
     loop->thread_self = uv_thread_self();
+    /* Named, so that top -H, perf and /proc tell it from the application's threads. */
+    (void)tether__process_set_name("tether-io");
     atomic_store(&loop->running, true);
     uv_run(&loop->uv, UV_RUN_DEFAULT);
     /* Handles closed by close_walk need one more turn to run their close callbacks. */

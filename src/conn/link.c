@@ -403,6 +403,17 @@ hand_off(tether__link *l, const uint8_t *frame, size_t len)
     }
 }
 
+/* Nothing handed off waits for the I/O thread or is being acted on there: a request
+ * read now may start on the reading thread without overtaking an earlier frame. */
+static bool
+handoff_idle(tether__link *l)
+{
+    pthread_mutex_lock(&l->lock);
+    bool idle = !l->handoff_busy && tether__buf_pending(&l->handoff) == 0;
+    pthread_mutex_unlock(&l->lock);
+    return idle;
+}
+
 static void
 dispatch_frame(tether__link *l, const tether__frame *f)
 {
@@ -485,7 +496,10 @@ process_input(tether__link *l, bool io_thread)
             handle_hello(l, &f);
         } else if (!io_thread && f.kind != TETHER__RESPONSE && f.kind != TETHER__PROGRESS &&
                    f.kind != TETHER__PONG) {
-            hand_off(l, head, TETHER__FRAME_HEADER_SIZE + len);
+            if (!((f.kind == TETHER__REQUEST || f.kind == TETHER__NOTIFY) && handoff_idle(l) &&
+                  l->hooks->take_request(l, &f))) {
+                hand_off(l, head, TETHER__FRAME_HEADER_SIZE + len);
+            }
         } else {
             dispatch_frame(l, &f);
         }
@@ -623,6 +637,7 @@ drain_handoff(tether__link *l)
     }
     tether__buf frames = l->handoff;
     l->handoff = TETHER__BUF_INIT;
+    l->handoff_busy = true;
     pthread_mutex_unlock(&l->lock);
     while (tether__buf_pending(&frames) >= TETHER__FRAME_HEADER_SIZE &&
            atomic_load(&l->state) != TETHER__LINK_CLOSED) {
@@ -635,6 +650,9 @@ drain_handoff(tether__link *l)
         tether__buf_consume(&frames, TETHER__FRAME_HEADER_SIZE + len);
     }
     tether__buf_done(&frames);
+    pthread_mutex_lock(&l->lock);
+    l->handoff_busy = false;
+    pthread_mutex_unlock(&l->lock);
 }
 
 static void
@@ -799,7 +817,7 @@ tether__link_close(tether__link *l)
 bool
 tether__link_role_take_locked(tether__link *l)
 {
-    if (l->role != TETHER__ROLE_FREE || tether__link_is_closed(l)) {
+    if (l->role != TETHER__ROLE_FREE || tether__link_is_closed(l) || l->eof_pending) {
         return false;
     }
     l->role = TETHER__ROLE_CALLER;
@@ -854,7 +872,7 @@ tether__link_process_input(tether__link *l)
 }
 
 int
-tether__link_read_wait(tether__link *l, const tether__wake *wake, int wait_ms)
+tether__link_read_wait(tether__link *l, const tether__wake *wake, bool keep_wake, int wait_ms)
 {
     struct pollfd pfd[2] = {{.fd = l->fd, .events = POLLIN}, {.fd = wake->fd, .events = POLLIN}};
     int n = poll(pfd, 2, wait_ms);
@@ -862,19 +880,26 @@ tether__link_read_wait(tether__link *l, const tether__wake *wake, int wait_ms)
         return TETHER__LINK_READ;
     }
     if (pfd[1].revents) {
-        tether__wake_drain(wake);
+        if (!keep_wake) {
+            tether__wake_drain(wake);
+        }
         return TETHER__LINK_WOKEN;
     }
     if (!pfd[0].revents) {
         return TETHER__LINK_READ;
     }
     ssize_t got = read_socket(l, READ_BUDGET);
-    if (got == 0) {
-        tether__link_fail(l, -ECONNRESET, "the peer closed the connection");
-        return -ECONNRESET;
-    }
-    if (got < 0 && got != -EAGAIN) {
-        tether__link_fail(l, -ECONNRESET, "read failed");
+    if (got == 0 || (got < 0 && got != -EAGAIN)) {
+        /* Frames handed off before the end (a CONTROL, say) must still be acted on:
+         * then the I/O thread, which drains them before it reads, sees the end itself. */
+        pthread_mutex_lock(&l->lock);
+        bool behind = l->handoff_busy || tether__buf_pending(&l->handoff) > 0;
+        l->eof_pending = l->eof_pending || behind;
+        pthread_mutex_unlock(&l->lock);
+        if (!behind) {
+            tether__link_fail(l, -ECONNRESET,
+                              got == 0 ? "the peer closed the connection" : "read failed");
+        }
         return -ECONNRESET;
     }
     return TETHER__LINK_READ;

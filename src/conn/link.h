@@ -77,6 +77,10 @@ typedef struct tether__hello_result {
 typedef struct tether__link_hooks {
     void (*on_hello)(tether__link *l, const tether__hello *hello, tether__hello_result *result);
     void (*on_request)(tether__link *l, const tether__frame *f); /* REQUEST and NOTIFY */
+    /* A caller thread holding the reader role read a REQUEST or NOTIFY, with nothing
+     * before it still waiting for the I/O thread: act on it on this thread and return
+     * true, or return false to have the I/O thread act on it (on_request). */
+    bool (*take_request)(tether__link *l, const tether__frame *f);
     void (*on_response)(tether__link *l, const tether__frame *f);
     void (*on_progress)(tether__link *l, const tether__frame *f);
     void (*on_cancel)(tether__link *l, uint64_t id);
@@ -132,6 +136,10 @@ struct tether__link {
     tether__link_waiter *role_waiters; /* guarded by lock */
     tether__buf handoff;               /* guarded by lock: whole frames for the I/O thread */
     bool handoff_posted;               /* guarded by lock */
+    bool handoff_busy;                 /* guarded by lock: the I/O thread is acting on some */
+    /* guarded by lock: a caller read the end of input behind frames it handed off; the
+     * role stays with the I/O thread, which acts on them before it closes the link */
+    bool eof_pending;
 
     pthread_mutex_t wlock;
     tether__buf out;         /* guarded by wlock */
@@ -203,9 +211,10 @@ void tether__link_lead_end(tether__link *l, bool borrowed);
  * code once the link closed. */
 int tether__link_process_input(tether__link *l);
 /* With the role held: wait up to wait_ms for the socket or wake, and read what came.
- * Returns TETHER__LINK_READ (maybe nothing), TETHER__LINK_WOKEN (wake raised and
- * drained) or a negative code once the link closed. */
+ * Returns TETHER__LINK_READ (maybe nothing), TETHER__LINK_WOKEN (wake raised; drained
+ * unless keep_wake: a level-triggered wake that another owner lowers) or a negative
+ * code once the link closed. */
 enum { TETHER__LINK_READ = 0, TETHER__LINK_WOKEN = 1 };
-int tether__link_read_wait(tether__link *l, const tether__wake *wake, int wait_ms);
+int tether__link_read_wait(tether__link *l, const tether__wake *wake, bool keep_wake, int wait_ms);
 
 #endif

@@ -32,17 +32,35 @@ hook_hello(tether__link *l, const tether__hello *hello, tether__hello_result *re
     }
 }
 
+/* Count a call that came in; the reserved announcement is not one. */
 static void
-hook_request(tether__link *l, const tether__frame *f)
+count_call_in(tether_conn *c, const tether__frame *f)
 {
-    tether_conn *c = tether__conn_of(l);
     bool announce = f->kind == TETHER__NOTIFY && f->target == 0 &&
                     f->method.len == sizeof(TETHER__ANNOUNCE) - 1 &&
                     memcmp(f->method.ptr, TETHER__ANNOUNCE, f->method.len) == 0;
     if (!announce) {
         atomic_fetch_add_explicit(&c->calls_in, 1, memory_order_relaxed);
     }
+}
+
+static void
+hook_request(tether__link *l, const tether__frame *f)
+{
+    tether_conn *c = tether__conn_of(l);
+    count_call_in(c, f);
     tether__conn_on_request(c, f);
+}
+
+static bool
+hook_take_request(tether__link *l, const tether__frame *f)
+{
+    tether_conn *c = tether__conn_of(l);
+    if (!tether__conn_take_request(c, f)) {
+        return false;
+    }
+    count_call_in(c, f);
+    return true;
 }
 
 static void
@@ -153,6 +171,7 @@ hook_destroy(tether__link *l)
 static const tether__link_hooks link_hooks = {
     .on_hello = hook_hello,
     .on_request = hook_request,
+    .take_request = hook_take_request,
     .on_response = hook_response,
     .on_progress = hook_progress,
     .on_cancel = hook_cancel,

@@ -41,9 +41,13 @@ struct tether_conn {
     uv_timer_t handshake_timer, sweep_timer, progress_timer;
     int open_timers;
     bool timers_live; /* started by on_attached, until on_closed closes them */
-    bool sweep_running, progress_running;
-    uint64_t progress_interval_usec;
+    bool sweep_running;
     tether__task sweep_task;
+    /* The progress timer runs (or a posted progress_task will start it) at
+     * progress_interval_usec: conn lock, since a main thread reading may ask for it. */
+    bool progress_running, progress_posted;
+    uint64_t progress_interval_usec;
+    tether__task progress_task;
 
     struct tether__pending **pending; /* conn lock; hash table of size pending_mask + 1 */
     uint32_t pending_mask;
@@ -96,6 +100,10 @@ int tether__conn_send(tether_conn *conn, tether__encode_fn encode, void *arg, bo
 /* The peer lets our output pile up past max_output_bytes: close it, with a log line. */
 void tether__conn_drop_slow_reader(tether_conn *conn);
 int tether__conn_set_peer(tether_conn *conn, const tether__hello *hello);
+/* On the endpoint's main thread: wait until work is queued on q (returns 1) or
+ * timeout_usec passes (0), reading conn meanwhile when no other thread does, so that
+ * requests for this thread need no other (main_wait.c). -ENOTCONN once conn closed. */
+int tether__conn_wait_main(tether_conn *conn, tether__mainq *q, uint64_t timeout_usec);
 
 static inline int
 tether__conn_state(const tether_conn *c)

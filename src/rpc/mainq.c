@@ -99,6 +99,12 @@ tether__mainq_free(tether__mainq *q)
     tether__free(q);
 }
 
+const tether__wake *
+tether__mainq_wake(const tether__mainq *q)
+{
+    return &q->wake;
+}
+
 int
 tether__mainq_get_fd(const tether__mainq *q)
 {

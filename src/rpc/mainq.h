@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "platform/platform.h"
+
 typedef struct tether__work {
     struct tether__work *next;
     /* Runs on the main thread inside dispatch. */
@@ -42,6 +44,8 @@ void tether__mainq_free(tether__mainq *q);
 void tether__mainq_discard_all(tether__mainq *q);
 
 int tether__mainq_get_fd(const tether__mainq *q);
+/* The wake object behind the fd, to poll beside other fds; never drain it. */
+const tether__wake *tether__mainq_wake(const tether__mainq *q);
 /* Queue work on a lane (NULL: the shared lane). Thread: any. */
 void tether__mainq_push(tether__mainq *q, tether__lane *lane, tether__work *work);
 /* Number of queued items. Thread: any. */

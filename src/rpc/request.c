@@ -363,7 +363,7 @@ tether_request_unref(tether_request *req)
     return NULL;
 }
 
-/* ---- incoming requests (I/O thread) ------------------------------------------------ */
+/* ---- incoming requests (the I/O thread, or a main thread reading, see take_request) */
 
 static tether_request *
 request_new(tether_conn *c, const tether__frame *f)
@@ -426,7 +426,7 @@ error_reply(tether_conn *c, const tether__frame *f, const char *type, const char
         return;
     }
     response_arg a = {.id = f->id, .is_error = true, .type = type, .message = message};
-    tether__conn_send(c, encode_response, &a, false);
+    tether__conn_send(c, encode_response, &a, !tether__ioloop_in_thread(c->link.loop));
 }
 
 static uint64_t
@@ -439,7 +439,16 @@ progress_interval_usec(const tether_request *req)
     return interval < 1000 ? 1000 : interval;
 }
 
-/* After the handler returned without replying but kept the request (I/O thread). */
+static void start_progress_timer(tether_conn *c);
+static void run_progress_start(tether__task *task);
+
+/*
+ * List req as running (a reply is owed and the handler kept it, or it waits for the main
+ * thread), so that progress keeps its call alive. The progress timer lives on the I/O
+ * thread: another thread that needs it started posts a task, which happens once per
+ * idle-to-busy change, not per request (the timer stops only when a tick finds nothing
+ * running).
+ */
 static void
 keep_running(tether_conn *c, tether_request *req)
 {
@@ -447,9 +456,10 @@ keep_running(tether_conn *c, tether_request *req)
         return;
     }
     uint64_t interval = progress_interval_usec(req);
+    bool in_io_thread = tether__ioloop_in_thread(c->link.loop);
+    bool start = false, post = false;
     pthread_mutex_lock(&c->link.lock);
-    bool inserted = !atomic_load(&req->replied);
-    if (inserted) {
+    if (!atomic_load(&req->replied)) {
         req->running = true;
         req->run_prev = NULL;
         req->run_next = c->running;
@@ -458,16 +468,23 @@ keep_running(tether_conn *c, tether_request *req)
         }
         c->running = req;
         c->running_count++;
+        start =
+            req->timeout_ms != 0 && (!c->progress_running || interval < c->progress_interval_usec);
+        if (start) {
+            c->progress_running = true;
+            c->progress_interval_usec = interval;
+        }
+    }
+    if (start && !in_io_thread && !c->progress_posted) {
+        post = c->progress_posted = true;
+        tether_conn_ref(c);
     }
     pthread_mutex_unlock(&c->link.lock);
-    if (!inserted || req->timeout_ms == 0 || !c->timers_live) {
-        return;
-    }
-    if (!c->progress_running || interval < c->progress_interval_usec) {
-        c->progress_running = true;
-        c->progress_interval_usec = interval;
-        uint64_t ms = (interval + 999) / 1000;
-        uv_timer_start(&c->progress_timer, send_progress_on_timer, ms, ms);
+    if (post) {
+        c->progress_task.run = run_progress_start;
+        tether__ioloop_post(c->link.loop, &c->progress_task);
+    } else if (start && in_io_thread) {
+        start_progress_timer(c);
     }
 }
 
@@ -638,10 +655,27 @@ id_in_flight(tether_conn *c, const tether__frame *f, bool *over)
     return found;
 }
 
-void
-tether__conn_on_request(tether_conn *c, const tether__frame *f)
+/*
+ * Check, resolve and run (or queue) request f. only_main: act only if f is bound for a
+ * MAIN service or method and is accepted, and return false without a trace otherwise
+ * (the I/O thread then acts on it). Returns true when f was acted on.
+ */
+static bool
+accept_request(tether_conn *c, const tether__frame *f, bool only_main)
 {
-    bool over;
+    char message[384];
+    tether__service svc;
+    tether_object *object = NULL;
+    bool over = false;
+    /* the error type refusing the request, if any */
+    const char *error;
+    if (only_main) {
+        error = resolve_handler(c, f, false, &svc, &object, message, sizeof(message));
+        if (error || svc.context != TETHER_CONTEXT_MAIN) {
+            tether_object_unref(object);
+            return false;
+        }
+    }
     if (id_in_flight(c, f, &over)) {
         /* Two answers with one id could not be told apart: the caller broke the
          * protocol, and nothing sent back could say so unambiguously. */
@@ -651,13 +685,15 @@ tether__conn_on_request(tether_conn *c, const tether__frame *f)
         tether__log(c->ep, TETHER_LOG_WARNING, "connection %s (pid %lld): %s; closing it",
                     c->link.peer_name, (long long)c->link.peer_pid, what);
         tether__link_fail(&c->link, -ECONNRESET, what);
-        return;
+        tether_object_unref(object);
+        return true;
     }
-    char message[384];
-    tether__service svc;
-    tether_object *object = NULL;
-    /* the error type refusing the request, if any */
-    const char *error = resolve_handler(c, f, over, &svc, &object, message, sizeof(message));
+    if (!only_main) {
+        error = resolve_handler(c, f, over, &svc, &object, message, sizeof(message));
+    } else if (over && f->kind == TETHER__REQUEST) {
+        error = TETHER__ERR_TOO_MANY_REQUESTS;
+        snprintf(message, sizeof(message), "more than %u requests in flight", c->ep->max_in_flight);
+    }
     /* A refused request is not copied, unless it carries references: those are counted
      * as they arrive, whatever becomes of the request, so they are bound and released. */
     tether_request *req = !error || f->refs ? request_new(c, f) : NULL;
@@ -681,12 +717,27 @@ tether__conn_on_request(tether_conn *c, const tether__frame *f)
         if (req) {
             drop_unreplied(req);
         }
-        return;
+        return true;
     }
     req->object = object;
     req->handler = svc.handler;
     req->userdata = svc.userdata;
     route_request(c, req, svc.context);
+    return true;
+}
+
+void
+tether__conn_on_request(tether_conn *c, const tether__frame *f)
+{
+    accept_request(c, f, false);
+}
+
+bool
+tether__conn_take_request(tether_conn *c, const tether__frame *f)
+{
+    /* Work for this thread's own main queue (or a call-back for its own wait) needs no
+     * other thread; the pool and IO services start from the I/O thread. */
+    return pthread_equal(c->ep->main_thread, pthread_self()) && accept_request(c, f, true);
 }
 
 int
@@ -847,6 +898,11 @@ send_progress(tether_conn *c)
             a.ids[a.n++] = req->id;
         }
     }
+    /* Decided under the lock: a request kept from now on finds the timer stopped and
+     * has it started again (keep_running). */
+    if (a.n == 0) {
+        c->progress_running = false;
+    }
     pthread_mutex_unlock(&c->link.lock);
     if (a.n > 0 && tether__conn_send(c, encode_progress, &a, true) == -ENOBUFS) {
         tether__conn_drop_slow_reader(c);
@@ -856,7 +912,6 @@ send_progress(tether_conn *c)
     }
     if (a.n == 0 && c->timers_live) {
         uv_timer_stop(&c->progress_timer);
-        c->progress_running = false;
     }
 }
 
@@ -864,4 +919,32 @@ static void
 send_progress_on_timer(uv_timer_t *t)
 {
     send_progress(t->data);
+}
+
+/* Start (or speed up) the progress timer as keep_running asked. I/O thread. */
+static void
+start_progress_timer(tether_conn *c)
+{
+    pthread_mutex_lock(&c->link.lock);
+    bool wanted = c->progress_running && c->timers_live;
+    uint64_t interval = c->progress_interval_usec;
+    if (!c->timers_live) {
+        c->progress_running = false;
+    }
+    pthread_mutex_unlock(&c->link.lock);
+    if (wanted) {
+        uint64_t ms = (interval + 999) / 1000;
+        uv_timer_start(&c->progress_timer, send_progress_on_timer, ms, ms);
+    }
+}
+
+static void
+run_progress_start(tether__task *task)
+{
+    tether_conn *c = (tether_conn *)((char *)task - offsetof(tether_conn, progress_task));
+    pthread_mutex_lock(&c->link.lock);
+    c->progress_posted = false;
+    pthread_mutex_unlock(&c->link.lock);
+    start_progress_timer(c);
+    tether_conn_unref(c);
 }

@@ -47,7 +47,12 @@ struct tether_request {
     /* method, args and kwargs bytes follow the struct */
 };
 
+/* Act on a REQUEST or NOTIFY frame (I/O thread). */
 void tether__conn_on_request(tether_conn *conn, const tether__frame *frame);
+/* The same, on a thread holding the reader role, for a request that thread can start
+ * without the I/O thread (a MAIN one, read by the endpoint's main thread). Returns false,
+ * having done nothing, for any other: the I/O thread then acts on it. */
+bool tether__conn_take_request(tether_conn *conn, const tether__frame *frame);
 void tether__conn_on_cancel(tether_conn *conn, uint64_t id);
 void tether__request_cancel_all(tether_conn *conn);
 /* Answer every request still running on conn with the error (type, message) now, and

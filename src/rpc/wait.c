@@ -103,7 +103,8 @@ lead(tether_conn *c, tether__pending *p)
         }
         uint64_t wake = pending_wake(p);
         uint64_t wait_ms = wake <= now ? 0 : (wake - now + 999) / 1000;
-        int r = tether__link_read_wait(&c->link, &p->wake, wait_ms > 1000 ? 1000 : (int)wait_ms);
+        int r =
+            tether__link_read_wait(&c->link, &p->wake, false, wait_ms > 1000 ? 1000 : (int)wait_ms);
         if (r != TETHER__LINK_READ) {
             /* Closed, or a call-back of our chain was delivered: give the role back and
              * run it. */
