@@ -2,8 +2,10 @@
  * A plain program (not Criterion, so ThreadSanitizer can run it: `make tsan`) that
  * drives one connection from many threads at once: synchronous and asynchronous calls
  * both ways, notifications, cancels, MAIN services served by the main thread's dispatch
- * loop, and call-backs into that main thread while it waits (chains); then it closes
- * everything while calls are still in flight. Exit status 0 when every result was right.
+ * loop, and call-backs into that main thread while it waits (chains); a client whose
+ * main thread serves in tether_client_wait, reading its connection itself, while other
+ * threads call and notify it; then it closes everything while calls are still in
+ * flight. Exit status 0 when every result was right.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -158,6 +160,118 @@ work_then_count(void *arg)
     return NULL;
 }
 
+/* ---- a client serving in tether_client_wait ------------------------------------------ */
+
+static pthread_t waiting_thread;
+static atomic_int waited_notes; /* notifications the waiting client's MAIN service saw */
+static atomic_bool stop_waiting;
+
+/* MAIN: on the waiting thread; echoes how many notifications it saw before it, so that
+ * a caller can check that its own notification (sent first) ran first. */
+static int
+seen_notes(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    if (!pthread_equal(pthread_self(), waiting_thread)) {
+        atomic_fetch_add(&errors, 1);
+    }
+    return tether_request_reply(req, "i", atomic_load(&waited_notes));
+}
+
+static int
+note(tether_request *req, void *userdata)
+{
+    (void)req;
+    (void)userdata;
+    if (!pthread_equal(pthread_self(), waiting_thread)) {
+        atomic_fetch_add(&errors, 1);
+    }
+    atomic_fetch_add(&waited_notes, 1);
+    return 0;
+}
+
+typedef struct waiting_args {
+    const char *dir;
+    atomic_bool ready;
+} waiting_args;
+
+/* The client's main thread: serves in tether_client_wait, and now and then calls the
+ * host itself (taking the reader role from its own wait). */
+static void *
+serve_waiting(void *arg)
+{
+    waiting_args *a = arg;
+    waiting_thread = pthread_self();
+    tether_client_options co = {.name = "waiter", .address = "stress", .runtime_dir = a->dir};
+    tether_client *c = NULL;
+    CHECK(tether_client_new(&co, &c) == 0);
+    CHECK(tether_client_add_service(c, "seen_notes", TETHER_CONTEXT_MAIN, seen_notes, NULL) ==
+          0);
+    CHECK(tether_client_add_service(c, "note", TETHER_CONTEXT_MAIN, note, NULL) == 0);
+    CHECK(tether_client_connect(c, NULL) == 0);
+    atomic_store(&a->ready, true);
+    for (int i = 0; !atomic_load(&stop_waiting); i++) {
+        CHECK(tether_client_wait(c, 2000) >= 0);
+        if (i % 7 == 0) {
+            tether_value *v = NULL;
+            int64_t sum = 0;
+            if (tether_conn_call(tether_client_get_conn(c), "add", NULL, &v, NULL, "xx",
+                                 (int64_t)i, (int64_t)1) < 0 ||
+                tether_value_read(v, NULL, "x", &sum) < 0 || sum != i + 1) {
+                atomic_fetch_add(&errors, 1);
+            }
+            tether_value_unref(v);
+        }
+    }
+    tether_client_close(c);
+    tether_client_unref(c);
+    return NULL;
+}
+
+/* A host thread: a notification, then a call that must find it run. */
+static void *
+call_waiting(void *arg)
+{
+    tether_conn *conn = arg;
+    for (int i = 0; i < 800; i++) {
+        int before = atomic_load(&waited_notes);
+        if (tether_conn_notify(conn, "note", NULL) < 0) {
+            atomic_fetch_add(&errors, 1);
+        }
+        tether_value *v = NULL;
+        int seen = -1;
+        if (tether_conn_call(conn, "seen_notes", NULL, &v, NULL, NULL) < 0 ||
+            tether_value_read(v, NULL, "i", &seen) < 0 || seen <= before) {
+            atomic_fetch_add(&errors, 1);
+        }
+        tether_value_unref(v);
+    }
+    return NULL;
+}
+
+static void
+serve_in_wait(tether_host *h, const char *dir)
+{
+    waiting_args a = {.dir = dir};
+    pthread_t server, callers[2];
+    pthread_create(&server, NULL, serve_waiting, &a);
+    while (!atomic_load(&a.ready)) {
+        usleep(1000);
+    }
+    tether_conn *conn = NULL;
+    CHECK(tether_host_get_client(h, "waiter", &conn) == 0);
+    for (int i = 0; i < 2; i++) {
+        pthread_create(&callers[i], NULL, call_waiting, conn);
+    }
+    for (int i = 0; i < 2; i++) {
+        pthread_join(callers[i], NULL);
+    }
+    atomic_store(&stop_waiting, true);
+    pthread_join(server, NULL);
+    tether_conn_unref(conn);
+    CHECK(atomic_load(&waited_notes) == 1600);
+}
+
 int
 main(void)
 {
@@ -212,6 +326,8 @@ main(void)
     for (int i = 0; i < N; i++) {
         pthread_join(threads[i], NULL);
     }
+    CHECK(atomic_load(&errors) == 0);
+    serve_in_wait(h, dir);
     CHECK(atomic_load(&errors) == 0);
 
     /* Close while asynchronous calls are in flight: each completes exactly once. */
