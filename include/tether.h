@@ -403,10 +403,12 @@ typedef struct tether_call_options {
  * TETHER_EREMOTE (the handler failed: *reterr holds type, message, traceback),
  * TETHER_ENOENT (no such service), TETHER_ETIMEDOUT, TETHER_ECONNRESET (connection lost
  * during the call), TETHER_ENOTCONN, TETHER_EMSGSIZE (arguments over the frame limit),
- * TETHER_ENOBUFS (in-flight limit), TETHER_ELOOP (nested too deep), TETHER_EDEADLK (made
- * from an IO handler, which would block the I/O thread), TETHER_EINVAL; reterr (may be
- * NULL) is then filled
- * with a type name and a message for every failure.
+ * TETHER_ENOBUFS (calls waiting for room in the peer's in-flight window, or output
+ * queued for the peer, would pass max_output_bytes; a call beyond the peer's window
+ * waits on this side for room, its timeout running), TETHER_ELOOP (nested too deep),
+ * TETHER_EDEADLK (made from an IO handler, which would block the I/O thread),
+ * TETHER_EINVAL; reterr (may be NULL) is then filled with a type name and a message for
+ * every failure.
  * Thread: any (several threads may call concurrently on one connection).
  */
 TETHER_EXPORT int tether_conn_call(tether_conn *conn, const char *method,

@@ -420,22 +420,60 @@ Test(faults, client_limit)
     tether_host_unref(h);
 }
 
-Test(faults, in_flight_limit)
+static int64_t pings_seen;
+
+static int
+counted_ping_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    pings_seen++; /* the I/O thread only */
+    return tether_request_reply(req, "x", pings_seen);
+}
+
+Test(faults, calls_beyond_the_peers_window_wait_for_room)
 {
     tether_host_options o = {.max_in_flight = 2};
-    tether_host *h = start_host_with(&o);
+    tether_host *h = test_host_new(&o);
+    ASSERT_OK(tether_host_add_service(h, "keep", TETHER_CONTEXT_IO, keep_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "ping", TETHER_CONTEXT_IO, counted_ping_handler, NULL));
+    ASSERT_OK(tether_host_start(h));
     tether_client *c = test_client_connect("c", NULL);
     tether_conn *conn = tether_client_get_conn(c);
-    tether_future *f1, *f2;
+    tether_future *f1, *f2, *queued, *dropped;
     ASSERT_OK(tether_conn_call_async(conn, "keep", NULL, &f1, NULL));
     ASSERT_OK(tether_conn_call_async(conn, "keep", NULL, &f2, NULL));
-    /* The client learnt the host's limit in the welcome and stops at it locally. */
-    tether_future *f3 = NULL;
-    ASSERT_ERR(tether_conn_call_async(conn, "keep", NULL, &f3, NULL), TETHER_ENOBUFS);
+    /* The client learnt the host's limit in the welcome: two more wait on its side. */
+    ASSERT_OK(tether_conn_call_async(conn, "ping", NULL, &dropped, NULL));
+    ASSERT_OK(tether_conn_call_async(conn, "ping", NULL, &queued, NULL));
+    ASSERT_ERR(tether_future_wait(queued, 100000), TETHER_ETIMEDOUT);
+    /* A waiting call cancelled never reaches the host. */
+    tether_future_cancel(dropped);
+    ASSERT_ERR(tether_future_get_result(dropped, NULL, NULL), TETHER_ECANCELED);
+    /* A synchronous call waits too, within its timeout, and says why it gave up. */
+    tether_call_options brief = {.timeout_usec = 100000};
+    tether_error err = TETHER_ERROR_INIT;
+    ASSERT_ERR(tether_conn_call(conn, "ping", &brief, NULL, &err, NULL), TETHER_ETIMEDOUT);
+    cr_assert(strstr(err.message, "no room came free in the peer's window") != NULL, "%s",
+              err.message);
+    tether_error_done(&err);
+    /* Room: the waiting call goes out, the first ping the host sees. */
     tether_future_cancel(f1);
+    ASSERT_OK(tether_future_wait(queued, 5000000));
+    tether_value *v = NULL;
+    int64_t seen = 0;
+    ASSERT_OK(tether_future_get_result(queued, &v, NULL));
+    ASSERT_OK(tether_value_read(v, NULL, "x", &seen));
+    cr_assert_eq(seen, 1, "the host saw %lld pings", (long long)seen);
+    tether_value_unref(v);
     tether_future_cancel(f2);
+    ASSERT_OK(tether_conn_call(conn, "ping", NULL, &v, NULL, NULL));
+    ASSERT_OK(tether_value_read(v, NULL, "x", &seen));
+    cr_assert_eq(seen, 2, "the host saw %lld pings", (long long)seen);
+    tether_value_unref(v);
     tether_future_unref(f1);
     tether_future_unref(f2);
+    tether_future_unref(queued);
+    tether_future_unref(dropped);
     tether_client_unref(c);
     tether_host_unref(h);
 }

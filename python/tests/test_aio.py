@@ -139,6 +139,15 @@ async def test_a_task_cancelled_before_it_ran_cancels_the_call(conn):
 
 
 @pytest.mark.asyncio
+async def test_gather_of_more_calls_than_the_hosts_window(conn):
+    # The host runs 1024 of them at a time; the others wait on this side, and the
+    # gather simply takes longer.
+    calls = 100_000
+    results = await asyncio.gather(*(conn.aio.add(i, 1) for i in range(calls)))
+    assert results == list(range(1, calls + 1))
+
+
+@pytest.mark.asyncio
 async def test_ensure_future_and_gather(conn):
     future = asyncio.ensure_future(conn.aio.add(1, 1))
     assert isinstance(future, asyncio.Task) and await future == 2

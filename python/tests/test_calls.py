@@ -301,6 +301,15 @@ def test_many_futures_in_flight(conn):
         assert [f.result(10) for f in futures] == [2 * i for i in range(1000)]
 
 
+def test_more_futures_than_the_hosts_window(conn):
+    # 100,000 calls started at once, 1024 at a time at the host: the rest wait on this
+    # side and go out as answers come back; none fails.
+    calls = 100_000
+    futures = [tether.async_(conn.root.add)(i, 1) for i in range(calls)]
+    assert [f.result(60) for f in futures] == list(range(1, calls + 1))
+    assert conn.root.add(2, 2) == 4
+
+
 def test_future_cancel(host, conn):
     kept_before, cancelled_before = conn.root.stuck_state()
     f = conn.async_.stuck()

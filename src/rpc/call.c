@@ -1,7 +1,7 @@
 /*
  * call: the calling side of a connection. Outgoing calls (synchronous, future-based and
- * notifications), the pending table that matches responses to them, futures, and the
- * timeouts: a silence bound refreshed by the callee's PROGRESS frames, and an optional
+ * notifications), matching responses to them (the pending table, pending.c), futures,
+ * and the timeouts: a silence bound refreshed by the callee's PROGRESS frames, and an optional
  * absolute deadline.
  *
  * A synchronous caller keeps its tether__pending on its own stack and waits in
@@ -54,71 +54,6 @@ struct tether_future {
 /* Synchronous calls open on this thread, one inside the other through call-backs. */
 static _Thread_local uint32_t sync_depth;
 
-/* ---- pending table (conn lock held) --------------------------------------------- */
-
-/* Double the buckets once calls outnumber them; on allocation failure keep chaining. */
-static void
-pending_grow(tether_conn *c)
-{
-    uint32_t mask = c->pending_mask * 2 + 1;
-    tether__pending **table = tether__calloc((size_t)mask + 1, sizeof(*table));
-    if (!table) {
-        return;
-    }
-    for (uint32_t i = 0; i <= c->pending_mask; i++) {
-        while (c->pending[i]) {
-            tether__pending *p = c->pending[i];
-            c->pending[i] = p->next;
-            p->next = table[(uint32_t)p->id & mask];
-            table[(uint32_t)p->id & mask] = p;
-        }
-    }
-    tether__free(c->pending);
-    c->pending = table;
-    c->pending_mask = mask;
-}
-
-static void
-pending_insert(tether_conn *c, tether__pending *p)
-{
-    if (c->pending_count > c->pending_mask && c->pending_mask < 65535) {
-        pending_grow(c);
-    }
-    uint32_t h = (uint32_t)p->id & c->pending_mask;
-    p->next = c->pending[h];
-    c->pending[h] = p;
-    c->pending_count++;
-}
-
-tether__pending *
-tether__pending_take(tether_conn *c, uint64_t id)
-{
-    tether__pending **pp = &c->pending[(uint32_t)id & c->pending_mask];
-    for (; *pp; pp = &(*pp)->next) {
-        if ((*pp)->id == id) {
-            tether__pending *p = *pp;
-            *pp = p->next;
-            c->pending_count--;
-            if (p->future) {
-                c->async_count--;
-            }
-            return p;
-        }
-    }
-    return NULL;
-}
-
-static tether__pending *
-pending_find(tether_conn *c, uint64_t id)
-{
-    for (tether__pending *p = c->pending[(uint32_t)id & c->pending_mask]; p; p = p->next) {
-        if (p->id == id) {
-            return p;
-        }
-    }
-    return NULL;
-}
-
 /* ---- completion ----------------------------------------------------------------- */
 
 static int
@@ -135,6 +70,8 @@ void
 tether__pending_complete(tether_conn *c, tether__pending *p, int status, tether_value *result,
                          const char *type, const char *message, const char *traceback)
 {
+    /* p left the window: a call waiting for room goes out. */
+    tether__window_pump(c);
     if (p->future) {
         tether__future_complete(p->future, status, result, type, message, traceback);
         return;
@@ -171,6 +108,7 @@ tether__conn_fail_pending(tether_conn *c, int status, const char *reason)
     }
     c->pending_count = 0;
     c->async_count = 0;
+    tether__window_clear_locked(c);
     pthread_mutex_unlock(&c->link.lock);
     int code = status == -ECANCELED ? -ECANCELED : -ECONNRESET;
     const char *type = tether_err_type(code);
@@ -246,12 +184,23 @@ tether__conn_on_progress(tether_conn *c, const tether__frame *f)
         if (tether__mp_read_uint(&rd, &id) < 0) {
             break;
         }
-        tether__pending *p = pending_find(c, id);
+        tether__pending *p = tether__pending_find(c, id);
         if (p) {
             p->last_heard_usec = now;
         }
     }
     pthread_mutex_unlock(&c->link.lock);
+}
+
+const char *
+tether__expiry_reason(const tether__pending *p, bool deadline)
+{
+    if (deadline) {
+        return "the call's deadline passed";
+    }
+    return p->sent ? "the peer was silent for longer than the timeout"
+                   : "no room came free in the peer's window of calls in flight within the "
+                     "timeout";
 }
 
 /* ---- the timeout sweep of futures (I/O thread) ----------------------------------- */
@@ -274,6 +223,7 @@ on_sweep(uv_timer_t *t)
                 *pp = p->next;
                 c->pending_count--;
                 c->async_count--;
+                c->sent_count -= p->sent;
                 p->next = expired;
                 expired = p;
                 continue;
@@ -291,11 +241,11 @@ on_sweep(uv_timer_t *t)
         tether__pending *p = expired;
         expired = p->next;
         bool deadline = now >= p->deadline_usec;
-        tether__send_cancel(c, p->id);
+        if (p->sent) {
+            tether__send_cancel(c, p->id);
+        }
         tether__pending_complete(c, p, -ETIMEDOUT, NULL, TETHER__ERR_TIMEOUT,
-                                 deadline ? "the call's deadline passed"
-                                          : "the peer was silent for longer than the timeout",
-                                 NULL);
+                                 tether__expiry_reason(p, deadline), NULL);
     }
 }
 
@@ -474,12 +424,9 @@ start_call(tether_conn *c, tether__pending *p, request_arg *a, bool flush_now)
         tether__conn_unexport_lists(c, a->objects, 2);
         return -ENOTCONN;
     }
-    if (c->pending_count >= c->peer_max_in_flight) {
-        pthread_mutex_unlock(&c->link.lock);
-        tether__conn_unexport_lists(c, a->objects, 2);
-        return -ENOBUFS;
-    }
-    pending_insert(c, p);
+    tether__pending_insert(c, p);
+    /* Beyond the peer's window the request waits here, in the backlog. */
+    bool now = tether__window_claim_locked(c, p);
     bool start_sweep = false;
     if (p->future) {
         c->async_count++;
@@ -495,7 +442,8 @@ start_call(tether_conn *c, tether__pending *p, request_arg *a, bool flush_now)
     if (!a->chain) {
         a->chain = tether__current_chain() ? tether__current_chain() : tether__chain_new();
     }
-    r = tether__conn_send(c, encode_request, a, flush_now);
+    r = now ? tether__conn_send(c, encode_request, a, flush_now)
+            : tether__window_queue(c, p->id, encode_request, a);
     if (r < 0) {
         tether__conn_unexport_lists(c, a->objects, 2);
         pthread_mutex_lock(&c->link.lock);
@@ -841,7 +789,7 @@ notify(tether_conn *given, const char *method, request_arg *a)
     a->notify = true;
     a->chain = tether__current_chain() ? tether__current_chain() : tether__chain_new();
     r = tether__conn_export_lists(c, a->objects, 2);
-    if (r == 0 && (r = tether__conn_send(c, encode_request, a, false)) < 0) {
+    if (r == 0 && (r = tether__window_send(c, encode_request, a, false)) < 0) {
         tether__conn_unexport_lists(c, a->objects, 2);
     }
     tether_conn_unref(c);
@@ -1067,7 +1015,9 @@ tether_future_cancel(tether_future *f)
     pthread_mutex_unlock(&c->link.lock);
     int r = -EALREADY;
     if (p) {
-        tether__send_cancel(c, p->id);
+        if (p->sent) {
+            tether__send_cancel(c, p->id);
+        }
         tether__pending_complete(c, p, -ECANCELED, NULL, TETHER__ERR_CANCELLED,
                                  "the call was cancelled", NULL);
         r = 0;

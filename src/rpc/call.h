@@ -30,6 +30,7 @@ typedef struct tether__pending {
     /* Synchronous calls: the reader role was taken before the request left (call.c),
      * so that its reply finds input paused and wakes no other thread. */
     bool holds_role;
+    bool sent; /* conn lock: the request is on the wire (window.c), not in the backlog */
     bool done;
     int status;
     tether_value *result;
@@ -43,7 +44,13 @@ typedef struct tether__pending {
 void tether__pending_complete(tether_conn *conn, tether__pending *p, int status,
                               tether_value *result, const char *type, const char *message,
                               const char *traceback);
-tether__pending *tether__pending_take(tether_conn *conn, uint64_t id); /* lock held */
+/* The pending table (pending.c), conn lock held: insert p (its id set); take the call
+ * of that id out of the table (NULL: none); find it without taking it. */
+void tether__pending_insert(tether_conn *conn, tether__pending *p);
+tether__pending *tether__pending_take(tether_conn *conn, uint64_t id);
+tether__pending *tether__pending_find(tether_conn *conn, uint64_t id);
+/* Why p timed out: its deadline, silence, or no room in the peer's window (window.c). */
+const char *tether__expiry_reason(const tether__pending *p, bool deadline);
 void tether__conn_on_response(tether_conn *conn, const tether__frame *frame);
 void tether__conn_on_progress(tether_conn *conn, const tether__frame *frame);
 void tether__conn_fail_pending(tether_conn *conn, int status, const char *reason);
@@ -53,5 +60,20 @@ void tether__future_complete(tether_future *f, int status, tether_value *result,
 /* Wait for a synchronous call's response, reading it ourselves when nobody else holds
  * the reader role (wait.c). p is in the pending table; returns with p completed. */
 void tether__conn_wait(tether_conn *conn, tether__pending *p);
+
+/*
+ * The peer's in-flight window (window.c). claim: p, just inserted, goes out now (true,
+ * counted as sent) or waits in the backlog (false), under the conn lock; the table
+ * gives the room back when p leaves it. queue: append what encode writes to the backlog as the
+ * request id (0: a frame that takes no room, a notification or release), then send what
+ * fits. send: send a frame that takes no room at once, or behind what waits. pump: send
+ * what the window has room for (after a call completed). clear: drop the backlog (the
+ * connection closed; conn lock held). Thread: any but where noted.
+ */
+bool tether__window_claim_locked(tether_conn *conn, tether__pending *p);
+int tether__window_queue(tether_conn *conn, uint64_t id, tether__encode_fn encode, void *arg);
+int tether__window_send(tether_conn *conn, tether__encode_fn encode, void *arg, bool flush_now);
+void tether__window_pump(tether_conn *conn);
+void tether__window_clear_locked(tether_conn *conn);
 
 #endif

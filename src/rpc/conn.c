@@ -160,6 +160,7 @@ hook_destroy(tether__link *l)
     tether_conn *c = tether__conn_of(l);
     tether__conn_drop_objects(c);
     tether__link_done(&c->link);
+    tether__buf_done(&c->backlog);
     tether__free(c->pending);
     tether__free(c->peer_services);
     pthread_cond_destroy(&c->peer_services_changed);

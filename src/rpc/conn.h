@@ -55,11 +55,18 @@ struct tether_conn {
     uint32_t async_count;         /* conn lock: pending futures (the sweep runs) */
     tether_request *running;      /* conn lock */
     uint32_t running_count;       /* conn lock */
+    uint32_t running_cancelled;   /* conn lock: of those, cancelled (out of the window) */
     tether__conn_objects objects; /* conn lock: references crossing (object.h) */
     bool sweep_posted;            /* conn lock */
 
     atomic_uint_fast64_t next_id;
     uint32_t peer_max_in_flight;
+    /* The window (window.c), conn lock: requests on the wire awaiting an answer; the
+     * frames waiting for room, in order; one thread sends from them at a time. */
+    uint32_t sent_count;
+    tether__buf backlog;
+    bool pumping;
+    atomic_uint backlog_records; /* relaxed: a look without the lock */
     /* Host side: a reset or disconnect is letting the client's requests in flight
      * finish before it closes (endpoints/host.c); new requests are refused meanwhile
      * with tether.Closing (request.c). */

@@ -395,6 +395,15 @@ run_release_flush(tether__task *task)
 {
     tether_conn *c = (tether_conn *)((char *)task - offsetof(tether_conn, objects.release_task));
     pthread_mutex_lock(&c->link.lock);
+    if (c->pumping || tether__buf_pending(&c->backlog) > 0) {
+        /* Calls wait for room in the peer's window (window.c), maybe naming objects
+         * released here: the release follows them once they are out. */
+        c->objects.release_posted = false;
+        c->objects.release_deferred = true;
+        pthread_mutex_unlock(&c->link.lock);
+        tether_conn_unref(c);
+        return;
+    }
     uint64_t *ids = c->objects.release_ids, *counts = c->objects.release_counts;
     size_t n = c->objects.release_n;
     c->objects.release_ids = c->objects.release_counts = NULL;
@@ -414,6 +423,15 @@ run_release_flush(tether__task *task)
 }
 
 /* Queue (id, count) for the next RELEASE frame. Lock held. */
+static void
+post_release_flush_locked(tether_conn *c)
+{
+    c->objects.release_posted = true;
+    tether_conn_ref(c);
+    c->objects.release_task.run = run_release_flush;
+    tether__ioloop_post(c->link.loop, &c->objects.release_task);
+}
+
 static void
 release_later_locked(tether_conn *c, uint64_t id, uint64_t count)
 {
@@ -437,12 +455,18 @@ release_later_locked(tether_conn *c, uint64_t id, uint64_t count)
     o->release_ids[o->release_n] = id;
     o->release_counts[o->release_n] = count;
     o->release_n++;
-    if (!o->release_posted) {
+    if (!o->release_posted && !o->release_deferred) {
         /* One task per batch: proxies dropped together leave in one frame. */
-        o->release_posted = true;
-        tether_conn_ref(c);
-        o->release_task.run = run_release_flush;
-        tether__ioloop_post(c->link.loop, &o->release_task);
+        post_release_flush_locked(c);
+    }
+}
+
+void
+tether__conn_releases_resume_locked(tether_conn *c)
+{
+    if (c->objects.release_deferred) {
+        c->objects.release_deferred = false;
+        post_release_flush_locked(c);
     }
 }
 

@@ -69,6 +69,10 @@ running_remove_locked(tether_conn *c, tether_request *req)
     }
     req->running = false;
     c->running_count--;
+    if (req->cancel_counted) {
+        req->cancel_counted = false;
+        c->running_cancelled--;
+    }
 }
 
 /* Claim the one reply of req; false if it was replied already. */
@@ -645,7 +649,7 @@ id_in_flight(tether_conn *c, const tether__frame *f, bool *over)
 {
     bool found = false;
     pthread_mutex_lock(&c->link.lock);
-    *over = c->running_count >= c->ep->max_in_flight;
+    *over = c->running_count - c->running_cancelled >= c->ep->max_in_flight;
     uint64_t id = f->id;
     for (tether_request *req = f->kind == TETHER__REQUEST ? c->running : NULL; req && !found;
          req = req->run_next) {
@@ -772,6 +776,11 @@ static bool
 cancel_locked(tether_request *req)
 {
     atomic_store(&req->cancelled, true);
+    if (req->running && !req->cancel_counted) {
+        /* Out of the caller's window from now on (protocol.md, Limits). */
+        req->cancel_counted = true;
+        req->conn->running_cancelled++;
+    }
     if (!req->cancel_hook) {
         return false;
     }

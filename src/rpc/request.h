@@ -34,6 +34,7 @@ struct tether_request {
     /* Running list (a reply is owed and the handler kept the request), conn lock. */
     struct tether_request *run_next, *run_prev;
     bool running;
+    bool cancel_counted; /* conn lock: cancelled while running, in running_cancelled */
     /* The service that runs it, and how it gets there for MAIN and POOL services. */
     tether_handler_fn handler;
     void *userdata;

@@ -38,7 +38,9 @@ abandon_locked(tether_conn *c, tether__pending *p, int status, const char *type,
     tether__pending *taken = tether__pending_take(c, p->id);
     pthread_mutex_unlock(&c->link.lock);
     if (taken) {
-        tether__send_cancel(c, p->id);
+        if (p->sent) {
+            tether__send_cancel(c, p->id); /* the peer never saw one still in the backlog */
+        }
         tether__pending_complete(c, p, status, NULL, type, message, NULL);
     }
     pthread_mutex_lock(&c->link.lock);
@@ -49,9 +51,7 @@ static void
 expire_locked(tether_conn *c, tether__pending *p)
 {
     bool deadline = p->deadline_usec <= tether_now_usec();
-    abandon_locked(c, p, -ETIMEDOUT, TETHER__ERR_TIMEOUT,
-                   deadline ? "the call's deadline passed"
-                            : "the peer was silent for longer than the timeout");
+    abandon_locked(c, p, -ETIMEDOUT, TETHER__ERR_TIMEOUT, tether__expiry_reason(p, deadline));
 }
 
 /*

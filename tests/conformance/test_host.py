@@ -363,6 +363,17 @@ def test_too_many_requests_answered_with_error_connection_stays(host):
     p.close()
 
 
+def test_a_cancelled_request_leaves_the_window(host):
+    p = host.open(name="flood-cancel")
+    limit = p.welcome["max_in_flight"]
+    p.send(*[request(i, "slow", [5000], timeout_ms=0) for i in range(1, limit + 1)])
+    # Still running, but cancelled: no longer counted (section 11, Limits).
+    p.send([CANCEL, 1], request(limit + 1, "add", [2, 3]))
+    f = p.recv_kind(RESPONSE)
+    assert f[:4] == [RESPONSE, limit + 1, False, 5]
+    p.close()
+
+
 def test_response_to_unknown_id_is_dropped(conn):
     conn.send([RESPONSE, 999, False, None])
     assert conn.alive()
