@@ -11,6 +11,7 @@
 
 #include "codec/ext.h"
 #include "codec/msgpack.h"
+#include "rpc/call.h"
 #include "rpc/conn.h"
 #include "rpc/endpoint.h"
 #include "rpc/value.h"
@@ -395,15 +396,6 @@ run_release_flush(tether__task *task)
 {
     tether_conn *c = (tether_conn *)((char *)task - offsetof(tether_conn, objects.release_task));
     pthread_mutex_lock(&c->link.lock);
-    if (c->pumping || tether__buf_pending(&c->backlog) > 0) {
-        /* Calls wait for room in the peer's window (window.c), maybe naming objects
-         * released here: the release follows them once they are out. */
-        c->objects.release_posted = false;
-        c->objects.release_deferred = true;
-        pthread_mutex_unlock(&c->link.lock);
-        tether_conn_unref(c);
-        return;
-    }
     uint64_t *ids = c->objects.release_ids, *counts = c->objects.release_counts;
     size_t n = c->objects.release_n;
     c->objects.release_ids = c->objects.release_counts = NULL;
@@ -412,7 +404,9 @@ run_release_flush(tether__task *task)
     pthread_mutex_unlock(&c->link.lock);
     for (size_t at = 0; at < n; at += RELEASE_CHUNK) {
         release_arg a = {ids + at, counts + at, n - at < RELEASE_CHUNK ? n - at : RELEASE_CHUNK};
-        if (tether__conn_send(c, encode_release, &a, false) == -ENOBUFS) {
+        /* Behind calls waiting for room in the peer's window, which may name these
+         * objects (window.c). */
+        if (tether__window_send(c, encode_release, &a, false) == -ENOBUFS) {
             tether__conn_drop_slow_reader(c);
             break;
         }
@@ -423,15 +417,6 @@ run_release_flush(tether__task *task)
 }
 
 /* Queue (id, count) for the next RELEASE frame. Lock held. */
-static void
-post_release_flush_locked(tether_conn *c)
-{
-    c->objects.release_posted = true;
-    tether_conn_ref(c);
-    c->objects.release_task.run = run_release_flush;
-    tether__ioloop_post(c->link.loop, &c->objects.release_task);
-}
-
 static void
 release_later_locked(tether_conn *c, uint64_t id, uint64_t count)
 {
@@ -455,18 +440,12 @@ release_later_locked(tether_conn *c, uint64_t id, uint64_t count)
     o->release_ids[o->release_n] = id;
     o->release_counts[o->release_n] = count;
     o->release_n++;
-    if (!o->release_posted && !o->release_deferred) {
+    if (!o->release_posted) {
         /* One task per batch: proxies dropped together leave in one frame. */
-        post_release_flush_locked(c);
-    }
-}
-
-void
-tether__conn_releases_resume_locked(tether_conn *c)
-{
-    if (c->objects.release_deferred) {
-        c->objects.release_deferred = false;
-        post_release_flush_locked(c);
+        o->release_posted = true;
+        tether_conn_ref(c);
+        o->release_task.run = run_release_flush;
+        tether__ioloop_post(c->link.loop, &o->release_task);
     }
 }
 

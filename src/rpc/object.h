@@ -94,7 +94,6 @@ typedef struct tether__conn_objects {
     uint64_t *release_ids, *release_counts; /* RELEASE batch not sent yet */
     size_t release_n, release_cap;
     bool release_posted;
-    bool release_deferred; /* behind calls waiting for room in the window (window.c) */
     tether__task release_task;
 } tether__conn_objects;
 
@@ -130,9 +129,6 @@ tether_object *tether__conn_find_export(tether_conn *c, uint64_t id);
 
 /* A RELEASE frame arrived. */
 void tether__conn_on_release(tether_conn *c, const tether__frame *f);
-/* The window's backlog drained (window.c): releases held behind it go out. Conn lock
- * held. */
-void tether__conn_releases_resume_locked(tether_conn *c);
 
 /* The connection closed (or is freed): every reference that crossed it is released. */
 void tether__conn_drop_objects(tether_conn *c);

@@ -7,7 +7,9 @@
  * once), a request that finds the window full is encoded into the connection's backlog
  * and goes out as responses free the window, its timeout running meanwhile. Once
  * anything waits there, notifications and releases queue behind it too, so that the
- * peer still sees every frame of this side in the order it was made.
+ * peer still sees every frame of this side in the order it was made (a release must not
+ * overtake a waiting call that names the object). It sends through the link itself:
+ * the layers above call it, never the other way round.
  *
  * The backlog is a buffer of records, each [id (8 bytes), length (4), frame]; id 0 for
  * a frame that takes no room in the window. A call cancelled or expired while it waits
@@ -20,7 +22,6 @@
 #include <string.h>
 
 #include "rpc/call.h"
-#include "rpc/object.h"
 #include "util/alloc.h"
 
 typedef struct record_head {
@@ -85,7 +86,7 @@ tether__window_send(tether_conn *c, tether__encode_fn encode, void *arg, bool fl
     bool behind = c->pumping || tether__buf_pending(&c->backlog) > 0;
     pthread_mutex_unlock(&c->link.lock);
     return behind ? tether__window_queue(c, 0, encode, arg)
-                  : tether__conn_send(c, encode, arg, flush_now);
+                  : tether__link_send(&c->link, encode, arg, flush_now);
 }
 
 static int
@@ -133,16 +134,15 @@ tether__window_pump(tether_conn *c)
         }
         pthread_mutex_unlock(&c->link.lock);
         tether__span bytes = {tether__buf_head(&frame), tether__buf_pending(&frame)};
-        r = tether__conn_send(c, encode_bytes, &bytes, flush_now);
+        r = tether__link_send(&c->link, encode_bytes, &bytes, flush_now);
         if (r == -ENOBUFS) {
-            tether__conn_drop_slow_reader(c);
+            tether__link_drop_slow_reader(&c->link);
         }
         pthread_mutex_lock(&c->link.lock);
     }
     c->pumping = false;
     if (tether__buf_pending(&c->backlog) == 0) {
         tether__buf_done(&c->backlog); /* a burst's buffer is not kept */
-        tether__conn_releases_resume_locked(c);
     }
     pthread_mutex_unlock(&c->link.lock);
     tether__buf_done(&frame);
