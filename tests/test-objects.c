@@ -319,6 +319,59 @@ Test(objects, same_object_same_proxy_and_passing_back_resolves_to_the_original)
     teardown(&f);
 }
 
+static tether_request *_Atomic held; /* a request the host answers when the test says */
+
+static int
+hold(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    atomic_store(&held, tether_request_ref(req));
+    return 0;
+}
+
+Test(objects, a_release_waits_behind_calls_waiting_for_room_in_the_window)
+{
+    /* The host runs one request at a time. A method call that waits on the client's side
+     * for room, then the last proxy of its object dropped: the release must not overtake
+     * the call, or the host would free the object before the call arrives. */
+    tether_host_options ho = {.name = "objects-window", .max_in_flight = 1};
+    tether_host *h = test_host_new(&ho);
+    ASSERT_OK(tether_host_add_service(h, "make_counter", TETHER_CONTEXT_IO, make_counter, h));
+    ASSERT_OK(tether_host_add_service(h, "hold", TETHER_CONTEXT_IO, hold, NULL));
+    ASSERT_OK(tether_host_start(h));
+    tether_client *c = test_client_connect("objects-window", tether_host_get_address(h));
+    tether_conn *conn = tether_client_get_conn(c);
+    atomic_store(&made_released, 0);
+    tether_object *proxy = call_for_object(conn, "make_counter");
+    tether_future *first = NULL, *method = NULL;
+    ASSERT_OK(tether_conn_call_async(conn, "hold", NULL, &first, NULL));
+    ASSERT_OK(tether_object_call_async(proxy, "add", NULL, &method, "i", 5));
+    proxy = tether_object_unref(proxy);
+    usleep(50000); /* the release task runs, and must queue behind the method call */
+    cr_assert_eq(atomic_load(&made_released), 0, "released before the waiting call went out");
+    tether_request *req = NULL;
+    for (int i = 0; i < 500 && !(req = atomic_exchange(&held, NULL)); i++) {
+        usleep(10000);
+    }
+    cr_assert(req != NULL, "the host never got the first call");
+    ASSERT_OK(tether_request_reply(req, NULL));
+    tether_request_unref(req);
+    ASSERT_OK(tether_future_wait(method, 5000000));
+    tether_value *v = NULL;
+    tether_error err = TETHER_ERROR_INIT;
+    int r = tether_future_get_result(method, &v, &err);
+    cr_assert_eq(r, 0, "the waiting method call: %s", err.message ? err.message : "");
+    int n = 0;
+    ASSERT_OK(tether_value_read(v, NULL, "i", &n));
+    cr_assert_eq(n, 5);
+    tether_value_unref(v);
+    wait_flag(&made_released, 1, "the release, after the call");
+    tether_future_unref(first);
+    tether_future_unref(method);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
 static atomic_int client_released;
 
 static const tether_class client_counter_class = {
