@@ -13,6 +13,9 @@
 #                      charts to build-release/bench-out/ (BENCH_OUT=bench/out refreshes the
 #                      committed tables, and their charts in docs/pictures/)
 #   make bench-charts  draw the charts again from the JSON in $(BENCH_OUT) (bench/charts)
+#   make bench-check   instructions per call of the hot paths (valgrind's callgrind) against
+#                      bench/out/instructions.json: fails when one grew by over 10% (CI runs
+#                      it; bench/instructions --update writes new reference counts)
 #   make hardening     bench/hardening: clients admitted under a soft fd limit of 1024, then
 #                      HARDENING_SECONDS of mutated frames against tether-demo while a good
 #                      client calls; figures to $(BENCH_OUT) (hardening.md, .json)
@@ -68,7 +71,8 @@ configure = $(CMAKE) -S . -B $(1) -G Ninja -DCMAKE_BUILD_TYPE=$(2) \
 
 deps = @if [ -z "$(TETHER_SKIP_DEPS)" ]; then $(INSTALL_DEPS) $(1); fi
 
-.PHONY: build all deps test test-posix pytest conformance bench bench-charts hardening demo asan tsan \
+.PHONY: build all deps test test-posix pytest conformance bench bench-charts bench-check hardening \
+	demo asan tsan \
 	fuzz install wheel format format-check pictures clean
 
 all: build
@@ -139,6 +143,12 @@ bench:
 bench-charts:
 	$(call deps,docs)
 	$(PYTHON) bench/charts $(BENCH_OUT)
+
+bench-check:
+	$(call deps,count)
+	$(call configure,$(BUILD_RELEASE),Release,-DTETHER_BUILD_TESTS=OFF -DTETHER_BENCH=ON)
+	$(CMAKE) --build $(BUILD_RELEASE)
+	$(PYTHON) bench/instructions --build-dir $(BUILD_RELEASE) --check
 
 # Figures, not a test: exits non-zero only if the host died or the good client saw errors.
 hardening:

@@ -248,3 +248,16 @@ def test_a_block_without_a_known_marker_is_refused(tmp_path):
     found = blocks(str(page))
     assert [runner(b) for b in found] == [None, None, None, "nobody (not run)", None]
     assert [b.language for b in found] == ["sh", "python", "", "", "c"]
+
+
+def test_benchmarks_page_shows_the_committed_instruction_counts():
+    import json
+    with open(os.path.join(SOURCE_DIR, "bench", "out", "instructions.json")) as f:
+        counts = json.load(f)["instructions_per_call"]
+    with open(os.path.join(DOCS, "benchmarks.md")) as f:
+        page = f.read()
+    for path, label in (("c_sync", "C to C"), ("python_sync", "Python to C")):
+        row = next((line for line in page.splitlines() if line.startswith(f"| {label}")), "")
+        cells = [cell.strip() for cell in row.split("|")[2:4]]
+        assert cells == [f"{counts[path + '_client']:,}", f"{counts[path + '_server']:,}"], \
+            f"docs/benchmarks.md says {cells} for {path}: bench/out/instructions.json has others"
