@@ -171,7 +171,13 @@ fi
 "$build/tether-demo" --name demo-test --seconds 30 > "$out/demo.out" 2>&1 &
 demo=$!
 wait_for_socket "$rt/demo-test.sock"
-address=$(sed -n 's/^ *TETHER_ADDRESS=\(unix:[^ ]*\) .*/\1/p' "$out/demo.out")
+# It listens before it prints how to connect: wait for the line too (a slow build, TSan).
+address=
+for _ in $(seq 100); do
+    address=$(sed -n 's/^ *TETHER_ADDRESS=\(unix:[^ ]*\) .*/\1/p' "$out/demo.out")
+    [ -n "$address" ] && break
+    sleep 0.1
+done
 if [ "$address" = "unix:$rt/demo-test.sock" ]; then
     ok "tether-demo prints how to connect"
 else

@@ -103,8 +103,9 @@ tether_py_hub_stop(hub *h)
 
 enum {
     CB_NONE = 0,
-    CB_WAITING = 1,
-    CB_FIRED = 2
+    CB_WAITING = 1, /* the hub runs the callbacks */
+    CB_FIRED = 2,
+    CB_QUEUED = 3 /* a CompletionQueue has the core callback; it runs them when drained */
 };
 
 typedef struct {
@@ -426,7 +427,10 @@ future_add_done_callback(FutureObject *self, PyObject *fn)
         PyErr_SetString(PyExc_TypeError, "add_done_callback expects a callable");
         return NULL;
     }
-    if (self->cb_state == CB_WAITING) {
+    if (self->cb_state == CB_WAITING || self->cb_state == CB_QUEUED) {
+        if (!self->callbacks && !(self->callbacks = PyList_New(0))) {
+            return NULL;
+        }
         if (PyList_Append(self->callbacks, fn) < 0) {
             return NULL;
         }
@@ -466,6 +470,33 @@ future_add_done_callback(FutureObject *self, PyObject *fn)
         return tether_py_raise_error(st, r, NULL, AT_CALL);
     }
     Py_RETURN_NONE;
+}
+
+tether_future *
+tether_py_future_claim_callback(PyObject *future)
+{
+    FutureObject *self = (FutureObject *)future;
+    if (!PyObject_TypeCheck(future, tether_py_state_of_type(Py_TYPE(future))->future_type)) {
+        PyErr_SetString(PyExc_TypeError, "expected a tether.Future");
+        return NULL;
+    }
+    if (self->cb_state != CB_NONE) {
+        return NULL;
+    }
+    self->cb_state = CB_QUEUED;
+    return self->future;
+}
+
+void
+tether_py_future_unclaim_callback(PyObject *future)
+{
+    ((FutureObject *)future)->cb_state = CB_NONE;
+}
+
+void
+tether_py_future_fire_callbacks(PyObject *future)
+{
+    future_run_callbacks((FutureObject *)future);
 }
 
 /*

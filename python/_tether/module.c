@@ -118,6 +118,11 @@ module_exec(PyObject *module)
     if (!st->child_type || PyModule_AddType(module, st->child_type) < 0) {
         return -1;
     }
+    st->completions_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &tether_py_completions_spec, NULL);
+    if (!st->completions_type || PyModule_AddType(module, st->completions_type) < 0) {
+        return -1;
+    }
     st->exports = PyDict_New();
     st->classes = PyDict_New();
     if (!st->exports || !st->classes) {
@@ -186,6 +191,7 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->ref_type);
     Py_VISIT(st->host_type);
     Py_VISIT(st->child_type);
+    Py_VISIT(st->completions_type);
     for (size_t i = 0; i < sizeof(st->proxy_parts) / sizeof(st->proxy_parts[0]); i++) {
         Py_VISIT(st->proxy_parts[i]);
     }
@@ -209,6 +215,7 @@ module_clear(PyObject *module)
     Py_CLEAR(st->ref_type);
     Py_CLEAR(st->host_type);
     Py_CLEAR(st->child_type);
+    Py_CLEAR(st->completions_type);
     for (size_t i = 0; i < sizeof(st->proxy_parts) / sizeof(st->proxy_parts[0]); i++) {
         Py_CLEAR(st->proxy_parts[i]);
     }

@@ -36,6 +36,7 @@ typedef struct {
     PyTypeObject *ref_type;
     PyTypeObject *host_type;
     PyTypeObject *child_type;
+    PyTypeObject *completions_type;
     PyObject *proxy_parts[4]; /* from tether._proxy, on first use: see proxy_part */
     PyObject *exports;        /* id(obj) -> address of the tether_object exported for obj */
     PyObject *classes;        /* (context, type name) -> capsule of its tether_class */
@@ -123,6 +124,16 @@ PyObject *tether_py_module_strerror(PyObject *module, PyObject *arg);
 /* ---- future.c: Future, and the thread that runs its done-callbacks ------------------- */
 
 extern PyType_Spec tether_py_future_spec;
+/* For completions.c: take the future's one core callback for a CompletionQueue (NULL,
+ * without an exception, if its Python done-callbacks have it), give it back if that
+ * failed, and run the done-callbacks added since, once the queue drains it. */
+tether_future *tether_py_future_claim_callback(PyObject *future);
+void tether_py_future_unclaim_callback(PyObject *future);
+void tether_py_future_fire_callbacks(PyObject *future);
+
+/* ---- completions.c: futures completed for an asyncio loop ---------------------------- */
+
+extern PyType_Spec tether_py_completions_spec;
 
 hub *tether_py_hub_new(void);
 void tether_py_hub_unref(hub *h);

@@ -518,3 +518,52 @@ def test_proxy_attributes_of_a_spawned_child(tmp_path):
 
     with tether.run_script(CHILD, args=[str(flag)]) as child:
         asyncio.run(main(child))
+
+
+AWAIT_ONLY = """
+import asyncio, sys, threading
+import tether
+
+async def main():
+    conn = await tether.connect_async(address=sys.argv[1], name="await-only")
+    results = [await conn.aio.add(i, 1) for i in range(200)]
+    results += await asyncio.gather(*(conn.aio.add(i, 2) for i in range(2000)))
+    f = conn.async_.slow(50)
+    task = asyncio.ensure_future(f)
+    await asyncio.sleep(0)  # the task awaits f: the loop's queue has it
+    seen = []
+    f.add_done_callback(lambda fut: seen.append(threading.current_thread().name))
+    results.append(await task)
+    conn.close()
+    return results, seen
+
+results, seen = asyncio.run(main())
+assert results == [i + 1 for i in range(200)] + [i + 2 for i in range(2000)] + [50], results
+print(sorted(t.name for t in threading.enumerate()), seen)
+"""
+
+
+def test_awaited_calls_complete_on_the_loop_without_a_callback_thread(host):
+    # A completion goes from tether's I/O thread to the loop through the loop's queue: no
+    # other Python thread takes part (the done-callback thread is never started), and a
+    # done-callback added to an awaited future runs on the loop's thread when it drains.
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(tether.__file__)))
+    out = subprocess.run([sys.executable, "-c", AWAIT_ONLY, host.address],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "['MainThread'] ['MainThread']\n"
+
+
+@pytest.mark.asyncio
+async def test_a_future_awaited_twice_and_with_callbacks(conn):
+    done = []
+    f = conn.async_.add(2, 3)
+    f.add_done_callback(done.append)         # its own callback first: awaited through it
+    assert await f == 5 and await f == 5
+    g = conn.async_.add(1, 1)
+    assert await g == 2 and await g == 2      # the second await falls back the same way
+    assert await asyncio.wait_for(conn.async_.add(4, 4), 5) == 8
+    assert wait_until(lambda: done == [f])

@@ -1,9 +1,11 @@
 """asyncio integration: awaitable calls, and services run as tasks.
 
 - ``wrap_future(future)`` turns a tether.Future into an asyncio future of the running loop.
-  The tether future's done-callback (on tether's callback thread) hands its outcome to the
-  loop with call_soon_threadsafe, so nothing polls; cancelling the asyncio future cancels
-  the call. ``await tether_future`` and ``conn.aio.NAME(...)`` go through it.
+  The loop's CompletionQueue (_tether) receives the future on the I/O thread when its
+  call completes and makes one descriptor readable per batch; the loop, watching it with
+  add_reader, settles every future queued by then in one turn: nothing polls, and no
+  other Python thread takes part. Cancelling the asyncio future cancels the call.
+  ``await tether_future`` and ``conn.aio.NAME(...)`` go through it.
 - ``AioCall`` is what ``conn.aio.NAME(...)`` returns: the call is under way, and asyncio
   takes the object as a coroutine (create_task, TaskGroup, gather...), see its docstring.
 - ``aio_getattr``, ``aio_setattr``, ``aio_delattr``: a proxy's attributes from asyncio,
@@ -23,6 +25,7 @@ import asyncio
 import collections.abc
 import functools
 import threading
+import weakref
 
 from . import _tether
 from ._proxy import Proxy, _ref
@@ -38,6 +41,40 @@ CANCEL_POLL = 0.02
 CANCEL_POLL_MAX = 0.25
 
 
+class _Completions:
+    """The calls a loop awaits: a CompletionQueue it reads, and the asyncio future waiting
+    for each tether.Future queued there."""
+
+    def __init__(self, loop):
+        self.queue = _tether.CompletionQueue()
+        self.waiters = {}  # tether.Future -> asyncio future
+        loop.add_reader(self.queue.fileno(), self.drain)
+
+    def drain(self):
+        waiters = self.waiters
+        for future in self.queue.drain():
+            waiter = waiters.pop(future, None)
+            if waiter is not None:
+                _settle(waiter, future)
+
+
+#: One per loop, gone with it (a loop that cannot watch a descriptor gets None).
+_completions = weakref.WeakKeyDictionary()
+
+
+def _completions_of(loop):
+    try:
+        return _completions[loop]
+    except KeyError:
+        pass
+    try:
+        completions = _Completions(loop)
+    except (NotImplementedError, AttributeError, TypeError):
+        completions = None  # no add_reader on this loop: done-callbacks instead
+    _completions[loop] = completions
+    return completions
+
+
 def wrap_future(future, loop=None):
     """An asyncio future of loop (default: the running one) completing as the tether.Future
     future does; cancelling it cancels the call."""
@@ -45,7 +82,11 @@ def wrap_future(future, loop=None):
         loop = asyncio.get_running_loop()
     waiter = loop.create_future()
     waiter.add_done_callback(functools.partial(_cancel_call, future))
-    future.add_done_callback(functools.partial(_call_done, loop, waiter))
+    completions = _completions_of(loop)
+    if completions is not None and completions.queue.watch(future):
+        completions.waiters[future] = waiter
+    else:  # awaited twice, or with done-callbacks of its own: through the callback thread
+        future.add_done_callback(functools.partial(_call_done, loop, waiter))
     return waiter
 
 

@@ -154,6 +154,16 @@ tether__conn_on_response(tether_conn *c, const tether__frame *f)
             return;
         }
     }
+    uint64_t now = tether_now_usec();
+    if (now >= tether__pending_expiry(p)) {
+        /* Read only after the call's bound had passed (the sweep had not come round,
+         * its thread held up): the caller was promised a timeout by then. Its objects
+         * were bound above and are released with the value. */
+        tether_value_unref(v);
+        tether__pending_complete(c, p, -ETIMEDOUT, NULL, TETHER__ERR_TIMEOUT,
+                                 tether__expiry_reason(p, now >= p->deadline_usec), NULL);
+        return;
+    }
     if (!f->is_error) {
         tether__pending_complete(c, p, 0, v, NULL, NULL, NULL);
         return;
@@ -217,9 +227,7 @@ on_sweep(uv_timer_t *t)
         tether__pending **pp = &c->pending[i];
         while (*pp) {
             tether__pending *p = *pp;
-            uint64_t silence = p->timeout_usec == UINT64_MAX ? UINT64_MAX
-                                                             : p->last_heard_usec + p->timeout_usec;
-            if (p->future && (now >= silence || now >= p->deadline_usec)) {
+            if (p->future && now >= tether__pending_expiry(p)) {
                 *pp = p->next;
                 c->pending_count--;
                 c->async_count--;
@@ -427,6 +435,9 @@ start_call(tether_conn *c, tether__pending *p, request_arg *a, bool flush_now)
     tether__pending_insert(c, p);
     /* Beyond the peer's window the request waits here, in the backlog. */
     bool now = tether__window_claim_locked(c, p);
+    /* Alone in flight, an async call is written at once: there is no batch to join, and
+     * waking the I/O thread to write one frame costs a thread hop per awaited call. */
+    flush_now = flush_now || c->pending_count == 1;
     bool start_sweep = false;
     if (p->future) {
         c->async_count++;
@@ -436,6 +447,15 @@ start_call(tether_conn *c, tether__pending *p, request_arg *a, bool flush_now)
         }
     }
     pthread_mutex_unlock(&c->link.lock);
+    if (start_sweep) {
+        /* Asked for before the request leaves: the I/O thread arms the timeouts before
+         * it can act on anything the request brings about (its answer, or a peer in
+         * this process that blocks the thread). If the send fails, the sweep finds
+         * nothing and stops. */
+        tether_conn_ref(c);
+        c->sweep_task.run = run_sweep_start;
+        tether__ioloop_post(c->link.loop, &c->sweep_task);
+    }
 
     a->id = p->id;
     a->timeout_ms = timeout_ms_of(p);
@@ -448,9 +468,6 @@ start_call(tether_conn *c, tether__pending *p, request_arg *a, bool flush_now)
         tether__conn_unexport_lists(c, a->objects, 2);
         pthread_mutex_lock(&c->link.lock);
         tether__pending *taken = tether__pending_take(c, p->id);
-        if (start_sweep) {
-            c->sweep_posted = false;
-        }
         pthread_mutex_unlock(&c->link.lock);
         if (!taken) {
             /* A close took it first and completes it; report what the close says. */
@@ -459,11 +476,6 @@ start_call(tether_conn *c, tether__pending *p, request_arg *a, bool flush_now)
         return r;
     }
     atomic_fetch_add_explicit(&c->calls_out, 1, memory_order_relaxed);
-    if (start_sweep) {
-        tether_conn_ref(c);
-        c->sweep_task.run = run_sweep_start;
-        tether__ioloop_post(c->link.loop, &c->sweep_task);
-    }
     return 0;
 }
 

@@ -49,6 +49,15 @@ void tether__pending_complete(tether_conn *conn, tether__pending *p, int status,
 void tether__pending_insert(tether_conn *conn, tether__pending *p);
 tether__pending *tether__pending_take(tether_conn *conn, uint64_t id);
 tether__pending *tether__pending_find(tether_conn *conn, uint64_t id);
+/* When p times out: its silence bound or its deadline, whichever comes first. */
+static inline uint64_t
+tether__pending_expiry(const tether__pending *p)
+{
+    uint64_t silence =
+        p->timeout_usec == UINT64_MAX ? UINT64_MAX : p->last_heard_usec + p->timeout_usec;
+    return silence < p->deadline_usec ? silence : p->deadline_usec;
+}
+
 /* Why p timed out: its deadline, silence, or no room in the peer's window (window.c). */
 const char *tether__expiry_reason(const tether__pending *p, bool deadline);
 void tether__conn_on_response(tether_conn *conn, const tether__frame *frame);

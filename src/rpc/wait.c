@@ -13,19 +13,11 @@
 #include "rpc/call.h"
 #include "util/error.h"
 
-static uint64_t
-pending_expiry(const tether__pending *p)
-{
-    uint64_t silence = p->timeout_usec == UINT64_MAX ? UINT64_MAX
-                                                     : p->last_heard_usec + p->timeout_usec;
-    return silence < p->deadline_usec ? silence : p->deadline_usec;
-}
-
 /* When the waiter must wake: the call's expiry, or its next interrupt check. */
 static uint64_t
 pending_wake(const tether__pending *p)
 {
-    uint64_t expiry = pending_expiry(p);
+    uint64_t expiry = tether__pending_expiry(p);
     return p->next_interrupt_usec < expiry ? p->next_interrupt_usec : expiry;
 }
 
@@ -87,7 +79,7 @@ lead(tether_conn *c, tether__pending *p)
         }
         pthread_mutex_lock(&c->link.lock);
         bool done = p->done;
-        uint64_t expiry = pending_expiry(p);
+        uint64_t expiry = tether__pending_expiry(p);
         pthread_mutex_unlock(&c->link.lock);
         if (done || tether__link_is_closed(&c->link) || interrupted(c, p)) {
             return;
@@ -177,7 +169,7 @@ tether__conn_wait(tether_conn *c, tether__pending *p)
         }
         pthread_mutex_lock(&l->lock);
         tether__link_waiter_remove_locked(l, &p->role_wait);
-        if (!p->done && tether_now_usec() >= pending_expiry(p)) {
+        if (!p->done && tether_now_usec() >= tether__pending_expiry(p)) {
             expire_locked(c, p);
         }
         if (!p->done && p->interrupt) {
