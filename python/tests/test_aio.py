@@ -400,13 +400,18 @@ print("done", flush=True)
 """
 
 
-def test_asyncio_imported_after_connect_reports_to_the_hosts_log(host):
+def run_script(source, *args):
+    """Run Python source in a process of its own, with this tether package."""
     import os
     import subprocess
 
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(tether.__file__)))
-    out = subprocess.run([sys.executable, "-c", LATE_ASYNCIO, host.address],
-                         capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run([sys.executable, "-c", source, *args], capture_output=True,
+                          text=True, timeout=60, env=env)
+
+
+def test_asyncio_imported_after_connect_reports_to_the_hosts_log(host):
+    out = run_script(LATE_ASYNCIO, host.address)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "done\n"
     assert "Task exception was never retrieved" in out.stderr  # still printed locally
@@ -547,12 +552,7 @@ def test_awaited_calls_complete_on_the_loop_without_a_callback_thread(host):
     # A completion goes from tether's I/O thread to the loop through the loop's queue: no
     # other Python thread takes part (the done-callback thread is never started), and a
     # done-callback added to an awaited future runs on the loop's thread when it drains.
-    import os
-    import subprocess
-
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(tether.__file__)))
-    out = subprocess.run([sys.executable, "-c", AWAIT_ONLY, host.address],
-                         capture_output=True, text=True, timeout=60, env=env)
+    out = run_script(AWAIT_ONLY, host.address)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "['MainThread'] ['MainThread']\n"
 
