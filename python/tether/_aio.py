@@ -67,6 +67,8 @@ def _completions_of(loop):
         return _completions[loop]
     except KeyError:
         pass
+    except TypeError:
+        return None  # a loop that cannot be weakly referenced: done-callbacks instead
     try:
         completions = _Completions(loop)
     except (NotImplementedError, AttributeError, TypeError):

@@ -335,7 +335,7 @@ encode_call(tether__buf *b, int kind, uint64_t id, uint64_t chain, uint64_t targ
     if (args_len > UINT32_MAX || kwargs_len > UINT32_MAX) {
         return -EMSGSIZE;
     }
-    size_t start;
+    size_t start = 0; /* set by call_open; -O3 cannot tell */
     int r = tether__encode_call_open(b, kind, id, chain, target, method, method_len, &start);
     if (r < 0) {
         return r;

@@ -147,7 +147,7 @@ parse_line(char *line, tether__hostfile *ret, unsigned *seen)
         return -EINVAL;
     }
     *value++ = '\0';
-    long long a, b;
+    long long a = 0, b = 0; /* set by parse_int when it succeeds */
     if (strcmp(line, "name") == 0) {
         *seen |= 1;
         return tether__host_name_valid(value) ? copy_value(ret->name, sizeof(ret->name), value)
