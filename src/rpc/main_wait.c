@@ -36,24 +36,22 @@ tether__conn_wait_main(tether_conn *c, tether__mainq *q, uint64_t timeout_usec)
     const tether__wake *queued = tether__mainq_wake(q);
     uint64_t start = tether_now_usec();
     uint64_t deadline = timeout_usec > UINT64_MAX - start ? UINT64_MAX : start + timeout_usec;
+    if (tether__mainq_count(q) > 0) {
+        return 1;
+    }
     for (;;) {
-        if (tether__mainq_count(q) > 0) {
-            return 1;
-        }
-        uint64_t now = tether_now_usec();
-        if (now >= deadline) {
-            return 0;
-        }
         pthread_mutex_lock(&l->lock);
         bool leading = tether__link_role_take_locked(l);
         pthread_mutex_unlock(&l->lock);
+        uint64_t now = tether_now_usec();
         if (!leading) {
             if (tether__link_is_closed(l)) {
                 return -ENOTCONN;
             }
-            if (tether__mainq_wait(q, deadline - now < FOLLOW_SLICE_USEC ? deadline - now
-                                                                         : FOLLOW_SLICE_USEC)) {
-                return 1;
+            uint64_t left = now < deadline ? deadline - now : 0;
+            if (tether__mainq_wait(q, left < FOLLOW_SLICE_USEC ? left : FOLLOW_SLICE_USEC) ||
+                left <= FOLLOW_SLICE_USEC) {
+                return tether__mainq_count(q) > 0;
             }
             continue;
         }
@@ -68,8 +66,14 @@ tether__conn_wait_main(tether_conn *c, tether__mainq *q, uint64_t timeout_usec)
         pthread_mutex_lock(&l->lock);
         tether__link_role_release_locked(l);
         pthread_mutex_unlock(&l->lock);
+        if (tether__mainq_count(q) > 0) {
+            return 1;
+        }
         if (tether__link_is_closed(l)) {
-            return tether__mainq_count(q) > 0 ? 1 : -ENOTCONN;
+            return -ENOTCONN;
+        }
+        if (tether_now_usec() >= deadline) {
+            return 0;
         }
     }
 }
