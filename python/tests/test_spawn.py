@@ -202,12 +202,18 @@ def test_a_child_reads_and_serves_calls_on_its_main_thread():
                            "    return threading.current_thread() is threading.main_thread()\n",
                            python_exe=sys.executable) as p:
         assert p.on_main()
-        calls = 2000
-        before = thread_switches(p.pid, "tether-io")
-        assert before is not None, "no thread called tether-io in the child"
-        assert all(p.on_main() for _ in range(calls))
-        woken = thread_switches(p.pid, "tether-io") - before
-        assert woken < calls // 4, f"the I/O thread woke {woken} times for {calls} calls"
+        calls, woken = 2000, []
+        # The I/O thread reads only a call that comes while the main thread is not back in
+        # its wait yet (preempted, on a loaded machine): the best of three rounds counts.
+        # Without the role it woke at least once per call, every round.
+        for _ in range(3):
+            before = thread_switches(p.pid, "tether-io")
+            assert before is not None, "no thread called tether-io in the child"
+            assert all(p.on_main() for _ in range(calls))
+            woken.append(thread_switches(p.pid, "tether-io") - before)
+            if woken[-1] < calls // 4:
+                break
+        assert min(woken) < calls // 4, f"the I/O thread woke {woken} times for {calls} calls"
 
 
 def test_run_script_from_a_path(tmp_path):
