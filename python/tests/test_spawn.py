@@ -216,6 +216,18 @@ def test_a_child_reads_and_serves_calls_on_its_main_thread():
         assert min(woken) < calls // 2, f"the I/O thread woke {woken} times for {calls} calls"
 
 
+def test_a_long_call_to_a_child_outlasts_its_silence_timeout():
+    # The child's main thread reads the call itself and asks the I/O thread for progress
+    # while the call runs: a call of 1 s with a silence bound of 0.3 s completes.
+    with tether.run_script("import time\n"
+                           "def sleep(s):\n"
+                           "    time.sleep(s)\n"
+                           "    return s\n", python_exe=sys.executable) as p:
+        assert p.sleep.with_timeout(0.3)(1.0) == 1.0
+        with pytest.raises(TimeoutError):  # and a bound still bounds
+            p.sleep.with_deadline(0.3)(1.0)
+
+
 def test_run_script_from_a_path(tmp_path):
     script = tmp_path / "tool.py"
     script.write_text("def double(v):\n    return 2 * v\n")

@@ -781,31 +781,15 @@ tether_client_wait(tether_client *cl, uint64_t timeout_usec)
     if (!cl) {
         return -EINVAL;
     }
-    int r = tether__endpoint_check_main(cl->ep);
-    if (r < 0) {
-        return r;
-    }
     /* Read the connection while waiting: a request for this thread then wakes it alone
-     * (rpc/main_wait.c). Without one, or once it closes, wait on the queue. */
-    uint64_t start = tether_now_usec();
+     * (rpc/main_wait.c). */
     pthread_mutex_lock(&cl->lock);
     tether_conn *c =
         cl->conn && tether_conn_is_connected(cl->conn) ? tether_conn_ref(cl->conn) : NULL;
     pthread_mutex_unlock(&cl->lock);
-    r = c ? tether__conn_wait_main(c, cl->ep->mainq, timeout_usec) : -ENOTCONN;
+    int r = tether__endpoint_wait(cl->ep, c, timeout_usec);
     tether_conn_unref(c);
-    if (r == -ENOTCONN) {
-        uint64_t spent = tether_now_usec() - start;
-        uint64_t left = timeout_usec == UINT64_MAX ? UINT64_MAX
-                        : spent < timeout_usec     ? timeout_usec - spent
-                                                   : 0;
-        r = tether__mainq_wait(cl->ep->mainq, left);
-    }
-    if (r == 0) {
-        return 0;
-    }
-    r = tether__mainq_dispatch(cl->ep->mainq, TETHER_BUDGET_UNLIMITED);
-    return r < 0 ? r : 1;
+    return r;
 }
 
 int

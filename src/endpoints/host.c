@@ -1454,7 +1454,7 @@ tether_host_dispatch(tether_host *h, uint64_t budget_usec)
 int
 tether_host_wait(tether_host *h, uint64_t timeout_usec)
 {
-    return h ? tether__endpoint_wait(h->ep, timeout_usec) : -EINVAL;
+    return h ? tether__endpoint_wait(h->ep, NULL, timeout_usec) : -EINVAL;
 }
 
 tether__endpoint *

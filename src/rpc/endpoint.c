@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "rpc/conn.h"
 #include "util/alloc.h"
 
 int
@@ -236,13 +237,22 @@ tether__endpoint_dispatch(tether__endpoint *ep, uint64_t budget_usec)
 }
 
 int
-tether__endpoint_wait(tether__endpoint *ep, uint64_t timeout_usec)
+tether__endpoint_wait(tether__endpoint *ep, tether_conn *conn, uint64_t timeout_usec)
 {
     int r = tether__endpoint_check_main(ep);
     if (r < 0) {
         return r;
     }
-    if (tether__mainq_wait(ep->mainq, timeout_usec) == 0) {
+    uint64_t start = tether_now_usec();
+    r = conn ? tether__conn_wait_main(conn, ep->mainq, timeout_usec) : -ENOTCONN;
+    if (r == -ENOTCONN) {
+        /* No connection to read, or it closed: the queue alone, for the time left. */
+        uint64_t spent = tether_now_usec() - start;
+        r = tether__mainq_wait(ep->mainq, timeout_usec == UINT64_MAX ? UINT64_MAX
+                                          : spent < timeout_usec     ? timeout_usec - spent
+                                                                     : 0);
+    }
+    if (r == 0) {
         return 0;
     }
     r = tether__mainq_dispatch(ep->mainq, TETHER_BUDGET_UNLIMITED);

@@ -107,7 +107,9 @@ int tether__endpoint_service_names(tether__endpoint *ep, char ***ret_names, size
 /* Checks for the owner's main-thread calls: 0, -EPERM (wrong thread), -ECHILD (forked). */
 int tether__endpoint_check_main(const tether__endpoint *ep);
 int tether__endpoint_dispatch(tether__endpoint *ep, uint64_t budget_usec);
-int tether__endpoint_wait(tether__endpoint *ep, uint64_t timeout_usec);
+/* Wait on the main thread for queued work and run it (1), or time out (0). conn: a
+ * connection this thread reads meanwhile (rpc/main_wait.c), or NULL. */
+int tether__endpoint_wait(tether__endpoint *ep, tether_conn *conn, uint64_t timeout_usec);
 
 void tether__log(const tether__endpoint *ep, int level, const char *format, ...)
     TETHER_PRINTF(3, 4);
