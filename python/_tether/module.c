@@ -153,19 +153,32 @@ module_exec(PyObject *module)
         }
     }
 
-    /* The main thread: the only one that receives signals. */
-    PyObject *threading = PyImport_ImportModule("threading");
-    PyObject *main_thread = threading ? PyObject_CallMethod(threading, "main_thread", NULL) : NULL;
-    PyObject *ident = main_thread ? PyObject_GetAttrString(main_thread, "ident") : NULL;
-    Py_XDECREF(threading);
-    Py_XDECREF(main_thread);
-    if (!ident) {
+    /* The main thread: the only one that receives signals. threading.main_thread() is
+     * the thread that first imported threading; until something has, that is the thread
+     * importing us, the answer threading would give, without the import that a spawned
+     * child would otherwise pay for this alone. */
+    PyObject *name = PyUnicode_FromString("threading");
+    PyObject *threading = name ? PyImport_GetModule(name) : NULL;
+    Py_XDECREF(name);
+    if (PyErr_Occurred()) {
+        Py_XDECREF(threading);
         return -1;
     }
-    st->main_thread = PyLong_AsUnsignedLong(ident);
-    Py_DECREF(ident);
-    if (PyErr_Occurred()) {
-        return -1;
+    if (threading) {
+        PyObject *main_thread = PyObject_CallMethod(threading, "main_thread", NULL);
+        PyObject *ident = main_thread ? PyObject_GetAttrString(main_thread, "ident") : NULL;
+        Py_DECREF(threading);
+        Py_XDECREF(main_thread);
+        if (!ident) {
+            return -1;
+        }
+        st->main_thread = PyLong_AsUnsignedLong(ident);
+        Py_DECREF(ident);
+        if (PyErr_Occurred()) {
+            return -1;
+        }
+    } else {
+        st->main_thread = PyThread_get_thread_ident();
     }
 
     PyObject *atexit = PyImport_ImportModule("atexit");

@@ -15,16 +15,16 @@ death as a second guard (the parent-death signal; other systems, and builds with
 TETHER_PLATFORM=posix, have only the end of file).
 """
 
+import _signal  # not signal: its enums cost a child's start more than the rest of tether
 import importlib
 import os
-import signal
 import sys
 import types
 
 def _die_with_parent(parent):
     from . import _tether
 
-    _tether._set_parent_death_signal(signal.SIGTERM)  # False where there is none
+    _tether._set_parent_death_signal(_signal.SIGTERM)  # False where there is none
     if parent and os.getppid() != parent:
         os._exit(1)  # the parent died before the guard was set
 

@@ -12,11 +12,11 @@ Names that are not identifiers are reached by item: ``conn.root["ns.method"](1)`
 Every method object is safe to use from any thread.
 """
 
+import _thread  # not threading, which a spawned child would import for this alone
 import atexit
 import functools
 import os
 import sys
-import threading
 import weakref
 
 from . import _tether
@@ -208,7 +208,7 @@ class Connection:
         # Objects this script hands out serve where its services do.
         client.serve_main = serve != "thread"
         # The thread that made the client: the core dispatches main-thread work only there.
-        self._thread = threading.get_ident()
+        self._thread = _thread.get_ident()
         self._loop = None  # the last loop _use_loop saw
         self._server = None  # _aio.LoopServer, while attached to a loop
         self._detach = None  # weakref.finalize detaching _server, also if self is dropped
@@ -390,7 +390,7 @@ class Connection:
         """
         if self._serve == "thread":
             raise ValueError('attach_loop needs a connection made with serve="loop" or "manual"')
-        if threading.get_ident() != self._thread:
+        if _thread.get_ident() != self._thread:
             raise RuntimeError("attach_loop must be called on the thread that made the connection")
         import asyncio
 
@@ -422,7 +422,7 @@ class Connection:
 
         _loop_errors.hook_loop_errors(loop, self)
         self._loop = loop
-        if self._serve == "loop" and not self._closed and threading.get_ident() == self._thread:
+        if self._serve == "loop" and not self._closed and _thread.get_ident() == self._thread:
             self.attach_loop(loop)
 
     def _use_running_loop(self):
@@ -607,7 +607,7 @@ _connections = weakref.WeakValueDictionary()
 # hook runs (atexit runs hooks last-registered first), so no host request reaches Python
 # while the interpreter finalizes.
 _open = weakref.WeakSet()
-_open_lock = threading.Lock()
+_open_lock = _thread.allocate_lock()
 
 
 def _close_all():

@@ -23,8 +23,8 @@ is garbage collected, the owner's reference goes (references are counted across 
 connection by the core, see docs/protocol.md, "Remote references").
 """
 
+import _thread
 import operator
-import threading
 import types
 import weakref
 
@@ -59,7 +59,7 @@ OPERATIONS = frozenset(
 
 # (connection key, type name) -> frozenset of method names, for per-type descriptions.
 _type_methods = {}
-_type_methods_lock = threading.Lock()
+_type_methods_lock = _thread.allocate_lock()
 
 # One proxy per remote object: the core hands out one reference per (connection, id),
 # and its key finds the proxy that already stands for it.
