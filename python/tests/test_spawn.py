@@ -216,6 +216,19 @@ def test_a_child_reads_and_serves_calls_on_its_main_thread():
         assert min(woken) < calls // 2, f"the I/O thread woke {woken} times for {calls} calls"
 
 
+def test_a_child_starts_without_threading_or_signal():
+    # A cold spawn's cost beyond the interpreter's own start is mostly imports: the child
+    # serves with _thread and _signal, so threading, signal and its enum stay out unless
+    # the interpreter's start loads them anyway (docs/spawning.md, "Performance").
+    listing = "import sys; print(' '.join(sorted(sys.modules)))"
+    bare = set(subprocess.run([sys.executable, "-c", listing], capture_output=True, text=True,
+                              check=True).stdout.split())
+    with tether.run_script("import sys\nloaded = ' '.join(sorted(sys.modules))\n",
+                           python_exe=sys.executable) as p:
+        added = set(p.loaded.split()) - bare
+    assert not added & {"threading", "signal", "enum"}, sorted(added)
+
+
 def test_a_long_call_to_a_child_outlasts_its_silence_timeout():
     # The child's main thread reads the call itself and asks the I/O thread for progress
     # while the call runs: a call of 1 s with a silence bound of 0.3 s completes.
