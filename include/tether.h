@@ -287,7 +287,8 @@ typedef enum tether_context {
     TETHER_CONTEXT_IO = 1,
     /* On the owner's main thread, inside tether_host_dispatch / tether_client_dispatch. */
     TETHER_CONTEXT_MAIN = 2,
-    /* On a thread of libuv's worker pool (UV_THREADPOOL_SIZE, 4 by default); may block. */
+    /* On one of tether's worker threads (TETHER_POOL_SIZE, else UV_THREADPOOL_SIZE, else
+     * 4 at most); may block. */
     TETHER_CONTEXT_POOL = 3,
 } tether_context;
 

@@ -444,6 +444,93 @@ Test(dispatch, pool_call_backs_deeper_than_the_pool, .timeout = 30)
     tether_host_unref(pool_host);
 }
 
+/* Two POOL services that wait for each other: each needs a worker of its own. */
+static pthread_mutex_t gate_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_changed = PTHREAD_COND_INITIALIZER;
+static bool gate_open;
+
+static int
+wait_gate(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    uint64_t deadline = tether_now_usec() + 5000000;
+    pthread_mutex_lock(&gate_lock);
+    while (!gate_open && tether_now_usec() < deadline) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&gate_changed, &gate_lock, &ts);
+    }
+    bool open = gate_open;
+    pthread_mutex_unlock(&gate_lock);
+    return tether_request_reply(req, "b", open);
+}
+
+/* Holds the host's I/O thread, so that what comes meanwhile is read in one batch. */
+static int
+stall_io(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    usleep(200000);
+    return tether_request_reply(req, "n");
+}
+
+static int
+open_gate(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    pthread_mutex_lock(&gate_lock);
+    gate_open = true;
+    pthread_cond_broadcast(&gate_changed);
+    pthread_mutex_unlock(&gate_lock);
+    return tether_request_reply(req, "b", true);
+}
+
+Test(dispatch, pool_services_that_wait_for_each_other, .timeout = 30)
+{
+    /* The two requests arrive in one batch while one worker idles: the second must not
+     * queue behind the first, which blocks until the second has run. */
+    tether_host *h = test_host_new(NULL);
+    ASSERT_OK(tether_host_add_service(h, "wait_gate", TETHER_CONTEXT_POOL, wait_gate, NULL));
+    ASSERT_OK(tether_host_add_service(h, "open_gate", TETHER_CONTEXT_POOL, open_gate, NULL));
+    ASSERT_OK(tether_host_add_service(h, "stall_io", TETHER_CONTEXT_IO, stall_io, NULL));
+    ASSERT_OK(tether_host_start(h));
+    tether_client *cl = test_client_connect("gates", NULL);
+    tether_conn *conn = tether_client_get_conn(cl);
+    /* A first POOL call leaves one worker started and idle (made async: a synchronous
+     * caller of this process would run it itself, waiting in its chain). */
+    tether_future *first = NULL;
+    ASSERT_OK(tether_conn_call_async(conn, "open_gate", NULL, &first, NULL));
+    ASSERT_OK(tether_future_wait(first, 10000000));
+    tether_future_unref(first);
+    usleep(20000); /* and back in its wait */
+    pthread_mutex_lock(&gate_lock);
+    gate_open = false;
+    pthread_mutex_unlock(&gate_lock);
+    tether_future *stalling = NULL, *waiting = NULL, *opening = NULL;
+    ASSERT_OK(tether_conn_call_async(conn, "stall_io", NULL, &stalling, NULL));
+    usleep(50000); /* the host's I/O thread is in stall_io */
+    ASSERT_OK(tether_conn_call_async(conn, "wait_gate", NULL, &waiting, NULL));
+    ASSERT_OK(tether_conn_call_async(conn, "open_gate", NULL, &opening, NULL));
+    ASSERT_OK(tether_future_wait(waiting, 10000000));
+    tether_value *v = NULL;
+    ASSERT_OK(tether_future_get_result(waiting, &v, NULL));
+    bool opened = false;
+    ASSERT_OK(tether_value_read(v, NULL, "b", &opened));
+    cr_assert(opened, "wait_gate ran alone: open_gate queued behind it");
+    tether_value_unref(v);
+    ASSERT_OK(tether_future_wait(opening, 10000000));
+    tether_future_unref(stalling);
+    tether_future_unref(waiting);
+    tether_future_unref(opening);
+    tether_client_unref(cl);
+    tether_host_unref(h);
+}
+
 Test(dispatch, other_chains_wait_for_dispatch, .timeout = 30)
 {
     /* While the main thread waits on one client, another client's MAIN request is not

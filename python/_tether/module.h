@@ -162,6 +162,7 @@ extern PyType_Spec tether_py_reply_spec;
 
 uintptr_t tether_py_svc_register(service_rec *rec);
 void tether_py_svc_unregister(service_rec *rec);
+PyGILState_STATE tether_py_gil_ensure(void);
 bool tether_py_svc_enter(void);
 void tether_py_svc_leave(void);
 void tether_py_svc_shutdown(void);

@@ -280,7 +280,7 @@ object_handler(tether_request *req, void *userdata)
         return tether_request_reply_error(req, tether_err_type(TETHER_ECANCELED), "the interpreter is exiting");
     }
     if (!tether_request_is_cancelled(req)) {
-        PyGILState_STATE gil = PyGILState_Ensure();
+        PyGILState_STATE gil = tether_py_gil_ensure();
         PyObject *serve = proxy_part(pe->st, PART_SERVE);
         PyObject *method = serve ? PyUnicode_FromString(tether_request_get_method(req)) : NULL;
         if (method) {
@@ -306,7 +306,7 @@ export_release(void *userdata)
     if (!tether_py_svc_enter()) {
         return; /* the interpreter is exiting: the object goes with it */
     }
-    PyGILState_STATE gil = PyGILState_Ensure();
+    PyGILState_STATE gil = tether_py_gil_ensure();
     PyObject *current = PyDict_GetItemWithError(pe->exports, pe->key);
     if (current && PyLong_AsVoidPtr(current) == pe->self) {
         PyDict_DelItem(pe->exports, pe->key);

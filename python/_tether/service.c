@@ -1,7 +1,7 @@
 /*
  * Services: Python callables the peer calls, and Reply, the request of a deferred service.
  *
- * Services exposed by Python run in TETHER_CONTEXT_POOL (a libuv worker thread), or,
+ * Services exposed by Python run in TETHER_CONTEXT_POOL (one of the core's worker threads), or,
  * added with main=True, in TETHER_CONTEXT_MAIN (inside Client.dispatch on the thread that
  * made the Client, where the dispatch released the GIL). The handler takes the GIL with
  * PyGILState_Ensure, converts the arguments, calls the Python callable and replies with
@@ -125,6 +125,23 @@ svc_release(service_rec *rec)
         pthread_cond_broadcast(&svc_idle);
     }
     pthread_mutex_unlock(&svc_lock);
+}
+
+/* A thread Python did not make (the core's worker and I/O threads) has no thread state:
+ * PyGILState_Ensure would make one and PyGILState_Release delete it again, on every
+ * call (the most of a pool-served call's CPU time). Such a thread keeps the first one
+ * instead, the GIL released at once; every later Ensure finds it. Calls come only while
+ * the interpreter runs (tether_py_svc_enter), so a kept state is never used after it. */
+PyGILState_STATE
+tether_py_gil_ensure(void)
+{
+    static _Thread_local bool kept;
+    if (!kept && !PyGILState_GetThisThreadState()) {
+        kept = true;
+        PyGILState_Ensure();
+        PyEval_SaveThread();
+    }
+    return PyGILState_Ensure();
 }
 
 /* Enter code that takes the GIL from a core thread (object methods, releases): false
@@ -479,7 +496,7 @@ tether_py_service_handler(tether_request *req, void *userdata)
         svc_release(rec);
         return 0;
     }
-    PyGILState_STATE gil = PyGILState_Ensure();
+    PyGILState_STATE gil = tether_py_gil_ensure();
     PyObject *callable = rec->callable ? Py_NewRef(rec->callable) : NULL;
     PyObject *deferred = rec->deferred ? Py_NewRef(rec->deferred) : NULL;
     if (callable) {

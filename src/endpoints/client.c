@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "codec/msgpack.h"
+#include "conn/pool.h"
 #include "conn/transport.h"
 #include "rpc/conn.h"
 #include "rpc/value.h"
@@ -50,7 +51,8 @@ struct tether_client {
 
     /* I/O thread only. */
     uv_timer_t reconnect_timer;
-    uv_work_t reconnect_work;
+    tether__task attempt_task; /* on a worker thread: connecting blocks */
+    tether__task attempt_done; /* back on the I/O thread */
     int attempt_result;
     uint64_t backoff_usec;
 };
@@ -63,8 +65,8 @@ static void init_timer(void *arg);
 
 /* ---- reconnecting (I/O thread) ------------------------------------------------------ */
 
-static void attempt_work(uv_work_t *w);
-static void attempt_after(uv_work_t *w, int status);
+static void attempt_work(tether__task *task);
+static void attempt_after(tether__task *task);
 
 static void
 on_reconnect_timer(uv_timer_t *t)
@@ -77,9 +79,11 @@ on_reconnect_timer(uv_timer_t *t)
     }
     pthread_mutex_unlock(&cl->lock);
     if (go) {
-        cl->reconnect_work.data = cl;
-        uv_queue_work(tether__ioloop_uv(cl->ep->loop), &cl->reconnect_work, attempt_work,
-                      attempt_after);
+        cl->attempt_task.run = attempt_work;
+        if (tether__pool_post(&cl->attempt_task) < 0) {
+            cl->attempt_result = -EAGAIN;
+            attempt_after(&cl->attempt_done); /* tries again after the backoff */
+        }
     }
 }
 
@@ -91,17 +95,18 @@ schedule_reconnect(tether_client *cl, uint64_t delay_usec)
 
 /* On a pool thread: connecting blocks (up to connect_timeout_usec). */
 static void
-attempt_work(uv_work_t *w)
+attempt_work(tether__task *task)
 {
-    tether_client *cl = w->data;
+    tether_client *cl = (tether_client *)((char *)task - offsetof(tether_client, attempt_task));
     cl->attempt_result = connect_once(cl, NULL);
+    cl->attempt_done.run = attempt_after;
+    tether__ioloop_post(cl->ep->loop, &cl->attempt_done);
 }
 
 static void
-attempt_after(uv_work_t *w, int status)
+attempt_after(tether__task *task)
 {
-    (void)status;
-    tether_client *cl = w->data;
+    tether_client *cl = (tether_client *)((char *)task - offsetof(tether_client, attempt_done));
     pthread_mutex_lock(&cl->lock);
     cl->attempt_running = false;
     bool again = cl->attempt_result < 0 && !cl->closing && !cl->shut_down;

@@ -11,6 +11,7 @@
 
 #include "codec/ext.h"
 #include "codec/msgpack.h"
+#include "conn/pool.h"
 #include "rpc/call.h"
 #include "rpc/conn.h"
 #include "rpc/endpoint.h"
@@ -120,32 +121,9 @@ run_main_release(tether__work *work)
 }
 
 static void
-run_pool_release(uv_work_t *w)
+run_pool_release(tether__task *task)
 {
-    tether_object *obj = w->data;
-    if (obj->cls->release) {
-        obj->cls->release(obj->userdata);
-    }
-}
-
-static void
-after_pool_release(uv_work_t *w, int status)
-{
-    (void)status;
-    tether_object *obj = w->data;
-    tether__endpoint_unref(obj->ep);
-    tether__free(obj);
-}
-
-static void
-queue_pool_release(tether__task *task)
-{
-    tether_object *obj = (tether_object *)((char *)task - offsetof(tether_object, release.task));
-    obj->pool_work.data = obj;
-    if (uv_queue_work(tether__ioloop_uv(obj->ep->loop), &obj->pool_work, run_pool_release,
-                      after_pool_release) < 0) {
-        local_free(obj);
-    }
+    local_free((tether_object *)((char *)task - offsetof(tether_object, release.task)));
 }
 
 static void proxy_died(tether_object *obj);
@@ -176,8 +154,10 @@ tether_object_unref(tether_object *obj)
         break;
     }
     case TETHER_CONTEXT_POOL:
-        obj->release.task.run = queue_pool_release;
-        tether__ioloop_post(obj->ep->loop, &obj->release.task);
+        obj->release.task.run = run_pool_release;
+        if (tether__pool_post(&obj->release.task) < 0) {
+            local_free(obj); /* no worker could start: here, rather than never */
+        }
         break;
     default:
         local_free(obj);

@@ -44,9 +44,8 @@ struct tether_object {
     void *userdata;
     union {
         tether__work work; /* MAIN release */
-        tether__task task; /* POOL release: queued from the I/O thread */
+        tether__task task; /* POOL release (conn/pool.h) */
     } release;
-    uv_work_t pool_work;
     /* Proxies. */
     tether_conn *conn; /* a reference */
     char type_name[];  /* the type name the owner sent */

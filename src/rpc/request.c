@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "codec/validate.h"
+#include "conn/pool.h"
 #include "rpc/chain.h"
 #include "rpc/conn.h"
 #include "rpc/request.h"
@@ -534,19 +535,13 @@ discard_queued_request(tether__work *work)
 }
 
 static void
-run_pool_work(uv_work_t *w)
+run_pool_request(tether__task *task)
 {
-    tether_request *req = w->data;
+    tether_request *req = (tether_request *)((char *)task - offsetof(tether_request, pool_task));
     if (!atomic_load(&req->cancelled)) {
         invoke(req);
     }
-}
-
-static void
-after_pool_work(uv_work_t *w, int status)
-{
-    (void)status;
-    tether_request_unref(w->data);
+    tether_request_unref(req);
 }
 
 /*
@@ -619,9 +614,8 @@ route_request(tether_conn *c, tether_request *req, tether_context context)
         if (tether__chain_deliver(req->chain, NULL, &req->work)) {
             return;
         }
-        req->pool_work.data = req;
-        if (uv_queue_work(tether__ioloop_uv(c->link.loop), &req->pool_work, run_pool_work,
-                          after_pool_work) < 0) {
+        req->pool_task.run = run_pool_request;
+        if (tether__pool_post(&req->pool_task) < 0) {
             reply_error_text(req, TETHER__ERR_GENERIC, "cannot queue the request on the pool");
             tether_request_unref(req);
         }
@@ -659,13 +653,23 @@ id_in_flight(tether_conn *c, const tether__frame *f, bool *over)
     return found;
 }
 
+/* Whether a thread other than the I/O thread may start a request served in context:
+ * the endpoint's main thread its MAIN work, any thread POOL work (a worker runs it). */
+static bool
+starts_here(tether_conn *c, tether_context context)
+{
+    return context == TETHER_CONTEXT_POOL ||
+           (context == TETHER_CONTEXT_MAIN && pthread_equal(c->ep->main_thread, pthread_self()));
+}
+
 /*
- * Check, resolve and run (or queue) request f. only_main: act only if f is bound for a
- * MAIN service or method and is accepted, and return false without a trace otherwise
- * (the I/O thread then acts on it). Returns true when f was acted on.
+ * Check, resolve and run (or queue) request f. caller: f was read by a thread other
+ * than the I/O thread; act only if this thread may start it (starts_here) and it is
+ * accepted, and return false without a trace otherwise (the I/O thread then acts on
+ * it). Returns true when f was acted on.
  */
 static bool
-accept_request(tether_conn *c, const tether__frame *f, bool only_main)
+accept_request(tether_conn *c, const tether__frame *f, bool caller)
 {
     char message[384];
     tether__service svc;
@@ -673,9 +677,9 @@ accept_request(tether_conn *c, const tether__frame *f, bool only_main)
     bool over = false;
     /* the error type refusing the request, if any */
     const char *error;
-    if (only_main) {
+    if (caller) {
         error = resolve_handler(c, f, false, &svc, &object, message, sizeof(message));
-        if (error || svc.context != TETHER_CONTEXT_MAIN) {
+        if (error || !starts_here(c, svc.context)) {
             tether_object_unref(object);
             return false;
         }
@@ -692,7 +696,7 @@ accept_request(tether_conn *c, const tether__frame *f, bool only_main)
         tether_object_unref(object);
         return true;
     }
-    if (!only_main) {
+    if (!caller) {
         error = resolve_handler(c, f, over, &svc, &object, message, sizeof(message));
     } else if (over && f->kind == TETHER__REQUEST) {
         error = TETHER__ERR_TOO_MANY_REQUESTS;
@@ -739,9 +743,9 @@ tether__conn_on_request(tether_conn *c, const tether__frame *f)
 bool
 tether__conn_take_request(tether_conn *c, const tether__frame *f)
 {
-    /* Work for this thread's own main queue (or a call-back for its own wait) needs no
-     * other thread; the pool and IO services start from the I/O thread. */
-    return pthread_equal(c->ep->main_thread, pthread_self()) && accept_request(c, f, true);
+    /* Work for this thread's own main queue (or a call-back for its own wait), and work
+     * for the pool, needs no other thread; IO services start from the I/O thread. */
+    return accept_request(c, f, true);
 }
 
 int

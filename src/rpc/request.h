@@ -44,7 +44,7 @@ struct tether_request {
     void *cancel_arg;
     struct tether_request *cancel_next; /* tether__request_cancel_all's list */
     tether__work work;                  /* MAIN: queued on the endpoint's main-thread queue */
-    uv_work_t pool_work;                /* POOL: libuv's worker pool */
+    tether__task pool_task;             /* POOL: the worker pool (conn/pool.h) */
     /* method, args and kwargs bytes follow the struct */
 };
 
