@@ -817,6 +817,13 @@ tether__link_close(tether__link *l)
 bool
 tether__link_role_take_locked(tether__link *l)
 {
+    if (l->role == TETHER__ROLE_IDLE) {
+        /* A waiting worker holds it only while it sleeps: ours, reads already paused. */
+        tether__wake_raise(l->idle_wake);
+        l->idle_wake = NULL;
+        l->role = TETHER__ROLE_CALLER;
+        return true;
+    }
     if (l->role != TETHER__ROLE_FREE || tether__link_is_closed(l) || l->eof_pending) {
         return false;
     }
@@ -871,6 +878,8 @@ tether__link_process_input(tether__link *l)
     return process_input(l, false);
 }
 
+static int read_as_caller(tether__link *l);
+
 int
 tether__link_read_wait(tether__link *l, const tether__wake *wake, bool keep_wake, int wait_ms)
 {
@@ -888,6 +897,14 @@ tether__link_read_wait(tether__link *l, const tether__wake *wake, bool keep_wake
     if (!pfd[0].revents) {
         return TETHER__LINK_READ;
     }
+    return read_as_caller(l);
+}
+
+/* Read what the socket has, with the role held by a thread other than the I/O thread.
+ * Returns TETHER__LINK_READ, or -ECONNRESET at the end of input. */
+static int
+read_as_caller(tether__link *l)
+{
     ssize_t got = read_socket(l, READ_BUDGET);
     if (got == 0 || (got < 0 && got != -EAGAIN)) {
         /* Frames handed off before the end (a CONTROL, say) must still be acted on:
@@ -903,4 +920,84 @@ tether__link_read_wait(tether__link *l, const tether__wake *wake, bool keep_wake
         return -ECONNRESET;
     }
     return TETHER__LINK_READ;
+}
+
+/* ---- waiting for work by reading --------------------------------------------------- */
+
+int
+tether__link_serve_idle(tether__link *l, const tether__wake *wake, bool (*has_work)(void *arg),
+                        void *arg, int wait_ms)
+{
+    pthread_mutex_lock(&l->lock);
+    if (l->role != TETHER__ROLE_FREE || l->role_waiters || tether__link_is_closed(l) ||
+        l->eof_pending) {
+        pthread_mutex_unlock(&l->lock);
+        return tether__link_is_closed(l) ? -ECONNRESET : TETHER__IDLE_BUSY;
+    }
+    l->role = TETHER__ROLE_IDLE;
+    l->idle_wake = wake;
+    tether__pollset_pause_read(&l->ps);
+    pthread_mutex_unlock(&l->lock);
+
+    uint64_t deadline = tether_now_usec() + (uint64_t)wait_ms * 1000;
+    int result = TETHER__IDLE_TIMEOUT;
+    for (;;) {
+        if (has_work(arg)) {
+            result = TETHER__IDLE_WORK;
+            break;
+        }
+        uint64_t now = tether_now_usec();
+        if (now >= deadline) {
+            break;
+        }
+        struct pollfd pfd[2] = {{.fd = l->fd, .events = POLLIN},
+                                {.fd = wake->fd, .events = POLLIN}};
+        int n = poll(pfd, 2, (int)((deadline - now + 999) / 1000));
+        if (n < 0 && errno != EINTR) {
+            break;
+        }
+        if (n > 0 && pfd[1].revents) {
+            tether__wake_drain(wake);
+            result = TETHER__IDLE_WORK; /* or taken: looked at below */
+            break;
+        }
+        if (n <= 0 || !pfd[0].revents) {
+            continue;
+        }
+        /* Input: read it as a caller would, the role made ours for that (no take now). */
+        pthread_mutex_lock(&l->lock);
+        bool ours = l->role == TETHER__ROLE_IDLE && l->idle_wake == wake;
+        if (ours) {
+            l->role = TETHER__ROLE_CALLER;
+            l->idle_wake = NULL;
+        }
+        pthread_mutex_unlock(&l->lock);
+        if (!ours) {
+            return TETHER__IDLE_TAKEN;
+        }
+        bool borrowed = in_borrow_scratch(l);
+        int r = read_as_caller(l);
+        if (r >= 0) {
+            r = process_input(l, false);
+        }
+        in_return_scratch(l, borrowed);
+        pthread_mutex_lock(&l->lock);
+        if (r < 0 || l->role_waiters) {
+            /* Closed, or a caller waits for the role: give it up now. */
+            role_release_locked(l);
+            pthread_mutex_unlock(&l->lock);
+            return r < 0 ? r : TETHER__IDLE_TAKEN;
+        }
+        l->role = TETHER__ROLE_IDLE;
+        l->idle_wake = wake;
+        pthread_mutex_unlock(&l->lock);
+    }
+    pthread_mutex_lock(&l->lock);
+    bool ours = l->role == TETHER__ROLE_IDLE && l->idle_wake == wake;
+    if (ours) {
+        l->idle_wake = NULL;
+        role_release_locked(l);
+    }
+    pthread_mutex_unlock(&l->lock);
+    return ours ? result : TETHER__IDLE_TAKEN;
 }

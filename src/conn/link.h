@@ -58,7 +58,14 @@ typedef enum tether__link_state {
     TETHER__LINK_CLOSED = 3,
 } tether__link_state;
 
-enum { TETHER__ROLE_FREE = 0, TETHER__ROLE_IO = 1, TETHER__ROLE_CALLER = 2 };
+/* IDLE: held by a thread that waits for work of its own by reading (a worker of the
+ * pool, tether__link_serve_idle); a caller that wants the role takes it from there. */
+enum {
+    TETHER__ROLE_FREE = 0,
+    TETHER__ROLE_IO = 1,
+    TETHER__ROLE_CALLER = 2,
+    TETHER__ROLE_IDLE = 3
+};
 
 typedef struct tether__link tether__link;
 
@@ -134,6 +141,7 @@ struct tether__link {
     pthread_mutex_t lock;
     int role;                          /* guarded by lock */
     tether__link_waiter *role_waiters; /* guarded by lock */
+    const tether__wake *idle_wake;     /* guarded by lock: the IDLE holder's, raised on a take */
     tether__buf handoff;               /* guarded by lock: whole frames for the I/O thread */
     bool handoff_posted;               /* guarded by lock */
     bool handoff_busy;                 /* guarded by lock: the I/O thread is acting on some */
@@ -216,5 +224,25 @@ int tether__link_process_input(tether__link *l);
  * code once the link closed. */
 enum { TETHER__LINK_READ = 0, TETHER__LINK_WOKEN = 1 };
 int tether__link_read_wait(tether__link *l, const tether__wake *wake, bool keep_wake, int wait_ms);
+
+/*
+ * Wait for work by reading l, for a thread whose work comes from elsewhere too (a pool
+ * worker: frames it reads queue their POOL requests on the pool, see conn/pool.h). It
+ * holds the role as IDLE while blocked in poll, so a caller that wants the role takes
+ * it at once and raises wake; it acts on what it reads as a caller does (handing off
+ * what is not for it), and returns when has_work(arg), wake is raised, or wait_ms
+ * passes. Returns TETHER__IDLE_WORK (has_work, or woken with the role still its),
+ * TETHER__IDLE_TAKEN (a caller took the role, or one waits for it), TETHER__IDLE_BUSY
+ * (the role was not free), TETHER__IDLE_TIMEOUT, or a negative code once the link
+ * closed. The role is given back in every case. Thread: any but the I/O thread.
+ */
+enum {
+    TETHER__IDLE_WORK = 0,
+    TETHER__IDLE_TAKEN = 1,
+    TETHER__IDLE_BUSY = 2,
+    TETHER__IDLE_TIMEOUT = 3
+};
+int tether__link_serve_idle(tether__link *l, const tether__wake *wake, bool (*has_work)(void *arg),
+                            void *arg, int wait_ms);
 
 #endif

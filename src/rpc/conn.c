@@ -104,6 +104,19 @@ hook_log(tether__link *l, int level, const tether__span *logger, const tether__s
                 (int)message->len, (const char *)message->ptr);
 }
 
+/* The pool's hold on a connection its idle worker may read. */
+static void
+pool_source_hold(tether__pool_source *src)
+{
+    tether_conn_ref((tether_conn *)((char *)src - offsetof(tether_conn, pool_source)));
+}
+
+static void
+pool_source_drop(tether__pool_source *src)
+{
+    tether_conn_unref((tether_conn *)((char *)src - offsetof(tether_conn, pool_source)));
+}
+
 static void
 hook_attached(tether__link *l)
 {
@@ -119,12 +132,26 @@ hook_attached(tether__link *l)
     if (c->ep->hooks.attached) {
         c->ep->hooks.attached(c->ep, c);
     }
+    if (!c->ep->is_host && atomic_load(&c->ep->pool_services)) {
+        /* A client's one connection, with services for the pool: an idle pool worker
+         * reads it, so that a request for one wakes that worker alone (conn/pool.h).
+         * Unlisted when it fails; it may have failed already. */
+        c->pool_source =
+            (tether__pool_source){.link = l, .hold = pool_source_hold, .drop = pool_source_drop};
+        tether__pool_add_source(&c->pool_source);
+        if (tether__link_is_closed(l)) {
+            tether__pool_remove_source(&c->pool_source);
+        }
+    }
 }
 
 static void
 hook_fail(tether__link *l, int status, const char *reason)
 {
     tether_conn *c = tether__conn_of(l);
+    if (!c->ep->is_host) {
+        tether__pool_remove_source(&c->pool_source); /* if listed: a no-op otherwise */
+    }
     tether__conn_fail_pending(c, status, reason);
     tether__request_cancel_all(c);
     tether__conn_drop_objects(c);

@@ -21,6 +21,7 @@
 #include "codec/handshake.h"
 #include "conn/ioloop.h"
 #include "conn/link.h"
+#include "conn/pool.h"
 #include "rpc/endpoint.h"
 #include "rpc/mainq.h"
 #include "rpc/object.h"
@@ -31,6 +32,7 @@ struct tether__pending;
 struct tether_conn {
     tether__link link; /* I/O; its lock is the conn lock; its refs count the conn */
     tether__endpoint *ep;
+    tether__pool_source pool_source; /* a client's: listed while open (conn/pool.h) */
     unsigned fork_generation;
     bool is_tcp;
     bool trusted; /* socket pair or same-uid Unix socket: no token needed */

@@ -161,6 +161,9 @@ tether__endpoint_add_service(tether__endpoint *ep, const char *name, tether_cont
     s->next = ep->services[h];
     ep->services[h] = s;
     pthread_rwlock_unlock(&ep->services_lock);
+    if (context == TETHER_CONTEXT_POOL) {
+        atomic_store(&ep->pool_services, true);
+    }
     return 0;
 }
 
@@ -244,6 +247,9 @@ tether__endpoint_wait(tether__endpoint *ep, tether_conn *conn, uint64_t timeout_
         return r;
     }
     uint64_t start = tether_now_usec();
+    /* What this thread reads and queues is dispatched below, before anyone could see
+     * the fd. */
+    tether__mainq_quiet(ep->mainq, true);
     r = conn ? tether__conn_wait_main(conn, ep->mainq, timeout_usec) : -ENOTCONN;
     if (r == -ENOTCONN) {
         /* No connection to read, or it closed: the queue alone, for the time left. */
@@ -252,11 +258,12 @@ tether__endpoint_wait(tether__endpoint *ep, tether_conn *conn, uint64_t timeout_
                                           : spent < timeout_usec     ? timeout_usec - spent
                                                                      : 0);
     }
-    if (r == 0) {
-        return 0;
+    if (r > 0) {
+        r = tether__mainq_dispatch(ep->mainq, TETHER_BUDGET_UNLIMITED);
+        r = r < 0 ? r : 1;
     }
-    r = tether__mainq_dispatch(ep->mainq, TETHER_BUDGET_UNLIMITED);
-    return r < 0 ? r : 1;
+    tether__mainq_quiet(ep->mainq, false);
+    return r;
 }
 
 void

@@ -75,6 +75,7 @@ struct tether__endpoint {
 
     pthread_rwlock_t services_lock;
     tether__service *services[64]; /* guarded by services_lock; chained hash on name */
+    atomic_bool pool_services;     /* some service runs in TETHER_CONTEXT_POOL */
 };
 
 /* The notification a client sends its host to name its services: as it connects (all

@@ -18,6 +18,9 @@ struct tether__mainq {
     tether__lane *active_head, *active_tail; /* guarded by lock */
     tether__lane shared_lane;                /* guarded by lock */
     size_t count;                            /* guarded by lock */
+    bool raised;                             /* guarded by lock: the fd is readable */
+    bool quiet;                              /* guarded by lock: see tether__mainq_quiet */
+    pthread_t quiet_thread;                  /* guarded by lock */
     bool dispatching;                        /* main thread only */
 };
 
@@ -67,8 +70,9 @@ pop_locked(tether__mainq *q)
     } else {
         lane->active = false;
     }
-    if (--q->count == 0) {
+    if (--q->count == 0 && q->raised) {
         tether__wake_drain(&q->wake);
+        q->raised = false;
     }
     return w;
 }
@@ -135,8 +139,23 @@ tether__mainq_push(tether__mainq *q, tether__lane *lane, tether__work *work)
         }
         q->active_tail = lane;
     }
-    if (q->count++ == 0) {
+    q->count++;
+    if (!q->raised && !(q->quiet && pthread_equal(q->quiet_thread, pthread_self()))) {
         tether__wake_raise(&q->wake);
+        q->raised = true;
+    }
+    pthread_mutex_unlock(&q->lock);
+}
+
+void
+tether__mainq_quiet(tether__mainq *q, bool quiet)
+{
+    pthread_mutex_lock(&q->lock);
+    q->quiet = quiet;
+    q->quiet_thread = pthread_self();
+    if (!quiet && q->count > 0 && !q->raised) {
+        tether__wake_raise(&q->wake);
+        q->raised = true;
     }
     pthread_mutex_unlock(&q->lock);
 }

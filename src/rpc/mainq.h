@@ -48,6 +48,14 @@ int tether__mainq_get_fd(const tether__mainq *q);
 const tether__wake *tether__mainq_wake(const tether__mainq *q);
 /* Queue work on a lane (NULL: the shared lane). Thread: any. */
 void tether__mainq_push(tether__mainq *q, tether__lane *lane, tether__work *work);
+/*
+ * While quiet, work the calling thread queues itself does not raise the fd: a main
+ * thread that reads its connection while it waits (rpc/main_wait.c) and dispatches
+ * right after saves the write that raises the fd and the read that lowers it, per
+ * request. Work queued by other threads raises it as always; ending the quiet raises it
+ * for whatever is still queued. Thread: the main thread.
+ */
+void tether__mainq_quiet(tether__mainq *q, bool quiet);
 /* Number of queued items. Thread: any. */
 size_t tether__mainq_count(tether__mainq *q);
 
