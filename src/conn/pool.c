@@ -38,6 +38,7 @@ static struct {
     const tether__wake *reader;   /* guarded by lock: the reading worker's wake */
     pthread_t reader_thread;      /* guarded by lock */
     uint64_t read_again_usec;     /* guarded by lock: no reading before this */
+    bool read_again_after_task;   /* guarded by lock: or once a task has run */
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .work = PTHREAD_COND_INITIALIZER};
 
 static pthread_once_t setup_once = PTHREAD_ONCE_INIT;
@@ -64,6 +65,8 @@ after_fork_child(void)
     pool.queued = pool.threads = pool.idle = 0;
     tether__cond_init_monotonic(&pool.work);
     pool.sources = NULL; /* their connections are the parent's */
+    pool.read_again_usec = 0;
+    pool.read_again_after_task = false;
     pool.reader = NULL;
     pthread_mutex_unlock(&pool.lock);
 }
@@ -116,9 +119,12 @@ read_while_idle_locked(const tether__wake *wake)
     src->drop(src);
     pthread_mutex_lock(&pool.lock);
     pool.reader = NULL;
+    pool.read_again_after_task = r == TETHER__IDLE_BUSY;
     if (r == TETHER__IDLE_BUSY) {
-        /* Another thread reads for the moment (the I/O thread, most likely, which read a
-         * request that came before this worker was back): soon again. */
+        /* Another thread reads for the moment: most likely the I/O thread, which read a
+         * request that came before this worker was back (with both processes on one
+         * CPU, about every other one) and hands it to a worker. Again once that has run,
+         * or soon. */
         pool.read_again_usec = tether_now_usec() + BUSY_BACKOFF_USEC;
     } else if (r != TETHER__IDLE_WORK && r != TETHER__IDLE_TIMEOUT) {
         /* Taken by a caller, or closed (until its owner unlists it). */
@@ -159,6 +165,10 @@ worker_main(void *arg)
         pthread_mutex_unlock(&pool.lock);
         task->run(task);
         pthread_mutex_lock(&pool.lock);
+        if (pool.read_again_after_task) {
+            pool.read_again_after_task = false;
+            pool.read_again_usec = 0;
+        }
     }
     return NULL;
 }
