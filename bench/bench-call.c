@@ -10,7 +10,9 @@
  *          a warm-up; median and p99;
  *   async: pipelined tether_conn_call_async() with --window futures outstanding: wait
  *          for the oldest (tether_future_wait), take its result, unref it, issue a new
- *          call; calls completed per second over --ms after --warmup-ms.
+ *          call; calls completed per second over --ms after --warmup-ms. With --batch 1
+ *          the calls are batch calls (tether_call_options.batch): each waits in the
+ *          output until a wait for a future still pending writes them all.
  *
  * Output: one JSON line, {"bench": "bench-call", "sync": {...}, "async": {...}}.
  */
@@ -91,12 +93,13 @@ complete(tether_future *future)
 }
 
 static void
-bench_async(tether_conn *conn, long window, long ms, long warmup_ms)
+bench_async(tether_conn *conn, long window, long ms, long warmup_ms, bool batch)
 {
     tether_future **ring = bench_calloc((size_t)window, sizeof(*ring));
+    tether_call_options opts = {.batch = batch};
     int r;
     for (long i = 0; i < window; i++) {
-        if ((r = tether_conn_call_async(conn, "noop", NULL, &ring[i], NULL)) < 0) {
+        if ((r = tether_conn_call_async(conn, "noop", &opts, &ring[i], NULL)) < 0) {
             bench_fail("tether_conn_call_async", r, NULL);
         }
     }
@@ -111,7 +114,7 @@ bench_async(tether_conn *conn, long window, long ms, long warmup_ms)
         if ((done & 63) == 0 && bench_window_note(&w, done)) {
             break;
         }
-        if ((r = tether_conn_call_async(conn, "noop", NULL, &ring[head], NULL)) < 0) {
+        if ((r = tether_conn_call_async(conn, "noop", &opts, &ring[head], NULL)) < 0) {
             bench_fail("tether_conn_call_async", r, NULL);
         }
         head = (head + 1) % window;
@@ -124,9 +127,9 @@ bench_async(tether_conn *conn, long window, long ms, long warmup_ms)
             complete(ring[i]);
         }
     }
-    printf("\"async\": {\"window\": %ld, \"calls\": %llu, \"seconds\": %.3f, "
+    printf("\"async\": {\"window\": %ld, \"batch\": %s, \"calls\": %llu, \"seconds\": %.3f, "
            "\"calls_per_sec\": %.0f}",
-           window, (unsigned long long)counted, elapsed,
+           window, batch ? "true" : "false", (unsigned long long)counted, elapsed,
            elapsed > 0 ? (double)counted / elapsed : 0.0);
     free(ring);
 }
@@ -135,7 +138,7 @@ int
 main(int argc, char **argv)
 {
     long iterations = 100000, warmup = 10000, window = 1024, ms = 2000, warmup_ms = 300;
-    long skip_sync = 0, skip_async = 0;
+    long skip_sync = 0, skip_async = 0, batch = 0;
     const bench_option options[] = {
         {"--iterations", &iterations, "timed synchronous calls"},
         {"--warmup", &warmup, "untimed synchronous calls first"},
@@ -144,6 +147,7 @@ main(int argc, char **argv)
         {"--warmup-ms", &warmup_ms, "milliseconds of asynchronous calls not counted"},
         {"--skip-sync", &skip_sync, "1: no synchronous phase"},
         {"--skip-async", &skip_async, "1: no asynchronous phase"},
+        {"--batch", &batch, "1: asynchronous calls are batch calls, written by the waits"},
     };
     bench_parse_options(argc, argv, options, BENCH_COUNT(options));
     if (iterations < 1 || window < 1 || ms < 1) {
@@ -168,7 +172,7 @@ main(int argc, char **argv)
     }
     if (!skip_async) {
         printf(", ");
-        bench_async(conn, window, ms, warmup_ms);
+        bench_async(conn, window, ms, warmup_ms, batch != 0);
     }
     printf("}\n");
     fflush(stdout);

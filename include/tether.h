@@ -394,6 +394,17 @@ typedef struct tether_call_options {
     int (*interrupt)(void *interrupt_userdata);
     void *interrupt_userdata;
     uint64_t interrupt_interval_usec;
+    /*
+     * Asynchronous calls only: leave the request in the connection's output for this
+     * thread to send with others, in one write, with tether_conn_flush() (a
+     * tether_future_wait() on a future of the connection flushes first, and so does
+     * any call or notification sent without batch). A pipelining caller then writes
+     * once per batch and wakes nobody, where each request would otherwise wake the I/O
+     * thread to write it. A call alone in flight goes out at once all the same, and
+     * over 64 KiB held the I/O thread writes them. Forgetting to flush leaves the
+     * requests unsent (their timeouts run).
+     */
+    bool batch;
 } tether_call_options;
 
 /*
@@ -436,6 +447,13 @@ TETHER_EXPORT int tether_conn_call_async_values(tether_conn *conn, const char *m
                                                 tether_value *args, tether_value *kwargs,
                                                 const tether_call_options *options,
                                                 tether_future **ret_future);
+
+/*
+ * Write the requests of batch calls (tether_call_options.batch) held for this
+ * connection now. Returns 0, TETHER_ENOTCONN, TETHER_ECONNRESET (the write failed: the
+ * connection closed), TETHER_EINVAL. Thread: any.
+ */
+TETHER_EXPORT int tether_conn_flush(tether_conn *conn);
 
 /*
  * Send a notification: the peer runs method and sends nothing back. Returns once the
@@ -497,8 +515,9 @@ TETHER_EXPORT int tether_future_is_ready(tether_future *future);
 
 /*
  * Wait until the future is ready or timeout_usec passes (TETHER_TIMEOUT_INFINITE:
- * forever; 0: do not wait). Returns 0 when ready, TETHER_ETIMEDOUT otherwise; the call
- * itself goes on. Thread: any.
+ * forever; 0: do not wait), after writing the requests batch calls hold for its
+ * connection (tether_call_options.batch). Returns 0 when ready, TETHER_ETIMEDOUT
+ * otherwise; the call itself goes on. Thread: any.
  */
 TETHER_EXPORT int tether_future_wait(tether_future *future, uint64_t timeout_usec);
 

@@ -621,6 +621,56 @@ Test(call, concurrent_callers_share_a_connection, .timeout = 60)
     tether_host_unref(h);
 }
 
+Test(call, batch_calls_wait_for_a_flush)
+{
+    /* Batch calls stay in the output until their thread flushes, or waits for one of
+     * them. A call alone in flight goes out at once: a first one that never answers
+     * keeps the others company. */
+    tether_host *h = start_host();
+    tether_client *c = test_client_connect("x", NULL);
+    tether_conn *conn = tether_client_get_conn(c);
+    tether_call_options batch = {.batch = true};
+    tether_future *first = NULL, *f[4];
+    /* The I/O thread writes what is queued whenever it has read (its first look at a new
+     * connection too): an answer it reads (a future's; a synchronous caller reads its
+     * own) says it has looked, and a moment later it is done with that read. */
+    tether_future *attached = NULL;
+    ASSERT_OK(tether_conn_call_async(conn, "get_count", NULL, &attached, NULL));
+    ASSERT_OK(tether_future_wait(attached, 5000000));
+    tether_future_unref(attached);
+    usleep(20000);
+    ASSERT_OK(tether_conn_call_async(conn, "stuck", &batch, &first, NULL));
+    for (int i = 0; i < 2; i++) {
+        ASSERT_OK(tether_conn_call_async(conn, "count", &batch, &f[i], "i", 1));
+    }
+    usleep(100000);
+    cr_assert_eq(atomic_load(&notified), 0, "batch calls went out before a flush");
+    ASSERT_OK(tether_conn_flush(conn));
+    for (int i = 0; i < 2; i++) {
+        ASSERT_OK(tether_future_wait(f[i], 5000000));
+        tether_future_unref(f[i]);
+    }
+    cr_assert_eq(atomic_load(&notified), 2);
+    /* A wait writes them too. (Any write does: let the I/O thread finish with the
+     * answers above first, after which it writes what it finds queued. The progress of
+     * "stuck", after a second, would make it look again.) */
+    usleep(20000);
+    for (int i = 2; i < 4; i++) {
+        ASSERT_OK(tether_conn_call_async(conn, "count", &batch, &f[i], "i", 1));
+    }
+    usleep(50000);
+    cr_assert_eq(atomic_load(&notified), 2, "batch calls went out before a wait");
+    ASSERT_OK(tether_future_wait(f[3], 5000000));
+    ASSERT_OK(tether_future_wait(f[2], 5000000));
+    cr_assert_eq(atomic_load(&notified), 4);
+    tether_future_unref(f[2]);
+    tether_future_unref(f[3]);
+    tether_future_unref(first);
+    cr_assert_eq(tether_conn_flush(NULL), TETHER_EINVAL);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
 Test(call, pipelined_futures)
 {
     tether_host *h = start_host();

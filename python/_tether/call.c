@@ -20,18 +20,25 @@ typedef struct {
     tether_call_options opts;
 } call_spec;
 
+/* What a call's arguments hold besides method, args and kwargs. */
+typedef enum {
+    SPEC_NOTIFY,
+    SPEC_CALL,
+    SPEC_ASYNC
+} spec_kind;
+
 static int call_spec_parse_values(call_spec *c, module_state *st, const call_target *t,
                                   PyObject *args, PyObject *kwds, const char *format,
-                                  bool with_timeout);
+                                  spec_kind kind);
 
 /* Parse method, args, kwargs (and timeout) into c, with the objects in them exported on
  * t's connection (NotConnectedError without one). On failure an exception is set; the
  * caller releases c either way. */
 static int
 call_spec_parse(call_spec *c, module_state *st, const call_target *t, PyObject *args,
-                PyObject *kwds, const char *format, bool with_timeout)
+                PyObject *kwds, const char *format, spec_kind kind)
 {
-    int r = call_spec_parse_values(c, st, t, args, kwds, format, with_timeout);
+    int r = call_spec_parse_values(c, st, t, args, kwds, format, kind);
     if (r == 0 && !t->conn) {
         PyErr_SetString(st->NotConnectedError, "not connected (connect() was never called)");
         r = -1;
@@ -41,19 +48,24 @@ call_spec_parse(call_spec *c, module_state *st, const call_target *t, PyObject *
 
 static int
 call_spec_parse_values(call_spec *c, module_state *st, const call_target *t, PyObject *args,
-                       PyObject *kwds, const char *format, bool with_timeout)
+                       PyObject *kwds, const char *format, spec_kind kind)
 {
     static char *kwlist[] = {"method", "args", "kwargs", "timeout", "deadline", NULL};
+    static char *kwlist_async[] = {"method",   "args",  "kwargs", "timeout",
+                                   "deadline", "batch", NULL};
     static char *kwlist_notify[] = {"method", "args", "kwargs", NULL};
     PyObject *a = Py_None, *k = Py_None, *timeout = Py_None, *deadline = Py_None;
+    int batch = 0;
     memset(c, 0, sizeof(*c));
     xfer x = {st, t->conn, t->context};
     tether_py_pb_init(&c->args, &x);
     tether_py_pb_init(&c->kwargs, &x);
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, format, with_timeout ? kwlist : kwlist_notify,
-                                     &c->method_obj, &a, &k, &timeout, &deadline)) {
+    char **names = kind == SPEC_NOTIFY ? kwlist_notify : kind == SPEC_ASYNC ? kwlist_async : kwlist;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, format, names, &c->method_obj, &a, &k, &timeout,
+                                     &deadline, &batch)) {
         return -1;
     }
+    c->opts.batch = batch != 0;
     c->method = PyUnicode_AsUTF8AndSize(c->method_obj, NULL);
     uint64_t within = 0;
     if (!c->method ||
@@ -140,7 +152,7 @@ tether_py_call_target_sync(module_state *st, call_target target, PyObject *args,
 {
     const call_target *t = &target;
     call_spec c;
-    if (call_spec_parse(&c, st, t, args, kwds, "U|OOOO:call", true) < 0) {
+    if (call_spec_parse(&c, st, t, args, kwds, "U|OOOO:call", SPEC_CALL) < 0) {
         call_spec_done(&c);
         return NULL;
     }
@@ -180,7 +192,7 @@ tether_py_call_target_async(module_state *st, call_target target, PyObject *args
 {
     const call_target *t = &target;
     call_spec c;
-    if (call_spec_parse(&c, st, t, args, kwds, "U|OOOO:call_async", true) < 0) {
+    if (call_spec_parse(&c, st, t, args, kwds, "U|OOOOp:call_async", SPEC_ASYNC) < 0) {
         call_spec_done(&c);
         return NULL;
     }
@@ -198,7 +210,7 @@ tether_py_call_target_notify(module_state *st, call_target target, PyObject *arg
 {
     const call_target *t = &target;
     call_spec c;
-    if (call_spec_parse(&c, st, t, args, kwds, "U|OO:notify", false) < 0) {
+    if (call_spec_parse(&c, st, t, args, kwds, "U|OO:notify", SPEC_NOTIFY) < 0) {
         call_spec_done(&c);
         return NULL;
     }

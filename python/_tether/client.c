@@ -282,6 +282,17 @@ client_call_async(ClientObject *self, PyObject *args, PyObject *kwds)
 }
 
 static PyObject *
+client_flush(ClientObject *self, PyObject *Py_UNUSED(ignored))
+{
+    tether_conn *conn = tether_client_get_conn(self->client);
+    int r = conn ? tether_conn_flush(conn) : TETHER_ENOTCONN;
+    if (r < 0 && r != TETHER_ENOTCONN) {
+        return tether_py_raise_error(tether_py_state_of_type(Py_TYPE(self)), r, NULL, AT_CALL);
+    }
+    Py_RETURN_NONE; /* not connected: nothing held to write */
+}
+
+static PyObject *
 client_notify(ClientObject *self, PyObject *args, PyObject *kwds)
 {
     return tether_py_call_target_notify(tether_py_state_of_type(Py_TYPE(self)), client_target(self),
@@ -411,7 +422,11 @@ static PyMethodDef client_methods[] = {
      "return its result. timeout: seconds of silence from the host before TimeoutError "
      "(None: the client's default)."},
     {"call_async", (PyCFunction)(void (*)(void))client_call_async, METH_VARARGS | METH_KEYWORDS,
-     "call_async(method, args=(), kwargs=None, timeout=None) -> Future"},
+     "call_async(method, args=(), kwargs=None, timeout=None, deadline=None, batch=False) -> "
+     "Future\n\nbatch: leave the request for flush() to write with others (a call alone in "
+     "flight goes out at once)."},
+    {"flush", (PyCFunction)client_flush, METH_NOARGS,
+     "flush()\n\nWrite the requests of batch calls now."},
     {"notify", (PyCFunction)(void (*)(void))client_notify, METH_VARARGS | METH_KEYWORDS,
      "notify(method, args=(), kwargs=None)\n\nSend a notification: no answer, no error "
      "from the host."},

@@ -27,7 +27,9 @@ async def test_await_results(conn):
 async def test_aio_returns_a_call_started_at_once(conn):
     f = conn.aio.slow(50)
     assert isinstance(f, tether.AioCall)
-    assert asyncio.iscoroutine(f) and not asyncio.isfuture(f)
+    # Both: create_task drives it as a coroutine; gather and the others take it as a future,
+    # without a task of its own.
+    assert asyncio.iscoroutine(f) and asyncio.isfuture(f)
     assert repr(f) == "<tether.AioCall 'slow' pending>"
     for _ in range(500):  # the call goes on without being awaited
         if f.done():
@@ -149,8 +151,9 @@ async def test_gather_of_more_calls_than_the_hosts_window(conn):
 
 @pytest.mark.asyncio
 async def test_ensure_future_and_gather(conn):
-    future = asyncio.ensure_future(conn.aio.add(1, 1))
-    assert isinstance(future, asyncio.Task) and await future == 2
+    call = conn.aio.add(1, 1)
+    future = asyncio.ensure_future(call)  # a future already: no task of its own
+    assert future is call and await future == 2
     assert await asyncio.gather(conn.aio.add(1, 2), conn.aio.echo("x")) == [3, "x"]
     results = await asyncio.gather(conn.aio.add(1, 1), conn.aio.fail("KeyError", "k"),
                                    return_exceptions=True)
@@ -158,7 +161,7 @@ async def test_ensure_future_and_gather(conn):
     calls, host_saw_cancel = await _stuck_calls(conn, 2)
     gathered = asyncio.gather(*calls)
     await asyncio.sleep(0.01)
-    gathered.cancel()  # cancels each call's task, so each call
+    gathered.cancel()  # cancels each call
     with pytest.raises(asyncio.CancelledError):
         await gathered
     assert await host_saw_cancel
@@ -184,12 +187,12 @@ async def test_shield(conn):
 
 @pytest.mark.asyncio
 async def test_wait(conn):
-    # asyncio.wait takes tasks, not coroutines, for aio calls as for any coroutine.
+    # asyncio.wait refuses whatever is a coroutine, aio calls too: it takes their tasks.
     with pytest.raises(TypeError, match="coroutines is forbidden"):
         await asyncio.wait([conn.aio.add(1, 1)])
     (call,), host_saw_cancel = await _stuck_calls(conn, 1)
     quick = asyncio.create_task(conn.aio.slow(10))
-    stuck = asyncio.ensure_future(call)
+    stuck = asyncio.create_task(call)
     done, pending = await asyncio.wait({quick, stuck}, return_when=asyncio.FIRST_COMPLETED)
     assert done == {quick} and pending == {stuck} and quick.result() == 10
     done, pending = await asyncio.wait(pending, timeout=0.02)

@@ -48,7 +48,24 @@ class _Completions:
     def __init__(self, loop):
         self.queue = _tether.CompletionQueue()
         self.waiters = {}  # tether.Future -> asyncio future
+        self.loop = loop
+        # Clients whose batch calls this loop writes at the end of the turn that made them.
+        self.to_flush = []
         loop.add_reader(self.queue.fileno(), self.drain)
+
+    def batch(self, client):
+        """Have the calls client starts in this turn of the loop written together, once
+        the turn's other callbacks have run: a gather of many calls is a few writes, and
+        the I/O thread is not woken to write each one."""
+        if not self.to_flush:
+            self.loop.call_soon(self.flush)
+        if client not in self.to_flush:
+            self.to_flush.append(client)
+
+    def flush(self):
+        clients, self.to_flush = self.to_flush, []
+        for client in clients:
+            client.flush()
 
     def drain(self):
         waiters = self.waiters
@@ -132,15 +149,22 @@ class AioCall:
     """A call made with ``conn.aio.NAME(...)``: it is under way already, and awaiting this
     object gives its result (or raises its exception).
 
-    asyncio takes it wherever it takes a coroutine: ``asyncio.create_task``, a TaskGroup's
-    ``create_task``, ``ensure_future``, ``gather``, ``wait_for``, ``shield``,
-    ``as_completed``; ``asyncio.wait`` takes tasks, as for any coroutine. Unlike a
+    asyncio takes it wherever it takes a coroutine or a future: ``asyncio.create_task``, a
+    TaskGroup's ``create_task``, ``ensure_future``, ``gather``, ``wait_for``, ``shield``,
+    ``as_completed`` (there, as a future, with no task of its own); ``asyncio.wait``
+    refuses coroutines, so it takes their tasks. Unlike a
     coroutine it has started before anything awaits it, may be awaited more than once,
     and is not reported if nobody awaits it. Cancelling what awaits it (a task, wait_for
     timing out, a TaskGroup failing) cancels the call, and so does ``cancel()``.
     """
 
     __slots__ = ("_waiter", "_name")
+
+    # A future to asyncio too (asyncio.isfuture): ensure_future, and so gather, wait_for,
+    # shield and as_completed, take it as it is instead of wrapping it in a task per call
+    # (in a gather, that task cost more than the call). What else of a future they read
+    # is the waiter's (__getattr__).
+    _asyncio_future_blocking = False
 
     def __init__(self, waiter, name):
         self._waiter = waiter  # an asyncio future of the calling loop (wrap_future)
@@ -212,6 +236,23 @@ class AioCall:
         """The call's exception (None if it succeeded), as result() does."""
         return self._waiter.exception()
 
+    def add_done_callback(self, fn, *, context=None):
+        """Future protocol: fn(self) once the call completes."""
+        self._waiter.add_done_callback(_DoneCallback(self, fn), context=context)
+
+    def remove_done_callback(self, fn):
+        """Future protocol: remove every fn added; returns how many."""
+        return self._waiter.remove_done_callback(_DoneCallback(self, fn))
+
+    def get_loop(self):
+        """Future protocol: the loop the call was made on."""
+        return self._waiter.get_loop()
+
+    def __getattr__(self, name):
+        # What asyncio's own code reads of a future it holds (_cancel_message in gather,
+        # _loop, ...), across Python versions: the waiter's.
+        return getattr(self._waiter, name)
+
     def __repr__(self):
         waiter = self._waiter
         state = (
@@ -226,6 +267,26 @@ class AioCall:
 collections.abc.Coroutine.register(AioCall)
 
 
+class _DoneCallback:
+    """fn(call) for the waiter's callbacks: asyncio finds its futures by identity (as_completed
+    removes the one a callback names from its set). Equal when call and fn are, as
+    remove_done_callback compares them."""
+
+    __slots__ = ("call", "fn")
+
+    def __init__(self, call, fn):
+        self.call = call
+        self.fn = fn
+
+    def __call__(self, waiter):
+        self.fn(self.call)
+
+    def __eq__(self, other):
+        return isinstance(other, _DoneCallback) and other.call is self.call and other.fn == self.fn
+
+    __hash__ = None
+
+
 def call(conn, client, method, args, kwargs, timeout, deadline=None):
     """conn.aio.METHOD(*args, **kwargs): start the call, return its AioCall.
 
@@ -234,8 +295,13 @@ def call(conn, client, method, args, kwargs, timeout, deadline=None):
     loop = asyncio.get_running_loop()  # before the call starts: nobody could await it
     if conn is not None:
         conn._use_loop(loop)
-    return AioCall(wrap_future(client.call_async(method, args, kwargs, timeout, deadline), loop),
-                   method)
+    completions = _completions_of(loop) if type(client) is _tether.Client else None
+    if completions is not None:
+        future = client.call_async(method, args, kwargs, timeout, deadline, True)
+        completions.batch(client)
+    else:
+        future = client.call_async(method, args, kwargs, timeout, deadline)
+    return AioCall(wrap_future(future, loop), method)
 
 
 # ---- attributes of proxies ---------------------------------------------------------------

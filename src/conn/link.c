@@ -247,9 +247,13 @@ start_trim(tether__link *l)
     }
 }
 
+/* Bytes held for their sender's flush beyond which the I/O thread writes them anyway. */
+#define HOLD_MAX (64u * 1024)
+
 int
-tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, bool flush_now)
+tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, int mode)
 {
+    bool flush_now = mode == TETHER__SEND_NOW;
     if (atomic_load(&l->state) == TETHER__LINK_CLOSED) {
         return -ENOTCONN;
     }
@@ -273,6 +277,11 @@ tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, bool flu
         return -ENOBUFS;
     }
     bool on_io_thread = tether__ioloop_in_thread(l->loop);
+    if (mode == TETHER__SEND_HOLD && !on_io_thread && backlog + frame_size < HOLD_MAX) {
+        /* Its sender flushes (tether__link_flush), with what it queues next. */
+        pthread_mutex_unlock(&l->wlock);
+        return 0;
+    }
     if (!flush_now && on_io_thread && l->in_batch) {
         /* The I/O thread flushes at the end of the batch it is reading. */
         pthread_mutex_unlock(&l->wlock);
@@ -285,6 +294,22 @@ tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, bool flu
         return 0;
     }
     r = flush_locked(l);
+    pthread_mutex_unlock(&l->wlock);
+    if (r < 0) {
+        tether__link_fail(l, -ECONNRESET, "write failed");
+        return -ECONNRESET;
+    }
+    return 0;
+}
+
+int
+tether__link_flush(tether__link *l)
+{
+    if (atomic_load(&l->state) == TETHER__LINK_CLOSED) {
+        return -ENOTCONN;
+    }
+    pthread_mutex_lock(&l->wlock);
+    int r = tether__buf_pending(&l->out) > 0 ? flush_locked(l) : 0;
     pthread_mutex_unlock(&l->wlock);
     if (r < 0) {
         tether__link_fail(l, -ECONNRESET, "write failed");

@@ -186,12 +186,24 @@ void tether__link_fail(tether__link *l, int status, const char *reason);
 void tether__link_refuse(tether__link *l, const char *code, const char *message);
 /* Flush what is queued (bounded in time), then close with -ECANCELED. */
 int tether__link_close(tether__link *l);
-/* Queue a frame that encode writes into the output buffer. flush_now: write it from
- * this thread at once; otherwise the I/O thread writes batches. Returns 0, -ENOTCONN,
- * -EMSGSIZE (over the peer's frame limit), -ENOBUFS (the peer stopped reading), or the
- * encoder's error. */
+/* Queue a frame that encode writes into the output buffer, and then (mode):
+ * TETHER__SEND_BATCH (false): the I/O thread writes batches (write interest wakes it;
+ *   on the I/O thread, at the end of the batch it reads);
+ * TETHER__SEND_NOW (true): write it from this thread at once, with what was queued;
+ * TETHER__SEND_HOLD: leave it for this thread's tether__link_flush (or the next write
+ *   from any thread), unless 64 KiB are held: then as BATCH. Not on the I/O thread.
+ * Returns 0, -ENOTCONN, -EMSGSIZE (over the peer's frame limit), -ENOBUFS (the peer
+ * stopped reading), or the encoder's error. */
+enum {
+    TETHER__SEND_BATCH = 0,
+    TETHER__SEND_NOW = 1,
+    TETHER__SEND_HOLD = 2
+};
 typedef int (*tether__encode_fn)(tether__buf *out, void *arg);
-int tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, bool flush_now);
+int tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, int mode);
+/* Write what is queued now, from this thread (held frames, say). Returns 0, -ENOTCONN
+ * or -ECONNRESET (the write failed: the link is closed). */
+int tether__link_flush(tether__link *l);
 /* The peer lets our output pile up past max_output_bytes: close it, with a log line. */
 void tether__link_drop_slow_reader(tether__link *l);
 

@@ -419,7 +419,7 @@ timeout_ms_of(const tether__pending *p)
 
 /* Register p and send the request. On failure p is not registered. */
 static int
-start_call(tether_conn *c, tether__pending *p, request_arg *a, bool flush_now)
+start_call(tether_conn *c, tether__pending *p, request_arg *a, int mode)
 {
     /* Objects in the arguments are counted before the peer can see them. */
     int r = tether__conn_export_lists(c, a->objects, 2);
@@ -437,7 +437,9 @@ start_call(tether_conn *c, tether__pending *p, request_arg *a, bool flush_now)
     bool now = tether__window_claim_locked(c, p);
     /* Alone in flight, an async call is written at once: there is no batch to join, and
      * waking the I/O thread to write one frame costs a thread hop per awaited call. */
-    flush_now = flush_now || c->pending_count == 1;
+    if (c->pending_count == 1) {
+        mode = TETHER__SEND_NOW;
+    }
     bool start_sweep = false;
     if (p->future) {
         c->async_count++;
@@ -462,7 +464,7 @@ start_call(tether_conn *c, tether__pending *p, request_arg *a, bool flush_now)
     if (!a->chain) {
         a->chain = tether__current_chain() ? tether__current_chain() : tether__chain_new();
     }
-    r = now ? tether__conn_send(c, encode_request, a, flush_now)
+    r = now ? tether__conn_send(c, encode_request, a, mode)
             : tether__window_queue(c, p->id, encode_request, a);
     if (r < 0) {
         tether__conn_unexport_lists(c, a->objects, 2);
@@ -749,7 +751,7 @@ call_async(tether_conn *c, const char *method, request_arg *a, const tether_call
     f->callback_ep = tether__endpoint_ref(c->ep);
     f->callback_queue = c->ep->mainq;
     tether_future_ref(f); /* the pending table's reference */
-    r = start_call(c, &f->pending, a, false);
+    r = start_call(c, &f->pending, a, opts && opts->batch ? TETHER__SEND_HOLD : TETHER__SEND_BATCH);
     if (r > 0) {
         r = 0; /* completed by a concurrent close */
     }
@@ -977,6 +979,14 @@ tether_future_wait(tether_future *f, uint64_t timeout_usec)
     }
     uint64_t deadline =
         timeout_usec == TETHER_TIMEOUT_INFINITE ? UINT64_MAX : tether_now_usec() + timeout_usec;
+    pthread_mutex_lock(&f->lock);
+    tether_conn *c = f->done ? NULL : tether_conn_ref(f->conn);
+    pthread_mutex_unlock(&f->lock);
+    if (c) {
+        /* Requests held by batch calls go out before anyone waits for their answers. */
+        (void)tether__link_flush(&c->link);
+        tether_conn_unref(c);
+    }
     pthread_mutex_lock(&f->lock);
     while (!f->done && (deadline == UINT64_MAX || tether_now_usec() < deadline)) {
         tether__cond_wait_until(&f->cv, &f->lock, deadline);

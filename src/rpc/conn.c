@@ -273,9 +273,9 @@ tether__conn_fail(tether_conn *c, int status, const char *reason)
 }
 
 int
-tether__conn_send(tether_conn *c, tether__encode_fn encode, void *arg, bool flush_now)
+tether__conn_send(tether_conn *c, tether__encode_fn encode, void *arg, int mode)
 {
-    return tether__link_send(&c->link, encode, arg, flush_now);
+    return tether__link_send(&c->link, encode, arg, mode);
 }
 
 void
@@ -330,6 +330,15 @@ int
 tether_conn_is_connected(const tether_conn *c)
 {
     return c && tether__conn_state(c) == TETHER__LINK_OPEN;
+}
+
+int
+tether_conn_flush(tether_conn *c)
+{
+    if (!c) {
+        return -EINVAL;
+    }
+    return tether__link_flush(&c->link);
 }
 
 int

@@ -104,8 +104,8 @@ int tether__conn_new(tether__endpoint *ep, int fd, bool is_tcp, int state, tethe
 void tether__conn_attach(tether_conn *conn);
 /* Close with a status for pending calls (-ECONNRESET, -ECANCELED, -EPROTO ...). */
 void tether__conn_fail(tether_conn *conn, int status, const char *reason);
-/* Queue a frame (tether__link_send). */
-int tether__conn_send(tether_conn *conn, tether__encode_fn encode, void *arg, bool flush_now);
+/* Queue a frame (tether__link_send; mode: TETHER__SEND_*, or a bool flush_now). */
+int tether__conn_send(tether_conn *conn, tether__encode_fn encode, void *arg, int mode);
 /* The peer lets our output pile up past max_output_bytes: close it, with a log line. */
 void tether__conn_drop_slow_reader(tether_conn *conn);
 int tether__conn_set_peer(tether_conn *conn, const tether__hello *hello);
