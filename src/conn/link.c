@@ -247,6 +247,20 @@ start_trim(tether__link *l)
     }
 }
 
+/* Write what is queued from this thread; wlock held, and released. A failed write
+ * closes the link. Returns 0 or -ECONNRESET. */
+static int
+write_out_unlock(tether__link *l)
+{
+    int r = tether__buf_pending(&l->out) > 0 ? flush_locked(l) : 0;
+    pthread_mutex_unlock(&l->wlock);
+    if (r < 0) {
+        tether__link_fail(l, -ECONNRESET, "write failed");
+        return -ECONNRESET;
+    }
+    return 0;
+}
+
 /* Bytes held for their sender's flush beyond which the I/O thread writes them anyway. */
 #define HOLD_MAX (64u * 1024)
 
@@ -293,13 +307,7 @@ tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, int mode
         pthread_mutex_unlock(&l->wlock);
         return 0;
     }
-    r = flush_locked(l);
-    pthread_mutex_unlock(&l->wlock);
-    if (r < 0) {
-        tether__link_fail(l, -ECONNRESET, "write failed");
-        return -ECONNRESET;
-    }
-    return 0;
+    return write_out_unlock(l);
 }
 
 int
@@ -309,13 +317,7 @@ tether__link_flush(tether__link *l)
         return -ENOTCONN;
     }
     pthread_mutex_lock(&l->wlock);
-    int r = tether__buf_pending(&l->out) > 0 ? flush_locked(l) : 0;
-    pthread_mutex_unlock(&l->wlock);
-    if (r < 0) {
-        tether__link_fail(l, -ECONNRESET, "write failed");
-        return -ECONNRESET;
-    }
-    return 0;
+    return write_out_unlock(l);
 }
 
 void
