@@ -448,12 +448,14 @@ Test(dispatch, pool_call_backs_deeper_than_the_pool, .timeout = 30)
 static pthread_mutex_t gate_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t gate_changed = PTHREAD_COND_INITIALIZER;
 static bool gate_open;
+/* How long wait_gate waits for open_gate. */
+static uint64_t gate_wait_usec = 5000000;
 
 static int
 wait_gate(tether_request *req, void *userdata)
 {
     (void)userdata;
-    uint64_t deadline = tether_now_usec() + 5000000;
+    uint64_t deadline = tether_now_usec() + gate_wait_usec;
     pthread_mutex_lock(&gate_lock);
     while (!gate_open && tether_now_usec() < deadline) {
         struct timespec ts;
@@ -490,10 +492,14 @@ open_gate(tether_request *req, void *userdata)
     return tether_request_reply(req, "b", true);
 }
 
-Test(dispatch, pool_services_that_wait_for_each_other, .timeout = 30)
+/*
+ * wait_gate, then open_gate, read by the host in one batch while one pool worker idles:
+ * whether open_gate ran while wait_gate waited for it (true), or queued behind it until
+ * wait_gate gave up (false).
+ */
+static bool
+gates_in_one_batch(void)
 {
-    /* The two requests arrive in one batch while one worker idles: the second must not
-     * queue behind the first, which blocks until the second has run. */
     tether_host *h = test_host_new(NULL);
     ASSERT_OK(tether_host_add_service(h, "wait_gate", TETHER_CONTEXT_POOL, wait_gate, NULL));
     ASSERT_OK(tether_host_add_service(h, "open_gate", TETHER_CONTEXT_POOL, open_gate, NULL));
@@ -521,7 +527,6 @@ Test(dispatch, pool_services_that_wait_for_each_other, .timeout = 30)
     ASSERT_OK(tether_future_get_result(waiting, &v, NULL));
     bool opened = false;
     ASSERT_OK(tether_value_read(v, NULL, "b", &opened));
-    cr_assert(opened, "wait_gate ran alone: open_gate queued behind it");
     tether_value_unref(v);
     ASSERT_OK(tether_future_wait(opening, 10000000));
     tether_future_unref(stalling);
@@ -529,6 +534,23 @@ Test(dispatch, pool_services_that_wait_for_each_other, .timeout = 30)
     tether_future_unref(opening);
     tether_client_unref(cl);
     tether_host_unref(h);
+    return opened;
+}
+
+Test(dispatch, pool_services_that_wait_for_each_other, .timeout = 30)
+{
+    /* The second must not queue behind the first, which blocks until it has run. */
+    cr_assert(gates_in_one_batch(), "wait_gate ran alone: open_gate queued behind it");
+}
+
+Test(dispatch, pool_size_bounds_the_workers, .timeout = 30)
+{
+    /* One worker at most: open_gate waits for wait_gate to give up. (Read when the pool
+     * starts, at this process's first POOL work; each test runs in a process of its
+     * own.) */
+    setenv("TETHER_POOL_SIZE", "1", 1);
+    gate_wait_usec = 300000;
+    cr_assert(!gates_in_one_batch(), "a second worker ran with TETHER_POOL_SIZE=1");
 }
 
 Test(dispatch, other_chains_wait_for_dispatch, .timeout = 30)

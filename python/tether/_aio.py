@@ -94,14 +94,19 @@ def _completions_of(loop):
     return completions
 
 
-def wrap_future(future, loop=None):
+_UNKNOWN = object()
+
+
+def wrap_future(future, loop=None, completions=_UNKNOWN):
     """An asyncio future of loop (default: the running one) completing as the tether.Future
-    future does; cancelling it cancels the call."""
+    future does; cancelling it cancels the call. completions: the loop's, when the caller
+    looked them up already."""
     if loop is None:
         loop = asyncio.get_running_loop()
     waiter = loop.create_future()
     waiter.add_done_callback(functools.partial(_cancel_call, future))
-    completions = _completions_of(loop)
+    if completions is _UNKNOWN:
+        completions = _completions_of(loop)
     if completions is not None and completions.queue.watch(future):
         completions.waiters[future] = waiter
     else:  # awaited twice, or with done-callbacks of its own: through the callback thread
@@ -295,13 +300,13 @@ def call(conn, client, method, args, kwargs, timeout, deadline=None):
     loop = asyncio.get_running_loop()  # before the call starts: nobody could await it
     if conn is not None:
         conn._use_loop(loop)
-    completions = _completions_of(loop) if type(client) is _tether.Client else None
-    if completions is not None:
+    completions = _completions_of(loop)
+    if completions is not None and type(client) is _tether.Client:
         future = client.call_async(method, args, kwargs, timeout, deadline, True)
         completions.batch(client)
     else:
         future = client.call_async(method, args, kwargs, timeout, deadline)
-    return AioCall(wrap_future(future, loop), method)
+    return AioCall(wrap_future(future, loop, completions), method)
 
 
 # ---- attributes of proxies ---------------------------------------------------------------
