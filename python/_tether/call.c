@@ -30,6 +30,8 @@ typedef enum {
 static int call_spec_parse_values(call_spec *c, module_state *st, const call_target *t,
                                   PyObject *args, PyObject *kwds, const char *format,
                                   spec_kind kind);
+static int call_spec_set(call_spec *c, module_state *st, const call_target *t, PyObject *method,
+                         PyObject *a, PyObject *k, PyObject *timeout, PyObject *deadline);
 
 /* Parse method, args, kwargs (and timeout) into c, with the objects in them exported on
  * t's connection (NotConnectedError without one). On failure an exception is set; the
@@ -54,18 +56,30 @@ call_spec_parse_values(call_spec *c, module_state *st, const call_target *t, PyO
     static char *kwlist_async[] = {"method",   "args",  "kwargs", "timeout",
                                    "deadline", "batch", NULL};
     static char *kwlist_notify[] = {"method", "args", "kwargs", NULL};
-    PyObject *a = Py_None, *k = Py_None, *timeout = Py_None, *deadline = Py_None;
+    PyObject *method = NULL, *a = Py_None, *k = Py_None, *timeout = Py_None, *deadline = Py_None;
     int batch = 0;
+    char **names = kind == SPEC_NOTIFY ? kwlist_notify : kind == SPEC_ASYNC ? kwlist_async : kwlist;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, format, names, &method, &a, &k, &timeout,
+                                     &deadline, &batch)) {
+        memset(c, 0, sizeof(*c)); /* nothing to release */
+        return -1;
+    }
+    int r = call_spec_set(c, st, t, method, a, k, timeout, deadline);
+    c->opts.batch = batch != 0;
+    return r;
+}
+
+/* The part of parsing after the arguments were told apart: method a str, a and k the
+ * call's positional and keyword arguments (a sequence and a dict, or None). */
+static int
+call_spec_set(call_spec *c, module_state *st, const call_target *t, PyObject *method, PyObject *a,
+              PyObject *k, PyObject *timeout, PyObject *deadline)
+{
     memset(c, 0, sizeof(*c));
     xfer x = {st, t->conn, t->context};
     tether_py_pb_init(&c->args, &x);
     tether_py_pb_init(&c->kwargs, &x);
-    char **names = kind == SPEC_NOTIFY ? kwlist_notify : kind == SPEC_ASYNC ? kwlist_async : kwlist;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, format, names, &c->method_obj, &a, &k, &timeout,
-                                     &deadline, &batch)) {
-        return -1;
-    }
-    c->opts.batch = batch != 0;
+    c->method_obj = method;
     c->method = PyUnicode_AsUTF8AndSize(c->method_obj, NULL);
     uint64_t within = 0;
     if (!c->method ||
@@ -147,6 +161,8 @@ check_signals(void *userdata)
     return w->raised;
 }
 
+static PyObject *call_sync(module_state *st, const call_target *t, call_spec *c);
+
 PyObject *
 tether_py_call_target_sync(module_state *st, call_target target, PyObject *args, PyObject *kwds)
 {
@@ -156,6 +172,31 @@ tether_py_call_target_sync(module_state *st, call_target target, PyObject *args,
         call_spec_done(&c);
         return NULL;
     }
+    return call_sync(st, t, &c);
+}
+
+PyObject *
+tether_py_call_sync(module_state *st, call_target target, PyObject *method, PyObject *args,
+                    PyObject *kwargs, PyObject *timeout, PyObject *deadline)
+{
+    const call_target *t = &target;
+    call_spec c;
+    int r = call_spec_set(&c, st, t, method, args, kwargs ? kwargs : Py_None, timeout, deadline);
+    if (r == 0 && !t->conn) {
+        PyErr_SetString(st->NotConnectedError, "not connected (connect() was never called)");
+        r = -1;
+    }
+    if (r < 0) {
+        call_spec_done(&c);
+        return NULL;
+    }
+    return call_sync(st, t, &c);
+}
+
+/* Make the call c, which this releases; its result, or NULL with an exception set. */
+static PyObject *
+call_sync(module_state *st, const call_target *t, call_spec *c)
+{
     tether_value *result = NULL;
     tether_error err = TETHER_ERROR_INIT;
     /* The core's synchronous path, whose waiting thread reads its own reply and runs
@@ -163,16 +204,16 @@ tether_py_call_target_sync(module_state *st, call_target target, PyObject *args,
      * signals: there the core asks check_signals between slices of the wait. */
     signal_watch watch = {NULL, false};
     if (PyThread_get_thread_ident() == st->main_thread) {
-        c.opts.interrupt = check_signals;
-        c.opts.interrupt_userdata = &watch;
-        c.opts.interrupt_interval_usec = SIGNAL_SLICE_USEC;
+        c->opts.interrupt = check_signals;
+        c->opts.interrupt_userdata = &watch;
+        c->opts.interrupt_interval_usec = SIGNAL_SLICE_USEC;
     }
     blocking_calls++;
     watch.save = PyEval_SaveThread();
-    int r = target_call(t, &c, &result, &err);
+    int r = target_call(t, c, &result, &err);
     PyEval_RestoreThread(watch.save);
     blocking_calls--;
-    call_spec_done(&c);
+    call_spec_done(c);
     PyObject *o;
     if (watch.raised) {
         o = NULL; /* KeyboardInterrupt or whatever the handler raised; the call is cancelled */

@@ -258,9 +258,10 @@ client_conn(ClientObject *self, module_state *st)
 }
 
 /* A call of the host's services through this client (conn NULL before connect). */
-static call_target
-client_target(ClientObject *self)
+call_target
+tether_py_client_target(PyObject *client)
 {
+    ClientObject *self = (ClientObject *)client;
     return (call_target){
         .conn = tether_client_get_conn(self->client),
         .context = self->main_objects ? TETHER_CONTEXT_MAIN : TETHER_CONTEXT_POOL,
@@ -270,15 +271,15 @@ client_target(ClientObject *self)
 static PyObject *
 client_call(ClientObject *self, PyObject *args, PyObject *kwds)
 {
-    return tether_py_call_target_sync(tether_py_state_of_type(Py_TYPE(self)), client_target(self),
-                                      args, kwds);
+    return tether_py_call_target_sync(tether_py_state_of_type(Py_TYPE(self)),
+                                      tether_py_client_target((PyObject *)self), args, kwds);
 }
 
 static PyObject *
 client_call_async(ClientObject *self, PyObject *args, PyObject *kwds)
 {
-    return tether_py_call_target_async(tether_py_state_of_type(Py_TYPE(self)), client_target(self),
-                                       args, kwds);
+    return tether_py_call_target_async(tether_py_state_of_type(Py_TYPE(self)),
+                                       tether_py_client_target((PyObject *)self), args, kwds);
 }
 
 static PyObject *
@@ -295,8 +296,8 @@ client_flush(ClientObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 client_notify(ClientObject *self, PyObject *args, PyObject *kwds)
 {
-    return tether_py_call_target_notify(tether_py_state_of_type(Py_TYPE(self)), client_target(self),
-                                        args, kwds);
+    return tether_py_call_target_notify(tether_py_state_of_type(Py_TYPE(self)),
+                                        tether_py_client_target((PyObject *)self), args, kwds);
 }
 
 static PyObject *

@@ -123,6 +123,11 @@ module_exec(PyObject *module)
     if (!st->completions_type || PyModule_AddType(module, st->completions_type) < 0) {
         return -1;
     }
+    st->method_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &tether_py_method_spec, NULL);
+    if (!st->method_type || PyModule_AddType(module, st->method_type) < 0) {
+        return -1;
+    }
     st->exports = PyDict_New();
     st->classes = PyDict_New();
     if (!st->exports || !st->classes) {
@@ -205,6 +210,7 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->host_type);
     Py_VISIT(st->child_type);
     Py_VISIT(st->completions_type);
+    Py_VISIT(st->method_type);
     for (size_t i = 0; i < sizeof(st->proxy_parts) / sizeof(st->proxy_parts[0]); i++) {
         Py_VISIT(st->proxy_parts[i]);
     }
@@ -229,6 +235,7 @@ module_clear(PyObject *module)
     Py_CLEAR(st->host_type);
     Py_CLEAR(st->child_type);
     Py_CLEAR(st->completions_type);
+    Py_CLEAR(st->method_type);
     for (size_t i = 0; i < sizeof(st->proxy_parts) / sizeof(st->proxy_parts[0]); i++) {
         Py_CLEAR(st->proxy_parts[i]);
     }
@@ -256,7 +263,7 @@ static PyModuleDef_Slot module_slots[] = {
     {0, NULL},
 };
 
-static struct PyModuleDef tether_module = {
+struct PyModuleDef tether_py_module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "tether._tether",
     .m_doc = "The C extension of the tether package: libtether's client side for Python.",
@@ -271,5 +278,5 @@ static struct PyModuleDef tether_module = {
 PyMODINIT_FUNC
 PyInit__tether(void)
 {
-    return PyModuleDef_Init(&tether_module);
+    return PyModuleDef_Init(&tether_py_module_def);
 }

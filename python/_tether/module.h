@@ -29,6 +29,9 @@
 
 typedef struct hub hub;
 
+/* The module's definition: what tells a type of this module from another's. */
+extern struct PyModuleDef tether_py_module_def;
+
 typedef struct {
     PyTypeObject *client_type;
     PyTypeObject *future_type;
@@ -37,6 +40,7 @@ typedef struct {
     PyTypeObject *host_type;
     PyTypeObject *child_type;
     PyTypeObject *completions_type;
+    PyTypeObject *method_type;
     PyObject *proxy_parts[4]; /* from tether._proxy, on first use: see proxy_part */
     PyObject *exports;        /* id(obj) -> address of the tether_object exported for obj */
     PyObject *classes;        /* (context, type name) -> capsule of its tether_class */
@@ -191,15 +195,30 @@ typedef struct {
 
 PyObject *tether_py_call_target_sync(module_state *st, call_target target, PyObject *args,
                                      PyObject *kwds);
+/* A synchronous call of method with the arguments of a Python call (args a tuple, kwargs
+ * a dict or NULL); timeout and deadline as Client.call takes them. */
+PyObject *tether_py_call_sync(module_state *st, call_target target, PyObject *method,
+                              PyObject *args, PyObject *kwargs, PyObject *timeout,
+                              PyObject *deadline);
 PyObject *tether_py_call_target_async(module_state *st, call_target target, PyObject *args,
                                       PyObject *kwds);
 PyObject *tether_py_call_target_notify(module_state *st, call_target target, PyObject *args,
                                        PyObject *kwds);
 PyObject *tether_py_module_in_blocking_call(PyObject *module, PyObject *unused);
 
+/* ---- method.c: Method, the C core of tether.RemoteMethod ------------------------------ */
+
+extern PyType_Spec tether_py_method_spec;
+
+/* Where a call through ref (a Ref) goes. */
+call_target tether_py_ref_target(PyObject *ref);
+
 /* ---- client.c: Client ---------------------------------------------------------------- */
 
 extern PyType_Spec tether_py_client_spec;
+
+/* Where a call through client (a Client) goes. */
+call_target tether_py_client_target(PyObject *client);
 
 /* ---- spawn.c: Host and Child, and the spawned child's process settings --------------- */
 

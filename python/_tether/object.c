@@ -281,17 +281,32 @@ object_handler(tether_request *req, void *userdata)
     }
     if (!tether_request_is_cancelled(req)) {
         PyGILState_STATE gil = tether_py_gil_ensure();
-        PyObject *serve = proxy_part(pe->st, PART_SERVE);
-        PyObject *method = serve ? PyUnicode_FromString(tether_request_get_method(req)) : NULL;
-        if (method) {
-            PyObject *lead[2] = {pe->obj, method};
-            xfer x = {pe->st, tether_request_get_conn(req), pe->context};
-            tether_py_serve_request(req, serve, NULL, lead, 2, &x);
+        const char *name = tether_request_get_method(req);
+        xfer x = {pe->st, tether_request_get_conn(req), pe->context};
+        if (name[0] != '_') {
+            /* A public method, the common case: getattr(obj, name)(*args, **kwargs), what
+             * serve() would do for it, without serve()'s Python frames. */
+            PyObject *method = PyObject_GetAttrString(pe->obj, name);
+            if (method) {
+                tether_py_serve_request(req, method, NULL, NULL, 0, &x);
+                Py_DECREF(method);
+            } else {
+                tether_py_reply_exception(req, Py_None);
+            }
         } else {
-            tether_py_reply_exception(req, Py_None);
+            /* An operation (__getattr__, __call__...) or a private name that serve()
+             * refuses. */
+            PyObject *serve = proxy_part(pe->st, PART_SERVE);
+            PyObject *method = serve ? PyUnicode_FromString(name) : NULL;
+            if (method) {
+                PyObject *lead[2] = {pe->obj, method};
+                tether_py_serve_request(req, serve, NULL, lead, 2, &x);
+            } else {
+                tether_py_reply_exception(req, Py_None);
+            }
+            Py_XDECREF(method);
+            Py_XDECREF(serve);
         }
-        Py_XDECREF(method);
-        Py_XDECREF(serve);
         PyGILState_Release(gil);
     }
     tether_py_svc_leave();
@@ -322,9 +337,10 @@ export_release(void *userdata)
 
 /* ---- Ref: the handle of a tether.Proxy ----------------------------------------------- */
 
-static call_target
-ref_target(RefObject *self)
+call_target
+tether_py_ref_target(PyObject *ref)
 {
+    RefObject *self = (RefObject *)ref;
     return (call_target){
         .conn = tether_object_get_conn(self->obj),
         .obj = self->obj,
@@ -335,22 +351,22 @@ ref_target(RefObject *self)
 static PyObject *
 ref_call(RefObject *self, PyObject *args, PyObject *kwds)
 {
-    return tether_py_call_target_sync(tether_py_state_of_type(Py_TYPE(self)), ref_target(self),
-                                      args, kwds);
+    return tether_py_call_target_sync(tether_py_state_of_type(Py_TYPE(self)),
+                                      tether_py_ref_target((PyObject *)self), args, kwds);
 }
 
 static PyObject *
 ref_call_async(RefObject *self, PyObject *args, PyObject *kwds)
 {
-    return tether_py_call_target_async(tether_py_state_of_type(Py_TYPE(self)), ref_target(self),
-                                       args, kwds);
+    return tether_py_call_target_async(tether_py_state_of_type(Py_TYPE(self)),
+                                       tether_py_ref_target((PyObject *)self), args, kwds);
 }
 
 static PyObject *
 ref_notify(RefObject *self, PyObject *args, PyObject *kwds)
 {
-    return tether_py_call_target_notify(tether_py_state_of_type(Py_TYPE(self)), ref_target(self),
-                                        args, kwds);
+    return tether_py_call_target_notify(tether_py_state_of_type(Py_TYPE(self)),
+                                        tether_py_ref_target((PyObject *)self), args, kwds);
 }
 
 static void

@@ -38,22 +38,19 @@ __all__ = [
 SERVE_MODES = ("thread", "loop", "manual")
 
 
-class RemoteMethod:
+class RemoteMethod(_tether.Method):
     """A host service called synchronously: ``m(*args, **kwargs)`` returns its result.
 
     Made by ``conn.root.NAME`` (or a proxy's method). ``with_timeout(seconds)`` gives the
     same method with its own silence timeout instead of the connection's;
     ``with_deadline(seconds)`` one whose every call must end within that time, however
     alive the peer keeps it (a peer that is busy, or stuck, keeps a call alive).
+
+    ``RemoteMethod(client, name, timeout=None, deadline=None)``; the call itself is
+    tether._tether.Method's, in C: the hot path of every script.
     """
 
-    __slots__ = ("_client", "_name", "_timeout", "_deadline", "__weakref__")
-
-    def __init__(self, client, name, timeout=None, deadline=None):
-        self._client = client
-        self._name = name
-        self._timeout = timeout
-        self._deadline = deadline
+    __slots__ = ("__weakref__",)
 
     @property
     def name(self):
@@ -68,9 +65,6 @@ class RemoteMethod:
         """The same method, each call failing with TimeoutError (and cancelled) if it has
         not completed within seconds."""
         return type(self)(self._client, self._name, self._timeout, seconds)
-
-    def __call__(self, *args, **kwargs):
-        return self._client.call(self._name, args, kwargs, self._timeout, self._deadline)
 
     def __repr__(self):
         return f"<tether.{type(self).__name__} {self._name!r}>"

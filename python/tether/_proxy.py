@@ -66,8 +66,11 @@ _type_methods_lock = _thread.allocate_lock()
 _live = weakref.WeakValueDictionary()
 
 
+_get = object.__getattribute__
+
+
 def _ref(proxy):
-    return object.__getattribute__(proxy, "_tether_ref")
+    return _get(proxy, "_tether_ref")
 
 
 class ByReference:
@@ -89,16 +92,42 @@ class Proxy:
     """Stands for an object of the peer; see the module docstring."""
 
     # _tether_owner: for a spawned child's objects, what keeps the child running.
-    __slots__ = ("_tether_ref", "_tether_methods", "_tether_owner", "__weakref__")
+    # _tether_methods: the object's method names, None until fetched.
+    # _tether_bound: name -> RemoteMethod, the methods this proxy has handed out.
+    __slots__ = ("_tether_ref", "_tether_methods", "_tether_bound", "_tether_owner",
+                 "__weakref__")
 
-    def __getattr__(self, name):
-        if name.startswith("_"):
+    # Public names a subclass defines itself (ChildProxy's pid, wait...): the proxy's own,
+    # not the remote object's. Filled in by __init_subclass__.
+    _tether_local = frozenset()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._tether_local = frozenset(
+            name for klass in cls.__mro__ if klass is not Proxy and klass is not object
+            for name in vars(klass) if not name.startswith("_"))
+
+    # __getattribute__ rather than __getattr__: a __getattr__ runs only after the ordinary
+    # look-up has failed, and that failure builds an AttributeError (its message, its
+    # name and obj) on every p.f() before throwing it away.
+    def __getattribute__(self, name):
+        if name[:1] == "_" or name in _get(self, "_tether_local"):
+            try:
+                return _get(self, name)
+            except AttributeError:
+                if name[:1] != "_":
+                    raise
             raise AttributeError(
                 f"{name!r}: names starting with an underscore are not reachable through a proxy"
-            )
-        ref = _ref(self)
+            ) from None
+        bound = _get(self, "_tether_bound")
+        method = bound.get(name)
+        if method is not None:
+            return method
+        ref = _get(self, "_tether_ref")
         if name in _methods(self):
-            return RemoteMethod(ref, name)
+            method = bound[name] = RemoteMethod(ref, name)
+            return method
         return ref.call("__getattr__", (name,), None, None)
 
     def __setattr__(self, name, value):
@@ -169,10 +198,9 @@ class _RemoteIterator:
 
 def _methods(proxy):
     """The method names of the proxy's object, fetched once (per type when allowed)."""
-    try:
-        return object.__getattribute__(proxy, "_tether_methods")
-    except AttributeError:
-        pass
+    methods = _get(proxy, "_tether_methods")
+    if methods is not None:
+        return methods
     ref = _ref(proxy)
     key = (ref.conn_key, ref.type_name)
     with _type_methods_lock:
@@ -202,6 +230,8 @@ def make_proxy(ref, cls=Proxy, owner=None):
         proxy = object.__new__(cls)
         object.__setattr__(proxy, "_tether_ref", ref)
         object.__setattr__(proxy, "_tether_owner", owner)
+        object.__setattr__(proxy, "_tether_methods", None)
+        object.__setattr__(proxy, "_tether_bound", {})
         _live[ref.key] = proxy
     return proxy
 
