@@ -290,6 +290,10 @@ typedef enum tether_context {
     /* On one of tether's worker threads (TETHER_POOL_SIZE, else UV_THREADPOOL_SIZE, else
      * 4 at most); may block. */
     TETHER_CONTEXT_POOL = 3,
+    /* Future callbacks only: on whichever thread completes the future, the I/O thread or
+     * one that reads the connection (a synchronous caller, a main thread waiting for its
+     * work). Must not block; for a callback that only hands the result on. */
+    TETHER_CONTEXT_ANY = 4,
 } tether_context;
 
 typedef struct tether_conn tether_conn;
@@ -541,6 +545,7 @@ typedef void (*tether_future_fn)(tether_future *future, void *userdata);
 /*
  * Have fn called once the future is ready. TETHER_CONTEXT_IO: on the I/O thread (must
  * not block), or at once on the calling thread if the future is already ready.
+ * TETHER_CONTEXT_ANY: on the thread that completes it (must not block), or at once.
  * TETHER_CONTEXT_MAIN: inside the dispatch of the host or client that made the call,
  * on its main thread, even if the future is ready already. TETHER_CONTEXT_POOL is not
  * accepted (TETHER_EINVAL). The future is borrowed for the callback. One callback per
@@ -1299,6 +1304,28 @@ TETHER_EXPORT int tether_client_close(tether_client *client);
 TETHER_EXPORT int tether_client_get_fd(const tether_client *client);
 TETHER_EXPORT int tether_client_dispatch(tether_client *client, uint64_t budget_usec);
 TETHER_EXPORT int tether_client_wait(tether_client *client, uint64_t timeout_usec);
+
+/*
+ * For a main thread that runs an event loop (asyncio, GLib, Qt) rather than waiting in
+ * tether_client_wait: while the loop is idle, its thread reads the connection itself,
+ * so that a call of a MAIN service wakes that thread alone, not the I/O thread too.
+ * - tether_client_read_begin makes the main thread the connection's reader and returns
+ *   the socket's descriptor, for the loop to watch for input (not to read, write or
+ *   close: dup() it to keep it past tether_client_read_end). TETHER_EBUSY while another
+ *   thread reads the connection, TETHER_ENOTCONN while not connected: keep watching
+ *   tether_client_get_fd, and begin again later (at the next dispatch, say).
+ * - tether_client_read_ready, when that descriptor is readable: reads what came and runs
+ *   the MAIN work it brought, as tether_client_dispatch does within budget_usec (work
+ *   left over raises tether_client_get_fd). Returns 0 while this thread still reads, 1
+ *   once it does not (another thread's call took the reading over, the connection
+ *   closed or was replaced): stop watching the descriptor, and begin again later.
+ * - tether_client_read_end gives the reading back to the I/O thread.
+ * A blocking call made from inside the loop's thread reads its own reply and leaves
+ * the reading with that thread. Thread: main (TETHER_EPERM elsewhere).
+ */
+TETHER_EXPORT int tether_client_read_begin(tether_client *client);
+TETHER_EXPORT int tether_client_read_ready(tether_client *client, uint64_t budget_usec);
+TETHER_EXPORT int tether_client_read_end(tether_client *client);
 
 /*
  * Resolve an address as tether_client_connect would, into "unix:/path" or

@@ -572,3 +572,154 @@ Test(dispatch, other_chains_wait_for_dispatch, .timeout = 30)
     tether_client_unref(other);
     tether_host_unref(h);
 }
+
+/* ---- an event loop's main thread reads the connection (tether_client_read_*) --------- */
+
+static int
+loop_service(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    cr_assert(pthread_equal(pthread_self(), main_thread), "a MAIN service ran off the loop");
+    int n = -1;
+    tether_request_read(req, "i", &n);
+    return tether_request_reply(req, "i", n + 1);
+}
+
+static void *
+reply_later(void *arg)
+{
+    tether_request *req = arg;
+    usleep(300000);
+    tether_request_reply(req, "s", "pong");
+    tether_request_unref(req);
+    return NULL;
+}
+
+/* Answers 300 ms later from a thread of its own (a POOL or MAIN service of this
+ * in-process host would run inside the caller's wait: the same chain). */
+static int
+slow_ping(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    pthread_t t;
+    cr_assert(pthread_create(&t, NULL, reply_later, tether_request_ref(req)) == 0);
+    pthread_detach(t);
+    return 0;
+}
+
+typedef struct {
+    tether_host *host;
+    tether_client *client;
+    const char *method; /* host calls: the client's service; else the client calls this */
+    int calls, done;
+    int begin_result; /* read_begin off the main thread */
+} loop_peer;
+
+/* The host calling the client's service `calls` times (a thread of the host's side). */
+static void *
+host_calls(void *arg)
+{
+    loop_peer *p = arg;
+    tether_conn *conn = NULL;
+    ASSERT_OK(tether_host_get_client(p->host, "looped", &conn));
+    for (int i = 0; i < p->calls; i++) {
+        tether_value *v = NULL;
+        int got = 0;
+        ASSERT_OK(tether_conn_call(conn, "svc", NULL, &v, NULL, "i", i));
+        ASSERT_OK(tether_value_read(v, NULL, "i", &got));
+        tether_value_unref(v);
+        cr_assert_eq(got, i + 1);
+        __atomic_add_fetch(&p->done, 1, __ATOMIC_SEQ_CST);
+    }
+    tether_conn_unref(conn);
+    return NULL;
+}
+
+/* A thread of the client's side calling the host: it takes the reading over. */
+static void *
+client_calls(void *arg)
+{
+    loop_peer *p = arg;
+    p->begin_result = tether_client_read_begin(p->client);
+    tether_value *v = NULL;
+    ASSERT_OK(tether_conn_call(tether_client_get_conn(p->client), p->method, NULL, &v, NULL, NULL));
+    tether_value_unref(v);
+    __atomic_add_fetch(&p->done, 1, __ATOMIC_SEQ_CST);
+    return NULL;
+}
+
+/* The loop: poll the socket while reading it, and the queue's fd, until done reaches n. */
+static void
+run_loop(tether_client *c, loop_peer *p, int n)
+{
+    int sock = tether_client_read_begin(c);
+    uint64_t deadline = tether_now_usec() + 10000000;
+    while (__atomic_load_n(&p->done, __ATOMIC_SEQ_CST) < n && tether_now_usec() < deadline) {
+        struct pollfd fds[2] = {{.fd = tether_client_get_fd(c), .events = POLLIN},
+                                {.fd = sock, .events = POLLIN}};
+        if (poll(fds, sock >= 0 ? 2 : 1, 10) < 0) {
+            continue;
+        }
+        if (fds[0].revents) {
+            ASSERT_OK(tether_client_dispatch(c, TETHER_BUDGET_UNLIMITED) >= 0 ? 0 : -1);
+        }
+        if (sock >= 0 && fds[1].revents && tether_client_read_ready(c, TETHER_BUDGET_UNLIMITED)) {
+            sock = -1; /* another thread took the reading: the queue's fd serves */
+        }
+        if (sock < 0) {
+            sock = tether_client_read_begin(c);
+        }
+    }
+    cr_assert_eq(__atomic_load_n(&p->done, __ATOMIC_SEQ_CST), n);
+}
+
+Test(dispatch, an_event_loop_reads_the_connection_itself, .timeout = 30)
+{
+    main_thread = pthread_self();
+    tether_host *h = test_host_new(NULL);
+    ASSERT_OK(tether_host_add_service(h, "ping", TETHER_CONTEXT_IO, ping, NULL));
+    ASSERT_OK(tether_host_add_service(h, "slow_ping", TETHER_CONTEXT_IO, slow_ping, NULL));
+    ASSERT_OK(tether_host_start(h));
+    tether_client *c = test_client_new("looped", NULL);
+    ASSERT_ERR(tether_client_read_begin(c), TETHER_ENOTCONN);
+    ASSERT_OK(tether_client_add_service(c, "svc", TETHER_CONTEXT_MAIN, loop_service, NULL));
+    ASSERT_OK(tether_client_connect(c, NULL));
+
+    /* The host's calls are read and run by the loop's thread. */
+    int sock = tether_client_read_begin(c);
+    cr_assert(sock >= 0, "read_begin: %s", tether_strerror(sock));
+    cr_assert_eq(tether_client_read_begin(c), sock, "holding it already is no error");
+    loop_peer p = {.host = h, .client = c, .calls = 200};
+    pthread_t t;
+    cr_assert(pthread_create(&t, NULL, host_calls, &p) == 0);
+    run_loop(c, &p, p.calls);
+    pthread_join(t, NULL);
+
+    /* The loop's own blocking call leaves the reading with it. */
+    tether_value *v = NULL;
+    ASSERT_OK(tether_conn_call(tether_client_get_conn(c), "ping", NULL, &v, NULL, NULL));
+    tether_value_unref(v);
+    ASSERT_OK(tether_client_read_ready(c, TETHER_BUDGET_UNLIMITED));
+
+    /* Another thread's call takes it over: read_begin is refused there (not the main
+     * thread) and here while that call runs; after it the loop learns it lost the
+     * reading, and takes it back. */
+    loop_peer q = {.client = c, .method = "slow_ping"};
+    cr_assert(pthread_create(&t, NULL, client_calls, &q) == 0);
+    usleep(100000);
+    ASSERT_ERR(tether_client_read_begin(c), TETHER_EBUSY);
+    pthread_join(t, NULL);
+    cr_assert_eq(q.begin_result, TETHER_EPERM);
+    cr_assert_eq(tether_client_read_ready(c, TETHER_BUDGET_UNLIMITED), 1);
+    cr_assert_eq(tether_client_read_begin(c), sock);
+
+    /* And serves the host's calls again. */
+    p.done = 0;
+    cr_assert(pthread_create(&t, NULL, host_calls, &p) == 0);
+    run_loop(c, &p, p.calls);
+    pthread_join(t, NULL);
+    ASSERT_OK(tether_client_read_end(c));
+    cr_assert_eq(tether_client_read_ready(c, TETHER_BUDGET_UNLIMITED), 1);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}

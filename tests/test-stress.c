@@ -3,12 +3,14 @@
  * drives one connection from many threads at once: synchronous and asynchronous calls
  * both ways, notifications, cancels, MAIN services served by the main thread's dispatch
  * loop, and call-backs into that main thread while it waits (chains); a client whose
- * main thread serves in tether_client_wait, reading its connection itself, while other
- * threads call and notify it; then it closes everything while calls are still in
- * flight; 100,000 calls started at once, most waiting for room in the host's window.
+ * main thread serves in tether_client_wait, or in an event loop of its own that reads
+ * the connection (tether_client_read_*), while other threads call and notify it and a
+ * thread of that client calls the host; then it closes everything while calls are still
+ * in flight; 100,000 calls started at once, most waiting for room in the host's window.
  * Exit status 0 when every result was right.
  */
 #define _GNU_SOURCE
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -196,8 +198,59 @@ typedef struct waiting_args {
     atomic_bool ready;
 } waiting_args;
 
-/* The client's main thread: serves in tether_client_wait, and now and then calls the
- * host itself (taking the reader role from its own wait). */
+static atomic_int loop_reads; /* reads by the loop's thread that left the reading with it */
+
+/* One turn of an event loop that reads the client's connection while idle. */
+static void
+loop_turn(tether_client *c, int *sock)
+{
+    if (*sock < 0) {
+        *sock = tether_client_read_begin(c);
+    }
+    struct pollfd fds[2] = {{.fd = tether_client_get_fd(c), .events = POLLIN},
+                            {.fd = *sock, .events = POLLIN}};
+    if (poll(fds, *sock >= 0 ? 2 : 1, 2) <= 0) {
+        return;
+    }
+    if (fds[0].revents) {
+        CHECK(tether_client_dispatch(c, TETHER_BUDGET_UNLIMITED) >= 0);
+    }
+    if (*sock >= 0 && fds[1].revents) {
+        if (tether_client_read_ready(c, TETHER_BUDGET_UNLIMITED) == 1) {
+            *sock = -1;
+        } else {
+            atomic_fetch_add(&loop_reads, 1);
+        }
+    }
+}
+
+static atomic_bool stop_client_calls;
+
+/* Another thread of the waiting client: asynchronous calls of the host, whose answers
+ * must not wait for the main thread's loop. */
+static void *
+client_calls_async(void *arg)
+{
+    tether_client *c = arg;
+    for (int64_t i = 0; !atomic_load(&stop_client_calls); i++) {
+        tether_future *f = NULL;
+        tether_value *v = NULL;
+        int64_t sum = 0;
+        if (tether_conn_call_async(tether_client_get_conn(c), "add", NULL, &f, "xx", i,
+                                   (int64_t)2) < 0 ||
+            tether_future_wait(f, 10000000) < 0 || tether_future_get_result(f, &v, NULL) < 0 ||
+            tether_value_read(v, NULL, "x", &sum) < 0 || sum != i + 2) {
+            atomic_fetch_add(&errors, 1);
+        }
+        tether_value_unref(v);
+        tether_future_unref(f);
+    }
+    return NULL;
+}
+
+/* The client's main thread: serves in tether_client_wait and in turns of an event loop
+ * by turns, and now and then calls the host itself (taking the reader role from its own
+ * wait or loop); another thread of it calls the host meanwhile. */
 static void *
 serve_waiting(void *arg)
 {
@@ -211,8 +264,15 @@ serve_waiting(void *arg)
     CHECK(tether_client_add_service(c, "note", TETHER_CONTEXT_MAIN, note, NULL) == 0);
     CHECK(tether_client_connect(c, NULL) == 0);
     atomic_store(&a->ready, true);
+    pthread_t caller;
+    pthread_create(&caller, NULL, client_calls_async, c);
+    int sock = -1;
     for (int i = 0; !atomic_load(&stop_waiting); i++) {
-        CHECK(tether_client_wait(c, 2000) >= 0);
+        if (i / 50 % 2) {
+            CHECK(tether_client_wait(c, 2000) >= 0);
+        } else {
+            loop_turn(c, &sock);
+        }
         if (i % 7 == 0) {
             tether_value *v = NULL;
             int64_t sum = 0;
@@ -224,6 +284,9 @@ serve_waiting(void *arg)
             tether_value_unref(v);
         }
     }
+    atomic_store(&stop_client_calls, true);
+    pthread_join(caller, NULL);
+    CHECK(tether_client_read_end(c) == 0);
     tether_client_close(c);
     tether_client_unref(c);
     return NULL;
@@ -271,6 +334,7 @@ serve_in_wait(tether_host *h, const char *dir)
     pthread_join(server, NULL);
     tether_conn_unref(conn);
     CHECK(atomic_load(&waited_notes) == 1600);
+    CHECK(atomic_load(&loop_reads) > 0);
 }
 
 int

@@ -227,6 +227,53 @@ client_dispatch(ClientObject *self, PyObject *args, PyObject *kwds)
     return PyBool_FromLong(r > 0);
 }
 
+/* read_begin() -> (fd, key): the socket for the loop to watch, and what tells this
+ * connection from a later one (a reconnect may reuse the fd's number; the client keeps
+ * every connection it had, so their addresses are not reused); (-1, None) while this
+ * thread may not read. */
+static PyObject *
+client_read_begin(ClientObject *self, PyObject *unused)
+{
+    int r = tether_client_read_begin(self->client);
+    if (r == TETHER_EBUSY || r == TETHER_ENOTCONN) {
+        return Py_BuildValue("(iO)", -1, Py_None);
+    }
+    if (r < 0) {
+        return tether_py_raise_error(tether_py_state_of_type(Py_TYPE(self)), r, NULL, AT_CALL);
+    }
+    return Py_BuildValue("(iK)", r,
+                         (unsigned long long)(uintptr_t)tether_client_get_conn(self->client));
+}
+
+static PyObject *
+client_read_ready(ClientObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"budget", NULL};
+    PyObject *budget_obj = Py_None;
+    uint64_t budget;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:read_ready", kwlist, &budget_obj) ||
+        tether_py_usec_from_seconds(budget_obj, TETHER_BUDGET_UNLIMITED, "budget", &budget) < 0) {
+        return NULL;
+    }
+    PyThreadState *save = PyEval_SaveThread();
+    int r = tether_client_read_ready(self->client, budget);
+    PyEval_RestoreThread(save);
+    if (r < 0) {
+        return tether_py_raise_error(tether_py_state_of_type(Py_TYPE(self)), r, NULL, AT_CALL);
+    }
+    return PyBool_FromLong(r == 0);
+}
+
+static PyObject *
+client_read_end(ClientObject *self, PyObject *unused)
+{
+    int r = tether_client_read_end(self->client);
+    if (r < 0) {
+        return tether_py_raise_error(tether_py_state_of_type(Py_TYPE(self)), r, NULL, AT_CALL);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 client_wait(ClientObject *self, PyObject *args, PyObject *kwds)
 {
@@ -418,6 +465,17 @@ static PyMethodDef client_methods[] = {
      "wait(timeout=None) -> bool\n\nWait up to timeout seconds (None: no limit) for "
      "main-thread work and run all of it, reading the connection meanwhile so that a call "
      "of a main-thread service wakes only this thread. True if work ran."},
+    {"read_begin", (PyCFunction)client_read_begin, METH_NOARGS,
+     "read_begin() -> (fd, key)\n\nOn the main thread, for its event loop: read the "
+     "connection from this thread while the loop is idle. The socket's fd to watch for "
+     "input (not to read or close: dup it) and a key that changes with the connection; "
+     "(-1, None) while another thread reads it or none is connected (try again later)."},
+    {"read_ready", (PyCFunction)(void (*)(void))client_read_ready, METH_VARARGS | METH_KEYWORDS,
+     "read_ready(budget=None) -> bool\n\nThe fd of read_begin() is readable: read, and run "
+     "the main-thread work that came. False once this thread no longer reads the "
+     "connection: stop watching that fd."},
+    {"read_end", (PyCFunction)client_read_end, METH_NOARGS,
+     "read_end()\n\nGive the reading of the connection back to the I/O thread."},
     {"call", (PyCFunction)(void (*)(void))client_call, METH_VARARGS | METH_KEYWORDS,
      "call(method, args=(), kwargs=None, timeout=None)\n\nCall a service of the host and "
      "return its result. timeout: seconds of silence from the host before TimeoutError "

@@ -54,7 +54,9 @@ queue_unref(queue *q)
     }
 }
 
-/* The core's completion callback: the I/O thread (or the registering thread). */
+/* The core's completion callback: on the thread that read the reply (the I/O thread,
+ * a loop's own thread reading the connection, a synchronous caller), or the
+ * registering thread. */
 static void
 on_ready(tether_future *future, void *userdata)
 {
@@ -171,7 +173,7 @@ queue_watch(QueueObject *self, PyObject *future)
     n->q = queue_ref(self->q);
     n->owner = Py_NewRef(future);
     n->next = NULL;
-    int r = tether_future_set_callback(f, TETHER_CONTEXT_IO, on_ready, n);
+    int r = tether_future_set_callback(f, TETHER_CONTEXT_ANY, on_ready, n);
     if (r < 0) {
         tether_py_future_unclaim_callback(future);
         Py_DECREF(n->owner);

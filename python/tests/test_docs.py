@@ -256,7 +256,8 @@ def test_benchmarks_page_shows_the_committed_instruction_counts():
         counts = json.load(f)["instructions_per_call"]
     with open(os.path.join(DOCS, "benchmarks.md")) as f:
         page = f.read()
-    for path, label in (("c_sync", "C to C"), ("python_sync", "Python to C")):
+    for path, label in (("c_sync", "C to C"), ("python_sync", "Python to C"),
+                        ("python_proxy", "Python to Python")):
         row = next((line for line in page.splitlines() if line.startswith(f"| {label}")), "")
         cells = [cell.strip() for cell in row.split("|")[2:4]]
         assert cells == [f"{counts[path + '_client']:,}", f"{counts[path + '_server']:,}"], \

@@ -430,3 +430,67 @@ def test_an_idle_worker_reads_the_hosts_calls_of_thread_services(host):
         assert min(woken) < calls // 2, f"the I/O thread woke {woken} times for {calls} calls"
     finally:
         served.close()
+
+
+@pytest.mark.skipif(build_platform() != "linux",
+                    reason="the portable build's I/O thread may wake for input a caller reads")
+def test_a_loop_reads_the_hosts_calls_itself(host):
+    # With serve="loop" the loop's thread reads the connection while the loop is idle: a
+    # call of the host wakes that thread alone, which runs the service and replies, and
+    # the I/O thread sleeps (before, it read every request and woke the loop). A blocking
+    # call made on the loop's thread leaves the reading with it.
+    async def main():
+        conn = host.connect(name="loop-reader", serve="loop", services={"noop": lambda: None})
+        try:
+            def call_backs(n):
+                subprocess.run([sys.executable, "-c", CALL_BACKS, host.address, conn.name,
+                                str(n)], check=True, timeout=60)
+
+            await asyncio.to_thread(call_backs, 10)
+            calls, woken = 2000, []
+            for _ in range(3):  # the best of three rounds, as above
+                assert conn.root.echo("blocking") == "blocking"
+                before = thread_switches("tether-io")
+                await asyncio.to_thread(call_backs, calls)
+                woken.append(thread_switches("tether-io") - before)
+                if woken[-1] < calls // 2:
+                    break
+            assert min(woken) < calls // 2, f"the I/O thread woke {woken} times for {calls} calls"
+        finally:
+            conn.close()
+
+    asyncio.run(main())
+
+
+def test_a_busy_loop_does_not_hold_up_other_threads_calls(host):
+    # While the loop's thread holds the reading of its connection, another thread's
+    # calls complete even if the loop is blocked: a synchronous caller takes the reading
+    # over, and a thread waiting for a future, or starting an asynchronous call, hands
+    # it to the I/O thread. After them the loop reads again.
+    async def main():
+        conn = host.connect(name="loop-busy-reader", serve="loop",
+                            services={"where": threading.get_ident})
+        try:
+            assert await aio_call_back(conn, "where") == threading.get_ident()
+            done = threading.Event()
+            results = []
+
+            def other():
+                results.append(tether.async_(conn.root.slow)(50).result(timeout=10))
+                results.append(tether.async_(conn.root.echo)("future").result(timeout=10))
+                results.append(conn.root.echo("sync"))
+                done.set()
+
+            t = threading.Thread(target=other)
+            t.start()
+            # Blocks the loop (and its thread) until the other thread is done: with the
+            # reading left to this loop, that thread's answers would never be read.
+            assert done.wait(5), "another thread's calls waited for a blocked loop"
+            t.join(10)
+            assert results == [50, "future", "sync"]
+            await asyncio.sleep(0.1)  # the loop takes the reading back
+            assert await aio_call_back(conn, "where") == threading.get_ident()
+        finally:
+            conn.close()
+
+    asyncio.run(main())

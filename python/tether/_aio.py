@@ -24,6 +24,7 @@ Imported on first use, so that ``import tether`` does not import asyncio.
 import asyncio
 import collections.abc
 import functools
+import os
 import threading
 import weakref
 
@@ -34,6 +35,9 @@ from ._proxy import Proxy, _ref
 #: of host calls does not starve the loop's other work (the fd stays readable while work
 #: remains, so the loop comes back to it).
 DISPATCH_BUDGET = 0.01
+# How long a loop leaves the reading of its connection to other threads' calls after one
+# of them took it over (LoopServer), before it takes it back.
+READ_RETRY = 0.02
 #: Checks for a cancelled call of a running async service: first after this, in seconds,
 #: then at doubling intervals up to CANCEL_POLL_MAX (the core reports cancellation only
 #: by tether_request_is_cancelled).
@@ -402,15 +406,23 @@ def _watch_cancel(loop, reply, task, delay):
 
 
 class LoopServer:
-    """Has loop call client.dispatch() while client's fd is readable. Holds the client
-    (not the Connection), so the fd stays open until the reader is removed."""
+    """Serves client's main-thread work on loop. While the loop is idle its thread reads
+    the connection itself (client.read_begin: the loop watches the socket), so a call of
+    one of our services wakes this thread alone; the client's queue fd (dispatch()) is
+    watched as well, for work the I/O thread reads while another thread holds the
+    reading. Holds the client (not the Connection), so the fds stay open until the
+    readers are removed."""
 
     def __init__(self, client, loop):
         self.client = client
         self.loop = loop
         self.thread = threading.get_ident()
         self.fd = client.fileno()
+        self.sock = -1  # our dup of the connection's socket, while this thread reads it
+        self.sock_key = None
+        self.retry = None
         loop.add_reader(self.fd, self._dispatch)
+        self._read_begin()
 
     def _dispatch(self):
         try:
@@ -418,17 +430,63 @@ class LoopServer:
         except BaseException:
             # Its causes last (wrong thread, forked) and the fd stays readable: report
             # the error once, not on every turn of the loop.
-            self.loop.remove_reader(self.fd)
+            self._stop()
             raise
+        if self.sock < 0 and self.retry is None:
+            self._read_begin()
+
+    def _read_begin(self):
+        self.retry = None
+        fd, key = self.client.read_begin()
+        if fd < 0:  # another thread reads now, or no connection: the queue's fd serves
+            self._unwatch()
+        elif key != self.sock_key:  # first, or a new connection
+            self._unwatch()
+            self.sock = os.dup(fd)
+            self.sock_key = key
+            self.loop.add_reader(self.sock, self._read)
+
+    def _read(self):
+        try:
+            reading = self.client.read_ready(DISPATCH_BUDGET)
+        except BaseException:
+            self._stop()
+            raise
+        if not reading:
+            # Another thread's call took the reading, or the connection went: leave it
+            # to callers a while rather than take it back after each of their calls.
+            self._unwatch()
+            self.retry = self.loop.call_later(READ_RETRY, self._read_begin)
+
+    def _unwatch(self):
+        if self.sock >= 0:
+            self.loop.remove_reader(self.sock)
+            os.close(self.sock)
+            self.sock, self.sock_key = -1, None
+
+    def _stop(self):
+        """Remove the readers and give the reading back; on the loop's thread."""
+        self.loop.remove_reader(self.fd)
+        if self.retry is not None:
+            self.retry.cancel()
+            self.retry = None
+        self._unwatch()
+        try:
+            self.client.read_end()
+        except Exception:  # forked, or another thread: the connection is not ours to read
+            pass
 
     def detach(self):
-        """Remove the reader; from any thread (a finalizer may run on any)."""
-        if self.loop.is_closed():  # its selector, and our reader with it, are gone
+        """Remove the readers; from any thread (a finalizer may run on any)."""
+        if self.loop.is_closed():  # its selector, and our readers with it, are gone
+            if self.sock >= 0:
+                os.close(self.sock)
+                self.sock = -1
             return
         if threading.get_ident() == self.thread:
-            self.loop.remove_reader(self.fd)
+            self._stop()
             return
         try:
-            self.loop.call_soon_threadsafe(self.loop.remove_reader, self.fd)
+            self.loop.call_soon_threadsafe(self._stop)
         except RuntimeError:  # closed meanwhile
             pass

@@ -627,10 +627,27 @@ in_return_scratch(tether__link *l, bool borrowed)
     *scratch = used;
 }
 
+/* idle_return's value for an IDLE holder without a wake (an event loop's thread). */
+static const tether__wake no_wake = {.fd = -1, .wfd = -1};
+
 /* On the path of every call and every batch: inline. */
 static inline void
 role_release_locked(tether__link *l)
 {
+    if (l->idle_return) {
+        /* The IDLE holder's own blocking call is over: the role is its again (reads
+         * still paused), unless a caller waits for it, or the link closed. */
+        const tether__wake *wake = l->idle_return == &no_wake ? NULL : l->idle_return;
+        l->idle_return = NULL;
+        if (!l->role_waiters && atomic_load(&l->state) != TETHER__LINK_CLOSED) {
+            l->role = TETHER__ROLE_IDLE;
+            l->idle_wake = wake;
+            return;
+        }
+        if (wake) {
+            tether__wake_raise(wake); /* it lost the role: tell it */
+        }
+    }
     l->role = TETHER__ROLE_FREE;
     if (tether__pollset_read_paused(&l->ps) && atomic_load(&l->state) != TETHER__LINK_CLOSED) {
         tether__pollset_resume_read(&l->ps);
@@ -845,8 +862,14 @@ bool
 tether__link_role_take_locked(tether__link *l)
 {
     if (l->role == TETHER__ROLE_IDLE) {
-        /* A waiting worker holds it only while it sleeps: ours, reads already paused. */
-        tether__wake_raise(l->idle_wake);
+        /* A waiting worker holds it only while it sleeps: ours, reads already paused.
+         * An event loop's thread may call from inside its loop: it gets the role back
+         * after (role_release_locked), without being woken for it. */
+        if (pthread_equal(l->idle_thread, pthread_self())) {
+            l->idle_return = l->idle_wake ? l->idle_wake : &no_wake;
+        } else if (l->idle_wake) {
+            tether__wake_raise(l->idle_wake);
+        }
         l->idle_wake = NULL;
         l->role = TETHER__ROLE_CALLER;
         return true;
@@ -952,20 +975,95 @@ read_as_caller(tether__link *l)
 /* ---- waiting for work by reading --------------------------------------------------- */
 
 int
-tether__link_serve_idle(tether__link *l, const tether__wake *wake, bool (*has_work)(void *arg),
-                        void *arg, int wait_ms)
+tether__link_idle_hold(tether__link *l, const tether__wake *wake)
 {
     pthread_mutex_lock(&l->lock);
-    if (l->role != TETHER__ROLE_FREE || l->role_waiters || tether__link_is_closed(l) ||
-        l->eof_pending) {
+    int r = 0;
+    if (l->role == TETHER__ROLE_IDLE && l->idle_wake == wake) {
+        r = 0; /* held already */
+    } else if (tether__link_is_closed(l)) {
+        r = -ECONNRESET;
+    } else if (l->role != TETHER__ROLE_FREE || l->role_waiters || l->eof_pending) {
+        r = TETHER__IDLE_BUSY;
+    } else {
+        l->role = TETHER__ROLE_IDLE;
+        l->idle_wake = wake;
+        l->idle_thread = pthread_self();
+        tether__pollset_pause_read(&l->ps);
+        if (!wake) {
+            atomic_store_explicit(&l->loop_reads, true, memory_order_relaxed);
+        }
+    }
+    pthread_mutex_unlock(&l->lock);
+    return r;
+}
+
+int
+tether__link_idle_read(tether__link *l, const tether__wake *wake)
+{
+    /* Read as a caller would, the role made ours for that (no take now). */
+    pthread_mutex_lock(&l->lock);
+    bool ours = l->role == TETHER__ROLE_IDLE && l->idle_wake == wake;
+    if (ours) {
+        l->role = TETHER__ROLE_CALLER;
+        l->idle_wake = NULL;
+    }
+    pthread_mutex_unlock(&l->lock);
+    if (!ours) {
+        return tether__link_is_closed(l) ? -ECONNRESET : TETHER__IDLE_TAKEN;
+    }
+    bool borrowed = in_borrow_scratch(l);
+    int r = read_as_caller(l);
+    if (r >= 0) {
+        r = process_input(l, false);
+    }
+    in_return_scratch(l, borrowed);
+    pthread_mutex_lock(&l->lock);
+    if (r < 0 || l->role_waiters) {
+        /* Closed, or a caller waits for the role: give it up now. */
+        role_release_locked(l);
         pthread_mutex_unlock(&l->lock);
-        return tether__link_is_closed(l) ? -ECONNRESET : TETHER__IDLE_BUSY;
+        return r < 0 ? r : TETHER__IDLE_TAKEN;
     }
     l->role = TETHER__ROLE_IDLE;
     l->idle_wake = wake;
-    tether__pollset_pause_read(&l->ps);
     pthread_mutex_unlock(&l->lock);
+    return 0;
+}
 
+void
+tether__link_idle_yield(tether__link *l)
+{
+    if (!tether__link_loop_reads(l)) {
+        return; /* no loop ever read l: the common case, without the lock */
+    }
+    pthread_mutex_lock(&l->lock);
+    if (l->role == TETHER__ROLE_IDLE && !l->idle_wake &&
+        !pthread_equal(l->idle_thread, pthread_self())) {
+        role_release_locked(l); /* the loop learns at its next read (TAKEN) */
+    }
+    pthread_mutex_unlock(&l->lock);
+}
+
+void
+tether__link_idle_drop(tether__link *l, const tether__wake *wake)
+{
+    pthread_mutex_lock(&l->lock);
+    if (l->role == TETHER__ROLE_IDLE && l->idle_wake == wake) {
+        l->idle_wake = NULL;
+        role_release_locked(l);
+    }
+    pthread_mutex_unlock(&l->lock);
+}
+
+int
+tether__link_serve_idle(tether__link *l, const tether__wake *wake, bool (*has_work)(void *arg),
+                        void *arg, int wait_ms)
+{
+    int r = tether__link_idle_hold(l, wake);
+    if (r != 0) {
+        return r;
+    }
     uint64_t deadline = tether_now_usec() + (uint64_t)wait_ms * 1000;
     int result = TETHER__IDLE_TIMEOUT;
     for (;;) {
@@ -988,36 +1086,9 @@ tether__link_serve_idle(tether__link *l, const tether__wake *wake, bool (*has_wo
             result = TETHER__IDLE_WORK; /* or taken: looked at below */
             break;
         }
-        if (n <= 0 || !pfd[0].revents) {
-            continue;
+        if (n > 0 && pfd[0].revents && (r = tether__link_idle_read(l, wake)) != 0) {
+            return r;
         }
-        /* Input: read it as a caller would, the role made ours for that (no take now). */
-        pthread_mutex_lock(&l->lock);
-        bool ours = l->role == TETHER__ROLE_IDLE && l->idle_wake == wake;
-        if (ours) {
-            l->role = TETHER__ROLE_CALLER;
-            l->idle_wake = NULL;
-        }
-        pthread_mutex_unlock(&l->lock);
-        if (!ours) {
-            return TETHER__IDLE_TAKEN;
-        }
-        bool borrowed = in_borrow_scratch(l);
-        int r = read_as_caller(l);
-        if (r >= 0) {
-            r = process_input(l, false);
-        }
-        in_return_scratch(l, borrowed);
-        pthread_mutex_lock(&l->lock);
-        if (r < 0 || l->role_waiters) {
-            /* Closed, or a caller waits for the role: give it up now. */
-            role_release_locked(l);
-            pthread_mutex_unlock(&l->lock);
-            return r < 0 ? r : TETHER__IDLE_TAKEN;
-        }
-        l->role = TETHER__ROLE_IDLE;
-        l->idle_wake = wake;
-        pthread_mutex_unlock(&l->lock);
     }
     pthread_mutex_lock(&l->lock);
     bool ours = l->role == TETHER__ROLE_IDLE && l->idle_wake == wake;

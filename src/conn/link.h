@@ -59,7 +59,8 @@ typedef enum tether__link_state {
 } tether__link_state;
 
 /* IDLE: held by a thread that waits for work of its own by reading (a worker of the
- * pool, tether__link_serve_idle); a caller that wants the role takes it from there. */
+ * pool, tether__link_serve_idle; a main thread's event loop, tether__link_idle_hold); a
+ * caller that wants the role takes it from there. */
 enum {
     TETHER__ROLE_FREE = 0,
     TETHER__ROLE_IO = 1,
@@ -142,6 +143,11 @@ struct tether__link {
     int role;                          /* guarded by lock */
     tether__link_waiter *role_waiters; /* guarded by lock */
     const tether__wake *idle_wake;     /* guarded by lock: the IDLE holder's, raised on a take */
+    pthread_t idle_thread;             /* guarded by lock: the IDLE holder */
+    /* guarded by lock: the IDLE holder's wake while that same thread reads as a caller
+     * (its event loop made a blocking call): the role goes back to IDLE after it */
+    const tether__wake *idle_return;
+    atomic_bool loop_reads; /* an event loop's thread held it (IDLE without a wake) */
     tether__buf handoff;               /* guarded by lock: whole frames for the I/O thread */
     bool handoff_posted;               /* guarded by lock */
     bool handoff_busy;                 /* guarded by lock: the I/O thread is acting on some */
@@ -256,5 +262,36 @@ enum {
 };
 int tether__link_serve_idle(tether__link *l, const tether__wake *wake, bool (*has_work)(void *arg),
                             void *arg, int wait_ms);
+
+/*
+ * The IDLE role for a thread that waits in an event loop of its own rather than in
+ * poll (a Python asyncio loop of serve="loop"): the loop watches the socket while it
+ * holds the role.
+ * - idle_hold takes it, if it is free and no caller waits for it, pausing the I/O
+ *   thread's read interest: 0, TETHER__IDLE_BUSY, or -ECONNRESET once the link closed.
+ *   Holding it already is 0. A caller of another thread that takes the role raises
+ *   wake, which may be NULL (the holder is not told: its next idle_read says
+ *   TAKEN); the same thread's own blocking call gives it back as IDLE when it is done.
+ *   The wake (NULL included) tells this holder from another.
+ * - idle_read, the socket being readable: reads and acts on what came, as a caller
+ *   does. 0 with the role still held; TETHER__IDLE_TAKEN when it is not (taken, or
+ *   given up to a waiting caller); a negative code once the link closed.
+ * - idle_drop gives it back if held.
+ * Thread: the holder's (any but the I/O thread).
+ */
+int tether__link_idle_hold(tether__link *l, const tether__wake *wake);
+/* An event loop's thread reads only when its loop comes round, which a busy loop may
+ * not do for a while: a thread that starts an asynchronous call or waits for a future
+ * gives the reading back to the I/O thread if another thread's loop holds it (IDLE
+ * without a wake). Thread: any. */
+void tether__link_idle_yield(tether__link *l);
+/* An event loop's thread has held the role on l (idle_hold without a wake). */
+static inline bool
+tether__link_loop_reads(tether__link *l)
+{
+    return atomic_load_explicit(&l->loop_reads, memory_order_relaxed);
+}
+int tether__link_idle_read(tether__link *l, const tether__wake *wake);
+void tether__link_idle_drop(tether__link *l, const tether__wake *wake);
 
 #endif

@@ -48,6 +48,7 @@ struct tether_client {
     bool reset_pending;      /* guarded by lock: reconnect at once */
     bool attempt_running;    /* guarded by lock */
     bool ever_connected;     /* guarded by lock */
+    tether_conn *loop_conn;  /* main thread only: what its event loop reads (read_begin) */
 
     /* I/O thread only. */
     uv_timer_t reconnect_timer;
@@ -361,6 +362,7 @@ tether_client_unref(tether_client *cl)
         cl->retired = old->owner_next;
         tether_conn_unref(old);
     }
+    tether_conn_unref(cl->loop_conn);
     tether_conn_unref(cl->conn);
     if (cl->fd >= 0) {
         close(cl->fd);
@@ -794,6 +796,69 @@ tether_client_wait(tether_client *cl, uint64_t timeout_usec)
     pthread_mutex_unlock(&cl->lock);
     int r = tether__endpoint_wait(cl->ep, c, timeout_usec);
     tether_conn_unref(c);
+    return r;
+}
+
+/* The main thread's loop stops reading loop_conn. */
+static void
+loop_conn_drop(tether_client *cl)
+{
+    if (cl->loop_conn) {
+        tether__conn_loop_drop(cl->loop_conn);
+        tether_conn_unref(cl->loop_conn);
+        cl->loop_conn = NULL;
+    }
+}
+
+int
+tether_client_read_begin(tether_client *cl)
+{
+    int r = cl ? tether__endpoint_check_main(cl->ep) : -EINVAL;
+    if (r < 0) {
+        return r;
+    }
+    pthread_mutex_lock(&cl->lock);
+    tether_conn *c =
+        cl->conn && tether_conn_is_connected(cl->conn) ? tether_conn_ref(cl->conn) : NULL;
+    pthread_mutex_unlock(&cl->lock);
+    if (cl->loop_conn != c) {
+        loop_conn_drop(cl); /* a reconnect replaced it */
+    }
+    if (!c) {
+        return -ENOTCONN;
+    }
+    r = tether__conn_loop_hold(c);
+    if (r >= 0 && !cl->loop_conn) {
+        cl->loop_conn = tether_conn_ref(c);
+    }
+    tether_conn_unref(c);
+    return r;
+}
+
+int
+tether_client_read_ready(tether_client *cl, uint64_t budget_usec)
+{
+    int r = cl ? tether__endpoint_check_main(cl->ep) : -EINVAL;
+    if (r < 0) {
+        return r;
+    }
+    if (!cl->loop_conn) {
+        return 1;
+    }
+    r = tether__conn_loop_read(cl->loop_conn, cl->ep->mainq, budget_usec);
+    if (r == 1) {
+        loop_conn_drop(cl);
+    }
+    return r;
+}
+
+int
+tether_client_read_end(tether_client *cl)
+{
+    int r = cl ? tether__endpoint_check_main(cl->ep) : -EINVAL;
+    if (r == 0) {
+        loop_conn_drop(cl);
+    }
     return r;
 }
 

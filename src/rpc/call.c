@@ -751,6 +751,8 @@ call_async(tether_conn *c, const char *method, request_arg *a, const tether_call
     f->callback_ep = tether__endpoint_ref(c->ep);
     f->callback_queue = c->ep->mainq;
     tether_future_ref(f); /* the pending table's reference */
+    /* Its answer must not wait for an event loop of another thread to come round. */
+    tether__link_idle_yield(&c->link);
     r = start_call(c, &f->pending, a, opts && opts->batch ? TETHER__SEND_HOLD : TETHER__SEND_BATCH);
     if (r > 0) {
         r = 0; /* completed by a concurrent close */
@@ -927,7 +929,7 @@ fire_callback(tether_future *f, tether__ioloop *loop)
         f->callback_work.run = run_main_callback;
         f->callback_work.discard = discard_main_callback;
         tether__mainq_push(f->callback_queue, NULL, &f->callback_work);
-    } else if (tether__ioloop_in_thread(loop)) {
+    } else if (f->callback_context == TETHER_CONTEXT_ANY || tether__ioloop_in_thread(loop)) {
         f->callback(f, f->callback_userdata);
         tether_future_unref(f);
     } else {
@@ -971,6 +973,9 @@ tether_future_is_ready(tether_future *f)
     return done;
 }
 
+/* How often a future's waiter hands the reading back from an event loop's thread. */
+#define YIELD_SLICE_USEC 10000ull
+
 int
 tether_future_wait(tether_future *f, uint64_t timeout_usec)
 {
@@ -982,17 +987,31 @@ tether_future_wait(tether_future *f, uint64_t timeout_usec)
     pthread_mutex_lock(&f->lock);
     tether_conn *c = f->done ? NULL : tether_conn_ref(f->conn);
     pthread_mutex_unlock(&f->lock);
+    /* Requests held by batch calls go out before anyone waits for their answers, and the
+     * answers are read by the I/O thread, not by an event loop's thread that may be busy
+     * (and may take the reading back after a while: asked again each slice). */
+    bool yield = c && tether__link_loop_reads(&c->link);
     if (c) {
-        /* Requests held by batch calls go out before anyone waits for their answers. */
         (void)tether__link_flush(&c->link);
-        tether_conn_unref(c);
+        tether__link_idle_yield(&c->link);
     }
     pthread_mutex_lock(&f->lock);
-    while (!f->done && (deadline == UINT64_MAX || tether_now_usec() < deadline)) {
-        tether__cond_wait_until(&f->cv, &f->lock, deadline);
+    uint64_t now;
+    while (!f->done && (now = tether_now_usec()) < deadline) {
+        uint64_t until = deadline;
+        if (yield && deadline - now > YIELD_SLICE_USEC) {
+            until = now + YIELD_SLICE_USEC;
+        }
+        tether__cond_wait_until(&f->cv, &f->lock, until);
+        if (yield && !f->done) {
+            pthread_mutex_unlock(&f->lock);
+            tether__link_idle_yield(&c->link);
+            pthread_mutex_lock(&f->lock);
+        }
     }
     int r = f->done ? 0 : -ETIMEDOUT;
     pthread_mutex_unlock(&f->lock);
+    tether_conn_unref(c);
     return r;
 }
 
@@ -1055,7 +1074,8 @@ tether_future_set_callback(tether_future *f, tether_context context, tether_futu
     if (!f || !fn) {
         return -EINVAL;
     }
-    if (context != TETHER_CONTEXT_IO && context != TETHER_CONTEXT_MAIN) {
+    if (context != TETHER_CONTEXT_IO && context != TETHER_CONTEXT_MAIN &&
+        context != TETHER_CONTEXT_ANY) {
         return -EINVAL;
     }
     pthread_mutex_lock(&f->lock);
@@ -1069,7 +1089,7 @@ tether_future_set_callback(tether_future *f, tether_context context, tether_futu
     if (f->done) {
         f->callback = fn;
         pthread_mutex_unlock(&f->lock);
-        if (context == TETHER_CONTEXT_IO) {
+        if (context != TETHER_CONTEXT_MAIN) {
             fn(f, userdata);
         } else {
             fire_callback(f, f->callback_ep->loop);

@@ -114,6 +114,18 @@ int tether__conn_set_peer(tether_conn *conn, const tether__hello *hello);
  * requests for this thread need no other (main_wait.c). -ENOTCONN once conn closed. */
 int tether__conn_wait_main(tether_conn *conn, tether__mainq *q, uint64_t timeout_usec);
 
+/*
+ * The same for a main thread that waits in an event loop of its own (main_wait.c):
+ * loop_hold makes it the connection's reader while the loop is idle and returns the
+ * socket to watch (or -EBUSY while another thread reads, -ENOTCONN); loop_read, the
+ * socket being readable, reads and runs the MAIN work that came, within budget_usec
+ * (0: the thread still reads; 1: it does not, stop watching); loop_drop gives the
+ * reading back. Thread: the main thread of q's endpoint.
+ */
+int tether__conn_loop_hold(tether_conn *conn);
+int tether__conn_loop_read(tether_conn *conn, tether__mainq *q, uint64_t budget_usec);
+void tether__conn_loop_drop(tether_conn *conn);
+
 static inline int
 tether__conn_state(const tether_conn *c)
 {

@@ -8,6 +8,12 @@
  * queues it from here (tether__conn_take_request) and runs it in the dispatch that
  * follows, writing the reply itself: one wake-up, like a raw ping-pong. Frames it may
  * not act on go to the I/O thread in order, as a synchronous caller's do (conn/link.h).
+ *
+ * A main thread that waits in an event loop instead (asyncio, GLib, Qt) cannot block
+ * here: it holds the role as IDLE while its loop is idle, watching the socket from the
+ * loop, and reads when the loop says the socket is readable (tether__conn_loop_*). A
+ * caller of another thread takes the role from it at once; the loop finds out at its
+ * next read and stops watching until it holds the role again.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -76,4 +82,28 @@ tether__conn_wait_main(tether_conn *c, tether__mainq *q, uint64_t timeout_usec)
             return 0;
         }
     }
+}
+
+int
+tether__conn_loop_hold(tether_conn *c)
+{
+    int r = tether__link_idle_hold(&c->link, NULL);
+    return r == 0 ? c->link.fd : r == TETHER__IDLE_BUSY ? -EBUSY : -ENOTCONN;
+}
+
+int
+tether__conn_loop_read(tether_conn *c, tether__mainq *q, uint64_t budget_usec)
+{
+    /* What this thread reads and queues runs below: no need to raise the queue's fd. */
+    tether__mainq_quiet(q, true);
+    int r = tether__link_idle_read(&c->link, NULL);
+    tether__mainq_dispatch(q, budget_usec); /* -EBUSY inside a dispatch: runs after it */
+    tether__mainq_quiet(q, false);          /* raises the fd for work left over */
+    return r == 0 ? 0 : 1;
+}
+
+void
+tether__conn_loop_drop(tether_conn *c)
+{
+    tether__link_idle_drop(&c->link, NULL);
 }
