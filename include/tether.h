@@ -1178,7 +1178,9 @@ TETHER_EXPORT int tether_host_dispatch(tether_host *host, uint64_t budget_usec);
 /*
  * Wait up to timeout_usec (TETHER_TIMEOUT_INFINITE: forever) for main-thread work, then
  * dispatch all of it. Returns 1 if it ran something, 0 on timeout, or the errors of
- * tether_host_dispatch. Thread: main.
+ * tether_host_dispatch. While the host has one connection (one script, or the child it
+ * spawned), the waiting thread reads it itself, so that a call of a MAIN service wakes
+ * that thread alone. Thread: main.
  */
 TETHER_EXPORT int tether_host_wait(tether_host *host, uint64_t timeout_usec);
 

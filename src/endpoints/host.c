@@ -1454,7 +1454,23 @@ tether_host_dispatch(tether_host *h, uint64_t budget_usec)
 int
 tether_host_wait(tether_host *h, uint64_t timeout_usec)
 {
-    return h ? tether__endpoint_wait(h->ep, NULL, timeout_usec) : -EINVAL;
+    if (!h) {
+        return -EINVAL;
+    }
+    /* With one connection (a host serving one script, or the child it spawned), the
+     * main thread reads it while it waits, as a client's does (rpc/main_wait.c): a call
+     * of a MAIN service wakes this thread alone. With more, the I/O thread reads them
+     * all and queues the work: one thread cannot poll every connection's socket without
+     * two system calls per connection and wait. */
+    tether_conn *only = NULL;
+    pthread_mutex_lock(&h->lock);
+    if (h->conn_count == 1 && tether__conn_state(h->conns) == TETHER__LINK_OPEN) {
+        only = tether_conn_ref(h->conns);
+    }
+    pthread_mutex_unlock(&h->lock);
+    int r = tether__endpoint_wait(h->ep, only, timeout_usec);
+    tether_conn_unref(only);
+    return r;
 }
 
 tether__endpoint *
