@@ -131,3 +131,34 @@ def test_pip_install_without_build_isolation(host, tmp_path):
         capture_output=True, text=True, timeout=60, env=child_env(str(target)), cwd=str(tmp_path),
     )
     assert f"core {tether.core_version}" in version.stdout
+
+
+def test_weak_tables_forget_collected_objects():
+    # tether._weak's tables, which stand in for weakref's in what a spawned child imports.
+    import gc
+
+    from tether import _weak
+
+    class Thing:
+        pass
+
+    values, members = _weak.WeakValues(), _weak.WeakMembers()
+    a, b = Thing(), Thing()
+    values["a"], values["b"] = a, b
+    members.add(a)
+    members.add(b)
+    members.add(a)
+    assert values.get("a") is a and values.get("missing", 7) == 7
+    assert len(values) == 2 and len(members) == 2 and members
+    assert sorted(map(id, members)) == sorted([id(a), id(b)])
+    del a
+    gc.collect()
+    assert values.get("a") is None and len(values) == 1
+    assert list(members) == [b]
+    members.discard(b)
+    members.discard(Thing())  # not a member: nothing happens
+    assert not members and len(members) == 0
+    values["b"] = c = Thing()  # a new object under a key whose old one lives on
+    del b
+    gc.collect()
+    assert values.get("b") is c  # the old one's going did not take the new entry

@@ -219,14 +219,15 @@ def test_a_child_reads_and_serves_calls_on_its_main_thread():
 def test_a_child_starts_without_threading_or_signal():
     # A cold spawn's cost beyond the interpreter's own start is mostly imports: the child
     # serves with _thread and _signal, so threading, signal and its enum stay out unless
-    # the interpreter's start loads them anyway (docs/spawning.md, "Performance").
+    # the interpreter's start loads them anyway, and keeps its weak tables with _weakref
+    # (tether._weak), so weakref stays out too (docs/spawning.md, "Performance").
     listing = "import sys; print(' '.join(sorted(sys.modules)))"
     bare = set(subprocess.run([sys.executable, "-c", listing], capture_output=True, text=True,
                               check=True).stdout.split())
     with tether.run_script("import sys\nloaded = ' '.join(sorted(sys.modules))\n",
                            python_exe=sys.executable) as p:
         added = set(p.loaded.split()) - bare
-    assert not added & {"threading", "signal", "enum"}, sorted(added)
+    assert not added & {"threading", "signal", "enum", "weakref"}, sorted(added)
 
 
 def test_a_long_call_to_a_child_outlasts_its_silence_timeout():

@@ -17,9 +17,8 @@ import atexit
 import functools
 import os
 import sys
-import weakref
 
-from . import _tether
+from . import _tether, _weak
 
 __all__ = [
     "AioRemoteMethod",
@@ -211,7 +210,7 @@ class Connection:
         self.aio = _Namespace(client, AioRemoteMethod)
         self.notify = _Namespace(client, NotifyMethod)
         # LogHandlers made for this connection that report service exceptions.
-        self._log_handlers = weakref.WeakSet()
+        self._log_handlers = _weak.WeakMembers()
         _connections[id(client)] = self
 
     @property
@@ -279,7 +278,7 @@ class Connection:
         host's log while a LogHandler of this connection is open."""
         import inspect
 
-        conn_ref = weakref.ref(self)
+        conn_ref = _weak.ref(self)
 
         def report(e):
             conn = conn_ref()
@@ -400,6 +399,8 @@ class Connection:
         self._server = _aio.LoopServer(self._client, loop)
         # The server, not self, holds the client, so a dropped connection is still
         # collected; its reader goes with it.
+        import weakref  # here only: a spawned child never attaches a loop
+
         self._detach = weakref.finalize(self, self._server.detach)
 
     def _detach_loop(self):
@@ -595,12 +596,12 @@ def _running_loop():
 # Connections by id() of their Client, for aio methods, which hold only the Client (so
 # that they do not keep a dropped Connection alive). A Connection holds its Client, so an
 # id is not reused while its entry exists.
-_connections = weakref.WeakValueDictionary()
+_connections = _weak.WeakValues()
 
 # Connections still open at interpreter exit are closed before the extension's own exit
 # hook runs (atexit runs hooks last-registered first), so no host request reaches Python
 # while the interpreter finalizes.
-_open = weakref.WeakSet()
+_open = _weak.WeakMembers()
 _open_lock = _thread.allocate_lock()
 
 

@@ -26,9 +26,8 @@ connection by the core, see docs/protocol.md, "Remote references").
 import _thread
 import operator
 import types
-import weakref
 
-from . import _tether
+from . import _tether, _weak
 from ._connection import RemoteMethod
 
 __all__ = ["Proxy", "is_proxy"]
@@ -63,7 +62,7 @@ _type_methods_lock = _thread.allocate_lock()
 
 # One proxy per remote object: the core hands out one reference per (connection, id),
 # and its key finds the proxy that already stands for it.
-_live = weakref.WeakValueDictionary()
+_live = _weak.WeakValues()
 
 
 _get = object.__getattribute__
