@@ -90,7 +90,9 @@ struct tether_child {
     void *on_exit_userdata;
 
     /* I/O thread only. */
-    uv_process_t process;
+    uv_process_t process; /* started by libuv (the portable build) */
+    uv_poll_t exit_poll;  /* started by the platform layer: its pidfd, readable at exit */
+    int pidfd;            /* -1 unless started by the platform layer */
     line_buf out, err;
     uv_timer_t kill_timer;
     int open_handles;
@@ -309,6 +311,31 @@ child_exited(tether_child *child, int status)
 }
 
 static void
+on_exit_poll_closed(uv_handle_t *handle)
+{
+    tether_child *child = handle->data;
+    close(child->pidfd);
+    child->pidfd = -1;
+    handle_closed(child);
+}
+
+/* The pidfd of a process the platform layer started is readable: it exited. */
+static void
+on_pidfd(uv_poll_t *poll, int status, int events)
+{
+    (void)events;
+    tether_child *child = poll->data;
+    int exit_status = -SIGKILL;
+    int r = status < 0 ? status : tether__process_reap(child->pidfd, &exit_status);
+    if (r == -EAGAIN) {
+        return;
+    }
+    uv_poll_stop(poll);
+    child_exited(child, exit_status);
+    uv_close((uv_handle_t *)poll, on_exit_poll_closed);
+}
+
+static void
 on_process_exit(uv_process_t *process, int64_t exit_status, int term_signal)
 {
     tether_child *child = process->data;
@@ -327,6 +354,8 @@ signal_child(tether_child *child, int signum)
         if (child->pid > 0) {
             kill((pid_t)child->pid, signum);
         }
+    } else if (child->pidfd >= 0) {
+        tether__process_signal(child->pidfd, signum);
     } else {
         uv_process_kill(&child->process, signum);
     }
@@ -511,6 +540,7 @@ child_new(tether__endpoint *ep, const char *name)
     }
     atomic_init(&child->refs, 1);
     atomic_init(&child->holds, 1);
+    child->pidfd = -1;
     child->ep = tether__endpoint_ref(ep);
     pthread_mutex_init(&child->lock, NULL);
     tether__cond_init_monotonic(&child->changed);
@@ -546,13 +576,52 @@ typedef struct start_arg {
     int r;
 } start_arg;
 
-/* On the I/O thread: start the process, its output pipes made by libuv. */
+/* On the I/O thread: start the process through the platform layer, without copying
+ * this one (platform.h); true if it could say, whatever the outcome (in a->r). */
+static bool
+start_process_platform(start_arg *a, char *argv[])
+{
+    tether_child *child = a->child;
+    const launch *l = a->launch;
+    int out_fd, err_fd;
+    int64_t pid;
+    int pidfd =
+        tether__process_spawn(l->executable, argv, a->env, l->cwd, l->fd3, &out_fd, &err_fd, &pid);
+    if (pidfd == -ENOSYS) {
+        return false;
+    }
+    if (pidfd < 0) {
+        /* Nothing runs: marked exited, so that nothing signals pid 0 (our own group). */
+        a->r = pidfd;
+        pthread_mutex_lock(&child->lock);
+        child->exited = true;
+        child->status = -SIGKILL;
+        pthread_mutex_unlock(&child->lock);
+        return true;
+    }
+    child->pidfd = pidfd;
+    child->pid = pid;
+    child_watch_output(child, out_fd, err_fd);
+    uv_poll_init(tether__ioloop_uv(child->ep->loop), &child->exit_poll, pidfd);
+    child->exit_poll.data = child;
+    child->open_handles++;
+    uv_poll_start(&child->exit_poll, UV_READABLE, on_pidfd);
+    a->r = 0;
+    return true;
+}
+
+/* On the I/O thread: start the process; by libuv (its output pipes made by libuv) where
+ * the platform layer cannot. */
 static void
 start_process(void *argp)
 {
     start_arg *a = argp;
     tether_child *child = a->child;
     const launch *l = a->launch;
+    char *argv[] = {(char *)l->executable, "-c", (char *)bootstrap, NULL};
+    if (start_process_platform(a, argv)) {
+        return;
+    }
     child_watch_output(child, -1, -1);
     uv_stdio_container_t stdio[4] = {
         {.flags = UV_IGNORE},
@@ -562,7 +631,6 @@ start_process(void *argp)
          .data.stream = (uv_stream_t *)&child->err.pipe},
         {.flags = UV_INHERIT_FD, .data.fd = l->fd3},
     };
-    char *argv[] = {(char *)l->executable, "-c", (char *)bootstrap, NULL};
     uv_process_options_t options = {
         .exit_cb = on_process_exit,
         .file = l->executable,

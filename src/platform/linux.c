@@ -15,6 +15,8 @@
  * - A fork server's control channel is SOCK_SEQPACKET: a packet is a message.
  * - The peer's uid comes from SO_PEERCRED, random bytes from getrandom, and the
  *   parent-death signal and the process name from prctl.
+ * - A spawned process starts with posix_spawn (no copy of this process) and is watched
+ *   and reaped through a pidfd.
  */
 #define _GNU_SOURCE
 #include "platform/platform.h"
@@ -22,11 +24,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "platform/unix.h"
@@ -273,4 +280,144 @@ int
 tether__process_set_name(const char *name)
 {
     return prctl(PR_SET_NAME, (unsigned long)name) < 0 ? -errno : 0;
+}
+
+/* ---- spawned processes ------------------------------------------------------------ */
+
+static void
+close_pair(int fds[2])
+{
+    for (int i = 0; i < 2; i++) {
+        if (fds[i] >= 0) {
+            close(fds[i]);
+        }
+    }
+}
+
+/* Where execvpe would find executable with envp's PATH: into buf, or executable itself
+ * when it has a slash or is found nowhere (the spawn then fails as the exec would). */
+static const char *
+find_executable(const char *executable, char *const envp[], char *buf, size_t size)
+{
+    if (strchr(executable, '/')) {
+        return executable;
+    }
+    const char *path = "/bin:/usr/bin"; /* execvpe's default */
+    for (char *const *e = envp; *e; e++) {
+        if (strncmp(*e, "PATH=", 5) == 0) {
+            path = *e + 5;
+        }
+    }
+    for (const char *dir = path;; dir++) {
+        const char *end = strchrnul(dir, ':');
+        size_t n = (size_t)(end - dir);
+        int len = snprintf(buf, size, "%.*s%s%s", (int)n, dir, n ? "/" : "", executable);
+        if (len > 0 && (size_t)len < size && access(buf, X_OK) == 0) {
+            return buf;
+        }
+        if (!*end) {
+            return executable;
+        }
+        dir = end;
+    }
+}
+
+int
+tether__process_spawn(const char *executable, char *const argv[], char *const envp[],
+                      const char *cwd, int fd3, int *ret_out, int *ret_err, int64_t *ret_pid)
+{
+#if defined(SYS_pidfd_open)
+    int out[2] = {-1, -1}, err[2] = {-1, -1};
+    /* Close-on-exec pipes, the reading ends non-blocking for the I/O thread; the child's
+     * ends stay blocking, as an inherited stdout is. */
+    if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) {
+        int e = errno;
+        close_pair(out);
+        close_pair(err);
+        return -e;
+    }
+    (void)fcntl(out[0], F_SETFL, O_NONBLOCK);
+    (void)fcntl(err[0], F_SETFL, O_NONBLOCK);
+    char found[4096];
+    const char *file = find_executable(executable, envp, found, sizeof(found));
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    int result = -1;
+    int r = posix_spawn_file_actions_init(&fa);
+    if (r == 0 && (r = posix_spawnattr_init(&attr)) != 0) {
+        posix_spawn_file_actions_destroy(&fa);
+    }
+    if (r != 0) {
+        close_pair(out);
+        close_pair(err);
+        return -r;
+    }
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    /* dup2 onto the descriptor the child wants clears its close-on-exec flag, even when
+     * both are the same descriptor (glibc 2.29 and later). */
+    if ((r = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)) == 0 &&
+        (r = posix_spawn_file_actions_adddup2(&fa, out[1], 1)) == 0 &&
+        (r = posix_spawn_file_actions_adddup2(&fa, err[1], 2)) == 0 &&
+        (r = posix_spawn_file_actions_adddup2(&fa, fd3, 3)) == 0 &&
+        (!cwd || (r = posix_spawn_file_actions_addchdir_np(&fa, cwd)) == 0) &&
+        (r = posix_spawnattr_setsigmask(&attr, &none)) == 0 &&
+        (r = posix_spawnattr_setsigdefault(&attr, &all)) == 0 &&
+        (r = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)) ==
+            0) {
+        pid_t pid;
+        r = posix_spawn(&pid, file, &fa, &attr, argv, envp);
+        if (r == 0) {
+            int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+            if (pidfd >= 0) {
+                (void)fcntl(pidfd, F_SETFD, FD_CLOEXEC);
+                *ret_pid = pid;
+                result = pidfd;
+            } else {
+                /* No pidfd (a kernel before 5.3): the process is ours to end and reap,
+                 * here, and the caller starts it again the other way. */
+                kill(pid, SIGKILL);
+                waitpid(pid, NULL, 0);
+                r = ENOSYS;
+            }
+        }
+    }
+    posix_spawnattr_destroy(&attr);
+    posix_spawn_file_actions_destroy(&fa);
+    close(out[1]);
+    close(err[1]);
+    if (r != 0) {
+        close(out[0]);
+        close(err[0]);
+        return -r;
+    }
+    *ret_out = out[0];
+    *ret_err = err[0];
+    return result;
+#else
+    (void)executable, (void)argv, (void)envp, (void)cwd, (void)fd3, (void)ret_out, (void)ret_err,
+        (void)ret_pid;
+    return -ENOSYS;
+#endif
+}
+
+int
+tether__process_reap(int pidfd, int *ret_status)
+{
+    siginfo_t info = {0};
+    if (waitid(P_PIDFD, (id_t)pidfd, &info, WEXITED | WNOHANG) < 0) {
+        return -errno;
+    }
+    if (info.si_pid == 0) {
+        return -EAGAIN;
+    }
+    *ret_status = info.si_code == CLD_EXITED ? info.si_status : -info.si_status;
+    return 0;
+}
+
+int
+tether__process_signal(int pidfd, int signum)
+{
+    return syscall(SYS_pidfd_send_signal, pidfd, signum, NULL, 0) < 0 ? -errno : 0;
 }

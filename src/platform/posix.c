@@ -400,3 +400,26 @@ tether__process_set_name(const char *name)
     return -ENOTSUP;
 #endif
 }
+
+int
+tether__process_spawn(const char *executable, char *const argv[], char *const envp[],
+                      const char *cwd, int fd3, int *ret_out, int *ret_err, int64_t *ret_pid)
+{
+    (void)executable, (void)argv, (void)envp, (void)cwd, (void)fd3, (void)ret_out, (void)ret_err,
+        (void)ret_pid;
+    return -ENOSYS; /* libuv's uv_spawn starts and reaps processes here */
+}
+
+int
+tether__process_reap(int pidfd, int *ret_status)
+{
+    (void)pidfd, (void)ret_status;
+    return -ENOSYS;
+}
+
+int
+tether__process_signal(int pidfd, int signum)
+{
+    (void)pidfd, (void)signum;
+    return -ENOSYS;
+}
