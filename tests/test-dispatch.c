@@ -791,6 +791,12 @@ Test(dispatch, a_host_waiting_on_its_one_client_reads_it_itself, .timeout = 60)
      * A call that comes while the main thread is between two waits (it has written the
      * reply, and the caller was quicker than its return to tether_host_wait) is read by
      * the I/O thread: the best of three rounds counts, against half the calls. */
+    if (strcmp(TETHER_TEST_PLATFORM, "linux") != 0) {
+        /* The portable build's I/O thread watches the socket itself: the reading thread's
+         * input may wake it too. */
+        cr_skip_test("the %s build's I/O thread may wake for input another thread reads",
+                     TETHER_TEST_PLATFORM);
+    }
     main_thread = pthread_self();
     tether_host *h = test_host_new(NULL);
     ASSERT_OK(tether_host_add_service(h, "main_ping", TETHER_CONTEXT_MAIN, main_ping, NULL));
