@@ -322,11 +322,18 @@ find_executable(const char *executable, char *const envp[], char *buf, size_t si
     }
 }
 
+/* Whether pidfd_open works here: a kernel before 5.3, or valgrind (3.19 knows no
+ * pidfd_open), says ENOSYS once, and later spawns go to libuv at once. */
+static atomic_bool no_pidfd;
+
 int
 tether__process_spawn(const char *executable, char *const argv[], char *const envp[],
                       const char *cwd, int fd3, int *ret_out, int *ret_err, int64_t *ret_pid)
 {
 #if defined(SYS_pidfd_open)
+    if (atomic_load_explicit(&no_pidfd, memory_order_relaxed)) {
+        return -ENOSYS;
+    }
     int out[2] = {-1, -1}, err[2] = {-1, -1};
     /* Close-on-exec pipes, the reading ends non-blocking for the I/O thread; the child's
      * ends stay blocking, as an inherited stdout is. */
@@ -375,11 +382,14 @@ tether__process_spawn(const char *executable, char *const argv[], char *const en
                 *ret_pid = pid;
                 result = pidfd;
             } else {
-                /* No pidfd (a kernel before 5.3): the process is ours to end and reap,
-                 * here, and the caller starts it again the other way. */
+                /* No pidfd: the process is ours to end and reap, here, and the caller
+                 * starts it again the other way. */
+                r = errno;
                 kill(pid, SIGKILL);
                 waitpid(pid, NULL, 0);
-                r = ENOSYS;
+                if (r == ENOSYS) {
+                    atomic_store_explicit(&no_pidfd, true, memory_order_relaxed);
+                }
             }
         }
     }
