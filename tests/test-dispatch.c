@@ -702,6 +702,15 @@ Test(dispatch, an_event_loop_reads_the_connection_itself, .timeout = 30)
     tether_value_unref(v);
     ASSERT_OK(tether_client_read_ready(c, TETHER_BUDGET_UNLIMITED));
 
+    /* Its wait for a future hands the reading to the I/O thread: blocked there, it runs
+     * no loop to read the answer. Then it begins again. */
+    tether_future *f = NULL;
+    ASSERT_OK(tether_conn_call_async(tether_client_get_conn(c), "ping", NULL, &f, NULL));
+    ASSERT_OK(tether_future_wait(f, 5000000));
+    tether_future_unref(f);
+    cr_assert_eq(tether_client_read_ready(c, TETHER_BUDGET_UNLIMITED), 1);
+    cr_assert_eq(tether_client_read_begin(c), sock);
+
     /* Another thread's call takes it over: read_begin is refused there (not the main
      * thread) and here while that call runs; after it the loop learns it lost the
      * reading, and takes it back. */

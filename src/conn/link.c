@@ -1032,28 +1032,30 @@ tether__link_idle_read(tether__link *l, const tether__wake *wake)
 }
 
 void
-tether__link_idle_yield(tether__link *l)
+tether__link_idle_yield(tether__link *l, bool own)
 {
     if (!tether__link_loop_reads(l)) {
         return; /* no loop ever read l: the common case, without the lock */
     }
     pthread_mutex_lock(&l->lock);
     if (l->role == TETHER__ROLE_IDLE && !l->idle_wake &&
-        !pthread_equal(l->idle_thread, pthread_self())) {
+        (own || !pthread_equal(l->idle_thread, pthread_self()))) {
         role_release_locked(l); /* the loop learns at its next read (TAKEN) */
     }
     pthread_mutex_unlock(&l->lock);
 }
 
-void
+bool
 tether__link_idle_drop(tether__link *l, const tether__wake *wake)
 {
     pthread_mutex_lock(&l->lock);
-    if (l->role == TETHER__ROLE_IDLE && l->idle_wake == wake) {
+    bool ours = l->role == TETHER__ROLE_IDLE && l->idle_wake == wake;
+    if (ours) {
         l->idle_wake = NULL;
         role_release_locked(l);
     }
     pthread_mutex_unlock(&l->lock);
+    return ours;
 }
 
 int
@@ -1090,12 +1092,5 @@ tether__link_serve_idle(tether__link *l, const tether__wake *wake, bool (*has_wo
             return r;
         }
     }
-    pthread_mutex_lock(&l->lock);
-    bool ours = l->role == TETHER__ROLE_IDLE && l->idle_wake == wake;
-    if (ours) {
-        l->idle_wake = NULL;
-        role_release_locked(l);
-    }
-    pthread_mutex_unlock(&l->lock);
-    return ours ? result : TETHER__IDLE_TAKEN;
+    return tether__link_idle_drop(l, wake) ? result : TETHER__IDLE_TAKEN;
 }

@@ -282,9 +282,10 @@ int tether__link_serve_idle(tether__link *l, const tether__wake *wake, bool (*ha
 int tether__link_idle_hold(tether__link *l, const tether__wake *wake);
 /* An event loop's thread reads only when its loop comes round, which a busy loop may
  * not do for a while: a thread that starts an asynchronous call or waits for a future
- * gives the reading back to the I/O thread if another thread's loop holds it (IDLE
- * without a wake). Thread: any. */
-void tether__link_idle_yield(tether__link *l);
+ * gives the reading back to the I/O thread if a loop holds it (IDLE without a wake):
+ * another thread's loop, or its own too when own (a thread blocked in a wait is not
+ * running its loop). Thread: any. */
+void tether__link_idle_yield(tether__link *l, bool own);
 /* An event loop's thread has held the role on l (idle_hold without a wake). */
 static inline bool
 tether__link_loop_reads(tether__link *l)
@@ -292,6 +293,7 @@ tether__link_loop_reads(tether__link *l)
     return atomic_load_explicit(&l->loop_reads, memory_order_relaxed);
 }
 int tether__link_idle_read(tether__link *l, const tether__wake *wake);
-void tether__link_idle_drop(tether__link *l, const tether__wake *wake);
+/* Returns whether wake's holder held it. */
+bool tether__link_idle_drop(tether__link *l, const tether__wake *wake);
 
 #endif

@@ -751,8 +751,9 @@ call_async(tether_conn *c, const char *method, request_arg *a, const tether_call
     f->callback_ep = tether__endpoint_ref(c->ep);
     f->callback_queue = c->ep->mainq;
     tether_future_ref(f); /* the pending table's reference */
-    /* Its answer must not wait for an event loop of another thread to come round. */
-    tether__link_idle_yield(&c->link);
+    /* Its answer must not wait for an event loop of another thread to come round (this
+     * thread's own loop reads it when it does). */
+    tether__link_idle_yield(&c->link, false);
     r = start_call(c, &f->pending, a, opts && opts->batch ? TETHER__SEND_HOLD : TETHER__SEND_BATCH);
     if (r > 0) {
         r = 0; /* completed by a concurrent close */
@@ -988,12 +989,13 @@ tether_future_wait(tether_future *f, uint64_t timeout_usec)
     tether_conn *c = f->done ? NULL : tether_conn_ref(f->conn);
     pthread_mutex_unlock(&f->lock);
     /* Requests held by batch calls go out before anyone waits for their answers, and the
-     * answers are read by the I/O thread, not by an event loop's thread that may be busy
-     * (and may take the reading back after a while: asked again each slice). */
+     * answers are read by the I/O thread, not by an event loop's thread that may be busy,
+     * this one's included: blocked here, it does not run its loop (and a loop may take the
+     * reading back after a while: asked again each slice). */
     bool yield = c && tether__link_loop_reads(&c->link);
     if (c) {
         (void)tether__link_flush(&c->link);
-        tether__link_idle_yield(&c->link);
+        tether__link_idle_yield(&c->link, true);
     }
     pthread_mutex_lock(&f->lock);
     uint64_t now;
@@ -1005,7 +1007,7 @@ tether_future_wait(tether_future *f, uint64_t timeout_usec)
         tether__cond_wait_until(&f->cv, &f->lock, until);
         if (yield && !f->done) {
             pthread_mutex_unlock(&f->lock);
-            tether__link_idle_yield(&c->link);
+            tether__link_idle_yield(&c->link, true);
             pthread_mutex_lock(&f->lock);
         }
     }
