@@ -10,8 +10,9 @@
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "platform/platform.h"
@@ -185,16 +186,62 @@ static int flush_locked(tether__link *l);
 
 /* ---- output ---------------------------------------------------------------------- */
 
+/* Send what is pending in out, a lent span from where it is; wlock held. */
+static ssize_t
+send_out(tether__link *l)
+{
+    uint8_t *head = tether__buf_head(&l->out);
+    size_t pending = tether__buf_pending(&l->out);
+    if (l->lent_len == 0) {
+        return send(l->fd, head, pending, TETHER__SEND_FLAGS);
+    }
+    struct iovec iov[3];
+    int n = 0;
+    if (l->lent_at > 0) {
+        iov[n++] = (struct iovec){head, l->lent_at};
+    }
+    iov[n++] = (struct iovec){(void *)l->lent_src, l->lent_len};
+    size_t after = l->lent_at + l->lent_len;
+    if (pending > after) {
+        iov[n++] = (struct iovec){head + after, pending - after};
+    }
+    struct msghdr m = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+    return sendmsg(l->fd, &m, TETHER__SEND_FLAGS);
+}
+
+/* n bytes of out were sent; wlock held. */
+static void
+consume_out(tether__link *l, size_t n)
+{
+    tether__buf_consume(&l->out, n);
+    if (l->lent_len == 0) {
+        return;
+    }
+    if (n <= l->lent_at) {
+        l->lent_at -= n;
+        return;
+    }
+    size_t into = n - l->lent_at;
+    l->lent_at = 0;
+    if (into >= l->lent_len) {
+        l->lent_len = 0;
+        l->lent_src = NULL;
+        l->lent_owner = NULL;
+    } else {
+        l->lent_src += into;
+        l->lent_len -= into;
+    }
+}
+
 /* Write what is queued; wlock held. Returns 0 (maybe partially written) or -errno. */
 static int
 flush_locked(tether__link *l)
 {
     while (tether__buf_pending(&l->out) > 0) {
-        ssize_t n = send(l->fd, tether__buf_head(&l->out), tether__buf_pending(&l->out),
-                         TETHER__SEND_FLAGS);
+        ssize_t n = send_out(l);
         if (n > 0) {
             atomic_fetch_add_explicit(&l->bytes_out, (uint64_t)n, memory_order_relaxed);
-            tether__buf_consume(&l->out, (size_t)n);
+            consume_out(l, (size_t)n);
             continue;
         }
         if (n < 0 && errno == EINTR) {
@@ -264,6 +311,38 @@ write_out_unlock(tether__link *l)
 /* Bytes held for their sender's flush beyond which the I/O thread writes them anyway. */
 #define HOLD_MAX (64u * 1024)
 
+/* Queue a frame that encode writes (wlock held, and released if it fails). */
+static int
+queue_frame(tether__link *l, tether__encode_fn encode, void *arg, tether__lend *lend)
+{
+    size_t backlog = tether__buf_pending(&l->out);
+    if (lend) {
+        lend->ok = l->lent_len == 0;
+    }
+    int r = encode(&l->out, arg);
+    if (r < 0) {
+        pthread_mutex_unlock(&l->wlock);
+        return r;
+    }
+    /* Offsets from the head survive the encoder's growing (and compacting) the buffer. */
+    size_t frame_size = tether__buf_pending(&l->out) - backlog - TETHER__FRAME_HEADER_SIZE;
+    r = frame_size > l->peer_max_frame_size          ? -EMSGSIZE
+        : backlog + frame_size > l->max_output_bytes ? -ENOBUFS
+                                                     : 0;
+    if (r < 0) {
+        l->out.len = l->out.off + backlog;
+        pthread_mutex_unlock(&l->wlock);
+        return r;
+    }
+    if (lend && lend->ok) {
+        l->lent_src = lend->src;
+        l->lent_at = lend->at;
+        l->lent_len = lend->len;
+        l->lent_owner = lend;
+    }
+    return 0;
+}
+
 int
 tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, int mode)
 {
@@ -272,24 +351,12 @@ tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, int mode
         return -ENOTCONN;
     }
     pthread_mutex_lock(&l->wlock);
-    size_t before = l->out.len;
     size_t backlog = tether__buf_pending(&l->out);
-    int r = encode(&l->out, arg);
+    int r = queue_frame(l, encode, arg, NULL);
     if (r < 0) {
-        pthread_mutex_unlock(&l->wlock);
         return r;
     }
-    size_t frame_size = l->out.len - before - TETHER__FRAME_HEADER_SIZE;
-    if (frame_size > l->peer_max_frame_size) {
-        l->out.len = before;
-        pthread_mutex_unlock(&l->wlock);
-        return -EMSGSIZE;
-    }
-    if (backlog + frame_size > l->max_output_bytes) {
-        l->out.len = before;
-        pthread_mutex_unlock(&l->wlock);
-        return -ENOBUFS;
-    }
+    size_t frame_size = tether__buf_pending(&l->out) - backlog - TETHER__FRAME_HEADER_SIZE;
     bool on_io_thread = tether__ioloop_in_thread(l->loop);
     if (mode == TETHER__SEND_HOLD && !on_io_thread && backlog + frame_size < HOLD_MAX) {
         /* Its sender flushes (tether__link_flush), with what it queues next. */
@@ -308,6 +375,36 @@ tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, int mode
         return 0;
     }
     return write_out_unlock(l);
+}
+
+int
+tether__link_send_lent(tether__link *l, tether__encode_fn encode, void *arg, tether__lend *lend)
+{
+    lend->ok = false;
+    if (atomic_load(&l->state) == TETHER__LINK_CLOSED) {
+        return -ENOTCONN;
+    }
+    pthread_mutex_lock(&l->wlock);
+    int r = queue_frame(l, encode, arg, lend);
+    return r < 0 ? r : write_out_unlock(l);
+}
+
+void
+tether__link_take_back(tether__link *l, tether__lend *lend)
+{
+    if (!lend->ok) {
+        return;
+    }
+    pthread_mutex_lock(&l->wlock);
+    if (l->lent_owner == lend) {
+        /* Not all written yet (a slow peer, a closed link): the rest goes into its room. */
+        memcpy(tether__buf_head(&l->out) + l->lent_at, l->lent_src, l->lent_len);
+        l->lent_src = NULL;
+        l->lent_len = l->lent_at = 0;
+        l->lent_owner = NULL;
+    }
+    pthread_mutex_unlock(&l->wlock);
+    lend->ok = false;
 }
 
 int
@@ -504,7 +601,9 @@ process_input(tether__link *l, bool io_thread)
             return -EMSGSIZE;
         }
         if (tether__buf_pending(&l->in) < TETHER__FRAME_HEADER_SIZE + (size_t)len) {
-            /* Make room for the rest of a large frame in one go. */
+            /* Make room for the rest of a large frame in one go: in the buffer of the
+             * last big frame a value took, if it came back (its pages are mapped). */
+            tether__buf_reuse(&l->in, TETHER__FRAME_HEADER_SIZE + (size_t)len);
             return tether__buf_reserve(&l->in, TETHER__FRAME_HEADER_SIZE + len -
                                                    tether__buf_pending(&l->in));
         }
@@ -519,20 +618,56 @@ process_input(tether__link *l, bool io_thread)
         if (state == TETHER__LINK_CLOSED) {
             return -ECONNRESET;
         }
+        l->in_frame = len >= TETHER__TAKE_MIN ? head : NULL;
         if (state == TETHER__LINK_HANDSHAKE) {
             handle_hello(l, &f);
         } else if (!io_thread && f.kind != TETHER__RESPONSE && f.kind != TETHER__PROGRESS &&
                    f.kind != TETHER__PONG) {
             if (!((f.kind == TETHER__REQUEST || f.kind == TETHER__NOTIFY) && handoff_idle(l) &&
-                  l->hooks->take_request(l, &f))) {
+                  l->hooks->take_request(l, &f)) &&
+                !l->in_taken) {
                 hand_off(l, head, TETHER__FRAME_HEADER_SIZE + len);
             }
         } else {
             dispatch_frame(l, &f);
         }
+        l->in_frame = NULL;
+        if (l->in_taken) {
+            l->in_taken = false; /* in holds what followed the frame already */
+            continue;
+        }
         tether__buf_consume(&l->in, TETHER__FRAME_HEADER_SIZE + len);
     }
     return 0;
+}
+
+void *
+tether__link_take_input(tether__link *l, const tether__frame *f, size_t *ret_cap)
+{
+    const uint8_t *frame = l->in_frame;
+    if (!frame || l->in_taken) {
+        return NULL;
+    }
+    /* Only the frame being acted on, not one a hook decoded from elsewhere. */
+    size_t size = TETHER__FRAME_HEADER_SIZE + tether__frame_length(frame);
+    const tether__span *spans[] = {&f->value, &f->args, &f->kwargs, &f->method};
+    for (size_t i = 0; i < sizeof(spans) / sizeof(spans[0]); i++) {
+        if (spans[i]->len && (spans[i]->ptr < frame || spans[i]->ptr >= frame + size)) {
+            return NULL;
+        }
+    }
+    /* What was read after the frame moves to a buffer of its own: one read's worth at
+     * most, where keeping the frame would have cost a copy of all of it. */
+    size_t rest = (size_t)(l->in.data + l->in.len - (frame + size));
+    tether__buf next = TETHER__BUF_INIT;
+    if (rest > 0 && tether__buf_append(&next, frame + size, rest) < 0) {
+        return NULL;
+    }
+    void *block = l->in.data;
+    *ret_cap = l->in.cap;
+    l->in = next;
+    l->in_taken = true;
+    return block;
 }
 
 /* Read what the socket has (up to budget). Returns bytes read, 0 on EOF, -EAGAIN, -errno. */

@@ -156,11 +156,21 @@ struct tether__link {
     bool eof_pending;
 
     pthread_mutex_t wlock;
-    tether__buf out;         /* guarded by wlock */
+    tether__buf out; /* guarded by wlock */
+    /* guarded by wlock: pending bytes of out, [lent_at, lent_at + lent_len) counted from
+     * its head, that go out from lent_src instead (tether__link_send_lent); one span at a
+     * time, its owner's until written or taken back */
+    const uint8_t *lent_src;
+    size_t lent_at, lent_len;
+    const void *lent_owner;
     uint64_t out_used_usec;  /* guarded by wlock: when a big out last drained */
     atomic_bool trim_wanted; /* a big out drained: the I/O thread starts the trim timer */
 
     tether__buf in; /* owned by the reader-role holder */
+    /* Owned by the reader-role holder: the big frame of in being acted on, whose buffer a
+     * hook may take (tether__link_take_input); taken: it did. */
+    const uint8_t *in_frame;
+    bool in_taken;
 
     tether__wire_limits limits;
     uint32_t peer_max_frame_size;
@@ -207,6 +217,33 @@ enum {
 };
 typedef int (*tether__encode_fn)(tether__buf *out, void *arg);
 int tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, int mode);
+/*
+ * A synchronous caller's big span (its arguments), sent from where it is instead of copied
+ * into the output buffer: the caller sets src and len, the link sets ok (no other span
+ * is lent now), and the encoder, when ok, writes the frame with len bytes of room left
+ * unwritten where the span goes and sets at (their offset from the buffer's head, before
+ * the frame). Then the frame goes out as TETHER__SEND_NOW; what the socket does not take
+ * at once the I/O thread writes from src later, so src must stay valid, unchanged, until
+ * the caller calls tether__link_take_back, which it must before src goes away (after the
+ * call, whatever its outcome): that copies what is still unwritten into the room left.
+ */
+typedef struct tether__lend {
+    const uint8_t *src;
+    size_t len;
+    size_t at; /* set by the encoder */
+    bool ok;   /* set by the link */
+} tether__lend;
+#define TETHER__LEND_MIN (64u * 1024)
+int tether__link_send_lent(tether__link *l, tether__encode_fn encode, void *arg,
+                           tether__lend *lend);
+void tether__link_take_back(tether__link *l, tether__lend *lend);
+/* From a hook acting on a frame f of at least TETHER__TAKE_MIN bytes, on the thread that
+ * read it: take the buffer f lies in (*ret_cap bytes; f's spans stay valid in it; give
+ * it back with tether__buf_keep, util/buf.h) instead of copying what to keep out of f;
+ * the link reads on into another one. NULL when f is not such a frame (a small one, one
+ * handed off): copy then. */
+#define TETHER__TAKE_MIN (64u * 1024)
+void *tether__link_take_input(tether__link *l, const tether__frame *f, size_t *ret_cap);
 /* Write what is queued now, from this thread (held frames, say). Returns 0, -ENOTCONN
  * or -ECONNRESET (the write failed: the link is closed). */
 int tether__link_flush(tether__link *l);

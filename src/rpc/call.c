@@ -131,8 +131,13 @@ tether__conn_on_response(tether_conn *c, const tether__frame *f)
         return; /* cancelled or timed out meanwhile */
     }
     tether_value *v = NULL;
-    int r = tether__value_new_copy(f->value.ptr, f->value.len, &v);
+    /* A big result keeps the buffer it was read into rather than a copy of it. */
+    size_t cap;
+    void *block = tether__link_take_input(&c->link, f, &cap);
+    int r = block ? tether__value_new_in_block(block, cap, f->value.ptr, f->value.len, &v)
+                  : tether__value_new_copy(f->value.ptr, f->value.len, &v);
     if (r < 0) {
+        tether__free(block);
         tether__pending_complete(c, p, r, NULL, TETHER__ERR_GENERIC, tether_strerror(r), NULL);
         return;
     }
@@ -284,6 +289,7 @@ typedef struct request_arg {
     const char *format;
     va_list *ap;
     bool notify;
+    tether__lend *lend; /* a synchronous call's big args, sent from where they are */
 } request_arg;
 
 /*
@@ -297,6 +303,26 @@ encode_request(tether__buf *out, void *argp)
     request_arg *a = argp;
     size_t mlen = strlen(a->method);
     int kind = a->notify ? TETHER__NOTIFY : TETHER__REQUEST;
+    if (a->lend && a->lend->ok) {
+        /* Room for the args, which the link sends from the caller's memory. */
+        size_t start;
+        int r = tether__encode_call_open(out, kind, a->id, a->chain, a->target, a->method, mlen,
+                                         &start);
+        if (r < 0) {
+            return r;
+        }
+        if ((r = tether__buf_reserve(out, a->args_len)) < 0) {
+            out->len = out->off + start;
+            return r;
+        }
+        a->lend->at = tether__buf_pending(out);
+        out->len += a->args_len;
+        r = tether__encode_call_close(out, start, kind, a->kwargs, a->kwargs_len, a->timeout_ms);
+        if (r < 0) {
+            out->len = out->off + start;
+        }
+        return r;
+    }
     if (!a->format) {
         return a->notify ? tether__encode_notify(out, a->chain, a->target, a->method, mlen,
                                                  a->args, a->args_len, a->kwargs, a->kwargs_len)
@@ -464,8 +490,12 @@ start_call(tether_conn *c, tether__pending *p, request_arg *a, int mode)
     if (!a->chain) {
         a->chain = tether__current_chain() ? tether__current_chain() : tether__chain_new();
     }
-    r = now ? tether__conn_send(c, encode_request, a, mode)
-            : tether__window_queue(c, p->id, encode_request, a);
+    if (!now) {
+        a->lend = NULL; /* the backlog keeps a copy */
+    }
+    r = !now      ? tether__window_queue(c, p->id, encode_request, a)
+        : a->lend ? tether__link_send_lent(&c->link, encode_request, a, a->lend)
+                  : tether__conn_send(c, encode_request, a, mode);
     if (r < 0) {
         tether__conn_unexport_lists(c, a->objects, 2);
         pthread_mutex_lock(&c->link.lock);
@@ -527,6 +557,12 @@ call_sync(tether_conn *c, const char *method, request_arg *a, const tether_call_
     pthread_mutex_lock(&c->link.lock);
     p.holds_role = tether__link_role_take_locked(&c->link);
     pthread_mutex_unlock(&c->link.lock);
+    /* Big args go out from the caller's memory, which lives until this call returns:
+     * what the socket did not take by then is copied (tether__link_take_back). */
+    tether__lend lend = {.src = a->args, .len = a->args_len};
+    if (a->args && !a->format && a->args_len >= TETHER__LEND_MIN) {
+        a->lend = &lend;
+    }
     r = start_call(c, &p, a, true);
     if (r < 0) {
         if (p.holds_role) {
@@ -552,6 +588,7 @@ call_sync(tether_conn *c, const char *method, request_arg *a, const tether_call_
     }
     tether_error_done(&p.error);
 out:
+    tether__link_take_back(&c->link, &lend);
     tether__waiter_pop(&waiter);
     tether_conn_unref(c);
     sync_depth--;

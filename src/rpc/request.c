@@ -7,7 +7,8 @@
  * at most a second apart).
  *
  * A request owns one allocation holding its method name, args and kwargs bytes, copied
- * out of the input buffer, since that buffer is reused as soon as the handler returns.
+ * out of the input buffer, since that buffer is reused as soon as the handler returns;
+ * except big args or kwargs, whose value takes the buffer of their frame instead.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -259,6 +260,8 @@ tether_request_reply_error(tether_request *req, const char *type, const char *fo
 
 /* ---- accessors ---------------------------------------------------------------------- */
 
+/* The value of args or kwargs: made on first use, or made already (big ones, in the
+ * frame's buffer); either way it takes the objects bound in them on first use. */
 static tether_value *
 lazy_value(tether_value **slot, const uint8_t *raw, size_t len, const char *empty,
            tether__objvec *objs)
@@ -269,9 +272,9 @@ lazy_value(tether_value **slot, const uint8_t *raw, size_t len, const char *empt
         } else {
             tether__value_new_copy((const uint8_t *)empty, 1, slot);
         }
-        if (*slot && tether__value_adopt(*slot, objs) < 0) {
-            *slot = tether_value_unref(*slot);
-        }
+    }
+    if (*slot && objs->n && tether__value_adopt(*slot, objs) < 0) {
+        *slot = tether_value_unref(*slot);
     }
     return *slot;
 }
@@ -373,9 +376,22 @@ tether_request_unref(tether_request *req)
 static tether_request *
 request_new(tether_conn *c, const tether__frame *f)
 {
-    size_t size = sizeof(tether_request) + f->method.len + 1 + f->args.len + f->kwargs.len;
+    /* Big args (or kwargs) stay in the buffer the frame was read into, which their value
+     * takes, instead of being copied out of it; the rest is copied. */
+    bool big_args = f->args.len >= f->kwargs.len;
+    const tether__span *big = big_args ? &f->args : &f->kwargs;
+    tether_value *held = NULL;
+    size_t cap;
+    void *block = tether__link_take_input(&c->link, f, &cap);
+    if (block && tether__value_new_in_block(block, cap, big->ptr, big->len, &held) < 0) {
+        tether__free(block);
+        return NULL;
+    }
+    size_t size = sizeof(tether_request) + f->method.len + 1 + (held ? 0 : big->len) +
+                  (big_args ? f->kwargs.len : f->args.len);
     tether_request *req = tether__malloc(size);
     if (!req) {
+        tether_value_unref(held);
         return NULL;
     }
     memset(req, 0, sizeof(*req));
@@ -384,13 +400,20 @@ request_new(tether_conn *c, const tether__frame *f)
     p[f->method.len] = '\0';
     req->method = (const char *)p;
     p += f->method.len + 1;
-    if (f->args.len) {
+    if (held) {
+        const void *data;
+        tether_value_get_msgpack(held, &data, NULL);
+        *(big_args ? &req->args : &req->kwargs) = held;
+        *(big_args ? &req->args_raw : &req->kwargs_raw) = data;
+        *(big_args ? &req->args_len : &req->kwargs_len) = big->len;
+    }
+    if (f->args.len && !req->args) {
         memcpy(p, f->args.ptr, f->args.len);
         req->args_raw = p;
         req->args_len = f->args.len;
         p += f->args.len;
     }
-    if (f->kwargs.len) {
+    if (f->kwargs.len && !req->kwargs) {
         memcpy(p, f->kwargs.ptr, f->kwargs.len);
         req->kwargs_raw = p;
         req->kwargs_len = f->kwargs.len;

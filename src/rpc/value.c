@@ -3,11 +3,12 @@
  * and reads them.
  *
  * A value is one allocation: the header followed by the encoded bytes of exactly one
- * msgpack item. Its bytes have always been checked (tether__msgpack_check) before they
- * got here, either by the frame decoder or by tether_value_new_msgpack(), or they were
- * written by the format engine, so every reader below may trust the declared lengths;
- * the readers still never step past the end. One thing is made lazily and freed with
- * the value: NUL-terminated copies of strings read with "s", kept in a side arena
+ * msgpack item (or the header alone, its bytes in the input buffer of the big frame they
+ * came in, taken from the link instead of copied). Its bytes have always been checked
+ * (tether__msgpack_check) before they got here, either by the frame decoder or by
+ * tether_value_new_msgpack(), or they were written by the format engine, so every reader below may
+ * trust the declared lengths; the readers still never step past the end. One thing is made lazily
+ * and freed with the value: NUL-terminated copies of strings read with "s", kept in a side arena
  * (chunks that never move, so handed-out pointers stay valid) and indexed by the
  * string's offset, so reading the same string again returns the same copy instead of
  * growing.
@@ -69,7 +70,12 @@ struct tether_value {
     /* Whether the value fits in a frame's arguments or result (nesting <= 63), found
      * once: SENDABLE_UNKNOWN until a check or its origin tells. */
     atomic_uchar sendable;
-    uint8_t data[];
+    /* The bytes: inline after the header, or in block (a frame's input buffer that the
+     * value took instead of copying it; freed with the value). */
+    uint8_t *data;
+    void *block;
+    size_t block_cap;
+    uint8_t inline_data[];
 };
 
 enum { SENDABLE_UNKNOWN = 0, SENDABLE_YES = 1, SENDABLE_NO = 2 };
@@ -77,7 +83,7 @@ enum { SENDABLE_UNKNOWN = 0, SENDABLE_YES = 1, SENDABLE_NO = 2 };
 /* Deepest nesting a value sent inside a frame may have: the frame's array is a level. */
 #define SENDABLE_DEPTH (TETHER__DEFAULT_MAX_DEPTH - 1)
 
-#define VALUE_HEADER offsetof(struct tether_value, data)
+#define VALUE_HEADER offsetof(struct tether_value, inline_data)
 #define ARENA_MAX_CHUNK (64u * 1024u)
 
 /* ---- values -------------------------------------------------------------------- */
@@ -95,6 +101,8 @@ value_init(tether_value *v, size_t size)
     v->objs = NULL;
     v->offs = NULL;
     v->nobjs = 0;
+    v->data = v->inline_data;
+    v->block = NULL;
 }
 
 int
@@ -171,6 +179,22 @@ tether__value_new_copy(const uint8_t *p, size_t len, tether_value **ret)
     if (len) {
         memcpy(v->data, p, len);
     }
+    *ret = v;
+    return 0;
+}
+
+int
+tether__value_new_in_block(void *block, size_t cap, const uint8_t *p, size_t len,
+                           tether_value **ret)
+{
+    tether_value *v = tether__malloc(VALUE_HEADER);
+    if (!v) {
+        return -ENOMEM;
+    }
+    value_init(v, len);
+    v->data = (uint8_t *)p;
+    v->block = block;
+    v->block_cap = cap;
     *ret = v;
     return 0;
 }
@@ -352,6 +376,9 @@ tether_value_unref(tether_value *value)
         tether_object_unref(value->objs[i]);
     }
     tether__free(value->objs);
+    if (value->block) {
+        tether__buf_keep(value->block, value->block_cap); /* for the next big frame */
+    }
     tether__free(value);
     return NULL;
 }

@@ -1,7 +1,8 @@
 /*
  * value: tether_value internals and the format engine, for the connection code.
  *
- * A tether_value owns one copy of the encoded msgpack bytes of one item; what else it
+ * A tether_value owns one copy of the encoded msgpack bytes of one item (or the buffer
+ * of the frame it came in, for big ones); what else it
  * needs (NUL-terminated copies of strings read with "s", whether it fits in a frame) is
  * made lazily and freed with the value. Values are immutable once made, so a reference
  * may be handed to any thread; the lazy parts are made by the one thread reading it
@@ -29,6 +30,11 @@ struct tether__objvec; /* object.h */
  * it is not checked again. Returns 0 or -ENOMEM.
  */
 int tether__value_new_copy(const uint8_t *p, size_t len, tether_value **ret);
+/* The same without the copy: [p, p+len) lies in block (cap bytes, from
+ * tether__link_take_input), which the value gives back (tether__buf_keep) when it goes.
+ * Returns 0, or -ENOMEM (block is still the caller's). */
+int tether__value_new_in_block(void *block, size_t cap, const uint8_t *p, size_t len,
+                               tether_value **ret);
 
 /*
  * Append to out what fmt describes (see the table in tether.h), taking the arguments

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "util/alloc.h"
@@ -74,6 +75,52 @@ tether__buf_reset(tether__buf *b)
 {
     b->off = 0;
     b->len = 0;
+}
+
+/* The kept buffer, its capacity stored in its first bytes while it waits (lock-free:
+ * nothing can be left locked in a child forked meanwhile). */
+static _Atomic(void *) kept;
+
+/* Bigger buffers are not worth holding on to for the process's life. */
+#define KEEP_MAX (4u * 1024 * 1024)
+
+void
+tether__buf_keep(void *data, size_t cap)
+{
+    void *none = NULL;
+    if (data && cap >= sizeof(size_t) && cap <= KEEP_MAX) {
+        memcpy(data, &cap, sizeof(cap));
+        if (atomic_compare_exchange_strong(&kept, &none, data)) {
+            return;
+        }
+    }
+    tether__free(data);
+}
+
+bool
+tether__buf_reuse(tether__buf *b, size_t need)
+{
+    size_t pending = b->len - b->off;
+    if (b->cap >= need || need < pending || !atomic_load_explicit(&kept, memory_order_relaxed)) {
+        return false;
+    }
+    uint8_t *data = atomic_exchange(&kept, NULL);
+    size_t cap = 0;
+    if (data) {
+        memcpy(&cap, data, sizeof(cap));
+    }
+    if (cap < need) {
+        if (data) {
+            tether__buf_keep(data, cap); /* not for us: for a bigger frame */
+        }
+        return false;
+    }
+    if (pending) {
+        memcpy(data, b->data + b->off, pending);
+    }
+    tether__free(b->data);
+    *b = (tether__buf){.data = data, .len = pending, .off = 0, .cap = cap};
+    return true;
 }
 
 static pthread_key_t thread_buf_key;

@@ -6,6 +6,7 @@
 #ifndef TETHER_BUF_H
 #define TETHER_BUF_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -37,6 +38,18 @@ enum tether__thread_buf_slot {
 /* The calling thread's buffer of that slot (made on first use), or NULL if out of
  * memory. A caller uses it only between two calls that cannot reach the same slot. */
 tether__buf *tether__thread_buf(enum tether__thread_buf_slot slot);
+
+/*
+ * One big buffer kept for the whole process: a frame's input buffer that a value took
+ * (conn/link.h, tether__link_take_input) comes back here when the value goes, and the
+ * next big frame is read into it, so that megabytes sent call after call reuse pages
+ * already mapped instead of faulting fresh ones in (each fault costs microseconds on a
+ * virtual machine). keep takes data (cap bytes; kept up to 4 MiB, freed if bigger or
+ * when one is kept already); reuse moves b's pending bytes into the kept buffer if it
+ * holds need bytes and b's does not (true). Thread: any.
+ */
+void tether__buf_keep(void *data, size_t cap);
+bool tether__buf_reuse(tether__buf *b, size_t need);
 
 static inline size_t
 tether__buf_pending(const tether__buf *b)
