@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -692,6 +693,111 @@ Test(faults, sync_call_fails_at_once_when_the_peer_dies, .timeout = 30)
     cr_assert_eq(tether_conn_is_connected(tether_client_get_conn(c)), 0);
     ASSERT_ERR(tether_conn_call(tether_client_get_conn(c), "ping", NULL, NULL, NULL, NULL),
                TETHER_ENOTCONN);
+    tether_client_unref(c);
+}
+
+/* ==== big arguments sent from the caller's memory ===================================== */
+
+/* FNV-1a: enough to tell bytes apart, the same on both sides of a fork. */
+static uint64_t
+hash_bytes(const uint8_t *p, size_t n)
+{
+    uint64_t h = 1469598103934665603u;
+    for (size_t i = 0; i < n; i++) {
+        h = (h ^ p[i]) * 1099511628211u;
+    }
+    return h;
+}
+
+static uint64_t last_hash; /* the forked host's: of the last bytes "hash" received */
+
+static int
+hash_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    const void *p;
+    size_t n;
+    int r = tether_request_read(req, "y", &p, &n);
+    if (r < 0) {
+        return r;
+    }
+    last_hash = hash_bytes(p, n);
+    return tether_request_reply(req, "u", last_hash);
+}
+
+static int
+last_hash_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    return tether_request_reply(req, "u", last_hash);
+}
+
+/* Call method with args given as msgpack bytes (a binding's way: the way that lends). */
+static uint64_t
+call_hash(tether_conn *conn, const char *method, const uint8_t *args, size_t n, uint64_t timeout,
+          int expect)
+{
+    tether_call_options o = {.timeout_usec = timeout};
+    tether_msgpack_args a = {.args = args, .args_size = n};
+    tether_value *v = NULL;
+    int r = tether_conn_call_msgpack(conn, method, args ? &a : NULL, &o, &v, NULL);
+    cr_assert_eq(r, expect, "%s: %s", method, tether_strerror(r));
+    uint64_t h = 0;
+    if (r == 0) {
+        ASSERT_OK(tether_value_read(v, NULL, "u", &h));
+    }
+    tether_value_unref(v);
+    return h;
+}
+
+Test(faults, big_arguments_lent_to_a_peer_that_stops_reading_arrive_intact, .timeout = 60)
+{
+    /* A big argument goes out from the caller's memory; when the call ends before the
+     * peer read it all (here: its timeout, the host stopped), the rest is copied, so the
+     * caller may reuse its memory at once and the peer still gets what was sent. */
+    test_runtime_dir();
+    int ready[2];
+    cr_assert(pipe(ready) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* gone with the test, however it ends */
+        tether_host *h = start_host_with(NULL);
+        ASSERT_OK(tether_host_add_service(h, "hash", TETHER_CONTEXT_IO, hash_handler, NULL));
+        ASSERT_OK(
+            tether_host_add_service(h, "last_hash", TETHER_CONTEXT_IO, last_hash_handler, NULL));
+        cr_assert(write(ready[1], "x", 1) == 1);
+        pause();
+        _exit(0);
+    }
+    char x;
+    cr_assert(read(ready[0], &x, 1) == 1);
+    close(ready[0]);
+    close(ready[1]);
+    tether_client *c = test_client_connect("lender", NULL);
+    tether_conn *conn = tether_client_get_conn(c);
+    /* [bin of n bytes] */
+    size_t n = 3u * 1024 * 1024 + 1, size = n + 6;
+    uint8_t *args = malloc(size), *big = args + 6;
+    cr_assert_not_null(args);
+    memcpy(args, (uint8_t[]){0x91, 0xc6, 0, (uint8_t)(n >> 16), (uint8_t)(n >> 8), (uint8_t)n}, 6);
+    for (size_t i = 0; i < n; i++) {
+        big[i] = (uint8_t)(i * 7 + (i >> 12));
+    }
+    uint64_t want = hash_bytes(big, n);
+    cr_assert_eq(call_hash(conn, "hash", args, size, 0, 0), want);
+
+    kill(pid, SIGSTOP);
+    big[0] ^= 1;
+    want = hash_bytes(big, n);
+    call_hash(conn, "hash", args, size, 200000, TETHER_ETIMEDOUT);
+    memset(big, 0xee, n); /* the caller's memory is its own again */
+    free(args);
+    kill(pid, SIGCONT);
+    /* The timed-out request still reached the host whole, and frames stay in order. */
+    cr_assert_eq(call_hash(conn, "last_hash", NULL, 0, 10000000, 0), want);
+    assert_host_serves(c);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
     tether_client_unref(c);
 }
 

@@ -2,6 +2,8 @@
 be sent fails with a clear exception before anything is sent."""
 
 import math
+import os
+import threading
 
 import pytest
 
@@ -122,6 +124,53 @@ def test_arguments_and_keyword_arguments_reach_the_host(conn):
 def test_one_mebibyte_of_bytes(conn):
     data = bytes(range(256)) * 4096
     assert conn.root.echo(data) == data
+
+
+# Around the sizes where big frames change paths (64 KiB: sent from the caller's memory,
+# read into a buffer the result keeps), a socket's buffer, 1 MiB, and past the 4 MiB a
+# process keeps for the next big frame.
+BIG_SIZES = [65535, 65536, 65537, 212992 + 3, (1 << 20) - 1, 1 << 20, (1 << 20) + 1,
+             (5 << 20) + 3, 1 << 20]
+
+
+@pytest.mark.parametrize("size", BIG_SIZES)
+def test_big_bytes_round_trip_exactly(conn, size):
+    data = os.urandom(size)
+    back = conn.root.echo(data)
+    assert type(back) is bytes and back == data
+    # In a keyword argument and inside a list, the frame's layout differs.
+    args, kwargs = conn.root.echo_args([1, data], x=data[::-1])
+    assert args == [[1, data]] and kwargs == {"x": data[::-1]}
+
+
+def test_big_frames_back_to_back_in_one_read(conn):
+    """Several big results in flight: a read ends inside one and holds the start of the
+    next, which must survive the first's buffer being kept by its result."""
+    payloads = [os.urandom((1 << 20) + 7 * i) for i in range(6)]
+    futures = [tether.async_(conn.root.echo)(p) for p in payloads]
+    assert [f.result(10) for f in futures] == payloads
+
+
+def test_concurrent_big_senders_do_not_interleave(conn):
+    """Threads sending big and small calls on one connection: one lends its bytes to the
+    link at a time, the others copy; every frame must arrive whole and in one piece."""
+    errors = []
+
+    def worker(k):
+        try:
+            for i in range(8):
+                data = bytes([k, i]) * ((1 << 19) + 13 * k)
+                assert conn.root.echo(data) == data
+                assert conn.root.echo(k * 100 + i) == k * 100 + i
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
 
 
 def test_other_values_travel_by_reference_and_come_back_as_themselves(conn):
