@@ -582,6 +582,13 @@ dispatch_frame(tether__link *l, const tether__frame *f)
     }
 }
 
+/* The big frame of l->in this thread acts on (process_input), whose buffer a hook may
+ * take (tether__link_take_input); TAKEN once one did. */
+static _Thread_local const uint8_t *acting_frame;
+static _Thread_local tether__link *acting_link;
+static const uint8_t taken_mark;
+#define TAKEN (&taken_mark)
+
 /*
  * Decode and act on every complete frame in l->in. The caller holds the reader role.
  * On a caller thread, frames that must run on the I/O thread are handed off.
@@ -618,23 +625,28 @@ process_input(tether__link *l, bool io_thread)
         if (state == TETHER__LINK_CLOSED) {
             return -ECONNRESET;
         }
-        l->in_frame = len >= TETHER__TAKE_MIN ? head : NULL;
+        /* Per thread: the I/O thread acts on handed-off frames while a caller reads. */
+        const uint8_t *outer_frame = acting_frame;
+        tether__link *outer_link = acting_link;
+        acting_frame = len >= TETHER__TAKE_MIN ? head : NULL;
+        acting_link = l;
         if (state == TETHER__LINK_HANDSHAKE) {
             handle_hello(l, &f);
         } else if (!io_thread && f.kind != TETHER__RESPONSE && f.kind != TETHER__PROGRESS &&
                    f.kind != TETHER__PONG) {
             if (!((f.kind == TETHER__REQUEST || f.kind == TETHER__NOTIFY) && handoff_idle(l) &&
                   l->hooks->take_request(l, &f)) &&
-                !l->in_taken) {
+                acting_frame != TAKEN) {
                 hand_off(l, head, TETHER__FRAME_HEADER_SIZE + len);
             }
         } else {
             dispatch_frame(l, &f);
         }
-        l->in_frame = NULL;
-        if (l->in_taken) {
-            l->in_taken = false; /* in holds what followed the frame already */
-            continue;
+        bool taken = acting_frame == TAKEN;
+        acting_frame = outer_frame;
+        acting_link = outer_link;
+        if (taken) {
+            continue; /* in holds what followed the frame already */
         }
         tether__buf_consume(&l->in, TETHER__FRAME_HEADER_SIZE + len);
     }
@@ -644,8 +656,8 @@ process_input(tether__link *l, bool io_thread)
 void *
 tether__link_take_input(tether__link *l, const tether__frame *f, size_t *ret_cap)
 {
-    const uint8_t *frame = l->in_frame;
-    if (!frame || l->in_taken) {
+    const uint8_t *frame = acting_frame;
+    if (acting_link != l || !frame || frame == TAKEN) {
         return NULL;
     }
     /* Only the frame being acted on, not one a hook decoded from elsewhere. */
@@ -666,7 +678,7 @@ tether__link_take_input(tether__link *l, const tether__frame *f, size_t *ret_cap
     void *block = l->in.data;
     *ret_cap = l->in.cap;
     l->in = next;
-    l->in_taken = true;
+    acting_frame = TAKEN;
     return block;
 }
 

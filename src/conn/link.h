@@ -167,10 +167,6 @@ struct tether__link {
     atomic_bool trim_wanted; /* a big out drained: the I/O thread starts the trim timer */
 
     tether__buf in; /* owned by the reader-role holder */
-    /* Owned by the reader-role holder: the big frame of in being acted on, whose buffer a
-     * hook may take (tether__link_take_input); taken: it did. */
-    const uint8_t *in_frame;
-    bool in_taken;
 
     tether__wire_limits limits;
     uint32_t peer_max_frame_size;
