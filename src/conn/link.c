@@ -682,13 +682,35 @@ tether__link_take_input(tether__link *l, const tether__frame *f, size_t *ret_cap
     return block;
 }
 
+/* Room for the next read: for all of a big frame whose start was read (in the buffer a
+ * value gave back, if one waits: no page to fault in, nothing read twice), else a chunk. */
+static int
+reserve_read(tether__link *l)
+{
+    const uint8_t *head = tether__buf_head(&l->in), *p = head, *end = l->in.data + l->in.len;
+    while ((size_t)(end - p) >= TETHER__FRAME_HEADER_SIZE) {
+        uint32_t len = tether__frame_length(p);
+        if ((size_t)(end - p) - TETHER__FRAME_HEADER_SIZE >= len) {
+            p += TETHER__FRAME_HEADER_SIZE + len;
+            continue;
+        }
+        if (len < TETHER__TAKE_MIN || len > l->limits.max_frame_size) {
+            break; /* a small frame; one over the limit fails in process_input */
+        }
+        size_t need = (size_t)(p - head) + TETHER__FRAME_HEADER_SIZE + len;
+        tether__buf_reuse(&l->in, need);
+        return tether__buf_reserve(&l->in, need - tether__buf_pending(&l->in));
+    }
+    return tether__buf_reserve(&l->in, READ_CHUNK);
+}
+
 /* Read what the socket has (up to budget). Returns bytes read, 0 on EOF, -EAGAIN, -errno. */
 static ssize_t
 read_socket(tether__link *l, size_t budget)
 {
     size_t total = 0;
     while (total < budget) {
-        if (tether__buf_reserve(&l->in, READ_CHUNK) < 0) {
+        if (reserve_read(l) < 0) {
             return -ENOMEM;
         }
         size_t room = l->in.cap - l->in.len;
