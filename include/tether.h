@@ -475,7 +475,9 @@ TETHER_EXPORT int tether_conn_notify_values(tether_conn *conn, const char *metho
  * written by tether_object_get_msgpack() and listed, in the order they appear, in
  * args_objects or kwargs_objects. The bytes are checked once (well formed, nested no
  * deeper than a frame allows, references matching the objects) and copied once, into
- * the frame; nothing is kept after the call returns. Borrowed for the call.
+ * the frame (a synchronous call's args of 64 KiB or more are sent from where they are,
+ * and what is unsent when it returns is copied then); nothing is kept after the call
+ * returns. Borrowed for the call.
  */
 typedef struct tether_msgpack_args {
     const void *args;

@@ -629,17 +629,21 @@ Test(faults, a_big_output_buffer_is_kept_while_used_and_given_back_when_idle)
     tether_host_unref(h);
 }
 
-/* A host serving in a child process until it is killed; returns its pid once it serves. */
+/* A host serving in a child process until it is killed (or the test ends), with what
+ * setup adds (NULL: nothing); returns its pid once it serves. */
 static pid_t
-fork_host(void)
+fork_host_with(void (*setup)(tether_host *h))
 {
     test_runtime_dir();
     int ready[2];
     cr_assert(pipe(ready) == 0);
     pid_t pid = fork();
     if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* gone with the test, however it ends */
         tether_host *h = start_host_with(NULL);
-        (void)h;
+        if (setup) {
+            setup(h);
+        }
         cr_assert(write(ready[1], "x", 1) == 1);
         pause();
         _exit(0);
@@ -649,6 +653,12 @@ fork_host(void)
     close(ready[0]);
     close(ready[1]);
     return pid;
+}
+
+static pid_t
+fork_host(void)
+{
+    return fork_host_with(NULL);
 }
 
 Test(faults, peer_dies_mid_call, .timeout = 30)
@@ -750,29 +760,19 @@ call_hash(tether_conn *conn, const char *method, const uint8_t *args, size_t n, 
     return h;
 }
 
+static void
+add_hash_services(tether_host *h)
+{
+    ASSERT_OK(tether_host_add_service(h, "hash", TETHER_CONTEXT_IO, hash_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "last_hash", TETHER_CONTEXT_IO, last_hash_handler, NULL));
+}
+
 Test(faults, big_arguments_lent_to_a_peer_that_stops_reading_arrive_intact, .timeout = 60)
 {
     /* A big argument goes out from the caller's memory; when the call ends before the
      * peer read it all (here: its timeout, the host stopped), the rest is copied, so the
      * caller may reuse its memory at once and the peer still gets what was sent. */
-    test_runtime_dir();
-    int ready[2];
-    cr_assert(pipe(ready) == 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL); /* gone with the test, however it ends */
-        tether_host *h = start_host_with(NULL);
-        ASSERT_OK(tether_host_add_service(h, "hash", TETHER_CONTEXT_IO, hash_handler, NULL));
-        ASSERT_OK(
-            tether_host_add_service(h, "last_hash", TETHER_CONTEXT_IO, last_hash_handler, NULL));
-        cr_assert(write(ready[1], "x", 1) == 1);
-        pause();
-        _exit(0);
-    }
-    char x;
-    cr_assert(read(ready[0], &x, 1) == 1);
-    close(ready[0]);
-    close(ready[1]);
+    pid_t pid = fork_host_with(add_hash_services);
     tether_client *c = test_client_connect("lender", NULL);
     tether_conn *conn = tether_client_get_conn(c);
     /* [bin of n bytes] */
@@ -799,6 +799,126 @@ Test(faults, big_arguments_lent_to_a_peer_that_stops_reading_arrive_intact, .tim
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     tether_client_unref(c);
+}
+
+/* ==== big replies given to the link ==================================================== */
+
+/* n bytes that seed tells apart. */
+static void
+fill_blob(uint8_t *p, size_t n, uint64_t seed)
+{
+    for (size_t i = 0; i < n; i++) {
+        p[i] = (uint8_t)(seed * 131 + i * 7 + (i >> 11));
+    }
+}
+
+/* blob(seed, n, as_value): n bytes of fill_blob, replied from a format ("y", whose built
+ * buffer the link takes) or as a value (which the link holds a reference of). */
+static int
+blob_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    uint64_t seed, n;
+    bool as_value;
+    int r = tether_request_read(req, "uub", &seed, &n, &as_value);
+    if (r < 0) {
+        return r;
+    }
+    uint8_t *p = malloc(n ? n : 1);
+    cr_assert_not_null(p);
+    fill_blob(p, n, seed);
+    if (as_value) {
+        tether_value *v = NULL;
+        ASSERT_OK(tether_value_new(&v, "y", p, (size_t)n));
+        r = tether_request_reply_value(req, v);
+        tether_value_unref(v);
+    } else {
+        r = tether_request_reply(req, "y", p, (size_t)n);
+    }
+    free(p);
+    return r;
+}
+
+static void
+assert_blob(tether_value *v, uint64_t seed, size_t n)
+{
+    const void *p;
+    size_t got;
+    ASSERT_OK(tether_value_read(v, NULL, "y", &p, &got));
+    cr_assert_eq(got, n);
+    uint8_t *want = malloc(n ? n : 1);
+    cr_assert_not_null(want);
+    fill_blob(want, n, seed);
+    cr_assert(memcmp(p, want, n) == 0, "blob %llu of %zu bytes differs", (unsigned long long)seed,
+              n);
+    free(want);
+}
+
+Test(faults, big_replies_from_many_threads_arrive_whole_and_in_place, .timeout = 60)
+{
+    /* Pool threads reply big values at once: one reply's bytes go out from where they
+     * were built while the others wait behind it, copied; every reply arrives whole. */
+    tether_host *h = start_host_with(NULL);
+    ASSERT_OK(tether_host_add_service(h, "blob", TETHER_CONTEXT_POOL, blob_handler, NULL));
+    tether_client *c = test_client_connect("blobs", NULL);
+    tether_conn *conn = tether_client_get_conn(c);
+    enum {
+        CALLS = 24
+    };
+    static const size_t sizes[] = {65535, 65536, 65537, 300000, (1u << 20) + 3, 3u << 20};
+    for (int round = 0; round < 3; round++) {
+        tether_future *f[CALLS];
+        for (int i = 0; i < CALLS; i++) {
+            size_t n = sizes[(i + round) % 6];
+            ASSERT_OK(tether_conn_call_async(conn, "blob", NULL, &f[i], "uub", (uint64_t)i,
+                                             (uint64_t)n, (i & 1) != 0));
+        }
+        for (int i = 0; i < CALLS; i++) {
+            ASSERT_OK(tether_future_wait(f[i], 20000000));
+            tether_value *v = NULL;
+            ASSERT_OK(tether_future_get_result(f[i], &v, NULL));
+            assert_blob(v, (uint64_t)i, sizes[(i + round) % 6]);
+            tether_value_unref(v);
+            tether_future_unref(f[i]);
+        }
+    }
+    assert_host_serves(c);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+Test(faults, a_client_gone_during_a_big_reply_costs_the_host_nothing, .timeout = 60)
+{
+    /* A client asks for big replies and dies without reading them: the host's link is
+     * done with a reply's bytes still given to it, which it frees (ASan tells), and it
+     * serves the next client. */
+    tether_host *h = start_host_with(NULL);
+    ASSERT_OK(tether_host_add_service(h, "blob", TETHER_CONTEXT_IO, blob_handler, NULL));
+    for (int i = 0; i < 4; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            tether_client *c = test_client_connect("reader-that-dies", NULL);
+            tether_future *f[4];
+            for (int k = 0; k < 4; k++) {
+                tether_conn_call_async(tether_client_get_conn(c), "blob", NULL, &f[k], "uub",
+                                       (uint64_t)k, (uint64_t)(3u << 20), (k & 1) != 0);
+            }
+            tether_conn_flush(tether_client_get_conn(c));
+            usleep(20000);
+            _exit(0); /* nothing read, nothing closed in order */
+        }
+        int status;
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+    }
+    tether_client *c = test_client_connect("after", NULL);
+    tether_value *v = NULL;
+    ASSERT_OK(tether_conn_call(tether_client_get_conn(c), "blob", NULL, &v, NULL, "uub",
+                               (uint64_t)9, (uint64_t)(1u << 20), true));
+    assert_blob(v, 9, 1u << 20);
+    tether_value_unref(v);
+    assert_host_serves(c);
+    tether_client_unref(c);
+    tether_host_unref(h);
 }
 
 Test(faults, other_clients_unaffected_by_a_protocol_error)

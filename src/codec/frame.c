@@ -433,6 +433,29 @@ tether__encode_call_close(tether__buf *b, size_t start, int kind, const uint8_t 
     return 0;
 }
 
+/* A response's frame but for the value's bytes, value_len of them, which go at *ret_p
+ * before tether__frame_commit(buf, *ret_body, *ret_p + value_len). NULL and *ret_r
+ * on failure. */
+static uint8_t *
+response_begin(tether__buf *buf, uint64_t id, bool is_error, size_t value_len, uint64_t *ret_body,
+               int *ret_r)
+{
+    if (value_len > UINT32_MAX) {
+        *ret_r = -EMSGSIZE;
+        return NULL;
+    }
+    *ret_body = 3 + tether__mp_uint_size(id) + (uint64_t)value_len;
+    uint8_t *p = tether__frame_begin(buf, *ret_body, ret_r);
+    if (!p) {
+        return NULL;
+    }
+    *p++ = 0x94;
+    *p++ = TETHER__RESPONSE;
+    p = tether__mp_put_uint(p, id);
+    *p++ = is_error ? 0xc3 : 0xc2;
+    return p;
+}
+
 int
 tether__encode_response(tether__buf *buf, uint64_t id, bool is_error, const uint8_t *value,
                         size_t value_len)
@@ -441,22 +464,27 @@ tether__encode_response(tether__buf *buf, uint64_t id, bool is_error, const uint
         value = &nil_value;
         value_len = 1;
     }
-    if (value_len > UINT32_MAX) {
-        return -EMSGSIZE;
-    }
-    uint64_t body = 3 + tether__mp_uint_size(id) + (uint64_t)value_len;
+    uint64_t body;
     int r;
-    uint8_t *p = tether__frame_begin(buf, body, &r);
+    uint8_t *p = response_begin(buf, id, is_error, value_len, &body, &r);
     if (!p) {
         return r;
     }
-    *p++ = 0x94;
-    *p++ = TETHER__RESPONSE;
-    p = tether__mp_put_uint(p, id);
-    *p++ = is_error ? 0xc3 : 0xc2;
     memcpy(p, value, value_len);
-    p += value_len;
-    return tether__frame_commit(buf, body, p);
+    return tether__frame_commit(buf, body, p + value_len);
+}
+
+int
+tether__encode_response_room(tether__buf *buf, uint64_t id, size_t value_len, size_t *ret_at)
+{
+    uint64_t body;
+    int r;
+    uint8_t *p = response_begin(buf, id, false, value_len, &body, &r);
+    if (!p) {
+        return r;
+    }
+    *ret_at = (size_t)(p - tether__buf_head(buf));
+    return tether__frame_commit(buf, body, p + value_len);
 }
 
 /* A string written for a person (an error, a log record, a refusal's reason): its

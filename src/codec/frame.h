@@ -132,6 +132,9 @@ int tether__encode_call_close(tether__buf *buf, size_t start, int kind, const ui
                               size_t kwargs_len, uint64_t timeout_ms);
 int tether__encode_response(tether__buf *buf, uint64_t id, bool is_error, const uint8_t *value,
                             size_t value_len);
+/* The same with value_len bytes of room for the value, left unwritten at *ret_at (from
+ * the buffer's head) for the sender to fill or to send from elsewhere (conn/link.h). */
+int tether__encode_response_room(tether__buf *buf, uint64_t id, size_t value_len, size_t *ret_at);
 /* RESPONSE with is_error and an ERROR ext built from the three strings (NULL = ""). */
 int tether__encode_error_response(tether__buf *buf, uint64_t id, const char *type,
                                   const char *message, const char *traceback);

@@ -131,12 +131,15 @@ tether__link_init(tether__link *l, const tether__link_hooks *hooks, tether__iolo
     return 0;
 }
 
+static void release_given(tether__link *l);
+
 void
 tether__link_done(tether__link *l)
 {
     tether__pollset_done(&l->ps);
     close(l->fd);
     tether__buf_done(&l->in);
+    release_given(l);
     tether__buf_done(&l->out);
     tether__buf_done(&l->handoff);
     tether__free(l->peer_name);
@@ -186,15 +189,23 @@ static int flush_locked(tether__link *l);
 
 /* ---- output ---------------------------------------------------------------------- */
 
-/* Send what is pending in out, a lent span from where it is; wlock held. */
+/* A given span is written, or the link is done: its memory goes back; wlock held. */
+static void
+release_given(tether__link *l)
+{
+    if (l->lent_release) {
+        l->lent_release(l->lent_given, l->lent_given_size);
+        l->lent_release = NULL;
+        l->lent_given = NULL;
+    }
+}
+
+/* Send what is pending in out, the lent span from where it is; wlock held. */
 static ssize_t
-send_out(tether__link *l)
+send_lent(tether__link *l)
 {
     uint8_t *head = tether__buf_head(&l->out);
     size_t pending = tether__buf_pending(&l->out);
-    if (l->lent_len == 0) {
-        return send(l->fd, head, pending, TETHER__SEND_FLAGS);
-    }
     struct iovec iov[3];
     int n = 0;
     if (l->lent_at > 0) {
@@ -209,14 +220,11 @@ send_out(tether__link *l)
     return sendmsg(l->fd, &m, TETHER__SEND_FLAGS);
 }
 
-/* n bytes of out were sent; wlock held. */
+/* n bytes of out were sent, some of them maybe from the lent span; wlock held. */
 static void
-consume_out(tether__link *l, size_t n)
+consume_lent(tether__link *l, size_t n)
 {
     tether__buf_consume(&l->out, n);
-    if (l->lent_len == 0) {
-        return;
-    }
     if (n <= l->lent_at) {
         l->lent_at -= n;
         return;
@@ -227,6 +235,7 @@ consume_out(tether__link *l, size_t n)
         l->lent_len = 0;
         l->lent_src = NULL;
         l->lent_owner = NULL;
+        release_given(l);
     } else {
         l->lent_src += into;
         l->lent_len -= into;
@@ -238,10 +247,17 @@ static int
 flush_locked(tether__link *l)
 {
     while (tether__buf_pending(&l->out) > 0) {
-        ssize_t n = send_out(l);
+        bool lent = l->lent_len > 0;
+        ssize_t n = lent ? send_lent(l)
+                         : send(l->fd, tether__buf_head(&l->out), tether__buf_pending(&l->out),
+                                TETHER__SEND_FLAGS);
         if (n > 0) {
             atomic_fetch_add_explicit(&l->bytes_out, (uint64_t)n, memory_order_relaxed);
-            consume_out(l, (size_t)n);
+            if (lent) {
+                consume_lent(l, (size_t)n);
+            } else {
+                tether__buf_consume(&l->out, (size_t)n);
+            }
             continue;
         }
         if (n < 0 && errno == EINTR) {
@@ -321,6 +337,9 @@ queue_frame(tether__link *l, tether__encode_fn encode, void *arg, tether__lend *
     }
     int r = encode(&l->out, arg);
     if (r < 0) {
+        if (lend) {
+            lend->ok = false;
+        }
         pthread_mutex_unlock(&l->wlock);
         return r;
     }
@@ -331,6 +350,9 @@ queue_frame(tether__link *l, tether__encode_fn encode, void *arg, tether__lend *
                                                      : 0;
     if (r < 0) {
         l->out.len = l->out.off + backlog;
+        if (lend) {
+            lend->ok = false;
+        }
         pthread_mutex_unlock(&l->wlock);
         return r;
     }
@@ -338,7 +360,10 @@ queue_frame(tether__link *l, tether__encode_fn encode, void *arg, tether__lend *
         l->lent_src = lend->src;
         l->lent_at = lend->at;
         l->lent_len = lend->len;
-        l->lent_owner = lend;
+        l->lent_owner = lend->release ? NULL : lend; /* a given span is never taken back */
+        l->lent_release = lend->release;
+        l->lent_given = lend->owner;
+        l->lent_given_size = lend->owner_size;
     }
     return 0;
 }
@@ -608,9 +633,8 @@ process_input(tether__link *l, bool io_thread)
             return -EMSGSIZE;
         }
         if (tether__buf_pending(&l->in) < TETHER__FRAME_HEADER_SIZE + (size_t)len) {
-            /* Make room for the rest of a large frame in one go: in the buffer of the
-             * last big frame a value took, if it came back (its pages are mapped). */
-            tether__buf_reuse(&l->in, TETHER__FRAME_HEADER_SIZE + (size_t)len);
+            /* Make room for the rest of a large frame in one go (in a kept buffer, for
+             * a big one: util/buf.h). */
             return tether__buf_reserve(&l->in, TETHER__FRAME_HEADER_SIZE + len -
                                                    tether__buf_pending(&l->in));
         }
@@ -625,28 +649,37 @@ process_input(tether__link *l, bool io_thread)
         if (state == TETHER__LINK_CLOSED) {
             return -ECONNRESET;
         }
-        /* Per thread: the I/O thread acts on handed-off frames while a caller reads. */
-        const uint8_t *outer_frame = acting_frame;
-        tether__link *outer_link = acting_link;
-        acting_frame = len >= TETHER__TAKE_MIN ? head : NULL;
-        acting_link = l;
+        /* A big frame's buffer may be taken by the hook acting on it: marked per thread
+         * (the I/O thread acts on handed-off frames while a caller reads), and only for
+         * big frames, so that small ones pay a comparison. */
+        bool big = len >= TETHER__TAKE_MIN;
+        const uint8_t *outer_frame = NULL;
+        tether__link *outer_link = NULL;
+        if (big) {
+            outer_frame = acting_frame;
+            outer_link = acting_link;
+            acting_frame = head;
+            acting_link = l;
+        }
         if (state == TETHER__LINK_HANDSHAKE) {
             handle_hello(l, &f);
         } else if (!io_thread && f.kind != TETHER__RESPONSE && f.kind != TETHER__PROGRESS &&
                    f.kind != TETHER__PONG) {
             if (!((f.kind == TETHER__REQUEST || f.kind == TETHER__NOTIFY) && handoff_idle(l) &&
                   l->hooks->take_request(l, &f)) &&
-                acting_frame != TAKEN) {
+                !(big && acting_frame == TAKEN)) {
                 hand_off(l, head, TETHER__FRAME_HEADER_SIZE + len);
             }
         } else {
             dispatch_frame(l, &f);
         }
-        bool taken = acting_frame == TAKEN;
-        acting_frame = outer_frame;
-        acting_link = outer_link;
-        if (taken) {
-            continue; /* in holds what followed the frame already */
+        if (big) {
+            bool taken = acting_frame == TAKEN;
+            acting_frame = outer_frame;
+            acting_link = outer_link;
+            if (taken) {
+                continue; /* in holds what followed the frame already */
+            }
         }
         tether__buf_consume(&l->in, TETHER__FRAME_HEADER_SIZE + len);
     }
@@ -687,6 +720,9 @@ tether__link_take_input(tether__link *l, const tether__frame *f, size_t *ret_cap
 static int
 reserve_read(tether__link *l)
 {
+    if (tether__buf_pending(&l->in) < TETHER__FRAME_HEADER_SIZE) {
+        return tether__buf_reserve(&l->in, READ_CHUNK); /* no frame begun */
+    }
     const uint8_t *head = tether__buf_head(&l->in), *p = head, *end = l->in.data + l->in.len;
     while ((size_t)(end - p) >= TETHER__FRAME_HEADER_SIZE) {
         uint32_t len = tether__frame_length(p);
@@ -698,7 +734,6 @@ reserve_read(tether__link *l)
             break; /* a small frame; one over the limit fails in process_input */
         }
         size_t need = (size_t)(p - head) + TETHER__FRAME_HEADER_SIZE + len;
-        tether__buf_reuse(&l->in, need);
         return tether__buf_reserve(&l->in, need - tether__buf_pending(&l->in));
     }
     return tether__buf_reserve(&l->in, READ_CHUNK);

@@ -163,6 +163,11 @@ struct tether__link {
     const uint8_t *lent_src;
     size_t lent_at, lent_len;
     const void *lent_owner;
+    /* guarded by wlock: for a given span (tether__lend.release), what to call with
+     * lent_given and lent_given_size once it is written, or when the link is done */
+    void (*lent_release)(void *owner, size_t size);
+    void *lent_given;
+    size_t lent_given_size;
     uint64_t out_used_usec;  /* guarded by wlock: when a big out last drained */
     atomic_bool trim_wanted; /* a big out drained: the I/O thread starts the trim timer */
 
@@ -222,12 +227,21 @@ int tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, int 
  * at once the I/O thread writes from src later, so src must stay valid, unchanged, until
  * the caller calls tether__link_take_back, which it must before src goes away (after the
  * call, whatever its outcome): that copies what is still unwritten into the room left.
+ *
+ * A span can be given instead (a reply's big value, which nobody waits to take back):
+ * with release set, ok says the link took it, and calls release(owner, owner_size) once
+ * it is written or the link is done, on whichever thread that happens, with the link's
+ * write lock held (release only frees). Without ok the encoder copied it: still the
+ * sender's.
  */
 typedef struct tether__lend {
     const uint8_t *src;
     size_t len;
     size_t at; /* set by the encoder */
     bool ok;   /* set by the link */
+    void (*release)(void *owner, size_t size);
+    void *owner;
+    size_t owner_size;
 } tether__lend;
 #define TETHER__LEND_MIN (64u * 1024)
 int tether__link_send_lent(tether__link *l, tether__encode_fn encode, void *arg,

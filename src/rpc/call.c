@@ -133,7 +133,8 @@ tether__conn_on_response(tether_conn *c, const tether__frame *f)
     tether_value *v = NULL;
     /* A big result keeps the buffer it was read into rather than a copy of it. */
     size_t cap;
-    void *block = tether__link_take_input(&c->link, f, &cap);
+    void *block =
+        f->value.len >= TETHER__TAKE_MIN ? tether__link_take_input(&c->link, f, &cap) : NULL;
     int r = block ? tether__value_new_in_block(block, cap, f->value.ptr, f->value.len, &v)
                   : tether__value_new_copy(f->value.ptr, f->value.len, &v);
     if (r < 0) {
@@ -588,7 +589,9 @@ call_sync(tether_conn *c, const char *method, request_arg *a, const tether_call_
     }
     tether_error_done(&p.error);
 out:
-    tether__link_take_back(&c->link, &lend);
+    if (lend.ok) {
+        tether__link_take_back(&c->link, &lend);
+    }
     tether__waiter_pop(&waiter);
     tether_conn_unref(c);
     sync_depth--;

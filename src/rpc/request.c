@@ -43,6 +43,7 @@ typedef struct response_arg {
     size_t value_len;
     tether_value *result; /* the value behind value, if it may hold objects */
     const char *type, *message, *traceback;
+    tether__lend *give; /* a big value's memory, given to the link rather than copied */
 } response_arg;
 
 static int
@@ -51,6 +52,9 @@ encode_response(tether__buf *out, void *argp)
     response_arg *a = argp;
     if (a->is_error) {
         return tether__encode_error_response(out, a->id, a->type, a->message, a->traceback);
+    }
+    if (a->give && a->give->ok) {
+        return tether__encode_response_room(out, a->id, a->value_len, &a->give->at);
     }
     return tether__encode_response(out, a->id, false, a->value, a->value_len);
 }
@@ -129,8 +133,9 @@ send_response(tether_request *req, response_arg *a)
     } else {
         /* A reply from the main thread or a worker goes out at once: waking the I/O
          * thread to write it would add a thread hop to every MAIN and POOL call. */
-        r = tether__conn_send(req->conn, encode_response, a,
-                              !tether__ioloop_in_thread(req->conn->link.loop));
+        r = a->give ? tether__link_send_lent(&req->conn->link, encode_response, a, a->give)
+                    : tether__conn_send(req->conn, encode_response, a,
+                                        !tether__ioloop_in_thread(req->conn->link.loop));
         if (r < 0 && a->result) {
             tether__conn_unexport_lists(req->conn, &objects, 1);
         }
@@ -143,6 +148,13 @@ send_response(tether_request *req, response_arg *a)
         reply_too_large(req);
     }
     return r == -ENOTCONN ? 0 : r;
+}
+
+static void
+unref_given_value(void *value, size_t size)
+{
+    (void)size;
+    tether_value_unref(value);
 }
 
 int
@@ -160,7 +172,21 @@ tether_request_reply_value(tether_request *req, tether_value *result)
         tether_value_get_msgpack(result, &p, &a.value_len);
         a.value = p;
     }
-    return send_response(req, &a);
+    /* A big value without objects goes out from where it is, the link holding a
+     * reference until it is written (values are immutable). */
+    tether__lend give;
+    if (a.value_len >= TETHER__LEND_MIN && tether__objlist_of(result).n == 0) {
+        give = (tether__lend){.src = a.value,
+                              .len = a.value_len,
+                              .release = unref_given_value,
+                              .owner = tether_value_ref(result)};
+        a.give = &give;
+    }
+    int r = send_response(req, &a);
+    if (a.give && !give.ok) {
+        tether_value_unref(result);
+    }
+    return r;
 }
 
 int
@@ -213,7 +239,22 @@ tether_request_reply(tether_request *req, const char *format, ...)
         a.value = tether__buf_head(value);
         a.value_len = tether__buf_pending(value);
     }
-    return send_response(req, &a);
+    /* A big value's buffer goes to the link, which sends from it and keeps it for the
+     * next big buffer (util/buf.h) once written: one copy of the value, by the format. */
+    tether__lend give;
+    if (a.value_len >= TETHER__LEND_MIN) {
+        give = (tether__lend){.src = a.value,
+                              .len = a.value_len,
+                              .release = tether__buf_keep,
+                              .owner = value->data,
+                              .owner_size = value->cap};
+        a.give = &give;
+    }
+    r = send_response(req, &a);
+    if (a.give && give.ok) {
+        *value = TETHER__BUF_INIT; /* the link's now */
+    }
+    return r;
 }
 
 static int
@@ -373,22 +414,14 @@ tether_request_unref(tether_request *req)
 
 /* ---- incoming requests (the I/O thread, or a main thread reading, see take_request) */
 
-static tether_request *
-request_new(tether_conn *c, const tether__frame *f)
+/* A request with its own copy of f's method, args and kwargs, but for those that held
+ * (a value that took the frame's buffer, or NULL) has: its args if held_args, else its
+ * kwargs. Inlined twice, so that a small request tests nothing about big ones. */
+static inline tether_request *
+request_alloc(tether_conn *c, const tether__frame *f, tether_value *held, bool held_args)
 {
-    /* Big args (or kwargs) stay in the buffer the frame was read into, which their value
-     * takes, instead of being copied out of it; the rest is copied. */
-    bool big_args = f->args.len >= f->kwargs.len;
-    const tether__span *big = big_args ? &f->args : &f->kwargs;
-    tether_value *held = NULL;
-    size_t cap;
-    void *block = tether__link_take_input(&c->link, f, &cap);
-    if (block && tether__value_new_in_block(block, cap, big->ptr, big->len, &held) < 0) {
-        tether__free(block);
-        return NULL;
-    }
-    size_t size = sizeof(tether_request) + f->method.len + 1 + (held ? 0 : big->len) +
-                  (big_args ? f->kwargs.len : f->args.len);
+    size_t size = sizeof(tether_request) + f->method.len + 1 +
+                  (held && held_args ? 0 : f->args.len) + (held && !held_args ? 0 : f->kwargs.len);
     tether_request *req = tether__malloc(size);
     if (!req) {
         tether_value_unref(held);
@@ -402,18 +435,19 @@ request_new(tether_conn *c, const tether__frame *f)
     p += f->method.len + 1;
     if (held) {
         const void *data;
-        tether_value_get_msgpack(held, &data, NULL);
-        *(big_args ? &req->args : &req->kwargs) = held;
-        *(big_args ? &req->args_raw : &req->kwargs_raw) = data;
-        *(big_args ? &req->args_len : &req->kwargs_len) = big->len;
+        size_t len;
+        tether_value_get_msgpack(held, &data, &len);
+        *(held_args ? &req->args : &req->kwargs) = held;
+        *(held_args ? &req->args_raw : &req->kwargs_raw) = data;
+        *(held_args ? &req->args_len : &req->kwargs_len) = len;
     }
-    if (f->args.len && !req->args) {
+    if (f->args.len && !(held && held_args)) {
         memcpy(p, f->args.ptr, f->args.len);
         req->args_raw = p;
         req->args_len = f->args.len;
         p += f->args.len;
     }
-    if (f->kwargs.len && !req->kwargs) {
+    if (f->kwargs.len && !(held && !held_args)) {
         memcpy(p, f->kwargs.ptr, f->kwargs.len);
         req->kwargs_raw = p;
         req->kwargs_len = f->kwargs.len;
@@ -427,6 +461,26 @@ request_new(tether_conn *c, const tether__frame *f)
     req->timeout_ms = f->timeout_ms;
     req->notification = f->kind == TETHER__NOTIFY;
     return req;
+}
+
+static tether_request *
+request_new(tether_conn *c, const tether__frame *f)
+{
+    if (f->args.len < TETHER__TAKE_MIN && f->kwargs.len < TETHER__TAKE_MIN) {
+        return request_alloc(c, f, NULL, false);
+    }
+    /* Big args (or kwargs) stay in the buffer the frame was read into, which their value
+     * takes, instead of being copied out of it; the rest is copied. */
+    bool big_args = f->args.len >= f->kwargs.len;
+    const tether__span *big = big_args ? &f->args : &f->kwargs;
+    tether_value *held = NULL;
+    size_t cap;
+    void *block = tether__link_take_input(&c->link, f, &cap);
+    if (block && tether__value_new_in_block(block, cap, big->ptr, big->len, &held) < 0) {
+        tether__free(block);
+        return NULL;
+    }
+    return request_alloc(c, f, held, big_args);
 }
 
 /* Resolve the REFs of received bytes (NULL: none; the request's own copy) into objs. */

@@ -11,6 +11,62 @@
 
 #include "util/alloc.h"
 
+/* The kept buffers, each one's capacity stored in its first bytes while it waits
+ * (lock-free: nothing can be left locked in a child forked meanwhile). Two: a big call's
+ * input buffer and its reply's value come back from one echo. */
+#define KEPT_SLOTS 2
+static _Atomic(void *) kept[KEPT_SLOTS];
+
+/* Smaller buffers are cheap to allocate; bigger ones not worth holding on to for the
+ * process's life. */
+#define KEEP_MIN (64u * 1024)
+#define KEEP_MAX (4u * 1024 * 1024)
+
+void
+tether__buf_keep(void *data, size_t cap)
+{
+    if (data && cap >= KEEP_MIN && cap <= KEEP_MAX) {
+        memcpy(data, &cap, sizeof(cap));
+        for (int i = 0; i < KEPT_SLOTS; i++) {
+            void *none = NULL;
+            if (atomic_compare_exchange_strong(&kept[i], &none, data)) {
+                return;
+            }
+        }
+    }
+    tether__free(data);
+}
+
+/* Move b's pending bytes into a kept buffer of at least need bytes, if one waits. */
+static bool
+reuse_kept(tether__buf *b, size_t need)
+{
+    for (int i = 0; i < KEPT_SLOTS; i++) {
+        if (!atomic_load_explicit(&kept[i], memory_order_relaxed)) {
+            continue;
+        }
+        uint8_t *data = atomic_exchange(&kept[i], NULL);
+        size_t cap = 0;
+        if (data) {
+            memcpy(&cap, data, sizeof(cap));
+        }
+        if (cap < need) {
+            if (data) {
+                tether__buf_keep(data, cap); /* not for us: for a bigger one */
+            }
+            continue;
+        }
+        size_t pending = b->len - b->off;
+        if (pending) {
+            memcpy(data, b->data + b->off, pending);
+        }
+        tether__free(b->data);
+        *b = (tether__buf){.data = data, .len = pending, .off = 0, .cap = cap};
+        return true;
+    }
+    return false;
+}
+
 void
 tether__buf_done(tether__buf *b)
 {
@@ -28,6 +84,12 @@ tether__buf_reserve(tether__buf *b, size_t n)
         b->off = 0;
     }
     if (b->cap - b->len >= n) {
+        return 0;
+    }
+    /* A big buffer is taken from those kept, whose pages are mapped already: a fresh one
+     * costs a page fault per 4 KiB, the same again as copying into it. */
+    size_t need = b->len - b->off + n;
+    if (need >= KEEP_MIN && need <= KEEP_MAX && reuse_kept(b, need)) {
         return 0;
     }
     size_t want = b->cap ? b->cap : 256;
@@ -75,52 +137,6 @@ tether__buf_reset(tether__buf *b)
 {
     b->off = 0;
     b->len = 0;
-}
-
-/* The kept buffer, its capacity stored in its first bytes while it waits (lock-free:
- * nothing can be left locked in a child forked meanwhile). */
-static _Atomic(void *) kept;
-
-/* Bigger buffers are not worth holding on to for the process's life. */
-#define KEEP_MAX (4u * 1024 * 1024)
-
-void
-tether__buf_keep(void *data, size_t cap)
-{
-    void *none = NULL;
-    if (data && cap >= sizeof(size_t) && cap <= KEEP_MAX) {
-        memcpy(data, &cap, sizeof(cap));
-        if (atomic_compare_exchange_strong(&kept, &none, data)) {
-            return;
-        }
-    }
-    tether__free(data);
-}
-
-bool
-tether__buf_reuse(tether__buf *b, size_t need)
-{
-    size_t pending = b->len - b->off;
-    if (b->cap >= need || need < pending || !atomic_load_explicit(&kept, memory_order_relaxed)) {
-        return false;
-    }
-    uint8_t *data = atomic_exchange(&kept, NULL);
-    size_t cap = 0;
-    if (data) {
-        memcpy(&cap, data, sizeof(cap));
-    }
-    if (cap < need) {
-        if (data) {
-            tether__buf_keep(data, cap); /* not for us: for a bigger frame */
-        }
-        return false;
-    }
-    if (pending) {
-        memcpy(data, b->data + b->off, pending);
-    }
-    tether__free(b->data);
-    *b = (tether__buf){.data = data, .len = pending, .off = 0, .cap = cap};
-    return true;
 }
 
 static pthread_key_t thread_buf_key;

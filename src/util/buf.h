@@ -40,16 +40,15 @@ enum tether__thread_buf_slot {
 tether__buf *tether__thread_buf(enum tether__thread_buf_slot slot);
 
 /*
- * One big buffer kept for the whole process: a frame's input buffer that a value took
- * (conn/link.h, tether__link_take_input) comes back here when the value goes, and the
- * next big frame is read into it, so that megabytes sent call after call reuse pages
- * already mapped instead of faulting fresh ones in (each fault costs microseconds on a
- * virtual machine). keep takes data (cap bytes; kept up to 4 MiB, freed if bigger or
- * when one is kept already); reuse moves b's pending bytes into the kept buffer if it
- * holds need bytes and b's does not (true). Thread: any.
+ * Big buffers kept for the whole process: a frame's input buffer that a value took
+ * (conn/link.h, tether__link_take_input) or a reply's value that the link sent comes
+ * back here when done with, and a buffer growing to that size (tether__buf_reserve)
+ * takes it, so that megabytes sent call after call reuse pages already mapped instead
+ * of faulting fresh ones in (each fault costs microseconds on a virtual machine).
+ * keep takes data (cap bytes; kept from 64 KiB to 4 MiB, two at most, else freed).
+ * Thread: any.
  */
 void tether__buf_keep(void *data, size_t cap);
-bool tether__buf_reuse(tether__buf *b, size_t need);
 
 static inline size_t
 tether__buf_pending(const tether__buf *b)
