@@ -715,26 +715,20 @@ tether__link_take_input(tether__link *l, const tether__frame *f, size_t *ret_cap
     return block;
 }
 
-/* Room for the next read: for all of a big frame whose start was read (in the buffer a
- * value gave back, if one waits: no page to fault in, nothing read twice), else a chunk. */
+/* Room for the next read: for all of a big frame whose start heads the input (in a kept
+ * buffer: util/buf.h), else a chunk. Only the first frame is looked at, so that a read of
+ * thousands of small frames costs nothing more; a big one behind them gets its room when
+ * it comes first (process_input). */
 static int
 reserve_read(tether__link *l)
 {
-    if (tether__buf_pending(&l->in) < TETHER__FRAME_HEADER_SIZE) {
-        return tether__buf_reserve(&l->in, READ_CHUNK); /* no frame begun */
-    }
-    const uint8_t *head = tether__buf_head(&l->in), *p = head, *end = l->in.data + l->in.len;
-    while ((size_t)(end - p) >= TETHER__FRAME_HEADER_SIZE) {
-        uint32_t len = tether__frame_length(p);
-        if ((size_t)(end - p) - TETHER__FRAME_HEADER_SIZE >= len) {
-            p += TETHER__FRAME_HEADER_SIZE + len;
-            continue;
+    size_t pending = tether__buf_pending(&l->in);
+    if (pending >= TETHER__FRAME_HEADER_SIZE) {
+        uint32_t len = tether__frame_length(tether__buf_head(&l->in));
+        size_t need = TETHER__FRAME_HEADER_SIZE + (size_t)len;
+        if (len >= TETHER__TAKE_MIN && len <= l->limits.max_frame_size && pending < need) {
+            return tether__buf_reserve(&l->in, need - pending);
         }
-        if (len < TETHER__TAKE_MIN || len > l->limits.max_frame_size) {
-            break; /* a small frame; one over the limit fails in process_input */
-        }
-        size_t need = (size_t)(p - head) + TETHER__FRAME_HEADER_SIZE + len;
-        return tether__buf_reserve(&l->in, need - tether__buf_pending(&l->in));
     }
     return tether__buf_reserve(&l->in, READ_CHUNK);
 }
