@@ -245,11 +245,17 @@ on_sweep(uv_timer_t *t)
             pp = &p->next;
         }
     }
-    bool idle = c->async_count == 0;
+    /* Kept running through a short lull: a script awaiting one call after another has
+     * no future pending at some ticks, and starting the sweep again would wake this
+     * thread for every call. */
+    bool idle = c->async_count == 0 && !c->sweep_used;
+    c->sweep_used = false;
+    if (idle) {
+        c->sweep_running = false; /* the next future posts the start again */
+    }
     pthread_mutex_unlock(&c->link.lock);
     if (idle) {
         uv_timer_stop(&c->sweep_timer);
-        c->sweep_running = false;
     }
     while (expired) {
         tether__pending *p = expired;
@@ -269,9 +275,12 @@ run_sweep_start(tether__task *task)
     tether_conn *c = (tether_conn *)((char *)task - offsetof(tether_conn, sweep_task));
     pthread_mutex_lock(&c->link.lock);
     c->sweep_posted = false;
-    pthread_mutex_unlock(&c->link.lock);
-    if (c->timers_live && !c->sweep_running) {
+    bool start = c->timers_live && !c->sweep_running;
+    if (start) {
         c->sweep_running = true;
+    }
+    pthread_mutex_unlock(&c->link.lock);
+    if (start) {
         uv_timer_start(&c->sweep_timer, on_sweep, SWEEP_INTERVAL_MS, SWEEP_INTERVAL_MS);
     }
     tether_conn_unref(c);
@@ -470,7 +479,8 @@ start_call(tether_conn *c, tether__pending *p, request_arg *a, int mode)
     bool start_sweep = false;
     if (p->future) {
         c->async_count++;
-        if (!c->sweep_posted) {
+        c->sweep_used = true;
+        if (!c->sweep_posted && !c->sweep_running) {
             c->sweep_posted = true;
             start_sweep = true;
         }

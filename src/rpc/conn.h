@@ -43,7 +43,6 @@ struct tether_conn {
     uv_timer_t handshake_timer, sweep_timer, progress_timer;
     int open_timers;
     bool timers_live; /* started by on_attached, until on_closed closes them */
-    bool sweep_running;
     tether__task sweep_task;
     /* The progress timer runs (or a posted progress_task will start it) at
      * progress_interval_usec: conn lock, since a main thread reading may ask for it. */
@@ -59,7 +58,9 @@ struct tether_conn {
     uint32_t running_count;       /* conn lock */
     uint32_t running_cancelled;   /* conn lock: of those, cancelled (out of the window) */
     tether__conn_objects objects; /* conn lock: references crossing (object.h) */
-    bool sweep_posted;            /* conn lock */
+    /* conn lock: the sweep timer runs (until a tick finds no future, and none started
+     * since the tick before), a task to start it is posted, a future started since */
+    bool sweep_running, sweep_posted, sweep_used;
 
     atomic_uint_fast64_t next_id;
     uint32_t peer_max_in_flight;
