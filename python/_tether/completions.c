@@ -7,7 +7,9 @@
  * thread and without Python, appends the future to the queue and writes one byte to a
  * pipe only when the queue was empty; the loop reads the pipe (add_reader) and settles
  * every future queued by then in one turn. One wake-up of the loop per batch of
- * completions, and none of another Python thread.
+ * completions, and none of another Python thread. While the loop's own thread reads the
+ * connection (serve="loop", hold()), what it completes is queued without the pipe, and
+ * it settles those futures as soon as it has read (release(), then drain()).
  */
 #define _GNU_SOURCE
 #include "module.h"
@@ -33,6 +35,9 @@ struct queue {
     pthread_mutex_t lock;
     node *head, *tail; /* guarded by lock */
     bool raised;       /* guarded by lock: a byte is in the pipe */
+    bool held;         /* guarded by lock: holder drains after it reads (hold()) */
+    bool held_queued;  /* guarded by lock: holder queued some meanwhile */
+    pthread_t holder;  /* guarded by lock, while held */
     int rfd, wfd;
 };
 
@@ -72,7 +77,11 @@ on_ready(tether_future *future, void *userdata)
     }
     q->tail = n;
     bool raise = !q->raised;
-    q->raised = true;
+    if (q->held && pthread_equal(q->holder, pthread_self())) {
+        raise = false; /* the loop's own thread, which drains once it has read */
+        q->held_queued = true;
+    }
+    q->raised |= raise;
     pthread_mutex_unlock(&q->lock);
     if (raise) {
         char byte = 1;
@@ -202,12 +211,41 @@ queue_drain(QueueObject *self, PyObject *unused)
     return done;
 }
 
+static PyObject *
+queue_hold(QueueObject *self, PyObject *unused)
+{
+    queue *q = self->q;
+    pthread_mutex_lock(&q->lock);
+    q->held = true;
+    q->held_queued = false;
+    q->holder = pthread_self();
+    pthread_mutex_unlock(&q->lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+queue_release(QueueObject *self, PyObject *unused)
+{
+    queue *q = self->q;
+    pthread_mutex_lock(&q->lock);
+    bool queued = q->held && q->held_queued && pthread_equal(q->holder, pthread_self());
+    q->held = q->held_queued = false;
+    pthread_mutex_unlock(&q->lock);
+    return PyBool_FromLong(queued);
+}
+
 static PyMethodDef queue_methods[] = {
     {"fileno", (PyCFunction)queue_fileno, METH_NOARGS,
      "fileno() -> int\n\nA descriptor readable while completed futures wait to be drained."},
     {"watch", (PyCFunction)queue_watch, METH_O,
      "watch(future) -> bool\n\nQueue future here once its call completes (at once if it has). "
      "False if it has done-callbacks already: use add_done_callback then."},
+    {"hold", (PyCFunction)queue_hold, METH_NOARGS,
+     "hold()\n\nUntil release(), futures that this thread completes are queued without "
+     "making the descriptor readable: it drains them itself."},
+    {"release", (PyCFunction)queue_release, METH_NOARGS,
+     "release() -> bool\n\nEnd hold(); True if this thread queued futures meanwhile "
+     "(drain() them)."},
     {"drain", (PyCFunction)queue_drain, METH_NOARGS,
      "drain() -> list\n\nThe futures completed since the last drain, in order; lowers the "
      "descriptor. Done-callbacks added to them meanwhile run here."},

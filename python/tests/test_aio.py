@@ -570,3 +570,58 @@ async def test_a_future_awaited_twice_and_with_callbacks(conn):
     assert await g == 2 and await g == 2      # the second await falls back the same way
     assert await asyncio.wait_for(conn.async_.add(4, 4), 5) == 8
     assert wait_until(lambda: done == [f])
+
+
+def test_a_completion_queue_held_by_its_reader_stays_quiet_until_drained(conn):
+    # What the loop's own thread completes while it reads (serve="loop") is queued without
+    # making the descriptor readable: it drains at once itself. Another thread's completion
+    # still raises the descriptor.
+    import select
+    import threading
+
+    from tether import _tether
+
+    q = _tether.CompletionQueue()
+
+    def readable():
+        return bool(select.select([q.fileno()], [], [], 0)[0])
+
+    f = conn.async_.add(1, 2)
+    assert f.result(5) == 3
+    q.hold()
+    assert q.watch(f) is True      # complete already: queued at once, on this thread
+    assert not readable()
+    assert q.release() is True
+    assert q.drain() == [f] and not readable()
+
+    g = conn.async_.add(2, 2)
+    assert g.result(5) == 4
+    q.hold()
+    other = threading.Thread(target=lambda: q.watch(g))
+    other.start()
+    other.join()
+    assert readable()               # not the holder's: the descriptor says so
+    assert q.release() is False
+    assert q.drain() == [g] and not readable()
+
+
+def test_a_loop_reading_its_connection_settles_its_awaits_itself(host):
+    # serve="loop": the answers of the loop's aio calls are read by its thread, which
+    # settles them in the same turn; sequential, gathered and cancelled calls alike.
+    async def main():
+        c = host.connect(serve="loop")
+        try:
+            for i in range(300):
+                assert await c.aio.add(i, 1) == i + 1
+            assert await asyncio.gather(*(c.aio.add(i, i) for i in range(500))) == [
+                2 * i for i in range(500)]
+            task = asyncio.ensure_future(c.aio.slow(2000))
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await c.aio.add(20, 22) == 42
+        finally:
+            c.close()
+
+    asyncio.run(main())

@@ -447,11 +447,19 @@ class LoopServer:
             self.loop.add_reader(self.sock, self._read)
 
     def _read(self):
+        # The answers this thread reads settle their awaiting futures here and now, not
+        # at the loop's next turn through the completion queue's descriptor.
+        completions = _completions_of(self.loop)
+        if completions is not None:
+            completions.queue.hold()
         try:
             reading = self.client.read_ready(DISPATCH_BUDGET)
         except BaseException:
             self._stop()
             raise
+        finally:
+            if completions is not None and completions.queue.release():
+                completions.drain()
         if not reading:
             # Another thread's call took the reading, or the connection went: leave it
             # to callers a while rather than take it back after each of their calls.
