@@ -10,7 +10,9 @@
  *          a warm-up; median and p99;
  *   async: pipelined tether_conn_call_async() with --window futures outstanding: wait
  *          for the oldest (tether_future_wait), take its result, unref it, issue a new
- *          call; calls completed per second over --ms after --warmup-ms. With --batch 1
+ *          call; calls completed per second over --ms after --warmup-ms, and the CPU
+ *          time per call of each process (the client's every thread; the host's from
+ *          /proc, in clock ticks). With --batch 1
  *          the calls are batch calls (tether_call_options.batch): each waits in the
  *          output until a wait for a future still pending writes them all.
  *
@@ -92,8 +94,19 @@ complete(tether_future *future)
     tether_future_unref(future);
 }
 
+/* CPU time of both processes at one moment. */
+typedef struct {
+    uint64_t client_usec, host_usec;
+} cpu_mark;
+
+static cpu_mark
+cpu_now(pid_t host)
+{
+    return (cpu_mark){bench_self_cpu_usec(), bench_pid_cpu_usec(host)};
+}
+
 static void
-bench_async(tether_conn *conn, long window, long ms, long warmup_ms, bool batch)
+bench_async(tether_conn *conn, pid_t host, long window, long ms, long warmup_ms, bool batch)
 {
     tether_future **ring = bench_calloc((size_t)window, sizeof(*ring));
     tether_call_options opts = {.batch = batch};
@@ -106,19 +119,27 @@ bench_async(tether_conn *conn, long window, long ms, long warmup_ms, bool batch)
     bench_window w = bench_window_start(warmup_ms, ms);
     uint64_t done = 0;
     long head = 0;
+    cpu_mark cpu_start = {0, 0};
     for (;;) {
         complete(ring[head]);
         ring[head] = NULL;
         done++;
         /* Read the clock every 64 completions: cheap, still sub-millisecond precise. */
-        if ((done & 63) == 0 && bench_window_note(&w, done)) {
-            break;
+        if ((done & 63) == 0) {
+            bool started = w.start_ns != 0;
+            if (bench_window_note(&w, done)) {
+                break;
+            }
+            if (!started && w.start_ns) {
+                cpu_start = cpu_now(host); /* the measured span begins */
+            }
         }
         if ((r = tether_conn_call_async(conn, "noop", &opts, &ring[head], NULL)) < 0) {
             bench_fail("tether_conn_call_async", r, NULL);
         }
         head = (head + 1) % window;
     }
+    cpu_mark cpu_end = cpu_now(host);
     double elapsed = bench_window_seconds(&w);
     uint64_t counted = bench_window_counted(&w, done);
     /* Drain what is still outstanding (not counted). */
@@ -127,10 +148,13 @@ bench_async(tether_conn *conn, long window, long ms, long warmup_ms, bool batch)
             complete(ring[i]);
         }
     }
+    double per_call = counted ? 1.0 / (double)counted : 0.0;
     printf("\"async\": {\"window\": %ld, \"batch\": %s, \"calls\": %llu, \"seconds\": %.3f, "
-           "\"calls_per_sec\": %.0f}",
+           "\"calls_per_sec\": %.0f, \"client_cpu_usec\": %.3f, \"host_cpu_usec\": %.3f}",
            window, batch ? "true" : "false", (unsigned long long)counted, elapsed,
-           elapsed > 0 ? (double)counted / elapsed : 0.0);
+           elapsed > 0 ? (double)counted / elapsed : 0.0,
+           (double)(cpu_end.client_usec - cpu_start.client_usec) * per_call,
+           (double)(cpu_end.host_usec - cpu_start.host_usec) * per_call);
     free(ring);
 }
 
@@ -172,7 +196,7 @@ main(int argc, char **argv)
     }
     if (!skip_async) {
         printf(", ");
-        bench_async(conn, window, ms, warmup_ms, batch != 0);
+        bench_async(conn, pid, window, ms, warmup_ms, batch != 0);
     }
     printf("}\n");
     fflush(stdout);

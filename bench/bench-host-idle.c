@@ -187,15 +187,6 @@ time_dispatch(tether_host *host, long calls, uint64_t budget_usec)
     return (dispatch_figures){(ns[BATCHES / 2 - 1] + ns[BATCHES / 2]) / 2, ns[0], ns[BATCHES - 1]};
 }
 
-static uint64_t
-cpu_usec(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (uint64_t)ru.ru_utime.tv_sec * 1000000u + (uint64_t)ru.ru_utime.tv_usec +
-           (uint64_t)ru.ru_stime.tv_sec * 1000000u + (uint64_t)ru.ru_stime.tv_usec;
-}
-
 int
 main(int argc, char **argv)
 {
@@ -267,9 +258,9 @@ main(int argc, char **argv)
 
     struct pollfd pfd = {.fd = tether_host_get_fd(host), .events = POLLIN};
     int fd_readable = poll(&pfd, 1, 0) > 0;
-    uint64_t cpu0 = cpu_usec(), wall0 = bench_now_ns();
+    uint64_t cpu0 = bench_self_cpu_usec(), wall0 = bench_now_ns();
     bench_sleep_ms(idle_ms);
-    uint64_t cpu1 = cpu_usec(), wall1 = bench_now_ns();
+    uint64_t cpu1 = bench_self_cpu_usec(), wall1 = bench_now_ns();
     int still = tether_host_get_client_count(host);
 
     command(&cp, CMD_DROP, 0);

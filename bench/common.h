@@ -192,6 +192,40 @@ bench_window_counted(const bench_window *w, uint64_t done)
     return done - w->done_at_start;
 }
 
+/* CPU time (user + system, every thread) this process used so far, in microseconds. */
+static inline uint64_t
+bench_self_cpu_usec(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (uint64_t)ru.ru_utime.tv_sec * 1000000u + (uint64_t)ru.ru_utime.tv_usec +
+           (uint64_t)ru.ru_stime.tv_sec * 1000000u + (uint64_t)ru.ru_stime.tv_usec;
+}
+
+/* The same for another process, from /proc/PID/stat (in clock ticks: 10 ms on most
+ * kernels, so only for spans of a second or more); 0 where unreadable. */
+static inline uint64_t
+bench_pid_cpu_usec(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        return 0;
+    }
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* the name may hold spaces */
+    unsigned long long utime = 0, stime = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
+                     &stime) != 2) {
+        return 0;
+    }
+    long hz = sysconf(_SC_CLK_TCK);
+    return hz > 0 ? (utime + stime) * 1000000u / (unsigned long long)hz : 0;
+}
+
 /* A private directory for the benchmark's socket; removed by bench_tmpdir_remove(). */
 static inline void
 bench_tmpdir(char *dir, size_t dir_size, char *sock, size_t sock_size, const char *sock_name)
