@@ -184,6 +184,9 @@ future_dealloc(FutureObject *self)
 static int
 wait_future(module_state *st, tether_future *future, uint64_t timeout_usec)
 {
+    if (tether_future_is_ready(future) == 1) {
+        return 1; /* the common case of a pipelining caller: no GIL hand-off, no clock */
+    }
     bool main_thread = PyThread_get_thread_ident() == st->main_thread;
     uint64_t deadline =
         timeout_usec == TETHER_TIMEOUT_INFINITE ? UINT64_MAX : tether_now_usec() + timeout_usec;

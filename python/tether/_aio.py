@@ -449,7 +449,10 @@ class LoopServer:
     def _read(self):
         # The answers this thread reads settle their awaiting futures here and now, not
         # at the loop's next turn through the completion queue's descriptor.
-        completions = _completions_of(self.loop)
+        try:
+            completions = _completions.get(self.loop)  # none yet: no aio call awaits here
+        except TypeError:
+            completions = None
         if completions is not None:
             completions.queue.hold()
         try:
