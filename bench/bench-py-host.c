@@ -6,6 +6,8 @@
  * Serves, on the library's I/O thread (TETHER_CONTEXT_IO, so no hop to a main thread):
  *   noop()     replies nil
  *   echo(b)    replies its bytes argument b
+ *   tether.call_client(name, method, args)   the built-in service: method(*args) on the
+ *              client called name
  * and on its main thread, an application's loop (poll on tether_host_get_fd, then
  * tether_host_dispatch), the way an engine calls a script:
  *   time_calls(method, count, warmup)   a notification: calls the caller's service
@@ -101,6 +103,8 @@ main(int argc, char **argv)
         /* A 1 MiB echo argument plus the request's envelope; the default (16 MiB) would
          * do, this states what the benchmark needs. */
         .max_frame_size = 2u << 20,
+        /* tether.call_client: one Python client calls another's service through us. */
+        .builtin_services = TETHER_BUILTIN_CALL_CLIENT,
     };
     tether_host *host = NULL;
     int r = tether_host_new(&options, &host);
