@@ -6,7 +6,8 @@
  * main thread serves in tether_client_wait, or in an event loop of its own that reads
  * the connection (tether_client_read_*), while other threads call and notify it and a
  * thread of that client calls the host; then it closes everything while calls are still
- * in flight; 100,000 calls started at once, most waiting for room in the host's window.
+ * in flight; 100,000 calls started at once, most waiting for room in the host's window;
+ * big calls (200 KiB each way) among the others, sent and kept without copies.
  * Exit status 0 when every result was right.
  */
 #define _GNU_SOURCE
@@ -96,6 +97,45 @@ relay(tether_request *req, void *userdata)
     return r;
 }
 
+/* echo_big(b): b again, built into the reply: big enough (200 KiB) that the argument is
+ * sent from the caller's memory, read into a buffer the request keeps, and the reply
+ * goes out from where it was built. */
+static int
+echo_big(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    const void *p;
+    size_t n;
+    int r = tether_request_read(req, "y", &p, &n);
+    return r < 0 ? r : tether_request_reply(req, "y", p, n);
+}
+
+enum {
+    BIG = 200 * 1024
+};
+
+/* A big call whose bytes say who sent them; false if the echo differs. */
+static bool
+big_round_trip(tether_conn *conn, int seed, int i)
+{
+    uint8_t *buf = malloc(BIG);
+    CHECK(buf != NULL);
+    for (size_t k = 0; k < BIG; k++) {
+        buf[k] = (uint8_t)(seed * 7 + i * 13 + k + (k >> 10));
+    }
+    tether_value *args = NULL, *v = NULL;
+    CHECK(tether_value_new(&args, "[y]", buf, (size_t)BIG) == 0);
+    const void *back = NULL;
+    size_t n = 0;
+    bool ok = tether_conn_call_values(conn, "echo_big", args, NULL, NULL, &v, NULL) == 0 &&
+              tether_value_read(v, NULL, "y", &back, &n) == 0 && n == BIG &&
+              memcmp(back, buf, BIG) == 0;
+    tether_value_unref(v);
+    tether_value_unref(args);
+    free(buf);
+    return ok;
+}
+
 typedef struct worker {
     tether_conn *conn;
     int seed;
@@ -141,6 +181,9 @@ work(void *arg)
         }
         if (i % 3 == 0) {
             tether_conn_notify(w->conn, "bump", NULL);
+        }
+        if (i % 60 == 0 && !big_round_trip(w->conn, w->seed, i)) {
+            atomic_fetch_add(&errors, 1);
         }
         if (w->main_calls && i % 10 == 0) {
             /* Served by the main thread's dispatch loop in main(). */
@@ -349,6 +392,7 @@ main(void)
     CHECK(tether_host_add_service(h, "bump", TETHER_CONTEXT_IO, bump, NULL) == 0);
     CHECK(tether_host_add_service(h, "deferred", TETHER_CONTEXT_IO, deferred, NULL) == 0);
     CHECK(tether_host_add_service(h, "main_add", TETHER_CONTEXT_MAIN, main_add, NULL) == 0);
+    CHECK(tether_host_add_service(h, "echo_big", TETHER_CONTEXT_POOL, echo_big, NULL) == 0);
     CHECK(tether_host_start(h) == 0);
 
     tether_client_options co = {.name = "worker", .address = "stress", .runtime_dir = dir};
@@ -356,6 +400,7 @@ main(void)
     CHECK(tether_client_new(&co, &c) == 0);
     CHECK(tether_client_add_service(c, "add", TETHER_CONTEXT_IO, add, NULL) == 0);
     CHECK(tether_client_add_service(c, "relay", TETHER_CONTEXT_POOL, relay, NULL) == 0);
+    CHECK(tether_client_add_service(c, "echo_big", TETHER_CONTEXT_IO, echo_big, NULL) == 0);
     relay_client = c;
     CHECK(tether_client_connect(c, NULL) == 0);
     tether_conn *to_client = NULL;
