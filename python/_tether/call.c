@@ -247,6 +247,28 @@ tether_py_call_target_async(module_state *st, call_target target, PyObject *args
 }
 
 PyObject *
+tether_py_call_async(module_state *st, call_target target, PyObject *method, PyObject *args,
+                     PyObject *kwargs, PyObject *timeout, PyObject *deadline)
+{
+    const call_target *t = &target;
+    call_spec c;
+    int r = call_spec_set(&c, st, t, method, args, kwargs ? kwargs : Py_None, timeout, deadline);
+    if (r == 0 && !t->conn) {
+        PyErr_SetString(st->NotConnectedError, "not connected (connect() was never called)");
+        r = -1;
+    }
+    tether_future *future = NULL;
+    if (r == 0) {
+        r = target_call_async(t, &c, &future);
+        if (r < 0) {
+            raise_start_error(st, c.method, r);
+        }
+    }
+    call_spec_done(&c);
+    return r < 0 ? NULL : tether_py_future_new_object(st, future, c.method_obj, t->context);
+}
+
+PyObject *
 tether_py_call_target_notify(module_state *st, call_target target, PyObject *args, PyObject *kwds)
 {
     const call_target *t = &target;

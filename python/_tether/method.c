@@ -4,8 +4,9 @@
  * Calling a remote method synchronously is the hot path of every script. Written in
  * Python, RemoteMethod.__call__ cost a frame of its own and a call of Client.call whose
  * five arguments were then parsed back out of a tuple; here the call goes straight from
- * the method's fields to the core. The subclasses that call differently (async_, aio,
- * notify) stay in Python and override __call__.
+ * the method's fields to the core. A subclass whose _tether_async is true (async_) starts
+ * the call and returns its tether.Future the same way, for pipelining scripts; the others
+ * that call differently (aio, notify) stay in Python and override __call__.
  *
  * The target is a Client (a service of the peer) or a Ref (a method of one of its
  * objects); any other object with a call(method, args, kwargs, timeout, deadline)
@@ -22,7 +23,26 @@ typedef struct {
     PyObject *timeout;   /* seconds of silence, or None: the connection's */
     PyObject *deadline;  /* seconds for the whole call, or None */
     module_state *st;    /* when target is a Client or a Ref of this module, else NULL */
+    bool is_async;       /* the class's _tether_async: calls return a tether.Future */
 } MethodObject;
+
+/* Whether type's calls start asynchronously (its _tether_async, looked up once per
+ * method made). */
+static bool
+type_is_async(PyTypeObject *type)
+{
+    PyObject *flag = PyObject_GetAttrString((PyObject *)type, "_tether_async");
+    if (!flag) {
+        PyErr_Clear();
+        return false;
+    }
+    int on = PyObject_IsTrue(flag);
+    Py_DECREF(flag);
+    if (on < 0) {
+        PyErr_Clear();
+    }
+    return on > 0;
+}
 
 /* The module state, if target is a Client or a Ref of this module. */
 static module_state *
@@ -60,6 +80,7 @@ method_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->timeout = Py_NewRef(timeout);
     self->deadline = Py_NewRef(deadline);
     self->st = state_of_target(target);
+    self->is_async = type_is_async(type);
     return (PyObject *)self;
 }
 
@@ -107,11 +128,14 @@ method_call(MethodObject *self, PyObject *args, PyObject *kwargs)
         call_target t = Py_TYPE(self->target) == st->client_type
                             ? tether_py_client_target(self->target)
                             : tether_py_ref_target(self->target);
-        return tether_py_call_sync(st, t, self->name, args, kwargs, self->timeout,
-                                   self->deadline);
+        return self->is_async ? tether_py_call_async(st, t, self->name, args, kwargs, self->timeout,
+                                                     self->deadline)
+                              : tether_py_call_sync(st, t, self->name, args, kwargs, self->timeout,
+                                                    self->deadline);
     }
-    return PyObject_CallMethod(self->target, "call", "OOOOO", self->name, args,
-                               kwargs ? kwargs : Py_None, self->timeout, self->deadline);
+    return PyObject_CallMethod(self->target, self->is_async ? "call_async" : "call", "OOOOO",
+                               self->name, args, kwargs ? kwargs : Py_None, self->timeout,
+                               self->deadline);
 }
 
 static PyMemberDef method_members[] = {

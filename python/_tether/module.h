@@ -202,6 +202,10 @@ PyObject *tether_py_call_sync(module_state *st, call_target target, PyObject *me
                               PyObject *deadline);
 PyObject *tether_py_call_target_async(module_state *st, call_target target, PyObject *args,
                                       PyObject *kwds);
+/* The same as tether_py_call_sync, started asynchronously: a tether.Future. */
+PyObject *tether_py_call_async(module_state *st, call_target target, PyObject *method,
+                               PyObject *args, PyObject *kwargs, PyObject *timeout,
+                               PyObject *deadline);
 PyObject *tether_py_call_target_notify(module_state *st, call_target target, PyObject *args,
                                        PyObject *kwds);
 PyObject *tether_py_module_in_blocking_call(PyObject *module, PyObject *unused);

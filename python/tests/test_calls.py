@@ -263,6 +263,28 @@ def test_async_spellings(conn):
         tether.async_(conn.notify.note)
 
 
+def test_async_methods_carry_arguments_timeouts_and_any_target(host, conn):
+    # The async call goes from the method's fields to the core, as a sync call does:
+    # keyword arguments, with_timeout and with_deadline travel with it.
+    assert conn.async_.echo_args(1, x=2).result(5) == [[1], {"x": 2}]
+    assert conn.async_.slow.with_timeout(5)(10).result(5) == 10
+    f = conn.async_.slow.with_deadline(0.05)(2000)
+    with pytest.raises(TimeoutError):
+        f.result(5)
+    closed = host.connect(name="closing")
+    m = closed.async_.add  # made on a live connection, called after it closed
+    closed.close()
+    with pytest.raises(tether.NotConnectedError):
+        m(1, 2)
+
+    class Target:  # anything with call_async(method, args, kwargs, timeout, deadline)
+        def call_async(self, method, args, kwargs, timeout, deadline):
+            return (method, args, kwargs, timeout, deadline)
+
+    AsyncRemoteMethod = type(conn.async_.add)
+    assert AsyncRemoteMethod(Target(), "m", 3)(1, k=2) == ("m", (1,), {"k": 2}, 3, None)
+
+
 def test_future_wait_ready_result(conn):
     f = conn.async_.slow(300)
     assert not f.ready

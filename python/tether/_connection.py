@@ -73,9 +73,7 @@ class AsyncRemoteMethod(RemoteMethod):
     """A host service called asynchronously: ``m(*args, **kwargs)`` returns a tether.Future."""
 
     __slots__ = ()
-
-    def __call__(self, *args, **kwargs):
-        return self._client.call_async(self._name, args, kwargs, self._timeout, self._deadline)
+    _tether_async = True  # the call is tether._tether.Method's, started asynchronously
 
 
 class AioRemoteMethod(RemoteMethod):
