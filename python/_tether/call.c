@@ -33,6 +33,17 @@ static int call_spec_parse_values(call_spec *c, module_state *st, const call_tar
 static int call_spec_set(call_spec *c, module_state *st, const call_target *t, PyObject *method,
                          PyObject *a, PyObject *k, PyObject *timeout, PyObject *deadline);
 
+/* r, or -1 with NotConnectedError set when r is 0 but t has no connection. */
+static int
+connected(module_state *st, const call_target *t, int r)
+{
+    if (r == 0 && !t->conn) {
+        PyErr_SetString(st->NotConnectedError, "not connected (connect() was never called)");
+        return -1;
+    }
+    return r;
+}
+
 /* Parse method, args, kwargs (and timeout) into c, with the objects in them exported on
  * t's connection (NotConnectedError without one). On failure an exception is set; the
  * caller releases c either way. */
@@ -40,12 +51,7 @@ static int
 call_spec_parse(call_spec *c, module_state *st, const call_target *t, PyObject *args,
                 PyObject *kwds, const char *format, spec_kind kind)
 {
-    int r = call_spec_parse_values(c, st, t, args, kwds, format, kind);
-    if (r == 0 && !t->conn) {
-        PyErr_SetString(st->NotConnectedError, "not connected (connect() was never called)");
-        r = -1;
-    }
-    return r;
+    return connected(st, t, call_spec_parse_values(c, st, t, args, kwds, format, kind));
 }
 
 static int
@@ -182,11 +188,7 @@ tether_py_call_sync(module_state *st, call_target target, PyObject *method, PyOb
     const call_target *t = &target;
     call_spec c;
     int r = call_spec_set(&c, st, t, method, args, kwargs ? kwargs : Py_None, timeout, deadline);
-    if (r == 0 && !t->conn) {
-        PyErr_SetString(st->NotConnectedError, "not connected (connect() was never called)");
-        r = -1;
-    }
-    if (r < 0) {
+    if (connected(st, t, r) < 0) {
         call_spec_done(&c);
         return NULL;
     }
@@ -252,11 +254,9 @@ tether_py_call_async(module_state *st, call_target target, PyObject *method, PyO
 {
     const call_target *t = &target;
     call_spec c;
-    int r = call_spec_set(&c, st, t, method, args, kwargs ? kwargs : Py_None, timeout, deadline);
-    if (r == 0 && !t->conn) {
-        PyErr_SetString(st->NotConnectedError, "not connected (connect() was never called)");
-        r = -1;
-    }
+    int r = connected(st, t,
+                      call_spec_set(&c, st, t, method, args, kwargs ? kwargs : Py_None, timeout,
+                                    deadline));
     tether_future *future = NULL;
     if (r == 0) {
         r = target_call_async(t, &c, &future);
