@@ -661,6 +661,17 @@ fork_host(void)
     return fork_host_with(NULL);
 }
 
+/* Stop the forked host and return once it has stopped (kill alone may return while it
+ * still runs, and answers, on another CPU). */
+static void
+stop_host(pid_t pid)
+{
+    int status;
+    cr_assert(kill(pid, SIGSTOP) == 0);
+    cr_assert_eq(waitpid(pid, &status, WUNTRACED), pid);
+    cr_assert(WIFSTOPPED(status));
+}
+
 Test(faults, peer_dies_mid_call, .timeout = 30)
 {
     /* The host runs in a child process that exits while handling the call. */
@@ -703,6 +714,35 @@ Test(faults, sync_call_fails_at_once_when_the_peer_dies, .timeout = 30)
     cr_assert_eq(tether_conn_is_connected(tether_client_get_conn(c)), 0);
     ASSERT_ERR(tether_conn_call(tether_client_get_conn(c), "ping", NULL, NULL, NULL, NULL),
                TETHER_ENOTCONN);
+    tether_client_unref(c);
+}
+
+Test(faults, futures_time_out_after_a_lull_and_back_to_back, .timeout = 30)
+{
+    /* The sweep that times futures out keeps running between calls made one after
+     * another and stops after a lull: a future started then must start it again. The
+     * host, stopped, answers nothing. */
+    pid_t pid = fork_host();
+    tether_client *c = test_client_connect("lull", NULL);
+    tether_conn *conn = tether_client_get_conn(c);
+    stop_host(pid);
+    tether_call_options o = {.timeout_usec = 60000};
+    for (int i = 0; i < 4; i++) {
+        if (i == 2) {
+            usleep(100000); /* several sweep ticks without a future: it stops */
+        }
+        tether_future *f = NULL;
+        uint64_t t0 = tether_now_usec();
+        ASSERT_OK(tether_conn_call_async(conn, "ping", &o, &f, NULL));
+        ASSERT_OK(tether_future_wait(f, 5000000));
+        ASSERT_ERR(tether_future_get_result(f, NULL, NULL), TETHER_ETIMEDOUT);
+        uint64_t took = tether_now_usec() - t0;
+        cr_assert(took >= 50000 && took < 1000000, "call %d took %llu us", i,
+                  (unsigned long long)took);
+        tether_future_unref(f);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
     tether_client_unref(c);
 }
 
@@ -786,7 +826,7 @@ Test(faults, big_arguments_lent_to_a_peer_that_stops_reading_arrive_intact, .tim
     uint64_t want = hash_bytes(big, n);
     cr_assert_eq(call_hash(conn, "hash", args, size, 0, 0), want);
 
-    kill(pid, SIGSTOP);
+    stop_host(pid);
     big[0] ^= 1;
     want = hash_bytes(big, n);
     call_hash(conn, "hash", args, size, 200000, TETHER_ETIMEDOUT);

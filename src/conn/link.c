@@ -327,9 +327,11 @@ write_out_unlock(tether__link *l)
 /* Bytes held for their sender's flush beyond which the I/O thread writes them anyway. */
 #define HOLD_MAX (64u * 1024)
 
-/* Queue a frame that encode writes (wlock held, and released if it fails). */
+/* Queue a frame that encode writes (wlock held, and released if it fails); its body's
+ * size in *ret_size. */
 static int
-queue_frame(tether__link *l, tether__encode_fn encode, void *arg, tether__lend *lend)
+queue_frame(tether__link *l, tether__encode_fn encode, void *arg, tether__lend *lend,
+            size_t *ret_size)
 {
     size_t backlog = tether__buf_pending(&l->out);
     if (lend) {
@@ -365,6 +367,7 @@ queue_frame(tether__link *l, tether__encode_fn encode, void *arg, tether__lend *
         l->lent_given = lend->owner;
         l->lent_given_size = lend->owner_size;
     }
+    *ret_size = frame_size;
     return 0;
 }
 
@@ -376,12 +379,11 @@ tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, int mode
         return -ENOTCONN;
     }
     pthread_mutex_lock(&l->wlock);
-    size_t backlog = tether__buf_pending(&l->out);
-    int r = queue_frame(l, encode, arg, NULL);
+    size_t backlog = tether__buf_pending(&l->out), frame_size;
+    int r = queue_frame(l, encode, arg, NULL, &frame_size);
     if (r < 0) {
         return r;
     }
-    size_t frame_size = tether__buf_pending(&l->out) - backlog - TETHER__FRAME_HEADER_SIZE;
     bool on_io_thread = tether__ioloop_in_thread(l->loop);
     if (mode == TETHER__SEND_HOLD && !on_io_thread && backlog + frame_size < HOLD_MAX) {
         /* Its sender flushes (tether__link_flush), with what it queues next. */
@@ -410,7 +412,8 @@ tether__link_send_lent(tether__link *l, tether__encode_fn encode, void *arg, tet
         return -ENOTCONN;
     }
     pthread_mutex_lock(&l->wlock);
-    int r = queue_frame(l, encode, arg, lend);
+    size_t frame_size;
+    int r = queue_frame(l, encode, arg, lend, &frame_size);
     return r < 0 ? r : write_out_unlock(l);
 }
 
@@ -652,7 +655,7 @@ process_input(tether__link *l, bool io_thread)
         /* A big frame's buffer may be taken by the hook acting on it: marked per thread
          * (the I/O thread acts on handed-off frames while a caller reads), and only for
          * big frames, so that small ones pay a comparison. */
-        bool big = len >= TETHER__TAKE_MIN;
+        bool big = len >= TETHER__BIG_SPAN;
         const uint8_t *outer_frame = NULL;
         tether__link *outer_link = NULL;
         if (big) {
@@ -726,7 +729,7 @@ reserve_read(tether__link *l)
     if (pending >= TETHER__FRAME_HEADER_SIZE) {
         uint32_t len = tether__frame_length(tether__buf_head(&l->in));
         size_t need = TETHER__FRAME_HEADER_SIZE + (size_t)len;
-        if (len >= TETHER__TAKE_MIN && len <= l->limits.max_frame_size && pending < need) {
+        if (len >= TETHER__BIG_SPAN && len <= l->limits.max_frame_size && pending < need) {
             return tether__buf_reserve(&l->in, need - pending);
         }
     }

@@ -243,16 +243,17 @@ typedef struct tether__lend {
     void *owner;
     size_t owner_size;
 } tether__lend;
-#define TETHER__LEND_MIN (64u * 1024)
+/* Spans (args, kwargs, a value) from this size on are lent, given or taken instead of
+ * copied; and a frame from this size on may have its input buffer taken. */
+#define TETHER__BIG_SPAN (64u * 1024)
 int tether__link_send_lent(tether__link *l, tether__encode_fn encode, void *arg,
                            tether__lend *lend);
 void tether__link_take_back(tether__link *l, tether__lend *lend);
-/* From a hook acting on a frame f of at least TETHER__TAKE_MIN bytes, on the thread that
+/* From a hook acting on a frame f of at least TETHER__BIG_SPAN bytes, on the thread that
  * read it: take the buffer f lies in (*ret_cap bytes; f's spans stay valid in it; give
  * it back with tether__buf_keep, util/buf.h) instead of copying what to keep out of f;
  * the link reads on into another one. NULL when f is not such a frame (a small one, one
  * handed off): copy then. */
-#define TETHER__TAKE_MIN (64u * 1024)
 void *tether__link_take_input(tether__link *l, const tether__frame *f, size_t *ret_cap);
 /* Write what is queued now, from this thread (held frames, say). Returns 0, -ENOTCONN
  * or -ECONNRESET (the write failed: the link is closed). */

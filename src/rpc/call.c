@@ -134,7 +134,7 @@ tether__conn_on_response(tether_conn *c, const tether__frame *f)
     /* A big result keeps the buffer it was read into rather than a copy of it. */
     size_t cap;
     void *block =
-        f->value.len >= TETHER__TAKE_MIN ? tether__link_take_input(&c->link, f, &cap) : NULL;
+        f->value.len >= TETHER__BIG_SPAN ? tether__link_take_input(&c->link, f, &cap) : NULL;
     int r = block ? tether__value_new_in_block(block, cap, f->value.ptr, f->value.len, &v)
                   : tether__value_new_copy(f->value.ptr, f->value.len, &v);
     if (r < 0) {
@@ -571,7 +571,7 @@ call_sync(tether_conn *c, const char *method, request_arg *a, const tether_call_
     /* Big args go out from the caller's memory, which lives until this call returns:
      * what the socket did not take by then is copied (tether__link_take_back). */
     tether__lend lend = {.src = a->args, .len = a->args_len};
-    if (a->args && !a->format && a->args_len >= TETHER__LEND_MIN) {
+    if (a->args && !a->format && a->args_len >= TETHER__BIG_SPAN) {
         a->lend = &lend;
     }
     r = start_call(c, &p, a, true);

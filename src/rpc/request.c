@@ -175,7 +175,7 @@ tether_request_reply_value(tether_request *req, tether_value *result)
     /* A big value without objects goes out from where it is, the link holding a
      * reference until it is written (values are immutable). */
     tether__lend give;
-    if (a.value_len >= TETHER__LEND_MIN && tether__objlist_of(result).n == 0) {
+    if (a.value_len >= TETHER__BIG_SPAN && tether__objlist_of(result).n == 0) {
         give = (tether__lend){.src = a.value,
                               .len = a.value_len,
                               .release = unref_given_value,
@@ -242,7 +242,7 @@ tether_request_reply(tether_request *req, const char *format, ...)
     /* A big value's buffer goes to the link, which sends from it and keeps it for the
      * next big buffer (util/buf.h) once written: one copy of the value, by the format. */
     tether__lend give;
-    if (a.value_len >= TETHER__LEND_MIN) {
+    if (a.value_len >= TETHER__BIG_SPAN) {
         give = (tether__lend){.src = a.value,
                               .len = a.value_len,
                               .release = tether__buf_keep,
@@ -466,7 +466,7 @@ request_alloc(tether_conn *c, const tether__frame *f, tether_value *held, bool h
 static tether_request *
 request_new(tether_conn *c, const tether__frame *f)
 {
-    if (f->args.len < TETHER__TAKE_MIN && f->kwargs.len < TETHER__TAKE_MIN) {
+    if (f->args.len < TETHER__BIG_SPAN && f->kwargs.len < TETHER__BIG_SPAN) {
         return request_alloc(c, f, NULL, false);
     }
     /* Big args (or kwargs) stay in the buffer the frame was read into, which their value
