@@ -522,8 +522,10 @@ TETHER_EXPORT int tether_future_is_ready(tether_future *future);
 /*
  * Wait until the future is ready or timeout_usec passes (TETHER_TIMEOUT_INFINITE:
  * forever; 0: do not wait), after writing the requests batch calls hold for its
- * connection (tether_call_options.batch). Returns 0 when ready, TETHER_ETIMEDOUT
- * otherwise; the call itself goes on. Thread: any.
+ * connection (tether_call_options.batch). While no other thread reads the connection,
+ * the waiting thread reads the answers itself (of every call, not only this one), so
+ * that pipelined calls waited for in turn wake no other thread. Returns 0 when ready,
+ * TETHER_ETIMEDOUT otherwise; the call itself goes on. Thread: any.
  */
 TETHER_EXPORT int tether_future_wait(tether_future *future, uint64_t timeout_usec);
 

@@ -315,6 +315,122 @@ Test(call, future_cancel)
     tether_host_unref(h);
 }
 
+/*
+ * A thread that waits for a future reads the connection itself while nobody else does
+ * (rpc/call.c, lead_until_done). Whatever else completes the future must still end the
+ * wait at once: a cancel from another thread, the call's own timeout, a close.
+ */
+typedef struct {
+    tether_future *future;
+    tether_conn *conn;
+    int wait_result;
+    uint64_t waited_usec;
+} future_waiter;
+
+static void *
+wait_forever(void *arg)
+{
+    future_waiter *w = arg;
+    uint64_t start = tether_now_usec();
+    w->wait_result = tether_future_wait(w->future, TETHER_TIMEOUT_INFINITE);
+    w->waited_usec = tether_now_usec() - start;
+    return NULL;
+}
+
+/* A call never answered, and a thread that waits for it (reading by the time this
+ * returns). */
+static pthread_t
+start_stuck_waiter(tether_conn *conn, future_waiter *w)
+{
+    ASSERT_OK(tether_conn_call_async(conn, "stuck", NULL, &w->future, NULL));
+    pthread_t t;
+    pthread_create(&t, NULL, wait_forever, w);
+    usleep(50000);
+    return t;
+}
+
+static void
+end_waiter_test(tether_host *h, tether_client *c, future_waiter *w)
+{
+    tether_future_unref(w->future);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+Test(call, a_reading_future_waiter_sees_a_cancel_from_another_thread)
+{
+    tether_host *h = start_host();
+    tether_client *c = test_client_connect("x", NULL);
+    future_waiter w = {0};
+    pthread_t t = start_stuck_waiter(tether_client_get_conn(c), &w);
+    uint64_t cancelled = tether_now_usec();
+    ASSERT_OK(tether_future_cancel(w.future));
+    pthread_join(t, NULL);
+    ASSERT_OK(w.wait_result);
+    /* Woken by the cancel, not by the end of its poll's slice (a second). */
+    uint64_t after = tether_now_usec() - cancelled;
+    cr_assert(after < 900000, "the waiter returned %llu us after the cancel",
+              (unsigned long long)after);
+    ASSERT_ERR(tether_future_get_result(w.future, NULL, NULL), TETHER_ECANCELED);
+    end_waiter_test(h, c, &w);
+}
+
+Test(call, a_reading_future_waiter_sees_its_call_time_out)
+{
+    tether_host *h = start_host();
+    tether_client *c = test_client_connect("x", NULL);
+    /* A deadline: the silence bound never passes, the callee sends progress. */
+    tether_call_options opts = {.deadline_usec = tether_now_usec() + 100000};
+    future_waiter w = {0};
+    ASSERT_OK(tether_conn_call_async(tether_client_get_conn(c), "stuck", &opts, &w.future, NULL));
+    wait_forever(&w);
+    ASSERT_OK(w.wait_result);
+    ASSERT_ERR(tether_future_get_result(w.future, NULL, NULL), TETHER_ETIMEDOUT);
+    cr_assert(w.waited_usec < 5000000, "the wait took %llu us", (unsigned long long)w.waited_usec);
+    end_waiter_test(h, c, &w);
+}
+
+Test(call, a_reading_future_waiter_delivers_other_threads_answers)
+{
+    tether_host *h = start_host();
+    tether_client *c = test_client_connect("x", NULL);
+    tether_conn *conn = tether_client_get_conn(c);
+    future_waiter w = {0};
+    pthread_t t = start_stuck_waiter(conn, &w);
+    /* Synchronous calls and other futures of this thread, answered while the waiter
+     * holds the reading. */
+    for (int i = 0; i < 200; i++) {
+        tether_value *v = NULL;
+        ASSERT_OK(tether_conn_call(conn, "add", NULL, &v, NULL, "ii", i, 1));
+        int sum = 0;
+        ASSERT_OK(tether_value_read(v, NULL, "i", &sum));
+        cr_assert_eq(sum, i + 1);
+        tether_value_unref(v);
+        tether_future *f = NULL;
+        ASSERT_OK(tether_conn_call_async(conn, "add", NULL, &f, "ii", i, 2));
+        ASSERT_OK(tether_future_wait(f, 5000000));
+        tether_future_unref(f);
+    }
+    cr_assert_eq(tether_future_is_ready(w.future), 0);
+    ASSERT_OK(tether_future_cancel(w.future));
+    pthread_join(t, NULL);
+    ASSERT_OK(w.wait_result);
+    end_waiter_test(h, c, &w);
+}
+
+Test(call, a_reading_future_waiter_sees_the_connection_close)
+{
+    tether_host *h = start_host();
+    tether_client *c = test_client_connect("x", NULL);
+    future_waiter w = {0};
+    pthread_t t = start_stuck_waiter(tether_client_get_conn(c), &w);
+    tether_host_stop(h);
+    pthread_join(t, NULL);
+    ASSERT_OK(w.wait_result);
+    cr_assert_lt(tether_future_get_result(w.future, NULL, NULL), 0);
+    end_waiter_test(h, c, &w);
+}
+
 Test(call, notify_is_delivered_in_order)
 {
     tether_host *h = start_host();

@@ -327,6 +327,10 @@ write_out_unlock(tether__link *l)
 /* Bytes held for their sender's flush beyond which the I/O thread writes them anyway. */
 #define HOLD_MAX (64u * 1024)
 
+/* The link whose input this thread, not the I/O thread, acts on (process_as_caller):
+ * what it sends meanwhile goes out in one write at the end. */
+static _Thread_local tether__link *reader_batch;
+
 /* Queue a frame that encode writes (wlock held, and released if it fails); its body's
  * size in *ret_size. */
 static int
@@ -385,6 +389,11 @@ tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, int mode
         return r;
     }
     bool on_io_thread = tether__ioloop_in_thread(l->loop);
+    if (!flush_now && reader_batch == l && backlog + frame_size < HOLD_MAX) {
+        atomic_store_explicit(&l->reader_held, true, memory_order_relaxed);
+        pthread_mutex_unlock(&l->wlock);
+        return 0;
+    }
     if (mode == TETHER__SEND_HOLD && !on_io_thread && backlog + frame_size < HOLD_MAX) {
         /* Its sender flushes (tether__link_flush), with what it queues next. */
         pthread_mutex_unlock(&l->wlock);
@@ -440,6 +449,10 @@ tether__link_flush(tether__link *l)
 {
     if (atomic_load(&l->state) == TETHER__LINK_CLOSED) {
         return -ENOTCONN;
+    }
+    if (reader_batch == l) {
+        atomic_store_explicit(&l->reader_held, true, memory_order_relaxed);
+        return 0; /* at the end of the input this thread acts on */
     }
     pthread_mutex_lock(&l->wlock);
     return write_out_unlock(l);
@@ -1123,10 +1136,26 @@ tether__link_lead_end(tether__link *l, bool borrowed)
     in_return_scratch(l, borrowed);
 }
 
+/* process_input on a caller thread, its sends written once at the end. */
+static int
+process_as_caller(tether__link *l)
+{
+    tether__link *outer = reader_batch;
+    reader_batch = l;
+    int r = process_input(l, false);
+    reader_batch = outer;
+    if (atomic_load_explicit(&l->reader_held, memory_order_relaxed)) {
+        pthread_mutex_lock(&l->wlock);
+        atomic_store_explicit(&l->reader_held, false, memory_order_relaxed);
+        (void)write_out_unlock(l);
+    }
+    return r;
+}
+
 int
 tether__link_process_input(tether__link *l)
 {
-    return process_input(l, false);
+    return process_as_caller(l);
 }
 
 static int read_as_caller(tether__link *l);
@@ -1216,7 +1245,7 @@ tether__link_idle_read(tether__link *l, const tether__wake *wake)
     bool borrowed = in_borrow_scratch(l);
     int r = read_as_caller(l);
     if (r >= 0) {
-        r = process_input(l, false);
+        r = process_as_caller(l);
     }
     in_return_scratch(l, borrowed);
     pthread_mutex_lock(&l->lock);

@@ -136,6 +136,9 @@ struct tether__link {
     int open_handles;
     bool trim_running;
     bool in_batch; /* reading a batch: replies are flushed at its end */
+    /* A caller thread acting on input held frames for the end of it (reader_batch in
+     * link.c); guarded by wlock, read without it. */
+    atomic_bool reader_held;
     tether__task attach_task, handoff_task, close_task, rewatch_task;
     atomic_bool rewatch_posted; /* portable build: rewatch_task is queued */
 
@@ -209,6 +212,10 @@ int tether__link_close(tether__link *l);
  * TETHER__SEND_NOW (true): write it from this thread at once, with what was queued;
  * TETHER__SEND_HOLD: leave it for this thread's tether__link_flush (or the next write
  *   from any thread), unless 64 KiB are held: then as BATCH. Not on the I/O thread.
+ * A thread other than the I/O thread that acts on l's input (tether__link_process_input,
+ * tether__link_idle_read) writes what it sends meanwhile with BATCH or HOLD, and what it
+ * flushes, once at the end of that input, as the I/O thread does with its batches: a
+ * reader that frees the window a frame at a time sends what waited in one write.
  * Returns 0, -ENOTCONN, -EMSGSIZE (over the peer's frame limit), -ENOBUFS (the peer
  * stopped reading), or the encoder's error. */
 enum {

@@ -47,6 +47,13 @@ struct tether_future {
     tether__endpoint *callback_ep;  /* holds the queue alive */
     tether__task callback_task;
     tether__work callback_work;
+    /* A waiter reading the connection for this future (lead_until_done): whoever else
+     * completes it (a timeout, a cancel, a close) raises the leader's wake. Guarded by
+     * lock. */
+    bool leading;
+    bool lead_raised;
+    pthread_t leader;
+    tether__wake lead_wake;
 };
 
 #define SWEEP_INTERVAL_MS 10
@@ -1001,6 +1008,10 @@ tether__future_complete(tether_future *f, int status, tether_value *result, cons
     }
     f->done = true;
     pthread_cond_broadcast(&f->cv);
+    if (f->leading && !f->lead_raised && !pthread_equal(f->leader, pthread_self())) {
+        f->lead_raised = true;
+        tether__wake_raise(&f->lead_wake);
+    }
     tether_future_fn cb = f->callback;
     tether_conn *c = f->conn;
     f->conn = NULL;
@@ -1022,6 +1033,61 @@ tether_future_is_ready(tether_future *f)
     int done = f->done;
     pthread_mutex_unlock(&f->lock);
     return done;
+}
+
+/*
+ * Read the connection on this thread until f is done or the deadline passes, if nobody
+ * else reads it: a caller that pipelines calls and waits for their futures then has
+ * their answers without waking the I/O thread, which would read them and wake us. The
+ * answers of other calls are delivered as they come, the way a synchronous caller
+ * delivers them; requests go where they would have gone from the I/O thread.
+ */
+static void
+lead_until_done(tether_conn *c, tether_future *f, uint64_t deadline)
+{
+    tether__link *l = &c->link;
+    tether__wake wake = tether__thread_wake();
+    if (wake.fd < 0) {
+        return; /* the condition variable below waits instead */
+    }
+    pthread_mutex_lock(&l->lock);
+    bool leading = tether__link_role_take_locked(l);
+    pthread_mutex_unlock(&l->lock);
+    if (!leading) {
+        return;
+    }
+    pthread_mutex_lock(&f->lock);
+    f->leading = true;
+    f->leader = pthread_self();
+    f->lead_wake = wake;
+    bool done = f->done;
+    pthread_mutex_unlock(&f->lock);
+    bool borrowed = tether__link_lead_begin(l);
+    while (!done && tether__link_process_input(l) == 0) {
+        pthread_mutex_lock(&f->lock);
+        done = f->done;
+        pthread_mutex_unlock(&f->lock);
+        uint64_t now = tether_now_usec();
+        if (done || tether__link_is_closed(l) || now >= deadline) {
+            break;
+        }
+        uint64_t wait_ms = (deadline - now + 999) / 1000;
+        if (tether__link_read_wait(l, &wake, false, wait_ms > 1000 ? 1000 : (int)wait_ms) < 0) {
+            break;
+        }
+    }
+    pthread_mutex_lock(&f->lock);
+    f->leading = false;
+    bool raised = f->lead_raised;
+    f->lead_raised = false;
+    pthread_mutex_unlock(&f->lock);
+    if (raised) {
+        tether__wake_drain(&wake); /* not left raised for the thread's next wait */
+    }
+    tether__link_lead_end(l, borrowed);
+    pthread_mutex_lock(&l->lock);
+    tether__link_role_release_locked(l);
+    pthread_mutex_unlock(&l->lock);
 }
 
 /* How often a future's waiter hands the reading back from an event loop's thread. */
@@ -1046,6 +1112,9 @@ tether_future_wait(tether_future *f, uint64_t timeout_usec)
     if (c) {
         (void)tether__link_flush(&c->link);
         tether__link_idle_yield(&c->link, true);
+        if (!yield) {
+            lead_until_done(c, f, deadline);
+        }
     }
     pthread_mutex_lock(&f->lock);
     uint64_t now;

@@ -102,7 +102,10 @@ tether__window_pump(tether_conn *c)
     if (atomic_load_explicit(&c->backlog_records, memory_order_relaxed) == 0) {
         return;
     }
-    bool flush_now = !tether__ioloop_in_thread(c->link.loop);
+    /* Off the I/O thread, what came free goes out in one write: at the end of the pump,
+     * or of the input that the reading thread acts on, which frees the window a frame at
+     * a time (conn/link.h, tether__link_send). */
+    bool on_io_thread = tether__ioloop_in_thread(c->link.loop);
     tether__buf frame = TETHER__BUF_INIT;
     pthread_mutex_lock(&c->link.lock);
     if (c->pumping) {
@@ -134,7 +137,8 @@ tether__window_pump(tether_conn *c)
         }
         pthread_mutex_unlock(&c->link.lock);
         tether__span bytes = {tether__buf_head(&frame), tether__buf_pending(&frame)};
-        r = tether__link_send(&c->link, encode_bytes, &bytes, flush_now);
+        r = tether__link_send(&c->link, encode_bytes, &bytes,
+                              on_io_thread ? TETHER__SEND_BATCH : TETHER__SEND_HOLD);
         if (r == -ENOBUFS) {
             tether__link_drop_slow_reader(&c->link);
         }
@@ -146,6 +150,9 @@ tether__window_pump(tether_conn *c)
     }
     pthread_mutex_unlock(&c->link.lock);
     tether__buf_done(&frame);
+    if (!on_io_thread) {
+        (void)tether__link_flush(&c->link);
+    }
 }
 
 void
