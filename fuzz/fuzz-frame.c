@@ -23,6 +23,7 @@
 #include "util/buf.h"
 #include "tether.h"
 #include "rpc/value.h"
+#include "codec/ext.h"
 #include "codec/frame.h"
 #include "codec/handshake.h"
 #include "codec/msgpack.h"
@@ -198,6 +199,15 @@ exercise_lists(const tether__frame *f)
     CHECK(r.p == r.end);
 }
 
+static int
+count_buffer(void *arg, size_t off, uint64_t size)
+{
+    (void)off;
+    (void)size;
+    (*(size_t *)arg)++;
+    return 0;
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -219,6 +229,23 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int rt = tether__frame_decode(data, size, &tight, &t);
     CHECK(rt == 0 || rt == -EPROTO || rt == -EMSGSIZE);
     CHECK(r == 0 || rt != 0);
+    /* Version 2 gives BUFFER exts a meaning: the same bytes, checked the stricter way,
+     * and every BUFFER it counts found again by the scan that binds descriptors. */
+    tether__wire_limits v2 = {.buffer_exts = true};
+    tether__frame b;
+    int rb = tether__frame_decode(data, size, &v2, &b);
+    CHECK(rb == 0 || rb == -EPROTO || rb == -EMSGSIZE);
+    CHECK(r == 0 || rb != 0);
+    if (rb == 0) {
+        size_t found = 0;
+        const tether__span *spans[] = {&b.args, &b.kwargs, &b.value};
+        for (size_t i = 0; i < sizeof(spans) / sizeof(spans[0]); i++) {
+            if (spans[i]->len) {
+                CHECK(tether__buffers_scan(spans[i]->ptr, spans[i]->len, count_buffer, &found) == 0);
+            }
+        }
+        CHECK(found <= b.buffers);
+    }
     if (r < 0) {
         return 0;
     }

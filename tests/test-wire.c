@@ -937,6 +937,71 @@ Test(wire, ref_ext_payload_checked)
     cr_assert_eq(decode(x.b, x.n, &f), 0);
 }
 
+/* BUFFER (ext 3) has its meaning on connections of protocol version 2 only. */
+Test(wire, buffer_ext_payload_checked_and_counted_in_version_2)
+{
+    const tether__wire_limits v2 = {.buffer_exts = true};
+    tether__frame f;
+    body x;
+    /* Args [buffer of 5 bytes, [buffer of 300 bytes]]. */
+    assemble(&x, &kinds[3], 8, 5, (field)F("\x92\xd5\x03\x91\x05\x91\xc7\x04\x03\x91\xcd\x01\x2c"),
+             NULL);
+    cr_assert_eq(tether__frame_decode(x.b, x.n, &v2, &f), 0);
+    cr_assert_eq(f.buffers, 2);
+    cr_assert_eq(f.refs, 0);
+    /* Version 1: another opaque ext type, nothing to take. */
+    cr_assert_eq(decode(x.b, x.n, &f), 0);
+    cr_assert_eq(f.buffers, 0);
+    static const field broken[] = {
+        F("\x91\xd4\x03\x05"),                                 /* payload not an array */
+        F("\x91\xd4\x03\x90"),                                 /* no size */
+        F("\x91\xd5\x03\x91\xff"),                             /* negative size */
+        F("\x91\xd5\x03\x91\xa0"),                             /* size a string */
+        F("\x91\xc7\x03\x03\x91\x05\x05"),                     /* bytes after the array */
+        F("\x91\xc7\x08\x01\x94\x00\x05\xa0\xd5\x03\x91\x05"), /* inside a REF's payload */
+    };
+    for (size_t i = 0; i < sizeof(broken) / sizeof(broken[0]); i++) {
+        assemble(&x, &kinds[3], 8, 5, broken[i], NULL);
+        cr_assert_eq(tether__frame_decode(x.b, x.n, &v2, &f), -EPROTO, "case %zu", i);
+    }
+    /* Elements after the size are walked like any value (a later version's). */
+    assemble(&x, &kinds[3], 8, 5, (field)F("\x91\xc7\x03\x03\x92\x05\xa0"), NULL);
+    cr_assert_eq(tether__frame_decode(x.b, x.n, &v2, &f), 0);
+    cr_assert_eq(f.buffers, 1);
+}
+
+static int
+note_buffer(void *arg, size_t off, uint64_t size)
+{
+    uint64_t *seen = arg;
+    seen[seen[0]++ * 2 + 1] = off;
+    seen[seen[0] * 2] = size;
+    return 0;
+}
+
+Test(wire, buffer_ext_written_and_scanned)
+{
+    tether__buf b = TETHER__BUF_INIT;
+    cr_assert_eq(tether__mp_array(&b, 3), 0);
+    cr_assert_eq(tether__ext_buffer_write(&b, 7), 0);
+    cr_assert_eq(tether__mp_int(&b, 1), 0);
+    cr_assert_eq(tether__ext_buffer_write(&b, UINT64_C(1) << 40), 0);
+    size_t used;
+    tether__ext_counts counts;
+    cr_assert_eq(tether__msgpack_check_exts(tether__buf_head(&b), tether__buf_pending(&b), 64, true,
+                                            &used, &counts),
+                 0);
+    cr_assert_eq(used, tether__buf_pending(&b));
+    cr_assert_eq(counts.buffers, 2);
+    uint64_t seen[5] = {0};
+    cr_assert_eq(tether__buffers_scan(tether__buf_head(&b), used, note_buffer, seen), 0);
+    cr_assert_eq(seen[0], 2);
+    cr_assert_eq(seen[1], 1); /* after the array's head */
+    cr_assert_eq(seen[2], 7);
+    cr_assert_eq(seen[4], UINT64_C(1) << 40);
+    tether__buf_done(&b);
+}
+
 Test(wire, release_and_progress_lists_checked)
 {
     static const struct {

@@ -53,9 +53,14 @@ read_ref_payload(const tether__span *payload, const uint8_t *base, tether__ref *
     return 0;
 }
 
-int
-tether__refs_scan(const uint8_t *p, size_t len, int (*fn)(void *arg, const tether__ref *ref),
-                  void *arg)
+/*
+ * Call visit(arg, offset of the ext's first byte, its payload) for each ext of type in
+ * [p, p+len), in order, not looking inside other exts' payloads. Stops at the first
+ * nonzero return and returns it; -EPROTO for bytes that are not msgpack, else 0.
+ */
+static int
+scan_exts(const uint8_t *p, size_t len, int8_t type,
+          int (*visit)(void *arg, size_t off, const tether__span *payload), void *arg)
 {
     const uint8_t *q = p, *end = p + len;
     while (q < end) {
@@ -63,22 +68,87 @@ tether__refs_scan(const uint8_t *p, size_t len, int (*fn)(void *arg, const tethe
         if (tether__mp_item_at(q, end, &it) < 0) {
             return -EPROTO;
         }
-        tether__ref ref = {.off = (size_t)(q - p)};
+        size_t off = (size_t)(q - p);
         /* Scalars and payloads are stepped over; containers' items follow their head. */
         q = it.next;
-        if (it.type != TETHER__MP_EXT || it.ext_type != TETHER__EXT_REF) {
+        if (it.type != TETHER__MP_EXT || it.ext_type != type) {
             continue;
         }
         tether__span payload = {it.data, (size_t)it.n};
-        if (read_ref_payload(&payload, p, &ref) < 0) {
-            return -EPROTO;
-        }
-        int r = fn(arg, &ref);
+        int r = visit(arg, off, &payload);
         if (r != 0) {
             return r;
         }
     }
     return 0;
+}
+
+struct refs_scan {
+    const uint8_t *base;
+    int (*fn)(void *arg, const tether__ref *ref);
+    void *arg;
+};
+
+static int
+visit_ref(void *argp, size_t off, const tether__span *payload)
+{
+    struct refs_scan *a = argp;
+    tether__ref ref = {.off = off};
+    if (read_ref_payload(payload, a->base, &ref) < 0) {
+        return -EPROTO;
+    }
+    return a->fn(a->arg, &ref);
+}
+
+int
+tether__refs_scan(const uint8_t *p, size_t len, int (*fn)(void *arg, const tether__ref *ref),
+                  void *arg)
+{
+    struct refs_scan a = {p, fn, arg};
+    return scan_exts(p, len, TETHER__EXT_REF, visit_ref, &a);
+}
+
+int
+tether__ext_buffer_write(tether__buf *out, uint64_t size)
+{
+    size_t payload = 1 + tether__mp_uint_size(size);
+    size_t total = tether__mp_ext_head_size(payload) + payload;
+    int r;
+    uint8_t *p = tether__mp_reserve(out, total, &r);
+    if (!p) {
+        return r;
+    }
+    uint8_t *q = tether__mp_put_ext_head(p, TETHER__EXT_BUFFER, payload);
+    q = tether__mp_put_array_head(q, 1);
+    q = tether__mp_put_uint(q, size);
+    out->len += (size_t)(q - p);
+    return 0;
+}
+
+struct buffers_scan {
+    int (*fn)(void *arg, size_t off, uint64_t size);
+    void *arg;
+};
+
+static int
+visit_buffer(void *argp, size_t off, const tether__span *payload)
+{
+    struct buffers_scan *a = argp;
+    tether__mp_reader pr = {payload->ptr, payload->ptr + payload->len};
+    uint32_t n;
+    uint64_t size;
+    if (tether__mp_read_array(&pr, &n) < 0 || n < 1 || tether__mp_read_uint(&pr, &size) < 0) {
+        return -EPROTO;
+    }
+    return a->fn(a->arg, off, size);
+}
+
+int
+tether__buffers_scan(const uint8_t *p, size_t len, int (*fn)(void *arg, size_t off, uint64_t size),
+                     void *arg)
+{
+    struct buffers_scan a = {fn, arg};
+    return scan_exts(p, len, TETHER__EXT_BUFFER, visit_buffer, &a);
 }
 
 int

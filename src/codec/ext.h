@@ -5,10 +5,13 @@
  *   [owner:int, object_id:uint, type_name:str, ...]: owner 0 means the sender's own object,
  *   1 an object of the receiver's that goes back to it; object_id is never 0.
  * - ERROR (type 2) is a raised exception: [type:str, message:str, traceback:str|nil, ...].
+ * - BUFFER (type 3, protocol version 2) is bytes in shared memory: [size:uint, ...]; the
+ *   descriptor of the memory travels beside the frame (conn/link.h).
  *
  * Later versions may append elements to either payload; readers ignore them. The
  * validator (codec/validate.h) already checks that each payload is one well-formed value;
- * the readers here check the shape inside it. Every other ext type is opaque to tether.
+ * the readers here check the shape inside it. Every other ext type is opaque to tether
+ * (BUFFER's too, on a connection of version 1).
  */
 #ifndef TETHER_EXT_H
 #define TETHER_EXT_H
@@ -23,6 +26,9 @@
 enum tether__ext {
     TETHER__EXT_REF = 1,   /* payload: msgpack [owner:int, object_id:uint, type_name:str] */
     TETHER__EXT_ERROR = 2, /* payload: msgpack [type:str, message:str, traceback:str|nil] */
+    /* Protocol version 2: bytes in shared memory, whose descriptor travels beside the
+     * frame (docs/protocol.md, "Buffers"). payload: msgpack [size:uint, ...] */
+    TETHER__EXT_BUFFER = 3,
 };
 
 /*
@@ -49,6 +55,16 @@ typedef struct tether__ref {
  */
 int tether__refs_scan(const uint8_t *p, size_t len, int (*fn)(void *arg, const tether__ref *ref),
                       void *arg);
+
+/* Append a BUFFER ext for a buffer of size bytes: [size] as the payload. Returns 0 or
+ * -ENOMEM; out is unchanged on failure. */
+int tether__ext_buffer_write(tether__buf *out, uint64_t size);
+
+/* The BUFFER exts of checked msgpack bytes (their payloads checked, see validate.h) in
+ * order: calls fn(arg, offset of the ext's first byte, size) for each; stops at the first
+ * nonzero return of fn and returns it, else 0. */
+int tether__buffers_scan(const uint8_t *p, size_t len,
+                         int (*fn)(void *arg, size_t off, uint64_t size), void *arg);
 
 /* The fields of an ERROR ext; traceback.ptr is NULL when the traceback is nil. */
 typedef struct tether__error_ext {

@@ -2,10 +2,10 @@
  * frame: decoding and encoding tether's frames (see frame.h for the interface and
  * docs/protocol.md for the spec).
  *
- * Decoding is two steps. The whole body is validated first (tether__msgpack_check_refs():
- * every declared length against the bytes left, nesting bounded, REF exts counted). Only
- * then are the fields read, with the bounds-checked readers of codec/msgpack.h: element 0
- * picks the kind's layout from a table (how many elements it needs, which step reads
+ * Decoding is two steps. The whole body is validated first (tether__msgpack_check_exts():
+ * every declared length against the bytes left, nesting bounded, REF and BUFFER exts
+ * counted). Only then are the fields read, with the bounds-checked readers of codec/msgpack.h:
+ * element 0 picks the kind's layout from a table (how many elements it needs, which step reads
  * them), and that step reads the fields in order. Decoding never allocates; its spans
  * point into the body.
  *
@@ -249,9 +249,10 @@ static const struct layout {
 
 /* ---- decoding -------------------------------------------------------------------- */
 
-/* The body is within the size limit and exactly one valid value; counts its REFs. */
+/* The body is within the size limit and exactly one valid value; counts its exts. */
 static int
-check_body(const uint8_t *body, size_t len, const tether__wire_limits *limits, size_t *ret_refs)
+check_body(const uint8_t *body, size_t len, const tether__wire_limits *limits,
+           tether__ext_counts *ret_counts)
 {
     uint32_t max_size = TETHER__DEFAULT_MAX_FRAME_SIZE;
     uint32_t max_depth = TETHER__DEFAULT_MAX_DEPTH;
@@ -265,7 +266,8 @@ check_body(const uint8_t *body, size_t len, const tether__wire_limits *limits, s
         return -EMSGSIZE;
     }
     size_t size;
-    int r = tether__msgpack_check_refs(body, len, max_depth, &size, ret_refs);
+    int r = tether__msgpack_check_exts(body, len, max_depth, limits && limits->buffer_exts, &size,
+                                       ret_counts);
     if (r < 0) {
         return r;
     }
@@ -302,11 +304,13 @@ tether__frame_decode(const uint8_t *body, size_t len, const tether__wire_limits 
                      tether__frame *ret)
 {
     *ret = (tether__frame){0};
-    int r = check_body(body, len, limits, &ret->refs);
+    tether__ext_counts counts;
+    int r = check_body(body, len, limits, &counts);
     if (r < 0) {
-        *ret = (tether__frame){0};
         return r;
     }
+    ret->refs = counts.refs;
+    ret->buffers = counts.buffers;
     tether__mp_reader rd = {body, body + len};
     const struct layout *layout;
     if (read_kind(&rd, ret, &layout) < 0 || layout->decode(&rd, ret) < 0) {

@@ -54,6 +54,7 @@ enum tether__kind {
 typedef struct tether__wire_limits {
     uint32_t max_frame_size; /* bytes of one body */
     uint32_t max_depth;      /* nesting of arrays/maps/ext payloads */
+    bool buffer_exts;        /* BUFFER exts have their meaning (version 2): counted */
 } tether__wire_limits;
 
 #define TETHER__DEFAULT_MAX_FRAME_SIZE (16u * 1024u * 1024u)
@@ -79,6 +80,7 @@ typedef struct tether__frame {
     tether__span kwargs; /* raw: REQUEST/NOTIFY kwargs map */
     tether__span value;  /* raw: RESPONSE value; HELLO/WELCOME map; RELEASE/PROGRESS list */
     size_t refs;         /* REF exts anywhere in the frame: 0 lets receivers skip a scan */
+    size_t buffers;      /* BUFFER exts (limits->buffer_exts): descriptors the frame takes */
 } tether__frame;
 
 /*

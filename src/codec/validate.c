@@ -7,9 +7,11 @@
  * where the walk goes next:
  * - an array or map opens a level of nesting whose items are counted down (a map's count
  *   is of pairs, so it opens 2 * count items);
- * - a REF or ERROR ext opens one level for the array that is its payload (the ext and its
- *   array are one level together), after the array's leading elements were checked for
- *   their types; the level is bounded by the payload's end, where the array must end;
+ * - a REF or ERROR ext (and a BUFFER ext, on a connection of version 2) opens one level
+ *   for the array that is its payload (the ext and its array are one level together),
+ *   after the array's leading elements were checked for their types; the level is bounded
+ *   by the payload's end, where the array must end; a BUFFER may not stand inside another
+ *   ext's payload;
  * - a string must be valid UTF-8; anything else is complete at once.
  * A complete item closes every level it completes, and the walk ends when the outermost
  * value is complete.
@@ -33,7 +35,9 @@ struct walk {
     const uint8_t *q, *lim; /* the next item; the end of the innermost payload or input */
     size_t left;            /* items left in the innermost level */
     uint32_t depth, max_depth;
-    size_t refs;
+    bool buffer_exts; /* BUFFER exts are tether's (protocol version 2), else opaque */
+    uint32_t in_ext;  /* open ext payloads, where a BUFFER may not stand */
+    tether__ext_counts counts;
     struct level stack[TETHER__MAX_DEPTH_CAP];
 };
 
@@ -57,9 +61,9 @@ open_container(struct walk *w, uint64_t items)
 }
 
 /*
- * The leading elements of a REF's payload [owner 0|1, object_id > 0, type_name] or an
- * ERROR's [type, message, traceback or nil]; elements after them are walked like any
- * others. Returns the array's element count, or -EPROTO.
+ * The leading elements of a REF's payload [owner 0|1, object_id > 0, type_name], an
+ * ERROR's [type, message, traceback or nil] or a BUFFER's [size]; elements after them are
+ * walked like any others. Returns the array's element count, or -EPROTO.
  */
 static int64_t
 check_ext_prefix(const tether__mp_item *ext)
@@ -67,7 +71,14 @@ check_ext_prefix(const tether__mp_item *ext)
     tether__mp_reader r = {ext->data, ext->next};
     uint32_t n;
     tether__span s;
-    if (tether__mp_read_array(&r, &n) < 0 || n < 3) {
+    if (tether__mp_read_array(&r, &n) < 0) {
+        return -EPROTO;
+    }
+    if (ext->ext_type == TETHER__EXT_BUFFER) {
+        uint64_t size;
+        return n >= 1 && tether__mp_read_uint(&r, &size) == 0 ? (int64_t)n : -EPROTO;
+    }
+    if (n < 3) {
         return -EPROTO;
     }
     if (ext->ext_type == TETHER__EXT_REF) {
@@ -92,7 +103,11 @@ open_ext_payload(struct walk *w, const tether__mp_item *it)
     if (n < 0) {
         return -EPROTO;
     }
-    w->refs += it->ext_type == TETHER__EXT_REF;
+    if (it->ext_type == TETHER__EXT_BUFFER && w->in_ext > 0) {
+        return -EPROTO; /* its descriptor is bound where values are scanned, not in here */
+    }
+    w->counts.refs += it->ext_type == TETHER__EXT_REF;
+    w->counts.buffers += it->ext_type == TETHER__EXT_BUFFER;
     if (w->depth >= w->max_depth) {
         return -EMSGSIZE;
     }
@@ -101,6 +116,7 @@ open_ext_payload(struct walk *w, const tether__mp_item *it)
         return -EPROTO;
     }
     w->stack[w->depth++] = (struct level){w->left, w->lim};
+    w->in_ext++;
     w->lim = it->next;
     w->q = array.data;
     w->left = (size_t)n;
@@ -116,7 +132,8 @@ enter_item(struct walk *w, const tether__mp_item *it)
         return open_container(w, it->type == TETHER__MP_MAP ? 2 * it->n : it->n);
     }
     if (it->type == TETHER__MP_EXT &&
-        (it->ext_type == TETHER__EXT_REF || it->ext_type == TETHER__EXT_ERROR)) {
+        (it->ext_type == TETHER__EXT_REF || it->ext_type == TETHER__EXT_ERROR ||
+         (it->ext_type == TETHER__EXT_BUFFER && w->buffer_exts))) {
         return open_ext_payload(w, it);
     }
     if (it->type == TETHER__MP_STR && !tether__utf8_valid(it->data, (size_t)it->n)) {
@@ -141,6 +158,7 @@ close_levels(struct walk *w)
                 return -EPROTO;
             }
             w->lim = up->outer;
+            w->in_ext--;
         }
         w->left = up->left;
     }
@@ -148,8 +166,8 @@ close_levels(struct walk *w)
 }
 
 int
-tether__msgpack_check_refs(const uint8_t *p, size_t len, uint32_t max_depth, size_t *ret_size,
-                           size_t *ret_refs)
+tether__msgpack_check_exts(const uint8_t *p, size_t len, uint32_t max_depth, bool buffer_exts,
+                           size_t *ret_size, tether__ext_counts *ret_counts)
 {
     if (!p || len == 0) {
         return -EPROTO;
@@ -160,7 +178,9 @@ tether__msgpack_check_refs(const uint8_t *p, size_t len, uint32_t max_depth, siz
     w.left = 1;
     w.depth = 0;
     w.max_depth = max_depth > TETHER__MAX_DEPTH_CAP ? TETHER__MAX_DEPTH_CAP : max_depth;
-    w.refs = 0;
+    w.buffer_exts = buffer_exts;
+    w.in_ext = 0;
+    w.counts = (tether__ext_counts){0, 0};
     for (;;) {
         tether__mp_item it;
         if (w.q >= w.lim || tether__mp_item_at(w.q, w.lim, &it) < 0) {
@@ -181,8 +201,18 @@ tether__msgpack_check_refs(const uint8_t *p, size_t len, uint32_t max_depth, siz
         }
     }
     *ret_size = (size_t)(w.q - p);
-    *ret_refs = w.refs;
+    *ret_counts = w.counts;
     return 0;
+}
+
+int
+tether__msgpack_check_refs(const uint8_t *p, size_t len, uint32_t max_depth, size_t *ret_size,
+                           size_t *ret_refs)
+{
+    tether__ext_counts counts;
+    int r = tether__msgpack_check_exts(p, len, max_depth, false, ret_size, &counts);
+    *ret_refs = counts.refs;
+    return r;
 }
 
 int

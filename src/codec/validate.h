@@ -12,14 +12,16 @@
  * safe to unpack: memory use is bounded by a small multiple of their size.
  *
  * Every string must be valid UTF-8 (util/utf8.h). tether's own ext types (codec/ext.h)
- * are checked inside: the payload of a REF or ERROR ext must be exactly one array that
- * fills it, whose leading elements have the types docs/protocol.md gives (a REF's owner
- * 0 or 1 and a nonzero id among them); the ext and its array are one level of nesting.
- * Other ext types are opaque bytes.
+ * are checked inside: the payload of a REF or ERROR ext (and of a BUFFER ext, where the
+ * connection's protocol version gives it a meaning) must be exactly one array that fills
+ * it, whose leading elements have the types docs/protocol.md gives (a REF's owner 0 or 1
+ * and a nonzero id among them); the ext and its array are one level of nesting. Other
+ * ext types are opaque bytes.
  */
 #ifndef TETHER_VALIDATE_H
 #define TETHER_VALIDATE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -38,5 +40,16 @@ int tether__msgpack_check(const uint8_t *p, size_t len, uint32_t max_depth, size
 /* Same, also counting the REF exts in the value into *ret_refs. */
 int tether__msgpack_check_refs(const uint8_t *p, size_t len, uint32_t max_depth, size_t *ret_size,
                                size_t *ret_refs);
+
+/* tether's exts found in a value. */
+typedef struct tether__ext_counts {
+    size_t refs, buffers;
+} tether__ext_counts;
+
+/* Same, counting REF and BUFFER exts. With buffer_exts false (a connection of protocol
+ * version 1), BUFFER's ext type is opaque bytes and never counted; with it true, a BUFFER
+ * payload must be an array that fills it, led by a uint (the buffer's size). */
+int tether__msgpack_check_exts(const uint8_t *p, size_t len, uint32_t max_depth, bool buffer_exts,
+                               size_t *ret_size, tether__ext_counts *ret_counts);
 
 #endif

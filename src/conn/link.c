@@ -7,6 +7,7 @@
 #include "conn/link.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
@@ -142,11 +143,25 @@ tether__link_done(tether__link *l)
     release_given(l);
     tether__buf_done(&l->out);
     tether__buf_done(&l->handoff);
+    tether__fd_queue_clear(&l->out_fds);
+    tether__fd_queue_clear(&l->in_fds);
+    tether__fd_queue_clear(&l->handoff_fds);
     tether__free(l->peer_name);
     tether__free(l->peer_language);
     tether__free(l->peer_language_version);
     pthread_mutex_destroy(&l->lock);
     pthread_mutex_destroy(&l->wlock);
+}
+
+void
+tether__link_enable_fds(tether__link *l)
+{
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof(sa);
+    if (getsockname(l->fd, (struct sockaddr *)&sa, &len) == 0 && sa.ss_family == AF_UNIX) {
+        l->pass_fds = true;
+        l->limits.buffer_exts = true;
+    }
 }
 
 void
@@ -202,16 +217,17 @@ release_given(tether__link *l)
 
 /* Send what is pending in out, the lent span from where it is; wlock held. */
 static ssize_t
-send_lent(tether__link *l)
+send_lent(tether__link *l, size_t pending)
 {
     uint8_t *head = tether__buf_head(&l->out);
-    size_t pending = tether__buf_pending(&l->out);
     struct iovec iov[3];
     int n = 0;
     if (l->lent_at > 0) {
         iov[n++] = (struct iovec){head, l->lent_at};
     }
-    iov[n++] = (struct iovec){(void *)l->lent_src, l->lent_len};
+    iov[n++] =
+        (struct iovec){(void *)l->lent_src,
+                       pending < l->lent_at + l->lent_len ? pending - l->lent_at : l->lent_len};
     size_t after = l->lent_at + l->lent_len;
     if (pending > after) {
         iov[n++] = (struct iovec){head + after, pending - after};
@@ -247,13 +263,30 @@ static int
 flush_locked(tether__link *l)
 {
     while (tether__buf_pending(&l->out) > 0) {
-        bool lent = l->lent_len > 0;
-        ssize_t n = lent ? send_lent(l)
-                         : send(l->fd, tether__buf_head(&l->out), tether__buf_pending(&l->out),
-                                TETHER__SEND_FLAGS);
+        /* A frame with descriptors goes alone, in a write that starts with it
+         * (conn/fdpass.h); what comes before it, up to it. */
+        size_t limit = tether__buf_pending(&l->out);
+        tether__fd_batch *batch = tether__fd_queue_front(&l->out_fds);
+        uint64_t written = atomic_load_explicit(&l->bytes_out, memory_order_relaxed);
+        if (batch && batch->at > written && batch->at - written < limit) {
+            limit = (size_t)(batch->at - written);
+        }
+        bool lent = l->lent_len > 0 && limit > l->lent_at;
+        ssize_t n;
+        if (batch && batch->at == written) {
+            n = tether__fd_send(l->fd, tether__buf_head(&l->out), (size_t)batch->len, batch->fds,
+                                batch->n, TETHER__SEND_FLAGS);
+            if (n > 0) {
+                /* In the socket now: our copies go. */
+                tether__fd_batch_free(tether__fd_queue_pop(&l->out_fds));
+            }
+        } else {
+            n = lent ? send_lent(l, limit)
+                     : send(l->fd, tether__buf_head(&l->out), limit, TETHER__SEND_FLAGS);
+        }
         if (n > 0) {
             atomic_fetch_add_explicit(&l->bytes_out, (uint64_t)n, memory_order_relaxed);
-            if (lent) {
+            if (l->lent_len > 0) {
                 consume_lent(l, (size_t)n);
             } else {
                 tether__buf_consume(&l->out, (size_t)n);
@@ -375,10 +408,11 @@ queue_frame(tether__link *l, tether__encode_fn encode, void *arg, tether__lend *
     return 0;
 }
 
+static int write_as_mode_unlock(tether__link *l, int mode, size_t backlog, size_t frame_size);
+
 int
 tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, int mode)
 {
-    bool flush_now = mode == TETHER__SEND_NOW;
     if (atomic_load(&l->state) == TETHER__LINK_CLOSED) {
         return -ENOTCONN;
     }
@@ -388,6 +422,15 @@ tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, int mode
     if (r < 0) {
         return r;
     }
+    return write_as_mode_unlock(l, mode, backlog, frame_size);
+}
+
+/* A frame of frame_size bytes was queued behind backlog bytes: write it as mode says;
+ * wlock held, released. */
+static int
+write_as_mode_unlock(tether__link *l, int mode, size_t backlog, size_t frame_size)
+{
+    bool flush_now = mode == TETHER__SEND_NOW;
     bool on_io_thread = tether__ioloop_in_thread(l->loop);
     if (!flush_now && reader_batch == l && backlog + frame_size < HOLD_MAX) {
         atomic_store_explicit(&l->reader_held, true, memory_order_relaxed);
@@ -411,6 +454,49 @@ tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, int mode
         return 0;
     }
     return write_out_unlock(l);
+}
+
+int
+tether__link_send_fds(tether__link *l, tether__encode_fn encode, void *arg, int mode,
+                      const int *fds, uint32_t n)
+{
+    if (!l->pass_fds) {
+        return -EOPNOTSUPP;
+    }
+    if (n == 0 || n > TETHER__MAX_FRAME_FDS) {
+        return -EINVAL;
+    }
+    if (atomic_load(&l->state) == TETHER__LINK_CLOSED) {
+        return -ENOTCONN;
+    }
+    int copies[TETHER__MAX_FRAME_FDS];
+    for (uint32_t i = 0; i < n; i++) {
+        copies[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
+        if (copies[i] < 0) {
+            int r = -errno;
+            while (i > 0) {
+                close(copies[--i]);
+            }
+            return r;
+        }
+    }
+    pthread_mutex_lock(&l->wlock);
+    size_t backlog = tether__buf_pending(&l->out), frame_size;
+    uint64_t at = atomic_load_explicit(&l->bytes_out, memory_order_relaxed) + backlog;
+    int r = queue_frame(l, encode, arg, NULL, &frame_size);
+    if (r < 0) {
+        for (uint32_t i = 0; i < n; i++) {
+            close(copies[i]);
+        }
+        return r;
+    }
+    r = tether__fd_queue_push(&l->out_fds, at, TETHER__FRAME_HEADER_SIZE + frame_size, copies, n);
+    if (r < 0) {
+        l->out.len = l->out.off + backlog; /* the frame goes with its descriptors or not at all */
+        pthread_mutex_unlock(&l->wlock);
+        return r;
+    }
+    return write_as_mode_unlock(l, mode, backlog, frame_size);
 }
 
 int
@@ -548,10 +634,18 @@ encode_pong(tether__buf *out, void *arg)
 static void run_handoff(tether__task *task);
 
 static void
-hand_off(tether__link *l, const uint8_t *frame, size_t len)
+hand_off(tether__link *l, const uint8_t *frame, size_t len, tether__fd_batch *batch)
 {
     pthread_mutex_lock(&l->lock);
     int r = tether__buf_append(&l->handoff, frame, len);
+    if (r == 0 && batch) {
+        r = tether__fd_queue_push(&l->handoff_fds, 0, 0, batch->fds, batch->n);
+        batch->n = 0; /* the queue owns them now, whatever the outcome */
+        if (r < 0) {
+            l->handoff.len -= len;
+        }
+    }
+    tether__fd_batch_free(batch);
     bool post = r == 0 && !l->handoff_posted;
     if (post) {
         l->handoff_posted = true;
@@ -630,6 +724,43 @@ static _Thread_local tether__link *acting_link;
 static const uint8_t taken_mark;
 #define TAKEN (&taken_mark)
 
+/* The descriptors of the frame this thread acts on (tether__link_take_fds). */
+static _Thread_local tether__fd_batch *acting_batch;
+static _Thread_local tether__link *acting_batch_link;
+
+/* Act on frame f with its batch of descriptors (NULL: none), which is closed after, what
+ * the hook did not take. */
+static void
+dispatch_with_fds(tether__link *l, const tether__frame *f, tether__fd_batch *batch)
+{
+    if (!batch) {
+        dispatch_frame(l, f);
+        return;
+    }
+    tether__fd_batch *outer = acting_batch;
+    tether__link *outer_link = acting_batch_link;
+    acting_batch = batch;
+    acting_batch_link = l;
+    dispatch_frame(l, f);
+    acting_batch = outer;
+    acting_batch_link = outer_link;
+    tether__fd_batch_free(batch);
+}
+
+int
+tether__link_take_fds(tether__link *l, const tether__frame *f, int *fds, size_t n)
+{
+    tether__fd_batch *b = acting_batch;
+    if (acting_batch_link != l || !b || b->n != n || f->buffers != n || (n > 0 && b->fds[0] < 0)) {
+        return -ENOENT;
+    }
+    for (size_t i = 0; i < n; i++) {
+        fds[i] = b->fds[i];
+        b->fds[i] = -1;
+    }
+    return 0;
+}
+
 /*
  * Decode and act on every complete frame in l->in. The caller holds the reader role.
  * On a caller thread, frames that must run on the I/O thread are handed off.
@@ -665,6 +796,14 @@ process_input(tether__link *l, bool io_thread)
         if (state == TETHER__LINK_CLOSED) {
             return -ECONNRESET;
         }
+        tether__fd_batch *batch = NULL;
+        const char *why;
+        if (l->pass_fds && tether__fd_claim(&l->in_fds, l->in_at, TETHER__FRAME_HEADER_SIZE + len,
+                                            f.buffers, &batch, &why) < 0) {
+            bad_frame(l, -EPROTO, why);
+            return -EPROTO;
+        }
+        l->in_at += TETHER__FRAME_HEADER_SIZE + len;
         /* A big frame's buffer may be taken by the hook acting on it: marked per thread
          * (the I/O thread acts on handed-off frames while a caller reads), and only for
          * big frames, so that small ones pay a comparison. */
@@ -681,13 +820,16 @@ process_input(tether__link *l, bool io_thread)
             handle_hello(l, &f);
         } else if (!io_thread && f.kind != TETHER__RESPONSE && f.kind != TETHER__PROGRESS &&
                    f.kind != TETHER__PONG) {
-            if (!((f.kind == TETHER__REQUEST || f.kind == TETHER__NOTIFY) && handoff_idle(l) &&
-                  l->hooks->take_request(l, &f)) &&
+            /* Requests with descriptors go to the I/O thread with them. */
+            if (!(!batch && (f.kind == TETHER__REQUEST || f.kind == TETHER__NOTIFY) &&
+                  handoff_idle(l) && l->hooks->take_request(l, &f)) &&
                 !(big && acting_frame == TAKEN)) {
-                hand_off(l, head, TETHER__FRAME_HEADER_SIZE + len);
+                hand_off(l, head, TETHER__FRAME_HEADER_SIZE + len, batch);
+                batch = NULL;
             }
+            tether__fd_batch_free(batch);
         } else {
-            dispatch_frame(l, &f);
+            dispatch_with_fds(l, &f, batch);
         }
         if (big) {
             bool taken = acting_frame == TAKEN;
@@ -759,7 +901,9 @@ read_socket(tether__link *l, size_t budget)
             return -ENOMEM;
         }
         size_t room = l->in.cap - l->in.len;
-        ssize_t n = recv(l->fd, l->in.data + l->in.len, room, MSG_DONTWAIT);
+        ssize_t n = l->pass_fds ? tether__fd_recv(l->fd, l->in.data + l->in.len, room, &l->in_fds,
+                                                  l->in_at + tether__buf_pending(&l->in))
+                                : recv(l->fd, l->in.data + l->in.len, room, MSG_DONTWAIT);
         if (n > 0) {
             l->in.len += (size_t)n;
             total += (size_t)n;
@@ -777,6 +921,11 @@ read_socket(tether__link *l, size_t budget)
         }
         if (errno == EAGAIN) {
             return total ? (ssize_t)total : -EAGAIN;
+        }
+        if (errno == EPROTO) {
+            protocol_error(l, -EPROTO,
+                           "more descriptors than a frame may carry or a connection hold");
+            return -ECONNRESET;
         }
         return total ? (ssize_t)total : -errno;
     }
@@ -903,7 +1052,13 @@ drain_handoff(tether__link *l)
         uint32_t len = tether__frame_length(head);
         tether__frame f;
         if (tether__frame_decode(head + TETHER__FRAME_HEADER_SIZE, len, &l->limits, &f) == 0) {
-            dispatch_frame(l, &f);
+            tether__fd_batch *batch = NULL;
+            if (f.buffers > 0) {
+                pthread_mutex_lock(&l->lock);
+                batch = tether__fd_queue_pop(&l->handoff_fds);
+                pthread_mutex_unlock(&l->lock);
+            }
+            dispatch_with_fds(l, &f, batch);
         }
         tether__buf_consume(&frames, TETHER__FRAME_HEADER_SIZE + len);
     }

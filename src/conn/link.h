@@ -47,6 +47,7 @@
 
 #include "codec/frame.h"
 #include "codec/handshake.h"
+#include "conn/fdpass.h"
 #include "conn/ioloop.h"
 #include "platform/platform.h"
 #include "util/buf.h"
@@ -157,6 +158,7 @@ struct tether__link {
     /* guarded by lock: a caller read the end of input behind frames it handed off; the
      * role stays with the I/O thread, which acts on them before it closes the link */
     bool eof_pending;
+    tether__fd_queue handoff_fds; /* guarded by lock: the batches of handed-off frames */
 
     pthread_mutex_t wlock;
     tether__buf out; /* guarded by wlock */
@@ -171,10 +173,16 @@ struct tether__link {
     void (*lent_release)(void *owner, size_t size);
     void *lent_given;
     size_t lent_given_size;
+    tether__fd_queue out_fds; /* guarded by wlock: descriptors of frames in out */
     uint64_t out_used_usec;  /* guarded by wlock: when a big out last drained */
     atomic_bool trim_wanted; /* a big out drained: the I/O thread starts the trim timer */
 
     tether__buf in; /* owned by the reader-role holder */
+    tether__fd_queue in_fds; /* owned by the reader-role holder: batches no frame took yet */
+    uint64_t in_at;          /* owned by the reader-role holder: stream offset of in's head */
+    /* Descriptors travel beside frames (conn/fdpass.h): protocol version 2 on a Unix
+     * socket. Set once, before the link opens (tether__link_enable_fds). */
+    bool pass_fds;
 
     tether__wire_limits limits;
     uint32_t peer_max_frame_size;
@@ -187,6 +195,10 @@ struct tether__link {
     atomic_uint_fast64_t bytes_out, bytes_in; /* relaxed */
 };
 
+/* The handshake chose protocol version 2: on a Unix socket, descriptors may travel beside
+ * frames from now on, and BUFFER exts in values have their meaning (codec/validate.h).
+ * Before the link opens, or on the I/O thread as it acts on the hello. */
+void tether__link_enable_fds(tether__link *l);
 /* Set up l around a connected, non-blocking socket; takes the fd on success. */
 int tether__link_init(tether__link *l, const tether__link_hooks *hooks, tether__ioloop *loop,
                       const tether__link_config *config, int fd, tether__link_state state);
@@ -225,6 +237,22 @@ enum {
 };
 typedef int (*tether__encode_fn)(tether__buf *out, void *arg);
 int tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, int mode);
+/*
+ * Send a frame with n descriptors beside it (1 to TETHER__MAX_FRAME_FDS), as
+ * tether__link_send does with mode; the link sends copies (the caller keeps its own) and
+ * closes them once written. Returns what tether__link_send does, -EOPNOTSUPP when
+ * descriptors cannot travel on l, or -errno when they cannot be copied.
+ */
+int tether__link_send_fds(tether__link *l, tether__encode_fn encode, void *arg, int mode,
+                          const int *fds, uint32_t n);
+/*
+ * Inside a hook acting on a frame that names buffers: take its descriptors, in the order
+ * of the frame's BUFFER exts (n of them, the frame's count). The caller owns them; those
+ * not taken are closed when the hook returns. Returns 0, or -ENOENT (no such frame, or
+ * taken already).
+ */
+int tether__link_take_fds(tether__link *l, const tether__frame *f, int *fds, size_t n);
+
 /*
  * A synchronous caller's big span (its arguments), sent from where it is instead of copied
  * into the output buffer: the caller sets src and len, the link sets ok (no other span

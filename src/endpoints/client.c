@@ -511,11 +511,13 @@ refusal_code(const char *code)
     return -EPROTO;
 }
 
-/* Read exactly one frame into buf (which may keep bytes after it). */
+/* Read exactly one frame into buf, and no byte after it: what follows the welcome is
+ * the connection's to read, descriptors beside frames included (conn/fdpass.h). */
 static int
 read_frame(int fd, tether__buf *buf, uint32_t max_frame, uint64_t deadline, size_t *ret_len)
 {
     for (;;) {
+        size_t want = TETHER__FRAME_HEADER_SIZE;
         if (tether__buf_pending(buf) >= TETHER__FRAME_HEADER_SIZE) {
             uint32_t len = tether__frame_length(tether__buf_head(buf));
             if (len > max_frame) {
@@ -525,12 +527,14 @@ read_frame(int fd, tether__buf *buf, uint32_t max_frame, uint64_t deadline, size
                 *ret_len = len;
                 return 0;
             }
+            want += len;
         }
-        int r = tether__buf_reserve(buf, 4096);
+        want -= tether__buf_pending(buf);
+        int r = tether__buf_reserve(buf, want);
         if (r < 0) {
             return r;
         }
-        r = tether__read_some(fd, buf->data + buf->len, buf->cap - buf->len, deadline);
+        r = tether__read_some(fd, buf->data + buf->len, want, deadline);
         if (r < 0) {
             return r;
         }
@@ -669,6 +673,9 @@ connect_once(tether_client *cl, tether_error *reterr)
         }
         if (welcome.max_frame_size) {
             c->link.peer_max_frame_size = welcome.max_frame_size;
+        }
+        if (welcome.version >= 2) {
+            tether__link_enable_fds(&c->link);
         }
         /* Frames the host sent right after its welcome are already in our buffer;
          * without any, an idle connection keeps no input buffer. */

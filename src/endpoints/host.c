@@ -558,6 +558,9 @@ hook_hello(tether__endpoint *ep, tether_conn *c, const tether__hello *hello,
         .max_in_flight = c->ep->max_in_flight,
         .client_name = c->link.peer_name,
     };
+    if (w.version >= 2) {
+        tether__link_enable_fds(&c->link); /* before the next frame is read */
+    }
     uv_timer_stop(&c->handshake_timer);
     atomic_store(&c->link.state, TETHER__LINK_OPEN);
     tether__conn_send(c, encode_welcome, &w, true);

@@ -30,8 +30,10 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -94,6 +96,48 @@ tether__random_bytes(void *buf, size_t len)
             return -errno;
         }
         got += n > 0 ? (size_t)n : 0;
+    }
+    return 0;
+}
+
+/* ---- shared memory --------------------------------------------------------------- */
+
+#define SHM_SEALS (F_SEAL_SHRINK | F_SEAL_GROW)
+
+const bool tether__shm_supported = true;
+
+int
+tether__shm_create(size_t size, int *ret_fd)
+{
+    int fd = memfd_create("tether-buffer", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) {
+        return -errno;
+    }
+    if (ftruncate(fd, (off_t)size) < 0 || fcntl(fd, F_ADD_SEALS, SHM_SEALS | F_SEAL_SEAL) < 0) {
+        int r = -errno;
+        close(fd);
+        return r == -EFBIG || r == -EINVAL ? -ENOMEM : r;
+    }
+    *ret_fd = fd;
+    return 0;
+}
+
+int
+tether__shm_check(int fd, uint64_t size, const char **why)
+{
+    int seals = fcntl(fd, F_GET_SEALS);
+    if (seals < 0) {
+        *why = "a buffer's descriptor is not a memfd";
+        return -EPROTO;
+    }
+    if ((seals & SHM_SEALS) != SHM_SEALS) {
+        *why = "a buffer's memfd is not sealed against shrinking and growing";
+        return -EPROTO;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size != size) {
+        *why = "a buffer's memfd is not of the size its frame gives";
+        return -EPROTO;
     }
     return 0;
 }

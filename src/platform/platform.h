@@ -60,6 +60,26 @@ int tether__socket_peer_uid(int fd, uid_t *ret);
 /* len bytes from the system's random source, for tokens and seeds. */
 int tether__random_bytes(void *buf, size_t len);
 
+/* ---- shared memory for buffers (protocol version 2) -------------------------------- */
+
+/*
+ * An anonymous file of size bytes, zero-filled, whose size can never change (Linux: a
+ * memfd sealed with F_SEAL_SHRINK, F_SEAL_GROW and F_SEAL_SEAL): a process that maps
+ * it can never fault on its pages, whatever the others do with their descriptors. Its
+ * contents stay writable through mappings made writable. Returns 0 with a close-on-exec
+ * descriptor in *ret_fd, -ENOMEM, or -EOPNOTSUPP where the platform has no such files
+ * (then buffers travel inline, and the protocol version offered is 1).
+ */
+int tether__shm_create(size_t size, int *ret_fd);
+/*
+ * Whether a descriptor a peer sent is such a file, of exactly size bytes: 0, or -EPROTO
+ * with *why saying what it is not (a memfd; sealed against shrinking and growing; of
+ * that size).
+ */
+int tether__shm_check(int fd, uint64_t size, const char **why);
+/* Whether this platform has them (tether__shm_create works). */
+extern const bool tether__shm_supported;
+
 /* ---- wake-ups --------------------------------------------------------------------- */
 
 /*

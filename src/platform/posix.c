@@ -153,6 +153,26 @@ read_full(int fd, void *buf, size_t len)
     return 0;
 }
 
+/* No sealable anonymous files here: buffers travel inline (protocol version 1). */
+const bool tether__shm_supported = false;
+
+int
+tether__shm_create(size_t size, int *ret_fd)
+{
+    (void)size;
+    *ret_fd = -1;
+    return -EOPNOTSUPP;
+}
+
+int
+tether__shm_check(int fd, uint64_t size, const char **why)
+{
+    (void)fd;
+    (void)size;
+    *why = "buffers do not travel as descriptors on this platform";
+    return -EPROTO;
+}
+
 int
 tether__random_bytes(void *buf, size_t len)
 {
