@@ -26,6 +26,7 @@ typedef struct queue queue;
 typedef struct node {
     queue *q;        /* a reference */
     PyObject *owner; /* the Future, a strong reference taken with the GIL */
+    PyObject *waiter; /* the asyncio future that drain() settles, or NULL */
     struct node *next;
 } node;
 
@@ -148,6 +149,7 @@ queue_dealloc(QueueObject *self)
         for (node *n = take_all(self->q), *next; n; n = next) {
             next = n->next;
             Py_DECREF(n->owner);
+            Py_XDECREF(n->waiter);
             queue_unref(n->q);
             free(n);
         }
@@ -165,8 +167,14 @@ queue_fileno(QueueObject *self, PyObject *unused)
 }
 
 static PyObject *
-queue_watch(QueueObject *self, PyObject *future)
+queue_watch(QueueObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "watch(future, waiter=None)");
+        return NULL;
+    }
+    PyObject *future = args[0];
+    PyObject *waiter = nargs > 1 && args[1] != Py_None ? args[1] : NULL;
     tether_future *f = tether_py_future_claim_callback(future);
     if (!f) {
         if (PyErr_Occurred()) {
@@ -181,11 +189,13 @@ queue_watch(QueueObject *self, PyObject *future)
     }
     n->q = queue_ref(self->q);
     n->owner = Py_NewRef(future);
+    n->waiter = Py_XNewRef(waiter);
     n->next = NULL;
     int r = tether_future_set_callback(f, TETHER_CONTEXT_ANY, on_ready, n);
     if (r < 0) {
         tether_py_future_unclaim_callback(future);
         Py_DECREF(n->owner);
+        Py_XDECREF(n->waiter);
         queue_unref(n->q);
         free(n);
         return tether_py_raise_error(tether_py_state_of_type(Py_TYPE(self)), r, NULL, AT_CALL);
@@ -200,11 +210,18 @@ queue_drain(QueueObject *self, PyObject *unused)
     PyObject *done = PyList_New(0);
     for (node *n = list, *next; n; n = next) {
         next = n->next;
-        if (done && PyList_Append(done, n->owner) < 0) {
+        if (n->waiter) {
+            /* Settled here, without a Python frame per call; asyncio refusing is a bug
+             * of ours that the loop's exception handler should hear of. */
+            if (tether_py_future_settle(n->owner, n->waiter) < 0) {
+                PyErr_WriteUnraisable(n->waiter);
+            }
+        } else if (done && PyList_Append(done, n->owner) < 0) {
             Py_CLEAR(done);
         }
         tether_py_future_fire_callbacks(n->owner);
         Py_DECREF(n->owner);
+        Py_XDECREF(n->waiter);
         queue_unref(n->q);
         free(n);
     }
@@ -237,9 +254,10 @@ queue_release(QueueObject *self, PyObject *unused)
 static PyMethodDef queue_methods[] = {
     {"fileno", (PyCFunction)queue_fileno, METH_NOARGS,
      "fileno() -> int\n\nA descriptor readable while completed futures wait to be drained."},
-    {"watch", (PyCFunction)queue_watch, METH_O,
-     "watch(future) -> bool\n\nQueue future here once its call completes (at once if it has). "
-     "False if it has done-callbacks already: use add_done_callback then."},
+    {"watch", (PyCFunction)(void (*)(void))queue_watch, METH_FASTCALL,
+     "watch(future, waiter=None) -> bool\n\nQueue future here once its call completes (at "
+     "once if it has); drain() settles waiter, an asyncio future, with its outcome. False "
+     "if it has done-callbacks already: use add_done_callback then."},
     {"hold", (PyCFunction)queue_hold, METH_NOARGS,
      "hold()\n\nUntil release(), futures that this thread completes are queued without "
      "making the descriptor readable: it drains them itself."},
@@ -247,8 +265,9 @@ static PyMethodDef queue_methods[] = {
      "release() -> bool\n\nEnd hold(); True if this thread queued futures meanwhile "
      "(drain() them)."},
     {"drain", (PyCFunction)queue_drain, METH_NOARGS,
-     "drain() -> list\n\nThe futures completed since the last drain, in order; lowers the "
-     "descriptor. Done-callbacks added to them meanwhile run here."},
+     "drain() -> list\n\nSettle the waiters of the futures completed since the last drain, "
+     "in order, and return those watched without one; lowers the descriptor. "
+     "Done-callbacks added to them meanwhile run here."},
     {NULL, NULL, 0, NULL},
 };
 

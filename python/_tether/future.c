@@ -254,6 +254,44 @@ future_load_outcome(FutureObject *self)
     return 0;
 }
 
+/* Names of the asyncio future methods settle calls, made once (with the GIL). */
+static PyObject *name_done, *name_set_result, *name_set_exception;
+
+int
+tether_py_future_settle(PyObject *future, PyObject *waiter)
+{
+    if (!name_done && (!(name_done = PyUnicode_InternFromString("done")) ||
+                       !(name_set_result = PyUnicode_InternFromString("set_result")) ||
+                       !(name_set_exception = PyUnicode_InternFromString("set_exception")))) {
+        Py_CLEAR(name_done);
+        return -1;
+    }
+    PyObject *done = PyObject_CallMethodObjArgs(waiter, name_done, NULL);
+    int is_done = done ? PyObject_IsTrue(done) : -1;
+    Py_XDECREF(done);
+    if (is_done != 0) {
+        return is_done < 0 ? -1 : 0; /* cancelled meanwhile */
+    }
+    FutureObject *self = (FutureObject *)future;
+    PyObject *r;
+    if (future_load_outcome(self) < 0) {
+        /* The outcome cannot be decoded: that is what the awaiter gets. */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        r = PyObject_CallMethodObjArgs(waiter, name_set_exception, value, NULL);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+    } else if (self->exception) {
+        r = PyObject_CallMethodObjArgs(waiter, name_set_exception, self->exception, NULL);
+    } else {
+        r = PyObject_CallMethodObjArgs(waiter, name_set_result, self->result, NULL);
+    }
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
 /* Wait as Future.result and Future.exception do: TimeoutError if not ready in time. */
 static int
 future_wait_ready(FutureObject *self, PyObject *timeout_obj)
@@ -349,6 +387,23 @@ static PyObject *
 future_cancel(FutureObject *self, PyObject *unused)
 {
     return PyBool_FromLong(tether_future_cancel(self->future) == 0);
+}
+
+/* A done-callback of the asyncio future awaiting this call: a cancelled awaiter cancels
+ * the call. */
+static PyObject *
+future_waiter_done(FutureObject *self, PyObject *waiter)
+{
+    PyObject *cancelled = PyObject_CallMethod(waiter, "cancelled", NULL);
+    int yes = cancelled ? PyObject_IsTrue(cancelled) : -1;
+    Py_XDECREF(cancelled);
+    if (yes < 0) {
+        return NULL;
+    }
+    if (yes) {
+        tether_future_cancel(self->future);
+    }
+    Py_RETURN_NONE;
 }
 
 static PyObject *
@@ -577,6 +632,9 @@ static PyMethodDef future_methods[] = {
      "the callee is told to stop. False if it had completed already."},
     {"cancelled", (PyCFunction)future_cancelled, METH_NOARGS,
      "cancelled() -> bool: the call was cancelled."},
+    {"_waiter_done", (PyCFunction)future_waiter_done, METH_O,
+     "_waiter_done(waiter)\n\nA done-callback for the asyncio future awaiting this call "
+     "(tether._aio): cancel the call if waiter was cancelled."},
     {"add_done_callback", (PyCFunction)future_add_done_callback, METH_O,
      "add_done_callback(fn)\n\nCall fn(future) once the call completes: on tether's "
      "callback thread, or at once on this thread if it has completed already. An "

@@ -134,6 +134,10 @@ extern PyType_Spec tether_py_future_spec;
 tether_future *tether_py_future_claim_callback(PyObject *future);
 void tether_py_future_unclaim_callback(PyObject *future);
 void tether_py_future_fire_callbacks(PyObject *future);
+/* For completions.c: settle waiter, an asyncio future, with the outcome of the ready
+ * future (set_result or set_exception), unless it is done already (cancelled). Returns
+ * 0, or -1 with an exception set when asyncio refused. */
+int tether_py_future_settle(PyObject *future, PyObject *waiter);
 
 /* ---- completions.c: futures completed for an asyncio loop ---------------------------- */
 

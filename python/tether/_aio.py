@@ -50,8 +50,7 @@ class _Completions:
     for each tether.Future queued there."""
 
     def __init__(self, loop):
-        self.queue = _tether.CompletionQueue()
-        self.waiters = {}  # tether.Future -> asyncio future
+        self.queue = _tether.CompletionQueue()  # settles each waiter it was given (watch)
         self.loop = loop
         # Clients whose batch calls this loop writes at the end of the turn that made them.
         self.to_flush = []
@@ -72,11 +71,7 @@ class _Completions:
             client.flush()
 
     def drain(self):
-        waiters = self.waiters
-        for future in self.queue.drain():
-            waiter = waiters.pop(future, None)
-            if waiter is not None:
-                _settle(waiter, future)
+        self.queue.drain()
 
 
 #: One per loop, gone with it (a loop that cannot watch a descriptor gets None).
@@ -108,12 +103,11 @@ def wrap_future(future, loop=None, completions=_UNKNOWN):
     if loop is None:
         loop = asyncio.get_running_loop()
     waiter = loop.create_future()
-    waiter.add_done_callback(functools.partial(_cancel_call, future))
+    waiter.add_done_callback(future._waiter_done)  # a cancelled waiter cancels the call
     if completions is _UNKNOWN:
         completions = _completions_of(loop)
-    if completions is not None and completions.queue.watch(future):
-        completions.waiters[future] = waiter
-    else:  # awaited twice, or with done-callbacks of its own: through the callback thread
+    if completions is None or not completions.queue.watch(future, waiter):
+        # Awaited twice, or with done-callbacks of its own: through the callback thread.
         future.add_done_callback(functools.partial(_call_done, loop, waiter))
     return waiter
 
@@ -121,11 +115,6 @@ def wrap_future(future, loop=None, completions=_UNKNOWN):
 def await_future(future):
     """tether.Future.__await__ (called by the C extension)."""
     return wrap_future(future).__await__()
-
-
-def _cancel_call(future, waiter):
-    if waiter.cancelled():
-        future.cancel()
 
 
 def _call_done(loop, waiter, future):
@@ -302,15 +291,21 @@ def call(conn, client, method, args, kwargs, timeout, deadline=None):
     conn (may be None, once the Connection is gone) learns which loop it is used on.
     """
     loop = asyncio.get_running_loop()  # before the call starts: nobody could await it
-    if conn is not None:
+    if conn is not None and conn._loop is not loop:
         conn._use_loop(loop)
     completions = _completions_of(loop)
-    if completions is not None and type(client) is _tether.Client:
-        future = client.call_async(method, args, kwargs, timeout, deadline, True)
-        completions.batch(client)
-    else:
+    if completions is None or type(client) is not _tether.Client:
         future = client.call_async(method, args, kwargs, timeout, deadline)
-    return AioCall(wrap_future(future, loop, completions), method)
+        return AioCall(wrap_future(future, loop, completions), method)
+    # wrap_future's work, inline: this runs once per call of a gather of thousands.
+    future = client.call_async(method, args, kwargs, timeout, deadline, True)
+    if client not in completions.to_flush:
+        completions.batch(client)
+    waiter = loop.create_future()
+    waiter.add_done_callback(future._waiter_done)
+    if not completions.queue.watch(future, waiter):
+        future.add_done_callback(functools.partial(_call_done, loop, waiter))
+    return AioCall(waiter, method)
 
 
 # ---- attributes of proxies ---------------------------------------------------------------
