@@ -49,8 +49,9 @@ extern "C" {
 #define TETHER_VERSION_MINOR 1
 #define TETHER_VERSION_PATCH 0
 #define TETHER_VERSION_STRING "0.1.0"
-/* Highest wire protocol version this library speaks (docs/protocol.md). */
-#define TETHER_PROTOCOL_VERSION 1
+/* Highest wire protocol version this header knows (docs/protocol.md): 2 adds buffers.
+ * What a build speaks is tether_protocol_version(). */
+#define TETHER_PROTOCOL_VERSION 2
 
 /* ---------------------------------------------------------------------------------
  * Errors
@@ -152,7 +153,10 @@ TETHER_EXPORT int tether_error_set(tether_error *error, const char *type, const 
  *   s     str       const char * (NULL: nil)  const char ** NUL-terminated, lives as
  *                                             long as the value (nil reads as NULL)
  *   S     str       const char *, size_t      const char **, size_t *
- *   y     bin       const void *, size_t      const void **, size_t *
+ *   y     bin       const void *, size_t      const void **, size_t * (a buffer's
+ *                                             bytes too, read-only)
+ *   B     buffer    tether_buffer * (NULL:    tether_buffer ** (a new reference): bytes
+ *                   nil)                      in shared memory, see "Buffers" below
  *   v     any       tether_value *            tether_value ** (a new reference)
  *   o     REF ext   tether_object *           tether_object ** (a new reference): an
  *                   (NULL: nil)               object by reference, see "Objects" below
@@ -223,6 +227,7 @@ typedef enum tether_type {
     TETHER_TYPE_OBJECT = 8, /* an object by reference: read it with "o" */
     TETHER_TYPE_ERROR = 9,  /* an error ([type, message, traceback]) */
     TETHER_TYPE_EXT = 10,   /* another msgpack ext */
+    TETHER_TYPE_BUFFER = 11, /* bytes in shared memory: read with "B", or "y" for the bytes */
 } tether_type;
 
 /* The type of the value: a tether_type (>= 0), or TETHER_EINVAL for NULL. Thread: any. */
@@ -249,6 +254,59 @@ TETHER_EXPORT int tether_value_get_item(const tether_value *value, size_t index,
  * NUL-terminated, newly allocated; free() it. Returns 0 or TETHER_ENOMEM. Thread: any.
  */
 TETHER_EXPORT int tether_value_to_string(const tether_value *value, char **ret_text);
+
+/* ---------------------------------------------------------------------------------
+ * Buffers: big data through shared memory
+ *
+ * A tether_buffer is bytes in shared memory (a sealed memfd on Linux) of a size fixed
+ * when it is made. Sent as an argument or a result ("B" in formats, or a value holding
+ * one), it travels as its descriptor beside the frame on a Unix socket or a spawned
+ * child's socket pair (protocol version 2), however big: nothing is copied, and the
+ * receiver maps the same memory read-only. Over TCP, or to a peer of version 1, its bytes
+ * travel inline as a bin, within the frame size limit; the receiver then reads a bin,
+ * not a buffer (TETHER_TYPE_BIN; "y" reads either).
+ *
+ * The memory is shared, not copied: the sender may write a buffer it made after sending
+ * it (to fill the next frame of a stream, say), and the receiver then sees those writes.
+ * Reuse a buffer only once the receiver is done with it (its reply came), or make a new
+ * one. No writes of either side can make the other fault: the size is sealed.
+ * ------------------------------------------------------------------------------- */
+
+typedef struct tether_buffer tether_buffer;
+
+/* The highest wire protocol version this build speaks: TETHER_PROTOCOL_VERSION, or 1
+ * on a platform without sealable shared memory (the portable build), where buffers
+ * cannot travel as descriptors. Thread: any. */
+TETHER_EXPORT uint32_t tether_protocol_version(void);
+
+/*
+ * Make a buffer of size bytes (0 allowed), zero-filled, writable through
+ * tether_buffer_get_writable(). Returns 0, TETHER_ENOMEM, or TETHER_ENOTSUP where the
+ * platform has no sealable shared memory (the portable build): send a bin there.
+ * Thread: any.
+ */
+TETHER_EXPORT int tether_buffer_new(size_t size, tether_buffer **ret);
+/* Take a reference; drop one (accepts NULL, returns NULL). The memory is unmapped with
+ * the last reference, values holding the buffer included. Thread: any. */
+TETHER_EXPORT tether_buffer *tether_buffer_ref(tether_buffer *buffer);
+TETHER_EXPORT tether_buffer *tether_buffer_unref(tether_buffer *buffer);
+/* The bytes, valid while the buffer lives; NULL for size 0. Thread: any. */
+TETHER_EXPORT const void *tether_buffer_get_data(const tether_buffer *buffer);
+/* The bytes, writable, of a buffer made by tether_buffer_new; NULL for one received
+ * (mapped read-only) and for size 0. Thread: any (writes are the caller's to order). */
+TETHER_EXPORT void *tether_buffer_get_writable(tether_buffer *buffer);
+/* The size in bytes. Thread: any. */
+TETHER_EXPORT size_t tether_buffer_get_size(const tether_buffer *buffer);
+/* The memory's descriptor (a memfd), borrowed: valid while the buffer lives; for a binding
+ * that maps it in its own way (Python's mmap) or hands it on. Thread: any. */
+TETHER_EXPORT int tether_buffer_get_fd(const tether_buffer *buffer);
+/*
+ * The buffers a value holds, in the order their BUFFER exts appear in its bytes
+ * (borrowed, live as long as the value); for readers that decode the msgpack bytes
+ * themselves, where a buffer is an ext of type TETHER_MSGPACK_EXT_BUFFER. Thread: any.
+ */
+TETHER_EXPORT int tether_value_get_buffers(const tether_value *value,
+                                           tether_buffer *const **ret_buffers, size_t *ret_count);
 
 /* ---------------------------------------------------------------------------------
  * Time and logging
@@ -711,6 +769,8 @@ TETHER_EXPORT int tether_value_get_objects(const tether_value *value,
  * from tether_object_get_msgpack().
  */
 #define TETHER_MSGPACK_EXT_OBJECT 1
+/* A buffer (protocol version 2): read it with tether_value_get_buffers(). */
+#define TETHER_MSGPACK_EXT_BUFFER 3
 
 /*
  * The msgpack bytes that stand for object inside a value, written to buf (size bytes);

@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 
 #include "raw-peer.h"
+#include "rpc/endpoint.h"
 
 /* ---- services ------------------------------------------------------------------------ */
 
@@ -719,10 +720,10 @@ Test(host_file, describes_the_host_while_it_runs)
     read_small_file(path, text, sizeof(text));
     cr_assert(
         asprintf(&expected,
-                 "tether-host 1\nname described\npid %d\nversions 1 1\nunix %s/described.sock\n"
+                 "tether-host 1\nname described\npid %d\nversions 1 %u\nunix %s/described.sock\n"
                  "tcp 127.0.0.1:%d\ntoken %s\n",
-                 (int)getpid(), test_runtime_dir(), tether_host_get_tcp_port(h),
-                 tether_host_get_token_path(h)) > 0);
+                 (int)getpid(), tether__protocol_version(), test_runtime_dir(),
+                 tether_host_get_tcp_port(h), tether_host_get_token_path(h)) > 0);
     cr_assert_str_eq(text, expected);
     struct stat st;
     cr_assert(lstat(path, &st) == 0 && S_ISREG(st.st_mode));

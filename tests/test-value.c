@@ -61,7 +61,7 @@ build(tether__buf *out, bool as_array, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    int r = tether__format_build(out, fmt, ap, as_array, NULL, 0);
+    int r = tether__format_build(out, fmt, ap, as_array, NULL, NULL, 0);
     va_end(ap);
     return r;
 }
@@ -867,4 +867,82 @@ Test(value, now_usec)
     uint64_t b = tether_now_usec();
     cr_assert_geq(b, a);
     cr_assert_gt(a, 0);
+}
+
+/* Buffers in values: built with "B", read back with "B" and "y", carried by slices,
+ * written inline (a bin) for a peer that takes no descriptors. */
+Test(value, buffers_in_values)
+{
+    tether_buffer *buf = NULL;
+    int r = tether_buffer_new(5000, &buf);
+    if (r == TETHER_ENOTSUP) {
+        cr_skip_test("no shared memory on this platform");
+    }
+    cr_assert_eq(r, 0);
+    cr_assert_eq(tether_buffer_get_size(buf), 5000);
+    uint8_t *w = tether_buffer_get_writable(buf);
+    cr_assert_not_null(w);
+    for (size_t i = 0; i < 5000; i++) {
+        cr_assert_eq(w[i], 0);
+        w[i] = (uint8_t)i;
+    }
+    tether_value *v = NULL;
+    cr_assert_eq(tether_value_new(&v, "[iB{sB}]", 7, buf, "k", (tether_buffer *)NULL), 0);
+    tether_buffer_unref(buf); /* the value holds it */
+    int seven = 0;
+    tether_buffer *got = NULL;
+    const void *bytes = NULL;
+    size_t len = 0;
+    cr_assert_eq(tether_value_read(v, NULL, "[iB{sB}]", &seven, &got, NULL, NULL), 0);
+    cr_assert_eq(seven, 7);
+    cr_assert_eq(tether_buffer_get_data(got), w);
+    cr_assert_eq(tether_value_read(v, NULL, "[*y{s*}]", &bytes, &len, NULL), 0);
+    cr_assert_eq(bytes, w);
+    cr_assert_eq(len, 5000);
+    /* An item holds its buffer. */
+    tether_value *item = NULL;
+    cr_assert_eq(tether_value_get_item(v, 1, &item), 0);
+    cr_assert_eq(tether_value_get_type(item), TETHER_TYPE_BUFFER);
+    size_t count = 0;
+    cr_assert_eq(tether_value_get_count(item, &count), 0);
+    cr_assert_eq(count, 5000);
+    tether_buffer *again = NULL;
+    cr_assert_eq(tether_value_read(item, NULL, "B", &again), 0);
+    cr_assert_eq(again, got);
+    tether_buffer_unref(again);
+    tether_value_unref(item);
+    char *text = NULL;
+    cr_assert_eq(tether_value_to_string(v, &text), 0);
+    cr_assert_not_null(strstr(text, "<buffer of 5000 bytes>"), "%s", text);
+    free(text);
+    /* Wrong types say what was expected. */
+    tether_error err = TETHER_ERROR_INIT;
+    cr_assert_eq(tether_value_read(v, &err, "[BB{sB}]", &got, &got, NULL, NULL), TETHER_EINVAL);
+    cr_assert_not_null(strstr(err.message, "expected buffer, got int"), "%s", err.message);
+    tether_error_done(&err);
+    /* Inline: [7, bin of the bytes, {"k": nil}]. */
+    tether__buf out = TETHER__BUF_INIT;
+    cr_assert_eq(tether__value_write_inline(v, &out), 0);
+    tether_value *flat = NULL;
+    cr_assert_eq(tether_value_new_msgpack(tether__buf_head(&out), tether__buf_pending(&out), &flat),
+                 0);
+    cr_assert_eq(tether_value_read(flat, NULL, "[iy{sn}]", &seven, &bytes, &len, NULL), 0);
+    cr_assert_eq(len, 5000);
+    cr_assert_eq(memcmp(bytes, w, 5000), 0);
+    tether_value_unref(flat);
+    tether__buf_done(&out);
+    /* A value inside another brings its buffer along. */
+    tether_value *outer = NULL;
+    cr_assert_eq(tether_value_new(&outer, "[vv]", v, v), 0);
+    tether_value_unref(v);
+    tether_buffer *a = NULL, *b = NULL;
+    cr_assert_eq(tether_value_read(outer, NULL, "[[iB{s*}][iB{s*}]]", NULL, &a, NULL, NULL, &b,
+                                   NULL),
+                 0);
+    cr_assert_eq(a, got);
+    cr_assert_eq(b, got);
+    tether_buffer_unref(a);
+    tether_buffer_unref(b);
+    tether_buffer_unref(got);
+    tether_value_unref(outer);
 }

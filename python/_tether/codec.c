@@ -454,7 +454,39 @@ typedef struct {
     const xfer *x;              /* NULL: plain data only */
     tether_object *const *objs; /* the value's objects, in the order of its REFs */
     size_t nobjs, k;
+    tether_buffer *const *bufs; /* the value's buffers, in the order of its BUFFERs */
+    size_t nbufs, kb;
 } unpacker;
+
+/* A read-only memoryview of a buffer's memory, with no copy: a mapping of its memfd by
+ * Python's mmap, which the view (and whatever is made from it, a numpy array) keeps
+ * alive, whatever becomes of the value. */
+static PyObject *
+buffer_view(tether_buffer *b)
+{
+    size_t size = tether_buffer_get_size(b);
+    if (size == 0) {
+        PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
+        PyObject *view = empty ? PyMemoryView_FromObject(empty) : NULL;
+        Py_XDECREF(empty);
+        return view;
+    }
+    PyObject *mmap = PyImport_ImportModule("mmap");
+    PyObject *ctor = mmap ? PyObject_GetAttrString(mmap, "mmap") : NULL;
+    PyObject *access = mmap ? PyObject_GetAttrString(mmap, "ACCESS_READ") : NULL;
+    PyObject *args =
+        ctor && access ? Py_BuildValue("(in)", tether_buffer_get_fd(b), (Py_ssize_t)size) : NULL;
+    PyObject *kwargs = args ? Py_BuildValue("{sO}", "access", access) : NULL;
+    PyObject *m = kwargs ? PyObject_Call(ctor, args, kwargs) : NULL;
+    PyObject *view = m ? PyMemoryView_FromObject(m) : NULL;
+    Py_XDECREF(m);
+    Py_XDECREF(kwargs);
+    Py_XDECREF(args);
+    Py_XDECREF(access);
+    Py_XDECREF(ctor);
+    Py_XDECREF(mmap);
+    return view;
+}
 
 static int
 need(unpacker *u, size_t n)
@@ -541,6 +573,10 @@ unpack_ext(unpacker *u, size_t n)
     if (type == TETHER_MSGPACK_EXT_OBJECT && u->x && u->k < u->nobjs) { /* bound by the core */
         u->p += n + 1;
         return tether_py_object_of_reference(u->x, u->objs[u->k++]);
+    }
+    if (type == TETHER_MSGPACK_EXT_BUFFER && u->kb < u->nbufs) { /* shared memory */
+        u->p += n + 1;
+        return buffer_view(u->bufs[u->kb++]);
     }
     PyErr_Format(PyExc_TypeError, "cannot receive a msgpack extension value of type %d%s", type,
                  type == TETHER_MSGPACK_EXT_OBJECT ? " here (an object reference outside a call)" : "");
@@ -692,9 +728,11 @@ str:
 }
 
 static PyObject *
-unpack_bytes(const void *data, size_t size, const xfer *x, tether_object *const *objs, size_t nobjs)
+unpack_bytes(const void *data, size_t size, const xfer *x, tether_object *const *objs, size_t nobjs,
+             tether_buffer *const *bufs, size_t nbufs)
 {
-    unpacker u = {data, (const uint8_t *)data + size, x && x->st ? x : NULL, objs, nobjs, 0};
+    unpacker u = {
+        data, (const uint8_t *)data + size, x && x->st ? x : NULL, objs, nobjs, 0, bufs, nbufs, 0};
     PyObject *o = unpack_obj(&u, 0, false);
     if (o && u.p != u.end) {
         Py_DECREF(o);
@@ -715,15 +753,20 @@ tether_py_object_from_value(tether_value *v, const xfer *x)
     size_t size;
     tether_object *const *objs;
     size_t nobjs;
+    tether_buffer *const *bufs;
+    size_t nbufs;
     int r = tether_value_get_msgpack(v, &data, &size);
     if (r == 0) {
         r = tether_value_get_objects(v, &objs, &nobjs);
+    }
+    if (r == 0) {
+        r = tether_value_get_buffers(v, &bufs, &nbufs);
     }
     if (r < 0) {
         PyErr_SetString(PyExc_ValueError, tether_strerror(r));
         return NULL;
     }
-    return unpack_bytes(data, size, x, objs, nobjs);
+    return unpack_bytes(data, size, x, objs, nobjs, bufs, nbufs);
 }
 
 /* _pack(obj) -> bytes: the msgpack encoding the module sends for obj (tests, tools). */

@@ -137,7 +137,7 @@ module_exec(PyObject *module)
         return -1;
     }
     if (PyModule_AddStringConstant(module, "core_version", TETHER_VERSION_STRING) < 0 ||
-        PyModule_AddIntConstant(module, "protocol_version", TETHER_PROTOCOL_VERSION) < 0) {
+        PyModule_AddIntConstant(module, "protocol_version", (long)tether_protocol_version()) < 0) {
         return -1;
     }
     static const struct {

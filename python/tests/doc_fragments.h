@@ -36,6 +36,7 @@ extern "C" {
 int next_timer_ms(void);
 void serve_my_socket(void);
 void simulate_and_render(void);
+void render_into(void *pixels); /* fills a frame's pixels */
 void wait_for_next_frame(void);
 extern volatile sig_atomic_t stop_requested;
 
@@ -74,6 +75,6 @@ void queue_push(void *queue, struct job *job);
     tether_host *host, tether_client *client, tether_conn *conn, tether_conn *script,              \
         tether_request *req, tether_value *result, tether_error error, tether_value *n, int r,     \
         int64_t id, const void *data, size_t size, int my_socket, int epfd, int x, int y,          \
-        struct unit *unit, struct scene scene, struct actor *actor DOC_FRAGMENT_MORE
+        struct unit *unit, struct scene scene, struct actor *actor, int tick DOC_FRAGMENT_MORE
 
 #endif

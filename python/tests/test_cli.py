@@ -19,6 +19,8 @@ import time
 
 import pytest
 
+import tether
+
 from conftest import BUILD_DIR, SOURCE_DIR, Host, private_runtime_dir, wait_until
 from doc_pages import blocks, shape
 
@@ -223,7 +225,7 @@ def test_a_tcp_only_host_is_found_by_its_host_file(tmp_path):
         with open(path) as f:
             lines = f.read().splitlines()
         port = int(h.address.rsplit(":", 1)[1])
-        assert lines == ["tether-host 1", "name tcponly", f"pid {h.pid}", "versions 1 1",
+        assert lines == ["tether-host 1", "name tcponly", f"pid {h.pid}", f"versions 1 {tether.protocol_version}",
                          f"tcp {h.address[4:]}",
                          f"token {os.path.join(runtime_dir, f'tcp-{port}.token')}"]
         assert os.stat(path).st_mode & 0o777 == 0o600

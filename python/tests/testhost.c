@@ -814,6 +814,30 @@ tether_globals(tether_request *req, void *userdata)
                                 "notes", n);
 }
 
+
+/* make_buffer(n): a buffer of n bytes, byte i being (i * 7) & 0xff (tests of buffers). */
+static int
+make_buffer(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    uint64_t n = 0;
+    int r = tether_request_read(req, "u", &n);
+    if (r < 0) {
+        return r;
+    }
+    tether_buffer *b = NULL;
+    if ((r = tether_buffer_new((size_t)n, &b)) < 0) {
+        return r;
+    }
+    uint8_t *w = tether_buffer_get_writable(b);
+    for (uint64_t i = 0; i < n; i++) {
+        w[i] = (uint8_t)(i * 7);
+    }
+    r = tether_request_reply(req, "B", b);
+    tether_buffer_unref(b);
+    return r;
+}
+
 static const struct {
     const char *name;
     tether_handler_fn fn;
@@ -821,6 +845,7 @@ static const struct {
 } services[] = {
     {"add", add, TETHER_CONTEXT_IO},
     {"echo", echo, TETHER_CONTEXT_IO},
+    {"make_buffer", make_buffer, TETHER_CONTEXT_IO},
     {"echo_args", echo_args, TETHER_CONTEXT_IO},
     {"fail", fail, TETHER_CONTEXT_IO},
     {"slow", slow, TETHER_CONTEXT_IO},

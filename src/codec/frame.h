@@ -27,7 +27,9 @@
 #include "codec/msgpack.h"
 #include "util/buf.h"
 
-#define TETHER__PROTOCOL_VERSION 1
+/* The highest protocol version this code knows: 2 adds buffers (BUFFER exts, descriptors
+ * beside frames). What a build offers is tether__protocol_version() (rpc/endpoint.h). */
+#define TETHER__PROTOCOL_VERSION 2
 #define TETHER__PROTOCOL_MIN_VERSION 1
 
 /* Bytes of the length prefix in front of every frame body. */

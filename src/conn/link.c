@@ -567,6 +567,12 @@ protocol_error(tether__link *l, int code, const char *what)
     tether__link_fail(l, -ECONNRESET, what);
 }
 
+void
+tether__link_break(tether__link *l, const char *why)
+{
+    protocol_error(l, -EPROTO, why);
+}
+
 typedef struct refuse_arg {
     const char *code;
     const char *message;

@@ -293,6 +293,9 @@ void *tether__link_take_input(tether__link *l, const tether__frame *f, size_t *r
 /* Write what is queued now, from this thread (held frames, say). Returns 0, -ENOTCONN
  * or -ECONNRESET (the write failed: the link is closed). */
 int tether__link_flush(tether__link *l);
+/* The peer broke the protocol in a way only the layers above see (why, for the log):
+ * close the connection, with a log line. Thread: any. */
+void tether__link_break(tether__link *l, const char *why);
 /* The peer lets our output pile up past max_output_bytes: close it, with a log line. */
 void tether__link_drop_slow_reader(tether__link *l);
 

@@ -568,7 +568,7 @@ handshake(tether_client *cl, int fd, const tether__addr *addr, tether__buf *in,
     }
     tether__hello hello = {
         .min_version = TETHER__PROTOCOL_MIN_VERSION,
-        .max_version = TETHER__PROTOCOL_VERSION,
+        .max_version = tether__protocol_version(),
         .name = cl->ep->name,
         .pid = getpid(),
         .language = cl->language,
@@ -609,7 +609,7 @@ handshake(tether_client *cl, int fd, const tether__addr *addr, tether__buf *in,
         r = tether__decode_welcome(&f.value, strings, ret_welcome);
     }
     if (r == 0 && (ret_welcome->version < TETHER__PROTOCOL_MIN_VERSION ||
-                   ret_welcome->version > TETHER__PROTOCOL_VERSION)) {
+                   ret_welcome->version > tether__protocol_version())) {
         r = -EPROTONOSUPPORT;
     }
     if (r < 0) {

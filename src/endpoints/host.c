@@ -491,14 +491,14 @@ hook_hello(tether__endpoint *ep, tether_conn *c, const tether__hello *hello,
         refuse(result, "busy", "the host is stopping%s", "");
         return;
     }
-    if (hello->min_version > TETHER__PROTOCOL_VERSION ||
+    if (hello->min_version > tether__protocol_version() ||
         hello->max_version < TETHER__PROTOCOL_MIN_VERSION || hello->max_version == 0) {
         char range[64];
         snprintf(range, sizeof(range), "%u..%u", hello->min_version, hello->max_version);
         result->refuse_code = "version";
         snprintf(result->refuse_message, sizeof(result->refuse_message),
                  "the client speaks protocol versions %s, this host speaks %d..%d", range,
-                 TETHER__PROTOCOL_MIN_VERSION, TETHER__PROTOCOL_VERSION);
+                 TETHER__PROTOCOL_MIN_VERSION, tether__protocol_version());
         return;
     }
     if (!c->trusted) {
@@ -550,8 +550,8 @@ hook_hello(tether__endpoint *ep, tether_conn *c, const tether__hello *hello,
     }
     c->peer_max_in_flight = TETHER__DEFAULT_MAX_IN_FLIGHT;
     tether__welcome w = {
-        .version = hello->max_version < TETHER__PROTOCOL_VERSION ? hello->max_version
-                                                                 : TETHER__PROTOCOL_VERSION,
+        .version = hello->max_version < tether__protocol_version() ? hello->max_version
+                                                                   : tether__protocol_version(),
         .name = c->ep->name,
         .pid = getpid(),
         .max_frame_size = c->ep->max_frame_size,
@@ -938,7 +938,7 @@ write_hostfile(tether_host *h, bool runtime_dir_ok)
     tether__hostfile *f = &h->hostfile;
     *f = (tether__hostfile){.pid = getpid(),
                             .min_version = TETHER__PROTOCOL_MIN_VERSION,
-                            .max_version = TETHER__PROTOCOL_VERSION};
+                            .max_version = tether__protocol_version()};
     snprintf(f->name, sizeof(f->name), "%s", h->ep->name);
     if (h->unix_path) {
         snprintf(f->unix_path, sizeof(f->unix_path), "%s", h->unix_path);

@@ -67,7 +67,7 @@ int tether__random_bytes(void *buf, size_t len);
  * memfd sealed with F_SEAL_SHRINK, F_SEAL_GROW and F_SEAL_SEAL): a process that maps
  * it can never fault on its pages, whatever the others do with their descriptors. Its
  * contents stay writable through mappings made writable. Returns 0 with a close-on-exec
- * descriptor in *ret_fd, -ENOMEM, or -EOPNOTSUPP where the platform has no such files
+ * descriptor in *ret_fd, -ENOMEM, or -ENOTSUP where the platform has no such files
  * (then buffers travel inline, and the protocol version offered is 1).
  */
 int tether__shm_create(size_t size, int *ret_fd);

@@ -161,7 +161,7 @@ tether__shm_create(size_t size, int *ret_fd)
 {
     (void)size;
     *ret_fd = -1;
-    return -EOPNOTSUPP;
+    return -ENOTSUP;
 }
 
 int

@@ -20,6 +20,7 @@
 
 #include "codec/msgpack.h"
 #include "codec/validate.h"
+#include "rpc/buffer.h"
 #include "rpc/call.h"
 #include "rpc/conn.h"
 #include "rpc/request.h"
@@ -148,6 +149,25 @@ tether__conn_on_response(tether_conn *c, const tether__frame *f)
         tether__free(block);
         tether__pending_complete(c, p, r, NULL, TETHER__ERR_GENERIC, tether_strerror(r), NULL);
         return;
+    }
+    if (f->buffers) {
+        /* Descriptors beside the frame become the buffers its BUFFER exts name. */
+        tether__bufvec bufs = TETHER__BUFVEC_INIT;
+        const char *why = NULL;
+        r = tether__buffers_bind(&c->link, f, &f->value, 1, &bufs, &why);
+        if (r == 0) {
+            r = tether__value_adopt_buffers(v, &bufs);
+        }
+        tether__bufvec_clear(&bufs);
+        if (r < 0) {
+            tether_value_unref(v);
+            if (r == -EPROTO) {
+                tether__link_break(&c->link, why); /* fails p with the rest */
+            }
+            tether__pending_complete(c, p, r == -EPROTO ? -ECONNRESET : r, NULL,
+                                     TETHER__ERR_GENERIC, why ? why : tether_strerror(r), NULL);
+            return;
+        }
     }
     if (f->refs && !f->is_error) {
         char message[128];
@@ -303,6 +323,7 @@ typedef struct request_arg {
     size_t args_len, kwargs_len;
     tether__objlist objects[2]; /* the objects in args and kwargs, sent with them */
     tether_value *built;     /* args built from a format with objects, released after */
+    tether_value *values[2]; /* args and kwargs as values, borrowed: their buffers go too */
     const char *format;
     va_list *ap;
     bool notify;
@@ -355,7 +376,7 @@ encode_request(tether__buf *out, void *argp)
     }
     va_list copy;
     va_copy(copy, *a->ap);
-    r = tether__format_build(out, a->format, copy, true, NULL, TETHER__DEFAULT_MAX_DEPTH - 1);
+    r = tether__format_build(out, a->format, copy, true, NULL, NULL, TETHER__DEFAULT_MAX_DEPTH - 1);
     va_end(copy);
     if (r == 0) {
         r = tether__encode_call_close(out, start, kind, a->kwargs, a->kwargs_len, a->timeout_ms);
@@ -511,9 +532,25 @@ start_call(tether_conn *c, tether__pending *p, request_arg *a, int mode)
     if (!now) {
         a->lend = NULL; /* the backlog keeps a copy */
     }
-    r = !now      ? tether__window_queue(c, p->id, encode_request, a)
-        : a->lend ? tether__link_send_lent(&c->link, encode_request, a, a->lend)
-                  : tether__conn_send(c, encode_request, a, mode);
+    /* Buffers go as descriptors beside the frame, or inline where they cannot. */
+    tether__outbufs ob;
+    const uint8_t **const bytes[2] = {&a->args, &a->kwargs};
+    size_t *const lens[2] = {&a->args_len, &a->kwargs_len};
+    r = tether__outbufs_prepare(&c->link, a->values, 2, bytes, lens, &ob);
+    if (r == 0 && ob.n) {
+        a->lend = NULL; /* the frame goes with descriptors, alone */
+    }
+    if (r < 0) {
+        /* over the descriptors a frame carries, or no memory */
+    } else if (!now) {
+        r = tether__window_queue(c, p->id, encode_request, a, ob.fds, ob.n);
+    } else if (ob.n) {
+        r = tether__link_send_fds(&c->link, encode_request, a, mode, ob.fds, ob.n);
+    } else {
+        r = a->lend ? tether__link_send_lent(&c->link, encode_request, a, a->lend)
+                    : tether__conn_send(c, encode_request, a, mode);
+    }
+    tether__outbufs_done(&ob);
     if (r < 0) {
         tether__conn_unexport_lists(c, a->objects, 2);
         pthread_mutex_lock(&c->link.lock);
@@ -616,31 +653,37 @@ out:
 }
 
 /*
- * A format with "o" or "v" may put objects into the arguments: then they are built into
- * a value first (a->built, released by the caller), whose objects the send accounts for.
+ * A format with "o", "v" or "B" may put objects or buffers into the arguments: then they
+ * are built into a value first (a->built, released by the caller), whose objects and
+ * buffers the send accounts for.
  */
 static int
 build_args_with_objects(request_arg *a)
 {
-    if (!strpbrk(a->format, "ov")) {
+    if (!strpbrk(a->format, "ovB")) {
         return 0;
     }
     tether__buf b = TETHER__BUF_INIT;
     tether__objvec objs = TETHER__OBJVEC_INIT;
-    int r = tether__format_build(&b, a->format, *a->ap, true, &objs, TETHER__DEFAULT_MAX_DEPTH - 1);
+    tether__bufvec bufs = TETHER__BUFVEC_INIT;
+    int r = tether__format_build(&b, a->format, *a->ap, true, &objs, &bufs,
+                                 TETHER__DEFAULT_MAX_DEPTH - 1);
     if (r == 0) {
         r = tether__value_new_copy(tether__buf_head(&b), tether__buf_pending(&b), &a->built);
     }
     tether__buf_done(&b);
     if (r < 0) {
         tether__objvec_clear(&objs);
+        tether__bufvec_clear(&bufs);
         return r;
     }
     r = tether__value_adopt(a->built, &objs);
-    if (r < 0) {
+    int rb = tether__value_adopt_buffers(a->built, &bufs);
+    if (r < 0 || rb < 0) {
         a->built = tether_value_unref(a->built);
-        return r;
+        return r < 0 ? r : rb;
     }
+    a->values[0] = a->built;
     tether__value_mark_sendable(a->built); /* built within the limit */
     const void *data;
     tether_value_get_msgpack(a->built, &data, &a->args_len);
@@ -696,6 +739,8 @@ values_arg(request_arg *a, const char *method, tether_value *args, tether_value 
     a->method = method;
     a->objects[0] = tether__objlist_of(args);
     a->objects[1] = tether__objlist_of(kwargs);
+    a->values[0] = args;
+    a->values[1] = kwargs;
     if ((args && !tether__value_sendable(args)) || (kwargs && !tether__value_sendable(kwargs))) {
         return -EMSGSIZE; /* the peer would drop a frame nested that deep */
     }
@@ -863,9 +908,14 @@ notify(tether_conn *given, const char *method, request_arg *a)
     a->notify = true;
     a->chain = tether__current_chain() ? tether__current_chain() : tether__chain_new();
     r = tether__conn_export_lists(c, a->objects, 2);
-    if (r == 0 && (r = tether__window_send(c, encode_request, a, false)) < 0) {
+    tether__outbufs ob = {.flat = {TETHER__BUF_INIT, TETHER__BUF_INIT}};
+    const uint8_t **const bytes[2] = {&a->args, &a->kwargs};
+    size_t *const lens[2] = {&a->args_len, &a->kwargs_len};
+    if (r == 0 && ((r = tether__outbufs_prepare(&c->link, a->values, 2, bytes, lens, &ob)) < 0 ||
+                   (r = tether__window_send(c, encode_request, a, false, ob.fds, ob.n)) < 0)) {
         tether__conn_unexport_lists(c, a->objects, 2);
     }
+    tether__outbufs_done(&ob);
     tether_conn_unref(c);
     return r;
 }

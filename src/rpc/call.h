@@ -80,8 +80,10 @@ void tether__conn_wait(tether_conn *conn, tether__pending *p);
  * connection closed; conn lock held). Thread: any but where noted.
  */
 bool tether__window_claim_locked(tether_conn *conn, tether__pending *p);
-int tether__window_queue(tether_conn *conn, uint64_t id, tether__encode_fn encode, void *arg);
-int tether__window_send(tether_conn *conn, tether__encode_fn encode, void *arg, bool flush_now);
+int tether__window_queue(tether_conn *conn, uint64_t id, tether__encode_fn encode, void *arg,
+                         const int *fds, uint32_t nfds);
+int tether__window_send(tether_conn *conn, tether__encode_fn encode, void *arg, bool flush_now,
+                        const int *fds, uint32_t nfds);
 void tether__window_pump(tether_conn *conn);
 void tether__window_clear_locked(tether_conn *conn);
 

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "platform/platform.h"
 #include "rpc/conn.h"
 #include "util/alloc.h"
 
@@ -273,4 +274,16 @@ tether__log(const tether__endpoint *ep, int level, const char *format, ...)
     va_start(ap, format);
     tether__logger_writev(&ep->logger, level, format, ap);
     va_end(ap);
+}
+
+uint32_t
+tether__protocol_version(void)
+{
+    return tether__shm_supported ? TETHER__PROTOCOL_VERSION : 1;
+}
+
+uint32_t
+tether_protocol_version(void)
+{
+    return tether__protocol_version();
 }

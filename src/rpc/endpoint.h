@@ -117,4 +117,8 @@ void tether__log(const tether__endpoint *ep, int level, const char *format, ...)
 
 #define tether__log_enabled(ep, level) tether__logger_enabled(&(ep)->logger, level)
 
+/* The highest protocol version this build offers: TETHER__PROTOCOL_VERSION where the
+ * platform has sealable shared memory for buffers, 1 where it has not. */
+uint32_t tether__protocol_version(void);
+
 #endif

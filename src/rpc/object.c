@@ -386,7 +386,7 @@ run_release_flush(tether__task *task)
         release_arg a = {ids + at, counts + at, n - at < RELEASE_CHUNK ? n - at : RELEASE_CHUNK};
         /* Behind calls waiting for room in the peer's window, which may name these
          * objects (window.c). */
-        if (tether__window_send(c, encode_release, &a, false) == -ENOBUFS) {
+        if (tether__window_send(c, encode_release, &a, false, NULL, 0) == -ENOBUFS) {
             tether__conn_drop_slow_reader(c);
             break;
         }

@@ -17,6 +17,7 @@
 
 #include "codec/validate.h"
 #include "conn/pool.h"
+#include "rpc/buffer.h"
 #include "rpc/chain.h"
 #include "rpc/conn.h"
 #include "rpc/request.h"
@@ -133,9 +134,21 @@ send_response(tether_request *req, response_arg *a)
     } else {
         /* A reply from the main thread or a worker goes out at once: waking the I/O
          * thread to write it would add a thread hop to every MAIN and POOL call. */
-        r = a->give ? tether__link_send_lent(&req->conn->link, encode_response, a, a->give)
-                    : tether__conn_send(req->conn, encode_response, a,
-                                        !tether__ioloop_in_thread(req->conn->link.loop));
+        int mode = !tether__ioloop_in_thread(req->conn->link.loop);
+        /* Buffers go as descriptors beside the frame, or inline where they cannot. */
+        tether__outbufs ob;
+        const uint8_t **const bytes[1] = {&a->value};
+        size_t *const lens[1] = {&a->value_len};
+        r = tether__outbufs_prepare(&req->conn->link, &a->result, 1, bytes, lens, &ob);
+        if (r < 0) {
+            /* over the descriptors a frame carries, or no memory */
+        } else if (ob.n) {
+            r = tether__link_send_fds(&req->conn->link, encode_response, a, mode, ob.fds, ob.n);
+        } else {
+            r = a->give ? tether__link_send_lent(&req->conn->link, encode_response, a, a->give)
+                        : tether__conn_send(req->conn, encode_response, a, mode);
+        }
+        tether__outbufs_done(&ob);
         if (r < 0 && a->result) {
             tether__conn_unexport_lists(req->conn, &objects, 1);
         }
@@ -175,7 +188,11 @@ tether_request_reply_value(tether_request *req, tether_value *result)
     /* A big value without objects goes out from where it is, the link holding a
      * reference until it is written (values are immutable). */
     tether__lend give;
-    if (a.value_len >= TETHER__BIG_SPAN && tether__objlist_of(result).n == 0) {
+    size_t nbufs = 0;
+    if (result) {
+        tether__value_buffers(result, &nbufs);
+    }
+    if (a.value_len >= TETHER__BIG_SPAN && tether__objlist_of(result).n == 0 && nbufs == 0) {
         give = (tether__lend){.src = a.value,
                               .len = a.value_len,
                               .release = unref_given_value,
@@ -195,8 +212,8 @@ tether_request_reply(tether_request *req, const char *format, ...)
     if (!req) {
         return -EINVAL;
     }
-    if (format && strpbrk(format, "ov")) {
-        /* It may hold objects, which travel with a value. */
+    if (format && strpbrk(format, "ovB")) {
+        /* It may hold objects or buffers, which travel with a value. */
         va_list ap;
         va_start(ap, format);
         tether_value *v;
@@ -220,7 +237,8 @@ tether_request_reply(tether_request *req, const char *format, ...)
         tether__buf_reset(value);
         va_list ap;
         va_start(ap, format);
-        r = tether__format_build(value, format, ap, false, NULL, TETHER__DEFAULT_MAX_DEPTH - 1);
+        r = tether__format_build(value, format, ap, false, NULL, NULL,
+                                 TETHER__DEFAULT_MAX_DEPTH - 1);
         va_end(ap);
     }
     if (r < 0 && r != -EMSGSIZE) {
@@ -305,7 +323,7 @@ tether_request_reply_error(tether_request *req, const char *type, const char *fo
  * frame's buffer); either way it takes the objects bound in them on first use. */
 static tether_value *
 lazy_value(tether_value **slot, const uint8_t *raw, size_t len, const char *empty,
-           tether__objvec *objs)
+           tether__objvec *objs, tether__bufvec *bufs)
 {
     if (!*slot) {
         if (raw) {
@@ -317,13 +335,17 @@ lazy_value(tether_value **slot, const uint8_t *raw, size_t len, const char *empt
     if (*slot && objs->n && tether__value_adopt(*slot, objs) < 0) {
         *slot = tether_value_unref(*slot);
     }
+    if (*slot && bufs->n && tether__value_adopt_buffers(*slot, bufs) < 0) {
+        *slot = tether_value_unref(*slot);
+    }
     return *slot;
 }
 
 tether_value *
 tether_request_get_args(tether_request *req)
 {
-    return req ? lazy_value(&req->args, req->args_raw, req->args_len, "\x90", &req->args_objs)
+    return req ? lazy_value(&req->args, req->args_raw, req->args_len, "\x90", &req->args_objs,
+                            &req->args_bufs)
                : NULL;
 }
 
@@ -331,7 +353,7 @@ tether_value *
 tether_request_get_kwargs(tether_request *req)
 {
     return req ? lazy_value(&req->kwargs, req->kwargs_raw, req->kwargs_len, "\x80",
-                            &req->kwargs_objs)
+                            &req->kwargs_objs, &req->kwargs_bufs)
                : NULL;
 }
 
@@ -405,6 +427,8 @@ tether_request_unref(tether_request *req)
     tether_value_unref(req->kwargs);
     tether__objvec_clear(&req->args_objs);
     tether__objvec_clear(&req->kwargs_objs);
+    tether__bufvec_clear(&req->args_bufs);
+    tether__bufvec_clear(&req->kwargs_bufs);
     tether_object_unref(req->object);
     tether_error_done(&req->read_error);
     tether_conn_unref(req->conn);
@@ -795,6 +819,26 @@ accept_request(tether_conn *c, const tether__frame *f, bool caller)
         !error) {
         error = TETHER__ERR_NO_SUCH_OBJECT;
         snprintf(message, sizeof(message), "%s", bind_error);
+    }
+    if (req && f->buffers && !error) {
+        /* Descriptors beside the frame become the buffers its BUFFER exts name. */
+        tether__span spans[2] = {{req->args_raw, req->args_len},
+                                 {req->kwargs_raw, req->kwargs_len}};
+        tether__bufvec vecs[2] = {TETHER__BUFVEC_INIT, TETHER__BUFVEC_INIT};
+        const char *why = NULL;
+        int r = tether__buffers_bind(&c->link, f, spans, 2, vecs, &why);
+        req->args_bufs = vecs[0];
+        req->kwargs_bufs = vecs[1];
+        if (r == -EPROTO) {
+            tether__link_break(&c->link, why);
+            tether_object_unref(object);
+            drop_unreplied(req);
+            return true;
+        }
+        if (r < 0) {
+            error = TETHER__ERR_GENERIC;
+            snprintf(message, sizeof(message), "%s", tether_strerror(r));
+        }
     }
     if (error) {
         error_reply(c, f, error, message);

@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include "codec/frame.h"
+#include "rpc/buffer.h"
 #include "rpc/conn.h"
 #include "rpc/mainq.h"
 #include "rpc/object.h"
@@ -29,6 +30,7 @@ struct tether_request {
     size_t args_len, kwargs_len;
     tether_value *args, *kwargs;           /* made on first use */
     tether__objvec args_objs, kwargs_objs; /* bound at arrival, given to args, kwargs */
+    tether__bufvec args_bufs, kwargs_bufs; /* likewise */
     tether_object *object;                 /* a method call's target; NULL for a service */
     tether_error read_error;               /* from a failed tether_request_read */
     /* Running list (a reply is owed and the handler kept the request), conn lock. */

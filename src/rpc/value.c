@@ -41,6 +41,7 @@
 #include "codec/frame.h"
 #include "codec/msgpack.h"
 #include "codec/validate.h"
+#include "rpc/buffer.h"
 #include "rpc/object.h"
 #include "util/alloc.h"
 #include "util/error.h"
@@ -67,6 +68,10 @@ struct tether_value {
     tether_object **objs;
     size_t *offs;
     size_t nobjs;
+    /* Buffers named by BUFFER exts, in byte order, likewise (one block). */
+    tether_buffer **bufs;
+    size_t *buf_offs;
+    size_t nbufs;
     /* Whether the value fits in a frame's arguments or result (nesting <= 63), found
      * once: SENDABLE_UNKNOWN until a check or its origin tells. */
     atomic_uchar sendable;
@@ -101,6 +106,9 @@ value_init(tether_value *v, size_t size)
     v->objs = NULL;
     v->offs = NULL;
     v->nobjs = 0;
+    v->bufs = NULL;
+    v->buf_offs = NULL;
+    v->nbufs = 0;
     v->data = v->inline_data;
     v->block = NULL;
 }
@@ -127,6 +135,49 @@ tether__value_adopt(tether_value *v, tether__objvec *vec)
     v->nobjs = vec->n;
     tether__free(vec->v);
     *vec = TETHER__OBJVEC_INIT;
+    return 0;
+}
+
+int
+tether__value_adopt_buffers(tether_value *v, tether__bufvec *vec)
+{
+    if (vec->n == 0) {
+        tether__bufvec_clear(vec);
+        return 0;
+    }
+    tether_buffer **bufs = tether__malloc(vec->n * (sizeof(*bufs) + sizeof(size_t)));
+    if (!bufs) {
+        tether__bufvec_clear(vec);
+        return -ENOMEM;
+    }
+    size_t *offs = (size_t *)(void *)(bufs + vec->n);
+    for (size_t i = 0; i < vec->n; i++) {
+        bufs[i] = vec->v[i].buf; /* the vector's reference moves to the value */
+        offs[i] = vec->v[i].off;
+    }
+    v->bufs = bufs;
+    v->buf_offs = offs;
+    v->nbufs = vec->n;
+    tether__free(vec->v);
+    *vec = TETHER__BUFVEC_INIT;
+    return 0;
+}
+
+tether_buffer *const *
+tether__value_buffers(const tether_value *v, size_t *ret_count)
+{
+    *ret_count = v->nbufs;
+    return v->bufs;
+}
+
+int
+tether_value_get_buffers(const tether_value *value, tether_buffer *const **ret_buffers,
+                         size_t *ret_count)
+{
+    if (!value || !ret_buffers || !ret_count) {
+        return -EINVAL;
+    }
+    *ret_buffers = tether__value_buffers(value, ret_count);
     return 0;
 }
 
@@ -157,6 +208,22 @@ objects_copy_range(const tether_value *v, size_t from, size_t len, size_t delta_
     for (size_t i = 0; i < v->nobjs; i++) {
         if (v->offs[i] >= from && v->offs[i] < from + len) {
             int r = tether__objvec_push(vec, v->offs[i] - from + delta_base, v->objs[i]);
+            if (r < 0) {
+                return r;
+            }
+        }
+    }
+    return 0;
+}
+
+/* The same for buffers. */
+static int
+buffers_copy_range(const tether_value *v, size_t from, size_t len, size_t delta_base,
+                   tether__bufvec *vec)
+{
+    for (size_t i = 0; i < v->nbufs; i++) {
+        if (v->buf_offs[i] >= from && v->buf_offs[i] < from + len) {
+            int r = tether__bufvec_push(vec, v->buf_offs[i] - from + delta_base, v->bufs[i]);
             if (r < 0) {
                 return r;
             }
@@ -215,7 +282,8 @@ tether_value_newv(tether_value **ret, const char *format, va_list ap)
     va_list aq;
     va_copy(aq, ap);
     tether__objvec objs = TETHER__OBJVEC_INIT;
-    r = tether__format_build(&b, format, aq, false, &objs, 0);
+    tether__bufvec bufs = TETHER__BUFVEC_INIT;
+    r = tether__format_build(&b, format, aq, false, &objs, &bufs, 0);
     va_end(aq);
     if (r < 0) {
         tether__buf_done(&b);
@@ -232,9 +300,10 @@ tether_value_newv(tether_value **ret, const char *format, va_list ap)
     value_init(v, b.len - VALUE_HEADER);
     /* The build's offsets count from where it started, which is where data begins. */
     r = tether__value_adopt(v, &objs);
-    if (r < 0) {
+    int rb = tether__value_adopt_buffers(v, &bufs);
+    if (r < 0 || rb < 0) {
         tether_value_unref(v);
-        return r;
+        return r < 0 ? r : rb;
     }
     *ret = v;
     return 0;
@@ -376,6 +445,10 @@ tether_value_unref(tether_value *value)
         tether_object_unref(value->objs[i]);
     }
     tether__free(value->objs);
+    for (size_t i = 0; i < value->nbufs; i++) {
+        tether_buffer_unref(value->bufs[i]);
+    }
+    tether__free(value->bufs);
     if (value->block) {
         tether__buf_keep(value->block, value->block_cap); /* for the next big frame */
     }
@@ -463,6 +536,7 @@ value_cstr(tether_value *v, const uint8_t *s, size_t len, const char **ret)
 /* ---- introspection -------------------------------------------------------------- */
 
 static int value_new_slice(const tether_value *v, tether__span span, tether_value **ret);
+static tether_buffer *buffer_at(const tether_value *v, size_t off);
 
 int
 tether_value_get_type(const tether_value *value)
@@ -495,9 +569,10 @@ tether_value_get_type(const tether_value *value)
     case TETHER__MP_MAP:
         return TETHER_TYPE_MAP;
     default:
-        return h.ext_type == TETHER__EXT_REF     ? TETHER_TYPE_OBJECT
-               : h.ext_type == TETHER__EXT_ERROR ? TETHER_TYPE_ERROR
-                                                 : TETHER_TYPE_EXT;
+        return h.ext_type == TETHER__EXT_REF                             ? TETHER_TYPE_OBJECT
+               : h.ext_type == TETHER__EXT_ERROR                         ? TETHER_TYPE_ERROR
+               : h.ext_type == TETHER__EXT_BUFFER && buffer_at(value, 0) ? TETHER_TYPE_BUFFER
+                                                                         : TETHER_TYPE_EXT;
     }
 }
 
@@ -522,6 +597,10 @@ tether_value_get_count(const tether_value *value, size_t *ret_count)
         *ret_count = h.data.len;
         return 0;
     default:
+        if (h.type == TETHER__MP_EXT && h.ext_type == TETHER__EXT_BUFFER && buffer_at(value, 0)) {
+            *ret_count = tether_buffer_get_size(buffer_at(value, 0));
+            return 0;
+        }
         return TETHER_EINVAL;
     }
 }
@@ -746,6 +825,13 @@ put_ext(tether__buf *b, const tether__mp_head *h)
         }
         return putf(b, "<ref %" PRIu64 ">", id);
     }
+    if (h->ext_type == TETHER__EXT_BUFFER) {
+        uint64_t size;
+        if (tether__mp_read_array(&p, &n) < 0 || n < 1 || tether__mp_read_uint(&p, &size) < 0) {
+            return 1;
+        }
+        return putf(b, "<buffer of %" PRIu64 " bytes>", size);
+    }
     if (h->ext_type == TETHER__EXT_ERROR) {
         tether__span type, message;
         if (tether__mp_read_array(&p, &n) < 0 || n < 2 || tether__mp_read_str(&p, &type) < 0 ||
@@ -848,6 +934,32 @@ tether_value_to_string(const tether_value *value, char **ret_text)
     return 0;
 }
 
+/* ---- buffers inline -------------------------------------------------------------- */
+
+int
+tether__value_write_inline(const tether_value *v, tether__buf *out)
+{
+    /* The bytes between buffers as they are; each BUFFER ext as a bin of its bytes. */
+    size_t at = 0;
+    for (size_t i = 0; i < v->nbufs; i++) {
+        tether__mp_item it;
+        const uint8_t *ext = v->data + v->buf_offs[i];
+        if (tether__mp_item_at(ext, v->data + v->size, &it) < 0) {
+            return -EPROTO; /* never: checked bytes */
+        }
+        const void *data = tether_buffer_get_data(v->bufs[i]);
+        int r = tether__mp_raw(out, v->data + at, v->buf_offs[i] - at);
+        if (r == 0) {
+            r = tether__mp_bin(out, data ? data : "", tether_buffer_get_size(v->bufs[i]));
+        }
+        if (r < 0) {
+            return r;
+        }
+        at = (size_t)(it.next - v->data);
+    }
+    return tether__mp_raw(out, v->data + at, v->size - at);
+}
+
 /* ---- the format engine --------------------------------------------------------- */
 
 enum walk_mode {
@@ -862,6 +974,7 @@ struct walk {
     va_list *ap;        /* BUILD, STORE, UNDO */
     tether__buf *out;   /* BUILD */
     tether__objvec *objs; /* BUILD: objects of "o" and "v" items; NULL: none allowed */
+    tether__bufvec *bufs; /* BUILD: buffers of "B" and "v" items; NULL: their bytes inline */
     size_t mark;          /* BUILD: where the build started in out, for their offsets */
     tether_value *root; /* reading */
     tether__mp_reader r;
@@ -900,6 +1013,7 @@ fmt_scan(const char *f, char close, bool build, unsigned depth, const char **ret
         case 'y':
         case 'v':
         case 'o':
+        case 'B':
             f++;
             break;
         case '*':
@@ -956,9 +1070,10 @@ head_type_name(const tether__mp_head *h)
     case TETHER__MP_MAP:
         return "map";
     case TETHER__MP_EXT:
-        return h->ext_type == TETHER__EXT_REF     ? "ref"
-               : h->ext_type == TETHER__EXT_ERROR ? "error"
-                                                  : "ext";
+        return h->ext_type == TETHER__EXT_REF      ? "ref"
+               : h->ext_type == TETHER__EXT_ERROR  ? "error"
+               : h->ext_type == TETHER__EXT_BUFFER ? "buffer"
+                                                   : "ext";
     default:
         return "?";
     }
@@ -1087,7 +1202,34 @@ build_scalar(struct walk *w, char c)
                 return r;
             }
         }
+        if (v->nbufs && !w->bufs) {
+            return tether__value_write_inline(v, out);
+        }
+        if (v->nbufs) {
+            int r = buffers_copy_range(v, 0, v->size, tether__buf_pending(out) - w->mark, w->bufs);
+            if (r < 0) {
+                return r;
+            }
+        }
         return tether__mp_raw(out, v->data, v->size);
+    }
+    case 'B': {
+        tether_buffer *b = va_arg(*w->ap, tether_buffer *);
+        if (!b) {
+            return tether__mp_nil(out);
+        }
+        size_t size = tether_buffer_get_size(b);
+        if (!w->bufs) {
+            /* For a peer that takes no descriptors: the bytes themselves. */
+            const void *data = tether_buffer_get_data(b);
+            return tether__mp_bin(out, data ? data : "", size);
+        }
+        /* An ext whose payload is an array: two levels. */
+        if (w->max_depth && w->depth + 2 > w->max_depth) {
+            return -EMSGSIZE;
+        }
+        int r = tether__bufvec_push(w->bufs, tether__buf_pending(out) - w->mark, b);
+        return r < 0 ? r : tether__ext_buffer_write(out, size);
     }
     case 'o': {
         tether_object *obj = va_arg(*w->ap, tether_object *);
@@ -1114,19 +1256,62 @@ static int
 value_new_slice(const tether_value *v, tether__span span, tether_value **ret)
 {
     int r = tether__value_new_copy(span.ptr, span.len, ret);
-    if (r < 0 || v->nobjs == 0) {
+    if (r < 0 || (v->nobjs == 0 && v->nbufs == 0)) {
         return r;
     }
+    size_t from = (size_t)(span.ptr - v->data);
     tether__objvec vec = TETHER__OBJVEC_INIT;
-    r = objects_copy_range(v, (size_t)(span.ptr - v->data), span.len, 0, &vec);
+    tether__bufvec bufs = TETHER__BUFVEC_INIT;
+    r = objects_copy_range(v, from, span.len, 0, &vec);
+    if (r == 0) {
+        r = buffers_copy_range(v, from, span.len, 0, &bufs);
+    }
     if (r == 0) {
         r = tether__value_adopt(*ret, &vec);
     }
+    if (r == 0) {
+        r = tether__value_adopt_buffers(*ret, &bufs);
+    }
     if (r < 0) {
         tether__objvec_clear(&vec);
+        tether__bufvec_clear(&bufs);
         *ret = tether_value_unref(*ret);
     }
     return r;
+}
+
+/* The buffer bound to the BUFFER ext at offset off of v, or NULL. */
+static tether_buffer *
+buffer_at(const tether_value *v, size_t off)
+{
+    for (size_t i = 0; i < v->nbufs; i++) {
+        if (v->buf_offs[i] == off) {
+            return v->bufs[i];
+        }
+    }
+    return NULL;
+}
+
+/* "B": the buffer bound to the BUFFER ext at offset at, or nil. */
+static int
+read_buffer(struct walk *w, const tether__mp_head *h, size_t at)
+{
+    tether_buffer **out = OUT(w, tether_buffer **);
+    tether_buffer *buf = NULL;
+    if (h->type != TETHER__MP_NIL) {
+        if (h->type != TETHER__MP_EXT || h->ext_type != TETHER__EXT_BUFFER ||
+            !(buf = buffer_at(w->root, at))) {
+            return mismatch(w, "buffer", h);
+        }
+    }
+    if (w->mode == MODE_STORE && out) {
+        *out = tether_buffer_ref(buf);
+        w->nvalues++;
+    } else if (w->mode == MODE_UNDO && out && w->nvalues > 0) {
+        *out = tether_buffer_unref(*out);
+        w->nvalues--;
+    }
+    return 0;
 }
 
 /* The object bound to the REF ext at offset off of v, or NULL. */
@@ -1281,26 +1466,32 @@ read_cstr(struct walk *w, const tether__mp_head *h)
 
 /* "S" (str) and "y" (bin): pointer and length into the value's bytes. */
 static int
-read_span(struct walk *w, const tether__mp_head *h, char c)
+read_span(struct walk *w, const tether__mp_head *h, char c, size_t at)
 {
     const char **out_str = c == 'S' ? OUT(w, const char **) : NULL;
     const void **out_bin = c == 'y' ? OUT(w, const void **) : NULL;
     size_t *out_len = OUT(w, size_t *);
     int want = c == 'S' ? TETHER__MP_STR : TETHER__MP_BIN;
-    if (h->type != want) {
+    tether__span bytes = h->data;
+    tether_buffer *buf = c == 'y' && h->type == TETHER__MP_EXT && h->ext_type == TETHER__EXT_BUFFER
+                             ? buffer_at(w->root, at)
+                             : NULL;
+    if (buf) {
+        bytes = (tether__span){tether_buffer_get_data(buf), tether_buffer_get_size(buf)};
+    } else if (h->type != want) {
         return mismatch(w, c == 'S' ? "str" : "bytes", h);
     }
     if (w->mode != MODE_STORE) {
         return 0;
     }
     if (out_str) {
-        *out_str = (const char *)h->data.ptr;
+        *out_str = (const char *)bytes.ptr;
     }
     if (out_bin) {
-        *out_bin = h->data.ptr;
+        *out_bin = bytes.ptr;
     }
     if (out_len) {
-        *out_len = h->data.len;
+        *out_len = bytes.len;
     }
     return 0;
 }
@@ -1343,7 +1534,9 @@ read_scalar(struct walk *w, char c)
         return read_cstr(w, &h);
     case 'S':
     case 'y':
-        return read_span(w, &h, c);
+        return read_span(w, &h, c, at);
+    case 'B':
+        return read_buffer(w, &h, at);
     default:
         return -EINVAL;
     }
@@ -1417,7 +1610,7 @@ walk_item(struct walk *w, const char **fp)
 
 int
 tether__format_build(tether__buf *out, const char *fmt, va_list ap, bool as_array,
-                     tether__objvec *objs, uint32_t max_depth)
+                     tether__objvec *objs, tether__bufvec *bufs, uint32_t max_depth)
 {
     const char *f = fmt ? fmt : "";
     const char *end;
@@ -1435,10 +1628,16 @@ tether__format_build(tether__buf *out, const char *fmt, va_list ap, bool as_arra
     }
     size_t mark = tether__buf_pending(out);
     size_t nobjs = objs ? objs->n : 0;
+    size_t nbufs = bufs ? bufs->n : 0;
     va_list aq;
     va_copy(aq, ap);
-    struct walk w = {
-        .mode = MODE_BUILD, .ap = &aq, .out = out, .objs = objs, .mark = mark, .max_depth = max_depth};
+    struct walk w = {.mode = MODE_BUILD,
+                     .ap = &aq,
+                     .out = out,
+                     .objs = objs,
+                     .bufs = bufs,
+                     .mark = mark,
+                     .max_depth = max_depth};
     int r;
     if (as_array) {
         r = tether__mp_array(out, (uint32_t)k);
@@ -1453,6 +1652,9 @@ tether__format_build(tether__buf *out, const char *fmt, va_list ap, bool as_arra
         out->len = out->off + mark;
         while (objs && objs->n > nobjs) {
             tether_object_unref(objs->v[--objs->n].obj);
+        }
+        while (bufs && bufs->n > nbufs) {
+            tether_buffer_unref(bufs->v[--bufs->n].buf);
         }
     }
     return r;

@@ -20,6 +20,7 @@
 #include "util/buf.h"
 
 struct tether__objvec; /* object.h */
+struct tether__bufvec; /* buffer.h */
 
 /* Deepest nesting of brackets a format string may have. */
 #define TETHER__FORMAT_MAX_DEPTH 64
@@ -41,14 +42,17 @@ int tether__value_new_in_block(void *block, size_t cap, const uint8_t *p, size_t
  * from ap. as_array false: fmt describes exactly one item (NULL: nil). as_array true: an
  * array of all the items of fmt (NULL or "": an empty array). The objects of "o" items
  * and of "v" values holding objects go into objs, at offsets counted from where the
- * build starts in out; objs NULL refuses them. max_depth bounds the nesting of what is
+ * build starts in out; objs NULL refuses them. The buffers of "B" items and of "v" values
+ * go into bufs likewise, as BUFFER exts; bufs NULL writes their bytes inline (a bin), for
+ * a peer that takes no descriptors. max_depth bounds the nesting of what is
  * built as tether__msgpack_check counts it (0: only the format's own limit), so that
  * bytes built for a frame need no check afterwards. Returns 0, -EINVAL (bad format or
  * argument; out and objs are restored), -ENOMEM, -EMSGSIZE (a str/bin over 4 GiB,
  * nesting over max_depth).
  */
 int tether__format_build(tether__buf *out, const char *fmt, va_list ap, bool as_array,
-                         struct tether__objvec *objs, uint32_t max_depth);
+                         struct tether__objvec *objs, struct tether__bufvec *bufs,
+                         uint32_t max_depth);
 /*
  * Check msgpack bytes that may hold objects by reference: exactly one value within
  * max_depth, whose REF exts name objects[0..count) in order; with vec, the objects go
@@ -71,6 +75,14 @@ int tether__value_adopt(tether_value *v, struct tether__objvec *vec);
 
 /* The objects v holds, in byte order (borrowed). */
 tether_object *const *tether__value_objects(const tether_value *v, size_t *ret_count);
+
+/* Give v the buffers of vec, as tether__value_adopt does objects. */
+int tether__value_adopt_buffers(tether_value *v, struct tether__bufvec *vec);
+/* The buffers v holds, in byte order (borrowed). */
+tether_buffer *const *tether__value_buffers(const tether_value *v, size_t *ret_count);
+/* Append v's bytes to out with each of its buffers as a bin of its bytes: v for a peer
+ * that takes no descriptors. Returns 0 or -ENOMEM, -EMSGSIZE. */
+int tether__value_write_inline(const tether_value *v, tether__buf *out);
 
 /*
  * Read an argument array: fmt lists one item per element (as if wrapped in "[...]";

@@ -112,6 +112,7 @@ class Peer:
     def __init__(self, sock):
         self.sock = sock
         self.buf = b""
+        self.fds = []  # descriptors that came beside frames (protocol version 2)
 
     @classmethod
     def connect(cls, address, timeout=10.0):
@@ -123,6 +124,9 @@ class Peer:
 
     def close(self):
         self.sock.close()
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
 
     def send(self, *bodies):
         """Send frames in one write (bodies: lists, or raw bytes as a body)."""
@@ -131,6 +135,14 @@ class Peer:
     def send_raw(self, data):
         self.sock.sendall(data)
 
+    def send_with_fds(self, body, fds):
+        """Send one frame with descriptors beside it, in a write of its own that starts
+        with it (docs/protocol.md, "Buffers")."""
+        data = frame(body)
+        sent = socket.send_fds(self.sock, [data], list(fds))
+        if sent < len(data):
+            self.sock.sendall(data[sent:])
+
     def _fill(self, n, deadline):
         while len(self.buf) < n:
             left = deadline - time.monotonic()
@@ -138,7 +150,8 @@ class Peer:
                 raise TimeoutError(f"no frame within the time (have {len(self.buf)} bytes)")
             self.sock.settimeout(left)
             try:
-                data = self.sock.recv(65536)
+                data, fds, _, _ = socket.recv_fds(self.sock, 65536, 64)
+                self.fds += fds
             except ConnectionResetError:
                 data = b""
             if not data:

@@ -2,10 +2,13 @@
 C host (build/tether-testhost) by the raw peer of peer.py. One test per rule, named
 after it."""
 
+import fcntl
+import os
 import struct
 import time
 
 import msgpack
+import pytest
 from peer import (
     Error,
     CANCEL,
@@ -49,13 +52,14 @@ def test_welcome_carries_every_key(host):
 
 def test_version_is_highest_in_common_and_versions_are_full_uints(host):
     p = host.connect()
-    assert p.handshake(versions=(1, 2**64 - 1))["version"] == 1
+    # 2 where the host has buffers, 1 where its build has no shared memory for them.
+    assert p.handshake(versions=(1, 2**64 - 1))["version"] in (1, 2)
     p.close()
 
 
 def test_no_version_in_common_is_refused_version(host):
     p = host.connect()
-    p.send(hello(versions=(2, 3)))
+    p.send(hello(versions=(3, 4)))
     f = p.recv()
     assert f[0] == REFUSE and f[1] == "version" and isinstance(f[2], str)
     assert p.closed()
@@ -588,3 +592,104 @@ def test_builtin_client_names_that_are_unknown_are_lookup_errors(conn):
         args = ["nobody-here", "x"] if method == "tether.call_client" else ["nobody-here"]
         f = conn.call(10 + i, method, args)
         assert f[2] is True and f[3].type == "LookupError", (method, f)
+
+
+# ---- buffers (protocol version 2, docs/protocol.md "Buffers") ------------------------
+
+
+def sealed_memfd(data, seals=fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL):
+    fd = os.memfd_create("conformance", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.write(fd, data)
+    if seals:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    return fd
+
+
+def buffer_ext(size):
+    return msgpack.ExtType(3, msgpack.packb([size]))
+
+
+def host_fds(host):
+    return len(os.listdir(f"/proc/{host.proc.pid}/fd"))
+
+
+def open_version_2(host, **hello):
+    p = host.open(versions=(1, 2), **hello)
+    if p.welcome["version"] < 2:
+        p.close()
+        pytest.skip("the host speaks version 1 only (a build without shared memory)")
+    return p
+
+
+def test_version_2_buffers_travel_as_descriptors_both_ways(host):
+    p = open_version_2(host)
+    data = bytes(range(256)) * 4096  # 1 MiB
+    fd = sealed_memfd(data)
+    p.send_with_fds(request(1, "echo", [buffer_ext(len(data))]), [fd])
+    os.close(fd)
+    f = p.recv_kind(RESPONSE)
+    assert f[:3] == [RESPONSE, 1, False]
+    assert f[3] == buffer_ext(len(data))
+    assert len(p.fds) == 1, "the echoed buffer came back as a descriptor"
+    back = p.fds[0]
+    assert os.fstat(back).st_size == len(data)
+    assert os.pread(back, len(data), 0) == data
+    assert fcntl.fcntl(back, fcntl.F_GET_SEALS) & (fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+    p.close()
+
+
+def test_ext_type_3_is_opaque_on_a_version_1_connection(conn):
+    assert conn.welcome["version"] == 1
+    assert conn.call(1, "echo", [buffer_ext(5)])[3] == buffer_ext(5)
+
+
+def breaks_the_connection(host, body, fds):
+    """The frame closes its connection, the host keeps every other, and no descriptor of
+    it stays open in the host."""
+    fds_before = host_fds(host)
+    bystander = open_version_2(host, name="bystander")
+    p = open_version_2(host, name="offender")
+    if fds:
+        p.send_with_fds(body, fds)
+    else:
+        p.send(body)
+    assert p.closed()
+    assert bystander.call(1, "add", [2, 3])[3] == 5
+    bystander.close()
+    p.close()
+    for fd in fds:
+        os.close(fd)
+    deadline = time.monotonic() + 5
+    while host_fds(host) != fds_before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert host_fds(host) == fds_before
+    assert "closing it" in host.log_text()
+
+
+def test_a_frame_naming_a_buffer_without_its_descriptor_closes(host):
+    breaks_the_connection(host, request(1, "echo", [buffer_ext(5)]), [])
+
+
+def test_descriptors_with_a_frame_that_names_no_buffer_close(host):
+    breaks_the_connection(host, request(1, "echo", ["x"]), [sealed_memfd(b"12345")])
+
+
+def test_fewer_descriptors_than_buffers_close(host):
+    body = request(1, "echo", [buffer_ext(5), buffer_ext(5)])
+    breaks_the_connection(host, body, [sealed_memfd(b"12345")])
+
+
+def test_a_descriptor_that_is_not_a_memfd_closes(host):
+    r, w = os.pipe()
+    os.close(w)
+    breaks_the_connection(host, request(1, "echo", [buffer_ext(5)]), [r])
+
+
+def test_a_memfd_whose_size_may_change_closes(host):
+    fd = sealed_memfd(b"12345", seals=fcntl.F_SEAL_SHRINK)
+    breaks_the_connection(host, request(1, "echo", [buffer_ext(5)]), [fd])
+
+
+def test_a_size_that_disagrees_with_the_memfd_closes(host):
+    fd = sealed_memfd(b"12345")
+    breaks_the_connection(host, request(1, "echo", [buffer_ext(6)]), [fd])

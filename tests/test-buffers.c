@@ -1,0 +1,287 @@
+/*
+ * test-buffers: tether_buffer between a C client and a C host over real sockets: by
+ * descriptor on a Unix socket (protocol version 2), inline as a bin over TCP, both ways,
+ * beyond the frame size limit, behind the peer's window, in notifications; and no
+ * descriptor or mapping left behind.
+ */
+#include "helpers.h"
+
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Sum of the bytes of the first argument, a buffer or bytes; its type as the second
+ * element of the reply: [sum, type]. */
+static int
+sum_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    const uint8_t *p = NULL;
+    size_t n = 0;
+    int r = tether_request_read(req, "y", &p, &n);
+    if (r < 0) {
+        return r;
+    }
+    uint64_t sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        sum += p[i];
+    }
+    tether_value *arg = NULL;
+    ASSERT_OK(tether_value_get_item(tether_request_get_args(req), 0, &arg));
+    int type = tether_value_get_type(arg);
+    tether_value_unref(arg);
+    return tether_request_reply(req, "[ui]", sum, type);
+}
+
+static int
+count_handler(tether_request *req, void *userdata)
+{
+    return sum_handler(req, userdata);
+}
+
+static int make_handler(tether_request *req, void *userdata);
+
+static tether_host *
+start_host(bool tcp, uint32_t max_in_flight)
+{
+    tether_host_options o = {.name = tcp ? "buffers-tcp" : "buffers", .max_in_flight = max_in_flight};
+    if (tcp) {
+        o.tcp = true;
+        o.tcp_port = TETHER_PORT_EPHEMERAL;
+    }
+    tether_host *h = test_host_new(&o);
+    ASSERT_OK(tether_host_add_service(h, "sum", TETHER_CONTEXT_IO, sum_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "sum_pool", TETHER_CONTEXT_POOL, sum_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "count", TETHER_CONTEXT_IO, count_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "make", TETHER_CONTEXT_IO, make_handler, NULL));
+    ASSERT_OK(tether_host_start(h));
+    return h;
+}
+
+static tether_client *
+connect_to(tether_host *h, bool tcp)
+{
+    if (!tcp) {
+        return test_client_connect("b", "buffers");
+    }
+    char *address = NULL;
+    cr_assert(asprintf(&address, "tcp:127.0.0.1:%d", tether_host_get_tcp_port(h)) > 0);
+    tether_client *c = test_client_connect("b", address);
+    free(address);
+    return c;
+}
+
+/* A host and a client connected to it. */
+typedef struct {
+    tether_host *host;
+    tether_client *client;
+    tether_conn *conn;
+} peers;
+
+static peers
+start_peers(bool tcp, uint32_t max_in_flight)
+{
+    peers p = {start_host(tcp, max_in_flight), NULL, NULL};
+    p.client = connect_to(p.host, tcp);
+    p.conn = tether_client_get_conn(p.client);
+    return p;
+}
+
+static void
+stop_peers(peers *p)
+{
+    tether_client_unref(p->client);
+    tether_host_unref(p->host);
+}
+
+static tether_buffer *
+filled(size_t n)
+{
+    tether_buffer *b = NULL;
+    int r = tether_buffer_new(n, &b);
+    if (r == TETHER_ENOTSUP) {
+        cr_skip_test("no shared memory on this platform");
+    }
+    ASSERT_OK(r);
+    uint8_t *w = tether_buffer_get_writable(b);
+    for (size_t i = 0; i < n; i++) {
+        w[i] = (uint8_t)(i * 7);
+    }
+    return b;
+}
+
+/* A buffer of n bytes made by the host (filled()), as a reply. */
+static int
+make_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    uint64_t n = 0;
+    int r = tether_request_read(req, "u", &n);
+    if (r < 0) {
+        return r;
+    }
+    tether_buffer *b = filled((size_t)n);
+    r = tether_request_reply(req, "[Bs]", b, "made");
+    tether_buffer_unref(b);
+    return r;
+}
+
+static uint64_t
+expected_sum(size_t n)
+{
+    uint64_t sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        sum += (uint8_t)(i * 7);
+    }
+    return sum;
+}
+
+static void
+call_sum(tether_conn *conn, const char *service, tether_buffer *b, int want_type)
+{
+    tether_value *v = NULL;
+    tether_error err = TETHER_ERROR_INIT;
+    int r = tether_conn_call(conn, service, NULL, &v, &err, "B", b);
+    cr_assert_eq(r, 0, "%s: %s", tether_strerror(r), err.message ? err.message : "");
+    uint64_t sum = 0;
+    int type = -1;
+    ASSERT_OK(tether_value_read(v, NULL, "[ui]", &sum, &type));
+    cr_assert_eq(sum, expected_sum(tether_buffer_get_size(b)));
+    cr_assert_eq(type, want_type);
+    tether_value_unref(v);
+}
+
+/* Descriptors open once the host and client run and have served a call (the I/O
+ * thread's, the wake objects of the threads that took part): what buffers must not add
+ * to for good. */
+/* The host lets go of a request's buffers once its handler has returned, which may be
+ * just after the caller has the reply: give it a moment (5 s at most). */
+static void
+assert_fds_back_to(int expected)
+{
+    for (int i = 0; i < 500 && count_open_fds() != expected; i++) {
+        usleep(10000);
+    }
+    cr_assert_eq(count_open_fds(), expected, "descriptors left open: %d, were %d",
+                 count_open_fds(), expected);
+}
+
+static int
+settled_fds(tether_conn *conn)
+{
+    tether_buffer *b = filled(16);
+    call_sum(conn, "sum", b, TETHER_TYPE_BUFFER);
+    call_sum(conn, "sum_pool", b, TETHER_TYPE_BUFFER);
+    tether_buffer_unref(b);
+    /* Steady once two looks 20 ms apart agree. */
+    int n = count_open_fds(), last = -1;
+    for (int i = 0; i < 50 && n != last; i++) {
+        usleep(20000);
+        last = n;
+        n = count_open_fds();
+    }
+    return n;
+}
+
+Test(buffers, travel_by_descriptor_on_a_unix_socket_both_ways)
+{
+    peers p = start_peers(false, 0);
+    tether_conn *conn = p.conn;
+    int fds_before = settled_fds(conn);
+    /* 64 MiB: four times the frame size limit. */
+    tether_buffer *big = filled(64u << 20);
+    call_sum(conn, "sum", big, TETHER_TYPE_BUFFER);
+    call_sum(conn, "sum_pool", big, TETHER_TYPE_BUFFER);
+    /* The sender may keep writing into what it sent: the receiver maps the same pages. */
+    ((uint8_t *)tether_buffer_get_writable(big))[0] += 1;
+    tether_value *v = NULL;
+    ASSERT_OK(tether_conn_call(conn, "sum", NULL, &v, NULL, "B", big));
+    uint64_t sum = 0;
+    ASSERT_OK(tether_value_read(v, NULL, "[u*]", &sum));
+    cr_assert_eq(sum, expected_sum(64u << 20) + 1);
+    tether_value_unref(v);
+    tether_buffer_unref(big);
+    /* A buffer made by the host, in a reply. */
+    ASSERT_OK(tether_conn_call(conn, "make", NULL, &v, NULL, "u", (uint64_t)100000));
+    tether_buffer *got = NULL;
+    const char *text = NULL;
+    ASSERT_OK(tether_value_read(v, NULL, "[Bs]", &got, &text));
+    cr_assert_str_eq(text, "made");
+    cr_assert_eq(tether_buffer_get_size(got), 100000);
+    cr_assert_null(tether_buffer_get_writable(got), "a received buffer is mapped read-only");
+    const uint8_t *bytes = tether_buffer_get_data(got);
+    for (size_t i = 0; i < 100000; i++) {
+        cr_assert_eq(bytes[i], (uint8_t)(i * 7));
+    }
+    tether_value_unref(v);
+    tether_buffer_unref(got);
+    assert_fds_back_to(fds_before);
+    stop_peers(&p);
+}
+
+Test(buffers, travel_inline_over_tcp)
+{
+    peers p = start_peers(true, 0);
+    tether_conn *conn = p.conn;
+    tether_buffer *b = filled(1u << 20);
+    call_sum(conn, "sum", b, TETHER_TYPE_BIN);
+    tether_buffer_unref(b);
+    tether_value *v = NULL;
+    ASSERT_OK(tether_conn_call(conn, "make", NULL, &v, NULL, "u", (uint64_t)5000));
+    const uint8_t *bytes = NULL;
+    size_t n = 0;
+    ASSERT_OK(tether_value_read(v, NULL, "[ys]", &bytes, &n, NULL));
+    cr_assert_eq(n, 5000);
+    cr_assert_eq(bytes[4999], (uint8_t)(4999 * 7));
+    tether_value *item = NULL;
+    ASSERT_OK(tether_value_get_item(v, 0, &item));
+    cr_assert_eq(tether_value_get_type(item), TETHER_TYPE_BIN);
+    tether_value_unref(item);
+    tether_value_unref(v);
+    /* Over the frame size limit, a buffer cannot go inline: refused, nothing else lost. */
+    tether_buffer *big = filled(20u << 20);
+    tether_error err = TETHER_ERROR_INIT;
+    cr_assert_lt(tether_conn_call(conn, "sum", NULL, &v, &err, "B", big), 0);
+    tether_error_done(&err);
+    tether_buffer_unref(big);
+    b = filled(300);
+    call_sum(conn, "sum", b, TETHER_TYPE_BIN);
+    tether_buffer_unref(b);
+    stop_peers(&p);
+}
+
+/* Calls beyond the host's window wait in the caller's backlog, descriptors included. */
+Test(buffers, wait_behind_the_window_with_their_calls)
+{
+    peers p = start_peers(false, 2);
+    tether_conn *conn = p.conn;
+    int fds_before = settled_fds(conn);
+    enum { CALLS = 40 };
+    tether_future *fs[CALLS];
+    tether_buffer *bufs[CALLS];
+    for (int i = 0; i < CALLS; i++) {
+        bufs[i] = filled(4096 + (size_t)i);
+        ASSERT_OK(tether_conn_call_async(conn, "sum", NULL, &fs[i], "B", bufs[i]));
+    }
+    for (int i = 0; i < CALLS; i++) {
+        ASSERT_OK(tether_future_wait(fs[i], 10000000));
+        tether_value *v = NULL;
+        ASSERT_OK(tether_future_get_result(fs[i], &v, NULL));
+        uint64_t sum = 0;
+        int type = 0;
+        ASSERT_OK(tether_value_read(v, NULL, "[ui]", &sum, &type));
+        cr_assert_eq(sum, expected_sum(4096 + (size_t)i), "call %d", i);
+        cr_assert_eq(type, TETHER_TYPE_BUFFER);
+        tether_value_unref(v);
+        tether_future_unref(fs[i]);
+        tether_buffer_unref(bufs[i]);
+    }
+    /* A notification with a buffer, then a call: in order, both with their buffers. */
+    tether_buffer *b = filled(777);
+    ASSERT_OK(tether_conn_notify(conn, "count", "B", b));
+    call_sum(conn, "sum", b, TETHER_TYPE_BUFFER);
+    tether_buffer_unref(b);
+    assert_fds_back_to(fds_before);
+    stop_peers(&p);
+}
