@@ -11,9 +11,12 @@
  * overtake a waiting call that names the object). It sends through the link itself:
  * the layers above call it, never the other way round.
  *
- * The backlog is a buffer of records, each [id (8 bytes), length (4), frame]; id 0 for
- * a frame that takes no room in the window. A call cancelled or expired while it waits
- * leaves the pending table, and its record is dropped when it comes up: records name
+ * The backlog is a buffer of records, each [id (8 bytes), length (4), descriptor count
+ * (4), frame, descriptors]; id 0 for a frame that takes no room in the window. The
+ * descriptors are copies the record owns (the buffers of the call, conn/fdpass.h), sent
+ * beside the frame and closed once it goes, or with the record when it is dropped. A
+ * call cancelled or expired while it waits leaves the pending table, and its record is
+ * dropped when it comes up: records name
  * calls by id only, since a synchronous call's pending lives on its caller's stack.
  * One thread at a time sends from the backlog (`pumping`), so records leave in order.
  */
