@@ -47,7 +47,9 @@ fi
 expect_match "$out/bots" '^frame [0-9]*: census by bot-1: 200 entities' \
     "the main thread's call to bot-1 gets its call-back to count() answered"
 expect_match "$out/bots" '^frame [0-9]*: all 4 bots done$' "all bots spawned their entities"
-expect_match "$out/bots" '^frame 60: 60 frames, [0-9]* calls, .* frames left work queued, .*scene 200$' \
+# How far the scene got by frame 60 depends on the machine (a sanitizer build spends the
+# budget on fewer spawns per frame); the total is checked at the end.
+expect_match "$out/bots" '^frame 60: 60 frames, [0-9]* calls, .* frames left work queued, .*scene [0-9]*$' \
     "prints a stats line each second"
 expect_match "$out/bots" '^done after frame 180: 180 frames, 201 calls, .*scene 200$' \
     "served 200 spawns and 1 count"
