@@ -34,6 +34,27 @@ sum_handler(tether_request *req, void *userdata)
     return tether_request_reply(req, "[ui]", sum, type);
 }
 
+/* [bytes, buffer]: the sum of both. */
+static int
+sum_two_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    const uint8_t *p = NULL, *q = NULL;
+    size_t n = 0, m = 0;
+    int r = tether_request_read(req, "yy", &p, &n, &q, &m);
+    if (r < 0) {
+        return r;
+    }
+    uint64_t sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        sum += p[i];
+    }
+    for (size_t i = 0; i < m; i++) {
+        sum += q[i];
+    }
+    return tether_request_reply(req, "u", sum);
+}
+
 static int
 count_handler(tether_request *req, void *userdata)
 {
@@ -54,6 +75,7 @@ start_host(bool tcp, uint32_t max_in_flight)
     ASSERT_OK(tether_host_add_service(h, "sum", TETHER_CONTEXT_IO, sum_handler, NULL));
     ASSERT_OK(tether_host_add_service(h, "sum_pool", TETHER_CONTEXT_POOL, sum_handler, NULL));
     ASSERT_OK(tether_host_add_service(h, "count", TETHER_CONTEXT_IO, count_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "sum_two", TETHER_CONTEXT_IO, sum_two_handler, NULL));
     ASSERT_OK(tether_host_add_service(h, "make", TETHER_CONTEXT_IO, make_handler, NULL));
     ASSERT_OK(tether_host_start(h));
     return h;
@@ -247,6 +269,21 @@ Test(buffers, travel_inline_over_tcp)
     tether_buffer_unref(big);
     b = filled(300);
     call_sum(conn, "sum", b, TETHER_TYPE_BIN);
+    /* Big bytes beside a buffer: the arguments are written out inline, not lent. */
+    size_t big_n = 200000;
+    uint8_t *plain = malloc(big_n);
+    for (size_t i = 0; i < big_n; i++) {
+        plain[i] = (uint8_t)(i * 7);
+    }
+    tether_value *args = NULL;
+    ASSERT_OK(tether_value_new(&args, "[yB]", plain, big_n, b));
+    free(plain);
+    ASSERT_OK(tether_conn_call_values(conn, "sum_two", args, NULL, NULL, &v, NULL));
+    uint64_t both = 0;
+    ASSERT_OK(tether_value_read(v, NULL, "u", &both));
+    cr_assert_eq(both, expected_sum(big_n) + expected_sum(300));
+    tether_value_unref(v);
+    tether_value_unref(args);
     tether_buffer_unref(b);
     stop_peers(&p);
 }

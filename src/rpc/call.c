@@ -537,8 +537,8 @@ start_call(tether_conn *c, tether__pending *p, request_arg *a, int mode)
     const uint8_t **const bytes[2] = {&a->args, &a->kwargs};
     size_t *const lens[2] = {&a->args_len, &a->kwargs_len};
     r = tether__outbufs_prepare(&c->link, a->values, 2, bytes, lens, &ob);
-    if (r == 0 && ob.n) {
-        a->lend = NULL; /* the frame goes with descriptors, alone */
+    if (ob.n || tether__buf_pending(&ob.flat[0]) || tether__buf_pending(&ob.flat[1])) {
+        a->lend = NULL; /* descriptors go with a frame alone; bytes written inline are ours */
     }
     if (r < 0) {
         /* over the descriptors a frame carries, or no memory */
