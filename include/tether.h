@@ -185,7 +185,8 @@ TETHER_EXPORT int tether_value_newv(tether_value **ret, const char *format, va_l
 /*
  * Make a value from encoded msgpack bytes (copied). The bytes must hold exactly one
  * well-formed value within the default nesting limit, its strings valid UTF-8:
- * TETHER_EPROTO otherwise.
+ * TETHER_EPROTO otherwise. An ext of type TETHER_MSGPACK_EXT_BUFFER is refused with
+ * TETHER_EINVAL: a buffer travels with a value that holds it ("B"), not as bytes.
  * Thread: any.
  */
 TETHER_EXPORT int tether_value_new_msgpack(const void *data, size_t size, tether_value **ret);

@@ -931,6 +931,10 @@ Test(value, buffers_in_values)
     cr_assert_eq(memcmp(bytes, w, 5000), 0);
     tether_value_unref(flat);
     tether__buf_done(&out);
+    /* Bytes alone cannot name a buffer: refused where a value is made from them. */
+    tether_value *raw = NULL;
+    cr_assert_eq(tether_value_new_msgpack("\x91\xd5\x03\x91\x05", 5, &raw), TETHER_EINVAL);
+    cr_assert_null(raw);
     /* A value inside another brings its buffer along. */
     tether_value *outer = NULL;
     cr_assert_eq(tether_value_new(&outer, "[vv]", v, v), 0);

@@ -353,14 +353,17 @@ int
 tether__msgpack_objects_check(const uint8_t *p, size_t len, uint32_t max_depth,
                               tether_object *const *objects, size_t count, tether__objvec *vec)
 {
-    size_t used, nrefs;
-    int r = tether__msgpack_check_refs(p, len, max_depth, &used, &nrefs);
+    size_t used;
+    tether__ext_counts exts;
+    int r = tether__msgpack_check_exts(p, len, max_depth, true, &used, &exts);
     if (r < 0 || used != len) {
         return r == -EMSGSIZE ? r : -EPROTO;
     }
-    if (nrefs != count) {
+    /* A BUFFER ext names a buffer that bytes alone cannot bring along. */
+    if (exts.refs != count || exts.buffers > 0) {
         return -EINVAL;
     }
+    size_t nrefs = exts.refs;
     match_arg a = {objects, count, 0, vec};
     return nrefs ? tether__refs_scan(p, len, match_ref, &a) : 0;
 }

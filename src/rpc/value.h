@@ -58,7 +58,7 @@ int tether__format_build(tether__buf *out, const char *fmt, va_list ap, bool as_
  * max_depth, whose REF exts name objects[0..count) in order; with vec, the objects go
  * into it at their offsets (new references). Returns 0, -EPROTO (malformed, or not one
  * value), -EMSGSIZE (nesting over max_depth), -EINVAL (the references and objects
- * disagree), -ENOMEM.
+ * disagree, or a BUFFER ext: bytes cannot bring a buffer along), -ENOMEM.
  */
 int tether__msgpack_objects_check(const uint8_t *p, size_t len, uint32_t max_depth,
                                   tether_object *const *objects, size_t count,
