@@ -156,8 +156,8 @@ tether__fd_recv(int sock, void *p, size_t room, tether__fd_queue *q, uint64_t en
     struct msghdr m = {
         .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof(control)};
     ssize_t got = recvmsg(sock, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    if (got < 0) {
-        return got;
+    if (got < 0 || (m.msg_controllen == 0 && !(m.msg_flags & MSG_CTRUNC))) {
+        return got; /* no descriptors came: the usual read */
     }
     int fds[TETHER__MAX_FRAME_FDS];
     uint32_t n = 0;

@@ -408,7 +408,8 @@ queue_frame(tether__link *l, tether__encode_fn encode, void *arg, tether__lend *
     return 0;
 }
 
-static int write_as_mode_unlock(tether__link *l, int mode, size_t backlog, size_t frame_size);
+static inline int write_as_mode_unlock(tether__link *l, int mode, size_t backlog,
+                                       size_t frame_size);
 
 int
 tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, int mode)
@@ -427,7 +428,7 @@ tether__link_send(tether__link *l, tether__encode_fn encode, void *arg, int mode
 
 /* A frame of frame_size bytes was queued behind backlog bytes: write it as mode says;
  * wlock held, released. */
-static int
+static inline int
 write_as_mode_unlock(tether__link *l, int mode, size_t backlog, size_t frame_size)
 {
     bool flush_now = mode == TETHER__SEND_NOW;
@@ -804,8 +805,10 @@ process_input(tether__link *l, bool io_thread)
         }
         tether__fd_batch *batch = NULL;
         const char *why;
-        if (l->pass_fds && tether__fd_claim(&l->in_fds, l->in_at, TETHER__FRAME_HEADER_SIZE + len,
-                                            f.buffers, &batch, &why) < 0) {
+        /* Descriptors in waiting, or a frame that names buffers: whose they are. */
+        if (l->pass_fds && (l->in_fds.n || f.buffers) &&
+            tether__fd_claim(&l->in_fds, l->in_at, TETHER__FRAME_HEADER_SIZE + len, f.buffers,
+                             &batch, &why) < 0) {
             bad_frame(l, -EPROTO, why);
             return -EPROTO;
         }

@@ -79,7 +79,9 @@ tether__pending_complete(tether_conn *c, tether__pending *p, int status, tether_
                          const char *type, const char *message, const char *traceback)
 {
     /* p left the window: a call waiting for room goes out. */
-    tether__window_pump(c);
+    if (atomic_load_explicit(&c->backlog_records, memory_order_relaxed)) {
+        tether__window_pump(c);
+    }
     if (p->future) {
         tether__future_complete(p->future, status, result, type, message, traceback);
         return;
@@ -534,10 +536,13 @@ start_call(tether_conn *c, tether__pending *p, request_arg *a, int mode)
     }
     /* Buffers go as descriptors beside the frame, or inline where they cannot. */
     tether__outbufs ob;
-    const uint8_t **const bytes[2] = {&a->args, &a->kwargs};
-    size_t *const lens[2] = {&a->args_len, &a->kwargs_len};
-    r = tether__outbufs_prepare(&c->link, a->values, 2, bytes, lens, &ob);
-    if (ob.n || tether__buf_pending(&ob.flat[0]) || tether__buf_pending(&ob.flat[1])) {
+    ob.n = 0;
+    bool buffers =
+        tether__value_has_buffers(a->values[0]) || tether__value_has_buffers(a->values[1]);
+    if (buffers) {
+        const uint8_t **const bytes[2] = {&a->args, &a->kwargs};
+        size_t *const lens[2] = {&a->args_len, &a->kwargs_len};
+        r = tether__outbufs_prepare(&c->link, a->values, 2, bytes, lens, &ob);
         a->lend = NULL; /* descriptors go with a frame alone; bytes written inline are ours */
     }
     if (r < 0) {
@@ -550,7 +555,9 @@ start_call(tether_conn *c, tether__pending *p, request_arg *a, int mode)
         r = a->lend ? tether__link_send_lent(&c->link, encode_request, a, a->lend)
                     : tether__conn_send(c, encode_request, a, mode);
     }
-    tether__outbufs_done(&ob);
+    if (buffers) {
+        tether__outbufs_done(&ob);
+    }
     if (r < 0) {
         tether__conn_unexport_lists(c, a->objects, 2);
         pthread_mutex_lock(&c->link.lock);

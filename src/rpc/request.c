@@ -137,9 +137,13 @@ send_response(tether_request *req, response_arg *a)
         int mode = !tether__ioloop_in_thread(req->conn->link.loop);
         /* Buffers go as descriptors beside the frame, or inline where they cannot. */
         tether__outbufs ob;
-        const uint8_t **const bytes[1] = {&a->value};
-        size_t *const lens[1] = {&a->value_len};
-        r = tether__outbufs_prepare(&req->conn->link, &a->result, 1, bytes, lens, &ob);
+        ob.n = 0;
+        bool buffers = tether__value_has_buffers(a->result);
+        if (buffers) {
+            const uint8_t **const bytes[1] = {&a->value};
+            size_t *const lens[1] = {&a->value_len};
+            r = tether__outbufs_prepare(&req->conn->link, &a->result, 1, bytes, lens, &ob);
+        }
         if (r < 0) {
             /* over the descriptors a frame carries, or no memory */
         } else if (ob.n) {
@@ -148,7 +152,9 @@ send_response(tether_request *req, response_arg *a)
             r = a->give ? tether__link_send_lent(&req->conn->link, encode_response, a, a->give)
                         : tether__conn_send(req->conn, encode_response, a, mode);
         }
-        tether__outbufs_done(&ob);
+        if (buffers) {
+            tether__outbufs_done(&ob);
+        }
         if (r < 0 && a->result) {
             tether__conn_unexport_lists(req->conn, &objects, 1);
         }
@@ -427,8 +433,10 @@ tether_request_unref(tether_request *req)
     tether_value_unref(req->kwargs);
     tether__objvec_clear(&req->args_objs);
     tether__objvec_clear(&req->kwargs_objs);
-    tether__bufvec_clear(&req->args_bufs);
-    tether__bufvec_clear(&req->kwargs_bufs);
+    if (req->args_bufs.v || req->kwargs_bufs.v) {
+        tether__bufvec_clear(&req->args_bufs);
+        tether__bufvec_clear(&req->kwargs_bufs);
+    }
     tether_object_unref(req->object);
     tether_error_done(&req->read_error);
     tether_conn_unref(req->conn);

@@ -163,6 +163,12 @@ tether__value_adopt_buffers(tether_value *v, tether__bufvec *vec)
     return 0;
 }
 
+bool
+tether__value_has_buffers(const tether_value *v)
+{
+    return v && v->nbufs > 0;
+}
+
 tether_buffer *const *
 tether__value_buffers(const tether_value *v, size_t *ret_count)
 {

@@ -76,6 +76,8 @@ int tether__value_adopt(tether_value *v, struct tether__objvec *vec);
 /* The objects v holds, in byte order (borrowed). */
 tether_object *const *tether__value_objects(const tether_value *v, size_t *ret_count);
 
+/* Whether v (may be NULL) holds buffers: the send paths ask before anything else. */
+bool tether__value_has_buffers(const tether_value *v);
 /* Give v the buffers of vec, as tether__value_adopt does objects. */
 int tether__value_adopt_buffers(tether_value *v, struct tether__bufvec *vec);
 /* The buffers v holds, in byte order (borrowed). */
