@@ -314,6 +314,20 @@ Test(buffers, wait_behind_the_window_with_their_calls)
         tether_future_unref(fs[i]);
         tether_buffer_unref(bufs[i]);
     }
+    /* More buffers than one frame carries (64): refused before anything is sent. */
+    tether_buffer *one = filled(8);
+    tether_value *seven = NULL, *seventy = NULL;
+    ASSERT_OK(tether_value_new(&seven, "[BBBBBBB]", one, one, one, one, one, one, one));
+    ASSERT_OK(tether_value_new(&seventy, "[vvvvvvvvvv]", seven, seven, seven, seven, seven, seven,
+                               seven, seven, seven, seven));
+    tether_error err = TETHER_ERROR_INIT;
+    ASSERT_ERR(tether_conn_call_values(conn, "sum", seventy, NULL, NULL, NULL, &err),
+               TETHER_EMSGSIZE);
+    tether_error_done(&err);
+    ASSERT_ERR(tether_conn_notify_values(conn, "count", seventy, NULL), TETHER_EMSGSIZE);
+    tether_value_unref(seventy);
+    tether_value_unref(seven);
+    tether_buffer_unref(one);
     /* A notification with a buffer, then a call: in order, both with their buffers. */
     tether_buffer *b = filled(777);
     ASSERT_OK(tether_conn_notify(conn, "count", "B", b));

@@ -254,16 +254,30 @@ future_load_outcome(FutureObject *self)
     return 0;
 }
 
-/* Names of the asyncio future methods settle calls, made once (with the GIL). */
-static PyObject *name_done, *name_set_result, *name_set_exception;
+/* Names of the asyncio future methods called here for every awaited call, interned once
+ * (with the GIL); the last one set says all are. */
+static PyObject *name_done, *name_cancelled, *name_set_result, *name_set_exception;
+
+static int
+intern_asyncio_names(void)
+{
+    if (name_set_exception) {
+        return 0;
+    }
+    PyObject **slots[] = {&name_done, &name_cancelled, &name_set_result, &name_set_exception};
+    const char *names[] = {"done", "cancelled", "set_result", "set_exception"};
+    for (size_t i = 0; i < sizeof(slots) / sizeof(slots[0]); i++) {
+        if (!*slots[i] && !(*slots[i] = PyUnicode_InternFromString(names[i]))) {
+            return -1;
+        }
+    }
+    return 0;
+}
 
 int
 tether_py_future_settle(PyObject *future, PyObject *waiter)
 {
-    if (!name_done && (!(name_done = PyUnicode_InternFromString("done")) ||
-                       !(name_set_result = PyUnicode_InternFromString("set_result")) ||
-                       !(name_set_exception = PyUnicode_InternFromString("set_exception")))) {
-        Py_CLEAR(name_done);
+    if (intern_asyncio_names() < 0) {
         return -1;
     }
     PyObject *done = PyObject_CallMethodObjArgs(waiter, name_done, NULL);
@@ -394,7 +408,9 @@ future_cancel(FutureObject *self, PyObject *unused)
 static PyObject *
 future_waiter_done(FutureObject *self, PyObject *waiter)
 {
-    PyObject *cancelled = PyObject_CallMethod(waiter, "cancelled", NULL);
+    PyObject *cancelled = intern_asyncio_names() == 0
+                              ? PyObject_CallMethodObjArgs(waiter, name_cancelled, NULL)
+                              : NULL;
     int yes = cancelled ? PyObject_IsTrue(cancelled) : -1;
     Py_XDECREF(cancelled);
     if (yes < 0) {

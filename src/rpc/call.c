@@ -484,6 +484,25 @@ timeout_ms_of(const tether__pending *p)
 }
 
 /* Register p and send the request. On failure p is not registered. */
+/*
+ * The buffers of a's values made ready for c: their descriptors, to send beside the frame,
+ * or args and kwargs written out with them inline where c takes no descriptors
+ * (tether__outbufs_prepare). Returns whether there are any: then *r has the outcome and
+ * ob is released with tether__outbufs_done. Calls without buffers pay one test.
+ */
+static bool
+prepare_buffers(tether_conn *c, request_arg *a, tether__outbufs *ob, int *r)
+{
+    ob->n = 0;
+    if (!tether__value_has_buffers(a->values[0]) && !tether__value_has_buffers(a->values[1])) {
+        return false;
+    }
+    const uint8_t **const bytes[2] = {&a->args, &a->kwargs};
+    size_t *const lens[2] = {&a->args_len, &a->kwargs_len};
+    *r = tether__outbufs_prepare(&c->link, a->values, 2, bytes, lens, ob);
+    return true;
+}
+
 static int
 start_call(tether_conn *c, tether__pending *p, request_arg *a, int mode)
 {
@@ -534,15 +553,9 @@ start_call(tether_conn *c, tether__pending *p, request_arg *a, int mode)
     if (!now) {
         a->lend = NULL; /* the backlog keeps a copy */
     }
-    /* Buffers go as descriptors beside the frame, or inline where they cannot. */
     tether__outbufs ob;
-    ob.n = 0;
-    bool buffers =
-        tether__value_has_buffers(a->values[0]) || tether__value_has_buffers(a->values[1]);
+    bool buffers = prepare_buffers(c, a, &ob, &r);
     if (buffers) {
-        const uint8_t **const bytes[2] = {&a->args, &a->kwargs};
-        size_t *const lens[2] = {&a->args_len, &a->kwargs_len};
-        r = tether__outbufs_prepare(&c->link, a->values, 2, bytes, lens, &ob);
         a->lend = NULL; /* descriptors go with a frame alone; bytes written inline are ours */
     }
     if (r < 0) {
@@ -915,14 +928,21 @@ notify(tether_conn *given, const char *method, request_arg *a)
     a->notify = true;
     a->chain = tether__current_chain() ? tether__current_chain() : tether__chain_new();
     r = tether__conn_export_lists(c, a->objects, 2);
-    tether__outbufs ob = {.flat = {TETHER__BUF_INIT, TETHER__BUF_INIT}};
-    const uint8_t **const bytes[2] = {&a->args, &a->kwargs};
-    size_t *const lens[2] = {&a->args_len, &a->kwargs_len};
-    if (r == 0 && ((r = tether__outbufs_prepare(&c->link, a->values, 2, bytes, lens, &ob)) < 0 ||
-                   (r = tether__window_send(c, encode_request, a, false, ob.fds, ob.n)) < 0)) {
+    if (r < 0) {
+        tether_conn_unref(c);
+        return r;
+    }
+    tether__outbufs ob;
+    bool buffers = prepare_buffers(c, a, &ob, &r);
+    if (r == 0) {
+        r = tether__window_send(c, encode_request, a, false, ob.fds, ob.n);
+    }
+    if (r < 0) {
         tether__conn_unexport_lists(c, a->objects, 2);
     }
-    tether__outbufs_done(&ob);
+    if (buffers) {
+        tether__outbufs_done(&ob);
+    }
     tether_conn_unref(c);
     return r;
 }

@@ -194,11 +194,8 @@ tether_request_reply_value(tether_request *req, tether_value *result)
     /* A big value without objects goes out from where it is, the link holding a
      * reference until it is written (values are immutable). */
     tether__lend give;
-    size_t nbufs = 0;
-    if (result) {
-        tether__value_buffers(result, &nbufs);
-    }
-    if (a.value_len >= TETHER__BIG_SPAN && tether__objlist_of(result).n == 0 && nbufs == 0) {
+    if (a.value_len >= TETHER__BIG_SPAN && tether__objlist_of(result).n == 0 &&
+        !tether__value_has_buffers(result)) {
         give = (tether__lend){.src = a.value,
                               .len = a.value_len,
                               .release = unref_given_value,
