@@ -298,6 +298,21 @@ TETHER_EXPORT const void *tether_buffer_get_data(const tether_buffer *buffer);
 TETHER_EXPORT void *tether_buffer_get_writable(tether_buffer *buffer);
 /* The size in bytes. Thread: any. */
 TETHER_EXPORT size_t tether_buffer_get_size(const tether_buffer *buffer);
+/*
+ * Tell the receiver what the bytes of a buffer made here are: an array of elements of
+ * format, one native character of Python's struct module ('B' uint8_t, 'b' int8_t, 'H'
+ * uint16_t, 'i' int32_t, 'I' uint32_t, 'q' int64_t, 'f' float, 'd' double, 'e' a half
+ * float, '?' bool; also 'h', 'l', 'L', 'Q', 'n', 'N'), in C order of ndim dimensions
+ * (at most TETHER_BUFFER_MAX_DIMS; 0 for one element); format 0 makes it plain bytes
+ * again. The elements must fill the buffer exactly. A Python receiver gets a numpy array
+ * of that dtype and shape (a memoryview of them without numpy); the BUFFER carries
+ * [size, format, shape] (docs/protocol.md "Buffers"). Returns 0, TETHER_EINVAL (an
+ * unknown format, a shape that does not fill the size, a buffer received). Thread: any,
+ * but not while a send of the buffer is being written.
+ */
+#define TETHER_BUFFER_MAX_DIMS 32
+TETHER_EXPORT int tether_buffer_set_array(tether_buffer *buffer, char format, const size_t *shape,
+                                          size_t ndim);
 /* The memory's descriptor (a memfd), borrowed: valid while the buffer lives; for a binding
  * that maps it in its own way (Python's mmap) or hands it on. Thread: any. */
 TETHER_EXPORT int tether_buffer_get_fd(const tether_buffer *buffer);
@@ -792,6 +807,16 @@ TETHER_EXPORT int tether_object_get_msgpack(const tether_object *object, void *b
 TETHER_EXPORT int tether_value_new_msgpack_objects(const void *data, size_t size,
                                                    tether_object *const *objects, size_t count,
                                                    tether_value **ret);
+/*
+ * The same for bytes that also hold buffers (protocol version 2): each BUFFER ext,
+ * written as docs/protocol.md "Buffers" gives it, names the next of buffers, whose size it
+ * must give (the value takes its own references). Returns as above; TETHER_EINVAL also
+ * when the BUFFER exts and the buffers disagree. Thread: any.
+ */
+TETHER_EXPORT int tether_value_new_msgpack_buffers(const void *data, size_t size,
+                                                   tether_object *const *objects, size_t count,
+                                                   tether_buffer *const *buffers,
+                                                   size_t buffer_count, tether_value **ret);
 
 /* ---------------------------------------------------------------------------------
  * Connections

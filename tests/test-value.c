@@ -950,3 +950,56 @@ Test(value, buffers_in_values)
     tether_buffer_unref(got);
     tether_value_unref(outer);
 }
+
+Test(value, msgpack_with_buffers_and_arrays)
+{
+    tether_buffer *buf = NULL;
+    int r = tether_buffer_new(24, &buf);
+    if (r == TETHER_ENOTSUP) {
+        cr_skip_test("no shared memory on this platform");
+    }
+    cr_assert_eq(r, 0);
+    /* An array's shape must fill the buffer, with a format that travels. */
+    const size_t shape[2] = {2, 3}, wrong[2] = {2, 4};
+    cr_assert_eq(tether_buffer_set_array(buf, 'f', wrong, 2), TETHER_EINVAL);
+    cr_assert_eq(tether_buffer_set_array(buf, 'Z', shape, 2), TETHER_EINVAL);
+    cr_assert_eq(tether_buffer_set_array(buf, 'f', shape, TETHER_BUFFER_MAX_DIMS + 1),
+                 TETHER_EINVAL);
+    cr_assert_eq(tether_buffer_set_array(buf, 'f', shape, 2), 0);
+    /* Its BUFFER carries [size, format, shape]. */
+    tether_value *v = NULL;
+    cr_assert_eq(tether_value_new(&v, "[B]", buf), 0);
+    const void *bytes = NULL;
+    size_t len = 0;
+    cr_assert_eq(tether_value_get_msgpack(v, &bytes, &len), 0);
+    static const uint8_t expected[] = {0x91, 0xc7, 7, 3, 0x93, 24, 0xa1, 'f', 0x92, 2, 3};
+    cr_assert_eq(len, sizeof(expected));
+    cr_assert_eq(memcmp(bytes, expected, len), 0);
+    /* Bytes and buffers make a value again; the buffers must match the exts. */
+    tether_value *again = NULL;
+    tether_buffer *bufs[2] = {buf, buf};
+    cr_assert_eq(tether_value_new_msgpack_buffers(bytes, len, NULL, 0, bufs, 1, &again), 0);
+    tether_buffer *got = NULL;
+    cr_assert_eq(tether_value_read(again, NULL, "[B]", &got), 0);
+    cr_assert_eq(got, buf);
+    tether_buffer_unref(got);
+    again = tether_value_unref(again);
+    cr_assert_eq(tether_value_new_msgpack_buffers(bytes, len, NULL, 0, bufs, 2, &again),
+                 TETHER_EINVAL);
+    cr_assert_eq(tether_value_new_msgpack_buffers(bytes, len, NULL, 0, NULL, 0, &again),
+                 TETHER_EINVAL);
+    tether_buffer *small = NULL;
+    cr_assert_eq(tether_buffer_new(23, &small), 0);
+    cr_assert_eq(tether_value_new_msgpack_buffers(bytes, len, NULL, 0, &small, 1, &again),
+                 TETHER_EINVAL, "a buffer of another size than its ext gives");
+    cr_assert_null(again);
+    tether_buffer_unref(small);
+    /* Plain bytes again: format 0. */
+    cr_assert_eq(tether_buffer_set_array(buf, 0, NULL, 0), 0);
+    tether_value_unref(v);
+    cr_assert_eq(tether_value_new(&v, "B", buf), 0);
+    cr_assert_eq(tether_value_get_msgpack(v, &bytes, &len), 0);
+    cr_assert_eq(len, 4); /* fixext 2: [24] */
+    tether_value_unref(v);
+    tether_buffer_unref(buf);
+}

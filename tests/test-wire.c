@@ -982,20 +982,28 @@ note_buffer(void *arg, size_t off, uint64_t size)
 Test(wire, buffer_ext_written_and_scanned)
 {
     tether__buf b = TETHER__BUF_INIT;
-    cr_assert_eq(tether__mp_array(&b, 3), 0);
-    cr_assert_eq(tether__ext_buffer_write(&b, 7), 0);
+    cr_assert_eq(tether__mp_array(&b, 4), 0);
+    cr_assert_eq(tether__ext_buffer_write(&b, 7, 0, NULL, 0), 0);
     cr_assert_eq(tether__mp_int(&b, 1), 0);
-    cr_assert_eq(tether__ext_buffer_write(&b, UINT64_C(1) << 40), 0);
+    cr_assert_eq(tether__ext_buffer_write(&b, UINT64_C(1) << 40, 0, NULL, 0), 0);
+    /* An array's: [size, format, shape], under the smallest ext head that holds it. */
+    size_t array_at = tether__buf_pending(&b);
+    const uint64_t shape[2] = {2, 3};
+    cr_assert_eq(tether__ext_buffer_write(&b, 24, 'f', shape, 2), 0);
+    static const uint8_t array_ext[] = {0xc7, 7, 3, 0x93, 24, 0xa1, 'f', 0x92, 2, 3};
+    cr_assert_eq(tether__buf_pending(&b) - array_at, sizeof(array_ext));
+    cr_assert_eq(memcmp(tether__buf_head(&b) + array_at, array_ext, sizeof(array_ext)), 0);
     size_t used;
     tether__ext_counts counts;
     cr_assert_eq(tether__msgpack_check_exts(tether__buf_head(&b), tether__buf_pending(&b), 64, true,
                                             &used, &counts),
                  0);
     cr_assert_eq(used, tether__buf_pending(&b));
-    cr_assert_eq(counts.buffers, 2);
-    uint64_t seen[5] = {0};
+    cr_assert_eq(counts.buffers, 3);
+    uint64_t seen[7] = {0};
     cr_assert_eq(tether__buffers_scan(tether__buf_head(&b), used, note_buffer, seen), 0);
-    cr_assert_eq(seen[0], 2);
+    cr_assert_eq(seen[0], 3);
+    cr_assert_eq(seen[6], 24);
     cr_assert_eq(seen[1], 1); /* after the array's head */
     cr_assert_eq(seen[2], 7);
     cr_assert_eq(seen[4], UINT64_C(1) << 40);

@@ -17,6 +17,10 @@ typedef struct {
     PyObject *method_obj;
     packbuf args, kwargs; /* packed once, copied once by the core into the frame */
     tether_msgpack_args packed;
+    /* Arguments that hold buffers go as values, which carry them: args, kwargs or both
+     * (either may be NULL, for none). */
+    bool as_values;
+    tether_value *args_value, *kwargs_value;
     tether_call_options opts;
 } call_spec;
 
@@ -107,7 +111,10 @@ call_spec_set(call_spec *c, module_state *st, const call_target *t, PyObject *me
         return -1;
     }
     c->packed = tether_py_msgpack_args(&c->args, &c->kwargs);
-    return 0;
+    c->as_values = c->args.nbufs || c->kwargs.nbufs;
+    return c->as_values ? tether_py_values_of_packbufs(&c->args, &c->kwargs, &c->args_value,
+                                                       &c->kwargs_value)
+                        : 0;
 }
 
 static void
@@ -115,11 +122,19 @@ call_spec_done(call_spec *c)
 {
     tether_py_pb_done(&c->args);
     tether_py_pb_done(&c->kwargs);
+    c->args_value = tether_value_unref(c->args_value);
+    c->kwargs_value = tether_value_unref(c->kwargs_value);
 }
 
 static int
 target_call(const call_target *t, call_spec *c, tether_value **result, tether_error *err)
 {
+    if (c->as_values) {
+        return t->obj ? tether_object_call_values(t->obj, c->method, c->args_value, c->kwargs_value,
+                                                  &c->opts, result, err)
+                      : tether_conn_call_values(t->conn, c->method, c->args_value, c->kwargs_value,
+                                                &c->opts, result, err);
+    }
     return t->obj ? tether_object_call_msgpack(t->obj, c->method, &c->packed, &c->opts, result,
                                                err)
                   : tether_conn_call_msgpack(t->conn, c->method, &c->packed, &c->opts, result,
@@ -129,6 +144,12 @@ target_call(const call_target *t, call_spec *c, tether_value **result, tether_er
 static int
 target_call_async(const call_target *t, call_spec *c, tether_future **future)
 {
+    if (c->as_values) {
+        return t->obj ? tether_object_call_async_values(t->obj, c->method, c->args_value,
+                                                        c->kwargs_value, &c->opts, future)
+                      : tether_conn_call_async_values(t->conn, c->method, c->args_value,
+                                                      c->kwargs_value, &c->opts, future);
+    }
     return t->obj ? tether_object_call_async_msgpack(t->obj, c->method, &c->packed, &c->opts,
                                                      future)
                   : tether_conn_call_async_msgpack(t->conn, c->method, &c->packed, &c->opts,
@@ -277,8 +298,12 @@ tether_py_call_target_notify(module_state *st, call_target target, PyObject *arg
         call_spec_done(&c);
         return NULL;
     }
-    int r = t->obj ? tether_object_notify_msgpack(t->obj, c.method, &c.packed)
-                   : tether_conn_notify_msgpack(t->conn, c.method, &c.packed);
+    int r =
+        c.as_values
+            ? (t->obj ? tether_object_notify_values(t->obj, c.method, c.args_value, c.kwargs_value)
+                      : tether_conn_notify_values(t->conn, c.method, c.args_value, c.kwargs_value))
+        : t->obj ? tether_object_notify_msgpack(t->obj, c.method, &c.packed)
+                 : tether_conn_notify_msgpack(t->conn, c.method, &c.packed);
     call_spec_done(&c);
     if (r < 0) {
         return raise_start_error(st, c.method, r);

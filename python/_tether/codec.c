@@ -31,6 +31,8 @@ tether_py_pb_init(packbuf *b, const xfer *x)
     b->x = x && x->st ? x : NULL;
     b->objs = NULL;
     b->nobjs = b->capobjs = 0;
+    b->bufs = NULL;
+    b->nbufs = b->capbufs = 0;
 }
 
 void
@@ -46,6 +48,12 @@ tether_py_pb_done(packbuf *b)
     free(b->objs);
     b->objs = NULL;
     b->nobjs = 0;
+    for (size_t i = 0; i < b->nbufs; i++) {
+        tether_buffer_unref(b->bufs[i]);
+    }
+    free(b->bufs);
+    b->bufs = NULL;
+    b->nbufs = 0;
 }
 
 static int
@@ -178,9 +186,14 @@ pack_int(packbuf *b, PyObject *o)
     return tether_py_pb_tag(b, 0xd3, (uint64_t)v, 8);
 }
 
+/* Bytes as a bin, or a BUFFER when big (buffer.c). */
 static int
 pack_bytes(packbuf *b, const char *p, size_t n)
 {
+    int as_buffer = tether_py_pack_bytes_buffer(b, p, n);
+    if (as_buffer != 0) {
+        return as_buffer < 0 ? -1 : 0;
+    }
     if (tether_py_pb_header(b, 0, 0, 0xc4, 0xc5, n) < 0) {
         return -1;
     }
@@ -306,24 +319,15 @@ pack_obj(packbuf *b, PyObject *o, int depth)
     if (PyByteArray_Check(o)) {
         return pack_bytes(b, PyByteArray_AsString(o), (size_t)PyByteArray_Size(o));
     }
-    if (PyMemoryView_Check(o)) {
-        /* The 3.10 limited API has no buffer protocol: copy through bytes. */
-        PyObject *copy = PyBytes_FromObject(o);
-        if (!copy) {
-            return -1;
-        }
-        char *p;
-        Py_ssize_t n;
-        int r = PyBytes_AsStringAndSize(copy, &p, &n);
-        r = r < 0 ? r : pack_bytes(b, p, (size_t)n);
-        Py_DECREF(copy);
-        return r;
-    }
     if (PyList_Check(o) || PyTuple_Check(o)) {
         return pack_sequence(b, o, depth);
     }
     if (PyDict_Check(o)) {
         return pack_dict(b, o, depth);
+    }
+    int as_buffer = tether_py_pack_buffer_object(b, o); /* memoryview, numpy arrays */
+    if (as_buffer != 0) {
+        return as_buffer < 0 ? -1 : 0;
     }
     if (b->x) {
         return tether_py_pack_reference(b, o);
@@ -351,14 +355,23 @@ tether_py_value_from_object(PyObject *o, int depth, const xfer *x)
     tether_py_pb_init(&b, x);
     tether_value *v = NULL;
     if (pack_obj(&b, o, depth) == 0) {
-        int r = tether_value_new_msgpack_objects(b.data, b.len, b.objs, b.nobjs, &v);
-        if (r < 0) {
-            PyErr_Format(PyExc_ValueError, "cannot encode the value: %s", tether_strerror(r));
-            v = NULL;
-        }
+        (void)tether_py_value_of_packbuf(&b, "value", &v);
     }
     tether_py_pb_done(&b);
     return v;
+}
+
+int
+tether_py_value_of_packbuf(const packbuf *b, const char *what, tether_value **ret)
+{
+    *ret = NULL;
+    int r = tether_value_new_msgpack_buffers(b->data, b->len, b->objs, b->nobjs, b->bufs, b->nbufs,
+                                             ret);
+    if (r < 0) {
+        PyErr_Format(PyExc_ValueError, "cannot encode the %s: %s", what, tether_strerror(r));
+        return -1;
+    }
+    return 0;
 }
 
 /*
@@ -414,6 +427,22 @@ tether_py_msgpack_args(const packbuf *args, const packbuf *kwargs)
     };
 }
 
+int
+tether_py_values_of_packbufs(const packbuf *args, const packbuf *kwargs, tether_value **ret_args,
+                             tether_value **ret_kwargs)
+{
+    *ret_kwargs = NULL;
+    if (args->len ? tether_py_value_of_packbuf(args, "arguments", ret_args)
+                  : (*ret_args = NULL, 0)) {
+        return -1;
+    }
+    if (kwargs->len && tether_py_value_of_packbuf(kwargs, "arguments", ret_kwargs) < 0) {
+        *ret_args = tether_value_unref(*ret_args);
+        return -1;
+    }
+    return 0;
+}
+
 /* Arguments as values (for the calls that keep them, such as a spawn's object). */
 int
 tether_py_values_from_args(PyObject *args, PyObject *kwargs, const xfer *x, tether_value **ret_args,
@@ -426,16 +455,7 @@ tether_py_values_from_args(PyObject *args, PyObject *kwargs, const xfer *x, teth
     tether_py_pb_init(&k, x);
     int r = tether_py_pack_args(args, kwargs, &a, &k);
     if (r == 0) {
-        int e = a.len ? tether_value_new_msgpack_objects(a.data, a.len, a.objs, a.nobjs, ret_args)
-                      : 0;
-        if (e == 0 && k.len) {
-            e = tether_value_new_msgpack_objects(k.data, k.len, k.objs, k.nobjs, ret_kwargs);
-        }
-        if (e < 0) {
-            PyErr_Format(PyExc_ValueError, "cannot encode the arguments: %s", tether_strerror(e));
-            *ret_args = tether_value_unref(*ret_args);
-            r = -1;
-        }
+        r = tether_py_values_of_packbufs(&a, &k, ret_args, ret_kwargs);
     }
     tether_py_pb_done(&a);
     tether_py_pb_done(&k);
@@ -457,36 +477,6 @@ typedef struct {
     tether_buffer *const *bufs; /* the value's buffers, in the order of its BUFFERs */
     size_t nbufs, kb;
 } unpacker;
-
-/* A read-only memoryview of a buffer's memory, with no copy: a mapping of its memfd by
- * Python's mmap, which the view (and whatever is made from it, a numpy array) keeps
- * alive, whatever becomes of the value. */
-static PyObject *
-buffer_view(tether_buffer *b)
-{
-    size_t size = tether_buffer_get_size(b);
-    if (size == 0) {
-        PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
-        PyObject *view = empty ? PyMemoryView_FromObject(empty) : NULL;
-        Py_XDECREF(empty);
-        return view;
-    }
-    PyObject *mmap = PyImport_ImportModule("mmap");
-    PyObject *ctor = mmap ? PyObject_GetAttrString(mmap, "mmap") : NULL;
-    PyObject *access = mmap ? PyObject_GetAttrString(mmap, "ACCESS_READ") : NULL;
-    PyObject *args =
-        ctor && access ? Py_BuildValue("(in)", tether_buffer_get_fd(b), (Py_ssize_t)size) : NULL;
-    PyObject *kwargs = args ? Py_BuildValue("{sO}", "access", access) : NULL;
-    PyObject *m = kwargs ? PyObject_Call(ctor, args, kwargs) : NULL;
-    PyObject *view = m ? PyMemoryView_FromObject(m) : NULL;
-    Py_XDECREF(m);
-    Py_XDECREF(kwargs);
-    Py_XDECREF(args);
-    Py_XDECREF(access);
-    Py_XDECREF(ctor);
-    Py_XDECREF(mmap);
-    return view;
-}
 
 static int
 need(unpacker *u, size_t n)
@@ -575,8 +565,12 @@ unpack_ext(unpacker *u, size_t n)
         return tether_py_object_of_reference(u->x, u->objs[u->k++]);
     }
     if (type == TETHER_MSGPACK_EXT_BUFFER && u->kb < u->nbufs) { /* shared memory */
+        unpacker sub = {u->p + 1, u->p + 1 + n, NULL, NULL, 0, 0, NULL, 0, 0};
         u->p += n + 1;
-        return buffer_view(u->bufs[u->kb++]);
+        PyObject *payload = unpack_obj(&sub, 0, false);
+        PyObject *value = payload ? tether_py_buffer_value(u->bufs[u->kb++], payload) : NULL;
+        Py_XDECREF(payload);
+        return value;
     }
     PyErr_Format(PyExc_TypeError, "cannot receive a msgpack extension value of type %d%s", type,
                  type == TETHER_MSGPACK_EXT_OBJECT ? " here (an object reference outside a call)" : "");

@@ -59,6 +59,11 @@ static PyMethodDef module_methods[] = {
     {"_run_callbacks", tether_py_module_run_callbacks, METH_NOARGS,
      "The body of the tether-callbacks thread (internal)."},
     {"_shutdown", module_shutdown, METH_NOARGS, "Interpreter-exit cleanup (internal)."},
+    {"set_buffer_threshold", tether_py_module_set_buffer_threshold, METH_O,
+     "Send bytes-like values of at least this many bytes through shared memory; returns "
+     "the threshold before."},
+    {"buffer_threshold", tether_py_module_buffer_threshold, METH_NOARGS,
+     "The size from which bytes-like values go through shared memory."},
     {"_pack", tether_py_module_pack, METH_O, "_pack(obj) -> bytes: obj as tether sends it."},
     {"_unpack", tether_py_module_unpack, METH_O,
      "_unpack(data) -> obj: msgpack bytes as received."},

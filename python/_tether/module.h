@@ -92,6 +92,8 @@ typedef struct {
     const xfer *x;
     tether_object **objs; /* references, in the order their REFs were written */
     size_t nobjs, capobjs;
+    tether_buffer **bufs; /* buffers (buffer.c), in the order their BUFFERs were written */
+    size_t nbufs, capbufs;
 } packbuf;
 
 void tether_py_pb_init(packbuf *b, const xfer *x);
@@ -106,10 +108,30 @@ int tether_py_values_from_args(PyObject *args, PyObject *kwargs, const xfer *x,
                                tether_value **ret_args, tether_value **ret_kwargs);
 int tether_py_pack_args(PyObject *args, PyObject *kwargs, packbuf *ret_args, packbuf *ret_kwargs);
 tether_msgpack_args tether_py_msgpack_args(const packbuf *args, const packbuf *kwargs);
+/* b's bytes, objects and buffers as a value; what names it in the ValueError raised on
+ * failure (-1). */
+int tether_py_value_of_packbuf(const packbuf *b, const char *what, tether_value **ret);
+/* Packed arguments as values (NULL for none), for a call whose arguments hold buffers,
+ * which tether_msgpack_args cannot carry. */
+int tether_py_values_of_packbufs(const packbuf *args, const packbuf *kwargs,
+                                 tether_value **ret_args, tether_value **ret_kwargs);
 PyObject *tether_py_object_from_value(tether_value *v, const xfer *x);
 PyObject *tether_py_module_pack(PyObject *module, PyObject *obj);
 PyObject *tether_py_module_unpack(PyObject *module, PyObject *data);
 PyObject *tether_py_module_type_name(PyObject *module, PyObject *obj);
+
+/* ---- buffer.c: big bytes and arrays through shared memory ---------------------------- */
+
+/* bytes p[0..n) as a BUFFER when n is at least the threshold: 1 when written, 0 when the
+ * caller writes a bin instead (small, or no shared memory here), -1 with an exception. */
+int tether_py_pack_bytes_buffer(packbuf *b, const void *p, size_t n);
+/* A memoryview or any other object with the buffer protocol (an array: its format and
+ * shape go with it): 1 when written, 0 when o has no buffer protocol, -1. */
+int tether_py_pack_buffer_object(packbuf *b, PyObject *o);
+/* What a received buffer is in Python; payload is its BUFFER's [size, ...] unpacked. */
+PyObject *tether_py_buffer_value(tether_buffer *b, PyObject *payload);
+PyObject *tether_py_module_set_buffer_threshold(PyObject *module, PyObject *arg);
+PyObject *tether_py_module_buffer_threshold(PyObject *module, PyObject *unused);
 
 /* ---- errors.c: negative codes and remote failures to exceptions ---------------------- */
 

@@ -10,6 +10,15 @@ import pytest
 import tether
 from tether import _tether
 
+
+@pytest.fixture(autouse=True)
+def bytes_inline():
+    """Bytes of any size inside the frame, as they travel over TCP: this module tests the
+    frame's encoding; bytes through shared memory are test_buffers.py's."""
+    before = tether.set_buffer_threshold(2**63)
+    yield
+    tether.set_buffer_threshold(before)
+
 ROUND_TRIP = [
     None,
     True,

@@ -815,27 +815,45 @@ tether_globals(tether_request *req, void *userdata)
 }
 
 
-/* make_buffer(n): a buffer of n bytes, byte i being (i * 7) & 0xff (tests of buffers). */
+/* A buffer of n bytes, byte i being (i * 7) & 0xff; an image (format 'B' of [height,
+ * width, 4]) when image is true. */
 static int
-make_buffer(tether_request *req, void *userdata)
+reply_buffer(tether_request *req, uint64_t n, bool image, uint64_t height, uint64_t width)
 {
-    (void)userdata;
-    uint64_t n = 0;
-    int r = tether_request_read(req, "u", &n);
-    if (r < 0) {
-        return r;
-    }
     tether_buffer *b = NULL;
-    if ((r = tether_buffer_new((size_t)n, &b)) < 0) {
+    int r = tether_buffer_new((size_t)n, &b);
+    if (r < 0) {
         return r;
     }
     uint8_t *w = tether_buffer_get_writable(b);
     for (uint64_t i = 0; i < n; i++) {
         w[i] = (uint8_t)(i * 7);
     }
-    r = tether_request_reply(req, "B", b);
+    const size_t shape[3] = {(size_t)height, (size_t)width, 4};
+    r = image ? tether_buffer_set_array(b, 'B', shape, 3) : 0;
+    r = r < 0 ? r : tether_request_reply(req, "B", b);
     tether_buffer_unref(b);
     return r;
+}
+
+/* make_buffer(n): a buffer of n bytes (tests of buffers; see reply_buffer). */
+static int
+make_buffer(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    uint64_t n = 0;
+    int r = tether_request_read(req, "u", &n);
+    return r < 0 ? r : reply_buffer(req, n, false, 0, 0);
+}
+
+/* make_image(height, width): an RGBA image, an array buffer of uint8 [height, width, 4]. */
+static int
+make_image(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    uint64_t height = 0, width = 0;
+    int r = tether_request_read(req, "uu", &height, &width);
+    return r < 0 ? r : reply_buffer(req, height * width * 4, true, height, width);
 }
 
 static const struct {
@@ -846,6 +864,7 @@ static const struct {
     {"add", add, TETHER_CONTEXT_IO},
     {"echo", echo, TETHER_CONTEXT_IO},
     {"make_buffer", make_buffer, TETHER_CONTEXT_IO},
+    {"make_image", make_image, TETHER_CONTEXT_IO},
     {"echo_args", echo_args, TETHER_CONTEXT_IO},
     {"fail", fail, TETHER_CONTEXT_IO},
     {"slow", slow, TETHER_CONTEXT_IO},

@@ -32,7 +32,10 @@ tether.named_run("my-script") as run:`` makes running the script again cancel th
 of this run, as an engine's loop does when a script is re-run.
 
 Plain data (None, bool, int, float, str, bytes, list, tuple, dict) travels by value;
-tuples arrive as lists. Failures raise builtin exceptions where one fits (TimeoutError,
+tuples arrive as lists. Over a Unix socket, bytes-like values of at least
+``tether.buffer_threshold()`` bytes (256 KiB unless ``tether.set_buffer_threshold(n)``)
+and arrays (numpy's, any object with the buffer protocol) go through shared memory, and
+arrive as read-only memoryviews (arrays as numpy arrays of the same dtype and shape). Failures raise builtin exceptions where one fits (TimeoutError,
 ConnectionResetError, a remote NameError stays a NameError) and tether's own otherwise
 (RemoteError, NotConnectedError, NoSuchServiceError, CancelledError, all TetherError).
 """
@@ -55,6 +58,8 @@ from ._tether import (  # noqa: E402
     NotConnectedError,
     RemoteError,
     TetherError,
+    buffer_threshold,
+    set_buffer_threshold,
 )
 from ._connection import (  # noqa: E402
     Connection,

@@ -8,6 +8,7 @@
 #include "codec/ext.h"
 
 #include <errno.h>
+#include <string.h>
 
 int
 tether__ext_ref_write(tether__buf *out, int64_t owner, uint64_t id, const char *type,
@@ -109,19 +110,38 @@ tether__refs_scan(const uint8_t *p, size_t len, int (*fn)(void *arg, const tethe
 }
 
 int
-tether__ext_buffer_write(tether__buf *out, uint64_t size)
+tether__ext_buffer_write(tether__buf *out, uint64_t size, char format, const uint64_t *shape,
+                         uint32_t ndim)
 {
     size_t payload = 1 + tether__mp_uint_size(size);
+    if (format) {
+        payload += 2 + 5; /* the format, a str of one; the shape's array head at most */
+        for (uint32_t i = 0; i < ndim; i++) {
+            payload += tether__mp_uint_size(shape[i]);
+        }
+    }
     size_t total = tether__mp_ext_head_size(payload) + payload;
     int r;
     uint8_t *p = tether__mp_reserve(out, total, &r);
     if (!p) {
         return r;
     }
-    uint8_t *q = tether__mp_put_ext_head(p, TETHER__EXT_BUFFER, payload);
-    q = tether__mp_put_array_head(q, 1);
+    /* The head is written for the largest payload, then the payload's real length: the
+     * shape's head is one byte below 16 dimensions. */
+    uint8_t *start = p + tether__mp_ext_head_size(payload);
+    uint8_t *q = tether__mp_put_array_head(start, format ? 3 : 1);
     q = tether__mp_put_uint(q, size);
-    out->len += (size_t)(q - p);
+    if (format) {
+        q = tether__mp_put_str(q, &format, 1);
+        q = tether__mp_put_array_head(q, ndim);
+        for (uint32_t i = 0; i < ndim; i++) {
+            q = tether__mp_put_uint(q, shape[i]);
+        }
+    }
+    size_t used = (size_t)(q - start);
+    uint8_t *body = tether__mp_put_ext_head(p, TETHER__EXT_BUFFER, used);
+    memmove(body, start, used);
+    out->len += (size_t)(body + used - p);
     return 0;
 }
 

@@ -56,9 +56,11 @@ typedef struct tether__ref {
 int tether__refs_scan(const uint8_t *p, size_t len, int (*fn)(void *arg, const tether__ref *ref),
                       void *arg);
 
-/* Append a BUFFER ext for a buffer of size bytes: [size] as the payload. Returns 0 or
- * -ENOMEM; out is unchanged on failure. */
-int tether__ext_buffer_write(tether__buf *out, uint64_t size);
+/* Append a BUFFER ext for a buffer of size bytes: [size] as the payload, or [size,
+ * format, shape] for an array (format not 0: one struct character; shape[0..ndim)).
+ * Returns 0 or -ENOMEM; out is unchanged on failure. */
+int tether__ext_buffer_write(tether__buf *out, uint64_t size, char format, const uint64_t *shape,
+                             uint32_t ndim);
 
 /* The BUFFER exts of checked msgpack bytes (their payloads checked, see validate.h) in
  * order: calls fn(arg, offset of the ext's first byte, size) for each; stops at the first

@@ -23,7 +23,78 @@ struct tether_buffer {
     uint8_t *data; /* NULL for size 0 */
     size_t size;
     bool writable; /* made here */
+    /* What the receiver is told the bytes are (tether_buffer_set_array): format 0 for
+     * plain bytes. */
+    char format;
+    uint32_t ndim;
+    uint64_t shape[TETHER_BUFFER_MAX_DIMS];
 };
+
+/* The size of one element of each format that travels (Python's struct module, native). */
+static size_t
+array_item_size(char format)
+{
+    switch (format) {
+    case 'b':
+    case 'B':
+    case '?':
+        return 1;
+    case 'h':
+    case 'H':
+    case 'e':
+        return 2;
+    case 'i':
+    case 'I':
+    case 'f':
+        return 4;
+    case 'q':
+    case 'Q':
+    case 'd':
+        return 8;
+    case 'l':
+    case 'L':
+        return sizeof(long);
+    case 'n':
+    case 'N':
+        return sizeof(size_t);
+    default:
+        return 0;
+    }
+}
+
+int
+tether_buffer_set_array(tether_buffer *buffer, char format, const size_t *shape, size_t ndim)
+{
+    size_t item = array_item_size(format);
+    if (!buffer || !buffer->writable || (format && !item) || ndim > TETHER_BUFFER_MAX_DIMS ||
+        (!shape && ndim)) {
+        return -EINVAL;
+    }
+    size_t total = item;
+    for (size_t i = 0; i < ndim; i++) {
+        if (shape[i] && total > SIZE_MAX / shape[i]) {
+            return -EINVAL;
+        }
+        total *= shape[i];
+    }
+    if (format && total != buffer->size) {
+        return -EINVAL;
+    }
+    buffer->format = format;
+    buffer->ndim = format ? (uint32_t)ndim : 0;
+    for (uint32_t i = 0; i < buffer->ndim; i++) {
+        buffer->shape[i] = shape[i];
+    }
+    return 0;
+}
+
+char
+tether__buffer_array(const tether_buffer *b, const uint64_t **ret_shape, uint32_t *ret_ndim)
+{
+    *ret_shape = b->shape;
+    *ret_ndim = b->ndim;
+    return b->format;
+}
 
 static int
 buffer_map(int fd, size_t size, bool writable, tether_buffer **ret)

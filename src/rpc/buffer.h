@@ -25,6 +25,9 @@
  * -ENOMEM. */
 int tether__buffer_from_fd(int fd, uint64_t size, tether_buffer **ret, const char **why);
 
+/* What tether_buffer_set_array said of b: its format (0: plain bytes) and shape. */
+char tether__buffer_array(const tether_buffer *b, const uint64_t **ret_shape, uint32_t *ret_ndim);
+
 /* Buffers named in a value's bytes, at the offsets of their BUFFER exts. */
 typedef struct tether__bufref {
     size_t off;

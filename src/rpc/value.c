@@ -355,9 +355,31 @@ match_ref(void *argp, const tether__ref *ref)
     return a->vec ? tether__objvec_push(a->vec, ref->off, obj) : 0;
 }
 
+/* The k-th BUFFER must name a buffer of the size it gives. */
+typedef struct match_buffer_arg {
+    tether_buffer *const *buffers;
+    size_t count, k;
+    tether__bufvec *vec;
+} match_buffer_arg;
+
+static int
+match_buffer(void *argp, size_t off, uint64_t size)
+{
+    match_buffer_arg *a = argp;
+    if (a->k >= a->count) {
+        return -EINVAL;
+    }
+    tether_buffer *buf = a->buffers[a->k++];
+    if (!buf || size != tether_buffer_get_size(buf)) {
+        return -EINVAL;
+    }
+    return a->vec ? tether__bufvec_push(a->vec, off, buf) : 0;
+}
+
 int
-tether__msgpack_objects_check(const uint8_t *p, size_t len, uint32_t max_depth,
-                              tether_object *const *objects, size_t count, tether__objvec *vec)
+tether__msgpack_refs_check(const uint8_t *p, size_t len, uint32_t max_depth,
+                           tether_object *const *objects, size_t count, tether__objvec *vec,
+                           tether_buffer *const *buffers, size_t nbuffers, tether__bufvec *bufvec)
 {
     size_t used;
     tether__ext_counts exts;
@@ -365,42 +387,65 @@ tether__msgpack_objects_check(const uint8_t *p, size_t len, uint32_t max_depth,
     if (r < 0 || used != len) {
         return r == -EMSGSIZE ? r : -EPROTO;
     }
-    /* A BUFFER ext names a buffer that bytes alone cannot bring along. */
-    if (exts.refs != count || exts.buffers > 0) {
+    if (exts.refs != count || exts.buffers != nbuffers) {
         return -EINVAL;
     }
-    size_t nrefs = exts.refs;
     match_arg a = {objects, count, 0, vec};
-    return nrefs ? tether__refs_scan(p, len, match_ref, &a) : 0;
+    r = count ? tether__refs_scan(p, len, match_ref, &a) : 0;
+    match_buffer_arg b = {buffers, nbuffers, 0, bufvec};
+    return r == 0 && nbuffers ? tether__buffers_scan(p, len, match_buffer, &b) : r;
+}
+
+int
+tether__msgpack_objects_check(const uint8_t *p, size_t len, uint32_t max_depth,
+                              tether_object *const *objects, size_t count, tether__objvec *vec)
+{
+    /* A BUFFER ext names a buffer that bytes alone cannot bring along. */
+    return tether__msgpack_refs_check(p, len, max_depth, objects, count, vec, NULL, 0, NULL);
 }
 
 int
 tether_value_new_msgpack_objects(const void *data, size_t size, tether_object *const *objects,
                                  size_t count, tether_value **ret)
 {
-    if (!ret || (!data && size) || (!objects && count)) {
+    return tether_value_new_msgpack_buffers(data, size, objects, count, NULL, 0, ret);
+}
+
+int
+tether_value_new_msgpack_buffers(const void *data, size_t size, tether_object *const *objects,
+                                 size_t count, tether_buffer *const *buffers, size_t nbuffers,
+                                 tether_value **ret)
+{
+    if (!ret || (!data && size) || (!objects && count) || (!buffers && nbuffers)) {
         return -EINVAL;
     }
     /* Checked against the tighter limit of a frame first: a value that passes is known
      * to be sendable and never walked again; one that fails gets the value limit. */
     tether__objvec vec = TETHER__OBJVEC_INIT;
+    tether__bufvec bufvec = TETHER__BUFVEC_INIT;
     int sendable = SENDABLE_YES;
-    int r = tether__msgpack_objects_check(data, size, SENDABLE_DEPTH, objects, count, &vec);
+    int r = tether__msgpack_refs_check(data, size, SENDABLE_DEPTH, objects, count, &vec, buffers,
+                                       nbuffers, &bufvec);
     if (r == -EMSGSIZE) {
         sendable = SENDABLE_NO;
-        r = tether__msgpack_objects_check(data, size, TETHER__DEFAULT_MAX_DEPTH, objects, count,
-                                          &vec);
+        tether__objvec_clear(&vec);
+        tether__bufvec_clear(&bufvec);
+        r = tether__msgpack_refs_check(data, size, TETHER__DEFAULT_MAX_DEPTH, objects, count, &vec,
+                                       buffers, nbuffers, &bufvec);
     }
     if (r == 0) {
         r = tether__value_new_copy(data, size, ret);
     }
     if (r < 0) {
         tether__objvec_clear(&vec);
+        tether__bufvec_clear(&bufvec);
         return r == -EMSGSIZE ? -EPROTO : r;
     }
     atomic_store_explicit(&(*ret)->sendable, sendable, memory_order_relaxed);
     r = tether__value_adopt(*ret, &vec);
+    r = r < 0 ? r : tether__value_adopt_buffers(*ret, &bufvec);
     if (r < 0) {
+        tether__bufvec_clear(&bufvec);
         *ret = tether_value_unref(*ret);
     }
     return r;
@@ -1233,12 +1278,15 @@ build_scalar(struct walk *w, char c)
             const void *data = tether_buffer_get_data(b);
             return tether__mp_bin(out, data ? data : "", size);
         }
-        /* An ext whose payload is an array: two levels. */
-        if (w->max_depth && w->depth + 2 > w->max_depth) {
+        const uint64_t *shape;
+        uint32_t ndim;
+        char format = tether__buffer_array(b, &shape, &ndim);
+        /* An ext whose payload is an array (two levels), holding the shape's (three). */
+        if (w->max_depth && w->depth + (format ? 3 : 2) > w->max_depth) {
             return -EMSGSIZE;
         }
         int r = tether__bufvec_push(w->bufs, tether__buf_pending(out) - w->mark, b);
-        return r < 0 ? r : tether__ext_buffer_write(out, size);
+        return r < 0 ? r : tether__ext_buffer_write(out, size, format, shape, ndim);
     }
     case 'o': {
         tether_object *obj = va_arg(*w->ap, tether_object *);

@@ -63,6 +63,12 @@ int tether__format_build(tether__buf *out, const char *fmt, va_list ap, bool as_
 int tether__msgpack_objects_check(const uint8_t *p, size_t len, uint32_t max_depth,
                                   tether_object *const *objects, size_t count,
                                   struct tether__objvec *vec);
+/* The same where BUFFER exts name buffers[0..nbuffers) in order, each of the size its
+ * ext gives; with bufvec, the buffers go into it at their offsets (new references). */
+int tether__msgpack_refs_check(const uint8_t *p, size_t len, uint32_t max_depth,
+                               tether_object *const *objects, size_t count,
+                               struct tether__objvec *vec, tether_buffer *const *buffers,
+                               size_t nbuffers, struct tether__bufvec *bufvec);
 /* Whether v may be sent as a frame's arguments or result (nesting at most one less than
  * a frame's): known from where it came, or found by one walk, then remembered. */
 bool tether__value_sendable(tether_value *v);

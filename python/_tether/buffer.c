@@ -1,0 +1,340 @@
+/*
+ * Buffers: big bytes and arrays through shared memory (docs/protocol.md "Buffers").
+ *
+ * Sending, a bytes-like value of at least the threshold, and any other object with the
+ * buffer protocol (a numpy array, an array.array) whatever its size, is copied once into
+ * a tether_buffer, a sealed memfd that travels as a descriptor beside the frame; the
+ * core writes its bytes inline instead on a connection that passes no descriptors. An
+ * array's BUFFER also carries its element format and shape, [size, format, shape].
+ *
+ * Receiving, a buffer becomes a read-only memoryview of a mapping of the memfd, with no
+ * copy; one with a format and shape becomes a numpy array of them when numpy can be
+ * imported (else a memoryview cast to them, where memoryview can express them).
+ *
+ * The stable ABI of 3.10 has no buffer protocol (PyObject_GetBuffer is 3.11): objects
+ * are read through memoryview's Python methods, which is one copy as well.
+ */
+#include "module.h"
+
+#include <string.h>
+#include <sys/mman.h>
+
+/* Bytes-like values of at least this many bytes go as buffers. Read and written with
+ * the GIL held. */
+static size_t buffer_threshold = 256 * 1024;
+
+/* The slot number of bf_getbuffer and memoryview's flag for writable memory: stable, but
+ * named by the limited API only from 3.11. */
+#define SLOT_BF_GETBUFFER 1
+#define MEMORY_WRITABLE 0x200 /* PyBUF_WRITE */
+
+/* Element formats that keep their meaning in shared memory, which never leaves the
+ * machine: one native character of the struct module. */
+static const char ARRAY_FORMATS[] = "bBhHiIlLqQnNefd?";
+
+PyObject *
+tether_py_module_set_buffer_threshold(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    size_t n = PyLong_AsSize_t(arg);
+    if (n == (size_t)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    size_t old = buffer_threshold;
+    buffer_threshold = n;
+    return PyLong_FromSize_t(old);
+}
+
+PyObject *
+tether_py_module_buffer_threshold(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return PyLong_FromSize_t(buffer_threshold);
+}
+
+/* ---- sending ------------------------------------------------------------------------ */
+
+static int
+pb_push_buffer(packbuf *b, tether_buffer *buf)
+{
+    if (b->nbufs == b->capbufs) {
+        size_t cap = b->capbufs ? 2 * b->capbufs : 4;
+        tether_buffer **v = realloc(b->bufs, cap * sizeof(*v));
+        if (!v) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        b->bufs = v;
+        b->capbufs = cap;
+    }
+    b->bufs[b->nbufs++] = buf;
+    return 0;
+}
+
+/* A BUFFER ext for buf (its reference moves into b), with the array's format (a str) and
+ * shape (a tuple of ints) when they are not NULL. */
+static int
+pack_buffer_ext(packbuf *b, tether_buffer *buf, PyObject *format, PyObject *shape)
+{
+    packbuf payload;
+    tether_py_pb_init(&payload, NULL);
+    int r = tether_py_pb_header(&payload, 0x90, 16, 0, 0xdc, format ? 3 : 1);
+    r = r < 0 ? r : tether_py_pb_tag(&payload, 0xcf, tether_buffer_get_size(buf), 8);
+    if (r == 0 && format) {
+        Py_ssize_t len;
+        const char *s = PyUnicode_AsUTF8AndSize(format, &len);
+        Py_ssize_t ndim = PyTuple_Size(shape);
+        r = s && ndim >= 0 ? 0 : -1;
+        r = r < 0 ? r : tether_py_pb_header(&payload, 0xa0, 32, 0xd9, 0xda, (size_t)len);
+        r = r < 0 ? r : tether_py_pb_put(&payload, s, (size_t)len);
+        r = r < 0 ? r : tether_py_pb_header(&payload, 0x90, 16, 0, 0xdc, (size_t)ndim);
+        for (Py_ssize_t i = 0; r == 0 && i < ndim; i++) {
+            size_t dim = PyLong_AsSize_t(PyTuple_GetItem(shape, i));
+            r = dim == (size_t)-1 && PyErr_Occurred() ? -1
+                                                      : tether_py_pb_tag(&payload, 0xcf, dim, 8);
+        }
+    }
+    /* ext 8 header: the payload is never one of the fixext lengths' worth of bother. */
+    uint8_t head[3] = {0xc7, (uint8_t)payload.len, TETHER_MSGPACK_EXT_BUFFER};
+    if (r == 0 && payload.len > 0xff) {
+        PyErr_SetString(PyExc_ValueError, "array with too many dimensions to send");
+        r = -1;
+    }
+    r = r < 0 ? r : tether_py_pb_put(b, head, sizeof(head));
+    r = r < 0 ? r : tether_py_pb_put(b, payload.data, payload.len);
+    tether_py_pb_done(&payload);
+    if (r < 0 || pb_push_buffer(b, buf) < 0) {
+        tether_buffer_unref(buf);
+        return -1;
+    }
+    return 0;
+}
+
+/* A new buffer of n bytes: 1, or 0 where this platform has none (the caller sends the
+ * bytes inline), -1 with an exception. */
+static int
+buffer_new(size_t n, tether_buffer **ret)
+{
+    int r = tether_buffer_new(n, ret);
+    if (r == TETHER_ENOTSUP) {
+        return 0;
+    }
+    if (r < 0) {
+        PyErr_Format(PyExc_MemoryError, "cannot make a shared-memory buffer of %zu bytes: %s", n,
+                     tether_strerror(r));
+        return -1;
+    }
+    return 1;
+}
+
+int
+tether_py_pack_bytes_buffer(packbuf *b, const void *p, size_t n)
+{
+    if (n < buffer_threshold) {
+        return 0;
+    }
+    tether_buffer *buf;
+    int r = buffer_new(n, &buf);
+    if (r <= 0) {
+        return r;
+    }
+    memcpy(tether_buffer_get_writable(buf), p, n);
+    return pack_buffer_ext(b, buf, NULL, NULL) < 0 ? -1 : 1;
+}
+
+/* Copy the bytes of view (nbytes of them, C order) into buf. */
+static int
+copy_view(tether_buffer *buf, PyObject *view, size_t nbytes)
+{
+    if (nbytes == 0) {
+        return 0;
+    }
+    PyObject *dst = PyMemoryView_FromMemory(tether_buffer_get_writable(buf), (Py_ssize_t)nbytes,
+                                            MEMORY_WRITABLE);
+    PyObject *contiguous = PyObject_GetAttrString(view, "c_contiguous");
+    int is_c = contiguous ? PyObject_IsTrue(contiguous) : -1;
+    /* A C-contiguous view is copied as it is; any other is gathered by tobytes first. */
+    PyObject *src = is_c < 0 ? NULL
+                    : is_c   ? PyObject_CallMethod(view, "cast", "s", "B")
+                             : PyObject_CallMethod(view, "tobytes", NULL);
+    PyObject *all = PySlice_New(NULL, NULL, NULL);
+    int r = dst && src && all ? PyObject_SetItem(dst, all, src) : -1;
+    Py_XDECREF(all);
+    Py_XDECREF(src);
+    Py_XDECREF(contiguous);
+    Py_XDECREF(dst);
+    return r;
+}
+
+/* The format of an array's view, checked to be one that travels; NULL with TypeError. */
+static PyObject *
+array_format(PyObject *view, PyObject *o)
+{
+    PyObject *format = PyObject_GetAttrString(view, "format");
+    Py_ssize_t len;
+    const char *s = format ? PyUnicode_AsUTF8AndSize(format, &len) : NULL;
+    if (!s) {
+        Py_XDECREF(format);
+        return NULL;
+    }
+    if (len == 2 && s[0] == '@') {
+        PyObject *bare = PyUnicode_FromStringAndSize(s + 1, 1);
+        Py_DECREF(format);
+        format = bare;
+    } else if (len != 1 || !strchr(ARRAY_FORMATS, s[0])) {
+        PyObject *name = tether_py_type_display_name(Py_TYPE(o));
+        if (name) {
+            PyErr_Format(PyExc_TypeError,
+                         "cannot send a '%U' of element format '%s': arrays travel with elements "
+                         "of one native struct character (%s); convert it (for numpy, "
+                         "astype or view) or send its bytes",
+                         name, s, ARRAY_FORMATS);
+            Py_DECREF(name);
+        }
+        Py_CLEAR(format);
+    }
+    return format;
+}
+
+int
+tether_py_pack_buffer_object(packbuf *b, PyObject *o)
+{
+    bool is_view = PyMemoryView_Check(o);
+    if (!is_view && !PyType_GetSlot(Py_TYPE(o), SLOT_BF_GETBUFFER)) {
+        return 0;
+    }
+    PyObject *view = PyMemoryView_FromObject(o);
+    if (!view) {
+        return -1;
+    }
+    PyObject *nbytes_obj = PyObject_GetAttrString(view, "nbytes");
+    size_t nbytes = nbytes_obj ? PyLong_AsSize_t(nbytes_obj) : (size_t)-1;
+    Py_XDECREF(nbytes_obj);
+    PyObject *format = NULL, *shape = NULL;
+    int r = nbytes == (size_t)-1 && PyErr_Occurred() ? -1 : 0;
+    if (r == 0 && !is_view) { /* an array: its elements and dimensions go with it */
+        format = array_format(view, o);
+        shape = format ? PyObject_GetAttrString(view, "shape") : NULL;
+        r = shape ? 0 : -1;
+    }
+    tether_buffer *buf = NULL;
+    if (r == 0 && (format || nbytes >= buffer_threshold)) {
+        r = buffer_new(nbytes, &buf);
+    }
+    if (r > 0) {
+        r = copy_view(buf, view, nbytes);
+        r = r < 0 ? r : pack_buffer_ext(b, buf, format, shape);
+        buf = NULL;
+        r = r < 0 ? r : 1;
+    } else if (r == 0) { /* small, or no shared memory here: its bytes inline */
+        PyObject *copy = PyObject_CallMethod(view, "tobytes", NULL);
+        char *p;
+        Py_ssize_t n;
+        r = copy && PyBytes_AsStringAndSize(copy, &p, &n) == 0 ? 0 : -1;
+        r = r < 0 ? r : tether_py_pb_header(b, 0, 0, 0xc4, 0xc5, (size_t)n);
+        r = r < 0 ? r : tether_py_pb_put(b, p, (size_t)n);
+        r = r < 0 ? r : 1;
+        Py_XDECREF(copy);
+    }
+    tether_buffer_unref(buf);
+    Py_XDECREF(shape);
+    Py_XDECREF(format);
+    Py_DECREF(view);
+    return r;
+}
+
+/* ---- receiving ---------------------------------------------------------------------- */
+
+/* A read-only memoryview of a buffer's memory, with no copy: a mapping of its memfd by
+ * Python's mmap, which the view (and whatever is made from it, a numpy array) keeps
+ * alive, whatever becomes of the value. */
+static PyObject *
+buffer_view(tether_buffer *b)
+{
+    size_t size = tether_buffer_get_size(b);
+    if (size == 0) {
+        PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
+        PyObject *view = empty ? PyMemoryView_FromObject(empty) : NULL;
+        Py_XDECREF(empty);
+        return view;
+    }
+    PyObject *mmap = PyImport_ImportModule("mmap");
+    PyObject *ctor = mmap ? PyObject_GetAttrString(mmap, "mmap") : NULL;
+    PyObject *args =
+        ctor ? Py_BuildValue("(in)", tether_buffer_get_fd(b), (Py_ssize_t)size) : NULL;
+    /* Mapped with its pages at once (MAP_POPULATE): the memory is there already, and one
+     * call maps it faster than a fault per page would as the receiver reads it. */
+    PyObject *kwargs =
+        args ? Py_BuildValue("{sisi}", "flags", MAP_SHARED | MAP_POPULATE, "prot", PROT_READ) : NULL;
+    PyObject *m = kwargs ? PyObject_Call(ctor, args, kwargs) : NULL;
+    PyObject *view = m ? PyMemoryView_FromObject(m) : NULL;
+    Py_XDECREF(m);
+    Py_XDECREF(kwargs);
+    Py_XDECREF(args);
+    Py_XDECREF(ctor);
+    Py_XDECREF(mmap);
+    return view;
+}
+
+/* numpy, or NULL (no exception) where it cannot be imported; tried once. */
+static PyObject *
+numpy_module(void)
+{
+    static bool missing;
+    if (missing) {
+        return NULL;
+    }
+    PyObject *np = PyImport_ImportModule("numpy");
+    if (!np) {
+        PyErr_Clear();
+        missing = true;
+    }
+    return np;
+}
+
+/* view as an array of format and shape: numpy's, else a memoryview cast to them, else
+ * view itself (a format or shape that memoryview cannot express). */
+static PyObject *
+array_of_view(PyObject *view, PyObject *format, PyObject *shape)
+{
+    PyObject *np = numpy_module();
+    if (np) {
+        PyObject *flat = PyObject_CallMethod(np, "frombuffer", "OO", view, format);
+        PyObject *array = flat ? PyObject_CallMethod(flat, "reshape", "(O)", shape) : NULL;
+        Py_XDECREF(flat);
+        Py_DECREF(np);
+        return array;
+    }
+    PyObject *cast = PyObject_CallMethod(view, "cast", "OO", format, shape);
+    if (!cast) {
+        PyErr_Clear();
+        return Py_NewRef(view);
+    }
+    return cast;
+}
+
+PyObject *
+tether_py_buffer_value(tether_buffer *b, PyObject *payload)
+{
+    PyObject *view = buffer_view(b);
+    if (!view || !PyList_Check(payload) || PyList_Size(payload) < 3) {
+        return view;
+    }
+    PyObject *format = PyList_GetItem(payload, 1);
+    PyObject *shape = PyList_GetItem(payload, 2);
+    if (!PyUnicode_Check(format) || !PyList_Check(shape)) {
+        return view; /* a later version's fields: the bytes still stand */
+    }
+    PyObject *dims = PyList_AsTuple(shape);
+    PyObject *array = dims ? array_of_view(view, format, dims) : NULL;
+    Py_XDECREF(dims);
+    Py_DECREF(view);
+    if (!array && PyErr_ExceptionMatches(PyExc_ValueError)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError,
+                     "received a buffer of %zu bytes that is no array of format %R and shape %R",
+                     tether_buffer_get_size(b), format, shape);
+    }
+    return array;
+}
