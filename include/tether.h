@@ -271,6 +271,16 @@ TETHER_EXPORT int tether_value_to_string(const tether_value *value, char **ret_t
  * it (to fill the next frame of a stream, say), and the receiver then sees those writes.
  * Reuse a buffer only once the receiver is done with it (its reply came), or make a new
  * one. No writes of either side can make the other fault: the size is sealed.
+ *
+ * Making a new one each time costs little: the receiver tells the sender when it no
+ * longer maps a buffer (when its last reference goes; a Python script's, when the last
+ * array or view over it goes), and once nothing here references it either, its memory is
+ * kept and given to the next tether_buffer_new() of the same size (up to 16 buffers and
+ * 256 MiB; fresh shared memory costs a page fault per page on first write). Memory sent
+ * to a peer whose connection closed before it said so is never reused. A receiver maps
+ * at most max_buffer_bytes (tether_host_options, tether_client_options; 1 GiB) of one
+ * connection's buffers at once: a call whose buffers would pass it fails with an error
+ * (TETHER_EREMOTE at the caller), and the connection goes on.
  * ------------------------------------------------------------------------------- */
 
 typedef struct tether_buffer tether_buffer;
@@ -287,8 +297,16 @@ TETHER_EXPORT uint32_t tether_protocol_version(void);
  * Thread: any.
  */
 TETHER_EXPORT int tether_buffer_new(size_t size, tether_buffer **ret);
+/*
+ * The same without zeroing: the bytes are whatever they were, for a writer that fills
+ * every one. Buffers of this process that no peer maps any more are reused by both (a
+ * stream of same-sized buffers allocates its memory once; see "Buffers" above).
+ * Thread: any.
+ */
+TETHER_EXPORT int tether_buffer_new_uninitialized(size_t size, tether_buffer **ret);
 /* Take a reference; drop one (accepts NULL, returns NULL). The memory is unmapped with
- * the last reference, values holding the buffer included. Thread: any. */
+ * the last reference, values holding the buffer included (kept for reuse, when made
+ * here and no peer maps it). Thread: any. */
 TETHER_EXPORT tether_buffer *tether_buffer_ref(tether_buffer *buffer);
 TETHER_EXPORT tether_buffer *tether_buffer_unref(tether_buffer *buffer);
 /* The bytes, valid while the buffer lives; NULL for size 0. Thread: any. */
@@ -913,6 +931,9 @@ typedef struct tether_host_options {
     uint32_t max_clients;           /* connected clients (1024) */
     uint64_t handshake_timeout_usec; /* from accept to hello (5 s) */
     uint64_t max_output_bytes;      /* bytes queued to one slow reader (64 MiB) */
+    /* Shared memory of one client's buffers mapped here at once (1 GiB): a frame whose
+     * buffers would pass it is refused (the call fails), the connection stays. */
+    uint64_t max_buffer_bytes;
     /* Default silence timeout of calls made to clients (30 s). */
     uint64_t default_timeout_usec;
     /* Synchronous calls one thread may have open inside each other through call-backs
@@ -1311,6 +1332,7 @@ typedef struct tether_client_options {
     uint64_t connect_timeout_usec;   /* connect + handshake (5 s) */
     uint64_t default_timeout_usec;   /* silence timeout of calls (30 s) */
     uint64_t max_output_bytes;       /* (64 MiB) */
+    uint64_t max_buffer_bytes;       /* as in tether_host_options (1 GiB) */
     uint32_t max_call_depth;         /* as in tether_host_options (64) */
 
     /*

@@ -11,6 +11,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "rpc/buffer.h"
+
 /* Sum of the bytes of the first argument, a buffer or bytes; its type as the second
  * element of the reply: [sum, type]. */
 static int
@@ -63,10 +65,46 @@ count_handler(tether_request *req, void *userdata)
 
 static int make_handler(tether_request *req, void *userdata);
 
+/* keep(b): the host holds the argument's value until drop(); IO context, one thread. */
+static tether_value *kept;
+
+static int
+keep_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    tether_value_unref(kept);
+    kept = tether_value_ref(tether_request_get_args(req));
+    return 0;
+}
+
+static int
+echo_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    tether_value *arg = NULL;
+    int r = tether_value_get_item(tether_request_get_args(req), 0, &arg);
+    r = r < 0 ? r : tether_request_reply_value(req, arg);
+    tether_value_unref(arg);
+    return r;
+}
+
+static int
+drop_handler(tether_request *req, void *userdata)
+{
+    (void)req;
+    (void)userdata;
+    kept = tether_value_unref(kept);
+    return 0;
+}
+
+static uint64_t max_buffer_bytes; /* for the next start_host: 0, the default */
+
 static tether_host *
 start_host(bool tcp, uint32_t max_in_flight)
 {
-    tether_host_options o = {.name = tcp ? "buffers-tcp" : "buffers", .max_in_flight = max_in_flight};
+    tether_host_options o = {.name = tcp ? "buffers-tcp" : "buffers",
+                             .max_in_flight = max_in_flight,
+                             .max_buffer_bytes = max_buffer_bytes};
     if (tcp) {
         o.tcp = true;
         o.tcp_port = TETHER_PORT_EPHEMERAL;
@@ -77,6 +115,9 @@ start_host(bool tcp, uint32_t max_in_flight)
     ASSERT_OK(tether_host_add_service(h, "count", TETHER_CONTEXT_IO, count_handler, NULL));
     ASSERT_OK(tether_host_add_service(h, "sum_two", TETHER_CONTEXT_IO, sum_two_handler, NULL));
     ASSERT_OK(tether_host_add_service(h, "make", TETHER_CONTEXT_IO, make_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "keep", TETHER_CONTEXT_IO, keep_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "drop", TETHER_CONTEXT_IO, drop_handler, NULL));
+    ASSERT_OK(tether_host_add_service(h, "echo", TETHER_CONTEXT_IO, echo_handler, NULL));
     ASSERT_OK(tether_host_start(h));
     return h;
 }
@@ -182,8 +223,12 @@ call_sum(tether_conn *conn, const char *service, tether_buffer *b, int want_type
 static void
 assert_fds_back_to(int expected)
 {
+    /* Memory kept for reuse holds its descriptor: let it go first, and again as buffers
+     * the peer said done with come back to the pool. */
+    tether__buffer_pool_clear();
     for (int i = 0; i < 500 && count_open_fds() != expected; i++) {
         usleep(10000);
+        tether__buffer_pool_clear();
     }
     cr_assert_eq(count_open_fds(), expected, "descriptors left open: %d, were %d",
                  count_open_fds(), expected);
@@ -197,9 +242,11 @@ settled_fds(tether_conn *conn)
     call_sum(conn, "sum_pool", b, TETHER_TYPE_BUFFER);
     tether_buffer_unref(b);
     /* Steady once two looks 20 ms apart agree. */
+    tether__buffer_pool_clear();
     int n = count_open_fds(), last = -1;
     for (int i = 0; i < 50 && n != last; i++) {
         usleep(20000);
+        tether__buffer_pool_clear();
         last = n;
         n = count_open_fds();
     }
@@ -333,6 +380,131 @@ Test(buffers, wait_behind_the_window_with_their_calls)
     ASSERT_OK(tether_conn_notify(conn, "count", "B", b));
     call_sum(conn, "sum", b, TETHER_TYPE_BUFFER);
     tether_buffer_unref(b);
+    assert_fds_back_to(fds_before);
+    stop_peers(&p);
+}
+
+/* ---- reuse, limits ------------------------------------------------------------------ */
+
+static uint64_t
+inode_of(const tether_buffer *b)
+{
+    struct stat st;
+    ASSERT_OK(fstat(tether_buffer_get_fd(b), &st));
+    return (uint64_t)st.st_ino;
+}
+
+/* Whether a new buffer of size bytes is, within a second, the memory of inode: the peer
+ * said done with it and it went back to the pool. The buffers made meanwhile are held,
+ * so that each try takes another. */
+static bool
+reused_soon(size_t size, uint64_t inode, int tries)
+{
+    tether_buffer *made[100] = {NULL};
+    bool found = false;
+    int n = 0;
+    for (; n < tries && !found; n++) {
+        ASSERT_OK(tether_buffer_new(size, &made[n]));
+        found = inode_of(made[n]) == inode;
+        if (found) {
+            const uint8_t *p = tether_buffer_get_data(made[n]);
+            cr_assert(p[0] == 0 && p[size - 1] == 0, "tether_buffer_new zeroes reused memory");
+        } else {
+            usleep(10000);
+        }
+    }
+    while (n > 0) {
+        tether_buffer_unref(made[--n]);
+    }
+    return found;
+}
+
+static void
+call_ok(tether_conn *conn, const char *method, tether_buffer *b)
+{
+    tether_error err = TETHER_ERROR_INIT;
+    int r = b ? tether_conn_call(conn, method, NULL, NULL, &err, "B", b)
+              : tether_conn_call(conn, method, NULL, NULL, &err, "");
+    cr_assert_eq(r, 0, "%s: %s", tether_strerror(r), err.message ? err.message : "");
+}
+
+Test(buffers, memory_is_reused_once_the_peer_is_done_with_it)
+{
+    peers p = start_peers(false, 0);
+    int fds_before = settled_fds(p.conn);
+    enum {
+        SIZE = 300000
+    };
+    /* Sent, used and dropped by the host: said done, and made again here. */
+    tether_buffer *b = filled(SIZE);
+    uint64_t first = inode_of(b);
+    call_sum(p.conn, "sum", b, TETHER_TYPE_BUFFER);
+    tether_buffer_unref(b);
+    cr_assert(reused_soon(SIZE, first, 100), "the memory the host is done with is reused");
+    /* Kept by the host: not reused until it lets go. */
+    b = filled(SIZE);
+    uint64_t second = inode_of(b);
+    call_ok(p.conn, "keep", b);
+    tether_buffer_unref(b);
+    cr_assert(!reused_soon(SIZE, second, 20), "memory the host still maps is not reused");
+    call_ok(p.conn, "drop", NULL);
+    cr_assert(reused_soon(SIZE, second, 100), "reused once the host let go");
+    /* Sent back (the host relays what it received): home again once this side has
+     * dropped the copy it got, which tells the host, which then tells this side. */
+    b = filled(SIZE);
+    uint64_t third = inode_of(b);
+    tether_value *back = NULL;
+    ASSERT_OK(tether_conn_call(p.conn, "echo", NULL, &back, NULL, "B", b));
+    tether_buffer_unref(b);
+    cr_assert(!reused_soon(SIZE, third, 10), "the echo still maps it");
+    tether_value_unref(back);
+    cr_assert(reused_soon(SIZE, third, 100));
+    assert_fds_back_to(fds_before);
+    stop_peers(&p);
+}
+
+Test(buffers, a_connection_closed_before_done_leaves_its_memory_alone)
+{
+    peers p = start_peers(false, 0);
+    tether_buffer *b = filled(200000);
+    uint64_t sent = inode_of(b);
+    call_ok(p.conn, "keep", b);
+    tether_buffer_unref(b);
+    /* The host maps it still: however the connection ends, this process must not write
+     * into that memory again. */
+    tether_client_unref(p.client);
+    p.client = NULL;
+    cr_assert(!reused_soon(200000, sent, 30));
+    tether_host_unref(p.host);
+    kept = tether_value_unref(kept);
+}
+
+Test(buffers, a_peer_over_its_shared_memory_limit_is_refused_and_keeps_its_connection)
+{
+    max_buffer_bytes = 1u << 20;
+    peers p = start_peers(false, 0);
+    max_buffer_bytes = 0;
+    int fds_before = settled_fds(p.conn);
+    tether_buffer *held = filled(700000), *more = filled(400000);
+    call_ok(p.conn, "keep", held);
+    /* 700,000 + 400,000 bytes would pass the host's 1 MiB. */
+    tether_error err = TETHER_ERROR_INIT;
+    int r = tether_conn_call(p.conn, "sum", NULL, NULL, &err, "B", more);
+    cr_assert_eq(r, TETHER_EREMOTE, "%s", tether_strerror(r));
+    cr_assert_not_null(strstr(err.message, "max_buffer_bytes"), "%s", err.message);
+    tether_error_done(&err);
+    /* Nothing else is lost: the connection serves on, and once the host lets go of the
+     * first, the second fits. */
+    tether_buffer *small = filled(16);
+    call_sum(p.conn, "sum", small, TETHER_TYPE_BUFFER);
+    call_ok(p.conn, "drop", NULL);
+    call_sum(p.conn, "sum", more, TETHER_TYPE_BUFFER);
+    /* The refused one was said done too: its memory comes back. */
+    uint64_t refused = inode_of(more);
+    tether_buffer_unref(more);
+    cr_assert(reused_soon(400000, refused, 100));
+    tether_buffer_unref(small);
+    tether_buffer_unref(held);
     assert_fds_back_to(fds_before);
     stop_peers(&p);
 }

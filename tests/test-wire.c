@@ -1538,3 +1538,33 @@ Test(wire, skip_and_check_on_hostile_input)
  * Regressions found by fuzz/fuzz-frame.c go below, one test each, named after what the
  * input exercised. (Fuzzing found none so far: the cases above were written first.)
  */
+
+Test(wire, buffers_done_is_a_kind_of_version_2)
+{
+    const tether__wire_limits v2 = {.buffer_exts = true};
+    tether__buf b = TETHER__BUF_INIT;
+    const uint64_t inodes[3] = {7, 1u << 20, UINT64_C(1) << 40};
+    cr_assert_eq(tether__encode_buffers_done(&b, inodes, 3), 0);
+    const uint8_t *frame_body = tether__buf_head(&b) + TETHER__FRAME_HEADER_SIZE;
+    size_t len = tether__buf_pending(&b) - TETHER__FRAME_HEADER_SIZE;
+    cr_assert_eq(frame_body[0], 0x92);
+    cr_assert_eq(frame_body[1], TETHER__BUFFERS_DONE);
+    tether__frame f;
+    cr_assert_eq(tether__frame_decode(frame_body, len, &v2, &f), 0);
+    cr_assert_eq(f.kind, TETHER__BUFFERS_DONE);
+    tether__mp_reader r = {f.value.ptr, f.value.ptr + f.value.len};
+    uint32_t n = 0;
+    uint64_t third = 0;
+    cr_assert_eq(tether__mp_read_array(&r, &n), 0);
+    cr_assert_eq(n, 3);
+    for (uint32_t i = 0; i < n; i++) {
+        cr_assert_eq(tether__mp_read_uint(&r, &third), 0);
+    }
+    cr_assert_eq(third, UINT64_C(1) << 40);
+    /* Unknown in version 1, as every kind above 13. */
+    cr_assert_eq(tether__frame_decode(frame_body, len, NULL, &f), -EPROTO);
+    /* Its list holds uints only. */
+    static const uint8_t bad[] = {0x92, TETHER__BUFFERS_DONE, 0x91, 0xa1, 'x'};
+    cr_assert_eq(tether__frame_decode(bad, sizeof(bad), &v2, &f), -EPROTO);
+    tether__buf_done(&b);
+}

@@ -116,7 +116,7 @@ pack_buffer_ext(packbuf *b, tether_buffer *buf, PyObject *format, PyObject *shap
 static int
 buffer_new(size_t n, tether_buffer **ret)
 {
-    int r = tether_buffer_new(n, ret);
+    int r = tether_buffer_new_uninitialized(n, ret); /* every byte is written */
     if (r == TETHER_ENOTSUP) {
         return 0;
     }
@@ -246,9 +246,49 @@ tether_py_pack_buffer_object(packbuf *b, PyObject *o)
 
 /* ---- receiving ---------------------------------------------------------------------- */
 
+static void
+capsule_unref_buffer(PyObject *capsule)
+{
+    tether_buffer_unref(PyCapsule_GetPointer(capsule, "tether.buffer"));
+}
+
+/* finalize's call-back: the capsule it drops afterwards does the work. */
+static PyObject *
+mapping_gone(PyObject *self, PyObject *capsule)
+{
+    (void)self;
+    (void)capsule;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef mapping_gone_def = {"_buffer_mapping_gone", mapping_gone, METH_O, NULL};
+
+/* Keep a reference to b as long as m, the mapping of its memory, lives: the sender is
+ * told it may reuse the memory when the last reference goes (BUFFERS_DONE), so not
+ * before the last numpy array or view over m is gone. */
+static int
+hold_while_mapped(PyObject *m, tether_buffer *b)
+{
+    PyObject *weakref = PyImport_ImportModule("weakref");
+    PyObject *finalize = weakref ? PyObject_GetAttrString(weakref, "finalize") : NULL;
+    PyObject *gone = finalize ? PyCFunction_New(&mapping_gone_def, NULL) : NULL;
+    PyObject *capsule =
+        gone ? PyCapsule_New(tether_buffer_ref(b), "tether.buffer", capsule_unref_buffer) : NULL;
+    if (gone && !capsule) {
+        tether_buffer_unref(b);
+    }
+    PyObject *f = capsule ? PyObject_CallFunctionObjArgs(finalize, m, gone, capsule, NULL) : NULL;
+    Py_XDECREF(f);
+    Py_XDECREF(capsule);
+    Py_XDECREF(gone);
+    Py_XDECREF(finalize);
+    Py_XDECREF(weakref);
+    return f ? 0 : -1;
+}
+
 /* A read-only memoryview of a buffer's memory, with no copy: a mapping of its memfd by
  * Python's mmap, which the view (and whatever is made from it, a numpy array) keeps
- * alive, whatever becomes of the value. */
+ * alive, and with it the buffer, whatever becomes of the value. */
 static PyObject *
 buffer_view(tether_buffer *b)
 {
@@ -268,7 +308,7 @@ buffer_view(tether_buffer *b)
     PyObject *kwargs =
         args ? Py_BuildValue("{sisi}", "flags", MAP_SHARED | MAP_POPULATE, "prot", PROT_READ) : NULL;
     PyObject *m = kwargs ? PyObject_Call(ctor, args, kwargs) : NULL;
-    PyObject *view = m ? PyMemoryView_FromObject(m) : NULL;
+    PyObject *view = m && hold_while_mapped(m, b) == 0 ? PyMemoryView_FromObject(m) : NULL;
     Py_XDECREF(m);
     Py_XDECREF(kwargs);
     Py_XDECREF(args);

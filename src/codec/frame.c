@@ -244,7 +244,7 @@ static const struct layout {
     [TETHER__CANCEL] = {2, decode_id},         [TETHER__RELEASE] = {2, decode_release},
     [TETHER__PING] = {2, decode_id},           [TETHER__PONG] = {2, decode_id},
     [TETHER__PROGRESS] = {2, decode_progress}, [TETHER__CONTROL] = {3, decode_two_str},
-    [TETHER__LOG] = {4, decode_log},
+    [TETHER__LOG] = {4, decode_log},           [TETHER__BUFFERS_DONE] = {2, decode_progress},
 };
 
 /* ---- decoding -------------------------------------------------------------------- */
@@ -313,7 +313,9 @@ tether__frame_decode(const uint8_t *body, size_t len, const tether__wire_limits 
     ret->buffers = counts.buffers;
     tether__mp_reader rd = {body, body + len};
     const struct layout *layout;
-    if (read_kind(&rd, ret, &layout) < 0 || layout->decode(&rd, ret) < 0) {
+    if (read_kind(&rd, ret, &layout) < 0 ||
+        (ret->kind == TETHER__BUFFERS_DONE && !(limits && limits->buffer_exts)) ||
+        layout->decode(&rd, ret) < 0) {
         *ret = (tether__frame){0};
         return -EPROTO;
     }
@@ -588,8 +590,8 @@ tether__encode_ping(tether__buf *buf, int kind, uint64_t nonce)
     return encode_kind_uint(buf, kind, nonce);
 }
 
-int
-tether__encode_progress(tether__buf *buf, const uint64_t *ids, size_t n)
+static int
+encode_uint_list(tether__buf *buf, int kind, const uint64_t *ids, size_t n)
 {
     if (n > UINT32_MAX) {
         return -EMSGSIZE;
@@ -604,12 +606,24 @@ tether__encode_progress(tether__buf *buf, const uint64_t *ids, size_t n)
         return r;
     }
     *p++ = 0x92;
-    *p++ = TETHER__PROGRESS;
+    *p++ = (uint8_t)kind;
     p = tether__mp_put_array_head(p, (uint32_t)n);
     for (size_t i = 0; i < n; i++) {
         p = tether__mp_put_uint(p, ids[i]);
     }
     return tether__frame_commit(buf, body, p);
+}
+
+int
+tether__encode_progress(tether__buf *buf, const uint64_t *ids, size_t n)
+{
+    return encode_uint_list(buf, TETHER__PROGRESS, ids, n);
+}
+
+int
+tether__encode_buffers_done(tether__buf *buf, const uint64_t *inodes, size_t n)
+{
+    return encode_uint_list(buf, TETHER__BUFFERS_DONE, inodes, n);
 }
 
 int

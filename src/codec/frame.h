@@ -50,6 +50,8 @@ enum tether__kind {
     TETHER__PROGRESS = 11, /* [11, [id, ...]] ids of requests still running at the sender */
     TETHER__CONTROL = 12,  /* [12, action:str, reason:str] "reset" | "disconnect" */
     TETHER__LOG = 13,      /* [13, level:uint, logger:str, message:str] */
+    /* [14, [inode, ...]] version 2: buffers the sender received and no longer maps */
+    TETHER__BUFFERS_DONE = 14,
 };
 
 /* Limits applied while decoding. A zero field means the protocol default below. */
@@ -80,7 +82,8 @@ typedef struct tether__frame {
     tether__span text;   /* str: REFUSE message; CONTROL reason; LOG message */
     tether__span args;   /* raw: REQUEST/NOTIFY args array */
     tether__span kwargs; /* raw: REQUEST/NOTIFY kwargs map */
-    tether__span value;  /* raw: RESPONSE value; HELLO/WELCOME map; RELEASE/PROGRESS list */
+    tether__span value;  /* raw: RESPONSE value; HELLO/WELCOME map; RELEASE/PROGRESS/
+                          * BUFFERS_DONE list */
     size_t refs;         /* REF exts anywhere in the frame: 0 lets receivers skip a scan */
     size_t buffers;      /* BUFFER exts (limits->buffer_exts): descriptors the frame takes */
 } tether__frame;
@@ -88,7 +91,8 @@ typedef struct tether__frame {
 /*
  * Decode one frame body (without its length prefix). The whole body must be exactly one
  * array; unknown trailing elements of a known kind are ignored (forward compatibility).
- * limits may be NULL (defaults). A REQUEST with id 0 is malformed. RELEASE and PROGRESS
+ * limits may be NULL (defaults). A REQUEST with id 0 is malformed; BUFFERS_DONE is a kind
+ * of version 2 (limits->buffer_exts), unknown below. RELEASE, PROGRESS and BUFFERS_DONE
  * lists are validated ([[uint, uint, ...], ...] and [uint, ...]), so their consumers may
  * read them with the tether__mp_read_* functions without further checks; a RESPONSE with
  * is_error carries a well-formed ERROR ext (codec/ext.h).
@@ -145,6 +149,8 @@ int tether__encode_error_response(tether__buf *buf, uint64_t id, const char *typ
 int tether__encode_cancel(tether__buf *buf, uint64_t id);
 int tether__encode_ping(tether__buf *buf, int kind, uint64_t nonce); /* PING or PONG */
 int tether__encode_progress(tether__buf *buf, const uint64_t *ids, size_t n);
+/* BUFFERS_DONE: the same list of uints, of the buffers' inode numbers. */
+int tether__encode_buffers_done(tether__buf *buf, const uint64_t *inodes, size_t n);
 int tether__encode_release(tether__buf *buf, const uint64_t *object_ids, const uint64_t *counts,
                            size_t n);
 int tether__encode_control(tether__buf *buf, const char *action, const char *reason);

@@ -707,6 +707,9 @@ dispatch_frame(tether__link *l, const tether__frame *f)
     case TETHER__RELEASE:
         l->hooks->on_release(l, f);
         return;
+    case TETHER__BUFFERS_DONE:
+        l->hooks->on_buffers_done(l, f);
+        return;
     case TETHER__CONTROL: {
         char action[32], reason[256];
         snprintf(action, sizeof(action), "%.*s", (int)f->method.len, (const char *)f->method.ptr);

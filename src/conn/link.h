@@ -94,6 +94,7 @@ typedef struct tether__link_hooks {
     void (*on_progress)(tether__link *l, const tether__frame *f);
     void (*on_cancel)(tether__link *l, uint64_t id);
     void (*on_release)(tether__link *l, const tether__frame *f);
+    void (*on_buffers_done)(tether__link *l, const tether__frame *f);
     void (*on_control)(tether__link *l, const char *action, const char *reason);
     void (*on_log)(tether__link *l, int level, const tether__span *logger,
                    const tether__span *message);

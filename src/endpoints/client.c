@@ -289,6 +289,9 @@ tether_client_new(const tether_client_options *opts, tether_client **ret_client)
                                opts->default_timeout_usec, opts->max_output_bytes,
                                opts->max_call_depth, opts->log, opts->log_userdata,
                                opts->log_level);
+    if (opts->max_buffer_bytes) {
+        cl->ep->max_buffer_bytes = opts->max_buffer_bytes;
+    }
     cl->fd = opts->fd >= 3 ? opts->fd : -1;
     cl->connect_timeout_usec =
         opts->connect_timeout_usec ? opts->connect_timeout_usec : DEFAULT_CONNECT_USEC;

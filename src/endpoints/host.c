@@ -835,6 +835,9 @@ tether_host_new(const tether_host_options *opts, tether_host **ret_host)
                                opts->default_timeout_usec, opts->max_output_bytes,
                                opts->max_call_depth, opts->log, opts->log_userdata,
                                opts->log_level);
+    if (opts->max_buffer_bytes) {
+        h->ep->max_buffer_bytes = opts->max_buffer_bytes;
+    }
     atomic_init(&h->refs, 1);
     pthread_mutex_init(&h->lock, NULL);
     h->max_clients = opts->max_clients ? opts->max_clients : DEFAULT_MAX_CLIENTS;

@@ -5,24 +5,39 @@
 #include "rpc/buffer.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "codec/ext.h"
 #include "codec/frame.h"
 #include "conn/link.h"
 #include "platform/platform.h"
+#include "rpc/conn.h"
 #include "rpc/value.h"
 #include "util/alloc.h"
+
+/* Memory kept for reuse once nobody maps it (see "the pool" below). */
+#define POOL_MAX_BYTES (256ull * 1024 * 1024)
+#define POOL_MAX_BUFFERS 16
 
 struct tether_buffer {
     atomic_uint refs;
     int fd;
-    uint8_t *data; /* NULL for size 0 */
+    uint64_t inode; /* of the memfd: how BUFFERS_DONE names it */
+    uint8_t *data;  /* NULL for size 0 */
     size_t size;
     bool writable; /* made here */
+    /* Received: the connection it came on (a reference), told when it goes. Tainted
+     * once sent to a peer whose connection closed before it said it was done with it,
+     * which may map it still: such memory is not reused here, nor said done upstream. */
+    tether_conn *origin;
+    atomic_bool tainted;
+    tether_buffer *pool_next;
     /* What the receiver is told the bytes are (tether_buffer_set_array): format 0 for
      * plain bytes. */
     char format;
@@ -114,24 +129,144 @@ buffer_map(int fd, size_t size, bool writable, tether_buffer **ret)
         }
         b->data = p;
     }
+    struct stat st;
     atomic_init(&b->refs, 1);
+    atomic_init(&b->tainted, false);
     b->fd = fd;
+    b->inode = fstat(fd, &st) == 0 ? (uint64_t)st.st_ino : 0;
     b->size = size;
     b->writable = writable;
     *ret = b;
     return 0;
 }
 
-int
-tether_buffer_new(size_t size, tether_buffer **ret)
+static void
+buffer_free(tether_buffer *b)
+{
+    if (b->data) {
+        munmap(b->data, b->size);
+    }
+    close(b->fd);
+    tether__free(b);
+}
+
+/* ---- the pool -------------------------------------------------------------------- */
+
+/*
+ * Memory made here that nobody maps any more, kept to be made again: fresh shared memory
+ * costs a page fault per page on first touch (200 ms for 64 MiB on a virtual machine
+ * here, against 4 ms to write it again), so a stream of buffers of one size costs one
+ * allocation. Newest first; the oldest goes when it holds too much.
+ */
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static tether_buffer *pool_head;
+static uint64_t pool_bytes;
+static unsigned pool_count;
+
+/* Keep b (no reference left) for reuse; false when it cannot be. */
+static bool
+pool_put(tether_buffer *b)
+{
+    if (!b->writable || b->size == 0 || b->size > POOL_MAX_BYTES ||
+        atomic_load_explicit(&b->tainted, memory_order_acquire)) {
+        return false;
+    }
+    tether_buffer *evicted = NULL;
+    pthread_mutex_lock(&pool_lock);
+    b->pool_next = pool_head;
+    pool_head = b;
+    pool_bytes += b->size;
+    pool_count++;
+    while (pool_bytes > POOL_MAX_BYTES || pool_count > POOL_MAX_BUFFERS) {
+        tether_buffer **last = &pool_head;
+        while ((*last)->pool_next) {
+            last = &(*last)->pool_next;
+        }
+        tether_buffer *oldest = *last;
+        *last = NULL;
+        pool_bytes -= oldest->size;
+        pool_count--;
+        oldest->pool_next = evicted;
+        evicted = oldest;
+    }
+    pthread_mutex_unlock(&pool_lock);
+    while (evicted) {
+        tether_buffer *next = evicted->pool_next;
+        buffer_free(evicted);
+        evicted = next;
+    }
+    return true;
+}
+
+/* A kept buffer of exactly size bytes, or NULL. */
+static tether_buffer *
+pool_take(size_t size)
+{
+    pthread_mutex_lock(&pool_lock);
+    tether_buffer **at = &pool_head;
+    while (*at && (*at)->size != size) {
+        at = &(*at)->pool_next;
+    }
+    tether_buffer *b = *at;
+    if (b) {
+        *at = b->pool_next;
+        pool_bytes -= b->size;
+        pool_count--;
+    }
+    pthread_mutex_unlock(&pool_lock);
+    if (b) {
+        b->pool_next = NULL;
+        b->format = 0;
+        b->ndim = 0;
+        atomic_store_explicit(&b->refs, 1, memory_order_relaxed);
+    }
+    return b;
+}
+
+void
+tether__buffer_pool_clear(void)
+{
+    pthread_mutex_lock(&pool_lock);
+    tether_buffer *b = pool_head;
+    pool_head = NULL;
+    pool_bytes = 0;
+    pool_count = 0;
+    pthread_mutex_unlock(&pool_lock);
+    while (b) {
+        tether_buffer *next = b->pool_next;
+        buffer_free(b);
+        b = next;
+    }
+}
+
+static int
+buffer_new(size_t size, bool zeroed, tether_buffer **ret)
 {
     if (!ret) {
         return -EINVAL;
     }
-    *ret = NULL;
+    *ret = pool_take(size);
+    if (*ret) {
+        if (zeroed) {
+            memset((*ret)->data, 0, size);
+        }
+        return 0;
+    }
     int fd;
     int r = tether__shm_create(size, &fd);
     return r < 0 ? r : buffer_map(fd, size, true, ret);
+}
+
+int
+tether_buffer_new(size_t size, tether_buffer **ret)
+{
+    return buffer_new(size, true, ret);
+}
+
+int
+tether_buffer_new_uninitialized(size_t size, tether_buffer **ret)
+{
+    return buffer_new(size, false, ret);
 }
 
 int
@@ -162,15 +297,18 @@ tether_buffer_ref(tether_buffer *b)
     return b;
 }
 
+static void buffer_gone(tether_buffer *b);
+
 tether_buffer *
 tether_buffer_unref(tether_buffer *b)
 {
     if (b && atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1) {
-        if (b->data) {
-            munmap(b->data, b->size);
+        if (b->origin) {
+            buffer_gone(b);
         }
-        close(b->fd);
-        tether__free(b);
+        if (!pool_put(b)) {
+            buffer_free(b);
+        }
     }
     return NULL;
 }
@@ -227,6 +365,41 @@ tether__bufvec_clear(tether__bufvec *vec)
 
 /* ---- buffers on a connection ------------------------------------------------------ */
 
+static void done_later(tether_conn *c, uint64_t inode);
+
+/* The peer is about to map bufs: hold each until it says it is done. A received buffer
+ * sent on is said done upstream only then, when its last reference goes. */
+static int
+buffers_sent(tether_conn *c, tether_buffer *const *bufs, size_t n)
+{
+    tether__conn_buffers *cb = &c->buffers;
+    int r = 0;
+    pthread_mutex_lock(&c->link.lock);
+    for (size_t k = 0; k < n && r == 0; k++) {
+        tether_buffer *b = bufs[k];
+        size_t i = 0;
+        while (i < cb->nsent && cb->sent[i].buf != b) {
+            i++;
+        }
+        if (i == cb->nsent) {
+            if (cb->nsent == cb->capsent) {
+                size_t cap = cb->capsent ? 2 * cb->capsent : 8;
+                tether__sent_buffer *v = tether__realloc(cb->sent, cap * sizeof(*v));
+                if (!v) {
+                    r = -ENOMEM;
+                    break;
+                }
+                cb->sent = v;
+                cb->capsent = cap;
+            }
+            cb->sent[cb->nsent++] = (tether__sent_buffer){b->inode, tether_buffer_ref(b), 0};
+        }
+        cb->sent[i].receipts++;
+    }
+    pthread_mutex_unlock(&c->link.lock);
+    return r;
+}
+
 int
 tether__outbufs_prepare(tether__link *l, tether_value *const *values, size_t count,
                         const uint8_t **const *bytes, size_t *const *lens, tether__outbufs *ob)
@@ -254,6 +427,10 @@ tether__outbufs_prepare(tether__link *l, tether_value *const *values, size_t cou
         for (size_t k = 0; k < n; k++) {
             ob->fds[ob->n++] = bufs[k]->fd;
         }
+        int r = buffers_sent(tether__conn_of(l), bufs, n);
+        if (r < 0) {
+            return r;
+        }
     }
     return 0;
 }
@@ -266,12 +443,35 @@ tether__outbufs_done(tether__outbufs *ob)
 }
 
 typedef struct bind_arg {
+    tether_conn *c;
     const int *fds;
     uint32_t n, next;
     tether__bufvec *vec;
     const char **why;
     int status;
 } bind_arg;
+
+/* Count size more bytes as held from c's peer: -ENOBUFS over the connection's limit. */
+static int
+hold_bytes(tether_conn *c, uint64_t size)
+{
+    tether__conn_buffers *cb = &c->buffers;
+    pthread_mutex_lock(&c->link.lock);
+    bool over = size > cb->max_held - cb->held;
+    if (!over) {
+        cb->held += size;
+    }
+    pthread_mutex_unlock(&c->link.lock);
+    return over ? -ENOBUFS : 0;
+}
+
+static void
+release_bytes(tether_conn *c, uint64_t size)
+{
+    pthread_mutex_lock(&c->link.lock);
+    c->buffers.held -= size;
+    pthread_mutex_unlock(&c->link.lock);
+}
 
 static int
 bind_one(void *argp, size_t off, uint64_t size)
@@ -283,12 +483,30 @@ bind_one(void *argp, size_t off, uint64_t size)
     }
     int fd = a->fds[a->next];
     ((int *)a->fds)[a->next++] = -1; /* taken, whatever comes of it */
+    if (a->status < 0 || (a->status = hold_bytes(a->c, size)) < 0) {
+        /* Over the limit: the frame is refused, not the connection; its descriptors go,
+         * and the peer is told it may reuse them. The rest of the frame is checked. */
+        struct stat st;
+        int checked = tether__shm_check(fd, size, a->why);
+        bool known = checked == 0 && fstat(fd, &st) == 0;
+        close(fd);
+        if (checked < 0) {
+            return checked;
+        }
+        if (known) {
+            done_later(a->c, (uint64_t)st.st_ino);
+        }
+        return 0;
+    }
     tether_buffer *b;
     int r = tether__buffer_from_fd(fd, size, &b, a->why);
-    if (r == 0) {
-        r = tether__bufvec_push(a->vec, off, b);
-        tether_buffer_unref(b);
+    if (r < 0) {
+        release_bytes(a->c, size);
+        return r;
     }
+    b->origin = tether_conn_ref(a->c);
+    r = tether__bufvec_push(a->vec, off, b);
+    tether_buffer_unref(b);
     return r;
 }
 
@@ -305,7 +523,8 @@ tether__buffers_bind(tether__link *l, const tether__frame *f, const tether__span
         *why = "a frame names buffers it brought no descriptors for";
         return -EPROTO;
     }
-    bind_arg a = {fds, (uint32_t)f->buffers, 0, NULL, why, 0};
+    tether_conn *c = tether__conn_of(l);
+    bind_arg a = {c, fds, (uint32_t)f->buffers, 0, NULL, why, 0};
     int r = 0;
     for (size_t i = 0; i < count && r == 0; i++) {
         a.vec = &vecs[i];
@@ -313,10 +532,136 @@ tether__buffers_bind(tether__link *l, const tether__frame *f, const tether__span
             r = tether__buffers_scan(spans[i].ptr, spans[i].len, bind_one, &a);
         }
     }
+    if (r == 0 && a.status < 0) {
+        *why = "its buffers would pass the shared memory this connection may hold mapped "
+               "(max_buffer_bytes)";
+        r = a.status;
+    }
     for (uint32_t k = 0; k < a.n; k++) {
         if (fds[k] >= 0) {
             close(fds[k]); /* named where no value takes them (a later version's field) */
         }
     }
     return r;
+}
+
+/* ---- said done ------------------------------------------------------------------------ */
+
+static int
+encode_done(tether__buf *out, void *argp)
+{
+    tether__conn_buffers *list = argp;
+    return tether__encode_buffers_done(out, list->done, list->ndone);
+}
+
+static void
+run_done_flush(tether__task *task)
+{
+    tether_conn *c = (tether_conn *)((char *)task - offsetof(tether_conn, buffers.done_task));
+    pthread_mutex_lock(&c->link.lock);
+    tether__conn_buffers list = {.done = c->buffers.done, .ndone = c->buffers.ndone};
+    c->buffers.done = NULL;
+    c->buffers.ndone = c->buffers.capdone = 0;
+    c->buffers.done_posted = false;
+    pthread_mutex_unlock(&c->link.lock);
+    if (list.ndone) {
+        (void)tether__conn_send(c, encode_done, &list, true);
+    }
+    tether__free(list.done);
+    tether_conn_unref(c);
+}
+
+/* Tell c's peer it may reuse the buffer of inode: in the next BUFFERS_DONE. */
+static void
+done_later(tether_conn *c, uint64_t inode)
+{
+    tether__conn_buffers *cb = &c->buffers;
+    pthread_mutex_lock(&c->link.lock);
+    if (tether__conn_state(c) != TETHER__LINK_CLOSED) {
+        if (cb->ndone == cb->capdone) {
+            size_t cap = cb->capdone ? 2 * cb->capdone : 8;
+            uint64_t *v = tether__realloc(cb->done, cap * sizeof(*v));
+            if (v) {
+                cb->done = v;
+                cb->capdone = cap;
+            }
+        }
+        /* Out of memory: the peer never reuses that memory; nothing else is lost. */
+        if (cb->ndone < cb->capdone) {
+            cb->done[cb->ndone++] = inode;
+        }
+        if (!cb->done_posted) {
+            /* One task per batch: buffers dropped together are said done in one frame. */
+            cb->done_posted = true;
+            tether_conn_ref(c);
+            cb->done_task.run = run_done_flush;
+            tether__ioloop_post(c->link.loop, &cb->done_task);
+        }
+    }
+    pthread_mutex_unlock(&c->link.lock);
+}
+
+/* A received buffer's last reference went. */
+static void
+buffer_gone(tether_buffer *b)
+{
+    tether_conn *c = b->origin;
+    b->origin = NULL;
+    release_bytes(c, b->size);
+    if (!atomic_load_explicit(&b->tainted, memory_order_acquire)) {
+        done_later(c, b->inode);
+    }
+    tether_conn_unref(c);
+}
+
+void
+tether__conn_buffers_on_done(tether_conn *c, const tether__frame *f)
+{
+    tether__conn_buffers *cb = &c->buffers;
+    tether__mp_reader rd = {f->value.ptr, f->value.ptr + f->value.len};
+    uint32_t n = 0;
+    (void)tether__mp_read_array(&rd, &n); /* checked by the decoder */
+    tether_buffer *freed[64];
+    size_t nfreed = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        uint64_t inode = 0;
+        (void)tether__mp_read_uint(&rd, &inode);
+        pthread_mutex_lock(&c->link.lock);
+        for (size_t i = 0; i < cb->nsent; i++) {
+            if (cb->sent[i].inode == inode) {
+                /* An inode the peer names more often than it got it: ignored. */
+                if (--cb->sent[i].receipts == 0) {
+                    freed[nfreed++] = cb->sent[i].buf;
+                    cb->sent[i] = cb->sent[--cb->nsent];
+                }
+                break;
+            }
+        }
+        pthread_mutex_unlock(&c->link.lock);
+        if (nfreed == sizeof(freed) / sizeof(freed[0]) || k + 1 == n) {
+            while (nfreed > 0) {
+                tether_buffer_unref(freed[--nfreed]); /* to the pool, if nobody holds it */
+            }
+        }
+    }
+}
+
+void
+tether__conn_drop_buffers(tether_conn *c)
+{
+    tether__conn_buffers *cb = &c->buffers;
+    pthread_mutex_lock(&c->link.lock);
+    tether__sent_buffer *sent = cb->sent;
+    size_t nsent = cb->nsent;
+    cb->sent = NULL;
+    cb->nsent = cb->capsent = 0;
+    tether__free(cb->done);
+    cb->done = NULL;
+    cb->ndone = cb->capdone = 0;
+    pthread_mutex_unlock(&c->link.lock);
+    for (size_t i = 0; i < nsent; i++) {
+        atomic_store_explicit(&sent[i].buf->tainted, true, memory_order_release);
+        tether_buffer_unref(sent[i].buf);
+    }
+    tether__free(sent);
 }

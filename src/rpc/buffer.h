@@ -17,6 +17,7 @@
 
 #include "codec/msgpack.h"
 #include "conn/fdpass.h"
+#include "conn/ioloop.h"
 #include "tether.h"
 #include "util/buf.h"
 
@@ -24,6 +25,9 @@
  * bytes and mapped read-only. Returns 0, -EPROTO with *why (what the peer got wrong), or
  * -ENOMEM. */
 int tether__buffer_from_fd(int fd, uint64_t size, tether_buffer **ret, const char **why);
+
+/* Free the memory kept for reuse (tests that count descriptors). */
+void tether__buffer_pool_clear(void);
 
 /* What tether_buffer_set_array said of b: its format (0: plain bytes) and shape. */
 char tether__buffer_array(const tether_buffer *b, const uint64_t **ret_shape, uint32_t *ret_ndim);
@@ -81,5 +85,40 @@ void tether__outbufs_done(tether__outbufs *ob);
 int tether__buffers_bind(struct tether__link *l, const struct tether__frame *f,
                          const tether__span *spans, size_t count, tether__bufvec *vecs,
                          const char **why);
+
+/* ---- a connection's buffers ---------------------------------------------------------- */
+
+struct tether_conn;
+
+/*
+ * A buffer sent on a connection is held until the peer says, with BUFFERS_DONE, that it
+ * no longer maps it; a buffer received is said done when its last reference goes. So
+ * memory made here goes back to the pool of reusable memory (buffer.c) only once every
+ * peer it reached, and every peer those sent it on to, is done with it. A connection
+ * that closes with buffers not said done taints them: its peer may map them still, so
+ * they are neither reused nor said done upstream.
+ */
+typedef struct tether__sent_buffer {
+    uint64_t inode;
+    tether_buffer *buf; /* a reference, until the peer is done with it */
+    uint32_t receipts;  /* sent and not said done yet */
+} tether__sent_buffer;
+
+typedef struct tether__conn_buffers {
+    tether__sent_buffer *sent; /* conn lock */
+    size_t nsent, capsent;
+    /* conn lock: bytes of the peer's buffers mapped here, and the most allowed */
+    uint64_t held, max_held;
+    uint64_t *done; /* conn lock: inodes for the next BUFFERS_DONE */
+    size_t ndone, capdone;
+    bool done_posted;
+    tether__task done_task;
+} tether__conn_buffers;
+
+/* I/O thread: the peer's BUFFERS_DONE. */
+void tether__conn_buffers_on_done(struct tether_conn *c, const struct tether__frame *f);
+/* The connection failed or goes: forget what was sent (left out of the pool) and what
+ * was to be said done. */
+void tether__conn_drop_buffers(struct tether_conn *c);
 
 #endif

@@ -82,6 +82,12 @@ hook_cancel(tether__link *l, uint64_t id)
 }
 
 static void
+hook_buffers_done(tether__link *l, const tether__frame *f)
+{
+    tether__conn_buffers_on_done(tether__conn_of(l), f);
+}
+
+static void
 hook_release(tether__link *l, const tether__frame *f)
 {
     tether__conn_on_release(tether__conn_of(l), f);
@@ -155,6 +161,7 @@ hook_fail(tether__link *l, int status, const char *reason)
     tether__conn_fail_pending(c, status, reason);
     tether__request_cancel_all(c);
     tether__conn_drop_objects(c);
+    tether__conn_drop_buffers(c);
 }
 
 static void
@@ -186,6 +193,7 @@ hook_destroy(tether__link *l)
 {
     tether_conn *c = tether__conn_of(l);
     tether__conn_drop_objects(c);
+    tether__conn_drop_buffers(c);
     tether__link_done(&c->link);
     tether__buf_done(&c->backlog);
     tether__free(c->pending);
@@ -204,6 +212,7 @@ static const tether__link_hooks link_hooks = {
     .on_progress = hook_progress,
     .on_cancel = hook_cancel,
     .on_release = hook_release,
+    .on_buffers_done = hook_buffers_done,
     .on_control = hook_control,
     .on_log = hook_log,
     .on_attached = hook_attached,
@@ -221,6 +230,7 @@ tether__conn_new(tether__endpoint *ep, int fd, bool is_tcp, int state, tether_co
     if (!c) {
         return -ENOMEM;
     }
+    c->buffers.max_held = ep->max_buffer_bytes;
     /* Small to start with (an idle connection costs little); grows with use. */
     c->pending_mask = 15;
     c->pending = tether__calloc(c->pending_mask + 1, sizeof(*c->pending));

@@ -22,6 +22,7 @@
 #include "conn/ioloop.h"
 #include "conn/link.h"
 #include "conn/pool.h"
+#include "rpc/buffer.h"
 #include "rpc/endpoint.h"
 #include "rpc/mainq.h"
 #include "rpc/object.h"
@@ -58,6 +59,7 @@ struct tether_conn {
     uint32_t running_count;       /* conn lock */
     uint32_t running_cancelled;   /* conn lock: of those, cancelled (out of the window) */
     tether__conn_objects objects; /* conn lock: references crossing (object.h) */
+    tether__conn_buffers buffers; /* conn lock: shared memory crossing (buffer.h) */
     /* conn lock: the sweep timer runs (until a tick finds no future, and none started
      * since the tick before), a task to start it is posted, a future started since */
     bool sweep_running, sweep_posted, sweep_used;

@@ -47,6 +47,7 @@ tether__endpoint_new(const char *name, bool is_host, tether__endpoint **ret)
     ep->max_in_flight = TETHER__DEFAULT_MAX_IN_FLIGHT;
     ep->default_timeout_usec = TETHER__DEFAULT_TIMEOUT_USEC;
     ep->max_output_bytes = TETHER__DEFAULT_MAX_OUTPUT_BYTES;
+    ep->max_buffer_bytes = TETHER__DEFAULT_MAX_BUFFER_BYTES;
     ep->max_call_depth = 64;
     ep->logger.level = TETHER_LOG_INFO;
     pthread_rwlock_init(&ep->services_lock, NULL);

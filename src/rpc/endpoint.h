@@ -63,6 +63,7 @@ struct tether__endpoint {
     uint32_t max_in_flight;
     uint64_t default_timeout_usec;
     uint64_t max_output_bytes;
+    uint64_t max_buffer_bytes;
     uint32_t max_call_depth;
 
     tether__logger logger;
@@ -86,6 +87,8 @@ struct tether__endpoint {
 #define TETHER__DEFAULT_TIMEOUT_USEC (30ull * 1000 * 1000)
 #define TETHER__DEFAULT_MAX_IN_FLIGHT 1024u
 #define TETHER__DEFAULT_MAX_OUTPUT_BYTES (64ull * 1024 * 1024)
+/* Shared memory of a peer's buffers one connection may hold mapped at once. */
+#define TETHER__DEFAULT_MAX_BUFFER_BYTES (1ull << 30)
 
 int tether__endpoint_new(const char *name, bool is_host, tether__endpoint **ret);
 tether__endpoint *tether__endpoint_ref(tether__endpoint *ep);

@@ -842,7 +842,7 @@ accept_request(tether_conn *c, const tether__frame *f, bool caller)
         }
         if (r < 0) {
             error = TETHER__ERR_GENERIC;
-            snprintf(message, sizeof(message), "%s", tether_strerror(r));
+            snprintf(message, sizeof(message), "%s", why ? why : tether_strerror(r));
         }
     }
     if (error) {

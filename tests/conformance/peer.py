@@ -15,6 +15,7 @@ import msgpack
 
 HELLO, WELCOME, REFUSE, REQUEST, NOTIFY, RESPONSE, CANCEL, RELEASE = 1, 2, 3, 4, 5, 6, 7, 8
 PING, PONG, PROGRESS, CONTROL, LOG = 9, 10, 11, 12, 13
+BUFFERS_DONE = 14  # version 2
 EXT_REF, EXT_ERROR = 1, 2
 MAX_FRAME = 16 * 1024 * 1024
 
@@ -168,8 +169,9 @@ class Peer:
         body, self.buf = self.buf[4 : 4 + length], self.buf[4 + length :]
         return unpack(body)
 
-    def recv_kind(self, kinds, timeout=10.0, skip=(PROGRESS, LOG)):
-        """The next frame of one of kinds, skipping PROGRESS and LOG frames on the way."""
+    def recv_kind(self, kinds, timeout=10.0, skip=(PROGRESS, LOG, BUFFERS_DONE)):
+        """The next frame of one of kinds, skipping PROGRESS, LOG and BUFFERS_DONE frames on
+        the way."""
         kinds = (kinds,) if isinstance(kinds, int) else tuple(kinds)
         deadline = time.monotonic() + timeout
         while True:

@@ -11,6 +11,7 @@ import msgpack
 import pytest
 from peer import (
     Error,
+    BUFFERS_DONE,
     CANCEL,
     CONTROL,
     LOG,
@@ -176,7 +177,13 @@ def test_declared_length_past_the_frame_closes(conn):
 
 
 def test_unknown_kind_closes(conn):
-    conn.send([14, 1])
+    conn.send([15, 1])
+    assert conn.closed()
+
+
+def test_buffers_done_is_unknown_in_version_1(conn):
+    assert conn.welcome["version"] == 1
+    conn.send([BUFFERS_DONE, [1]])
     assert conn.closed()
 
 
@@ -635,6 +642,28 @@ def test_version_2_buffers_travel_as_descriptors_both_ways(host):
     assert os.fstat(back).st_size == len(data)
     assert os.pread(back, len(data), 0) == data
     assert fcntl.fcntl(back, fcntl.F_GET_SEALS) & (fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+    p.close()
+
+
+def test_buffers_are_said_done_both_ways(host):
+    """The host holds a buffer it sent until the peer says BUFFERS_DONE, and says it of
+    the peer's buffer once it no longer maps it: here the echo's copy goes only when the
+    peer is done with what came back."""
+    p = open_version_2(host)
+    data = b"\x07" * 100_000
+    fd = sealed_memfd(data)
+    inode = os.fstat(fd).st_ino
+    p.send_with_fds(request(1, "echo", [buffer_ext(len(data))]), [fd])
+    os.close(fd)
+    assert p.recv_kind(RESPONSE)[:3] == [RESPONSE, 1, False]
+    (back,) = p.fds
+    assert os.fstat(back).st_ino == inode, "the same memory came back"
+    assert p.quiet(0.2), "the host holds it while this peer maps what it sent back"
+    p.send([BUFFERS_DONE, [inode]])
+    assert p.recv_kind(BUFFERS_DONE, skip=(PROGRESS, LOG)) == [BUFFERS_DONE, [inode]]
+    # An inode the host never sent is ignored; the connection goes on.
+    p.send([BUFFERS_DONE, [inode, 12345]])
+    assert p.call(2, "add", [2, 3])[3] == 5
     p.close()
 
 
