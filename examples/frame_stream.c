@@ -5,30 +5,32 @@
  *     build/example-frame_stream [FRAMES [SCRIPT]]
  *
  * The host spawns SCRIPT (examples/frame_stream.py by default: run it from the checkout)
- * and, at 60 ticks a second, renders a synthetic 1920x1080 RGBA frame into one of three
- * buffers it made once (tether_buffer, an array of uint8 [1080, 1920, 4]) and calls the
- * script's mean_per_channel(frame), which gets the frame as a numpy array without a copy.
- * After FRAMES frames (120 by default) it prints the rate, what a frame cost (rendering,
- * the call, the script's own work, and the rest: the transfer), and checks the script's
- * last answer against the means it knows. Exit status 0 when every answer was right.
+ * and, at 60 ticks a second, renders a synthetic 1920x1080 RGBA frame into a new buffer
+ * (tether_buffer, an array of uint8 [1080, 1920, 4]) and calls the script's
+ * mean_per_channel(frame), which gets the frame as a numpy array without a copy. After
+ * FRAMES frames (120 by default) it prints the rate, what a frame cost (rendering, the
+ * call, the script's own work, and the rest: the transfer), how many pieces of shared
+ * memory the frames took, and checks the script's last answer against the means it
+ * knows. Exit status 0 when every answer was right.
  *
- * Reusing a buffer is safe here because each call returns before the next frame is
- * rendered into the buffer after next; a host that does not wait for answers keeps a
- * buffer until the call that sent it is done.
+ * A new buffer per frame costs no new memory: once the script has dropped a frame, its
+ * side says so, and the next tether_buffer_new_uninitialized() of that size gets the
+ * same memory back. A script that keeps a frame keeps it intact.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include <tether.h>
 
 #define WIDTH 1920
 #define HEIGHT 1080
-#define RING 3
 #define TICK_USEC (1000000 / 60)
+#define MAX_MEMORIES 64
 
 /* Frame t: red follows x, green y, both moving with t; blue and alpha are constant. */
 static void
@@ -91,17 +93,10 @@ main(int argc, char **argv)
     tether_host *host = NULL;
     tether_child *child = NULL;
     tether_error error = TETHER_ERROR_INIT;
-    tether_buffer *ring[RING] = {NULL};
     int r = tether_host_new(&host_options, &host);
     r = r < 0 ? r : tether_host_start(host);
     tether_spawn_options spawn = {.script_path = script, .name = "frames"};
     r = r < 0 ? r : tether_host_spawn(host, &spawn, &child, &error);
-    /* The frames' memory, made once: every tick reuses it. */
-    const size_t shape[3] = {HEIGHT, WIDTH, 4};
-    for (int i = 0; r == 0 && i < RING; i++) {
-        r = tether_buffer_new((size_t)WIDTH * HEIGHT * 4, &ring[i]);
-        r = r < 0 ? r : tether_buffer_set_array(ring[i], 'B', shape, 3);
-    }
     if (r < 0) {
         fprintf(stderr, "frame_stream: %s%s%s\n", tether_strerror(r), error.message ? ": " : "",
                 error.message ? error.message : "");
@@ -111,20 +106,39 @@ main(int argc, char **argv)
            (long long)tether_child_get_pid(child));
 
     tether_object *root = tether_child_get_root(child);
+    const size_t shape[3] = {HEIGHT, WIDTH, 4};
     double render_s = 0, call_s = 0, work_s = 0, means[4] = {0};
-    unsigned wrong = 0, done = 0;
+    unsigned wrong = 0, done = 0, memories = 0;
+    ino_t seen[MAX_MEMORIES]; /* the memfds the frames took */
     double cpu_start = cpu_seconds();
     uint64_t start = tether_now_usec(), tick = start;
     for (unsigned t = 0; t < frames; t++, tick += TICK_USEC) {
         sleep_until(tick);
-        tether_buffer *frame = ring[t % RING];
         uint64_t t0 = tether_now_usec();
+        tether_buffer *frame = NULL;
+        r = tether_buffer_new_uninitialized((size_t)WIDTH * HEIGHT * 4, &frame);
+        r = r < 0 ? r : tether_buffer_set_array(frame, 'B', shape, 3);
+        if (r < 0) {
+            fprintf(stderr, "frame_stream: frame %u: %s\n", t, tether_strerror(r));
+            break;
+        }
         render(tether_buffer_get_writable(frame), t);
+        struct stat st;
+        if (fstat(tether_buffer_get_fd(frame), &st) == 0) {
+            unsigned k = 0;
+            while (k < memories && seen[k] != st.st_ino) {
+                k++;
+            }
+            if (k == memories && memories < MAX_MEMORIES) {
+                seen[memories++] = st.st_ino;
+            }
+        }
         uint64_t t1 = tether_now_usec();
         tether_value *result = NULL;
         double script_work = 0;
         r = tether_object_call(root, "mean_per_channel", NULL, &result, &error, "B", frame);
         uint64_t t2 = tether_now_usec();
+        tether_buffer_unref(frame); /* the script's side tells when it is done with it */
         r = r < 0 ? r
                   : tether_value_read(result, NULL, "[ddddd]", &means[0], &means[1], &means[2],
                                       &means[3], &script_work);
@@ -154,17 +168,14 @@ main(int argc, char **argv)
                "work %.2f ms and the transfer %.3f ms\n",
                render_s * 1e3 / done, call_s * 1e3 / done, work_s * 1e3 / done,
                (call_s - work_s) * 1e3 / done);
-        printf("frame_stream: host CPU per frame %.2f ms (rendering included); %d buffers, "
-               "made once\n",
-               cpu * 1e3 / done, RING);
+        printf("frame_stream: host CPU per frame %.2f ms (rendering included); the frames "
+               "took %u pieces of shared memory\n",
+               cpu * 1e3 / done, memories);
         printf("frame_stream: last frame's mean per channel: R %.2f G %.2f B %.2f A %.2f (%s)\n",
                means[0], means[1], means[2], means[3], wrong ? "WRONG" : "as expected");
     }
     r = done == frames && wrong == 0 ? 0 : -1;
 out:
-    for (int i = 0; i < RING; i++) {
-        tether_buffer_unref(ring[i]);
-    }
     tether_error_done(&error);
     tether_child_unref(child);
     tether_host_unref(host);
