@@ -178,11 +178,12 @@ array_format(PyObject *view, PyObject *o)
         Py_XDECREF(format);
         return NULL;
     }
-    if (len == 2 && s[0] == '@') {
-        PyObject *bare = PyUnicode_FromStringAndSize(s + 1, 1);
+    const char *item = len == 2 && s[0] == '@' ? s + 1 : s; /* '@': native, as bare */
+    if (item != s && strchr(ARRAY_FORMATS, *item)) {
+        PyObject *bare = PyUnicode_FromStringAndSize(item, 1);
         Py_DECREF(format);
         format = bare;
-    } else if (len != 1 || !strchr(ARRAY_FORMATS, s[0])) {
+    } else if (item != s || len != 1 || !strchr(ARRAY_FORMATS, s[0])) {
         PyObject *name = tether_py_type_display_name(Py_TYPE(o));
         if (name) {
             PyErr_Format(PyExc_TypeError,

@@ -14,6 +14,9 @@
  * - util.c: conversions every file uses (seconds to microseconds, text from a peer).
  * - codec.c: a msgpack encoder (Python object to bytes, for arguments and results) and a
  *   decoder (bytes to Python object); _pack, _unpack and type_name.
+ * - buffer.c: big bytes and arrays through shared memory (tether_buffer): sent from a
+ *   copy in a memfd, received as a mapping of it (a memoryview, or a numpy array);
+ *   buffer_threshold and set_buffer_threshold.
  * - errors.c: the exception classes (Python, from tether/_errors.py), and one function
  *   (tether_py_error_object) that turns a negative code plus a tether_error into the
  *   exception a caller sees; _error and strerror.
