@@ -620,6 +620,11 @@ def host_fds(host):
     return len(os.listdir(f"/proc/{host.proc.pid}/fd"))
 
 
+def host_shared_mappings(host):
+    with open(f"/proc/{host.proc.pid}/maps") as maps:
+        return sum("/memfd:" in line for line in maps)
+
+
 def open_version_2(host, **hello):
     p = host.open(versions=(1, 2), **hello)
     if p.welcome["version"] < 2:
@@ -674,8 +679,15 @@ def test_ext_type_3_is_opaque_on_a_version_1_connection(conn):
 
 def breaks_the_connection(host, body, fds):
     """The frame closes its connection, the host keeps every other, and no descriptor of
-    it stays open in the host."""
-    fds_before = host_fds(host)
+    it stays open in the host, nor any mapping."""
+    # What earlier tests' connections held goes as the host finishes closing them.
+    fds_before, last = host_fds(host), -1
+    for _ in range(100):
+        if fds_before == last:
+            break
+        time.sleep(0.05)
+        fds_before, last = host_fds(host), fds_before
+    mappings_before = host_shared_mappings(host)
     bystander = open_version_2(host, name="bystander")
     p = open_version_2(host, name="offender")
     if fds:
@@ -692,6 +704,7 @@ def breaks_the_connection(host, body, fds):
     while host_fds(host) != fds_before and time.monotonic() < deadline:
         time.sleep(0.01)
     assert host_fds(host) == fds_before
+    assert host_shared_mappings(host) == mappings_before
     assert "closing it" in host.log_text()
 
 
@@ -717,6 +730,12 @@ def test_a_descriptor_that_is_not_a_memfd_closes(host):
 def test_a_memfd_whose_size_may_change_closes(host):
     fd = sealed_memfd(b"12345", seals=fcntl.F_SEAL_SHRINK)
     breaks_the_connection(host, request(1, "echo", [buffer_ext(5)]), [fd])
+
+
+def test_a_bad_descriptor_after_a_good_one_closes_and_unmaps_both(host):
+    good, bad = sealed_memfd(b"x" * 100_000), sealed_memfd(b"12345", seals=0)
+    body = request(1, "echo", [buffer_ext(100_000), buffer_ext(5)])
+    breaks_the_connection(host, body, [good, bad])
 
 
 def test_a_size_that_disagrees_with_the_memfd_closes(host):
