@@ -55,6 +55,8 @@ tether_py_module_buffer_threshold(PyObject *module, PyObject *unused)
 
 /* ---- sending ------------------------------------------------------------------------ */
 
+static tether_buffer *registered_buffer(PyObject *o);
+
 static int
 pb_push_buffer(packbuf *b, tether_buffer *buf)
 {
@@ -143,6 +145,16 @@ tether_py_pack_bytes_buffer(packbuf *b, const void *p, size_t n)
     return pack_buffer_ext(b, buf, NULL, NULL) < 0 ? -1 : 1;
 }
 
+/* Whether view is C-contiguous: 1, 0, or -1 with an exception. */
+static int
+is_c_contiguous(PyObject *view)
+{
+    PyObject *contiguous = PyObject_GetAttrString(view, "c_contiguous");
+    int is_c = contiguous ? PyObject_IsTrue(contiguous) : -1;
+    Py_XDECREF(contiguous);
+    return is_c;
+}
+
 /* Copy the bytes of view (nbytes of them, C order) into buf. */
 static int
 copy_view(tether_buffer *buf, PyObject *view, size_t nbytes)
@@ -152,8 +164,7 @@ copy_view(tether_buffer *buf, PyObject *view, size_t nbytes)
     }
     PyObject *dst = PyMemoryView_FromMemory(tether_buffer_get_writable(buf), (Py_ssize_t)nbytes,
                                             MEMORY_WRITABLE);
-    PyObject *contiguous = PyObject_GetAttrString(view, "c_contiguous");
-    int is_c = contiguous ? PyObject_IsTrue(contiguous) : -1;
+    int is_c = is_c_contiguous(view);
     /* A C-contiguous view is copied as it is; any other is gathered by tobytes first. */
     PyObject *src = is_c < 0 ? NULL
                     : is_c   ? PyObject_CallMethod(view, "cast", "s", "B")
@@ -162,7 +173,6 @@ copy_view(tether_buffer *buf, PyObject *view, size_t nbytes)
     int r = dst && src && all ? PyObject_SetItem(dst, all, src) : -1;
     Py_XDECREF(all);
     Py_XDECREF(src);
-    Py_XDECREF(contiguous);
     Py_XDECREF(dst);
     return r;
 }
@@ -220,10 +230,17 @@ tether_py_pack_buffer_object(packbuf *b, PyObject *o)
         r = shape ? 0 : -1;
     }
     tether_buffer *buf = NULL;
-    if (r == 0 && (format || nbytes >= buffer_threshold)) {
+    tether_buffer *shared = r == 0 ? registered_buffer(o) : NULL;
+    if (shared && nbytes == tether_buffer_get_size(shared) && nbytes > 0 &&
+        is_c_contiguous(view) == 1) {
+        /* Over the whole of a buffer's mapping (shared_memory(), a buffer received):
+         * that buffer goes, with no copy. */
+        r = pack_buffer_ext(b, tether_buffer_ref(shared), format, shape);
+        r = r < 0 ? r : 1;
+    } else if (r == 0 && (format || nbytes >= buffer_threshold)) {
         r = buffer_new(nbytes, &buf);
     }
-    if (r > 0) {
+    if (r > 0 && buf) {
         r = copy_view(buf, view, nbytes);
         r = r < 0 ? r : pack_buffer_ext(b, buf, format, shape);
         buf = NULL;
@@ -245,76 +262,170 @@ tether_py_pack_buffer_object(packbuf *b, PyObject *o)
     return r;
 }
 
-/* ---- receiving ---------------------------------------------------------------------- */
+/* ---- mappings: Python's views of buffers ------------------------------------------- */
+
+/*
+ * Every mapping made here of a buffer's memory (a buffer received, or shared_memory()),
+ * by id of its mmap object, while it lives: a capsule holding a reference to the buffer.
+ * So the buffer lives as long as the mapping (the peer is told it may reuse the memory,
+ * BUFFERS_DONE, only when the last numpy array or view over it is gone), and what is
+ * made over a mapping can be sent on as that buffer, without a copy.
+ */
+static PyObject *mappings; /* a dict, made on first use; the GIL guards it */
 
 static void
-capsule_unref_buffer(PyObject *capsule)
+capsule_done(PyObject *capsule)
 {
     tether_buffer_unref(PyCapsule_GetPointer(capsule, "tether.buffer"));
+    Py_XDECREF((PyObject *)PyCapsule_GetContext(capsule)); /* its key in mappings */
 }
 
-/* finalize's call-back: the capsule it drops afterwards does the work. */
+/* weakref.finalize's call-back when a mapping dies: forget it; the capsule, dropped
+ * by finalize and by the dict, lets go of the buffer. */
 static PyObject *
 mapping_gone(PyObject *self, PyObject *capsule)
 {
     (void)self;
-    (void)capsule;
+    PyObject *key = PyCapsule_GetContext(capsule);
+    if (mappings && key && PyDict_DelItem(mappings, key) < 0) {
+        PyErr_Clear();
+    }
     Py_RETURN_NONE;
 }
 
 static PyMethodDef mapping_gone_def = {"_buffer_mapping_gone", mapping_gone, METH_O, NULL};
 
-/* Keep a reference to b as long as m, the mapping of its memory, lives: the sender is
- * told it may reuse the memory when the last reference goes (BUFFERS_DONE), so not
- * before the last numpy array or view over m is gone. */
+/* Note m as the mapping of b (a new reference to b, kept as long as m lives). */
 static int
-hold_while_mapped(PyObject *m, tether_buffer *b)
+register_mapping(PyObject *m, tether_buffer *b)
 {
+    if (!mappings && !(mappings = PyDict_New())) {
+        return -1;
+    }
     PyObject *weakref = PyImport_ImportModule("weakref");
     PyObject *finalize = weakref ? PyObject_GetAttrString(weakref, "finalize") : NULL;
     PyObject *gone = finalize ? PyCFunction_New(&mapping_gone_def, NULL) : NULL;
+    PyObject *key = gone ? PyLong_FromVoidPtr(m) : NULL;
     PyObject *capsule =
-        gone ? PyCapsule_New(tether_buffer_ref(b), "tether.buffer", capsule_unref_buffer) : NULL;
-    if (gone && !capsule) {
+        key ? PyCapsule_New(tether_buffer_ref(b), "tether.buffer", capsule_done) : NULL;
+    if (key && !capsule) {
         tether_buffer_unref(b);
     }
-    PyObject *f = capsule ? PyObject_CallFunctionObjArgs(finalize, m, gone, capsule, NULL) : NULL;
+    int r = capsule && PyCapsule_SetContext(capsule, Py_NewRef(key)) == 0 ? 0 : -1;
+    r = r < 0 ? r : PyDict_SetItem(mappings, key, capsule);
+    PyObject *f = r == 0 ? PyObject_CallFunctionObjArgs(finalize, m, gone, capsule, NULL) : NULL;
+    if (r == 0 && !f) {
+        PyDict_DelItem(mappings, key);
+        r = -1;
+    }
     Py_XDECREF(f);
     Py_XDECREF(capsule);
+    Py_XDECREF(key);
     Py_XDECREF(gone);
     Py_XDECREF(finalize);
     Py_XDECREF(weakref);
-    return f ? 0 : -1;
+    return r;
 }
 
-/* A read-only memoryview of a buffer's memory, with no copy: a mapping of its memfd by
- * Python's mmap, which the view (and whatever is made from it, a numpy array) keeps
- * alive, and with it the buffer, whatever becomes of the value. */
+/* The buffer whose mapping o is made over (a numpy array, a memoryview, the mmap
+ * itself: through .base and .obj), borrowed; NULL (no exception) for none. */
+static tether_buffer *
+registered_buffer(PyObject *o)
+{
+    if (!mappings || PyDict_Size(mappings) == 0) {
+        return NULL;
+    }
+    PyObject *x = Py_NewRef(o);
+    tether_buffer *found = NULL;
+    for (int depth = 0; x && x != Py_None && !found && depth < 8; depth++) {
+        PyObject *key = PyLong_FromVoidPtr(x);
+        PyObject *capsule = key ? PyDict_GetItemWithError(mappings, key) : NULL;
+        Py_XDECREF(key);
+        if (capsule) {
+            found = PyCapsule_GetPointer(capsule, "tether.buffer");
+            break;
+        }
+        PyObject *next = PyObject_GetAttrString(x, PyMemoryView_Check(x) ? "obj" : "base");
+        Py_DECREF(x);
+        x = next;
+    }
+    Py_XDECREF(x);
+    PyErr_Clear(); /* no .base: not ours */
+    return found;
+}
+
+/* A mapping of b's memory (read-only for a buffer received), with its pages at once
+ * (MAP_POPULATE): the memory is there already, and one call maps it faster than a fault
+ * per page would as the reader or writer goes through it. */
+static PyObject *
+map_buffer(tether_buffer *b, bool writable)
+{
+    PyObject *mmap = PyImport_ImportModule("mmap");
+    PyObject *ctor = mmap ? PyObject_GetAttrString(mmap, "mmap") : NULL;
+    PyObject *args =
+        ctor ? Py_BuildValue("(in)", tether_buffer_get_fd(b), (Py_ssize_t)tether_buffer_get_size(b))
+             : NULL;
+    PyObject *kwargs = args ? Py_BuildValue("{sisi}", "flags", MAP_SHARED | MAP_POPULATE, "prot",
+                                            writable ? PROT_READ | PROT_WRITE : PROT_READ)
+                            : NULL;
+    PyObject *m = kwargs ? PyObject_Call(ctor, args, kwargs) : NULL;
+    if (m && register_mapping(m, b) < 0) {
+        Py_CLEAR(m);
+    }
+    Py_XDECREF(kwargs);
+    Py_XDECREF(args);
+    Py_XDECREF(ctor);
+    Py_XDECREF(mmap);
+    return m;
+}
+
+PyObject *
+tether_py_module_shared_memory(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    size_t n = PyLong_AsSize_t(arg);
+    if (n == (size_t)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (n == 0) {
+        PyErr_SetString(PyExc_ValueError, "shared memory of 0 bytes");
+        return NULL;
+    }
+    tether_buffer *b;
+    int r = tether_buffer_new(n, &b);
+    if (r == TETHER_ENOTSUP) {
+        PyErr_SetString(PyExc_NotImplementedError,
+                        "no shared memory on this platform (the portable build)");
+        return NULL;
+    }
+    if (r < 0) {
+        PyErr_Format(PyExc_MemoryError, "cannot make a shared-memory buffer of %zu bytes: %s", n,
+                     tether_strerror(r));
+        return NULL;
+    }
+    PyObject *m = map_buffer(b, true);
+    tether_buffer_unref(b); /* the mapping holds it */
+    PyObject *view = m ? PyMemoryView_FromObject(m) : NULL;
+    Py_XDECREF(m);
+    return view;
+}
+
+/* ---- receiving ---------------------------------------------------------------------- */
+
+/* A read-only memoryview of a buffer's memory, with no copy, which the view (and
+ * whatever is made from it, a numpy array) keeps mapped. */
 static PyObject *
 buffer_view(tether_buffer *b)
 {
-    size_t size = tether_buffer_get_size(b);
-    if (size == 0) {
+    if (tether_buffer_get_size(b) == 0) {
         PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
         PyObject *view = empty ? PyMemoryView_FromObject(empty) : NULL;
         Py_XDECREF(empty);
         return view;
     }
-    PyObject *mmap = PyImport_ImportModule("mmap");
-    PyObject *ctor = mmap ? PyObject_GetAttrString(mmap, "mmap") : NULL;
-    PyObject *args =
-        ctor ? Py_BuildValue("(in)", tether_buffer_get_fd(b), (Py_ssize_t)size) : NULL;
-    /* Mapped with its pages at once (MAP_POPULATE): the memory is there already, and one
-     * call maps it faster than a fault per page would as the receiver reads it. */
-    PyObject *kwargs =
-        args ? Py_BuildValue("{sisi}", "flags", MAP_SHARED | MAP_POPULATE, "prot", PROT_READ) : NULL;
-    PyObject *m = kwargs ? PyObject_Call(ctor, args, kwargs) : NULL;
-    PyObject *view = m && hold_while_mapped(m, b) == 0 ? PyMemoryView_FromObject(m) : NULL;
+    PyObject *m = map_buffer(b, false);
+    PyObject *view = m ? PyMemoryView_FromObject(m) : NULL;
     Py_XDECREF(m);
-    Py_XDECREF(kwargs);
-    Py_XDECREF(args);
-    Py_XDECREF(ctor);
-    Py_XDECREF(mmap);
     return view;
 }
 

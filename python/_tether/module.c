@@ -67,6 +67,9 @@ static PyMethodDef module_methods[] = {
      "the threshold before."},
     {"buffer_threshold", tether_py_module_buffer_threshold, METH_NOARGS,
      "The size from which bytes-like values go through shared memory."},
+    {"shared_memory", tether_py_module_shared_memory, METH_O,
+     "shared_memory(size): a writable memoryview of size zeroed bytes of shared memory; "
+     "what is made over the whole of it (a numpy array) is sent without a copy."},
     {"_pack", tether_py_module_pack, METH_O, "_pack(obj) -> bytes: obj as tether sends it."},
     {"_unpack", tether_py_module_unpack, METH_O,
      "_unpack(data) -> obj: msgpack bytes as received."},

@@ -132,6 +132,7 @@ int tether_py_pack_buffer_object(packbuf *b, PyObject *o);
 PyObject *tether_py_buffer_value(tether_buffer *b, PyObject *payload);
 PyObject *tether_py_module_set_buffer_threshold(PyObject *module, PyObject *arg);
 PyObject *tether_py_module_buffer_threshold(PyObject *module, PyObject *unused);
+PyObject *tether_py_module_shared_memory(PyObject *module, PyObject *size);
 
 /* ---- errors.c: negative codes and remote failures to exceptions ---------------------- */
 

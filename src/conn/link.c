@@ -831,7 +831,7 @@ process_input(tether__link *l, bool io_thread)
         if (state == TETHER__LINK_HANDSHAKE) {
             handle_hello(l, &f);
         } else if (!io_thread && f.kind != TETHER__RESPONSE && f.kind != TETHER__PROGRESS &&
-                   f.kind != TETHER__PONG) {
+                   f.kind != TETHER__BUFFERS_DONE && f.kind != TETHER__PONG) {
             /* Requests with descriptors go to the I/O thread with them. */
             if (!(!batch && (f.kind == TETHER__REQUEST || f.kind == TETHER__NOTIFY) &&
                   handoff_idle(l) && l->hooks->take_request(l, &f)) &&

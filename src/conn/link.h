@@ -79,9 +79,9 @@ typedef struct tether__hello_result {
 
 /*
  * The owner's side of a link. Frame hooks get frames decoded and checked; their spans
- * point into the link's buffers and live until the hook returns. on_response and
- * on_progress run on whichever thread holds the reader role; every other hook on the
- * I/O thread. Every hook must be set.
+ * point into the link's buffers and live until the hook returns. on_response,
+ * on_progress and on_buffers_done run on whichever thread holds the reader role; every
+ * other hook on the I/O thread. Every hook must be set.
  */
 typedef struct tether__link_hooks {
     void (*on_hello)(tether__link *l, const tether__hello *hello, tether__hello_result *result);

@@ -115,7 +115,8 @@ typedef struct tether__conn_buffers {
     tether__task done_task;
 } tether__conn_buffers;
 
-/* I/O thread: the peer's BUFFERS_DONE. */
+/* The peer's BUFFERS_DONE, on whichever thread reads (a caller waiting for its answer
+ * too: memory comes back to the pool before the caller's next send). */
 void tether__conn_buffers_on_done(struct tether_conn *c, const struct tether__frame *f);
 /* The connection failed or goes: forget what was sent (left out of the pool) and what
  * was to be said done. */
