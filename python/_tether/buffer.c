@@ -11,22 +11,29 @@
  * copy; one with a format and shape becomes a numpy array of them when numpy can be
  * imported (else a memoryview cast to them, where memoryview can express them).
  *
- * The stable ABI of 3.10 has no buffer protocol (PyObject_GetBuffer is 3.11): objects
- * are read through memoryview's Python methods, which is one copy as well.
+ * Python's views of a buffer's memory are made by SharedMemory, an object that exports
+ * the library's own mapping of it by the buffer protocol and holds the buffer: the
+ * buffer lives as long as the last view or array made from it (then the peer is told it
+ * may reuse the memory, BUFFERS_DONE), and the library's mapping is the one it keeps for
+ * the same memory arriving again. What is made over the whole of a SharedMemory can be
+ * sent on as its buffer, without a copy.
+ *
+ * Objects to send are read through memoryview's Python methods (PyObject_GetBuffer is
+ * not in the stable ABI of 3.10), which is one copy, as a copy into the buffer is.
  */
+
+/* The buffer protocol (Py_buffer, PyBuffer_FillInfo, the Py_bf_getbuffer slot) is named
+ * by the limited API from 3.11 on, but CPython accepts the slot in a type spec from 3.9
+ * on and has always exported PyBuffer_FillInfo: the extension still loads on 3.10. */
+#define Py_LIMITED_API 0x030b0000
 #include "module.h"
 
+#include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 /* Bytes-like values of at least this many bytes go as buffers. Read and written with
  * the GIL held. */
 static size_t buffer_threshold = 256 * 1024;
-
-/* The slot number of bf_getbuffer and memoryview's flag for writable memory: stable, but
- * named by the limited API only from 3.11. */
-#define SLOT_BF_GETBUFFER 1
-#define MEMORY_WRITABLE 0x200 /* PyBUF_WRITE */
 
 /* Element formats that keep their meaning in shared memory, which never leaves the
  * machine: one native character of the struct module. */
@@ -162,8 +169,8 @@ copy_view(tether_buffer *buf, PyObject *view, size_t nbytes)
     if (nbytes == 0) {
         return 0;
     }
-    PyObject *dst = PyMemoryView_FromMemory(tether_buffer_get_writable(buf), (Py_ssize_t)nbytes,
-                                            MEMORY_WRITABLE);
+    PyObject *dst =
+        PyMemoryView_FromMemory(tether_buffer_get_writable(buf), (Py_ssize_t)nbytes, PyBUF_WRITE);
     int is_c = is_c_contiguous(view);
     /* A C-contiguous view is copied as it is; any other is gathered by tobytes first. */
     PyObject *src = is_c < 0 ? NULL
@@ -212,7 +219,7 @@ int
 tether_py_pack_buffer_object(packbuf *b, PyObject *o)
 {
     bool is_view = PyMemoryView_Check(o);
-    if (!is_view && !PyType_GetSlot(Py_TYPE(o), SLOT_BF_GETBUFFER)) {
+    if (!is_view && !PyType_GetSlot(Py_TYPE(o), Py_bf_getbuffer)) {
         return 0;
     }
     PyObject *view = PyMemoryView_FromObject(o);
@@ -262,87 +269,84 @@ tether_py_pack_buffer_object(packbuf *b, PyObject *o)
     return r;
 }
 
-/* ---- mappings: Python's views of buffers ------------------------------------------- */
+/* ---- SharedMemory: Python's views of a buffer ----------------------------------- */
 
-/*
- * Every mapping made here of a buffer's memory (a buffer received, or shared_memory()),
- * by id of its mmap object, while it lives: a capsule holding a reference to the buffer.
- * So the buffer lives as long as the mapping (the peer is told it may reuse the memory,
- * BUFFERS_DONE, only when the last numpy array or view over it is gone), and what is
- * made over a mapping can be sent on as that buffer, without a copy.
- */
-static PyObject *mappings; /* a dict, made on first use; the GIL guards it */
+typedef struct {
+    PyObject_HEAD tether_buffer *buf; /* a reference */
+    bool writable;                    /* made here by shared_memory() */
+} shared_memory_object;
+
+static PyTypeObject *shared_memory_type; /* made on first use; the GIL guards it */
+
+static int
+shared_memory_getbuffer(PyObject *self, Py_buffer *view, int flags)
+{
+    static char empty;
+    shared_memory_object *s = (shared_memory_object *)self;
+    void *p =
+        s->writable ? tether_buffer_get_writable(s->buf) : (void *)tether_buffer_get_data(s->buf);
+    return PyBuffer_FillInfo(view, self, p ? p : &empty, (Py_ssize_t)tether_buffer_get_size(s->buf),
+                             !s->writable, flags);
+}
 
 static void
-capsule_done(PyObject *capsule)
+shared_memory_dealloc(PyObject *self)
 {
-    tether_buffer_unref(PyCapsule_GetPointer(capsule, "tether.buffer"));
-    Py_XDECREF((PyObject *)PyCapsule_GetContext(capsule)); /* its key in mappings */
+    PyTypeObject *type = Py_TYPE(self);
+    tether_buffer_unref(((shared_memory_object *)self)->buf);
+    freefunc free_self = (freefunc)PyType_GetSlot(type, Py_tp_free);
+    free_self(self);
+    Py_DECREF(type);
 }
 
-/* weakref.finalize's call-back when a mapping dies: forget it; the capsule, dropped
- * by finalize and by the dict, lets go of the buffer. */
+static PyType_Slot shared_memory_slots[] = {
+    {Py_bf_getbuffer, shared_memory_getbuffer},
+    {Py_tp_dealloc, shared_memory_dealloc},
+    {Py_tp_doc, "Memory shared with a peer (a tether buffer), exported by the buffer "
+                "protocol; what is made over all of it is sent without a copy."},
+    {0, NULL},
+};
+
+static PyType_Spec shared_memory_spec = {
+    .name = "tether._tether.SharedMemory",
+    .basicsize = sizeof(shared_memory_object),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = shared_memory_slots,
+};
+
+/* A memoryview of b's memory (read-only unless writable), which holds b. */
 static PyObject *
-mapping_gone(PyObject *self, PyObject *capsule)
+shared_memory_view(tether_buffer *b, bool writable)
 {
-    (void)self;
-    PyObject *key = PyCapsule_GetContext(capsule);
-    if (mappings && key && PyDict_DelItem(mappings, key) < 0) {
-        PyErr_Clear();
+    if (!shared_memory_type &&
+        !(shared_memory_type = (PyTypeObject *)PyType_FromSpec(&shared_memory_spec))) {
+        return NULL;
     }
-    Py_RETURN_NONE;
+    allocfunc alloc = (allocfunc)PyType_GetSlot(shared_memory_type, Py_tp_alloc);
+    shared_memory_object *s = (shared_memory_object *)alloc(shared_memory_type, 0);
+    if (!s) {
+        return NULL;
+    }
+    s->buf = tether_buffer_ref(b);
+    s->writable = writable;
+    PyObject *view = PyMemoryView_FromObject((PyObject *)s);
+    Py_DECREF(s);
+    return view;
 }
 
-static PyMethodDef mapping_gone_def = {"_buffer_mapping_gone", mapping_gone, METH_O, NULL};
-
-/* Note m as the mapping of b (a new reference to b, kept as long as m lives). */
-static int
-register_mapping(PyObject *m, tether_buffer *b)
-{
-    if (!mappings && !(mappings = PyDict_New())) {
-        return -1;
-    }
-    PyObject *weakref = PyImport_ImportModule("weakref");
-    PyObject *finalize = weakref ? PyObject_GetAttrString(weakref, "finalize") : NULL;
-    PyObject *gone = finalize ? PyCFunction_New(&mapping_gone_def, NULL) : NULL;
-    PyObject *key = gone ? PyLong_FromVoidPtr(m) : NULL;
-    PyObject *capsule =
-        key ? PyCapsule_New(tether_buffer_ref(b), "tether.buffer", capsule_done) : NULL;
-    if (key && !capsule) {
-        tether_buffer_unref(b);
-    }
-    int r = capsule && PyCapsule_SetContext(capsule, Py_NewRef(key)) == 0 ? 0 : -1;
-    r = r < 0 ? r : PyDict_SetItem(mappings, key, capsule);
-    PyObject *f = r == 0 ? PyObject_CallFunctionObjArgs(finalize, m, gone, capsule, NULL) : NULL;
-    if (r == 0 && !f) {
-        PyDict_DelItem(mappings, key);
-        r = -1;
-    }
-    Py_XDECREF(f);
-    Py_XDECREF(capsule);
-    Py_XDECREF(key);
-    Py_XDECREF(gone);
-    Py_XDECREF(finalize);
-    Py_XDECREF(weakref);
-    return r;
-}
-
-/* The buffer whose mapping o is made over (a numpy array, a memoryview, the mmap
- * itself: through .base and .obj), borrowed; NULL (no exception) for none. */
+/* The buffer of the SharedMemory that o is made over (a numpy array, a memoryview,
+ * through .base and .obj), borrowed; NULL (no exception) for none. */
 static tether_buffer *
 registered_buffer(PyObject *o)
 {
-    if (!mappings || PyDict_Size(mappings) == 0) {
+    if (!shared_memory_type) {
         return NULL;
     }
     PyObject *x = Py_NewRef(o);
     tether_buffer *found = NULL;
-    for (int depth = 0; x && x != Py_None && !found && depth < 8; depth++) {
-        PyObject *key = PyLong_FromVoidPtr(x);
-        PyObject *capsule = key ? PyDict_GetItemWithError(mappings, key) : NULL;
-        Py_XDECREF(key);
-        if (capsule) {
-            found = PyCapsule_GetPointer(capsule, "tether.buffer");
+    for (int depth = 0; x && x != Py_None && depth < 8; depth++) {
+        if (Py_IS_TYPE(x, shared_memory_type)) {
+            found = ((shared_memory_object *)x)->buf;
             break;
         }
         PyObject *next = PyObject_GetAttrString(x, PyMemoryView_Check(x) ? "obj" : "base");
@@ -352,32 +356,6 @@ registered_buffer(PyObject *o)
     Py_XDECREF(x);
     PyErr_Clear(); /* no .base: not ours */
     return found;
-}
-
-/* A mapping of b's memory (read-only for a buffer received). Its pages are faulted in
- * as they are read, not at once (MAP_POPULATE): mapping 64 MiB that way costs 2 ms here
- * and saves a reader of every page only a fifth of what the reads cost, while a reader
- * of a part (a region of a frame) pays for that part alone. */
-static PyObject *
-map_buffer(tether_buffer *b, bool writable)
-{
-    PyObject *mmap = PyImport_ImportModule("mmap");
-    PyObject *ctor = mmap ? PyObject_GetAttrString(mmap, "mmap") : NULL;
-    PyObject *args =
-        ctor ? Py_BuildValue("(in)", tether_buffer_get_fd(b), (Py_ssize_t)tether_buffer_get_size(b))
-             : NULL;
-    PyObject *kwargs = args ? Py_BuildValue("{sisi}", "flags", MAP_SHARED, "prot",
-                                            writable ? PROT_READ | PROT_WRITE : PROT_READ)
-                            : NULL;
-    PyObject *m = kwargs ? PyObject_Call(ctor, args, kwargs) : NULL;
-    if (m && register_mapping(m, b) < 0) {
-        Py_CLEAR(m);
-    }
-    Py_XDECREF(kwargs);
-    Py_XDECREF(args);
-    Py_XDECREF(ctor);
-    Py_XDECREF(mmap);
-    return m;
 }
 
 PyObject *
@@ -404,31 +382,12 @@ tether_py_module_shared_memory(PyObject *module, PyObject *arg)
                      tether_strerror(r));
         return NULL;
     }
-    PyObject *m = map_buffer(b, true);
-    tether_buffer_unref(b); /* the mapping holds it */
-    PyObject *view = m ? PyMemoryView_FromObject(m) : NULL;
-    Py_XDECREF(m);
+    PyObject *view = shared_memory_view(b, true);
+    tether_buffer_unref(b); /* the view holds it */
     return view;
 }
 
 /* ---- receiving ---------------------------------------------------------------------- */
-
-/* A read-only memoryview of a buffer's memory, with no copy, which the view (and
- * whatever is made from it, a numpy array) keeps mapped. */
-static PyObject *
-buffer_view(tether_buffer *b)
-{
-    if (tether_buffer_get_size(b) == 0) {
-        PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
-        PyObject *view = empty ? PyMemoryView_FromObject(empty) : NULL;
-        Py_XDECREF(empty);
-        return view;
-    }
-    PyObject *m = map_buffer(b, false);
-    PyObject *view = m ? PyMemoryView_FromObject(m) : NULL;
-    Py_XDECREF(m);
-    return view;
-}
 
 /* numpy, or NULL (no exception) where it cannot be imported; tried once. */
 static PyObject *
@@ -470,7 +429,7 @@ array_of_view(PyObject *view, PyObject *format, PyObject *shape)
 PyObject *
 tether_py_buffer_value(tether_buffer *b, PyObject *payload)
 {
-    PyObject *view = buffer_view(b);
+    PyObject *view = shared_memory_view(b, false);
     if (!view || !PyList_Check(payload) || PyList_Size(payload) < 3) {
         return view;
     }

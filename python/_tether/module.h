@@ -11,8 +11,11 @@
 #define TETHER_PY_MODULE_H
 
 /* The stable ABI from 3.10 on (one .abi3.so for every later CPython). Every file includes
- * this header first, so the limit is set before Python.h everywhere. */
+ * this header first, so the limit is set before Python.h everywhere (buffer.c sets a
+ * later one first, and says why). */
+#ifndef Py_LIMITED_API
 #define Py_LIMITED_API 0x030a0000
+#endif
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 

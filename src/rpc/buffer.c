@@ -28,7 +28,7 @@
 struct tether_buffer {
     atomic_uint refs;
     int fd;
-    uint64_t inode; /* of the memfd: how BUFFERS_DONE names it */
+    uint64_t dev, inode; /* of the memfd: how BUFFERS_DONE names it (inode) */
     uint8_t *data;  /* NULL for size 0 */
     size_t size;
     bool writable; /* made here */
@@ -111,9 +111,18 @@ tether__buffer_array(const tether_buffer *b, const uint64_t **ret_shape, uint32_
     return b->format;
 }
 
+static atomic_uint_fast64_t mappings_made;
+
+uint64_t
+tether__buffer_mappings_made(void)
+{
+    return atomic_load_explicit(&mappings_made, memory_order_relaxed);
+}
+
 static int
 buffer_map(int fd, size_t size, bool writable, tether_buffer **ret)
 {
+    atomic_fetch_add_explicit(&mappings_made, 1, memory_order_relaxed);
     tether_buffer *b = tether__calloc(1, sizeof(*b));
     if (!b) {
         close(fd);
@@ -133,7 +142,9 @@ buffer_map(int fd, size_t size, bool writable, tether_buffer **ret)
     atomic_init(&b->refs, 1);
     atomic_init(&b->tainted, false);
     b->fd = fd;
-    b->inode = fstat(fd, &st) == 0 ? (uint64_t)st.st_ino : 0;
+    bool known = fstat(fd, &st) == 0;
+    b->dev = known ? (uint64_t)st.st_dev : 0;
+    b->inode = known ? (uint64_t)st.st_ino : 0;
     b->size = size;
     b->writable = writable;
     *ret = b;
@@ -153,39 +164,51 @@ buffer_free(tether_buffer *b)
 /* ---- the pool -------------------------------------------------------------------- */
 
 /*
- * Memory made here that nobody maps any more, kept to be made again: fresh shared memory
- * costs a page fault per page on first touch (200 ms for 64 MiB on a virtual machine
- * here, against 4 ms to write it again), so a stream of buffers of one size costs one
- * allocation. Newest first; the oldest goes when it holds too much.
+ * Memory nobody maps any more through a buffer, kept mapped to be used again:
+ *
+ * - made here: fresh shared memory costs a page fault per page on first write (200 ms
+ *   for 64 MiB on a virtual machine here, against 4 ms to write it again), so a stream
+ *   of buffers of one size costs one allocation;
+ * - received: a mapping's first read of each page is as slow (2 us a page here) while
+ *   reading through a mapping made before is not, and the sender's pool sends the same
+ *   memory again and again; so the mapping is kept, and a buffer that arrives with the
+ *   same memory (its memfd's inode) takes it instead of mapping anew.
+ *
+ * Newest first; the oldest goes when a list holds too much.
  */
-static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
-static tether_buffer *pool_head;
-static uint64_t pool_bytes;
-static unsigned pool_count;
+typedef struct kept_list {
+    tether_buffer *head;
+    uint64_t bytes;
+    unsigned count;
+} kept_list;
 
-/* Keep b (no reference left) for reuse; false when it cannot be. */
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static kept_list made_pool, seen_pool;
+
+/* Keep b (no reference left); false when it cannot be. */
 static bool
 pool_put(tether_buffer *b)
 {
-    if (!b->writable || b->size == 0 || b->size > POOL_MAX_BYTES ||
-        atomic_load_explicit(&b->tainted, memory_order_acquire)) {
+    if (b->size == 0 || b->size > POOL_MAX_BYTES ||
+        (b->writable && atomic_load_explicit(&b->tainted, memory_order_acquire))) {
         return false;
     }
+    kept_list *l = b->writable ? &made_pool : &seen_pool;
     tether_buffer *evicted = NULL;
     pthread_mutex_lock(&pool_lock);
-    b->pool_next = pool_head;
-    pool_head = b;
-    pool_bytes += b->size;
-    pool_count++;
-    while (pool_bytes > POOL_MAX_BYTES || pool_count > POOL_MAX_BUFFERS) {
-        tether_buffer **last = &pool_head;
+    b->pool_next = l->head;
+    l->head = b;
+    l->bytes += b->size;
+    l->count++;
+    while (l->bytes > POOL_MAX_BYTES || l->count > POOL_MAX_BUFFERS) {
+        tether_buffer **last = &l->head;
         while ((*last)->pool_next) {
             last = &(*last)->pool_next;
         }
         tether_buffer *oldest = *last;
         *last = NULL;
-        pool_bytes -= oldest->size;
-        pool_count--;
+        l->bytes -= oldest->size;
+        l->count--;
         oldest->pool_next = evicted;
         evicted = oldest;
     }
@@ -198,39 +221,39 @@ pool_put(tether_buffer *b)
     return true;
 }
 
-/* A kept buffer of exactly size bytes, or NULL. */
+/* A kept buffer of exactly size bytes (and, for one received, of that memfd), or NULL. */
 static tether_buffer *
-pool_take(size_t size)
+pool_take(kept_list *l, size_t size, uint64_t dev, uint64_t inode)
 {
     pthread_mutex_lock(&pool_lock);
-    tether_buffer **at = &pool_head;
-    while (*at && (*at)->size != size) {
+    tether_buffer **at = &l->head;
+    while (*at && ((*at)->size != size ||
+                   (l == &seen_pool && ((*at)->inode != inode || (*at)->dev != dev)))) {
         at = &(*at)->pool_next;
     }
     tether_buffer *b = *at;
     if (b) {
         *at = b->pool_next;
-        pool_bytes -= b->size;
-        pool_count--;
+        l->bytes -= b->size;
+        l->count--;
     }
     pthread_mutex_unlock(&pool_lock);
     if (b) {
         b->pool_next = NULL;
         b->format = 0;
         b->ndim = 0;
+        atomic_store_explicit(&b->tainted, false, memory_order_relaxed);
         atomic_store_explicit(&b->refs, 1, memory_order_relaxed);
     }
     return b;
 }
 
-void
-tether__buffer_pool_clear(void)
+static void
+pool_clear(kept_list *l)
 {
     pthread_mutex_lock(&pool_lock);
-    tether_buffer *b = pool_head;
-    pool_head = NULL;
-    pool_bytes = 0;
-    pool_count = 0;
+    tether_buffer *b = l->head;
+    *l = (kept_list){0};
     pthread_mutex_unlock(&pool_lock);
     while (b) {
         tether_buffer *next = b->pool_next;
@@ -239,13 +262,20 @@ tether__buffer_pool_clear(void)
     }
 }
 
+void
+tether__buffer_pool_clear(void)
+{
+    pool_clear(&made_pool);
+    pool_clear(&seen_pool);
+}
+
 static int
 buffer_new(size_t size, bool zeroed, tether_buffer **ret)
 {
     if (!ret) {
         return -EINVAL;
     }
-    *ret = pool_take(size);
+    *ret = pool_take(&made_pool, size, 0, 0);
     if (*ret) {
         if (zeroed) {
             memset((*ret)->data, 0, size);
@@ -280,6 +310,12 @@ tether__buffer_from_fd(int fd, uint64_t size, tether_buffer **ret, const char **
     if (r < 0) {
         close(fd);
         return r;
+    }
+    struct stat st;
+    if (size > 0 && fstat(fd, &st) == 0 &&
+        (*ret = pool_take(&seen_pool, (size_t)size, (uint64_t)st.st_dev, (uint64_t)st.st_ino))) {
+        close(fd); /* the same memory, mapped already */
+        return 0;
     }
     r = buffer_map(fd, (size_t)size, false, ret);
     if (r == -EPROTO) {

@@ -28,6 +28,8 @@ int tether__buffer_from_fd(int fd, uint64_t size, tether_buffer **ret, const cha
 
 /* Free the memory kept for reuse (tests that count descriptors). */
 void tether__buffer_pool_clear(void);
+/* Mappings made since the process started, received buffers' and new ones' (tests). */
+uint64_t tether__buffer_mappings_made(void);
 
 /* What tether_buffer_set_array said of b: its format (0: plain bytes) and shape. */
 char tether__buffer_array(const tether_buffer *b, const uint64_t **ret_shape, uint32_t *ret_ndim);
