@@ -119,7 +119,9 @@ main(int argc, char **argv)
         r = tether_buffer_new_uninitialized((size_t)WIDTH * HEIGHT * 4, &frame);
         r = r < 0 ? r : tether_buffer_set_array(frame, 'B', shape, 3);
         if (r < 0) {
-            fprintf(stderr, "frame_stream: frame %u: %s\n", t, tether_strerror(r));
+            fprintf(stderr, "frame_stream: frame %u: %s%s\n", t, tether_strerror(r),
+                    r == TETHER_ENOTSUP ? " (this build has no shared memory: the portable one)"
+                                        : "");
             break;
         }
         render(tether_buffer_get_writable(frame), t);
