@@ -9,6 +9,7 @@
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "rpc/buffer.h"
@@ -525,4 +526,35 @@ Test(buffers, a_peer_over_its_shared_memory_limit_is_refused_and_keeps_its_conne
     tether_buffer_unref(held);
     assert_fds_back_to(fds_before);
     stop_peers(&p);
+}
+
+Test(buffers, a_forked_child_makes_its_own_memory)
+{
+    /* Kept for reuse here (never sent: back to the pool at once), and one in use. */
+    tether_buffer *pooled = filled(123456);
+    uint64_t pooled_inode = inode_of(pooled);
+    tether_buffer_unref(pooled);
+    tether_buffer *in_use = filled(654321);
+    uint64_t in_use_inode = inode_of(in_use);
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        /* Neither may become a buffer of the child's: the parent writes into them. */
+        tether_buffer *a = NULL, *b = NULL;
+        tether_buffer_unref(in_use);
+        int bad = tether_buffer_new(123456, &a) < 0 || inode_of(a) == pooled_inode;
+        bad |= tether_buffer_new(654321, &b) < 0 || inode_of(b) == in_use_inode;
+        _exit(bad);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "the child reused its parent's memory");
+    /* The parent's pool is as it was. */
+    tether_buffer *again = NULL;
+    ASSERT_OK(tether_buffer_new(123456, &again));
+    cr_assert_eq(inode_of(again), pooled_inode);
+    tether_buffer_unref(again);
+    tether_buffer_unref(in_use);
+    tether__buffer_pool_clear();
 }

@@ -37,6 +37,7 @@ struct tether_buffer {
      * which may map it still: such memory is not reused here, nor said done upstream. */
     tether_conn *origin;
     atomic_bool tainted;
+    unsigned fork_generation; /* of the process that made it: a forked child keeps none */
     tether_buffer *pool_next;
     /* What the receiver is told the bytes are (tether_buffer_set_array): format 0 for
      * plain bytes. */
@@ -111,6 +112,46 @@ tether__buffer_array(const tether_buffer *b, const uint64_t **ret_shape, uint32_
     return b->format;
 }
 
+/* ---- forks ------------------------------------------------------------------------ */
+
+typedef struct kept_list kept_list;
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static void buffer_free(tether_buffer *b);
+static void pool_drop_all(void);
+
+static pthread_once_t pool_fork_once = PTHREAD_ONCE_INIT;
+/* Counts forks in the child: a buffer made before the last one is not this process's to
+ * reuse. */
+static atomic_uint pool_generation;
+
+/* A child forked without exec shares the kept memory with its parent: were both to make
+ * buffers from it, each would write into the other's. The child lets its copies go. */
+static void
+pool_before_fork(void)
+{
+    pthread_mutex_lock(&pool_lock);
+}
+
+static void
+pool_after_fork_parent(void)
+{
+    pthread_mutex_unlock(&pool_lock);
+}
+
+static void
+pool_after_fork_child(void)
+{
+    atomic_fetch_add_explicit(&pool_generation, 1, memory_order_relaxed);
+    pool_drop_all();
+    pthread_mutex_unlock(&pool_lock);
+}
+
+static void
+pool_fork_setup(void)
+{
+    pthread_atfork(pool_before_fork, pool_after_fork_parent, pool_after_fork_child);
+}
+
 static atomic_uint_fast64_t mappings_made;
 
 uint64_t
@@ -147,6 +188,8 @@ buffer_map(int fd, size_t size, bool writable, tether_buffer **ret)
     b->inode = known ? (uint64_t)st.st_ino : 0;
     b->size = size;
     b->writable = writable;
+    pthread_once(&pool_fork_once, pool_fork_setup);
+    b->fork_generation = atomic_load_explicit(&pool_generation, memory_order_relaxed);
     *ret = b;
     return 0;
 }
@@ -176,20 +219,34 @@ buffer_free(tether_buffer *b)
  *
  * Newest first; the oldest goes when a list holds too much.
  */
-typedef struct kept_list {
+struct kept_list {
     tether_buffer *head;
     uint64_t bytes;
     unsigned count;
-} kept_list;
+};
 
-static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static kept_list made_pool, seen_pool;
+
+/* Free every kept buffer. Lock held. */
+static void
+pool_drop_all(void)
+{
+    kept_list *lists[2] = {&made_pool, &seen_pool};
+    for (int i = 0; i < 2; i++) {
+        for (tether_buffer *b = lists[i]->head, *next; b; b = next) {
+            next = b->pool_next;
+            buffer_free(b);
+        }
+        *lists[i] = (kept_list){0};
+    }
+}
 
 /* Keep b (no reference left); false when it cannot be. */
 static bool
 pool_put(tether_buffer *b)
 {
     if (b->size == 0 || b->size > POOL_MAX_BYTES ||
+        b->fork_generation != atomic_load_explicit(&pool_generation, memory_order_relaxed) ||
         (b->writable && atomic_load_explicit(&b->tainted, memory_order_acquire))) {
         return false;
     }
