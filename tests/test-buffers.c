@@ -558,3 +558,42 @@ Test(buffers, a_forked_child_makes_its_own_memory)
     tether_buffer_unref(in_use);
     tether__buffer_pool_clear();
 }
+
+/* Mappings of this process of the memfd of inode (/proc/self/maps). */
+static int
+mappings_of(uint64_t inode)
+{
+    FILE *maps = fopen("/proc/self/maps", "r");
+    cr_assert_not_null(maps);
+    char line[512];
+    int n = 0;
+    while (fgets(line, sizeof(line), maps)) {
+        unsigned long long ino = 0;
+        if (strstr(line, "memfd:") && sscanf(line, "%*s %*s %*s %*s %llu", &ino) == 1 &&
+            ino == inode) {
+            n++;
+        }
+    }
+    fclose(maps);
+    return n;
+}
+
+Test(buffers, a_peer_gone_leaves_no_mapping_of_its_memory)
+{
+    peers p = start_peers(false, 0);
+    tether_buffer *b = filled(250000);
+    uint64_t inode = inode_of(b);
+    call_sum(p.conn, "sum", b, TETHER_TYPE_BUFFER);
+    /* While the client is connected the host may keep its mapping, for the same memory
+     * coming again: this process maps it once as the client, at most once as the host. */
+    cr_assert_leq(mappings_of(inode), 2);
+    tether_client_unref(p.client);
+    p.client = NULL;
+    for (int i = 0; i < 500 && mappings_of(inode) > 1; i++) {
+        usleep(10000);
+    }
+    cr_assert_eq(mappings_of(inode), 1, "the host kept a mapping of a client gone");
+    tether_buffer_unref(b);
+    tether_host_unref(p.host);
+    tether__buffer_pool_clear();
+}

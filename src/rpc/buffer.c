@@ -37,6 +37,7 @@ struct tether_buffer {
      * which may map it still: such memory is not reused here, nor said done upstream. */
     tether_conn *origin;
     atomic_bool tainted;
+    const void *from;         /* received: the connection it came on, kept for comparison only */
     unsigned fork_generation; /* of the process that made it: a forked child keeps none */
     tether_buffer *pool_next;
     /* What the receiver is told the bytes are (tether_buffer_set_array): format 0 for
@@ -319,6 +320,33 @@ pool_clear(kept_list *l)
     }
 }
 
+/* Forget the mappings kept of what connection from sent (it closed): a peer gone keeps
+ * no memory of its alive here. */
+static void
+pool_forget(const void *from)
+{
+    tether_buffer *gone = NULL;
+    pthread_mutex_lock(&pool_lock);
+    for (tether_buffer **at = &seen_pool.head; *at;) {
+        tether_buffer *b = *at;
+        if (b->from != from) {
+            at = &b->pool_next;
+            continue;
+        }
+        *at = b->pool_next;
+        seen_pool.bytes -= b->size;
+        seen_pool.count--;
+        b->pool_next = gone;
+        gone = b;
+    }
+    pthread_mutex_unlock(&pool_lock);
+    while (gone) {
+        tether_buffer *next = gone->pool_next;
+        buffer_free(gone);
+        gone = next;
+    }
+}
+
 void
 tether__buffer_pool_clear(void)
 {
@@ -390,16 +418,14 @@ tether_buffer_ref(tether_buffer *b)
     return b;
 }
 
-static void buffer_gone(tether_buffer *b);
+static bool buffer_gone(tether_buffer *b);
 
 tether_buffer *
 tether_buffer_unref(tether_buffer *b)
 {
     if (b && atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1) {
-        if (b->origin) {
-            buffer_gone(b);
-        }
-        if (!pool_put(b)) {
+        bool keep = b->origin ? buffer_gone(b) : true;
+        if (!keep || !pool_put(b)) {
             buffer_free(b);
         }
     }
@@ -598,6 +624,7 @@ bind_one(void *argp, size_t off, uint64_t size)
         return r;
     }
     b->origin = tether_conn_ref(a->c);
+    b->from = a->c;
     r = tether__bufvec_push(a->vec, off, b);
     tether_buffer_unref(b);
     return r;
@@ -694,8 +721,9 @@ done_later(tether_conn *c, uint64_t inode)
     pthread_mutex_unlock(&c->link.lock);
 }
 
-/* A received buffer's last reference went. */
-static void
+/* A received buffer's last reference went: whether its mapping may be kept, which it
+ * may while its connection is open (the memory may come again). */
+static bool
 buffer_gone(tether_buffer *b)
 {
     tether_conn *c = b->origin;
@@ -704,7 +732,9 @@ buffer_gone(tether_buffer *b)
     if (!atomic_load_explicit(&b->tainted, memory_order_acquire)) {
         done_later(c, b->inode);
     }
+    bool open = tether__conn_state(c) != TETHER__LINK_CLOSED;
     tether_conn_unref(c);
+    return open;
 }
 
 void
@@ -757,4 +787,5 @@ tether__conn_drop_buffers(tether_conn *c)
         tether_buffer_unref(sent[i].buf);
     }
     tether__free(sent);
+    pool_forget(c);
 }
