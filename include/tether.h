@@ -278,8 +278,9 @@ TETHER_EXPORT int tether_value_to_string(const tether_value *value, char **ret_t
  * kept and given to the next tether_buffer_new() of the same size (up to 16 buffers and
  * 256 MiB; fresh shared memory costs a page fault per page on first write). Memory sent
  * to a peer whose connection closed before it said so is never reused. A receiver keeps
- * its mappings the same way, and a buffer that arrives with memory it mapped before
- * takes that mapping: a stream of buffers costs neither new memory nor new mappings. A receiver
+ * its mappings the same way while the connection is open, and a buffer that arrives
+ * with memory it mapped before takes that mapping: a stream of buffers costs neither new
+ * memory nor new mappings. A receiver
  * maps at most max_buffer_bytes (tether_host_options, tether_client_options; 1 GiB) of one
  * connection's buffers at once: a call whose buffers would pass it fails with an error
  * (TETHER_EREMOTE at the caller), and the connection goes on.
