@@ -6,10 +6,12 @@
  * below says which C function it wraps and repeats its Thread: line.
  *
  * What the layer adds:
- * - RAII handles: tether::value, buffer, conn and future hold one reference each and
- *   release it when destroyed (value, buffer and conn copy by taking another reference;
+ * - RAII handles: tether::value, buffer, conn, object and future hold one reference
+ *   each and release it when destroyed (all but future copy by taking another reference;
  *   future moves only); tether::host and tether::client own their C object and the
  *   services registered through them, and move only.
+ * - Objects by reference: a C++ class exported through tether::object_class<T>, its
+ *   methods registered once per class, each object around a std::shared_ptr<T>.
  * - Typed conversions, deduced at compile time: a service is a lambda, a function or a
  *   member function with typed parameters and result; call<R>() reads its result as R.
  *   A mismatch from a peer is answered with the TypeError a C service would send
@@ -958,6 +960,23 @@ class reader {
             return true;
         }
         return mismatch("buffer", h);
+    }
+    /* An object by reference (borrowed from the value). */
+    bool
+    ref(tether_object *&out)
+    {
+        head h;
+        if (!next(h, "ref")) {
+            return false;
+        }
+        if (h.k != kind::ext || h.ext_type != TETHER_MSGPACK_EXT_OBJECT) {
+            return mismatch("ref", h);
+        }
+        if (object_at_ >= n_objects_) {
+            return fail("object reference not bound to an object");
+        }
+        out = objects_[object_at_++];
+        return true;
     }
     /* An array header: its count. */
     bool
@@ -2535,6 +2554,423 @@ class service_list {
 } // namespace detail
 
 /* ---------------------------------------------------------------------------------
+ * Objects by reference: tether_object
+ *
+ * tether::object holds one reference to a tether_object: a local object this process
+ * exports, or a proxy for a peer's object. It travels in values by reference (an
+ * argument, a result, inside a container), and a proxy's methods are called as a
+ * connection's services are. A C++ class is exported with tether::object_class<T>,
+ * whose methods are registered once per class; host::new_object() and
+ * client::new_object() make objects of it around a std::shared_ptr<T>, which the library
+ * holds while any reference to the object exists, on either side (see "Objects" in
+ * tether.h).
+ * ------------------------------------------------------------------------------- */
+
+namespace detail {
+
+/* What a local object made here carries as its userdata. */
+struct object_holder_base {
+    virtual ~object_holder_base() = default;
+    virtual const void *class_key() const noexcept = 0;
+};
+
+} // namespace detail
+
+class object {
+  public:
+    object() = default;
+    static object
+    adopt(tether_object *o) noexcept
+    {
+        return object(detail::handle<tether_object>::adopt(o));
+    }
+    static object
+    borrow(tether_object *o) noexcept
+    {
+        return object(detail::handle<tether_object>::borrow(o));
+    }
+
+    /* 1 for a proxy of a peer's object (tether_object_is_remote). Thread: any. */
+    bool
+    remote() const
+    {
+        return tether_object_is_remote(h_.get()) == 1;
+    }
+    /* The class name, or the type name its owner sent. Thread: any. */
+    std::string
+    type_name() const
+    {
+        const char *s = tether_object_get_type_name(h_.get());
+        return s ? s : "";
+    }
+    /* The id on the wire. Thread: any. */
+    std::uint64_t
+    id() const
+    {
+        return tether_object_get_id(h_.get());
+    }
+    /*
+     * The C++ object of a local object made by new_object() of an object_class<T>;
+     * nullptr for a proxy, another class, or an object the C API made. A proxy sent
+     * back to its owner arrives as the local object, so a service can find its own
+     * objects in its arguments. Thread: any.
+     */
+    template <class T> std::shared_ptr<T> local() const;
+
+    /* Call a method of a proxied object (tether_object_call), as conn::call does a
+     * service; method nullptr calls the object itself. Thread: any. */
+    template <class R = value, class... A>
+    result<R>
+    try_call(const call_options &options, cstring method, const A &...args) const
+    {
+        tether_call_options c = options.to_c();
+        return call_c<R>(&c, method.c_str(), args...);
+    }
+    template <class R = value, class... A>
+    result<R>
+    try_call(cstring method, const A &...args) const
+    {
+        return call_c<R>(nullptr, method.c_str(), args...);
+    }
+#if TETHER_CPP_EXCEPTIONS
+    template <class R = value, class... A>
+    R
+    call(const call_options &options, cstring method, const A &...args) const
+    {
+        return try_call<R>(options, method, args...).value();
+    }
+    template <class R = value, class... A>
+    R
+    call(cstring method, const A &...args) const
+    {
+        return try_call<R>(method, args...).value();
+    }
+#endif
+    /* tether_object_call_async. Thread: any. */
+    template <class R = value, class... A>
+    result<future<R>>
+    try_call_async(cstring method, const A &...args) const
+    {
+        writer w;
+        detail::write_args(w, args...);
+        tether_value *v = nullptr;
+        int r = w.make_value(&v);
+        tether_future *f = nullptr;
+        if (r >= 0) {
+            r = tether_object_call_async_values(h_.get(), method.c_str(), v, nullptr, nullptr, &f);
+        }
+        tether_value_unref(v);
+        if (r < 0) {
+            return error_info::from_code(r);
+        }
+        return future<R>(f);
+    }
+#if TETHER_CPP_EXCEPTIONS
+    template <class R = value, class... A>
+    future<R>
+    call_async(cstring method, const A &...args) const
+    {
+        return try_call_async<R>(method, args...).value();
+    }
+#endif
+    /* tether_object_notify. Thread: any. */
+    template <class... A>
+    result<void>
+    try_notify(cstring method, const A &...args) const
+    {
+        writer w;
+        detail::write_args(w, args...);
+        tether_value *v = nullptr;
+        int r = w.make_value(&v);
+        if (r >= 0) {
+            r = tether_object_notify_values(h_.get(), method.c_str(), v, nullptr);
+        }
+        tether_value_unref(v);
+        return detail::check(r);
+    }
+#if TETHER_CPP_EXCEPTIONS
+    template <class... A>
+    void
+    notify(cstring method, const A &...args) const
+    {
+        try_notify(method, args...).value();
+    }
+#endif
+
+    explicit operator bool() const noexcept
+    {
+        return h_.get() != nullptr;
+    }
+    /* The C object, borrowed. */
+    tether_object *
+    get() const noexcept
+    {
+        return h_.get();
+    }
+
+  private:
+    explicit object(detail::handle<tether_object> h) : h_(std::move(h))
+    {
+    }
+    template <class R, class... A>
+    result<R>
+    call_c(const tether_call_options *options, const char *method, const A &...args) const
+    {
+        writer w;
+        detail::write_args(w, args...);
+        tether_value *v = nullptr;
+        int r = w.make_value(&v);
+        if (r < 0) {
+            return error_info::from_code(r);
+        }
+        tether_value *ret = nullptr;
+        tether_error err = TETHER_ERROR_INIT;
+        r = tether_object_call_values(h_.get(), method, v, nullptr, options,
+                                      std::is_void_v<R> ? nullptr : &ret, &err);
+        tether_value_unref(v);
+        return detail::call_outcome<R>(r, ret, &err);
+    }
+    detail::handle<tether_object> h_;
+};
+
+/* An object travels by reference; an empty handle is nil. */
+template <> struct convert<object> {
+    static void
+    write(writer &w, const object &o)
+    {
+        if (!o) {
+            w.nil();
+            return;
+        }
+        unsigned char small[32];
+        std::size_t len = 0;
+        int r = tether_object_get_msgpack(o.get(), small, sizeof small, &len);
+        std::vector<unsigned char> big;
+        if (r == TETHER_EMSGSIZE) {
+            big.resize(len);
+            r = tether_object_get_msgpack(o.get(), big.data(), big.size(), &len);
+        }
+        if (r < 0) {
+            w.fail(r);
+            return;
+        }
+        tether_object *one = o.get();
+        w.raw(big.empty() ? small : big.data(), len, &one, 1, nullptr, 0);
+    }
+    static bool
+    read(reader &r, object &out)
+    {
+        tether_object *o = nullptr;
+        if (!r.ref(o)) {
+            return false;
+        }
+        out = object::borrow(o);
+        return true;
+    }
+};
+
+namespace detail {
+
+template <class T> struct object_holder : object_holder_base {
+    std::shared_ptr<T> object;
+    std::shared_ptr<const void> cls; /* keeps the class description alive */
+    const void *key;
+
+    const void *
+    class_key() const noexcept override
+    {
+        return key;
+    }
+};
+
+/* A callable taking the object first, bound to one object, as a callable without it. */
+template <class T, class F, class R, class Params> struct bound_first;
+template <class T, class F, class R, class... A> struct bound_first<T, F, R, std::tuple<A...>> {
+    T *object;
+    const F *fn;
+    R
+    operator()(A... a) const
+    {
+        return (*fn)(*object, std::forward<A>(a)...);
+    }
+};
+
+template <class Tuple> struct drop_first;
+template <class First, class... Rest> struct drop_first<std::tuple<First, Rest...>> {
+    using type = std::tuple<Rest...>;
+};
+
+} // namespace detail
+
+template <class T>
+std::shared_ptr<T>
+object::local() const
+{
+    if (!h_.get() || remote()) {
+        return nullptr;
+    }
+    auto *holder = static_cast<detail::object_holder_base *>(tether_object_get_userdata(h_.get()));
+    auto *typed = dynamic_cast<detail::object_holder<T> *>(holder);
+    return typed ? typed->object : nullptr;
+}
+
+/*
+ * The description of an exported C++ class T: its name (what peers see) and its
+ * methods, each a member function of T or a callable taking T & first, with typed
+ * parameters and result as services have, run in the context given (tether_method).
+ * Register every method before the first object is made: objects share the table.
+ * Copies share one description.
+ */
+template <class T> class object_class {
+  public:
+    explicit object_class(std::string name) : d_(std::make_shared<data>())
+    {
+        d_->name = std::move(name);
+    }
+
+    /* A member function of T. */
+    template <class M>
+    object_class &
+    method(std::string name, context ctx, M T::*member)
+    {
+        using sig = detail::signature<M T::*>;
+        using bound =
+            detail::bound_member<T, M T::*, typename sig::result_type, typename sig::params>;
+        add(std::move(name), ctx, [member](tether_request *req, T &self) {
+            detail::service<bound> s(bound{&self, member}, nullptr);
+            return s.handle_typed(req);
+        });
+        return *this;
+    }
+    /* A callable taking T & first, such as a lambda [](T &self, int x) { ... }. */
+    template <class F, class = std::enable_if_t<!std::is_member_function_pointer_v<F>>>
+    object_class &
+    method(std::string name, context ctx, F fn)
+    {
+        using sig = detail::callable_signature<F>;
+        using rest = typename detail::drop_first<typename sig::params>::type;
+        using bound = detail::bound_first<T, F, typename sig::result_type, rest>;
+        add(std::move(name), ctx, [fn = std::move(fn)](tether_request *req, T &self) {
+            detail::service<bound> s(bound{&self, &fn}, nullptr);
+            return s.handle_typed(req);
+        });
+        return *this;
+    }
+    /* Where T's last reference is dropped once the last reference to an object goes
+     * (tether_class.release_context): by default on the thread that drops it, which may
+     * be the I/O thread; context::main in the owner's dispatch; context::pool. */
+    object_class &
+    release_in(context ctx)
+    {
+        d_->release_context = ctx;
+        return *this;
+    }
+
+    /* The C class description, complete from the first call on (no method may be added
+     * after). */
+    const tether_class *
+    c_class() const
+    {
+        data &d = *d_;
+        std::call_once(d.once, [&d] {
+            d.frozen = true;
+            for (auto &m : d.methods) {
+                d.table.push_back(
+                    tether_method{m.name.c_str(), static_cast<tether_context>(m.ctx), &dispatch});
+            }
+            d.table.push_back(tether_method{nullptr, TETHER_CONTEXT_IO, nullptr});
+            d.cls = tether_class{};
+            d.cls.name = d.name.c_str();
+            d.cls.methods = d.table.data();
+            d.cls.release = &release;
+            d.cls.release_context = static_cast<tether_context>(d.release_context);
+        });
+        return &d.cls;
+    }
+
+    /* Make the userdata of a new object around obj (owned by the caller until the C
+     * object takes it). */
+    std::unique_ptr<detail::object_holder<T>>
+    holder(std::shared_ptr<T> obj) const
+    {
+        auto h = std::make_unique<detail::object_holder<T>>();
+        h->object = std::move(obj);
+        h->cls = d_;
+        h->key = d_.get();
+        return h;
+    }
+
+  private:
+    struct method_entry {
+        std::string name;
+        context ctx;
+        std::function<int(tether_request *, T &)> run;
+    };
+    struct data {
+        std::string name;
+        std::vector<method_entry> methods;
+        std::vector<tether_method> table;
+        tether_class cls{};
+        context release_context = context::io;
+        std::once_flag once;
+        std::atomic<bool> frozen{false};
+    };
+
+    template <class Run>
+    void
+    add(std::string name, context ctx, Run run)
+    {
+        if (d_->frozen) {
+            std::fprintf(stderr,
+                         "tether: object_class %s: method %s added after the first object\n",
+                         d_->name.c_str(), name.c_str());
+            std::abort();
+        }
+        d_->methods.push_back(method_entry{std::move(name), ctx, std::move(run)});
+    }
+
+    static int
+    dispatch(tether_request *req, void *userdata)
+    {
+        auto *h = static_cast<detail::object_holder<T> *>(userdata);
+        auto *d = static_cast<const data *>(h->key);
+        const char *name = tether_request_get_method(req);
+        for (const auto &m : d->methods) {
+            if (m.name == name) {
+                return m.run(req, *h->object);
+            }
+        }
+        return tether_request_reply_error(req, "AttributeError", "no method %s", name);
+    }
+    static void
+    release(void *userdata)
+    {
+        delete static_cast<detail::object_holder<T> *>(userdata);
+    }
+
+    std::shared_ptr<data> d_;
+};
+
+namespace detail {
+
+/* new_object of host and client: make_c(cls, userdata, &ret) is the C constructor. */
+template <class T, class Make>
+result<object>
+new_object(const object_class<T> &cls, std::shared_ptr<T> obj, Make make_c)
+{
+    auto h = cls.holder(std::move(obj));
+    tether_object *o = nullptr;
+    int r = make_c(cls.c_class(), static_cast<void *>(h.get()), &o);
+    if (r < 0) {
+        return error_info::from_code(r);
+    }
+    h.release(); /* the object's now: its release deletes it */
+    return object::adopt(o);
+}
+
+} // namespace detail
+
+/* ---------------------------------------------------------------------------------
  * Hosts: tether_host
  * ------------------------------------------------------------------------------- */
 
@@ -2633,6 +3069,26 @@ class host {
     add_service(cstring name, context ctx, M T::*method, T *object)
     {
         try_add_service(name, ctx, method, object).value();
+    }
+#endif
+
+    /* An exported object of class cls around obj, owned by the host: its MAIN methods
+     * run in the host's dispatch (tether_host_new_object). Thread: any. */
+    template <class T>
+    result<object>
+    try_new_object(const object_class<T> &cls, std::shared_ptr<T> obj)
+    {
+        return detail::new_object(cls, std::move(obj),
+                                  [this](const tether_class *c, void *ud, tether_object **ret) {
+                                      return tether_host_new_object(h_, c, ud, ret);
+                                  });
+    }
+#if TETHER_CPP_EXCEPTIONS
+    template <class T>
+    object
+    new_object(const object_class<T> &cls, std::shared_ptr<T> obj)
+    {
+        return try_new_object(cls, std::move(obj)).value();
     }
 #endif
 
@@ -2830,6 +3286,25 @@ class client {
     add_service(cstring name, context ctx, M T::*method, T *object)
     {
         try_add_service(name, ctx, method, object).value();
+    }
+#endif
+
+    /* As host::new_object, owned by the client (tether_client_new_object). Thread: any. */
+    template <class T>
+    result<object>
+    try_new_object(const object_class<T> &cls, std::shared_ptr<T> obj)
+    {
+        return detail::new_object(cls, std::move(obj),
+                                  [this](const tether_class *c, void *ud, tether_object **ret) {
+                                      return tether_client_new_object(c_, c, ud, ret);
+                                  });
+    }
+#if TETHER_CPP_EXCEPTIONS
+    template <class T>
+    object
+    new_object(const object_class<T> &cls, std::shared_ptr<T> obj)
+    {
+        return try_new_object(cls, std::move(obj)).value();
     }
 #endif
 

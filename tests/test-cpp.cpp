@@ -765,6 +765,138 @@ TEST(buffers)
            std::vector<std::size_t>{4096, 10}));
 }
 
+/* ---- objects by reference ----------------------------------------------------------- */
+
+struct actor {
+    std::string name;
+    double x = 0, y = 0;
+    std::vector<double>
+    move(double dx, double dy)
+    {
+        x += dx;
+        y += dy;
+        return {x, y};
+    }
+    std::string
+    describe() const
+    {
+        return name + " at " + std::to_string(static_cast<int>(x)) + "," +
+               std::to_string(static_cast<int>(y));
+    }
+};
+
+TEST(objects)
+{
+    std::weak_ptr<actor> watch;
+    std::thread::id main_thread = std::this_thread::get_id();
+    bool renamed_on_main = false;
+    tether::object_class<actor> actor_class("Actor");
+    actor_class.method("move", tether::context::io, &actor::move)
+        .method("describe", tether::context::pool, &actor::describe)
+        .method("rename", tether::context::main,
+                [&](actor &self, std::string name) {
+                    renamed_on_main = std::this_thread::get_id() == main_thread;
+                    self.name = std::move(name);
+                })
+        .method("fail", tether::context::io,
+                [](actor &, int) -> int { throw std::out_of_range("off the map"); });
+
+    tether::host h = make_host();
+    std::shared_ptr<actor> kept;
+    h.add_service("spawn", tether::context::io, [&](std::string name) {
+        auto a = std::make_shared<actor>();
+        a->name = std::move(name);
+        watch = a;
+        kept = a;
+        return h.new_object(actor_class, std::move(a));
+    });
+    /* A proxy sent back to its owner arrives as the local object. */
+    h.add_service("is_kept", tether::context::io, [&](const tether::object &o) {
+        return !o.remote() && o.local<actor>() == kept && o.local<point>() == nullptr;
+    });
+    h.add_service("spawn_two", tether::context::io, [&]() {
+        std::vector<tether::object> out;
+        for (const char *name : {"first", "second"}) {
+            auto a = std::make_shared<actor>();
+            a->name = name;
+            out.push_back(h.new_object(actor_class, std::move(a)));
+        }
+        return out;
+    });
+    h.add_service("are_actors", tether::context::io, [](std::vector<tether::object> list) {
+        std::vector<bool> out;
+        for (const auto &o : list) {
+            out.push_back(o.local<actor>() != nullptr);
+        }
+        return out;
+    });
+    h.start();
+    tether::client c = make_client(h);
+    c.connect();
+    tether::conn to_host = c.conn();
+
+    {
+        tether::object bob = to_host.call<tether::object>("spawn", "Bob");
+        CHECK(to_host.call<bool>("is_kept", bob));
+        kept.reset();
+        CHECK(bob.remote());
+        CHECK_EQ(bob.type_name(), std::string("Actor"));
+        CHECK(bob.local<actor>() == nullptr);
+        CHECK((bob.call<std::vector<double>>("move", 1, 2) == std::vector<double>{1, 2}));
+        CHECK((bob.call<std::vector<double>>("move", 1.5, 0) == std::vector<double>{2.5, 2}));
+        CHECK_EQ(bob.call<std::string>("describe"), std::string("Bob at 2,2"));
+        auto f = bob.call_async<void>("rename", "Robert");
+        serve_until(h, [&] { return f.ready(); });
+        f.get();
+        CHECK(renamed_on_main);
+        CHECK_EQ(bob.call<std::string>("describe"), std::string("Robert at 2,2"));
+
+        /* Mismatches and failures, as for services. */
+        auto bad = bob.try_call<int>("move", "x", 1);
+        CHECK_EQ(bad.code(), TETHER_EREMOTE);
+        CHECK_EQ(bad.error().type, std::string("TypeError"));
+        CHECK_EQ(bad.error().message, std::string("item 1: expected float, got str"));
+        auto thrown = bob.try_call<int>("fail", 1);
+        CHECK_EQ(thrown.error().type, std::string("IndexError"));
+        CHECK_EQ(thrown.error().message, std::string("off the map"));
+        auto missing = bob.try_call<int>("fly");
+        CHECK(!missing.ok());
+        CHECK_EQ(missing.error().type, std::string("AttributeError"));
+        bob.notify("move", 0, 0);
+
+        CHECK(!watch.expired()); /* the client's proxy holds it */
+
+        /* Objects inside containers, both ways. */
+        auto pair = to_host.call<std::vector<tether::object>>("spawn_two");
+        CHECK_EQ(pair.size(), 2u);
+        CHECK_EQ(pair[1].call<std::string>("describe"), std::string("second at 0,0"));
+        CHECK(
+            (to_host.call<std::vector<bool>>("are_actors", pair) == std::vector<bool>{true, true}));
+    }
+    /* A client's object, called by the host while the client waits on it. */
+    h.add_service("ask_object", tether::context::pool, [](tether::object o) {
+        CHECK(o.remote());
+        o.call<std::vector<double>>("move", 3, 4);
+        return o.call<std::string>("describe");
+    });
+    std::weak_ptr<actor> watch_client;
+    {
+        auto mine = std::make_shared<actor>();
+        mine->name = "Cleo";
+        watch_client = mine;
+        tether::object cleo = c.new_object(actor_class, std::move(mine));
+        CHECK(!cleo.remote());
+        CHECK_EQ(to_host.call<std::string>("ask_object", cleo), std::string("Cleo at 3,4"));
+        CHECK_EQ(cleo.local<actor>()->x, 3.0);
+    }
+    /* The last proxy gone, the host releases the actor (releases are batched). */
+    auto give_up = std::chrono::steady_clock::now() + 10s;
+    while (!watch.expired() || !watch_client.expired()) {
+        CHECK(std::chrono::steady_clock::now() < give_up);
+        h.wait(5ms);
+    }
+}
+
 TEST(no_throw_forms)
 {
     auto h = tether::host::try_make();
