@@ -12,6 +12,7 @@
  *   services registered through them, and move only.
  * - Objects by reference: a C++ class exported through tether::object_class<T>, its
  *   methods registered once per class, each object around a std::shared_ptr<T>.
+ * - Spawned Python children (host::spawn): a tether::child and its root proxy.
  * - Typed conversions, deduced at compile time: a service is a lambda, a function or a
  *   member function with typed parameters and result; call<R>() reads its result as R.
  *   A mismatch from a peer is answered with the TypeError a C service would send
@@ -369,6 +370,17 @@ inline void
 unref(tether_object *p)
 {
     tether_object_unref(p);
+}
+
+inline tether_child *
+ref(tether_child *p)
+{
+    return tether_child_ref(p);
+}
+inline void
+unref(tether_child *p)
+{
+    tether_child_unref(p);
 }
 
 /* Holds one reference (or none); copying takes another, moving steals it. */
@@ -2971,6 +2983,93 @@ new_object(const object_class<T> &cls, std::shared_ptr<T> obj, Make make_c)
 } // namespace detail
 
 /* ---------------------------------------------------------------------------------
+ * Spawned interpreters: tether_child
+ * ------------------------------------------------------------------------------- */
+
+/*
+ * A child interpreter started by host::spawn(): its root object's proxy (the script's or
+ * module's module, or the object made), its connection and its process. Copies share
+ * the child; when the last reference to it goes, the child is terminated if it still
+ * runs (tether_child_unref).
+ */
+class child {
+  public:
+    child() = default;
+    static child
+    adopt(tether_child *c) noexcept
+    {
+        return child(detail::handle<tether_child>::adopt(c));
+    }
+
+    /* The proxy of its root object: call the script's functions through it
+     * (tether_child_get_root). Thread: any. */
+    object
+    root() const
+    {
+        return object::borrow(tether_child_get_root(h_.get()));
+    }
+    /* Its connection: a client of the host like any other. Thread: any. */
+    tether::conn
+    conn() const
+    {
+        return tether::conn::borrow(tether_child_get_conn(h_.get()));
+    }
+    /* Its process id. Thread: any. */
+    std::int64_t
+    pid() const
+    {
+        return tether_child_get_pid(h_.get());
+    }
+    /* tether_child_terminate: close its connection, then SIGTERM, then SIGKILL.
+     * Thread: any. */
+    result<void>
+    try_terminate() const
+    {
+        return detail::check(tether_child_terminate(h_.get()));
+    }
+    /* Wait up to timeout for it to exit: its exit code, or minus the signal that ended
+     * it; TETHER_ETIMEDOUT while it runs (tether_child_wait). Thread: any. */
+    result<int>
+    try_wait(std::chrono::microseconds timeout = infinite) const
+    {
+        int status = 0;
+        int r = tether_child_wait(h_.get(), detail::to_usec(timeout), &status);
+        if (r < 0) {
+            return error_info::from_code(r);
+        }
+        return status;
+    }
+#if TETHER_CPP_EXCEPTIONS
+    void
+    terminate() const
+    {
+        try_terminate().value();
+    }
+    int
+    wait(std::chrono::microseconds timeout = infinite) const
+    {
+        return try_wait(timeout).value();
+    }
+#endif
+    explicit operator bool() const noexcept
+    {
+        return h_.get() != nullptr;
+    }
+    /* The C child, borrowed. */
+    tether_child *
+    get() const noexcept
+    {
+        return h_.get();
+    }
+
+  private:
+    explicit child(detail::handle<tether_child> h) : h_(std::move(h))
+    {
+    }
+    detail::handle<tether_child> h_;
+};
+
+/* ---------------------------------------------------------------------------------
  * Hosts: tether_host
  * ------------------------------------------------------------------------------- */
 
@@ -3089,6 +3188,32 @@ class host {
     new_object(const object_class<T> &cls, std::shared_ptr<T> obj)
     {
         return try_new_object(cls, std::move(obj)).value();
+    }
+#endif
+
+    /*
+     * Start a Python interpreter running options' script, module or object, and wait
+     * until it is connected with its root object made (tether_host_spawn). A failure
+     * carries the child's exception, with its traceback, when it raised (a SyntaxError,
+     * an ImportError). Blocks: not from an IO handler. Thread: any.
+     */
+    result<child>
+    try_spawn(const tether_spawn_options &options)
+    {
+        tether_child *c = nullptr;
+        tether_error err = TETHER_ERROR_INIT;
+        int r = tether_host_spawn(h_, &options, &c, &err);
+        if (r < 0) {
+            return error_info::take(r, &err);
+        }
+        tether_error_done(&err);
+        return child::adopt(c);
+    }
+#if TETHER_CPP_EXCEPTIONS
+    child
+    spawn(const tether_spawn_options &options)
+    {
+        return try_spawn(options).value();
     }
 #endif
 
