@@ -24,6 +24,7 @@
 #endif
 
 #ifdef __cplusplus
+#include <tether.hpp> /* docs/cpp-guide.md */
 #ifdef DOC_FRAGMENT_QT
 #include <QCoreApplication>
 #include <QObject>

@@ -1,10 +1,10 @@
 """The C and C++ of the docs compiles, and the build commands they show work.
 
 Every ```c and ```cpp block marked `<!-- compiled -->` (see doc_pages.py) is compiled with
--Wall -Werror against include/tether.h, inside a harness that supplies what a fragment
-assumes (doc_fragments.h): a fragment's top-level definitions (the chunks, between blank
-lines, that start with `static`) go at file scope, the rest of it into the body of a
-function whose parameters are the variables fragments use as given (`host`, `conn`,
+-Wall -Werror against include/tether.h (and tether.hpp), inside a harness that supplies
+what a fragment assumes (doc_fragments.h): a fragment's top-level definitions (the chunks,
+between blank lines, that start with `static`, and in C++ `struct` or `template`) go at
+file scope, the rest of it into the body of a function whose parameters are the variables fragments use as given (`host`, `conn`,
 `req`, ...). Warnings about unused things are off: a fragment shows a definition or a
 call without the code around it that would use it. `compiled: glib` adds GLib's headers,
 `compiled: qt` compiles C++ with Qt's, with g++; a harness whose headers are missing
@@ -59,9 +59,10 @@ def chunks(source):
     return found
 
 
-def at_file_scope(chunk):
+def at_file_scope(chunk, cpp=False):
     code = re.sub(r"/\*.*?\*/", "", chunk, flags=re.S).lstrip()
-    return code.startswith("static ")
+    # C++ fragments (cpp-guide.md) also define types and specializations.
+    return code.startswith(("static ", "struct ", "template ") if cpp else "static ")
 
 
 def harness(block):
@@ -71,7 +72,7 @@ def harness(block):
     top, body = [], []
     for start, text in chunks(block.source):
         part = f'#line {block.line + start} "{page}"\n{text}\n'
-        (top if at_file_scope(text) else body).append(part)
+        (top if at_file_scope(text, block.language == "cpp") else body).append(part)
     return "".join([
         '#include "doc_fragments.h"\n',
         *top,

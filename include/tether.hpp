@@ -1,0 +1,3516 @@
+/*
+ * tether.hpp: a header-only C++17 API over tether.h (issue #15).
+ *
+ * Everything here is a thin layer over the C API of tether.h, which stays the reference
+ * for what each operation does, its error codes and its thread rules: every function
+ * below says which C function it wraps and repeats its Thread: line.
+ *
+ * What the layer adds:
+ * - RAII handles: tether::value, buffer, conn, object and future hold one reference
+ *   each and release it when destroyed (all but future copy by taking another reference;
+ *   future moves only); tether::host and tether::client own their C object and the
+ *   services registered through them, and move only.
+ * - Objects by reference: a C++ class exported through tether::object_class<T>, its
+ *   methods registered once per class, each object around a std::shared_ptr<T>.
+ * - Spawned Python children (host::spawn): a tether::child and its root proxy.
+ * - Typed conversions, deduced at compile time: a service is a lambda, a function or a
+ *   member function with typed parameters and result; call<R>() reads its result as R.
+ *   A mismatch from a peer is answered with the TypeError a C service would send
+ *   ("item 2: expected int, got str"). See "Conversions" for the types and for the
+ *   customization point tether::convert<T>.
+ * - Errors as exceptions: tether::error (a code and the tether_error fields) and
+ *   tether::remote_error (TETHER_EREMOTE: the peer raised). Every throwing operation
+ *   x() has a non-throwing twin try_x() returning tether::result<T>; built without
+ *   exceptions (-fno-exceptions), only the try_ forms exist.
+ *
+ * Link with libtether as a C host does (pkg-config tether); nothing else is needed.
+ */
+#ifndef TETHER_HPP
+#define TETHER_HPP
+
+#include <tether.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
+#define TETHER_CPP_EXCEPTIONS 1
+#else
+#define TETHER_CPP_EXCEPTIONS 0
+#endif
+
+namespace tether {
+
+/* ---------------------------------------------------------------------------------
+ * Contexts and durations
+ * ------------------------------------------------------------------------------- */
+
+/* Where a service handler or a continuation runs: tether_context, same rules. */
+enum class context : int {
+    io = TETHER_CONTEXT_IO,
+    main = TETHER_CONTEXT_MAIN,
+    pool = TETHER_CONTEXT_POOL,
+    any = TETHER_CONTEXT_ANY,
+};
+
+/* Durations are std::chrono; these two stand for TETHER_TIMEOUT_DEFAULT and
+ * TETHER_TIMEOUT_INFINITE / TETHER_BUDGET_UNLIMITED. */
+inline constexpr std::chrono::microseconds default_timeout{0};
+inline constexpr std::chrono::microseconds infinite{std::chrono::microseconds::max()};
+
+namespace detail {
+
+inline std::uint64_t
+to_usec(std::chrono::microseconds d)
+{
+    if (d == infinite) {
+        return TETHER_TIMEOUT_INFINITE;
+    }
+    return d.count() < 0 ? 0 : static_cast<std::uint64_t>(d.count());
+}
+
+} // namespace detail
+
+/* ---------------------------------------------------------------------------------
+ * Errors
+ * ------------------------------------------------------------------------------- */
+
+/*
+ * What a failure was: the TETHER_E* code and, as tether_error has them, a type name
+ * ("TypeError", "tether.Timeout", a remote exception's type), a message and the remote
+ * traceback (empty when none).
+ */
+struct error_info {
+    int code = 0;
+    std::string type;
+    std::string message;
+    std::string traceback;
+
+    /* From a code and a tether_error the C API filled, which it empties. A failure the
+     * C API gave no details for gets tether_err_type() and tether_strerror(). */
+    static error_info
+    take(int code, tether_error *err)
+    {
+        error_info info;
+        info.code = code;
+        if (err && err->type) {
+            info.type = err->type;
+        } else {
+            info.type = tether_err_type(code);
+        }
+        if (err && err->message) {
+            info.message = err->message;
+        } else if (!err || !err->type) {
+            info.message = tether_strerror(code);
+        }
+        if (err && err->traceback) {
+            info.traceback = err->traceback;
+        }
+        tether_error_done(err);
+        return info;
+    }
+
+    static error_info
+    from_code(int code)
+    {
+        return take(code, nullptr);
+    }
+};
+
+#if TETHER_CPP_EXCEPTIONS
+/* A failed operation: code() is the TETHER_E* code; what() reads "type: message". */
+class error : public std::runtime_error {
+  public:
+    explicit error(error_info info)
+        : std::runtime_error(info.type + ": " + info.message), info_(std::move(info))
+    {
+    }
+    int
+    code() const noexcept
+    {
+        return info_.code;
+    }
+    const std::string &
+    type() const noexcept
+    {
+        return info_.type;
+    }
+    const std::string &
+    message() const noexcept
+    {
+        return info_.message;
+    }
+    const std::string &
+    traceback() const noexcept
+    {
+        return info_.traceback;
+    }
+    const error_info &
+    info() const noexcept
+    {
+        return info_;
+    }
+
+  private:
+    error_info info_;
+};
+
+/*
+ * The peer raised (code() == TETHER_EREMOTE): type() is its exception's type, with its
+ * message and traceback. Thrown from a service handler, it is sent back as that type,
+ * with that message and traceback, as tether_request_reply_error_full does.
+ */
+class remote_error : public error {
+  public:
+    explicit remote_error(error_info info) : error(std::move(info))
+    {
+    }
+    /* An error to throw from a handler: the caller sees this type and message. */
+    remote_error(std::string type, std::string message, std::string traceback = {})
+        : error(
+              error_info{TETHER_EREMOTE, std::move(type), std::move(message), std::move(traceback)})
+    {
+    }
+};
+#endif
+
+/* Throw the exception for info (remote_error for TETHER_EREMOTE, else error); without
+ * exceptions, print it and abort, as the standard library does. */
+[[noreturn]] inline void
+throw_error(error_info info)
+{
+#if TETHER_CPP_EXCEPTIONS
+    if (info.code == TETHER_EREMOTE) {
+        throw remote_error(std::move(info));
+    }
+    throw error(std::move(info));
+#else
+    std::fprintf(stderr, "tether: %s: %s\n", info.type.c_str(), info.message.c_str());
+    std::abort();
+#endif
+}
+
+/*
+ * The outcome of a try_ operation: a T, or the error_info of the failure. value()
+ * throws the failure (remote_error or error); error() is valid when !ok().
+ */
+template <class T> class [[nodiscard]] result {
+  public:
+    result(T value) : value_(std::move(value))
+    {
+    }
+    result(error_info failure) : error_(std::move(failure))
+    {
+    }
+    bool
+    ok() const noexcept
+    {
+        return value_.has_value();
+    }
+    explicit operator bool() const noexcept
+    {
+        return ok();
+    }
+    int
+    code() const noexcept
+    {
+        return ok() ? 0 : error_.code;
+    }
+    const error_info &
+    error() const noexcept
+    {
+        return error_;
+    }
+    T &
+    value() &
+    {
+        if (!ok()) {
+            throw_error(error_);
+        }
+        return *value_;
+    }
+    const T &
+    value() const &
+    {
+        if (!ok()) {
+            throw_error(error_);
+        }
+        return *value_;
+    }
+    T &&
+    value() &&
+    {
+        if (!ok()) {
+            throw_error(std::move(error_));
+        }
+        return std::move(*value_);
+    }
+
+  private:
+    std::optional<T> value_;
+    error_info error_;
+};
+
+template <> class [[nodiscard]] result<void> {
+  public:
+    result() = default;
+    result(error_info failure) : error_(std::move(failure)), ok_(false)
+    {
+    }
+    bool
+    ok() const noexcept
+    {
+        return ok_;
+    }
+    explicit operator bool() const noexcept
+    {
+        return ok_;
+    }
+    int
+    code() const noexcept
+    {
+        return ok_ ? 0 : error_.code;
+    }
+    const error_info &
+    error() const noexcept
+    {
+        return error_;
+    }
+    void
+    value() const
+    {
+        if (!ok_) {
+            throw_error(error_);
+        }
+    }
+
+  private:
+    error_info error_;
+    bool ok_ = true;
+};
+
+namespace detail {
+
+inline result<void>
+check(int code)
+{
+    if (code < 0) {
+        return error_info::from_code(code);
+    }
+    return {};
+}
+
+/* One reference to a C object: the ref/unref pair of each type, found by overloading. */
+inline tether_value *
+ref(tether_value *p)
+{
+    return tether_value_ref(p);
+}
+inline void
+unref(tether_value *p)
+{
+    tether_value_unref(p);
+}
+inline tether_buffer *
+ref(tether_buffer *p)
+{
+    return tether_buffer_ref(p);
+}
+inline void
+unref(tether_buffer *p)
+{
+    tether_buffer_unref(p);
+}
+inline tether_conn *
+ref(tether_conn *p)
+{
+    return tether_conn_ref(p);
+}
+inline void
+unref(tether_conn *p)
+{
+    tether_conn_unref(p);
+}
+inline tether_future *
+ref(tether_future *p)
+{
+    return tether_future_ref(p);
+}
+inline void
+unref(tether_future *p)
+{
+    tether_future_unref(p);
+}
+inline tether_object *
+ref(tether_object *p)
+{
+    return tether_object_ref(p);
+}
+inline void
+unref(tether_object *p)
+{
+    tether_object_unref(p);
+}
+
+inline tether_child *
+ref(tether_child *p)
+{
+    return tether_child_ref(p);
+}
+inline void
+unref(tether_child *p)
+{
+    tether_child_unref(p);
+}
+
+/* Holds one reference (or none); copying takes another, moving steals it. */
+template <class T> class handle {
+  public:
+    handle() = default;
+    /* Takes over a reference the caller owns. */
+    static handle
+    adopt(T *p) noexcept
+    {
+        handle h;
+        h.p_ = p;
+        return h;
+    }
+    /* Takes a reference of its own to a borrowed pointer. */
+    static handle
+    borrow(T *p) noexcept
+    {
+        return adopt(p ? ref(p) : nullptr);
+    }
+    handle(const handle &other) noexcept : p_(other.p_ ? ref(other.p_) : nullptr)
+    {
+    }
+    handle(handle &&other) noexcept : p_(std::exchange(other.p_, nullptr))
+    {
+    }
+    handle &
+    operator=(handle other) noexcept
+    {
+        std::swap(p_, other.p_);
+        return *this;
+    }
+    ~handle()
+    {
+        if (p_) {
+            unref(p_);
+        }
+    }
+    T *
+    get() const noexcept
+    {
+        return p_;
+    }
+    /* Gives the reference to the caller. */
+    T *
+    release() noexcept
+    {
+        return std::exchange(p_, nullptr);
+    }
+
+  private:
+    T *p_ = nullptr;
+};
+
+} // namespace detail
+
+/* ---------------------------------------------------------------------------------
+ * Buffers: tether_buffer, bytes in shared memory
+ * ------------------------------------------------------------------------------- */
+
+class buffer {
+  public:
+    buffer() = default;
+    /* Wrap a C buffer: adopt takes over the caller's reference, borrow takes one. */
+    static buffer
+    adopt(tether_buffer *b) noexcept
+    {
+        return buffer(detail::handle<tether_buffer>::adopt(b));
+    }
+    static buffer
+    borrow(tether_buffer *b) noexcept
+    {
+        return buffer(detail::handle<tether_buffer>::borrow(b));
+    }
+
+    /* tether_buffer_new: size bytes, zero-filled, writable. Thread: any. */
+    static result<buffer>
+    try_make(std::size_t size)
+    {
+        tether_buffer *b = nullptr;
+        int r = tether_buffer_new(size, &b);
+        if (r < 0) {
+            return error_info::from_code(r);
+        }
+        return adopt(b);
+    }
+#if TETHER_CPP_EXCEPTIONS
+    static buffer
+    make(std::size_t size)
+    {
+        return try_make(size).value();
+    }
+#endif
+
+    /* The bytes (NULL for size 0 or an empty handle). Thread: any. */
+    const std::uint8_t *
+    data() const noexcept
+    {
+        return h_.get() ? static_cast<const std::uint8_t *>(tether_buffer_get_data(h_.get()))
+                        : nullptr;
+    }
+    /* Writable bytes of a buffer made here; NULL for one received. Thread: any. */
+    std::uint8_t *
+    writable() noexcept
+    {
+        return h_.get() ? static_cast<std::uint8_t *>(tether_buffer_get_writable(h_.get()))
+                        : nullptr;
+    }
+    std::size_t
+    size() const noexcept
+    {
+        return h_.get() ? tether_buffer_get_size(h_.get()) : 0;
+    }
+    explicit operator bool() const noexcept
+    {
+        return h_.get() != nullptr;
+    }
+    /* The C buffer, borrowed. */
+    tether_buffer *
+    get() const noexcept
+    {
+        return h_.get();
+    }
+
+  private:
+    explicit buffer(detail::handle<tether_buffer> h) : h_(std::move(h))
+    {
+    }
+    detail::handle<tether_buffer> h_;
+};
+
+/*
+ * Bytes borrowed from elsewhere (a span of bytes): sent as a msgpack bin; read from a bin
+ * or a buffer, it points into the value it was read from and lives as long as that value
+ * (a handler's arguments: the handler's duration).
+ */
+struct bytes_view {
+    const std::uint8_t *data = nullptr;
+    std::size_t size = 0;
+
+    bytes_view() = default;
+    bytes_view(const void *bytes, std::size_t count)
+        : data(static_cast<const std::uint8_t *>(bytes)), size(count)
+    {
+    }
+    bytes_view(const std::vector<std::uint8_t> &bytes) : data(bytes.data()), size(bytes.size())
+    {
+    }
+};
+
+/* ---------------------------------------------------------------------------------
+ * Conversions
+ *
+ * A C++ type travels as msgpack through tether::convert<T>, which has
+ *   static void write(writer &w, const T &v);
+ *   static bool read(reader &r, T &out);   // false after r.fail(...) or a failed read
+ * Provided: bool; every integer type (range checked on reading: "integer 300 out of range
+ * for uint8"); float and double (integers convert); std::string, std::string_view and
+ * const char * (str; a string_view read borrows from the value); bytes_view and
+ * std::vector<std::uint8_t> (bin; a buffer reads as its bytes); tether::buffer (a buffer;
+ * a bin, as it arrives over TCP, reads as a new buffer holding a copy); std::vector<T>
+ * (array); std::map and std::unordered_map with std::string keys (map); std::optional<T>
+ * (nil or T); std::tuple<T...> (an array of exactly that many items); tether::value (any
+ * value). A user type gets a specialization of tether::convert, usually written with the
+ * conversions of its fields:
+ *
+ *   template <> struct tether::convert<point> {
+ *       static void write(tether::writer &w, const point &p) {
+ *           tether::write(w, std::tuple<double, double>(p.x, p.y));
+ *       }
+ *       static bool read(tether::reader &r, point &p) {
+ *           std::tuple<double, double> t;
+ *           if (!tether::read(r, t)) return false;
+ *           std::tie(p.x, p.y) = t;
+ *           return true;
+ *       }
+ *   };
+ *
+ * Reading checks every item and stops at the first mismatch, with the TypeError text the
+ * C reader gives (tether_value_read): the position as "item 3.1" (1-based, through
+ * arrays and maps, a map's keys and values counted in turn) and both types.
+ * ------------------------------------------------------------------------------- */
+
+template <class T, class Enable = void> struct convert;
+
+/* Writes msgpack, collecting the buffers and objects it refers to. */
+class writer {
+  public:
+    void
+    nil()
+    {
+        put(0xc0);
+    }
+    void
+    boolean(bool b)
+    {
+        put(b ? 0xc3 : 0xc2);
+    }
+    void
+    uint(std::uint64_t u)
+    {
+        if (u < 0x80) {
+            put(static_cast<std::uint8_t>(u));
+        } else if (u <= 0xff) {
+            put(0xcc);
+            put(static_cast<std::uint8_t>(u));
+        } else if (u <= 0xffff) {
+            put(0xcd);
+            be(u, 2);
+        } else if (u <= 0xffffffffu) {
+            put(0xce);
+            be(u, 4);
+        } else {
+            put(0xcf);
+            be(u, 8);
+        }
+    }
+    void
+    sint(std::int64_t i)
+    {
+        if (i >= 0) {
+            uint(static_cast<std::uint64_t>(i));
+        } else if (i >= -32) {
+            put(static_cast<std::uint8_t>(0xe0 | (i + 32)));
+        } else if (i >= INT8_MIN) {
+            put(0xd0);
+            be(static_cast<std::uint64_t>(i), 1);
+        } else if (i >= INT16_MIN) {
+            put(0xd1);
+            be(static_cast<std::uint64_t>(i), 2);
+        } else if (i >= INT32_MIN) {
+            put(0xd2);
+            be(static_cast<std::uint64_t>(i), 4);
+        } else {
+            put(0xd3);
+            be(static_cast<std::uint64_t>(i), 8);
+        }
+    }
+    void
+    float64(double d)
+    {
+        std::uint64_t bits;
+        std::memcpy(&bits, &d, sizeof bits);
+        put(0xcb);
+        be(bits, 8);
+    }
+    void
+    str(std::string_view s)
+    {
+        std::size_t n = s.size();
+        if (n < 32) {
+            put(static_cast<std::uint8_t>(0xa0 | n));
+        } else {
+            header(n, 0xd9, 0xda, 0xdb);
+        }
+        bytes_.append(s.data(), n);
+    }
+    void
+    bin(const void *data, std::size_t n)
+    {
+        header(n, 0xc4, 0xc5, 0xc6);
+        bytes_.append(static_cast<const char *>(data), n);
+    }
+    void
+    array(std::size_t n)
+    {
+        if (n < 16) {
+            put(static_cast<std::uint8_t>(0x90 | n));
+        } else {
+            header(n, 0, 0xdc, 0xdd);
+        }
+    }
+    void
+    map(std::size_t n)
+    {
+        if (n < 16) {
+            put(static_cast<std::uint8_t>(0x80 | n));
+        } else {
+            header(n, 0, 0xde, 0xdf);
+        }
+    }
+    /* A buffer by descriptor (nil for an empty handle). */
+    void
+    buf(const buffer &b)
+    {
+        if (!b) {
+            nil();
+            return;
+        }
+        /* The library writes a BUFFER ext its own way: take its bytes. */
+        tether_value *v = nullptr;
+        int r = tether_value_new(&v, "B", b.get());
+        const void *data = nullptr;
+        std::size_t size = 0;
+        if (r >= 0) {
+            r = tether_value_get_msgpack(v, &data, &size);
+        }
+        if (r < 0) {
+            fail(r);
+        } else {
+            bytes_.append(static_cast<const char *>(data), size);
+            buffers_.push_back(buffer::borrow(b.get()));
+        }
+        tether_value_unref(v);
+    }
+    /* Encoded msgpack of one item whose objects and buffers are listed, in order. */
+    void
+    raw(const void *data, std::size_t size, tether_object *const *objects, std::size_t n_objects,
+        tether_buffer *const *buffers, std::size_t n_buffers)
+    {
+        bytes_.append(static_cast<const char *>(data), size);
+        for (std::size_t i = 0; i < n_objects; i++) {
+            objects_.push_back(detail::handle<tether_object>::borrow(objects[i]));
+        }
+        for (std::size_t i = 0; i < n_buffers; i++) {
+            buffers_.push_back(buffer::borrow(buffers[i]));
+        }
+    }
+    /* Make what is written fail with code (the first failure wins). */
+    void
+    fail(int code)
+    {
+        if (code_ == 0) {
+            code_ = code;
+        }
+    }
+
+    int
+    code() const noexcept
+    {
+        return code_;
+    }
+    const std::string &
+    bytes() const noexcept
+    {
+        return bytes_;
+    }
+    bool
+    plain() const noexcept
+    {
+        return buffers_.empty() && objects_.empty();
+    }
+    /* A new value of what was written (exactly one item). */
+    int
+    make_value(tether_value **ret) const
+    {
+        if (code_ < 0) {
+            return code_;
+        }
+        if (plain()) {
+            return tether_value_new_msgpack(bytes_.data(), bytes_.size(), ret);
+        }
+        std::vector<tether_object *> objects;
+        std::vector<tether_buffer *> buffers;
+        for (auto &o : objects_) {
+            objects.push_back(o.get());
+        }
+        for (auto &b : buffers_) {
+            buffers.push_back(b.get());
+        }
+        return tether_value_new_msgpack_buffers(bytes_.data(), bytes_.size(), objects.data(),
+                                                objects.size(), buffers.data(), buffers.size(),
+                                                ret);
+    }
+
+  private:
+    void
+    put(std::uint8_t b)
+    {
+        bytes_.push_back(static_cast<char>(b));
+    }
+    void
+    be(std::uint64_t v, int n)
+    {
+        for (int i = n - 1; i >= 0; i--) {
+            put(static_cast<std::uint8_t>(v >> (8 * i)));
+        }
+    }
+    void
+    header(std::size_t n, std::uint8_t tag8, std::uint8_t tag16, std::uint8_t tag32)
+    {
+        if (tag8 && n <= 0xff) {
+            put(tag8);
+            be(n, 1);
+        } else if (n <= 0xffff) {
+            put(tag16);
+            be(n, 2);
+        } else if (n <= 0xffffffffu) {
+            put(tag32);
+            be(n, 4);
+        } else {
+            fail(TETHER_EMSGSIZE);
+        }
+    }
+
+    std::string bytes_;
+    std::vector<buffer> buffers_;
+    std::vector<detail::handle<tether_object>> objects_;
+    int code_ = 0;
+};
+
+/* Reads msgpack of a value, keeping track of where it is for TypeError messages. */
+class reader {
+  public:
+    /* What is next, without reading it. */
+    enum class kind {
+        nil,
+        boolean,
+        uint,
+        sint,
+        real,
+        str,
+        bin,
+        array,
+        map,
+        ext,
+        end
+    };
+
+    /* A reader over a value (borrowed: it must outlive the reader). */
+    explicit reader(const tether_value *v)
+    {
+        const void *data = nullptr;
+        std::size_t size = 0;
+        if (v && tether_value_get_msgpack(v, &data, &size) >= 0) {
+            p_ = static_cast<const std::uint8_t *>(data);
+            end_ = p_ + size;
+        }
+        if (v) {
+            tether_buffer *const *bufs = nullptr;
+            tether_object *const *objs = nullptr;
+            std::size_t n = 0;
+            if (tether_value_get_buffers(v, &bufs, &n) >= 0) {
+                buffers_ = bufs;
+                n_buffers_ = n;
+            }
+            if (tether_value_get_objects(v, &objs, &n) >= 0) {
+                objects_ = objs;
+                n_objects_ = n;
+            }
+        }
+    }
+
+    kind
+    peek() const
+    {
+        head h;
+        const std::uint8_t *p = p_;
+        if (!parse(p, h)) {
+            return kind::end;
+        }
+        return h.k;
+    }
+
+    bool
+    nil()
+    {
+        head h;
+        if (!next(h, "nil")) {
+            return false;
+        }
+        return h.k == kind::nil || mismatch("nil", h);
+    }
+    bool
+    boolean(bool &out)
+    {
+        head h;
+        if (!next(h, "bool")) {
+            return false;
+        }
+        if (h.k != kind::boolean) {
+            return mismatch("bool", h);
+        }
+        out = h.u != 0;
+        return true;
+    }
+    /* An integer of type T, range checked as the C reader does. */
+    template <class T>
+    bool
+    integer(T &out, const char *name)
+    {
+        head h;
+        if (!next(h, "int")) {
+            return false;
+        }
+        if (h.k == kind::uint) {
+            if (h.u > static_cast<std::uint64_t>(std::numeric_limits<T>::max())) {
+                return fail("integer " + std::to_string(h.u) + " out of range for " + name);
+            }
+            out = static_cast<T>(h.u);
+            return true;
+        }
+        if (h.k == kind::sint) {
+            if constexpr (std::is_unsigned_v<T>) {
+                return fail("expected int >= 0, got " + std::to_string(h.i));
+            } else {
+                if (h.i < static_cast<std::int64_t>(std::numeric_limits<T>::min())) {
+                    return fail("integer " + std::to_string(h.i) + " out of range for " + name);
+                }
+                out = static_cast<T>(h.i);
+                return true;
+            }
+        }
+        return mismatch("int", h);
+    }
+    bool
+    real(double &out)
+    {
+        head h;
+        if (!next(h, "float")) {
+            return false;
+        }
+        switch (h.k) {
+        case kind::real:
+            out = h.d;
+            return true;
+        case kind::uint:
+            out = static_cast<double>(h.u);
+            return true;
+        case kind::sint:
+            out = static_cast<double>(h.i);
+            return true;
+        default:
+            return mismatch("float", h);
+        }
+    }
+    /* A str, borrowed from the value. */
+    bool
+    str(std::string_view &out)
+    {
+        head h;
+        if (!next(h, "str")) {
+            return false;
+        }
+        if (h.k != kind::str) {
+            return mismatch("str", h);
+        }
+        out = std::string_view(reinterpret_cast<const char *>(h.data), h.len);
+        return true;
+    }
+    /* A bin, or a buffer's bytes, borrowed from the value. */
+    bool
+    bytes(bytes_view &out)
+    {
+        head h;
+        if (!next(h, "bytes")) {
+            return false;
+        }
+        if (h.k == kind::bin) {
+            out = bytes_view(h.data, h.len);
+            return true;
+        }
+        if (h.k == kind::ext && h.ext_type == TETHER_MSGPACK_EXT_BUFFER) {
+            tether_buffer *b = take_buffer();
+            if (!b) {
+                return fail("buffer not bound to a buffer");
+            }
+            out = bytes_view(tether_buffer_get_data(b), tether_buffer_get_size(b));
+            return true;
+        }
+        return mismatch("bytes", h);
+    }
+    /* A buffer; a bin becomes a new buffer holding a copy. */
+    bool
+    buf(buffer &out)
+    {
+        head h;
+        if (!next(h, "buffer")) {
+            return false;
+        }
+        if (h.k == kind::ext && h.ext_type == TETHER_MSGPACK_EXT_BUFFER) {
+            tether_buffer *b = take_buffer();
+            if (!b) {
+                return fail("buffer not bound to a buffer");
+            }
+            out = buffer::borrow(b);
+            return true;
+        }
+        if (h.k == kind::bin) {
+            tether_buffer *b = nullptr;
+            int r = tether_buffer_new_uninitialized(h.len, &b);
+            if (r < 0) {
+                return fail(std::string("cannot make a buffer: ") + tether_strerror(r));
+            }
+            if (h.len) {
+                std::memcpy(tether_buffer_get_writable(b), h.data, h.len);
+            }
+            out = buffer::adopt(b);
+            return true;
+        }
+        return mismatch("buffer", h);
+    }
+    /* An object by reference (borrowed from the value). */
+    bool
+    ref(tether_object *&out)
+    {
+        head h;
+        if (!next(h, "ref")) {
+            return false;
+        }
+        if (h.k != kind::ext || h.ext_type != TETHER_MSGPACK_EXT_OBJECT) {
+            return mismatch("ref", h);
+        }
+        if (object_at_ >= n_objects_) {
+            return fail("object reference not bound to an object");
+        }
+        out = objects_[object_at_++];
+        return true;
+    }
+    /* An array header: its count. */
+    bool
+    array(std::size_t &count)
+    {
+        head h;
+        if (!next(h, "array")) {
+            return false;
+        }
+        if (h.k != kind::array) {
+            return mismatch("array", h);
+        }
+        count = h.len;
+        return true;
+    }
+    /* An array of exactly count items. */
+    bool
+    array_of(std::size_t count)
+    {
+        std::size_t n = 0;
+        if (!array(n)) {
+            return false;
+        }
+        if (n != count) {
+            return fail("expected array of " + std::to_string(count) +
+                        (count == 1 ? " item, got " : " items, got ") + std::to_string(n));
+        }
+        return true;
+    }
+    /* A request's positional arguments: an array of exactly count items, with the
+     * messages of tether_request_read. */
+    bool
+    args(std::size_t count)
+    {
+        head h;
+        if (!next(h, "array")) {
+            return false;
+        }
+        if (h.k != kind::array) {
+            return fail(std::string("arguments must be an array, got ") + type_name(h));
+        }
+        if (h.len != count) {
+            return fail("takes " + std::to_string(count) +
+                        (count == 1 ? " argument, got " : " arguments, got ") +
+                        std::to_string(h.len));
+        }
+        return true;
+    }
+    /* A map header: its count of pairs. */
+    bool
+    map(std::size_t &count)
+    {
+        head h;
+        if (!next(h, "map")) {
+            return false;
+        }
+        if (h.k != kind::map) {
+            return mismatch("map", h);
+        }
+        count = h.len;
+        return true;
+    }
+    /* One whole item, as a value of its own. */
+    bool
+    any(tether_value **ret)
+    {
+        const std::uint8_t *start = p_;
+        std::size_t first_buffer = buffer_at_, first_object = object_at_;
+        if (!skip()) {
+            return false;
+        }
+        int r = tether_value_new_msgpack_buffers(start, static_cast<std::size_t>(p_ - start),
+                                                 objects_ + first_object, object_at_ - first_object,
+                                                 buffers_ + first_buffer, buffer_at_ - first_buffer,
+                                                 ret);
+        if (r < 0) {
+            return fail(std::string("cannot make a value: ") + tether_strerror(r));
+        }
+        return true;
+    }
+    /* Pass over one whole item. */
+    bool
+    skip()
+    {
+        std::size_t pending = 1;
+        while (pending > 0) {
+            head h;
+            if (!next(h, "a value")) {
+                return false;
+            }
+            pending--;
+            if (h.k == kind::array) {
+                pending += h.len;
+            } else if (h.k == kind::map) {
+                pending += 2 * static_cast<std::size_t>(h.len);
+            } else if (h.k == kind::ext && h.ext_type == TETHER_MSGPACK_EXT_BUFFER) {
+                buffer_at_++;
+            } else if (h.k == kind::ext && h.ext_type == TETHER_MSGPACK_EXT_OBJECT) {
+                object_at_++;
+            }
+        }
+        return true;
+    }
+
+    /* Positions for messages: enter(i) before reading item i (1-based) of a container,
+     * leave() after it. */
+    void
+    enter(std::size_t item)
+    {
+        path_.push_back(item);
+    }
+    void
+    leave()
+    {
+        path_.pop_back();
+    }
+    /* Record a TypeError at the current position; returns false. */
+    bool
+    fail(const std::string &what)
+    {
+        if (message_.empty()) {
+            std::string where;
+            for (std::size_t i = 0; i < path_.size(); i++) {
+                where += (i ? "." : "item ") + std::to_string(path_[i]);
+            }
+            message_ = where.empty() ? what : where + ": " + what;
+        }
+        return false;
+    }
+    /* The TypeError message of the first failure ("" while none). */
+    const std::string &
+    message() const noexcept
+    {
+        return message_;
+    }
+    bool
+    at_end() const noexcept
+    {
+        return p_ == end_;
+    }
+
+  private:
+    struct head {
+        kind k = kind::end;
+        std::uint64_t u = 0;
+        std::int64_t i = 0;
+        double d = 0;
+        std::uint32_t len = 0; /* str/bin/ext bytes, array items, map pairs */
+        const std::uint8_t *data = nullptr;
+        std::int8_t ext_type = 0;
+    };
+
+    static const char *
+    type_name(const head &h)
+    {
+        switch (h.k) {
+        case kind::nil:
+            return "nil";
+        case kind::boolean:
+            return "bool";
+        case kind::uint:
+        case kind::sint:
+            return "int";
+        case kind::real:
+            return "float";
+        case kind::str:
+            return "str";
+        case kind::bin:
+            return "bytes";
+        case kind::array:
+            return "array";
+        case kind::map:
+            return "map";
+        case kind::ext:
+            return h.ext_type == TETHER_MSGPACK_EXT_OBJECT   ? "ref"
+                   : h.ext_type == 2                         ? "error"
+                   : h.ext_type == TETHER_MSGPACK_EXT_BUFFER ? "buffer"
+                                                             : "ext";
+        default:
+            return "?";
+        }
+    }
+    bool
+    mismatch(const char *expected, const head &h)
+    {
+        return fail(std::string("expected ") + expected + ", got " + type_name(h));
+    }
+    tether_buffer *
+    take_buffer()
+    {
+        return buffer_at_ < n_buffers_ ? buffers_[buffer_at_++] : nullptr;
+    }
+    bool
+    next(head &h, const char *expected)
+    {
+        if (!parse(p_, h)) {
+            return fail(std::string("expected ") + expected + ", got nothing");
+        }
+        return true;
+    }
+    /* Read one header at p (advancing past it, and past the payload of a str, bin or
+     * ext); false when the bytes end first. The library validated the bytes when it
+     * made the value, so this only guards against reading past the end. */
+    bool
+    parse(const std::uint8_t *&p, head &h) const
+    {
+        if (p >= end_) {
+            return false;
+        }
+        std::uint8_t b = *p++;
+        auto load = [&](int n, std::uint64_t &out) {
+            if (end_ - p < n) {
+                return false;
+            }
+            out = 0;
+            for (int i = 0; i < n; i++) {
+                out = (out << 8) | *p++;
+            }
+            return true;
+        };
+        auto payload = [&](std::uint64_t n) {
+            if (static_cast<std::uint64_t>(end_ - p) < n) {
+                return false;
+            }
+            h.data = p;
+            h.len = static_cast<std::uint32_t>(n);
+            p += n;
+            return true;
+        };
+        std::uint64_t n = 0;
+        if (b <= 0x7f) {
+            h.k = kind::uint;
+            h.u = b;
+            return true;
+        }
+        if (b >= 0xe0) {
+            h.k = kind::sint;
+            h.i = static_cast<std::int8_t>(b);
+            return true;
+        }
+        if ((b & 0xe0) == 0xa0) {
+            h.k = kind::str;
+            return payload(b & 0x1f);
+        }
+        if ((b & 0xf0) == 0x90) {
+            h.k = kind::array;
+            h.len = b & 0x0f;
+            return true;
+        }
+        if ((b & 0xf0) == 0x80) {
+            h.k = kind::map;
+            h.len = b & 0x0f;
+            return true;
+        }
+        switch (b) {
+        case 0xc0:
+            h.k = kind::nil;
+            return true;
+        case 0xc2:
+        case 0xc3:
+            h.k = kind::boolean;
+            h.u = b == 0xc3;
+            return true;
+        case 0xcc:
+        case 0xcd:
+        case 0xce:
+        case 0xcf:
+            h.k = kind::uint;
+            return load(1 << (b - 0xcc), h.u);
+        case 0xd0:
+        case 0xd1:
+        case 0xd2:
+        case 0xd3: {
+            int size = 1 << (b - 0xd0);
+            if (!load(size, n)) {
+                return false;
+            }
+            /* Sign-extend from size bytes. */
+            int shift = 64 - 8 * size;
+            h.i = static_cast<std::int64_t>(n << shift) >> shift;
+            if (h.i >= 0) {
+                h.k = kind::uint;
+                h.u = static_cast<std::uint64_t>(h.i);
+            } else {
+                h.k = kind::sint;
+            }
+            return true;
+        }
+        case 0xca: {
+            if (!load(4, n)) {
+                return false;
+            }
+            std::uint32_t bits = static_cast<std::uint32_t>(n);
+            float f;
+            std::memcpy(&f, &bits, sizeof f);
+            h.k = kind::real;
+            h.d = f;
+            return true;
+        }
+        case 0xcb:
+            if (!load(8, n)) {
+                return false;
+            }
+            std::memcpy(&h.d, &n, sizeof h.d);
+            h.k = kind::real;
+            return true;
+        case 0xd9:
+        case 0xda:
+        case 0xdb:
+            h.k = kind::str;
+            return load(1 << (b - 0xd9), n) && payload(n);
+        case 0xc4:
+        case 0xc5:
+        case 0xc6:
+            h.k = kind::bin;
+            return load(1 << (b - 0xc4), n) && payload(n);
+        case 0xdc:
+        case 0xdd:
+            h.k = kind::array;
+            if (!load(b == 0xdc ? 2 : 4, n)) {
+                return false;
+            }
+            h.len = static_cast<std::uint32_t>(n);
+            return true;
+        case 0xde:
+        case 0xdf:
+            h.k = kind::map;
+            if (!load(b == 0xde ? 2 : 4, n)) {
+                return false;
+            }
+            h.len = static_cast<std::uint32_t>(n);
+            return true;
+        case 0xd4:
+        case 0xd5:
+        case 0xd6:
+        case 0xd7:
+        case 0xd8:
+            n = 1u << (b - 0xd4);
+            break;
+        case 0xc7:
+        case 0xc8:
+        case 0xc9:
+            if (!load(1 << (b - 0xc7), n)) {
+                return false;
+            }
+            break;
+        default:
+            return false;
+        }
+        /* An ext: its type byte, then n bytes. */
+        if (p >= end_) {
+            return false;
+        }
+        h.k = kind::ext;
+        h.ext_type = static_cast<std::int8_t>(*p++);
+        return payload(n);
+    }
+
+    const std::uint8_t *p_ = nullptr;
+    const std::uint8_t *end_ = nullptr;
+    tether_buffer *const *buffers_ = nullptr;
+    std::size_t n_buffers_ = 0, buffer_at_ = 0;
+    tether_object *const *objects_ = nullptr;
+    std::size_t n_objects_ = 0, object_at_ = 0;
+    std::vector<std::size_t> path_;
+    std::string message_;
+};
+
+/* Write or read one item of type T through convert<T>. */
+template <class T>
+void
+write(writer &w, const T &v)
+{
+    convert<T>::write(w, v);
+}
+template <class T>
+bool
+read(reader &r, T &out)
+{
+    return convert<T>::read(r, out);
+}
+
+namespace detail {
+template <class T>
+const char *
+integer_name()
+{
+    if constexpr (std::is_same_v<T, int>) {
+        return "int";
+    } else if constexpr (std::is_signed_v<T>) {
+        return sizeof(T) == 1   ? "int8"
+               : sizeof(T) == 2 ? "int16"
+               : sizeof(T) == 4 ? "int32"
+                                : "int64";
+    } else {
+        return sizeof(T) == 1   ? "uint8"
+               : sizeof(T) == 2 ? "uint16"
+               : sizeof(T) == 4 ? "uint32"
+                                : "uint64";
+    }
+}
+} // namespace detail
+
+template <> struct convert<bool> {
+    static void
+    write(writer &w, bool v)
+    {
+        w.boolean(v);
+    }
+    static bool
+    read(reader &r, bool &out)
+    {
+        return r.boolean(out);
+    }
+};
+
+template <class T>
+struct convert<T, std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, bool>>> {
+    static void
+    write(writer &w, T v)
+    {
+        if constexpr (std::is_signed_v<T>) {
+            w.sint(v);
+        } else {
+            w.uint(v);
+        }
+    }
+    static bool
+    read(reader &r, T &out)
+    {
+        return r.integer(out, detail::integer_name<T>());
+    }
+};
+
+template <class T> struct convert<T, std::enable_if_t<std::is_floating_point_v<T>>> {
+    static void
+    write(writer &w, T v)
+    {
+        w.float64(static_cast<double>(v));
+    }
+    static bool
+    read(reader &r, T &out)
+    {
+        double d = 0;
+        if (!r.real(d)) {
+            return false;
+        }
+        out = static_cast<T>(d);
+        return true;
+    }
+};
+
+template <> struct convert<std::string_view> {
+    static void
+    write(writer &w, std::string_view v)
+    {
+        w.str(v);
+    }
+    static bool
+    read(reader &r, std::string_view &out)
+    {
+        return r.str(out);
+    }
+};
+
+template <> struct convert<std::string> {
+    static void
+    write(writer &w, const std::string &v)
+    {
+        w.str(v);
+    }
+    static bool
+    read(reader &r, std::string &out)
+    {
+        std::string_view s;
+        if (!r.str(s)) {
+            return false;
+        }
+        out.assign(s.data(), s.size());
+        return true;
+    }
+};
+
+/* Write only: a C string (NULL writes nil). */
+template <> struct convert<const char *> {
+    static void
+    write(writer &w, const char *v)
+    {
+        if (v) {
+            w.str(v);
+        } else {
+            w.nil();
+        }
+    }
+};
+template <> struct convert<char *> : convert<const char *> {
+};
+/* Write only: a string literal or char array, up to its first NUL. */
+template <std::size_t N> struct convert<char[N]> {
+    static void
+    write(writer &w, const char (&v)[N])
+    {
+        std::size_t n = 0;
+        while (n < N && v[n]) {
+            n++;
+        }
+        w.str(std::string_view(v, n));
+    }
+};
+
+template <> struct convert<bytes_view> {
+    static void
+    write(writer &w, const bytes_view &v)
+    {
+        w.bin(v.data, v.size);
+    }
+    static bool
+    read(reader &r, bytes_view &out)
+    {
+        return r.bytes(out);
+    }
+};
+
+template <> struct convert<std::vector<std::uint8_t>> {
+    static void
+    write(writer &w, const std::vector<std::uint8_t> &v)
+    {
+        w.bin(v.data(), v.size());
+    }
+    static bool
+    read(reader &r, std::vector<std::uint8_t> &out)
+    {
+        bytes_view b;
+        if (!r.bytes(b)) {
+            return false;
+        }
+        out.assign(b.data, b.data + b.size);
+        return true;
+    }
+};
+
+template <> struct convert<buffer> {
+    static void
+    write(writer &w, const buffer &v)
+    {
+        w.buf(v);
+    }
+    static bool
+    read(reader &r, buffer &out)
+    {
+        return r.buf(out);
+    }
+};
+
+template <class T, class A> struct convert<std::vector<T, A>> {
+    static void
+    write(writer &w, const std::vector<T, A> &v)
+    {
+        w.array(v.size());
+        for (const auto &item : v) {
+            convert<T>::write(w, item);
+        }
+    }
+    static bool
+    read(reader &r, std::vector<T, A> &out)
+    {
+        std::size_t n = 0;
+        if (!r.array(n)) {
+            return false;
+        }
+        out.clear();
+        out.reserve(n);
+        for (std::size_t i = 0; i < n; i++) {
+            r.enter(i + 1);
+            T item{};
+            if (!convert<T>::read(r, item)) {
+                return false;
+            }
+            r.leave();
+            out.push_back(std::move(item));
+        }
+        return true;
+    }
+};
+
+namespace detail {
+/* std::map and std::unordered_map with string keys. */
+template <class Map> struct convert_string_map {
+    static void
+    write(writer &w, const Map &m)
+    {
+        w.map(m.size());
+        for (const auto &[key, item] : m) {
+            w.str(key);
+            convert<typename Map::mapped_type>::write(w, item);
+        }
+    }
+    static bool
+    read(reader &r, Map &out)
+    {
+        std::size_t n = 0;
+        if (!r.map(n)) {
+            return false;
+        }
+        out.clear();
+        for (std::size_t i = 0; i < n; i++) {
+            std::string key;
+            r.enter(2 * i + 1);
+            if (!convert<std::string>::read(r, key)) {
+                return false;
+            }
+            r.leave();
+            r.enter(2 * i + 2);
+            typename Map::mapped_type item{};
+            if (!convert<typename Map::mapped_type>::read(r, item)) {
+                return false;
+            }
+            r.leave();
+            out.insert_or_assign(std::move(key), std::move(item));
+        }
+        return true;
+    }
+};
+} // namespace detail
+
+template <class V, class C, class A>
+struct convert<std::map<std::string, V, C, A>>
+    : detail::convert_string_map<std::map<std::string, V, C, A>> {
+};
+template <class V, class H, class E, class A>
+struct convert<std::unordered_map<std::string, V, H, E, A>>
+    : detail::convert_string_map<std::unordered_map<std::string, V, H, E, A>> {
+};
+
+template <class T> struct convert<std::optional<T>> {
+    static void
+    write(writer &w, const std::optional<T> &v)
+    {
+        if (v) {
+            convert<T>::write(w, *v);
+        } else {
+            w.nil();
+        }
+    }
+    static bool
+    read(reader &r, std::optional<T> &out)
+    {
+        if (r.peek() == reader::kind::nil) {
+            out.reset();
+            return r.nil();
+        }
+        T item{};
+        if (!convert<T>::read(r, item)) {
+            return false;
+        }
+        out = std::move(item);
+        return true;
+    }
+};
+
+template <class... T> struct convert<std::tuple<T...>> {
+    static void
+    write(writer &w, const std::tuple<T...> &v)
+    {
+        w.array(sizeof...(T));
+        std::apply([&w](const auto &...item) { (tether::write(w, item), ...); }, v);
+    }
+    static bool
+    read(reader &r, std::tuple<T...> &out)
+    {
+        if (!r.array_of(sizeof...(T))) {
+            return false;
+        }
+        return items(r, out, std::index_sequence_for<T...>{});
+    }
+    /* The items of an array whose header was read. */
+    template <std::size_t... I>
+    static bool
+    items(reader &r, std::tuple<T...> &out, std::index_sequence<I...>)
+    {
+        bool ok = true;
+        ((ok = ok && (r.enter(I + 1), tether::read(r, std::get<I>(out))) && (r.leave(), true)),
+         ...);
+        return ok;
+    }
+};
+
+/* ---------------------------------------------------------------------------------
+ * Values: tether_value, any msgpack value
+ * ------------------------------------------------------------------------------- */
+
+class value {
+  public:
+    value() = default;
+    static value
+    adopt(tether_value *v) noexcept
+    {
+        return value(detail::handle<tether_value>::adopt(v));
+    }
+    static value
+    borrow(tether_value *v) noexcept
+    {
+        return value(detail::handle<tether_value>::borrow(v));
+    }
+
+    /* A value holding x, converted by convert<T>. Thread: any. */
+    template <class T>
+    static result<value>
+    try_from(const T &x)
+    {
+        writer w;
+        tether::write(w, x);
+        tether_value *v = nullptr;
+        int r = w.make_value(&v);
+        if (r < 0) {
+            return error_info::from_code(r);
+        }
+        return adopt(v);
+    }
+
+    /* The value read as T; a mismatch fails with TETHER_EINVAL and a "TypeError". A
+     * string_view or bytes_view read out lives as long as this value. Thread: any. */
+    template <class T>
+    result<T>
+    try_as() const
+    {
+        reader r(h_.get());
+        T out{};
+        if (!tether::read(r, out)) {
+            return error_info{TETHER_EINVAL, "TypeError", r.message(), {}};
+        }
+        return out;
+    }
+
+#if TETHER_CPP_EXCEPTIONS
+    template <class T>
+    static value
+    from(const T &x)
+    {
+        return try_from(x).value();
+    }
+    template <class T>
+    T
+    as() const
+    {
+        return try_as<T>().value();
+    }
+#endif
+
+    /* A tether_type, or TETHER_EINVAL for an empty handle. Thread: any. */
+    int
+    type() const noexcept
+    {
+        return tether_value_get_type(h_.get());
+    }
+    /* JSON-like text for people (tether_value_to_string). Thread: any. */
+    std::string
+    to_string() const
+    {
+        char *text = nullptr;
+        if (!h_.get() || tether_value_to_string(h_.get(), &text) < 0) {
+            return std::string();
+        }
+        std::string s(text);
+        std::free(text);
+        return s;
+    }
+    explicit operator bool() const noexcept
+    {
+        return h_.get() != nullptr;
+    }
+    /* The C value, borrowed. */
+    tether_value *
+    get() const noexcept
+    {
+        return h_.get();
+    }
+
+  private:
+    explicit value(detail::handle<tether_value> h) : h_(std::move(h))
+    {
+    }
+    detail::handle<tether_value> h_;
+};
+
+/* Any value, as it is: its bytes with its objects and buffers. An empty handle is nil. */
+template <> struct convert<value> {
+    static void
+    write(writer &w, const value &v)
+    {
+        if (!v) {
+            w.nil();
+            return;
+        }
+        const void *data = nullptr;
+        std::size_t size = 0;
+        tether_object *const *objects = nullptr;
+        std::size_t n_objects = 0;
+        tether_buffer *const *buffers = nullptr;
+        std::size_t n_buffers = 0;
+        int r = tether_value_get_msgpack(v.get(), &data, &size);
+        if (r >= 0) {
+            r = tether_value_get_objects(v.get(), &objects, &n_objects);
+        }
+        if (r >= 0) {
+            r = tether_value_get_buffers(v.get(), &buffers, &n_buffers);
+        }
+        if (r < 0) {
+            w.fail(r);
+            return;
+        }
+        w.raw(data, size, objects, n_objects, buffers, n_buffers);
+    }
+    static bool
+    read(reader &r, value &out)
+    {
+        tether_value *v = nullptr;
+        if (!r.any(&v)) {
+            return false;
+        }
+        out = value::adopt(v);
+        return true;
+    }
+};
+
+/* ---------------------------------------------------------------------------------
+ * Calls and futures
+ * ------------------------------------------------------------------------------- */
+
+/* tether_call_options in C++ terms; see there. */
+struct call_options {
+    /* Bound on silence; default_timeout: the connection's; infinite: none. */
+    std::chrono::microseconds timeout = default_timeout;
+    /* Bound on the whole call (steady_clock is CLOCK_MONOTONIC); none when unset. */
+    std::optional<std::chrono::steady_clock::time_point> deadline;
+    bool wait_for_connection = false;
+    /* Asynchronous calls only: hold the request for conn::flush(). */
+    bool batch = false;
+
+    tether_call_options
+    to_c() const
+    {
+        tether_call_options c{};
+        c.timeout_usec = detail::to_usec(timeout);
+        if (deadline) {
+            auto left = std::chrono::duration_cast<std::chrono::microseconds>(
+                *deadline - std::chrono::steady_clock::now());
+            std::uint64_t now = tether_now_usec();
+            c.deadline_usec = left.count() <= 0 ? (now ? now : 1)
+                                                : now + static_cast<std::uint64_t>(left.count());
+        }
+        c.wait_for_connection = wait_for_connection;
+        c.batch = batch;
+        return c;
+    }
+};
+
+/* A C string argument without copying: a const char * or a std::string. */
+class cstring {
+  public:
+    cstring(const char *s) noexcept : s_(s)
+    {
+    }
+    cstring(const std::string &s) noexcept : s_(s.c_str())
+    {
+    }
+    const char *
+    c_str() const noexcept
+    {
+        return s_;
+    }
+
+  private:
+    const char *s_;
+};
+
+namespace detail {
+
+template <class T> struct is_borrowed : std::false_type {
+};
+template <> struct is_borrowed<std::string_view> : std::true_type {
+};
+template <> struct is_borrowed<bytes_view> : std::true_type {
+};
+
+template <class T> struct is_result : std::false_type {
+};
+template <class T> struct is_result<result<T>> : std::true_type {
+    using type = T;
+};
+
+/* The outcome of a call as R, from the C call's code, result (owned) and error. */
+template <class R>
+result<R>
+call_outcome(int code, tether_value *ret, tether_error *err)
+{
+    static_assert(!is_borrowed<R>::value,
+                  "a call's result would not outlive the call: read std::string or "
+                  "std::vector<std::uint8_t> instead");
+    if (code < 0) {
+        tether_value_unref(ret);
+        return error_info::take(code, err);
+    }
+    tether_error_done(err);
+    if constexpr (std::is_void_v<R>) {
+        tether_value_unref(ret);
+        return {};
+    } else {
+        value v = value::adopt(ret);
+        if constexpr (std::is_same_v<R, value>) {
+            return v;
+        } else {
+            return v.try_as<R>();
+        }
+    }
+}
+
+/* The positional arguments as one array. */
+template <class... A>
+void
+write_args(writer &w, const A &...args)
+{
+    w.array(sizeof...(A));
+    (tether::write(w, args), ...);
+}
+
+} // namespace detail
+
+/*
+ * The outcome of an asynchronous call (tether_future), read as R. Moves only; dropping
+ * it does not cancel the call (cancel() does).
+ */
+template <class R = value> class future {
+  public:
+    future() = default;
+    explicit future(tether_future *adopted) : h_(detail::handle<tether_future>::adopt(adopted))
+    {
+    }
+
+    /* tether_future_is_ready. Thread: any. */
+    bool
+    ready() const
+    {
+        return tether_future_is_ready(h_.get()) == 1;
+    }
+    /* Wait up to timeout (infinite: forever) for the outcome: true once it is there
+     * (tether_future_wait). Thread: any. */
+    template <class Rep, class Period>
+    bool
+    wait_for(std::chrono::duration<Rep, Period> timeout) const
+    {
+        auto usec = std::chrono::duration_cast<std::chrono::microseconds>(timeout);
+        return tether_future_wait(h_.get(), detail::to_usec(usec)) == 0;
+    }
+    /* Wait until the outcome is there. Thread: any. */
+    void
+    wait() const
+    {
+        (void)tether_future_wait(h_.get(), TETHER_TIMEOUT_INFINITE);
+    }
+    /* Wait, then the outcome as R (tether_future_get_result). Thread: any. */
+    result<R>
+    try_get() const
+    {
+        wait();
+        tether_value *ret = nullptr;
+        tether_error err = TETHER_ERROR_INIT;
+        int r = tether_future_get_result(h_.get(), std::is_void_v<R> ? nullptr : &ret, &err);
+        return detail::call_outcome<R>(r, ret, &err);
+    }
+#if TETHER_CPP_EXCEPTIONS
+    R
+    get() const
+    {
+        if constexpr (std::is_void_v<R>) {
+            try_get().value();
+        } else {
+            return try_get().value();
+        }
+    }
+#endif
+    /* tether_future_cancel: true if this cancelled it, false if it had completed.
+     * Thread: any. */
+    bool
+    cancel()
+    {
+        return tether_future_cancel(h_.get()) == 0;
+    }
+    /*
+     * Have fn(result<R>) called once the outcome is there: by default inside the
+     * dispatch of the host or client that made the call, on its main thread, even if
+     * the outcome is there already; context::io or context::any run it on the thread
+     * that completes the future, and must not block (tether_future_set_callback). One
+     * continuation per future: a second fails with TETHER_EALREADY. Thread: any.
+     */
+    template <class F>
+    result<void>
+    try_then(F fn, context where = context::main)
+    {
+        auto *cont = new continuation<F>{std::move(fn)};
+        int r = tether_future_set_callback(h_.get(), static_cast<tether_context>(where),
+                                           &continuation<F>::run, cont);
+        if (r < 0) {
+            delete cont;
+            return error_info::from_code(r);
+        }
+        return {};
+    }
+#if TETHER_CPP_EXCEPTIONS
+    template <class F>
+    void
+    then(F fn, context where = context::main)
+    {
+        try_then(std::move(fn), where).value();
+    }
+#endif
+    /* The C future, borrowed. */
+    tether_future *
+    get_c() const noexcept
+    {
+        return h_.get();
+    }
+
+  private:
+    template <class F> struct continuation {
+        F fn;
+        static void
+        run(tether_future *f, void *userdata)
+        {
+            std::unique_ptr<continuation> self(static_cast<continuation *>(userdata));
+            tether_value *ret = nullptr;
+            tether_error err = TETHER_ERROR_INIT;
+            int r = tether_future_get_result(f, std::is_void_v<R> ? nullptr : &ret, &err);
+            self->fn(detail::call_outcome<R>(r, ret, &err));
+        }
+    };
+    detail::handle<tether_future> h_;
+};
+
+/* ---------------------------------------------------------------------------------
+ * Connections: tether_conn
+ * ------------------------------------------------------------------------------- */
+
+class conn {
+  public:
+    conn() = default;
+    static conn
+    adopt(tether_conn *c) noexcept
+    {
+        return conn(detail::handle<tether_conn>::adopt(c));
+    }
+    static conn
+    borrow(tether_conn *c) noexcept
+    {
+        return conn(detail::handle<tether_conn>::borrow(c));
+    }
+
+    /*
+     * Call method on the peer with args and wait for its result, read as R (value: as
+     * it is; void: discarded). Fails as tether_conn_call does, and with TETHER_EINVAL
+     * and a "TypeError" when the result is not an R. Thread: any (several threads may
+     * call concurrently on one connection).
+     */
+    template <class R = value, class... A>
+    result<R>
+    try_call(const call_options &options, cstring method, const A &...args) const
+    {
+        tether_call_options c = options.to_c();
+        return call_c<R>(&c, method.c_str(), args...);
+    }
+    template <class R = value, class... A>
+    result<R>
+    try_call(cstring method, const A &...args) const
+    {
+        return call_c<R>(nullptr, method.c_str(), args...);
+    }
+#if TETHER_CPP_EXCEPTIONS
+    template <class R = value, class... A>
+    R
+    call(const call_options &options, cstring method, const A &...args) const
+    {
+        return try_call<R>(options, method, args...).value();
+    }
+    template <class R = value, class... A>
+    R
+    call(cstring method, const A &...args) const
+    {
+        return try_call<R>(method, args...).value();
+    }
+#endif
+
+    /* Start a call; its outcome comes through the future (tether_conn_call_async).
+     * Errors found before sending fail here. Thread: any. */
+    template <class R = value, class... A>
+    result<future<R>>
+    try_call_async(const call_options &options, cstring method, const A &...args) const
+    {
+        tether_call_options c = options.to_c();
+        return call_async_c<R>(&c, method.c_str(), args...);
+    }
+    template <class R = value, class... A>
+    result<future<R>>
+    try_call_async(cstring method, const A &...args) const
+    {
+        return call_async_c<R>(nullptr, method.c_str(), args...);
+    }
+#if TETHER_CPP_EXCEPTIONS
+    template <class R = value, class... A>
+    future<R>
+    call_async(const call_options &options, cstring method, const A &...args) const
+    {
+        return try_call_async<R>(options, method, args...).value();
+    }
+    template <class R = value, class... A>
+    future<R>
+    call_async(cstring method, const A &...args) const
+    {
+        return try_call_async<R>(method, args...).value();
+    }
+#endif
+
+    /* Send a notification (tether_conn_notify): returns once queued. Thread: any. */
+    template <class... A>
+    result<void>
+    try_notify(cstring method, const A &...args) const
+    {
+        writer w;
+        detail::write_args(w, args...);
+        if (w.code() < 0) {
+            return error_info::from_code(w.code());
+        }
+        if (w.plain()) {
+            tether_msgpack_args m{};
+            m.args = w.bytes().data();
+            m.args_size = w.bytes().size();
+            return detail::check(tether_conn_notify_msgpack(h_.get(), method.c_str(), &m));
+        }
+        tether_value *v = nullptr;
+        int r = w.make_value(&v);
+        if (r >= 0) {
+            r = tether_conn_notify_values(h_.get(), method.c_str(), v, nullptr);
+        }
+        tether_value_unref(v);
+        return detail::check(r);
+    }
+#if TETHER_CPP_EXCEPTIONS
+    template <class... A>
+    void
+    notify(cstring method, const A &...args) const
+    {
+        try_notify(method, args...).value();
+    }
+#endif
+
+    /* tether_conn_flush: send the requests of batch calls now. Thread: any. */
+    result<void>
+    try_flush() const
+    {
+        return detail::check(tether_conn_flush(h_.get()));
+    }
+
+    /* The peer's handshake facts (tether_conn_get_peer_*). Thread: any. */
+    std::string
+    peer_name() const
+    {
+        const char *s = tether_conn_get_peer_name(h_.get());
+        return s ? s : "";
+    }
+    std::int64_t
+    peer_pid() const
+    {
+        return tether_conn_get_peer_pid(h_.get());
+    }
+    /* tether_conn_is_connected. Thread: any. */
+    bool
+    connected() const
+    {
+        return h_.get() && tether_conn_is_connected(h_.get()) == 1;
+    }
+    /* tether_conn_close: pending calls fail. Thread: any. */
+    result<void>
+    try_close() const
+    {
+        return detail::check(tether_conn_close(h_.get()));
+    }
+    explicit operator bool() const noexcept
+    {
+        return h_.get() != nullptr;
+    }
+    /* The C connection, borrowed. */
+    tether_conn *
+    get() const noexcept
+    {
+        return h_.get();
+    }
+
+  private:
+    explicit conn(detail::handle<tether_conn> h) : h_(std::move(h))
+    {
+    }
+
+    template <class R, class... A>
+    result<R>
+    call_c(const tether_call_options *options, const char *method, const A &...args) const
+    {
+        writer w;
+        detail::write_args(w, args...);
+        if (w.code() < 0) {
+            return error_info::from_code(w.code());
+        }
+        tether_value *ret = nullptr;
+        tether_value **want = std::is_void_v<R> ? nullptr : &ret;
+        tether_error err = TETHER_ERROR_INIT;
+        int r;
+        if (w.plain()) {
+            /* Arguments go from these bytes into the frame: one copy, as in C. */
+            tether_msgpack_args m{};
+            m.args = w.bytes().data();
+            m.args_size = w.bytes().size();
+            r = tether_conn_call_msgpack(h_.get(), method, &m, options, want, &err);
+        } else {
+            tether_value *args = nullptr;
+            r = w.make_value(&args);
+            if (r >= 0) {
+                r = tether_conn_call_values(h_.get(), method, args, nullptr, options, want, &err);
+            }
+            tether_value_unref(args);
+        }
+        return detail::call_outcome<R>(r, ret, &err);
+    }
+
+    template <class R, class... A>
+    result<future<R>>
+    call_async_c(const tether_call_options *options, const char *method, const A &...args) const
+    {
+        writer w;
+        detail::write_args(w, args...);
+        if (w.code() < 0) {
+            return error_info::from_code(w.code());
+        }
+        tether_future *f = nullptr;
+        int r;
+        if (w.plain()) {
+            tether_msgpack_args m{};
+            m.args = w.bytes().data();
+            m.args_size = w.bytes().size();
+            r = tether_conn_call_async_msgpack(h_.get(), method, &m, options, &f);
+        } else {
+            tether_value *args = nullptr;
+            r = w.make_value(&args);
+            if (r >= 0) {
+                r = tether_conn_call_async_values(h_.get(), method, args, nullptr, options, &f);
+            }
+            tether_value_unref(args);
+        }
+        if (r < 0) {
+            return error_info::from_code(r);
+        }
+        return future<R>(f);
+    }
+
+    detail::handle<tether_conn> h_;
+};
+
+/* ---------------------------------------------------------------------------------
+ * Services: typed handlers
+ *
+ * A service is any callable: a lambda, a function pointer, or a member function bound
+ * to an object (host::add_service(name, ctx, &T::method, &object)). Its parameters are
+ * read from the request's positional arguments (their count must match: "takes 2
+ * arguments, got 3"), its result sent back; a void result replies nil, a result<T>
+ * replies its error when it holds one. A first parameter of type tether::request & gets
+ * the request itself (its connection, cancellation).
+ *
+ * Failures are answered as a C service's are: a mismatch in the arguments with a
+ * "TypeError" naming the item; a thrown remote_error with its type, message and
+ * traceback; a thrown error with its type and message; other exceptions with a Python
+ * type close to their meaning (std::invalid_argument and std::domain_error: ValueError,
+ * std::out_of_range: IndexError, std::bad_alloc: MemoryError, any other std::exception:
+ * RuntimeError) and what() as the message.
+ * ------------------------------------------------------------------------------- */
+
+/* The request a handler is running for (borrowed for the handler's duration). */
+class request {
+  public:
+    explicit request(tether_request *req) noexcept : req_(req)
+    {
+    }
+    /* The connection it came from (tether_request_get_conn). Thread: the handler's. */
+    tether::conn
+    conn() const
+    {
+        return tether::conn::borrow(tether_request_get_conn(req_));
+    }
+    /* The service or method name. Thread: the handler's. */
+    const char *
+    method() const
+    {
+        return tether_request_get_method(req_);
+    }
+    /* tether_request_is_cancelled, tether_request_is_notification. Thread: any. */
+    bool
+    cancelled() const
+    {
+        return tether_request_is_cancelled(req_) == 1;
+    }
+    bool
+    notification() const
+    {
+        return tether_request_is_notification(req_) == 1;
+    }
+    /* The C request, borrowed. */
+    tether_request *
+    get() const noexcept
+    {
+        return req_;
+    }
+
+  private:
+    tether_request *req_;
+};
+
+namespace detail {
+
+template <class T> struct signature;
+template <class R, class... A> struct signature<R(A...)> {
+    using result_type = R;
+    using params = std::tuple<A...>;
+};
+template <class R, class... A> struct signature<R (*)(A...)> : signature<R(A...)> {
+};
+template <class C, class R, class... A> struct signature<R (C::*)(A...)> : signature<R(A...)> {
+};
+template <class C, class R, class... A>
+struct signature<R (C::*)(A...) const> : signature<R(A...)> {
+};
+template <class C, class R, class... A>
+struct signature<R (C::*)(A...) noexcept> : signature<R(A...)> {
+};
+template <class C, class R, class... A>
+struct signature<R (C::*)(A...) const noexcept> : signature<R(A...)> {
+};
+template <class R, class... A> struct signature<R (*)(A...) noexcept> : signature<R(A...)> {
+};
+
+/* The signature of a callable: a function pointer's own, or its operator()'s. */
+template <class F, class = void> struct callable_signature : signature<F> {
+};
+template <class F>
+struct callable_signature<F, std::void_t<decltype(&F::operator())>>
+    : signature<decltype(&F::operator())> {
+};
+
+template <class T> using plain = std::remove_cv_t<std::remove_reference_t<T>>;
+
+/* The parameters a handler's arguments are read into: a leading request & dropped. */
+template <class Tuple> struct arg_types;
+template <> struct arg_types<std::tuple<>> {
+    using type = std::tuple<>;
+    static constexpr bool wants_request = false;
+};
+template <class First, class... Rest> struct arg_types<std::tuple<First, Rest...>> {
+    static constexpr bool wants_request = std::is_same_v<plain<First>, request>;
+    using type = std::conditional_t<wants_request, std::tuple<plain<Rest>...>,
+                                    std::tuple<plain<First>, plain<Rest>...>>;
+};
+
+struct service_base {
+    virtual ~service_base() = default;
+};
+
+/*
+ * Counts the handlers running, so that a host or client being destroyed waits for them
+ * before freeing what they use: tether_host_stop() and tether_client_close() cancel the
+ * requests not started yet, but not one whose handler runs (a POOL handler that takes
+ * its time, say). Entering and leaving cost one atomic operation each.
+ */
+class service_gate {
+  public:
+    void
+    enter() noexcept
+    {
+        running_.fetch_add(1);
+    }
+    void
+    leave() noexcept
+    {
+        if (running_.fetch_sub(1) == 1 && closing_.load()) {
+            std::lock_guard<std::mutex> lock(mutex_);
+            idle_.notify_all();
+        }
+    }
+    /* Wait until no handler runs. */
+    void
+    wait_idle() noexcept
+    {
+        closing_.store(true);
+        std::unique_lock<std::mutex> lock(mutex_);
+        idle_.wait(lock, [this] { return running_.load() == 0; });
+    }
+
+  private:
+    std::atomic<int> running_{0};
+    std::atomic<bool> closing_{false};
+    std::mutex mutex_;
+    std::condition_variable idle_;
+};
+
+inline int
+reply_error(tether_request *req, const error_info &e)
+{
+    tether_error c = TETHER_ERROR_INIT;
+    c.type = const_cast<char *>(e.type.c_str());
+    c.message = const_cast<char *>(e.message.c_str());
+    c.traceback = e.traceback.empty() ? nullptr : const_cast<char *>(e.traceback.c_str());
+    (void)tether_request_reply_error_full(req, &c);
+    return 0;
+}
+
+template <class T>
+int
+reply_with(tether_request *req, const T &x)
+{
+    writer w;
+    tether::write(w, x);
+    tether_value *v = nullptr;
+    int r = w.make_value(&v);
+    if (r < 0) {
+        /* What the handler returned cannot be sent (a string not UTF-8, say). */
+        return reply_error(req,
+                           error_info{r,
+                                      "TypeError",
+                                      std::string("cannot send the result: ") + tether_strerror(r),
+                                      {}});
+    }
+    (void)tether_request_reply_value(req, v);
+    tether_value_unref(v);
+    return 0;
+}
+
+template <class F> struct service : service_base {
+    using sig = callable_signature<F>;
+    using R = typename sig::result_type;
+    using args = arg_types<typename sig::params>;
+    using params = typename args::type;
+
+    service(F f, service_gate *g) : fn(std::move(f)), gate(g)
+    {
+    }
+    F fn;
+    service_gate *gate;
+
+    static int
+    handle(tether_request *req, void *userdata)
+    {
+        auto *self = static_cast<service *>(userdata);
+        self->gate->enter();
+        int r = self->handle_typed(req);
+        self->gate->leave();
+        return r;
+    }
+
+    int
+    handle_typed(tether_request *req)
+    {
+        service *self = this;
+        params p{};
+        {
+            reader r(tether_request_get_args(req));
+            if (!r.args(std::tuple_size_v<params>) ||
+                !convert<params>::items(r, p,
+                                        std::make_index_sequence<std::tuple_size_v<params>>{})) {
+                return reply_error(req, error_info{TETHER_EINVAL, "TypeError", r.message(), {}});
+            }
+        }
+#if TETHER_CPP_EXCEPTIONS
+        try {
+            return self->run(req, p);
+        } catch (const remote_error &e) {
+            return reply_error(req, e.info());
+        } catch (const error &e) {
+            return reply_error(req, error_info{e.code(), e.type(), e.message(), {}});
+        } catch (const std::invalid_argument &e) {
+            return reply_error(req, error_info{TETHER_EREMOTE, "ValueError", e.what(), {}});
+        } catch (const std::domain_error &e) {
+            return reply_error(req, error_info{TETHER_EREMOTE, "ValueError", e.what(), {}});
+        } catch (const std::out_of_range &e) {
+            return reply_error(req, error_info{TETHER_EREMOTE, "IndexError", e.what(), {}});
+        } catch (const std::bad_alloc &e) {
+            return reply_error(req, error_info{TETHER_EREMOTE, "MemoryError", e.what(), {}});
+        } catch (const std::exception &e) {
+            return reply_error(req, error_info{TETHER_EREMOTE, "RuntimeError", e.what(), {}});
+        } catch (...) {
+            return reply_error(req,
+                               error_info{TETHER_EREMOTE, "RuntimeError", "unknown C++ exception", {
+                                          }});
+        }
+#else
+        return self->run(req, p);
+#endif
+    }
+
+    int
+    run(tether_request *req, params &p)
+    {
+        request rq(req);
+        auto invoke = [&]() -> decltype(auto) {
+            if constexpr (args::wants_request) {
+                return std::apply(
+                    [&](auto &...a) -> decltype(auto) { return fn(rq, std::move(a)...); }, p);
+            } else {
+                return std::apply([&](auto &...a) -> decltype(auto) { return fn(std::move(a)...); },
+                                  p);
+            }
+        };
+        if constexpr (std::is_void_v<R>) {
+            invoke();
+            return 0;
+        } else if constexpr (is_result<plain<R>>::value) {
+            auto out = invoke();
+            if (!out.ok()) {
+                return reply_error(req, out.error());
+            }
+            if constexpr (std::is_void_v<typename is_result<plain<R>>::type>) {
+                return 0;
+            } else {
+                return reply_with(req, out.value());
+            }
+        } else {
+            return reply_with(req, invoke());
+        }
+    }
+};
+
+/* A member function bound to its object, as a callable of the same signature. */
+template <class T, class M, class R, class Params> struct bound_member;
+template <class T, class M, class R, class... A> struct bound_member<T, M, R, std::tuple<A...>> {
+    T *object;
+    M method;
+    R
+    operator()(A... a) const
+    {
+        return (object->*method)(std::forward<A>(a)...);
+    }
+};
+
+/* The services a host or client registered: owned here, alive as long as it is. */
+class service_list {
+  public:
+    template <class F, class Add>
+    result<void>
+    add(F fn, Add &&add_c)
+    {
+        auto s = std::make_unique<service<F>>(std::move(fn), &gate_);
+        int r = add_c(&service<F>::handle, static_cast<void *>(s.get()));
+        if (r < 0) {
+            return error_info::from_code(r);
+        }
+        list_.push_back(std::move(s));
+        return {};
+    }
+
+    /* Wait for the handlers running to return; call once no new ones can start. */
+    void
+    wait_idle() noexcept
+    {
+        gate_.wait_idle();
+    }
+
+  private:
+    service_gate gate_;
+    std::vector<std::unique_ptr<service_base>> list_;
+};
+
+} // namespace detail
+
+/* ---------------------------------------------------------------------------------
+ * Objects by reference: tether_object
+ *
+ * tether::object holds one reference to a tether_object: a local object this process
+ * exports, or a proxy for a peer's object. It travels in values by reference (an
+ * argument, a result, inside a container), and a proxy's methods are called as a
+ * connection's services are. A C++ class is exported with tether::object_class<T>,
+ * whose methods are registered once per class; host::new_object() and
+ * client::new_object() make objects of it around a std::shared_ptr<T>, which the library
+ * holds while any reference to the object exists, on either side (see "Objects" in
+ * tether.h).
+ * ------------------------------------------------------------------------------- */
+
+namespace detail {
+
+/* What a local object made here carries as its userdata. */
+struct object_holder_base {
+    virtual ~object_holder_base() = default;
+    virtual const void *class_key() const noexcept = 0;
+};
+
+} // namespace detail
+
+class object {
+  public:
+    object() = default;
+    static object
+    adopt(tether_object *o) noexcept
+    {
+        return object(detail::handle<tether_object>::adopt(o));
+    }
+    static object
+    borrow(tether_object *o) noexcept
+    {
+        return object(detail::handle<tether_object>::borrow(o));
+    }
+
+    /* 1 for a proxy of a peer's object (tether_object_is_remote). Thread: any. */
+    bool
+    remote() const
+    {
+        return tether_object_is_remote(h_.get()) == 1;
+    }
+    /* The class name, or the type name its owner sent. Thread: any. */
+    std::string
+    type_name() const
+    {
+        const char *s = tether_object_get_type_name(h_.get());
+        return s ? s : "";
+    }
+    /* The id on the wire. Thread: any. */
+    std::uint64_t
+    id() const
+    {
+        return tether_object_get_id(h_.get());
+    }
+    /*
+     * The C++ object of a local object made by new_object() of an object_class<T>;
+     * nullptr for a proxy, another class, or an object the C API made. A proxy sent
+     * back to its owner arrives as the local object, so a service can find its own
+     * objects in its arguments. Thread: any.
+     */
+    template <class T> std::shared_ptr<T> local() const;
+
+    /* Call a method of a proxied object (tether_object_call), as conn::call does a
+     * service; method nullptr calls the object itself. Thread: any. */
+    template <class R = value, class... A>
+    result<R>
+    try_call(const call_options &options, cstring method, const A &...args) const
+    {
+        tether_call_options c = options.to_c();
+        return call_c<R>(&c, method.c_str(), args...);
+    }
+    template <class R = value, class... A>
+    result<R>
+    try_call(cstring method, const A &...args) const
+    {
+        return call_c<R>(nullptr, method.c_str(), args...);
+    }
+#if TETHER_CPP_EXCEPTIONS
+    template <class R = value, class... A>
+    R
+    call(const call_options &options, cstring method, const A &...args) const
+    {
+        return try_call<R>(options, method, args...).value();
+    }
+    template <class R = value, class... A>
+    R
+    call(cstring method, const A &...args) const
+    {
+        return try_call<R>(method, args...).value();
+    }
+#endif
+    /* tether_object_call_async. Thread: any. */
+    template <class R = value, class... A>
+    result<future<R>>
+    try_call_async(cstring method, const A &...args) const
+    {
+        writer w;
+        detail::write_args(w, args...);
+        tether_value *v = nullptr;
+        int r = w.make_value(&v);
+        tether_future *f = nullptr;
+        if (r >= 0) {
+            r = tether_object_call_async_values(h_.get(), method.c_str(), v, nullptr, nullptr, &f);
+        }
+        tether_value_unref(v);
+        if (r < 0) {
+            return error_info::from_code(r);
+        }
+        return future<R>(f);
+    }
+#if TETHER_CPP_EXCEPTIONS
+    template <class R = value, class... A>
+    future<R>
+    call_async(cstring method, const A &...args) const
+    {
+        return try_call_async<R>(method, args...).value();
+    }
+#endif
+    /* tether_object_notify. Thread: any. */
+    template <class... A>
+    result<void>
+    try_notify(cstring method, const A &...args) const
+    {
+        writer w;
+        detail::write_args(w, args...);
+        tether_value *v = nullptr;
+        int r = w.make_value(&v);
+        if (r >= 0) {
+            r = tether_object_notify_values(h_.get(), method.c_str(), v, nullptr);
+        }
+        tether_value_unref(v);
+        return detail::check(r);
+    }
+#if TETHER_CPP_EXCEPTIONS
+    template <class... A>
+    void
+    notify(cstring method, const A &...args) const
+    {
+        try_notify(method, args...).value();
+    }
+#endif
+
+    explicit operator bool() const noexcept
+    {
+        return h_.get() != nullptr;
+    }
+    /* The C object, borrowed. */
+    tether_object *
+    get() const noexcept
+    {
+        return h_.get();
+    }
+
+  private:
+    explicit object(detail::handle<tether_object> h) : h_(std::move(h))
+    {
+    }
+    template <class R, class... A>
+    result<R>
+    call_c(const tether_call_options *options, const char *method, const A &...args) const
+    {
+        writer w;
+        detail::write_args(w, args...);
+        tether_value *v = nullptr;
+        int r = w.make_value(&v);
+        if (r < 0) {
+            return error_info::from_code(r);
+        }
+        tether_value *ret = nullptr;
+        tether_error err = TETHER_ERROR_INIT;
+        r = tether_object_call_values(h_.get(), method, v, nullptr, options,
+                                      std::is_void_v<R> ? nullptr : &ret, &err);
+        tether_value_unref(v);
+        return detail::call_outcome<R>(r, ret, &err);
+    }
+    detail::handle<tether_object> h_;
+};
+
+/* An object travels by reference; an empty handle is nil. */
+template <> struct convert<object> {
+    static void
+    write(writer &w, const object &o)
+    {
+        if (!o) {
+            w.nil();
+            return;
+        }
+        unsigned char small[32];
+        std::size_t len = 0;
+        int r = tether_object_get_msgpack(o.get(), small, sizeof small, &len);
+        std::vector<unsigned char> big;
+        if (r == TETHER_EMSGSIZE) {
+            big.resize(len);
+            r = tether_object_get_msgpack(o.get(), big.data(), big.size(), &len);
+        }
+        if (r < 0) {
+            w.fail(r);
+            return;
+        }
+        tether_object *one = o.get();
+        w.raw(big.empty() ? small : big.data(), len, &one, 1, nullptr, 0);
+    }
+    static bool
+    read(reader &r, object &out)
+    {
+        tether_object *o = nullptr;
+        if (!r.ref(o)) {
+            return false;
+        }
+        out = object::borrow(o);
+        return true;
+    }
+};
+
+namespace detail {
+
+template <class T> struct object_holder : object_holder_base {
+    std::shared_ptr<T> object;
+    std::shared_ptr<const void> cls; /* keeps the class description alive */
+    const void *key;
+
+    const void *
+    class_key() const noexcept override
+    {
+        return key;
+    }
+};
+
+/* A callable taking the object first, bound to one object, as a callable without it. */
+template <class T, class F, class R, class Params> struct bound_first;
+template <class T, class F, class R, class... A> struct bound_first<T, F, R, std::tuple<A...>> {
+    T *object;
+    const F *fn;
+    R
+    operator()(A... a) const
+    {
+        return (*fn)(*object, std::forward<A>(a)...);
+    }
+};
+
+template <class Tuple> struct drop_first;
+template <class First, class... Rest> struct drop_first<std::tuple<First, Rest...>> {
+    using type = std::tuple<Rest...>;
+};
+
+} // namespace detail
+
+template <class T>
+std::shared_ptr<T>
+object::local() const
+{
+    if (!h_.get() || remote()) {
+        return nullptr;
+    }
+    auto *holder = static_cast<detail::object_holder_base *>(tether_object_get_userdata(h_.get()));
+    auto *typed = dynamic_cast<detail::object_holder<T> *>(holder);
+    return typed ? typed->object : nullptr;
+}
+
+/*
+ * The description of an exported C++ class T: its name (what peers see) and its
+ * methods, each a member function of T or a callable taking T & first, with typed
+ * parameters and result as services have, run in the context given (tether_method).
+ * Register every method before the first object is made: objects share the table.
+ * Copies share one description.
+ */
+template <class T> class object_class {
+  public:
+    explicit object_class(std::string name) : d_(std::make_shared<data>())
+    {
+        d_->name = std::move(name);
+    }
+
+    /* A member function of T. */
+    template <class M>
+    object_class &
+    method(std::string name, context ctx, M T::*member)
+    {
+        using sig = detail::signature<M T::*>;
+        using bound =
+            detail::bound_member<T, M T::*, typename sig::result_type, typename sig::params>;
+        add(std::move(name), ctx, [member](tether_request *req, T &self) {
+            detail::service<bound> s(bound{&self, member}, nullptr);
+            return s.handle_typed(req);
+        });
+        return *this;
+    }
+    /* A callable taking T & first, such as a lambda [](T &self, int x) { ... }. */
+    template <class F, class = std::enable_if_t<!std::is_member_function_pointer_v<F>>>
+    object_class &
+    method(std::string name, context ctx, F fn)
+    {
+        using sig = detail::callable_signature<F>;
+        using rest = typename detail::drop_first<typename sig::params>::type;
+        using bound = detail::bound_first<T, F, typename sig::result_type, rest>;
+        add(std::move(name), ctx, [fn = std::move(fn)](tether_request *req, T &self) {
+            detail::service<bound> s(bound{&self, &fn}, nullptr);
+            return s.handle_typed(req);
+        });
+        return *this;
+    }
+    /* Where T's last reference is dropped once the last reference to an object goes
+     * (tether_class.release_context): by default on the thread that drops it, which may
+     * be the I/O thread; context::main in the owner's dispatch; context::pool. */
+    object_class &
+    release_in(context ctx)
+    {
+        d_->release_context = ctx;
+        return *this;
+    }
+
+    /* The C class description, complete from the first call on (no method may be added
+     * after). */
+    const tether_class *
+    c_class() const
+    {
+        data &d = *d_;
+        std::call_once(d.once, [&d] {
+            d.frozen = true;
+            for (auto &m : d.methods) {
+                d.table.push_back(
+                    tether_method{m.name.c_str(), static_cast<tether_context>(m.ctx), &dispatch});
+            }
+            d.table.push_back(tether_method{nullptr, TETHER_CONTEXT_IO, nullptr});
+            d.cls = tether_class{};
+            d.cls.name = d.name.c_str();
+            d.cls.methods = d.table.data();
+            d.cls.release = &release;
+            d.cls.release_context = static_cast<tether_context>(d.release_context);
+        });
+        return &d.cls;
+    }
+
+    /* Make the userdata of a new object around obj (owned by the caller until the C
+     * object takes it). */
+    std::unique_ptr<detail::object_holder<T>>
+    holder(std::shared_ptr<T> obj) const
+    {
+        auto h = std::make_unique<detail::object_holder<T>>();
+        h->object = std::move(obj);
+        h->cls = d_;
+        h->key = d_.get();
+        return h;
+    }
+
+  private:
+    struct method_entry {
+        std::string name;
+        context ctx;
+        std::function<int(tether_request *, T &)> run;
+    };
+    struct data {
+        std::string name;
+        std::vector<method_entry> methods;
+        std::vector<tether_method> table;
+        tether_class cls{};
+        context release_context = context::io;
+        std::once_flag once;
+        std::atomic<bool> frozen{false};
+    };
+
+    template <class Run>
+    void
+    add(std::string name, context ctx, Run run)
+    {
+        if (d_->frozen) {
+            std::fprintf(stderr,
+                         "tether: object_class %s: method %s added after the first object\n",
+                         d_->name.c_str(), name.c_str());
+            std::abort();
+        }
+        d_->methods.push_back(method_entry{std::move(name), ctx, std::move(run)});
+    }
+
+    static int
+    dispatch(tether_request *req, void *userdata)
+    {
+        auto *h = static_cast<detail::object_holder<T> *>(userdata);
+        auto *d = static_cast<const data *>(h->key);
+        const char *name = tether_request_get_method(req);
+        for (const auto &m : d->methods) {
+            if (m.name == name) {
+                return m.run(req, *h->object);
+            }
+        }
+        return tether_request_reply_error(req, "AttributeError", "no method %s", name);
+    }
+    static void
+    release(void *userdata)
+    {
+        delete static_cast<detail::object_holder<T> *>(userdata);
+    }
+
+    std::shared_ptr<data> d_;
+};
+
+namespace detail {
+
+/* new_object of host and client: make_c(cls, userdata, &ret) is the C constructor. */
+template <class T, class Make>
+result<object>
+new_object(const object_class<T> &cls, std::shared_ptr<T> obj, Make make_c)
+{
+    auto h = cls.holder(std::move(obj));
+    tether_object *o = nullptr;
+    int r = make_c(cls.c_class(), static_cast<void *>(h.get()), &o);
+    if (r < 0) {
+        return error_info::from_code(r);
+    }
+    h.release(); /* the object's now: its release deletes it */
+    return object::adopt(o);
+}
+
+} // namespace detail
+
+/* ---------------------------------------------------------------------------------
+ * Spawned interpreters: tether_child
+ * ------------------------------------------------------------------------------- */
+
+/*
+ * A child interpreter started by host::spawn(): its root object's proxy (the script's or
+ * module's module, or the object made), its connection and its process. Copies share
+ * the child; when the last reference to it goes, the child is terminated if it still
+ * runs (tether_child_unref).
+ */
+class child {
+  public:
+    child() = default;
+    static child
+    adopt(tether_child *c) noexcept
+    {
+        return child(detail::handle<tether_child>::adopt(c));
+    }
+
+    /* The proxy of its root object: call the script's functions through it
+     * (tether_child_get_root). Thread: any. */
+    object
+    root() const
+    {
+        return object::borrow(tether_child_get_root(h_.get()));
+    }
+    /* Its connection: a client of the host like any other. Thread: any. */
+    tether::conn
+    conn() const
+    {
+        return tether::conn::borrow(tether_child_get_conn(h_.get()));
+    }
+    /* Its process id. Thread: any. */
+    std::int64_t
+    pid() const
+    {
+        return tether_child_get_pid(h_.get());
+    }
+    /* tether_child_terminate: close its connection, then SIGTERM, then SIGKILL.
+     * Thread: any. */
+    result<void>
+    try_terminate() const
+    {
+        return detail::check(tether_child_terminate(h_.get()));
+    }
+    /* Wait up to timeout for it to exit: its exit code, or minus the signal that ended
+     * it; TETHER_ETIMEDOUT while it runs (tether_child_wait). Thread: any. */
+    result<int>
+    try_wait(std::chrono::microseconds timeout = infinite) const
+    {
+        int status = 0;
+        int r = tether_child_wait(h_.get(), detail::to_usec(timeout), &status);
+        if (r < 0) {
+            return error_info::from_code(r);
+        }
+        return status;
+    }
+#if TETHER_CPP_EXCEPTIONS
+    void
+    terminate() const
+    {
+        try_terminate().value();
+    }
+    int
+    wait(std::chrono::microseconds timeout = infinite) const
+    {
+        return try_wait(timeout).value();
+    }
+#endif
+    explicit operator bool() const noexcept
+    {
+        return h_.get() != nullptr;
+    }
+    /* The C child, borrowed. */
+    tether_child *
+    get() const noexcept
+    {
+        return h_.get();
+    }
+
+  private:
+    explicit child(detail::handle<tether_child> h) : h_(std::move(h))
+    {
+    }
+    detail::handle<tether_child> h_;
+};
+
+/* ---------------------------------------------------------------------------------
+ * Hosts: tether_host
+ * ------------------------------------------------------------------------------- */
+
+class host {
+  public:
+    /* tether_host_new; the calling thread becomes the host's main thread. Thread: any. */
+    static result<host>
+    try_make(const tether_host_options &options = {})
+    {
+        tether_host *h = nullptr;
+        int r = tether_host_new(&options, &h);
+        if (r < 0) {
+            return error_info::from_code(r);
+        }
+        return host(h);
+    }
+#if TETHER_CPP_EXCEPTIONS
+    explicit host(const tether_host_options &options = {}) : host(try_make(options).value())
+    {
+    }
+#endif
+    host(host &&other) noexcept
+        : h_(std::exchange(other.h_, nullptr)), services_(std::move(other.services_))
+    {
+    }
+    host &
+    operator=(host &&other) noexcept
+    {
+        if (this != &other) {
+            close();
+            h_ = std::exchange(other.h_, nullptr);
+            services_ = std::move(other.services_);
+        }
+        return *this;
+    }
+    /* Stops the host (tether_host_stop), drops it, then frees its services. Thread: any
+     * but a handler's. */
+    ~host()
+    {
+        close();
+    }
+
+    /* tether_host_start: listen and serve. Thread: any. */
+    result<void>
+    try_start()
+    {
+        return detail::check(tether_host_start(h_));
+    }
+#if TETHER_CPP_EXCEPTIONS
+    void
+    start()
+    {
+        try_start().value();
+    }
+#endif
+    /* tether_host_stop. Thread: any but a handler's. */
+    result<void>
+    try_stop()
+    {
+        return detail::check(tether_host_stop(h_));
+    }
+
+    /*
+     * Register a service (tether_host_add_service) whose handler runs in ctx: fn is a
+     * callable with typed parameters and result (see "Services"). The host keeps fn
+     * until it is destroyed. Thread: any.
+     */
+    template <class F>
+    result<void>
+    try_add_service(cstring name, context ctx, F fn)
+    {
+        return services_->add(std::move(fn), [&](tether_handler_fn handler, void *userdata) {
+            return tether_host_add_service(h_, name.c_str(), static_cast<tether_context>(ctx),
+                                           handler, userdata);
+        });
+    }
+    /* A member function of object (which must outlive the host's services). */
+    template <class T, class M>
+    result<void>
+    try_add_service(cstring name, context ctx, M T::*method, T *object)
+    {
+        using sig = detail::signature<M T::*>;
+        using bound =
+            detail::bound_member<T, M T::*, typename sig::result_type, typename sig::params>;
+        return try_add_service(name, ctx, bound{object, method});
+    }
+#if TETHER_CPP_EXCEPTIONS
+    template <class F>
+    void
+    add_service(cstring name, context ctx, F fn)
+    {
+        try_add_service(name, ctx, std::move(fn)).value();
+    }
+    template <class T, class M>
+    void
+    add_service(cstring name, context ctx, M T::*method, T *object)
+    {
+        try_add_service(name, ctx, method, object).value();
+    }
+#endif
+
+    /* An exported object of class cls around obj, owned by the host: its MAIN methods
+     * run in the host's dispatch (tether_host_new_object). Thread: any. */
+    template <class T>
+    result<object>
+    try_new_object(const object_class<T> &cls, std::shared_ptr<T> obj)
+    {
+        return detail::new_object(cls, std::move(obj),
+                                  [this](const tether_class *c, void *ud, tether_object **ret) {
+                                      return tether_host_new_object(h_, c, ud, ret);
+                                  });
+    }
+#if TETHER_CPP_EXCEPTIONS
+    template <class T>
+    object
+    new_object(const object_class<T> &cls, std::shared_ptr<T> obj)
+    {
+        return try_new_object(cls, std::move(obj)).value();
+    }
+#endif
+
+    /*
+     * Start a Python interpreter running options' script, module or object, and wait
+     * until it is connected with its root object made (tether_host_spawn). A failure
+     * carries the child's exception, with its traceback, when it raised (a SyntaxError,
+     * an ImportError). Blocks: not from an IO handler. Thread: any.
+     */
+    result<child>
+    try_spawn(const tether_spawn_options &options)
+    {
+        tether_child *c = nullptr;
+        tether_error err = TETHER_ERROR_INIT;
+        int r = tether_host_spawn(h_, &options, &c, &err);
+        if (r < 0) {
+            return error_info::take(r, &err);
+        }
+        tether_error_done(&err);
+        return child::adopt(c);
+    }
+#if TETHER_CPP_EXCEPTIONS
+    child
+    spawn(const tether_spawn_options &options)
+    {
+        return try_spawn(options).value();
+    }
+#endif
+
+    /* A connected client by its registered name (tether_host_get_client). Thread: any. */
+    result<conn>
+    try_client(cstring name) const
+    {
+        tether_conn *c = nullptr;
+        int r = tether_host_get_client(h_, name.c_str(), &c);
+        if (r < 0) {
+            return error_info::from_code(r);
+        }
+        return conn::adopt(c);
+    }
+#if TETHER_CPP_EXCEPTIONS
+    conn
+    client(cstring name) const
+    {
+        return try_client(name).value();
+    }
+#endif
+
+    /* tether_host_dispatch: true while work remains. Thread: main. */
+    result<bool>
+    try_dispatch(std::chrono::microseconds budget = infinite)
+    {
+        int r = tether_host_dispatch(h_, detail::to_usec(budget));
+        if (r < 0) {
+            return error_info::from_code(r);
+        }
+        return r > 0;
+    }
+    /* tether_host_wait: true if it ran something. Thread: main. */
+    result<bool>
+    try_wait(std::chrono::microseconds timeout = infinite)
+    {
+        int r = tether_host_wait(h_, detail::to_usec(timeout));
+        if (r < 0) {
+            return error_info::from_code(r);
+        }
+        return r > 0;
+    }
+#if TETHER_CPP_EXCEPTIONS
+    bool
+    dispatch(std::chrono::microseconds budget = infinite)
+    {
+        return try_dispatch(budget).value();
+    }
+    bool
+    wait(std::chrono::microseconds timeout = infinite)
+    {
+        return try_wait(timeout).value();
+    }
+#endif
+
+    /* tether_host_get_fd, tether_host_get_address ("" when none),
+     * tether_host_get_client_count. Thread: any. */
+    int
+    fd() const
+    {
+        return tether_host_get_fd(h_);
+    }
+    std::string
+    address() const
+    {
+        const char *a = tether_host_get_address(h_);
+        return a ? a : "";
+    }
+    int
+    client_count() const
+    {
+        return tether_host_get_client_count(h_);
+    }
+    /* The C host, borrowed. */
+    tether_host *
+    get() const noexcept
+    {
+        return h_;
+    }
+
+  private:
+    explicit host(tether_host *h) : h_(h), services_(std::make_unique<detail::service_list>())
+    {
+    }
+    void
+    close() noexcept
+    {
+        if (h_) {
+            /* Stop first, so that no handler starts, and wait for those running, before
+             * the services they use go. */
+            (void)tether_host_stop(h_);
+            if (services_) {
+                services_->wait_idle();
+            }
+            h_ = tether_host_unref(h_);
+        }
+        services_.reset();
+    }
+    tether_host *h_ = nullptr;
+    std::unique_ptr<detail::service_list> services_;
+};
+
+/* ---------------------------------------------------------------------------------
+ * Clients: tether_client
+ * ------------------------------------------------------------------------------- */
+
+class client {
+  public:
+    /* tether_client_new (not connected); the calling thread becomes its main thread.
+     * Thread: any. */
+    static result<client>
+    try_make(const tether_client_options &options = {})
+    {
+        tether_client *c = nullptr;
+        int r = tether_client_new(&options, &c);
+        if (r < 0) {
+            return error_info::from_code(r);
+        }
+        return client(c);
+    }
+#if TETHER_CPP_EXCEPTIONS
+    explicit client(const tether_client_options &options = {}) : client(try_make(options).value())
+    {
+    }
+#endif
+    client(client &&other) noexcept
+        : c_(std::exchange(other.c_, nullptr)), services_(std::move(other.services_))
+    {
+    }
+    client &
+    operator=(client &&other) noexcept
+    {
+        if (this != &other) {
+            close();
+            c_ = std::exchange(other.c_, nullptr);
+            services_ = std::move(other.services_);
+        }
+        return *this;
+    }
+    /* Closes the connection (tether_client_close), drops the client, then frees its
+     * services. Thread: any but a handler's. */
+    ~client()
+    {
+        close();
+    }
+
+    /* tether_client_connect; the error carries the host's reason. Thread: any. */
+    result<void>
+    try_connect()
+    {
+        tether_error err = TETHER_ERROR_INIT;
+        int r = tether_client_connect(c_, &err);
+        if (r < 0) {
+            return error_info::take(r, &err);
+        }
+        tether_error_done(&err);
+        return {};
+    }
+#if TETHER_CPP_EXCEPTIONS
+    void
+    connect()
+    {
+        try_connect().value();
+    }
+#endif
+
+    /* As host::add_service (tether_client_add_service). Thread: any. */
+    template <class F>
+    result<void>
+    try_add_service(cstring name, context ctx, F fn)
+    {
+        return services_->add(std::move(fn), [&](tether_handler_fn handler, void *userdata) {
+            return tether_client_add_service(c_, name.c_str(), static_cast<tether_context>(ctx),
+                                             handler, userdata);
+        });
+    }
+    template <class T, class M>
+    result<void>
+    try_add_service(cstring name, context ctx, M T::*method, T *object)
+    {
+        using sig = detail::signature<M T::*>;
+        using bound =
+            detail::bound_member<T, M T::*, typename sig::result_type, typename sig::params>;
+        return try_add_service(name, ctx, bound{object, method});
+    }
+#if TETHER_CPP_EXCEPTIONS
+    template <class F>
+    void
+    add_service(cstring name, context ctx, F fn)
+    {
+        try_add_service(name, ctx, std::move(fn)).value();
+    }
+    template <class T, class M>
+    void
+    add_service(cstring name, context ctx, M T::*method, T *object)
+    {
+        try_add_service(name, ctx, method, object).value();
+    }
+#endif
+
+    /* As host::new_object, owned by the client (tether_client_new_object). Thread: any. */
+    template <class T>
+    result<object>
+    try_new_object(const object_class<T> &cls, std::shared_ptr<T> obj)
+    {
+        return detail::new_object(cls, std::move(obj),
+                                  [this](const tether_class *c, void *ud, tether_object **ret) {
+                                      return tether_client_new_object(c_, c, ud, ret);
+                                  });
+    }
+#if TETHER_CPP_EXCEPTIONS
+    template <class T>
+    object
+    new_object(const object_class<T> &cls, std::shared_ptr<T> obj)
+    {
+        return try_new_object(cls, std::move(obj)).value();
+    }
+#endif
+
+    /* The connection to the host (tether_client_get_conn; empty before the first
+     * connect), valid across reconnects. Thread: any. */
+    tether::conn
+    conn() const
+    {
+        return tether::conn::borrow(tether_client_get_conn(c_));
+    }
+    /* tether_client_is_connected. Thread: any. */
+    bool
+    connected() const
+    {
+        return tether_client_is_connected(c_) == 1;
+    }
+    /* As host::dispatch and host::wait (tether_client_dispatch, tether_client_wait).
+     * Thread: main. */
+    result<bool>
+    try_dispatch(std::chrono::microseconds budget = infinite)
+    {
+        int r = tether_client_dispatch(c_, detail::to_usec(budget));
+        if (r < 0) {
+            return error_info::from_code(r);
+        }
+        return r > 0;
+    }
+    result<bool>
+    try_wait(std::chrono::microseconds timeout = infinite)
+    {
+        int r = tether_client_wait(c_, detail::to_usec(timeout));
+        if (r < 0) {
+            return error_info::from_code(r);
+        }
+        return r > 0;
+    }
+#if TETHER_CPP_EXCEPTIONS
+    bool
+    dispatch(std::chrono::microseconds budget = infinite)
+    {
+        return try_dispatch(budget).value();
+    }
+    bool
+    wait(std::chrono::microseconds timeout = infinite)
+    {
+        return try_wait(timeout).value();
+    }
+#endif
+    /* tether_client_get_fd. Thread: any. */
+    int
+    fd() const
+    {
+        return tether_client_get_fd(c_);
+    }
+    /* The C client, borrowed. */
+    tether_client *
+    get() const noexcept
+    {
+        return c_;
+    }
+
+  private:
+    explicit client(tether_client *c) : c_(c), services_(std::make_unique<detail::service_list>())
+    {
+    }
+    void
+    close() noexcept
+    {
+        if (c_) {
+            (void)tether_client_close(c_);
+            if (services_) {
+                services_->wait_idle();
+            }
+            c_ = tether_client_unref(c_);
+        }
+        services_.reset();
+    }
+    tether_client *c_ = nullptr;
+    std::unique_ptr<detail::service_list> services_;
+};
+
+} // namespace tether
+
+#endif

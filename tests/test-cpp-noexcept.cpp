@@ -1,0 +1,84 @@
+/*
+ * test-cpp-noexcept: include/tether.hpp in a program built with -fno-exceptions (the
+ * build adds it for this file): only the try_ forms exist, every failure comes back as a
+ * tether::result holding the error_info, and a service reports its errors by returning
+ * a result. A plain program: exit status 0 passes.
+ */
+#include "tether.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <unistd.h>
+
+#if TETHER_CPP_EXCEPTIONS
+#error "this test must be built with -fno-exceptions"
+#endif
+
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);          \
+            std::exit(1);                                                                          \
+        }                                                                                          \
+    } while (0)
+
+int
+main()
+{
+    char dir[] = "/tmp/tether-cpp-XXXXXX";
+    bool made_dir = false;
+    if (!std::getenv("TETHER_RUNTIME_DIR")) {
+        CHECK(mkdtemp(dir) != nullptr);
+        setenv("TETHER_RUNTIME_DIR", dir, 1);
+        made_dir = true;
+    }
+    {
+        std::string name = "cpp-noexcept-" + std::to_string(getpid());
+        tether_host_options ho{};
+        ho.name = name.c_str();
+        auto made = tether::host::try_make(ho);
+        CHECK(made.ok());
+        tether::host h = std::move(made).value();
+        auto halve = [](int x) -> tether::result<int> {
+            if (x % 2) {
+                return tether::error_info{TETHER_EREMOTE, "ValueError", "odd number", {}};
+            }
+            return x / 2;
+        };
+        CHECK(h.try_add_service("halve", tether::context::pool, halve).ok());
+        CHECK(h.try_start().ok());
+
+        tether_client_options co{};
+        co.name = "noexcept";
+        std::string address = h.address();
+        co.address = address.c_str();
+        auto c = tether::client::try_make(co);
+        CHECK(c.ok());
+        CHECK(c.value().try_connect().ok());
+        tether::conn to_host = c.value().conn();
+
+        auto r = to_host.try_call<int>("halve", 8);
+        CHECK(r.ok() && r.value() == 4);
+        auto odd = to_host.try_call<int>("halve", 3);
+        CHECK(odd.code() == TETHER_EREMOTE);
+        CHECK(odd.error().type == "ValueError" && odd.error().message == "odd number");
+        auto mismatch = to_host.try_call<int>("halve", "x");
+        CHECK(mismatch.code() == TETHER_EREMOTE && mismatch.error().type == "TypeError");
+        CHECK(mismatch.error().message == "item 1: expected int, got str");
+        auto f = to_host.try_call_async<int>("halve", 10);
+        CHECK(f.ok());
+        auto got = f.value().try_get();
+        CHECK(got.ok() && got.value() == 5);
+
+        auto v = tether::value::try_from(std::vector<int>{1, 2});
+        CHECK(v.ok());
+        auto wrong = v.value().try_as<std::string>();
+        CHECK(wrong.code() == TETHER_EINVAL && wrong.error().message == "expected str, got array");
+    }
+    if (made_dir) {
+        rmdir(dir);
+    }
+    std::puts("ok");
+    return 0;
+}

@@ -1,0 +1,970 @@
+/*
+ * test-cpp: the C++ API of include/tether.hpp, host and client in one process: typed
+ * conversions (round trips and every mismatch, with the C reader's TypeError text),
+ * services in each context, calls, futures and notifications, call-backs from a client
+ * into a host that is waiting on it, exceptions crossing both ways, buffers, and the
+ * non-throwing try_ forms.
+ *
+ * A plain program (no Criterion: it is C): each TEST registers itself and main() runs
+ * them in order, or the one named on the command line. The build compiles it with g++
+ * and, when installed, clang++ (-std=c++17 -Wall -Wextra -Werror -pedantic).
+ *
+ * ctest: timeout=120
+ */
+#include "tether.hpp"
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+#include <thread>
+#include <unistd.h>
+
+/* ---- a small runner ---------------------------------------------------------------- */
+
+namespace {
+
+struct test_case {
+    const char *name;
+    void (*fn)();
+};
+
+std::vector<test_case> &
+all_tests()
+{
+    static std::vector<test_case> tests;
+    return tests;
+}
+
+struct registrar {
+    registrar(const char *name, void (*fn)())
+    {
+        all_tests().push_back({name, fn});
+    }
+};
+
+#define TEST(name)                                                                                 \
+    static void test_##name();                                                                     \
+    static registrar register_##name(#name, test_##name);                                          \
+    static void test_##name()
+
+[[noreturn]] void
+fail_at(const char *file, int line, const std::string &what)
+{
+    std::fprintf(stderr, "%s:%d: %s\n", file, line, what.c_str());
+    std::exit(1);
+}
+
+template <class T>
+std::string
+show(const T &x)
+{
+    std::ostringstream out;
+    out << x;
+    return out.str();
+}
+
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fail_at(__FILE__, __LINE__, "CHECK failed: " #cond);                                   \
+        }                                                                                          \
+    } while (0)
+
+#define CHECK_EQ(a, b)                                                                             \
+    do {                                                                                           \
+        auto check_a_ = (a);                                                                       \
+        auto check_b_ = (b);                                                                       \
+        if (!(check_a_ == check_b_)) {                                                             \
+            fail_at(__FILE__, __LINE__,                                                            \
+                    "CHECK_EQ failed: " #a " == " #b ": " + show(check_a_) +                       \
+                        " != " + show(check_b_));                                                  \
+        }                                                                                          \
+    } while (0)
+
+/* The expression throws E; the exception is then in `caught`. */
+#define CHECK_THROWS(E, expr, caught)                                                              \
+    do {                                                                                           \
+        bool thrown_ = false;                                                                      \
+        try {                                                                                      \
+            (void)(expr);                                                                          \
+        } catch (const E &e_) {                                                                    \
+            thrown_ = true;                                                                        \
+            caught = e_.info();                                                                    \
+        }                                                                                          \
+        if (!thrown_) {                                                                            \
+            fail_at(__FILE__, __LINE__, "expected " #E " from " #expr);                            \
+        }                                                                                          \
+    } while (0)
+
+using namespace std::chrono_literals;
+
+/* ---- fixtures ---------------------------------------------------------------------- */
+
+int host_serial = 0;
+
+tether::host
+make_host()
+{
+    static char name[64];
+    std::snprintf(name, sizeof name, "cpp-%d-%d", static_cast<int>(getpid()), ++host_serial);
+    tether_host_options options{};
+    options.name = name;
+    tether::host h(options);
+    return h;
+}
+
+tether::client
+make_client(const tether::host &h, const char *name = "cpp-client")
+{
+    tether_client_options options{};
+    options.name = name;
+    std::string address = h.address();
+    options.address = address.c_str();
+    tether::client c(options);
+    return c;
+}
+
+/* The host's connection to a client, once the client announced service. */
+tether::conn
+client_conn(const tether::host &h, const char *name, const char *service)
+{
+    tether::conn c = h.client(name);
+    CHECK(tether_conn_wait_service(c.get(), service, 5000000) == 0);
+    return c;
+}
+
+/* Dispatch the host's main-thread work until done() holds. */
+template <class F>
+void
+serve_until(tether::host &h, F done)
+{
+    auto give_up = std::chrono::steady_clock::now() + 10s;
+    while (!done()) {
+        CHECK(std::chrono::steady_clock::now() < give_up);
+        h.wait(10ms);
+    }
+}
+
+template <class T>
+std::string
+mismatch(const tether::value &v)
+{
+    auto r = v.try_as<T>();
+    CHECK(!r.ok());
+    CHECK_EQ(r.code(), TETHER_EINVAL);
+    CHECK_EQ(r.error().type, std::string("TypeError"));
+    return r.error().message;
+}
+
+template <class T>
+void
+round_trip(const T &x)
+{
+    tether::value v = tether::value::from(x);
+    CHECK(v.as<T>() == x);
+}
+
+} // namespace
+
+/* A user type, through the customization point. */
+struct point {
+    double x = 0, y = 0;
+    bool
+    operator==(const point &o) const
+    {
+        return x == o.x && y == o.y;
+    }
+};
+
+template <> struct tether::convert<point> {
+    static void
+    write(tether::writer &w, const point &p)
+    {
+        tether::write(w, std::map<std::string, double>{{"x", p.x}, {"y", p.y}});
+    }
+    static bool
+    read(tether::reader &r, point &p)
+    {
+        std::map<std::string, double> m;
+        if (!tether::read(r, m)) {
+            return false;
+        }
+        if (m.size() != 2 || !m.count("x") || !m.count("y")) {
+            return r.fail("expected a point {x, y}");
+        }
+        p = point{m["x"], m["y"]};
+        return true;
+    }
+};
+
+/* ---- conversions ------------------------------------------------------------------- */
+
+TEST(round_trips)
+{
+    round_trip(true);
+    round_trip(false);
+    round_trip(0);
+    round_trip(-1);
+    round_trip(-33);
+    round_trip(127);
+    round_trip(-129);
+    round_trip(65536);
+    round_trip(std::numeric_limits<int>::min());
+    round_trip(std::numeric_limits<std::int64_t>::min());
+    round_trip(std::numeric_limits<std::int64_t>::max());
+    round_trip(std::numeric_limits<std::uint64_t>::max());
+    round_trip(static_cast<std::uint8_t>(255));
+    round_trip(static_cast<std::int16_t>(-32768));
+    round_trip(0.5);
+    round_trip(1.5f);
+    round_trip(std::string());
+    round_trip(std::string("héllo"));
+    round_trip(std::string(100000, 'x'));
+    round_trip(std::vector<int>{1, 2, 3});
+    round_trip(std::vector<int>(70000, 7));
+    round_trip(std::vector<std::string>{"a", "b"});
+    round_trip(std::vector<std::uint8_t>{0, 1, 255});
+    round_trip(std::vector<std::uint8_t>(300, 9));
+    round_trip(std::map<std::string, std::vector<int>>{{"a", {1}}, {"b", {}}});
+    round_trip(std::unordered_map<std::string, double>{{"pi", 3.14}, {"e", 2.72}});
+    std::map<std::string, int> big;
+    for (int i = 0; i < 20; i++) {
+        big["k" + std::to_string(i)] = i;
+    }
+    round_trip(big);
+    round_trip(std::optional<int>());
+    round_trip(std::optional<int>(4));
+    round_trip(std::optional<std::string>("s"));
+    round_trip(std::tuple<int, std::string, double>(1, "two", 3.0));
+    round_trip(std::tuple<>());
+    round_trip(std::vector<std::optional<point>>{point{1, 2}, std::nullopt});
+
+    /* Integers read as floats, as the C reader's "d" does. */
+    CHECK_EQ(tether::value::from(3).as<double>(), 3.0);
+    CHECK_EQ(tether::value::from(-3).as<float>(), -3.0f);
+
+    /* A string_view and a bytes_view borrow from the value. */
+    tether::value s = tether::value::from("text");
+    CHECK(s.as<std::string_view>() == "text");
+    std::vector<std::uint8_t> raw{1, 2, 3};
+    tether::value b = tether::value::from(tether::bytes_view(raw));
+    tether::bytes_view view = b.as<tether::bytes_view>();
+    CHECK_EQ(view.size, 3u);
+    CHECK_EQ(static_cast<int>(view.data[2]), 3);
+
+    /* Any value inside another, as it is. */
+    tether::value inner = tether::value::from(std::vector<int>{5, 6});
+    tether::value outer = tether::value::from(std::tuple<std::string, tether::value>("v", inner));
+    auto [tag, back] = outer.as<std::tuple<std::string, tether::value>>();
+    CHECK_EQ(tag, std::string("v"));
+    CHECK(back.as<std::vector<int>>() == (std::vector<int>{5, 6}));
+    CHECK_EQ(outer.to_string(), std::string("[\"v\", [5, 6]]"));
+}
+
+TEST(same_bytes_as_c)
+{
+    /* What C++ writes, the C reader reads, and the other way round. */
+    tether::value v = tether::value::from(
+        std::tuple<int, std::string, std::vector<bool>>(-7, "two", std::vector<bool>{true, false}));
+    int i = 0;
+    const char *s = nullptr;
+    bool b1 = false, b2 = true;
+    CHECK(tether_value_read(v.get(), nullptr, "[is[bb]]", &i, &s, &b1, &b2) == 0);
+    CHECK_EQ(i, -7);
+    CHECK_EQ(std::string(s), std::string("two"));
+    CHECK(b1 && !b2);
+
+    tether_value *c = nullptr;
+    CHECK(tether_value_new(&c, "{sxsds[ss]sn}", "big", static_cast<std::int64_t>(1) << 40, "f",
+                           0.25, "list", "a", "b", "none") == 0);
+    tether::value from_c = tether::value::adopt(c);
+    auto m = from_c.as<std::map<std::string, tether::value>>();
+    CHECK_EQ(m.at("big").as<std::int64_t>(), static_cast<std::int64_t>(1) << 40);
+    CHECK_EQ(m.at("f").as<double>(), 0.25);
+    CHECK(m.at("list").as<std::vector<std::string>>() == (std::vector<std::string>{"a", "b"}));
+    CHECK(!m.at("none").as<std::optional<int>>().has_value());
+}
+
+TEST(mismatches)
+{
+    tether::value str = tether::value::from("s");
+    tether::value integer = tether::value::from(300);
+    tether::value negative = tether::value::from(-1);
+    tether::value nested = tether::value::from(
+        std::tuple<int, std::vector<std::string>>(1, std::vector<std::string>{"a", "b"}));
+    tether::value mapped = tether::value::from(std::map<std::string, int>{{"a", 1}});
+
+    CHECK_EQ(mismatch<int>(str), std::string("expected int, got str"));
+    CHECK_EQ(mismatch<bool>(integer), std::string("expected bool, got int"));
+    CHECK_EQ(mismatch<double>(str), std::string("expected float, got str"));
+    CHECK_EQ(mismatch<std::string>(integer), std::string("expected str, got int"));
+    CHECK_EQ(mismatch<std::string_view>(integer), std::string("expected str, got int"));
+    CHECK_EQ(mismatch<std::vector<std::uint8_t>>(str), std::string("expected bytes, got str"));
+    CHECK_EQ(mismatch<tether::bytes_view>(integer), std::string("expected bytes, got int"));
+    CHECK_EQ(mismatch<tether::buffer>(str), std::string("expected buffer, got str"));
+    CHECK_EQ(mismatch<std::vector<int>>(mapped), std::string("expected array, got map"));
+    CHECK_EQ((mismatch<std::map<std::string, int>>(nested)),
+             std::string("expected map, got array"));
+    CHECK_EQ((mismatch<std::unordered_map<std::string, int>>(str)),
+             std::string("expected map, got str"));
+    CHECK_EQ(mismatch<std::optional<int>>(str), std::string("expected int, got str"));
+    CHECK_EQ((mismatch<std::tuple<int>>(nested)), std::string("expected array of 1 item, got 2"));
+    CHECK_EQ((mismatch<std::tuple<int, int, int>>(nested)),
+             std::string("expected array of 3 items, got 2"));
+    CHECK_EQ(mismatch<tether::value>(tether::value()),
+             std::string("expected a value, got nothing"));
+
+    /* Ranges, with the C reader's words. */
+    CHECK_EQ(mismatch<std::uint8_t>(integer), std::string("integer 300 out of range for uint8"));
+    CHECK_EQ(mismatch<std::int8_t>(integer), std::string("integer 300 out of range for int8"));
+    CHECK_EQ(mismatch<unsigned>(negative), std::string("expected int >= 0, got -1"));
+    CHECK_EQ(mismatch<int>(tether::value::from(std::numeric_limits<std::int64_t>::min())),
+             std::string("integer -9223372036854775808 out of range for int"));
+    CHECK_EQ(mismatch<int>(tether::value::from(std::numeric_limits<std::uint64_t>::max())),
+             std::string("integer 18446744073709551615 out of range for int"));
+
+    /* Positions: 1-based, dotted, a map's keys and values counted in turn. */
+    CHECK_EQ((mismatch<std::tuple<int, std::vector<int>>>(nested)),
+             std::string("item 2.1: expected int, got str"));
+    CHECK_EQ((mismatch<std::tuple<std::string, std::vector<std::string>>>(nested)),
+             std::string("item 1: expected str, got int"));
+    CHECK_EQ((mismatch<std::map<std::string, std::string>>(mapped)),
+             std::string("item 2: expected str, got int"));
+    CHECK_EQ(mismatch<std::vector<point>>(tether::value::from(std::vector<int>{1})),
+             std::string("item 1: expected map, got int"));
+    CHECK_EQ(mismatch<point>(mapped), std::string("expected a point {x, y}"));
+
+    /* The same text as tether_value_read gives for the same mismatch. */
+    tether_error err = TETHER_ERROR_INIT;
+    int i = 0;
+    const char *s = nullptr;
+    CHECK(tether_value_read(nested.get(), &err, "[i[is]]", &i, &i, &s) == TETHER_EINVAL);
+    CHECK_EQ((mismatch<std::tuple<int, std::tuple<int, std::string>>>(nested)),
+             std::string(err.message));
+    tether_error_done(&err);
+
+    /* as<T>() throws the same as a tether::error. */
+    tether::error_info caught;
+    CHECK_THROWS(tether::error, str.as<int>(), caught);
+    CHECK_EQ(caught.code, TETHER_EINVAL);
+    CHECK_EQ(caught.type, std::string("TypeError"));
+}
+
+TEST(handles)
+{
+    tether::value a = tether::value::from(1);
+    tether::value copy = a;
+    tether::value moved = std::move(a);
+    CHECK(!a);
+    CHECK(copy.get() == moved.get());
+    CHECK_EQ(moved.as<int>(), 1);
+    copy = tether::value();
+    CHECK_EQ(moved.as<int>(), 1);
+
+    tether_value *raw = nullptr;
+    CHECK(tether_value_new(&raw, "i", 5) == 0);
+    {
+        tether::value borrowed = tether::value::borrow(raw);
+        CHECK_EQ(borrowed.as<int>(), 5);
+    }
+    CHECK(tether_value_get_type(raw) == TETHER_TYPE_INT); /* still ours */
+    tether_value_unref(raw);
+
+    tether::host h1 = make_host();
+    tether_host *c_host = h1.get();
+    tether::host h2 = std::move(h1);
+    CHECK(h1.get() == nullptr);
+    CHECK(h2.get() == c_host);
+}
+
+/* ---- services, calls, futures --------------------------------------------------------- */
+
+struct counter {
+    int total = 0;
+    int
+    add(int n)
+    {
+        total += n;
+        return total;
+    }
+};
+
+TEST(services_in_every_context)
+{
+    tether::host h = make_host();
+    std::thread::id main_thread = std::this_thread::get_id();
+    std::atomic<bool> main_ok{false}, io_ok{false}, pool_ok{false};
+    h.add_service("add_io", tether::context::io, [&](int a, int b) {
+        io_ok = std::this_thread::get_id() != main_thread;
+        return a + b;
+    });
+    h.add_service("add_main", tether::context::main, [&](int a, int b) {
+        main_ok = std::this_thread::get_id() == main_thread;
+        return a + b;
+    });
+    /* A POOL request may run on any thread waiting on its chain, which in one process
+     * can be the caller's own: only that it may block is checked. */
+    h.add_service("add_pool", tether::context::pool, [&](int a, int b) -> long {
+        std::this_thread::sleep_for(1ms);
+        pool_ok = true;
+        return a + b;
+    });
+    counter total;
+    h.add_service("count", tether::context::main, &counter::add, &total);
+    h.add_service("join", tether::context::pool,
+                  [](const std::vector<std::string> &parts, std::string_view sep) {
+                      std::string out;
+                      for (const auto &p : parts) {
+                          out += (out.empty() ? "" : std::string(sep)) + p;
+                      }
+                      return out;
+                  });
+    h.add_service("nothing", tether::context::io, [] {});
+    h.start();
+
+    tether::client c = make_client(h);
+    c.connect();
+    tether::conn to_host = c.conn();
+    CHECK_EQ(to_host.call<int>("add_io", 2, 3), 5);
+    CHECK_EQ(to_host.call<int>("add_pool", 2, 3), 5);
+    CHECK(io_ok);
+    CHECK(pool_ok);
+
+    /* MAIN runs in the host's dispatch, here on this thread. */
+    tether::future<int> f = to_host.call_async<int>("add_main", 40, 2);
+    serve_until(h, [&] { return f.ready(); });
+    CHECK_EQ(f.get(), 42);
+    CHECK(main_ok);
+    auto f2 = to_host.call_async<int>("count", 5);
+    serve_until(h, [&] { return f2.ready(); });
+    CHECK_EQ(f2.get(), 5);
+    CHECK_EQ(total.total, 5);
+
+    CHECK_EQ(to_host.call<std::string>("join", std::vector<std::string>{"a", "b", "c"}, "-"),
+             std::string("a-b-c"));
+    CHECK(to_host.call("nothing").type() == TETHER_TYPE_NIL);
+    to_host.call<void>("nothing");
+}
+
+static int
+c_add(tether_request *req, void *)
+{
+    int a = 0, b = 0;
+    int r = tether_request_read(req, "ii", &a, &b);
+    if (r < 0) {
+        return r;
+    }
+    return tether_request_reply(req, "i", a + b);
+}
+
+TEST(type_errors_like_c)
+{
+    tether::host h = make_host();
+    h.add_service("add", tether::context::io, [](int a, int b) { return a + b; });
+    CHECK(tether_host_add_service(h.get(), "c_add", TETHER_CONTEXT_IO, c_add, nullptr) == 0);
+    h.start();
+    tether::client c = make_client(h);
+    c.connect();
+    tether::conn to_host = c.conn();
+
+    /* Every mismatch reaches the caller as a remote TypeError with the C text. */
+    auto same_error = [&](auto... args) {
+        auto cpp = to_host.try_call<int>("add", args...);
+        auto from_c = to_host.try_call<int>("c_add", args...);
+        CHECK(!cpp.ok() && !from_c.ok());
+        CHECK_EQ(cpp.code(), TETHER_EREMOTE);
+        CHECK_EQ(cpp.error().type, std::string("TypeError"));
+        CHECK_EQ(cpp.error().type, from_c.error().type);
+        CHECK_EQ(cpp.error().message, from_c.error().message);
+        return cpp.error().message;
+    };
+    CHECK_EQ(same_error("x", 3), std::string("item 1: expected int, got str"));
+    CHECK_EQ(same_error(1, 2.5), std::string("item 2: expected int, got float"));
+    CHECK_EQ(same_error(1), std::string("takes 2 arguments, got 1"));
+    CHECK_EQ(same_error(1, 2, 3), std::string("takes 2 arguments, got 3"));
+    CHECK_EQ(same_error(1, 1LL << 40),
+             std::string("item 2: integer 1099511627776 out of range for int"));
+
+    tether::error_info caught;
+    CHECK_THROWS(tether::remote_error, to_host.call<int>("add", "x", 3), caught);
+    CHECK_EQ(caught.message, std::string("item 1: expected int, got str"));
+
+    /* A result of the wrong type is a local TypeError. */
+    auto wrong = to_host.try_call<std::string>("add", 1, 2);
+    CHECK_EQ(wrong.code(), TETHER_EINVAL);
+    CHECK_EQ(wrong.error().message, std::string("expected str, got int"));
+}
+
+TEST(exceptions_both_ways)
+{
+    tether::host h = make_host();
+    h.add_service("raise_remote", tether::context::io, [](std::string type) -> int {
+        throw tether::remote_error(type, "it failed", "Traceback: here\n");
+    });
+    h.add_service("raise_std", tether::context::pool, [](int which) -> int {
+        switch (which) {
+        case 0:
+            throw std::invalid_argument("bad argument");
+        case 1:
+            throw std::out_of_range("too far");
+        case 2:
+            throw std::runtime_error("broken");
+        default:
+            throw 42;
+        }
+    });
+    h.add_service("raise_error", tether::context::io, []() -> int {
+        throw tether::error(tether::error_info::from_code(TETHER_ETIMEDOUT));
+    });
+    h.add_service("result_error", tether::context::io, [](bool fail) -> tether::result<int> {
+        if (fail) {
+            return tether::error_info{TETHER_EREMOTE, "KeyError", "no such key", {}};
+        }
+        return 7;
+    });
+    h.start();
+    tether::client c = make_client(h);
+    c.connect();
+    tether::conn to_host = c.conn();
+
+    tether::error_info e;
+    CHECK_THROWS(tether::remote_error, to_host.call<int>("raise_remote", "KeyError"), e);
+    CHECK_EQ(e.code, TETHER_EREMOTE);
+    CHECK_EQ(e.type, std::string("KeyError"));
+    CHECK_EQ(e.message, std::string("it failed"));
+    CHECK_EQ(e.traceback, std::string("Traceback: here\n"));
+
+    const char *types[] = {"ValueError", "IndexError", "RuntimeError", "RuntimeError"};
+    const char *messages[] = {"bad argument", "too far", "broken", "unknown C++ exception"};
+    for (int i = 0; i < 4; i++) {
+        CHECK_THROWS(tether::remote_error, to_host.call<int>("raise_std", i), e);
+        CHECK_EQ(e.type, std::string(types[i]));
+        CHECK_EQ(e.message, std::string(messages[i]));
+    }
+
+    CHECK_THROWS(tether::error, to_host.call<int>("raise_error"), e);
+    CHECK_EQ(e.type, std::string("tether.Timeout"));
+
+    CHECK_EQ(to_host.call<int>("result_error", false), 7);
+    CHECK_THROWS(tether::remote_error, to_host.call<int>("result_error", true), e);
+    CHECK_EQ(e.type, std::string("KeyError"));
+
+    /* Local failures are tether::error, not remote_error, with their codes. */
+    bool remote = false;
+    try {
+        to_host.call<int>("no_such_service");
+    } catch (const tether::remote_error &) {
+        remote = true;
+    } catch (const tether::error &err) {
+        CHECK_EQ(err.code(), TETHER_ENOENT);
+    }
+    CHECK(!remote);
+    auto r = to_host.try_call<int>("no_such_service");
+    CHECK_EQ(r.code(), TETHER_ENOENT);
+}
+
+TEST(call_back_without_deadlock)
+{
+    /* The host's main thread calls a client whose service calls back into a MAIN
+     * service of the host: the waiting main thread runs it. */
+    tether::host h = make_host();
+    int host_calls = 0;
+    h.add_service("host_value", tether::context::main, [&](int x) {
+        host_calls++;
+        return x * 10;
+    });
+    h.start();
+    tether::client c = make_client(h, "caller-back");
+    c.add_service("ask_host", tether::context::pool, [](tether::request &req, int x) {
+        return req.conn().call<int>("host_value", x) + 1;
+    });
+    c.connect();
+    tether::conn to_client = client_conn(h, "caller-back", "ask_host");
+    CHECK_EQ(to_client.call<int>("ask_host", 4), 41);
+    CHECK_EQ(host_calls, 1);
+
+    /* And an exception thrown by the host's service crosses both hops. */
+    h.add_service("host_fail", tether::context::main,
+                  []() -> int { throw tether::remote_error("LookupError", "not here"); });
+    c.add_service("ask_fail", tether::context::pool,
+                  [](tether::request &req) { return req.conn().call<int>("host_fail"); });
+    CHECK(tether_conn_wait_service(to_client.get(), "ask_fail", 5000000) == 0);
+    tether::error_info e;
+    CHECK_THROWS(tether::remote_error, to_client.call<int>("ask_fail"), e);
+    CHECK_EQ(e.type, std::string("LookupError"));
+    CHECK_EQ(e.message, std::string("not here"));
+}
+
+TEST(futures)
+{
+    /* Declared before the client, whose destructor waits for the handlers using it. */
+    std::atomic<bool> release{false};
+    tether::host h = make_host();
+    h.start();
+    tether::client c = make_client(h, "futures");
+    c.add_service("slow", tether::context::pool, [&](int ms) {
+        auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+        while (!release && std::chrono::steady_clock::now() < until) {
+            std::this_thread::sleep_for(1ms);
+        }
+        return ms;
+    });
+    c.add_service("square", tether::context::io, [](double x) { return x * x; });
+    c.connect();
+    tether::conn to_client = client_conn(h, "futures", "slow");
+
+    /* wait_for that times out, then the outcome. */
+    tether::future<int> f = to_client.call_async<int>("slow", 5000);
+    CHECK(!f.wait_for(20ms));
+    CHECK(!f.ready());
+    release = true;
+    CHECK(f.wait_for(5s));
+    CHECK_EQ(f.get(), 5000);
+    release = false;
+
+    /* then: on the main thread, inside dispatch, even when the outcome is there. */
+    std::thread::id main_thread = std::this_thread::get_id();
+    std::optional<double> got;
+    bool on_main = false;
+    tether::future<double> sq = to_client.call_async<double>("square", 1.5);
+    sq.wait();
+    sq.then([&](tether::result<double> r) {
+        on_main = std::this_thread::get_id() == main_thread;
+        got = r.value();
+    });
+    CHECK(!got);
+    serve_until(h, [&] { return got.has_value(); });
+    CHECK(on_main);
+    CHECK_EQ(*got, 2.25);
+    auto again = sq.try_then([](tether::result<double>) {});
+    CHECK_EQ(again.code(), TETHER_EALREADY);
+
+    /* then with a failure. */
+    tether::future<int> bad = to_client.call_async<int>("square", "x");
+    std::optional<tether::error_info> failure;
+    bad.then([&](tether::result<int> r) { failure = r.error(); });
+    serve_until(h, [&] { return failure.has_value(); });
+    CHECK_EQ(failure->code, TETHER_EREMOTE);
+    CHECK_EQ(failure->message, std::string("item 1: expected float, got str"));
+
+    /* cancel. */
+    tether::future<int> cancelled = to_client.call_async<int>("slow", 5000);
+    CHECK(cancelled.cancel());
+    CHECK(!cancelled.cancel());
+    tether::error_info e;
+    CHECK_THROWS(tether::error, cancelled.get(), e);
+    CHECK_EQ(e.code, TETHER_ECANCELED);
+    release = true;
+
+    /* A future of value and of void. */
+    tether::future<> any = to_client.call_async("square", 3);
+    CHECK_EQ(any.get().as<double>(), 9.0);
+    tether::future<void> none = to_client.call_async<void>("square", 3);
+    none.get();
+}
+
+TEST(notifications_and_options)
+{
+    tether::host h = make_host();
+    std::atomic<int> sum{0};
+    h.add_service("add_to", tether::context::io, [&](int n) { sum += n; });
+    h.add_service("sleepy", tether::context::pool, [](int ms) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+        return ms;
+    });
+    h.start();
+    tether::client c = make_client(h);
+    c.connect();
+    tether::conn to_host = c.conn();
+    to_host.notify("add_to", 2);
+    to_host.notify("add_to", 3);
+    CHECK(to_host.try_notify("add_to", 4).ok());
+    auto give_up = std::chrono::steady_clock::now() + 5s;
+    while (sum != 9 && std::chrono::steady_clock::now() < give_up) {
+        std::this_thread::sleep_for(1ms);
+    }
+    CHECK_EQ(sum.load(), 9);
+
+    /* A deadline bounds the whole call. */
+    tether::call_options options;
+    options.deadline = std::chrono::steady_clock::now() + 50ms;
+    auto r = to_host.try_call<int>(options, "sleepy", 300);
+    CHECK_EQ(r.code(), TETHER_ETIMEDOUT);
+    options = tether::call_options{};
+    options.timeout = 5s;
+    CHECK_EQ(to_host.call<int>(options, "sleepy", 1), 1);
+}
+
+TEST(buffers)
+{
+    auto made = tether::buffer::try_make(4096);
+    if (made.code() == TETHER_ENOTSUP) {
+        std::printf("  (no shared memory in this build: buffers skipped)\n");
+        return;
+    }
+    tether::buffer b = std::move(made).value();
+    for (std::size_t i = 0; i < b.size(); i++) {
+        b.writable()[i] = static_cast<std::uint8_t>(i);
+    }
+    tether::host h = make_host();
+    h.add_service("sum_buffer", tether::context::pool, [](const tether::buffer &in) {
+        unsigned long total = 0;
+        for (std::size_t i = 0; i < in.size(); i++) {
+            total += in.data()[i];
+        }
+        return total;
+    });
+    h.add_service("sum_bytes", tether::context::io, [](tether::bytes_view in) {
+        unsigned long total = 0;
+        for (std::size_t i = 0; i < in.size; i++) {
+            total += in.data[i];
+        }
+        return total;
+    });
+    h.add_service("make_buffer", tether::context::io, [](std::size_t n) {
+        tether::buffer out = tether::buffer::make(n);
+        std::memset(out.writable(), 7, n);
+        return out;
+    });
+    h.add_service("echo_bytes", tether::context::io,
+                  [](std::vector<std::uint8_t> in) { return in; });
+    h.start();
+    tether::client c = make_client(h);
+    c.connect();
+    tether::conn to_host = c.conn();
+
+    unsigned long expected = 0;
+    for (std::size_t i = 0; i < b.size(); i++) {
+        expected += static_cast<std::uint8_t>(i);
+    }
+    CHECK_EQ(to_host.call<unsigned long>("sum_buffer", b), expected);
+    CHECK_EQ(to_host.call<unsigned long>("sum_bytes", b), expected);
+    std::vector<std::uint8_t> bytes(1000, 2);
+    CHECK_EQ(to_host.call<unsigned long>("sum_buffer", bytes), 2000ul);
+    CHECK_EQ(to_host.call<unsigned long>("sum_bytes", tether::bytes_view(bytes)), 2000ul);
+    CHECK(to_host.call<std::vector<std::uint8_t>>("echo_bytes", bytes) == bytes);
+
+    tether::buffer got = to_host.call<tether::buffer>("make_buffer", 100000);
+    CHECK_EQ(got.size(), 100000u);
+    CHECK(got.writable() == nullptr); /* received: mapped read-only */
+    CHECK_EQ(static_cast<int>(got.data()[99999]), 7);
+    auto as_bytes = to_host.call<std::vector<std::uint8_t>>("make_buffer", 3);
+    CHECK(as_bytes == (std::vector<std::uint8_t>{7, 7, 7}));
+
+    /* Buffers nested in containers, both ways. */
+    h.add_service("sizes", tether::context::io, [](const std::vector<tether::buffer> &list) {
+        std::vector<std::size_t> out;
+        for (const auto &item : list) {
+            out.push_back(item.size());
+        }
+        return out;
+    });
+    tether::buffer small = tether::buffer::make(10);
+    CHECK((to_host.call<std::vector<std::size_t>>("sizes", std::vector<tether::buffer>{b, small}) ==
+           std::vector<std::size_t>{4096, 10}));
+}
+
+/* ---- objects by reference ----------------------------------------------------------- */
+
+struct actor {
+    std::string name;
+    double x = 0, y = 0;
+    std::vector<double>
+    move(double dx, double dy)
+    {
+        x += dx;
+        y += dy;
+        return {x, y};
+    }
+    std::string
+    describe() const
+    {
+        return name + " at " + std::to_string(static_cast<int>(x)) + "," +
+               std::to_string(static_cast<int>(y));
+    }
+};
+
+TEST(objects)
+{
+    std::weak_ptr<actor> watch;
+    std::thread::id main_thread = std::this_thread::get_id();
+    bool renamed_on_main = false;
+    tether::object_class<actor> actor_class("Actor");
+    actor_class.method("move", tether::context::io, &actor::move)
+        .method("describe", tether::context::pool, &actor::describe)
+        .method("rename", tether::context::main,
+                [&](actor &self, std::string name) {
+                    renamed_on_main = std::this_thread::get_id() == main_thread;
+                    self.name = std::move(name);
+                })
+        .method("fail", tether::context::io,
+                [](actor &, int) -> int { throw std::out_of_range("off the map"); });
+
+    tether::host h = make_host();
+    std::shared_ptr<actor> kept;
+    h.add_service("spawn", tether::context::io, [&](std::string name) {
+        auto a = std::make_shared<actor>();
+        a->name = std::move(name);
+        watch = a;
+        kept = a;
+        return h.new_object(actor_class, std::move(a));
+    });
+    /* A proxy sent back to its owner arrives as the local object. */
+    h.add_service("is_kept", tether::context::io, [&](const tether::object &o) {
+        return !o.remote() && o.local<actor>() == kept && o.local<point>() == nullptr;
+    });
+    h.add_service("spawn_two", tether::context::io, [&]() {
+        std::vector<tether::object> out;
+        for (const char *name : {"first", "second"}) {
+            auto a = std::make_shared<actor>();
+            a->name = name;
+            out.push_back(h.new_object(actor_class, std::move(a)));
+        }
+        return out;
+    });
+    h.add_service("are_actors", tether::context::io, [](std::vector<tether::object> list) {
+        std::vector<bool> out;
+        for (const auto &o : list) {
+            out.push_back(o.local<actor>() != nullptr);
+        }
+        return out;
+    });
+    h.start();
+    tether::client c = make_client(h);
+    c.connect();
+    tether::conn to_host = c.conn();
+
+    {
+        tether::object bob = to_host.call<tether::object>("spawn", "Bob");
+        CHECK(to_host.call<bool>("is_kept", bob));
+        kept.reset();
+        CHECK(bob.remote());
+        CHECK_EQ(bob.type_name(), std::string("Actor"));
+        CHECK(bob.local<actor>() == nullptr);
+        CHECK((bob.call<std::vector<double>>("move", 1, 2) == std::vector<double>{1, 2}));
+        CHECK((bob.call<std::vector<double>>("move", 1.5, 0) == std::vector<double>{2.5, 2}));
+        CHECK_EQ(bob.call<std::string>("describe"), std::string("Bob at 2,2"));
+        auto f = bob.call_async<void>("rename", "Robert");
+        serve_until(h, [&] { return f.ready(); });
+        f.get();
+        CHECK(renamed_on_main);
+        CHECK_EQ(bob.call<std::string>("describe"), std::string("Robert at 2,2"));
+
+        /* Mismatches and failures, as for services. */
+        auto bad = bob.try_call<int>("move", "x", 1);
+        CHECK_EQ(bad.code(), TETHER_EREMOTE);
+        CHECK_EQ(bad.error().type, std::string("TypeError"));
+        CHECK_EQ(bad.error().message, std::string("item 1: expected float, got str"));
+        auto thrown = bob.try_call<int>("fail", 1);
+        CHECK_EQ(thrown.error().type, std::string("IndexError"));
+        CHECK_EQ(thrown.error().message, std::string("off the map"));
+        auto missing = bob.try_call<int>("fly");
+        CHECK(!missing.ok());
+        CHECK_EQ(missing.error().type, std::string("AttributeError"));
+        bob.notify("move", 0, 0);
+
+        CHECK(!watch.expired()); /* the client's proxy holds it */
+
+        /* Objects inside containers, both ways. */
+        auto pair = to_host.call<std::vector<tether::object>>("spawn_two");
+        CHECK_EQ(pair.size(), 2u);
+        CHECK_EQ(pair[1].call<std::string>("describe"), std::string("second at 0,0"));
+        CHECK(
+            (to_host.call<std::vector<bool>>("are_actors", pair) == std::vector<bool>{true, true}));
+    }
+    /* A client's object, called by the host while the client waits on it. */
+    h.add_service("ask_object", tether::context::pool, [](tether::object o) {
+        CHECK(o.remote());
+        o.call<std::vector<double>>("move", 3, 4);
+        return o.call<std::string>("describe");
+    });
+    std::weak_ptr<actor> watch_client;
+    {
+        auto mine = std::make_shared<actor>();
+        mine->name = "Cleo";
+        watch_client = mine;
+        tether::object cleo = c.new_object(actor_class, std::move(mine));
+        CHECK(!cleo.remote());
+        CHECK_EQ(to_host.call<std::string>("ask_object", cleo), std::string("Cleo at 3,4"));
+        CHECK_EQ(cleo.local<actor>()->x, 3.0);
+    }
+    /* The last proxy gone, the host releases the actor (releases are batched). */
+    auto give_up = std::chrono::steady_clock::now() + 10s;
+    while (!watch.expired() || !watch_client.expired()) {
+        CHECK(std::chrono::steady_clock::now() < give_up);
+        h.wait(5ms);
+    }
+}
+
+TEST(no_throw_forms)
+{
+    auto h = tether::host::try_make();
+    CHECK(h.ok());
+    tether_host_options bad{};
+    bad.tcp = true;
+    bad.tcp_bind = "10.1.2.3";
+    auto bad_host = tether::host::try_make(bad);
+    if (bad_host.ok()) {
+        CHECK_EQ(bad_host.value().try_start().code(), TETHER_EINVAL);
+    }
+    tether_host_options named{};
+    std::string name = "cpp-nothrow-" + std::to_string(getpid());
+    named.name = name.c_str();
+    tether::host served = tether::host::try_make(named).value();
+    CHECK(served.try_add_service("twice", tether::context::io, [](int x) { return 2 * x; }).ok());
+    CHECK_EQ(served.try_add_service("twice", tether::context::io, [](int x) { return x; }).code(),
+             TETHER_EEXIST);
+    CHECK(served.try_start().ok());
+    CHECK_EQ(served.try_start().code(), TETHER_EALREADY);
+
+    tether_client_options co{};
+    co.name = "nothrow";
+    std::string address = served.address();
+    co.address = address.c_str();
+    auto c = tether::client::try_make(co);
+    CHECK(c.ok());
+    CHECK(c.value().try_connect().ok());
+    tether::conn to_host = c.value().conn();
+    auto r = to_host.try_call<int>("twice", 21);
+    CHECK(r.ok());
+    CHECK_EQ(r.value(), 42);
+    auto f = to_host.try_call_async<int>("twice", 4);
+    CHECK(f.ok());
+    CHECK_EQ(f.value().try_get().value(), 8);
+    CHECK(to_host.try_close().ok());
+    CHECK_EQ(to_host.try_call<int>("twice", 1).code(), TETHER_ENOTCONN);
+    CHECK_EQ(served.try_client("nobody").code(), TETHER_ENOENT);
+}
+
+int
+main(int argc, char **argv)
+{
+    /* Outside ctest (which gives each test a runtime directory), make one. */
+    char dir[] = "/tmp/tether-cpp-XXXXXX";
+    bool made_dir = false;
+    if (!std::getenv("TETHER_RUNTIME_DIR")) {
+        CHECK(mkdtemp(dir) != nullptr);
+        setenv("TETHER_RUNTIME_DIR", dir, 1);
+        made_dir = true;
+    }
+    int ran = 0;
+    for (const auto &t : all_tests()) {
+        if (argc > 1 && std::string(argv[1]) != t.name) {
+            continue;
+        }
+        std::printf("test %s\n", t.name);
+        std::fflush(stdout);
+        t.fn();
+        std::printf("ok %s\n", t.name);
+        ran++;
+    }
+    if (made_dir) {
+        rmdir(dir);
+    }
+    if (ran == 0) {
+        std::fprintf(stderr, "no test named %s\n", argc > 1 ? argv[1] : "");
+        return 1;
+    }
+    return 0;
+}
