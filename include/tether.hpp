@@ -3070,90 +3070,146 @@ class child {
 };
 
 /* ---------------------------------------------------------------------------------
- * Hosts: tether_host
+ * What hosts and clients share
  * ------------------------------------------------------------------------------- */
 
-class host {
+namespace detail {
+
+/* The C functions an endpoint class wraps: tether_host_* or tether_client_*. */
+struct host_api {
+    using handle = tether_host;
+    static int
+    add_service(tether_host *h, const char *name, tether_context ctx, tether_handler_fn fn,
+                void *userdata)
+    {
+        return tether_host_add_service(h, name, ctx, fn, userdata);
+    }
+    static int
+    new_object(tether_host *h, const tether_class *cls, void *userdata, tether_object **ret)
+    {
+        return tether_host_new_object(h, cls, userdata, ret);
+    }
+    static int
+    dispatch(tether_host *h, uint64_t budget_usec)
+    {
+        return tether_host_dispatch(h, budget_usec);
+    }
+    static int
+    wait(tether_host *h, uint64_t timeout_usec)
+    {
+        return tether_host_wait(h, timeout_usec);
+    }
+    static int
+    fd(const tether_host *h)
+    {
+        return tether_host_get_fd(h);
+    }
+    /* No handler starts after it: the host stops serving. */
+    static void
+    stop(tether_host *h)
+    {
+        (void)tether_host_stop(h);
+    }
+    static tether_host *
+    unref(tether_host *h)
+    {
+        return tether_host_unref(h);
+    }
+};
+
+struct client_api {
+    using handle = tether_client;
+    static int
+    add_service(tether_client *c, const char *name, tether_context ctx, tether_handler_fn fn,
+                void *userdata)
+    {
+        return tether_client_add_service(c, name, ctx, fn, userdata);
+    }
+    static int
+    new_object(tether_client *c, const tether_class *cls, void *userdata, tether_object **ret)
+    {
+        return tether_client_new_object(c, cls, userdata, ret);
+    }
+    static int
+    dispatch(tether_client *c, uint64_t budget_usec)
+    {
+        return tether_client_dispatch(c, budget_usec);
+    }
+    static int
+    wait(tether_client *c, uint64_t timeout_usec)
+    {
+        return tether_client_wait(c, timeout_usec);
+    }
+    static int
+    fd(const tether_client *c)
+    {
+        return tether_client_get_fd(c);
+    }
+    /* No handler starts after it: the connection closes. */
+    static void
+    stop(tether_client *c)
+    {
+        (void)tether_client_close(c);
+    }
+    static tether_client *
+    unref(tether_client *c)
+    {
+        return tether_client_unref(c);
+    }
+};
+
+/*
+ * A host or a client (Api: host_api or client_api): the C endpoint, owned, and the
+ * services registered through it, which outlive every handler that runs them. Moves
+ * only. Destroying it stops the endpoint (a host stops serving, a client closes), waits
+ * for the handlers running, drops the endpoint, then frees the services.
+ */
+template <class Api>
+class endpoint {
   public:
-    /* tether_host_new; the calling thread becomes the host's main thread. Thread: any. */
-    static result<host>
-    try_make(const tether_host_options &options = {})
-    {
-        tether_host *h = nullptr;
-        int r = tether_host_new(&options, &h);
-        if (r < 0) {
-            return error_info::from_code(r);
-        }
-        return host(h);
-    }
-#if TETHER_CPP_EXCEPTIONS
-    explicit host(const tether_host_options &options = {}) : host(try_make(options).value())
+    using handle = typename Api::handle;
+
+    endpoint(endpoint &&other) noexcept
+        : p_(std::exchange(other.p_, nullptr)), services_(std::move(other.services_))
     {
     }
-#endif
-    host(host &&other) noexcept
-        : h_(std::exchange(other.h_, nullptr)), services_(std::move(other.services_))
-    {
-    }
-    host &
-    operator=(host &&other) noexcept
+    endpoint &
+    operator=(endpoint &&other) noexcept
     {
         if (this != &other) {
             close();
-            h_ = std::exchange(other.h_, nullptr);
+            p_ = std::exchange(other.p_, nullptr);
             services_ = std::move(other.services_);
         }
         return *this;
     }
-    /* Stops the host (tether_host_stop), drops it, then frees its services. Thread: any
-     * but a handler's. */
-    ~host()
+    /* Thread: any but a handler's. */
+    ~endpoint()
     {
         close();
     }
 
-    /* tether_host_start: listen and serve. Thread: any. */
-    result<void>
-    try_start()
-    {
-        return detail::check(tether_host_start(h_));
-    }
-#if TETHER_CPP_EXCEPTIONS
-    void
-    start()
-    {
-        try_start().value();
-    }
-#endif
-    /* tether_host_stop. Thread: any but a handler's. */
-    result<void>
-    try_stop()
-    {
-        return detail::check(tether_host_stop(h_));
-    }
-
     /*
-     * Register a service (tether_host_add_service) whose handler runs in ctx: fn is a
-     * callable with typed parameters and result (see "Services"). The host keeps fn
-     * until it is destroyed. Thread: any.
+     * Register a service (tether_host_add_service, tether_client_add_service) whose
+     * handler runs in ctx: fn is a callable with typed parameters and result (see
+     * "Services"). The endpoint keeps fn until it is destroyed. Thread: any.
      */
     template <class F>
     result<void>
     try_add_service(cstring name, context ctx, F fn)
     {
         return services_->add(std::move(fn), [&](tether_handler_fn handler, void *userdata) {
-            return tether_host_add_service(h_, name.c_str(), static_cast<tether_context>(ctx),
-                                           handler, userdata);
+            return Api::add_service(p_, name.c_str(), static_cast<tether_context>(ctx), handler,
+                                    userdata);
         });
     }
-    /* A member function of object (which must outlive the host's services). */
+    /* A member function of object (which must outlive the endpoint's services). */
     template <class T, class M>
     result<void>
     try_add_service(cstring name, context ctx, M T::*method, T *object)
     {
-        using sig = detail::signature<M T::*>;
-        using bound =
-            detail::bound_member<T, M T::*, typename sig::result_type, typename sig::params>;
+        using sig = signature<M T::*>;
+        using bound = bound_member<T, M T::*, typename sig::result_type, typename sig::params>;
         return try_add_service(name, ctx, bound{object, method});
     }
 #if TETHER_CPP_EXCEPTIONS
@@ -3171,15 +3227,16 @@ class host {
     }
 #endif
 
-    /* An exported object of class cls around obj, owned by the host: its MAIN methods
-     * run in the host's dispatch (tether_host_new_object). Thread: any. */
+    /* An exported object of class cls around obj, owned by the endpoint: its MAIN
+     * methods run in the endpoint's dispatch (tether_host_new_object,
+     * tether_client_new_object). Thread: any. */
     template <class T>
     result<object>
     try_new_object(const object_class<T> &cls, std::shared_ptr<T> obj)
     {
         return detail::new_object(cls, std::move(obj),
                                   [this](const tether_class *c, void *ud, tether_object **ret) {
-                                      return tether_host_new_object(h_, c, ud, ret);
+                                      return Api::new_object(p_, c, ud, ret);
                                   });
     }
 #if TETHER_CPP_EXCEPTIONS
@@ -3190,6 +3247,126 @@ class host {
         return try_new_object(cls, std::move(obj)).value();
     }
 #endif
+
+    /* tether_host_dispatch, tether_client_dispatch: true while work remains.
+     * Thread: main. */
+    result<bool>
+    try_dispatch(std::chrono::microseconds budget = infinite)
+    {
+        int r = Api::dispatch(p_, to_usec(budget));
+        if (r < 0) {
+            return error_info::from_code(r);
+        }
+        return r > 0;
+    }
+    /* tether_host_wait, tether_client_wait: true if it ran something. Thread: main. */
+    result<bool>
+    try_wait(std::chrono::microseconds timeout = infinite)
+    {
+        int r = Api::wait(p_, to_usec(timeout));
+        if (r < 0) {
+            return error_info::from_code(r);
+        }
+        return r > 0;
+    }
+#if TETHER_CPP_EXCEPTIONS
+    bool
+    dispatch(std::chrono::microseconds budget = infinite)
+    {
+        return try_dispatch(budget).value();
+    }
+    bool
+    wait(std::chrono::microseconds timeout = infinite)
+    {
+        return try_wait(timeout).value();
+    }
+#endif
+
+    /* tether_host_get_fd, tether_client_get_fd. Thread: any. */
+    int
+    fd() const
+    {
+        return Api::fd(p_);
+    }
+    /* The C endpoint, borrowed. */
+    handle *
+    get() const noexcept
+    {
+        return p_;
+    }
+
+  protected:
+    explicit endpoint(handle *p) : p_(p), services_(std::make_unique<service_list>())
+    {
+    }
+
+    handle *p_ = nullptr;
+
+  private:
+    void
+    close() noexcept
+    {
+        if (p_) {
+            /* Stop first, so that no handler starts, and wait for those running, before
+             * the services they use go. */
+            Api::stop(p_);
+            if (services_) {
+                services_->wait_idle();
+            }
+            p_ = Api::unref(p_);
+        }
+        services_.reset();
+    }
+
+    std::unique_ptr<service_list> services_;
+};
+
+} // namespace detail
+
+/* ---------------------------------------------------------------------------------
+ * Hosts: tether_host
+ * ------------------------------------------------------------------------------- */
+
+class host : public detail::endpoint<detail::host_api> {
+  public:
+    /* tether_host_new; the calling thread becomes the host's main thread. Thread: any. */
+    static result<host>
+    try_make(const tether_host_options &options = {})
+    {
+        tether_host *h = nullptr;
+        int r = tether_host_new(&options, &h);
+        if (r < 0) {
+            return error_info::from_code(r);
+        }
+        return host(h);
+    }
+#if TETHER_CPP_EXCEPTIONS
+    explicit host(const tether_host_options &options = {}) : host(try_make(options).value())
+    {
+    }
+#endif
+    /* Destroying a host stops it (tether_host_stop), drops it, then frees its services
+     * (see detail::endpoint). Thread: any but a handler's. */
+
+    /* tether_host_start: listen and serve. Thread: any. */
+    result<void>
+    try_start()
+    {
+        return detail::check(tether_host_start(p_));
+    }
+#if TETHER_CPP_EXCEPTIONS
+    void
+    start()
+    {
+        try_start().value();
+    }
+#endif
+    /* tether_host_stop. Thread: any but a handler's. */
+    result<void>
+    try_stop()
+    {
+        return detail::check(tether_host_stop(p_));
+    }
 
     /*
      * Start a Python interpreter running options' script, module or object, and wait
@@ -3202,7 +3379,7 @@ class host {
     {
         tether_child *c = nullptr;
         tether_error err = TETHER_ERROR_INIT;
-        int r = tether_host_spawn(h_, &options, &c, &err);
+        int r = tether_host_spawn(p_, &options, &c, &err);
         if (r < 0) {
             return error_info::take(r, &err);
         }
@@ -3222,7 +3399,7 @@ class host {
     try_client(cstring name) const
     {
         tether_conn *c = nullptr;
-        int r = tether_host_get_client(h_, name.c_str(), &c);
+        int r = tether_host_get_client(p_, name.c_str(), &c);
         if (r < 0) {
             return error_info::from_code(r);
         }
@@ -3236,91 +3413,30 @@ class host {
     }
 #endif
 
-    /* tether_host_dispatch: true while work remains. Thread: main. */
-    result<bool>
-    try_dispatch(std::chrono::microseconds budget = infinite)
-    {
-        int r = tether_host_dispatch(h_, detail::to_usec(budget));
-        if (r < 0) {
-            return error_info::from_code(r);
-        }
-        return r > 0;
-    }
-    /* tether_host_wait: true if it ran something. Thread: main. */
-    result<bool>
-    try_wait(std::chrono::microseconds timeout = infinite)
-    {
-        int r = tether_host_wait(h_, detail::to_usec(timeout));
-        if (r < 0) {
-            return error_info::from_code(r);
-        }
-        return r > 0;
-    }
-#if TETHER_CPP_EXCEPTIONS
-    bool
-    dispatch(std::chrono::microseconds budget = infinite)
-    {
-        return try_dispatch(budget).value();
-    }
-    bool
-    wait(std::chrono::microseconds timeout = infinite)
-    {
-        return try_wait(timeout).value();
-    }
-#endif
-
-    /* tether_host_get_fd, tether_host_get_address ("" when none),
-     * tether_host_get_client_count. Thread: any. */
-    int
-    fd() const
-    {
-        return tether_host_get_fd(h_);
-    }
+    /* tether_host_get_address ("" when none), tether_host_get_client_count.
+     * Thread: any. */
     std::string
     address() const
     {
-        const char *a = tether_host_get_address(h_);
+        const char *a = tether_host_get_address(p_);
         return a ? a : "";
     }
     int
     client_count() const
     {
-        return tether_host_get_client_count(h_);
+        return tether_host_get_client_count(p_);
     }
-    /* The C host, borrowed. */
-    tether_host *
-    get() const noexcept
-    {
-        return h_;
-    }
-
   private:
-    explicit host(tether_host *h) : h_(h), services_(std::make_unique<detail::service_list>())
+    explicit host(tether_host *h) : endpoint(h)
     {
     }
-    void
-    close() noexcept
-    {
-        if (h_) {
-            /* Stop first, so that no handler starts, and wait for those running, before
-             * the services they use go. */
-            (void)tether_host_stop(h_);
-            if (services_) {
-                services_->wait_idle();
-            }
-            h_ = tether_host_unref(h_);
-        }
-        services_.reset();
-    }
-    tether_host *h_ = nullptr;
-    std::unique_ptr<detail::service_list> services_;
 };
 
 /* ---------------------------------------------------------------------------------
  * Clients: tether_client
  * ------------------------------------------------------------------------------- */
 
-class client {
+class client : public detail::endpoint<detail::client_api> {
   public:
     /* tether_client_new (not connected); the calling thread becomes its main thread.
      * Thread: any. */
@@ -3339,33 +3455,16 @@ class client {
     {
     }
 #endif
-    client(client &&other) noexcept
-        : c_(std::exchange(other.c_, nullptr)), services_(std::move(other.services_))
-    {
-    }
-    client &
-    operator=(client &&other) noexcept
-    {
-        if (this != &other) {
-            close();
-            c_ = std::exchange(other.c_, nullptr);
-            services_ = std::move(other.services_);
-        }
-        return *this;
-    }
-    /* Closes the connection (tether_client_close), drops the client, then frees its
-     * services. Thread: any but a handler's. */
-    ~client()
-    {
-        close();
-    }
+    /* Destroying a client closes the connection (tether_client_close), drops the
+     * client, then frees its services (see detail::endpoint). Thread: any but a
+     * handler's. */
 
     /* tether_client_connect; the error carries the host's reason. Thread: any. */
     result<void>
     try_connect()
     {
         tether_error err = TETHER_ERROR_INIT;
-        int r = tether_client_connect(c_, &err);
+        int r = tether_client_connect(p_, &err);
         if (r < 0) {
             return error_info::take(r, &err);
         }
@@ -3380,135 +3479,23 @@ class client {
     }
 #endif
 
-    /* As host::add_service (tether_client_add_service). Thread: any. */
-    template <class F>
-    result<void>
-    try_add_service(cstring name, context ctx, F fn)
-    {
-        return services_->add(std::move(fn), [&](tether_handler_fn handler, void *userdata) {
-            return tether_client_add_service(c_, name.c_str(), static_cast<tether_context>(ctx),
-                                             handler, userdata);
-        });
-    }
-    template <class T, class M>
-    result<void>
-    try_add_service(cstring name, context ctx, M T::*method, T *object)
-    {
-        using sig = detail::signature<M T::*>;
-        using bound =
-            detail::bound_member<T, M T::*, typename sig::result_type, typename sig::params>;
-        return try_add_service(name, ctx, bound{object, method});
-    }
-#if TETHER_CPP_EXCEPTIONS
-    template <class F>
-    void
-    add_service(cstring name, context ctx, F fn)
-    {
-        try_add_service(name, ctx, std::move(fn)).value();
-    }
-    template <class T, class M>
-    void
-    add_service(cstring name, context ctx, M T::*method, T *object)
-    {
-        try_add_service(name, ctx, method, object).value();
-    }
-#endif
-
-    /* As host::new_object, owned by the client (tether_client_new_object). Thread: any. */
-    template <class T>
-    result<object>
-    try_new_object(const object_class<T> &cls, std::shared_ptr<T> obj)
-    {
-        return detail::new_object(cls, std::move(obj),
-                                  [this](const tether_class *c, void *ud, tether_object **ret) {
-                                      return tether_client_new_object(c_, c, ud, ret);
-                                  });
-    }
-#if TETHER_CPP_EXCEPTIONS
-    template <class T>
-    object
-    new_object(const object_class<T> &cls, std::shared_ptr<T> obj)
-    {
-        return try_new_object(cls, std::move(obj)).value();
-    }
-#endif
-
     /* The connection to the host (tether_client_get_conn; empty before the first
      * connect), valid across reconnects. Thread: any. */
     tether::conn
     conn() const
     {
-        return tether::conn::borrow(tether_client_get_conn(c_));
+        return tether::conn::borrow(tether_client_get_conn(p_));
     }
     /* tether_client_is_connected. Thread: any. */
     bool
     connected() const
     {
-        return tether_client_is_connected(c_) == 1;
+        return tether_client_is_connected(p_) == 1;
     }
-    /* As host::dispatch and host::wait (tether_client_dispatch, tether_client_wait).
-     * Thread: main. */
-    result<bool>
-    try_dispatch(std::chrono::microseconds budget = infinite)
-    {
-        int r = tether_client_dispatch(c_, detail::to_usec(budget));
-        if (r < 0) {
-            return error_info::from_code(r);
-        }
-        return r > 0;
-    }
-    result<bool>
-    try_wait(std::chrono::microseconds timeout = infinite)
-    {
-        int r = tether_client_wait(c_, detail::to_usec(timeout));
-        if (r < 0) {
-            return error_info::from_code(r);
-        }
-        return r > 0;
-    }
-#if TETHER_CPP_EXCEPTIONS
-    bool
-    dispatch(std::chrono::microseconds budget = infinite)
-    {
-        return try_dispatch(budget).value();
-    }
-    bool
-    wait(std::chrono::microseconds timeout = infinite)
-    {
-        return try_wait(timeout).value();
-    }
-#endif
-    /* tether_client_get_fd. Thread: any. */
-    int
-    fd() const
-    {
-        return tether_client_get_fd(c_);
-    }
-    /* The C client, borrowed. */
-    tether_client *
-    get() const noexcept
-    {
-        return c_;
-    }
-
   private:
-    explicit client(tether_client *c) : c_(c), services_(std::make_unique<detail::service_list>())
+    explicit client(tether_client *c) : endpoint(c)
     {
     }
-    void
-    close() noexcept
-    {
-        if (c_) {
-            (void)tether_client_close(c_);
-            if (services_) {
-                services_->wait_idle();
-            }
-            c_ = tether_client_unref(c_);
-        }
-        services_.reset();
-    }
-    tether_client *c_ = nullptr;
-    std::unique_ptr<detail::service_list> services_;
 };
 
 } // namespace tether
