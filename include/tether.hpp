@@ -38,6 +38,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <initializer_list>
 #include <limits>
 #include <map>
 #include <memory>
@@ -472,6 +473,26 @@ class buffer {
     make(std::size_t size)
     {
         return try_make(size).value();
+    }
+#endif
+
+    /*
+     * Tell the receiver what the bytes are (tether_buffer_set_array): elements of format
+     * (a struct character: 'B' uint8_t, 'f' float, ...) in C order of shape, which must
+     * fill the buffer; a Python script gets a numpy array of them. Thread: any, but not
+     * while a send of the buffer is being written.
+     */
+    result<void>
+    try_set_array(char format, std::initializer_list<std::size_t> shape)
+    {
+        return detail::check(
+            tether_buffer_set_array(h_.get(), format, shape.begin(), shape.size()));
+    }
+#if TETHER_CPP_EXCEPTIONS
+    void
+    set_array(char format, std::initializer_list<std::size_t> shape)
+    {
+        try_set_array(format, shape).value();
     }
 #endif
 

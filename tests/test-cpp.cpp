@@ -707,6 +707,10 @@ TEST(buffers)
     for (std::size_t i = 0; i < b.size(); i++) {
         b.writable()[i] = static_cast<std::uint8_t>(i);
     }
+    /* Described as an array (a Python script gets a numpy array): the shape must fill it. */
+    CHECK_EQ(b.try_set_array('f', {16, 32}).code(), TETHER_EINVAL);
+    CHECK_EQ(b.try_set_array('B', {64, 64}).code(), 0);
+    b.set_array(0, {}); /* plain bytes again */
     tether::host h = make_host();
     h.add_service("sum_buffer", tether::context::pool, [](const tether::buffer &in) {
         unsigned long total = 0;
