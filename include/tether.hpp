@@ -2164,6 +2164,22 @@ class conn {
     }
 #endif
 
+    /* Send a log record to the peer (tether_conn_log), which logs it at level
+     * (TETHER_LOG_ERROR..TETHER_LOG_DEBUG) under logger: returns once queued.
+     * Thread: any. */
+    result<void>
+    try_log(int level, cstring logger, cstring message) const
+    {
+        return detail::check(tether_conn_log(h_.get(), level, logger.c_str(), message.c_str()));
+    }
+#if TETHER_CPP_EXCEPTIONS
+    void
+    log(int level, cstring logger, cstring message) const
+    {
+        try_log(level, logger, message).value();
+    }
+#endif
+
     /* tether_conn_flush: send the requests of batch calls now. Thread: any. */
     result<void>
     try_flush() const

@@ -103,6 +103,18 @@ using namespace std::chrono_literals;
 
 int host_serial = 0;
 
+/* What hosts made here logged, for the test of log records sent by a client. */
+std::mutex host_log_lock;
+std::string host_log;
+
+void
+keep_host_log(void *, int, const char *message)
+{
+    std::lock_guard<std::mutex> hold(host_log_lock);
+    host_log += message;
+    host_log += "\n";
+}
+
 tether::host
 make_host()
 {
@@ -110,6 +122,7 @@ make_host()
     std::snprintf(name, sizeof name, "cpp-%d-%d", static_cast<int>(getpid()), ++host_serial);
     tether_host_options options{};
     options.name = name;
+    options.log = keep_host_log;
     tether::host h(options);
     return h;
 }
@@ -685,6 +698,19 @@ TEST(notifications_and_options)
         std::this_thread::sleep_for(1ms);
     }
     CHECK_EQ(sum.load(), 9);
+
+    /* A log record reaches the host's log callback. */
+    to_host.log(TETHER_LOG_WARNING, "cpp.test", "a record from C++");
+    CHECK_EQ(to_host.try_log(TETHER_LOG_INFO, "", "").code(), 0);
+    bool logged = false;
+    for (int i = 0; i < 500 && !logged; i++) {
+        {
+            std::lock_guard<std::mutex> hold(host_log_lock);
+            logged = host_log.find("cpp.test: a record from C++") != std::string::npos;
+        }
+        std::this_thread::sleep_for(10ms);
+    }
+    CHECK(logged);
 
     /* A deadline bounds the whole call. */
     tether::call_options options;
