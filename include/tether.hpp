@@ -3360,6 +3360,18 @@ class endpoint {
 
 } // namespace detail
 
+/* One connected client, as tether_host_list_clients describes it, with its own copies. */
+struct client_info {
+    tether::conn conn;
+    std::string name;
+    std::int64_t pid = 0;
+    std::string language, language_version; /* "c", "python"; "3.11.2" */
+    std::int64_t connected_unix_usec = 0;   /* wall clock of its handshake */
+    std::uint32_t calls_in_flight = 0;      /* its calls running here plus ours on it */
+    std::uint64_t calls_in = 0, calls_out = 0, bytes_in = 0, bytes_out = 0;
+    std::vector<std::string> services; /* the names it announced, in order */
+};
+
 /* ---------------------------------------------------------------------------------
  * Hosts: tether_host
  * ------------------------------------------------------------------------------- */
@@ -3447,6 +3459,69 @@ class host : public detail::endpoint<detail::host_api> {
     client(cstring name) const
     {
         return try_client(name).value();
+    }
+#endif
+
+    /* The connected clients, oldest first (tether_host_list_clients). Thread: any. */
+    result<std::vector<client_info>>
+    try_list_clients() const
+    {
+        tether_client_info *infos = nullptr;
+        std::size_t count = 0;
+        int r = tether_host_list_clients(p_, &infos, &count);
+        if (r < 0) {
+            return error_info::from_code(r);
+        }
+        std::vector<client_info> out;
+        out.reserve(count);
+        for (std::size_t i = 0; i < count; i++) {
+            const tether_client_info &c = infos[i];
+            client_info one;
+            one.conn = tether::conn::borrow(c.conn);
+            one.name = c.name ? c.name : "";
+            one.pid = c.pid;
+            one.language = c.language ? c.language : "";
+            one.language_version = c.language_version ? c.language_version : "";
+            one.connected_unix_usec = c.connected_unix_usec;
+            one.calls_in_flight = c.calls_in_flight;
+            one.calls_in = c.calls_in;
+            one.calls_out = c.calls_out;
+            one.bytes_in = c.bytes_in;
+            one.bytes_out = c.bytes_out;
+            one.services.assign(c.services, c.services + c.service_count);
+            out.push_back(std::move(one));
+        }
+        tether_client_infos_free(infos, count);
+        return out;
+    }
+    /* Make a client reconnect (tether_host_reset_client), or tell it to go and not come
+     * back (tether_host_disconnect_client): its calls in flight may finish first.
+     * Thread: any. */
+    result<void>
+    try_reset_client(const tether::conn &client)
+    {
+        return detail::check(tether_host_reset_client(p_, client.get()));
+    }
+    result<void>
+    try_disconnect_client(const tether::conn &client)
+    {
+        return detail::check(tether_host_disconnect_client(p_, client.get()));
+    }
+#if TETHER_CPP_EXCEPTIONS
+    std::vector<client_info>
+    list_clients() const
+    {
+        return try_list_clients().value();
+    }
+    void
+    reset_client(const tether::conn &client)
+    {
+        try_reset_client(client).value();
+    }
+    void
+    disconnect_client(const tether::conn &client)
+    {
+        try_disconnect_client(client).value();
     }
 #endif
 

@@ -722,6 +722,51 @@ TEST(notifications_and_options)
     CHECK_EQ(to_host.call<int>(options, "sleepy", 1), 1);
 }
 
+void
+note_disconnect(void *userdata, const char *)
+{
+    static_cast<std::atomic<bool> *>(userdata)->store(true);
+}
+
+TEST(managing_clients)
+{
+    tether::host h = make_host();
+    h.start();
+    std::string address = h.address();
+    std::atomic<bool> told_to_go{false};
+    tether_client_options options{};
+    options.name = "managed";
+    options.address = address.c_str();
+    options.on_disconnect = note_disconnect; /* not the default SIGTERM of this process */
+    options.on_disconnect_userdata = &told_to_go;
+    tether::client c(options);
+    c.connect();
+    std::vector<tether::client_info> clients = h.list_clients();
+    CHECK_EQ(clients.size(), 1u);
+    CHECK(clients[0].name == "managed");
+    CHECK_EQ(clients[0].pid, static_cast<std::int64_t>(getpid()));
+    CHECK(clients[0].language == "c");
+    /* Reset: it comes back by itself. */
+    h.reset_client(clients[0].conn);
+    auto give_up = std::chrono::steady_clock::now() + 10s;
+    bool back = false;
+    while (!back && std::chrono::steady_clock::now() < give_up) {
+        std::this_thread::sleep_for(10ms);
+        auto now = h.list_clients();
+        back = now.size() == 1 && now[0].conn.get() != clients[0].conn.get();
+    }
+    CHECK(back);
+    /* Disconnect: it is told, and stays away. */
+    h.disconnect_client(h.client("managed"));
+    give_up = std::chrono::steady_clock::now() + 10s;
+    while (!told_to_go && std::chrono::steady_clock::now() < give_up) {
+        c.dispatch(10ms);
+    }
+    CHECK(told_to_go);
+    CHECK(!c.connected());
+    CHECK_EQ(h.try_disconnect_client(tether::conn()).code(), TETHER_EINVAL);
+}
+
 TEST(buffers)
 {
     auto made = tether::buffer::try_make(4096);
