@@ -2164,6 +2164,30 @@ class conn {
     }
 #endif
 
+    /* Whether the client at the other end (a host's connection to a client) announced
+     * a service of that name (tether_conn_has_service); false for a client's own
+     * connection. Thread: any. */
+    bool
+    has_service(cstring name) const
+    {
+        return tether_conn_has_service(h_.get(), name.c_str()) == 1;
+    }
+    /* Wait until it has (tether_conn_wait_service): TETHER_ETIMEDOUT, TETHER_ECONNRESET
+     * (the client left first). Thread: any but the I/O thread. */
+    result<void>
+    try_wait_service(cstring name, std::chrono::microseconds timeout = infinite) const
+    {
+        return detail::check(
+            tether_conn_wait_service(h_.get(), name.c_str(), detail::to_usec(timeout)));
+    }
+#if TETHER_CPP_EXCEPTIONS
+    void
+    wait_service(cstring name, std::chrono::microseconds timeout = infinite) const
+    {
+        try_wait_service(name, timeout).value();
+    }
+#endif
+
     /* Send a log record to the peer (tether_conn_log), which logs it at level
      * (TETHER_LOG_ERROR..TETHER_LOG_DEBUG) under logger: returns once queued.
      * Thread: any. */

@@ -143,7 +143,9 @@ tether::conn
 client_conn(const tether::host &h, const char *name, const char *service)
 {
     tether::conn c = h.client(name);
-    CHECK(tether_conn_wait_service(c.get(), service, 5000000) == 0);
+    c.wait_service(service, 5s);
+    CHECK(c.has_service(service) && !c.has_service("no such service"));
+    CHECK_EQ(c.try_wait_service("no such service", 1ms).code(), TETHER_ETIMEDOUT);
     return c;
 }
 
