@@ -298,3 +298,10 @@ def test_shared_memory_and_arrays_travel_without_a_copy(conn):
     assert again[0, 0, 0] == 78
     with pytest.raises(ValueError):
         tether.shared_memory(0)
+
+
+def test_shared_memory_where_the_build_has_none():
+    if tether.protocol_version >= 2:
+        pytest.skip("this build has shared memory (see the tests above)")
+    with pytest.raises(NotImplementedError, match="no shared memory on this platform"):
+        tether.shared_memory(100)
