@@ -104,13 +104,14 @@ pack_buffer_ext(packbuf *b, tether_buffer *buf, PyObject *format, PyObject *shap
                                                       : tether_py_pb_tag(&payload, 0xcf, dim, 8);
         }
     }
-    /* ext 8 header: the payload is never one of the fixext lengths' worth of bother. */
-    uint8_t head[3] = {0xc7, (uint8_t)payload.len, TETHER_MSGPACK_EXT_BUFFER};
-    if (r == 0 && payload.len > 0xff) {
-        PyErr_SetString(PyExc_ValueError, "array with too many dimensions to send");
-        r = -1;
-    }
-    r = r < 0 ? r : tether_py_pb_put(b, head, sizeof(head));
+    /* An ext 8 head, or ext 16 for an array of many dimensions: valid msgpack for any
+     * length (a fixext would save a byte for payloads of 1, 2, 4, 8 or 16 bytes). */
+    size_t n = payload.len;
+    uint8_t head8[3] = {0xc7, (uint8_t)n, TETHER_MSGPACK_EXT_BUFFER};
+    uint8_t head16[4] = {0xc8, (uint8_t)(n >> 8), (uint8_t)n, TETHER_MSGPACK_EXT_BUFFER};
+    r = r < 0       ? r
+        : n <= 0xff ? tether_py_pb_put(b, head8, sizeof(head8))
+                    : tether_py_pb_put(b, head16, sizeof(head16));
     r = r < 0 ? r : tether_py_pb_put(b, payload.data, payload.len);
     tether_py_pb_done(&payload);
     if (r < 0 || pb_push_buffer(b, buf) < 0) {

@@ -120,6 +120,8 @@ def test_a_numpy_array_keeps_its_dtype_and_shape(conn):
         assert back.dtype == small.dtype and back.shape == (2, 3) and (back == small).all()
     scalar = conn.root.echo(np.array(2.5))
     assert scalar.shape == () and scalar == 2.5
+    deep = np.arange(2**5, dtype="i2").reshape((2,) * 5 + (1,) * 27)  # 32 dimensions
+    assert conn.root.echo(deep).shape == deep.shape  # a payload over 255 bytes: ext 16
     empty = conn.root.echo(np.zeros((0, 3), dtype="f4"))
     assert empty.shape == (0, 3) and empty.dtype == np.float32
     # Not contiguous: gathered in C order.
