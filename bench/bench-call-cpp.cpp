@@ -9,10 +9,15 @@
  * rounds of --calls calls, C then C++ then C++ then C in turn (so that drift of the
  * machine hits both alike), timing each block. What it reports is the median over the
  * blocks of the mean time per call, each way, and their ratio (C++ over C; issue #15's
- * target is within 5%, a ratio of at most 1.05).
+ * target is within 5%, a ratio of at most 1.05), with the caller's CPU time and context
+ * switches per call in each block (getrusage), medians too.
+ *
+ * --only c or --only cpp makes the warm-up and one block of --calls calls that way only:
+ * bench/instructions counts the instructions per call of each under callgrind.
  *
  * Output: one JSON line, {"bench": "bench-call-cpp", "c_usec": ..., "cpp_usec": ...,
- * "ratio": ...}.
+ * "ratio": ..., "c_cpu_usec": ..., "cpp_cpu_usec": ..., "c_switches": ...,
+ * "cpp_switches": ...}.
  */
 #include <tether.hpp>
 
@@ -21,6 +26,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <vector>
@@ -63,16 +69,45 @@ median(std::vector<double> v)
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-long
-option(int argc, char **argv, const char *name, long fallback)
+const char *
+option_text(int argc, char **argv, const char *name, const char *fallback)
 {
     for (int i = 1; i + 1 < argc; i++) {
         if (std::string(argv[i]) == name) {
-            return std::strtol(argv[i + 1], nullptr, 10);
+            return argv[i + 1];
         }
     }
     return fallback;
 }
+
+long
+option(int argc, char **argv, const char *name, long fallback)
+{
+    const char *text = option_text(argc, argv, name, nullptr);
+    return text ? std::strtol(text, nullptr, 10) : fallback;
+}
+
+/* The caller's CPU time (user + system, microseconds) and context switches (voluntary
+ * and involuntary) so far. */
+struct usage {
+    double cpu_usec;
+    double switches;
+};
+
+usage
+usage_now()
+{
+    struct rusage ru {};
+    getrusage(RUSAGE_SELF, &ru);
+    return {static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
+                static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec),
+            static_cast<double>(ru.ru_nvcsw + ru.ru_nivcsw)};
+}
+
+/* Per-call figures of the blocks made one way. */
+struct figures {
+    std::vector<double> usec, cpu_usec, switches;
+};
 
 } // namespace
 
@@ -82,8 +117,10 @@ main(int argc, char **argv)
     long warmup = option(argc, argv, "--warmup", 10000);
     long calls = option(argc, argv, "--calls", 5000);
     long rounds = option(argc, argv, "--rounds", 20);
-    if (calls < 1 || rounds < 1 || warmup < 0) {
-        std::fprintf(stderr, "usage: bench-call-cpp [--warmup N] [--calls N] [--rounds N]\n");
+    std::string only = option_text(argc, argv, "--only", "");
+    if (calls < 1 || rounds < 1 || warmup < 0 || (only != "" && only != "c" && only != "cpp")) {
+        std::fprintf(stderr, "usage: bench-call-cpp [--warmup N] [--calls N] [--rounds N] "
+                             "[--only c|cpp]\n");
         return 2;
     }
 
@@ -114,7 +151,7 @@ main(int argc, char **argv)
         return 1;
     }
 
-    std::vector<double> c_usec, cpp_usec;
+    figures c_figures, cpp_figures;
     {
         tether_client_options options{};
         options.name = "bench-call-cpp";
@@ -140,22 +177,35 @@ main(int argc, char **argv)
                 conn.call<void>("noop");
             }
         };
-        auto timed = [&](auto block, std::vector<double> &into) {
+        auto timed = [&](auto block, figures &into) {
+            usage before = usage_now();
             auto start = std::chrono::steady_clock::now();
             block(calls);
             std::chrono::duration<double, std::micro> took =
                 std::chrono::steady_clock::now() - start;
-            into.push_back(took.count() / static_cast<double>(calls));
+            usage after = usage_now();
+            double n = static_cast<double>(calls);
+            into.usec.push_back(took.count() / n);
+            into.cpu_usec.push_back((after.cpu_usec - before.cpu_usec) / n);
+            into.switches.push_back((after.switches - before.switches) / n);
         };
-        c_block(warmup);
-        cpp_block(warmup);
-        for (long round = 0; round < rounds; round++) {
-            if (round % 2 == 0) {
-                timed(c_block, c_usec);
-                timed(cpp_block, cpp_usec);
-            } else {
-                timed(cpp_block, cpp_usec);
-                timed(c_block, c_usec);
+        if (only == "c") {
+            c_block(warmup);
+            c_block(calls);
+        } else if (only == "cpp") {
+            cpp_block(warmup);
+            cpp_block(calls);
+        } else {
+            c_block(warmup);
+            cpp_block(warmup);
+            for (long round = 0; round < rounds; round++) {
+                if (round % 2 == 0) {
+                    timed(c_block, c_figures);
+                    timed(cpp_block, cpp_figures);
+                } else {
+                    timed(cpp_block, cpp_figures);
+                    timed(c_block, c_figures);
+                }
             }
         }
     }
@@ -165,9 +215,16 @@ main(int argc, char **argv)
     unlink(path.c_str());
     rmdir(dir.c_str());
 
-    double c = median(c_usec), cpp = median(cpp_usec);
+    if (only != "") {
+        return 0;
+    }
+    double c = median(c_figures.usec), cpp = median(cpp_figures.usec);
     std::printf("{\"bench\": \"bench-call-cpp\", \"calls_per_block\": %ld, \"blocks\": %ld, "
-                "\"c_usec\": %.3f, \"cpp_usec\": %.3f, \"ratio\": %.4f}\n",
-                calls, rounds, c, cpp, cpp / c);
+                "\"c_usec\": %.3f, \"cpp_usec\": %.3f, \"ratio\": %.4f, "
+                "\"c_cpu_usec\": %.3f, \"cpp_cpu_usec\": %.3f, "
+                "\"c_switches\": %.3f, \"cpp_switches\": %.3f}\n",
+                calls, rounds, c, cpp, cpp / c, median(c_figures.cpu_usec),
+                median(cpp_figures.cpu_usec), median(c_figures.switches),
+                median(cpp_figures.switches));
     return 0;
 }
