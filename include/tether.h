@@ -653,6 +653,19 @@ typedef void (*tether_future_fn)(tether_future *future, void *userdata);
 TETHER_EXPORT int tether_future_set_callback(tether_future *future, tether_context context,
                                              tether_future_fn fn, void *userdata);
 
+typedef void (*tether_future_discard_fn)(void *userdata);
+
+/*
+ * tether_future_set_callback, and discard(userdata) called instead of fn when fn will
+ * never run: a TETHER_CONTEXT_MAIN callback still queued when its host stops or its
+ * client goes (tether_host_stop, tether_client_close, the last unref), on the thread
+ * that stops it. Exactly one of fn and discard runs, so that what userdata holds can be
+ * freed by either. discard may be NULL. Thread: any.
+ */
+TETHER_EXPORT int tether_future_set_callback_full(tether_future *future, tether_context context,
+                                                  tether_future_fn fn, void *userdata,
+                                                  tether_future_discard_fn discard);
+
 /* Take a reference; drop one (unref cancels nothing; accepts NULL, returns NULL). Thread: any. */
 TETHER_EXPORT tether_future *tether_future_ref(tether_future *future);
 TETHER_EXPORT tether_future *tether_future_unref(tether_future *future);
@@ -1017,8 +1030,10 @@ TETHER_EXPORT int tether_host_start(tether_host *host);
 
 /*
  * Stop listening, close every client connection (their pending calls fail) and remove
- * the host file, the socket file and the token file. Returns 0 or TETHER_EALREADY.
- * Thread: any but a handler's.
+ * the host file, the socket file and the token file. No handler of the host's services
+ * and objects starts after it, and it returns once those running on other threads have
+ * returned: the userdata of its services may be freed then. Returns 0 or
+ * TETHER_EALREADY. Thread: any but a handler's (from one, it does not wait).
  */
 TETHER_EXPORT int tether_host_stop(tether_host *host);
 
@@ -1365,7 +1380,9 @@ TETHER_EXPORT int tether_client_new(const tether_client_options *options,
                                     tether_client **ret_client);
 
 /* Take a reference; drop one (accepts NULL, returns NULL). The last unref closes the
- * connection. Thread: any but a handler's. */
+ * connection for good and returns once the handlers of the client's services and objects
+ * running on other threads have returned: their userdata may be freed then.
+ * Thread: any but a handler's (from one, it does not wait for the others). */
 TETHER_EXPORT tether_client *tether_client_ref(tether_client *client);
 TETHER_EXPORT tether_client *tether_client_unref(tether_client *client);
 

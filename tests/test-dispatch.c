@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <sys/wait.h>
 
 #include "helpers.h"
@@ -849,3 +850,151 @@ Test(dispatch, a_host_waiting_on_its_one_client_reads_it_itself, .timeout = 60)
     tether_host_unref(h);
 }
 #endif
+
+/* ---- a host or client that goes waits for its handlers running ------------------------ */
+
+/* A POOL service that takes 300 ms: what it uses must not be freed under it. */
+static atomic_int slow_entered, slow_finished;
+
+static int
+slow_pool_service(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    atomic_store(&slow_entered, 1);
+    usleep(300 * 1000);
+    atomic_store(&slow_finished, 1);
+    return tether_request_reply(req, "i", 1);
+}
+
+static void
+wait_until_entered(void)
+{
+    for (int i = 0; i < 1000 && !atomic_load(&slow_entered); i++) {
+        usleep(5000);
+    }
+    cr_assert(atomic_load(&slow_entered), "the POOL service did not start");
+}
+
+Test(dispatch, a_host_stops_only_once_its_running_handlers_return, .timeout = 30)
+{
+    tether_host *h = test_host_new(NULL);
+    ASSERT_OK(tether_host_add_service(h, "slow", TETHER_CONTEXT_POOL, slow_pool_service, NULL));
+    ASSERT_OK(tether_host_start(h));
+    tether_client *c = test_client_connect("caller", NULL);
+    tether_future *f = NULL;
+    ASSERT_OK(tether_conn_call_async(tether_client_get_conn(c), "slow", NULL, &f, NULL));
+    wait_until_entered();
+    ASSERT_OK(tether_host_stop(h));
+    cr_assert(atomic_load(&slow_finished), "tether_host_stop returned while a handler ran");
+    tether_future_unref(f);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
+Test(dispatch, the_last_client_unref_waits_for_its_running_handlers, .timeout = 30)
+{
+    tether_host *h = test_host_new(NULL);
+    ASSERT_OK(tether_host_start(h));
+    tether_client *c = test_client_new("served", NULL);
+    ASSERT_OK(tether_client_add_service(c, "slow", TETHER_CONTEXT_POOL, slow_pool_service, NULL));
+    ASSERT_OK(tether_client_connect(c, NULL));
+    tether_conn *conn = NULL;
+    ASSERT_OK(tether_host_get_client(h, "served", &conn));
+    tether_future *f = NULL;
+    ASSERT_OK(tether_conn_call_async(conn, "slow", NULL, &f, NULL));
+    wait_until_entered();
+    tether_client_unref(c);
+    cr_assert(atomic_load(&slow_finished), "tether_client_unref returned while a handler ran");
+    tether_future_unref(f);
+    tether_conn_unref(conn);
+    tether_host_unref(h);
+}
+
+/* A handler that stops its own host (which it should not): the stop does not wait for
+ * the handler calling it, nor hang. */
+static tether_host *self_stopping_host;
+static atomic_int self_stop_result = 1;
+
+static int
+stop_own_host(tether_request *req, void *userdata)
+{
+    (void)req;
+    (void)userdata;
+    atomic_store(&self_stop_result, tether_host_stop(self_stopping_host));
+    return 0;
+}
+
+Test(dispatch, a_handler_that_stops_its_host_does_not_wait_for_itself, .timeout = 30)
+{
+    self_stopping_host = test_host_new(NULL);
+    ASSERT_OK(tether_host_add_service(self_stopping_host, "stop", TETHER_CONTEXT_POOL,
+                                      stop_own_host, NULL));
+    ASSERT_OK(tether_host_start(self_stopping_host));
+    tether_client *c = test_client_connect("stopper", NULL);
+    tether_future *f = NULL;
+    ASSERT_OK(tether_conn_call_async(tether_client_get_conn(c), "stop", NULL, &f, NULL));
+    /* The call fails as the host's connections close, maybe before the stop returns. */
+    for (int i = 0; i < 2000 && atomic_load(&self_stop_result) == 1; i++) {
+        usleep(5000);
+    }
+    cr_assert_eq(atomic_load(&self_stop_result), 0, "the handler's tether_host_stop: %d",
+                 atomic_load(&self_stop_result));
+    tether_future_unref(f);
+    tether_client_unref(c);
+    tether_host_unref(self_stopping_host);
+}
+
+/* A MAIN future callback that never runs (its host stops first) has its discard
+ * function called instead, so that what its userdata holds can be freed. */
+static int discard_fn_runs, discard_runs;
+
+static void
+never_dispatched(tether_future *f, void *userdata)
+{
+    (void)f;
+    (void)userdata;
+    discard_fn_runs++;
+}
+
+static void
+count_discard(void *userdata)
+{
+    cr_assert_eq(userdata, &discard_runs);
+    discard_runs++;
+}
+
+Test(dispatch, a_main_callback_that_never_runs_is_discarded, .timeout = 30)
+{
+    tether_host *h = test_host_new(NULL);
+    ASSERT_OK(tether_host_start(h));
+    tether_client *c = test_client_new("echoer", NULL);
+    ASSERT_OK(tether_client_add_service(c, "echo", TETHER_CONTEXT_IO, test_echo_handler, NULL));
+    ASSERT_OK(tether_client_connect(c, NULL));
+    tether_conn *conn = NULL;
+    ASSERT_OK(tether_host_get_client(h, "echoer", &conn));
+    tether_future *f[2] = {NULL, NULL};
+    for (int i = 0; i < 2; i++) {
+        ASSERT_OK(tether_conn_call_async(conn, "echo", NULL, &f[i], "x", (int64_t)i));
+        ASSERT_OK(tether_future_wait(f[i], 10 * 1000 * 1000));
+        ASSERT_OK(tether_future_set_callback_full(f[i], TETHER_CONTEXT_MAIN, never_dispatched,
+                                                  &discard_runs, count_discard));
+        cr_assert(test_fd_readable(tether_host_get_fd(h)), "the callback is not queued");
+        if (i == 0) {
+            /* Dispatched, it runs and its discard does not. */
+            cr_assert_eq(tether_host_dispatch(h, 0), 0);
+            cr_assert_eq(discard_fn_runs, 1);
+            cr_assert_eq(discard_runs, 0);
+        }
+    }
+    ASSERT_OK(tether_host_stop(h));
+    cr_assert_eq(discard_runs, 1);
+    cr_assert_eq(discard_fn_runs, 1);
+    cr_assert_eq(tether_host_dispatch(h, 0), 0);
+    cr_assert_eq(discard_fn_runs, 1);
+    cr_assert_eq(discard_runs, 1);
+    tether_future_unref(f[0]);
+    tether_future_unref(f[1]);
+    tether_conn_unref(conn);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}

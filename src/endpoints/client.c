@@ -354,6 +354,9 @@ tether_client_unref(tether_client *cl)
     }
     pthread_mutex_unlock(&cl->lock);
     tether_client_close(cl);
+    /* No handler starts now (no reconnecting either); those running on other threads
+     * finish before the client goes, so the caller may free what they use. */
+    tether__endpoint_close_handlers(cl->ep);
     tether__ioloop_run_sync(cl->ep->loop, stop_timer, cl);
     tether__ioloop_run_sync(cl->ep->loop, barrier, NULL);
     pthread_rwlock_wrlock(&cl->ep->owner_lock);

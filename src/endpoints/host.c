@@ -1158,6 +1158,10 @@ tether_host_stop(tether_host *h)
     }
     /* Requests still waiting for the main thread will not run now. */
     tether__mainq_discard_all(h->ep->mainq);
+    /* Nor will any other; those running on other threads (a POOL service taking its
+     * time, an IO one on the I/O thread) finish before this returns, so the caller may
+     * free what they use. */
+    tether__endpoint_close_handlers(h->ep);
     tether__forkserver_host_stopped(h);
     return 0;
 }

@@ -42,6 +42,7 @@ struct tether_future {
     tether_error error;
     tether_future_fn callback; /* guarded by lock */
     void *callback_userdata;
+    tether_future_discard_fn callback_discard; /* instead of callback, if it never runs */
     bool callback_set;
     tether_context callback_context;
     tether__mainq *callback_queue; /* MAIN callbacks: the caller's endpoint queue */
@@ -1052,6 +1053,9 @@ discard_main_callback(tether__work *work)
 {
     /* The owner is gone with the callback still queued: it will never run. */
     tether_future *f = (tether_future *)((char *)work - offsetof(tether_future, callback_work));
+    if (f->callback_discard) {
+        f->callback_discard(f->callback_userdata);
+    }
     tether_future_unref(f);
 }
 
@@ -1269,6 +1273,13 @@ int
 tether_future_set_callback(tether_future *f, tether_context context, tether_future_fn fn,
                            void *userdata)
 {
+    return tether_future_set_callback_full(f, context, fn, userdata, NULL);
+}
+
+int
+tether_future_set_callback_full(tether_future *f, tether_context context, tether_future_fn fn,
+                                void *userdata, tether_future_discard_fn discard)
+{
     if (!f || !fn) {
         return -EINVAL;
     }
@@ -1283,6 +1294,7 @@ tether_future_set_callback(tether_future *f, tether_context context, tether_futu
     }
     f->callback_set = true;
     f->callback_userdata = userdata;
+    f->callback_discard = discard;
     f->callback_context = context;
     if (f->done) {
         f->callback = fn;

@@ -52,6 +52,8 @@ tether__endpoint_new(const char *name, bool is_host, tether__endpoint **ret)
     ep->logger.level = TETHER_LOG_INFO;
     pthread_rwlock_init(&ep->services_lock, NULL);
     pthread_rwlock_init(&ep->owner_lock, NULL);
+    pthread_mutex_init(&ep->handlers_lock, NULL);
+    pthread_cond_init(&ep->handlers_idle, NULL);
     *ret = ep;
     return 0;
 }
@@ -80,11 +82,70 @@ tether__endpoint_unref(tether__endpoint *ep)
     }
     pthread_rwlock_destroy(&ep->services_lock);
     pthread_rwlock_destroy(&ep->owner_lock);
+    pthread_mutex_destroy(&ep->handlers_lock);
+    pthread_cond_destroy(&ep->handlers_idle);
     tether__mainq_free(ep->mainq);
     tether__ioloop *loop = ep->loop;
     tether__free(ep->name);
     tether__free(ep);
     tether__ioloop_release(loop);
+}
+
+/* The handlers running on this thread, innermost first. */
+static _Thread_local tether__handler_frame *handlers_here;
+
+static void
+handler_leave_count(tether__endpoint *ep)
+{
+    /* The request being run holds its connection, which holds ep: ep outlives this. */
+    if (atomic_fetch_sub(&ep->handlers_running, 1) == 1 && atomic_load(&ep->handlers_closed)) {
+        pthread_mutex_lock(&ep->handlers_lock);
+        pthread_cond_broadcast(&ep->handlers_idle);
+        pthread_mutex_unlock(&ep->handlers_lock);
+    }
+}
+
+bool
+tether__endpoint_handler_enter(tether__endpoint *ep, tether__handler_frame *frame)
+{
+    /* Counted, then the flag looked at; closing sets the flag, then looks at the count
+     * (all sequentially consistent): either the closer sees this handler counted and
+     * waits for it, or this handler sees the flag and does not run. */
+    atomic_fetch_add(&ep->handlers_running, 1);
+    if (atomic_load(&ep->handlers_closed)) {
+        handler_leave_count(ep);
+        return false;
+    }
+    frame->ep = ep;
+    frame->outer = handlers_here;
+    handlers_here = frame;
+    return true;
+}
+
+void
+tether__endpoint_handler_leave(tether__endpoint *ep, tether__handler_frame *frame)
+{
+    handlers_here = frame->outer;
+    handler_leave_count(ep);
+}
+
+bool
+tether__endpoint_close_handlers(tether__endpoint *ep)
+{
+    /* Set before looking: a handler that leaves after the look sees it and signals,
+     * under the lock this thread holds until it waits. */
+    atomic_store(&ep->handlers_closed, true);
+    for (const tether__handler_frame *f = handlers_here; f; f = f->outer) {
+        if (f->ep == ep) {
+            return false;
+        }
+    }
+    pthread_mutex_lock(&ep->handlers_lock);
+    while (atomic_load(&ep->handlers_running) != 0) {
+        pthread_cond_wait(&ep->handlers_idle, &ep->handlers_lock);
+    }
+    pthread_mutex_unlock(&ep->handlers_lock);
+    return true;
 }
 
 void

@@ -77,7 +77,22 @@ struct tether__endpoint {
     pthread_rwlock_t services_lock;
     tether__service *services[64]; /* guarded by services_lock; chained hash on name */
     atomic_bool pool_services;     /* some service runs in TETHER_CONTEXT_POOL */
+
+    /* Handlers running (services and methods of local objects), on any thread: a host
+     * that stops and a client that goes wait for them, so that their owner may free
+     * what the handlers use once that returns (tether__endpoint_wait_handlers). */
+    atomic_uint handlers_running;
+    atomic_bool handlers_closed; /* none may start: the owner stopped or went */
+    pthread_mutex_t handlers_lock;
+    pthread_cond_t handlers_idle;
 };
+
+/* A handler running on this thread, innermost first (they nest: a call a handler
+ * makes can run a call-back's handler inline). Lives on the stack of the caller. */
+typedef struct tether__handler_frame {
+    tether__endpoint *ep;
+    struct tether__handler_frame *outer;
+} tether__handler_frame;
 
 /* The notification a client sends its host to name its services: as it connects (all
  * of them) and when it registers one later; args [[name, ...]] (docs/protocol.md,
@@ -107,6 +122,21 @@ int tether__endpoint_find_service(tether__endpoint *ep, const char *name, size_t
                                   tether__service *ret);
 /* Newly allocated copies of every service's name (free each and the array). */
 int tether__endpoint_service_names(tether__endpoint *ep, char ***ret_names, size_t *ret_count);
+
+/*
+ * Count a handler of ep as running on this thread until leave; returns false, counting
+ * nothing, once handlers are closed (tether__endpoint_close_handlers): the handler must
+ * not run. Thread: the handler's.
+ */
+bool tether__endpoint_handler_enter(tether__endpoint *ep, tether__handler_frame *frame);
+void tether__endpoint_handler_leave(tether__endpoint *ep, tether__handler_frame *frame);
+/*
+ * Let no handler of ep start from now on, and wait until none runs on another thread:
+ * its owner may then free what they use. Returns false without waiting when this thread
+ * runs a handler of ep (waiting would wait for itself), true after waiting. Final.
+ * Thread: any.
+ */
+bool tether__endpoint_close_handlers(tether__endpoint *ep);
 
 /* Checks for the owner's main-thread calls: 0, -EPERM (wrong thread), -ECHILD (forked). */
 int tether__endpoint_check_main(const tether__endpoint *ep);

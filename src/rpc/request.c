@@ -606,10 +606,18 @@ keep_running(tether_conn *c, tether_request *req)
 static void
 invoke(tether_request *req)
 {
+    tether__endpoint *ep = req->conn->ep;
+    tether__handler_frame frame;
+    /* Not once the host stopped or the client went: its owner may have freed what the
+     * handler uses (rpc/endpoint.h). */
+    if (!tether__endpoint_handler_enter(ep, &frame)) {
+        return;
+    }
     uint64_t outer_chain = current_chain;
     current_chain = req->chain;
     int r = req->handler(req, req->userdata);
     current_chain = outer_chain;
+    tether__endpoint_handler_leave(ep, &frame);
     if (atomic_load(&req->replied) || atomic_load(&req->refs) > 1) {
         return;
     }
