@@ -258,7 +258,9 @@ template <class T> class [[nodiscard]] result {
         }
         return *value_;
     }
-    T &&
+    /* On a temporary result, the T moved out: a reference would dangle once the result
+     * is gone, as in `for (int x : conn.try_call<std::vector<int>>("f").value())`. */
+    T
     value() &&
     {
         if (!ok()) {

@@ -277,6 +277,23 @@ TEST(round_trips)
     CHECK_EQ(outer.to_string(), std::string("[\"v\", [5, 6]]"));
 }
 
+/* value() of a temporary result gives the T itself, not a reference into the result. */
+static_assert(std::is_same_v<decltype(std::declval<tether::result<std::vector<int>>>().value()),
+                             std::vector<int>>);
+static_assert(std::is_same_v<decltype(std::declval<tether::result<int> &>().value()), int &>);
+
+TEST(value_of_a_temporary_result)
+{
+    /* The range-for keeps what value() returns alive, not the result it came from (with
+     * T && this read freed memory: ASan in the clang++ build). */
+    int sum = 0;
+    for (int x :
+         tether::value::from(std::vector<int>{1, 2, 3}).try_as<std::vector<int>>().value()) {
+        sum += x;
+    }
+    CHECK_EQ(sum, 6);
+}
+
 TEST(same_bytes_as_c)
 {
     /* What C++ writes, the C reader reads, and the other way round. */
