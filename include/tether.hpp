@@ -582,12 +582,29 @@ struct bytes_view {
  *       }
  *   };
  *
+ * A type read as a view into the value (as string_view and bytes_view are, their bytes
+ * freed with the value) says so with `static constexpr bool borrows = true;` in its
+ * convert: a call's result cannot then be one, nor hold one at any depth (a container
+ * passes on what its items say), as it would not outlive the call.
+ *
  * Reading checks every item and stops at the first mismatch, with the TypeError text the
  * C reader gives (tether_value_read): the position as "item 3.1" (1-based, through
  * arrays and maps, a map's keys and values counted in turn) and both types.
  * ------------------------------------------------------------------------------- */
 
 template <class T, class Enable = void> struct convert;
+
+namespace detail {
+/* Whether a T read from a value points into it, so that it must not outlive the value:
+ * what convert<T>::borrows says (string_view and bytes_view; a container of them, at any
+ * depth; a user type whose convert says so), false without one. */
+template <class T, class = void> struct is_borrowed : std::false_type {
+};
+template <class T>
+struct is_borrowed<T, std::void_t<decltype(convert<T>::borrows)>>
+    : std::bool_constant<convert<T>::borrows> {
+};
+} // namespace detail
 
 /* Writes msgpack, collecting the buffers and objects it refers to. */
 class writer {
@@ -1465,6 +1482,7 @@ template <class T> struct convert<T, std::enable_if_t<std::is_floating_point_v<T
 };
 
 template <> struct convert<std::string_view> {
+    static constexpr bool borrows = true;
     static void
     write(writer &w, std::string_view v)
     {
@@ -1523,6 +1541,7 @@ template <std::size_t N> struct convert<char[N]> {
 };
 
 template <> struct convert<bytes_view> {
+    static constexpr bool borrows = true;
     static void
     write(writer &w, const bytes_view &v)
     {
@@ -1567,6 +1586,7 @@ template <> struct convert<buffer> {
 };
 
 template <class T, class A> struct convert<std::vector<T, A>> {
+    static constexpr bool borrows = detail::is_borrowed<T>::value;
     static void
     write(writer &w, const std::vector<T, A> &v)
     {
@@ -1600,6 +1620,7 @@ template <class T, class A> struct convert<std::vector<T, A>> {
 namespace detail {
 /* std::map and std::unordered_map with string keys. */
 template <class Map> struct convert_string_map {
+    static constexpr bool borrows = is_borrowed<typename Map::mapped_type>::value;
     static void
     write(writer &w, const Map &m)
     {
@@ -1647,6 +1668,7 @@ struct convert<std::unordered_map<std::string, V, H, E, A>>
 };
 
 template <class T> struct convert<std::optional<T>> {
+    static constexpr bool borrows = detail::is_borrowed<T>::value;
     static void
     write(writer &w, const std::optional<T> &v)
     {
@@ -1673,6 +1695,7 @@ template <class T> struct convert<std::optional<T>> {
 };
 
 template <class... T> struct convert<std::tuple<T...>> {
+    static constexpr bool borrows = (detail::is_borrowed<T>::value || ...);
     static void
     write(writer &w, const std::tuple<T...> &v)
     {
@@ -1733,10 +1756,12 @@ class value {
     }
 
     /* The value read as T; a mismatch fails with TETHER_EINVAL and a "TypeError". A
-     * string_view or bytes_view read out lives as long as this value. Thread: any. */
+     * string_view or bytes_view read out lives as long as this value: on a temporary
+     * value, which is gone at the end of the statement, a T that borrows
+     * (detail::is_borrowed) does not compile. Thread: any. */
     template <class T>
     result<T>
-    try_as() const
+    try_as() const &
     {
         reader r(h_.get());
         T out{};
@@ -1745,6 +1770,14 @@ class value {
         }
         return out;
     }
+    template <class T, std::enable_if_t<!detail::is_borrowed<T>::value, int> = 0>
+    result<T>
+    try_as() &&
+    {
+        return static_cast<const value &>(*this).try_as<T>();
+    }
+    template <class T, std::enable_if_t<detail::is_borrowed<T>::value, int> = 0>
+    result<T> try_as() && = delete;
 
 #if TETHER_CPP_EXCEPTIONS
     template <class T>
@@ -1755,10 +1788,17 @@ class value {
     }
     template <class T>
     T
-    as() const
+    as() const &
     {
         return try_as<T>().value();
     }
+    template <class T, std::enable_if_t<!detail::is_borrowed<T>::value, int> = 0>
+    T
+    as() &&
+    {
+        return try_as<T>().value();
+    }
+    template <class T, std::enable_if_t<detail::is_borrowed<T>::value, int> = 0> T as() && = delete;
 #endif
 
     /* A tether_type, or TETHER_EINVAL for an empty handle. Thread: any. */
@@ -1889,13 +1929,6 @@ class cstring {
 };
 
 namespace detail {
-
-template <class T> struct is_borrowed : std::false_type {
-};
-template <> struct is_borrowed<std::string_view> : std::true_type {
-};
-template <> struct is_borrowed<bytes_view> : std::true_type {
-};
 
 template <class T> struct is_result : std::false_type {
 };

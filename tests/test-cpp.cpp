@@ -213,7 +213,62 @@ template <> struct tether::convert<point> {
     }
 };
 
+/* A user type read as a view into the value: its convert says so. */
+struct label {
+    std::string_view text;
+};
+
+template <> struct tether::convert<label> {
+    static constexpr bool borrows = true;
+    static void
+    write(tether::writer &w, const label &l)
+    {
+        w.str(l.text);
+    }
+    static bool
+    read(tether::reader &r, label &l)
+    {
+        return r.str(l.text);
+    }
+};
+
 /* ---- conversions ------------------------------------------------------------------- */
+
+/* What borrows from the value it is read from, at any depth: a call's result may not (its
+ * static_assert), nor what is read from a temporary value. */
+using tether::detail::is_borrowed;
+static_assert(is_borrowed<std::string_view>::value && is_borrowed<tether::bytes_view>::value);
+static_assert(is_borrowed<std::tuple<int, std::string_view>>::value);
+static_assert(is_borrowed<std::vector<std::string_view>>::value);
+static_assert(is_borrowed<std::optional<tether::bytes_view>>::value);
+static_assert(is_borrowed<std::map<std::string, std::string_view>>::value);
+static_assert(
+    is_borrowed<
+        std::unordered_map<std::string, std::vector<std::optional<tether::bytes_view>>>>::value);
+static_assert(is_borrowed<label>::value && is_borrowed<std::vector<label>>::value);
+static_assert(!is_borrowed<std::tuple<int, std::string>>::value);
+static_assert(!is_borrowed<std::vector<std::uint8_t>>::value);
+static_assert(!is_borrowed<std::map<std::string, std::vector<std::string>>>::value);
+static_assert(!is_borrowed<point>::value && !is_borrowed<tether::value>::value);
+static_assert(!is_borrowed<void>::value);
+
+template <class T, class = void> struct as_on_temporary : std::false_type {
+};
+template <class T>
+struct as_on_temporary<T, std::void_t<decltype(std::declval<tether::value>().as<T>())>>
+    : std::true_type {
+};
+template <class T, class = void> struct try_as_on_temporary : std::false_type {
+};
+template <class T>
+struct try_as_on_temporary<T, std::void_t<decltype(std::declval<tether::value>().try_as<T>())>>
+    : std::true_type {
+};
+static_assert(as_on_temporary<std::string>::value && try_as_on_temporary<std::string>::value);
+static_assert(!as_on_temporary<std::string_view>::value);
+static_assert(!try_as_on_temporary<std::tuple<int, tether::bytes_view>>::value);
+static_assert(!as_on_temporary<label>::value);
+static_assert(as_on_temporary<point>::value);
 
 TEST(round_trips)
 {
@@ -267,6 +322,8 @@ TEST(round_trips)
     tether::bytes_view view = b.as<tether::bytes_view>();
     CHECK_EQ(view.size, 3u);
     CHECK_EQ(static_cast<int>(view.data[2]), 3);
+    CHECK(s.as<label>().text == "text");
+    CHECK(s.as<std::optional<std::string_view>>() == std::string_view("text"));
 
     /* Any value inside another, as it is. */
     tether::value inner = tether::value::from(std::vector<int>{5, 6});
