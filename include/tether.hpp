@@ -32,6 +32,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
@@ -81,13 +82,55 @@ inline constexpr std::chrono::microseconds infinite{std::chrono::microseconds::m
 
 namespace detail {
 
-inline std::uint64_t
-to_usec(std::chrono::microseconds d)
+/*
+ * A duration in whole microseconds for the C API, without the overflow of a plain
+ * duration_cast (hours::max() in microseconds is signed overflow): rounded up, so that a
+ * wait of 1 ns waits 1 us rather than not at all; 0 for anything not above zero (NaN
+ * too); infinite for anything at or above infinite.
+ */
+template <class Rep, class Period>
+std::chrono::microseconds
+to_microseconds(std::chrono::duration<Rep, Period> d)
 {
-    if (d == infinite) {
-        return TETHER_TIMEOUT_INFINITE;
+    using tick = std::ratio_divide<Period, std::micro>; /* one tick in microseconds */
+    using usec = std::chrono::microseconds;
+    constexpr auto most = static_cast<std::uintmax_t>(infinite.count());
+    if constexpr (std::chrono::treat_as_floating_point_v<Rep> ||
+                  (tick::num != 1 && tick::den != 1)) {
+        long double us = static_cast<long double>(d.count()) * tick::num / tick::den;
+        if (!(us > 0)) {
+            return usec::zero();
+        }
+        us = std::ceil(us);
+        if (us >= static_cast<long double>(most)) {
+            return infinite;
+        }
+        return usec(static_cast<usec::rep>(us));
+    } else {
+        if (!(d.count() > 0)) {
+            return usec::zero();
+        }
+        auto n = static_cast<std::uintmax_t>(d.count());
+        std::uintmax_t us;
+        if constexpr (tick::den == 1) {
+            if (n > most / tick::num) {
+                return infinite;
+            }
+            us = n * tick::num;
+        } else {
+            us = n / tick::den + (n % tick::den != 0);
+        }
+        return us >= most ? infinite : usec(static_cast<usec::rep>(us));
     }
-    return d.count() < 0 ? 0 : static_cast<std::uint64_t>(d.count());
+}
+
+/* A duration as a timeout_usec: infinite is TETHER_TIMEOUT_INFINITE, below zero is 0. */
+template <class Rep, class Period>
+std::uint64_t
+to_usec(std::chrono::duration<Rep, Period> d)
+{
+    auto us = to_microseconds(d);
+    return us == infinite ? TETHER_TIMEOUT_INFINITE : static_cast<std::uint64_t>(us.count());
 }
 
 } // namespace detail
@@ -1897,11 +1940,22 @@ struct call_options {
         tether_call_options c{};
         c.timeout_usec = detail::to_usec(timeout);
         if (deadline) {
-            auto left = std::chrono::duration_cast<std::chrono::microseconds>(
-                *deadline - std::chrono::steady_clock::now());
-            std::uint64_t now = tether_now_usec();
-            c.deadline_usec = left.count() <= 0 ? (now ? now : 1)
-                                                : now + static_cast<std::uint64_t>(left.count());
+            /* What is left, without overflow at either end of time_point's range: min()
+             * has passed, a deadline too far for the C clock is none (0). */
+            using clock = std::chrono::steady_clock;
+            clock::duration at = deadline->time_since_epoch();
+            clock::duration now = clock::now().time_since_epoch();
+            std::uint64_t now_usec = tether_now_usec();
+            if (at <= now) {
+                c.deadline_usec = now_usec ? now_usec : 1;
+            } else {
+                clock::duration left =
+                    now < clock::duration::zero() && at > clock::duration::max() + now
+                        ? clock::duration::max()
+                        : at - now;
+                std::uint64_t left_usec = detail::to_usec(left);
+                c.deadline_usec = left_usec >= UINT64_MAX - now_usec ? 0 : now_usec + left_usec;
+            }
         }
         c.wait_for_connection = wait_for_connection;
         c.batch = batch;
@@ -1990,14 +2044,14 @@ template <class R = value> class future {
     {
         return tether_future_is_ready(h_.get()) == 1;
     }
-    /* Wait up to timeout (infinite: forever) for the outcome: true once it is there
+    /* Wait up to timeout (infinite, or anything longer: forever; rounded up to whole
+     * microseconds; 0 or less: do not wait) for the outcome: true once it is there
      * (tether_future_wait). Thread: any. */
     template <class Rep, class Period>
     bool
     wait_for(std::chrono::duration<Rep, Period> timeout) const
     {
-        auto usec = std::chrono::duration_cast<std::chrono::microseconds>(timeout);
-        return tether_future_wait(h_.get(), detail::to_usec(usec)) == 0;
+        return tether_future_wait(h_.get(), detail::to_usec(timeout)) == 0;
     }
     /* Wait until the outcome is there. Thread: any. */
     void

@@ -351,6 +351,35 @@ TEST(value_of_a_temporary_result)
     CHECK_EQ(sum, 6);
 }
 
+TEST(durations)
+{
+    /* Whole microseconds, rounded up, saturated: infinite from infinite up, 0 below. */
+    using std::chrono::duration;
+    using tether::detail::to_usec;
+    const std::uint64_t forever = TETHER_TIMEOUT_INFINITE;
+    CHECK_EQ(to_usec(1500us), 1500u);
+    CHECK_EQ(to_usec(2s), 2000000u);
+    CHECK_EQ(to_usec(1ns), 1u); /* not 0, "do not wait" */
+    CHECK_EQ(to_usec(1001ns), 2u);
+    CHECK_EQ(to_usec(0ns), 0u);
+    CHECK_EQ(to_usec(-5s), 0u);
+    CHECK_EQ(to_usec(std::chrono::hours::max()), forever);
+    CHECK_EQ(to_usec(std::chrono::hours::min()), 0u);
+    CHECK_EQ(to_usec(tether::infinite), forever);
+    CHECK_EQ(to_usec(tether::infinite - 1us), static_cast<std::uint64_t>(INT64_MAX - 1));
+    CHECK_EQ(to_usec(std::chrono::nanoseconds::max()),
+             static_cast<std::uint64_t>(INT64_MAX / 1000 + 1));
+    CHECK_EQ(to_usec(duration<std::uint64_t, std::nano>(UINT64_MAX)),
+             static_cast<std::uint64_t>(UINT64_MAX / 1000 + 1));
+    CHECK_EQ(to_usec(duration<double>(2.5)), 2500000u);
+    CHECK_EQ(to_usec(duration<double, std::milli>(0.0001)), 1u);
+    CHECK_EQ(to_usec(duration<double>(1e300)), forever);
+    CHECK_EQ(to_usec(duration<double>(std::numeric_limits<double>::infinity())), forever);
+    CHECK_EQ(to_usec(duration<double>(-std::numeric_limits<double>::infinity())), 0u);
+    CHECK_EQ(to_usec(duration<double>(std::numeric_limits<double>::quiet_NaN())), 0u);
+    CHECK_EQ(to_usec(duration<long, std::ratio<3, 7>>(7)), 3000000u);
+}
+
 TEST(same_bytes_as_c)
 {
     /* What C++ writes, the C reader reads, and the other way round. */
@@ -712,6 +741,17 @@ TEST(futures)
     CHECK_EQ(f.get(), 5000);
     release = false;
 
+    /* Longer than microseconds hold: forever (it overflowed into "do not wait"). */
+    tether::future<int> later = to_client.call_async<int>("slow", 5000);
+    std::thread releaser([&] {
+        std::this_thread::sleep_for(50ms);
+        release = true;
+    });
+    CHECK(later.wait_for(std::chrono::hours::max()));
+    releaser.join();
+    CHECK_EQ(later.get(), 5000);
+    release = false;
+
     /* then: on the main thread, inside dispatch, even when the outcome is there. */
     std::thread::id main_thread = std::this_thread::get_id();
     std::optional<double> got;
@@ -795,6 +835,14 @@ TEST(notifications_and_options)
     CHECK_EQ(r.code(), TETHER_ETIMEDOUT);
     options = tether::call_options{};
     options.timeout = 5s;
+    CHECK_EQ(to_host.call<int>(options, "sleepy", 1), 1);
+
+    /* Deadlines at the ends of time_point's range (deadline - now overflowed): min() has
+     * passed, max() is none. */
+    options = tether::call_options{};
+    options.deadline = std::chrono::steady_clock::time_point::min();
+    CHECK_EQ(to_host.try_call<int>(options, "sleepy", 1).code(), TETHER_ETIMEDOUT);
+    options.deadline = std::chrono::steady_clock::time_point::max();
     CHECK_EQ(to_host.call<int>(options, "sleepy", 1), 1);
 }
 
