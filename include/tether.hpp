@@ -76,8 +76,9 @@ enum class context : int {
 };
 
 /* Durations are std::chrono; these two stand for TETHER_TIMEOUT_DEFAULT and
- * TETHER_TIMEOUT_INFINITE / TETHER_BUDGET_UNLIMITED. */
-inline constexpr std::chrono::microseconds default_timeout{0};
+ * TETHER_TIMEOUT_INFINITE / TETHER_BUDGET_UNLIMITED. default_timeout is a value of its
+ * own, not 0: a call's timeout of 0 or less is a budget already spent (call_options). */
+inline constexpr std::chrono::microseconds default_timeout{std::chrono::microseconds::min()};
 inline constexpr std::chrono::microseconds infinite{std::chrono::microseconds::max()};
 
 namespace detail {
@@ -1926,7 +1927,8 @@ template <> struct convert<value> {
 
 /* tether_call_options in C++ terms; see there. */
 struct call_options {
-    /* Bound on silence; default_timeout: the connection's; infinite: none. */
+    /* Bound on silence; default_timeout: the connection's; infinite: none; 0 or less
+     * (a budget that ran out): the call fails at once with TETHER_ETIMEDOUT. */
     std::chrono::microseconds timeout = default_timeout;
     /* Bound on the whole call (steady_clock is CLOCK_MONOTONIC); none when unset. */
     std::optional<std::chrono::steady_clock::time_point> deadline;
@@ -1938,7 +1940,15 @@ struct call_options {
     to_c() const
     {
         tether_call_options c{};
-        c.timeout_usec = detail::to_usec(timeout);
+        if (timeout == default_timeout) {
+            c.timeout_usec = TETHER_TIMEOUT_DEFAULT;
+        } else if (timeout <= std::chrono::microseconds::zero()) {
+            /* The smallest real timeout: 0 would be the connection's default (30 s), a
+             * long wait for a caller whose budget ran out. */
+            c.timeout_usec = 1;
+        } else {
+            c.timeout_usec = detail::to_usec(timeout);
+        }
         if (deadline) {
             /* What is left, without overflow at either end of time_point's range: min()
              * has passed, a deadline too far for the C clock is none (0). */

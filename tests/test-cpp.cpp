@@ -837,6 +837,18 @@ TEST(notifications_and_options)
     options.timeout = 5s;
     CHECK_EQ(to_host.call<int>(options, "sleepy", 1), 1);
 
+    /* A timeout of 0 or less set on the call is a budget already spent: it fails at once
+     * (it became 0, the connection's default of 30 s). default_timeout is still that. */
+    options = tether::call_options{};
+    options.timeout = -1s;
+    CHECK_EQ(to_host.try_call<int>(options, "sleepy", 300).code(), TETHER_ETIMEDOUT);
+    CHECK_EQ(to_host.try_call_async<int>(options, "sleepy", 300).value().try_get().code(),
+             TETHER_ETIMEDOUT);
+    options.timeout = 0us;
+    CHECK_EQ(to_host.try_call<int>(options, "sleepy", 300).code(), TETHER_ETIMEDOUT);
+    options.timeout = tether::default_timeout;
+    CHECK_EQ(to_host.call<int>(options, "sleepy", 1), 1);
+
     /* Deadlines at the ends of time_point's range (deadline - now overflowed): min() has
      * passed, max() is none. */
     options = tether::call_options{};
