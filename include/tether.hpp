@@ -648,6 +648,64 @@ template <class T>
 struct is_borrowed<T, std::void_t<decltype(convert<T>::borrows)>>
     : std::bool_constant<convert<T>::borrows> {
 };
+/*
+ * Where s stops being valid UTF-8 (s.size() when it is valid), with the rules of the
+ * library (src/util/utf8.c): no overlong forms, no surrogates, nothing above U+10FFFF.
+ * A str sent with bytes that are not is refused by the peer as a malformed frame.
+ */
+inline std::size_t
+utf8_invalid_at(std::string_view s) noexcept
+{
+    const auto *p = reinterpret_cast<const unsigned char *>(s.data());
+    const std::size_t n = s.size();
+    std::size_t i = 0;
+    while (i < n) {
+        /* ASCII a word at a time, the common case. */
+        for (; i + 8 <= n; i += 8) {
+            std::uint64_t word;
+            std::memcpy(&word, p + i, 8);
+            if (word & UINT64_C(0x8080808080808080)) {
+                break;
+            }
+        }
+        if (i >= n) {
+            break;
+        }
+        unsigned char c = p[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        /* The second byte's range depends on the first (E0, ED, F0, F4), the later ones
+         * are 80..BF. */
+        std::size_t len;
+        unsigned char lo = 0x80, hi = 0xbf;
+        if (c >= 0xc2 && c <= 0xdf) {
+            len = 2;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            len = 3;
+            lo = c == 0xe0 ? 0xa0 : 0x80;
+            hi = c == 0xed ? 0x9f : 0xbf;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            len = 4;
+            lo = c == 0xf0 ? 0x90 : 0x80;
+            hi = c == 0xf4 ? 0x8f : 0xbf;
+        } else {
+            return i; /* a continuation byte, an overlong lead (C0, C1), or F5..FF */
+        }
+        if (n - i < len || p[i + 1] < lo || p[i + 1] > hi) {
+            return i;
+        }
+        for (std::size_t k = 2; k < len; k++) {
+            if ((p[i + k] & 0xc0) != 0x80) {
+                return i;
+            }
+        }
+        i += len;
+    }
+    return n;
+}
+
 } // namespace detail
 
 /* Writes msgpack, collecting the buffers and objects it refers to. */
@@ -711,9 +769,17 @@ class writer {
         put(0xcb);
         be(bits, 8);
     }
+    /* A str; text that is not UTF-8 makes what is written fail with TETHER_EINVAL, as
+     * the C API refuses it. */
     void
     str(std::string_view s)
     {
+        std::size_t bad = detail::utf8_invalid_at(s);
+        if (bad != s.size()) {
+            fail(TETHER_EINVAL, "a string is not valid UTF-8 (byte " + std::to_string(bad) +
+                                    " of " + std::to_string(s.size()) + ")");
+            return;
+        }
         std::size_t n = s.size();
         if (n < 32) {
             put(static_cast<std::uint8_t>(0xa0 | n));
@@ -783,12 +849,13 @@ class writer {
             buffers_.push_back(buffer::borrow(buffers[i]));
         }
     }
-    /* Make what is written fail with code (the first failure wins). */
+    /* Make what is written fail with code, and why if given (the first failure wins). */
     void
-    fail(int code)
+    fail(int code, std::string why = {})
     {
         if (code_ == 0) {
             code_ = code;
+            why_ = std::move(why);
         }
     }
 
@@ -796,6 +863,16 @@ class writer {
     code() const noexcept
     {
         return code_;
+    }
+    /* The failure, when code() < 0: its code, with why for the message when given. */
+    error_info
+    failure() const
+    {
+        error_info info = error_info::from_code(code_);
+        if (!why_.empty()) {
+            info.message = why_;
+        }
+        return info;
     }
     const std::string &
     bytes() const noexcept
@@ -864,6 +941,7 @@ class writer {
     std::vector<buffer> buffers_;
     std::vector<detail::handle<tether_object>> objects_;
     int code_ = 0;
+    std::string why_;
 };
 
 /* Reads msgpack of a value, keeping track of where it is for TypeError messages. */
@@ -1791,6 +1869,9 @@ class value {
     {
         writer w;
         tether::write(w, x);
+        if (w.code() < 0) {
+            return w.failure();
+        }
         tether_value *v = nullptr;
         int r = w.make_value(&v);
         if (r < 0) {
@@ -2238,7 +2319,7 @@ class conn {
         writer w;
         detail::write_args(w, args...);
         if (w.code() < 0) {
-            return error_info::from_code(w.code());
+            return w.failure();
         }
         if (w.plain()) {
             tether_msgpack_args m{};
@@ -2357,7 +2438,7 @@ class conn {
         writer w;
         detail::write_args(w, args...);
         if (w.code() < 0) {
-            return error_info::from_code(w.code());
+            return w.failure();
         }
         tether_value *ret = nullptr;
         tether_value **want = std::is_void_v<R> ? nullptr : &ret;
@@ -2387,7 +2468,7 @@ class conn {
         writer w;
         detail::write_args(w, args...);
         if (w.code() < 0) {
-            return error_info::from_code(w.code());
+            return w.failure();
         }
         tether_future *f = nullptr;
         int r;
@@ -2578,11 +2659,8 @@ reply_with(tether_request *req, const T &x)
     int r = w.make_value(&v);
     if (r < 0) {
         /* What the handler returned cannot be sent (a string not UTF-8, say). */
-        return reply_error(req,
-                           error_info{r,
-                                      "TypeError",
-                                      std::string("cannot send the result: ") + tether_strerror(r),
-                                      {}});
+        std::string why = w.code() < 0 ? w.failure().message : tether_strerror(r);
+        return reply_error(req, error_info{r, "TypeError", "cannot send the result: " + why, {}});
     }
     (void)tether_request_reply_value(req, v);
     tether_value_unref(v);
@@ -2825,6 +2903,9 @@ class object {
     {
         writer w;
         detail::write_args(w, args...);
+        if (w.code() < 0) {
+            return w.failure();
+        }
         tether_value *v = nullptr;
         int r = w.make_value(&v);
         tether_future *f = nullptr;
@@ -2852,6 +2933,9 @@ class object {
     {
         writer w;
         detail::write_args(w, args...);
+        if (w.code() < 0) {
+            return w.failure();
+        }
         tether_value *v = nullptr;
         int r = w.make_value(&v);
         if (r >= 0) {
@@ -2890,6 +2974,9 @@ class object {
     {
         writer w;
         detail::write_args(w, args...);
+        if (w.code() < 0) {
+            return w.failure();
+        }
         tether_value *v = nullptr;
         int r = w.make_value(&v);
         if (r < 0) {

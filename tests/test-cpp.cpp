@@ -614,6 +614,71 @@ TEST(type_errors_like_c)
     CHECK_EQ(wrong.error().message, std::string("expected str, got int"));
 }
 
+TEST(strings_must_be_utf8)
+{
+    /* The C API's rules (no overlong forms, no surrogates, nothing above U+10FFFF), and its
+     * code, TETHER_EINVAL, checked when written. */
+    const std::string bad[] = {"\xff",
+                               "\x80",
+                               "\xc0\x80",
+                               "\xc1\xbf",
+                               "\xe0\x80\x80",
+                               "\xed\xa0\x80",
+                               "\xf0\x80\x80\x80",
+                               "\xf4\x90\x80\x80",
+                               "\xf5\x80\x80\x80",
+                               "ab\xe2\x82",
+                               "\xe2\x28\xa1",
+                               std::string(20, 'a') + "\xff" + "bbbb"};
+    const std::string good[] = {"",
+                                "plain",
+                                "h\xc3\xa9llo",
+                                "\xed\x9f\xbf",
+                                "\xee\x80\x80",
+                                "\xf0\x90\x80\x80",
+                                "\xf4\x8f\xbf\xbf",
+                                std::string(20, 'a') + "\xe2\x82\xac"};
+    for (const std::string &s : bad) {
+        auto v = tether::value::try_from(s);
+        CHECK_EQ(v.code(), TETHER_EINVAL);
+        CHECK(v.error().message.find("not valid UTF-8") != std::string::npos);
+        tether_value *c = nullptr;
+        CHECK_EQ(tether_value_new(&c, "S", s.data(), s.size()), TETHER_EINVAL);
+    }
+    for (const std::string &s : good) {
+        CHECK(tether::value::from(s).as<std::string>() == s);
+        tether_value *c = nullptr;
+        CHECK_EQ(tether_value_new(&c, "S", s.data(), s.size()), 0);
+        tether_value_unref(c);
+    }
+    CHECK_EQ(tether::value::try_from(std::string(20, 'a') + "\xff" + "bbbb").error().message,
+             std::string("a string is not valid UTF-8 (byte 20 of 25)"));
+    CHECK_EQ((tether::value::try_from(std::map<std::string, int>{{"\xff", 1}}).code()),
+             TETHER_EINVAL);
+
+    tether::host h = make_host();
+    h.add_service("length", tether::context::io, [](const std::string &s) { return s.size(); });
+    h.add_service("garbled", tether::context::io, [] { return std::string("\xc3"); });
+    h.start();
+    tether::client c = make_client(h);
+    c.connect();
+    tether::conn to_host = c.conn();
+    /* Refused before sending (the peer answered a malformed frame: TETHER_EPROTO). */
+    auto r = to_host.try_call<std::size_t>("length", std::string("caf\xe9"));
+    CHECK_EQ(r.code(), TETHER_EINVAL);
+    CHECK_EQ(r.error().message, std::string("a string is not valid UTF-8 (byte 3 of 4)"));
+    CHECK_EQ(to_host.try_call_async<std::size_t>("length", "\xff").code(), TETHER_EINVAL);
+    CHECK_EQ(to_host.try_notify("length", std::vector<std::string>{"ok", "\xff"}).code(),
+             TETHER_EINVAL);
+    CHECK_EQ(to_host.call<std::size_t>("length", "caf\xc3\xa9"), 5u);
+    /* A result that is not UTF-8: the caller gets a TypeError saying so. */
+    auto garbled = to_host.try_call<std::string>("garbled");
+    CHECK_EQ(garbled.code(), TETHER_EREMOTE);
+    CHECK_EQ(garbled.error().type, std::string("TypeError"));
+    CHECK_EQ(garbled.error().message,
+             std::string("cannot send the result: a string is not valid UTF-8 (byte 0 of 1)"));
+}
+
 TEST(exceptions_both_ways)
 {
     tether::host h = make_host();
