@@ -2128,6 +2128,11 @@ template <class R = value> class future {
     explicit future(tether_future *adopted) : h_(detail::handle<tether_future>::adopt(adopted))
     {
     }
+    /* One owner: a copy would share the one continuation then() may set. */
+    future(const future &) = delete;
+    future &operator=(const future &) = delete;
+    future(future &&) noexcept = default;
+    future &operator=(future &&) noexcept = default;
 
     /* tether_future_is_ready. Thread: any. */
     bool

@@ -779,6 +779,12 @@ TEST(call_back_without_deadlock)
     CHECK_EQ(e.message, std::string("not here"));
 }
 
+/* A future moves only. */
+static_assert(!std::is_copy_constructible_v<tether::future<int>> &&
+              !std::is_copy_assignable_v<tether::future<int>>);
+static_assert(std::is_nothrow_move_constructible_v<tether::future<int>> &&
+              std::is_nothrow_move_assignable_v<tether::future<>>);
+
 TEST(futures)
 {
     /* Declared before the client, whose destructor waits for the handlers using it. */
