@@ -605,8 +605,9 @@ struct bytes_view {
  *   static void write(writer &w, const T &v);
  *   static bool read(reader &r, T &out);   // false after r.fail(...) or a failed read
  * Provided: bool; every integer type (range checked on reading: "integer 300 out of range
- * for uint8"); float and double (integers convert); std::string, std::string_view and
- * const char * (str; a string_view read borrows from the value); bytes_view and
+ * for uint8"); float and double (integers convert; float range checked too: "float 1e+300
+ * out of range for float32"); std::string, std::string_view and const char * (str; a
+ * string_view read borrows from the value); bytes_view and
  * std::vector<std::uint8_t> (bin; a buffer reads as its bytes); tether::buffer (a buffer;
  * a bin, as it arrives over TCP, reads as a new buffer holding a copy); std::vector<T>
  * (array); std::map and std::unordered_map with std::string keys (map); std::optional<T>
@@ -1552,6 +1553,20 @@ integer_name()
                                 : "uint64";
     }
 }
+
+/* The shortest text that reads back as d, for messages ("1e+300"). */
+inline std::string
+shortest(double d)
+{
+    char text[32];
+    for (int digits = 1; digits <= 17; digits++) {
+        std::snprintf(text, sizeof text, "%.*g", digits, d);
+        if (std::strtod(text, nullptr) == d) {
+            break;
+        }
+    }
+    return text;
+}
 } // namespace detail
 
 template <> struct convert<bool> {
@@ -1597,6 +1612,14 @@ template <class T> struct convert<T, std::enable_if_t<std::is_floating_point_v<T
         double d = 0;
         if (!r.real(d)) {
             return false;
+        }
+        /* Range checked as integers are: a finite double beyond float's range would
+         * become infinity (or undefined behaviour), not the number sent. */
+        if constexpr (std::numeric_limits<T>::max() < std::numeric_limits<double>::max()) {
+            if (std::isfinite(d) &&
+                std::fabs(d) > static_cast<double>(std::numeric_limits<T>::max())) {
+                return r.fail("float " + detail::shortest(d) + " out of range for float32");
+            }
         }
         out = static_cast<T>(d);
         return true;

@@ -14,6 +14,7 @@
 #include "tether.hpp"
 
 #include <atomic>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
@@ -441,6 +442,20 @@ TEST(mismatches)
              std::string("integer -9223372036854775808 out of range for int"));
     CHECK_EQ(mismatch<int>(tether::value::from(std::numeric_limits<std::uint64_t>::max())),
              std::string("integer 18446744073709551615 out of range for int"));
+
+    /* A float is range checked too: a finite double beyond it fails, as an int does. */
+    CHECK_EQ(mismatch<float>(tether::value::from(1e300)),
+             std::string("float 1e+300 out of range for float32"));
+    CHECK_EQ(mismatch<float>(tether::value::from(-3.5e38)),
+             std::string("float -3.5e+38 out of range for float32"));
+    CHECK_EQ(mismatch<std::vector<float>>(tether::value::from(std::vector<double>{1, 1e39})),
+             std::string("item 2: float 1e+39 out of range for float32"));
+    const double float_max = std::numeric_limits<float>::max();
+    CHECK_EQ(tether::value::from(-float_max).as<float>(), -std::numeric_limits<float>::max());
+    CHECK_EQ(tether::value::from(1e300).as<double>(), 1e300);
+    CHECK_EQ(tether::value::from(1e-300).as<float>(), 0.0f); /* precision, not range */
+    CHECK(std::isinf(tether::value::from(HUGE_VAL).as<float>()));
+    CHECK(std::isnan(tether::value::from(std::nan("")).as<float>()));
 
     /* Positions: 1-based, dotted, a map's keys and values counted in turn. */
     CHECK_EQ((mismatch<std::tuple<int, std::vector<int>>>(nested)),
