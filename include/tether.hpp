@@ -596,6 +596,8 @@ struct bytes_view {
     bytes_view(const std::vector<std::uint8_t> &bytes) : data(bytes.data()), size(bytes.size())
     {
     }
+    /* Not of a temporary vector, freed at the end of the statement. */
+    bytes_view(const std::vector<std::uint8_t> &&) = delete;
 };
 
 /* ---------------------------------------------------------------------------------

@@ -340,6 +340,12 @@ static_assert(std::is_same_v<decltype(std::declval<tether::result<std::vector<in
                              std::vector<int>>);
 static_assert(std::is_same_v<decltype(std::declval<tether::result<int> &>().value()), int &>);
 
+/* A bytes_view of a vector, but not of a temporary one. */
+static_assert(std::is_constructible_v<tether::bytes_view, std::vector<std::uint8_t> &> &&
+              std::is_constructible_v<tether::bytes_view, const std::vector<std::uint8_t> &>);
+static_assert(!std::is_constructible_v<tether::bytes_view, std::vector<std::uint8_t>> &&
+              !std::is_constructible_v<tether::bytes_view, const std::vector<std::uint8_t> &&>);
+
 TEST(value_of_a_temporary_result)
 {
     /* The range-for keeps what value() returns alive, not the result it came from (with
