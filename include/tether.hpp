@@ -38,6 +38,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <initializer_list>
 #include <limits>
@@ -2132,6 +2133,28 @@ call_outcome(int code, tether_value *ret, tether_error *err)
     }
 }
 
+/* Run a then() continuation (g calls it with the outcome) from its C callback: an
+ * exception must not unwind through the C frames below, and there is no caller to
+ * report it to, so one is a programming error: named on stderr, then std::terminate(). */
+template <class G>
+void
+run_continuation(G &&g) noexcept
+{
+#if TETHER_CPP_EXCEPTIONS
+    try {
+        g();
+    } catch (const std::exception &e) {
+        std::fprintf(stderr, "tether: a then() continuation threw: %s\n", e.what());
+        std::terminate();
+    } catch (...) {
+        std::fprintf(stderr, "tether: a then() continuation threw: unknown C++ exception\n");
+        std::terminate();
+    }
+#else
+    g();
+#endif
+}
+
 /* The positional arguments as one array. */
 template <class... A>
 void
@@ -2211,9 +2234,13 @@ template <class R = value> class future {
     /*
      * Have fn(result<R>) called once the outcome is there: by default inside the
      * dispatch of the host or client that made the call, on its main thread, even if
-     * the outcome is there already; context::io or context::any run it on the thread
-     * that completes the future, and must not block (tether_future_set_callback). One
-     * continuation per future: a second fails with TETHER_EALREADY. Thread: any.
+     * the outcome is there already; context::io runs it on the I/O thread and
+     * context::any on the thread that completes the future, where it must not block,
+     * and both run it at once, inside then(), when the outcome is already there
+     * (tether_future_set_callback). fn must not throw: it runs from a C callback with
+     * no one to catch it, so a continuation that throws is a programming error, said on
+     * stderr before std::terminate(). One continuation per future: a second fails with
+     * TETHER_EALREADY. Thread: any.
      */
     template <class F>
     result<void>
@@ -2247,13 +2274,13 @@ template <class R = value> class future {
     template <class F> struct continuation {
         F fn;
         static void
-        run(tether_future *f, void *userdata)
+        run(tether_future *f, void *userdata) noexcept
         {
             std::unique_ptr<continuation> self(static_cast<continuation *>(userdata));
             tether_value *ret = nullptr;
             tether_error err = TETHER_ERROR_INIT;
             int r = tether_future_get_result(f, std::is_void_v<R> ? nullptr : &ret, &err);
-            self->fn(detail::call_outcome<R>(r, ret, &err));
+            detail::run_continuation([&] { self->fn(detail::call_outcome<R>(r, ret, &err)); });
         }
     };
     detail::handle<tether_future> h_;

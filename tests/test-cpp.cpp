@@ -15,9 +15,11 @@
 
 #include <atomic>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
+#include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
 
@@ -861,6 +863,13 @@ TEST(futures)
     auto again = sq.try_then([](tether::result<double>) {});
     CHECK_EQ(again.code(), TETHER_EALREADY);
 
+    /* context::any (and io) run it at once, inside then(), when the outcome is there. */
+    std::optional<double> at_once;
+    tether::future<double> sq2 = to_client.call_async<double>("square", 2.0);
+    sq2.wait();
+    sq2.then([&](tether::result<double> r) { at_once = r.value(); }, tether::context::any);
+    CHECK(at_once && *at_once == 4.0);
+
     /* then with a failure. */
     tether::future<int> bad = to_client.call_async<int>("square", "x");
     std::optional<tether::error_info> failure;
@@ -1240,6 +1249,57 @@ TEST(no_throw_forms)
     CHECK_EQ(served.try_client("nobody").code(), TETHER_ENOENT);
 }
 
+/* Run in a child by throwing_continuation: a then() continuation that throws, run at
+ * once inside then(). Only ends normally when the exception comes back out of then(). */
+static void
+throw_from_continuation()
+{
+    tether::host h = make_host();
+    h.add_service("twice", tether::context::io, [](int x) { return 2 * x; });
+    h.start();
+    tether::client c = make_client(h, "thrower");
+    c.connect();
+    tether::future<int> f = c.conn().call_async<int>("twice", 2);
+    f.wait();
+    try {
+        f.then([](tether::result<int>) { throw std::runtime_error("boom"); }, tether::context::any);
+    } catch (...) {
+        std::_Exit(3); /* it unwound through the library's C frames */
+    }
+    std::_Exit(4);
+}
+
+TEST(throwing_continuation)
+{
+    /* A continuation that throws is named on stderr, then std::terminate(): SIGABRT. */
+    int out[2];
+    CHECK(pipe(out) == 0);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        dup2(out[1], 2);
+        close(out[0]);
+        close(out[1]);
+        execl("/proc/self/exe", "test-cpp", "--throw-from-continuation",
+              static_cast<char *>(nullptr));
+        _exit(127);
+    }
+    close(out[1]);
+    std::string err;
+    char buf[512];
+    ssize_t n;
+    while ((n = read(out[0], buf, sizeof buf)) > 0) {
+        err.append(buf, static_cast<std::size_t>(n));
+    }
+    close(out[0]);
+    int status = 0;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGABRT) {
+        fail_at(__FILE__, __LINE__, "the child ended with status " + std::to_string(status));
+    }
+    CHECK(err.find("tether: a then() continuation threw: boom\n") != std::string::npos);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1250,6 +1310,9 @@ main(int argc, char **argv)
         CHECK(mkdtemp(dir) != nullptr);
         setenv("TETHER_RUNTIME_DIR", dir, 1);
         made_dir = true;
+    }
+    if (argc > 1 && std::string(argv[1]) == "--throw-from-continuation") {
+        throw_from_continuation();
     }
     int ran = 0;
     for (const auto &t : all_tests()) {
