@@ -32,11 +32,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <initializer_list>
 #include <limits>
@@ -75,19 +77,62 @@ enum class context : int {
 };
 
 /* Durations are std::chrono; these two stand for TETHER_TIMEOUT_DEFAULT and
- * TETHER_TIMEOUT_INFINITE / TETHER_BUDGET_UNLIMITED. */
-inline constexpr std::chrono::microseconds default_timeout{0};
+ * TETHER_TIMEOUT_INFINITE / TETHER_BUDGET_UNLIMITED. default_timeout is a value of its
+ * own, not 0: a call's timeout of 0 or less is a budget already spent (call_options). */
+inline constexpr std::chrono::microseconds default_timeout{std::chrono::microseconds::min()};
 inline constexpr std::chrono::microseconds infinite{std::chrono::microseconds::max()};
 
 namespace detail {
 
-inline std::uint64_t
-to_usec(std::chrono::microseconds d)
+/*
+ * A duration in whole microseconds for the C API, without the overflow of a plain
+ * duration_cast (hours::max() in microseconds is signed overflow): rounded up, so that a
+ * wait of 1 ns waits 1 us rather than not at all; 0 for anything not above zero (NaN
+ * too); infinite for anything at or above infinite.
+ */
+template <class Rep, class Period>
+std::chrono::microseconds
+to_microseconds(std::chrono::duration<Rep, Period> d)
 {
-    if (d == infinite) {
-        return TETHER_TIMEOUT_INFINITE;
+    using tick = std::ratio_divide<Period, std::micro>; /* one tick in microseconds */
+    using usec = std::chrono::microseconds;
+    constexpr auto most = static_cast<std::uintmax_t>(infinite.count());
+    if constexpr (std::chrono::treat_as_floating_point_v<Rep> ||
+                  (tick::num != 1 && tick::den != 1)) {
+        long double us = static_cast<long double>(d.count()) * tick::num / tick::den;
+        if (!(us > 0)) {
+            return usec::zero();
+        }
+        us = std::ceil(us);
+        if (us >= static_cast<long double>(most)) {
+            return infinite;
+        }
+        return usec(static_cast<usec::rep>(us));
+    } else {
+        if (!(d.count() > 0)) {
+            return usec::zero();
+        }
+        auto n = static_cast<std::uintmax_t>(d.count());
+        std::uintmax_t us;
+        if constexpr (tick::den == 1) {
+            if (n > most / tick::num) {
+                return infinite;
+            }
+            us = n * tick::num;
+        } else {
+            us = n / tick::den + (n % tick::den != 0);
+        }
+        return us >= most ? infinite : usec(static_cast<usec::rep>(us));
     }
-    return d.count() < 0 ? 0 : static_cast<std::uint64_t>(d.count());
+}
+
+/* A duration as a timeout_usec: infinite is TETHER_TIMEOUT_INFINITE, below zero is 0. */
+template <class Rep, class Period>
+std::uint64_t
+to_usec(std::chrono::duration<Rep, Period> d)
+{
+    auto us = to_microseconds(d);
+    return us == infinite ? TETHER_TIMEOUT_INFINITE : static_cast<std::uint64_t>(us.count());
 }
 
 } // namespace detail
@@ -258,7 +303,9 @@ template <class T> class [[nodiscard]] result {
         }
         return *value_;
     }
-    T &&
+    /* On a temporary result, the T moved out: a reference would dangle once the result
+     * is gone, as in `for (int x : conn.try_call<std::vector<int>>("f").value())`. */
+    T
     value() &&
     {
         if (!ok()) {
@@ -550,6 +597,8 @@ struct bytes_view {
     bytes_view(const std::vector<std::uint8_t> &bytes) : data(bytes.data()), size(bytes.size())
     {
     }
+    /* Not of a temporary vector, freed at the end of the statement. */
+    bytes_view(const std::vector<std::uint8_t> &&) = delete;
 };
 
 /* ---------------------------------------------------------------------------------
@@ -559,8 +608,9 @@ struct bytes_view {
  *   static void write(writer &w, const T &v);
  *   static bool read(reader &r, T &out);   // false after r.fail(...) or a failed read
  * Provided: bool; every integer type (range checked on reading: "integer 300 out of range
- * for uint8"); float and double (integers convert); std::string, std::string_view and
- * const char * (str; a string_view read borrows from the value); bytes_view and
+ * for uint8"); float and double (integers convert; float range checked too: "float 1e+300
+ * out of range for float32"); std::string, std::string_view and const char * (str; a
+ * string_view read borrows from the value); bytes_view and
  * std::vector<std::uint8_t> (bin; a buffer reads as its bytes); tether::buffer (a buffer;
  * a bin, as it arrives over TCP, reads as a new buffer holding a copy); std::vector<T>
  * (array); std::map and std::unordered_map with std::string keys (map); std::optional<T>
@@ -580,12 +630,87 @@ struct bytes_view {
  *       }
  *   };
  *
+ * A type read as a view into the value (as string_view and bytes_view are, their bytes
+ * freed with the value) says so with `static constexpr bool borrows = true;` in its
+ * convert: a call's result cannot then be one, nor hold one at any depth (a container
+ * passes on what its items say), as it would not outlive the call.
+ *
  * Reading checks every item and stops at the first mismatch, with the TypeError text the
  * C reader gives (tether_value_read): the position as "item 3.1" (1-based, through
  * arrays and maps, a map's keys and values counted in turn) and both types.
  * ------------------------------------------------------------------------------- */
 
 template <class T, class Enable = void> struct convert;
+
+namespace detail {
+/* Whether a T read from a value points into it, so that it must not outlive the value:
+ * what convert<T>::borrows says (string_view and bytes_view; a container of them, at any
+ * depth; a user type whose convert says so), false without one. */
+template <class T, class = void> struct is_borrowed : std::false_type {
+};
+template <class T>
+struct is_borrowed<T, std::void_t<decltype(convert<T>::borrows)>>
+    : std::bool_constant<convert<T>::borrows> {
+};
+/*
+ * Where s stops being valid UTF-8 (s.size() when it is valid), with the rules of the
+ * library (src/util/utf8.c): no overlong forms, no surrogates, nothing above U+10FFFF.
+ * A str sent with bytes that are not is refused by the peer as a malformed frame.
+ */
+inline std::size_t
+utf8_invalid_at(std::string_view s) noexcept
+{
+    const auto *p = reinterpret_cast<const unsigned char *>(s.data());
+    const std::size_t n = s.size();
+    std::size_t i = 0;
+    while (i < n) {
+        /* ASCII a word at a time, the common case. */
+        for (; i + 8 <= n; i += 8) {
+            std::uint64_t word;
+            std::memcpy(&word, p + i, 8);
+            if (word & UINT64_C(0x8080808080808080)) {
+                break;
+            }
+        }
+        if (i >= n) {
+            break;
+        }
+        unsigned char c = p[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        /* The second byte's range depends on the first (E0, ED, F0, F4), the later ones
+         * are 80..BF. */
+        std::size_t len;
+        unsigned char lo = 0x80, hi = 0xbf;
+        if (c >= 0xc2 && c <= 0xdf) {
+            len = 2;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            len = 3;
+            lo = c == 0xe0 ? 0xa0 : 0x80;
+            hi = c == 0xed ? 0x9f : 0xbf;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            len = 4;
+            lo = c == 0xf0 ? 0x90 : 0x80;
+            hi = c == 0xf4 ? 0x8f : 0xbf;
+        } else {
+            return i; /* a continuation byte, an overlong lead (C0, C1), or F5..FF */
+        }
+        if (n - i < len || p[i + 1] < lo || p[i + 1] > hi) {
+            return i;
+        }
+        for (std::size_t k = 2; k < len; k++) {
+            if ((p[i + k] & 0xc0) != 0x80) {
+                return i;
+            }
+        }
+        i += len;
+    }
+    return n;
+}
+
+} // namespace detail
 
 /* Writes msgpack, collecting the buffers and objects it refers to. */
 class writer {
@@ -648,9 +773,17 @@ class writer {
         put(0xcb);
         be(bits, 8);
     }
+    /* A str; text that is not UTF-8 makes what is written fail with TETHER_EINVAL, as
+     * the C API refuses it. */
     void
     str(std::string_view s)
     {
+        std::size_t bad = detail::utf8_invalid_at(s);
+        if (bad != s.size()) {
+            fail(TETHER_EINVAL, "a string is not valid UTF-8 (byte " + std::to_string(bad) +
+                                    " of " + std::to_string(s.size()) + ")");
+            return;
+        }
         std::size_t n = s.size();
         if (n < 32) {
             put(static_cast<std::uint8_t>(0xa0 | n));
@@ -720,12 +853,13 @@ class writer {
             buffers_.push_back(buffer::borrow(buffers[i]));
         }
     }
-    /* Make what is written fail with code (the first failure wins). */
+    /* Make what is written fail with code, and why if given (the first failure wins). */
     void
-    fail(int code)
+    fail(int code, std::string why = {})
     {
         if (code_ == 0) {
             code_ = code;
+            why_ = std::move(why);
         }
     }
 
@@ -733,6 +867,16 @@ class writer {
     code() const noexcept
     {
         return code_;
+    }
+    /* The failure, when code() < 0: its code, with why for the message when given. */
+    error_info
+    failure() const
+    {
+        error_info info = error_info::from_code(code_);
+        if (!why_.empty()) {
+            info.message = why_;
+        }
+        return info;
     }
     const std::string &
     bytes() const noexcept
@@ -801,6 +945,7 @@ class writer {
     std::vector<buffer> buffers_;
     std::vector<detail::handle<tether_object>> objects_;
     int code_ = 0;
+    std::string why_;
 };
 
 /* Reads msgpack of a value, keeping track of where it is for TypeError messages. */
@@ -1411,6 +1556,20 @@ integer_name()
                                 : "uint64";
     }
 }
+
+/* The shortest text that reads back as d, for messages ("1e+300"). */
+inline std::string
+shortest(double d)
+{
+    char text[32];
+    for (int digits = 1; digits <= 17; digits++) {
+        std::snprintf(text, sizeof text, "%.*g", digits, d);
+        if (std::strtod(text, nullptr) == d) {
+            break;
+        }
+    }
+    return text;
+}
 } // namespace detail
 
 template <> struct convert<bool> {
@@ -1457,12 +1616,21 @@ template <class T> struct convert<T, std::enable_if_t<std::is_floating_point_v<T
         if (!r.real(d)) {
             return false;
         }
+        /* Range checked as integers are: a finite double beyond float's range would
+         * become infinity (or undefined behaviour), not the number sent. */
+        if constexpr (std::numeric_limits<T>::max() < std::numeric_limits<double>::max()) {
+            if (std::isfinite(d) &&
+                std::fabs(d) > static_cast<double>(std::numeric_limits<T>::max())) {
+                return r.fail("float " + detail::shortest(d) + " out of range for float32");
+            }
+        }
         out = static_cast<T>(d);
         return true;
     }
 };
 
 template <> struct convert<std::string_view> {
+    static constexpr bool borrows = true;
     static void
     write(writer &w, std::string_view v)
     {
@@ -1521,6 +1689,7 @@ template <std::size_t N> struct convert<char[N]> {
 };
 
 template <> struct convert<bytes_view> {
+    static constexpr bool borrows = true;
     static void
     write(writer &w, const bytes_view &v)
     {
@@ -1565,6 +1734,7 @@ template <> struct convert<buffer> {
 };
 
 template <class T, class A> struct convert<std::vector<T, A>> {
+    static constexpr bool borrows = detail::is_borrowed<T>::value;
     static void
     write(writer &w, const std::vector<T, A> &v)
     {
@@ -1598,6 +1768,7 @@ template <class T, class A> struct convert<std::vector<T, A>> {
 namespace detail {
 /* std::map and std::unordered_map with string keys. */
 template <class Map> struct convert_string_map {
+    static constexpr bool borrows = is_borrowed<typename Map::mapped_type>::value;
     static void
     write(writer &w, const Map &m)
     {
@@ -1645,6 +1816,7 @@ struct convert<std::unordered_map<std::string, V, H, E, A>>
 };
 
 template <class T> struct convert<std::optional<T>> {
+    static constexpr bool borrows = detail::is_borrowed<T>::value;
     static void
     write(writer &w, const std::optional<T> &v)
     {
@@ -1671,6 +1843,7 @@ template <class T> struct convert<std::optional<T>> {
 };
 
 template <class... T> struct convert<std::tuple<T...>> {
+    static constexpr bool borrows = (detail::is_borrowed<T>::value || ...);
     static void
     write(writer &w, const std::tuple<T...> &v)
     {
@@ -1722,6 +1895,9 @@ class value {
     {
         writer w;
         tether::write(w, x);
+        if (w.code() < 0) {
+            return w.failure();
+        }
         tether_value *v = nullptr;
         int r = w.make_value(&v);
         if (r < 0) {
@@ -1731,10 +1907,12 @@ class value {
     }
 
     /* The value read as T; a mismatch fails with TETHER_EINVAL and a "TypeError". A
-     * string_view or bytes_view read out lives as long as this value. Thread: any. */
+     * string_view or bytes_view read out lives as long as this value: on a temporary
+     * value, which is gone at the end of the statement, a T that borrows
+     * (detail::is_borrowed) does not compile. Thread: any. */
     template <class T>
     result<T>
-    try_as() const
+    try_as() const &
     {
         reader r(h_.get());
         T out{};
@@ -1743,6 +1921,14 @@ class value {
         }
         return out;
     }
+    template <class T, std::enable_if_t<!detail::is_borrowed<T>::value, int> = 0>
+    result<T>
+    try_as() &&
+    {
+        return static_cast<const value &>(*this).try_as<T>();
+    }
+    template <class T, std::enable_if_t<detail::is_borrowed<T>::value, int> = 0>
+    result<T> try_as() && = delete;
 
 #if TETHER_CPP_EXCEPTIONS
     template <class T>
@@ -1753,10 +1939,17 @@ class value {
     }
     template <class T>
     T
-    as() const
+    as() const &
     {
         return try_as<T>().value();
     }
+    template <class T, std::enable_if_t<!detail::is_borrowed<T>::value, int> = 0>
+    T
+    as() &&
+    {
+        return try_as<T>().value();
+    }
+    template <class T, std::enable_if_t<detail::is_borrowed<T>::value, int> = 0> T as() && = delete;
 #endif
 
     /* A tether_type, or TETHER_EINVAL for an empty handle. Thread: any. */
@@ -1841,7 +2034,8 @@ template <> struct convert<value> {
 
 /* tether_call_options in C++ terms; see there. */
 struct call_options {
-    /* Bound on silence; default_timeout: the connection's; infinite: none. */
+    /* Bound on silence; default_timeout: the connection's; infinite: none; 0 or less
+     * (a budget that ran out): the call fails at once with TETHER_ETIMEDOUT. */
     std::chrono::microseconds timeout = default_timeout;
     /* Bound on the whole call (steady_clock is CLOCK_MONOTONIC); none when unset. */
     std::optional<std::chrono::steady_clock::time_point> deadline;
@@ -1853,13 +2047,32 @@ struct call_options {
     to_c() const
     {
         tether_call_options c{};
-        c.timeout_usec = detail::to_usec(timeout);
+        if (timeout == default_timeout) {
+            c.timeout_usec = TETHER_TIMEOUT_DEFAULT;
+        } else if (timeout <= std::chrono::microseconds::zero()) {
+            /* The smallest real timeout: 0 would be the connection's default (30 s), a
+             * long wait for a caller whose budget ran out. */
+            c.timeout_usec = 1;
+        } else {
+            c.timeout_usec = detail::to_usec(timeout);
+        }
         if (deadline) {
-            auto left = std::chrono::duration_cast<std::chrono::microseconds>(
-                *deadline - std::chrono::steady_clock::now());
-            std::uint64_t now = tether_now_usec();
-            c.deadline_usec = left.count() <= 0 ? (now ? now : 1)
-                                                : now + static_cast<std::uint64_t>(left.count());
+            /* What is left, without overflow at either end of time_point's range: min()
+             * has passed, a deadline too far for the C clock is none (0). */
+            using clock = std::chrono::steady_clock;
+            clock::duration at = deadline->time_since_epoch();
+            clock::duration now = clock::now().time_since_epoch();
+            std::uint64_t now_usec = tether_now_usec();
+            if (at <= now) {
+                c.deadline_usec = now_usec ? now_usec : 1;
+            } else {
+                clock::duration left =
+                    now < clock::duration::zero() && at > clock::duration::max() + now
+                        ? clock::duration::max()
+                        : at - now;
+                std::uint64_t left_usec = detail::to_usec(left);
+                c.deadline_usec = left_usec >= UINT64_MAX - now_usec ? 0 : now_usec + left_usec;
+            }
         }
         c.wait_for_connection = wait_for_connection;
         c.batch = batch;
@@ -1887,13 +2100,6 @@ class cstring {
 };
 
 namespace detail {
-
-template <class T> struct is_borrowed : std::false_type {
-};
-template <> struct is_borrowed<std::string_view> : std::true_type {
-};
-template <> struct is_borrowed<bytes_view> : std::true_type {
-};
 
 template <class T> struct is_result : std::false_type {
 };
@@ -1927,6 +2133,28 @@ call_outcome(int code, tether_value *ret, tether_error *err)
     }
 }
 
+/* Run a then() continuation (g calls it with the outcome) from its C callback: an
+ * exception must not unwind through the C frames below, and there is no caller to
+ * report it to, so one is a programming error: named on stderr, then std::terminate(). */
+template <class G>
+void
+run_continuation(G &&g) noexcept
+{
+#if TETHER_CPP_EXCEPTIONS
+    try {
+        g();
+    } catch (const std::exception &e) {
+        std::fprintf(stderr, "tether: a then() continuation threw: %s\n", e.what());
+        std::terminate();
+    } catch (...) {
+        std::fprintf(stderr, "tether: a then() continuation threw: unknown C++ exception\n");
+        std::terminate();
+    }
+#else
+    g();
+#endif
+}
+
 /* The positional arguments as one array. */
 template <class... A>
 void
@@ -1948,6 +2176,11 @@ template <class R = value> class future {
     explicit future(tether_future *adopted) : h_(detail::handle<tether_future>::adopt(adopted))
     {
     }
+    /* One owner: a copy would share the one continuation then() may set. */
+    future(const future &) = delete;
+    future &operator=(const future &) = delete;
+    future(future &&) noexcept = default;
+    future &operator=(future &&) noexcept = default;
 
     /* tether_future_is_ready. Thread: any. */
     bool
@@ -1955,14 +2188,14 @@ template <class R = value> class future {
     {
         return tether_future_is_ready(h_.get()) == 1;
     }
-    /* Wait up to timeout (infinite: forever) for the outcome: true once it is there
+    /* Wait up to timeout (infinite, or anything longer: forever; rounded up to whole
+     * microseconds; 0 or less: do not wait) for the outcome: true once it is there
      * (tether_future_wait). Thread: any. */
     template <class Rep, class Period>
     bool
     wait_for(std::chrono::duration<Rep, Period> timeout) const
     {
-        auto usec = std::chrono::duration_cast<std::chrono::microseconds>(timeout);
-        return tether_future_wait(h_.get(), detail::to_usec(usec)) == 0;
+        return tether_future_wait(h_.get(), detail::to_usec(timeout)) == 0;
     }
     /* Wait until the outcome is there. Thread: any. */
     void
@@ -2001,9 +2234,13 @@ template <class R = value> class future {
     /*
      * Have fn(result<R>) called once the outcome is there: by default inside the
      * dispatch of the host or client that made the call, on its main thread, even if
-     * the outcome is there already; context::io or context::any run it on the thread
-     * that completes the future, and must not block (tether_future_set_callback). One
-     * continuation per future: a second fails with TETHER_EALREADY. Thread: any.
+     * the outcome is there already; context::io runs it on the I/O thread and
+     * context::any on the thread that completes the future, where it must not block,
+     * and both run it at once, inside then(), when the outcome is already there
+     * (tether_future_set_callback). fn must not throw: it runs from a C callback with
+     * no one to catch it, so a continuation that throws is a programming error, said on
+     * stderr before std::terminate(). One continuation per future: a second fails with
+     * TETHER_EALREADY. Thread: any.
      */
     template <class F>
     result<void>
@@ -2037,13 +2274,13 @@ template <class R = value> class future {
     template <class F> struct continuation {
         F fn;
         static void
-        run(tether_future *f, void *userdata)
+        run(tether_future *f, void *userdata) noexcept
         {
             std::unique_ptr<continuation> self(static_cast<continuation *>(userdata));
             tether_value *ret = nullptr;
             tether_error err = TETHER_ERROR_INIT;
             int r = tether_future_get_result(f, std::is_void_v<R> ? nullptr : &ret, &err);
-            self->fn(detail::call_outcome<R>(r, ret, &err));
+            detail::run_continuation([&] { self->fn(detail::call_outcome<R>(r, ret, &err)); });
         }
     };
     detail::handle<tether_future> h_;
@@ -2139,7 +2376,7 @@ class conn {
         writer w;
         detail::write_args(w, args...);
         if (w.code() < 0) {
-            return error_info::from_code(w.code());
+            return w.failure();
         }
         if (w.plain()) {
             tether_msgpack_args m{};
@@ -2258,7 +2495,7 @@ class conn {
         writer w;
         detail::write_args(w, args...);
         if (w.code() < 0) {
-            return error_info::from_code(w.code());
+            return w.failure();
         }
         tether_value *ret = nullptr;
         tether_value **want = std::is_void_v<R> ? nullptr : &ret;
@@ -2288,7 +2525,7 @@ class conn {
         writer w;
         detail::write_args(w, args...);
         if (w.code() < 0) {
-            return error_info::from_code(w.code());
+            return w.failure();
         }
         tether_future *f = nullptr;
         int r;
@@ -2479,11 +2716,8 @@ reply_with(tether_request *req, const T &x)
     int r = w.make_value(&v);
     if (r < 0) {
         /* What the handler returned cannot be sent (a string not UTF-8, say). */
-        return reply_error(req,
-                           error_info{r,
-                                      "TypeError",
-                                      std::string("cannot send the result: ") + tether_strerror(r),
-                                      {}});
+        std::string why = w.code() < 0 ? w.failure().message : tether_strerror(r);
+        return reply_error(req, error_info{r, "TypeError", "cannot send the result: " + why, {}});
     }
     (void)tether_request_reply_value(req, v);
     tether_value_unref(v);
@@ -2726,6 +2960,9 @@ class object {
     {
         writer w;
         detail::write_args(w, args...);
+        if (w.code() < 0) {
+            return w.failure();
+        }
         tether_value *v = nullptr;
         int r = w.make_value(&v);
         tether_future *f = nullptr;
@@ -2753,6 +2990,9 @@ class object {
     {
         writer w;
         detail::write_args(w, args...);
+        if (w.code() < 0) {
+            return w.failure();
+        }
         tether_value *v = nullptr;
         int r = w.make_value(&v);
         if (r >= 0) {
@@ -2791,6 +3031,9 @@ class object {
     {
         writer w;
         detail::write_args(w, args...);
+        if (w.code() < 0) {
+            return w.failure();
+        }
         tether_value *v = nullptr;
         int r = w.make_value(&v);
         if (r < 0) {

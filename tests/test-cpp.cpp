@@ -14,9 +14,12 @@
 #include "tether.hpp"
 
 #include <atomic>
+#include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
+#include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
 
@@ -213,7 +216,62 @@ template <> struct tether::convert<point> {
     }
 };
 
+/* A user type read as a view into the value: its convert says so. */
+struct label {
+    std::string_view text;
+};
+
+template <> struct tether::convert<label> {
+    static constexpr bool borrows = true;
+    static void
+    write(tether::writer &w, const label &l)
+    {
+        w.str(l.text);
+    }
+    static bool
+    read(tether::reader &r, label &l)
+    {
+        return r.str(l.text);
+    }
+};
+
 /* ---- conversions ------------------------------------------------------------------- */
+
+/* What borrows from the value it is read from, at any depth: a call's result may not (its
+ * static_assert), nor what is read from a temporary value. */
+using tether::detail::is_borrowed;
+static_assert(is_borrowed<std::string_view>::value && is_borrowed<tether::bytes_view>::value);
+static_assert(is_borrowed<std::tuple<int, std::string_view>>::value);
+static_assert(is_borrowed<std::vector<std::string_view>>::value);
+static_assert(is_borrowed<std::optional<tether::bytes_view>>::value);
+static_assert(is_borrowed<std::map<std::string, std::string_view>>::value);
+static_assert(
+    is_borrowed<
+        std::unordered_map<std::string, std::vector<std::optional<tether::bytes_view>>>>::value);
+static_assert(is_borrowed<label>::value && is_borrowed<std::vector<label>>::value);
+static_assert(!is_borrowed<std::tuple<int, std::string>>::value);
+static_assert(!is_borrowed<std::vector<std::uint8_t>>::value);
+static_assert(!is_borrowed<std::map<std::string, std::vector<std::string>>>::value);
+static_assert(!is_borrowed<point>::value && !is_borrowed<tether::value>::value);
+static_assert(!is_borrowed<void>::value);
+
+template <class T, class = void> struct as_on_temporary : std::false_type {
+};
+template <class T>
+struct as_on_temporary<T, std::void_t<decltype(std::declval<tether::value>().as<T>())>>
+    : std::true_type {
+};
+template <class T, class = void> struct try_as_on_temporary : std::false_type {
+};
+template <class T>
+struct try_as_on_temporary<T, std::void_t<decltype(std::declval<tether::value>().try_as<T>())>>
+    : std::true_type {
+};
+static_assert(as_on_temporary<std::string>::value && try_as_on_temporary<std::string>::value);
+static_assert(!as_on_temporary<std::string_view>::value);
+static_assert(!try_as_on_temporary<std::tuple<int, tether::bytes_view>>::value);
+static_assert(!as_on_temporary<label>::value);
+static_assert(as_on_temporary<point>::value);
 
 TEST(round_trips)
 {
@@ -267,6 +325,8 @@ TEST(round_trips)
     tether::bytes_view view = b.as<tether::bytes_view>();
     CHECK_EQ(view.size, 3u);
     CHECK_EQ(static_cast<int>(view.data[2]), 3);
+    CHECK(s.as<label>().text == "text");
+    CHECK(s.as<std::optional<std::string_view>>() == std::string_view("text"));
 
     /* Any value inside another, as it is. */
     tether::value inner = tether::value::from(std::vector<int>{5, 6});
@@ -275,6 +335,58 @@ TEST(round_trips)
     CHECK_EQ(tag, std::string("v"));
     CHECK(back.as<std::vector<int>>() == (std::vector<int>{5, 6}));
     CHECK_EQ(outer.to_string(), std::string("[\"v\", [5, 6]]"));
+}
+
+/* value() of a temporary result gives the T itself, not a reference into the result. */
+static_assert(std::is_same_v<decltype(std::declval<tether::result<std::vector<int>>>().value()),
+                             std::vector<int>>);
+static_assert(std::is_same_v<decltype(std::declval<tether::result<int> &>().value()), int &>);
+
+/* A bytes_view of a vector, but not of a temporary one. */
+static_assert(std::is_constructible_v<tether::bytes_view, std::vector<std::uint8_t> &> &&
+              std::is_constructible_v<tether::bytes_view, const std::vector<std::uint8_t> &>);
+static_assert(!std::is_constructible_v<tether::bytes_view, std::vector<std::uint8_t>> &&
+              !std::is_constructible_v<tether::bytes_view, const std::vector<std::uint8_t> &&>);
+
+TEST(value_of_a_temporary_result)
+{
+    /* The range-for keeps what value() returns alive, not the result it came from (with
+     * T && this read freed memory: ASan in the clang++ build). */
+    int sum = 0;
+    for (int x :
+         tether::value::from(std::vector<int>{1, 2, 3}).try_as<std::vector<int>>().value()) {
+        sum += x;
+    }
+    CHECK_EQ(sum, 6);
+}
+
+TEST(durations)
+{
+    /* Whole microseconds, rounded up, saturated: infinite from infinite up, 0 below. */
+    using std::chrono::duration;
+    using tether::detail::to_usec;
+    const std::uint64_t forever = TETHER_TIMEOUT_INFINITE;
+    CHECK_EQ(to_usec(1500us), 1500u);
+    CHECK_EQ(to_usec(2s), 2000000u);
+    CHECK_EQ(to_usec(1ns), 1u); /* not 0, "do not wait" */
+    CHECK_EQ(to_usec(1001ns), 2u);
+    CHECK_EQ(to_usec(0ns), 0u);
+    CHECK_EQ(to_usec(-5s), 0u);
+    CHECK_EQ(to_usec(std::chrono::hours::max()), forever);
+    CHECK_EQ(to_usec(std::chrono::hours::min()), 0u);
+    CHECK_EQ(to_usec(tether::infinite), forever);
+    CHECK_EQ(to_usec(tether::infinite - 1us), static_cast<std::uint64_t>(INT64_MAX - 1));
+    CHECK_EQ(to_usec(std::chrono::nanoseconds::max()),
+             static_cast<std::uint64_t>(INT64_MAX / 1000 + 1));
+    CHECK_EQ(to_usec(duration<std::uint64_t, std::nano>(UINT64_MAX)),
+             static_cast<std::uint64_t>(UINT64_MAX / 1000 + 1));
+    CHECK_EQ(to_usec(duration<double>(2.5)), 2500000u);
+    CHECK_EQ(to_usec(duration<double, std::milli>(0.0001)), 1u);
+    CHECK_EQ(to_usec(duration<double>(1e300)), forever);
+    CHECK_EQ(to_usec(duration<double>(std::numeric_limits<double>::infinity())), forever);
+    CHECK_EQ(to_usec(duration<double>(-std::numeric_limits<double>::infinity())), 0u);
+    CHECK_EQ(to_usec(duration<double>(std::numeric_limits<double>::quiet_NaN())), 0u);
+    CHECK_EQ(to_usec(duration<long, std::ratio<3, 7>>(7)), 3000000u);
 }
 
 TEST(same_bytes_as_c)
@@ -338,6 +450,20 @@ TEST(mismatches)
              std::string("integer -9223372036854775808 out of range for int"));
     CHECK_EQ(mismatch<int>(tether::value::from(std::numeric_limits<std::uint64_t>::max())),
              std::string("integer 18446744073709551615 out of range for int"));
+
+    /* A float is range checked too: a finite double beyond it fails, as an int does. */
+    CHECK_EQ(mismatch<float>(tether::value::from(1e300)),
+             std::string("float 1e+300 out of range for float32"));
+    CHECK_EQ(mismatch<float>(tether::value::from(-3.5e38)),
+             std::string("float -3.5e+38 out of range for float32"));
+    CHECK_EQ(mismatch<std::vector<float>>(tether::value::from(std::vector<double>{1, 1e39})),
+             std::string("item 2: float 1e+39 out of range for float32"));
+    const double float_max = std::numeric_limits<float>::max();
+    CHECK_EQ(tether::value::from(-float_max).as<float>(), -std::numeric_limits<float>::max());
+    CHECK_EQ(tether::value::from(1e300).as<double>(), 1e300);
+    CHECK_EQ(tether::value::from(1e-300).as<float>(), 0.0f); /* precision, not range */
+    CHECK(std::isinf(tether::value::from(HUGE_VAL).as<float>()));
+    CHECK(std::isnan(tether::value::from(std::nan("")).as<float>()));
 
     /* Positions: 1-based, dotted, a map's keys and values counted in turn. */
     CHECK_EQ((mismatch<std::tuple<int, std::vector<int>>>(nested)),
@@ -511,6 +637,71 @@ TEST(type_errors_like_c)
     CHECK_EQ(wrong.error().message, std::string("expected str, got int"));
 }
 
+TEST(strings_must_be_utf8)
+{
+    /* The C API's rules (no overlong forms, no surrogates, nothing above U+10FFFF), and its
+     * code, TETHER_EINVAL, checked when written. */
+    const std::string bad[] = {"\xff",
+                               "\x80",
+                               "\xc0\x80",
+                               "\xc1\xbf",
+                               "\xe0\x80\x80",
+                               "\xed\xa0\x80",
+                               "\xf0\x80\x80\x80",
+                               "\xf4\x90\x80\x80",
+                               "\xf5\x80\x80\x80",
+                               "ab\xe2\x82",
+                               "\xe2\x28\xa1",
+                               std::string(20, 'a') + "\xff" + "bbbb"};
+    const std::string good[] = {"",
+                                "plain",
+                                "h\xc3\xa9llo",
+                                "\xed\x9f\xbf",
+                                "\xee\x80\x80",
+                                "\xf0\x90\x80\x80",
+                                "\xf4\x8f\xbf\xbf",
+                                std::string(20, 'a') + "\xe2\x82\xac"};
+    for (const std::string &s : bad) {
+        auto v = tether::value::try_from(s);
+        CHECK_EQ(v.code(), TETHER_EINVAL);
+        CHECK(v.error().message.find("not valid UTF-8") != std::string::npos);
+        tether_value *c = nullptr;
+        CHECK_EQ(tether_value_new(&c, "S", s.data(), s.size()), TETHER_EINVAL);
+    }
+    for (const std::string &s : good) {
+        CHECK(tether::value::from(s).as<std::string>() == s);
+        tether_value *c = nullptr;
+        CHECK_EQ(tether_value_new(&c, "S", s.data(), s.size()), 0);
+        tether_value_unref(c);
+    }
+    CHECK_EQ(tether::value::try_from(std::string(20, 'a') + "\xff" + "bbbb").error().message,
+             std::string("a string is not valid UTF-8 (byte 20 of 25)"));
+    CHECK_EQ((tether::value::try_from(std::map<std::string, int>{{"\xff", 1}}).code()),
+             TETHER_EINVAL);
+
+    tether::host h = make_host();
+    h.add_service("length", tether::context::io, [](const std::string &s) { return s.size(); });
+    h.add_service("garbled", tether::context::io, [] { return std::string("\xc3"); });
+    h.start();
+    tether::client c = make_client(h);
+    c.connect();
+    tether::conn to_host = c.conn();
+    /* Refused before sending (the peer answered a malformed frame: TETHER_EPROTO). */
+    auto r = to_host.try_call<std::size_t>("length", std::string("caf\xe9"));
+    CHECK_EQ(r.code(), TETHER_EINVAL);
+    CHECK_EQ(r.error().message, std::string("a string is not valid UTF-8 (byte 3 of 4)"));
+    CHECK_EQ(to_host.try_call_async<std::size_t>("length", "\xff").code(), TETHER_EINVAL);
+    CHECK_EQ(to_host.try_notify("length", std::vector<std::string>{"ok", "\xff"}).code(),
+             TETHER_EINVAL);
+    CHECK_EQ(to_host.call<std::size_t>("length", "caf\xc3\xa9"), 5u);
+    /* A result that is not UTF-8: the caller gets a TypeError saying so. */
+    auto garbled = to_host.try_call<std::string>("garbled");
+    CHECK_EQ(garbled.code(), TETHER_EREMOTE);
+    CHECK_EQ(garbled.error().type, std::string("TypeError"));
+    CHECK_EQ(garbled.error().message,
+             std::string("cannot send the result: a string is not valid UTF-8 (byte 0 of 1)"));
+}
+
 TEST(exceptions_both_ways)
 {
     tether::host h = make_host();
@@ -611,6 +802,12 @@ TEST(call_back_without_deadlock)
     CHECK_EQ(e.message, std::string("not here"));
 }
 
+/* A future moves only. */
+static_assert(!std::is_copy_constructible_v<tether::future<int>> &&
+              !std::is_copy_assignable_v<tether::future<int>>);
+static_assert(std::is_nothrow_move_constructible_v<tether::future<int>> &&
+              std::is_nothrow_move_assignable_v<tether::future<>>);
+
 TEST(futures)
 {
     /* Declared before the client, whose destructor waits for the handlers using it. */
@@ -638,6 +835,17 @@ TEST(futures)
     CHECK_EQ(f.get(), 5000);
     release = false;
 
+    /* Longer than microseconds hold: forever (it overflowed into "do not wait"). */
+    tether::future<int> later = to_client.call_async<int>("slow", 5000);
+    std::thread releaser([&] {
+        std::this_thread::sleep_for(50ms);
+        release = true;
+    });
+    CHECK(later.wait_for(std::chrono::hours::max()));
+    releaser.join();
+    CHECK_EQ(later.get(), 5000);
+    release = false;
+
     /* then: on the main thread, inside dispatch, even when the outcome is there. */
     std::thread::id main_thread = std::this_thread::get_id();
     std::optional<double> got;
@@ -654,6 +862,13 @@ TEST(futures)
     CHECK_EQ(*got, 2.25);
     auto again = sq.try_then([](tether::result<double>) {});
     CHECK_EQ(again.code(), TETHER_EALREADY);
+
+    /* context::any (and io) run it at once, inside then(), when the outcome is there. */
+    std::optional<double> at_once;
+    tether::future<double> sq2 = to_client.call_async<double>("square", 2.0);
+    sq2.wait();
+    sq2.then([&](tether::result<double> r) { at_once = r.value(); }, tether::context::any);
+    CHECK(at_once && *at_once == 4.0);
 
     /* then with a failure. */
     tether::future<int> bad = to_client.call_async<int>("square", "x");
@@ -721,6 +936,26 @@ TEST(notifications_and_options)
     CHECK_EQ(r.code(), TETHER_ETIMEDOUT);
     options = tether::call_options{};
     options.timeout = 5s;
+    CHECK_EQ(to_host.call<int>(options, "sleepy", 1), 1);
+
+    /* A timeout of 0 or less set on the call is a budget already spent: it fails at once
+     * (it became 0, the connection's default of 30 s). default_timeout is still that. */
+    options = tether::call_options{};
+    options.timeout = -1s;
+    CHECK_EQ(to_host.try_call<int>(options, "sleepy", 300).code(), TETHER_ETIMEDOUT);
+    CHECK_EQ(to_host.try_call_async<int>(options, "sleepy", 300).value().try_get().code(),
+             TETHER_ETIMEDOUT);
+    options.timeout = 0us;
+    CHECK_EQ(to_host.try_call<int>(options, "sleepy", 300).code(), TETHER_ETIMEDOUT);
+    options.timeout = tether::default_timeout;
+    CHECK_EQ(to_host.call<int>(options, "sleepy", 1), 1);
+
+    /* Deadlines at the ends of time_point's range (deadline - now overflowed): min() has
+     * passed, max() is none. */
+    options = tether::call_options{};
+    options.deadline = std::chrono::steady_clock::time_point::min();
+    CHECK_EQ(to_host.try_call<int>(options, "sleepy", 1).code(), TETHER_ETIMEDOUT);
+    options.deadline = std::chrono::steady_clock::time_point::max();
     CHECK_EQ(to_host.call<int>(options, "sleepy", 1), 1);
 }
 
@@ -1014,6 +1249,57 @@ TEST(no_throw_forms)
     CHECK_EQ(served.try_client("nobody").code(), TETHER_ENOENT);
 }
 
+/* Run in a child by throwing_continuation: a then() continuation that throws, run at
+ * once inside then(). Only ends normally when the exception comes back out of then(). */
+static void
+throw_from_continuation()
+{
+    tether::host h = make_host();
+    h.add_service("twice", tether::context::io, [](int x) { return 2 * x; });
+    h.start();
+    tether::client c = make_client(h, "thrower");
+    c.connect();
+    tether::future<int> f = c.conn().call_async<int>("twice", 2);
+    f.wait();
+    try {
+        f.then([](tether::result<int>) { throw std::runtime_error("boom"); }, tether::context::any);
+    } catch (...) {
+        std::_Exit(3); /* it unwound through the library's C frames */
+    }
+    std::_Exit(4);
+}
+
+TEST(throwing_continuation)
+{
+    /* A continuation that throws is named on stderr, then std::terminate(): SIGABRT. */
+    int out[2];
+    CHECK(pipe(out) == 0);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        dup2(out[1], 2);
+        close(out[0]);
+        close(out[1]);
+        execl("/proc/self/exe", "test-cpp", "--throw-from-continuation",
+              static_cast<char *>(nullptr));
+        _exit(127);
+    }
+    close(out[1]);
+    std::string err;
+    char buf[512];
+    ssize_t n;
+    while ((n = read(out[0], buf, sizeof buf)) > 0) {
+        err.append(buf, static_cast<std::size_t>(n));
+    }
+    close(out[0]);
+    int status = 0;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGABRT) {
+        fail_at(__FILE__, __LINE__, "the child ended with status " + std::to_string(status));
+    }
+    CHECK(err.find("tether: a then() continuation threw: boom\n") != std::string::npos);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1024,6 +1310,9 @@ main(int argc, char **argv)
         CHECK(mkdtemp(dir) != nullptr);
         setenv("TETHER_RUNTIME_DIR", dir, 1);
         made_dir = true;
+    }
+    if (argc > 1 && std::string(argv[1]) == "--throw-from-continuation") {
+        throw_from_continuation();
     }
     int ran = 0;
     for (const auto &t : all_tests()) {
