@@ -2239,16 +2239,19 @@ template <class R = value> class future {
      * and both run it at once, inside then(), when the outcome is already there
      * (tether_future_set_callback). fn must not throw: it runs from a C callback with
      * no one to catch it, so a continuation that throws is a programming error, said on
-     * stderr before std::terminate(). One continuation per future: a second fails with
-     * TETHER_EALREADY. Thread: any.
+     * stderr before std::terminate(). A main-thread continuation still queued when the
+     * host stops or the client goes never runs, and is destroyed with what it captured
+     * (tether_future_set_callback_full). One continuation per future: a second fails
+     * with TETHER_EALREADY. Thread: any.
      */
     template <class F>
     result<void>
     try_then(F fn, context where = context::main)
     {
         auto *cont = new continuation<F>{std::move(fn)};
-        int r = tether_future_set_callback(h_.get(), static_cast<tether_context>(where),
-                                           &continuation<F>::run, cont);
+        int r =
+            tether_future_set_callback_full(h_.get(), static_cast<tether_context>(where),
+                                            &continuation<F>::run, cont, &continuation<F>::discard);
         if (r < 0) {
             delete cont;
             return error_info::from_code(r);
@@ -2281,6 +2284,12 @@ template <class R = value> class future {
             tether_error err = TETHER_ERROR_INIT;
             int r = tether_future_get_result(f, std::is_void_v<R> ? nullptr : &ret, &err);
             detail::run_continuation([&] { self->fn(detail::call_outcome<R>(r, ret, &err)); });
+        }
+        /* It will never run (its host stopped first): what it captured goes. */
+        static void
+        discard(void *userdata) noexcept
+        {
+            delete static_cast<continuation *>(userdata);
         }
     };
     detail::handle<tether_future> h_;

@@ -894,6 +894,26 @@ TEST(futures)
     none.get();
 }
 
+/* A main-thread continuation still queued when its host goes never runs, and is
+ * destroyed with what it captured. */
+TEST(a_continuation_that_never_runs_is_destroyed)
+{
+    auto captured = std::make_shared<int>(1);
+    {
+        tether::host h = make_host();
+        h.start();
+        tether::client c = make_client(h, "never-run");
+        c.add_service("square", tether::context::io, [](double x) { return x * x; });
+        c.connect();
+        tether::conn to_client = client_conn(h, "never-run", "square");
+        tether::future<double> sq = to_client.call_async<double>("square", 3.0);
+        sq.wait();
+        sq.then([captured](tether::result<double>) { CHECK(!"a continuation ran undispatched"); });
+        CHECK_EQ(captured.use_count(), 2);
+    }
+    CHECK_EQ(captured.use_count(), 1);
+}
+
 TEST(notifications_and_options)
 {
     tether::host h = make_host();
