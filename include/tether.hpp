@@ -2421,43 +2421,6 @@ struct service_base {
     virtual ~service_base() = default;
 };
 
-/*
- * Counts the handlers running, so that a host or client being destroyed waits for them
- * before freeing what they use: tether_host_stop() and tether_client_close() cancel the
- * requests not started yet, but not one whose handler runs (a POOL handler that takes
- * its time, say). Entering and leaving cost one atomic operation each.
- */
-class service_gate {
-  public:
-    void
-    enter() noexcept
-    {
-        running_.fetch_add(1);
-    }
-    void
-    leave() noexcept
-    {
-        if (running_.fetch_sub(1) == 1 && closing_.load()) {
-            std::lock_guard<std::mutex> lock(mutex_);
-            idle_.notify_all();
-        }
-    }
-    /* Wait until no handler runs. */
-    void
-    wait_idle() noexcept
-    {
-        closing_.store(true);
-        std::unique_lock<std::mutex> lock(mutex_);
-        idle_.wait(lock, [this] { return running_.load() == 0; });
-    }
-
-  private:
-    std::atomic<int> running_{0};
-    std::atomic<bool> closing_{false};
-    std::mutex mutex_;
-    std::condition_variable idle_;
-};
-
 inline int
 reply_error(tether_request *req, const error_info &e)
 {
@@ -2496,20 +2459,15 @@ template <class F> struct service : service_base {
     using args = arg_types<typename sig::params>;
     using params = typename args::type;
 
-    service(F f, service_gate *g) : fn(std::move(f)), gate(g)
+    explicit service(F f) : fn(std::move(f))
     {
     }
     F fn;
-    service_gate *gate;
 
     static int
     handle(tether_request *req, void *userdata)
     {
-        auto *self = static_cast<service *>(userdata);
-        self->gate->enter();
-        int r = self->handle_typed(req);
-        self->gate->leave();
-        return r;
+        return static_cast<service *>(userdata)->handle_typed(req);
     }
 
     int
@@ -2603,7 +2561,7 @@ class service_list {
     result<void>
     add(F fn, Add &&add_c)
     {
-        auto s = std::make_unique<service<F>>(std::move(fn), &gate_);
+        auto s = std::make_unique<service<F>>(std::move(fn));
         int r = add_c(&service<F>::handle, static_cast<void *>(s.get()));
         if (r < 0) {
             return error_info::from_code(r);
@@ -2612,15 +2570,7 @@ class service_list {
         return {};
     }
 
-    /* Wait for the handlers running to return; call once no new ones can start. */
-    void
-    wait_idle() noexcept
-    {
-        gate_.wait_idle();
-    }
-
   private:
-    service_gate gate_;
     std::vector<std::unique_ptr<service_base>> list_;
 };
 
@@ -2910,7 +2860,7 @@ template <class T> class object_class {
         using bound =
             detail::bound_member<T, M T::*, typename sig::result_type, typename sig::params>;
         add(std::move(name), ctx, [member](tether_request *req, T &self) {
-            detail::service<bound> s(bound{&self, member}, nullptr);
+            detail::service<bound> s(bound{&self, member});
             return s.handle_typed(req);
         });
         return *this;
@@ -2924,7 +2874,7 @@ template <class T> class object_class {
         using rest = typename detail::drop_first<typename sig::params>::type;
         using bound = detail::bound_first<T, F, typename sig::result_type, rest>;
         add(std::move(name), ctx, [fn = std::move(fn)](tether_request *req, T &self) {
-            detail::service<bound> s(bound{&self, &fn}, nullptr);
+            detail::service<bound> s(bound{&self, &fn});
             return s.handle_typed(req);
         });
         return *this;
@@ -3222,8 +3172,16 @@ struct client_api {
 /*
  * A host or a client (Api: host_api or client_api): the C endpoint, owned, and the
  * services registered through it, which outlive every handler that runs them. Moves
- * only. Destroying it stops the endpoint (a host stops serving, a client closes), waits
- * for the handlers running, drops the endpoint, then frees the services.
+ * only. Destroying it stops the endpoint (a host stops serving, a client closes), drops
+ * the endpoint, then frees the services.
+ *
+ * That the services outlive their handlers rests on the C side: tether_host_stop() and
+ * the last tether_client_unref() return only once no handler of the host or client runs
+ * on another thread, and none starts after. So the endpoint must hold the last reference
+ * to its C handle when it is destroyed: code that took references of its own through
+ * get() (tether_host_ref, tether_client_ref) drops them first. Destroyed from one of its
+ * own handlers, the C side cannot wait for that handler (tether_host_stop returns
+ * TETHER_EDEADLK): it returns, and the services go while that handler still runs.
  */
 template <class Api>
 class endpoint {
@@ -3368,12 +3326,9 @@ class endpoint {
     close() noexcept
     {
         if (p_) {
-            /* Stop first, so that no handler starts, and wait for those running, before
-             * the services they use go. */
+            /* Stop, then drop the last reference: once both returned, no handler runs
+             * or will start (see above), and the services they use may go. */
             Api::stop(p_);
-            if (services_) {
-                services_->wait_idle();
-            }
             p_ = Api::unref(p_);
         }
         services_.reset();

@@ -1014,6 +1014,54 @@ TEST(no_throw_forms)
     CHECK_EQ(served.try_client("nobody").code(), TETHER_ENOENT);
 }
 
+/*
+ * Destroying a host or a client while a POOL handler of it runs on another thread
+ * waits for that handler before the services go: tether_host_stop() and the last
+ * tether_client_unref() wait for running handlers (the C++ layer no longer counts them
+ * itself). The handler reads its own capture after the destruction began.
+ */
+TEST(destroying_waits_for_handlers)
+{
+    std::atomic<bool> started{false}, finished{false};
+    auto linger = [&started, &finished, tag = std::string(100, 'x')]() {
+        started = true;
+        std::this_thread::sleep_for(300ms);
+        finished = tag == std::string(100, 'x');
+        return 1;
+    };
+    auto wait_started = [&] {
+        auto give_up = std::chrono::steady_clock::now() + 10s;
+        while (!started) {
+            CHECK(std::chrono::steady_clock::now() < give_up);
+            std::this_thread::sleep_for(1ms);
+        }
+    };
+    {
+        std::optional<tether::host> h(make_host());
+        h->add_service("linger", tether::context::pool, linger);
+        h->start();
+        tether::client c = make_client(*h, "lingering");
+        c.connect();
+        auto f = c.conn().call_async<int>("linger");
+        wait_started();
+        h.reset();
+        CHECK(finished);
+    }
+    started = false;
+    finished = false;
+    {
+        tether::host h = make_host();
+        h.start();
+        std::optional<tether::client> c(make_client(h, "lingering-client"));
+        c->add_service("linger", tether::context::pool, linger);
+        c->connect();
+        auto f = client_conn(h, "lingering-client", "linger").call_async<int>("linger");
+        wait_started();
+        c.reset();
+        CHECK(finished);
+    }
+}
+
 int
 main(int argc, char **argv)
 {
