@@ -30,6 +30,7 @@
 
 #include <tether.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -1150,6 +1151,12 @@ class reader {
     {
         return p_ == end_;
     }
+    /* The bytes left to read: a bound on the items still to come, each taking one. */
+    std::size_t
+    remaining() const noexcept
+    {
+        return static_cast<std::size_t>(end_ - p_);
+    }
 
   private:
     struct head {
@@ -1581,7 +1588,9 @@ template <class T, class A> struct convert<std::vector<T, A>> {
             return false;
         }
         out.clear();
-        out.reserve(n);
+        /* n comes from the peer: reserve no more than the bytes left could hold, so that
+         * a declared count alone cannot make it allocate. */
+        out.reserve(std::min(n, r.remaining()));
         for (std::size_t i = 0; i < n; i++) {
             r.enter(i + 1);
             T item{};
@@ -2421,15 +2430,45 @@ struct service_base {
     virtual ~service_base() = default;
 };
 
+/*
+ * Reply an error of type, message and traceback (either may be NULL) without allocating
+ * in C++, so that it serves while handling std::bad_alloc too. Returns the handler's
+ * return: 0 once replied (or replied already), else the failure, for the C side to
+ * answer with a generic error itself.
+ */
 inline int
-reply_error(tether_request *req, const error_info &e)
+reply_error_c(tether_request *req, const char *type, const char *message,
+              const char *traceback) noexcept
 {
     tether_error c = TETHER_ERROR_INIT;
-    c.type = const_cast<char *>(e.type.c_str());
-    c.message = const_cast<char *>(e.message.c_str());
-    c.traceback = e.traceback.empty() ? nullptr : const_cast<char *>(e.traceback.c_str());
-    (void)tether_request_reply_error_full(req, &c);
-    return 0;
+    c.type = const_cast<char *>(type);
+    c.message = const_cast<char *>(message);
+    c.traceback = const_cast<char *>(traceback);
+    int r = tether_request_reply_error_full(req, &c);
+    return r == TETHER_EALREADY ? 0 : r;
+}
+
+/*
+ * Reply the error a handler returned in a result<T>. An empty type, which the C API
+ * refuses, becomes "RuntimeError", so that the caller sees an error and not nil. A
+ * protocol type that the caller's library would read as its own failure
+ * ("tether.Timeout": tether_err_code() gives its local code) is a local failure of a
+ * call the handler made and passed on: it goes as a "RuntimeError" saying so, as a
+ * thrown tether::error does, lest the caller think its own call timed out.
+ */
+inline int
+reply_error(tether_request *req, const error_info &e) noexcept
+{
+    if (!e.type.empty() && tether_err_code(e.type.c_str()) != TETHER_EREMOTE) {
+        int r = tether_request_reply_error(req, "RuntimeError",
+                                           "a tether operation in the handler failed: %s: %s",
+                                           e.type.c_str(), e.message.c_str());
+        return r == TETHER_EALREADY ? 0 : r;
+    }
+    const char *message =
+        e.message.empty() && e.code < 0 ? tether_strerror(e.code) : e.message.c_str();
+    return reply_error_c(req, e.type.empty() ? "RuntimeError" : e.type.c_str(), message,
+                         e.traceback.empty() ? nullptr : e.traceback.c_str());
 }
 
 template <class T>
@@ -2442,11 +2481,9 @@ reply_with(tether_request *req, const T &x)
     int r = w.make_value(&v);
     if (r < 0) {
         /* What the handler returned cannot be sent (a string not UTF-8, say). */
-        return reply_error(req,
-                           error_info{r,
-                                      "TypeError",
-                                      std::string("cannot send the result: ") + tether_strerror(r),
-                                      {}});
+        r = tether_request_reply_error(req, "TypeError", "cannot send the result: %s",
+                                       tether_strerror(r));
+        return r == TETHER_EALREADY ? 0 : r;
     }
     (void)tether_request_reply_value(req, v);
     tether_value_unref(v);
@@ -2464,50 +2501,74 @@ template <class F> struct service : service_base {
     }
     F fn;
 
+    /* The C handler: noexcept, since nothing may unwind through libtether's C frames. */
     static int
-    handle(tether_request *req, void *userdata)
+    handle(tether_request *req, void *userdata) noexcept
     {
         return static_cast<service *>(userdata)->handle_typed(req);
     }
 
+    /*
+     * Read the arguments, call fn, reply. Everything that may throw is inside the try:
+     * a convert<T>::read of the user's, a std::bad_alloc while reading what a peer
+     * sent, the handler itself. The handlers reply without allocating where they can;
+     * one that fails to build its reply (out of memory) falls to the last catch, which
+     * returns TETHER_ENOMEM for the C side to answer with a generic error.
+     */
     int
-    handle_typed(tether_request *req)
+    handle_typed(tether_request *req) noexcept
     {
-        service *self = this;
+#if TETHER_CPP_EXCEPTIONS
+        try {
+            try {
+                return read_and_run(req);
+            } catch (const remote_error &e) {
+                return reply_error(req, e.info());
+            } catch (const error &e) {
+                if (e.code() == TETHER_EREMOTE) {
+                    return reply_error(req, e.info());
+                }
+                /* A local failure of something the handler did (a call of its own that
+                 * timed out, say): replied with its tether.* type, the caller would take
+                 * it for a failure of its own call. */
+                int r = tether_request_reply_error(req, "RuntimeError",
+                                                   "a tether operation in the handler failed: %s",
+                                                   e.what());
+                return r == TETHER_EALREADY ? 0 : r;
+            } catch (const std::invalid_argument &e) {
+                return reply_error_c(req, "ValueError", e.what(), nullptr);
+            } catch (const std::domain_error &e) {
+                return reply_error_c(req, "ValueError", e.what(), nullptr);
+            } catch (const std::out_of_range &e) {
+                return reply_error_c(req, "IndexError", e.what(), nullptr);
+            } catch (const std::bad_alloc &e) {
+                return reply_error_c(req, "MemoryError", e.what(), nullptr);
+            } catch (const std::exception &e) {
+                return reply_error_c(req, "RuntimeError", e.what(), nullptr);
+            } catch (...) {
+                return reply_error_c(req, "RuntimeError", "unknown C++ exception", nullptr);
+            }
+        } catch (...) {
+            return TETHER_ENOMEM;
+        }
+#else
+        return read_and_run(req);
+#endif
+    }
+
+    int
+    read_and_run(tether_request *req)
+    {
         params p{};
         {
             reader r(tether_request_get_args(req));
             if (!r.args(std::tuple_size_v<params>) ||
                 !convert<params>::items(r, p,
                                         std::make_index_sequence<std::tuple_size_v<params>>{})) {
-                return reply_error(req, error_info{TETHER_EINVAL, "TypeError", r.message(), {}});
+                return reply_error_c(req, "TypeError", r.message().c_str(), nullptr);
             }
         }
-#if TETHER_CPP_EXCEPTIONS
-        try {
-            return self->run(req, p);
-        } catch (const remote_error &e) {
-            return reply_error(req, e.info());
-        } catch (const error &e) {
-            return reply_error(req, error_info{e.code(), e.type(), e.message(), {}});
-        } catch (const std::invalid_argument &e) {
-            return reply_error(req, error_info{TETHER_EREMOTE, "ValueError", e.what(), {}});
-        } catch (const std::domain_error &e) {
-            return reply_error(req, error_info{TETHER_EREMOTE, "ValueError", e.what(), {}});
-        } catch (const std::out_of_range &e) {
-            return reply_error(req, error_info{TETHER_EREMOTE, "IndexError", e.what(), {}});
-        } catch (const std::bad_alloc &e) {
-            return reply_error(req, error_info{TETHER_EREMOTE, "MemoryError", e.what(), {}});
-        } catch (const std::exception &e) {
-            return reply_error(req, error_info{TETHER_EREMOTE, "RuntimeError", e.what(), {}});
-        } catch (...) {
-            return reply_error(req,
-                               error_info{TETHER_EREMOTE, "RuntimeError", "unknown C++ exception", {
-                                          }});
-        }
-#else
-        return self->run(req, p);
-#endif
+        return run(req, p);
     }
 
     int

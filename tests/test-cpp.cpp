@@ -213,6 +213,33 @@ template <> struct tether::convert<point> {
     }
 };
 
+/* A user type whose reading throws: 13 as std::invalid_argument, 14 as std::bad_alloc. */
+struct picky {
+    int n = 0;
+};
+
+template <> struct tether::convert<picky> {
+    static void
+    write(tether::writer &w, const picky &p)
+    {
+        tether::write(w, p.n);
+    }
+    static bool
+    read(tether::reader &r, picky &p)
+    {
+        if (!tether::read(r, p.n)) {
+            return false;
+        }
+        if (p.n == 13) {
+            throw std::invalid_argument("picky refuses 13");
+        }
+        if (p.n == 14) {
+            throw std::bad_alloc();
+        }
+        return true;
+    }
+};
+
 /* ---- conversions ------------------------------------------------------------------- */
 
 TEST(round_trips)
@@ -538,6 +565,16 @@ TEST(exceptions_both_ways)
         }
         return 7;
     });
+    /* An error without a type, which the C API refuses to send. */
+    h.add_service("raise_untyped", tether::context::io,
+                  []() { throw tether::remote_error("", "no type given"); });
+    h.add_service("result_untyped", tether::context::io, []() -> tether::result<void> {
+        return tether::error_info{TETHER_EREMOTE, "", "no type either", {}};
+    });
+    /* Reading the arguments throws: the caller gets the error, the host goes on. */
+    h.add_service("pick", tether::context::io, [](picky p) { return p.n; });
+    h.add_service("pick_all", tether::context::pool,
+                  [](const std::vector<picky> &list) { return list.size(); });
     h.start();
     tether::client c = make_client(h);
     c.connect();
@@ -558,8 +595,34 @@ TEST(exceptions_both_ways)
         CHECK_EQ(e.message, std::string(messages[i]));
     }
 
-    CHECK_THROWS(tether::error, to_host.call<int>("raise_error"), e);
-    CHECK_EQ(e.type, std::string("tether.Timeout"));
+    /* A local failure escaping a handler is the handler's failure, not the caller's:
+     * a RuntimeError naming it, not a tether.Timeout of the caller's own call. */
+    CHECK_THROWS(tether::remote_error, to_host.call<int>("raise_error"), e);
+    CHECK_EQ(e.type, std::string("RuntimeError"));
+    CHECK_EQ(e.message, std::string("a tether operation in the handler failed: tether.Timeout: ") +
+                            tether_strerror(TETHER_ETIMEDOUT));
+
+    /* An empty type is sent as RuntimeError, not as a successful nil. */
+    CHECK_THROWS(tether::remote_error, to_host.call<void>("raise_untyped"), e);
+    CHECK_EQ(e.type, std::string("RuntimeError"));
+    CHECK_EQ(e.message, std::string("no type given"));
+    auto untyped = to_host.try_call<void>("result_untyped");
+    CHECK_EQ(untyped.code(), TETHER_EREMOTE);
+    CHECK_EQ(untyped.error().type, std::string("RuntimeError"));
+    CHECK_EQ(untyped.error().message, std::string("no type either"));
+
+    /* A convert<T>::read that throws, at the top or inside a container: ValueError
+     * (std::invalid_argument), MemoryError (std::bad_alloc). */
+    CHECK_EQ(to_host.call<int>("pick", 5), 5);
+    CHECK_THROWS(tether::remote_error, to_host.call<int>("pick", 13), e);
+    CHECK_EQ(e.type, std::string("ValueError"));
+    CHECK_EQ(e.message, std::string("picky refuses 13"));
+    CHECK_THROWS(tether::remote_error, to_host.call<int>("pick", 14), e);
+    CHECK_EQ(e.type, std::string("MemoryError"));
+    CHECK_THROWS(tether::remote_error, to_host.call<int>("pick_all", std::vector<int>{1, 13}), e);
+    CHECK_EQ(e.type, std::string("ValueError"));
+    CHECK_EQ(to_host.call<int>("pick_all", std::vector<int>{1, 2}), 2);
+    CHECK_EQ(to_host.call<int>("pick", 6), 6);
 
     CHECK_EQ(to_host.call<int>("result_error", false), 7);
     CHECK_THROWS(tether::remote_error, to_host.call<int>("result_error", true), e);
@@ -609,6 +672,46 @@ TEST(call_back_without_deadlock)
     CHECK_THROWS(tether::remote_error, to_client.call<int>("ask_fail"), e);
     CHECK_EQ(e.type, std::string("LookupError"));
     CHECK_EQ(e.message, std::string("not here"));
+}
+
+TEST(nested_local_failure)
+{
+    /* A call the handler makes times out: its caller gets a RuntimeError saying so, not
+     * a tether.Timeout it would take for a timeout of its own call. */
+    std::atomic<int> slow_done{0};
+    tether::host h = make_host();
+    auto soon = [] {
+        tether::call_options o;
+        o.deadline = std::chrono::steady_clock::now() + 50ms;
+        return o;
+    };
+    h.add_service("relay", tether::context::pool,
+                  [&](tether::request &req) { return req.conn().call<int>(soon(), "slow"); });
+    /* The same passed on as a result, as a handler built without exceptions does. */
+    h.add_service("relay_result", tether::context::pool,
+                  [&](tether::request &req) { return req.conn().try_call<int>(soon(), "slow"); });
+    h.start();
+    tether::client c = make_client(h, "slow-client");
+    c.add_service("slow", tether::context::pool, [&slow_done]() {
+        std::this_thread::sleep_for(300ms);
+        slow_done++;
+        return 1;
+    });
+    c.connect();
+    tether::conn to_host = c.conn();
+    for (const char *service : {"relay", "relay_result"}) {
+        auto r = to_host.try_call<int>(service);
+        CHECK_EQ(r.code(), TETHER_EREMOTE);
+        CHECK_EQ(r.error().type, std::string("RuntimeError"));
+        CHECK_EQ(r.error().message.rfind(
+                     "a tether operation in the handler failed: tether.Timeout: ", 0),
+                 0u);
+    }
+    auto give_up = std::chrono::steady_clock::now() + 10s;
+    while (slow_done < 2) {
+        CHECK(std::chrono::steady_clock::now() < give_up);
+        std::this_thread::sleep_for(5ms);
+    }
 }
 
 TEST(futures)
