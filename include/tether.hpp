@@ -995,16 +995,17 @@ class reader {
         }
         return mismatch("buffer", h);
     }
-    /* An object by reference (borrowed from the value). */
+    /* An object by reference (borrowed from the value). A mismatch reads "expected
+     * object", as the C reader's "o" says. */
     bool
     ref(tether_object *&out)
     {
         head h;
-        if (!next(h, "ref")) {
+        if (!next(h, "object")) {
             return false;
         }
         if (h.k != kind::ext || h.ext_type != TETHER_MSGPACK_EXT_OBJECT) {
-            return mismatch("ref", h);
+            return mismatch("object", h);
         }
         if (object_at_ >= n_objects_) {
             return fail("object reference not bound to an object");
@@ -2652,10 +2653,59 @@ class service_list {
 
 namespace detail {
 
-/* What a local object made here carries as its userdata. */
+/* What a local object made here carries as its userdata, as an object_holder_base *
+ * converted to void * (and read back the same way). */
 struct object_holder_base {
     virtual ~object_holder_base() = default;
     virtual const void *class_key() const noexcept = 0;
+};
+
+/*
+ * The class names of the object_class<T> descriptions alive, by address: what
+ * tether_object_get_type_name() gives for a local object is its class's name pointer,
+ * so object::local<T>() finds by it that an object was made by an object_class<T>
+ * before it reads the userdata as ours (an object made through the C API has a userdata
+ * of its own). The registry is never destroyed: descriptions in static storage leave it
+ * at exit, in any order.
+ */
+template <class T> class class_names {
+  public:
+    static void
+    add(const char *name)
+    {
+        registry &r = get();
+        std::lock_guard<std::mutex> lock(r.mutex);
+        r.names.push_back(name);
+    }
+    static void
+    remove(const char *name) noexcept
+    {
+        registry &r = get();
+        std::lock_guard<std::mutex> lock(r.mutex);
+        auto at = std::find(r.names.begin(), r.names.end(), name);
+        if (at != r.names.end()) {
+            r.names.erase(at);
+        }
+    }
+    static bool
+    has(const char *name) noexcept
+    {
+        registry &r = get();
+        std::lock_guard<std::mutex> lock(r.mutex);
+        return std::find(r.names.begin(), r.names.end(), name) != r.names.end();
+    }
+
+  private:
+    struct registry {
+        std::mutex mutex;
+        std::vector<const char *> names;
+    };
+    static registry &
+    get() noexcept
+    {
+        static registry *r = new registry;
+        return *r;
+    }
 };
 
 } // namespace detail
@@ -2841,9 +2891,14 @@ template <> struct convert<object> {
         tether_object *one = o.get();
         w.raw(big.empty() ? small : big.data(), len, &one, 1, nullptr, 0);
     }
+    /* nil is an empty object, as the C reader's "o" gives NULL. */
     static bool
     read(reader &r, object &out)
     {
+        if (r.peek() == reader::kind::nil) {
+            out = object();
+            return r.nil();
+        }
         tether_object *o = nullptr;
         if (!r.ref(o)) {
             return false;
@@ -2893,9 +2948,13 @@ object::local() const
     if (!h_.get() || remote()) {
         return nullptr;
     }
+    /* Only an object_class<T>'s objects carry an object_holder<T>: any other userdata
+     * is not ours to read. */
+    if (!detail::class_names<T>::has(tether_object_get_type_name(h_.get()))) {
+        return nullptr;
+    }
     auto *holder = static_cast<detail::object_holder_base *>(tether_object_get_userdata(h_.get()));
-    auto *typed = dynamic_cast<detail::object_holder<T> *>(holder);
-    return typed ? typed->object : nullptr;
+    return static_cast<detail::object_holder<T> *>(holder)->object;
 }
 
 /*
@@ -2946,6 +3005,7 @@ template <class T> class object_class {
     object_class &
     release_in(context ctx)
     {
+        refuse_if_frozen("release_in");
         d_->release_context = ctx;
         return *this;
     }
@@ -2958,6 +3018,7 @@ template <class T> class object_class {
         data &d = *d_;
         std::call_once(d.once, [&d] {
             d.frozen = true;
+            d.table.clear(); /* from a try that threw */
             for (auto &m : d.methods) {
                 d.table.push_back(
                     tether_method{m.name.c_str(), static_cast<tether_context>(m.ctx), &dispatch});
@@ -2968,6 +3029,8 @@ template <class T> class object_class {
             d.cls.methods = d.table.data();
             d.cls.release = &release;
             d.cls.release_context = static_cast<tether_context>(d.release_context);
+            detail::class_names<T>::add(d.cls.name);
+            d.registered = true;
         });
         return &d.cls;
     }
@@ -2998,25 +3061,43 @@ template <class T> class object_class {
         context release_context = context::io;
         std::once_flag once;
         std::atomic<bool> frozen{false};
+        bool registered = false;
+
+        ~data()
+        {
+            if (registered) {
+                detail::class_names<T>::remove(cls.name);
+            }
+        }
     };
+
+    /* The table is shared by the objects made: what changes after the first would
+     * apply to some objects and not others, or race with their calls. */
+    void
+    refuse_if_frozen(const char *what) const
+    {
+        if (d_->frozen) {
+            std::fprintf(stderr, "tether: object_class %s: %s after the first object\n",
+                         d_->name.c_str(), what);
+            std::abort();
+        }
+    }
 
     template <class Run>
     void
     add(std::string name, context ctx, Run run)
     {
-        if (d_->frozen) {
-            std::fprintf(stderr,
-                         "tether: object_class %s: method %s added after the first object\n",
-                         d_->name.c_str(), name.c_str());
-            std::abort();
-        }
+        refuse_if_frozen(("method " + name + " added").c_str());
         d_->methods.push_back(method_entry{std::move(name), ctx, std::move(run)});
     }
 
+    /* The C handler of every method: noexcept, as service::handle (each method's run
+     * catches what its handler throws). */
     static int
-    dispatch(tether_request *req, void *userdata)
+    dispatch(tether_request *req, void *userdata) noexcept
     {
-        auto *h = static_cast<detail::object_holder<T> *>(userdata);
+        auto *h = static_cast<detail::object_holder<T> *>(
+            static_cast<detail::object_holder_base *>(userdata));
         auto *d = static_cast<const data *>(h->key);
         const char *name = tether_request_get_method(req);
         for (const auto &m : d->methods) {
@@ -3027,9 +3108,9 @@ template <class T> class object_class {
         return tether_request_reply_error(req, "AttributeError", "no method %s", name);
     }
     static void
-    release(void *userdata)
+    release(void *userdata) noexcept
     {
-        delete static_cast<detail::object_holder<T> *>(userdata);
+        delete static_cast<detail::object_holder_base *>(userdata);
     }
 
     std::shared_ptr<data> d_;
@@ -3042,9 +3123,13 @@ template <class T, class Make>
 result<object>
 new_object(const object_class<T> &cls, std::shared_ptr<T> obj, Make make_c)
 {
+    if (!obj) {
+        return error_info::from_code(TETHER_EINVAL);
+    }
     auto h = cls.holder(std::move(obj));
     tether_object *o = nullptr;
-    int r = make_c(cls.c_class(), static_cast<void *>(h.get()), &o);
+    int r =
+        make_c(cls.c_class(), static_cast<void *>(static_cast<object_holder_base *>(h.get())), &o);
     if (r < 0) {
         return error_info::from_code(r);
     }

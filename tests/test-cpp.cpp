@@ -14,9 +14,11 @@
 #include "tether.hpp"
 
 #include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
+#include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
 
@@ -500,11 +502,27 @@ c_add(tether_request *req, void *)
     return tether_request_reply(req, "i", a + b);
 }
 
+/* 1 when the argument is nil (a NULL object), as C's "o" reads it. */
+static int
+c_is_nil(tether_request *req, void *)
+{
+    tether_object *o = nullptr;
+    int r = tether_request_read(req, "o", &o);
+    if (r < 0) {
+        return r;
+    }
+    bool nil = o == nullptr;
+    tether_object_unref(o);
+    return tether_request_reply(req, "b", nil);
+}
+
 TEST(type_errors_like_c)
 {
     tether::host h = make_host();
     h.add_service("add", tether::context::io, [](int a, int b) { return a + b; });
     CHECK(tether_host_add_service(h.get(), "c_add", TETHER_CONTEXT_IO, c_add, nullptr) == 0);
+    h.add_service("is_nil", tether::context::io, [](const tether::object &o) { return !o; });
+    CHECK(tether_host_add_service(h.get(), "c_is_nil", TETHER_CONTEXT_IO, c_is_nil, nullptr) == 0);
     h.start();
     tether::client c = make_client(h);
     c.connect();
@@ -531,6 +549,15 @@ TEST(type_errors_like_c)
     tether::error_info caught;
     CHECK_THROWS(tether::remote_error, to_host.call<int>("add", "x", 3), caught);
     CHECK_EQ(caught.message, std::string("item 1: expected int, got str"));
+
+    /* An object argument: nil is an empty object, a mismatch words it as C does. */
+    CHECK(to_host.call<bool>("is_nil", tether::object()));
+    CHECK(to_host.call<bool>("c_is_nil", tether::object()));
+    auto cpp = to_host.try_call<bool>("is_nil", "x");
+    auto from_c = to_host.try_call<bool>("c_is_nil", "x");
+    CHECK_EQ(cpp.error().type, std::string("TypeError"));
+    CHECK_EQ(cpp.error().message, std::string("item 1: expected object, got str"));
+    CHECK_EQ(cpp.error().message, from_c.error().message);
 
     /* A result of the wrong type is a local TypeError. */
     auto wrong = to_host.try_call<std::string>("add", 1, 2);
@@ -1075,6 +1102,46 @@ TEST(objects)
         CHECK(std::chrono::steady_clock::now() < give_up);
         h.wait(5ms);
     }
+}
+
+TEST(objects_made_elsewhere)
+{
+    tether::host h = make_host();
+    /* An object the C API made, with a userdata of its own (even of the same class
+     * name): not ours to read. */
+    static tether_class foreign_class{};
+    foreign_class.name = "Actor";
+    int payload = 42;
+    tether_object *raw = nullptr;
+    CHECK(tether_host_new_object(h.get(), &foreign_class, &payload, &raw) == 0);
+    tether::object foreign = tether::object::adopt(raw);
+    CHECK(!foreign.remote());
+    CHECK(foreign.local<actor>() == nullptr);
+    CHECK(foreign.local<point>() == nullptr);
+
+    /* One an object_class made is found, as its own class only. */
+    tether::object_class<actor> actor_class("Actor");
+    actor_class.method("describe", tether::context::io, &actor::describe);
+    auto a = std::make_shared<actor>();
+    tether::object mine = h.new_object(actor_class, a);
+    CHECK(mine.local<actor>() == a);
+    CHECK(mine.local<point>() == nullptr);
+
+    /* No object around nothing. */
+    CHECK_EQ(h.try_new_object(actor_class, std::shared_ptr<actor>()).code(), TETHER_EINVAL);
+
+    /* release_in() after the first object aborts, as method() does. */
+    std::fflush(nullptr);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        CHECK(std::freopen("/dev/null", "w", stderr) != nullptr);
+        actor_class.release_in(tether::context::main);
+        _exit(0);
+    }
+    int status = 0;
+    CHECK_EQ(waitpid(pid, &status, 0), pid);
+    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT);
 }
 
 TEST(no_throw_forms)
