@@ -2616,7 +2616,8 @@ template <class T, class M, class R, class... A> struct bound_member<T, M, R, st
     }
 };
 
-/* The services a host or client registered: owned here, alive as long as it is. */
+/* The services a host or client registered: owned here, alive as long as it is.
+ * Thread: any (add may run on several threads at once). */
 class service_list {
   public:
     template <class F, class Add>
@@ -2624,6 +2625,9 @@ class service_list {
     add(F fn, Add &&add_c)
     {
         auto s = std::make_unique<service<F>>(std::move(fn));
+        std::lock_guard<std::mutex> lock(mutex_);
+        /* Room first: once the C side points at s, keeping it must not fail. */
+        list_.reserve(list_.size() + 1);
         int r = add_c(&service<F>::handle, static_cast<void *>(s.get()));
         if (r < 0) {
             return error_info::from_code(r);
@@ -2633,6 +2637,7 @@ class service_list {
     }
 
   private:
+    std::mutex mutex_;
     std::vector<std::unique_ptr<service_base>> list_;
 };
 
@@ -3363,6 +3368,9 @@ class endpoint {
     result<void>
     try_add_service(cstring name, context ctx, F fn)
     {
+        if (!services_) { /* moved from */
+            return error_info::from_code(TETHER_EINVAL);
+        }
         return services_->add(std::move(fn), [&](tether_handler_fn handler, void *userdata) {
             return Api::add_service(p_, name.c_str(), static_cast<tether_context>(ctx), handler,
                                     userdata);
@@ -3597,6 +3605,15 @@ class host : public detail::endpoint<detail::host_api> {
         if (r < 0) {
             return error_info::from_code(r);
         }
+        /* Freed (with the references to the connections it holds) however this ends. */
+        struct infos_guard {
+            tether_client_info *infos;
+            std::size_t count;
+            ~infos_guard()
+            {
+                tether_client_infos_free(infos, count);
+            }
+        } guard{infos, count};
         std::vector<client_info> out;
         out.reserve(count);
         for (std::size_t i = 0; i < count; i++) {
@@ -3616,7 +3633,6 @@ class host : public detail::endpoint<detail::host_api> {
             one.services.assign(c.services, c.services + c.service_count);
             out.push_back(std::move(one));
         }
-        tether_client_infos_free(infos, count);
         return out;
     }
     /* Make a client reconnect (tether_host_reset_client), or tell it to go and not come
@@ -3729,6 +3745,21 @@ class client : public detail::endpoint<detail::client_api> {
     {
         return tether_client_is_connected(p_) == 1;
     }
+    /* Close the connection without reconnecting, keeping the client and its services
+     * (tether_client_close; its calls pending fail): connect() may connect it again.
+     * Thread: any. */
+    result<void>
+    try_close()
+    {
+        return detail::check(tether_client_close(p_));
+    }
+#if TETHER_CPP_EXCEPTIONS
+    void
+    close()
+    {
+        try_close().value();
+    }
+#endif
   private:
     explicit client(tether_client *c) : endpoint(c)
     {

@@ -1144,6 +1144,56 @@ TEST(objects_made_elsewhere)
     CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT);
 }
 
+TEST(endpoints)
+{
+    /* Moved from: a null handle, refused as the C API refuses one. */
+    tether::host moved = make_host();
+    tether::host h = std::move(moved);
+    CHECK_EQ(moved.try_add_service("x", tether::context::io, [] {}).code(), TETHER_EINVAL);
+    tether::object_class<actor> actor_class("Actor");
+    CHECK_EQ(moved.try_new_object(actor_class, std::make_shared<actor>()).code(), TETHER_EINVAL);
+    CHECK_EQ(moved.try_start().code(), TETHER_EINVAL);
+    CHECK_EQ(moved.try_dispatch(0us).code(), TETHER_EINVAL);
+    CHECK_EQ(moved.try_list_clients().code(), TETHER_EINVAL);
+    CHECK_EQ(moved.address(), std::string());
+
+    /* Services added from several threads at once. */
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; t++) {
+        threads.emplace_back([&h, t] {
+            for (int i = 0; i < 50; i++) {
+                std::string name = "s" + std::to_string(t) + "_" + std::to_string(i);
+                CHECK(h.try_add_service(name, tether::context::io, [t, i] {
+                           return 100 * t + i;
+                       }).ok());
+            }
+        });
+    }
+    for (auto &t : threads) {
+        t.join();
+    }
+    h.start();
+    tether::client c = make_client(h, "closing");
+    c.add_service("ping", tether::context::io, [] { return 1; });
+    c.connect();
+    CHECK_EQ(c.conn().call<int>("s3_49"), 349);
+    CHECK_EQ(c.conn().call<int>("s0_0"), 0);
+
+    /* A client closed, and connected again with its services. */
+    c.close();
+    CHECK(!c.connected());
+    CHECK_EQ(c.conn().try_call<int>("s1_2").code(), TETHER_ENOTCONN);
+    c.connect();
+    CHECK(c.connected());
+    CHECK_EQ(c.conn().call<int>("s1_2"), 102);
+
+    tether::client other = std::move(c);
+    CHECK_EQ(c.try_add_service("x", tether::context::io, [] {}).code(), TETHER_EINVAL);
+    CHECK_EQ(c.try_close().code(), TETHER_EINVAL);
+    CHECK_EQ(c.try_connect().code(), TETHER_EINVAL);
+    CHECK(!c.connected());
+}
+
 TEST(no_throw_forms)
 {
     auto h = tether::host::try_make();
