@@ -30,6 +30,7 @@
 
 #include <tether.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -1139,16 +1140,17 @@ class reader {
         }
         return mismatch("buffer", h);
     }
-    /* An object by reference (borrowed from the value). */
+    /* An object by reference (borrowed from the value). A mismatch reads "expected
+     * object", as the C reader's "o" says. */
     bool
     ref(tether_object *&out)
     {
         head h;
-        if (!next(h, "ref")) {
+        if (!next(h, "object")) {
             return false;
         }
         if (h.k != kind::ext || h.ext_type != TETHER_MSGPACK_EXT_OBJECT) {
-            return mismatch("ref", h);
+            return mismatch("object", h);
         }
         if (object_at_ >= n_objects_) {
             return fail("object reference not bound to an object");
@@ -1294,6 +1296,12 @@ class reader {
     at_end() const noexcept
     {
         return p_ == end_;
+    }
+    /* The bytes left to read: a bound on the items still to come, each taking one. */
+    std::size_t
+    remaining() const noexcept
+    {
+        return static_cast<std::size_t>(end_ - p_);
     }
 
   private:
@@ -1751,7 +1759,9 @@ template <class T, class A> struct convert<std::vector<T, A>> {
             return false;
         }
         out.clear();
-        out.reserve(n);
+        /* n comes from the peer: reserve no more than the bytes left could hold, so that
+         * a declared count alone cannot make it allocate. */
+        out.reserve(std::min(n, r.remaining()));
         for (std::size_t i = 0; i < n; i++) {
             r.enter(i + 1);
             T item{};
@@ -2668,51 +2678,44 @@ struct service_base {
 };
 
 /*
- * Counts the handlers running, so that a host or client being destroyed waits for them
- * before freeing what they use: tether_host_stop() and tether_client_close() cancel the
- * requests not started yet, but not one whose handler runs (a POOL handler that takes
- * its time, say). Entering and leaving cost one atomic operation each.
+ * Reply an error of type, message and traceback (either may be NULL) without allocating
+ * in C++, so that it serves while handling std::bad_alloc too. Returns the handler's
+ * return: 0 once replied (or replied already), else the failure, for the C side to
+ * answer with a generic error itself.
  */
-class service_gate {
-  public:
-    void
-    enter() noexcept
-    {
-        running_.fetch_add(1);
-    }
-    void
-    leave() noexcept
-    {
-        if (running_.fetch_sub(1) == 1 && closing_.load()) {
-            std::lock_guard<std::mutex> lock(mutex_);
-            idle_.notify_all();
-        }
-    }
-    /* Wait until no handler runs. */
-    void
-    wait_idle() noexcept
-    {
-        closing_.store(true);
-        std::unique_lock<std::mutex> lock(mutex_);
-        idle_.wait(lock, [this] { return running_.load() == 0; });
-    }
-
-  private:
-    std::atomic<int> running_{0};
-    std::atomic<bool> closing_{false};
-    std::mutex mutex_;
-    std::condition_variable idle_;
-};
-
 inline int
-reply_error(tether_request *req, const error_info &e)
+reply_error_c(tether_request *req, const char *type, const char *message,
+              const char *traceback) noexcept
 {
     tether_error c = TETHER_ERROR_INIT;
-    c.type = const_cast<char *>(e.type.c_str());
-    c.message = const_cast<char *>(e.message.c_str());
-    c.traceback = e.traceback.empty() ? nullptr : const_cast<char *>(e.traceback.c_str());
-    (void)tether_request_reply_error_full(req, &c);
-    return 0;
+    c.type = const_cast<char *>(type);
+    c.message = const_cast<char *>(message);
+    c.traceback = const_cast<char *>(traceback);
+    int r = tether_request_reply_error_full(req, &c);
+    return r == TETHER_EALREADY ? 0 : r;
+}
+
+/*
+ * Reply the error a handler returned in a result<T>. An empty type, which the C API
+ * refuses, becomes "RuntimeError", so that the caller sees an error and not nil. A
+ * protocol type that the caller's library would read as its own failure
+ * ("tether.Timeout": tether_err_code() gives its local code) is a local failure of a
+ * call the handler made and passed on: it goes as a "RuntimeError" saying so, as a
+ * thrown tether::error does, lest the caller think its own call timed out.
+ */
+inline int
+reply_error(tether_request *req, const error_info &e) noexcept
+{
+    if (!e.type.empty() && tether_err_code(e.type.c_str()) != TETHER_EREMOTE) {
+        int r = tether_request_reply_error(req, "RuntimeError",
+                                           "a tether operation in the handler failed: %s: %s",
+                                           e.type.c_str(), e.message.c_str());
+        return r == TETHER_EALREADY ? 0 : r;
+    }
+    const char *message =
+        e.message.empty() && e.code < 0 ? tether_strerror(e.code) : e.message.c_str();
+    return reply_error_c(req, e.type.empty() ? "RuntimeError" : e.type.c_str(), message,
+                         e.traceback.empty() ? nullptr : e.traceback.c_str());
 }
 
 template <class T>
@@ -2726,7 +2729,9 @@ reply_with(tether_request *req, const T &x)
     if (r < 0) {
         /* What the handler returned cannot be sent (a string not UTF-8, say). */
         std::string why = w.code() < 0 ? w.failure().message : tether_strerror(r);
-        return reply_error(req, error_info{r, "TypeError", "cannot send the result: " + why, {}});
+        r = tether_request_reply_error(req, "TypeError", "cannot send the result: %s",
+                                       why.c_str());
+        return r == TETHER_EALREADY ? 0 : r;
     }
     (void)tether_request_reply_value(req, v);
     tether_value_unref(v);
@@ -2739,60 +2744,79 @@ template <class F> struct service : service_base {
     using args = arg_types<typename sig::params>;
     using params = typename args::type;
 
-    service(F f, service_gate *g) : fn(std::move(f)), gate(g)
+    explicit service(F f) : fn(std::move(f))
     {
     }
     F fn;
-    service_gate *gate;
 
+    /* The C handler: noexcept, since nothing may unwind through libtether's C frames. */
     static int
-    handle(tether_request *req, void *userdata)
+    handle(tether_request *req, void *userdata) noexcept
     {
-        auto *self = static_cast<service *>(userdata);
-        self->gate->enter();
-        int r = self->handle_typed(req);
-        self->gate->leave();
-        return r;
+        return static_cast<service *>(userdata)->handle_typed(req);
+    }
+
+    /*
+     * Read the arguments, call fn, reply. Everything that may throw is inside the try:
+     * a convert<T>::read of the user's, a std::bad_alloc while reading what a peer
+     * sent, the handler itself. The handlers reply without allocating where they can;
+     * one that fails to build its reply (out of memory) falls to the last catch, which
+     * returns TETHER_ENOMEM for the C side to answer with a generic error.
+     */
+    int
+    handle_typed(tether_request *req) noexcept
+    {
+#if TETHER_CPP_EXCEPTIONS
+        try {
+            try {
+                return read_and_run(req);
+            } catch (const remote_error &e) {
+                return reply_error(req, e.info());
+            } catch (const error &e) {
+                if (e.code() == TETHER_EREMOTE) {
+                    return reply_error(req, e.info());
+                }
+                /* A local failure of something the handler did (a call of its own that
+                 * timed out, say): replied with its tether.* type, the caller would take
+                 * it for a failure of its own call. */
+                int r = tether_request_reply_error(req, "RuntimeError",
+                                                   "a tether operation in the handler failed: %s",
+                                                   e.what());
+                return r == TETHER_EALREADY ? 0 : r;
+            } catch (const std::invalid_argument &e) {
+                return reply_error_c(req, "ValueError", e.what(), nullptr);
+            } catch (const std::domain_error &e) {
+                return reply_error_c(req, "ValueError", e.what(), nullptr);
+            } catch (const std::out_of_range &e) {
+                return reply_error_c(req, "IndexError", e.what(), nullptr);
+            } catch (const std::bad_alloc &e) {
+                return reply_error_c(req, "MemoryError", e.what(), nullptr);
+            } catch (const std::exception &e) {
+                return reply_error_c(req, "RuntimeError", e.what(), nullptr);
+            } catch (...) {
+                return reply_error_c(req, "RuntimeError", "unknown C++ exception", nullptr);
+            }
+        } catch (...) {
+            return TETHER_ENOMEM;
+        }
+#else
+        return read_and_run(req);
+#endif
     }
 
     int
-    handle_typed(tether_request *req)
+    read_and_run(tether_request *req)
     {
-        service *self = this;
         params p{};
         {
             reader r(tether_request_get_args(req));
             if (!r.args(std::tuple_size_v<params>) ||
                 !convert<params>::items(r, p,
                                         std::make_index_sequence<std::tuple_size_v<params>>{})) {
-                return reply_error(req, error_info{TETHER_EINVAL, "TypeError", r.message(), {}});
+                return reply_error_c(req, "TypeError", r.message().c_str(), nullptr);
             }
         }
-#if TETHER_CPP_EXCEPTIONS
-        try {
-            return self->run(req, p);
-        } catch (const remote_error &e) {
-            return reply_error(req, e.info());
-        } catch (const error &e) {
-            return reply_error(req, error_info{e.code(), e.type(), e.message(), {}});
-        } catch (const std::invalid_argument &e) {
-            return reply_error(req, error_info{TETHER_EREMOTE, "ValueError", e.what(), {}});
-        } catch (const std::domain_error &e) {
-            return reply_error(req, error_info{TETHER_EREMOTE, "ValueError", e.what(), {}});
-        } catch (const std::out_of_range &e) {
-            return reply_error(req, error_info{TETHER_EREMOTE, "IndexError", e.what(), {}});
-        } catch (const std::bad_alloc &e) {
-            return reply_error(req, error_info{TETHER_EREMOTE, "MemoryError", e.what(), {}});
-        } catch (const std::exception &e) {
-            return reply_error(req, error_info{TETHER_EREMOTE, "RuntimeError", e.what(), {}});
-        } catch (...) {
-            return reply_error(req,
-                               error_info{TETHER_EREMOTE, "RuntimeError", "unknown C++ exception", {
-                                          }});
-        }
-#else
-        return self->run(req, p);
-#endif
+        return run(req, p);
     }
 
     int
@@ -2839,14 +2863,18 @@ template <class T, class M, class R, class... A> struct bound_member<T, M, R, st
     }
 };
 
-/* The services a host or client registered: owned here, alive as long as it is. */
+/* The services a host or client registered: owned here, alive as long as it is.
+ * Thread: any (add may run on several threads at once). */
 class service_list {
   public:
     template <class F, class Add>
     result<void>
     add(F fn, Add &&add_c)
     {
-        auto s = std::make_unique<service<F>>(std::move(fn), &gate_);
+        auto s = std::make_unique<service<F>>(std::move(fn));
+        std::lock_guard<std::mutex> lock(mutex_);
+        /* Room first: once the C side points at s, keeping it must not fail. */
+        list_.reserve(list_.size() + 1);
         int r = add_c(&service<F>::handle, static_cast<void *>(s.get()));
         if (r < 0) {
             return error_info::from_code(r);
@@ -2855,15 +2883,8 @@ class service_list {
         return {};
     }
 
-    /* Wait for the handlers running to return; call once no new ones can start. */
-    void
-    wait_idle() noexcept
-    {
-        gate_.wait_idle();
-    }
-
   private:
-    service_gate gate_;
+    std::mutex mutex_;
     std::vector<std::unique_ptr<service_base>> list_;
 };
 
@@ -2884,10 +2905,59 @@ class service_list {
 
 namespace detail {
 
-/* What a local object made here carries as its userdata. */
+/* What a local object made here carries as its userdata, as an object_holder_base *
+ * converted to void * (and read back the same way). */
 struct object_holder_base {
     virtual ~object_holder_base() = default;
     virtual const void *class_key() const noexcept = 0;
+};
+
+/*
+ * The class names of the object_class<T> descriptions alive, by address: what
+ * tether_object_get_type_name() gives for a local object is its class's name pointer,
+ * so object::local<T>() finds by it that an object was made by an object_class<T>
+ * before it reads the userdata as ours (an object made through the C API has a userdata
+ * of its own). The registry is never destroyed: descriptions in static storage leave it
+ * at exit, in any order.
+ */
+template <class T> class class_names {
+  public:
+    static void
+    add(const char *name)
+    {
+        registry &r = get();
+        std::lock_guard<std::mutex> lock(r.mutex);
+        r.names.push_back(name);
+    }
+    static void
+    remove(const char *name) noexcept
+    {
+        registry &r = get();
+        std::lock_guard<std::mutex> lock(r.mutex);
+        auto at = std::find(r.names.begin(), r.names.end(), name);
+        if (at != r.names.end()) {
+            r.names.erase(at);
+        }
+    }
+    static bool
+    has(const char *name) noexcept
+    {
+        registry &r = get();
+        std::lock_guard<std::mutex> lock(r.mutex);
+        return std::find(r.names.begin(), r.names.end(), name) != r.names.end();
+    }
+
+  private:
+    struct registry {
+        std::mutex mutex;
+        std::vector<const char *> names;
+    };
+    static registry &
+    get() noexcept
+    {
+        static registry *r = new registry;
+        return *r;
+    }
 };
 
 } // namespace detail
@@ -3082,9 +3152,14 @@ template <> struct convert<object> {
         tether_object *one = o.get();
         w.raw(big.empty() ? small : big.data(), len, &one, 1, nullptr, 0);
     }
+    /* nil is an empty object, as the C reader's "o" gives NULL. */
     static bool
     read(reader &r, object &out)
     {
+        if (r.peek() == reader::kind::nil) {
+            out = object();
+            return r.nil();
+        }
         tether_object *o = nullptr;
         if (!r.ref(o)) {
             return false;
@@ -3134,9 +3209,13 @@ object::local() const
     if (!h_.get() || remote()) {
         return nullptr;
     }
+    /* Only an object_class<T>'s objects carry an object_holder<T>: any other userdata
+     * is not ours to read. */
+    if (!detail::class_names<T>::has(tether_object_get_type_name(h_.get()))) {
+        return nullptr;
+    }
     auto *holder = static_cast<detail::object_holder_base *>(tether_object_get_userdata(h_.get()));
-    auto *typed = dynamic_cast<detail::object_holder<T> *>(holder);
-    return typed ? typed->object : nullptr;
+    return static_cast<detail::object_holder<T> *>(holder)->object;
 }
 
 /*
@@ -3162,7 +3241,7 @@ template <class T> class object_class {
         using bound =
             detail::bound_member<T, M T::*, typename sig::result_type, typename sig::params>;
         add(std::move(name), ctx, [member](tether_request *req, T &self) {
-            detail::service<bound> s(bound{&self, member}, nullptr);
+            detail::service<bound> s(bound{&self, member});
             return s.handle_typed(req);
         });
         return *this;
@@ -3176,7 +3255,7 @@ template <class T> class object_class {
         using rest = typename detail::drop_first<typename sig::params>::type;
         using bound = detail::bound_first<T, F, typename sig::result_type, rest>;
         add(std::move(name), ctx, [fn = std::move(fn)](tether_request *req, T &self) {
-            detail::service<bound> s(bound{&self, &fn}, nullptr);
+            detail::service<bound> s(bound{&self, &fn});
             return s.handle_typed(req);
         });
         return *this;
@@ -3187,6 +3266,7 @@ template <class T> class object_class {
     object_class &
     release_in(context ctx)
     {
+        refuse_if_frozen("release_in");
         d_->release_context = ctx;
         return *this;
     }
@@ -3199,6 +3279,7 @@ template <class T> class object_class {
         data &d = *d_;
         std::call_once(d.once, [&d] {
             d.frozen = true;
+            d.table.clear(); /* from a try that threw */
             for (auto &m : d.methods) {
                 d.table.push_back(
                     tether_method{m.name.c_str(), static_cast<tether_context>(m.ctx), &dispatch});
@@ -3209,6 +3290,8 @@ template <class T> class object_class {
             d.cls.methods = d.table.data();
             d.cls.release = &release;
             d.cls.release_context = static_cast<tether_context>(d.release_context);
+            detail::class_names<T>::add(d.cls.name);
+            d.registered = true;
         });
         return &d.cls;
     }
@@ -3239,25 +3322,43 @@ template <class T> class object_class {
         context release_context = context::io;
         std::once_flag once;
         std::atomic<bool> frozen{false};
+        bool registered = false;
+
+        ~data()
+        {
+            if (registered) {
+                detail::class_names<T>::remove(cls.name);
+            }
+        }
     };
+
+    /* The table is shared by the objects made: what changes after the first would
+     * apply to some objects and not others, or race with their calls. */
+    void
+    refuse_if_frozen(const char *what) const
+    {
+        if (d_->frozen) {
+            std::fprintf(stderr, "tether: object_class %s: %s after the first object\n",
+                         d_->name.c_str(), what);
+            std::abort();
+        }
+    }
 
     template <class Run>
     void
     add(std::string name, context ctx, Run run)
     {
-        if (d_->frozen) {
-            std::fprintf(stderr,
-                         "tether: object_class %s: method %s added after the first object\n",
-                         d_->name.c_str(), name.c_str());
-            std::abort();
-        }
+        refuse_if_frozen(("method " + name + " added").c_str());
         d_->methods.push_back(method_entry{std::move(name), ctx, std::move(run)});
     }
 
+    /* The C handler of every method: noexcept, as service::handle (each method's run
+     * catches what its handler throws). */
     static int
-    dispatch(tether_request *req, void *userdata)
+    dispatch(tether_request *req, void *userdata) noexcept
     {
-        auto *h = static_cast<detail::object_holder<T> *>(userdata);
+        auto *h = static_cast<detail::object_holder<T> *>(
+            static_cast<detail::object_holder_base *>(userdata));
         auto *d = static_cast<const data *>(h->key);
         const char *name = tether_request_get_method(req);
         for (const auto &m : d->methods) {
@@ -3268,9 +3369,9 @@ template <class T> class object_class {
         return tether_request_reply_error(req, "AttributeError", "no method %s", name);
     }
     static void
-    release(void *userdata)
+    release(void *userdata) noexcept
     {
-        delete static_cast<detail::object_holder<T> *>(userdata);
+        delete static_cast<detail::object_holder_base *>(userdata);
     }
 
     std::shared_ptr<data> d_;
@@ -3283,9 +3384,13 @@ template <class T, class Make>
 result<object>
 new_object(const object_class<T> &cls, std::shared_ptr<T> obj, Make make_c)
 {
+    if (!obj) {
+        return error_info::from_code(TETHER_EINVAL);
+    }
     auto h = cls.holder(std::move(obj));
     tether_object *o = nullptr;
-    int r = make_c(cls.c_class(), static_cast<void *>(h.get()), &o);
+    int r =
+        make_c(cls.c_class(), static_cast<void *>(static_cast<object_holder_base *>(h.get())), &o);
     if (r < 0) {
         return error_info::from_code(r);
     }
@@ -3474,8 +3579,16 @@ struct client_api {
 /*
  * A host or a client (Api: host_api or client_api): the C endpoint, owned, and the
  * services registered through it, which outlive every handler that runs them. Moves
- * only. Destroying it stops the endpoint (a host stops serving, a client closes), waits
- * for the handlers running, drops the endpoint, then frees the services.
+ * only. Destroying it stops the endpoint (a host stops serving, a client closes), drops
+ * the endpoint, then frees the services.
+ *
+ * That the services outlive their handlers rests on the C side: tether_host_stop() and
+ * the last tether_client_unref() return only once no handler of the host or client runs
+ * on another thread, and none starts after. So the endpoint must hold the last reference
+ * to its C handle when it is destroyed: code that took references of its own through
+ * get() (tether_host_ref, tether_client_ref) drops them first. Destroyed from one of its
+ * own handlers, the C side cannot wait for that handler (tether_host_stop returns
+ * TETHER_EDEADLK): it returns, and the services go while that handler still runs.
  */
 template <class Api>
 class endpoint {
@@ -3511,6 +3624,9 @@ class endpoint {
     result<void>
     try_add_service(cstring name, context ctx, F fn)
     {
+        if (!services_) { /* moved from */
+            return error_info::from_code(TETHER_EINVAL);
+        }
         return services_->add(std::move(fn), [&](tether_handler_fn handler, void *userdata) {
             return Api::add_service(p_, name.c_str(), static_cast<tether_context>(ctx), handler,
                                     userdata);
@@ -3620,12 +3736,9 @@ class endpoint {
     close() noexcept
     {
         if (p_) {
-            /* Stop first, so that no handler starts, and wait for those running, before
-             * the services they use go. */
+            /* Stop, then drop the last reference: once both returned, no handler runs
+             * or will start (see above), and the services they use may go. */
             Api::stop(p_);
-            if (services_) {
-                services_->wait_idle();
-            }
             p_ = Api::unref(p_);
         }
         services_.reset();
@@ -3748,6 +3861,15 @@ class host : public detail::endpoint<detail::host_api> {
         if (r < 0) {
             return error_info::from_code(r);
         }
+        /* Freed (with the references to the connections it holds) however this ends. */
+        struct infos_guard {
+            tether_client_info *infos;
+            std::size_t count;
+            ~infos_guard()
+            {
+                tether_client_infos_free(infos, count);
+            }
+        } guard{infos, count};
         std::vector<client_info> out;
         out.reserve(count);
         for (std::size_t i = 0; i < count; i++) {
@@ -3767,7 +3889,6 @@ class host : public detail::endpoint<detail::host_api> {
             one.services.assign(c.services, c.services + c.service_count);
             out.push_back(std::move(one));
         }
-        tether_client_infos_free(infos, count);
         return out;
     }
     /* Make a client reconnect (tether_host_reset_client), or tell it to go and not come
@@ -3880,6 +4001,21 @@ class client : public detail::endpoint<detail::client_api> {
     {
         return tether_client_is_connected(p_) == 1;
     }
+    /* Close the connection without reconnecting, keeping the client and its services
+     * (tether_client_close; its calls pending fail): connect() may connect it again.
+     * Thread: any. */
+    result<void>
+    try_close()
+    {
+        return detail::check(tether_client_close(p_));
+    }
+#if TETHER_CPP_EXCEPTIONS
+    void
+    close()
+    {
+        try_close().value();
+    }
+#endif
   private:
     explicit client(tether_client *c) : endpoint(c)
     {

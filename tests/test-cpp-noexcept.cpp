@@ -47,6 +47,16 @@ main()
             return x / 2;
         };
         CHECK(h.try_add_service("halve", tether::context::pool, halve).ok());
+        /* Errors the C API would not send as they are: without a type, and a local
+         * failure (a call of the handler's that timed out) passed on. */
+        auto untyped = []() -> tether::result<void> {
+            return tether::error_info{TETHER_EREMOTE, "", "no type", {}};
+        };
+        CHECK(h.try_add_service("untyped", tether::context::io, untyped).ok());
+        auto timed_out = []() -> tether::result<int> {
+            return tether::error_info::from_code(TETHER_ETIMEDOUT);
+        };
+        CHECK(h.try_add_service("timed_out", tether::context::io, timed_out).ok());
         CHECK(h.try_start().ok());
 
         tether_client_options co{};
@@ -66,6 +76,14 @@ main()
         auto mismatch = to_host.try_call<int>("halve", "x");
         CHECK(mismatch.code() == TETHER_EREMOTE && mismatch.error().type == "TypeError");
         CHECK(mismatch.error().message == "item 1: expected int, got str");
+        auto no_type = to_host.try_call<void>("untyped");
+        CHECK(no_type.code() == TETHER_EREMOTE && no_type.error().type == "RuntimeError");
+        CHECK(no_type.error().message == "no type");
+        auto passed_on = to_host.try_call<int>("timed_out");
+        CHECK(passed_on.code() == TETHER_EREMOTE && passed_on.error().type == "RuntimeError");
+        CHECK(passed_on.error().message ==
+              std::string("a tether operation in the handler failed: tether.Timeout: ") +
+                  tether_strerror(TETHER_ETIMEDOUT));
         auto f = to_host.try_call_async<int>("halve", 10);
         CHECK(f.ok());
         auto got = f.value().try_get();

@@ -235,6 +235,33 @@ template <> struct tether::convert<label> {
     }
 };
 
+/* A user type whose reading throws: 13 as std::invalid_argument, 14 as std::bad_alloc. */
+struct picky {
+    int n = 0;
+};
+
+template <> struct tether::convert<picky> {
+    static void
+    write(tether::writer &w, const picky &p)
+    {
+        tether::write(w, p.n);
+    }
+    static bool
+    read(tether::reader &r, picky &p)
+    {
+        if (!tether::read(r, p.n)) {
+            return false;
+        }
+        if (p.n == 13) {
+            throw std::invalid_argument("picky refuses 13");
+        }
+        if (p.n == 14) {
+            throw std::bad_alloc();
+        }
+        return true;
+    }
+};
+
 /* ---- conversions ------------------------------------------------------------------- */
 
 /* What borrows from the value it is read from, at any depth: a call's result may not (its
@@ -599,11 +626,27 @@ c_add(tether_request *req, void *)
     return tether_request_reply(req, "i", a + b);
 }
 
+/* 1 when the argument is nil (a NULL object), as C's "o" reads it. */
+static int
+c_is_nil(tether_request *req, void *)
+{
+    tether_object *o = nullptr;
+    int r = tether_request_read(req, "o", &o);
+    if (r < 0) {
+        return r;
+    }
+    bool nil = o == nullptr;
+    tether_object_unref(o);
+    return tether_request_reply(req, "b", nil);
+}
+
 TEST(type_errors_like_c)
 {
     tether::host h = make_host();
     h.add_service("add", tether::context::io, [](int a, int b) { return a + b; });
     CHECK(tether_host_add_service(h.get(), "c_add", TETHER_CONTEXT_IO, c_add, nullptr) == 0);
+    h.add_service("is_nil", tether::context::io, [](const tether::object &o) { return !o; });
+    CHECK(tether_host_add_service(h.get(), "c_is_nil", TETHER_CONTEXT_IO, c_is_nil, nullptr) == 0);
     h.start();
     tether::client c = make_client(h);
     c.connect();
@@ -630,6 +673,15 @@ TEST(type_errors_like_c)
     tether::error_info caught;
     CHECK_THROWS(tether::remote_error, to_host.call<int>("add", "x", 3), caught);
     CHECK_EQ(caught.message, std::string("item 1: expected int, got str"));
+
+    /* An object argument: nil is an empty object, a mismatch words it as C does. */
+    CHECK(to_host.call<bool>("is_nil", tether::object()));
+    CHECK(to_host.call<bool>("c_is_nil", tether::object()));
+    auto cpp = to_host.try_call<bool>("is_nil", "x");
+    auto from_c = to_host.try_call<bool>("c_is_nil", "x");
+    CHECK_EQ(cpp.error().type, std::string("TypeError"));
+    CHECK_EQ(cpp.error().message, std::string("item 1: expected object, got str"));
+    CHECK_EQ(cpp.error().message, from_c.error().message);
 
     /* A result of the wrong type is a local TypeError. */
     auto wrong = to_host.try_call<std::string>("add", 1, 2);
@@ -729,6 +781,16 @@ TEST(exceptions_both_ways)
         }
         return 7;
     });
+    /* An error without a type, which the C API refuses to send. */
+    h.add_service("raise_untyped", tether::context::io,
+                  []() { throw tether::remote_error("", "no type given"); });
+    h.add_service("result_untyped", tether::context::io, []() -> tether::result<void> {
+        return tether::error_info{TETHER_EREMOTE, "", "no type either", {}};
+    });
+    /* Reading the arguments throws: the caller gets the error, the host goes on. */
+    h.add_service("pick", tether::context::io, [](picky p) { return p.n; });
+    h.add_service("pick_all", tether::context::pool,
+                  [](const std::vector<picky> &list) { return list.size(); });
     h.start();
     tether::client c = make_client(h);
     c.connect();
@@ -749,8 +811,34 @@ TEST(exceptions_both_ways)
         CHECK_EQ(e.message, std::string(messages[i]));
     }
 
-    CHECK_THROWS(tether::error, to_host.call<int>("raise_error"), e);
-    CHECK_EQ(e.type, std::string("tether.Timeout"));
+    /* A local failure escaping a handler is the handler's failure, not the caller's:
+     * a RuntimeError naming it, not a tether.Timeout of the caller's own call. */
+    CHECK_THROWS(tether::remote_error, to_host.call<int>("raise_error"), e);
+    CHECK_EQ(e.type, std::string("RuntimeError"));
+    CHECK_EQ(e.message, std::string("a tether operation in the handler failed: tether.Timeout: ") +
+                            tether_strerror(TETHER_ETIMEDOUT));
+
+    /* An empty type is sent as RuntimeError, not as a successful nil. */
+    CHECK_THROWS(tether::remote_error, to_host.call<void>("raise_untyped"), e);
+    CHECK_EQ(e.type, std::string("RuntimeError"));
+    CHECK_EQ(e.message, std::string("no type given"));
+    auto untyped = to_host.try_call<void>("result_untyped");
+    CHECK_EQ(untyped.code(), TETHER_EREMOTE);
+    CHECK_EQ(untyped.error().type, std::string("RuntimeError"));
+    CHECK_EQ(untyped.error().message, std::string("no type either"));
+
+    /* A convert<T>::read that throws, at the top or inside a container: ValueError
+     * (std::invalid_argument), MemoryError (std::bad_alloc). */
+    CHECK_EQ(to_host.call<int>("pick", 5), 5);
+    CHECK_THROWS(tether::remote_error, to_host.call<int>("pick", 13), e);
+    CHECK_EQ(e.type, std::string("ValueError"));
+    CHECK_EQ(e.message, std::string("picky refuses 13"));
+    CHECK_THROWS(tether::remote_error, to_host.call<int>("pick", 14), e);
+    CHECK_EQ(e.type, std::string("MemoryError"));
+    CHECK_THROWS(tether::remote_error, to_host.call<int>("pick_all", std::vector<int>{1, 13}), e);
+    CHECK_EQ(e.type, std::string("ValueError"));
+    CHECK_EQ(to_host.call<int>("pick_all", std::vector<int>{1, 2}), 2);
+    CHECK_EQ(to_host.call<int>("pick", 6), 6);
 
     CHECK_EQ(to_host.call<int>("result_error", false), 7);
     CHECK_THROWS(tether::remote_error, to_host.call<int>("result_error", true), e);
@@ -807,6 +895,46 @@ static_assert(!std::is_copy_constructible_v<tether::future<int>> &&
               !std::is_copy_assignable_v<tether::future<int>>);
 static_assert(std::is_nothrow_move_constructible_v<tether::future<int>> &&
               std::is_nothrow_move_assignable_v<tether::future<>>);
+
+TEST(nested_local_failure)
+{
+    /* A call the handler makes times out: its caller gets a RuntimeError saying so, not
+     * a tether.Timeout it would take for a timeout of its own call. */
+    std::atomic<int> slow_done{0};
+    tether::host h = make_host();
+    auto soon = [] {
+        tether::call_options o;
+        o.deadline = std::chrono::steady_clock::now() + 50ms;
+        return o;
+    };
+    h.add_service("relay", tether::context::pool,
+                  [&](tether::request &req) { return req.conn().call<int>(soon(), "slow"); });
+    /* The same passed on as a result, as a handler built without exceptions does. */
+    h.add_service("relay_result", tether::context::pool,
+                  [&](tether::request &req) { return req.conn().try_call<int>(soon(), "slow"); });
+    h.start();
+    tether::client c = make_client(h, "slow-client");
+    c.add_service("slow", tether::context::pool, [&slow_done]() {
+        std::this_thread::sleep_for(300ms);
+        slow_done++;
+        return 1;
+    });
+    c.connect();
+    tether::conn to_host = c.conn();
+    for (const char *service : {"relay", "relay_result"}) {
+        auto r = to_host.try_call<int>(service);
+        CHECK_EQ(r.code(), TETHER_EREMOTE);
+        CHECK_EQ(r.error().type, std::string("RuntimeError"));
+        CHECK_EQ(r.error().message.rfind(
+                     "a tether operation in the handler failed: tether.Timeout: ", 0),
+                 0u);
+    }
+    auto give_up = std::chrono::steady_clock::now() + 10s;
+    while (slow_done < 2) {
+        CHECK(std::chrono::steady_clock::now() < give_up);
+        std::this_thread::sleep_for(5ms);
+    }
+}
 
 TEST(futures)
 {
@@ -1229,6 +1357,96 @@ TEST(objects)
     }
 }
 
+TEST(objects_made_elsewhere)
+{
+    tether::host h = make_host();
+    /* An object the C API made, with a userdata of its own (even of the same class
+     * name): not ours to read. */
+    static tether_class foreign_class{};
+    foreign_class.name = "Actor";
+    int payload = 42;
+    tether_object *raw = nullptr;
+    CHECK(tether_host_new_object(h.get(), &foreign_class, &payload, &raw) == 0);
+    tether::object foreign = tether::object::adopt(raw);
+    CHECK(!foreign.remote());
+    CHECK(foreign.local<actor>() == nullptr);
+    CHECK(foreign.local<point>() == nullptr);
+
+    /* One an object_class made is found, as its own class only. */
+    tether::object_class<actor> actor_class("Actor");
+    actor_class.method("describe", tether::context::io, &actor::describe);
+    auto a = std::make_shared<actor>();
+    tether::object mine = h.new_object(actor_class, a);
+    CHECK(mine.local<actor>() == a);
+    CHECK(mine.local<point>() == nullptr);
+
+    /* No object around nothing. */
+    CHECK_EQ(h.try_new_object(actor_class, std::shared_ptr<actor>()).code(), TETHER_EINVAL);
+
+    /* release_in() after the first object aborts, as method() does. */
+    std::fflush(nullptr);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        CHECK(std::freopen("/dev/null", "w", stderr) != nullptr);
+        actor_class.release_in(tether::context::main);
+        _exit(0);
+    }
+    int status = 0;
+    CHECK_EQ(waitpid(pid, &status, 0), pid);
+    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT);
+}
+
+TEST(endpoints)
+{
+    /* Moved from: a null handle, refused as the C API refuses one. */
+    tether::host moved = make_host();
+    tether::host h = std::move(moved);
+    CHECK_EQ(moved.try_add_service("x", tether::context::io, [] {}).code(), TETHER_EINVAL);
+    tether::object_class<actor> actor_class("Actor");
+    CHECK_EQ(moved.try_new_object(actor_class, std::make_shared<actor>()).code(), TETHER_EINVAL);
+    CHECK_EQ(moved.try_start().code(), TETHER_EINVAL);
+    CHECK_EQ(moved.try_dispatch(0us).code(), TETHER_EINVAL);
+    CHECK_EQ(moved.try_list_clients().code(), TETHER_EINVAL);
+    CHECK_EQ(moved.address(), std::string());
+
+    /* Services added from several threads at once. */
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; t++) {
+        threads.emplace_back([&h, t] {
+            for (int i = 0; i < 50; i++) {
+                std::string name = "s" + std::to_string(t) + "_" + std::to_string(i);
+                CHECK(h.try_add_service(name, tether::context::io, [t, i] {
+                           return 100 * t + i;
+                       }).ok());
+            }
+        });
+    }
+    for (auto &t : threads) {
+        t.join();
+    }
+    h.start();
+    tether::client c = make_client(h, "closing");
+    c.add_service("ping", tether::context::io, [] { return 1; });
+    c.connect();
+    CHECK_EQ(c.conn().call<int>("s3_49"), 349);
+    CHECK_EQ(c.conn().call<int>("s0_0"), 0);
+
+    /* A client closed, and connected again with its services. */
+    c.close();
+    CHECK(!c.connected());
+    CHECK_EQ(c.conn().try_call<int>("s1_2").code(), TETHER_ENOTCONN);
+    c.connect();
+    CHECK(c.connected());
+    CHECK_EQ(c.conn().call<int>("s1_2"), 102);
+
+    tether::client other = std::move(c);
+    CHECK_EQ(c.try_add_service("x", tether::context::io, [] {}).code(), TETHER_EINVAL);
+    CHECK_EQ(c.try_close().code(), TETHER_EINVAL);
+    CHECK_EQ(c.try_connect().code(), TETHER_EINVAL);
+    CHECK(!c.connected());
+}
+
 TEST(no_throw_forms)
 {
     auto h = tether::host::try_make();
@@ -1318,6 +1536,54 @@ TEST(throwing_continuation)
         fail_at(__FILE__, __LINE__, "the child ended with status " + std::to_string(status));
     }
     CHECK(err.find("tether: a then() continuation threw: boom\n") != std::string::npos);
+}
+
+/*
+ * Destroying a host or a client while a POOL handler of it runs on another thread
+ * waits for that handler before the services go: tether_host_stop() and the last
+ * tether_client_unref() wait for running handlers (the C++ layer no longer counts them
+ * itself). The handler reads its own capture after the destruction began.
+ */
+TEST(destroying_waits_for_handlers)
+{
+    std::atomic<bool> started{false}, finished{false};
+    auto linger = [&started, &finished, tag = std::string(100, 'x')]() {
+        started = true;
+        std::this_thread::sleep_for(300ms);
+        finished = tag == std::string(100, 'x');
+        return 1;
+    };
+    auto wait_started = [&] {
+        auto give_up = std::chrono::steady_clock::now() + 10s;
+        while (!started) {
+            CHECK(std::chrono::steady_clock::now() < give_up);
+            std::this_thread::sleep_for(1ms);
+        }
+    };
+    {
+        std::optional<tether::host> h(make_host());
+        h->add_service("linger", tether::context::pool, linger);
+        h->start();
+        tether::client c = make_client(*h, "lingering");
+        c.connect();
+        auto f = c.conn().call_async<int>("linger");
+        wait_started();
+        h.reset();
+        CHECK(finished);
+    }
+    started = false;
+    finished = false;
+    {
+        tether::host h = make_host();
+        h.start();
+        std::optional<tether::client> c(make_client(h, "lingering-client"));
+        c->add_service("linger", tether::context::pool, linger);
+        c->connect();
+        auto f = client_conn(h, "lingering-client", "linger").call_async<int>("linger");
+        wait_started();
+        c.reset();
+        CHECK(finished);
+    }
 }
 
 int
