@@ -3493,88 +3493,24 @@ class child {
 
 namespace detail {
 
-/* The C functions an endpoint class wraps: tether_host_* or tether_client_*. */
-struct host_api {
-    using handle = tether_host;
-    static int
-    add_service(tether_host *h, const char *name, tether_context ctx, tether_handler_fn fn,
-                void *userdata)
-    {
-        return tether_host_add_service(h, name, ctx, fn, userdata);
-    }
-    static int
-    new_object(tether_host *h, const tether_class *cls, void *userdata, tether_object **ret)
-    {
-        return tether_host_new_object(h, cls, userdata, ret);
-    }
-    static int
-    dispatch(tether_host *h, uint64_t budget_usec)
-    {
-        return tether_host_dispatch(h, budget_usec);
-    }
-    static int
-    wait(tether_host *h, uint64_t timeout_usec)
-    {
-        return tether_host_wait(h, timeout_usec);
-    }
-    static int
-    fd(const tether_host *h)
-    {
-        return tether_host_get_fd(h);
-    }
-    /* No handler starts after it: the host stops serving. */
-    static void
-    stop(tether_host *h)
-    {
-        (void)tether_host_stop(h);
-    }
-    static tether_host *
-    unref(tether_host *h)
-    {
-        return tether_host_unref(h);
-    }
-};
-
-struct client_api {
-    using handle = tether_client;
-    static int
-    add_service(tether_client *c, const char *name, tether_context ctx, tether_handler_fn fn,
-                void *userdata)
-    {
-        return tether_client_add_service(c, name, ctx, fn, userdata);
-    }
-    static int
-    new_object(tether_client *c, const tether_class *cls, void *userdata, tether_object **ret)
-    {
-        return tether_client_new_object(c, cls, userdata, ret);
-    }
-    static int
-    dispatch(tether_client *c, uint64_t budget_usec)
-    {
-        return tether_client_dispatch(c, budget_usec);
-    }
-    static int
-    wait(tether_client *c, uint64_t timeout_usec)
-    {
-        return tether_client_wait(c, timeout_usec);
-    }
-    static int
-    fd(const tether_client *c)
-    {
-        return tether_client_get_fd(c);
-    }
-    /* No handler starts after it: the connection closes. */
-    static void
-    stop(tether_client *c)
-    {
-        (void)tether_client_close(c);
-    }
-    static tether_client *
-    unref(tether_client *c)
-    {
-        return tether_client_unref(c);
-    }
-};
+/*
+ * The C functions an endpoint class wraps: tether_host_* or tether_client_*, and what
+ * stops it (no handler starts after it: a host stops serving, a client closes).
+ */
+#define TETHER_CPP_ENDPOINT_API(kind, stop_fn)                                                     \
+    struct kind##_api {                                                                            \
+        using handle = tether_##kind;                                                              \
+        static constexpr auto add_service = &tether_##kind##_add_service;                          \
+        static constexpr auto new_object = &tether_##kind##_new_object;                            \
+        static constexpr auto dispatch = &tether_##kind##_dispatch;                                \
+        static constexpr auto wait = &tether_##kind##_wait;                                        \
+        static constexpr auto fd = &tether_##kind##_get_fd;                                        \
+        static constexpr auto stop = &stop_fn;                                                     \
+        static constexpr auto unref = &tether_##kind##_unref;                                      \
+    };
+TETHER_CPP_ENDPOINT_API(host, tether_host_stop)
+TETHER_CPP_ENDPOINT_API(client, tether_client_close)
+#undef TETHER_CPP_ENDPOINT_API
 
 /*
  * A host or a client (Api: host_api or client_api): the C endpoint, owned, and the
@@ -3738,7 +3674,7 @@ class endpoint {
         if (p_) {
             /* Stop, then drop the last reference: once both returned, no handler runs
              * or will start (see above), and the services they use may go. */
-            Api::stop(p_);
+            (void)Api::stop(p_);
             p_ = Api::unref(p_);
         }
         services_.reset();

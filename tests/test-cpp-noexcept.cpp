@@ -4,7 +4,7 @@
  * tether::result holding the error_info, and a service reports its errors by returning
  * a result. A plain program: exit status 0 passes.
  */
-#include "tether.hpp"
+#include "cpp-fixtures.hpp"
 
 #include <cstdio>
 #include <cstdlib>
@@ -15,24 +15,12 @@
 #error "this test must be built with -fno-exceptions"
 #endif
 
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);          \
-            std::exit(1);                                                                          \
-        }                                                                                          \
-    } while (0)
+#define CHECK(cond) CHECK_OR_EXIT(cond)
 
 int
 main()
 {
-    char dir[] = "/tmp/tether-cpp-XXXXXX";
-    bool made_dir = false;
-    if (!std::getenv("TETHER_RUNTIME_DIR")) {
-        CHECK(mkdtemp(dir) != nullptr);
-        setenv("TETHER_RUNTIME_DIR", dir, 1);
-        made_dir = true;
-    }
+    test_runtime_dir runtime_dir;
     {
         std::string name = "cpp-noexcept-" + std::to_string(getpid());
         tether_host_options ho{};
@@ -59,13 +47,8 @@ main()
         CHECK(h.try_add_service("timed_out", tether::context::io, timed_out).ok());
         CHECK(h.try_start().ok());
 
-        tether_client_options co{};
-        co.name = "noexcept";
-        std::string address = h.address();
-        co.address = address.c_str();
-        auto c = tether::client::try_make(co);
+        auto c = test_connect_client(h, "noexcept");
         CHECK(c.ok());
-        CHECK(c.value().try_connect().ok());
         tether::conn to_host = c.value().conn();
 
         auto r = to_host.try_call<int>("halve", 8);
@@ -93,9 +76,6 @@ main()
         CHECK(v.ok());
         auto wrong = v.value().try_as<std::string>();
         CHECK(wrong.code() == TETHER_EINVAL && wrong.error().message == "expected str, got array");
-    }
-    if (made_dir) {
-        rmdir(dir);
     }
     std::puts("ok");
     return 0;

@@ -6,20 +6,14 @@
  *
  * ctest: needs the Python package (the children import it from this build).
  */
-#include "tether.hpp"
+#include "cpp-fixtures.hpp"
 
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <unistd.h>
 
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);          \
-            std::exit(1);                                                                          \
-        }                                                                                          \
-    } while (0)
+#define CHECK(cond) CHECK_OR_EXIT(cond)
 
 static const char script[] =
     "def add(a, b):\n"

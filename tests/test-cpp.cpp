@@ -11,7 +11,7 @@
  *
  * ctest: timeout=120
  */
-#include "tether.hpp"
+#include "cpp-fixtures.hpp"
 
 #include <atomic>
 #include <cmath>
@@ -1468,13 +1468,8 @@ TEST(no_throw_forms)
     CHECK(served.try_start().ok());
     CHECK_EQ(served.try_start().code(), TETHER_EALREADY);
 
-    tether_client_options co{};
-    co.name = "nothrow";
-    std::string address = served.address();
-    co.address = address.c_str();
-    auto c = tether::client::try_make(co);
+    auto c = test_connect_client(served, "nothrow");
     CHECK(c.ok());
-    CHECK(c.value().try_connect().ok());
     tether::conn to_host = c.value().conn();
     auto r = to_host.try_call<int>("twice", 21);
     CHECK(r.ok());
@@ -1589,14 +1584,7 @@ TEST(destroying_waits_for_handlers)
 int
 main(int argc, char **argv)
 {
-    /* Outside ctest (which gives each test a runtime directory), make one. */
-    char dir[] = "/tmp/tether-cpp-XXXXXX";
-    bool made_dir = false;
-    if (!std::getenv("TETHER_RUNTIME_DIR")) {
-        CHECK(mkdtemp(dir) != nullptr);
-        setenv("TETHER_RUNTIME_DIR", dir, 1);
-        made_dir = true;
-    }
+    test_runtime_dir runtime_dir;
     if (argc > 1 && std::string(argv[1]) == "--throw-from-continuation") {
         throw_from_continuation();
     }
@@ -1610,9 +1598,6 @@ main(int argc, char **argv)
         t.fn();
         std::printf("ok %s\n", t.name);
         ran++;
-    }
-    if (made_dir) {
-        rmdir(dir);
     }
     if (ran == 0) {
         std::fprintf(stderr, "no test named %s\n", argc > 1 ? argv[1] : "");
