@@ -2306,41 +2306,37 @@ template <class R = value> class future {
 };
 
 /* ---------------------------------------------------------------------------------
- * Connections: tether_conn
+ * Calls: what a connection and an object have in common
  * ------------------------------------------------------------------------------- */
 
-class conn {
-  public:
-    conn() = default;
-    static conn
-    adopt(tether_conn *c) noexcept
-    {
-        return conn(detail::handle<tether_conn>::adopt(c));
-    }
-    static conn
-    borrow(tether_conn *c) noexcept
-    {
-        return conn(detail::handle<tether_conn>::borrow(c));
-    }
+namespace detail {
 
+/*
+ * The calls of a connection (to a service of its peer) and of an object (to a method of
+ * a proxied object; method nullptr calls the object itself), over three C calls of
+ * Derived's: send_call, send_call_async and send_notify (tether_conn_call*,
+ * tether_object_call*).
+ */
+template <class Derived> class calling {
+  public:
     /*
-     * Call method on the peer with args and wait for its result, read as R (value: as
-     * it is; void: discarded). Fails as tether_conn_call does, and with TETHER_EINVAL
-     * and a "TypeError" when the result is not an R. Thread: any (several threads may
-     * call concurrently on one connection).
+     * Call method with args and wait for its result, read as R (value: as it is; void:
+     * discarded). Fails as tether_conn_call does, and with TETHER_EINVAL and a
+     * "TypeError" when the result is not an R. Thread: any (several threads may call
+     * concurrently).
      */
     template <class R = value, class... A>
     result<R>
     try_call(const call_options &options, cstring method, const A &...args) const
     {
         tether_call_options c = options.to_c();
-        return call_c<R>(&c, method.c_str(), args...);
+        return call_with<R>(&c, method.c_str(), args...);
     }
     template <class R = value, class... A>
     result<R>
     try_call(cstring method, const A &...args) const
     {
-        return call_c<R>(nullptr, method.c_str(), args...);
+        return call_with<R>(nullptr, method.c_str(), args...);
     }
 #if TETHER_CPP_EXCEPTIONS
     template <class R = value, class... A>
@@ -2364,13 +2360,13 @@ class conn {
     try_call_async(const call_options &options, cstring method, const A &...args) const
     {
         tether_call_options c = options.to_c();
-        return call_async_c<R>(&c, method.c_str(), args...);
+        return call_async_with<R>(&c, method.c_str(), args...);
     }
     template <class R = value, class... A>
     result<future<R>>
     try_call_async(cstring method, const A &...args) const
     {
-        return call_async_c<R>(nullptr, method.c_str(), args...);
+        return call_async_with<R>(nullptr, method.c_str(), args...);
     }
 #if TETHER_CPP_EXCEPTIONS
     template <class R = value, class... A>
@@ -2397,19 +2393,7 @@ class conn {
         if (w.code() < 0) {
             return w.failure();
         }
-        if (w.plain()) {
-            tether_msgpack_args m{};
-            m.args = w.bytes().data();
-            m.args_size = w.bytes().size();
-            return detail::check(tether_conn_notify_msgpack(h_.get(), method.c_str(), &m));
-        }
-        tether_value *v = nullptr;
-        int r = w.make_value(&v);
-        if (r >= 0) {
-            r = tether_conn_notify_values(h_.get(), method.c_str(), v, nullptr);
-        }
-        tether_value_unref(v);
-        return detail::check(r);
+        return detail::check(self().send_notify(method.c_str(), w));
     }
 #if TETHER_CPP_EXCEPTIONS
     template <class... A>
@@ -2419,6 +2403,64 @@ class conn {
         try_notify(method, args...).value();
     }
 #endif
+
+  private:
+    const Derived &
+    self() const noexcept
+    {
+        return static_cast<const Derived &>(*this);
+    }
+    template <class R, class... A>
+    result<R>
+    call_with(const tether_call_options *options, const char *method, const A &...args) const
+    {
+        writer w;
+        detail::write_args(w, args...);
+        if (w.code() < 0) {
+            return w.failure();
+        }
+        tether_value *ret = nullptr;
+        tether_error err = TETHER_ERROR_INIT;
+        int r = self().send_call(options, method, w, std::is_void_v<R> ? nullptr : &ret, &err);
+        return detail::call_outcome<R>(r, ret, &err);
+    }
+    template <class R, class... A>
+    result<future<R>>
+    call_async_with(const tether_call_options *options, const char *method, const A &...args) const
+    {
+        writer w;
+        detail::write_args(w, args...);
+        if (w.code() < 0) {
+            return w.failure();
+        }
+        tether_future *f = nullptr;
+        int r = self().send_call_async(options, method, w, &f);
+        if (r < 0) {
+            return error_info::from_code(r);
+        }
+        return future<R>(f);
+    }
+};
+
+} // namespace detail
+
+/* ---------------------------------------------------------------------------------
+ * Connections: tether_conn
+ * ------------------------------------------------------------------------------- */
+
+class conn : public detail::calling<conn> {
+  public:
+    conn() = default;
+    static conn
+    adopt(tether_conn *c) noexcept
+    {
+        return conn(detail::handle<tether_conn>::adopt(c));
+    }
+    static conn
+    borrow(tether_conn *c) noexcept
+    {
+        return conn(detail::handle<tether_conn>::borrow(c));
+    }
 
     /* Whether the client at the other end (a host's connection to a client) announced
      * a service of that name (tether_conn_has_service); false for a client's own
@@ -2507,64 +2549,62 @@ class conn {
     {
     }
 
-    template <class R, class... A>
-    result<R>
-    call_c(const tether_call_options *options, const char *method, const A &...args) const
+    friend class detail::calling<conn>;
+    /* The C calls detail::calling makes, on arguments the writer encoded. Those that
+     * need no values (no objects, no buffers) go from its bytes into the frame: one
+     * copy, as in C. */
+    int
+    send_call(const tether_call_options *options, const char *method, writer &w, tether_value **ret,
+              tether_error *err) const
     {
-        writer w;
-        detail::write_args(w, args...);
-        if (w.code() < 0) {
-            return w.failure();
-        }
-        tether_value *ret = nullptr;
-        tether_value **want = std::is_void_v<R> ? nullptr : &ret;
-        tether_error err = TETHER_ERROR_INIT;
-        int r;
         if (w.plain()) {
-            /* Arguments go from these bytes into the frame: one copy, as in C. */
             tether_msgpack_args m{};
             m.args = w.bytes().data();
             m.args_size = w.bytes().size();
-            r = tether_conn_call_msgpack(h_.get(), method, &m, options, want, &err);
-        } else {
-            tether_value *args = nullptr;
-            r = w.make_value(&args);
-            if (r >= 0) {
-                r = tether_conn_call_values(h_.get(), method, args, nullptr, options, want, &err);
-            }
-            tether_value_unref(args);
+            return tether_conn_call_msgpack(h_.get(), method, &m, options, ret, err);
         }
-        return detail::call_outcome<R>(r, ret, &err);
+        tether_value *args = nullptr;
+        int r = w.make_value(&args);
+        if (r >= 0) {
+            r = tether_conn_call_values(h_.get(), method, args, nullptr, options, ret, err);
+        }
+        tether_value_unref(args);
+        return r;
     }
-
-    template <class R, class... A>
-    result<future<R>>
-    call_async_c(const tether_call_options *options, const char *method, const A &...args) const
+    int
+    send_call_async(const tether_call_options *options, const char *method, writer &w,
+                    tether_future **f) const
     {
-        writer w;
-        detail::write_args(w, args...);
-        if (w.code() < 0) {
-            return w.failure();
-        }
-        tether_future *f = nullptr;
-        int r;
         if (w.plain()) {
             tether_msgpack_args m{};
             m.args = w.bytes().data();
             m.args_size = w.bytes().size();
-            r = tether_conn_call_async_msgpack(h_.get(), method, &m, options, &f);
-        } else {
-            tether_value *args = nullptr;
-            r = w.make_value(&args);
-            if (r >= 0) {
-                r = tether_conn_call_async_values(h_.get(), method, args, nullptr, options, &f);
-            }
-            tether_value_unref(args);
+            return tether_conn_call_async_msgpack(h_.get(), method, &m, options, f);
         }
-        if (r < 0) {
-            return error_info::from_code(r);
+        tether_value *args = nullptr;
+        int r = w.make_value(&args);
+        if (r >= 0) {
+            r = tether_conn_call_async_values(h_.get(), method, args, nullptr, options, f);
         }
-        return future<R>(f);
+        tether_value_unref(args);
+        return r;
+    }
+    int
+    send_notify(const char *method, writer &w) const
+    {
+        if (w.plain()) {
+            tether_msgpack_args m{};
+            m.args = w.bytes().data();
+            m.args_size = w.bytes().size();
+            return tether_conn_notify_msgpack(h_.get(), method, &m);
+        }
+        tether_value *args = nullptr;
+        int r = w.make_value(&args);
+        if (r >= 0) {
+            r = tether_conn_notify_values(h_.get(), method, args, nullptr);
+        }
+        tether_value_unref(args);
+        return r;
     }
 
     detail::handle<tether_conn> h_;
@@ -2962,7 +3002,7 @@ template <class T> class class_names {
 
 } // namespace detail
 
-class object {
+class object : public detail::calling<object> {
   public:
     object() = default;
     static object
@@ -3003,92 +3043,6 @@ class object {
      */
     template <class T> std::shared_ptr<T> local() const;
 
-    /* Call a method of a proxied object (tether_object_call), as conn::call does a
-     * service; method nullptr calls the object itself. Thread: any. */
-    template <class R = value, class... A>
-    result<R>
-    try_call(const call_options &options, cstring method, const A &...args) const
-    {
-        tether_call_options c = options.to_c();
-        return call_c<R>(&c, method.c_str(), args...);
-    }
-    template <class R = value, class... A>
-    result<R>
-    try_call(cstring method, const A &...args) const
-    {
-        return call_c<R>(nullptr, method.c_str(), args...);
-    }
-#if TETHER_CPP_EXCEPTIONS
-    template <class R = value, class... A>
-    R
-    call(const call_options &options, cstring method, const A &...args) const
-    {
-        return try_call<R>(options, method, args...).value();
-    }
-    template <class R = value, class... A>
-    R
-    call(cstring method, const A &...args) const
-    {
-        return try_call<R>(method, args...).value();
-    }
-#endif
-    /* tether_object_call_async. Thread: any. */
-    template <class R = value, class... A>
-    result<future<R>>
-    try_call_async(cstring method, const A &...args) const
-    {
-        writer w;
-        detail::write_args(w, args...);
-        if (w.code() < 0) {
-            return w.failure();
-        }
-        tether_value *v = nullptr;
-        int r = w.make_value(&v);
-        tether_future *f = nullptr;
-        if (r >= 0) {
-            r = tether_object_call_async_values(h_.get(), method.c_str(), v, nullptr, nullptr, &f);
-        }
-        tether_value_unref(v);
-        if (r < 0) {
-            return error_info::from_code(r);
-        }
-        return future<R>(f);
-    }
-#if TETHER_CPP_EXCEPTIONS
-    template <class R = value, class... A>
-    future<R>
-    call_async(cstring method, const A &...args) const
-    {
-        return try_call_async<R>(method, args...).value();
-    }
-#endif
-    /* tether_object_notify. Thread: any. */
-    template <class... A>
-    result<void>
-    try_notify(cstring method, const A &...args) const
-    {
-        writer w;
-        detail::write_args(w, args...);
-        if (w.code() < 0) {
-            return w.failure();
-        }
-        tether_value *v = nullptr;
-        int r = w.make_value(&v);
-        if (r >= 0) {
-            r = tether_object_notify_values(h_.get(), method.c_str(), v, nullptr);
-        }
-        tether_value_unref(v);
-        return detail::check(r);
-    }
-#if TETHER_CPP_EXCEPTIONS
-    template <class... A>
-    void
-    notify(cstring method, const A &...args) const
-    {
-        try_notify(method, args...).value();
-    }
-#endif
-
     explicit operator bool() const noexcept
     {
         return h_.get() != nullptr;
@@ -3104,26 +3058,42 @@ class object {
     explicit object(detail::handle<tether_object> h) : h_(std::move(h))
     {
     }
-    template <class R, class... A>
-    result<R>
-    call_c(const tether_call_options *options, const char *method, const A &...args) const
+    friend class detail::calling<object>;
+    /* The C calls detail::calling makes: tether_object_* on the arguments as a value. */
+    template <class Send>
+    static int
+    with_args(writer &w, Send send)
     {
-        writer w;
-        detail::write_args(w, args...);
-        if (w.code() < 0) {
-            return w.failure();
+        tether_value *args = nullptr;
+        int r = w.make_value(&args);
+        if (r >= 0) {
+            r = send(args);
         }
-        tether_value *v = nullptr;
-        int r = w.make_value(&v);
-        if (r < 0) {
-            return error_info::from_code(r);
-        }
-        tether_value *ret = nullptr;
-        tether_error err = TETHER_ERROR_INIT;
-        r = tether_object_call_values(h_.get(), method, v, nullptr, options,
-                                      std::is_void_v<R> ? nullptr : &ret, &err);
-        tether_value_unref(v);
-        return detail::call_outcome<R>(r, ret, &err);
+        tether_value_unref(args);
+        return r;
+    }
+    int
+    send_call(const tether_call_options *options, const char *method, writer &w, tether_value **ret,
+              tether_error *err) const
+    {
+        return with_args(w, [&](tether_value *args) {
+            return tether_object_call_values(h_.get(), method, args, nullptr, options, ret, err);
+        });
+    }
+    int
+    send_call_async(const tether_call_options *options, const char *method, writer &w,
+                    tether_future **f) const
+    {
+        return with_args(w, [&](tether_value *args) {
+            return tether_object_call_async_values(h_.get(), method, args, nullptr, options, f);
+        });
+    }
+    int
+    send_notify(const char *method, writer &w) const
+    {
+        return with_args(w, [&](tether_value *args) {
+            return tether_object_notify_values(h_.get(), method, args, nullptr);
+        });
     }
     detail::handle<tether_object> h_;
 };
