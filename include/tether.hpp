@@ -431,6 +431,16 @@ unref(tether_child *p)
 {
     tether_child_unref(p);
 }
+inline tether_request *
+ref(tether_request *p)
+{
+    return tether_request_ref(p);
+}
+inline void
+unref(tether_request *p)
+{
+    tether_request_unref(p);
+}
 
 /* Holds one reference (or none); copying takes another, moving steals it. */
 template <class T> class handle {
@@ -2629,6 +2639,8 @@ class conn : public detail::calling<conn> {
  * ------------------------------------------------------------------------------- */
 
 /* The request a handler is running for (borrowed for the handler's duration). */
+template <class R> class reply;
+
 class request {
   public:
     explicit request(tether_request *req) noexcept : req_(req)
@@ -2657,6 +2669,14 @@ class request {
     {
         return tether_request_is_notification(req_) == 1;
     }
+    /*
+     * Keep the request to reply later, from any thread, through the tether::reply<R>
+     * this returns (tether_request_ref): a frame's work can answer in a later frame.
+     * The service then returns void, or what it returns would be the reply. While it is
+     * kept the caller's call stays alive; dropped without a reply, the caller gets
+     * "tether.Error: handler dropped the request". Thread: the handler's.
+     */
+    template <class R = value> reply<R> keep() const;
     /* The C request, borrowed. */
     tether_request *
     get() const noexcept
@@ -2777,6 +2797,138 @@ reply_with(tether_request *req, const T &x)
     tether_value_unref(v);
     return 0;
 }
+
+/* T, in a parameter where it is not deduced: a reply<R> sends an R. */
+template <class T> struct same {
+    using type = T;
+};
+
+} // namespace detail
+
+/*
+ * A request kept to reply later (request::keep<R>()): one reply, an R or an error, from
+ * any thread. Moves only; see request::keep for what dropping it does.
+ */
+template <class R = value> class reply {
+  public:
+    reply() = default;
+    reply(reply &&) noexcept = default;
+    reply &operator=(reply &&) noexcept = default;
+    reply(const reply &) = delete;
+    reply &operator=(const reply &) = delete;
+
+    /*
+     * Reply x (tether_request_reply_value; R void: nil, send()). TETHER_EALREADY once
+     * replied; an x that cannot be sent (a string not UTF-8) replies a TypeError and
+     * fails with it. Replying to a cancelled call succeeds and sends nothing.
+     * Thread: any.
+     */
+    template <class T = R, std::enable_if_t<!std::is_void_v<T>, int> = 0>
+    result<void>
+    try_send(const typename detail::same<T>::type &x)
+    {
+        if (int r = take(); r < 0) {
+            return error_info::from_code(r);
+        }
+        writer w;
+        tether::write(w, x);
+        tether_value *v = nullptr;
+        if (w.make_value(&v) < 0) {
+            (void)detail::reply_with(h_.get(), x); /* the caller gets the TypeError */
+            return w.code() < 0 ? w.failure() : error_info::from_code(TETHER_EINVAL);
+        }
+        int r = tether_request_reply_value(h_.get(), v);
+        tether_value_unref(v);
+        return detail::check(r);
+    }
+    template <class T = R, std::enable_if_t<std::is_void_v<T>, int> = 0>
+    result<void>
+    try_send()
+    {
+        if (int r = take(); r < 0) {
+            return error_info::from_code(r);
+        }
+        return detail::check(tether_request_reply_value(h_.get(), nullptr));
+    }
+    /* Reply an error, as a handler returning it does. TETHER_EALREADY once replied.
+     * Thread: any. */
+    result<void>
+    try_fail(const error_info &e)
+    {
+        if (int r = take(); r < 0) {
+            return error_info::from_code(r);
+        }
+        return detail::check(detail::reply_error(h_.get(), e));
+    }
+#if TETHER_CPP_EXCEPTIONS
+    template <class T = R, std::enable_if_t<!std::is_void_v<T>, int> = 0>
+    void
+    send(const typename detail::same<T>::type &x)
+    {
+        try_send(x).value();
+    }
+    template <class T = R, std::enable_if_t<std::is_void_v<T>, int> = 0>
+    void
+    send()
+    {
+        try_send().value();
+    }
+    void
+    fail(const error_info &e)
+    {
+        try_fail(e).value();
+    }
+#endif
+    /* Whether the caller cancelled the call or went (tether_request_is_cancelled): the
+     * work may stop; a reply is still allowed. Thread: any. */
+    bool
+    cancelled() const
+    {
+        return h_.get() && tether_request_is_cancelled(h_.get()) == 1;
+    }
+    /* Whether it holds a request not replied to yet. */
+    explicit operator bool() const noexcept
+    {
+        return h_.get() && !replied_;
+    }
+    /* The C request, borrowed. */
+    tether_request *
+    get() const noexcept
+    {
+        return h_.get();
+    }
+
+  private:
+    friend class request;
+    explicit reply(tether_request *kept) : h_(detail::handle<tether_request>::adopt(kept))
+    {
+    }
+    /* The one reply this object may send: TETHER_EINVAL when empty, TETHER_EALREADY
+     * after the first. */
+    int
+    take() noexcept
+    {
+        if (!h_.get()) {
+            return TETHER_EINVAL;
+        }
+        if (replied_) {
+            return TETHER_EALREADY;
+        }
+        replied_ = true;
+        return 0;
+    }
+    detail::handle<tether_request> h_;
+    bool replied_ = false;
+};
+
+template <class R>
+reply<R>
+request::keep() const
+{
+    return reply<R>(tether_request_ref(req_));
+}
+
+namespace detail {
 
 template <class F> struct service : service_base {
     using sig = callable_signature<F>;

@@ -45,12 +45,20 @@ main()
             return tether::error_info::from_code(TETHER_ETIMEDOUT);
         };
         CHECK(h.try_add_service("timed_out", tether::context::io, timed_out).ok());
+        auto kept = [](tether::request &req) {
+            tether::reply<int> r = req.keep<int>();
+            CHECK(r.try_send(7).ok());
+            CHECK(r.try_send(8).code() == TETHER_EALREADY);
+        };
+        CHECK(h.try_add_service("kept", tether::context::io, kept).ok());
         CHECK(h.try_start().ok());
 
         auto c = test_connect_client(h, "noexcept");
         CHECK(c.ok());
         tether::conn to_host = c.value().conn();
 
+        auto seven = to_host.try_call<int>("kept");
+        CHECK(seven.ok() && seven.value() == 7);
         auto r = to_host.try_call<int>("halve", 8);
         CHECK(r.ok() && r.value() == 4);
         auto odd = to_host.try_call<int>("halve", 3);

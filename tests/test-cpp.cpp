@@ -1042,6 +1042,60 @@ TEST(a_continuation_that_never_runs_is_destroyed)
     CHECK_EQ(captured.use_count(), 1);
 }
 
+/* A service keeps its request and replies in a later frame, or from another thread. */
+TEST(replies_later)
+{
+    tether::host h = make_host();
+    std::vector<tether::reply<int>> waiting;
+    h.add_service("later", tether::context::main, [&](tether::request &req, int x) {
+        waiting.push_back(req.keep<int>());
+        waiting.back().get(); /* still the same request */
+        (void)x;
+    });
+    std::thread replier;
+    h.add_service("elsewhere", tether::context::io, [&](tether::request &req, std::string s) {
+        replier = std::thread([r = req.keep<std::string>(), s]() mutable {
+            std::this_thread::sleep_for(20ms);
+            r.send(s + s);
+        });
+    });
+    std::optional<tether::reply<void>> dropped;
+    h.add_service("dropped", tether::context::main,
+                  [&](tether::request &req) { dropped = req.keep<void>(); });
+    h.start();
+    tether::client c = make_client(h, "waiter");
+    c.connect();
+    tether::conn to_host = c.conn();
+
+    tether::future<int> a = to_host.call_async<int>("later", 1);
+    tether::future<int> b = to_host.call_async<int>("later", 2);
+    serve_until(h, [&] { return waiting.size() == 2; });
+    CHECK(!a.wait_for(20ms)); /* no reply while it is kept */
+    CHECK(waiting[0] && !waiting[0].cancelled());
+    waiting[0].send(42);
+    CHECK(!waiting[0]);
+    CHECK_EQ(waiting[0].try_send(43).code(), TETHER_EALREADY);
+    CHECK_EQ(a.get(), 42);
+    waiting[1].fail(tether::error_info{TETHER_EREMOTE, "KeyError", "not yet", {}});
+    tether::error_info e;
+    CHECK_THROWS(tether::remote_error, b.get(), e);
+    CHECK_EQ(e.type, std::string("KeyError"));
+    CHECK_EQ(e.message, std::string("not yet"));
+    CHECK_EQ(waiting[1].try_fail(e).code(), TETHER_EALREADY);
+    CHECK_EQ(tether::reply<int>().try_send(1).code(), TETHER_EINVAL);
+
+    CHECK_EQ(to_host.call<std::string>("elsewhere", "ab"), std::string("abab"));
+    replier.join();
+
+    /* Dropped unreplied after the handler returned. */
+    tether::future<void> d = to_host.call_async<void>("dropped");
+    serve_until(h, [&] { return dropped.has_value(); });
+    dropped.reset();
+    CHECK_THROWS(tether::error, d.get(), e);
+    CHECK_EQ(e.type, std::string("tether.Error"));
+    CHECK(e.message.find("dropped the request") != std::string::npos);
+}
+
 TEST(notifications_and_options)
 {
     tether::host h = make_host();
