@@ -2048,6 +2048,88 @@ template <> struct convert<value> {
     }
 };
 
+/*
+ * Keyword arguments, by name. As the last argument of a call (call, call_async,
+ * notify) they go as its keywords, as a Python caller's f(1, x=2) sends x; as the last
+ * parameter of a service, it receives those it was called with (empty when none). A
+ * service without one refuses keywords with a TypeError, as a Python function does.
+ */
+struct keywords : std::map<std::string, value> {
+    using std::map<std::string, value>::map;
+};
+template <> struct convert<keywords> : detail::convert_string_map<keywords> {
+};
+
+namespace detail {
+
+/* Whether the last of A... is keywords. */
+template <class... A>
+constexpr bool
+ends_with_keywords()
+{
+    if constexpr (sizeof...(A) == 0) {
+        return false;
+    } else {
+        using last = std::tuple_element_t<sizeof...(A) - 1, std::tuple<A...>>;
+        return std::is_same_v<std::decay_t<last>, keywords>;
+    }
+}
+
+template <class Tuple, std::size_t... I>
+void
+write_first(writer &w, const Tuple &args, std::index_sequence<I...>)
+{
+    w.array(sizeof...(I));
+    (tether::write(w, std::get<I>(args)), ...);
+}
+
+/* A call's arguments encoded: the positional ones, and the keywords when it has some
+ * (a second writer only then: most calls have none). */
+template <bool Keywords> struct call_args {
+    writer positional;
+    writer *
+    keywords() noexcept
+    {
+        return nullptr;
+    }
+    const writer &
+    failed() const noexcept
+    {
+        return positional;
+    }
+};
+template <> struct call_args<true> {
+    writer positional, named;
+    writer *
+    keywords() noexcept
+    {
+        return &named;
+    }
+    const writer &
+    failed() const noexcept
+    {
+        return positional.code() < 0 ? positional : named;
+    }
+};
+
+template <class... A>
+call_args<ends_with_keywords<A...>()>
+write_call_args(const A &...args)
+{
+    call_args<ends_with_keywords<A...>()> out;
+    if constexpr (ends_with_keywords<A...>()) {
+        auto all = std::forward_as_tuple(args...);
+        write_first(out.positional, all, std::make_index_sequence<sizeof...(A) - 1>{});
+        tether::write(out.named, std::get<sizeof...(A) - 1>(all));
+    } else {
+        write_first(out.positional, std::forward_as_tuple(args...),
+                    std::index_sequence_for<A...>{});
+    }
+    return out;
+}
+
+} // namespace detail
+
 /* ---------------------------------------------------------------------------------
  * Calls and futures
  * ------------------------------------------------------------------------------- */
@@ -2173,15 +2255,6 @@ run_continuation(G &&g) noexcept
 #else
     g();
 #endif
-}
-
-/* The positional arguments as one array. */
-template <class... A>
-void
-write_args(writer &w, const A &...args)
-{
-    w.array(sizeof...(A));
-    (tether::write(w, args), ...);
 }
 
 } // namespace detail
@@ -2321,6 +2394,24 @@ template <class R = value> class future {
 
 namespace detail {
 
+/* send(args, kwargs) on the encoded arguments made values (kwargs NULL without kw). */
+template <class Send>
+int
+with_values(writer &w, writer *kw, Send send)
+{
+    tether_value *args = nullptr, *kwargs = nullptr;
+    int r = w.make_value(&args);
+    if (r >= 0 && kw) {
+        r = kw->make_value(&kwargs);
+    }
+    if (r >= 0) {
+        r = send(args, kwargs);
+    }
+    tether_value_unref(kwargs);
+    tether_value_unref(args);
+    return r;
+}
+
 /*
  * The calls of a connection (to a service of its peer) and of an object (to a method of
  * a proxied object; method nullptr calls the object itself), over three C calls of
@@ -2398,12 +2489,11 @@ template <class Derived> class calling {
     result<void>
     try_notify(cstring method, const A &...args) const
     {
-        writer w;
-        detail::write_args(w, args...);
-        if (w.code() < 0) {
-            return w.failure();
+        auto a = detail::write_call_args(args...);
+        if (a.failed().code() < 0) {
+            return a.failed().failure();
         }
-        return detail::check(self().send_notify(method.c_str(), w));
+        return detail::check(self().send_notify(method.c_str(), a.positional, a.keywords()));
     }
 #if TETHER_CPP_EXCEPTIONS
     template <class... A>
@@ -2420,31 +2510,31 @@ template <class Derived> class calling {
     {
         return static_cast<const Derived &>(*this);
     }
+
     template <class R, class... A>
     result<R>
     call_with(const tether_call_options *options, const char *method, const A &...args) const
     {
-        writer w;
-        detail::write_args(w, args...);
-        if (w.code() < 0) {
-            return w.failure();
+        auto a = detail::write_call_args(args...);
+        if (a.failed().code() < 0) {
+            return a.failed().failure();
         }
         tether_value *ret = nullptr;
         tether_error err = TETHER_ERROR_INIT;
-        int r = self().send_call(options, method, w, std::is_void_v<R> ? nullptr : &ret, &err);
+        int r = self().send_call(options, method, a.positional, a.keywords(),
+                                 std::is_void_v<R> ? nullptr : &ret, &err);
         return detail::call_outcome<R>(r, ret, &err);
     }
     template <class R, class... A>
     result<future<R>>
     call_async_with(const tether_call_options *options, const char *method, const A &...args) const
     {
-        writer w;
-        detail::write_args(w, args...);
-        if (w.code() < 0) {
-            return w.failure();
+        auto a = detail::write_call_args(args...);
+        if (a.failed().code() < 0) {
+            return a.failed().failure();
         }
         tether_future *f = nullptr;
-        int r = self().send_call_async(options, method, w, &f);
+        int r = self().send_call_async(options, method, a.positional, a.keywords(), &f);
         if (r < 0) {
             return error_info::from_code(r);
         }
@@ -2560,61 +2650,62 @@ class conn : public detail::calling<conn> {
     }
 
     friend class detail::calling<conn>;
-    /* The C calls detail::calling makes, on arguments the writer encoded. Those that
+    /* The C calls detail::calling makes, on arguments the writers encoded. Those that
      * need no values (no objects, no buffers) go from its bytes into the frame: one
      * copy, as in C. */
     int
-    send_call(const tether_call_options *options, const char *method, writer &w, tether_value **ret,
-              tether_error *err) const
+    send_call(const tether_call_options *options, const char *method, writer &w, writer *kw,
+              tether_value **ret, tether_error *err) const
     {
-        if (w.plain()) {
-            tether_msgpack_args m{};
-            m.args = w.bytes().data();
-            m.args_size = w.bytes().size();
-            return tether_conn_call_msgpack(h_.get(), method, &m, options, ret, err);
-        }
-        tether_value *args = nullptr;
-        int r = w.make_value(&args);
-        if (r >= 0) {
-            r = tether_conn_call_values(h_.get(), method, args, nullptr, options, ret, err);
-        }
-        tether_value_unref(args);
-        return r;
+        return send(
+            w, kw,
+            [&](const tether_msgpack_args *m) {
+                return tether_conn_call_msgpack(h_.get(), method, m, options, ret, err);
+            },
+            [&](tether_value *args, tether_value *kwargs) {
+                return tether_conn_call_values(h_.get(), method, args, kwargs, options, ret, err);
+            });
     }
     int
-    send_call_async(const tether_call_options *options, const char *method, writer &w,
+    send_call_async(const tether_call_options *options, const char *method, writer &w, writer *kw,
                     tether_future **f) const
     {
-        if (w.plain()) {
-            tether_msgpack_args m{};
-            m.args = w.bytes().data();
-            m.args_size = w.bytes().size();
-            return tether_conn_call_async_msgpack(h_.get(), method, &m, options, f);
-        }
-        tether_value *args = nullptr;
-        int r = w.make_value(&args);
-        if (r >= 0) {
-            r = tether_conn_call_async_values(h_.get(), method, args, nullptr, options, f);
-        }
-        tether_value_unref(args);
-        return r;
+        return send(
+            w, kw,
+            [&](const tether_msgpack_args *m) {
+                return tether_conn_call_async_msgpack(h_.get(), method, m, options, f);
+            },
+            [&](tether_value *args, tether_value *kwargs) {
+                return tether_conn_call_async_values(h_.get(), method, args, kwargs, options, f);
+            });
     }
     int
-    send_notify(const char *method, writer &w) const
+    send_notify(const char *method, writer &w, writer *kw) const
     {
-        if (w.plain()) {
+        return send(
+            w, kw,
+            [&](const tether_msgpack_args *m) {
+                return tether_conn_notify_msgpack(h_.get(), method, m);
+            },
+            [&](tether_value *args, tether_value *kwargs) {
+                return tether_conn_notify_values(h_.get(), method, args, kwargs);
+            });
+    }
+    template <class Bytes, class Values>
+    static int
+    send(writer &w, writer *kw, Bytes by_bytes, Values by_values)
+    {
+        if (w.plain() && (!kw || kw->plain())) {
             tether_msgpack_args m{};
             m.args = w.bytes().data();
             m.args_size = w.bytes().size();
-            return tether_conn_notify_msgpack(h_.get(), method, &m);
+            if (kw) {
+                m.kwargs = kw->bytes().data();
+                m.kwargs_size = kw->bytes().size();
+            }
+            return by_bytes(&m);
         }
-        tether_value *args = nullptr;
-        int r = w.make_value(&args);
-        if (r >= 0) {
-            r = tether_conn_notify_values(h_.get(), method, args, nullptr);
-        }
-        tether_value_unref(args);
-        return r;
+        return detail::with_values(w, kw, by_values);
     }
 
     detail::handle<tether_conn> h_;
@@ -2726,11 +2817,14 @@ template <class Tuple> struct arg_types;
 template <> struct arg_types<std::tuple<>> {
     using type = std::tuple<>;
     static constexpr bool wants_request = false;
+    static constexpr bool wants_keywords = false;
 };
 template <class First, class... Rest> struct arg_types<std::tuple<First, Rest...>> {
     static constexpr bool wants_request = std::is_same_v<plain<First>, request>;
     using type = std::conditional_t<wants_request, std::tuple<plain<Rest>...>,
                                     std::tuple<plain<First>, plain<Rest>...>>;
+    /* A last parameter of type keywords takes the keyword arguments. */
+    static constexpr bool wants_keywords = ends_with_keywords<First, Rest...>();
 };
 
 struct service_base {
@@ -2999,13 +3093,28 @@ template <class F> struct service : service_base {
     int
     read_and_run(tether_request *req)
     {
+        constexpr std::size_t positional = std::tuple_size_v<params> - args::wants_keywords;
         params p{};
         {
             reader r(tether_request_get_args(req));
-            if (!r.args(std::tuple_size_v<params>) ||
-                !convert<params>::items(r, p,
-                                        std::make_index_sequence<std::tuple_size_v<params>>{})) {
+            if (!r.args(positional) ||
+                !convert<params>::items(r, p, std::make_index_sequence<positional>{})) {
                 return reply_error_c(req, "TypeError", r.message().c_str(), nullptr);
+            }
+        }
+        if (tether_value *kw = tether_request_get_kwargs(req)) {
+            reader r(kw);
+            if constexpr (args::wants_keywords) {
+                if (!convert<keywords>::read(r, std::get<positional>(p))) {
+                    return reply_error_c(req, "TypeError", r.message().c_str(), nullptr);
+                }
+            } else {
+                std::size_t n = 0;
+                if (r.map(n) && n > 0) {
+                    std::string m = std::string(tether_request_get_method(req)) +
+                                    "() takes no keyword arguments";
+                    return reply_error_c(req, "TypeError", m.c_str(), nullptr);
+                }
             }
         }
         return run(req, p);
@@ -3211,42 +3320,31 @@ class object : public detail::calling<object> {
     {
     }
     friend class detail::calling<object>;
-    /* The C calls detail::calling makes: tether_object_* on the arguments as a value. */
-    template <class Send>
-    static int
-    with_args(writer &w, Send send)
-    {
-        tether_value *args = nullptr;
-        int r = w.make_value(&args);
-        if (r >= 0) {
-            r = send(args);
-        }
-        tether_value_unref(args);
-        return r;
-    }
+    /* The C calls detail::calling makes: tether_object_* on the arguments as values. */
     int
-    send_call(const tether_call_options *options, const char *method, writer &w, tether_value **ret,
-              tether_error *err) const
+    send_call(const tether_call_options *options, const char *method, writer &w, writer *kw,
+              tether_value **ret, tether_error *err) const
     {
-        return with_args(w, [&](tether_value *args) {
-            return tether_object_call_values(h_.get(), method, args, nullptr, options, ret, err);
+        return detail::with_values(w, kw, [&](tether_value *args, tether_value *kwargs) {
+            return tether_object_call_values(h_.get(), method, args, kwargs, options, ret, err);
         });
     }
     int
-    send_call_async(const tether_call_options *options, const char *method, writer &w,
+    send_call_async(const tether_call_options *options, const char *method, writer &w, writer *kw,
                     tether_future **f) const
     {
-        return with_args(w, [&](tether_value *args) {
-            return tether_object_call_async_values(h_.get(), method, args, nullptr, options, f);
+        return detail::with_values(w, kw, [&](tether_value *args, tether_value *kwargs) {
+            return tether_object_call_async_values(h_.get(), method, args, kwargs, options, f);
         });
     }
     int
-    send_notify(const char *method, writer &w) const
+    send_notify(const char *method, writer &w, writer *kw) const
     {
-        return with_args(w, [&](tether_value *args) {
-            return tether_object_notify_values(h_.get(), method, args, nullptr);
+        return detail::with_values(w, kw, [&](tether_value *args, tether_value *kwargs) {
+            return tether_object_notify_values(h_.get(), method, args, kwargs);
         });
     }
+
     detail::handle<tether_object> h_;
 };
 

@@ -1096,6 +1096,54 @@ TEST(replies_later)
     CHECK(e.message.find("dropped the request") != std::string::npos);
 }
 
+/* Keyword arguments both ways, and a service without them refusing some. */
+TEST(keyword_arguments)
+{
+    tether::host h = make_host();
+    h.add_service("place", tether::context::io, [](std::string name, tether::keywords kw) {
+        std::string out = name;
+        for (const auto &[key, v] : kw) {
+            out += " " + key + "=" + std::to_string(v.as<int>());
+        }
+        return out;
+    });
+    h.add_service("positional", tether::context::io, [](int x) { return x; });
+    std::atomic<int> noted{0};
+    h.add_service("note", tether::context::io,
+                  [&](tether::keywords kw) { noted += kw.at("n").as<int>(); });
+    h.start();
+    tether::client c = make_client(h, "keywords");
+    c.connect();
+    tether::conn to_host = c.conn();
+
+    tether::keywords at{{"x", tether::value::from(1)}, {"y", tether::value::from(2)}};
+    CHECK_EQ(to_host.call<std::string>("place", "tree", at), std::string("tree x=1 y=2"));
+    CHECK_EQ(to_host.call<std::string>("place", "rock"), std::string("rock"));
+    CHECK_EQ(to_host.call_async<std::string>("place", "bush", tether::keywords{}).get(),
+             std::string("bush"));
+    to_host.notify("note", tether::keywords{{"n", tether::value::from(5)}});
+    auto give_up = std::chrono::steady_clock::now() + 10s;
+    while (noted != 5) {
+        CHECK(std::chrono::steady_clock::now() < give_up);
+        std::this_thread::sleep_for(1ms);
+    }
+
+    tether::error_info e;
+    CHECK_THROWS(tether::remote_error,
+                 to_host.call<int>("positional", 1,
+                                   tether::keywords{{"x", tether::value::from(1)}}),
+                 e);
+    CHECK_EQ(e.type, std::string("TypeError"));
+    CHECK_EQ(e.message, std::string("positional() takes no keyword arguments"));
+    CHECK_THROWS(tether::remote_error,
+                 to_host.call<std::string>("place", "tree",
+                                           tether::keywords{{"x", tether::value::from("one")}}),
+                 e);
+    /* The handler's own as<int>() failed: a local failure of the handler's. */
+    CHECK_EQ(e.type, std::string("RuntimeError"));
+    CHECK(e.message.find("expected int, got str") != std::string::npos);
+}
+
 TEST(notifications_and_options)
 {
     tether::host h = make_host();
