@@ -892,15 +892,28 @@ Test(dispatch, a_host_stops_only_once_its_running_handlers_return, .timeout = 30
     tether_host_unref(h);
 }
 
+/* A started host (*h) and a client named name (*c) serving service with handler in
+ * context; returns the host's connection to it. */
+static tether_conn *
+host_with_serving_client(tether_host **h, tether_client **c, const char *name, const char *service,
+                         tether_context context, tether_handler_fn handler)
+{
+    *h = test_host_new(NULL);
+    ASSERT_OK(tether_host_start(*h));
+    *c = test_client_new(name, NULL);
+    ASSERT_OK(tether_client_add_service(*c, service, context, handler, NULL));
+    ASSERT_OK(tether_client_connect(*c, NULL));
+    tether_conn *conn = NULL;
+    ASSERT_OK(tether_host_get_client(*h, name, &conn));
+    return conn;
+}
+
 Test(dispatch, the_last_client_unref_waits_for_its_running_handlers, .timeout = 30)
 {
-    tether_host *h = test_host_new(NULL);
-    ASSERT_OK(tether_host_start(h));
-    tether_client *c = test_client_new("served", NULL);
-    ASSERT_OK(tether_client_add_service(c, "slow", TETHER_CONTEXT_POOL, slow_pool_service, NULL));
-    ASSERT_OK(tether_client_connect(c, NULL));
-    tether_conn *conn = NULL;
-    ASSERT_OK(tether_host_get_client(h, "served", &conn));
+    tether_host *h;
+    tether_client *c;
+    tether_conn *conn =
+        host_with_serving_client(&h, &c, "served", "slow", TETHER_CONTEXT_POOL, slow_pool_service);
     tether_future *f = NULL;
     ASSERT_OK(tether_conn_call_async(conn, "slow", NULL, &f, NULL));
     wait_until_entered();
@@ -966,13 +979,10 @@ count_discard(void *userdata)
 
 Test(dispatch, a_main_callback_that_never_runs_is_discarded, .timeout = 30)
 {
-    tether_host *h = test_host_new(NULL);
-    ASSERT_OK(tether_host_start(h));
-    tether_client *c = test_client_new("echoer", NULL);
-    ASSERT_OK(tether_client_add_service(c, "echo", TETHER_CONTEXT_IO, test_echo_handler, NULL));
-    ASSERT_OK(tether_client_connect(c, NULL));
-    tether_conn *conn = NULL;
-    ASSERT_OK(tether_host_get_client(h, "echoer", &conn));
+    tether_host *h;
+    tether_client *c;
+    tether_conn *conn =
+        host_with_serving_client(&h, &c, "echoer", "echo", TETHER_CONTEXT_IO, test_echo_handler);
     tether_future *f[2] = {NULL, NULL};
     for (int i = 0; i < 2; i++) {
         ASSERT_OK(tether_conn_call_async(conn, "echo", NULL, &f[i], "x", (int64_t)i));
