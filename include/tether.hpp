@@ -10,6 +10,8 @@
  *   each and release it when destroyed (all but future copy by taking another reference;
  *   future moves only); tether::host and tether::client own their C object and the
  *   services registered through them, and move only.
+ * - Keyword arguments (tether::keywords) both ways, and replies sent later, from any
+ *   thread (request::keep<R>() and tether::reply<R>).
  * - Objects by reference: a C++ class exported through tether::object_class<T>, its
  *   methods registered once per class, each object around a std::shared_ptr<T>.
  * - Spawned Python children (host::spawn): a tether::child and its root proxy.
