@@ -105,24 +105,29 @@ else
     show "$out/hello_host.out"
 fi
 
-# --- minimal_host ----------------------------------------------------------------------
+# --- minimal_host, in C and in C++ ------------------------------------------------------
 
-"$build/example-minimal_host" 1 > "$out/minimal_host.out" 2>&1 &
-host=$!
-if wait_for_socket "$socket"; then
-    ok "minimal_host listens on $socket"
-else
-    fail "minimal_host made no socket at $socket"
-fi
-wait_for_exit "$host"
-rc=$?
-if [ $rc -eq 0 ] && [ ! -e "$socket" ]; then
-    ok "minimal_host exits 0 and removes its socket"
-else
-    fail "minimal_host exited $rc:"
-    show "$out/minimal_host.out"
-fi
-expect_line "$out/minimal_host.out" "serving on unix:$socket" "minimal_host prints its address"
+for exe in example-minimal_host example-minimal_host-cpp; do
+    if [ "$exe" = example-minimal_host-cpp ] && [ ! -x "$build/$exe" ]; then
+        continue # a build without a C++ compiler
+    fi
+    "$build/$exe" 1 > "$out/$exe.out" 2>&1 &
+    host=$!
+    if wait_for_socket "$socket"; then
+        ok "$exe listens on $socket"
+    else
+        fail "$exe made no socket at $socket"
+    fi
+    wait_for_exit "$host"
+    rc=$?
+    if [ $rc -eq 0 ] && [ ! -e "$socket" ]; then
+        ok "$exe exits 0 and removes its socket"
+    else
+        fail "$exe exited $rc:"
+        show "$out/$exe.out"
+    fi
+    expect_line "$out/$exe.out" "serving on unix:$socket" "$exe prints its address"
+done
 
 # --- eval_exec and its Python client ---------------------------------------------------
 

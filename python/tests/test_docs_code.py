@@ -13,7 +13,9 @@ skips. A fragment is compiled, not linked (it is not a program).
 Every ```sh block marked `<!-- runnable: installed -->` runs against a copy of this build
 installed into a staging directory (DESTDIR=... cmake --install: what `make install`
 puts in place, moved under a directory), with pkg-config finding it there
-(PKG_CONFIG_SYSROOT_DIR) and examples/minimal_host.c as the `host.c` the block builds; the program built must run.
+(PKG_CONFIG_SYSROOT_DIR), CMake's find_package too (CMAKE_PREFIX_PATH), and
+examples/minimal_host.c and minimal_host.cpp as the `host.c` and `host.cpp` the block
+builds; the program built (`host`, or `build/host`) must run.
 """
 
 import os
@@ -151,11 +153,14 @@ def test_the_build_commands_are_run():
 
 @pytest.mark.parametrize("block", INSTALLED, ids=block_ids(INSTALLED))
 def test_build_command(block, staged, tmp_path):
-    shutil.copy(os.path.join(SOURCE_DIR, "examples", "minimal_host.c"), tmp_path / "host.c")
+    for ext in ("c", "cpp"):
+        shutil.copy(os.path.join(SOURCE_DIR, "examples", f"minimal_host.{ext}"),
+                    tmp_path / f"host.{ext}")
     libdirs = [str(p.parent.parent) for p in staged.rglob("tether.pc")]
     assert libdirs, f"no tether.pc installed under {staged}"
     env = dict(os.environ, PKG_CONFIG_PATH=os.path.join(libdirs[0], "pkgconfig"),
-               PKG_CONFIG_SYSROOT_DIR=str(staged))
+               PKG_CONFIG_SYSROOT_DIR=str(staged),
+               CMAKE_PREFIX_PATH=os.path.dirname(libdirs[0]))
     r = subprocess.run(["sh", "-ec", block.source], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"{block.where}:\n{r.stdout}{r.stderr}"
@@ -163,7 +168,8 @@ def test_build_command(block, staged, tmp_path):
     # run time through the installed prefix).
     runtime_dir = private_runtime_dir()
     try:
-        run = subprocess.run([str(tmp_path / "host"), "1"], capture_output=True, text=True,
+        host = tmp_path / "host" if (tmp_path / "host").exists() else tmp_path / "build" / "host"
+        run = subprocess.run([str(host), "1"], capture_output=True, text=True,
                              timeout=30, env=dict(env, TETHER_RUNTIME_DIR=runtime_dir,
                                                   LD_LIBRARY_PATH=libdirs[0]))
         assert run.returncode == 0, run.stdout + run.stderr
