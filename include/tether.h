@@ -89,6 +89,15 @@ extern "C" {
 TETHER_EXPORT const char *tether_strerror(int code);
 
 /*
+ * Where text stops being valid UTF-8 as the protocol requires of every string (shortest
+ * forms, no surrogates, nothing above U+10FFFF): the offset of the first byte that starts
+ * no valid sequence, size when all of it is valid. For a binding that encodes msgpack
+ * itself and wants to refuse a string with a clear error before sending it.
+ * Thread: any.
+ */
+TETHER_EXPORT size_t tether_utf8_invalid_at(const char *text, size_t size);
+
+/*
  * The name of a code: "ETIMEDOUT" for TETHER_ETIMEDOUT (the errno name, as uv_err_name
  * gives it), "OK" for 0, "UNKNOWN" for a code the library never returns. Never NULL.
  * Thread: any.
@@ -419,6 +428,9 @@ TETHER_EXPORT int tether_request_read(tether_request *req, const char *format, .
  */
 TETHER_EXPORT tether_value *tether_request_get_args(tether_request *req);
 TETHER_EXPORT tether_value *tether_request_get_kwargs(tether_request *req);
+/* How many keyword arguments the request has, without making the value (a handler that
+ * takes none refuses them cheaply). Thread: any. */
+TETHER_EXPORT int tether_request_get_kwargs_count(const tether_request *req);
 /* The service or method name, NUL-terminated, borrowed. Thread: any. */
 TETHER_EXPORT const char *tether_request_get_method(const tether_request *req);
 /* The connection the request came from, borrowed. Thread: any. */

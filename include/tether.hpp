@@ -665,63 +665,6 @@ template <class T>
 struct is_borrowed<T, std::void_t<decltype(convert<T>::borrows)>>
     : std::bool_constant<convert<T>::borrows> {
 };
-/*
- * Where s stops being valid UTF-8 (s.size() when it is valid), with the rules of the
- * library (src/util/utf8.c): no overlong forms, no surrogates, nothing above U+10FFFF.
- * A str sent with bytes that are not is refused by the peer as a malformed frame.
- */
-inline std::size_t
-utf8_invalid_at(std::string_view s) noexcept
-{
-    const auto *p = reinterpret_cast<const unsigned char *>(s.data());
-    const std::size_t n = s.size();
-    std::size_t i = 0;
-    while (i < n) {
-        /* ASCII a word at a time, the common case. */
-        for (; i + 8 <= n; i += 8) {
-            std::uint64_t word;
-            std::memcpy(&word, p + i, 8);
-            if (word & UINT64_C(0x8080808080808080)) {
-                break;
-            }
-        }
-        if (i >= n) {
-            break;
-        }
-        unsigned char c = p[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        /* The second byte's range depends on the first (E0, ED, F0, F4), the later ones
-         * are 80..BF. */
-        std::size_t len;
-        unsigned char lo = 0x80, hi = 0xbf;
-        if (c >= 0xc2 && c <= 0xdf) {
-            len = 2;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            len = 3;
-            lo = c == 0xe0 ? 0xa0 : 0x80;
-            hi = c == 0xed ? 0x9f : 0xbf;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            len = 4;
-            lo = c == 0xf0 ? 0x90 : 0x80;
-            hi = c == 0xf4 ? 0x8f : 0xbf;
-        } else {
-            return i; /* a continuation byte, an overlong lead (C0, C1), or F5..FF */
-        }
-        if (n - i < len || p[i + 1] < lo || p[i + 1] > hi) {
-            return i;
-        }
-        for (std::size_t k = 2; k < len; k++) {
-            if ((p[i + k] & 0xc0) != 0x80) {
-                return i;
-            }
-        }
-        i += len;
-    }
-    return n;
-}
 
 } // namespace detail
 
@@ -791,7 +734,7 @@ class writer {
     void
     str(std::string_view s)
     {
-        std::size_t bad = detail::utf8_invalid_at(s);
+        std::size_t bad = tether_utf8_invalid_at(s.data(), s.size());
         if (bad != s.size()) {
             fail(TETHER_EINVAL, "a string is not valid UTF-8 (byte " + std::to_string(bad) +
                                     " of " + std::to_string(s.size()) + ")");
@@ -3104,19 +3047,17 @@ template <class F> struct service : service_base {
                 return reply_error_c(req, "TypeError", r.message().c_str(), nullptr);
             }
         }
-        if (tether_value *kw = tether_request_get_kwargs(req)) {
-            reader r(kw);
+        /* Counted first: most calls have none, and then no value is made. */
+        if (tether_request_get_kwargs_count(req) > 0) {
             if constexpr (args::wants_keywords) {
+                reader r(tether_request_get_kwargs(req));
                 if (!convert<keywords>::read(r, std::get<positional>(p))) {
                     return reply_error_c(req, "TypeError", r.message().c_str(), nullptr);
                 }
             } else {
-                std::size_t n = 0;
-                if (r.map(n) && n > 0) {
-                    std::string m = std::string(tether_request_get_method(req)) +
-                                    "() takes no keyword arguments";
-                    return reply_error_c(req, "TypeError", m.c_str(), nullptr);
-                }
+                std::string m =
+                    std::string(tether_request_get_method(req)) + "() takes no keyword arguments";
+                return reply_error_c(req, "TypeError", m.c_str(), nullptr);
             }
         }
         return run(req, p);

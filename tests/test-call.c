@@ -118,6 +118,41 @@ Test(call, sync_add)
     tether_host_unref(h);
 }
 
+/* "kwargs_count": answers how many keyword arguments it got, without reading them. */
+static int
+kwargs_count_handler(tether_request *req, void *userdata)
+{
+    (void)userdata;
+    return tether_request_reply(req, "i", tether_request_get_kwargs_count(req));
+}
+
+Test(call, keyword_arguments_are_counted_without_a_value)
+{
+    tether_host *h = test_host_new(NULL);
+    ASSERT_OK(
+        tether_host_add_service(h, "kwargs_count", TETHER_CONTEXT_IO, kwargs_count_handler, NULL));
+    ASSERT_OK(tether_host_start(h));
+    tether_client *c = test_client_connect("counter", NULL);
+    tether_conn *conn = tether_client_get_conn(c);
+    const char *formats[] = {NULL, "{}", "{si}", "{sisi}"};
+    for (int i = 0; i < 4; i++) {
+        tether_value *kwargs = NULL, *v = NULL;
+        if (formats[i]) {
+            ASSERT_OK(tether_value_new(&kwargs, formats[i], "x", 1, "y", 2));
+        }
+        ASSERT_OK(tether_conn_call_values(conn, "kwargs_count", NULL, kwargs, NULL, &v, NULL));
+        int n = -1;
+        ASSERT_OK(tether_value_read(v, NULL, "i", &n));
+        cr_assert_eq(n, i == 0 ? 0 : i - 1, "%s: %d keyword arguments counted",
+                     formats[i] ? formats[i] : "none", n);
+        tether_value_unref(v);
+        tether_value_unref(kwargs);
+    }
+    cr_assert_eq(tether_request_get_kwargs_count(NULL), TETHER_EINVAL);
+    tether_client_unref(c);
+    tether_host_unref(h);
+}
+
 /* Arguments as msgpack bytes, as a binding that encodes its own hands them over. */
 Test(call, msgpack_arguments_are_checked_once_and_sent)
 {

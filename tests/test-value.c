@@ -1003,3 +1003,25 @@ Test(value, msgpack_with_buffers_and_arrays)
     tether_value_unref(v);
     tether_buffer_unref(buf);
 }
+
+Test(value, utf8_invalid_at_names_the_first_bad_byte)
+{
+    static const struct {
+        const char *text;
+        size_t size, at;
+    } cases[] = {
+        {"", 0, 0},
+        {"plain ascii, longer than a word", 31, 31},
+        {"caf\xc3\xa9", 5, 5},
+        {"\xff", 1, 0},
+        {"abc\xc0\x80", 5, 3},          /* overlong NUL */
+        {"ab\xed\xa0\x80", 5, 2},       /* a surrogate */
+        {"\xf4\x90\x80\x80", 4, 0},     /* above U+10FFFF */
+        {"0123456789\xe2\x82", 12, 10}, /* cut short */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        cr_assert_eq(tether_utf8_invalid_at(cases[i].text, cases[i].size), cases[i].at, "case %zu",
+                     i);
+    }
+    cr_assert_eq(tether_utf8_invalid_at(NULL, 3), 0);
+}

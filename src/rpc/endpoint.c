@@ -129,7 +129,7 @@ tether__endpoint_handler_leave(tether__endpoint *ep, tether__handler_frame *fram
     handler_leave_count(ep);
 }
 
-bool
+void
 tether__endpoint_close_handlers(tether__endpoint *ep)
 {
     /* Set before looking: a handler that leaves after the look sees it and signals,
@@ -137,7 +137,7 @@ tether__endpoint_close_handlers(tether__endpoint *ep)
     atomic_store(&ep->handlers_closed, true);
     for (const tether__handler_frame *f = handlers_here; f; f = f->outer) {
         if (f->ep == ep) {
-            return false;
+            return;
         }
     }
     pthread_mutex_lock(&ep->handlers_lock);
@@ -145,7 +145,6 @@ tether__endpoint_close_handlers(tether__endpoint *ep)
         pthread_cond_wait(&ep->handlers_idle, &ep->handlers_lock);
     }
     pthread_mutex_unlock(&ep->handlers_lock);
-    return true;
 }
 
 void

@@ -80,7 +80,7 @@ struct tether__endpoint {
 
     /* Handlers running (services and methods of local objects), on any thread: a host
      * that stops and a client that goes wait for them, so that their owner may free
-     * what the handlers use once that returns (tether__endpoint_wait_handlers). */
+     * what the handlers use once that returns (tether__endpoint_close_handlers). */
     atomic_uint handlers_running;
     atomic_bool handlers_closed; /* none may start: the owner stopped or went */
     pthread_mutex_t handlers_lock;
@@ -132,11 +132,10 @@ bool tether__endpoint_handler_enter(tether__endpoint *ep, tether__handler_frame 
 void tether__endpoint_handler_leave(tether__endpoint *ep, tether__handler_frame *frame);
 /*
  * Let no handler of ep start from now on, and wait until none runs on another thread:
- * its owner may then free what they use. Returns false without waiting when this thread
- * runs a handler of ep (waiting would wait for itself), true after waiting. Final.
- * Thread: any.
+ * its owner may then free what they use. It does not wait when this thread runs a
+ * handler of ep (it would wait for itself). Final. Thread: any.
  */
-bool tether__endpoint_close_handlers(tether__endpoint *ep);
+void tether__endpoint_close_handlers(tether__endpoint *ep);
 
 /* Checks for the owner's main-thread calls: 0, -EPERM (wrong thread), -ECHILD (forked). */
 int tether__endpoint_check_main(const tether__endpoint *ep);

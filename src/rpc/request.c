@@ -360,6 +360,22 @@ tether_request_get_kwargs(tether_request *req)
                : NULL;
 }
 
+int
+tether_request_get_kwargs_count(const tether_request *req)
+{
+    if (!req) {
+        return -EINVAL;
+    }
+    if (!req->kwargs_raw) {
+        return 0;
+    }
+    /* The frame was validated as it arrived: a map. */
+    tether__mp_reader r = {req->kwargs_raw, req->kwargs_raw + req->kwargs_len};
+    uint32_t n = 0;
+    int err = tether__mp_read_map(&r, &n);
+    return err < 0 ? err : (int)n;
+}
+
 tether_object *
 tether_request_get_object(const tether_request *req)
 {

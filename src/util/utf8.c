@@ -11,6 +11,8 @@
 
 #include <string.h>
 
+#include "tether.h"
+
 /* Bytes of ASCII at the front of [p, p+len). */
 static size_t
 ascii_prefix(const uint8_t *p, size_t len)
@@ -69,22 +71,34 @@ sequence_length(const uint8_t *p, const uint8_t *end)
     return n;
 }
 
-bool
-tether__utf8_valid(const uint8_t *p, size_t len)
+size_t
+tether__utf8_invalid_at(const uint8_t *p, size_t len)
 {
-    const uint8_t *end = p + len;
+    const uint8_t *start = p, *end = p + len;
     p += ascii_prefix(p, len);
     while (p < end) {
         size_t n = sequence_length(p, end);
         if (n == 0) {
-            return false;
+            return (size_t)(p - start);
         }
         p += n;
         if (n == 1) {
             p += ascii_prefix(p, (size_t)(end - p));
         }
     }
-    return true;
+    return len;
+}
+
+bool
+tether__utf8_valid(const uint8_t *p, size_t len)
+{
+    return tether__utf8_invalid_at(p, len) == len;
+}
+
+size_t
+tether_utf8_invalid_at(const char *text, size_t size)
+{
+    return text ? tether__utf8_invalid_at((const uint8_t *)text, size) : 0;
 }
 
 bool

@@ -19,6 +19,9 @@
 /* True when [p, p+len) is valid UTF-8 (every byte of an ASCII run is checked eight at a
  * time, so the common case costs little more than reading it). */
 bool tether__utf8_valid(const uint8_t *p, size_t len);
+/* Where [p, p+len) stops being valid UTF-8: the offset of the first byte that starts no
+ * valid sequence, len when it is valid. */
+size_t tether__utf8_invalid_at(const uint8_t *p, size_t len);
 
 /* True when s may name a client or host: not empty, valid UTF-8 and free of control
  * characters (C0 and DEL), since names are shown in lists, logs and terminals and typed
