@@ -9,7 +9,7 @@
  * rounds of --calls calls, C then C++ then C++ then C in turn (so that drift of the
  * machine hits both alike), timing each block. What it reports is the median over the
  * blocks of the mean time per call, each way, and their ratio (C++ over C; issue #15's
- * target is within 5%, a ratio of at most 1.05), with the caller's CPU time and context
+ * target is within 5%, a ratio of at most 1.05), with the calling process's CPU time and context
  * switches per call in each block (getrusage), medians too.
  *
  * --only c or --only cpp makes the warm-up and one block of --calls calls that way only:
@@ -87,8 +87,8 @@ option(int argc, char **argv, const char *name, long fallback)
     return text ? std::strtol(text, nullptr, 10) : fallback;
 }
 
-/* The caller's CPU time (user + system, microseconds) and context switches (voluntary
- * and involuntary) so far. */
+/* The process's CPU time, all its threads (user + system, microseconds) and context switches
+ * (voluntary and involuntary) so far. */
 struct usage {
     double cpu_usec;
     double switches;
